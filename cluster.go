@@ -1,0 +1,212 @@
+package kvd
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+)
+
+// GroupID names a shard group. Groups are numbered from 1.
+type GroupID uint64
+
+// Node is one kvd process as peers and clients see it.
+type Node struct {
+	// ID is the node's unique name, e.g. "n1".
+	ID string `json:"id"`
+	// HTTP is the advertised host:port of the node's HTTP API.
+	HTTP string `json:"http"`
+	// Raft is the advertised host:port of the node's Raft transport.
+	Raft string `json:"raft"`
+}
+
+// SlotRange is an inclusive range of slots, [first, last].
+type SlotRange [2]int
+
+// Group is one shard group of the cluster map.
+type Group struct {
+	// ID is the group's number.
+	ID GroupID `json:"id"`
+	// Members are the node ids of the group's replicas; the first is its
+	// preferred leader.
+	Members []string `json:"members"`
+	// Slots are the slot ranges the group owns.
+	Slots []SlotRange `json:"slots"`
+}
+
+// Map is the cluster map: the nodes, the groups with their members, and
+// which group owns each slot. Epoch grows with every change.
+type Map struct {
+	Epoch  uint64  `json:"epoch"`
+	Nodes  []Node  `json:"nodes"`
+	Groups []Group `json:"groups"`
+}
+
+// InitialCluster is the bootstrap file of the contract: the nodes, the
+// number of groups and the replicas per group.
+type InitialCluster struct {
+	Nodes    []Node `json:"nodes"`
+	Groups   int    `json:"groups"`
+	Replicas int    `json:"replicas"`
+}
+
+// LoadInitialCluster reads and validates an initial-cluster file.
+func LoadInitialCluster(path string) (InitialCluster, error) {
+	var ic InitialCluster
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ic, fmt.Errorf("read initial cluster: %w", err)
+	}
+	if err := json.Unmarshal(b, &ic); err != nil {
+		return ic, fmt.Errorf("parse initial cluster %s: %w", path, err)
+	}
+	if ic.Groups == 0 {
+		ic.Groups = 1
+	}
+	if ic.Replicas == 0 {
+		ic.Replicas = min(3, len(ic.Nodes))
+	}
+	if err := ic.Validate(); err != nil {
+		return ic, fmt.Errorf("initial cluster %s: %w", path, err)
+	}
+	return ic, nil
+}
+
+// Validate checks that the file describes a cluster that can be placed.
+func (ic InitialCluster) Validate() error {
+	if len(ic.Nodes) == 0 {
+		return fmt.Errorf("no nodes")
+	}
+	seen := map[string]bool{}
+	for i, n := range ic.Nodes {
+		if n.ID == "" || n.HTTP == "" || n.Raft == "" {
+			return fmt.Errorf("node %d: id, http and raft are all required", i+1)
+		}
+		if seen[n.ID] {
+			return fmt.Errorf("node id %q appears twice", n.ID)
+		}
+		seen[n.ID] = true
+	}
+	if ic.Groups < 1 || ic.Groups > SlotCount {
+		return fmt.Errorf("groups must be between 1 and %d, not %d", SlotCount, ic.Groups)
+	}
+	if ic.Replicas < 1 || ic.Replicas > len(ic.Nodes) {
+		return fmt.Errorf("replicas must be between 1 and the number of nodes (%d), not %d", len(ic.Nodes), ic.Replicas)
+	}
+	return nil
+}
+
+// Map places the groups of the file, as a pure function of it, so that
+// every node computes the same map: group g (1..G) owns slots
+// [floor((g-1)*1024/G), floor(g*1024/G)-1], and its members are the nodes
+// at positions (g-1+i) mod N, i = 0..R-1, in file order. The first member is
+// the preferred leader. The epoch of the initial map is 1.
+func (ic InitialCluster) Map() *Map {
+	m := &Map{Epoch: 1, Nodes: append([]Node(nil), ic.Nodes...)}
+	n := len(ic.Nodes)
+	for g := 1; g <= ic.Groups; g++ {
+		grp := Group{ID: GroupID(g)}
+		for i := 0; i < ic.Replicas; i++ {
+			grp.Members = append(grp.Members, ic.Nodes[(g-1+i)%n].ID)
+		}
+		first := (g - 1) * SlotCount / ic.Groups
+		last := g*SlotCount/ic.Groups - 1
+		grp.Slots = []SlotRange{{first, last}}
+		m.Groups = append(m.Groups, grp)
+	}
+	return m
+}
+
+// Clone returns a deep copy of m.
+func (m *Map) Clone() *Map {
+	c := &Map{Epoch: m.Epoch, Nodes: append([]Node(nil), m.Nodes...)}
+	for _, g := range m.Groups {
+		c.Groups = append(c.Groups, Group{ID: g.ID, Members: append([]string(nil), g.Members...), Slots: append([]SlotRange(nil), g.Slots...)})
+	}
+	return c
+}
+
+// Node returns the node with the given id.
+func (m *Map) Node(id string) (Node, bool) {
+	for _, n := range m.Nodes {
+		if n.ID == id {
+			return n, true
+		}
+	}
+	return Node{}, false
+}
+
+// Group returns the group with the given id.
+func (m *Map) Group(id GroupID) (Group, bool) {
+	for _, g := range m.Groups {
+		if g.ID == id {
+			return g, true
+		}
+	}
+	return Group{}, false
+}
+
+// GroupOf returns the group that owns slot.
+func (m *Map) GroupOf(slot int) (GroupID, bool) {
+	for _, g := range m.Groups {
+		for _, r := range g.Slots {
+			if slot >= r[0] && slot <= r[1] {
+				return g.ID, true
+			}
+		}
+	}
+	return 0, false
+}
+
+// GroupsOf returns the ids of the groups node hosts, in ascending order.
+func (m *Map) GroupsOf(node string) []GroupID {
+	var ids []GroupID
+	for _, g := range m.Groups {
+		for _, mem := range g.Members {
+			if mem == node {
+				ids = append(ids, g.ID)
+			}
+		}
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
+}
+
+// Validate checks the map's internal consistency: every slot owned by
+// exactly one group, members named among the nodes and distinct.
+func (m *Map) Validate() error {
+	var owner [SlotCount]GroupID
+	nodes := map[string]bool{}
+	for _, n := range m.Nodes {
+		nodes[n.ID] = true
+	}
+	for _, g := range m.Groups {
+		seen := map[string]bool{}
+		for _, mem := range g.Members {
+			if !nodes[mem] {
+				return fmt.Errorf("group %d: member %q is not a node", g.ID, mem)
+			}
+			if seen[mem] {
+				return fmt.Errorf("group %d: member %q appears twice", g.ID, mem)
+			}
+			seen[mem] = true
+		}
+		for _, r := range g.Slots {
+			if r[0] < 0 || r[1] >= SlotCount || r[0] > r[1] {
+				return fmt.Errorf("group %d: bad slot range %v", g.ID, r)
+			}
+			for s := r[0]; s <= r[1]; s++ {
+				if owner[s] != 0 {
+					return fmt.Errorf("slot %d owned by groups %d and %d", s, owner[s], g.ID)
+				}
+				owner[s] = g.ID
+			}
+		}
+	}
+	for s, g := range owner {
+		if g == 0 {
+			return fmt.Errorf("slot %d has no group", s)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,104 @@
+package kvd
+
+import (
+	"fmt"
+	"hash/crc32"
+	"strings"
+	"unicode/utf8"
+)
+
+// SlotCount is the number of hash slots keys are spread over.
+const SlotCount = 1024
+
+// Slot returns the hash slot of key: crc32 (IEEE) of the key modulo
+// SlotCount, or, when the key has a non-empty hash tag (the text between its
+// first '{' and the first '}' after it), of the tag alone. Keys that share a
+// tag share a slot, and therefore a group.
+func Slot(key string) int {
+	h := key
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			h = key[i+1 : i+1+j]
+		}
+	}
+	return int(crc32.ChecksumIEEE([]byte(h)) % SlotCount)
+}
+
+// Consistency is the consistency level of a read.
+type Consistency string
+
+// The read consistency levels of the contract.
+const (
+	// Linearizable reads are served by the group leader after it confirms
+	// its leadership with a quorum and has applied everything committed
+	// before the read arrived.
+	Linearizable Consistency = "linearizable"
+	// Follower reads are linearizable too: the serving replica asks the
+	// leader for its commit index and waits until it has applied it.
+	Follower Consistency = "follower"
+	// Stale reads serve the local replica's state without a round trip.
+	Stale Consistency = "stale"
+)
+
+// ParseConsistency parses a consistency level; the empty string means
+// Linearizable.
+func ParseConsistency(s string) (Consistency, error) {
+	switch Consistency(s) {
+	case "", Linearizable:
+		return Linearizable, nil
+	case Follower, Stale:
+		return Consistency(s), nil
+	}
+	return "", fmt.Errorf("%w: consistency must be linearizable, follower or stale, not %q", ErrInvalid, s)
+}
+
+// Limits are the size limits enforced on requests before anything is
+// proposed to Raft, so that no replica ever meets an entry it cannot apply.
+type Limits struct {
+	// MaxKeyBytes is the largest key, in bytes.
+	MaxKeyBytes int
+	// MaxValueBytes is the largest value, in bytes.
+	MaxValueBytes int
+	// MaxBodyBytes is the largest request body, in bytes.
+	MaxBodyBytes int64
+	// MaxTxnKeys is the largest number of distinct keys in a transaction.
+	MaxTxnKeys int
+	// MaxScanLimit is the largest page a scan may ask for.
+	MaxScanLimit int
+	// DefaultScanLimit is the page size of a scan that names none.
+	DefaultScanLimit int
+}
+
+// DefaultLimits returns the limits of the contract.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxKeyBytes:      1024,
+		MaxValueBytes:    1 << 20,
+		MaxBodyBytes:     2 << 20,
+		MaxTxnKeys:       128,
+		MaxScanLimit:     10000,
+		DefaultScanLimit: 1000,
+	}
+}
+
+// ValidateKey reports whether key is acceptable under l: 1..MaxKeyBytes bytes
+// of valid UTF-8.
+func (l Limits) ValidateKey(key string) error {
+	switch {
+	case key == "":
+		return fmt.Errorf("%w: empty key", ErrInvalid)
+	case len(key) > l.MaxKeyBytes:
+		return fmt.Errorf("%w: key is %d bytes, the limit is %d", ErrTooLarge, len(key), l.MaxKeyBytes)
+	case !utf8.ValidString(key):
+		return fmt.Errorf("%w: key is not valid UTF-8", ErrInvalid)
+	}
+	return nil
+}
+
+// ValidateValue reports whether a value of n bytes is acceptable under l.
+func (l Limits) ValidateValue(n int) error {
+	if n > l.MaxValueBytes {
+		return fmt.Errorf("%w: value is %d bytes, the limit is %d", ErrTooLarge, n, l.MaxValueBytes)
+	}
+	return nil
+}

@@ -1,0 +1,246 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// CmdKind identifies the kind of a replicated command.
+type CmdKind uint8
+
+// The command kinds. Their numbers are part of the on-disk log format:
+// never renumber them.
+const (
+	// CmdNoop changes nothing; a new leader proposes one to commit an
+	// entry of its own term.
+	CmdNoop CmdKind = 1
+	// CmdPut stores a value under a key, subject to its condition.
+	CmdPut CmdKind = 2
+	// CmdDelete removes a key, subject to its condition.
+	CmdDelete CmdKind = 3
+	// CmdSetMap stores the cluster map if its epoch is newer than the
+	// stored one.
+	CmdSetMap CmdKind = 4
+)
+
+// CondKind is the kind of a write's precondition.
+type CondKind uint8
+
+// The condition kinds; numbers are part of the log format.
+const (
+	// CondNone always holds.
+	CondNone CondKind = 0
+	// CondVersionEq holds when the key's version equals Version (0: the
+	// key does not exist).
+	CondVersionEq CondKind = 1
+	// CondVersionNe holds when the key's version differs from Version.
+	CondVersionNe CondKind = 2
+	// CondExists holds when the key exists.
+	CondExists CondKind = 3
+)
+
+// Cond is a precondition on a key's current version.
+type Cond struct {
+	Kind    CondKind
+	Version uint64
+}
+
+// Holds reports whether the condition holds for a key at version cur
+// (0: absent).
+func (c Cond) Holds(cur uint64) bool {
+	switch c.Kind {
+	case CondVersionEq:
+		return cur == c.Version
+	case CondVersionNe:
+		return cur != c.Version
+	case CondExists:
+		return cur != 0
+	}
+	return true
+}
+
+// Cmd is one replicated command. Which fields matter depends on Kind.
+type Cmd struct {
+	Kind  CmdKind
+	Key   string
+	Value []byte
+	Cond  Cond
+	// Data is the payload of commands that carry an opaque document
+	// (CmdSetMap: the cluster map as JSON).
+	Data []byte
+}
+
+// Batch is the payload of one Raft log entry: commands applied together,
+// in order, at the entry's index. No two commands of a batch write the same
+// key, so each change gets a distinct version.
+type Batch struct {
+	// Time is the leader's wall clock when it proposed the batch, in Unix
+	// nanoseconds: the only clock apply may use, so that every replica
+	// decides alike.
+	Time int64
+	Cmds []Cmd
+}
+
+// Result is the outcome of one command.
+type Result struct {
+	// Version is the key's version after a successful put; for a failed
+	// condition, the key's current version.
+	Version uint64
+	// Deleted reports whether a delete removed an existing key.
+	Deleted bool
+	// Err is nil, or kvd.ErrPreconditionFailed (wrapped) when the
+	// condition did not hold; nothing was written then.
+	Err error
+}
+
+// batchFormat is the first byte of every encoded batch.
+const batchFormat = 0x01
+
+// errCorrupt is returned when a log entry cannot be decoded.
+var errCorrupt = errors.New("corrupt command batch")
+
+// AppendEncode appends the binary encoding of b to dst.
+func (b *Batch) AppendEncode(dst []byte) []byte {
+	dst = append(dst, batchFormat)
+	dst = binary.AppendVarint(dst, b.Time)
+	dst = binary.AppendUvarint(dst, uint64(len(b.Cmds)))
+	for i := range b.Cmds {
+		c := &b.Cmds[i]
+		dst = append(dst, byte(c.Kind))
+		switch c.Kind {
+		case CmdNoop:
+		case CmdPut:
+			dst = appendBytes(dst, []byte(c.Key))
+			dst = appendCond(dst, c.Cond)
+			dst = appendBytes(dst, c.Value)
+		case CmdDelete:
+			dst = appendBytes(dst, []byte(c.Key))
+			dst = appendCond(dst, c.Cond)
+		case CmdSetMap:
+			dst = appendBytes(dst, c.Data)
+		}
+	}
+	return dst
+}
+
+// EncodedSize returns an upper bound of the encoded size of c.
+func (c *Cmd) EncodedSize() int {
+	return 1 + 2*binary.MaxVarintLen64 + 1 + len(c.Key) + len(c.Value) + len(c.Data) + binary.MaxVarintLen64
+}
+
+func appendBytes(dst, b []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(b)))
+	return append(dst, b...)
+}
+
+func appendCond(dst []byte, c Cond) []byte {
+	dst = append(dst, byte(c.Kind))
+	if c.Kind == CondVersionEq || c.Kind == CondVersionNe {
+		dst = binary.AppendUvarint(dst, c.Version)
+	}
+	return dst
+}
+
+// DecodeBatch decodes a batch encoded by AppendEncode. Values and payloads
+// alias data.
+func DecodeBatch(data []byte) (*Batch, error) {
+	d := decoder{buf: data}
+	if d.byte() != batchFormat {
+		return nil, fmt.Errorf("%w: unknown format", errCorrupt)
+	}
+	b := &Batch{Time: d.varint()}
+	n := d.uvarint()
+	if d.err != nil || n > uint64(len(data)) {
+		return nil, fmt.Errorf("%w: bad header", errCorrupt)
+	}
+	b.Cmds = make([]Cmd, n)
+	for i := range b.Cmds {
+		c := &b.Cmds[i]
+		c.Kind = CmdKind(d.byte())
+		switch c.Kind {
+		case CmdNoop:
+		case CmdPut:
+			c.Key = string(d.bytes())
+			c.Cond = d.cond()
+			c.Value = d.bytes()
+		case CmdDelete:
+			c.Key = string(d.bytes())
+			c.Cond = d.cond()
+		case CmdSetMap:
+			c.Data = d.bytes()
+		default:
+			return nil, fmt.Errorf("%w: unknown command kind %d", errCorrupt, c.Kind)
+		}
+		if d.err != nil {
+			return nil, fmt.Errorf("%w: command %d: %v", errCorrupt, i, d.err)
+		}
+	}
+	return b, nil
+}
+
+type decoder struct {
+	buf []byte
+	err error
+}
+
+var errShort = errors.New("truncated")
+
+func (d *decoder) byte() byte {
+	if d.err != nil || len(d.buf) < 1 {
+		d.err = errShort
+		return 0
+	}
+	b := d.buf[0]
+	d.buf = d.buf[1:]
+	return b
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.buf)
+	if n <= 0 {
+		d.err = errShort
+		return 0
+	}
+	d.buf = d.buf[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.buf)
+	if n <= 0 {
+		d.err = errShort
+		return 0
+	}
+	d.buf = d.buf[n:]
+	return v
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if d.err != nil || n > uint64(len(d.buf)) {
+		d.err = errShort
+		return nil
+	}
+	b := d.buf[:n:n]
+	d.buf = d.buf[n:]
+	return b
+}
+
+func (d *decoder) cond() Cond {
+	c := Cond{Kind: CondKind(d.byte())}
+	switch c.Kind {
+	case CondNone, CondExists:
+	case CondVersionEq, CondVersionNe:
+		c.Version = d.uvarint()
+	default:
+		d.err = fmt.Errorf("unknown condition kind %d", c.Kind)
+	}
+	return c
+}

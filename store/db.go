@@ -1,0 +1,415 @@
+package store
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/kvd-project/kvd"
+)
+
+// Bucket and meta key names; part of the on-disk format.
+var (
+	bucketKV   = []byte("kv")
+	bucketMeta = []byte("meta")
+
+	metaApplied = []byte("applied")
+	metaTerm    = []byte("applied_term")
+	metaMap     = []byte("map")
+)
+
+// recordFormat is the first byte of every stored value record.
+const recordFormat = 0x01
+
+// Options configure a DB.
+type Options struct {
+	// InitialMmapSize is the initial size of bbolt's memory map. A large
+	// value avoids remapping, which would wait for a long snapshot's read
+	// transaction to end and so stall applies.
+	InitialMmapSize int
+	// NoSync skips the fsync of each applied batch. Only for tests and
+	// benchmarks: the state may then lag the Raft log after a power loss.
+	NoSync bool
+	// Logger receives the store's logs.
+	Logger *slog.Logger
+}
+
+// DefaultOptions returns the options used by kvd.
+func DefaultOptions() Options {
+	return Options{InitialMmapSize: 1 << 30, Logger: slog.Default()}
+}
+
+// DB is one replica's state. It is safe for concurrent use, except that
+// Apply and Restore must not run concurrently with each other (the
+// replication layer calls both from Raft's single FSM goroutine).
+type DB struct {
+	path string
+	opts Options
+	log  *slog.Logger
+
+	// handleMu protects bdb, which Restore swaps; readers hold it shared
+	// for the length of their transaction.
+	handleMu sync.RWMutex
+	bdb      *bolt.DB
+
+	applied     atomic.Uint64 // index of the last applied entry
+	appliedTerm atomic.Uint64 // term of the last applied entry
+	clusterMap  atomic.Pointer[kvd.Map]
+
+	// notifyMu protects notify, closed and replaced each time the
+	// applied index advances.
+	notifyMu sync.Mutex
+	notify   chan struct{}
+}
+
+// Item is a key with its value and version.
+type Item struct {
+	Key     string
+	Value   []byte
+	Version uint64
+}
+
+// Entry is one Raft log entry handed to Apply.
+type Entry struct {
+	// Index and Term are the entry's position in the log.
+	Index, Term uint64
+	// Batch holds the entry's commands; nil for an entry without any
+	// (a Raft configuration change), which only advances the index.
+	Batch *Batch
+}
+
+// Open opens (creating if needed) the state file at path.
+func Open(path string, opts Options) (*DB, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	db := &DB{path: path, opts: opts, log: opts.Logger, notify: make(chan struct{})}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	// A crash during Restore can leave a temporary file behind; it was
+	// never renamed into place, so it is garbage.
+	_ = os.Remove(path + ".restore")
+	if err := db.openHandle(); err != nil {
+		return nil, err
+	}
+	return db, nil
+}
+
+func (db *DB) boltOptions(readOnly bool) *bolt.Options {
+	return &bolt.Options{
+		Timeout:         0,
+		NoFreelistSync:  true,
+		FreelistType:    bolt.FreelistMapType,
+		InitialMmapSize: db.opts.InitialMmapSize,
+		NoSync:          db.opts.NoSync,
+		ReadOnly:        readOnly,
+	}
+}
+
+// openHandle opens the bbolt file and loads the applied index and map.
+// The caller holds handleMu or is the constructor.
+func (db *DB) openHandle() error {
+	bdb, err := bolt.Open(db.path, 0o600, db.boltOptions(false))
+	if err != nil {
+		return fmt.Errorf("open store %s: %w", db.path, err)
+	}
+	var applied, term uint64
+	var m *kvd.Map
+	err = bdb.Update(func(tx *bolt.Tx) error {
+		if _, err := tx.CreateBucketIfNotExists(bucketKV); err != nil {
+			return err
+		}
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		applied = u64(meta.Get(metaApplied))
+		term = u64(meta.Get(metaTerm))
+		if b := meta.Get(metaMap); b != nil {
+			m = new(kvd.Map)
+			if err := json.Unmarshal(b, m); err != nil {
+				return fmt.Errorf("decode stored cluster map: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		bdb.Close()
+		return fmt.Errorf("open store %s: %w", db.path, err)
+	}
+	db.bdb = bdb
+	db.applied.Store(applied)
+	db.appliedTerm.Store(term)
+	db.clusterMap.Store(m)
+	db.wake()
+	return nil
+}
+
+// Close closes the state file.
+func (db *DB) Close() error {
+	db.handleMu.Lock()
+	defer db.handleMu.Unlock()
+	if db.bdb == nil {
+		return nil
+	}
+	err := db.bdb.Close()
+	db.bdb = nil
+	if err != nil {
+		return fmt.Errorf("close store: %w", err)
+	}
+	return nil
+}
+
+// Path returns the state file's path.
+func (db *DB) Path() string { return db.path }
+
+// AppliedIndex returns the index of the last entry applied and committed to
+// disk.
+func (db *DB) AppliedIndex() uint64 { return db.applied.Load() }
+
+// AppliedTerm returns the term of the last applied entry.
+func (db *DB) AppliedTerm() uint64 { return db.appliedTerm.Load() }
+
+// Map returns the stored cluster map, or nil if none has been applied.
+// The caller must not modify it.
+func (db *DB) Map() *kvd.Map { return db.clusterMap.Load() }
+
+// AppliedCh returns a channel that is closed once the applied index moves
+// past its current value. Check AppliedIndex after taking the channel.
+func (db *DB) AppliedCh() <-chan struct{} {
+	db.notifyMu.Lock()
+	defer db.notifyMu.Unlock()
+	return db.notify
+}
+
+func (db *DB) wake() {
+	db.notifyMu.Lock()
+	close(db.notify)
+	db.notify = make(chan struct{})
+	db.notifyMu.Unlock()
+}
+
+// view runs fn in a read-only transaction.
+func (db *DB) view(fn func(tx *bolt.Tx) error) error {
+	db.handleMu.RLock()
+	defer db.handleMu.RUnlock()
+	if db.bdb == nil {
+		return kvd.ErrClosed
+	}
+	return db.bdb.View(fn)
+}
+
+// Apply applies entries, in order, in one bbolt transaction, and records
+// the last one's index and term in it. Entries at or below the applied
+// index are skipped (their result is nil): this makes replay after a
+// restart idempotent. It returns one result slice per entry, one Result per
+// command. An error means the state could not be written; the caller must
+// stop, since skipping an entry would make this replica diverge.
+func (db *DB) Apply(entries []Entry) ([][]Result, error) {
+	results := make([][]Result, len(entries))
+	applied := db.applied.Load()
+	last := applied
+	var lastTerm uint64
+	var newMap *kvd.Map
+	db.handleMu.RLock()
+	defer db.handleMu.RUnlock()
+	if db.bdb == nil {
+		return nil, kvd.ErrClosed
+	}
+	err := db.bdb.Update(func(tx *bolt.Tx) error {
+		kv := tx.Bucket(bucketKV)
+		meta := tx.Bucket(bucketMeta)
+		for i, e := range entries {
+			if e.Index <= last {
+				continue
+			}
+			last, lastTerm = e.Index, e.Term
+			if e.Batch == nil {
+				continue
+			}
+			res := make([]Result, len(e.Batch.Cmds))
+			for j := range e.Batch.Cmds {
+				r, m, err := applyCmd(kv, meta, &e.Batch.Cmds[j], e.Index)
+				if err != nil {
+					return fmt.Errorf("entry %d command %d: %w", e.Index, j, err)
+				}
+				if m != nil {
+					newMap = m
+				}
+				res[j] = r
+			}
+			results[i] = res
+		}
+		if last == applied {
+			return nil
+		}
+		if err := meta.Put(metaApplied, be64(last)); err != nil {
+			return err
+		}
+		return meta.Put(metaTerm, be64(lastTerm))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("apply entries: %w", err)
+	}
+	if last != applied {
+		if newMap != nil {
+			db.clusterMap.Store(newMap)
+		}
+		db.appliedTerm.Store(lastTerm)
+		db.applied.Store(last)
+		db.wake()
+	}
+	return results, nil
+}
+
+func applyCmd(kv, meta *bolt.Bucket, c *Cmd, index uint64) (Result, *kvd.Map, error) {
+	switch c.Kind {
+	case CmdNoop:
+		return Result{}, nil, nil
+	case CmdPut:
+		cur := version(kv.Get([]byte(c.Key)))
+		if !c.Cond.Holds(cur) {
+			return Result{Version: cur, Err: kvd.ErrPreconditionFailed}, nil, nil
+		}
+		if err := kv.Put([]byte(c.Key), encodeRecord(index, c.Value)); err != nil {
+			return Result{}, nil, err
+		}
+		return Result{Version: index}, nil, nil
+	case CmdDelete:
+		cur := version(kv.Get([]byte(c.Key)))
+		if !c.Cond.Holds(cur) {
+			return Result{Version: cur, Err: kvd.ErrPreconditionFailed}, nil, nil
+		}
+		if cur == 0 {
+			return Result{}, nil, nil
+		}
+		if err := kv.Delete([]byte(c.Key)); err != nil {
+			return Result{}, nil, err
+		}
+		return Result{Version: index, Deleted: true}, nil, nil
+	case CmdSetMap:
+		m := new(kvd.Map)
+		if err := json.Unmarshal(c.Data, m); err != nil {
+			// Validated before proposing; a bad map is ignored alike on
+			// every replica rather than stopping them all.
+			return Result{Err: fmt.Errorf("%w: cluster map: %v", kvd.ErrInvalid, err)}, nil, nil
+		}
+		var old kvd.Map
+		if b := meta.Get(metaMap); b != nil {
+			if err := json.Unmarshal(b, &old); err != nil {
+				return Result{}, nil, fmt.Errorf("decode stored cluster map: %w", err)
+			}
+		}
+		if b := meta.Get(metaMap); b != nil && old.Epoch >= m.Epoch {
+			return Result{Version: old.Epoch}, nil, nil
+		}
+		if err := meta.Put(metaMap, append([]byte(nil), c.Data...)); err != nil {
+			return Result{}, nil, err
+		}
+		return Result{Version: m.Epoch}, m, nil
+	}
+	return Result{}, nil, fmt.Errorf("unknown command kind %d", c.Kind)
+}
+
+// Get returns the item stored under key, or an error wrapping
+// kvd.ErrNotFound.
+func (db *DB) Get(key string) (Item, error) {
+	var it Item
+	err := db.view(func(tx *bolt.Tx) error {
+		rec := tx.Bucket(bucketKV).Get([]byte(key))
+		if rec == nil {
+			return kvd.ErrNotFound
+		}
+		it = decodeItem([]byte(key), rec)
+		return nil
+	})
+	if err != nil {
+		return Item{}, fmt.Errorf("get %q: %w", key, err)
+	}
+	return it, nil
+}
+
+// ScanOptions select a range of keys: those with Prefix, at or after Start,
+// and before End (each optional), at most Limit of them (0: no limit).
+type ScanOptions struct {
+	Prefix string
+	Start  string
+	End    string
+	Limit  int
+}
+
+// Scan returns the items selected by o in key order, and whether more
+// items follow the last one returned.
+func (db *DB) Scan(o ScanOptions) ([]Item, bool, error) {
+	var items []Item
+	more := false
+	err := db.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketKV).Cursor()
+		seek := max(o.Start, o.Prefix)
+		for k, v := c.Seek([]byte(seek)); k != nil; k, v = c.Next() {
+			ks := string(k)
+			if o.End != "" && ks >= o.End {
+				break
+			}
+			if len(ks) < len(o.Prefix) || ks[:len(o.Prefix)] != o.Prefix {
+				break
+			}
+			if o.Limit > 0 && len(items) == o.Limit {
+				more = true
+				break
+			}
+			items = append(items, decodeItem(k, v))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("scan: %w", err)
+	}
+	return items, more, nil
+}
+
+// encodeRecord builds a stored value record: format byte, version, value.
+func encodeRecord(ver uint64, val []byte) []byte {
+	rec := make([]byte, 9+len(val))
+	rec[0] = recordFormat
+	binary.BigEndian.PutUint64(rec[1:9], ver)
+	copy(rec[9:], val)
+	return rec
+}
+
+// version returns the version of a stored record, 0 for none.
+func version(rec []byte) uint64 {
+	if len(rec) < 9 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(rec[1:9])
+}
+
+// decodeItem copies a record out of bbolt's memory.
+func decodeItem(k, rec []byte) Item {
+	return Item{Key: string(k), Version: version(rec), Value: append([]byte{}, rec[9:]...)}
+}
+
+func be64(v uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, v)
+	return b
+}
+
+func u64(b []byte) uint64 {
+	if len(b) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}
+
+var errBadSnapshot = errors.New("bad snapshot")
