@@ -1,0 +1,171 @@
+package replication
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/store"
+)
+
+// testGroup runs n replicas of group 1 in this process over real TCP on
+// 127.0.0.1. Peers are dialed through an address book that follows
+// restarts, so a restarted replica may listen on a new port.
+type testGroup struct {
+	t     *testing.T
+	n     int
+	dirs  []string
+	muxes []*Mux
+	reps  []*Group
+	tune  func(*Config)
+
+	// mu protects addrs.
+	mu    sync.Mutex
+	addrs map[string]string
+}
+
+func (tg *testGroup) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	a, ok := tg.addrs[string(id)]
+	if !ok {
+		return "", fmt.Errorf("unknown peer %s", id)
+	}
+	return raft.ServerAddress(a), nil
+}
+
+func nodeID(i int) string { return fmt.Sprintf("n%d", i+1) }
+
+func quietLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func newTestGroup(t *testing.T, n int, tune func(*Config)) *testGroup {
+	t.Helper()
+	tg := &testGroup{t: t, n: n, dirs: make([]string, n), muxes: make([]*Mux, n), reps: make([]*Group, n), tune: tune, addrs: map[string]string{}}
+	lns := make([]net.Listener, n)
+	for i := range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		lns[i] = ln
+		tg.addrs[nodeID(i)] = ln.Addr().String()
+		tg.dirs[i] = t.TempDir()
+	}
+	for i := range n {
+		tg.start(i, lns[i])
+	}
+	t.Cleanup(func() {
+		for i := range n {
+			tg.stop(i)
+		}
+	})
+	return tg
+}
+
+func (tg *testGroup) start(i int, ln net.Listener) {
+	t := tg.t
+	if ln == nil {
+		var err error
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		tg.mu.Lock()
+		tg.addrs[nodeID(i)] = ln.Addr().String()
+		tg.mu.Unlock()
+	}
+	mux, err := NewMux(ln, "", quietLogger())
+	require.NoError(t, err)
+	layer, err := mux.Layer(1)
+	require.NoError(t, err)
+	cfg := DefaultConfig()
+	cfg.Group = 1
+	cfg.NodeID = nodeID(i)
+	cfg.Dir = tg.dirs[i]
+	cfg.Layer = layer
+	cfg.AddressProvider = tg
+	cfg.Bootstrap = true
+	tg.mu.Lock()
+	for j := range tg.n {
+		cfg.Peers = append(cfg.Peers, Peer{ID: nodeID(j), Addr: tg.addrs[nodeID(j)]})
+	}
+	tg.mu.Unlock()
+	cfg.HeartbeatTimeout = 300 * time.Millisecond
+	cfg.ElectionTimeout = 300 * time.Millisecond
+	cfg.LeaderLeaseTimeout = 200 * time.Millisecond
+	cfg.Logger = quietLogger()
+	cfg.Store.InitialMmapSize = 0
+	cfg.LeaderReadIndex = func(ctx context.Context, leader string, g kvd.GroupID) (uint64, error) {
+		for j, r := range tg.reps {
+			if nodeID(j) == leader && r != nil {
+				return r.ReadIndex(ctx)
+			}
+		}
+		return 0, kvd.ErrUnavailable
+	}
+	if tg.tune != nil {
+		tg.tune(&cfg)
+	}
+	g, err := Open(cfg)
+	require.NoError(t, err)
+	tg.muxes[i] = mux
+	tg.reps[i] = g
+}
+
+func (tg *testGroup) stop(i int) {
+	if tg.reps[i] == nil {
+		return
+	}
+	require.NoError(tg.t, tg.reps[i].Close())
+	require.NoError(tg.t, tg.muxes[i].Close())
+	tg.reps[i], tg.muxes[i] = nil, nil
+}
+
+func (tg *testGroup) restart(i int) {
+	tg.stop(i)
+	tg.start(i, nil)
+}
+
+// leader waits for a replica that leads and has committed in its term.
+func (tg *testGroup) leader() (int, *Group) {
+	tg.t.Helper()
+	var li int
+	var lg *Group
+	require.Eventually(tg.t, func() bool {
+		for i, g := range tg.reps {
+			if g != nil && g.IsLeader() && g.db.AppliedTerm() == g.raft.CurrentTerm() {
+				li, lg = i, g
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, 10*time.Millisecond, "no leader")
+	return li, lg
+}
+
+func (tg *testGroup) put(key, val string) (uint64, error) {
+	_, g := tg.leader()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, err := g.Propose(ctx, store.Cmd{Kind: store.CmdPut, Key: key, Value: []byte(val)})
+	if err != nil {
+		return 0, err
+	}
+	return r.Version, r.Err
+}
+
+// waitValue waits until replica i holds key=val locally.
+func (tg *testGroup) waitValue(i int, key, val string) {
+	tg.t.Helper()
+	require.Eventually(tg.t, func() bool {
+		it, err := tg.reps[i].Store().Get(key)
+		return err == nil && string(it.Value) == val
+	}, 10*time.Second, 10*time.Millisecond, "replica %d never saw %s=%s", i, key, val)
+}

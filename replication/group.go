@@ -1,0 +1,632 @@
+package replication
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/store"
+)
+
+// Peer is one replica of a group as Raft sees it.
+type Peer struct {
+	// ID is the node id of the replica's node.
+	ID string
+	// Addr is the node's advertised Raft address.
+	Addr string
+}
+
+// Config configures one replica of a group.
+type Config struct {
+	// Group is the group's id.
+	Group kvd.GroupID
+	// NodeID is this node's id; it is the replica's Raft server id.
+	NodeID string
+	// Dir holds the replica's files: raft.db (log and stable store),
+	// snapshots/ and state.db (the bbolt state).
+	Dir string
+	// Peers are the group's initial members, this node included. Used
+	// only to bootstrap a replica without existing state.
+	Peers []Peer
+	// Bootstrap, when the replica has no state yet, bootstraps the group
+	// with Peers. Every initial member may do so with the same Peers.
+	Bootstrap bool
+	// Layer carries the group's Raft traffic (see Mux.Layer).
+	Layer raft.StreamLayer
+	// AddressProvider, if set, names the address to dial for each peer,
+	// overriding the address in the Raft configuration.
+	AddressProvider raft.ServerAddressProvider
+	// LeaderReadIndex asks the leader (a node id) of this group for a
+	// read index; it serves follower reads. Nil disables them.
+	LeaderReadIndex func(ctx context.Context, leader string, g kvd.GroupID) (uint64, error)
+	// SeedMap, if set, is proposed as the stored cluster map by the first
+	// leader whose store holds no map or an older one.
+	SeedMap *kvd.Map
+
+	// Raft timing.
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	// SnapshotThreshold is how many entries since the last snapshot
+	// trigger a new one, checked every SnapshotInterval.
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
+	// TrailingLogs is how many entries stay in the log after a snapshot,
+	// so a briefly lagging follower catches up without one.
+	TrailingLogs uint64
+	// MaxAppendEntries bounds the entries per AppendEntries RPC and per
+	// applied batch.
+	MaxAppendEntries int
+	// MaxBatchCmds and MaxBatchBytes bound how many proposals one log
+	// entry carries.
+	MaxBatchCmds  int
+	MaxBatchBytes int
+	// ApplyTimeout bounds how long a proposal waits to be enqueued in Raft.
+	ApplyTimeout time.Duration
+	// LeaderTransferTimeout bounds TransferLeadership.
+	LeaderTransferTimeout time.Duration
+
+	// Store configures the replica's bbolt state.
+	Store store.Options
+	// Logger receives the replica's logs, Raft's included.
+	Logger *slog.Logger
+	// Fatal is called when an entry cannot be applied; it must stop the
+	// process. Nil panics.
+	Fatal func(error)
+}
+
+// DefaultConfig returns a configuration with kvd's defaults; the caller
+// fills in Group, NodeID, Dir, Peers and Layer.
+func DefaultConfig() Config {
+	return Config{
+		HeartbeatTimeout:      1000 * time.Millisecond,
+		ElectionTimeout:       1000 * time.Millisecond,
+		LeaderLeaseTimeout:    500 * time.Millisecond,
+		CommitTimeout:         20 * time.Millisecond,
+		SnapshotThreshold:     16384,
+		SnapshotInterval:      30 * time.Second,
+		TrailingLogs:          10240,
+		MaxAppendEntries:      256,
+		MaxBatchCmds:          512,
+		MaxBatchBytes:         4 << 20,
+		ApplyTimeout:          5 * time.Second,
+		LeaderTransferTimeout: 5 * time.Second,
+		Store:                 store.DefaultOptions(),
+		Logger:                slog.Default(),
+	}
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Group == 0:
+		return errors.New("group id is required")
+	case c.NodeID == "":
+		return errors.New("node id is required")
+	case c.Dir == "":
+		return errors.New("dir is required")
+	case c.Layer == nil:
+		return errors.New("stream layer is required")
+	case c.MaxBatchCmds < 1 || c.MaxBatchBytes < 1 || c.MaxAppendEntries < 1:
+		return errors.New("batch limits must be positive")
+	}
+	if c.Bootstrap {
+		found := false
+		for _, p := range c.Peers {
+			found = found || p.ID == c.NodeID
+		}
+		if !found {
+			return fmt.Errorf("bootstrap peers do not include this node %q", c.NodeID)
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Fatal == nil {
+		c.Fatal = func(err error) { panic(err) }
+	}
+	return nil
+}
+
+// Group is one replica of a shard group: a hashicorp/raft node whose state
+// machine is a store.DB. The leader is the group's primary; followers are
+// backups and take over when it fails.
+type Group struct {
+	cfg   Config
+	id    kvd.GroupID
+	log   *slog.Logger
+	db    *store.DB
+	logs  *raftboltdb.BoltStore
+	snaps raft.SnapshotStore
+	trans *raft.NetworkTransport
+	raft  *raft.Raft
+
+	props         chan *proposal
+	inflight      chan inflightEntry
+	leaderReads   *readBatcher
+	followerReads *readBatcher
+	leaderKick    chan struct{}
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	// raftDone is closed once raft has shut down; the leadership watcher
+	// drains raft's notifications until then, so raft never blocks on them.
+	raftDone chan struct{}
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open opens (or creates) the replica in cfg.Dir and starts it.
+func Open(cfg Config) (*Group, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("open group: %w", err)
+	}
+	log := cfg.Logger.With("group", cfg.Group)
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("open group %d: %w", cfg.Group, err)
+	}
+	g := &Group{cfg: cfg, id: cfg.Group, log: log,
+		props:      make(chan *proposal, 4096),
+		inflight:   make(chan inflightEntry, 1024),
+		leaderKick: make(chan struct{}, 1),
+		raftDone:   make(chan struct{}),
+	}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	ok := false
+	defer func() {
+		if !ok {
+			g.closeFiles()
+		}
+	}()
+
+	sopts := cfg.Store
+	sopts.Logger = log
+	var err error
+	if g.db, err = store.Open(filepath.Join(cfg.Dir, "state.db"), sopts); err != nil {
+		return nil, fmt.Errorf("open group %d: %w", cfg.Group, err)
+	}
+	if g.logs, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")}); err != nil {
+		return nil, fmt.Errorf("open group %d: raft log: %w", cfg.Group, err)
+	}
+	hlog := newHCLog(log, "raft")
+	if g.snaps, err = raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hlog); err != nil {
+		return nil, fmt.Errorf("open group %d: snapshots: %w", cfg.Group, err)
+	}
+	if err := g.catchUpWithSnapshot(); err != nil {
+		return nil, fmt.Errorf("open group %d: %w", cfg.Group, err)
+	}
+	g.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		ServerAddressProvider: cfg.AddressProvider,
+		Logger:                hlog,
+		Stream:                cfg.Layer,
+		MaxPool:               3,
+		Timeout:               10 * time.Second,
+	})
+
+	notify := make(chan bool, 16)
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.Logger = hlog
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	rc.CommitTimeout = cfg.CommitTimeout
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.TrailingLogs = cfg.TrailingLogs
+	rc.MaxAppendEntries = cfg.MaxAppendEntries
+	// The state is persistent: raft must not restore the snapshot over it
+	// on start (catchUpWithSnapshot did so only if the state was behind);
+	// raft still replays the log from the snapshot's index, and the store
+	// skips what it has already applied.
+	rc.NoSnapshotRestoreOnStart = true
+	rc.NotifyCh = notify
+	if err := raft.ValidateConfig(rc); err != nil {
+		return nil, fmt.Errorf("open group %d: raft config: %w", cfg.Group, err)
+	}
+	hasState, err := raft.HasExistingState(g.logs, g.logs, g.snaps)
+	if err != nil {
+		return nil, fmt.Errorf("open group %d: %w", cfg.Group, err)
+	}
+	cache, err := raft.NewLogCache(1024, g.logs)
+	if err != nil {
+		return nil, fmt.Errorf("open group %d: log cache: %w", cfg.Group, err)
+	}
+	f := &fsm{db: g.db, log: log, fatal: cfg.Fatal}
+	if g.raft, err = raft.NewRaft(rc, f, cache, g.logs, g.snaps, g.trans); err != nil {
+		return nil, fmt.Errorf("open group %d: start raft: %w", cfg.Group, err)
+	}
+	if !hasState && cfg.Bootstrap {
+		var conf raft.Configuration
+		for _, p := range cfg.Peers {
+			conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Addr)})
+		}
+		if err := g.raft.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			g.raft.Shutdown().Error()
+			return nil, fmt.Errorf("open group %d: bootstrap: %w", cfg.Group, err)
+		}
+	}
+
+	g.leaderReads = newReadBatcher(g.leaderRound)
+	g.followerReads = newReadBatcher(g.followerRound)
+	g.goFunc(g.runProposer)
+	g.goFunc(g.runCompleter)
+	g.goFunc(func() { g.leaderReads.run(g.ctx) })
+	g.goFunc(func() { g.followerReads.run(g.ctx) })
+	g.goFunc(func() { g.watchLeadership(notify) })
+	g.goFunc(g.runLeaderTasks)
+	ok = true
+	log.Info("group replica started", "node", cfg.NodeID, "applied", g.db.AppliedIndex(), "existing_state", hasState)
+	return g, nil
+}
+
+// catchUpWithSnapshot restores the newest snapshot into the store when the
+// store is behind it. raft starts applying from the snapshot's index, so a
+// store behind it would silently skip the entries in between.
+func (g *Group) catchUpWithSnapshot() error {
+	metas, err := g.snaps.List()
+	if err != nil {
+		return fmt.Errorf("list snapshots: %w", err)
+	}
+	if len(metas) == 0 {
+		return nil
+	}
+	_, rc, err := g.snaps.Open(metas[0].ID)
+	if err != nil {
+		return fmt.Errorf("open snapshot %s: %w", metas[0].ID, err)
+	}
+	applied, _, err := store.ReadSnapshotHeader(rc)
+	rc.Close()
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", metas[0].ID, err)
+	}
+	if g.db.AppliedIndex() >= applied {
+		return nil
+	}
+	g.log.Warn("state is behind the latest snapshot, restoring it", "state_applied", g.db.AppliedIndex(), "snapshot_applied", applied)
+	_, rc, err = g.snaps.Open(metas[0].ID)
+	if err != nil {
+		return fmt.Errorf("open snapshot %s: %w", metas[0].ID, err)
+	}
+	defer rc.Close()
+	return g.db.Restore(rc)
+}
+
+func (g *Group) goFunc(fn func()) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		fn()
+	}()
+}
+
+// ID returns the group's id.
+func (g *Group) ID() kvd.GroupID { return g.id }
+
+// Store returns the replica's state for local reads. Call ReadBarrier
+// first for anything but a stale read.
+func (g *Group) Store() *store.DB { return g.db }
+
+// IsLeader reports whether this replica currently believes it leads.
+func (g *Group) IsLeader() bool { return g.raft.State() == raft.Leader }
+
+// LeaderID returns the node id of the leader this replica knows of, or "".
+func (g *Group) LeaderID() string {
+	_, id := g.raft.LeaderWithID()
+	return string(id)
+}
+
+func (g *Group) checkLeader() error {
+	if g.raft.State() != raft.Leader {
+		return &kvd.NotLeaderError{Group: g.id, Leader: g.LeaderID()}
+	}
+	return nil
+}
+
+// WaitApplied waits until this replica has applied index idx.
+func (g *Group) WaitApplied(ctx context.Context, idx uint64) error {
+	for {
+		if g.db.AppliedIndex() >= idx {
+			return nil
+		}
+		ch := g.db.AppliedCh()
+		if g.db.AppliedIndex() >= idx {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("group %d: wait for index %d (applied %d): %w (%v)", g.id, idx, g.db.AppliedIndex(), kvd.ErrUnavailable, ctx.Err())
+		case <-g.ctx.Done():
+			return fmt.Errorf("group %d: %w", g.id, kvd.ErrClosed)
+		}
+	}
+}
+
+// ReadBarrier waits until this replica may serve a read at consistency c:
+// at once for Stale; for Linearizable, only on the leader, after a read
+// index round confirmed by a quorum and applied here; for Follower, on any
+// replica, after asking the leader for its read index and applying it.
+// Concurrent reads share rounds. A *kvd.NotLeaderError means a
+// linearizable read must go to the leader.
+func (g *Group) ReadBarrier(ctx context.Context, c kvd.Consistency) error {
+	var idx uint64
+	var err error
+	switch {
+	case c == kvd.Stale:
+		return nil
+	case g.raft.State() == raft.Leader:
+		idx, err = g.leaderReads.get(ctx)
+	case c == kvd.Linearizable:
+		return &kvd.NotLeaderError{Group: g.id, Leader: g.LeaderID()}
+	default:
+		idx, err = g.followerReads.get(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	return g.WaitApplied(ctx, idx)
+}
+
+// ReadIndex returns, on the leader, an index such that every write
+// acknowledged before the call is at or below it, confirmed by a quorum.
+// Followers call it remotely to serve follower reads.
+func (g *Group) ReadIndex(ctx context.Context) (uint64, error) {
+	if err := g.checkLeader(); err != nil {
+		return 0, err
+	}
+	return g.leaderReads.get(ctx)
+}
+
+// leaderRound is one read-index round on the leader: once the leader has
+// applied an entry of its own term (so its commit index covers every
+// earlier term), capture the commit index, then confirm leadership with a
+// quorum. Capturing before confirming closes the window in which a
+// deposed leader could hand out a stale index.
+func (g *Group) leaderRound(ctx context.Context) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.ElectionTimeout*5)
+	defer cancel()
+	term := g.raft.CurrentTerm()
+	for g.db.AppliedTerm() != term {
+		if err := g.checkLeader(); err != nil {
+			return 0, err
+		}
+		ch := g.db.AppliedCh()
+		if g.db.AppliedTerm() == term {
+			break
+		}
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			return 0, fmt.Errorf("group %d: new leader has not committed in its term: %w", g.id, kvd.ErrUnavailable)
+		}
+		if t := g.raft.CurrentTerm(); t != term {
+			term = t
+		}
+	}
+	idx := g.raft.CommitIndex()
+	if err := g.raft.VerifyLeader().Error(); err != nil {
+		return 0, &kvd.NotLeaderError{Group: g.id, Leader: g.LeaderID()}
+	}
+	if g.raft.CurrentTerm() != term {
+		return 0, &kvd.NotLeaderError{Group: g.id, Leader: g.LeaderID()}
+	}
+	return idx, nil
+}
+
+// followerRound asks the leader for a read index.
+func (g *Group) followerRound(ctx context.Context) (uint64, error) {
+	if g.cfg.LeaderReadIndex == nil {
+		return 0, &kvd.NotLeaderError{Group: g.id, Leader: g.LeaderID()}
+	}
+	leader := g.LeaderID()
+	if leader == "" {
+		return 0, fmt.Errorf("group %d: no leader known: %w", g.id, kvd.ErrUnavailable)
+	}
+	if leader == g.cfg.NodeID {
+		return g.leaderRound(ctx)
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.ElectionTimeout*5)
+	defer cancel()
+	return g.cfg.LeaderReadIndex(ctx, leader, g.id)
+}
+
+// watchLeadership forwards raft's leadership notifications to the leader
+// task runner without ever blocking raft.
+func (g *Group) watchLeadership(notify <-chan bool) {
+	for {
+		select {
+		case isLeader := <-notify:
+			if isLeader {
+				g.log.Info("became leader", "term", g.raft.CurrentTerm())
+				select {
+				case g.leaderKick <- struct{}{}:
+				default:
+				}
+			} else {
+				g.log.Info("lost leadership")
+			}
+		case <-g.raftDone:
+			return
+		}
+	}
+}
+
+// runLeaderTasks commits a no-op in each new leader's term, so that reads
+// can be served (see leaderRound), then seeds the cluster map if needed.
+func (g *Group) runLeaderTasks() {
+	for {
+		select {
+		case <-g.leaderKick:
+		case <-g.ctx.Done():
+			return
+		}
+		for attempt := 0; g.IsLeader() && g.db.AppliedTerm() != g.raft.CurrentTerm(); attempt++ {
+			ctx, cancel := context.WithTimeout(g.ctx, 5*time.Second)
+			_, err := g.Propose(ctx, store.Cmd{Kind: store.CmdNoop})
+			cancel()
+			if err != nil && g.ctx.Err() == nil {
+				g.log.Warn("leader no-op failed", "err", err, "attempt", attempt)
+				select {
+				case <-time.After(100 * time.Millisecond):
+				case <-g.ctx.Done():
+					return
+				}
+			}
+		}
+		g.seedMap()
+	}
+}
+
+func (g *Group) seedMap() {
+	seed := g.cfg.SeedMap
+	if seed == nil || !g.IsLeader() {
+		return
+	}
+	if cur := g.db.Map(); cur != nil && cur.Epoch >= seed.Epoch {
+		return
+	}
+	data, err := json.Marshal(seed)
+	if err != nil {
+		g.log.Error("encode cluster map", "err", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(g.ctx, 5*time.Second)
+	defer cancel()
+	if _, err := g.Propose(ctx, store.Cmd{Kind: store.CmdSetMap, Data: data}); err != nil {
+		g.log.Warn("store cluster map", "err", err)
+	}
+}
+
+// Status describes the replica.
+type Status struct {
+	Group        kvd.GroupID `json:"group"`
+	Role         string      `json:"role"`
+	Term         uint64      `json:"term"`
+	Leader       string      `json:"leader"`
+	CommitIndex  uint64      `json:"commit_index"`
+	AppliedIndex uint64      `json:"applied_index"`
+	LastIndex    uint64      `json:"last_index"`
+	LastContact  time.Time   `json:"last_contact,omitzero"`
+	Members      []string    `json:"members"`
+}
+
+// Status returns the replica's current status.
+func (g *Group) Status() Status {
+	s := Status{
+		Group:        g.id,
+		Role:         roleName(g.raft.State()),
+		Term:         g.raft.CurrentTerm(),
+		Leader:       g.LeaderID(),
+		CommitIndex:  g.raft.CommitIndex(),
+		AppliedIndex: g.db.AppliedIndex(),
+		LastIndex:    g.raft.LastIndex(),
+	}
+	if s.Role != "leader" {
+		s.LastContact = g.raft.LastContact()
+	}
+	if f := g.raft.GetConfiguration(); f.Error() == nil {
+		for _, srv := range f.Configuration().Servers {
+			s.Members = append(s.Members, string(srv.ID))
+		}
+	}
+	return s
+}
+
+func roleName(s raft.RaftState) string {
+	switch s {
+	case raft.Leader:
+		return "leader"
+	case raft.Follower:
+		return "follower"
+	case raft.Candidate:
+		return "candidate"
+	}
+	return "shutdown"
+}
+
+// TransferLeadership hands leadership to another replica if this one
+// leads, waiting at most LeaderTransferTimeout. Raft's Shutdown does not
+// do this by itself.
+func (g *Group) TransferLeadership() error {
+	if !g.IsLeader() {
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- g.raft.LeadershipTransfer().Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("group %d: leadership transfer: %w", g.id, err)
+		}
+		return nil
+	case <-time.After(g.cfg.LeaderTransferTimeout):
+		return fmt.Errorf("group %d: leadership transfer timed out", g.id)
+	}
+}
+
+// Snapshot asks raft to take a snapshot now (used by tests and operators).
+func (g *Group) Snapshot() error {
+	if err := g.raft.Snapshot().Error(); err != nil {
+		return fmt.Errorf("group %d: snapshot: %w", g.id, err)
+	}
+	return nil
+}
+
+// Close stops the replica: queued proposals fail, raft shuts down, then
+// the transport, log and state are closed. It waits for every goroutine
+// the group started and is safe to call more than once.
+func (g *Group) Close() error {
+	g.closeOnce.Do(func() {
+		g.cancel()
+		var errs []error
+		if g.raft != nil {
+			if err := g.raft.Shutdown().Error(); err != nil {
+				errs = append(errs, fmt.Errorf("shutdown raft: %w", err))
+			}
+		}
+		close(g.raftDone)
+		g.wg.Wait()
+		if err := g.closeFiles(); err != nil {
+			errs = append(errs, err)
+		}
+		g.closeErr = errors.Join(errs...)
+		g.log.Info("group replica stopped")
+	})
+	return g.closeErr
+}
+
+func (g *Group) closeFiles() error {
+	var errs []error
+	if g.trans != nil {
+		if err := g.trans.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close transport: %w", err))
+		}
+	} else if g.cfg.Layer != nil {
+		g.cfg.Layer.Close()
+	}
+	if g.logs != nil {
+		if err := g.logs.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close raft log: %w", err))
+		}
+	}
+	if g.db != nil {
+		if err := g.db.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
