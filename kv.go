@@ -102,3 +102,61 @@ func (l Limits) ValidateValue(n int) error {
 	}
 	return nil
 }
+
+// Version is a key's version: the Raft index, in the key's group, of the
+// entry that made its current value visible. 0 means "does not exist".
+type Version = uint64
+
+// Item is a key with its value and version.
+type Item struct {
+	Key     string
+	Value   []byte
+	Version Version
+}
+
+// CondKind is the kind of a write's precondition.
+type CondKind uint8
+
+// The condition kinds. Their numbers are part of the log format: never
+// renumber them.
+const (
+	// CondNone always holds.
+	CondNone CondKind = 0
+	// CondVersionEq holds when the key's version equals Version (0: the
+	// key does not exist). If-Match and If-None-Match: * map to it.
+	CondVersionEq CondKind = 1
+	// CondVersionNe holds when the key's version differs from Version
+	// (If-None-Match with a version).
+	CondVersionNe CondKind = 2
+	// CondExists holds when the key exists (If-Match: *).
+	CondExists CondKind = 3
+)
+
+// Cond is a precondition on a key's current version.
+type Cond struct {
+	Kind    CondKind
+	Version Version
+}
+
+// Holds reports whether the condition holds for a key at version cur
+// (0: absent).
+func (c Cond) Holds(cur Version) bool {
+	switch c.Kind {
+	case CondVersionEq:
+		return cur == c.Version
+	case CondVersionNe:
+		return cur != c.Version
+	case CondExists:
+		return cur != 0
+	}
+	return true
+}
+
+// ScanOptions select a range of keys: those with Prefix, at or after Start,
+// and before End (each optional), at most Limit of them (0: no limit).
+type ScanOptions struct {
+	Prefix string
+	Start  string
+	End    string
+	Limit  int
+}

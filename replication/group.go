@@ -268,7 +268,7 @@ func Open(cfg Config) (*Group, error) {
 	g.goFunc(func() { g.watchLeadership(notify) })
 	g.goFunc(g.runLeaderTasks)
 	ok = true
-	log.Info("group replica started", "node", cfg.NodeID, "applied", g.db.AppliedIndex(), "existing_state", hasState)
+	log.Info("group replica started", "applied", g.db.AppliedIndex(), "existing_state", hasState)
 	return g, nil
 }
 
@@ -564,6 +564,9 @@ func roleName(s raft.RaftState) string {
 func (g *Group) TransferLeadership() error {
 	if !g.IsLeader() {
 		return nil
+	}
+	if f := g.raft.GetConfiguration(); f.Error() == nil && len(f.Configuration().Servers) < 2 {
+		return nil // nobody to hand over to
 	}
 	done := make(chan error, 1)
 	go func() { done <- g.raft.LeadershipTransfer().Error() }()

@@ -27,7 +27,7 @@ func TestGroup_ElectsAndReplicates(t *testing.T) {
 	}
 	for i := range 3 {
 		tg.waitValue(i, "k19", "v19")
-		items, _, err := tg.reps[i].Store().Scan(store.ScanOptions{})
+		items, _, err := tg.reps[i].Store().Scan(kvd.ScanOptions{})
 		require.NoError(t, err)
 		require.Len(t, items, 20, "replica %d", i)
 	}
@@ -175,7 +175,7 @@ func TestGroup_RestartedReplicaCatchesUpFromItsOwnData(t *testing.T) {
 	tg.start(f, nil)
 	require.GreaterOrEqual(t, tg.reps[f].Store().AppliedIndex(), applied, "state survives the restart")
 	tg.waitValue(f, "b49", "2")
-	items, _, err := tg.reps[f].Store().Scan(store.ScanOptions{})
+	items, _, err := tg.reps[f].Store().Scan(kvd.ScanOptions{})
 	require.NoError(t, err)
 	require.Len(t, items, 100)
 }
@@ -202,7 +202,7 @@ func TestGroup_LaggingReplicaCatchesUpThroughSnapshot(t *testing.T) {
 
 	tg.start(f, nil)
 	tg.waitValue(f, "s199", "199")
-	items, _, err := tg.reps[f].Store().Scan(store.ScanOptions{})
+	items, _, err := tg.reps[f].Store().Scan(kvd.ScanOptions{})
 	require.NoError(t, err)
 	require.Len(t, items, 200)
 	snaps, err := os.ReadDir(filepath.Join(tg.dirs[f], "snapshots"))

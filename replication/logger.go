@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -50,7 +51,15 @@ func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
 		attrs = append(attrs, "component", a.name)
 	}
 	attrs = append(attrs, a.args...)
-	attrs = append(attrs, args...)
+	for _, v := range args {
+		// hclog.Fmt values are rendered lazily by hclog; do it here.
+		if f, ok := v.(hclog.Format); ok && len(f) > 0 {
+			if s, ok := f[0].(string); ok {
+				v = fmt.Sprintf(s, f[1:]...)
+			}
+		}
+		attrs = append(attrs, v)
+	}
 	a.l.Log(context.Background(), sl, msg, attrs...)
 }
 

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/kvd-project/kvd"
 )
 
 // CmdKind identifies the kind of a replicated command.
@@ -24,48 +26,12 @@ const (
 	CmdSetMap CmdKind = 4
 )
 
-// CondKind is the kind of a write's precondition.
-type CondKind uint8
-
-// The condition kinds; numbers are part of the log format.
-const (
-	// CondNone always holds.
-	CondNone CondKind = 0
-	// CondVersionEq holds when the key's version equals Version (0: the
-	// key does not exist).
-	CondVersionEq CondKind = 1
-	// CondVersionNe holds when the key's version differs from Version.
-	CondVersionNe CondKind = 2
-	// CondExists holds when the key exists.
-	CondExists CondKind = 3
-)
-
-// Cond is a precondition on a key's current version.
-type Cond struct {
-	Kind    CondKind
-	Version uint64
-}
-
-// Holds reports whether the condition holds for a key at version cur
-// (0: absent).
-func (c Cond) Holds(cur uint64) bool {
-	switch c.Kind {
-	case CondVersionEq:
-		return cur == c.Version
-	case CondVersionNe:
-		return cur != c.Version
-	case CondExists:
-		return cur != 0
-	}
-	return true
-}
-
 // Cmd is one replicated command. Which fields matter depends on Kind.
 type Cmd struct {
 	Kind  CmdKind
 	Key   string
 	Value []byte
-	Cond  Cond
+	Cond  kvd.Cond
 	// Data is the payload of commands that carry an opaque document
 	// (CmdSetMap: the cluster map as JSON).
 	Data []byte
@@ -134,9 +100,9 @@ func appendBytes(dst, b []byte) []byte {
 	return append(dst, b...)
 }
 
-func appendCond(dst []byte, c Cond) []byte {
+func appendCond(dst []byte, c kvd.Cond) []byte {
 	dst = append(dst, byte(c.Kind))
-	if c.Kind == CondVersionEq || c.Kind == CondVersionNe {
+	if c.Kind == kvd.CondVersionEq || c.Kind == kvd.CondVersionNe {
 		dst = binary.AppendUvarint(dst, c.Version)
 	}
 	return dst
@@ -233,11 +199,11 @@ func (d *decoder) bytes() []byte {
 	return b
 }
 
-func (d *decoder) cond() Cond {
-	c := Cond{Kind: CondKind(d.byte())}
+func (d *decoder) cond() kvd.Cond {
+	c := kvd.Cond{Kind: kvd.CondKind(d.byte())}
 	switch c.Kind {
-	case CondNone, CondExists:
-	case CondVersionEq, CondVersionNe:
+	case kvd.CondNone, kvd.CondExists:
+	case kvd.CondVersionEq, kvd.CondVersionNe:
 		c.Version = d.uvarint()
 	default:
 		d.err = fmt.Errorf("unknown condition kind %d", c.Kind)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -68,13 +69,6 @@ type DB struct {
 	// applied index advances.
 	notifyMu sync.Mutex
 	notify   chan struct{}
-}
-
-// Item is a key with its value and version.
-type Item struct {
-	Key     string
-	Value   []byte
-	Version uint64
 }
 
 // Entry is one Raft log entry handed to Apply.
@@ -322,8 +316,8 @@ func applyCmd(kv, meta *bolt.Bucket, c *Cmd, index uint64) (Result, *kvd.Map, er
 
 // Get returns the item stored under key, or an error wrapping
 // kvd.ErrNotFound.
-func (db *DB) Get(key string) (Item, error) {
-	var it Item
+func (db *DB) Get(key string) (kvd.Item, error) {
+	var it kvd.Item
 	err := db.view(func(tx *bolt.Tx) error {
 		rec := tx.Bucket(bucketKV).Get([]byte(key))
 		if rec == nil {
@@ -333,25 +327,16 @@ func (db *DB) Get(key string) (Item, error) {
 		return nil
 	})
 	if err != nil {
-		return Item{}, fmt.Errorf("get %q: %w", key, err)
+		return kvd.Item{}, fmt.Errorf("get %q: %w", key, err)
 	}
 	return it, nil
 }
 
-// ScanOptions select a range of keys: those with Prefix, at or after Start,
-// and before End (each optional), at most Limit of them (0: no limit).
-type ScanOptions struct {
-	Prefix string
-	Start  string
-	End    string
-	Limit  int
-}
-
-// Scan returns the items selected by o in key order, and whether more
-// items follow the last one returned.
-func (db *DB) Scan(o ScanOptions) ([]Item, bool, error) {
-	var items []Item
-	more := false
+// Scan returns the items selected by o in key order and, when more items
+// follow the last one returned, the key of the next one ("" otherwise).
+func (db *DB) Scan(o kvd.ScanOptions) ([]kvd.Item, string, error) {
+	var items []kvd.Item
+	next := ""
 	err := db.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketKV).Cursor()
 		seek := max(o.Start, o.Prefix)
@@ -360,11 +345,11 @@ func (db *DB) Scan(o ScanOptions) ([]Item, bool, error) {
 			if o.End != "" && ks >= o.End {
 				break
 			}
-			if len(ks) < len(o.Prefix) || ks[:len(o.Prefix)] != o.Prefix {
+			if !strings.HasPrefix(ks, o.Prefix) {
 				break
 			}
 			if o.Limit > 0 && len(items) == o.Limit {
-				more = true
+				next = ks
 				break
 			}
 			items = append(items, decodeItem(k, v))
@@ -372,9 +357,9 @@ func (db *DB) Scan(o ScanOptions) ([]Item, bool, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, false, fmt.Errorf("scan: %w", err)
+		return nil, "", fmt.Errorf("scan: %w", err)
 	}
-	return items, more, nil
+	return items, next, nil
 }
 
 // encodeRecord builds a stored value record: format byte, version, value.
@@ -395,8 +380,8 @@ func version(rec []byte) uint64 {
 }
 
 // decodeItem copies a record out of bbolt's memory.
-func decodeItem(k, rec []byte) Item {
-	return Item{Key: string(k), Version: version(rec), Value: append([]byte{}, rec[9:]...)}
+func decodeItem(k, rec []byte) kvd.Item {
+	return kvd.Item{Key: string(k), Version: version(rec), Value: append([]byte{}, rec[9:]...)}
 }
 
 func be64(v uint64) []byte {

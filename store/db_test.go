@@ -56,19 +56,19 @@ func TestStore_PutGetDelete(t *testing.T) {
 func TestStore_Conditions(t *testing.T) {
 	tests := []struct {
 		name    string
-		cond    Cond
+		cond    kvd.Cond
 		present bool
 		ok      bool
 	}{
-		{"create-only on absent", Cond{Kind: CondVersionEq, Version: 0}, false, true},
-		{"create-only on present", Cond{Kind: CondVersionEq, Version: 0}, true, false},
-		{"if-match right version", Cond{Kind: CondVersionEq, Version: 1}, true, true},
-		{"if-match wrong version", Cond{Kind: CondVersionEq, Version: 2}, true, false},
-		{"if-match on absent", Cond{Kind: CondVersionEq, Version: 1}, false, false},
-		{"if-none-match version differs", Cond{Kind: CondVersionNe, Version: 9}, true, true},
-		{"if-none-match version equal", Cond{Kind: CondVersionNe, Version: 1}, true, false},
-		{"exists on present", Cond{Kind: CondExists}, true, true},
-		{"exists on absent", Cond{Kind: CondExists}, false, false},
+		{"create-only on absent", kvd.Cond{Kind: kvd.CondVersionEq, Version: 0}, false, true},
+		{"create-only on present", kvd.Cond{Kind: kvd.CondVersionEq, Version: 0}, true, false},
+		{"if-match right version", kvd.Cond{Kind: kvd.CondVersionEq, Version: 1}, true, true},
+		{"if-match wrong version", kvd.Cond{Kind: kvd.CondVersionEq, Version: 2}, true, false},
+		{"if-match on absent", kvd.Cond{Kind: kvd.CondVersionEq, Version: 1}, false, false},
+		{"if-none-match version differs", kvd.Cond{Kind: kvd.CondVersionNe, Version: 9}, true, true},
+		{"if-none-match version equal", kvd.Cond{Kind: kvd.CondVersionNe, Version: 1}, true, false},
+		{"exists on present", kvd.Cond{Kind: kvd.CondExists}, true, true},
+		{"exists on absent", kvd.Cond{Kind: kvd.CondExists}, false, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -104,7 +104,7 @@ func TestStore_Scan(t *testing.T) {
 		cmds = append(cmds, put(k, "v"+k))
 	}
 	applyOne(t, db, 1, cmds...)
-	keys := func(items []Item) []string {
+	keys := func(items []kvd.Item) []string {
 		var ks []string
 		for _, it := range items {
 			ks = append(ks, it.Key)
@@ -112,25 +112,25 @@ func TestStore_Scan(t *testing.T) {
 		return ks
 	}
 	tests := []struct {
-		o    ScanOptions
+		o    kvd.ScanOptions
 		want []string
-		more bool
+		next string
 	}{
-		{ScanOptions{}, []string{"a", "b/1", "b/2", "b/3", "c", "d"}, false},
-		{ScanOptions{Prefix: "b/"}, []string{"b/1", "b/2", "b/3"}, false},
-		{ScanOptions{Prefix: "b/", Limit: 2}, []string{"b/1", "b/2"}, true},
-		{ScanOptions{Prefix: "b/", Start: "b/2"}, []string{"b/2", "b/3"}, false},
-		{ScanOptions{Start: "b", End: "c"}, []string{"b/1", "b/2", "b/3"}, false},
-		{ScanOptions{Start: "b/3", Limit: 1}, []string{"b/3"}, true},
-		{ScanOptions{Start: "c", Limit: 2}, []string{"c", "d"}, false},
-		{ScanOptions{Prefix: "zz"}, nil, false},
-		{ScanOptions{Prefix: "b/", End: "b/2"}, []string{"b/1"}, false},
+		{kvd.ScanOptions{}, []string{"a", "b/1", "b/2", "b/3", "c", "d"}, ""},
+		{kvd.ScanOptions{Prefix: "b/"}, []string{"b/1", "b/2", "b/3"}, ""},
+		{kvd.ScanOptions{Prefix: "b/", Limit: 2}, []string{"b/1", "b/2"}, "b/3"},
+		{kvd.ScanOptions{Prefix: "b/", Start: "b/2"}, []string{"b/2", "b/3"}, ""},
+		{kvd.ScanOptions{Start: "b", End: "c"}, []string{"b/1", "b/2", "b/3"}, ""},
+		{kvd.ScanOptions{Start: "b/3", Limit: 1}, []string{"b/3"}, "c"},
+		{kvd.ScanOptions{Start: "c", Limit: 2}, []string{"c", "d"}, ""},
+		{kvd.ScanOptions{Prefix: "zz"}, nil, ""},
+		{kvd.ScanOptions{Prefix: "b/", End: "b/2"}, []string{"b/1"}, ""},
 	}
 	for _, tc := range tests {
-		items, more, err := db.Scan(tc.o)
+		items, next, err := db.Scan(tc.o)
 		require.NoError(t, err)
 		require.Equal(t, tc.want, keys(items), "%+v", tc.o)
-		require.Equal(t, tc.more, more, "%+v", tc.o)
+		require.Equal(t, tc.next, next, "%+v", tc.o)
 	}
 }
 
@@ -141,7 +141,7 @@ func TestStore_Apply_IdempotentAfterRestart(t *testing.T) {
 	entries := []Entry{
 		{Index: 1, Term: 1, Batch: &Batch{Cmds: []Cmd{put("x", "1")}}},
 		{Index: 2, Term: 1}, // a configuration entry
-		{Index: 3, Term: 2, Batch: &Batch{Cmds: []Cmd{{Kind: CmdPut, Key: "x", Value: []byte("2"), Cond: Cond{Kind: CondVersionEq, Version: 1}}}}},
+		{Index: 3, Term: 2, Batch: &Batch{Cmds: []Cmd{{Kind: CmdPut, Key: "x", Value: []byte("2"), Cond: kvd.Cond{Kind: kvd.CondVersionEq, Version: 1}}}}},
 	}
 	_, err = db.Apply(entries)
 	require.NoError(t, err)
@@ -193,7 +193,7 @@ func TestStore_SnapshotRestore_RoundTrip(t *testing.T) {
 	require.ErrorIs(t, err, kvd.ErrNotFound, "restore discards the old state")
 	_, err = dst.Get("late")
 	require.ErrorIs(t, err, kvd.ErrNotFound, "snapshot must not contain later applies")
-	items, _, err := dst.Scan(ScanOptions{})
+	items, _, err := dst.Scan(kvd.ScanOptions{})
 	require.NoError(t, err)
 	require.Len(t, items, 100)
 	it, err := dst.Get("k001")
@@ -236,9 +236,9 @@ func TestStore_SetMap_KeepsNewestEpoch(t *testing.T) {
 func TestBatch_EncodeDecode(t *testing.T) {
 	b := &Batch{Time: -42, Cmds: []Cmd{
 		{Kind: CmdNoop},
-		{Kind: CmdPut, Key: "k/ü", Value: []byte{0, 1, 2}, Cond: Cond{Kind: CondVersionEq, Version: 7}},
+		{Kind: CmdPut, Key: "k/ü", Value: []byte{0, 1, 2}, Cond: kvd.Cond{Kind: kvd.CondVersionEq, Version: 7}},
 		{Kind: CmdPut, Key: "e", Value: []byte{}},
-		{Kind: CmdDelete, Key: "d", Cond: Cond{Kind: CondExists}},
+		{Kind: CmdDelete, Key: "d", Cond: kvd.Cond{Kind: kvd.CondExists}},
 		{Kind: CmdSetMap, Data: []byte(`{"epoch":1}`)},
 	}}
 	got, err := DecodeBatch(b.AppendEncode(nil))

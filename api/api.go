@@ -1,0 +1,137 @@
+// Package api holds the HTTP wire types, header names and error codes of
+// kvd's API v1, shared by the server's handlers and by clients. It depends
+// on the standard library alone.
+package api
+
+import "time"
+
+// Error codes of the contract, each with one HTTP status.
+const (
+	CodeInvalidRequest      = "invalid_request"      // 400
+	CodeNotFound            = "not_found"            // 404
+	CodeMethodNotAllowed    = "method_not_allowed"   // 405
+	CodeTooLarge            = "too_large"            // 413
+	CodePreconditionFailed  = "precondition_failed"  // 412
+	CodeCompareFailed       = "compare_failed"       // 409
+	CodeConflict            = "conflict"             // 409
+	CodeNotANumber          = "not_a_number"         // 409
+	CodeCompacted           = "compacted"            // 410
+	CodeWrongGroup          = "wrong_group"          // 421
+	CodeIdempotencyMismatch = "idempotency_mismatch" // 422
+	CodeInternal            = "internal"             // 500
+	CodeUnavailable         = "unavailable"          // 503
+	CodeUnknownOutcome      = "unknown_outcome"      // 504
+)
+
+// Header names.
+const (
+	// HeaderGroup and HeaderEpoch name the group and map epoch a routed
+	// request was sent for. A request carrying them is never forwarded:
+	// a node that cannot serve it answers 421 or 503.
+	HeaderGroup = "X-Kvd-Group"
+	HeaderEpoch = "X-Kvd-Epoch"
+	// HeaderLeader carries the node id of the group's leader on a 503.
+	HeaderLeader = "X-Kvd-Leader"
+	// HeaderForwarded marks a request one node forwarded to another; it
+	// names the forwarding node. A forwarded request is not forwarded
+	// again.
+	HeaderForwarded = "X-Kvd-Forwarded"
+	// HeaderNode names the node that served a request.
+	HeaderNode = "X-Kvd-Node"
+)
+
+// Error is the body of every error response.
+type Error struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail describes an error.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// Leader is the node id of the group's leader, when known, on
+	// "unavailable" errors from a replica that is not the leader.
+	Leader string `json:"leader,omitempty"`
+	// Group is the group the error concerns, when there is one.
+	Group uint64 `json:"group,omitempty"`
+}
+
+// PutResponse is the body of a successful PUT.
+type PutResponse struct {
+	Version uint64 `json:"version"`
+}
+
+// DeleteResponse is the body of a successful DELETE.
+type DeleteResponse struct {
+	Deleted bool `json:"deleted"`
+	// Version is the version of the delete when it removed a key.
+	Version uint64 `json:"version,omitempty"`
+}
+
+// Item is one key of a scan. Value is base64 in JSON.
+type Item struct {
+	Key     string `json:"key"`
+	Value   []byte `json:"value"`
+	Version uint64 `json:"version"`
+}
+
+// ScanResponse is one page of a scan.
+type ScanResponse struct {
+	Items []Item `json:"items"`
+	More  bool   `json:"more"`
+	// Next is the start of the next page when More is set.
+	Next string `json:"next,omitempty"`
+}
+
+// Node is a node of the cluster map.
+type Node struct {
+	ID   string `json:"id"`
+	HTTP string `json:"http"`
+	Raft string `json:"raft"`
+}
+
+// Group is a group of the cluster map with its current leader.
+type Group struct {
+	ID      uint64   `json:"id"`
+	Members []string `json:"members"`
+	// Leader is the node id of the current leader, "" while there is none.
+	Leader string `json:"leader"`
+	// Slots are inclusive slot ranges.
+	Slots [][2]int `json:"slots"`
+}
+
+// Cluster is the body of GET /v1/cluster.
+type Cluster struct {
+	Epoch  uint64  `json:"epoch"`
+	Nodes  []Node  `json:"nodes"`
+	Groups []Group `json:"groups"`
+}
+
+// GroupStatus describes one replica hosted by a node.
+type GroupStatus struct {
+	Group        uint64    `json:"group"`
+	Role         string    `json:"role"`
+	Term         uint64    `json:"term"`
+	Leader       string    `json:"leader"`
+	CommitIndex  uint64    `json:"commit_index"`
+	AppliedIndex uint64    `json:"applied_index"`
+	LastIndex    uint64    `json:"last_index"`
+	LastContact  time.Time `json:"last_contact,omitzero"`
+	Members      []string  `json:"members"`
+}
+
+// Status is the body of GET /v1/status.
+type Status struct {
+	Node    string        `json:"node"`
+	HTTP    string        `json:"http"`
+	Raft    string        `json:"raft"`
+	Version string        `json:"version"`
+	Uptime  string        `json:"uptime"`
+	Epoch   uint64        `json:"epoch"`
+	Groups  []GroupStatus `json:"groups"`
+}
+
+// ReadIndexResponse is the body of the node-to-node read-index call.
+type ReadIndexResponse struct {
+	Index uint64 `json:"index"`
+}

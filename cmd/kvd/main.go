@@ -1,0 +1,132 @@
+// Command kvd runs one node of the kvd key-value store.
+//
+// With no flags it runs the single-node default: data in ./kvd-data, HTTP
+// on 127.0.0.1:7070, Raft on 127.0.0.1:7071. With --initial-cluster FILE
+// every member started with the same file forms the cluster; a restarted
+// member resumes from its data directory and ignores the file. SIGTERM
+// (or SIGINT) hands off leadership, drains in-flight requests and exits 0.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/server"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	cfg := server.DefaultConfig()
+	fs := flag.NewFlagSet("kvd", flag.ContinueOnError)
+	fs.StringVar(&cfg.NodeID, "id", cfg.NodeID, "this node's id")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for this node's data")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "HTTP listen address (default: this node's address in --initial-cluster, else 127.0.0.1:7070)")
+	fs.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "Raft listen address (default: this node's address in --initial-cluster, else 127.0.0.1:7071)")
+	fs.StringVar(&cfg.HTTPAdvertise, "http-advertise", "", "HTTP address clients and peers dial (default: the listen address)")
+	fs.StringVar(&cfg.RaftAdvertise, "raft-advertise", "", "Raft address peers dial (default: the listen address)")
+	initial := fs.String("initial-cluster", "", "bootstrap `file`: {\"nodes\":[{\"id\",\"http\",\"raft\"}...],\"groups\":G,\"replicas\":R}")
+	peers := fs.String("peer-addrs", "", "`file` mapping node ids to the addresses to dial for them: {\"n2\":{\"http\":\"..\",\"raft\":\"..\"}}")
+	fs.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "time limit of one client request")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "time limit for draining requests on SIGTERM")
+	fs.Uint64Var(&cfg.Replication.SnapshotThreshold, "snapshot-threshold", cfg.Replication.SnapshotThreshold, "log entries between snapshots")
+	fs.Uint64Var(&cfg.Replication.TrailingLogs, "trailing-logs", cfg.Replication.TrailingLogs, "log entries kept after a snapshot")
+	fs.DurationVar(&cfg.Replication.ElectionTimeout, "election-timeout", cfg.Replication.ElectionTimeout, "Raft election timeout")
+	fs.DurationVar(&cfg.Replication.HeartbeatTimeout, "heartbeat-timeout", cfg.Replication.HeartbeatTimeout, "Raft heartbeat timeout")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	logJSON := fs.Bool("log-json", false, "log as JSON lines")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "kvd: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *showVersion {
+		fmt.Println("kvd", version)
+		return 0
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "kvd: bad --log-level %q\n", *logLevel)
+		return 2
+	}
+	hopts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, hopts)
+	if *logJSON {
+		h = slog.NewJSONHandler(os.Stderr, hopts)
+	}
+	log := slog.New(h)
+	cfg.Logger = log
+	cfg.Version = version
+	cfg.Replication.Fatal = func(err error) {
+		log.Error("fatal: cannot apply a committed entry; stopping so this replica does not diverge", "err", err)
+		os.Exit(1)
+	}
+
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *initial != "" {
+		ic, err := kvd.LoadInitialCluster(*initial)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "kvd: %v\n", err)
+			return 2
+		}
+		self, ok := ic.Map().Node(cfg.NodeID)
+		if !ok {
+			fmt.Fprintf(os.Stderr, "kvd: node %q is not in %s\n", cfg.NodeID, *initial)
+			return 2
+		}
+		if !set["http-addr"] {
+			cfg.HTTPAddr = self.HTTP
+		}
+		if !set["raft-addr"] {
+			cfg.RaftAddr = self.Raft
+		}
+		cfg.InitialCluster = &ic
+	}
+	if *peers != "" {
+		b, err := os.ReadFile(*peers)
+		if err == nil {
+			err = json.Unmarshal(b, &cfg.PeerOverrides)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "kvd: --peer-addrs: %v\n", err)
+			return 2
+		}
+	}
+
+	srv, err := server.New(cfg)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "kvd: %v\n", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	start := time.Now()
+	err = srv.Run(ctx)
+	if err != nil {
+		log.Error("stopped with an error", "err", err)
+		return 1
+	}
+	log.Info("bye", "uptime", time.Since(start).Round(time.Second).String())
+	return 0
+}

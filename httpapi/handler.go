@@ -1,0 +1,540 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/mux"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
+)
+
+// Route is the routing a smart client chose for a request, from the
+// X-Kvd-Group and X-Kvd-Epoch headers. A Direct request must be served by
+// this node's replica of Group or refused; it is never forwarded.
+type Route struct {
+	Direct bool
+	Group  kvd.GroupID
+	Epoch  uint64
+}
+
+// Backend is what the handlers need from a node. Every method that can
+// block takes a context that ends with the request. Errors are the kvd
+// sentinel errors (wrapped); a *kvd.NotLeaderError makes the handler
+// forward the request to the leader it names.
+type Backend interface {
+	// NodeID returns this node's id.
+	NodeID() string
+	// PeerHTTP returns the address to dial for node id's HTTP API.
+	PeerHTTP(id string) (string, bool)
+	// Get reads a key at consistency c.
+	Get(ctx context.Context, key string, c kvd.Consistency, rt Route) (kvd.Item, error)
+	// Put writes a key if cond holds and returns its new version.
+	Put(ctx context.Context, key string, value []byte, cond kvd.Cond, rt Route) (kvd.Version, error)
+	// Delete removes a key if cond holds; deleted is false if it was absent.
+	Delete(ctx context.Context, key string, cond kvd.Cond, rt Route) (deleted bool, ver kvd.Version, err error)
+	// Scan returns a page of keys in order and, when more follow, the
+	// first key of the next page ("" when none follow).
+	Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error)
+	// Cluster returns the cluster map with each group's leader.
+	Cluster(ctx context.Context) (api.Cluster, error)
+	// Status describes this node.
+	Status(ctx context.Context) api.Status
+	// Ready returns nil when every hosted group has a leader.
+	Ready() error
+	// ReadIndex returns a read index of group g, which this node must lead.
+	ReadIndex(ctx context.Context, g kvd.GroupID) (uint64, error)
+}
+
+// Options configure a Handler.
+type Options struct {
+	// Limits are enforced on every request.
+	Limits kvd.Limits
+	// RequestTimeout bounds each request, forwarding included.
+	RequestTimeout time.Duration
+	// Registry receives the HTTP metrics and serves /metrics.
+	Registry *prometheus.Registry
+	// Logger receives request errors.
+	Logger *slog.Logger
+	// ForwardClient carries requests forwarded to other nodes.
+	ForwardClient *http.Client
+}
+
+// Handler serves the API. Build it with New.
+type Handler struct {
+	b       Backend
+	o       Options
+	log     *slog.Logger
+	router  *mux.Router
+	handler http.Handler
+	fwd     *http.Client
+}
+
+// New returns the API handler over b.
+func New(b Backend, o Options) (*Handler, error) {
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = 10 * time.Second
+	}
+	if o.ForwardClient == nil {
+		o.ForwardClient = NewForwardClient()
+	}
+	h := &Handler{b: b, o: o, log: o.Logger, fwd: o.ForwardClient}
+	r := mux.NewRouter()
+	// Keys are kept exactly: no path cleaning, no redirects, and the key
+	// is taken from the escaped path and percent-decoded once.
+	r.SkipClean(true)
+	r.UseEncodedPath()
+	r.HandleFunc("/v1/kv/{key:.*}", h.getKey).Methods(http.MethodGet, http.MethodHead)
+	r.HandleFunc("/v1/kv/{key:.*}", h.putKey).Methods(http.MethodPut)
+	r.HandleFunc("/v1/kv/{key:.*}", h.deleteKey).Methods(http.MethodDelete)
+	r.HandleFunc("/v1/kv", h.scan).Methods(http.MethodGet)
+	r.HandleFunc("/v1/cluster", h.cluster).Methods(http.MethodGet)
+	r.HandleFunc("/v1/status", h.status).Methods(http.MethodGet)
+	r.HandleFunc("/v1/internal/readindex", h.readIndex).Methods(http.MethodGet)
+	r.HandleFunc("/healthz", h.healthz).Methods(http.MethodGet)
+	r.HandleFunc("/readyz", h.readyz).Methods(http.MethodGet)
+	r.Handle("/metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{})).Methods(http.MethodGet)
+	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, api.Error{Error: api.ErrorDetail{Code: api.CodeNotFound, Message: "no such endpoint: " + r.URL.Path}})
+	})
+	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusMethodNotAllowed, api.Error{Error: api.ErrorDetail{Code: api.CodeMethodNotAllowed, Message: r.Method + " is not allowed on " + r.URL.Path}})
+	})
+	m, err := newHTTPMetrics(o.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("http metrics: %w", err)
+	}
+	r.Use(m.middleware)
+	h.router = r
+	h.handler = r
+	return h, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set(api.HeaderNode, h.b.NodeID())
+	h.handler.ServeHTTP(w, r)
+}
+
+// Close releases the connections kept for forwarding.
+func (h *Handler) Close() { h.fwd.CloseIdleConnections() }
+
+// keyOf returns the request's key, percent-decoded once and validated.
+func (h *Handler) keyOf(r *http.Request) (string, error) {
+	raw := mux.Vars(r)["key"]
+	key, err := url.PathUnescape(raw)
+	if err != nil {
+		return "", fmt.Errorf("%w: bad percent-encoding in key: %v", kvd.ErrInvalid, err)
+	}
+	if err := h.o.Limits.ValidateKey(key); err != nil {
+		return "", err
+	}
+	return key, nil
+}
+
+// routeOf parses the routing headers a smart client sends.
+func routeOf(r *http.Request) (Route, error) {
+	gs, es := r.Header.Get(api.HeaderGroup), r.Header.Get(api.HeaderEpoch)
+	if gs == "" && es == "" {
+		return Route{}, nil
+	}
+	g, err1 := strconv.ParseUint(gs, 10, 64)
+	e, err2 := strconv.ParseUint(es, 10, 64)
+	if err1 != nil || err2 != nil || g == 0 {
+		return Route{}, fmt.Errorf("%w: %s and %s must both be positive integers", kvd.ErrInvalid, api.HeaderGroup, api.HeaderEpoch)
+	}
+	return Route{Direct: true, Group: kvd.GroupID(g), Epoch: e}, nil
+}
+
+func consistencyOf(r *http.Request) (kvd.Consistency, error) {
+	return kvd.ParseConsistency(r.URL.Query().Get("consistency"))
+}
+
+// parseETag parses one entity tag: "5" (or 5, or W/"5").
+func parseETag(s string) (uint64, error) {
+	s = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(s), "W/"))
+	s = strings.TrimSuffix(strings.TrimPrefix(s, `"`), `"`)
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%w: entity tag %q is not a version", kvd.ErrInvalid, s)
+	}
+	return v, nil
+}
+
+func etag(v kvd.Version) string { return `"` + strconv.FormatUint(v, 10) + `"` }
+
+// condOf turns If-Match / If-None-Match into a precondition.
+func condOf(r *http.Request) (kvd.Cond, error) {
+	im, inm := r.Header.Get("If-Match"), r.Header.Get("If-None-Match")
+	switch {
+	case im != "" && inm != "":
+		return kvd.Cond{}, fmt.Errorf("%w: use If-Match or If-None-Match, not both", kvd.ErrInvalid)
+	case strings.TrimSpace(im) == "*":
+		return kvd.Cond{Kind: kvd.CondExists}, nil
+	case im != "":
+		v, err := parseETag(im)
+		return kvd.Cond{Kind: kvd.CondVersionEq, Version: v}, err
+	case strings.TrimSpace(inm) == "*":
+		return kvd.Cond{Kind: kvd.CondVersionEq, Version: 0}, nil
+	case inm != "":
+		v, err := parseETag(inm)
+		return kvd.Cond{Kind: kvd.CondVersionNe, Version: v}, err
+	}
+	return kvd.Cond{}, nil
+}
+
+// responder writes a successful response.
+type responder func(w http.ResponseWriter)
+
+// serve runs op, and if this node does not lead the key's group, forwards
+// the request to the leader: following leader hints, and waiting a little
+// during an election, within the request's deadline. body is the request
+// body already read (nil if none).
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt Route, body []byte, write bool, op func(ctx context.Context) (responder, error)) {
+	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
+	defer cancel()
+	forwarded := r.Header.Get(api.HeaderForwarded) != ""
+	backoff := 25 * time.Millisecond
+	tried := map[string]bool{}
+	for {
+		respond, err := op(ctx)
+		if err == nil {
+			respond(w)
+			return
+		}
+		if !errors.Is(err, kvd.ErrNotLeader) || rt.Direct || forwarded {
+			writeError(w, err, write)
+			return
+		}
+		leader := kvd.LeaderHint(err)
+		if leader != "" && leader != h.b.NodeID() && !tried[leader] {
+			if h.forward(ctx, w, r, body, leader, write) {
+				return
+			}
+			tried[leader] = true
+		} else {
+			// No leader known, or the known one failed: wait for the
+			// group to settle, then look again.
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				writeError(w, err, write)
+				return
+			}
+			backoff = min(backoff*2, 500*time.Millisecond)
+			clear(tried)
+		}
+		if ctx.Err() != nil {
+			writeError(w, err, write)
+			return
+		}
+	}
+}
+
+// forward sends the request to node id and relays its answer. It returns
+// false, having written nothing, when the request certainly had no effect
+// there and may be tried again (the node was unreachable, or it answered
+// 503); it returns true once it has written a response.
+func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Request, body []byte, id string, write bool) bool {
+	addr, ok := h.b.PeerHTTP(id)
+	if !ok {
+		return false
+	}
+	var rd io.Reader
+	if body != nil {
+		rd = strings.NewReader(string(body))
+	}
+	req, err := http.NewRequestWithContext(ctx, r.Method, "http://"+addr+r.URL.RequestURI(), rd)
+	if err != nil {
+		writeError(w, fmt.Errorf("forward to %s: %w", id, err), write)
+		return true
+	}
+	for k, vs := range r.Header {
+		switch k {
+		case "Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Proxy-Connection":
+			continue
+		}
+		req.Header[k] = vs
+	}
+	req.Header.Set(api.HeaderForwarded, h.b.NodeID())
+	resp, err := h.fwd.Do(req)
+	if err != nil {
+		if !write || isDialError(err) {
+			return false
+		}
+		writeError(w, fmt.Errorf("forwarded to leader %s, no answer: %v: %w", id, err, kvd.ErrUnknownOutcome), write)
+		return true
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusServiceUnavailable && ctx.Err() == nil {
+		// 503 promises nothing was done; the leader may have moved.
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return false
+	}
+	for _, k := range []string{"Content-Type", "Etag", "Retry-After", api.HeaderLeader, api.HeaderNode, "Content-Length"} {
+		if v := resp.Header.Get(k); v != "" {
+			w.Header().Set(k, v)
+		}
+	}
+	w.WriteHeader(resp.StatusCode)
+	io.Copy(w, resp.Body)
+	return true
+}
+
+// isDialError reports whether err happened while connecting, so the
+// request never left this node.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+func (h *Handler) getKey(w http.ResponseWriter, r *http.Request) {
+	key, err := h.keyOf(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	c, err := consistencyOf(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	rt, err := routeOf(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	var notModified uint64
+	if inm := r.Header.Get("If-None-Match"); inm != "" && strings.TrimSpace(inm) != "*" {
+		if notModified, err = parseETag(inm); err != nil {
+			writeError(w, err, false)
+			return
+		}
+	}
+	h.serve(w, r, rt, nil, false, func(ctx context.Context) (responder, error) {
+		it, err := h.b.Get(ctx, key, c, rt)
+		if err != nil {
+			return nil, err
+		}
+		return func(w http.ResponseWriter) {
+			w.Header().Set("ETag", etag(it.Version))
+			if notModified != 0 && notModified == it.Version {
+				w.WriteHeader(http.StatusNotModified)
+				return
+			}
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Header().Set("Content-Length", strconv.Itoa(len(it.Value)))
+			w.WriteHeader(http.StatusOK)
+			w.Write(it.Value)
+		}, nil
+	})
+}
+
+// readBody reads a request body within the limits.
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	if r.ContentLength > limit {
+		return nil, fmt.Errorf("%w: body is %d bytes, the limit is %d", kvd.ErrTooLarge, r.ContentLength, limit)
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, fmt.Errorf("%w: body exceeds %d bytes", kvd.ErrTooLarge, limit)
+		}
+		return nil, fmt.Errorf("%w: read body: %v", kvd.ErrInvalid, err)
+	}
+	return body, nil
+}
+
+func (h *Handler) putKey(w http.ResponseWriter, r *http.Request) {
+	key, err := h.keyOf(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	rt, err := routeOf(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	cond, err := condOf(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	if err := h.unsupportedParams(r, "ttl"); err != nil {
+		writeError(w, err, false)
+		return
+	}
+	body, err := h.readBody(w, r, min(h.o.Limits.MaxBodyBytes, int64(h.o.Limits.MaxValueBytes)+1))
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	if err := h.o.Limits.ValidateValue(len(body)); err != nil {
+		writeError(w, err, false)
+		return
+	}
+	h.serve(w, r, rt, body, true, func(ctx context.Context) (responder, error) {
+		ver, err := h.b.Put(ctx, key, body, cond, rt)
+		if err != nil {
+			return nil, err
+		}
+		return func(w http.ResponseWriter) {
+			w.Header().Set("ETag", etag(ver))
+			writeJSON(w, http.StatusOK, api.PutResponse{Version: ver})
+		}, nil
+	})
+}
+
+// unsupportedParams refuses query parameters this build does not serve
+// yet, rather than silently ignoring them.
+func (h *Handler) unsupportedParams(r *http.Request, names ...string) error {
+	q := r.URL.Query()
+	for _, n := range names {
+		if q.Has(n) {
+			return fmt.Errorf("%w: parameter %q is not supported", kvd.ErrInvalid, n)
+		}
+	}
+	return nil
+}
+
+func (h *Handler) deleteKey(w http.ResponseWriter, r *http.Request) {
+	key, err := h.keyOf(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	rt, err := routeOf(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	cond, err := condOf(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	h.serve(w, r, rt, nil, true, func(ctx context.Context) (responder, error) {
+		deleted, ver, err := h.b.Delete(ctx, key, cond, rt)
+		if err != nil {
+			return nil, err
+		}
+		return func(w http.ResponseWriter) {
+			writeJSON(w, http.StatusOK, api.DeleteResponse{Deleted: deleted, Version: ver})
+		}, nil
+	})
+}
+
+func (h *Handler) scan(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	o := kvd.ScanOptions{Prefix: q.Get("prefix"), Start: q.Get("start"), End: q.Get("end"), Limit: h.o.Limits.DefaultScanLimit}
+	for name, v := range map[string]string{"prefix": o.Prefix, "start": o.Start, "end": o.End} {
+		if !utf8.ValidString(v) {
+			writeError(w, fmt.Errorf("%w: %s is not valid UTF-8", kvd.ErrInvalid, name), false)
+			return
+		}
+	}
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		switch {
+		case err != nil || n < 1:
+			writeError(w, fmt.Errorf("%w: limit must be a positive integer, not %q", kvd.ErrInvalid, s), false)
+			return
+		case n > h.o.Limits.MaxScanLimit:
+			writeError(w, fmt.Errorf("%w: limit %d is over the maximum page of %d", kvd.ErrInvalid, n, h.o.Limits.MaxScanLimit), false)
+			return
+		}
+		o.Limit = n
+	}
+	c, err := consistencyOf(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	h.serve(w, r, Route{}, nil, false, func(ctx context.Context) (responder, error) {
+		items, next, err := h.b.Scan(ctx, o, c)
+		if err != nil {
+			return nil, err
+		}
+		return func(w http.ResponseWriter) {
+			resp := api.ScanResponse{Items: make([]api.Item, len(items)), More: next != "", Next: next}
+			for i, it := range items {
+				resp.Items[i] = api.Item{Key: it.Key, Value: it.Value, Version: it.Version}
+			}
+			writeJSON(w, http.StatusOK, resp)
+		}, nil
+	})
+}
+
+func (h *Handler) cluster(w http.ResponseWriter, r *http.Request) {
+	c, err := h.b.Cluster(r.Context())
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	writeJSON(w, http.StatusOK, c)
+}
+
+func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, h.b.Status(r.Context()))
+}
+
+func (h *Handler) readIndex(w http.ResponseWriter, r *http.Request) {
+	g, err := strconv.ParseUint(r.URL.Query().Get("group"), 10, 64)
+	if err != nil || g == 0 {
+		writeError(w, fmt.Errorf("%w: group must be a positive integer", kvd.ErrInvalid), false)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
+	defer cancel()
+	idx, err := h.b.ReadIndex(ctx, kvd.GroupID(g))
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.ReadIndexResponse{Index: idx})
+}
+
+func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "node": h.b.NodeID()})
+}
+
+func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
+	if err := h.b.Ready(); err != nil {
+		writeError(w, err, false)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "node": h.b.NodeID()})
+}
+
+// NewForwardClient returns the HTTP client used between nodes: keep-alive
+// connections, a short dial timeout, no proxies from the environment.
+func NewForwardClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		Proxy:               nil,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+	}}
+}

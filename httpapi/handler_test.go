@@ -1,0 +1,390 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/internal/testcluster"
+)
+
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r response) errCode(t *testing.T) string {
+	t.Helper()
+	var e api.Error
+	require.NoError(t, json.Unmarshal(r.body, &e), "error body must be JSON: %s", r.body)
+	require.NotEmpty(t, e.Error.Message)
+	return e.Error.Code
+}
+
+func do(t *testing.T, method, u string, body []byte, hdr ...string) response {
+	t.Helper()
+	req, err := http.NewRequest(method, u, bytes.NewReader(body))
+	require.NoError(t, err)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return response{resp.StatusCode, resp.Header, b}
+}
+
+func TestAPI_SingleKeyLifecycle(t *testing.T) {
+	c := testcluster.New(t, 1, 1)
+	base := c.URL(0) + "/v1/kv/"
+
+	r := do(t, "GET", base+"k", nil)
+	require.Equal(t, 404, r.status)
+	require.Equal(t, api.CodeNotFound, r.errCode(t))
+
+	r = do(t, "PUT", base+"k", []byte("v1"))
+	require.Equal(t, 200, r.status)
+	var pr api.PutResponse
+	require.NoError(t, json.Unmarshal(r.body, &pr))
+	require.NotZero(t, pr.Version)
+	require.Equal(t, fmt.Sprintf(`"%d"`, pr.Version), r.header.Get("ETag"))
+
+	r = do(t, "GET", base+"k", nil)
+	require.Equal(t, 200, r.status)
+	require.Equal(t, "v1", string(r.body))
+	require.Equal(t, fmt.Sprintf(`"%d"`, pr.Version), r.header.Get("ETag"))
+
+	// If-None-Match with the current version: not modified.
+	r = do(t, "GET", base+"k", nil, "If-None-Match", fmt.Sprintf(`"%d"`, pr.Version))
+	require.Equal(t, 304, r.status)
+
+	// Compare-and-set.
+	r = do(t, "PUT", base+"k", []byte("v2"), "If-Match", `"999999"`)
+	require.Equal(t, 412, r.status)
+	require.Equal(t, api.CodePreconditionFailed, r.errCode(t))
+	r = do(t, "PUT", base+"k", []byte("v2"), "If-Match", fmt.Sprintf(`"%d"`, pr.Version))
+	require.Equal(t, 200, r.status)
+	var pr2 api.PutResponse
+	require.NoError(t, json.Unmarshal(r.body, &pr2))
+	require.Greater(t, pr2.Version, pr.Version)
+
+	// Create-only.
+	r = do(t, "PUT", base+"k", []byte("v3"), "If-None-Match", "*")
+	require.Equal(t, 412, r.status)
+	r = do(t, "PUT", base+"new", []byte("n"), "If-None-Match", "*")
+	require.Equal(t, 200, r.status)
+	r = do(t, "PUT", base+"absent", []byte("n"), "If-Match", "*")
+	require.Equal(t, 412, r.status)
+
+	// Empty values are values.
+	r = do(t, "PUT", base+"empty", nil)
+	require.Equal(t, 200, r.status)
+	r = do(t, "GET", base+"empty", nil)
+	require.Equal(t, 200, r.status)
+	require.Empty(t, r.body)
+
+	// Delete, with and without a condition.
+	r = do(t, "DELETE", base+"k", nil, "If-Match", `"1"`)
+	require.Equal(t, 412, r.status)
+	r = do(t, "DELETE", base+"k", nil)
+	require.Equal(t, 200, r.status)
+	var dr api.DeleteResponse
+	require.NoError(t, json.Unmarshal(r.body, &dr))
+	require.True(t, dr.Deleted)
+	require.Greater(t, dr.Version, pr2.Version)
+	r = do(t, "DELETE", base+"k", nil)
+	require.Equal(t, 200, r.status)
+	require.JSONEq(t, `{"deleted":false}`, string(r.body))
+	r = do(t, "GET", base+"k", nil)
+	require.Equal(t, 404, r.status)
+}
+
+func TestAPI_KeysAreKeptExactly(t *testing.T) {
+	c := testcluster.New(t, 1, 1)
+	keys := []string{"a/b", "a//b", "/lead", "./dot", "../up", "a/./b", "x/../y", "sp ace", "q?mark", "hash#tag", "pct%41", "ünï/cødé", "{tag}/k", "trail/"}
+	for i, k := range keys {
+		r := do(t, "PUT", c.URL(0)+"/v1/kv/"+url.PathEscape(k), []byte(fmt.Sprint(i)))
+		require.Equal(t, 200, r.status, "put %q: %s", k, r.body)
+	}
+	// Unescaped slashes are part of the key too, and never redirected.
+	r := do(t, "PUT", c.URL(0)+"/v1/kv/raw//slashes/./here", []byte("raw"))
+	require.Equal(t, 200, r.status)
+	keys = append(keys, "raw//slashes/./here")
+
+	for i, k := range keys[:len(keys)-1] {
+		r := do(t, "GET", c.URL(0)+"/v1/kv/"+url.PathEscape(k), nil)
+		require.Equal(t, 200, r.status, "get %q", k)
+		require.Equal(t, fmt.Sprint(i), string(r.body), "get %q", k)
+	}
+	r = do(t, "GET", c.URL(0)+"/v1/kv/raw//slashes/./here", nil)
+	require.Equal(t, "raw", string(r.body))
+	// Percent-decoded once: %2541 is the key "%41", not "A".
+	r = do(t, "GET", c.URL(0)+"/v1/kv/pct%2541", nil)
+	require.Equal(t, 200, r.status)
+	r = do(t, "GET", c.URL(0)+"/v1/kv/pctA", nil)
+	require.Equal(t, 404, r.status)
+
+	r = do(t, "GET", c.URL(0)+"/v1/kv?limit=100", nil)
+	require.Equal(t, 200, r.status)
+	var sr api.ScanResponse
+	require.NoError(t, json.Unmarshal(r.body, &sr))
+	got := map[string]bool{}
+	for _, it := range sr.Items {
+		got[it.Key] = true
+	}
+	for _, k := range keys {
+		require.True(t, got[k], "scan lost key %q", k)
+	}
+	require.Len(t, sr.Items, len(keys))
+}
+
+func TestAPI_Scan_PagesExactly(t *testing.T) {
+	c := testcluster.New(t, 1, 1)
+	for i := range 25 {
+		do(t, "PUT", c.URL(0)+fmt.Sprintf("/v1/kv/p/%02d", i), []byte{byte(i)})
+	}
+	do(t, "PUT", c.URL(0)+"/v1/kv/q", []byte("other"))
+	var all []string
+	start := ""
+	for pages := 0; ; pages++ {
+		require.Less(t, pages, 10)
+		r := do(t, "GET", c.URL(0)+"/v1/kv?prefix=p/&limit=10&start="+url.QueryEscape(start), nil)
+		require.Equal(t, 200, r.status, "%s", r.body)
+		var sr api.ScanResponse
+		require.NoError(t, json.Unmarshal(r.body, &sr))
+		for _, it := range sr.Items {
+			all = append(all, it.Key)
+			require.NotZero(t, it.Version)
+		}
+		if !sr.More {
+			require.Empty(t, sr.Next)
+			break
+		}
+		require.Len(t, sr.Items, 10)
+		start = sr.Next
+	}
+	require.Len(t, all, 25)
+	for i, k := range all {
+		require.Equal(t, fmt.Sprintf("p/%02d", i), k)
+	}
+	r := do(t, "GET", c.URL(0)+"/v1/kv?start=p/05&end=p/08", nil)
+	var sr api.ScanResponse
+	require.NoError(t, json.Unmarshal(r.body, &sr))
+	require.Len(t, sr.Items, 3)
+	require.Equal(t, []byte{5}, sr.Items[0].Value)
+	require.False(t, sr.More)
+	// A page that ends exactly at the last key says there is no more.
+	r = do(t, "GET", c.URL(0)+"/v1/kv?prefix=p/&limit=25", nil)
+	require.NoError(t, json.Unmarshal(r.body, &sr))
+	require.Len(t, sr.Items, 25)
+	require.False(t, sr.More)
+}
+
+func TestAPI_BadInputIsRefusedWithJSON(t *testing.T) {
+	c := testcluster.New(t, 1, 1)
+	u := c.URL(0)
+	long := strings.Repeat("k", 1025)
+	tests := []struct {
+		name, method, path string
+		body               []byte
+		hdr                []string
+		status             int
+		code               string
+	}{
+		{"empty key", "GET", "/v1/kv/", nil, nil, 400, api.CodeInvalidRequest},
+		{"invalid utf-8 key", "PUT", "/v1/kv/%FF%FE", []byte("x"), nil, 400, api.CodeInvalidRequest},
+		{"key too long", "PUT", "/v1/kv/" + long, []byte("x"), nil, 413, api.CodeTooLarge},
+		{"value too large", "PUT", "/v1/kv/big", bytes.Repeat([]byte("x"), 1<<20+1), nil, 413, api.CodeTooLarge},
+		{"bad consistency", "GET", "/v1/kv/k?consistency=maybe", nil, nil, 400, api.CodeInvalidRequest},
+		{"bad if-match", "PUT", "/v1/kv/k", []byte("x"), []string{"If-Match", "abc"}, 400, api.CodeInvalidRequest},
+		{"both conditions", "PUT", "/v1/kv/k", []byte("x"), []string{"If-Match", `"1"`, "If-None-Match", "*"}, 400, api.CodeInvalidRequest},
+		{"unsupported ttl", "PUT", "/v1/kv/k?ttl=5s", []byte("x"), nil, 400, api.CodeInvalidRequest},
+		{"scan limit zero", "GET", "/v1/kv?limit=0", nil, nil, 400, api.CodeInvalidRequest},
+		{"scan limit too big", "GET", "/v1/kv?limit=10001", nil, nil, 400, api.CodeInvalidRequest},
+		{"scan limit not a number", "GET", "/v1/kv?limit=ten", nil, nil, 400, api.CodeInvalidRequest},
+		{"scan invalid utf-8", "GET", "/v1/kv?prefix=%FF", nil, nil, 400, api.CodeInvalidRequest},
+		{"bad group header", "GET", "/v1/kv/k", nil, []string{api.HeaderGroup, "x", api.HeaderEpoch, "1"}, 400, api.CodeInvalidRequest},
+		{"unknown endpoint", "GET", "/v2/nothing", nil, nil, 404, api.CodeNotFound},
+		{"wrong method", "POST", "/v1/kv/k", []byte("x"), nil, 405, api.CodeMethodNotAllowed},
+		{"read index without group", "GET", "/v1/internal/readindex", nil, nil, 400, api.CodeInvalidRequest},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := do(t, tc.method, u+tc.path, tc.body, tc.hdr...)
+			require.Equal(t, tc.status, r.status, "%s", r.body)
+			require.Equal(t, "application/json", r.header.Get("Content-Type"))
+			require.Equal(t, tc.code, r.errCode(t))
+		})
+	}
+	// Nothing above was applied.
+	r := do(t, "GET", u+"/v1/kv?limit=10", nil)
+	require.JSONEq(t, `{"items":[],"more":false}`, string(r.body))
+}
+
+func TestAPI_BodyOverTheLimitIsRefused(t *testing.T) {
+	c := testcluster.New(t, 1, 1)
+	// A chunked body (no Content-Length) past the limit.
+	pr, pw := io.Pipe()
+	go func() {
+		chunk := bytes.Repeat([]byte("x"), 64<<10)
+		for range 40 {
+			if _, err := pw.Write(chunk); err != nil {
+				return
+			}
+		}
+		pw.Close()
+	}()
+	req, err := http.NewRequest("PUT", c.URL(0)+"/v1/kv/chunked", pr)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	pr.Close()
+	require.Equal(t, 413, resp.StatusCode, "%s", b)
+	r := do(t, "GET", c.URL(0)+"/v1/kv/chunked", nil)
+	require.Equal(t, 404, r.status)
+}
+
+func TestAPI_RoutedRequests(t *testing.T) {
+	c := testcluster.New(t, 3, 1)
+	leader := c.Leader(1)
+	follower := (leader + 1) % 3
+	r := do(t, "PUT", c.URL(leader)+"/v1/kv/k", []byte("v"), api.HeaderGroup, "1", api.HeaderEpoch, "1")
+	require.Equal(t, 200, r.status)
+
+	// Wrong group and stale epoch: 421.
+	r = do(t, "GET", c.URL(leader)+"/v1/kv/k", nil, api.HeaderGroup, "2", api.HeaderEpoch, "1")
+	require.Equal(t, 421, r.status)
+	require.Equal(t, api.CodeWrongGroup, r.errCode(t))
+	r = do(t, "GET", c.URL(leader)+"/v1/kv/k", nil, api.HeaderGroup, "1", api.HeaderEpoch, "0")
+	require.Equal(t, 421, r.status)
+
+	// A routed write to a follower is refused, naming the leader, not
+	// forwarded.
+	r = do(t, "PUT", c.URL(follower)+"/v1/kv/k", []byte("v2"), api.HeaderGroup, "1", api.HeaderEpoch, "1")
+	require.Equal(t, 503, r.status)
+	require.Equal(t, api.CodeUnavailable, r.errCode(t))
+	require.Equal(t, testcluster.NodeID(leader), r.header.Get(api.HeaderLeader))
+	require.NotEmpty(t, r.header.Get("Retry-After"))
+	r = do(t, "GET", c.URL(follower)+"/v1/kv/k", nil, api.HeaderGroup, "1", api.HeaderEpoch, "1")
+	require.Equal(t, 503, r.status)
+	// ... but a routed follower or stale read is served there.
+	r = do(t, "GET", c.URL(follower)+"/v1/kv/k?consistency=follower", nil, api.HeaderGroup, "1", api.HeaderEpoch, "1")
+	require.Equal(t, 200, r.status)
+	require.Equal(t, "v", string(r.body))
+	require.Equal(t, testcluster.NodeID(follower), r.header.Get(api.HeaderNode))
+}
+
+func TestAPI_FollowerForwardsToLeader(t *testing.T) {
+	c := testcluster.New(t, 3, 1)
+	leader := c.Leader(1)
+	follower := (leader + 1) % 3
+	fu := c.URL(follower)
+	r := do(t, "PUT", fu+"/v1/kv/fwd", []byte("1"))
+	require.Equal(t, 200, r.status, "%s", r.body)
+	require.Equal(t, testcluster.NodeID(leader), r.header.Get(api.HeaderNode), "the write was served by the leader")
+	r = do(t, "PUT", fu+"/v1/kv/fwd", []byte("2"), "If-Match", `"1"`)
+	require.Equal(t, 412, r.status, "errors relay through the forwarder")
+	require.Equal(t, api.CodePreconditionFailed, r.errCode(t))
+
+	r = do(t, "GET", fu+"/v1/kv/fwd", nil)
+	require.Equal(t, 200, r.status)
+	require.Equal(t, "1", string(r.body))
+	require.NotEmpty(t, r.header.Get("ETag"))
+	require.Equal(t, testcluster.NodeID(leader), r.header.Get(api.HeaderNode))
+
+	r = do(t, "GET", fu+"/v1/kv/fwd?consistency=follower", nil)
+	require.Equal(t, 200, r.status)
+	require.Equal(t, testcluster.NodeID(follower), r.header.Get(api.HeaderNode))
+	require.Equal(t, "1", string(r.body))
+
+	r = do(t, "GET", fu+"/v1/kv/fwd?consistency=stale", nil)
+	require.Equal(t, testcluster.NodeID(follower), r.header.Get(api.HeaderNode))
+
+	r = do(t, "DELETE", fu+"/v1/kv/fwd", nil)
+	require.Equal(t, 200, r.status)
+	r = do(t, "GET", fu+"/v1/kv?prefix=fwd", nil)
+	require.JSONEq(t, `{"items":[],"more":false}`, string(r.body))
+}
+
+func TestAPI_ClusterStatusHealthMetrics(t *testing.T) {
+	c := testcluster.New(t, 3, 1)
+	leader := c.Leader(1)
+	for i := range 3 {
+		r := do(t, "GET", c.URL(i)+"/v1/cluster", nil)
+		require.Equal(t, 200, r.status)
+		var cl api.Cluster
+		require.NoError(t, json.Unmarshal(r.body, &cl))
+		require.Equal(t, uint64(1), cl.Epoch)
+		require.Len(t, cl.Nodes, 3)
+		require.Len(t, cl.Groups, 1)
+		require.Equal(t, [][2]int{{0, 1023}}, cl.Groups[0].Slots)
+		require.Equal(t, []string{"n1", "n2", "n3"}, cl.Groups[0].Members)
+		require.Eventually(t, func() bool {
+			r := do(t, "GET", c.URL(i)+"/v1/cluster", nil)
+			json.Unmarshal(r.body, &cl)
+			return cl.Groups[0].Leader == testcluster.NodeID(leader)
+		}, 5e9, 1e7)
+
+		r = do(t, "GET", c.URL(i)+"/v1/status", nil)
+		require.Equal(t, 200, r.status)
+		var st api.Status
+		require.NoError(t, json.Unmarshal(r.body, &st))
+		require.Equal(t, testcluster.NodeID(i), st.Node)
+		require.Len(t, st.Groups, 1)
+		wantRole := "follower"
+		if i == leader {
+			wantRole = "leader"
+		}
+		require.Equal(t, wantRole, st.Groups[0].Role)
+
+		require.Equal(t, 200, do(t, "GET", c.URL(i)+"/healthz", nil).status)
+		require.Equal(t, 200, do(t, "GET", c.URL(i)+"/readyz", nil).status)
+	}
+	do(t, "PUT", c.URL(leader)+"/v1/kv/m", []byte("x"))
+	r := do(t, "GET", c.URL(leader)+"/metrics", nil)
+	require.Equal(t, 200, r.status)
+	body := string(r.body)
+	for _, want := range []string{
+		`kvd_http_requests_total{code="200",method="PUT",route="/v1/kv/{key:.*}"}`,
+		`kvd_http_request_duration_seconds_bucket`,
+		`kvd_raft_state{group="1",role="leader"} 1`,
+		`kvd_raft_commit_index{group="1"}`,
+		`kvd_raft_applied_index{group="1"}`,
+		`kvd_raft_term{group="1"}`,
+	} {
+		require.Contains(t, body, want)
+	}
+}
+
+func TestAPI_ReadyzWithoutQuorum(t *testing.T) {
+	c := testcluster.New(t, 3, 1)
+	leader := c.Leader(1)
+	survivor := (leader + 1) % 3
+	for i := range 3 {
+		if i != survivor {
+			c.Stop(i)
+		}
+	}
+	require.Eventually(t, func() bool {
+		return do(t, "GET", c.URL(survivor)+"/readyz", nil).status == 503
+	}, 10e9, 5e7)
+	r := do(t, "GET", c.URL(survivor)+"/readyz", nil)
+	require.Equal(t, api.CodeUnavailable, r.errCode(t))
+	// A write without a quorum is refused as unavailable, never applied.
+	r = do(t, "PUT", c.URL(survivor)+"/v1/kv/k", []byte("x"))
+	require.Equal(t, 503, r.status, "%s", r.body)
+	require.Equal(t, 200, do(t, "GET", c.URL(survivor)+"/healthz", nil).status)
+}

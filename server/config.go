@@ -1,0 +1,100 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/replication"
+)
+
+// PeerAddr is where this node dials a peer, overriding the cluster map.
+type PeerAddr struct {
+	HTTP string `json:"http,omitempty"`
+	Raft string `json:"raft,omitempty"`
+}
+
+// Config configures one node.
+type Config struct {
+	// NodeID is this node's id.
+	NodeID string
+	// DataDir holds the node's state: node.json and one directory per
+	// hosted group under groups/.
+	DataDir string
+	// HTTPAddr and RaftAddr are the listen addresses.
+	HTTPAddr string
+	RaftAddr string
+	// HTTPAdvertise and RaftAdvertise are what peers and clients dial;
+	// empty means the listen address.
+	HTTPAdvertise string
+	RaftAdvertise string
+	// HTTPListener and RaftListener, if set, are used instead of listening
+	// on HTTPAddr and RaftAddr (tests listen on port 0 first).
+	HTTPListener net.Listener
+	RaftListener net.Listener
+	// InitialCluster, if set, is the bootstrap file. It is read only on
+	// the first start; a restarted node resumes from DataDir. Nil starts
+	// a single-node cluster of this node alone.
+	InitialCluster *kvd.InitialCluster
+	// PeerOverrides maps node ids to the addresses to dial for them,
+	// overriding the cluster map, for both Raft and node-to-node HTTP
+	// (the fault-injection harness puts a proxy on every link this way).
+	PeerOverrides map[string]PeerAddr
+	// Limits are enforced on every request.
+	Limits kvd.Limits
+	// Replication is the template for every hosted group (timing,
+	// snapshots, batching); identity fields are filled in per group.
+	Replication replication.Config
+	// RequestTimeout bounds each client request.
+	RequestTimeout time.Duration
+	// ShutdownTimeout bounds the drain of in-flight requests on Close.
+	ShutdownTimeout time.Duration
+	// Version is reported by /v1/status.
+	Version string
+	// Logger receives the node's logs.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the single-node default of the contract: node n1,
+// data in ./kvd-data, HTTP on 127.0.0.1:7070, Raft on 127.0.0.1:7071.
+func DefaultConfig() Config {
+	return Config{
+		NodeID:          "n1",
+		DataDir:         "kvd-data",
+		HTTPAddr:        "127.0.0.1:7070",
+		RaftAddr:        "127.0.0.1:7071",
+		Limits:          kvd.DefaultLimits(),
+		Replication:     replication.DefaultConfig(),
+		RequestTimeout:  10 * time.Second,
+		ShutdownTimeout: 10 * time.Second,
+		Version:         "dev",
+		Logger:          slog.Default(),
+	}
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.NodeID == "":
+		return errors.New("node id is required")
+	case c.DataDir == "":
+		return errors.New("data dir is required")
+	case c.HTTPListener == nil && c.HTTPAddr == "":
+		return errors.New("http address is required")
+	case c.RaftListener == nil && c.RaftAddr == "":
+		return errors.New("raft address is required")
+	case c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0:
+		return errors.New("timeouts must be positive")
+	}
+	if c.InitialCluster != nil {
+		if err := c.InitialCluster.Validate(); err != nil {
+			return fmt.Errorf("initial cluster: %w", err)
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}

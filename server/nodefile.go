@@ -1,0 +1,72 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/kvd-project/kvd"
+)
+
+// nodeFile is what a node remembers of its first start, in node.json: its
+// id and the cluster map it bootstrapped with. The live map is stored
+// through Raft; this seed serves until a group has applied it.
+type nodeFile struct {
+	ID  string   `json:"id"`
+	Map *kvd.Map `json:"map"`
+}
+
+func readNodeFile(dir string) (*nodeFile, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "node.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read node file: %w", err)
+	}
+	var nf nodeFile
+	if err := json.Unmarshal(b, &nf); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", filepath.Join(dir, "node.json"), err)
+	}
+	if nf.Map == nil || nf.ID == "" {
+		return nil, fmt.Errorf("%s is incomplete", filepath.Join(dir, "node.json"))
+	}
+	return &nf, nil
+}
+
+// writeNodeFile writes node.json atomically: temporary file, fsync,
+// rename, directory fsync.
+func writeNodeFile(dir string, nf *nodeFile) error {
+	b, err := json.MarshalIndent(nf, "", "  ")
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dir, "node.json")
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("write node file: %w", err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return fmt.Errorf("write node file: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync node file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write node file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write node file: %w", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync data dir: %w", err)
+	}
+	defer d.Close()
+	return d.Sync()
+}

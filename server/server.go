@@ -1,0 +1,328 @@
+// Package server is the composition root of one kvd node, in the manner
+// of etcd's embed package: Config, New, Run, Close. It opens the node's
+// listeners, its replicas of the groups the cluster map places on it, and
+// the HTTP API, and shuts them down in one order: stop accepting clients
+// and drain them, hand off leadership, close the groups (raft, transport,
+// state), close the Raft listener.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/httpapi"
+	"github.com/kvd-project/kvd/replication"
+)
+
+// Server is one kvd node.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	id      string
+	seed    *kvd.Map
+	started time.Time
+
+	groups   map[kvd.GroupID]*replication.Group // fixed after New
+	mux      *replication.Mux
+	httpLn   net.Listener
+	httpSrv  *http.Server
+	handler  *httpapi.Handler
+	registry *prometheus.Registry
+	peerHTTP *http.Client
+
+	book atomic.Pointer[addressBook]
+
+	serveErr chan error
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New opens the node: its data directory, listeners and group replicas.
+// Call Run to serve and Close to stop.
+func New(cfg Config) (s *Server, err error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("server config: %w", err)
+	}
+	s = &Server{cfg: cfg, id: cfg.NodeID, log: cfg.Logger.With("node", cfg.NodeID), started: time.Now(),
+		groups: map[kvd.GroupID]*replication.Group{}, serveErr: make(chan error, 1)}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	if s.httpLn = cfg.HTTPListener; s.httpLn == nil {
+		if s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return nil, fmt.Errorf("listen http: %w", err)
+		}
+	}
+	raftLn := cfg.RaftListener
+	if raftLn == nil {
+		if raftLn, err = net.Listen("tcp", cfg.RaftAddr); err != nil {
+			return nil, fmt.Errorf("listen raft: %w", err)
+		}
+	}
+	httpAdv := firstNonEmpty(cfg.HTTPAdvertise, s.httpLn.Addr().String())
+	raftAdv := firstNonEmpty(cfg.RaftAdvertise, raftLn.Addr().String())
+
+	nf, err := readNodeFile(cfg.DataDir)
+	if err != nil {
+		raftLn.Close()
+		return nil, err
+	}
+	first := nf == nil
+	if first {
+		ic := kvd.InitialCluster{Nodes: []kvd.Node{{ID: s.id, HTTP: httpAdv, Raft: raftAdv}}, Groups: 1, Replicas: 1}
+		if cfg.InitialCluster != nil {
+			ic = *cfg.InitialCluster
+		}
+		nf = &nodeFile{ID: s.id, Map: ic.Map()}
+		if _, ok := nf.Map.Node(s.id); !ok {
+			raftLn.Close()
+			return nil, fmt.Errorf("node %q is not in the initial cluster", s.id)
+		}
+		if err := writeNodeFile(cfg.DataDir, nf); err != nil {
+			raftLn.Close()
+			return nil, err
+		}
+	} else if nf.ID != s.id {
+		raftLn.Close()
+		return nil, fmt.Errorf("data dir %s belongs to node %q, not %q", cfg.DataDir, nf.ID, s.id)
+	}
+	s.seed = nf.Map
+	// Peers dial what the map says, so that is what this node advertises
+	// unless told otherwise.
+	self, _ := s.seed.Node(s.id)
+	raftAdv = firstNonEmpty(cfg.RaftAdvertise, self.Raft)
+	if s.mux, err = replication.NewMux(raftLn, raftAdv, s.log); err != nil {
+		raftLn.Close()
+		return nil, err
+	}
+	s.peerHTTP = httpapi.NewForwardClient()
+	if err := s.openGroups(first); err != nil {
+		return nil, err
+	}
+
+	s.registry = prometheus.NewRegistry()
+	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.registry.MustRegister(&raftCollector{s: s})
+	if s.handler, err = httpapi.New(backend{s}, httpapi.Options{
+		Limits:         cfg.Limits,
+		RequestTimeout: cfg.RequestTimeout,
+		Registry:       s.registry,
+		Logger:         s.log,
+	}); err != nil {
+		return nil, err
+	}
+	s.httpSrv = &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		err := s.httpSrv.Serve(s.httpLn)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		s.serveErr <- err
+	}()
+	s.log.Info("node started", "http", s.httpLn.Addr().String(), "raft", raftLn.Addr().String(),
+		"groups", len(s.groups), "first_start", first)
+	return s, nil
+}
+
+func (s *Server) openGroups(first bool) error {
+	for _, gid := range s.seed.GroupsOf(s.id) {
+		grp, _ := s.seed.Group(gid)
+		rc := s.cfg.Replication
+		rc.Group = gid
+		rc.NodeID = s.id
+		rc.Dir = filepath.Join(s.cfg.DataDir, "groups", strconv.FormatUint(uint64(gid), 10))
+		rc.Bootstrap = first
+		rc.Peers = nil
+		for _, mem := range grp.Members {
+			n, _ := s.seed.Node(mem)
+			rc.Peers = append(rc.Peers, replication.Peer{ID: mem, Addr: n.Raft})
+		}
+		rc.AddressProvider = s
+		rc.LeaderReadIndex = s.remoteReadIndex
+		rc.SeedMap = s.seed
+		rc.Logger = s.log
+		layer, err := s.mux.Layer(gid)
+		if err != nil {
+			return err
+		}
+		rc.Layer = layer
+		g, err := replication.Open(rc)
+		if err != nil {
+			return err
+		}
+		s.groups[gid] = g
+	}
+	if len(s.groups) == 0 {
+		return fmt.Errorf("the cluster map places no group on node %q", s.id)
+	}
+	return nil
+}
+
+// HTTPAddr returns the address the HTTP API listens on.
+func (s *Server) HTTPAddr() string { return s.httpLn.Addr().String() }
+
+// Group returns this node's replica of group g, if it hosts one.
+func (s *Server) Group(g kvd.GroupID) (*replication.Group, bool) {
+	grp, ok := s.groups[g]
+	return grp, ok
+}
+
+// Map returns the current cluster map: the newest stored through Raft in
+// any hosted group, or the seed this node bootstrapped with.
+func (s *Server) Map() *kvd.Map {
+	m := s.seed
+	for _, g := range s.groups {
+		if sm := g.Store().Map(); sm != nil && sm.Epoch > m.Epoch {
+			m = sm
+		}
+	}
+	return m
+}
+
+// Run serves until ctx ends, then shuts the node down (see Close).
+func (s *Server) Run(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+	case err := <-s.serveErr:
+		if err != nil {
+			s.Close()
+			return fmt.Errorf("http server: %w", err)
+		}
+	}
+	return s.Close()
+}
+
+// Close shuts the node down in order: stop accepting requests and drain
+// those in flight (bounded by ShutdownTimeout), hand leadership of every
+// group this node leads to another replica, close the groups, close the
+// Raft listener. It is idempotent.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		var errs []error
+		if s.httpSrv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+			if err := s.httpSrv.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("drain http: %w", err))
+				s.httpSrv.Close()
+			}
+			cancel()
+		} else if s.httpLn != nil {
+			s.httpLn.Close()
+		}
+		if s.handler != nil {
+			s.handler.Close()
+		}
+		var wg sync.WaitGroup
+		var errMu sync.Mutex // protects errs while groups close in parallel
+		for _, g := range s.groups {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := g.TransferLeadership(); err != nil {
+					s.log.Warn("leadership hand-off failed", "group", g.ID(), "err", err)
+				}
+			}()
+		}
+		wg.Wait()
+		for _, g := range s.groups {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := g.Close(); err != nil {
+					errMu.Lock()
+					errs = append(errs, err)
+					errMu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if s.mux != nil {
+			if err := s.mux.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+				errs = append(errs, fmt.Errorf("close raft listener: %w", err))
+			}
+		}
+		if s.peerHTTP != nil {
+			s.peerHTTP.CloseIdleConnections()
+		}
+		s.closeErr = errors.Join(errs...)
+		s.log.Info("node stopped")
+	})
+	return s.closeErr
+}
+
+// addressBook maps node ids to the addresses this node dials, built from
+// the cluster map and the overrides.
+type addressBook struct {
+	epoch uint64
+	peers map[string]PeerAddr
+}
+
+func (s *Server) addresses() *addressBook {
+	m := s.Map()
+	if b := s.book.Load(); b != nil && b.epoch == m.Epoch {
+		return b
+	}
+	b := &addressBook{epoch: m.Epoch, peers: map[string]PeerAddr{}}
+	for _, n := range m.Nodes {
+		pa := PeerAddr{HTTP: n.HTTP, Raft: n.Raft}
+		if o, ok := s.cfg.PeerOverrides[n.ID]; ok {
+			pa.HTTP = firstNonEmpty(o.HTTP, pa.HTTP)
+			pa.Raft = firstNonEmpty(o.Raft, pa.Raft)
+		}
+		b.peers[n.ID] = pa
+	}
+	s.book.Store(b)
+	return b
+}
+
+// ServerAddr implements raft.ServerAddressProvider: every Raft connection
+// to a peer is dialed at the address the book names for it.
+func (s *Server) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
+	pa, ok := s.addresses().peers[string(id)]
+	if !ok || pa.Raft == "" {
+		return "", fmt.Errorf("no raft address for node %q", id)
+	}
+	return raft.ServerAddress(pa.Raft), nil
+}
+
+// PeerHTTP returns the address to dial for node id's HTTP API.
+func (s *Server) PeerHTTP(id string) (string, bool) {
+	pa, ok := s.addresses().peers[id]
+	return pa.HTTP, ok && pa.HTTP != ""
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
