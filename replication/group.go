@@ -575,6 +575,7 @@ func (g *Group) TransferLeadership() error {
 		if err != nil {
 			return fmt.Errorf("group %d: leadership transfer: %w", g.id, err)
 		}
+		g.log.Info("leadership transferred", "to", g.LeaderID())
 		return nil
 	case <-time.After(g.cfg.LeaderTransferTimeout):
 		return fmt.Errorf("group %d: leadership transfer timed out", g.id)

@@ -55,11 +55,11 @@ type Server struct {
 
 // New opens the node: its data directory, listeners and group replicas.
 // Call Run to serve and Close to stop.
-func New(cfg Config) (s *Server, err error) {
+func New(cfg Config) (_ *Server, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("server config: %w", err)
 	}
-	s = &Server{cfg: cfg, id: cfg.NodeID, log: cfg.Logger.With("node", cfg.NodeID), started: time.Now(),
+	s := &Server{cfg: cfg, id: cfg.NodeID, log: cfg.Logger.With("node", cfg.NodeID), started: time.Now(),
 		groups: map[kvd.GroupID]*replication.Group{}, serveErr: make(chan error, 1)}
 	defer func() {
 		if err != nil {

@@ -1,0 +1,340 @@
+// Package kvdproc builds the kvd binary and runs clusters of real kvd
+// processes on loopback: start, SIGKILL, SIGTERM, SIGSTOP/SIGCONT,
+// restart. Tests and the fault-injection harness use it.
+package kvdproc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
+)
+
+// Build compiles cmd/kvd into dir and returns the binary's path.
+func Build(dir string) (string, error) {
+	bin := filepath.Join(dir, "kvd")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/kvd-project/kvd/cmd/kvd")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("build kvd: %v: %s", err, out)
+	}
+	return bin, nil
+}
+
+// FreeAddrs returns n loopback addresses whose ports were free a moment
+// ago (each was listened on at port 0, then released).
+func FreeAddrs(n int) ([]string, error) {
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	var addrs []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find a free port: %w", err)
+		}
+		lns = append(lns, ln)
+		addrs = append(addrs, ln.Addr().String())
+	}
+	return addrs, nil
+}
+
+// Node is one kvd process of a Cluster.
+type Node struct {
+	ID      string
+	HTTP    string
+	Raft    string
+	DataDir string
+	LogPath string
+
+	// mu protects cmd and done.
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	exit error
+}
+
+// URL returns the node's HTTP base URL.
+func (n *Node) URL() string { return "http://" + n.HTTP }
+
+// Running reports whether the process is alive (paused counts).
+func (n *Node) Running() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.done == nil {
+		return false
+	}
+	select {
+	case <-n.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Cluster is a set of kvd processes started from one initial-cluster file.
+type Cluster struct {
+	Bin   string
+	Dir   string
+	Spec  kvd.InitialCluster
+	Nodes []*Node
+	// Args are extra flags given to every node.
+	Args []string
+	// NodeArgs are extra flags per node id.
+	NodeArgs map[string][]string
+	client   *http.Client
+}
+
+// NewCluster prepares (but does not start) a cluster of n nodes with
+// groups groups of replicas replicas, with data and logs under dir.
+func NewCluster(bin, dir string, n, groups, replicas int) (*Cluster, error) {
+	addrs, err := FreeAddrs(2 * n)
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{Bin: bin, Dir: dir, Spec: kvd.InitialCluster{Groups: groups, Replicas: replicas}, NodeArgs: map[string][]string{},
+		client: &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 16}}}
+	for i := range n {
+		id := fmt.Sprintf("n%d", i+1)
+		node := &Node{ID: id, HTTP: addrs[2*i], Raft: addrs[2*i+1], DataDir: filepath.Join(dir, id), LogPath: filepath.Join(dir, id+".log")}
+		c.Nodes = append(c.Nodes, node)
+		c.Spec.Nodes = append(c.Spec.Nodes, kvd.Node{ID: id, HTTP: node.HTTP, Raft: node.Raft})
+	}
+	b, err := json.Marshal(c.Spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(c.SpecPath(), b, 0o644); err != nil {
+		return nil, fmt.Errorf("write cluster file: %w", err)
+	}
+	return c, nil
+}
+
+// SpecPath is the initial-cluster file.
+func (c *Cluster) SpecPath() string { return filepath.Join(c.Dir, "cluster.json") }
+
+// Start starts node i (again, after a stop: it resumes from its data).
+func (c *Cluster) Start(i int) error {
+	n := c.Nodes[i]
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.done != nil {
+		select {
+		case <-n.done:
+		default:
+			return fmt.Errorf("node %s is already running", n.ID)
+		}
+	}
+	logf, err := os.OpenFile(n.LogPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("open log: %w", err)
+	}
+	args := []string{"--id", n.ID, "--data-dir", n.DataDir, "--initial-cluster", c.SpecPath()}
+	args = append(args, c.Args...)
+	args = append(args, c.NodeArgs[n.ID]...)
+	cmd := exec.Command(c.Bin, args...)
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	// Its own process group, so a signal to the test does not reach it
+	// and nothing outlives Kill.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", n.ID, err)
+	}
+	done := make(chan struct{})
+	n.cmd, n.done = cmd, done
+	go func() {
+		err := cmd.Wait()
+		logf.Close()
+		n.mu.Lock()
+		n.exit = err
+		n.mu.Unlock()
+		close(done)
+	}()
+	return nil
+}
+
+// StartAll starts every node.
+func (c *Cluster) StartAll() error {
+	for i := range c.Nodes {
+		if err := c.Start(i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) signal(i int, sig syscall.Signal) (chan struct{}, error) {
+	n := c.Nodes[i]
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil {
+		return nil, fmt.Errorf("node %s was never started", n.ID)
+	}
+	if err := n.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return nil, fmt.Errorf("signal %s: %w", n.ID, err)
+	}
+	return n.done, nil
+}
+
+// Kill sends SIGKILL to node i and waits for it to die.
+func (c *Cluster) Kill(i int) error {
+	c.signal(i, syscall.SIGCONT) // a paused process dies too, but be sure
+	done, err := c.signal(i, syscall.SIGKILL)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-done:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("node %s did not die", c.Nodes[i].ID)
+	}
+}
+
+// Terminate sends SIGTERM to node i and waits up to timeout for it to
+// exit; it returns the process's exit error (nil for exit status 0).
+func (c *Cluster) Terminate(i int, timeout time.Duration) error {
+	done, err := c.signal(i, syscall.SIGTERM)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-done:
+		n := c.Nodes[i]
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		return n.exit
+	case <-time.After(timeout):
+		c.Kill(i)
+		return fmt.Errorf("node %s did not exit within %v of SIGTERM", c.Nodes[i].ID, timeout)
+	}
+}
+
+// Pause stops node i with SIGSTOP; Resume continues it.
+func (c *Cluster) Pause(i int) error {
+	_, err := c.signal(i, syscall.SIGSTOP)
+	return err
+}
+
+// Resume continues a paused node with SIGCONT.
+func (c *Cluster) Resume(i int) error {
+	_, err := c.signal(i, syscall.SIGCONT)
+	return err
+}
+
+// KillAll kills every running node. It is safe to call at any time.
+func (c *Cluster) KillAll() {
+	for i, n := range c.Nodes {
+		if n.Running() {
+			c.Kill(i)
+		}
+	}
+}
+
+// WaitReady waits until node i answers /readyz with 200.
+func (c *Cluster) WaitReady(ctx context.Context, i int) error {
+	for {
+		resp, err := c.client.Get(c.Nodes[i].URL() + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if !c.Nodes[i].Running() {
+			return fmt.Errorf("node %s exited; see %s", c.Nodes[i].ID, c.Nodes[i].LogPath)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node %s not ready: %w", c.Nodes[i].ID, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// WaitAllReady waits for every running node.
+func (c *Cluster) WaitAllReady(ctx context.Context) error {
+	for i, n := range c.Nodes {
+		if !n.Running() {
+			continue
+		}
+		if err := c.WaitReady(ctx, i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ClusterMap asks node i for the cluster map.
+func (c *Cluster) ClusterMap(i int) (api.Cluster, error) {
+	var cl api.Cluster
+	resp, err := c.client.Get(c.Nodes[i].URL() + "/v1/cluster")
+	if err != nil {
+		return cl, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return cl, fmt.Errorf("GET /v1/cluster from %s: %s", c.Nodes[i].ID, resp.Status)
+	}
+	return cl, json.NewDecoder(resp.Body).Decode(&cl)
+}
+
+// Leader waits until a running node reports a leader for group g that is
+// itself running, and returns that node's index.
+func (c *Cluster) Leader(ctx context.Context, g uint64) (int, error) {
+	for {
+		for i, n := range c.Nodes {
+			if !n.Running() {
+				continue
+			}
+			cl, err := c.ClusterMap(i)
+			if err != nil {
+				continue
+			}
+			for _, grp := range cl.Groups {
+				if grp.ID != g || grp.Leader == "" {
+					continue
+				}
+				for j, m := range c.Nodes {
+					if m.ID == grp.Leader && m.Running() {
+						return j, nil
+					}
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return -1, fmt.Errorf("group %d has no running leader: %w", g, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Logs returns the tail of node i's log, for failure messages.
+func (c *Cluster) Logs(i int, maxBytes int) string {
+	b, err := os.ReadFile(c.Nodes[i].LogPath)
+	if err != nil {
+		return err.Error()
+	}
+	if len(b) > maxBytes {
+		b = b[len(b)-maxBytes:]
+	}
+	return strings.TrimSpace(string(b))
+}
