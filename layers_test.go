@@ -1,0 +1,47 @@
+package kvd
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestLayers holds the import arrows of the design: nothing imports
+// upward, and the low layers stay free of the high ones.
+func TestLayers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs go list")
+	}
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Deps " "}}`, "./...").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v: %s", err, out)
+	}
+	const mod = "github.com/kvd-project/kvd"
+	forbidden := map[string][]string{
+		mod + "/store":       {"/replication", "/httpapi", "/server", "/client", "/txn", "github.com/hashicorp/raft", "github.com/gorilla/mux"},
+		mod + "/replication": {"/httpapi", "/server", "/client", "github.com/gorilla/mux"},
+		mod + "/api":         {mod + "/", "github.com/"},
+		mod + "/httpapi":     {"/server", "/replication", "/store", "github.com/hashicorp/raft"},
+		mod + "/client":      {"/server", "/replication", "/store", "/httpapi", "github.com/hashicorp/raft", "go.etcd.io/bbolt", "github.com/gorilla/mux"},
+		mod:                  {mod + "/"},
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		fields := strings.Fields(line)
+		pkg, deps := fields[0], fields[1:]
+		bans, ok := forbidden[pkg]
+		if !ok {
+			continue
+		}
+		for _, d := range deps {
+			for _, ban := range bans {
+				target := ban
+				if strings.HasPrefix(ban, "/") {
+					target = mod + ban
+				}
+				if d == target || strings.HasPrefix(d, strings.TrimSuffix(target, "/")+"/") || (strings.HasSuffix(ban, "/") && strings.HasPrefix(d, ban)) {
+					t.Errorf("%s must not depend on %s", pkg, d)
+				}
+			}
+		}
+	}
+}
