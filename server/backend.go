@@ -39,13 +39,13 @@ func (b backend) groupFor(key string, rt httpapi.Route) (*replication.Group, err
 		if rt.Group != gid || rt.Epoch < m.Epoch {
 			return nil, fmt.Errorf("%w: key %q belongs to group %d at epoch %d (asked: group %d, epoch %d)", kvd.ErrWrongGroup, key, gid, m.Epoch, rt.Group, rt.Epoch)
 		}
-		g, ok := b.s.groups[gid]
+		g, ok := b.s.hosted()[gid]
 		if !ok {
 			return nil, fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, b.s.id, gid)
 		}
 		return g, nil
 	}
-	if g, ok := b.s.groups[gid]; ok {
+	if g, ok := b.s.hosted()[gid]; ok {
 		return g, nil
 	}
 	grp, _ := m.Group(gid)
@@ -105,7 +105,7 @@ func (b backend) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency)
 	var all []kvd.Item
 	var nexts []string
 	for _, grp := range m.Groups {
-		g, ok := b.s.groups[grp.ID]
+		g, ok := b.s.hosted()[grp.ID]
 		if !ok {
 			leader := ""
 			if len(grp.Members) > 0 {
@@ -157,7 +157,7 @@ func (b backend) Cluster(ctx context.Context) (api.Cluster, error) {
 		for _, r := range grp.Slots {
 			ag.Slots = append(ag.Slots, [2]int{r[0], r[1]})
 		}
-		if g, ok := b.s.groups[grp.ID]; ok {
+		if g, ok := b.s.hosted()[grp.ID]; ok {
 			ag.Leader = g.LeaderID()
 		}
 		c.Groups = append(c.Groups, ag)
@@ -169,7 +169,7 @@ func (b backend) Status(ctx context.Context) api.Status {
 	st := api.Status{Node: b.s.id, HTTP: b.s.HTTPAddr(), Raft: b.s.mux.Addr().String(), Version: b.s.cfg.Version,
 		Uptime: time.Since(b.s.started).Round(time.Second).String(), Epoch: b.s.Map().Epoch}
 	for _, gid := range b.s.Map().GroupsOf(b.s.id) {
-		g, ok := b.s.groups[gid]
+		g, ok := b.s.hosted()[gid]
 		if !ok {
 			continue
 		}
@@ -181,7 +181,7 @@ func (b backend) Status(ctx context.Context) api.Status {
 }
 
 func (b backend) Ready() error {
-	for gid, g := range b.s.groups {
+	for gid, g := range b.s.hosted() {
 		if g.LeaderID() == "" {
 			return fmt.Errorf("group %d has no leader: %w", gid, kvd.ErrUnavailable)
 		}
@@ -190,7 +190,7 @@ func (b backend) Ready() error {
 }
 
 func (b backend) ReadIndex(ctx context.Context, gid kvd.GroupID) (uint64, error) {
-	g, ok := b.s.groups[gid]
+	g, ok := b.s.hosted()[gid]
 	if !ok {
 		return 0, fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, b.s.id, gid)
 	}

@@ -26,7 +26,7 @@ func (c *raftCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *raftCollector) Collect(ch chan<- prometheus.Metric) {
-	for gid, g := range c.s.groups {
+	for gid, g := range c.s.hosted() {
 		st := g.Status()
 		label := strconv.FormatUint(uint64(gid), 10)
 		for _, role := range []string{"leader", "follower", "candidate", "shutdown"} {

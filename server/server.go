@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -37,7 +38,10 @@ type Server struct {
 	seed    *kvd.Map
 	started time.Time
 
-	groups   map[kvd.GroupID]*replication.Group // fixed after New
+	// groups holds the hosted replicas: an immutable map, replaced (not
+	// changed) while New opens them, since raft calls back into the
+	// server (ServerAddr) as soon as the first one starts.
+	groups   atomic.Pointer[map[kvd.GroupID]*replication.Group]
 	mux      *replication.Mux
 	httpLn   net.Listener
 	httpSrv  *http.Server
@@ -60,7 +64,8 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, fmt.Errorf("server config: %w", err)
 	}
 	s := &Server{cfg: cfg, id: cfg.NodeID, log: cfg.Logger.With("node", cfg.NodeID), started: time.Now(),
-		groups: map[kvd.GroupID]*replication.Group{}, serveErr: make(chan error, 1)}
+		serveErr: make(chan error, 1)}
+	s.groups.Store(&map[kvd.GroupID]*replication.Group{})
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -149,7 +154,7 @@ func New(cfg Config) (_ *Server, err error) {
 		s.serveErr <- err
 	}()
 	s.log.Info("node started", "http", s.httpLn.Addr().String(), "raft", raftLn.Addr().String(),
-		"groups", len(s.groups), "first_start", first)
+		"groups", len(s.hosted()), "first_start", first)
 	return s, nil
 }
 
@@ -179,9 +184,11 @@ func (s *Server) openGroups(first bool) error {
 		if err != nil {
 			return err
 		}
-		s.groups[gid] = g
+		next := maps.Clone(s.hosted())
+		next[gid] = g
+		s.groups.Store(&next)
 	}
-	if len(s.groups) == 0 {
+	if len(s.hosted()) == 0 {
 		return fmt.Errorf("the cluster map places no group on node %q", s.id)
 	}
 	return nil
@@ -190,9 +197,12 @@ func (s *Server) openGroups(first bool) error {
 // HTTPAddr returns the address the HTTP API listens on.
 func (s *Server) HTTPAddr() string { return s.httpLn.Addr().String() }
 
+// hosted returns the replicas this node hosts; do not modify the map.
+func (s *Server) hosted() map[kvd.GroupID]*replication.Group { return *s.groups.Load() }
+
 // Group returns this node's replica of group g, if it hosts one.
 func (s *Server) Group(g kvd.GroupID) (*replication.Group, bool) {
-	grp, ok := s.groups[g]
+	grp, ok := s.hosted()[g]
 	return grp, ok
 }
 
@@ -200,7 +210,7 @@ func (s *Server) Group(g kvd.GroupID) (*replication.Group, bool) {
 // any hosted group, or the seed this node bootstrapped with.
 func (s *Server) Map() *kvd.Map {
 	m := s.seed
-	for _, g := range s.groups {
+	for _, g := range s.hosted() {
 		if sm := g.Store().Map(); sm != nil && sm.Epoch > m.Epoch {
 			m = sm
 		}
@@ -243,7 +253,7 @@ func (s *Server) Close() error {
 		}
 		var wg sync.WaitGroup
 		var errMu sync.Mutex // protects errs while groups close in parallel
-		for _, g := range s.groups {
+		for _, g := range s.hosted() {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -253,7 +263,7 @@ func (s *Server) Close() error {
 			}()
 		}
 		wg.Wait()
-		for _, g := range s.groups {
+		for _, g := range s.hosted() {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()

@@ -1,0 +1,80 @@
+package server_test
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/testcluster"
+	"github.com/kvd-project/kvd/server"
+)
+
+func TestServer_StoresClusterMapThroughRaft(t *testing.T) {
+	c := testcluster.New(t, 3, 2)
+	for i := range 3 {
+		for g := kvd.GroupID(1); g <= 2; g++ {
+			grp, ok := c.Node(i).Group(g)
+			require.True(t, ok, "node %d hosts group %d", i, g)
+			require.Eventually(t, func() bool { return grp.Store().Map() != nil }, 10*time.Second, 10*time.Millisecond)
+			m := grp.Store().Map()
+			require.Equal(t, uint64(1), m.Epoch)
+			require.NoError(t, m.Validate())
+			require.Len(t, m.Groups, 2)
+		}
+	}
+}
+
+func TestServer_RestartIgnoresTheBootstrapFile(t *testing.T) {
+	dir := t.TempDir()
+	start := func(groups int) *server.Server {
+		httpLn, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		raftLn, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		cfg := server.DefaultConfig()
+		cfg.DataDir = dir
+		cfg.HTTPListener, cfg.RaftListener = httpLn, raftLn
+		cfg.Replication = testcluster.FastReplication()
+		cfg.Logger = testcluster.Logger()
+		cfg.InitialCluster = &kvd.InitialCluster{Nodes: []kvd.Node{{ID: "n1", HTTP: httpLn.Addr().String(), Raft: raftLn.Addr().String()}}, Groups: groups, Replicas: 1}
+		s, err := server.New(cfg)
+		require.NoError(t, err)
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	s := start(1)
+	require.NoError(t, s.Close())
+	s = start(4)
+	require.Len(t, s.Map().Groups, 1, "a restarted node resumes from its data dir")
+	_, ok := s.Group(2)
+	require.False(t, ok)
+}
+
+func TestServer_RestartedNodeCatchesUp(t *testing.T) {
+	c := testcluster.New(t, 3, 1)
+	leader := c.Leader(1)
+	f := (leader + 1) % 3
+	c.Stop(f)
+	for i := range 20 {
+		req, _ := http.NewRequest("PUT", c.URL(leader)+fmt.Sprintf("/v1/kv/r%d", i), strings.NewReader("x"))
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, 200, resp.StatusCode)
+	}
+	c.Restart(f)
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(c.URL(f) + "/v1/kv/r19?consistency=stale")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}, 10*time.Second, 20*time.Millisecond)
+}
