@@ -47,8 +47,11 @@ type Backend interface {
 	// Delete removes a key if cond holds; deleted is false if it was absent.
 	Delete(ctx context.Context, key string, cond kvd.Cond, rt Route) (deleted bool, ver kvd.Version, err error)
 	// Scan returns a page of keys in order and, when more follow, the
-	// first key of the next page ("" when none follow).
-	Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error)
+	// first key of the next page ("" when none follow). A routed scan
+	// reads the routed group alone.
+	Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency, rt Route) ([]kvd.Item, string, error)
+	// Epoch returns the epoch of this node's cluster map.
+	Epoch() uint64
 	// Cluster returns the cluster map with each group's leader.
 	Cluster(ctx context.Context) (api.Cluster, error)
 	// Status describes this node.
@@ -132,6 +135,7 @@ func New(b Backend, o Options) (*Handler, error) {
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(api.HeaderNode, h.b.NodeID())
+	w.Header().Set(api.HeaderEpoch, strconv.FormatUint(h.b.Epoch(), 10))
 	h.handler.ServeHTTP(w, r)
 }
 
@@ -471,8 +475,13 @@ func (h *Handler) scan(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, false)
 		return
 	}
-	h.serve(w, r, Route{}, nil, false, func(ctx context.Context) (responder, error) {
-		items, next, err := h.b.Scan(ctx, o, c)
+	rt, err := routeOf(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	h.serve(w, r, rt, nil, false, func(ctx context.Context) (responder, error) {
+		items, next, err := h.b.Scan(ctx, o, c, rt)
 		if err != nil {
 			return nil, err
 		}

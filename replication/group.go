@@ -561,15 +561,41 @@ func roleName(s raft.RaftState) string {
 // TransferLeadership hands leadership to another replica if this one
 // leads, waiting at most LeaderTransferTimeout. Raft's Shutdown does not
 // do this by itself.
-func (g *Group) TransferLeadership() error {
+func (g *Group) TransferLeadership() error { return g.TransferLeadershipTo("") }
+
+// TransferLeadershipTo hands leadership to the replica on node to (any
+// replica if to is ""), if this one leads. raft first lets the target
+// catch up, then tells it to start an election at once.
+func (g *Group) TransferLeadershipTo(to string) error {
 	if !g.IsLeader() {
 		return nil
 	}
-	if f := g.raft.GetConfiguration(); f.Error() == nil && len(f.Configuration().Servers) < 2 {
+	f := g.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return fmt.Errorf("group %d: leadership transfer: %w", g.id, err)
+	}
+	servers := f.Configuration().Servers
+	if len(servers) < 2 {
 		return nil // nobody to hand over to
 	}
+	var fut raft.Future
+	if to == "" {
+		fut = g.raft.LeadershipTransfer()
+	} else {
+		var target *raft.Server
+		for i := range servers {
+			if string(servers[i].ID) == to {
+				target = &servers[i]
+			}
+		}
+		if target == nil {
+			return fmt.Errorf("group %d: leadership transfer: %q is not a member", g.id, to)
+		}
+		fut = g.raft.LeadershipTransferToServer(target.ID, target.Address)
+	}
 	done := make(chan error, 1)
-	go func() { done <- g.raft.LeadershipTransfer().Error() }()
+	// raft answers every future, at the latest on shutdown.
+	go func() { done <- fut.Error() }()
 	select {
 	case err := <-done:
 		if err != nil {

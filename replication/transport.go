@@ -5,46 +5,67 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/hashicorp/yamux"
 
 	"github.com/kvd-project/kvd"
 )
 
-// streamMagic opens every Raft stream between nodes, followed by the group
-// id (8 bytes, big endian), so one listener serves every group of a node.
+// connPreamble opens every node-to-node Raft connection; what follows is a
+// yamux session.
+const connPreamble = "KVDMUX1\n"
+
+// streamMagic opens every stream inside a session, followed by the group
+// id (8 bytes, big endian).
 const streamMagic = "KVR1"
 
 const streamHeaderSize = len(streamMagic) + 8
 
-// headerTimeout bounds how long an accepted connection may take to name
-// its group.
+// headerTimeout bounds how long a new connection or stream may take to
+// identify itself.
 const headerTimeout = 5 * time.Second
 
-// Mux is a node's Raft listener, shared by all the groups the node hosts.
-// Each incoming stream names its group in a short header; Mux hands it to
-// that group's StreamLayer. Outgoing streams are dialed per group and carry
-// the same header.
+// Mux is a node's Raft transport, shared by all the groups it hosts. It
+// listens on one address; to each peer address it keeps one TCP
+// connection that it dialed itself, carrying a yamux session in which
+// every Raft connection of every group is a stream whose header names the
+// group. Streams to a peer only ever travel over the session this node
+// dialed, never over the one the peer dialed to it, so each direction of
+// a link is one TCP connection: cutting it cuts that direction for every
+// group.
 type Mux struct {
 	ln        net.Listener
 	advertise net.Addr
 	log       *slog.Logger
+	ycfg      *yamux.Config
 
-	// mu protects layers and closed.
+	// mu protects layers, out, in and closed.
 	mu     sync.Mutex
 	layers map[kvd.GroupID]*streamLayer
+	out    map[string]*outSession
+	in     map[*yamux.Session]net.Conn
 	closed bool
 
 	wg sync.WaitGroup
 }
 
+// outSession is a session this node dials; ready is closed once sess or
+// err is set, so concurrent dials to one address share one attempt.
+type outSession struct {
+	ready chan struct{}
+	sess  *yamux.Session
+	err   error
+}
+
 // NewMux serves Raft streams accepted on ln. advertise is the address peers
-// dial (nil: ln's address). Close stops it.
-func NewMux(ln net.Listener, advertise string, log *slog.Logger) (*Mux, error) {
+// dial (empty: ln's address). Close stops it.
+func NewMux(ln net.Listener, advertise string, logger *slog.Logger) (*Mux, error) {
 	var adv net.Addr = ln.Addr()
 	if advertise != "" {
 		a, err := net.ResolveTCPAddr("tcp", advertise)
@@ -53,10 +74,21 @@ func NewMux(ln net.Listener, advertise string, log *slog.Logger) (*Mux, error) {
 		}
 		adv = a
 	}
-	if log == nil {
-		log = slog.Default()
+	if logger == nil {
+		logger = slog.Default()
 	}
-	m := &Mux{ln: ln, advertise: adv, log: log, layers: map[kvd.GroupID]*streamLayer{}}
+	ycfg := yamux.DefaultConfig()
+	ycfg.AcceptBacklog = 1024
+	ycfg.EnableKeepAlive = true
+	ycfg.KeepAliveInterval = 2 * time.Second
+	ycfg.ConnectionWriteTimeout = 5 * time.Second
+	ycfg.MaxStreamWindowSize = 8 << 20
+	ycfg.StreamOpenTimeout = 10 * time.Second
+	ycfg.StreamCloseTimeout = 30 * time.Second
+	ycfg.LogOutput = nil
+	ycfg.Logger = log.New(slogWriter{&hclogAdapter{l: logger, name: "raft-mux"}}, "", 0)
+	m := &Mux{ln: ln, advertise: adv, log: logger, ycfg: ycfg,
+		layers: map[kvd.GroupID]*streamLayer{}, out: map[string]*outSession{}, in: map[*yamux.Session]net.Conn{}}
 	m.wg.Add(1)
 	go m.acceptLoop()
 	return m, nil
@@ -75,12 +107,47 @@ func (m *Mux) Layer(g kvd.GroupID) (raft.StreamLayer, error) {
 	if _, ok := m.layers[g]; ok {
 		return nil, fmt.Errorf("raft mux: group %d already registered", g)
 	}
-	l := &streamLayer{mux: m, group: g, conns: make(chan net.Conn, 16), done: make(chan struct{})}
+	l := &streamLayer{mux: m, group: g, conns: make(chan net.Conn, 64), done: make(chan struct{})}
 	m.layers[g] = l
 	return l, nil
 }
 
-// Close stops accepting, closes every layer and waits for the accept loop.
+// MuxStats counts a Mux's sessions.
+type MuxStats struct {
+	// Outbound is the number of live sessions this node dialed.
+	Outbound int
+	// Inbound is the number of live sessions peers dialed to this node.
+	Inbound int
+	// Streams is the number of open streams over all sessions.
+	Streams int
+}
+
+// Stats returns the number of live sessions and streams.
+func (m *Mux) Stats() MuxStats {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var st MuxStats
+	for _, o := range m.out {
+		select {
+		case <-o.ready:
+			if o.sess != nil && !o.sess.IsClosed() {
+				st.Outbound++
+				st.Streams += o.sess.NumStreams()
+			}
+		default:
+		}
+	}
+	for s := range m.in {
+		if !s.IsClosed() {
+			st.Inbound++
+			st.Streams += s.NumStreams()
+		}
+	}
+	return st
+}
+
+// Close stops accepting, closes every session and layer, and waits for
+// the goroutines it started.
 func (m *Mux) Close() error {
 	m.mu.Lock()
 	if m.closed {
@@ -90,8 +157,29 @@ func (m *Mux) Close() error {
 	m.closed = true
 	layers := m.layers
 	m.layers = map[kvd.GroupID]*streamLayer{}
+	var sessions []*yamux.Session
+	for _, o := range m.out {
+		select {
+		case <-o.ready:
+			if o.sess != nil {
+				sessions = append(sessions, o.sess)
+			}
+		default:
+		}
+	}
+	var inConns []net.Conn
+	for s, c := range m.in {
+		sessions = append(sessions, s)
+		inConns = append(inConns, c)
+	}
 	m.mu.Unlock()
 	err := m.ln.Close()
+	for _, s := range sessions {
+		s.Close()
+	}
+	for _, c := range inConns {
+		c.Close()
+	}
 	for _, l := range layers {
 		l.shut()
 	}
@@ -114,7 +202,49 @@ func (m *Mux) acceptLoop() {
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
-			m.route(c)
+			m.serveConn(c)
+		}()
+	}
+}
+
+// serveConn runs one inbound session: it accepts streams and hands each
+// to its group's layer.
+func (m *Mux) serveConn(c net.Conn) {
+	_ = c.SetReadDeadline(time.Now().Add(headerTimeout))
+	pre := make([]byte, len(connPreamble))
+	if _, err := io.ReadFull(c, pre); err != nil || string(pre) != connPreamble {
+		c.Close()
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	sess, err := yamux.Server(c, m.ycfg)
+	if err != nil {
+		c.Close()
+		return
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		sess.Close()
+		return
+	}
+	m.in[sess] = c
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.in, sess)
+		m.mu.Unlock()
+		sess.Close()
+	}()
+	for {
+		st, err := sess.AcceptStream()
+		if err != nil {
+			return
+		}
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.route(st)
 		}()
 	}
 }
@@ -133,7 +263,7 @@ func (m *Mux) route(c net.Conn) {
 	l := m.layers[g]
 	m.mu.Unlock()
 	if l == nil {
-		m.log.Debug("raft stream for a group not hosted here", "group", g, "remote", c.RemoteAddr())
+		m.log.Debug("raft stream for a group not hosted here", "group", g)
 		c.Close()
 		return
 	}
@@ -142,6 +272,71 @@ func (m *Mux) route(c net.Conn) {
 	case <-l.done:
 		c.Close()
 	}
+}
+
+// session returns the live session this node dialed to address, dialing
+// one if there is none. Concurrent callers share one dial.
+func (m *Mux) session(address string, timeout time.Duration) (*yamux.Session, error) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, fmt.Errorf("raft mux: %w", kvd.ErrClosed)
+	}
+	o := m.out[address]
+	if o != nil {
+		select {
+		case <-o.ready:
+			if o.err != nil || o.sess.IsClosed() {
+				o = nil // failed or dead: dial again
+			}
+		default:
+		}
+	}
+	if o != nil {
+		m.mu.Unlock()
+		<-o.ready
+		return o.sess, o.err
+	}
+	o = &outSession{ready: make(chan struct{})}
+	m.out[address] = o
+	m.mu.Unlock()
+
+	o.sess, o.err = m.dial(address, timeout)
+	close(o.ready)
+	if o.err != nil {
+		m.mu.Lock()
+		if m.out[address] == o {
+			delete(m.out, address)
+		}
+		m.mu.Unlock()
+	}
+	return o.sess, o.err
+}
+
+func (m *Mux) dial(address string, timeout time.Duration) (*yamux.Session, error) {
+	c, err := net.DialTimeout("tcp", address, timeout)
+	if err != nil {
+		return nil, err
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte(connPreamble)); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("raft dial %s: %w", address, err)
+	}
+	_ = c.SetWriteDeadline(time.Time{})
+	sess, err := yamux.Client(c, m.ycfg)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("raft dial %s: %w", address, err)
+	}
+	m.mu.Lock()
+	closed := m.closed
+	m.mu.Unlock()
+	if closed {
+		sess.Close()
+		return nil, fmt.Errorf("raft mux: %w", kvd.ErrClosed)
+	}
+	return sess, nil
 }
 
 // streamLayer is one group's view of the Mux.
@@ -167,7 +362,7 @@ func (l *streamLayer) Accept() (net.Conn, error) {
 	}
 }
 
-// Close unregisters the layer; the shared listener stays open.
+// Close unregisters the layer; the shared transport stays open.
 func (l *streamLayer) Close() error {
 	l.mux.mu.Lock()
 	if l.mux.layers[l.group] == l {
@@ -185,20 +380,34 @@ func (l *streamLayer) shut() {
 // Addr returns the node's advertised Raft address.
 func (l *streamLayer) Addr() net.Addr { return l.mux.advertise }
 
-// Dial opens a stream to the group's replica at address.
+// Dial opens a stream of this group to the node at address, over the
+// session this node keeps to that address.
 func (l *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	c, err := net.DialTimeout("tcp", string(address), timeout)
+	var st net.Conn
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		var sess *yamux.Session
+		sess, err = l.mux.session(string(address), timeout)
+		if err != nil {
+			return nil, err
+		}
+		st, err = sess.Open()
+		if err == nil {
+			break
+		}
+		sess.Close() // dead session: the next attempt dials a new one
+	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("raft dial %s: open stream: %w", address, err)
 	}
 	var hdr [streamHeaderSize]byte
 	copy(hdr[:], streamMagic)
 	binary.BigEndian.PutUint64(hdr[len(streamMagic):], uint64(l.group))
-	_ = c.SetWriteDeadline(time.Now().Add(timeout))
-	if _, err := c.Write(hdr[:]); err != nil {
-		c.Close()
+	_ = st.SetWriteDeadline(time.Now().Add(timeout))
+	if _, err := st.Write(hdr[:]); err != nil {
+		st.Close()
 		return nil, fmt.Errorf("raft dial %s: write header: %w", address, err)
 	}
-	_ = c.SetWriteDeadline(time.Time{})
-	return c, nil
+	_ = st.SetWriteDeadline(time.Time{})
+	return st, nil
 }

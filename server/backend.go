@@ -2,12 +2,10 @@ package server
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"sort"
-	"strconv"
+	"sync"
 	"time"
 
 	"github.com/kvd-project/kvd"
@@ -29,7 +27,7 @@ func (b backend) PeerHTTP(id string) (string, bool) { return b.s.PeerHTTP(id) }
 // request must name that group at the current epoch and reach a node that
 // hosts it; an unrouted one for a group hosted elsewhere gets a
 // NotLeaderError naming the group's preferred leader, to be forwarded.
-func (b backend) groupFor(key string, rt httpapi.Route) (*replication.Group, error) {
+func (b backend) groupFor(ctx context.Context, key string, rt httpapi.Route) (*replication.Group, error) {
 	m := b.s.Map()
 	gid, ok := m.GroupOf(kvd.Slot(key))
 	if !ok {
@@ -48,16 +46,11 @@ func (b backend) groupFor(key string, rt httpapi.Route) (*replication.Group, err
 	if g, ok := b.s.hosted()[gid]; ok {
 		return g, nil
 	}
-	grp, _ := m.Group(gid)
-	leader := ""
-	if len(grp.Members) > 0 {
-		leader = grp.Members[0]
-	}
-	return nil, &kvd.NotLeaderError{Group: gid, Leader: leader}
+	return nil, &kvd.NotLeaderError{Group: gid, Leader: b.s.leaderOrPreferred(ctx, gid)}
 }
 
 func (b backend) Get(ctx context.Context, key string, c kvd.Consistency, rt httpapi.Route) (kvd.Item, error) {
-	g, err := b.groupFor(key, rt)
+	g, err := b.groupFor(ctx, key, rt)
 	if err != nil {
 		return kvd.Item{}, err
 	}
@@ -68,7 +61,7 @@ func (b backend) Get(ctx context.Context, key string, c kvd.Consistency, rt http
 }
 
 func (b backend) Put(ctx context.Context, key string, value []byte, cond kvd.Cond, rt httpapi.Route) (kvd.Version, error) {
-	g, err := b.groupFor(key, rt)
+	g, err := b.groupFor(ctx, key, rt)
 	if err != nil {
 		return 0, err
 	}
@@ -83,7 +76,7 @@ func (b backend) Put(ctx context.Context, key string, value []byte, cond kvd.Con
 }
 
 func (b backend) Delete(ctx context.Context, key string, cond kvd.Cond, rt httpapi.Route) (bool, kvd.Version, error) {
-	g, err := b.groupFor(key, rt)
+	g, err := b.groupFor(ctx, key, rt)
 	if err != nil {
 		return false, 0, err
 	}
@@ -99,33 +92,92 @@ func (b backend) Delete(ctx context.Context, key string, cond kvd.Cond, rt httpa
 
 // Scan reads a page from every group and merges them in key order. The
 // page is exact: of all matching keys, the first Limit, and the key after
-// them as next.
-func (b backend) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error) {
+// them as next. A routed scan (rt.Direct) reads rt.Group alone.
+func (b backend) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency, rt httpapi.Route) ([]kvd.Item, string, error) {
 	m := b.s.Map()
+	if rt.Direct {
+		if _, ok := m.Group(rt.Group); !ok || rt.Epoch < m.Epoch {
+			return nil, "", fmt.Errorf("%w: group %d at epoch %d is not in the map (epoch %d)", kvd.ErrWrongGroup, rt.Group, rt.Epoch, m.Epoch)
+		}
+		g, ok := b.s.hosted()[rt.Group]
+		if !ok {
+			return nil, "", fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, b.s.id, rt.Group)
+		}
+		return scanLocal(ctx, g, o, c)
+	}
+	type page struct {
+		items []kvd.Item
+		next  string
+		err   error
+	}
+	pages := make([]page, len(m.Groups))
+	var wg sync.WaitGroup
+	for i, grp := range m.Groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := &pages[i]
+			p.items, p.next, p.err = b.scanGroup(ctx, grp, m.Epoch, o, c)
+		}()
+	}
+	wg.Wait()
 	var all []kvd.Item
 	var nexts []string
-	for _, grp := range m.Groups {
-		g, ok := b.s.hosted()[grp.ID]
-		if !ok {
-			leader := ""
-			if len(grp.Members) > 0 {
-				leader = grp.Members[0]
-			}
-			return nil, "", &kvd.NotLeaderError{Group: grp.ID, Leader: leader}
+	for _, p := range pages {
+		if p.err != nil {
+			return nil, "", p.err
 		}
-		if err := g.ReadBarrier(ctx, c); err != nil {
-			return nil, "", err
-		}
-		items, next, err := g.Store().Scan(o)
-		if err != nil {
-			return nil, "", err
-		}
-		all = append(all, items...)
-		if next != "" {
-			nexts = append(nexts, next)
+		all = append(all, p.items...)
+		if p.next != "" {
+			nexts = append(nexts, p.next)
 		}
 	}
 	return mergePage(all, nexts, o.Limit)
+}
+
+func scanLocal(ctx context.Context, g *replication.Group, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error) {
+	if err := g.ReadBarrier(ctx, c); err != nil {
+		return nil, "", err
+	}
+	return g.Store().Scan(o)
+}
+
+// scanGroup reads one group's page: locally when this node may serve it at
+// c, else from the group's leader (linearizable) or the replica the
+// leader hint names, following hints for a few hops.
+func (b backend) scanGroup(ctx context.Context, grp kvd.Group, epoch uint64, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error) {
+	if g, ok := b.s.hosted()[grp.ID]; ok && (c != kvd.Linearizable || g.IsLeader()) {
+		return scanLocal(ctx, g, o, c)
+	}
+	target := b.s.leaderOrPreferred(ctx, grp.ID)
+	var err error
+	for attempt := 0; attempt < 4; attempt++ {
+		var items []kvd.Item
+		var next string
+		if target == b.s.id {
+			items, next, err = scanLocal(ctx, b.s.hosted()[grp.ID], o, c)
+		} else {
+			items, next, err = b.s.remoteScan(ctx, target, grp.ID, epoch, o, c)
+		}
+		if err == nil {
+			return items, next, nil
+		}
+		hint := kvd.LeaderHint(err)
+		if !errors.Is(err, kvd.ErrNotLeader) || ctx.Err() != nil {
+			return nil, "", err
+		}
+		if hint == "" || hint == target {
+			select {
+			case <-time.After(time.Duration(50<<attempt) * time.Millisecond):
+			case <-ctx.Done():
+				return nil, "", err
+			}
+			b.s.forgetLeader(grp.ID)
+			hint = b.s.leaderOrPreferred(ctx, grp.ID)
+		}
+		target = hint
+	}
+	return nil, "", fmt.Errorf("scan group %d: %w", grp.ID, err)
 }
 
 // mergePage sorts items from several groups and cuts the page at limit;
@@ -152,18 +204,25 @@ func (b backend) Cluster(ctx context.Context) (api.Cluster, error) {
 	for _, n := range m.Nodes {
 		c.Nodes = append(c.Nodes, api.Node{ID: n.ID, HTTP: n.HTTP, Raft: n.Raft})
 	}
-	for _, grp := range m.Groups {
+	c.Groups = make([]api.Group, len(m.Groups))
+	var wg sync.WaitGroup
+	for i, grp := range m.Groups {
 		ag := api.Group{ID: uint64(grp.ID), Members: grp.Members}
 		for _, r := range grp.Slots {
 			ag.Slots = append(ag.Slots, [2]int{r[0], r[1]})
 		}
-		if g, ok := b.s.hosted()[grp.ID]; ok {
-			ag.Leader = g.LeaderID()
-		}
-		c.Groups = append(c.Groups, ag)
+		c.Groups[i] = ag
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.Groups[i].Leader = b.s.leaderOf(ctx, grp.ID)
+		}()
 	}
+	wg.Wait()
 	return c, nil
 }
+
+func (b backend) Epoch() uint64 { return b.s.Map().Epoch }
 
 func (b backend) Status(ctx context.Context) api.Status {
 	st := api.Status{Node: b.s.id, HTTP: b.s.HTTPAddr(), Raft: b.s.mux.Addr().String(), Version: b.s.cfg.Version,
@@ -197,38 +256,3 @@ func (b backend) ReadIndex(ctx context.Context, gid kvd.GroupID) (uint64, error)
 	return g.ReadIndex(ctx)
 }
 
-// remoteReadIndex asks node leader for a read index of group g over HTTP;
-// it serves follower reads.
-func (s *Server) remoteReadIndex(ctx context.Context, leader string, g kvd.GroupID) (uint64, error) {
-	addr, ok := s.PeerHTTP(leader)
-	if !ok {
-		return 0, fmt.Errorf("read index: no address for node %q: %w", leader, kvd.ErrUnavailable)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/internal/readindex?group="+strconv.FormatUint(uint64(g), 10), nil)
-	if err != nil {
-		return 0, fmt.Errorf("read index: %w", err)
-	}
-	req.Header.Set(api.HeaderForwarded, s.id)
-	resp, err := s.peerHTTP.Do(req)
-	if err != nil {
-		return 0, fmt.Errorf("read index from %s: %v: %w", leader, err, kvd.ErrUnavailable)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if err != nil {
-		return 0, fmt.Errorf("read index from %s: %v: %w", leader, err, kvd.ErrUnavailable)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e api.Error
-		_ = json.Unmarshal(body, &e)
-		if resp.StatusCode == http.StatusServiceUnavailable {
-			return 0, &kvd.NotLeaderError{Group: g, Leader: e.Error.Leader}
-		}
-		return 0, fmt.Errorf("read index from %s: %s %s: %w", leader, resp.Status, e.Error.Message, kvd.ErrUnavailable)
-	}
-	var ri api.ReadIndexResponse
-	if err := json.Unmarshal(body, &ri); err != nil {
-		return 0, fmt.Errorf("read index from %s: %v: %w", leader, err, kvd.ErrUnavailable)
-	}
-	return ri.Index, nil
-}

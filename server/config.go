@@ -52,6 +52,9 @@ type Config struct {
 	RequestTimeout time.Duration
 	// ShutdownTimeout bounds the drain of in-flight requests on Close.
 	ShutdownTimeout time.Duration
+	// LeaderBalanceInterval is how often the node hands leadership of
+	// groups it leads back to their preferred leaders; 0 disables it.
+	LeaderBalanceInterval time.Duration
 	// Version is reported by /v1/status.
 	Version string
 	// Logger receives the node's logs.
@@ -62,16 +65,17 @@ type Config struct {
 // data in ./kvd-data, HTTP on 127.0.0.1:7070, Raft on 127.0.0.1:7071.
 func DefaultConfig() Config {
 	return Config{
-		NodeID:          "n1",
-		DataDir:         "kvd-data",
-		HTTPAddr:        "127.0.0.1:7070",
-		RaftAddr:        "127.0.0.1:7071",
-		Limits:          kvd.DefaultLimits(),
-		Replication:     replication.DefaultConfig(),
-		RequestTimeout:  10 * time.Second,
-		ShutdownTimeout: 10 * time.Second,
-		Version:         "dev",
-		Logger:          slog.Default(),
+		NodeID:                "n1",
+		DataDir:               "kvd-data",
+		HTTPAddr:              "127.0.0.1:7070",
+		RaftAddr:              "127.0.0.1:7071",
+		Limits:                kvd.DefaultLimits(),
+		Replication:           replication.DefaultConfig(),
+		RequestTimeout:        10 * time.Second,
+		ShutdownTimeout:       10 * time.Second,
+		LeaderBalanceInterval: 3 * time.Second,
+		Version:               "dev",
+		Logger:                slog.Default(),
 	}
 }
 

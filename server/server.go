@@ -49,9 +49,14 @@ type Server struct {
 	registry *prometheus.Registry
 	peerHTTP *http.Client
 
-	book atomic.Pointer[addressBook]
+	book    atomic.Pointer[addressBook]
+	leaders leaderCache
 
 	serveErr chan error
+
+	// bgCancel stops the node's background loops; bg waits for them.
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -64,7 +69,7 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, fmt.Errorf("server config: %w", err)
 	}
 	s := &Server{cfg: cfg, id: cfg.NodeID, log: cfg.Logger.With("node", cfg.NodeID), started: time.Now(),
-		serveErr: make(chan error, 1)}
+		serveErr: make(chan error, 1), leaders: leaderCache{m: map[kvd.GroupID]leaderEntry{}}}
 	s.groups.Store(&map[kvd.GroupID]*replication.Group{})
 	defer func() {
 		if err != nil {
@@ -146,6 +151,15 @@ func New(cfg Config) (_ *Server, err error) {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	bgCtx, cancel := context.WithCancel(context.Background())
+	s.bgCancel = cancel
+	if cfg.LeaderBalanceInterval > 0 {
+		s.bg.Add(1)
+		go func() {
+			defer s.bg.Done()
+			s.balanceLeaders(bgCtx, cfg.LeaderBalanceInterval)
+		}()
+	}
 	go func() {
 		err := s.httpSrv.Serve(s.httpLn)
 		if errors.Is(err, http.ErrServerClosed) {
@@ -197,6 +211,9 @@ func (s *Server) openGroups(first bool) error {
 // HTTPAddr returns the address the HTTP API listens on.
 func (s *Server) HTTPAddr() string { return s.httpLn.Addr().String() }
 
+// RaftTransportStats counts the node's Raft sessions and streams.
+func (s *Server) RaftTransportStats() replication.MuxStats { return s.mux.Stats() }
+
 // hosted returns the replicas this node hosts; do not modify the map.
 func (s *Server) hosted() map[kvd.GroupID]*replication.Group { return *s.groups.Load() }
 
@@ -238,6 +255,10 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		var errs []error
+		if s.bgCancel != nil {
+			s.bgCancel()
+			s.bg.Wait()
+		}
 		if s.httpSrv != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 			if err := s.httpSrv.Shutdown(ctx); err != nil {
@@ -328,6 +349,25 @@ func (s *Server) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
 func (s *Server) PeerHTTP(id string) (string, bool) {
 	pa, ok := s.addresses().peers[id]
 	return pa.HTTP, ok && pa.HTTP != ""
+}
+
+// leaderOrPreferred returns the leader of gid as this node knows it, or,
+// if none is known, the group's preferred leader (its first member).
+func (s *Server) leaderOrPreferred(ctx context.Context, gid kvd.GroupID) string {
+	if l := s.leaderOf(ctx, gid); l != "" {
+		return l
+	}
+	if grp, ok := s.Map().Group(gid); ok && len(grp.Members) > 0 {
+		return grp.Members[0]
+	}
+	return ""
+}
+
+// forgetLeader drops what this node learned of gid's leader from peers.
+func (s *Server) forgetLeader(gid kvd.GroupID) {
+	s.leaders.mu.Lock()
+	delete(s.leaders.m, gid)
+	s.leaders.mu.Unlock()
 }
 
 func firstNonEmpty(a, b string) string {

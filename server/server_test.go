@@ -1,9 +1,12 @@
 package server_test
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/internal/testcluster"
 	"github.com/kvd-project/kvd/server"
 )
@@ -77,4 +81,47 @@ func TestServer_RestartedNodeCatchesUp(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	}, 10*time.Second, 20*time.Millisecond)
+}
+
+func TestServer_ScanMergesGroupsInOrder(t *testing.T) {
+	c := testcluster.New(t, 3, 3)
+	want := []string{}
+	groups := map[kvd.GroupID]bool{}
+	for i := range 60 {
+		k := fmt.Sprintf("s/%03d", i)
+		want = append(want, k)
+		gid, _ := c.Node(0).Map().GroupOf(kvd.Slot(k))
+		groups[gid] = true
+		req, _ := http.NewRequest("PUT", c.URL(i%3)+"/v1/kv/"+url.PathEscape(k), strings.NewReader(k))
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		require.Equal(t, 200, resp.StatusCode)
+	}
+	require.Len(t, groups, 3, "the keys spread over every group")
+	for _, consistency := range []string{"linearizable", "follower", "stale"} {
+		for node := range 3 {
+			var got []string
+			start := ""
+			for range 20 {
+				resp, err := http.Get(c.URL(node) + "/v1/kv?prefix=s/&limit=7&consistency=" + consistency + "&start=" + url.QueryEscape(start))
+				require.NoError(t, err)
+				require.Equal(t, 200, resp.StatusCode)
+				var sr api.ScanResponse
+				require.NoError(t, json.NewDecoder(resp.Body).Decode(&sr))
+				resp.Body.Close()
+				for _, it := range sr.Items {
+					got = append(got, it.Key)
+					require.Equal(t, it.Key, string(it.Value))
+				}
+				if !sr.More {
+					break
+				}
+				require.Len(t, sr.Items, 7)
+				start = sr.Next
+			}
+			require.Equal(t, want, got, "%s scan from node %d", consistency, node)
+		}
+	}
 }
