@@ -255,4 +255,3 @@ func (b backend) ReadIndex(ctx context.Context, gid kvd.GroupID) (uint64, error)
 	}
 	return g.ReadIndex(ctx)
 }
-
