@@ -1,0 +1,682 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
+)
+
+// Config configures a Client.
+type Config struct {
+	// Endpoints are seed base URLs (e.g. "http://127.0.0.1:7070"); any one
+	// that answers is enough. "host:port" is taken as http://host:port.
+	Endpoints []string
+	// Consistency is the default read consistency (linearizable).
+	Consistency kvd.Consistency
+	// ReadPolicy spreads follower and stale reads (default p2c).
+	ReadPolicy Policy
+	// Timeout bounds a call whose context has no deadline.
+	Timeout time.Duration
+	// AttemptTimeout bounds one read attempt against one replica, so a
+	// hung replica costs at most this much before the read moves on.
+	// Writes are bounded by the call's deadline only.
+	AttemptTimeout time.Duration
+	// EjectBackoff and MaxEjectBackoff bound how long a failing replica
+	// stays out of rotation (doubling per consecutive failure).
+	EjectBackoff    time.Duration
+	MaxEjectBackoff time.Duration
+	// ProbeInterval is how often ejected replicas are probed.
+	ProbeInterval time.Duration
+	// MinRefreshInterval rate-limits cluster map refreshes.
+	MinRefreshInterval time.Duration
+	// NodeURLs overrides the base URL dialed for a node id.
+	NodeURLs map[string]string
+	// HTTPClient, if set, carries every request.
+	HTTPClient *http.Client
+	// Logger receives the client's debug logs.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults, for the given seed endpoints.
+func DefaultConfig(endpoints ...string) Config {
+	return Config{
+		Endpoints:          endpoints,
+		Consistency:        kvd.Linearizable,
+		ReadPolicy:         PowerOfTwo,
+		Timeout:            10 * time.Second,
+		AttemptTimeout:     2 * time.Second,
+		EjectBackoff:       200 * time.Millisecond,
+		MaxEjectBackoff:    10 * time.Second,
+		ProbeInterval:      100 * time.Millisecond,
+		MinRefreshInterval: 20 * time.Millisecond,
+	}
+}
+
+// Client is a kvd client. It is safe for concurrent use; Close it when
+// done.
+type Client struct {
+	cfg Config
+	hc  *http.Client
+	log *slog.Logger
+
+	route atomic.Pointer[routing]
+	// refreshMu serializes map refreshes and protects refreshedAt.
+	refreshMu   sync.Mutex
+	refreshedAt time.Time
+
+	// nodesMu protects nodes.
+	nodesMu sync.Mutex
+	nodes   map[string]*node
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closed atomic.Bool
+}
+
+// New returns a client that has fetched the cluster map from one of the
+// endpoints.
+func New(ctx context.Context, cfg Config) (*Client, error) {
+	def := DefaultConfig()
+	if len(cfg.Endpoints) == 0 {
+		return nil, fmt.Errorf("client: %w: no endpoints", kvd.ErrInvalid)
+	}
+	for i, e := range cfg.Endpoints {
+		if !strings.Contains(e, "://") {
+			e = "http://" + e
+		}
+		if _, err := url.Parse(e); err != nil {
+			return nil, fmt.Errorf("client: %w: endpoint %q: %v", kvd.ErrInvalid, e, err)
+		}
+		cfg.Endpoints[i] = strings.TrimRight(e, "/")
+	}
+	if cfg.Consistency == "" {
+		cfg.Consistency = def.Consistency
+	}
+	if _, err := kvd.ParseConsistency(string(cfg.Consistency)); err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	if cfg.ReadPolicy == "" {
+		cfg.ReadPolicy = def.ReadPolicy
+	}
+	if _, err := ParsePolicy(string(cfg.ReadPolicy)); err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	durs := []*time.Duration{&cfg.Timeout, &cfg.AttemptTimeout, &cfg.EjectBackoff, &cfg.MaxEjectBackoff, &cfg.ProbeInterval, &cfg.MinRefreshInterval}
+	defs := []time.Duration{def.Timeout, def.AttemptTimeout, def.EjectBackoff, def.MaxEjectBackoff, def.ProbeInterval, def.MinRefreshInterval}
+	for i, d := range durs {
+		if *d <= 0 {
+			*d = defs[i]
+		}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{cfg: cfg, log: cfg.Logger, nodes: map[string]*node{}}
+	c.hc = cfg.HTTPClient
+	if c.hc == nil {
+		c.hc = &http.Client{Transport: &http.Transport{
+			Proxy:               nil,
+			MaxIdleConnsPerHost: 512,
+			IdleConnTimeout:     90 * time.Second,
+			DisableCompression:  true,
+			DialContext:         (&net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		}}
+	}
+	ictx, cancel := c.withTimeout(ctx)
+	_, err := c.refresh(ictx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	bg, stop := context.WithCancel(context.Background())
+	c.cancel = stop
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.runProber(bg)
+	}()
+	return c, nil
+}
+
+// Close stops the client's background probing and releases connections.
+func (c *Client) Close() error {
+	if c.closed.Swap(true) {
+		return nil
+	}
+	c.cancel()
+	c.wg.Wait()
+	c.hc.CloseIdleConnections()
+	return nil
+}
+
+func (c *Client) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, c.cfg.Timeout)
+}
+
+// call is one logical request, routed to a group.
+type call struct {
+	method      string
+	path        string // escaped path and query
+	body        []byte
+	header      http.Header
+	key         string      // routes by key when group is 0
+	group       kvd.GroupID // routes to this group when set
+	write       bool
+	consistency kvd.Consistency
+}
+
+// result is a node's answer.
+type result struct {
+	status int
+	header http.Header
+	body   []byte
+	node   *node
+}
+
+// maxAttempts is a safety net; calls are bounded by their deadline.
+const maxAttempts = 1000
+
+// do sends cl to the right replica, following the rules in the package
+// comment, until it gets an answer that settles it or ctx ends.
+func (c *Client) do(ctx context.Context, cl *call) (*result, error) {
+	if c.closed.Load() {
+		return nil, kvd.ErrClosed
+	}
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	avoid := map[*node]bool{}
+	backoff := 10 * time.Millisecond
+	var lastErr error
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		r := c.route.Load()
+		g := r.groups[cl.group]
+		if cl.group == 0 {
+			g = r.groupOf(cl.key)
+		}
+		if g == nil {
+			return nil, fmt.Errorf("%w: group %d is not in the cluster map", kvd.ErrWrongGroup, cl.group)
+		}
+		var target *node
+		if cl.write || cl.consistency == kvd.Linearizable {
+			target = pickLeader(g, avoid)
+		} else {
+			target = c.pickReplica(g, avoid)
+		}
+		res, err := c.send(ctx, target, cl, g.id, r.epoch)
+		retry := false
+		switch {
+		case err != nil:
+			sent := !isDialError(err)
+			if cl.write && sent {
+				return nil, fmt.Errorf("%s %s via %s: no answer: %v: %w", cl.method, cl.key, target.id, err, kvd.ErrUnknownOutcome)
+			}
+			target.failures.Add(1)
+			target.eject(c.cfg.EjectBackoff, c.cfg.MaxEjectBackoff)
+			if g.leader.Load() == target {
+				g.leader.CompareAndSwap(target, nil)
+			}
+			avoid[target] = true
+			lastErr = fmt.Errorf("node %s: %w", target.id, err)
+			retry = true
+		default:
+			if e := res.header.Get(api.HeaderEpoch); e != "" {
+				if ep, perr := strconv.ParseUint(e, 10, 64); perr == nil && ep > r.epoch {
+					c.refresh(ctx)
+				}
+			}
+			switch {
+			case res.status == http.StatusMisdirectedRequest:
+				lastErr = errorFrom(res.status, res.header, res.body)
+				if _, err := c.refresh(ctx); err != nil {
+					lastErr = err
+				}
+				retry = true
+			case res.status == http.StatusServiceUnavailable:
+				e := errorFrom(res.status, res.header, res.body)
+				lastErr = e
+				if l := c.knownNode(e.Leader); l != nil && l != target && l.healthy(time.Now()) {
+					g.leader.Store(l)
+					delete(avoid, l) // it may have refused before it won
+				} else {
+					if g.leader.Load() == target {
+						g.leader.CompareAndSwap(target, nil)
+					}
+					avoid[target] = true
+					c.refresh(ctx)
+				}
+				retry = true
+			case res.status >= 500 && !cl.write:
+				lastErr = errorFrom(res.status, res.header, res.body)
+				avoid[target] = true
+				retry = true
+			default:
+				if cl.write || cl.consistency == kvd.Linearizable {
+					if res.status < 500 {
+						g.leader.Store(target) // it served as leader
+					}
+				}
+				return res, nil
+			}
+		}
+		if !retry || ctx.Err() != nil {
+			break
+		}
+		if !anyLeft(g, avoid) {
+			clear(avoid) // every healthy replica tried: start over after a pause
+		}
+		if attempt > 0 {
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+			}
+			backoff = min(backoff*2, 200*time.Millisecond)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if lastErr == nil {
+		lastErr = ctx.Err()
+	}
+	if errors.Is(lastErr, kvd.ErrUnavailable) || errors.Is(lastErr, kvd.ErrWrongGroup) {
+		return nil, lastErr
+	}
+	return nil, fmt.Errorf("%s %s: %v: %w", cl.method, cl.key, lastErr, kvd.ErrUnavailable)
+}
+
+// anyLeft reports whether g has a healthy member not yet avoided.
+func anyLeft(g *groupRoute, avoid map[*node]bool) bool {
+	now := time.Now()
+	for _, m := range g.members {
+		if !avoid[m] && m.healthy(now) {
+			return true
+		}
+	}
+	return false
+}
+
+// knownNode returns the node with id, if the client knows it.
+func (c *Client) knownNode(id string) *node {
+	if id == "" {
+		return nil
+	}
+	c.nodesMu.Lock()
+	defer c.nodesMu.Unlock()
+	return c.nodes[id]
+}
+
+// send performs one attempt against one node. Reads are bounded by
+// AttemptTimeout; writes by the call's deadline alone.
+func (c *Client) send(ctx context.Context, n *node, cl *call, g kvd.GroupID, epoch uint64) (*result, error) {
+	if !cl.write {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.AttemptTimeout)
+		defer cancel()
+	}
+	var body io.Reader
+	if cl.body != nil {
+		body = bytes.NewReader(cl.body)
+	}
+	req, err := http.NewRequestWithContext(ctx, cl.method, n.url+cl.path, body)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", kvd.ErrInvalid, err)
+	}
+	for k, vs := range cl.header {
+		req.Header[k] = vs
+	}
+	req.Header.Set(api.HeaderGroup, strconv.FormatUint(uint64(g), 10))
+	req.Header.Set(api.HeaderEpoch, strconv.FormatUint(epoch, 10))
+	n.inflight.Add(1)
+	n.requests.Add(1)
+	start := time.Now()
+	resp, err := c.hc.Do(req)
+	var b []byte
+	if err == nil {
+		b, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	n.inflight.Add(-1)
+	if err != nil {
+		n.observe(time.Since(start) * 4) // a failure weighs like a slow answer
+		return nil, err
+	}
+	n.observe(time.Since(start))
+	return &result{status: resp.StatusCode, header: resp.Header, body: b, node: n}, nil
+}
+
+// isDialError reports whether err happened before the request left: the
+// connection was never established.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// ReadOption adjusts one read.
+type ReadOption func(*readOpts)
+
+type readOpts struct {
+	consistency kvd.Consistency
+}
+
+// WithConsistency sets the read's consistency level.
+func WithConsistency(c kvd.Consistency) ReadOption {
+	return func(o *readOpts) { o.consistency = c }
+}
+
+func (c *Client) readOpts(opts []ReadOption) readOpts {
+	o := readOpts{consistency: c.cfg.Consistency}
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
+}
+
+// WriteOption adjusts one write.
+type WriteOption func(*kvd.Cond)
+
+// IfVersion makes a write conditional on the key's current version
+// (compare-and-set); version 0 means the key must not exist.
+func IfVersion(v kvd.Version) WriteOption {
+	return func(c *kvd.Cond) { *c = kvd.Cond{Kind: kvd.CondVersionEq, Version: v} }
+}
+
+// CreateOnly makes a put succeed only if the key does not exist.
+func CreateOnly() WriteOption { return IfVersion(0) }
+
+// IfExists makes a write succeed only if the key exists.
+func IfExists() WriteOption {
+	return func(c *kvd.Cond) { *c = kvd.Cond{Kind: kvd.CondExists} }
+}
+
+func condHeader(h http.Header, c kvd.Cond) {
+	switch c.Kind {
+	case kvd.CondVersionEq:
+		if c.Version == 0 {
+			h.Set("If-None-Match", "*")
+		} else {
+			h.Set("If-Match", `"`+strconv.FormatUint(c.Version, 10)+`"`)
+		}
+	case kvd.CondVersionNe:
+		h.Set("If-None-Match", `"`+strconv.FormatUint(c.Version, 10)+`"`)
+	case kvd.CondExists:
+		h.Set("If-Match", "*")
+	}
+}
+
+func keyPath(key string) string { return "/v1/kv/" + url.PathEscape(key) }
+
+// Get reads key. A missing key is an error matching ErrNotFound.
+func (c *Client) Get(ctx context.Context, key string, opts ...ReadOption) (kvd.Item, error) {
+	o := c.readOpts(opts)
+	res, err := c.do(ctx, &call{method: http.MethodGet, path: keyPath(key) + "?consistency=" + string(o.consistency), key: key, consistency: o.consistency})
+	if err != nil {
+		return kvd.Item{}, fmt.Errorf("get %q: %w", key, err)
+	}
+	if res.status != http.StatusOK {
+		return kvd.Item{}, fmt.Errorf("get %q: %w", key, errorFrom(res.status, res.header, res.body))
+	}
+	v, err := parseETag(res.header.Get("ETag"))
+	if err != nil {
+		return kvd.Item{}, fmt.Errorf("get %q: %w", key, err)
+	}
+	return kvd.Item{Key: key, Value: res.body, Version: v}, nil
+}
+
+func parseETag(s string) (uint64, error) {
+	v, err := strconv.ParseUint(strings.Trim(s, `"`), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("bad ETag %q: %w", s, kvd.ErrUnavailable)
+	}
+	return v, nil
+}
+
+// Put stores value under key and returns its new version.
+func (c *Client) Put(ctx context.Context, key string, value []byte, opts ...WriteOption) (kvd.Version, error) {
+	var cond kvd.Cond
+	for _, f := range opts {
+		f(&cond)
+	}
+	h := http.Header{}
+	h.Set("Content-Type", "application/octet-stream")
+	condHeader(h, cond)
+	if value == nil {
+		value = []byte{}
+	}
+	res, err := c.do(ctx, &call{method: http.MethodPut, path: keyPath(key), body: value, header: h, key: key, write: true})
+	if err != nil {
+		return 0, fmt.Errorf("put %q: %w", key, err)
+	}
+	if res.status != http.StatusOK {
+		return 0, fmt.Errorf("put %q: %w", key, writeError(res))
+	}
+	var pr api.PutResponse
+	if err := json.Unmarshal(res.body, &pr); err != nil {
+		return 0, fmt.Errorf("put %q: decode answer: %v: %w", key, err, kvd.ErrUnknownOutcome)
+	}
+	return pr.Version, nil
+}
+
+// Delete removes key; deleted is false if it did not exist.
+func (c *Client) Delete(ctx context.Context, key string, opts ...WriteOption) (bool, error) {
+	var cond kvd.Cond
+	for _, f := range opts {
+		f(&cond)
+	}
+	h := http.Header{}
+	condHeader(h, cond)
+	res, err := c.do(ctx, &call{method: http.MethodDelete, path: keyPath(key), header: h, key: key, write: true})
+	if err != nil {
+		return false, fmt.Errorf("delete %q: %w", key, err)
+	}
+	if res.status != http.StatusOK {
+		return false, fmt.Errorf("delete %q: %w", key, writeError(res))
+	}
+	var dr api.DeleteResponse
+	if err := json.Unmarshal(res.body, &dr); err != nil {
+		return false, fmt.Errorf("delete %q: decode answer: %v: %w", key, err, kvd.ErrUnknownOutcome)
+	}
+	return dr.Deleted, nil
+}
+
+// writeError turns a write's error answer into an error. Any 5xx other
+// than 503 leaves the outcome unknown, whatever its code says.
+func writeError(res *result) error {
+	e := errorFrom(res.status, res.header, res.body)
+	if res.status >= 500 && res.status != http.StatusServiceUnavailable && !errors.Is(e, kvd.ErrUnknownOutcome) {
+		return fmt.Errorf("%w: %w", kvd.ErrUnknownOutcome, e)
+	}
+	return e
+}
+
+// Page is one page of a scan.
+type Page struct {
+	Items []kvd.Item
+	// More is set when keys follow; Next is the Start of the next page.
+	More bool
+	Next string
+}
+
+// Scan returns a page of the keys selected by o, in key order, across
+// every group: each group is read at the read's consistency and the pages
+// are merged. o.Limit 0 means the server's default page (1000).
+func (c *Client) Scan(ctx context.Context, o kvd.ScanOptions, opts ...ReadOption) (Page, error) {
+	ro := c.readOpts(opts)
+	limit := o.Limit
+	if limit <= 0 {
+		limit = kvd.DefaultLimits().DefaultScanLimit
+	}
+	q := url.Values{}
+	for k, v := range map[string]string{"prefix": o.Prefix, "start": o.Start, "end": o.End} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	q.Set("limit", strconv.Itoa(limit))
+	q.Set("consistency", string(ro.consistency))
+	r := c.route.Load()
+	type page struct {
+		items []kvd.Item
+		next  string
+		err   error
+	}
+	pages := make([]page, len(r.order))
+	var wg sync.WaitGroup
+	for i, g := range r.order {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := &pages[i]
+			res, err := c.do(ctx, &call{method: http.MethodGet, path: "/v1/kv?" + q.Encode(), group: g.id, consistency: ro.consistency})
+			if err != nil {
+				p.err = err
+				return
+			}
+			if res.status != http.StatusOK {
+				p.err = errorFrom(res.status, res.header, res.body)
+				return
+			}
+			var sr api.ScanResponse
+			if err := json.Unmarshal(res.body, &sr); err != nil {
+				p.err = fmt.Errorf("decode scan page: %v: %w", err, kvd.ErrUnavailable)
+				return
+			}
+			for _, it := range sr.Items {
+				p.items = append(p.items, kvd.Item{Key: it.Key, Value: it.Value, Version: it.Version})
+			}
+			p.next = sr.Next
+		}()
+	}
+	wg.Wait()
+	var all []kvd.Item
+	next := ""
+	for _, p := range pages {
+		if p.err != nil {
+			return Page{}, fmt.Errorf("scan: %w", p.err)
+		}
+		all = append(all, p.items...)
+		if p.next != "" && (next == "" || p.next < next) {
+			next = p.next
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].Key < all[j].Key })
+	if len(all) > limit {
+		if next == "" || all[limit].Key < next {
+			next = all[limit].Key
+		}
+		all = all[:limit]
+	}
+	return Page{Items: all, More: next != "", Next: next}, nil
+}
+
+// Cluster fetches the current cluster map, with each group's leader, and
+// refreshes the client's cached copy.
+func (c *Client) Cluster(ctx context.Context) (api.Cluster, error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	c.refreshMu.Lock()
+	c.refreshedAt = time.Time{}
+	c.refreshMu.Unlock()
+	r, err := c.refresh(ctx)
+	if err != nil {
+		return api.Cluster{}, err
+	}
+	return r.raw, nil
+}
+
+// CachedMap returns the cluster map as last fetched, with the leaders the
+// client knows now.
+func (c *Client) CachedMap() api.Cluster {
+	r := c.route.Load()
+	cl := r.raw
+	cl.Groups = append([]api.Group(nil), r.raw.Groups...)
+	for i := range cl.Groups {
+		if l := r.groups[kvd.GroupID(cl.Groups[i].ID)].leader.Load(); l != nil {
+			cl.Groups[i].Leader = l.id
+		}
+	}
+	return cl
+}
+
+// NodeStats describes the client's view of one node.
+type NodeStats struct {
+	ID       string
+	URL      string
+	Requests int64
+	Failures int64
+	Inflight int64
+	// Latency is the moving average of the node's answer time.
+	Latency time.Duration
+	// Ejected is set while the node is out of rotation.
+	Ejected bool
+}
+
+// Stats returns per-node request counts and health, by node id.
+func (c *Client) Stats() map[string]NodeStats {
+	c.nodesMu.Lock()
+	defer c.nodesMu.Unlock()
+	out := map[string]NodeStats{}
+	now := time.Now()
+	for id, n := range c.nodes {
+		out[id] = NodeStats{ID: id, URL: n.url, Requests: n.requests.Load(), Failures: n.failures.Load(), Inflight: n.inflight.Load(),
+			Latency: time.Duration(n.ewma() * float64(time.Second)), Ejected: !n.healthy(now)}
+	}
+	return out
+}
+
+// Status fetches GET /v1/status from node id (any node if id is "").
+func (c *Client) Status(ctx context.Context, id string) (api.Status, error) {
+	var st api.Status
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	var targets []*node
+	if id != "" {
+		n := c.knownNode(id)
+		if n == nil {
+			return st, fmt.Errorf("status: %w: no node %q in the cluster map", kvd.ErrInvalid, id)
+		}
+		targets = []*node{n}
+	} else {
+		for _, g := range c.route.Load().order {
+			targets = append(targets, g.members...)
+		}
+	}
+	var lastErr error
+	for _, n := range targets {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.url+"/v1/status", nil)
+		if err != nil {
+			return st, err
+		}
+		resp, err := c.hc.Do(req)
+		if err != nil {
+			lastErr = fmt.Errorf("node %s: %v: %w", n.id, err, kvd.ErrUnavailable)
+			continue
+		}
+		err = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if err != nil {
+			lastErr = fmt.Errorf("node %s: %v: %w", n.id, err, kvd.ErrUnavailable)
+			continue
+		}
+		return st, nil
+	}
+	return st, fmt.Errorf("status: %w", lastErr)
+}
