@@ -2,43 +2,56 @@ package server_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/client"
 	"github.com/kvd-project/kvd/internal/testcluster"
 	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/server"
 )
 
-// The benchmarks run a 3-node, one-group cluster in this process over
-// loopback HTTP with default durability (every batch fsynced) and drive it
-// with closed-loop clients. They report throughput and latency
-// percentiles; compare runs made on the same machine at the same time.
+// The benchmarks run 3-node clusters in this process over loopback HTTP,
+// with default durability (every batch fsynced), and drive them through
+// the Go client (the smart router) with closed-loop workers, 256-byte
+// values. They report throughput and latency percentiles, and ratios
+// between configurations measured in the same run, which is the figure to
+// compare across machines.
 
-func benchClient(conns int) *http.Client {
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: conns, DisableCompression: true}}
-}
-
-func newBenchCluster(b *testing.B) *testcluster.Cluster {
-	return testcluster.New(b, 3, 1, func(c *server.Config) {
+func newBenchCluster(b *testing.B, groups int) *testcluster.Cluster {
+	return testcluster.New(b, 3, groups, func(c *server.Config) {
 		c.Replication = replication.DefaultConfig()
 	})
 }
 
-// runClosedLoop runs b.N operations over clients workers and reports
-// ops/s, p50 and p99 latency.
-func runClosedLoop(b *testing.B, clients int, op func(worker, i int) error) {
-	var next atomic.Int64
+func newBenchClient(b *testing.B, c *testcluster.Cluster, consistency kvd.Consistency) *client.Client {
+	cfg := client.DefaultConfig(c.URLs()...)
+	cfg.Consistency = consistency
+	cl, err := client.New(context.Background(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+type loadResult struct {
+	opsPerSec float64
+	p50, p99  time.Duration
+	errors    int64
+}
+
+// closedLoop runs n operations over clients workers.
+func closedLoop(clients, n int, op func(i int) error) loadResult {
+	var next, errs atomic.Int64
 	lat := make([][]time.Duration, clients)
-	var errs atomic.Int64
 	var wg sync.WaitGroup
-	b.ResetTimer()
 	start := time.Now()
 	for w := range clients {
 		wg.Add(1)
@@ -46,11 +59,11 @@ func runClosedLoop(b *testing.B, clients int, op func(worker, i int) error) {
 			defer wg.Done()
 			for {
 				i := int(next.Add(1)) - 1
-				if i >= b.N {
+				if i >= n {
 					return
 				}
 				t0 := time.Now()
-				if err := op(w, i); err != nil {
+				if err := op(i); err != nil {
 					errs.Add(1)
 					continue
 				}
@@ -60,89 +73,95 @@ func runClosedLoop(b *testing.B, clients int, op func(worker, i int) error) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	b.StopTimer()
 	var all []time.Duration
 	for _, l := range lat {
 		all = append(all, l...)
 	}
+	r := loadResult{errors: errs.Load()}
 	if len(all) == 0 {
-		b.Fatalf("every operation failed")
+		return r
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	pct := func(p float64) float64 { return float64(all[int(p*float64(len(all)-1))].Microseconds()) / 1000 }
-	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "ops/s")
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
-	b.ReportMetric(float64(errs.Load()), "errors")
+	r.opsPerSec = float64(len(all)) / elapsed.Seconds()
+	r.p50 = all[len(all)/2]
+	r.p99 = all[int(0.99*float64(len(all)-1))]
+	return r
 }
 
-func put(hc *http.Client, url, key string, val []byte) error {
-	req, _ := http.NewRequest(http.MethodPut, url+"/v1/kv/"+key, bytes.NewReader(val))
-	resp, err := hc.Do(req)
-	if err != nil {
+func report(b *testing.B, prefix string, r loadResult) {
+	b.ReportMetric(r.opsPerSec, prefix+"ops/s")
+	b.ReportMetric(float64(r.p50.Microseconds())/1000, prefix+"p50-ms")
+	b.ReportMetric(float64(r.p99.Microseconds())/1000, prefix+"p99-ms")
+	if r.errors > 0 {
+		b.Errorf("%s: %d operations failed", prefix, r.errors)
+	}
+}
+
+var value256 = bytes.Repeat([]byte("v"), 256)
+
+func putOp(cl *client.Client) func(int) error {
+	return func(i int) error {
+		_, err := cl.Put(context.Background(), fmt.Sprintf("k%08d", i%20000), value256)
 		return err
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("put: %s", resp.Status)
-	}
-	return nil
 }
 
-func get(hc *http.Client, url string) error {
-	resp, err := hc.Get(url)
-	if err != nil {
-		return err
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("get: %s", resp.Status)
-	}
-	return nil
-}
-
+// BenchmarkPut measures write throughput of one group at 1, 16 and 64
+// clients (b.N writes each).
 func BenchmarkPut(b *testing.B) {
-	c := newBenchCluster(b)
-	leader := c.URL(c.Leader(1))
-	val := bytes.Repeat([]byte("v"), 256)
+	c := newBenchCluster(b, 1)
+	cl := newBenchClient(b, c, kvd.Linearizable)
 	for _, clients := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
-			hc := benchClient(clients)
-			defer hc.CloseIdleConnections()
-			runClosedLoop(b, clients, func(_, i int) error {
-				return put(hc, leader, fmt.Sprintf("k%08d", i%20000), val)
-			})
+			report(b, "", closedLoop(clients, b.N, putOp(cl)))
 		})
 	}
 }
 
+// BenchmarkPutGroups compares write throughput of 1 group with 3 groups
+// on the same 3 nodes, 64 clients.
+func BenchmarkPutGroups(b *testing.B) {
+	var one, three loadResult
+	for _, groups := range []int{1, 3} {
+		c := newBenchCluster(b, groups)
+		cl := newBenchClient(b, c, kvd.Linearizable)
+		closedLoop(64, 500, putOp(cl)) // warm up: leaders known, connections open
+		r := closedLoop(64, b.N, putOp(cl))
+		if groups == 1 {
+			one = r
+		} else {
+			three = r
+		}
+		cl.Close()
+		c.Close()
+	}
+	report(b, "1group-", one)
+	report(b, "3groups-", three)
+	b.ReportMetric(three.opsPerSec/one.opsPerSec, "3groups/1group")
+}
+
+// BenchmarkGet compares linearizable reads served by the leader alone
+// with follower reads balanced over all three replicas (p2c), and stale
+// reads, at 64 clients. The ratio follower/leader is the figure.
 func BenchmarkGet(b *testing.B) {
-	c := newBenchCluster(b)
-	li := c.Leader(1)
-	hc := benchClient(64)
-	val := bytes.Repeat([]byte("v"), 256)
-	for i := range 2000 {
-		if err := put(hc, c.URL(li), fmt.Sprintf("k%08d", i), val); err != nil {
-			b.Fatal(err)
+	c := newBenchCluster(b, 1)
+	w := newBenchClient(b, c, kvd.Linearizable)
+	closedLoop(64, 2000, func(i int) error {
+		_, err := w.Put(context.Background(), fmt.Sprintf("k%08d", i), value256)
+		return err
+	})
+	results := map[kvd.Consistency]loadResult{}
+	for _, cons := range []kvd.Consistency{kvd.Linearizable, kvd.Follower, kvd.Stale} {
+		cl := newBenchClient(b, c, cons)
+		get := func(i int) error {
+			_, err := cl.Get(context.Background(), fmt.Sprintf("k%08d", i%2000))
+			return err
 		}
+		closedLoop(64, 1000, get) // warm up
+		results[cons] = closedLoop(64, b.N, get)
 	}
-	for _, mode := range []struct {
-		consistency string
-		urls        []string
-	}{
-		{"linearizable", []string{c.URL(li)}},
-		{"follower", c.URLs()},
-		{"stale", c.URLs()},
-	} {
-		for _, clients := range []int{16, 64} {
-			b.Run(fmt.Sprintf("%s/clients=%d", mode.consistency, clients), func(b *testing.B) {
-				runClosedLoop(b, clients, func(w, i int) error {
-					u := mode.urls[(w+i)%len(mode.urls)]
-					return get(hc, fmt.Sprintf("%s/v1/kv/k%08d?consistency=%s", u, i%2000, mode.consistency))
-				})
-			})
-		}
-	}
+	report(b, "leader-", results[kvd.Linearizable])
+	report(b, "follower-", results[kvd.Follower])
+	report(b, "stale-", results[kvd.Stale])
+	b.ReportMetric(results[kvd.Follower].opsPerSec/results[kvd.Linearizable].opsPerSec, "follower/leader")
 }

@@ -20,7 +20,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/client"
 	"github.com/kvd-project/kvd/internal/kvdproc"
 )
 
@@ -333,4 +335,66 @@ func TestKvd_BadFlagsExitWithUsageError(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	require.Error(t, err)
 	require.Contains(t, string(out), `belongs to node "other"`)
+}
+
+func TestKvd_ThreeNodesThreeGroups_ClientRoutesAndSurvivesANodeLoss(t *testing.T) {
+	c, err := kvdproc.NewCluster(kvdBinary(t), t.TempDir(), 3, 3, 3)
+	require.NoError(t, err)
+	c.Args = []string{"--election-timeout", "500ms", "--heartbeat-timeout", "500ms"}
+	require.NoError(t, c.StartAll())
+	t.Cleanup(c.KillAll)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	require.NoError(t, c.WaitAllReady(ctx))
+
+	cfg := client.DefaultConfig(c.Nodes[0].URL())
+	cl, err := client.New(ctx, cfg)
+	require.NoError(t, err)
+	defer cl.Close()
+	cm := cl.CachedMap()
+	require.Len(t, cm.Groups, 3)
+
+	groups := map[uint64]int{}
+	for i := range 150 {
+		k := fmt.Sprintf("key/%03d", i)
+		_, err := cl.Put(ctx, k, []byte(k))
+		require.NoError(t, err)
+		groups[uint64(groupOf(cm, k))]++
+	}
+	require.Len(t, groups, 3, "keys spread over every group")
+	// Any node answers, for any key.
+	for i := 0; i < 150; i += 7 {
+		k := fmt.Sprintf("key/%03d", i)
+		for _, n := range c.Nodes {
+			val, _, status, err := get(n.URL(), k, "linearizable")
+			require.NoError(t, err)
+			require.Equal(t, 200, status)
+			require.Equal(t, k, val)
+		}
+	}
+
+	require.NoError(t, c.Kill(1))
+	for i := range 150 {
+		k := fmt.Sprintf("key/%03d", i)
+		it, err := cl.Get(ctx, k)
+		require.NoError(t, err, "every group keeps serving after a node loss")
+		require.Equal(t, k, string(it.Value))
+		_, err = cl.Put(ctx, k, []byte("new"))
+		require.NoError(t, err)
+	}
+	p, err := cl.Scan(ctx, kvd.ScanOptions{Prefix: "key/", Limit: 1000})
+	require.NoError(t, err)
+	require.Len(t, p.Items, 150)
+}
+
+func groupOf(cm api.Cluster, key string) int {
+	s := kvd.Slot(key)
+	for _, g := range cm.Groups {
+		for _, r := range g.Slots {
+			if s >= r[0] && s <= r[1] {
+				return int(g.ID)
+			}
+		}
+	}
+	return 0
 }
