@@ -56,10 +56,13 @@ type DB struct {
 	opts Options
 	log  *slog.Logger
 
-	// handleMu protects bdb, which Restore swaps; readers hold it shared
+	// handleMu protects h, which Restore swaps; readers hold it shared
 	// for the length of their transaction.
 	handleMu sync.RWMutex
-	bdb      *bolt.DB
+	h        *handle
+	// retiring counts goroutines closing handles Restore replaced; Close
+	// waits for them.
+	retiring sync.WaitGroup
 
 	applied     atomic.Uint64 // index of the last applied entry
 	appliedTerm atomic.Uint64 // term of the last applied entry
@@ -109,6 +112,15 @@ func (db *DB) boltOptions(readOnly bool) *bolt.Options {
 	}
 }
 
+// handle is one open bbolt file. Open snapshots pin it: a handle that
+// Restore replaced is closed only once its last snapshot is released,
+// because closing bbolt waits for every open read transaction, and raft
+// may hold a snapshot's while the FSM goroutine restores.
+type handle struct {
+	bdb  *bolt.DB
+	pins sync.WaitGroup
+}
+
 // openHandle opens the bbolt file and loads the applied index and map.
 // The caller holds handleMu or is the constructor.
 func (db *DB) openHandle() error {
@@ -140,7 +152,7 @@ func (db *DB) openHandle() error {
 		bdb.Close()
 		return fmt.Errorf("open store %s: %w", db.path, err)
 	}
-	db.bdb = bdb
+	db.h = &handle{bdb: bdb}
 	db.applied.Store(applied)
 	db.appliedTerm.Store(term)
 	db.clusterMap.Store(m)
@@ -148,19 +160,33 @@ func (db *DB) openHandle() error {
 	return nil
 }
 
-// Close closes the state file.
+// Close closes the state file. Snapshots must be closed first.
 func (db *DB) Close() error {
 	db.handleMu.Lock()
-	defer db.handleMu.Unlock()
-	if db.bdb == nil {
+	h := db.h
+	db.h = nil
+	db.handleMu.Unlock()
+	db.retiring.Wait()
+	if h == nil {
 		return nil
 	}
-	err := db.bdb.Close()
-	db.bdb = nil
-	if err != nil {
+	h.pins.Wait()
+	if err := h.bdb.Close(); err != nil {
 		return fmt.Errorf("close store: %w", err)
 	}
 	return nil
+}
+
+// retire closes h once no snapshot pins it any more.
+func (db *DB) retire(h *handle) {
+	db.retiring.Add(1)
+	go func() {
+		defer db.retiring.Done()
+		h.pins.Wait()
+		if err := h.bdb.Close(); err != nil {
+			db.log.Warn("close replaced state file", "err", err)
+		}
+	}()
 }
 
 // Path returns the state file's path.
@@ -196,10 +222,10 @@ func (db *DB) wake() {
 func (db *DB) view(fn func(tx *bolt.Tx) error) error {
 	db.handleMu.RLock()
 	defer db.handleMu.RUnlock()
-	if db.bdb == nil {
+	if db.h == nil {
 		return kvd.ErrClosed
 	}
-	return db.bdb.View(fn)
+	return db.h.bdb.View(fn)
 }
 
 // Apply applies entries, in order, in one bbolt transaction, and records
@@ -216,10 +242,10 @@ func (db *DB) Apply(entries []Entry) ([][]Result, error) {
 	var newMap *kvd.Map
 	db.handleMu.RLock()
 	defer db.handleMu.RUnlock()
-	if db.bdb == nil {
+	if db.h == nil {
 		return nil, kvd.ErrClosed
 	}
-	err := db.bdb.Update(func(tx *bolt.Tx) error {
+	err := db.h.bdb.Update(func(tx *bolt.Tx) error {
 		kv := tx.Bucket(bucketKV)
 		meta := tx.Bucket(bucketMeta)
 		for i, e := range entries {

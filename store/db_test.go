@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -257,4 +258,43 @@ func TestBatch_EncodeDecode(t *testing.T) {
 		_, err := DecodeBatch(enc[:n])
 		require.Error(t, err, "truncated at %d", n)
 	}
+}
+
+func TestStore_Restore_WhileASnapshotIsOpen(t *testing.T) {
+	// raft may still stream a snapshot of this replica while the FSM
+	// restores one from the leader: Restore must not wait for it (that
+	// wait is a deadlock inside raft), and the open snapshot must still
+	// stream the old state.
+	src := openTest(t)
+	applyOne(t, src, 10, put("new", "state"))
+	var buf bytes.Buffer
+	snap, err := src.Snapshot()
+	require.NoError(t, err)
+	_, err = snap.WriteTo(&buf)
+	require.NoError(t, err)
+	snap.Close()
+
+	db := openTest(t)
+	applyOne(t, db, 1, put("old", "state"))
+	open, err := db.Snapshot()
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- db.Restore(bytes.NewReader(buf.Bytes())) }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("restore waited for an open snapshot")
+	}
+	_, err = db.Get("new")
+	require.NoError(t, err)
+	var old bytes.Buffer
+	_, err = open.WriteTo(&old)
+	require.NoError(t, err, "the open snapshot still streams the old state")
+	require.NoError(t, open.Close())
+	restored := openTest(t)
+	require.NoError(t, restored.Restore(bytes.NewReader(old.Bytes())))
+	_, err = restored.Get("old")
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), restored.AppliedIndex())
 }

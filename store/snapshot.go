@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/kvd-project/kvd"
 )
 
 // snapshotMagic opens every snapshot stream.
@@ -23,6 +25,7 @@ const snapshotHeaderSize = len(snapshotMagic) + 16
 // done: it holds a bbolt read transaction.
 type Snapshot struct {
 	tx      *bolt.Tx
+	h       *handle
 	applied uint64
 	term    uint64
 }
@@ -32,15 +35,16 @@ type Snapshot struct {
 func (db *DB) Snapshot() (*Snapshot, error) {
 	db.handleMu.RLock()
 	defer db.handleMu.RUnlock()
-	if db.bdb == nil {
-		return nil, fmt.Errorf("snapshot: store closed")
+	if db.h == nil {
+		return nil, fmt.Errorf("snapshot: %w", kvd.ErrClosed)
 	}
-	tx, err := db.bdb.Begin(false)
+	tx, err := db.h.bdb.Begin(false)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: begin read transaction: %w", err)
 	}
+	db.h.pins.Add(1)
 	meta := tx.Bucket(bucketMeta)
-	return &Snapshot{tx: tx, applied: u64(meta.Get(metaApplied)), term: u64(meta.Get(metaTerm))}, nil
+	return &Snapshot{tx: tx, h: db.h, applied: u64(meta.Get(metaApplied)), term: u64(meta.Get(metaTerm))}, nil
 }
 
 // AppliedIndex returns the index of the last entry the snapshot contains.
@@ -71,6 +75,7 @@ func (s *Snapshot) Close() error {
 	}
 	err := s.tx.Rollback()
 	s.tx = nil
+	s.h.pins.Done()
 	return err
 }
 
@@ -109,21 +114,26 @@ func (db *DB) Restore(r io.Reader) error {
 		return fmt.Errorf("restore: %w", err)
 	}
 
+	// The old file stays open (and readable by snapshots still streaming
+	// it) until they are done; the new one takes its name and its place.
 	db.handleMu.Lock()
 	defer db.handleMu.Unlock()
-	if db.bdb != nil {
-		if err := db.bdb.Close(); err != nil {
-			return fmt.Errorf("restore: close current state: %w", err)
-		}
-		db.bdb = nil
+	old := db.h
+	if old == nil {
+		os.Remove(tmp)
+		return fmt.Errorf("restore: %w", kvd.ErrClosed)
 	}
 	if err := os.Rename(tmp, db.path); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
+	db.h = nil
+	db.retire(old)
 	if err := syncDir(filepath.Dir(db.path)); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
 	if err := db.openHandle(); err != nil {
+		// The store is unusable; the next apply stops the process, and
+		// a restart opens the restored file.
 		return fmt.Errorf("restore: reopen: %w", err)
 	}
 	db.log.Info("restored state from snapshot", "applied", applied, "term", term)
