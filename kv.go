@@ -3,6 +3,7 @@ package kvd
 import (
 	"fmt"
 	"hash/crc32"
+	"sort"
 	"strings"
 	"unicode/utf8"
 )
@@ -67,6 +68,9 @@ type Limits struct {
 	MaxScanLimit int
 	// DefaultScanLimit is the page size of a scan that names none.
 	DefaultScanLimit int
+	// MaxScanBytes ends a scan page early once its values add up to this
+	// many bytes, so a page of large values cannot exhaust memory.
+	MaxScanBytes int
 }
 
 // DefaultLimits returns the limits of the contract.
@@ -78,7 +82,31 @@ func DefaultLimits() Limits {
 		MaxTxnKeys:       128,
 		MaxScanLimit:     10000,
 		DefaultScanLimit: 1000,
+		MaxScanBytes:     16 << 20,
 	}
+}
+
+// MaxKeyBytesLimit is the largest key the store can hold (bbolt's limit).
+const MaxKeyBytesLimit = 32768
+
+// Validate checks that the limits can be enforced: a limit the store
+// cannot honour would let every replica fail the same entry.
+func (l Limits) Validate() error {
+	switch {
+	case l.MaxKeyBytes < 1 || l.MaxKeyBytes > MaxKeyBytesLimit:
+		return fmt.Errorf("max key bytes must be between 1 and %d", MaxKeyBytesLimit)
+	case l.MaxValueBytes < 0 || l.MaxValueBytes > 1<<30:
+		return fmt.Errorf("max value bytes must be between 0 and %d", 1<<30)
+	case l.MaxBodyBytes < 1:
+		return fmt.Errorf("max body bytes must be positive")
+	case l.MaxTxnKeys < 1:
+		return fmt.Errorf("max transaction keys must be positive")
+	case l.DefaultScanLimit < 1 || l.MaxScanLimit < l.DefaultScanLimit:
+		return fmt.Errorf("scan limits must satisfy 1 <= default <= max")
+	case l.MaxScanBytes < 1:
+		return fmt.Errorf("max scan bytes must be positive")
+	}
+	return nil
 }
 
 // ValidateKey reports whether key is acceptable under l: 1..MaxKeyBytes bytes
@@ -159,4 +187,32 @@ type ScanOptions struct {
 	Start  string
 	End    string
 	Limit  int
+	// MaxBytes, if positive, ends a page early once its values add up to
+	// this many bytes (a page always holds at least one item).
+	MaxBytes int
+}
+
+// MergePages merges pages of one scan read from several groups: items
+// (in any order) and each group's next key ("" if the group had no more).
+// It returns the first limit keys in order and the next key, exact: no
+// key is returned that sorts after a key some group did not return.
+func MergePages(items []Item, nexts []string, limit int) ([]Item, string) {
+	sort.Slice(items, func(i, j int) bool { return items[i].Key < items[j].Key })
+	next := ""
+	for _, n := range nexts {
+		if n != "" && (next == "" || n < next) {
+			next = n
+		}
+	}
+	if next != "" {
+		// A group stopped early (limit or byte budget) at next: keys
+		// beyond it from other groups would skip its remaining keys.
+		cut := sort.Search(len(items), func(i int) bool { return items[i].Key >= next })
+		items = items[:cut]
+	}
+	if limit > 0 && len(items) > limit {
+		next = items[limit].Key
+		items = items[:limit]
+	}
+	return items, next
 }

@@ -124,3 +124,50 @@ func TestNotLeaderError(t *testing.T) {
 	require.Equal(t, "n3", LeaderHint(err))
 	require.Equal(t, "", LeaderHint(ErrUnavailable))
 }
+
+func TestMergePages(t *testing.T) {
+	items := func(keys ...string) []Item {
+		var its []Item
+		for _, k := range keys {
+			its = append(its, Item{Key: k})
+		}
+		return its
+	}
+	keys := func(its []Item) []string {
+		var ks []string
+		for _, it := range its {
+			ks = append(ks, it.Key)
+		}
+		return ks
+	}
+	tests := []struct {
+		name     string
+		items    []Item
+		nexts    []string
+		limit    int
+		want     []string
+		wantNext string
+	}{
+		{"all fit", items("c", "a", "b"), []string{"", ""}, 10, []string{"a", "b", "c"}, ""},
+		{"cut at limit", items("a", "c", "b", "d"), []string{"", ""}, 2, []string{"a", "b"}, "c"},
+		{"group next below the cut", items("a", "b", "c", "d"), []string{"e", ""}, 3, []string{"a", "b", "c"}, "d"},
+		{"group stopped early by its byte budget", items("a", "m", "x", "y"), []string{"b", ""}, 10, []string{"a"}, "b"},
+		{"nothing at all", nil, []string{"", ""}, 5, nil, ""},
+		{"next from a group with an empty page", nil, []string{"k"}, 5, nil, "k"},
+	}
+	for _, tc := range tests {
+		got, next := MergePages(tc.items, tc.nexts, tc.limit)
+		require.Equal(t, tc.want, keys(got), tc.name)
+		require.Equal(t, tc.wantNext, next, tc.name)
+	}
+}
+
+func TestLimits_Validate(t *testing.T) {
+	require.NoError(t, DefaultLimits().Validate())
+	l := DefaultLimits()
+	l.MaxKeyBytes = 40000 // more than bbolt can store: every replica would fail the entry
+	require.Error(t, l.Validate())
+	l = DefaultLimits()
+	l.MaxScanLimit = 10
+	require.Error(t, l.Validate())
+}

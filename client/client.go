@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -567,24 +566,16 @@ func (c *Client) Scan(ctx context.Context, o kvd.ScanOptions, opts ...ReadOption
 	}
 	wg.Wait()
 	var all []kvd.Item
-	next := ""
+	var nexts []string
 	for _, p := range pages {
 		if p.err != nil {
 			return Page{}, fmt.Errorf("scan: %w", p.err)
 		}
 		all = append(all, p.items...)
-		if p.next != "" && (next == "" || p.next < next) {
-			next = p.next
-		}
+		nexts = append(nexts, p.next)
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i].Key < all[j].Key })
-	if len(all) > limit {
-		if next == "" || all[limit].Key < next {
-			next = all[limit].Key
-		}
-		all = all[:limit]
-	}
-	return Page{Items: all, More: next != "", Next: next}, nil
+	items, next := kvd.MergePages(all, nexts, limit)
+	return Page{Items: items, More: next != "", Next: next}, nil
 }
 
 // Cluster fetches the current cluster map, with each group's leader, and

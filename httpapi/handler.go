@@ -219,6 +219,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt Route, body [
 	forwarded := r.Header.Get(api.HeaderForwarded) != ""
 	backoff := 25 * time.Millisecond
 	tried := map[string]bool{}
+	hint := "" // the leader named by the last node forwarded to
 	for {
 		respond, err := op(ctx)
 		if err == nil {
@@ -230,11 +231,17 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt Route, body [
 			return
 		}
 		leader := kvd.LeaderHint(err)
+		if hint != "" && !tried[hint] {
+			leader = hint // fresher than this node's own view
+		}
+		hint = ""
 		if leader != "" && leader != h.b.NodeID() && !tried[leader] {
-			if h.forward(ctx, w, r, body, leader, write) {
+			done, next := h.forward(ctx, w, r, body, leader, write)
+			if done {
 				return
 			}
 			tried[leader] = true
+			hint = next
 		} else {
 			// No leader known, or the known one failed: wait for the
 			// group to settle, then look again.
@@ -255,13 +262,14 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt Route, body [
 }
 
 // forward sends the request to node id and relays its answer. It returns
-// false, having written nothing, when the request certainly had no effect
-// there and may be tried again (the node was unreachable, or it answered
-// 503); it returns true once it has written a response.
-func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Request, body []byte, id string, write bool) bool {
+// done = false, having written nothing, when the request certainly had no
+// effect there and may be tried again (the node was unreachable, or it
+// answered 503, naming the leader it knows of in hint); it returns done =
+// true once it has written a response.
+func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Request, body []byte, id string, write bool) (done bool, hint string) {
 	addr, ok := h.b.PeerHTTP(id)
 	if !ok {
-		return false
+		return false, ""
 	}
 	var rd io.Reader
 	if body != nil {
@@ -270,7 +278,7 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 	req, err := http.NewRequestWithContext(ctx, r.Method, "http://"+addr+r.URL.RequestURI(), rd)
 	if err != nil {
 		writeError(w, fmt.Errorf("forward to %s: %w", id, err), write)
-		return true
+		return true, ""
 	}
 	for k, vs := range r.Header {
 		switch k {
@@ -283,16 +291,16 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 	resp, err := h.fwd.Do(req)
 	if err != nil {
 		if !write || isDialError(err) {
-			return false
+			return false, ""
 		}
 		writeError(w, fmt.Errorf("forwarded to leader %s, no answer: %v: %w", id, err, kvd.ErrUnknownOutcome), write)
-		return true
+		return true, ""
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusServiceUnavailable && ctx.Err() == nil {
 		// 503 promises nothing was done; the leader may have moved.
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		return false
+		return false, resp.Header.Get(api.HeaderLeader)
 	}
 	for _, k := range []string{"Content-Type", "Etag", "Retry-After", api.HeaderLeader, api.HeaderNode, "Content-Length"} {
 		if v := resp.Header.Get(k); v != "" {
@@ -301,7 +309,7 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 	}
 	w.WriteHeader(resp.StatusCode)
 	io.Copy(w, resp.Body)
-	return true
+	return true, ""
 }
 
 // isDialError reports whether err happened while connecting, so the

@@ -67,6 +67,17 @@ func (g *Group) Propose(ctx context.Context, cmd store.Cmd) (store.Result, error
 			return store.Result{}, fmt.Errorf("group %d: propose: %w (%v before proposing)", g.id, kvd.ErrUnavailable, ctx.Err())
 		}
 		return store.Result{}, fmt.Errorf("group %d: propose: %w (%v)", g.id, kvd.ErrUnknownOutcome, ctx.Err())
+	case <-g.raftDone:
+		// Closed: the proposer may be gone without taking this one.
+		select {
+		case r := <-p.done:
+			return r.res, r.err
+		default:
+		}
+		if p.state.CompareAndSwap(proposalQueued, proposalAbandoned) {
+			return store.Result{}, fmt.Errorf("group %d: propose: %w", g.id, kvd.ErrClosed)
+		}
+		return store.Result{}, fmt.Errorf("group %d: propose: replica closed: %w", g.id, kvd.ErrUnknownOutcome)
 	}
 }
 
@@ -161,7 +172,7 @@ func (g *Group) runCompleter() {
 func (g *Group) complete(e inflightEntry) {
 	var err error
 	var results []store.Result
-	if ferr := e.future.Error(); ferr != nil {
+	if ferr := g.waitFuture(e.future); ferr != nil {
 		err = g.classifyApplyError(ferr)
 	} else {
 		switch r := e.future.Response().(type) {
@@ -184,6 +195,26 @@ func (g *Group) complete(e inflightEntry) {
 			continue
 		}
 		p.done <- proposalResult{res: results[i]}
+	}
+}
+
+// waitFuture waits for an apply future, or for raft to shut down: raft
+// never answers the futures of entries still queued for its FSM when it
+// stops (hashicorp/raft#498), and waiting on them would hang Close. The
+// goroutine left waiting on such a future ends with the process.
+func (g *Group) waitFuture(f raft.ApplyFuture) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-g.raftDone:
+		select {
+		case err := <-done:
+			return err
+		default:
+			return raft.ErrRaftShutdown
+		}
 	}
 }
 

@@ -3,6 +3,8 @@ package replication
 import (
 	"context"
 	"sync"
+
+	"github.com/kvd-project/kvd"
 )
 
 // readBatcher shares one read-index round among every read that arrives
@@ -12,6 +14,8 @@ import (
 // before.
 type readBatcher struct {
 	round func(ctx context.Context) (uint64, error)
+	// stopped is closed when run returns; later callers fail at once.
+	stopped chan struct{}
 
 	// mu protects waiters.
 	mu      sync.Mutex
@@ -25,7 +29,7 @@ type readIndexResult struct {
 }
 
 func newReadBatcher(round func(ctx context.Context) (uint64, error)) *readBatcher {
-	return &readBatcher{round: round, kick: make(chan struct{}, 1)}
+	return &readBatcher{round: round, kick: make(chan struct{}, 1), stopped: make(chan struct{})}
 }
 
 // get joins the next round and returns its index.
@@ -43,6 +47,8 @@ func (b *readBatcher) get(ctx context.Context) (uint64, error) {
 		return r.index, r.err
 	case <-ctx.Done():
 		return 0, ctx.Err()
+	case <-b.stopped:
+		return 0, kvd.ErrClosed
 	}
 }
 
@@ -52,6 +58,7 @@ func (b *readBatcher) run(ctx context.Context) {
 		select {
 		case <-b.kick:
 		case <-ctx.Done():
+			close(b.stopped)
 			b.mu.Lock()
 			ws := b.waiters
 			b.waiters = nil

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"sync"
 	"time"
 
@@ -94,6 +93,7 @@ func (b backend) Delete(ctx context.Context, key string, cond kvd.Cond, rt httpa
 // page is exact: of all matching keys, the first Limit, and the key after
 // them as next. A routed scan (rt.Direct) reads rt.Group alone.
 func (b backend) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency, rt httpapi.Route) ([]kvd.Item, string, error) {
+	o.MaxBytes = b.s.cfg.Limits.MaxScanBytes
 	m := b.s.Map()
 	if rt.Direct {
 		if _, ok := m.Group(rt.Group); !ok || rt.Epoch < m.Epoch {
@@ -132,7 +132,8 @@ func (b backend) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency,
 			nexts = append(nexts, p.next)
 		}
 	}
-	return mergePage(all, nexts, o.Limit)
+	items, next := kvd.MergePages(all, nexts, o.Limit)
+	return items, next, nil
 }
 
 func scanLocal(ctx context.Context, g *replication.Group, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error) {
@@ -178,24 +179,6 @@ func (b backend) scanGroup(ctx context.Context, grp kvd.Group, epoch uint64, o k
 		target = hint
 	}
 	return nil, "", fmt.Errorf("scan group %d: %w", grp.ID, err)
-}
-
-// mergePage sorts items from several groups and cuts the page at limit;
-// next is the smallest key not returned, among the surplus items and the
-// groups' own next keys.
-func mergePage(all []kvd.Item, nexts []string, limit int) ([]kvd.Item, string, error) {
-	sort.Slice(all, func(i, j int) bool { return all[i].Key < all[j].Key })
-	next := ""
-	if limit > 0 && len(all) > limit {
-		next = all[limit].Key
-		all = all[:limit]
-	}
-	for _, n := range nexts {
-		if next == "" || n < next {
-			next = n
-		}
-	}
-	return all, next, nil
 }
 
 func (b backend) Cluster(ctx context.Context) (api.Cluster, error) {

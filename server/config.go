@@ -92,6 +92,9 @@ func (c *Config) validate() error {
 	case c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0:
 		return errors.New("timeouts must be positive")
 	}
+	if err := c.Limits.Validate(); err != nil {
+		return fmt.Errorf("limits: %w", err)
+	}
 	if c.InitialCluster != nil {
 		if err := c.InitialCluster.Validate(); err != nil {
 			return fmt.Errorf("initial cluster: %w", err)

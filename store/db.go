@@ -363,6 +363,7 @@ func (db *DB) Get(key string) (kvd.Item, error) {
 func (db *DB) Scan(o kvd.ScanOptions) ([]kvd.Item, string, error) {
 	var items []kvd.Item
 	next := ""
+	size := 0
 	err := db.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketKV).Cursor()
 		seek := max(o.Start, o.Prefix)
@@ -374,11 +375,13 @@ func (db *DB) Scan(o kvd.ScanOptions) ([]kvd.Item, string, error) {
 			if !strings.HasPrefix(ks, o.Prefix) {
 				break
 			}
-			if o.Limit > 0 && len(items) == o.Limit {
+			if (o.Limit > 0 && len(items) == o.Limit) || (o.MaxBytes > 0 && size >= o.MaxBytes) {
 				next = ks
 				break
 			}
-			items = append(items, decodeItem(k, v))
+			it := decodeItem(k, v)
+			size += len(it.Key) + len(it.Value)
+			items = append(items, it)
 		}
 		return nil
 	})
