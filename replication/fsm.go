@@ -19,6 +19,8 @@ type fsm struct {
 	// fatal stops the process: an entry that cannot be applied must never
 	// be skipped, or this replica diverges from the others.
 	fatal func(error)
+	// applied, if set, is told of every applied batch and its results.
+	applied func(entries []store.Entry, results [][]store.Result)
 }
 
 var _ raft.BatchingFSM = (*fsm)(nil)
@@ -61,6 +63,9 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	if err != nil {
 		f.fatal(fmt.Errorf("apply entries %d..%d: %w", logs[0].Index, logs[len(logs)-1].Index, err))
 		return make([]any, len(logs)) // not reached with a fatal that stops the process
+	}
+	if f.applied != nil {
+		f.applied(entries, res)
 	}
 	out := make([]any, len(logs))
 	for i := range logs {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
@@ -151,8 +152,10 @@ type Group struct {
 	trans *raft.NetworkTransport
 	raft  *raft.Raft
 
+	origin        uint64 // identifies this incarnation's proposals
 	props         chan *proposal
-	inflight      chan inflightEntry
+	inflight      chan *entry
+	pending       pendingEntries
 	leaderReads   *readBatcher
 	followerReads *readBatcher
 	leaderKick    chan struct{}
@@ -178,8 +181,10 @@ func Open(cfg Config) (*Group, error) {
 		return nil, fmt.Errorf("open group %d: %w", cfg.Group, err)
 	}
 	g := &Group{cfg: cfg, id: cfg.Group, log: log,
+		origin:     rand.Uint64() | 1,
 		props:      make(chan *proposal, 4096),
-		inflight:   make(chan inflightEntry, 1024),
+		inflight:   make(chan *entry, 1024),
+		pending:    pendingEntries{m: map[uint64]*entry{}, orphans: map[uint64]*entry{}},
 		leaderKick: make(chan struct{}, 1),
 		raftDone:   make(chan struct{}),
 	}
@@ -244,7 +249,7 @@ func Open(cfg Config) (*Group, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open group %d: log cache: %w", cfg.Group, err)
 	}
-	f := &fsm{db: g.db, log: log, fatal: cfg.Fatal}
+	f := &fsm{db: g.db, log: log, fatal: cfg.Fatal, applied: g.onApplied}
 	if g.raft, err = raft.NewRaft(rc, f, cache, g.logs, g.snaps, g.trans); err != nil {
 		return nil, fmt.Errorf("open group %d: start raft: %w", cfg.Group, err)
 	}
@@ -630,6 +635,7 @@ func (g *Group) Close() error {
 		}
 		close(g.raftDone)
 		g.wg.Wait()
+		g.settleAll()
 		if err := g.closeFiles(); err != nil {
 			errs = append(errs, err)
 		}

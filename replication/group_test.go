@@ -314,3 +314,71 @@ func TestGroup_StateBehindSnapshotIsRestoredAtStart(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, items, 31, "snapshot restored and the log after it replayed")
 }
+
+func TestGroup_LeadershipTransferUnderLoad_OutcomesAreKnown(t *testing.T) {
+	tg := newTestGroup(t, 3, nil)
+	_, _ = tg.leader()
+	reps := append([]*Group(nil), tg.reps...)
+	var acked, failed sync.Map
+	var unknown, definite atomic.Int64
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; !stop.Load(); i++ {
+				var g *Group
+				for _, r := range reps {
+					if r.IsLeader() {
+						g = r
+					}
+				}
+				if g == nil {
+					time.Sleep(2 * time.Millisecond)
+					continue
+				}
+				key := fmt.Sprintf("w%d-%d", w, i)
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				r, err := g.Propose(ctx, store.Cmd{Kind: store.CmdPut, Key: key, Value: []byte("v")})
+				cancel()
+				switch {
+				case err == nil:
+					acked.Store(key, r.Version)
+				case errors.Is(err, kvd.ErrUnknownOutcome):
+					unknown.Add(1)
+				default:
+					definite.Add(1)
+					failed.Store(key, err)
+				}
+			}
+		}()
+	}
+	for range 5 {
+		time.Sleep(150 * time.Millisecond)
+		_, g := tg.leader()
+		require.NoError(t, g.TransferLeadership())
+	}
+	time.Sleep(150 * time.Millisecond)
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("definite failures %d, unknown outcomes %d", definite.Load(), unknown.Load())
+	require.Zero(t, unknown.Load(), "a replica that loses leadership learns the fate of its in-flight entries")
+
+	_, g := tg.leader()
+	require.NoError(t, g.ReadBarrier(context.Background(), kvd.Linearizable))
+	n := 0
+	acked.Range(func(k, v any) bool {
+		n++
+		it, err := g.Store().Get(k.(string))
+		require.NoError(t, err, "acknowledged %s lost", k)
+		require.Equal(t, v.(uint64), it.Version)
+		return true
+	})
+	failed.Range(func(k, v any) bool {
+		_, err := g.Store().Get(k.(string))
+		require.ErrorIs(t, err, kvd.ErrNotFound, "%s failed definitely (%v) but was applied", k, v)
+		return true
+	})
+	require.Positive(t, n)
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,9 +35,24 @@ type proposalResult struct {
 	err error
 }
 
-type inflightEntry struct {
+// An entry is one log entry this replica proposed, until it is settled:
+// by the FSM when it applies the entry (on this replica, as leader or
+// after losing leadership), or by a definite failure.
+type entry struct {
+	seq    uint64
 	future raft.ApplyFuture
 	props  []*proposal
+	// index is set once raft said leadership was lost after appending:
+	// if this replica applies another entry at index, ours is gone.
+	index uint64
+}
+
+// pendingEntries tracks the entries this replica proposed and that are
+// not yet settled.
+type pendingEntries struct {
+	mu      sync.Mutex // protects m and orphans
+	m       map[uint64]*entry
+	orphans map[uint64]*entry // seq -> entry whose leader stepped down
 }
 
 // Propose replicates cmd through the group's log and returns its result
@@ -44,9 +60,12 @@ type inflightEntry struct {
 // into shared log entries.
 //
 // Errors: a *kvd.NotLeaderError (nothing proposed) when this replica is
-// not the leader; kvd.ErrUnavailable when nothing was proposed for another
-// reason; kvd.ErrUnknownOutcome when the command was handed to Raft but its
-// fate is unknown (leadership lost, timeout): it may still take effect.
+// not the leader; kvd.ErrUnavailable when nothing was or ever will be
+// applied for another reason; kvd.ErrUnknownOutcome when the command was
+// handed to Raft and its fate is not known before ctx ends: it may still
+// take effect. When leadership moves while a command is in flight, the
+// replica waits to see whether the entry is applied (success) or replaced
+// (definite failure), within ctx.
 func (g *Group) Propose(ctx context.Context, cmd store.Cmd) (store.Result, error) {
 	if err := g.checkLeader(); err != nil {
 		return store.Result{}, err
@@ -89,6 +108,7 @@ func (g *Group) Propose(ctx context.Context, cmd store.Cmd) (store.Result, error
 func (g *Group) runProposer() {
 	defer close(g.inflight)
 	var carry *proposal
+	var seq uint64
 	buf := make([]byte, 0, 64<<10)
 	for {
 		var first *proposal
@@ -131,18 +151,24 @@ func (g *Group) runProposer() {
 				break drain
 			}
 		}
-		b := store.Batch{Time: time.Now().UnixNano(), Cmds: make([]store.Cmd, len(batch))}
+		seq++
+		b := store.Batch{Time: time.Now().UnixNano(), Origin: g.origin, Seq: seq, Cmds: make([]store.Cmd, len(batch))}
 		for i, p := range batch {
 			b.Cmds[i] = p.cmd
 		}
 		buf = b.AppendEncode(buf[:0])
 		data := append([]byte(nil), buf...)
-		f := g.raft.Apply(data, g.cfg.ApplyTimeout)
+		e := &entry{seq: seq, props: batch}
+		// Registered before raft sees it: the FSM may apply it at once.
+		g.pending.mu.Lock()
+		g.pending.m[seq] = e
+		g.pending.mu.Unlock()
+		e.future = g.raft.Apply(data, g.cfg.ApplyTimeout)
 		select {
-		case g.inflight <- inflightEntry{future: f, props: batch}:
+		case g.inflight <- e:
 		case <-g.ctx.Done():
 			// The completer has stopped; answer here.
-			g.complete(inflightEntry{future: f, props: batch})
+			g.complete(e)
 		}
 	}
 }
@@ -161,33 +187,93 @@ func (g *Group) failQueued() {
 	}
 }
 
-// runCompleter waits for each entry's outcome, in log order, and answers
-// its proposals.
+// runCompleter waits for each entry's future, in log order, and settles
+// the entries the FSM did not.
 func (g *Group) runCompleter() {
 	for e := range g.inflight {
 		g.complete(e)
 	}
 }
 
-func (g *Group) complete(e inflightEntry) {
-	var err error
-	var results []store.Result
-	if ferr := g.waitFuture(e.future); ferr != nil {
-		err = g.classifyApplyError(ferr)
-	} else {
-		switch r := e.future.Response().(type) {
-		case applyResult:
-			if r.err != nil {
-				err = fmt.Errorf("group %d: entry not applied: %v: %w", g.id, r.err, kvd.ErrInvalid)
-			} else if len(r.results) != len(e.props) {
-				// The entry was at or below the applied index: it cannot
-				// be ours. Say we do not know rather than guess.
-				err = fmt.Errorf("group %d: entry %d skipped on apply: %w", g.id, e.future.Index(), kvd.ErrUnknownOutcome)
-			}
-			results = r.results
-		default:
-			err = fmt.Errorf("group %d: unexpected apply response %T: %w", g.id, r, kvd.ErrUnknownOutcome)
+func (g *Group) complete(e *entry) {
+	ferr := g.waitFuture(e.future)
+	if ferr == nil {
+		// Applied: the FSM has settled it, unless the entry was at or
+		// below the applied index (cannot be ours) or undecodable.
+		if r, ok := e.future.Response().(applyResult); ok && r.err != nil {
+			g.settle(e.seq, nil, fmt.Errorf("group %d: entry not applied: %v: %w", g.id, r.err, kvd.ErrInvalid))
+			return
 		}
+		g.settle(e.seq, nil, fmt.Errorf("group %d: entry %d skipped on apply: %w", g.id, e.future.Index(), kvd.ErrUnknownOutcome))
+		return
+	}
+	err := g.classifyApplyError(ferr)
+	if !errors.Is(err, kvd.ErrUnknownOutcome) || !errors.Is(ferr, raft.ErrLeadershipLost) {
+		g.settle(e.seq, nil, err)
+		return
+	}
+	// Leadership was lost after the entry was appended: it may still
+	// commit under the next leader. This replica will learn which when it
+	// applies that index: our entry (the FSM settles it) or another one
+	// (settled below as not applied).
+	idx := e.future.Index()
+	g.pending.mu.Lock()
+	if _, open := g.pending.m[e.seq]; !open {
+		g.pending.mu.Unlock()
+		return
+	}
+	if idx == 0 {
+		g.pending.mu.Unlock()
+		g.settle(e.seq, nil, err)
+		return
+	}
+	e.index = idx
+	g.pending.orphans[e.seq] = e
+	replaced := g.db.AppliedIndex() >= idx
+	g.pending.mu.Unlock()
+	if replaced {
+		g.settle(e.seq, nil, fmt.Errorf("group %d: leadership lost; entry %d was replaced: %w", g.id, idx, kvd.ErrUnavailable))
+	}
+}
+
+// onApplied runs on the FSM goroutine after each applied batch: it
+// settles this replica's own entries with their results, and orphaned
+// entries whose index was taken by another entry.
+func (g *Group) onApplied(entries []store.Entry, results [][]store.Result) {
+	last := uint64(0)
+	for i, en := range entries {
+		last = max(last, en.Index)
+		if en.Batch == nil || en.Batch.Origin != g.origin || results[i] == nil {
+			continue
+		}
+		g.settle(en.Batch.Seq, results[i], nil)
+	}
+	g.pending.mu.Lock()
+	var gone []uint64
+	for seq, e := range g.pending.orphans {
+		if e.index <= last {
+			gone = append(gone, seq)
+		}
+	}
+	g.pending.mu.Unlock()
+	for _, seq := range gone {
+		g.settle(seq, nil, fmt.Errorf("group %d: leadership lost; the entry was replaced: %w", g.id, kvd.ErrUnavailable))
+	}
+}
+
+// settle answers an entry's proposals once: with results, one per
+// command, or with err.
+func (g *Group) settle(seq uint64, results []store.Result, err error) {
+	g.pending.mu.Lock()
+	e, ok := g.pending.m[seq]
+	delete(g.pending.m, seq)
+	delete(g.pending.orphans, seq)
+	g.pending.mu.Unlock()
+	if !ok {
+		return
+	}
+	if err == nil && len(results) != len(e.props) {
+		err = fmt.Errorf("group %d: %d results for %d commands: %w", g.id, len(results), len(e.props), kvd.ErrUnknownOutcome)
 	}
 	for i, p := range e.props {
 		if err != nil {
@@ -195,6 +281,19 @@ func (g *Group) complete(e inflightEntry) {
 			continue
 		}
 		p.done <- proposalResult{res: results[i]}
+	}
+}
+
+// settleAll answers every unsettled entry at shutdown.
+func (g *Group) settleAll() {
+	g.pending.mu.Lock()
+	var seqs []uint64
+	for seq := range g.pending.m {
+		seqs = append(seqs, seq)
+	}
+	g.pending.mu.Unlock()
+	for _, seq := range seqs {
+		g.settle(seq, nil, fmt.Errorf("group %d: replica closed: %w", g.id, kvd.ErrUnknownOutcome))
 	}
 }
 

@@ -45,7 +45,13 @@ type Batch struct {
 	// nanoseconds: the only clock apply may use, so that every replica
 	// decides alike.
 	Time int64
-	Cmds []Cmd
+	// Origin and Seq identify the proposer (a random number per replica
+	// incarnation) and the batch among its proposals, so the proposer
+	// recognises its own entry when it applies it, even after losing
+	// leadership. Apply ignores them.
+	Origin uint64
+	Seq    uint64
+	Cmds   []Cmd
 }
 
 // Result is the outcome of one command.
@@ -70,6 +76,8 @@ var errCorrupt = errors.New("corrupt command batch")
 func (b *Batch) AppendEncode(dst []byte) []byte {
 	dst = append(dst, batchFormat)
 	dst = binary.AppendVarint(dst, b.Time)
+	dst = binary.AppendUvarint(dst, b.Origin)
+	dst = binary.AppendUvarint(dst, b.Seq)
 	dst = binary.AppendUvarint(dst, uint64(len(b.Cmds)))
 	for i := range b.Cmds {
 		c := &b.Cmds[i]
@@ -115,7 +123,7 @@ func DecodeBatch(data []byte) (*Batch, error) {
 	if d.byte() != batchFormat {
 		return nil, fmt.Errorf("%w: unknown format", errCorrupt)
 	}
-	b := &Batch{Time: d.varint()}
+	b := &Batch{Time: d.varint(), Origin: d.uvarint(), Seq: d.uvarint()}
 	n := d.uvarint()
 	if d.err != nil || n > uint64(len(data)) {
 		return nil, fmt.Errorf("%w: bad header", errCorrupt)

@@ -235,7 +235,7 @@ func TestStore_SetMap_KeepsNewestEpoch(t *testing.T) {
 }
 
 func TestBatch_EncodeDecode(t *testing.T) {
-	b := &Batch{Time: -42, Cmds: []Cmd{
+	b := &Batch{Time: -42, Origin: 1 << 60, Seq: 7, Cmds: []Cmd{
 		{Kind: CmdNoop},
 		{Kind: CmdPut, Key: "k/ü", Value: []byte{0, 1, 2}, Cond: kvd.Cond{Kind: kvd.CondVersionEq, Version: 7}},
 		{Kind: CmdPut, Key: "e", Value: []byte{}},
@@ -245,6 +245,8 @@ func TestBatch_EncodeDecode(t *testing.T) {
 	got, err := DecodeBatch(b.AppendEncode(nil))
 	require.NoError(t, err)
 	require.Equal(t, b.Time, got.Time)
+	require.Equal(t, b.Origin, got.Origin)
+	require.Equal(t, b.Seq, got.Seq)
 	require.Len(t, got.Cmds, len(b.Cmds))
 	for i := range b.Cmds {
 		require.Equal(t, b.Cmds[i].Kind, got.Cmds[i].Kind)
