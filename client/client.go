@@ -252,6 +252,9 @@ func (c *Client) do(ctx context.Context, cl *call) (*result, error) {
 			case res.status == http.StatusServiceUnavailable:
 				e := errorFrom(res.status, res.header, res.body)
 				lastErr = e
+				if !cl.write && cl.consistency != kvd.Linearizable {
+					avoid[target] = true // a lagging replica: read elsewhere
+				}
 				if l := c.knownNode(e.Leader); l != nil && l != target && l.healthy(time.Now()) {
 					g.leader.Store(l)
 					delete(avoid, l) // it may have refused before it won

@@ -68,6 +68,10 @@ type Options struct {
 	Limits kvd.Limits
 	// RequestTimeout bounds each request, forwarding included.
 	RequestTimeout time.Duration
+	// ForwardBudget bounds how long a request keeps looking for a leader
+	// to forward to (following hints, waiting out an election) before it
+	// is answered 503.
+	ForwardBudget time.Duration
 	// Registry receives the HTTP metrics and serves /metrics.
 	Registry *prometheus.Registry
 	// Logger receives request errors.
@@ -96,6 +100,9 @@ func New(b Backend, o Options) (*Handler, error) {
 	}
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = 10 * time.Second
+	}
+	if o.ForwardBudget <= 0 {
+		o.ForwardBudget = 3 * time.Second
 	}
 	if o.ForwardClient == nil {
 		o.ForwardClient = NewForwardClient()
@@ -216,6 +223,9 @@ type responder func(w http.ResponseWriter)
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt Route, body []byte, write bool, op func(ctx context.Context) (responder, error)) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
 	defer cancel()
+	// Looking for a leader stops after ForwardBudget: a node cut off
+	// from the leader answers 503 soon, so the client can try elsewhere.
+	findBy := time.Now().Add(h.o.ForwardBudget)
 	forwarded := r.Header.Get(api.HeaderForwarded) != ""
 	backoff := 25 * time.Millisecond
 	tried := map[string]bool{}
@@ -254,7 +264,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt Route, body [
 			backoff = min(backoff*2, 500*time.Millisecond)
 			clear(tried)
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || time.Now().After(findBy) {
 			writeError(w, err, write)
 			return
 		}

@@ -77,6 +77,10 @@ type Config struct {
 	ApplyTimeout time.Duration
 	// LeaderTransferTimeout bounds TransferLeadership.
 	LeaderTransferTimeout time.Duration
+	// FollowerMaxWait bounds how long a follower read waits for this
+	// replica to apply the leader's read index before it is refused as
+	// lagging (and sent to the leader).
+	FollowerMaxWait time.Duration
 
 	// Store configures the replica's bbolt state.
 	Store store.Options
@@ -103,6 +107,7 @@ func DefaultConfig() Config {
 		MaxBatchBytes:         1 << 20,
 		ApplyTimeout:          5 * time.Second,
 		LeaderTransferTimeout: 5 * time.Second,
+		FollowerMaxWait:       500 * time.Millisecond,
 		Store:                 store.DefaultOptions(),
 		Logger:                slog.Default(),
 	}
@@ -120,6 +125,9 @@ func (c *Config) validate() error {
 		return errors.New("stream layer is required")
 	case c.MaxBatchCmds < 1 || c.MaxBatchBytes < 1 || c.MaxAppendEntries < 1:
 		return errors.New("batch limits must be positive")
+	}
+	if c.FollowerMaxWait <= 0 {
+		c.FollowerMaxWait = DefaultConfig().FollowerMaxWait
 	}
 	if c.Bootstrap {
 		found := false
@@ -378,6 +386,22 @@ func (g *Group) ReadBarrier(ctx context.Context, c kvd.Consistency) error {
 		return &kvd.NotLeaderError{Group: g.id, Leader: g.LeaderID()}
 	default:
 		idx, err = g.followerReads.get(ctx)
+		if err != nil {
+			return err
+		}
+		// A follower far behind (after a partition heals, raft may take
+		// seconds to resume replicating to it) sends the read to the
+		// leader rather than make it wait.
+		wctx, cancel := context.WithTimeout(ctx, g.cfg.FollowerMaxWait)
+		defer cancel()
+		if err := g.WaitApplied(wctx, idx); err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			return fmt.Errorf("group %d: replica lags the leader (applied %d, read index %d): %w", g.id, g.db.AppliedIndex(), idx,
+				&kvd.NotLeaderError{Group: g.id, Leader: g.LeaderID()})
+		}
+		return nil
 	}
 	if err != nil {
 		return err

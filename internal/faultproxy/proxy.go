@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,6 +30,8 @@ const (
 type Proxy struct {
 	ln     net.Listener
 	target string
+
+	accepted atomic.Int64
 
 	// mu protects mode, delay, conns and closed.
 	mu     sync.Mutex
@@ -51,6 +54,9 @@ func New(listen, target string) (*Proxy, error) {
 	go p.accept()
 	return p, nil
 }
+
+// Accepted returns the number of connections accepted so far.
+func (p *Proxy) Accepted() int64 { return p.accepted.Load() }
 
 // Addr returns the proxy's listening address.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
@@ -135,6 +141,7 @@ func (p *Proxy) accept() {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
+		p.accepted.Add(1)
 		p.mu.Lock()
 		mode := p.mode
 		p.mu.Unlock()

@@ -103,6 +103,9 @@ type Cluster struct {
 // NewCluster prepares (but does not start) a cluster of n nodes with
 // groups groups of replicas replicas, with data and logs under dir.
 func NewCluster(bin, dir string, n, groups, replicas int) (*Cluster, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("cluster folder: %w", err)
+	}
 	addrs, err := FreeAddrs(2 * n)
 	if err != nil {
 		return nil, err

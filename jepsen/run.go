@@ -1,0 +1,300 @@
+package jepsen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kvd-project/kvd/internal/kvdproc"
+)
+
+// Options configure a run.
+type Options struct {
+	// Bin is the kvd binary; empty builds one into the run's folder.
+	Bin string
+	// Dir is where the run's folder is created.
+	Dir string
+	// Workload is what the clients do.
+	Workload Workload
+	// Nemesis names the fault to inject (see NemesisByName).
+	Nemesis string
+	// Nodes and Groups shape the cluster (3 replicas per group, fewer on
+	// fewer nodes).
+	Nodes, Groups int
+	// Duration is how long the clients run, faults included.
+	Duration time.Duration
+	// Workers is the number of concurrent clients.
+	Workers int
+	// Think is the pause between a worker's operations.
+	Think time.Duration
+	// Quiet and Hold shape the fault schedule: Quiet without faults, then
+	// a fault held for Hold, repeated.
+	Quiet, Hold time.Duration
+	// OpTimeout bounds one operation.
+	OpTimeout time.Duration
+	// RecoveryTimeout bounds the wait for the healed cluster.
+	RecoveryTimeout time.Duration
+	// Seed makes the schedule and the operations reproducible (as far as
+	// timing allows); 0 picks one.
+	Seed uint64
+	// Logf, if set, receives progress lines.
+	Logf func(format string, args ...any)
+}
+
+// Fault is one fault window.
+type Fault struct {
+	Nemesis string  `json:"nemesis"`
+	What    string  `json:"what"`
+	Start   float64 `json:"start_s"`
+	End     float64 `json:"end_s"`
+	Error   string  `json:"error,omitempty"`
+}
+
+// Summary is the outcome of a run, written to summary.json.
+type Summary struct {
+	Workload  string                    `json:"workload"`
+	Nemesis   string                    `json:"nemesis"`
+	Nodes     int                       `json:"nodes"`
+	Groups    int                       `json:"groups"`
+	Seed      uint64                    `json:"seed"`
+	Seconds   float64                   `json:"seconds"`
+	Ops       map[string]map[Status]int `json:"ops"`
+	Faults    []Fault                   `json:"faults"`
+	Skipped   []string                  `json:"skipped_faults,omitempty"`
+	Recovery  string                    `json:"recovery"`
+	ProxyRaft int64                     `json:"proxied_raft_connections"`
+	ProxyHTTP int64                     `json:"proxied_http_connections"`
+	Checks    []CheckResult             `json:"checks"`
+	Verdict   Verdict                   `json:"verdict"`
+	Dir       string                    `json:"dir"`
+}
+
+// Line is the one-line verdict of a run.
+func (s *Summary) Line() string {
+	ops := 0
+	for _, by := range s.Ops {
+		for _, n := range by {
+			ops += n
+		}
+	}
+	extra := ""
+	if len(s.Skipped) > 0 {
+		extra = fmt.Sprintf(", %d fault kinds skipped", len(s.Skipped))
+	}
+	return fmt.Sprintf("%s: %s under %s, %d nodes x %d groups, %d ops, %d faults%s (%s)",
+		s.Verdict, s.Workload, s.Nemesis, s.Nodes, s.Groups, ops, len(s.Faults), extra, s.Dir)
+}
+
+func (o *Options) defaults() {
+	if o.Nodes == 0 {
+		o.Nodes = 3
+	}
+	if o.Groups == 0 {
+		o.Groups = 2
+	}
+	if o.Duration == 0 {
+		o.Duration = 60 * time.Second
+	}
+	if o.Workers == 0 {
+		o.Workers = 10
+	}
+	if o.Think == 0 {
+		o.Think = 5 * time.Millisecond
+	}
+	if o.Quiet == 0 {
+		o.Quiet = 3 * time.Second
+	}
+	if o.Hold == 0 {
+		o.Hold = 6 * time.Second
+	}
+	if o.OpTimeout == 0 {
+		o.OpTimeout = 3 * time.Second
+	}
+	if o.RecoveryTimeout == 0 {
+		o.RecoveryTimeout = 60 * time.Second
+	}
+	if o.Seed == 0 {
+		o.Seed = rand.Uint64()
+	}
+	if o.Dir == "" {
+		o.Dir = "jepsen-results"
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+}
+
+// Run runs one workload under one nemesis and checks the history. The
+// error is for runs that could not be carried out; a run whose checks
+// fail returns a Summary with an invalid verdict and no error.
+func Run(ctx context.Context, o Options) (*Summary, error) {
+	o.defaults()
+	if o.Workload == nil {
+		return nil, errors.New("no workload")
+	}
+	nem, err := NemesisByName(o.Nemesis)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(o.Dir, fmt.Sprintf("%s-%s-%s", o.Workload.Name(), o.Nemesis, time.Now().Format("20060102-150405.000")))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("results folder: %w", err)
+	}
+	sum := &Summary{Workload: o.Workload.Name(), Nemesis: o.Nemesis, Nodes: o.Nodes, Groups: o.Groups, Seed: o.Seed, Dir: dir}
+	if o.Bin == "" {
+		if o.Bin, err = kvdproc.Build(dir); err != nil {
+			return nil, err
+		}
+	}
+	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	c, err := StartCluster(sctx, o.Bin, filepath.Join(dir, "cluster"), o.Nodes, o.Groups, nil)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("start cluster: %w", err)
+	}
+	defer c.Stop()
+	if nem != nil {
+		if err := nem.Applicable(c); err != nil {
+			sum.Skipped = append(sum.Skipped, nem.Name()+": "+err.Error())
+			nem = nil
+		} else if m, ok := nem.(*mixedNemesis); ok {
+			sum.Skipped = m.skipped(c)
+		}
+	}
+	h := NewHistory()
+	env := &Env{Cluster: c, History: h, kv: newKVClient(o.OpTimeout)}
+	defer env.kv.close()
+	if err := o.Workload.Setup(ctx, env); err != nil {
+		return nil, fmt.Errorf("workload setup: %w", err)
+	}
+	o.Logf("%s: %s under %s for %v (seed %d)", dir, o.Workload.Name(), o.Nemesis, o.Duration, o.Seed)
+
+	// Clients.
+	runCtx, stopRun := context.WithTimeout(ctx, o.Duration)
+	defer stopRun()
+	var wg sync.WaitGroup
+	var done atomic.Int64
+	for id := range o.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := &Worker{ID: id, Rng: rand.New(rand.NewPCG(o.Seed, uint64(id)+1))}
+			for runCtx.Err() == nil {
+				call := h.Now()
+				op := o.Workload.Step(ctx, env, w)
+				op.Call, op.Return = call, h.Now()
+				h.Add(op)
+				done.Add(1)
+				select {
+				case <-time.After(o.Think):
+				case <-runCtx.Done():
+				}
+			}
+		}()
+	}
+
+	// Faults.
+	rng := rand.New(rand.NewPCG(o.Seed, 0))
+	if nem != nil {
+		for {
+			select {
+			case <-time.After(o.Quiet):
+			case <-runCtx.Done():
+			}
+			if runCtx.Err() != nil {
+				break
+			}
+			f := Fault{Nemesis: nem.Name(), Start: sec(h.Now())}
+			what, err := nem.Start(runCtx, c, rng)
+			f.What = what
+			if err != nil {
+				f.Error = err.Error()
+			}
+			o.Logf("  %5.1fs  fault: %s", f.Start, what)
+			select {
+			case <-time.After(o.Hold):
+			case <-runCtx.Done():
+			}
+			if err := nem.Stop(ctx, c); err != nil && f.Error == "" {
+				f.Error = "heal: " + err.Error()
+			}
+			f.End = sec(h.Now())
+			sum.Faults = append(sum.Faults, f)
+			o.Logf("  %5.1fs  healed (%d ops so far)", f.End, done.Load())
+		}
+	} else {
+		<-runCtx.Done()
+	}
+	wg.Wait()
+
+	// Heal everything and wait for the cluster to recover.
+	c.Heal()
+	for i, n := range c.Nodes {
+		c.Resume(i)
+		if !n.Running() {
+			if err := c.Start(i); err != nil {
+				sum.Recovery = "restart " + n.ID + ": " + err.Error()
+			}
+		}
+	}
+	rctx, cancel := context.WithTimeout(ctx, o.RecoveryTimeout)
+	err = c.WaitHealthy(rctx)
+	cancel()
+	if err != nil {
+		sum.Recovery = err.Error()
+	} else if sum.Recovery == "" {
+		sum.Recovery = "ok"
+	}
+	o.Logf("  %5.1fs  recovery: %s", sec(h.Now()), sum.Recovery)
+	fctx, cancel := context.WithTimeout(ctx, o.RecoveryTimeout)
+	if err := o.Workload.Final(fctx, env); err != nil {
+		o.Logf("  final reads: %v", err)
+	}
+	cancel()
+	sum.Seconds = sec(h.Now())
+	sum.ProxyRaft, sum.ProxyHTTP = c.ProxyTraffic()
+
+	ops := h.Ops()
+	sum.Ops = map[string]map[Status]int{}
+	for _, op := range ops {
+		if sum.Ops[op.F] == nil {
+			sum.Ops[op.F] = map[Status]int{}
+		}
+		sum.Ops[op.F][op.Status]++
+	}
+	check := o.Workload.Check(ops)
+	sum.Checks = append(sum.Checks, check)
+	sum.Verdict = Valid
+	for _, ch := range sum.Checks {
+		switch {
+		case ch.Verdict == Invalid:
+			sum.Verdict = Invalid
+		case ch.Verdict == Unsure && sum.Verdict == Valid:
+			sum.Verdict = Unsure
+		}
+	}
+	if sum.Recovery != "ok" && sum.Verdict == Valid {
+		sum.Verdict = Invalid
+		sum.Checks = append(sum.Checks, CheckResult{Checker: "recovery", Verdict: Invalid, Summary: sum.Recovery})
+	}
+	for _, f := range sum.Faults {
+		if f.Error != "" && sum.Verdict == Valid {
+			sum.Verdict = Unsure // a fault that was not applied proves nothing
+		}
+	}
+	if err := writeReport(dir, sum, ops, check); err != nil {
+		return sum, err
+	}
+	if sum.Verdict == Valid {
+		os.RemoveAll(filepath.Join(dir, "cluster")) // data; logs are kept below
+	}
+	return sum, nil
+}
+
+func sec(ns int64) float64 { return float64(ns) / 1e9 }

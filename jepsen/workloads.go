@@ -1,0 +1,32 @@
+package jepsen
+
+import (
+	"fmt"
+	"sort"
+)
+
+// workloads are the workloads by name. Each call returns a fresh one.
+var workloads = map[string]func() Workload{
+	"register": func() Workload { return &RegisterWorkload{} },
+	"set":      func() Workload { return &SetWorkload{} },
+	"stale":    func() Workload { return &StaleWorkload{} },
+}
+
+// WorkloadByName returns a fresh workload.
+func WorkloadByName(name string) (Workload, error) {
+	f, ok := workloads[name]
+	if !ok {
+		return nil, fmt.Errorf("unknown workload %q (%v)", name, WorkloadNames())
+	}
+	return f(), nil
+}
+
+// WorkloadNames lists the workloads.
+func WorkloadNames() []string {
+	var names []string
+	for n := range workloads {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
