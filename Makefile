@@ -7,7 +7,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 RACE_PKGS := ./store/... ./replication/... ./httpapi/... ./server/... ./client/... ./internal/...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build run test test-short bench compare lint fmt clean
+.PHONY: all build run test test-short bench compare jepsen lint fmt clean
 
 all: build
 
@@ -18,11 +18,11 @@ build:
 run: build
 	./$(BIN)/kvd
 
-## test: every test; -race on the concurrent packages
+## test: every test; -race on the concurrent packages; a short fault-injection run
 test:
 	$(GO) vet ./...
 	$(GO) test -race -timeout 15m $(RACE_PKGS) .
-	$(GO) test -timeout 10m ./cmd/...
+	$(GO) test -timeout 15m ./cmd/... ./jepsen/...
 
 test-short:
 	$(GO) test -short -timeout 5m ./...
@@ -30,6 +30,10 @@ test-short:
 ## bench: PUT and GET throughput and latency of a 3-replica group on loopback
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3000x -timeout 20m ./server/
+
+## jepsen: every workload under mixed faults on a real cluster; reports in jepsen-results/
+jepsen:
+	$(GO) run ./jepsen/cmd/kvd-jepsen -workload all -nemesis mixed -time 60s -out jepsen-results
 
 ## compare: side by side with a 3-member etcd (needs ../shared/bench)
 compare:
@@ -44,4 +48,4 @@ fmt:
 	gofmt -w .
 
 clean:
-	rm -rf $(BIN) kvd-data bench-results
+	rm -rf $(BIN) kvd-data bench-results jepsen-results

@@ -120,6 +120,35 @@ func (c *Cluster) CutLinks(links [][2]int) {
 	c.setCut(cut)
 }
 
+// CutHTTP cuts the node-to-node HTTP of the given directed links only,
+// leaving Raft traffic flowing (used to prove HTTP goes through the
+// proxies too).
+func (c *Cluster) CutHTTP(links [][2]int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cut := map[[2]int]bool{}
+	for _, l := range links {
+		cut[l] = true
+	}
+	for k, l := range c.links {
+		l.raft.SetMode(faultproxy.Pass)
+		if cut[k] {
+			l.http.SetMode(faultproxy.Refuse)
+		} else {
+			l.http.SetMode(faultproxy.Pass)
+		}
+	}
+}
+
+// AllLinks returns every directed link.
+func (c *Cluster) AllLinks() [][2]int {
+	var out [][2]int
+	for k := range c.links {
+		out = append(out, k)
+	}
+	return out
+}
+
 // Heal restores every link.
 func (c *Cluster) Heal() { c.setCut(map[[2]int]bool{}) }
 

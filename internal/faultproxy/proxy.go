@@ -19,7 +19,8 @@ type Mode int
 const (
 	// Pass forwards traffic (after the configured delay).
 	Pass Mode = iota
-	// Refuse closes every open connection and closes new ones at once.
+	// Refuse closes every open connection and stops listening, so new
+	// connections are refused by the kernel, as from a dead peer.
 	Refuse
 	// Drop closes every open connection, then accepts new ones and never
 	// forwards a byte: peers see a link that hangs.
@@ -28,13 +29,14 @@ const (
 
 // Proxy forwards connections accepted on its address to a target.
 type Proxy struct {
-	ln     net.Listener
+	addr   string
 	target string
 
 	accepted atomic.Int64
 
-	// mu protects mode, delay, conns and closed.
+	// mu protects ln, mode, delay, conns and closed.
 	mu     sync.Mutex
+	ln     net.Listener // nil while refusing
 	mode   Mode
 	delay  time.Duration
 	conns  map[net.Conn]struct{}
@@ -49,17 +51,18 @@ func New(listen, target string) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("faultproxy: %w", err)
 	}
-	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{addr: ln.Addr().String(), target: target, conns: map[net.Conn]struct{}{}}
+	p.ln = ln
 	p.wg.Add(1)
-	go p.accept()
+	go p.accept(ln)
 	return p, nil
 }
 
+// Addr returns the proxy's address.
+func (p *Proxy) Addr() string { return p.addr }
+
 // Accepted returns the number of connections accepted so far.
 func (p *Proxy) Accepted() int64 { return p.accepted.Load() }
-
-// Addr returns the proxy's listening address.
-func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
 // SetDelay delays every chunk of data, in both directions, by d.
 func (p *Proxy) SetDelay(d time.Duration) {
@@ -68,21 +71,47 @@ func (p *Proxy) SetDelay(d time.Duration) {
 	p.mu.Unlock()
 }
 
-// SetMode switches the proxy's mode. Leaving Pass closes every open
-// connection, so pooled connections are cut too.
-func (p *Proxy) SetMode(m Mode) {
+// SetMode switches the proxy's mode. Any change closes every open
+// connection: leaving Pass cuts pooled connections too, and leaving Drop
+// ends the connections it was swallowing, so peers redial at once.
+func (p *Proxy) SetMode(m Mode) error {
 	p.mu.Lock()
+	if p.closed || p.mode == m {
+		p.mu.Unlock()
+		return nil
+	}
 	p.mode = m
 	var open []net.Conn
-	if m != Pass {
-		for c := range p.conns {
-			open = append(open, c)
+	for c := range p.conns {
+		open = append(open, c)
+	}
+	var err error
+	switch {
+	case m == Refuse && p.ln != nil:
+		p.ln.Close()
+		p.ln = nil
+	case m != Refuse && p.ln == nil:
+		var ln net.Listener
+		for range 50 { // the port was ours a moment ago
+			if ln, err = net.Listen("tcp", p.addr); err == nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err == nil {
+			p.ln = ln
+			p.wg.Add(1)
+			go p.accept(ln)
 		}
 	}
 	p.mu.Unlock()
 	for _, c := range open {
 		c.Close()
 	}
+	if err != nil {
+		return fmt.Errorf("faultproxy: listen again on %s: %w", p.addr, err)
+	}
+	return nil
 }
 
 // Mode returns the current mode.
@@ -104,8 +133,12 @@ func (p *Proxy) Close() error {
 	for c := range p.conns {
 		open = append(open, c)
 	}
+	var err error
+	if p.ln != nil {
+		err = p.ln.Close()
+		p.ln = nil
+	}
 	p.mu.Unlock()
-	err := p.ln.Close()
 	for _, c := range open {
 		c.Close()
 	}
@@ -130,10 +163,10 @@ func (p *Proxy) untrack(c net.Conn) {
 	c.Close()
 }
 
-func (p *Proxy) accept() {
+func (p *Proxy) accept(ln net.Listener) {
 	defer p.wg.Done()
 	for {
-		c, err := p.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return

@@ -1,0 +1,167 @@
+package jepsen
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/kvdproc"
+)
+
+var kvdBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kvd-jepsen-bin-")
+	if err != nil {
+		panic(err)
+	}
+	kvdBin, err = kvdproc.Build(dir)
+	if err != nil {
+		panic(err)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func startTestCluster(t *testing.T) *Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := StartCluster(ctx, kvdBin, t.TempDir(), 3, 2, nil)
+	require.NoError(t, err)
+	t.Cleanup(c.Stop)
+	require.NoError(t, c.WaitHealthy(ctx))
+	return c
+}
+
+// TestNoPeerTrafficBypassesTheProxies proves that every node-to-node
+// connection, Raft and HTTP alike, goes through the per-link proxies: with
+// every Raft link cut no group can keep a leader, and with every HTTP link
+// cut no node can reach another's HTTP API.
+func TestNoPeerTrafficBypassesTheProxies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts kvd processes")
+	}
+	c := startTestCluster(t)
+	leader := c.LeaderAsSeenBy(0, 1)
+	require.GreaterOrEqual(t, leader, 0)
+	follower := (leader + 1) % 3
+	kv := newKVClient(5 * time.Second)
+	defer kv.close()
+	fwd := Op{Key: keyOfGroup(t, c, 1), Value: "w"}
+	kv.put(context.Background(), &fwd, c.Nodes[follower].URL())
+	require.Equal(t, OK, fwd.Status, "%+v", fwd)
+	raftConns, httpConns := c.ProxyTraffic()
+	require.Positive(t, raftConns, "Raft traffic flows through the proxies")
+	require.Positive(t, httpConns, "forwarded requests flow through the proxies")
+
+	// HTTP only: Raft keeps working, but a follower can neither forward a
+	// write to the leader nor get a read index from it.
+	c.CutHTTP(c.AllLinks())
+	op := Op{Key: keyOfGroup(t, c, 1), Value: "x"}
+	kv.put(context.Background(), &op, c.Nodes[follower].URL())
+	require.Equal(t, Fail, op.Status, "a follower forwarded a write with every HTTP link cut: %+v", op)
+	rd := Op{Key: op.Key}
+	kv.get(context.Background(), &rd, c.Nodes[follower].URL(), "follower")
+	require.Equal(t, Fail, rd.Status, "a follower read got a read index with every HTTP link cut: %+v", rd)
+
+	// The same requests work once HTTP is back.
+	c.Heal()
+	require.Eventually(t, func() bool {
+		op := Op{Key: keyOfGroup(t, c, 1), Value: "y"}
+		kv.put(context.Background(), &op, c.Nodes[follower].URL())
+		return op.Status == OK
+	}, 10*time.Second, 100*time.Millisecond)
+
+	// Raft: with every link cut, every leader steps down and none is
+	// elected, on any node.
+	c.CutLinks(c.AllLinks())
+	require.Eventually(t, func() bool {
+		for i := range c.Nodes {
+			st, err := c.Status(i)
+			if err != nil {
+				return false
+			}
+			for _, g := range st.Groups {
+				if g.Role == "leader" {
+					return false
+				}
+			}
+		}
+		return true
+	}, 10*time.Second, 100*time.Millisecond, "a group kept a leader with every Raft link cut")
+	time.Sleep(3 * time.Second) // several election timeouts
+	for i := range c.Nodes {
+		st, err := c.Status(i)
+		require.NoError(t, err)
+		for _, g := range st.Groups {
+			require.NotEqual(t, "leader", g.Role, "node %d won group %d's election with every link cut", i, g.Group)
+		}
+	}
+	c.Heal()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	require.NoError(t, c.WaitHealthy(ctx))
+}
+
+// keyOfGroup returns a key owned by group g.
+func keyOfGroup(t *testing.T, c *Cluster, g uint64) string {
+	cl, err := c.ClusterMap(0)
+	require.NoError(t, err)
+	for i := 0; ; i++ {
+		k := "probe/" + strings.Repeat("x", i%7) + string(rune('a'+i%26))
+		for _, grp := range cl.Groups {
+			if grp.ID == g {
+				s := kvd.Slot(k)
+				for _, r := range grp.Slots {
+					if s >= r[0] && s <= r[1] {
+						return k
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestShortSuite is the suite's short form that make test runs: register
+// and set, each under kill, pause and a partition.
+func TestShortSuite(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs kvd clusters under faults for minutes")
+	}
+	out := os.Getenv("KVD_JEPSEN_OUT")
+	if out == "" {
+		out = t.TempDir()
+	}
+	for _, wl := range []string{"register", "set"} {
+		for _, nem := range []string{"kill", "pause-leader", "partition-leader"} {
+			t.Run(wl+"/"+nem, func(t *testing.T) {
+				w, err := WorkloadByName(wl)
+				require.NoError(t, err)
+				sum, err := Run(context.Background(), Options{Bin: kvdBin, Dir: out, Workload: w, Nemesis: nem,
+					Duration: 25 * time.Second, Quiet: 2 * time.Second, Hold: 5 * time.Second, Logf: t.Logf})
+				require.NoError(t, err)
+				t.Log(sum.Line())
+				for _, ch := range sum.Checks {
+					t.Logf("%s: %s: %s %v", ch.Checker, ch.Verdict, ch.Summary, ch.Errors)
+				}
+				require.NotEmpty(t, sum.Faults, "faults were injected")
+				for _, f := range sum.Faults {
+					require.Empty(t, f.Error, "fault %s", f.What)
+				}
+				if sum.Verdict != Valid {
+					b, _ := os.ReadFile(filepath.Join(sum.Dir, "summary.json"))
+					t.Fatalf("run failed: %s\n%s", sum.Line(), b)
+				}
+			})
+		}
+	}
+}
+
