@@ -164,4 +164,3 @@ func TestShortSuite(t *testing.T) {
 		}
 	}
 }
-
