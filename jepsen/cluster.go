@@ -39,10 +39,17 @@ type Cluster struct {
 // groups groups of min(3, n) replicas, under dir, and waits until every
 // node is ready.
 func StartCluster(ctx context.Context, bin, dir string, n, groups int, extraArgs []string) (*Cluster, error) {
-	kc, err := kvdproc.NewCluster(bin, dir, n, groups, min(3, n))
+	// Every address at once, while all are held, so no proxy can take a
+	// node's port between the two.
+	addrs, err := kvdproc.FreeAddrs(2*n + 2*n*(n-1))
 	if err != nil {
 		return nil, err
 	}
+	kc, err := kvdproc.NewClusterAt(bin, dir, addrs[:2*n], groups, min(3, n))
+	if err != nil {
+		return nil, err
+	}
+	proxyAddrs := addrs[2*n:]
 	c := &Cluster{Cluster: kc, links: map[[2]int]*link{}, cut: map[[2]int]bool{},
 		hc: &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil}}}
 	for i := range n {
@@ -51,12 +58,13 @@ func StartCluster(ctx context.Context, bin, dir string, n, groups int, extraArgs
 			if i == j {
 				continue
 			}
-			rp, err := faultproxy.New("127.0.0.1:0", kc.Nodes[j].Raft)
+			rp, err := faultproxy.New(proxyAddrs[0], kc.Nodes[j].Raft)
 			if err != nil {
 				c.Stop()
 				return nil, err
 			}
-			hp, err := faultproxy.New("127.0.0.1:0", kc.Nodes[j].HTTP)
+			hp, err := faultproxy.New(proxyAddrs[1], kc.Nodes[j].HTTP)
+			proxyAddrs = proxyAddrs[2:]
 			if err != nil {
 				rp.Close()
 				c.Stop()

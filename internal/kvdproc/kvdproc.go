@@ -103,12 +103,22 @@ type Cluster struct {
 // NewCluster prepares (but does not start) a cluster of n nodes with
 // groups groups of replicas replicas, with data and logs under dir.
 func NewCluster(bin, dir string, n, groups, replicas int) (*Cluster, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("cluster folder: %w", err)
-	}
 	addrs, err := FreeAddrs(2 * n)
 	if err != nil {
 		return nil, err
+	}
+	return NewClusterAt(bin, dir, addrs, groups, replicas)
+}
+
+// NewClusterAt is NewCluster with the nodes' addresses given: HTTP and
+// Raft of node i at addrs[2i] and addrs[2i+1].
+func NewClusterAt(bin, dir string, addrs []string, groups, replicas int) (*Cluster, error) {
+	if len(addrs)%2 != 0 || len(addrs) == 0 {
+		return nil, fmt.Errorf("need two addresses per node, got %d", len(addrs))
+	}
+	n := len(addrs) / 2
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("cluster folder: %w", err)
 	}
 	c := &Cluster{Bin: bin, Dir: dir, Spec: kvd.InitialCluster{Groups: groups, Replicas: replicas}, NodeArgs: map[string][]string{},
 		client: &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 16}}}
