@@ -135,3 +135,44 @@ type Status struct {
 type ReadIndexResponse struct {
 	Index uint64 `json:"index"`
 }
+
+// TxnCompare is one compare of POST /v1/txn: exactly one of Version,
+// Value and Exists is given.
+type TxnCompare struct {
+	Key     string  `json:"key"`
+	Version *uint64 `json:"version,omitempty"`
+	Value   []byte  `json:"value,omitempty"`
+	Exists  *bool   `json:"exists,omitempty"`
+}
+
+// TxnOp is one op of POST /v1/txn: get, put or delete.
+type TxnOp struct {
+	Op    string `json:"op"`
+	Key   string `json:"key"`
+	Value []byte `json:"value,omitempty"`
+}
+
+// TxnRequest is the body of POST /v1/txn.
+type TxnRequest struct {
+	Compare []TxnCompare `json:"compare,omitempty"`
+	Ops     []TxnOp      `json:"ops,omitempty"`
+}
+
+// TxnResult answers one op.
+type TxnResult struct {
+	Op      string `json:"op"`
+	Key     string `json:"key"`
+	Found   *bool  `json:"found,omitempty"`
+	Value   []byte `json:"value,omitempty"`
+	Version uint64 `json:"version,omitempty"`
+	Deleted *bool  `json:"deleted,omitempty"`
+}
+
+// TxnResponse is the body of a POST /v1/txn answer.
+type TxnResponse struct {
+	Committed bool        `json:"committed"`
+	Results   []TxnResult `json:"results,omitempty"`
+	// Failed lists the indexes of the compares that did not hold.
+	Failed []int        `json:"failed,omitempty"`
+	Error  *ErrorDetail `json:"error,omitempty"`
+}

@@ -181,6 +181,9 @@ type call struct {
 	group       kvd.GroupID // routes to this group when set
 	write       bool
 	consistency kvd.Consistency
+	// noRoute sends the request without the routing headers (a
+	// transaction may span groups; any node coordinates it).
+	noRoute bool
 }
 
 // result is a node's answer.
@@ -271,10 +274,8 @@ func (c *Client) do(ctx context.Context, cl *call) (*result, error) {
 				avoid[target] = true
 				retry = true
 			default:
-				if cl.write || cl.consistency == kvd.Linearizable {
-					if res.status < 500 {
-						g.leader.Store(target) // it served as leader
-					}
+				if (cl.write || cl.consistency == kvd.Linearizable) && !cl.noRoute && res.status < 500 {
+					g.leader.Store(target) // it served as leader
 				}
 				return res, nil
 			}
@@ -345,8 +346,10 @@ func (c *Client) send(ctx context.Context, n *node, cl *call, g kvd.GroupID, epo
 	for k, vs := range cl.header {
 		req.Header[k] = vs
 	}
-	req.Header.Set(api.HeaderGroup, strconv.FormatUint(uint64(g), 10))
-	req.Header.Set(api.HeaderEpoch, strconv.FormatUint(epoch, 10))
+	if !cl.noRoute {
+		req.Header.Set(api.HeaderGroup, strconv.FormatUint(uint64(g), 10))
+		req.Header.Set(api.HeaderEpoch, strconv.FormatUint(epoch, 10))
+	}
 	n.inflight.Add(1)
 	n.requests.Add(1)
 	start := time.Now()

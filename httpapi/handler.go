@@ -1,7 +1,9 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -60,6 +62,15 @@ type Backend interface {
 	Ready() error
 	// ReadIndex returns a read index of group g, which this node must lead.
 	ReadIndex(ctx context.Context, g kvd.GroupID) (uint64, error)
+	// Txn runs a transaction; a kvd.ErrCompareFailed error comes with
+	// the failed compares in the response.
+	Txn(ctx context.Context, req api.TxnRequest) (api.TxnResponse, error)
+	// ProposeRaw replicates an encoded command through group g's log, on
+	// this node, which must lead g, and returns the encoded result.
+	ProposeRaw(ctx context.Context, g kvd.GroupID, cmd []byte) ([]byte, error)
+	// ReadRaw reads a JSON list of keys of group g linearizably, on this
+	// node, which must lead g, and returns their encoded states.
+	ReadRaw(ctx context.Context, g kvd.GroupID, keys []byte) ([]byte, error)
 }
 
 // Options configure a Handler.
@@ -119,7 +130,14 @@ func New(b Backend, o Options) (*Handler, error) {
 	r.HandleFunc("/v1/kv", h.scan).Methods(http.MethodGet)
 	r.HandleFunc("/v1/cluster", h.cluster).Methods(http.MethodGet)
 	r.HandleFunc("/v1/status", h.status).Methods(http.MethodGet)
+	r.HandleFunc("/v1/txn", h.txn).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/readindex", h.readIndex).Methods(http.MethodGet)
+	r.HandleFunc("/v1/internal/propose", h.internal(func(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error) {
+		return h.b.ProposeRaw(ctx, g, body)
+	})).Methods(http.MethodPost)
+	r.HandleFunc("/v1/internal/read", h.internal(func(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error) {
+		return h.b.ReadRaw(ctx, g, body)
+	})).Methods(http.MethodPost)
 	r.HandleFunc("/healthz", h.healthz).Methods(http.MethodGet)
 	r.HandleFunc("/readyz", h.readyz).Methods(http.MethodGet)
 	r.Handle("/metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{})).Methods(http.MethodGet)
@@ -540,6 +558,68 @@ func (h *Handler) readIndex(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, api.ReadIndexResponse{Index: idx})
+}
+
+func (h *Handler) txn(w http.ResponseWriter, r *http.Request) {
+	body, err := h.readBody(w, r, h.o.Limits.MaxBodyBytes)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	var req api.TxnRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, fmt.Errorf("%w: transaction body: %v", kvd.ErrInvalid, err), false)
+		return
+	}
+	if dec.More() {
+		writeError(w, fmt.Errorf("%w: transaction body: trailing data", kvd.ErrInvalid), false)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
+	defer cancel()
+	resp, err := h.b.Txn(ctx, req)
+	if err != nil {
+		status, code := statusOf(err, true)
+		if status == http.StatusConflict {
+			resp.Committed = false
+			resp.Results = nil
+			resp.Error = &api.ErrorDetail{Code: code, Message: err.Error()}
+			writeJSON(w, status, resp)
+			return
+		}
+		writeError(w, err, true)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// internal serves a node-to-node call on a group: the body in, an
+// encoded answer out.
+func (h *Handler) internal(fn func(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		g, err := strconv.ParseUint(r.URL.Query().Get("group"), 10, 64)
+		if err != nil || g == 0 {
+			writeError(w, fmt.Errorf("%w: group must be a positive integer", kvd.ErrInvalid), false)
+			return
+		}
+		body, err := h.readBody(w, r, h.o.Limits.MaxBodyBytes+1<<20)
+		if err != nil {
+			writeError(w, err, false)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
+		defer cancel()
+		out, err := fn(ctx, kvd.GroupID(g), body)
+		if err != nil {
+			writeError(w, err, true)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		w.Write(out)
+	}
 }
 
 func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {

@@ -133,13 +133,14 @@ func (n *partitionNemesis) Start(ctx context.Context, c *Cluster, rng *rand.Rand
 		for _, i := range ns {
 			out = append(out, c.Nodes[i].ID)
 		}
-		sort.Strings(out)
 		return out
 	}
 	switch n.mode {
 	case "halves":
 		perm := rng.Perm(c.Size())
 		a, b := perm[:c.Size()/2], perm[c.Size()/2:]
+		sort.Ints(a)
+		sort.Ints(b)
 		c.Partition(a, b)
 		return fmt.Sprintf("partition %v | %v", ids(a), ids(b)), nil
 	case "isolate-leader":

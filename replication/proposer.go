@@ -128,9 +128,7 @@ func (g *Group) runProposer() {
 		batch := []*proposal{first}
 		size := first.cmd.EncodedSize()
 		keys := map[string]struct{}{}
-		if first.cmd.Key != "" {
-			keys[first.cmd.Key] = struct{}{}
-		}
+		claim(keys, &first.cmd)
 	drain:
 		for len(batch) < g.cfg.MaxBatchCmds && size < g.cfg.MaxBatchBytes {
 			select {
@@ -138,12 +136,9 @@ func (g *Group) runProposer() {
 				if !p.state.CompareAndSwap(proposalQueued, proposalTaken) {
 					continue
 				}
-				if p.cmd.Key != "" {
-					if _, dup := keys[p.cmd.Key]; dup {
-						carry = p
-						break drain
-					}
-					keys[p.cmd.Key] = struct{}{}
+				if !claim(keys, &p.cmd) {
+					carry = p
+					break drain
 				}
 				batch = append(batch, p)
 				size += p.cmd.EncodedSize()
@@ -171,6 +166,28 @@ func (g *Group) runProposer() {
 			g.complete(e)
 		}
 	}
+}
+
+// claim records the keys c writes in keys, unless one is already there
+// (then it records nothing and reports false).
+func claim(keys map[string]struct{}, c *store.Cmd) bool {
+	if c.Key != "" {
+		if _, dup := keys[c.Key]; dup {
+			return false
+		}
+	}
+	for _, k := range c.WriteKeys {
+		if _, dup := keys[k]; dup {
+			return false
+		}
+	}
+	if c.Key != "" {
+		keys[c.Key] = struct{}{}
+	}
+	for _, k := range c.WriteKeys {
+		keys[k] = struct{}{}
+	}
+	return true
 }
 
 // failQueued answers proposals still queued at shutdown: none was proposed.

@@ -12,6 +12,7 @@ import (
 	"github.com/kvd-project/kvd/httpapi"
 	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/store"
+	"github.com/kvd-project/kvd/txn"
 )
 
 // backend serves the HTTP handlers from the node's replicas.
@@ -56,7 +57,87 @@ func (b backend) Get(ctx context.Context, key string, c kvd.Consistency, rt http
 	if err := g.ReadBarrier(ctx, c); err != nil {
 		return kvd.Item{}, err
 	}
-	return g.Store().Get(key)
+	for attempt := 0; attempt < 5; attempt++ {
+		it, found, lock, err := g.Store().GetLocked(key)
+		if err != nil {
+			return kvd.Item{}, err
+		}
+		if lock != nil && c != kvd.Stale {
+			// A transaction intends to change the key: its record
+			// decides what a linearizable read returns.
+			settled, err := b.s.settle(ctx, g, *lock)
+			if err != nil {
+				return kvd.Item{}, fmt.Errorf("get %q: %w", key, err)
+			}
+			if settled {
+				continue // resolved here: read again
+			}
+		}
+		if !found {
+			return kvd.Item{}, fmt.Errorf("get %q: %w", key, kvd.ErrNotFound)
+		}
+		return it, nil
+	}
+	return kvd.Item{}, fmt.Errorf("get %q: the key keeps changing hands: %w", key, kvd.ErrUnavailable)
+}
+
+// settle finds out the fate of the transaction holding lock on a key of
+// group g. A pending transaction has not committed: the key's committed
+// value stands (settled false). A committed one is resolved here first,
+// and this replica waits until it has applied the resolution (settled
+// true: read again). An aborted one is resolved in the background.
+func (s *Server) settle(ctx context.Context, g *replication.Group, lock store.Lock) (bool, error) {
+	st, err := txn.Recover(ctx, groups{s}, lock)
+	if err != nil {
+		return false, err
+	}
+	switch st {
+	case store.TxnCommitted:
+		res, err := txn.Resolve(ctx, groups{s}, lock.Txn, g.ID(), true)
+		if err != nil {
+			return false, err
+		}
+		return true, g.WaitApplied(ctx, res.Version)
+	case store.TxnAborted:
+		s.coord.ResolveLater(lock.Txn, g.ID(), false)
+	}
+	return false, nil
+}
+
+// lockWait bounds how long a plain write waits for a transaction's lock.
+const lockWait = time.Second
+
+// proposeWrite proposes a plain write, waiting a little for transactions
+// that hold the key's lock (helping expired ones along), then giving up
+// with kvd.ErrConflict.
+func (b backend) proposeWrite(ctx context.Context, g *replication.Group, cmd store.Cmd) (store.Result, error) {
+	until := time.Now().Add(lockWait)
+	for attempt := 0; ; attempt++ {
+		res, err := g.Propose(ctx, cmd)
+		if err != nil || !errors.Is(res.Err, kvd.ErrConflict) {
+			return res, err
+		}
+		if time.Now().After(until) {
+			return res, nil
+		}
+		if res.Locks != nil {
+			now := time.Now().UnixNano()
+			locks := res.Locks.Reads
+			if res.Locks.Write != nil {
+				locks = append(locks, *res.Locks.Write)
+			}
+			for _, l := range locks {
+				if l.Deadline < now {
+					b.s.settle(ctx, g, l)
+				}
+			}
+		}
+		select {
+		case <-time.After(time.Duration(5<<min(attempt, 4)) * time.Millisecond):
+		case <-ctx.Done():
+			return res, nil
+		}
+	}
 }
 
 func (b backend) Put(ctx context.Context, key string, value []byte, cond kvd.Cond, rt httpapi.Route) (kvd.Version, error) {
@@ -64,7 +145,7 @@ func (b backend) Put(ctx context.Context, key string, value []byte, cond kvd.Con
 	if err != nil {
 		return 0, err
 	}
-	res, err := g.Propose(ctx, store.Cmd{Kind: store.CmdPut, Key: key, Value: value, Cond: cond})
+	res, err := b.proposeWrite(ctx, g, store.Cmd{Kind: store.CmdPut, Key: key, Value: value, Cond: cond})
 	if err != nil {
 		return 0, err
 	}
@@ -79,7 +160,7 @@ func (b backend) Delete(ctx context.Context, key string, cond kvd.Cond, rt httpa
 	if err != nil {
 		return false, 0, err
 	}
-	res, err := g.Propose(ctx, store.Cmd{Kind: store.CmdDelete, Key: key, Cond: cond})
+	res, err := b.proposeWrite(ctx, g, store.Cmd{Kind: store.CmdDelete, Key: key, Cond: cond})
 	if err != nil {
 		return false, 0, err
 	}
@@ -103,7 +184,7 @@ func (b backend) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency,
 		if !ok {
 			return nil, "", fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, b.s.id, rt.Group)
 		}
-		return scanLocal(ctx, g, o, c)
+		return b.scanLocal(ctx, g, o, c)
 	}
 	type page struct {
 		items []kvd.Item
@@ -136,9 +217,27 @@ func (b backend) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency,
 	return items, next, nil
 }
 
-func scanLocal(ctx context.Context, g *replication.Group, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error) {
+// scanLocal scans g's replica at consistency c. Write locks in the range
+// are settled first, so the scan never misses a committed transaction.
+func (b backend) scanLocal(ctx context.Context, g *replication.Group, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error) {
 	if err := g.ReadBarrier(ctx, c); err != nil {
 		return nil, "", err
+	}
+	if c != kvd.Stale {
+		locks, err := g.Store().WriteLocks(o)
+		if err != nil {
+			return nil, "", err
+		}
+		seen := map[string]bool{}
+		for _, l := range locks {
+			if seen[l.Txn] {
+				continue
+			}
+			seen[l.Txn] = true
+			if _, err := b.s.settle(ctx, g, l); err != nil {
+				return nil, "", err
+			}
+		}
 	}
 	return g.Store().Scan(o)
 }
@@ -148,7 +247,7 @@ func scanLocal(ctx context.Context, g *replication.Group, o kvd.ScanOptions, c k
 // leader hint names, following hints for a few hops.
 func (b backend) scanGroup(ctx context.Context, grp kvd.Group, epoch uint64, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error) {
 	if g, ok := b.s.hosted()[grp.ID]; ok && (c != kvd.Linearizable || g.IsLeader()) {
-		return scanLocal(ctx, g, o, c)
+		return b.scanLocal(ctx, g, o, c)
 	}
 	target := b.s.leaderOrPreferred(ctx, grp.ID)
 	var err error
@@ -156,7 +255,7 @@ func (b backend) scanGroup(ctx context.Context, grp kvd.Group, epoch uint64, o k
 		var items []kvd.Item
 		var next string
 		if target == b.s.id {
-			items, next, err = scanLocal(ctx, b.s.hosted()[grp.ID], o, c)
+			items, next, err = b.scanLocal(ctx, b.s.hosted()[grp.ID], o, c)
 		} else {
 			items, next, err = b.s.remoteScan(ctx, target, grp.ID, epoch, o, c)
 		}

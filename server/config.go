@@ -52,6 +52,13 @@ type Config struct {
 	RequestTimeout time.Duration
 	// ShutdownTimeout bounds the drain of in-flight requests on Close.
 	ShutdownTimeout time.Duration
+	// TxnTimeout is how long a cross-group transaction may stay pending
+	// before anyone may abort it.
+	TxnTimeout time.Duration
+	// TxnAfterPrepare, if set, runs in the coordinator after every
+	// participant voted yes and before the decision (a test hook; an
+	// error stops the coordinator there).
+	TxnAfterPrepare func(id string) error
 	// LeaderBalanceInterval is how often the node hands leadership of
 	// groups it leads back to their preferred leaders; 0 disables it.
 	LeaderBalanceInterval time.Duration
@@ -74,6 +81,7 @@ func DefaultConfig() Config {
 		RequestTimeout:        10 * time.Second,
 		ShutdownTimeout:       10 * time.Second,
 		LeaderBalanceInterval: 3 * time.Second,
+		TxnTimeout:            10 * time.Second,
 		Version:               "dev",
 		Logger:                slog.Default(),
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/httpapi"
 	"github.com/kvd-project/kvd/replication"
+	"github.com/kvd-project/kvd/txn"
 )
 
 // Server is one kvd node.
@@ -51,6 +52,7 @@ type Server struct {
 
 	book    atomic.Pointer[addressBook]
 	leaders leaderCache
+	coord   *txn.Coordinator
 
 	serveErr chan error
 
@@ -131,6 +133,11 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 
+	tc := txn.DefaultConfig()
+	tc.Timeout, tc.Limits, tc.Logger = cfg.TxnTimeout, cfg.Limits, s.log
+	tc.AfterPrepare = cfg.TxnAfterPrepare
+	s.coord = txn.New(groups{s}, tc)
+
 	s.registry = prometheus.NewRegistry()
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.registry.MustRegister(&raftCollector{s: s})
@@ -153,6 +160,11 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	bgCtx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		s.runJanitors(bgCtx, time.Second)
+	}()
 	if cfg.LeaderBalanceInterval > 0 {
 		s.bg.Add(1)
 		go func() {
@@ -271,6 +283,9 @@ func (s *Server) Close() error {
 		}
 		if s.handler != nil {
 			s.handler.Close()
+		}
+		if s.coord != nil {
+			s.coord.Close()
 		}
 		var wg sync.WaitGroup
 		var errMu sync.Mutex // protects errs while groups close in parallel

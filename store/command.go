@@ -24,7 +24,17 @@ const (
 	// CmdSetMap stores the cluster map if its epoch is newer than the
 	// stored one.
 	CmdSetMap CmdKind = 4
+	// Transaction commands; Data holds their JSON payload (see txn.go).
+	CmdTxnPrepare  CmdKind = 5
+	CmdTxnDecide   CmdKind = 6
+	CmdTxnResolve  CmdKind = 7
+	CmdTxnRecover  CmdKind = 8
+	CmdTxnOnePhase CmdKind = 9
+	CmdTxnForget   CmdKind = 10
 )
+
+// isTxn reports whether k is a transaction command.
+func (k CmdKind) isTxn() bool { return k >= CmdTxnPrepare && k <= CmdTxnForget }
 
 // Cmd is one replicated command. Which fields matter depends on Kind.
 type Cmd struct {
@@ -32,9 +42,13 @@ type Cmd struct {
 	Key   string
 	Value []byte
 	Cond  kvd.Cond
-	// Data is the payload of commands that carry an opaque document
-	// (CmdSetMap: the cluster map as JSON).
+	// Data is the payload of commands that carry a document (CmdSetMap:
+	// the cluster map; transaction commands: their JSON payload).
 	Data []byte
+	// WriteKeys lists the keys a multi-key command may write; it is not
+	// replicated. The proposer keeps two writes of a key out of one entry
+	// with it, so every change gets its own version.
+	WriteKeys []string
 }
 
 // Batch is the payload of one Raft log entry: commands applied together,
@@ -61,9 +75,14 @@ type Result struct {
 	Version uint64
 	// Deleted reports whether a delete removed an existing key.
 	Deleted bool
-	// Err is nil, or kvd.ErrPreconditionFailed (wrapped) when the
-	// condition did not hold; nothing was written then.
+	// Err is nil, or kvd.ErrPreconditionFailed when the condition did
+	// not hold, or kvd.ErrConflict when a transaction holds a lock on the
+	// key; nothing was written then.
 	Err error
+	// Locks are the locks that caused an ErrConflict.
+	Locks *LockSet
+	// Txn is the outcome of a transaction command.
+	Txn *TxnOutcome
 }
 
 // batchFormat is the first byte of every encoded batch.
@@ -93,6 +112,10 @@ func (b *Batch) AppendEncode(dst []byte) []byte {
 			dst = appendCond(dst, c.Cond)
 		case CmdSetMap:
 			dst = appendBytes(dst, c.Data)
+		default:
+			if c.Kind.isTxn() {
+				dst = appendBytes(dst, c.Data)
+			}
 		}
 	}
 	return dst
@@ -144,7 +167,10 @@ func DecodeBatch(data []byte) (*Batch, error) {
 		case CmdSetMap:
 			c.Data = d.bytes()
 		default:
-			return nil, fmt.Errorf("%w: unknown command kind %d", errCorrupt, c.Kind)
+			if !c.Kind.isTxn() {
+				return nil, fmt.Errorf("%w: unknown command kind %d", errCorrupt, c.Kind)
+			}
+			c.Data = d.bytes()
 		}
 		if d.err != nil {
 			return nil, fmt.Errorf("%w: command %d: %v", errCorrupt, i, d.err)

@@ -131,8 +131,10 @@ func (db *DB) openHandle() error {
 	var applied, term uint64
 	var m *kvd.Map
 	err = bdb.Update(func(tx *bolt.Tx) error {
-		if _, err := tx.CreateBucketIfNotExists(bucketKV); err != nil {
-			return err
+		for _, b := range [][]byte{bucketKV, bucketLocks, bucketTxnKeys, bucketTxns} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
 		}
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
@@ -246,8 +248,8 @@ func (db *DB) Apply(entries []Entry) ([][]Result, error) {
 		return nil, kvd.ErrClosed
 	}
 	err := db.h.bdb.Update(func(tx *bolt.Tx) error {
-		kv := tx.Bucket(bucketKV)
-		meta := tx.Bucket(bucketMeta)
+		a := &applier{kv: tx.Bucket(bucketKV), meta: tx.Bucket(bucketMeta), locks: tx.Bucket(bucketLocks),
+			txnKeys: tx.Bucket(bucketTxnKeys), txns: tx.Bucket(bucketTxns)}
 		for i, e := range entries {
 			if e.Index <= last {
 				continue
@@ -256,9 +258,10 @@ func (db *DB) Apply(entries []Entry) ([][]Result, error) {
 			if e.Batch == nil {
 				continue
 			}
+			a.index, a.now = e.Index, e.Batch.Time
 			res := make([]Result, len(e.Batch.Cmds))
 			for j := range e.Batch.Cmds {
-				r, m, err := applyCmd(kv, meta, &e.Batch.Cmds[j], e.Index)
+				r, m, err := a.apply(&e.Batch.Cmds[j])
 				if err != nil {
 					return fmt.Errorf("entry %d command %d: %w", e.Index, j, err)
 				}
@@ -272,10 +275,10 @@ func (db *DB) Apply(entries []Entry) ([][]Result, error) {
 		if last == applied {
 			return nil
 		}
-		if err := meta.Put(metaApplied, be64(last)); err != nil {
+		if err := a.meta.Put(metaApplied, be64(last)); err != nil {
 			return err
 		}
-		return meta.Put(metaTerm, be64(lastTerm))
+		return a.meta.Put(metaTerm, be64(lastTerm))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("apply entries: %w", err)
@@ -291,28 +294,29 @@ func (db *DB) Apply(entries []Entry) ([][]Result, error) {
 	return results, nil
 }
 
-func applyCmd(kv, meta *bolt.Bucket, c *Cmd, index uint64) (Result, *kvd.Map, error) {
+func (a *applier) apply(c *Cmd) (Result, *kvd.Map, error) {
+	index := a.index
 	switch c.Kind {
 	case CmdNoop:
 		return Result{}, nil, nil
-	case CmdPut:
-		cur := version(kv.Get([]byte(c.Key)))
+	case CmdPut, CmdDelete:
+		if ls, err := a.locked(c.Key); err != nil || ls != nil {
+			return Result{Err: kvd.ErrConflict, Locks: ls}, nil, err
+		}
+		cur := version(a.kv.Get([]byte(c.Key)))
 		if !c.Cond.Holds(cur) {
 			return Result{Version: cur, Err: kvd.ErrPreconditionFailed}, nil, nil
 		}
-		if err := kv.Put([]byte(c.Key), encodeRecord(index, c.Value)); err != nil {
-			return Result{}, nil, err
-		}
-		return Result{Version: index}, nil, nil
-	case CmdDelete:
-		cur := version(kv.Get([]byte(c.Key)))
-		if !c.Cond.Holds(cur) {
-			return Result{Version: cur, Err: kvd.ErrPreconditionFailed}, nil, nil
+		if c.Kind == CmdPut {
+			if err := a.kv.Put([]byte(c.Key), encodeRecord(index, c.Value)); err != nil {
+				return Result{}, nil, err
+			}
+			return Result{Version: index}, nil, nil
 		}
 		if cur == 0 {
 			return Result{}, nil, nil
 		}
-		if err := kv.Delete([]byte(c.Key)); err != nil {
+		if err := a.kv.Delete([]byte(c.Key)); err != nil {
 			return Result{}, nil, err
 		}
 		return Result{Version: index, Deleted: true}, nil, nil
@@ -324,18 +328,22 @@ func applyCmd(kv, meta *bolt.Bucket, c *Cmd, index uint64) (Result, *kvd.Map, er
 			return Result{Err: fmt.Errorf("%w: cluster map: %v", kvd.ErrInvalid, err)}, nil, nil
 		}
 		var old kvd.Map
-		if b := meta.Get(metaMap); b != nil {
+		if b := a.meta.Get(metaMap); b != nil {
 			if err := json.Unmarshal(b, &old); err != nil {
 				return Result{}, nil, fmt.Errorf("decode stored cluster map: %w", err)
 			}
+			if old.Epoch >= m.Epoch {
+				return Result{Version: old.Epoch}, nil, nil
+			}
 		}
-		if b := meta.Get(metaMap); b != nil && old.Epoch >= m.Epoch {
-			return Result{Version: old.Epoch}, nil, nil
-		}
-		if err := meta.Put(metaMap, append([]byte(nil), c.Data...)); err != nil {
+		if err := a.meta.Put(metaMap, append([]byte(nil), c.Data...)); err != nil {
 			return Result{}, nil, err
 		}
 		return Result{Version: m.Epoch}, m, nil
+	}
+	if c.Kind.isTxn() {
+		r, err := a.applyTxn(c)
+		return r, nil, err
 	}
 	return Result{}, nil, fmt.Errorf("unknown command kind %d", c.Kind)
 }

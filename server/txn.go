@@ -1,0 +1,399 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/replication"
+	"github.com/kvd-project/kvd/store"
+	"github.com/kvd-project/kvd/txn"
+)
+
+// groups lets the transaction coordinator propose to any group: through
+// the local replica when this node leads the group, else to the leader's
+// node over the internal propose endpoint, following leader hints.
+type groups struct{ s *Server }
+
+var _ txn.Groups = groups{}
+
+func (gs groups) GroupOf(key string) (kvd.GroupID, error) {
+	g, ok := gs.s.Map().GroupOf(kvd.Slot(key))
+	if !ok {
+		return 0, fmt.Errorf("slot %d has no group: %w", kvd.Slot(key), kvd.ErrUnavailable)
+	}
+	return g, nil
+}
+
+// Propose retries definite failures (nothing was proposed) until ctx
+// ends; it returns an unknown outcome as soon as it meets one.
+func (gs groups) Propose(ctx context.Context, g kvd.GroupID, cmd store.Cmd) (store.Result, error) {
+	s := gs.s
+	hint := ""
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		var res store.Result
+		var err error
+		local, hosted := s.hosted()[g]
+		target := hint
+		if target == "" {
+			target = s.leaderOrPreferred(ctx, g)
+		}
+		if hosted && (local.IsLeader() || target == s.id) {
+			fillWriteKeys(local.Store(), &cmd)
+			res, err = local.Propose(ctx, cmd)
+		} else {
+			res, err = s.remotePropose(ctx, target, g, cmd)
+		}
+		if err == nil {
+			return res, nil
+		}
+		lastErr = err
+		if errors.Is(err, kvd.ErrUnknownOutcome) || !errors.Is(err, kvd.ErrUnavailable) {
+			return res, err
+		}
+		hint = kvd.LeaderHint(err)
+		if hint == "" || hint == target {
+			hint = ""
+			s.forgetLeader(g)
+			select {
+			case <-time.After(time.Duration(10<<min(attempt, 5)) * time.Millisecond):
+			case <-ctx.Done():
+				return store.Result{}, fmt.Errorf("group %d: %v: %w", g, lastErr, kvd.ErrUnavailable)
+			}
+		}
+		if ctx.Err() != nil {
+			return store.Result{}, fmt.Errorf("group %d: %v: %w", g, lastErr, kvd.ErrUnavailable)
+		}
+	}
+}
+
+// wireResult is a store.Result on the node-to-node wire.
+type wireResult struct {
+	Version uint64            `json:"version,omitempty"`
+	Deleted bool              `json:"deleted,omitempty"`
+	Err     string            `json:"err,omitempty"`
+	Message string            `json:"message,omitempty"`
+	Locks   *store.LockSet    `json:"locks,omitempty"`
+	Txn     *store.TxnOutcome `json:"txn,omitempty"`
+}
+
+var resultErrs = map[string]error{"precondition_failed": kvd.ErrPreconditionFailed, "conflict": kvd.ErrConflict, "invalid": kvd.ErrInvalid}
+
+func encodeResult(r store.Result) ([]byte, error) {
+	w := wireResult{Version: r.Version, Deleted: r.Deleted, Locks: r.Locks, Txn: r.Txn}
+	if r.Err != nil {
+		w.Message = r.Err.Error()
+		for code, e := range resultErrs {
+			if errors.Is(r.Err, e) {
+				w.Err = code
+			}
+		}
+		if w.Err == "" {
+			w.Err = "invalid"
+		}
+	}
+	return json.Marshal(w)
+}
+
+func decodeResult(b []byte) (store.Result, error) {
+	var w wireResult
+	if err := json.Unmarshal(b, &w); err != nil {
+		return store.Result{}, err
+	}
+	r := store.Result{Version: w.Version, Deleted: w.Deleted, Locks: w.Locks, Txn: w.Txn}
+	if w.Err != "" {
+		r.Err = fmt.Errorf("%s: %w", w.Message, resultErrs[w.Err])
+	}
+	return r, nil
+}
+
+// remotePropose proposes cmd at node's replica of group g.
+func (s *Server) remotePropose(ctx context.Context, node string, g kvd.GroupID, cmd store.Cmd) (store.Result, error) {
+	addr, ok := s.PeerHTTP(node)
+	if !ok {
+		return store.Result{}, fmt.Errorf("no address for node %q: %w", node, kvd.ErrUnavailable)
+	}
+	b := store.Batch{Cmds: []store.Cmd{cmd}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/internal/propose?group="+strconv.FormatUint(uint64(g), 10), bytes.NewReader(b.AppendEncode(nil)))
+	if err != nil {
+		return store.Result{}, fmt.Errorf("%v: %w", err, kvd.ErrUnavailable)
+	}
+	req.Header.Set(api.HeaderForwarded, s.id)
+	resp, err := s.peerHTTP.Do(req)
+	if err != nil {
+		if isDial(err) {
+			return store.Result{}, fmt.Errorf("propose at %s: %v: %w", node, err, kvd.ErrUnavailable)
+		}
+		return store.Result{}, fmt.Errorf("propose at %s: %v: %w", node, err, kvd.ErrUnknownOutcome)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return store.Result{}, fmt.Errorf("propose at %s: %v: %w", node, err, kvd.ErrUnknownOutcome)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e api.Error
+		_ = json.Unmarshal(body, &e)
+		switch {
+		case resp.StatusCode == http.StatusServiceUnavailable:
+			return store.Result{}, &kvd.NotLeaderError{Group: g, Leader: e.Error.Leader}
+		case resp.StatusCode < 500:
+			return store.Result{}, fmt.Errorf("propose at %s: %s: %w", node, e.Error.Message, kvd.ErrInvalid)
+		}
+		return store.Result{}, fmt.Errorf("propose at %s: %s %s: %w", node, resp.Status, e.Error.Message, kvd.ErrUnknownOutcome)
+	}
+	r, err := decodeResult(body)
+	if err != nil {
+		return store.Result{}, fmt.Errorf("propose at %s: %v: %w", node, err, kvd.ErrUnknownOutcome)
+	}
+	return r, nil
+}
+
+// ProposeRaw serves the internal propose endpoint: a single encoded
+// transaction command for group g, which this node must lead.
+func (b backend) ProposeRaw(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error) {
+	grp, ok := b.s.hosted()[g]
+	if !ok {
+		return nil, fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, b.s.id, g)
+	}
+	batch, err := store.DecodeBatch(body)
+	if err != nil || len(batch.Cmds) != 1 {
+		return nil, fmt.Errorf("%w: propose: one encoded command expected", kvd.ErrInvalid)
+	}
+	cmd := batch.Cmds[0]
+	cmd.Data = append([]byte(nil), cmd.Data...)
+	if err := validateInternal(&cmd); err != nil {
+		return nil, err
+	}
+	fillWriteKeys(grp.Store(), &cmd)
+	res, err := grp.Propose(ctx, cmd)
+	if err != nil {
+		return nil, err
+	}
+	return encodeResult(res)
+}
+
+// fillWriteKeys names the keys a decision or resolution may write: those
+// its transaction holds write locks on here.
+func fillWriteKeys(db *store.DB, c *store.Cmd) {
+	var id string
+	switch c.Kind {
+	case store.CmdTxnDecide:
+		var d store.TxnDecide
+		if json.Unmarshal(c.Data, &d) != nil || !d.ResolveHere {
+			return
+		}
+		id = d.ID
+	case store.CmdTxnResolve:
+		var r store.TxnResolve
+		if json.Unmarshal(c.Data, &r) != nil || !r.Commit {
+			return
+		}
+		id = r.ID
+	default:
+		return
+	}
+	if keys, err := db.TxnWriteKeys(id); err == nil {
+		c.WriteKeys = keys
+	}
+}
+
+// isDial reports whether err happened before a request left this node.
+func isDial(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// validateInternal admits only the transaction commands over the
+// internal endpoint, well formed, and restores their write keys for the
+// proposer.
+func validateInternal(c *store.Cmd) error {
+	switch c.Kind {
+	case store.CmdTxnPrepare, store.CmdTxnResolve, store.CmdTxnRecover, store.CmdTxnForget:
+		return json.Unmarshal(c.Data, new(map[string]any))
+	case store.CmdTxnDecide:
+		return json.Unmarshal(c.Data, new(map[string]any))
+	case store.CmdTxnOnePhase:
+		var t store.TxnOnePhase
+		if err := json.Unmarshal(c.Data, &t); err != nil {
+			return fmt.Errorf("%w: %v", kvd.ErrInvalid, err)
+		}
+		for _, op := range t.Ops {
+			if op.Op != "get" {
+				c.WriteKeys = append(c.WriteKeys, op.Key)
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: command kind %d is not proposed remotely", kvd.ErrInvalid, c.Kind)
+}
+
+// Txn runs a transaction through the node's coordinator.
+func (b backend) Txn(ctx context.Context, req api.TxnRequest) (api.TxnResponse, error) {
+	r := txn.Request{}
+	for _, c := range req.Compare {
+		r.Compares = append(r.Compares, txn.Compare{Key: c.Key, Version: c.Version, Value: c.Value, Exists: c.Exists})
+	}
+	for _, op := range req.Ops {
+		r.Ops = append(r.Ops, txn.Op{Op: op.Op, Key: op.Key, Value: op.Value})
+	}
+	resp, err := b.s.coord.Do(ctx, r)
+	out := api.TxnResponse{Committed: resp.Committed, Failed: resp.Failed}
+	for _, res := range resp.Results {
+		ar := api.TxnResult{Op: res.Op, Key: res.Key}
+		switch res.Op {
+		case "get":
+			found := res.Found
+			ar.Found, ar.Value, ar.Version = &found, res.Value, res.Version
+		case "put":
+			ar.Version = res.Version
+		case "delete":
+			deleted := res.Deleted
+			ar.Deleted = &deleted
+		}
+		out.Results = append(out.Results, ar)
+	}
+	return out, err
+}
+
+// runJanitors sweeps, every interval, the transactions left behind in
+// the groups this node leads.
+func (s *Server) runJanitors(ctx context.Context, every time.Duration) {
+	janitors := map[kvd.GroupID]*txn.Janitor{}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for gid, g := range s.hosted() {
+			if !g.IsLeader() {
+				continue
+			}
+			j := janitors[gid]
+			if j == nil {
+				j = txn.NewJanitor(groups{s}, g.Store(), gid, s.log)
+				janitors[gid] = j
+			}
+			sctx, cancel := context.WithTimeout(ctx, 10*every)
+			if err := j.Sweep(sctx); err != nil && ctx.Err() == nil {
+				s.log.Debug("transaction janitor", "group", gid, "err", err)
+			}
+			cancel()
+		}
+	}
+}
+
+// Read reads keys of group g linearizably at g's leader: locally if this
+// node leads g, else through the leader's internal read endpoint.
+func (gs groups) Read(ctx context.Context, g kvd.GroupID, keys []string) ([]store.KeyState, error) {
+	s := gs.s
+	hint := ""
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		target := hint
+		if target == "" {
+			target = s.leaderOrPreferred(ctx, g)
+		}
+		var out []store.KeyState
+		var err error
+		if local, ok := s.hosted()[g]; ok && (local.IsLeader() || target == s.id) {
+			out, err = readLocal(ctx, local, keys)
+		} else {
+			out, err = s.remoteRead(ctx, target, g, keys)
+		}
+		if err == nil {
+			return out, nil
+		}
+		lastErr = err
+		if !errors.Is(err, kvd.ErrUnavailable) {
+			return nil, err
+		}
+		hint = kvd.LeaderHint(err)
+		if hint == "" || hint == target {
+			hint = ""
+			s.forgetLeader(g)
+			select {
+			case <-time.After(time.Duration(10<<min(attempt, 5)) * time.Millisecond):
+			case <-ctx.Done():
+				return nil, fmt.Errorf("group %d: %v: %w", g, lastErr, kvd.ErrUnavailable)
+			}
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("group %d: %v: %w", g, lastErr, kvd.ErrUnavailable)
+		}
+	}
+}
+
+func readLocal(ctx context.Context, g *replication.Group, keys []string) ([]store.KeyState, error) {
+	if err := g.ReadBarrier(ctx, kvd.Linearizable); err != nil {
+		return nil, err
+	}
+	return g.Store().ReadKeys(keys)
+}
+
+// remoteRead reads keys of group g at node, which should lead g.
+func (s *Server) remoteRead(ctx context.Context, node string, g kvd.GroupID, keys []string) ([]store.KeyState, error) {
+	addr, ok := s.PeerHTTP(node)
+	if !ok {
+		return nil, fmt.Errorf("no address for node %q: %w", node, kvd.ErrUnavailable)
+	}
+	body, _ := json.Marshal(keys)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/internal/read?group="+strconv.FormatUint(uint64(g), 10), bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("%v: %w", err, kvd.ErrUnavailable)
+	}
+	req.Header.Set(api.HeaderForwarded, s.id)
+	resp, err := s.peerHTTP.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("read at %s: %v: %w", node, err, kvd.ErrUnavailable)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read at %s: %v: %w", node, err, kvd.ErrUnavailable)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e api.Error
+		_ = json.Unmarshal(b, &e)
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			return nil, &kvd.NotLeaderError{Group: g, Leader: e.Error.Leader}
+		}
+		return nil, fmt.Errorf("read at %s: %s %s: %w", node, resp.Status, e.Error.Message, kvd.ErrUnavailable)
+	}
+	var out []store.KeyState
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil, fmt.Errorf("read at %s: %v: %w", node, err, kvd.ErrUnavailable)
+	}
+	return out, nil
+}
+
+// ReadRaw serves the internal read endpoint: keys (a JSON list) of group
+// g, read linearizably on this node, which must lead g.
+func (b backend) ReadRaw(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error) {
+	grp, ok := b.s.hosted()[g]
+	if !ok {
+		return nil, fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, b.s.id, g)
+	}
+	var keys []string
+	if err := json.Unmarshal(body, &keys); err != nil {
+		return nil, fmt.Errorf("%w: read: %v", kvd.ErrInvalid, err)
+	}
+	out, err := readLocal(ctx, grp, keys)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(out)
+}

@@ -1,0 +1,585 @@
+package txn
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/store"
+)
+
+// Groups is what the coordinator needs from the cluster.
+type Groups interface {
+	// GroupOf returns the group that owns key.
+	GroupOf(key string) (kvd.GroupID, error)
+	// Propose replicates cmd through group g's log, at g's leader
+	// wherever it is, and returns its result. Errors follow
+	// replication.Group.Propose: definite (kvd.ErrUnavailable: nothing
+	// applied) or unknown (kvd.ErrUnknownOutcome).
+	Propose(ctx context.Context, g kvd.GroupID, cmd store.Cmd) (store.Result, error)
+	// Read reads keys of group g linearizably, all at one point of g's
+	// log, with the write locks held on them.
+	Read(ctx context.Context, g kvd.GroupID, keys []string) ([]store.KeyState, error)
+}
+
+// Compare is one compare of a request: exactly one of Version, Value and
+// Exists is set.
+type Compare struct {
+	Key     string
+	Version *uint64
+	Value   []byte
+	Exists  *bool
+}
+
+// Op is one operation of a request: get, put or delete.
+type Op struct {
+	Op    string
+	Key   string
+	Value []byte
+}
+
+// Request is a transaction: if every compare holds, all ops apply,
+// atomically.
+type Request struct {
+	Compares []Compare
+	Ops      []Op
+}
+
+// OpResult answers one op.
+type OpResult struct {
+	Op      string
+	Key     string
+	Found   bool
+	Value   []byte
+	Version uint64
+	Deleted bool
+}
+
+// Response is a transaction's answer.
+type Response struct {
+	Committed bool
+	Results   []OpResult
+	// Failed lists the indexes of the compares that did not hold, when
+	// the error is kvd.ErrCompareFailed.
+	Failed []int
+}
+
+// Config configures a Coordinator.
+type Config struct {
+	// Timeout is how long a transaction may stay pending before anyone
+	// may abort it; its locks' deadline.
+	Timeout time.Duration
+	// ResolveTimeout bounds the background resolution of aborted
+	// transactions.
+	ResolveTimeout time.Duration
+	// Limits are enforced on requests.
+	Limits kvd.Limits
+	// Logger receives the coordinator's logs.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// AfterPrepare, if set, runs after every participant voted yes and
+	// before the decision; a test hook to stop a coordinator there. If it
+	// returns an error the coordinator gives up without deciding.
+	AfterPrepare func(id string) error
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{Timeout: 10 * time.Second, ResolveTimeout: 30 * time.Second, Limits: kvd.DefaultLimits(), Logger: slog.Default()}
+}
+
+// Coordinator runs transactions. It is safe for concurrent use.
+type Coordinator struct {
+	g   Groups
+	cfg Config
+	log *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New returns a coordinator over g. Close stops its background work.
+func New(g Groups, cfg Config) *Coordinator {
+	def := DefaultConfig()
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = def.Timeout
+	}
+	if cfg.ResolveTimeout <= 0 {
+		cfg.ResolveTimeout = def.ResolveTimeout
+	}
+	if cfg.Limits.MaxTxnKeys == 0 {
+		cfg.Limits = def.Limits
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = def.Logger
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	c := &Coordinator{g: g, cfg: cfg, log: cfg.Logger}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	return c
+}
+
+// Close stops background resolutions and waits for them.
+func (c *Coordinator) Close() {
+	c.cancel()
+	c.wg.Wait()
+}
+
+// Validate checks a request against the limits and the rules: at least
+// one op or compare, known ops, one kind of compare each, no key written
+// twice, at most MaxTxnKeys distinct keys.
+func Validate(req Request, l kvd.Limits) error {
+	if len(req.Ops) == 0 && len(req.Compares) == 0 {
+		return fmt.Errorf("%w: a transaction needs at least one op or compare", kvd.ErrInvalid)
+	}
+	keys := map[string]bool{}
+	for i, cmp := range req.Compares {
+		if err := l.ValidateKey(cmp.Key); err != nil {
+			return fmt.Errorf("compare %d: %w", i, err)
+		}
+		n := 0
+		if cmp.Version != nil {
+			n++
+		}
+		if cmp.Value != nil {
+			n++
+		}
+		if cmp.Exists != nil {
+			n++
+		}
+		if n != 1 {
+			return fmt.Errorf("%w: compare %d must have exactly one of version, value and exists", kvd.ErrInvalid, i)
+		}
+		if err := l.ValidateValue(len(cmp.Value)); err != nil {
+			return fmt.Errorf("compare %d: %w", i, err)
+		}
+		keys[cmp.Key] = true
+	}
+	written := map[string]bool{}
+	for i, op := range req.Ops {
+		if err := l.ValidateKey(op.Key); err != nil {
+			return fmt.Errorf("op %d: %w", i, err)
+		}
+		switch op.Op {
+		case "get":
+		case "put":
+			if err := l.ValidateValue(len(op.Value)); err != nil {
+				return fmt.Errorf("op %d: %w", i, err)
+			}
+			fallthrough
+		case "delete":
+			if written[op.Key] {
+				return fmt.Errorf("%w: op %d writes %q a second time", kvd.ErrInvalid, i, op.Key)
+			}
+			written[op.Key] = true
+		default:
+			return fmt.Errorf("%w: op %d: unknown op %q (get, put, delete)", kvd.ErrInvalid, i, op.Op)
+		}
+		if !utf8.ValidString(op.Key) {
+			return fmt.Errorf("%w: op %d: key is not valid UTF-8", kvd.ErrInvalid, i)
+		}
+		keys[op.Key] = true
+	}
+	if len(keys) > l.MaxTxnKeys {
+		return fmt.Errorf("%w: %d keys, the limit is %d", kvd.ErrTooLarge, len(keys), l.MaxTxnKeys)
+	}
+	return nil
+}
+
+// vote is a group's answer to a prepare.
+type vote struct {
+	out *store.TxnOutcome
+	err error
+}
+
+// part is one group's share of a transaction.
+type part struct {
+	group    kvd.GroupID
+	compares []store.TxnCompare
+	ops      []store.TxnOp
+	writes   []string
+}
+
+// plan splits a request by group and names the record group: the group
+// of the first key (of the ops, else of the compares).
+func (c *Coordinator) plan(req Request) (map[kvd.GroupID]*part, kvd.GroupID, error) {
+	parts := map[kvd.GroupID]*part{}
+	get := func(key string) (*part, error) {
+		g, err := c.g.GroupOf(key)
+		if err != nil {
+			return nil, err
+		}
+		p := parts[g]
+		if p == nil {
+			p = &part{group: g}
+			parts[g] = p
+		}
+		return p, nil
+	}
+	for i, cmp := range req.Compares {
+		p, err := get(cmp.Key)
+		if err != nil {
+			return nil, 0, err
+		}
+		p.compares = append(p.compares, store.TxnCompare{Index: i, Key: cmp.Key, Version: cmp.Version, Value: cmp.Value, Exists: cmp.Exists})
+	}
+	for i, op := range req.Ops {
+		p, err := get(op.Key)
+		if err != nil {
+			return nil, 0, err
+		}
+		p.ops = append(p.ops, store.TxnOp{Index: i, Op: op.Op, Key: op.Key, Value: op.Value})
+		if op.Op != "get" {
+			p.writes = append(p.writes, op.Key)
+		}
+	}
+	first := ""
+	if len(req.Ops) > 0 {
+		first = req.Ops[0].Key
+	} else {
+		first = req.Compares[0].Key
+	}
+	rg, err := c.g.GroupOf(first)
+	return parts, rg, err
+}
+
+func encode(kind store.CmdKind, payload any, writes []string) store.Cmd {
+	b, err := json.Marshal(payload)
+	if err != nil {
+		panic(fmt.Sprintf("encode transaction command: %v", err)) // plain structs: cannot fail
+	}
+	return store.Cmd{Kind: kind, Data: b, WriteKeys: writes}
+}
+
+// Do runs a transaction. Errors: kvd.ErrInvalid / kvd.ErrTooLarge (bad
+// request, nothing done); kvd.ErrCompareFailed (with Response.Failed) and
+// kvd.ErrConflict (another transaction's lock; retry) when it did not
+// commit; kvd.ErrUnavailable when nothing was applied; kvd.ErrUnknownOutcome
+// when it may or may not have committed.
+func (c *Coordinator) Do(ctx context.Context, req Request) (Response, error) {
+	if err := Validate(req, c.cfg.Limits); err != nil {
+		return Response{}, err
+	}
+	parts, rg, err := c.plan(req)
+	if err != nil {
+		return Response{}, err
+	}
+	readOnly := true
+	for _, op := range req.Ops {
+		readOnly = readOnly && op.Op == "get"
+	}
+	if readOnly {
+		resp, err := c.readOnly(ctx, req, parts)
+		if !errors.Is(err, errContended) {
+			return resp, err
+		}
+		// Writers kept changing the keys: take read locks instead.
+	}
+	if len(parts) == 1 {
+		return c.onePhase(ctx, req, parts[rg])
+	}
+	return c.twoPhase(ctx, req, parts, rg)
+}
+
+func (c *Coordinator) onePhase(ctx context.Context, req Request, p *part) (Response, error) {
+	res, err := c.g.Propose(ctx, p.group, encode(store.CmdTxnOnePhase, store.TxnOnePhase{Compares: p.compares, Ops: p.ops}, p.writes))
+	if err != nil {
+		return Response{}, fmt.Errorf("transaction in group %d: %w", p.group, err)
+	}
+	out := res.Txn
+	if out == nil {
+		return Response{}, fmt.Errorf("transaction in group %d: no outcome: %w", p.group, kvd.ErrUnknownOutcome)
+	}
+	if !out.Vote {
+		return c.refused([]*store.TxnOutcome{out})
+	}
+	resp := Response{Committed: true}
+	fill(&resp, req, []*store.TxnOutcome{out})
+	return resp, nil
+}
+
+// refused turns no votes into the error the client sees.
+func (c *Coordinator) refused(outs []*store.TxnOutcome) (Response, error) {
+	var failed []int
+	conflict := ""
+	for _, o := range outs {
+		if o == nil || o.Vote {
+			continue
+		}
+		switch o.Code {
+		case store.CodeCompareFailed:
+			failed = append(failed, o.Failed...)
+		case store.CodeConflict:
+			if len(o.Conflicts) > 0 {
+				conflict = o.Conflicts[0].Txn
+			}
+		}
+	}
+	if len(failed) > 0 {
+		sort.Ints(failed)
+		return Response{Failed: failed}, fmt.Errorf("transaction not committed: compares %v failed: %w", failed, kvd.ErrCompareFailed)
+	}
+	if conflict != "" {
+		return Response{}, fmt.Errorf("transaction not committed: a key is locked by transaction %s: %w", conflict, kvd.ErrConflict)
+	}
+	return Response{}, fmt.Errorf("transaction not committed: aborted: %w", kvd.ErrConflict)
+}
+
+// fill builds the results of a committed transaction from the groups'
+// outcomes: reads from the prepares, write versions from the
+// resolutions.
+func fill(resp *Response, req Request, outs []*store.TxnOutcome) {
+	resp.Results = make([]OpResult, len(req.Ops))
+	for i, op := range req.Ops {
+		resp.Results[i] = OpResult{Op: op.Op, Key: op.Key}
+	}
+	versions := map[string]uint64{}
+	for _, o := range outs {
+		if o == nil {
+			continue
+		}
+		for _, r := range o.Reads {
+			res := &resp.Results[r.Index]
+			res.Found, res.Value, res.Version = r.Found, r.Value, r.Version
+		}
+		for _, w := range o.Writes {
+			if w.Version != 0 {
+				versions[w.Key] = w.Version
+			}
+			if req.Ops[w.Index].Key == w.Key && req.Ops[w.Index].Op == "delete" {
+				resp.Results[w.Index].Deleted = w.Deleted
+			}
+		}
+	}
+	for i, op := range req.Ops {
+		if op.Op == "put" {
+			resp.Results[i].Version = versions[op.Key]
+		}
+	}
+}
+
+func newID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b[:])
+}
+
+func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.GroupID]*part, rg kvd.GroupID) (Response, error) {
+	id := newID()
+	deadline := c.cfg.Now().Add(c.cfg.Timeout).UnixNano()
+	var groups []kvd.GroupID
+	for g := range parts {
+		groups = append(groups, g)
+	}
+	sort.Slice(groups, func(i, j int) bool { return groups[i] < groups[j] })
+
+	// Phase 1: prepare everywhere at once.
+	votes := make(map[kvd.GroupID]*vote, len(groups))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, g := range groups {
+		p := parts[g]
+		prep := store.TxnPrepare{ID: id, RecordGroup: rg, Deadline: deadline, Compares: p.compares, Ops: p.ops}
+		if g == rg {
+			prep.Participants = groups
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := c.g.Propose(ctx, g, encode(store.CmdTxnPrepare, prep, nil))
+			mu.Lock()
+			votes[g] = &vote{out: res.Txn, err: err}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	allYes := true
+	var outs []*store.TxnOutcome
+	for _, g := range groups {
+		v := votes[g]
+		if v.err != nil || v.out == nil || !v.out.Vote {
+			allYes = false
+		}
+		outs = append(outs, v.out)
+	}
+	if allYes && c.cfg.AfterPrepare != nil {
+		if err := c.cfg.AfterPrepare(id); err != nil {
+			return Response{}, fmt.Errorf("transaction %s: stopped after prepare: %w", id, err)
+		}
+	}
+
+	// Phase 2: the decision, in the record group.
+	decided, err := c.decide(ctx, id, rg, allYes, parts[rg].writes)
+	if err != nil {
+		if allYes {
+			return Response{}, err // may or may not have committed
+		}
+		// Not committed in any case: abort is the only possible outcome.
+		c.resolveLater(id, groups, rg, false)
+		return c.refusedOrUnavailable(votes, outs)
+	}
+	if decided.State != store.TxnCommitted {
+		c.resolveLater(id, groups, rg, false)
+		if allYes {
+			return Response{}, fmt.Errorf("transaction %s was aborted by recovery before it could commit: %w", id, kvd.ErrConflict)
+		}
+		return c.refusedOrUnavailable(votes, outs)
+	}
+
+	// Committed. Phase 3: resolve the other groups, so the answer can
+	// carry every write's version.
+	outs = append(outs, decided)
+	resolved := c.resolve(ctx, id, groups, rg, true)
+	outs = append(outs, resolved...)
+	resp := Response{Committed: true}
+	fill(&resp, req, outs)
+	return resp, nil
+}
+
+// refusedOrUnavailable explains an aborted transaction: a no vote wins
+// over a group that could not be reached.
+func (c *Coordinator) refusedOrUnavailable(votes map[kvd.GroupID]*vote, outs []*store.TxnOutcome) (Response, error) {
+	for _, o := range outs {
+		if o != nil && !o.Vote {
+			return c.refused(outs)
+		}
+	}
+	for g, v := range votes {
+		if v.err != nil {
+			return Response{}, fmt.Errorf("transaction not committed: group %d: %v: %w", g, v.err, kvd.ErrUnavailable)
+		}
+	}
+	return Response{}, fmt.Errorf("transaction not committed: %w", kvd.ErrConflict)
+}
+
+// decide sets the record to committed (commit) or aborted, resolving the
+// record group's locks in the same entry, and returns the record's final
+// state. A decision whose outcome is unknown is retried (it is a
+// compare-and-set: retrying cannot change a decision already made).
+func (c *Coordinator) decide(ctx context.Context, id string, rg kvd.GroupID, commit bool, writes []string) (*store.TxnOutcome, error) {
+	cmd := encode(store.CmdTxnDecide, store.TxnDecide{ID: id, Commit: commit, ResolveHere: true}, writes)
+	var lastErr error
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		res, err := c.g.Propose(ctx, rg, cmd)
+		if err == nil && res.Txn != nil {
+			return res.Txn, nil
+		}
+		lastErr = err
+		if err != nil && !errors.Is(err, kvd.ErrUnknownOutcome) && !errors.Is(err, kvd.ErrUnavailable) {
+			break
+		}
+		select {
+		case <-time.After(time.Duration(10<<min(attempt, 5)) * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
+	if lastErr == nil {
+		lastErr = ctx.Err()
+	}
+	return nil, fmt.Errorf("transaction %s: decision in group %d: %v: %w", id, rg, lastErr, kvd.ErrUnknownOutcome)
+}
+
+// resolve resolves the transaction's locks in every group but the record
+// group, in parallel, retrying within ctx. It returns the outcomes it
+// got; a group it could not reach is left to recovery.
+func (c *Coordinator) resolve(ctx context.Context, id string, groups []kvd.GroupID, rg kvd.GroupID, commit bool) []*store.TxnOutcome {
+	var mu sync.Mutex
+	var outs []*store.TxnOutcome
+	var wg sync.WaitGroup
+	for _, g := range groups {
+		if g == rg {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := Resolve(ctx, c.g, id, g, commit)
+			if err != nil {
+				c.log.Warn("transaction resolution left to recovery", "txn", id, "group", g, "err", err)
+				return
+			}
+			mu.Lock()
+			outs = append(outs, res.Txn)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return outs
+}
+
+// resolveLater resolves an aborted transaction's locks in the background,
+// in every group but rg.
+func (c *Coordinator) resolveLater(id string, groups []kvd.GroupID, rg kvd.GroupID, commit bool) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.ResolveTimeout)
+		defer cancel()
+		c.resolve(ctx, id, groups, rg, commit)
+	}()
+}
+
+// ResolveLater resolves transaction id's locks in group g in the
+// background (a reader that found the transaction decided helps it
+// along). The decision must be known from the record.
+func (c *Coordinator) ResolveLater(id string, g kvd.GroupID, commit bool) {
+	c.resolveLater(id, []kvd.GroupID{g}, 0, commit)
+}
+
+// Resolve resolves transaction id's locks in group g, retrying definite
+// failures and unknown outcomes (resolution is idempotent) within ctx.
+// The caller must know the decision from the record. The result's
+// Version is the index of the resolving entry.
+func Resolve(ctx context.Context, gs Groups, id string, g kvd.GroupID, commit bool) (store.Result, error) {
+	var lastErr error
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		res, err := gs.Propose(ctx, g, encode(store.CmdTxnResolve, store.TxnResolve{ID: id, Commit: commit}, nil))
+		if err == nil {
+			return res, nil
+		}
+		lastErr = err
+		select {
+		case <-time.After(time.Duration(10<<min(attempt, 5)) * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
+	if lastErr == nil {
+		lastErr = ctx.Err()
+	}
+	return store.Result{}, fmt.Errorf("resolve %s in group %d: %v: %w", id, g, lastErr, kvd.ErrUnavailable)
+}
+
+// Recover returns the state of the transaction holding lock l, aborting
+// it first if it is pending (or absent) past its deadline. Pending (or
+// absent before the deadline) means it has not committed yet.
+func Recover(ctx context.Context, gs Groups, l store.Lock) (store.TxnState, error) {
+	res, err := gs.Propose(ctx, l.RecordGroup, encode(store.CmdTxnRecover, store.TxnRecover{ID: l.Txn, Deadline: l.Deadline}, nil))
+	if err != nil {
+		return "", fmt.Errorf("recover transaction %s: %w", l.Txn, err)
+	}
+	if res.Txn == nil {
+		return "", fmt.Errorf("recover transaction %s: no outcome: %w", l.Txn, kvd.ErrUnavailable)
+	}
+	return res.Txn.State, nil
+}
+
+// Forget deletes a decided record.
+func Forget(ctx context.Context, gs Groups, id string, rg kvd.GroupID) error {
+	_, err := gs.Propose(ctx, rg, encode(store.CmdTxnForget, store.TxnForget{ID: id}, nil))
+	return err
+}
