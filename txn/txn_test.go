@@ -121,8 +121,8 @@ func newCoord(m *memGroups) *Coordinator {
 	return New(m, cfg)
 }
 
-func put(k, v string) Op { return Op{Op: "put", Key: k, Value: []byte(v)} }
-func get(k string) Op    { return Op{Op: "get", Key: k} }
+func put(k, v string) Op   { return Op{Op: "put", Key: k, Value: []byte(v)} }
+func get(k string) Op      { return Op{Op: "get", Key: k} }
 func ver(v uint64) *uint64 { return &v }
 
 func TestCoordinator_CrossGroupCommit(t *testing.T) {
