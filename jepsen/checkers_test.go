@@ -172,3 +172,22 @@ func TestCheckStale(t *testing.T) {
 		require.Equal(t, tc.want, r.Verdict, "%s: %s %v", tc.name, r.Summary, r.Errors)
 	}
 }
+
+func TestCheckBank(t *testing.T) {
+	read := func(f string, vals ...string) Op { return Op{F: f, Status: OK, Values: vals} }
+	tests := []struct {
+		name string
+		h    []Op
+		want Verdict
+	}{
+		{"totals hold", []Op{read("read", "a=60", "b=40"), read("read", "a=50", "b=50"), read("final-read", "a=0", "b=100")}, Valid},
+		{"a read sees half a transfer", []Op{read("read", "a=60", "b=50"), read("final-read", "a=50", "b=50")}, Invalid},
+		{"a balance went negative", []Op{read("read", "a=-10", "b=110"), read("final-read", "a=50", "b=50")}, Invalid},
+		{"money lost by the end", []Op{read("final-read", "a=50", "b=40")}, Invalid},
+		{"no final read", []Op{read("read", "a=50", "b=50")}, Unsure},
+	}
+	for _, tc := range tests {
+		r := CheckBank(tc.h, 100)
+		require.Equal(t, tc.want, r.Verdict, "%s: %s %v", tc.name, r.Summary, r.Errors)
+	}
+}

@@ -130,8 +130,8 @@ func keyOfGroup(t *testing.T, c *Cluster, g uint64) string {
 	}
 }
 
-// TestShortSuite is the suite's short form that make test runs: register
-// and set, each under kill, pause and a partition.
+// TestShortSuite is the suite's short form that make test runs: register,
+// set and bank, each under kill, pause and a partition.
 func TestShortSuite(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs kvd clusters under faults for minutes")
@@ -140,7 +140,7 @@ func TestShortSuite(t *testing.T) {
 	if out == "" {
 		out = t.TempDir()
 	}
-	for _, wl := range []string{"register", "set"} {
+	for _, wl := range []string{"register", "set", "bank"} {
 		for _, nem := range []string{"kill", "pause-leader", "partition-leader"} {
 			t.Run(wl+"/"+nem, func(t *testing.T) {
 				w, err := WorkloadByName(wl)

@@ -10,6 +10,7 @@ var workloads = map[string]func() Workload{
 	"register": func() Workload { return &RegisterWorkload{} },
 	"set":      func() Workload { return &SetWorkload{} },
 	"stale":    func() Workload { return &StaleWorkload{} },
+	"bank":     func() Workload { return &BankWorkload{} },
 }
 
 // WorkloadByName returns a fresh workload.

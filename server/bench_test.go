@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/client"
 	"github.com/kvd-project/kvd/internal/testcluster"
 	"github.com/kvd-project/kvd/replication"
@@ -164,4 +165,46 @@ func BenchmarkGet(b *testing.B) {
 	report(b, "follower-", results[kvd.Follower])
 	report(b, "stale-", results[kvd.Stale])
 	b.ReportMetric(results[kvd.Follower].opsPerSec/results[kvd.Linearizable].opsPerSec, "follower/leader")
+}
+
+// BenchmarkTxn measures 2-key transactions (two puts, no contention) in
+// one group and across two groups, at 16 and 64 clients, on 3 nodes with
+// 3 groups, against single PUTs on the same cluster. The figure is the
+// cross-group transaction's p50 latency over a PUT's at 16 clients.
+func BenchmarkTxn(b *testing.B) {
+	c := newBenchCluster(b, 3)
+	cl := newBenchClient(b, c, kvd.Linearizable)
+	m := c.Node(0).Map()
+	// Account pairs: same group (a hash tag) and different groups.
+	sameGroup := func(i int) (string, string) {
+		return fmt.Sprintf("{acct%d}/a", i%5000), fmt.Sprintf("{acct%d}/b", i%5000)
+	}
+	crossGroup := func(i int) (string, string) {
+		a := fmt.Sprintf("x%d", i%5000)
+		ga, _ := m.GroupOf(kvd.Slot(a))
+		for j := 0; ; j++ {
+			bk := fmt.Sprintf("y%d-%d", i%5000, j)
+			if gb, _ := m.GroupOf(kvd.Slot(bk)); gb != ga {
+				return a, bk
+			}
+		}
+	}
+	txnOp := func(pair func(int) (string, string)) func(int) error {
+		return func(i int) error {
+			a, bk := pair(i)
+			_, err := cl.Txn(context.Background(), nil, []api.TxnOp{client.OpPut(a, value256[:64]), client.OpPut(bk, value256[:64])})
+			return err
+		}
+	}
+	closedLoop(16, 500, putOp(cl)) // warm up
+	results := map[string]loadResult{}
+	results["put-c16-"] = closedLoop(16, b.N, putOp(cl))
+	for _, clients := range []int{16, 64} {
+		results[fmt.Sprintf("txn1group-c%d-", clients)] = closedLoop(clients, b.N, txnOp(sameGroup))
+		results[fmt.Sprintf("txn2groups-c%d-", clients)] = closedLoop(clients, b.N, txnOp(crossGroup))
+	}
+	for name, r := range results {
+		report(b, name, r)
+	}
+	b.ReportMetric(float64(results["txn2groups-c16-"].p50)/float64(results["put-c16-"].p50), "txn2groups/put-p50")
 }
