@@ -4,7 +4,7 @@ BIN       := bin
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 # Packages where goroutines meet run under the race detector.
-RACE_PKGS := ./store/... ./replication/... ./httpapi/... ./server/... ./client/... ./internal/...
+RACE_PKGS := ./store/... ./replication/... ./txn/... ./httpapi/... ./server/... ./client/... ./internal/...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .PHONY: all build run test test-short bench compare jepsen lint fmt clean

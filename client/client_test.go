@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/client"
 	"github.com/kvd-project/kvd/internal/faultproxy"
 	"github.com/kvd-project/kvd/internal/testcluster"
@@ -331,4 +333,66 @@ func TestClient_UnknownOutcomeIsNotRetried(t *testing.T) {
 	// A refused connection is definite: the write moves on and succeeds
 	// once the client learns there is no way through.
 	proxy.SetMode(faultproxy.Pass)
+}
+
+func TestClient_Transactions(t *testing.T) {
+	c := testcluster.New(t, 3, 3)
+	cl := newClient(t, c, nil)
+	ctx := context.Background()
+	resp, err := cl.Txn(ctx, []api.TxnCompare{client.Exists("t/a", false)},
+		[]api.TxnOp{client.OpPut("t/a", []byte("1")), client.OpPut("t/b", []byte("2")), client.OpPut("t/c", []byte("3"))})
+	require.NoError(t, err)
+	require.True(t, resp.Committed)
+
+	_, err = cl.Txn(ctx, []api.TxnCompare{client.ValueIs("t/a", []byte("1")), client.VersionIs("t/b", 1)},
+		[]api.TxnOp{client.OpDelete("t/a")})
+	require.ErrorIs(t, err, client.ErrCompareFailed)
+	var te *client.TxnError
+	require.ErrorAs(t, err, &te)
+	require.Equal(t, []int{1}, te.Failed)
+
+	// Optimistic: a read whose key changes before commit fails the commit.
+	tx := cl.Begin()
+	it, err := tx.Get(ctx, "t/a")
+	require.NoError(t, err)
+	require.Equal(t, "1", string(it.Value))
+	_, err = tx.Get(ctx, "t/missing")
+	require.ErrorIs(t, err, client.ErrNotFound)
+	tx.Put("t/a", []byte("from-tx"))
+	got, err := tx.Get(ctx, "t/a")
+	require.NoError(t, err)
+	require.Equal(t, "from-tx", string(got.Value), "a transaction reads its own buffered writes")
+	_, err = cl.Put(ctx, "t/a", []byte("sneaky"))
+	require.NoError(t, err)
+	_, err = tx.Commit(ctx)
+	require.ErrorIs(t, err, client.ErrCompareFailed)
+
+	// Update retries until it commits: concurrent increments add up.
+	_, err = cl.Put(ctx, "t/counter", []byte("0"))
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	for range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 5 {
+				uctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+				err := cl.Update(uctx, func(ctx context.Context, tx *client.Tx) error {
+					it, err := tx.Get(ctx, "t/counter")
+					if err != nil {
+						return err
+					}
+					n, _ := strconv.Atoi(string(it.Value))
+					tx.Put("t/counter", []byte(strconv.Itoa(n+1)))
+					return nil
+				})
+				cancel()
+				require.NoError(t, err)
+			}
+		}()
+	}
+	wg.Wait()
+	it, err = cl.Get(ctx, "t/counter")
+	require.NoError(t, err)
+	require.Equal(t, "30", string(it.Value))
 }
