@@ -13,6 +13,7 @@ all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/kvd ./cmd/kvd
+	$(GO) build -o $(BIN)/kvcli ./cmd/kvcli
 
 ## run: a single-node kvd on 127.0.0.1:7070 with data in ./kvd-data
 run: build

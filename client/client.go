@@ -677,3 +677,56 @@ func (c *Client) Status(ctx context.Context, id string) (api.Status, error) {
 	}
 	return st, fmt.Errorf("status: %w", lastErr)
 }
+
+// NodeHealth is one node's answer to /healthz and /readyz.
+type NodeHealth struct {
+	ID    string
+	URL   string
+	Live  bool
+	Ready bool
+	// Err says why a node is not live or not ready.
+	Err string
+}
+
+// Health asks every node of the cluster map for its liveness and
+// readiness.
+func (c *Client) Health(ctx context.Context) []NodeHealth {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	r := c.route.Load()
+	out := make([]NodeHealth, len(r.raw.Nodes))
+	var wg sync.WaitGroup
+	for i, n := range r.raw.Nodes {
+		nd := c.nodeFor(n.ID, n.HTTP)
+		out[i] = NodeHealth{ID: n.ID, URL: nd.url}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h := &out[i]
+			probe := func(path string) (bool, string) {
+				actx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
+				defer cancel()
+				req, err := http.NewRequestWithContext(actx, http.MethodGet, h.URL+path, nil)
+				if err != nil {
+					return false, err.Error()
+				}
+				resp, err := c.hc.Do(req)
+				if err != nil {
+					return false, err.Error()
+				}
+				b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					return false, errorFrom(resp.StatusCode, resp.Header, b).Message
+				}
+				return true, ""
+			}
+			h.Live, h.Err = probe("/healthz")
+			if h.Live {
+				h.Ready, h.Err = probe("/readyz")
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}

@@ -271,7 +271,7 @@ func (c *Client) refresh(ctx context.Context) (*routing, error) {
 	if lastErr == nil {
 		lastErr = fmt.Errorf("no endpoints")
 	}
-	return nil, fmt.Errorf("fetch cluster map: %v: %w", lastErr, kvd.ErrUnavailable)
+	return nil, fmt.Errorf("fetch cluster map: %w: %w", lastErr, kvd.ErrUnavailable)
 }
 
 func (c *Client) fetchCluster(ctx context.Context, base string) (api.Cluster, error) {

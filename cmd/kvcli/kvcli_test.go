@@ -1,0 +1,338 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/internal/testcluster"
+)
+
+var kvcliBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kvcli-bin-")
+	if err != nil {
+		panic(err)
+	}
+	kvcliBin = filepath.Join(dir, "kvcli")
+	if out, err := exec.Command("go", "build", "-o", kvcliBin, ".").CombinedOutput(); err != nil {
+		panic(string(out))
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// kvcli runs the binary with the cluster's first node as endpoint.
+func kvcli(t *testing.T, c *testcluster.Cluster, stdin string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(kvcliBin, append([]string{"--endpoints", c.URL(0), "--timeout", "5s"}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else {
+		require.NoError(t, err)
+	}
+	return result{code, out.String(), errb.String()}
+}
+
+func TestKvcli_OneShotCommands(t *testing.T) {
+	c := testcluster.New(t, 3, 3)
+	r := kvcli(t, c, "", "put", "greeting", "hello world")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Contains(t, r.stdout, "OK (version ")
+
+	r = kvcli(t, c, "", "get", "greeting")
+	require.Equal(t, 0, r.code)
+	require.Equal(t, "hello world\n", r.stdout)
+
+	r = kvcli(t, c, "from stdin", "put", "piped", "-")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Equal(t, "from stdin\n", kvcli(t, c, "", "get", "piped", "--consistency", "follower").stdout)
+
+	r = kvcli(t, c, "", "get", "missing")
+	require.Equal(t, 3, r.code)
+	require.Contains(t, r.stderr, "not found")
+	require.NotContains(t, r.stderr, "goroutine", "no Go stack, ever")
+
+	r = kvcli(t, c, "", "put", "greeting", "x", "--if-version", "1")
+	require.Equal(t, 4, r.code)
+	require.Contains(t, r.stderr, "precondition failed, nothing was written")
+	r = kvcli(t, c, "", "put", "greeting", "x", "--create-only")
+	require.Equal(t, 4, r.code)
+
+	r = kvcli(t, c, "", "cas", "greeting", "hello world", "hi")
+	require.Equal(t, 0, r.code, r.stderr)
+	r = kvcli(t, c, "", "cas", "greeting", "hello world", "again")
+	require.Equal(t, 4, r.code)
+	require.Equal(t, "hi\n", kvcli(t, c, "", "get", "greeting").stdout)
+
+	for i := range 5 {
+		require.Equal(t, 0, kvcli(t, c, "", "put", "user/"+string(rune('a'+i)), "u").code)
+	}
+	r = kvcli(t, c, "", "scan", "user/", "--limit", "2")
+	require.Equal(t, 0, r.code)
+	require.Contains(t, r.stdout, "KEY")
+	require.Contains(t, r.stdout, "user/a")
+	require.Contains(t, r.stdout, `more follow: --start "user/c"`)
+	r = kvcli(t, c, "", "scan", "user/", "--all", "--keys-only")
+	require.Equal(t, "user/a\nuser/b\nuser/c\nuser/d\nuser/e\n5 keys\n", r.stdout)
+
+	r = kvcli(t, c, "", "del", "user/a")
+	require.Equal(t, "deleted\n", r.stdout)
+	r = kvcli(t, c, "", "del", "user/a")
+	require.Equal(t, 0, r.code)
+	require.Contains(t, r.stdout, "nothing deleted")
+
+	r = kvcli(t, c, `{"compare":[{"key":"user/b","exists":true}],"ops":[{"op":"get","key":"user/b"},{"op":"put","key":"user/z","value":"eg=="}]}`, "txn")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Contains(t, r.stdout, "committed")
+	require.Contains(t, r.stdout, "get user/b = u")
+	r = kvcli(t, c, `{"compare":[{"key":"user/b","exists":false}],"ops":[{"op":"put","key":"user/y","value":"eQ=="}]}`, "txn")
+	require.Equal(t, 4, r.code)
+	require.Contains(t, r.stderr, "compare [0] did not hold")
+
+	r = kvcli(t, c, "", "cluster")
+	require.Equal(t, 0, r.code)
+	for _, want := range []string{"epoch 1", "GROUP", "LEADER", "n1", "0-340"} {
+		require.Contains(t, r.stdout, want)
+	}
+	r = kvcli(t, c, "", "status", "n2")
+	require.Equal(t, 0, r.code)
+	require.Contains(t, r.stdout, "node n2")
+	require.Contains(t, r.stdout, "APPLIED")
+	r = kvcli(t, c, "", "health")
+	require.Equal(t, 0, r.code, r.stdout+r.stderr)
+	require.Equal(t, 3, strings.Count(r.stdout, "ready"))
+	r = kvcli(t, c, "", "help", "put")
+	require.Contains(t, r.stdout, "--if-version")
+}
+
+func TestKvcli_UsageErrorsExitTwo(t *testing.T) {
+	c := testcluster.New(t, 1, 1)
+	for _, args := range [][]string{
+		{"frobnicate"}, {"get"}, {"get", "a", "b"}, {"put", "k"}, {"put", "k", "v", "--if-version", "x"},
+		{"scan", "--limit", "0"}, {"get", "k", "--nope"}, {"begin"}, {"put", "k", "@/no/such/file"},
+		{"--consistency", "eventual", "get", "k"}, {"get", ""},
+	} {
+		r := kvcli(t, c, "", args...)
+		require.Equal(t, 2, r.code, "%v: %s", args, r.stderr)
+		require.NotEmpty(t, r.stderr)
+		require.Equal(t, 1, strings.Count(strings.TrimSpace(r.stderr), "\n")+1, "one line: %q", r.stderr)
+	}
+	r := kvcli(t, c, "", "txn")
+	require.Equal(t, 2, r.code, "an empty transaction: %s", r.stderr)
+}
+
+func TestKvcli_UnavailableExitsFive(t *testing.T) {
+	c := testcluster.New(t, 3, 1)
+	cmd := exec.Command(kvcliBin, "--endpoints", "http://127.0.0.1:1", "get", "k")
+	out, err := cmd.CombinedOutput()
+	require.Equal(t, 5, err.(*exec.ExitError).ExitCode())
+	require.Contains(t, string(out), "cannot reach the cluster")
+	require.Contains(t, string(out), "connection refused")
+
+	c.Stop(2)
+	r := kvcli(t, c, "", "health")
+	require.Equal(t, 5, r.code)
+	require.Contains(t, r.stdout, "DOWN")
+}
+
+func TestKvcli_JSONOutput(t *testing.T) {
+	c := testcluster.New(t, 3, 3)
+	var put struct {
+		Key     string `json:"key"`
+		Version uint64 `json:"version"`
+	}
+	r := kvcli(t, c, "", "--json", "put", "j", "v")
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &put))
+	require.NotZero(t, put.Version)
+	var got struct {
+		Value   []byte `json:"value"`
+		Version uint64 `json:"version"`
+	}
+	r = kvcli(t, c, "", "--json", "get", "j")
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &got))
+	require.Equal(t, "v", string(got.Value))
+	require.Equal(t, put.Version, got.Version)
+
+	var sr api.ScanResponse
+	r = kvcli(t, c, "", "--json", "scan", "j")
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &sr))
+	require.Len(t, sr.Items, 1)
+
+	var cl api.Cluster
+	require.NoError(t, json.Unmarshal([]byte(kvcli(t, c, "", "--json", "cluster").stdout), &cl))
+	require.Len(t, cl.Groups, 3)
+	var st api.Status
+	require.NoError(t, json.Unmarshal([]byte(kvcli(t, c, "", "--json", "status").stdout), &st))
+	require.NotEmpty(t, st.Node)
+	var hs []map[string]any
+	require.NoError(t, json.Unmarshal([]byte(kvcli(t, c, "", "--json", "health").stdout), &hs))
+	require.Len(t, hs, 3)
+	var tr api.TxnResponse
+	require.NoError(t, json.Unmarshal([]byte(kvcli(t, c, `{"ops":[{"op":"get","key":"j"}]}`, "--json", "txn").stdout), &tr))
+	require.True(t, tr.Committed)
+	var del map[string]any
+	require.NoError(t, json.Unmarshal([]byte(kvcli(t, c, "", "--json", "del", "j").stdout), &del))
+	require.Equal(t, true, del["deleted"])
+}
+
+func TestKvcli_BinaryValuesRoundTrip(t *testing.T) {
+	c := testcluster.New(t, 1, 1)
+	val := make([]byte, 4096)
+	_, err := rand.Read(val)
+	require.NoError(t, err)
+	path := filepath.Join(t.TempDir(), "blob")
+	require.NoError(t, os.WriteFile(path, val, 0o600))
+	require.Equal(t, 0, kvcli(t, c, "", "put", "blob", "@"+path).code)
+	r := kvcli(t, c, "", "--raw", "get", "blob")
+	require.Equal(t, val, []byte(r.stdout), "--raw writes the bytes untouched")
+	r = kvcli(t, c, "", "get", "blob")
+	require.True(t, strings.HasPrefix(r.stdout, `"`), "binary is shown escaped: %.40q", r.stdout)
+	require.NotContains(t, r.stdout, "\x00")
+}
+
+func TestKvcli_Script(t *testing.T) {
+	c := testcluster.New(t, 3, 3)
+	script := `# a comment
+put a 1
+put "b c" 'two words'
+get "b c"
+begin
+get a
+put a 2
+put d 4
+commit
+get a
+get missing
+get d
+`
+	r := kvcli(t, c, script)
+	require.Equal(t, 3, r.code, "stops at the first failure with its code: %s", r.stderr)
+	require.Contains(t, r.stdout, "two words\n")
+	require.Contains(t, r.stdout, "queued: put a")
+	require.Contains(t, r.stdout, "committed")
+	require.Contains(t, r.stderr, "line 11: not found")
+	require.NotContains(t, r.stdout, "4\n", "nothing after the failure ran")
+
+	r = kvcli(t, c, script, "--keep-going")
+	require.Equal(t, 3, r.code)
+	require.True(t, strings.HasSuffix(r.stdout, "4\n"), "--keep-going runs the rest: %q", r.stdout)
+}
+
+// term drives kvcli in a pseudo-terminal.
+type term struct {
+	t   *testing.T
+	f   *os.File
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (tm *term) send(s string) {
+	_, err := tm.f.Write([]byte(s))
+	require.NoError(tm.t, err)
+}
+
+// expect waits until the output since the last mark contains want.
+func (tm *term) expect(want string) {
+	tm.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		tm.mu.Lock()
+		out := tm.buf.String()
+		if i := strings.Index(out, want); i >= 0 {
+			tm.buf.Next(i + len(want))
+			tm.mu.Unlock()
+			return
+		}
+		tm.mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+	}
+	tm.mu.Lock()
+	defer tm.mu.Unlock()
+	tm.t.Fatalf("never saw %q in the terminal; output: %q", want, tm.buf.String())
+}
+
+func TestKvcli_InteractiveHistoryAndCompletion(t *testing.T) {
+	c := testcluster.New(t, 3, 3)
+	home := t.TempDir()
+	require.Equal(t, 0, kvcli(t, c, "", "put", "completion-target", "found-me").code)
+
+	cmd := exec.Command(kvcliBin, "--endpoints", c.URL(0))
+	cmd.Env = append(os.Environ(), "HOME="+home, "TERM=xterm")
+	f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 40, Cols: 120})
+	require.NoError(t, err)
+	defer f.Close()
+	tm := &term{t: t, f: f}
+	go func() {
+		b := make([]byte, 4096)
+		for {
+			n, err := f.Read(b)
+			tm.mu.Lock()
+			tm.buf.Write(b[:n])
+			tm.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	tm.expect("> ")
+	tm.send("put k1 v1\r")
+	tm.expect("OK (version")
+	tm.send("get k1\r")
+	tm.expect("v1")
+	// History: arrow up recalls the last line.
+	tm.send("put k1 v2\r")
+	tm.expect("OK (version")
+	tm.send("\x1b[A\x1b[A\r") // two up: "get k1"
+	tm.expect("v2")
+	// Completion: the command, then the key by prefix.
+	tm.send("ge\tcompletion-t\t\r")
+	tm.expect("found-me")
+	// A transaction shows in the prompt.
+	tm.send("begin\r")
+	tm.expect("(txn)> ")
+	tm.send("put k1 v3\r")
+	tm.expect("queued")
+	tm.send("commit\r")
+	tm.expect("committed")
+	tm.send("get nope\r")
+	tm.expect("error: not found")
+	tm.send("exit\r")
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("kvcli did not exit")
+	}
+	hist, err := os.ReadFile(filepath.Join(home, ".kvcli_history"))
+	require.NoError(t, err)
+	require.Contains(t, string(hist), "put k1 v2")
+	require.Contains(t, string(hist), "get completion-target")
+}

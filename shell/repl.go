@@ -1,0 +1,151 @@
+package shell
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/chzyer/readline"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/client"
+)
+
+// Interactive runs the shell on a terminal: a line editor with history
+// (kept in historyPath) and tab completion of commands and keys. It
+// returns when the user types exit or ends the input.
+func (s *Shell) Interactive(ctx context.Context, endpoint, historyPath string, stdin io.ReadCloser, stdout, stderr io.Writer) error {
+	prompt := func() string {
+		if s.tx != nil {
+			return "kvd " + endpoint + " (txn)> "
+		}
+		return "kvd " + endpoint + "> "
+	}
+	rl, err := readline.NewEx(&readline.Config{
+		Prompt:          prompt(),
+		HistoryFile:     historyPath,
+		AutoComplete:    &completer{s: s},
+		InterruptPrompt: "^C",
+		EOFPrompt:       "exit",
+		Stdin:           stdin,
+		Stdout:          stdout,
+		Stderr:          stderr,
+	})
+	if err != nil {
+		return fmt.Errorf("line editor: %w", err)
+	}
+	defer rl.Close()
+	s.out = rl.Stdout()
+	fmt.Fprintf(s.out, "connected to %s; \"help\" lists the commands, \"exit\" leaves\n", endpoint)
+	for {
+		rl.SetPrompt(prompt())
+		line, err := rl.Readline()
+		if err == readline.ErrInterrupt {
+			continue
+		}
+		if err != nil {
+			return nil // end of input
+		}
+		words, err := Split(line)
+		if err != nil {
+			fmt.Fprintln(rl.Stderr(), "error: "+err.Error())
+			continue
+		}
+		if len(words) == 1 && (words[0] == "exit" || words[0] == "quit") {
+			return nil
+		}
+		if err := s.Exec(ctx, words, true); err != nil {
+			fmt.Fprintln(rl.Stderr(), "error: "+Explain(err))
+		}
+	}
+}
+
+// Script runs the commands read from r, one per line, in order. It stops
+// at the first failure (unless keepGoing) and returns the exit code of
+// the first failure, 0 if none.
+func (s *Shell) Script(ctx context.Context, r io.Reader, keepGoing bool, stderr io.Writer) int {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	code := ExitOK
+	for n := 1; sc.Scan(); n++ {
+		words, err := Split(sc.Text())
+		if err == nil && len(words) == 0 {
+			continue
+		}
+		if err == nil {
+			err = s.Exec(ctx, words, true)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "kvcli: line %d: %s\n", n, Explain(err))
+			if code == ExitOK {
+				code = ExitCode(err)
+			}
+			if !keepGoing {
+				return code
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		fmt.Fprintf(stderr, "kvcli: reading the script: %v\n", err)
+		return ExitError
+	}
+	if s.tx != nil {
+		fmt.Fprintln(stderr, "kvcli: the script ended inside a transaction; it was not committed")
+		if code == ExitOK {
+			code = ExitUsage
+		}
+	}
+	return code
+}
+
+// completer completes command names, and keys for the commands that take
+// one (by prefix, from the cluster).
+type completer struct{ s *Shell }
+
+var keyCommands = map[string]bool{"get": true, "put": true, "del": true, "cas": true, "scan": true}
+
+// Do implements readline.AutoCompleter.
+func (c *completer) Do(line []rune, pos int) ([][]rune, int) {
+	text := string(line[:pos])
+	fields := strings.Fields(text)
+	typingNew := strings.HasSuffix(text, " ") || text == ""
+	var partial string
+	if !typingNew && len(fields) > 0 {
+		partial = fields[len(fields)-1]
+	}
+	argIndex := len(fields)
+	if !typingNew {
+		argIndex--
+	}
+	var cands []string
+	switch {
+	case argIndex == 0:
+		cands = CommandNames(true)
+	case argIndex == 1 && fields[0] == "help":
+		cands = CommandNames(false)
+	case argIndex == 1 && keyCommands[fields[0]]:
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		p, err := c.s.c.Scan(ctx, kvd.ScanOptions{Prefix: partial, Limit: 50}, client.WithConsistency(kvd.Stale))
+		if err != nil {
+			return nil, 0
+		}
+		for _, it := range p.Items {
+			if !strings.ContainsAny(it.Key, " \t'\"\\") {
+				cands = append(cands, it.Key)
+			}
+		}
+	}
+	sort.Strings(cands)
+	var out [][]rune
+	for _, cand := range cands {
+		if strings.HasPrefix(cand, partial) {
+			out = append(out, []rune(cand[len(partial):]+" "))
+		}
+	}
+	return out, len([]rune(partial))
+}
