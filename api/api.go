@@ -145,11 +145,15 @@ type TxnCompare struct {
 	Exists  *bool   `json:"exists,omitempty"`
 }
 
-// TxnOp is one op of POST /v1/txn: get, put or delete.
+// TxnOp is one op of POST /v1/txn: get, put, delete or add.
 type TxnOp struct {
 	Op    string `json:"op"`
 	Key   string `json:"key"`
 	Value []byte `json:"value,omitempty"`
+	// Delta is an add's increment.
+	Delta int64 `json:"delta,omitempty"`
+	// TTL is a put's time to live, a Go duration ("30s").
+	TTL string `json:"ttl,omitempty"`
 }
 
 // TxnRequest is the body of POST /v1/txn.
@@ -175,4 +179,28 @@ type TxnResponse struct {
 	// Failed lists the indexes of the compares that did not hold.
 	Failed []int        `json:"failed,omitempty"`
 	Error  *ErrorDetail `json:"error,omitempty"`
+}
+
+// HistoryEvent is one change in a group's history (node to node).
+type HistoryEvent struct {
+	Pos    string `json:"pos"`
+	Delete bool   `json:"delete,omitempty"`
+	Key    string `json:"key"`
+	Value  []byte `json:"value,omitempty"`
+}
+
+// HistoryPage is a page of a group's history (node to node): the events
+// after a position, the position read up to, and the history's floor.
+type HistoryPage struct {
+	Events []HistoryEvent `json:"events"`
+	Upto   string         `json:"upto"`
+	Floor  string         `json:"floor"`
+}
+
+// WatchEvent is the data of one event of GET /v1/watch.
+type WatchEvent struct {
+	Type    string `json:"type"`
+	Key     string `json:"key"`
+	Value   []byte `json:"value,omitempty"`
+	Version uint64 `json:"version"`
 }

@@ -44,10 +44,11 @@ type Backend interface {
 	PeerHTTP(id string) (string, bool)
 	// Get reads a key at consistency c.
 	Get(ctx context.Context, key string, c kvd.Consistency, rt Route) (kvd.Item, error)
-	// Put writes a key if cond holds and returns its new version.
-	Put(ctx context.Context, key string, value []byte, cond kvd.Cond, rt Route) (kvd.Version, error)
-	// Delete removes a key if cond holds; deleted is false if it was absent.
-	Delete(ctx context.Context, key string, cond kvd.Cond, rt Route) (deleted bool, ver kvd.Version, err error)
+	// Put writes a key if w.Cond holds and returns its new version.
+	Put(ctx context.Context, key string, value []byte, w Write, rt Route) (kvd.Version, error)
+	// Delete removes a key if w.Cond holds; deleted is false if it was
+	// absent.
+	Delete(ctx context.Context, key string, w Write, rt Route) (deleted bool, ver kvd.Version, err error)
 	// Scan returns a page of keys in order and, when more follow, the
 	// first key of the next page ("" when none follow). A routed scan
 	// reads the routed group alone.
@@ -64,13 +65,28 @@ type Backend interface {
 	ReadIndex(ctx context.Context, g kvd.GroupID) (uint64, error)
 	// Txn runs a transaction; a kvd.ErrCompareFailed error comes with
 	// the failed compares in the response.
-	Txn(ctx context.Context, req api.TxnRequest) (api.TxnResponse, error)
+	Txn(ctx context.Context, req api.TxnRequest, idem *kvd.Idem) (api.TxnResponse, error)
 	// ProposeRaw replicates an encoded command through group g's log, on
 	// this node, which must lead g, and returns the encoded result.
 	ProposeRaw(ctx context.Context, g kvd.GroupID, cmd []byte) ([]byte, error)
 	// ReadRaw reads a JSON list of keys of group g linearizably, on this
 	// node, which must lead g, and returns their encoded states.
 	ReadRaw(ctx context.Context, g kvd.GroupID, keys []byte) ([]byte, error)
+	// Watch streams changes to keys with prefix from cursor since ("":
+	// now): start gets the starting cursor, send each event.
+	Watch(ctx context.Context, prefix, since string, start func(cursor string) error, send func(kvd.Event) error) error
+	// History reads group g's history on this node's replica (node to
+	// node), waiting up to wait for something new.
+	History(ctx context.Context, g kvd.GroupID, after, prefix string, limit int, wait time.Duration) (api.HistoryPage, error)
+}
+
+// Write holds a write's options.
+type Write struct {
+	Cond kvd.Cond
+	// TTL, if positive, makes a put's key vanish that long after it.
+	TTL time.Duration
+	// Idem makes the write idempotent.
+	Idem *kvd.Idem
 }
 
 // Options configure a Handler.
@@ -89,6 +105,8 @@ type Options struct {
 	Logger *slog.Logger
 	// ForwardClient carries requests forwarded to other nodes.
 	ForwardClient *http.Client
+	// Shutdown is closed when the server shuts down; it ends watches.
+	Shutdown <-chan struct{}
 }
 
 // Handler serves the API. Build it with New.
@@ -131,6 +149,8 @@ func New(b Backend, o Options) (*Handler, error) {
 	r.HandleFunc("/v1/cluster", h.cluster).Methods(http.MethodGet)
 	r.HandleFunc("/v1/status", h.status).Methods(http.MethodGet)
 	r.HandleFunc("/v1/txn", h.txn).Methods(http.MethodPost)
+	r.HandleFunc("/v1/watch", h.watch).Methods(http.MethodGet)
+	r.HandleFunc("/v1/internal/history", h.history).Methods(http.MethodGet)
 	r.HandleFunc("/v1/internal/readindex", h.readIndex).Methods(http.MethodGet)
 	r.HandleFunc("/v1/internal/propose", h.internal(func(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error) {
 		return h.b.ProposeRaw(ctx, g, body)
@@ -421,9 +441,14 @@ func (h *Handler) putKey(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, false)
 		return
 	}
-	if err := h.unsupportedParams(r, "ttl"); err != nil {
-		writeError(w, err, false)
-		return
+	wr := Write{Cond: cond}
+	if s := r.URL.Query().Get("ttl"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			writeError(w, fmt.Errorf("%w: ttl must be a positive Go duration such as 30s, not %q", kvd.ErrInvalid, s), false)
+			return
+		}
+		wr.TTL = d
 	}
 	body, err := h.readBody(w, r, min(h.o.Limits.MaxBodyBytes, int64(h.o.Limits.MaxValueBytes)+1))
 	if err != nil {
@@ -434,8 +459,12 @@ func (h *Handler) putKey(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, false)
 		return
 	}
+	if wr.Idem, err = idemOf(r, []byte(key), body, []byte(r.URL.Query().Get("ttl"))); err != nil {
+		writeError(w, err, false)
+		return
+	}
 	h.serve(w, r, rt, body, true, func(ctx context.Context) (responder, error) {
-		ver, err := h.b.Put(ctx, key, body, cond, rt)
+		ver, err := h.b.Put(ctx, key, body, wr, rt)
 		if err != nil {
 			return nil, err
 		}
@@ -446,16 +475,19 @@ func (h *Handler) putKey(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// unsupportedParams refuses query parameters this build does not serve
-// yet, rather than silently ignoring them.
-func (h *Handler) unsupportedParams(r *http.Request, names ...string) error {
-	q := r.URL.Query()
-	for _, n := range names {
-		if q.Has(n) {
-			return fmt.Errorf("%w: parameter %q is not supported", kvd.ErrInvalid, n)
-		}
+// idemOf reads the Idempotency-Key header: the key, and a fingerprint
+// of the request (method, path, conditions and the given parts), so a
+// different request reusing the key is refused.
+func idemOf(r *http.Request, parts ...[]byte) (*kvd.Idem, error) {
+	k := r.Header.Get("Idempotency-Key")
+	if k == "" {
+		return nil, nil
 	}
-	return nil
+	if len(k) > 256 || !utf8.ValidString(k) {
+		return nil, fmt.Errorf("%w: Idempotency-Key must be at most 256 bytes of UTF-8", kvd.ErrInvalid)
+	}
+	all := append([][]byte{[]byte(r.Method), []byte(r.Header.Get("If-Match")), []byte(r.Header.Get("If-None-Match"))}, parts...)
+	return &kvd.Idem{Key: k, FP: kvd.Fingerprint(all...)}, nil
 }
 
 func (h *Handler) deleteKey(w http.ResponseWriter, r *http.Request) {
@@ -474,8 +506,13 @@ func (h *Handler) deleteKey(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, false)
 		return
 	}
+	idem, err := idemOf(r, []byte(key))
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
 	h.serve(w, r, rt, nil, true, func(ctx context.Context) (responder, error) {
-		deleted, ver, err := h.b.Delete(ctx, key, cond, rt)
+		deleted, ver, err := h.b.Delete(ctx, key, Write{Cond: cond, Idem: idem}, rt)
 		if err != nil {
 			return nil, err
 		}
@@ -577,9 +614,14 @@ func (h *Handler) txn(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: transaction body: trailing data", kvd.ErrInvalid), false)
 		return
 	}
+	idem, err := idemOf(r, body)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
 	defer cancel()
-	resp, err := h.b.Txn(ctx, req)
+	resp, err := h.b.Txn(ctx, req, idem)
 	if err != nil {
 		status, code := statusOf(err, true)
 		if status == http.StatusConflict {
@@ -620,6 +662,125 @@ func (h *Handler) internal(fn func(ctx context.Context, g kvd.GroupID, body []by
 		w.WriteHeader(http.StatusOK)
 		w.Write(out)
 	}
+}
+
+// watch serves GET /v1/watch as Server-Sent Events: an id-only message
+// with the starting cursor, then one message per change, each with an id
+// that resumes right after it. A comment every 15 s keeps idle
+// connections open. A watch that cannot resume is refused with 410.
+func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	prefix := q.Get("prefix")
+	if !utf8.ValidString(prefix) {
+		writeError(w, fmt.Errorf("%w: prefix is not valid UTF-8", kvd.ErrInvalid), false)
+		return
+	}
+	since := q.Get("since")
+	if id := r.Header.Get("Last-Event-ID"); id != "" {
+		since = id
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{}) // a stream outlives the server's write timeout
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	if h.o.Shutdown != nil {
+		go func() {
+			select {
+			case <-h.o.Shutdown:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	type msg struct {
+		data []byte
+		id   string
+	}
+	msgs := make(chan msg, 64)
+	started := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- h.b.Watch(ctx, prefix, since, func(cursor string) error {
+			started <- cursor
+			return nil
+		}, func(ev kvd.Event) error {
+			b, err := json.Marshal(api.WatchEvent{Type: ev.Type, Key: ev.Key, Value: ev.Value, Version: ev.Version})
+			if err != nil {
+				return err
+			}
+			select {
+			case msgs <- msg{data: b, id: ev.Cursor}:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}()
+	select {
+	case cursor := <-started:
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.Header().Set("Cache-Control", "no-cache")
+		w.WriteHeader(http.StatusOK)
+		fmt.Fprintf(w, ": watching %q\nid: %s\n\n", prefix, cursor)
+		rc.Flush()
+	case err := <-done:
+		writeError(w, err, false)
+		return
+	}
+	keepalive := time.NewTicker(15 * time.Second)
+	defer keepalive.Stop()
+	for {
+		select {
+		case m := <-msgs:
+			fmt.Fprintf(w, "id: %s\ndata: %s\n\n", m.id, m.data)
+			for more := true; more; {
+				select {
+				case m := <-msgs:
+					fmt.Fprintf(w, "id: %s\ndata: %s\n\n", m.id, m.data)
+				default:
+					more = false
+				}
+			}
+			if err := rc.Flush(); err != nil {
+				return
+			}
+		case <-keepalive.C:
+			fmt.Fprint(w, ": keep-alive\n\n")
+			if err := rc.Flush(); err != nil {
+				return
+			}
+		case err := <-done:
+			if err != nil && ctx.Err() == nil {
+				status, code := statusOf(err, false)
+				_ = status
+				b, _ := json.Marshal(api.Error{Error: api.ErrorDetail{Code: code, Message: err.Error()}})
+				fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
+				rc.Flush()
+			}
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (h *Handler) history(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	g, err := strconv.ParseUint(q.Get("group"), 10, 64)
+	if err != nil || g == 0 {
+		writeError(w, fmt.Errorf("%w: group must be a positive integer", kvd.ErrInvalid), false)
+		return
+	}
+	limit, _ := strconv.Atoi(q.Get("limit"))
+	waitMS, _ := strconv.Atoi(q.Get("wait"))
+	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
+	defer cancel()
+	page, err := h.b.History(ctx, kvd.GroupID(g), q.Get("after"), q.Get("prefix"), limit, time.Duration(waitMS)*time.Millisecond)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	writeJSON(w, http.StatusOK, page)
 }
 
 func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {

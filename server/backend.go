@@ -140,32 +140,40 @@ func (b backend) proposeWrite(ctx context.Context, g *replication.Group, cmd sto
 	}
 }
 
-func (b backend) Put(ctx context.Context, key string, value []byte, cond kvd.Cond, rt httpapi.Route) (kvd.Version, error) {
+// writeFailure explains a write the store refused.
+func writeFailure(op, key string, res store.Result) error {
+	if errors.Is(res.Err, kvd.ErrPreconditionFailed) {
+		return fmt.Errorf("%s %q: current version %d: %w", op, key, res.Version, res.Err)
+	}
+	return fmt.Errorf("%s %q: %w", op, key, res.Err)
+}
+
+func (b backend) Put(ctx context.Context, key string, value []byte, w httpapi.Write, rt httpapi.Route) (kvd.Version, error) {
 	g, err := b.groupFor(ctx, key, rt)
 	if err != nil {
 		return 0, err
 	}
-	res, err := b.proposeWrite(ctx, g, store.Cmd{Kind: store.CmdPut, Key: key, Value: value, Cond: cond})
+	res, err := b.proposeWrite(ctx, g, store.Cmd{Kind: store.CmdPut, Key: key, Value: value, Cond: w.Cond, TTL: int64(w.TTL), Idem: w.Idem})
 	if err != nil {
 		return 0, err
 	}
 	if res.Err != nil {
-		return 0, fmt.Errorf("put %q: current version %d: %w", key, res.Version, res.Err)
+		return 0, writeFailure("put", key, res)
 	}
 	return res.Version, nil
 }
 
-func (b backend) Delete(ctx context.Context, key string, cond kvd.Cond, rt httpapi.Route) (bool, kvd.Version, error) {
+func (b backend) Delete(ctx context.Context, key string, w httpapi.Write, rt httpapi.Route) (bool, kvd.Version, error) {
 	g, err := b.groupFor(ctx, key, rt)
 	if err != nil {
 		return false, 0, err
 	}
-	res, err := b.proposeWrite(ctx, g, store.Cmd{Kind: store.CmdDelete, Key: key, Cond: cond})
+	res, err := b.proposeWrite(ctx, g, store.Cmd{Kind: store.CmdDelete, Key: key, Cond: w.Cond, Idem: w.Idem})
 	if err != nil {
 		return false, 0, err
 	}
 	if res.Err != nil {
-		return false, 0, fmt.Errorf("delete %q: current version %d: %w", key, res.Version, res.Err)
+		return false, 0, writeFailure("delete", key, res)
 	}
 	return res.Deleted, res.Version, nil
 }

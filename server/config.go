@@ -59,6 +59,11 @@ type Config struct {
 	// participant voted yes and before the decision (a test hook; an
 	// error stops the coordinator there).
 	TxnAfterPrepare func(id string) error
+	// TTLInterval is how often a leader looks for expired keys: the
+	// precision of TTLs.
+	TTLInterval time.Duration
+	// IdempotencyRetention is how long idempotency keys are remembered.
+	IdempotencyRetention time.Duration
 	// LeaderBalanceInterval is how often the node hands leadership of
 	// groups it leads back to their preferred leaders; 0 disables it.
 	LeaderBalanceInterval time.Duration
@@ -82,6 +87,8 @@ func DefaultConfig() Config {
 		ShutdownTimeout:       10 * time.Second,
 		LeaderBalanceInterval: 3 * time.Second,
 		TxnTimeout:            10 * time.Second,
+		TTLInterval:           100 * time.Millisecond,
+		IdempotencyRetention:  10 * time.Minute,
 		Version:               "dev",
 		Logger:                slog.Default(),
 	}
@@ -97,8 +104,8 @@ func (c *Config) validate() error {
 		return errors.New("http address is required")
 	case c.RaftListener == nil && c.RaftAddr == "":
 		return errors.New("raft address is required")
-	case c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0:
-		return errors.New("timeouts must be positive")
+	case c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0 || c.TTLInterval <= 0 || c.IdempotencyRetention <= 0:
+		return errors.New("timeouts and intervals must be positive")
 	}
 	if err := c.Limits.Validate(); err != nil {
 		return fmt.Errorf("limits: %w", err)

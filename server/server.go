@@ -141,11 +141,13 @@ func New(cfg Config) (_ *Server, err error) {
 	s.registry = prometheus.NewRegistry()
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.registry.MustRegister(&raftCollector{s: s})
+	shutdown := make(chan struct{})
 	if s.handler, err = httpapi.New(backend{s}, httpapi.Options{
 		Limits:         cfg.Limits,
 		RequestTimeout: cfg.RequestTimeout,
 		Registry:       s.registry,
 		Logger:         s.log,
+		Shutdown:       shutdown,
 	}); err != nil {
 		return nil, err
 	}
@@ -158,12 +160,19 @@ func New(cfg Config) (_ *Server, err error) {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	// Watches are endless requests: end them when the server shuts down,
+	// so the drain does not wait for them.
+	s.httpSrv.RegisterOnShutdown(func() { close(shutdown) })
 	bgCtx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
-	s.bg.Add(1)
+	s.bg.Add(2)
 	go func() {
 		defer s.bg.Done()
 		s.runJanitors(bgCtx, time.Second)
+	}()
+	go func() {
+		defer s.bg.Done()
+		s.runMaintenance(bgCtx)
 	}()
 	if cfg.LeaderBalanceInterval > 0 {
 		s.bg.Add(1)

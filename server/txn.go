@@ -239,15 +239,28 @@ func validateInternal(c *store.Cmd) error {
 }
 
 // Txn runs a transaction through the node's coordinator.
-func (b backend) Txn(ctx context.Context, req api.TxnRequest) (api.TxnResponse, error) {
+func (b backend) Txn(ctx context.Context, req api.TxnRequest, idem *kvd.Idem) (api.TxnResponse, error) {
 	r := txn.Request{}
 	for _, c := range req.Compare {
 		r.Compares = append(r.Compares, txn.Compare{Key: c.Key, Version: c.Version, Value: c.Value, Exists: c.Exists})
 	}
-	for _, op := range req.Ops {
-		r.Ops = append(r.Ops, txn.Op{Op: op.Op, Key: op.Key, Value: op.Value})
+	for i, op := range req.Ops {
+		o := txn.Op{Op: op.Op, Key: op.Key, Value: op.Value, Delta: op.Delta}
+		if op.TTL != "" {
+			d, err := time.ParseDuration(op.TTL)
+			if err != nil || d <= 0 {
+				return api.TxnResponse{}, fmt.Errorf("%w: op %d: ttl must be a positive Go duration such as 30s, not %q", kvd.ErrInvalid, i, op.TTL)
+			}
+			o.TTL = d
+		}
+		r.Ops = append(r.Ops, o)
 	}
-	resp, err := b.s.coord.Do(ctx, r)
+	resp, err := b.s.coord.Do(ctx, r, idem)
+	return toAPITxn(resp), err
+}
+
+// toAPITxn renders a transaction's answer for the wire.
+func toAPITxn(resp txn.Response) api.TxnResponse {
 	out := api.TxnResponse{Committed: resp.Committed, Failed: resp.Failed}
 	for _, res := range resp.Results {
 		ar := api.TxnResult{Op: res.Op, Key: res.Key}
@@ -257,13 +270,15 @@ func (b backend) Txn(ctx context.Context, req api.TxnRequest) (api.TxnResponse, 
 			ar.Found, ar.Value, ar.Version = &found, res.Value, res.Version
 		case "put":
 			ar.Version = res.Version
+		case "add":
+			ar.Value, ar.Version = res.Value, res.Version
 		case "delete":
 			deleted := res.Deleted
 			ar.Deleted = &deleted
 		}
 		out.Results = append(out.Results, ar)
 	}
-	return out, err
+	return out
 }
 
 // runJanitors sweeps, every interval, the transactions left behind in

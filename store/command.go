@@ -31,10 +31,19 @@ const (
 	CmdTxnRecover  CmdKind = 8
 	CmdTxnOnePhase CmdKind = 9
 	CmdTxnForget   CmdKind = 10
+	// CmdExpire deletes a key whose TTL ran out, if its version is still
+	// Cond.Version; the leader proposes it.
+	CmdExpire CmdKind = 11
+	// Idempotency records: Data holds their JSON payload (see dedup.go).
+	CmdDedupGC    CmdKind = 12
+	CmdDedupClaim CmdKind = 13
+	CmdDedupDone  CmdKind = 14
 )
 
-// isTxn reports whether k is a transaction command.
-func (k CmdKind) isTxn() bool { return k >= CmdTxnPrepare && k <= CmdTxnForget }
+// isTxn reports whether k is a command whose payload is JSON in Data.
+func (k CmdKind) isTxn() bool {
+	return (k >= CmdTxnPrepare && k <= CmdTxnForget) || (k >= CmdDedupGC && k <= CmdDedupDone)
+}
 
 // Cmd is one replicated command. Which fields matter depends on Kind.
 type Cmd struct {
@@ -45,6 +54,11 @@ type Cmd struct {
 	// Data is the payload of commands that carry a document (CmdSetMap:
 	// the cluster map; transaction commands: their JSON payload).
 	Data []byte
+	// TTL, for a put, is how long after the entry's time the key
+	// expires, in ns (0: never).
+	TTL int64
+	// Idem, if set, makes the write idempotent under that key.
+	Idem *Idem
 	// WriteKeys lists the keys a multi-key command may write; it is not
 	// replicated. The proposer keeps two writes of a key out of one entry
 	// with it, so every change gets its own version.
@@ -83,6 +97,8 @@ type Result struct {
 	Locks *LockSet
 	// Txn is the outcome of a transaction command.
 	Txn *TxnOutcome
+	// Dedup is the outcome of an idempotency claim.
+	Dedup *DedupState
 }
 
 // batchFormat is the first byte of every encoded batch.
@@ -107,9 +123,15 @@ func (b *Batch) AppendEncode(dst []byte) []byte {
 			dst = appendBytes(dst, []byte(c.Key))
 			dst = appendCond(dst, c.Cond)
 			dst = appendBytes(dst, c.Value)
+			dst = binary.AppendVarint(dst, c.TTL)
+			dst = appendIdem(dst, c.Idem)
 		case CmdDelete:
 			dst = appendBytes(dst, []byte(c.Key))
 			dst = appendCond(dst, c.Cond)
+			dst = appendIdem(dst, c.Idem)
+		case CmdExpire:
+			dst = appendBytes(dst, []byte(c.Key))
+			dst = binary.AppendUvarint(dst, c.Cond.Version)
 		case CmdSetMap:
 			dst = appendBytes(dst, c.Data)
 		default:
@@ -123,12 +145,34 @@ func (b *Batch) AppendEncode(dst []byte) []byte {
 
 // EncodedSize returns an upper bound of the encoded size of c.
 func (c *Cmd) EncodedSize() int {
-	return 1 + 2*binary.MaxVarintLen64 + 1 + len(c.Key) + len(c.Value) + len(c.Data) + binary.MaxVarintLen64
+	n := 1 + 4*binary.MaxVarintLen64 + 2 + len(c.Key) + len(c.Value) + len(c.Data)
+	if c.Idem != nil {
+		n += len(c.Idem.Key) + len(c.Idem.FP) + 2*binary.MaxVarintLen64
+	}
+	return n
 }
 
 func appendBytes(dst, b []byte) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(b)))
 	return append(dst, b...)
+}
+
+func appendIdem(dst []byte, i *Idem) []byte {
+	if i == nil {
+		return append(dst, 0)
+	}
+	dst = append(dst, 1)
+	dst = appendBytes(dst, []byte(i.Key))
+	return appendBytes(dst, i.FP)
+}
+
+func (d *decoder) idem() *Idem {
+	if d.byte() == 0 {
+		return nil
+	}
+	i := &Idem{Key: string(d.bytes())}
+	i.FP = append([]byte(nil), d.bytes()...)
+	return i
 }
 
 func appendCond(dst []byte, c kvd.Cond) []byte {
@@ -161,9 +205,15 @@ func DecodeBatch(data []byte) (*Batch, error) {
 			c.Key = string(d.bytes())
 			c.Cond = d.cond()
 			c.Value = d.bytes()
+			c.TTL = d.varint()
+			c.Idem = d.idem()
 		case CmdDelete:
 			c.Key = string(d.bytes())
 			c.Cond = d.cond()
+			c.Idem = d.idem()
+		case CmdExpire:
+			c.Key = string(d.bytes())
+			c.Cond = kvd.Cond{Kind: kvd.CondVersionEq, Version: d.uvarint()}
 		case CmdSetMap:
 			c.Data = d.bytes()
 		default:

@@ -28,7 +28,7 @@ var (
 )
 
 // recordFormat is the first byte of every stored value record.
-const recordFormat = 0x01
+const recordFormat = 0x02
 
 // Options configure a DB.
 type Options struct {
@@ -39,13 +39,18 @@ type Options struct {
 	// NoSync skips the fsync of each applied batch. Only for tests and
 	// benchmarks: the state may then lag the Raft log after a power loss.
 	NoSync bool
+	// HistoryMax and HistoryMaxBytes bound the retained history of
+	// changes (for watches), in events and in bytes. Every replica of a
+	// group must use the same values.
+	HistoryMax      int
+	HistoryMaxBytes int
 	// Logger receives the store's logs.
 	Logger *slog.Logger
 }
 
 // DefaultOptions returns the options used by kvd.
 func DefaultOptions() Options {
-	return Options{InitialMmapSize: 1 << 30, Logger: slog.Default()}
+	return Options{InitialMmapSize: 1 << 30, HistoryMax: 100000, HistoryMaxBytes: 64 << 20, Logger: slog.Default()}
 }
 
 // DB is one replica's state. It is safe for concurrent use, except that
@@ -87,6 +92,13 @@ type Entry struct {
 func Open(path string, opts Options) (*DB, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	def := DefaultOptions()
+	if opts.HistoryMax <= 0 {
+		opts.HistoryMax = def.HistoryMax
+	}
+	if opts.HistoryMaxBytes <= 0 {
+		opts.HistoryMaxBytes = def.HistoryMaxBytes
 	}
 	db := &DB{path: path, opts: opts, log: opts.Logger, notify: make(chan struct{})}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -131,7 +143,7 @@ func (db *DB) openHandle() error {
 	var applied, term uint64
 	var m *kvd.Map
 	err = bdb.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketKV, bucketLocks, bucketTxnKeys, bucketTxns} {
+		for _, b := range [][]byte{bucketKV, bucketLocks, bucketTxnKeys, bucketTxns, bucketHistory, bucketExpiry, bucketDedup} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -249,7 +261,9 @@ func (db *DB) Apply(entries []Entry) ([][]Result, error) {
 	}
 	err := db.h.bdb.Update(func(tx *bolt.Tx) error {
 		a := &applier{kv: tx.Bucket(bucketKV), meta: tx.Bucket(bucketMeta), locks: tx.Bucket(bucketLocks),
-			txnKeys: tx.Bucket(bucketTxnKeys), txns: tx.Bucket(bucketTxns)}
+			txnKeys: tx.Bucket(bucketTxnKeys), txns: tx.Bucket(bucketTxns), hist: tx.Bucket(bucketHistory),
+			expiry: tx.Bucket(bucketExpiry), dedup: tx.Bucket(bucketDedup),
+			histMax: db.opts.HistoryMax, histMaxBytes: db.opts.HistoryMaxBytes}
 		for i, e := range entries {
 			if e.Index <= last {
 				continue
@@ -258,7 +272,7 @@ func (db *DB) Apply(entries []Entry) ([][]Result, error) {
 			if e.Batch == nil {
 				continue
 			}
-			a.index, a.now = e.Index, e.Batch.Time
+			a.index, a.now, a.seq = e.Index, e.Batch.Time, 0
 			res := make([]Result, len(e.Batch.Cmds))
 			for j := range e.Batch.Cmds {
 				r, m, err := a.apply(&e.Batch.Cmds[j])
@@ -294,32 +308,47 @@ func (db *DB) Apply(entries []Entry) ([][]Result, error) {
 	return results, nil
 }
 
+// write applies a plain put or delete.
+func (a *applier) write(c *Cmd) (Result, error) {
+	if ls, err := a.locked(c.Key); err != nil || ls != nil {
+		return Result{Err: kvd.ErrConflict, Locks: ls}, err
+	}
+	cur := version(a.kv.Get([]byte(c.Key)))
+	if !c.Cond.Holds(cur) {
+		return Result{Version: cur, Err: kvd.ErrPreconditionFailed}, nil
+	}
+	if c.Kind == CmdPut {
+		return Result{Version: a.index}, a.setKey(c.Key, c.Value, c.TTL)
+	}
+	if cur == 0 {
+		return Result{}, nil
+	}
+	return Result{Version: a.index, Deleted: true}, a.delKey(c.Key)
+}
+
 func (a *applier) apply(c *Cmd) (Result, *kvd.Map, error) {
 	index := a.index
 	switch c.Kind {
 	case CmdNoop:
 		return Result{}, nil, nil
 	case CmdPut, CmdDelete:
-		if ls, err := a.locked(c.Key); err != nil || ls != nil {
-			return Result{Err: kvd.ErrConflict, Locks: ls}, nil, err
+		if r, done, err := a.replay(c.Idem); err != nil || done {
+			return r, nil, err
 		}
-		cur := version(a.kv.Get([]byte(c.Key)))
-		if !c.Cond.Holds(cur) {
-			return Result{Version: cur, Err: kvd.ErrPreconditionFailed}, nil, nil
-		}
-		if c.Kind == CmdPut {
-			if err := a.kv.Put([]byte(c.Key), encodeRecord(index, c.Value)); err != nil {
-				return Result{}, nil, err
-			}
-			return Result{Version: index}, nil, nil
-		}
-		if cur == 0 {
-			return Result{}, nil, nil
-		}
-		if err := a.kv.Delete([]byte(c.Key)); err != nil {
+		r, err := a.write(c)
+		if err != nil {
 			return Result{}, nil, err
 		}
-		return Result{Version: index, Deleted: true}, nil, nil
+		return r, nil, a.remember(c.Idem, r)
+	case CmdExpire:
+		rec := a.kv.Get([]byte(c.Key))
+		if rec == nil || version(rec) != c.Cond.Version || recExpires(rec) == 0 || recExpires(rec) > a.now {
+			return Result{}, nil, nil // rewritten or gone since
+		}
+		if ls, err := a.locked(c.Key); err != nil || ls != nil {
+			return Result{Err: kvd.ErrConflict}, nil, err // a transaction holds it: later
+		}
+		return Result{Version: index, Deleted: true}, nil, a.delKey(c.Key)
 	case CmdSetMap:
 		m := new(kvd.Map)
 		if err := json.Unmarshal(c.Data, m); err != nil {
@@ -399,26 +428,47 @@ func (db *DB) Scan(o kvd.ScanOptions) ([]kvd.Item, string, error) {
 	return items, next, nil
 }
 
-// encodeRecord builds a stored value record: format byte, version, value.
-func encodeRecord(ver uint64, val []byte) []byte {
-	rec := make([]byte, 9+len(val))
+// encodeRecord builds a stored value record: format byte, version,
+// expiry (Unix ns, 0: never), value.
+func encodeRecord(ver uint64, expires int64, val []byte) []byte {
+	rec := make([]byte, recordHeader+len(val))
 	rec[0] = recordFormat
 	binary.BigEndian.PutUint64(rec[1:9], ver)
-	copy(rec[9:], val)
+	binary.BigEndian.PutUint64(rec[9:17], uint64(expires))
+	copy(rec[recordHeader:], val)
 	return rec
 }
 
+// recordHeader is the size of a record before its value.
+const recordHeader = 17
+
 // version returns the version of a stored record, 0 for none.
 func version(rec []byte) uint64 {
-	if len(rec) < 9 {
+	if len(rec) < recordHeader {
 		return 0
 	}
 	return binary.BigEndian.Uint64(rec[1:9])
 }
 
+// recExpires returns when a record expires (Unix ns), 0 for never.
+func recExpires(rec []byte) int64 {
+	if len(rec) < recordHeader {
+		return 0
+	}
+	return int64(binary.BigEndian.Uint64(rec[9:17]))
+}
+
+// recValue returns a record's value; it aliases the record.
+func recValue(rec []byte) []byte {
+	if len(rec) < recordHeader {
+		return nil
+	}
+	return rec[recordHeader:]
+}
+
 // decodeItem copies a record out of bbolt's memory.
 func decodeItem(k, rec []byte) kvd.Item {
-	return kvd.Item{Key: string(k), Version: version(rec), Value: append([]byte{}, rec[9:]...)}
+	return kvd.Item{Key: string(k), Version: version(rec), Value: append([]byte{}, recValue(rec)...)}
 }
 
 func be64(v uint64) []byte {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strconv"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -59,9 +60,11 @@ type Lock struct {
 	Txn         string      `json:"txn"`
 	RecordGroup kvd.GroupID `json:"record_group"`
 	Deadline    int64       `json:"deadline"`
-	// For a write lock: the new value, or Delete.
+	// For a write lock: the new value, or Delete, and the value's TTL
+	// (ns after the resolving entry; 0: none).
 	Value  []byte `json:"value,omitempty"`
 	Delete bool   `json:"delete,omitempty"`
+	TTL    int64  `json:"ttl,omitempty"`
 }
 
 // LockSet is every lock held on one key.
@@ -106,16 +109,19 @@ func (c *TxnCompare) holds(rec []byte) bool {
 	case c.Exists != nil:
 		return (cur != 0) == *c.Exists
 	default:
-		return rec != nil && bytes.Equal(rec[9:], c.Value)
+		return rec != nil && bytes.Equal(recValue(rec), c.Value)
 	}
 }
 
 // TxnOp is one operation of a transaction.
 type TxnOp struct {
 	Index int    `json:"index"`
-	Op    string `json:"op"` // get, put, delete
+	Op    string `json:"op"` // get, put, delete, add
 	Key   string `json:"key"`
 	Value []byte `json:"value,omitempty"`
+	// Delta is an add's increment; TTL a put's time to live in ns.
+	Delta int64 `json:"delta,omitempty"`
+	TTL   int64 `json:"ttl,omitempty"`
 }
 
 // TxnPrepare asks a participant group to check the compares on its keys,
@@ -158,6 +164,8 @@ type TxnRecover struct {
 type TxnOnePhase struct {
 	Compares []TxnCompare `json:"compares,omitempty"`
 	Ops      []TxnOp      `json:"ops,omitempty"`
+	// Idem, if set, makes the transaction idempotent under that key.
+	Idem *Idem `json:"idem,omitempty"`
 }
 
 // TxnForget deletes a decided record.
@@ -179,6 +187,8 @@ type TxnWrite struct {
 	Key     string `json:"key"`
 	Version uint64 `json:"version,omitempty"`
 	Deleted bool   `json:"deleted,omitempty"`
+	// Value is an add's new value.
+	Value []byte `json:"value,omitempty"`
 }
 
 // TxnOutcome is the result of a transaction command.
@@ -202,17 +212,42 @@ type TxnOutcome struct {
 
 // Outcome codes.
 const (
-	CodeConflict      = "conflict"
-	CodeCompareFailed = "compare_failed"
-	CodeExpired       = "expired"
-	CodeAborted       = "aborted"
+	CodeConflict            = "conflict"
+	CodeCompareFailed       = "compare_failed"
+	CodeNotANumber          = "not_a_number"
+	CodeExpired             = "expired"
+	CodeAborted             = "aborted"
+	CodeIdempotencyMismatch = "idempotency_mismatch"
 )
+
+// addTo adds delta to the decimal integer of a record (absent: 0) and
+// returns the new value's decimal text, or false if the record does not
+// hold such an integer or the sum overflows.
+func addTo(rec []byte, delta int64) ([]byte, bool) {
+	var cur int64
+	if rec != nil {
+		v, err := strconv.ParseInt(string(recValue(rec)), 10, 64)
+		if err != nil {
+			return nil, false
+		}
+		cur = v
+	}
+	sum := cur + delta
+	if (delta > 0 && sum < cur) || (delta < 0 && sum > cur) {
+		return nil, false
+	}
+	return []byte(strconv.FormatInt(sum, 10)), true
+}
 
 // applier applies commands inside one bbolt write transaction.
 type applier struct {
 	kv, meta, locks, txnKeys, txns *bolt.Bucket
+	hist, expiry, dedup            *bolt.Bucket
+	histMax, histMaxBytes          int
 	index                          uint64
 	now                            int64
+	// seq numbers the changes within the current entry, for history.
+	seq uint32
 }
 
 func (a *applier) lockSet(key string) (*LockSet, error) {
@@ -283,7 +318,7 @@ func keyLocks(compares []TxnCompare, ops []TxnOp) (keys []string, write map[stri
 	}
 	for i := range ops {
 		add(ops[i].Key)
-		if ops[i].Op == "put" || ops[i].Op == "delete" {
+		if ops[i].Op == "put" || ops[i].Op == "delete" || ops[i].Op == "add" {
 			write[ops[i].Key] = &ops[i]
 		}
 	}
@@ -326,7 +361,7 @@ func (a *applier) checkAndRead(compares []TxnCompare, ops []TxnOp, out *TxnOutco
 		rec := a.kv.Get([]byte(op.Key))
 		r := TxnRead{Index: op.Index}
 		if rec != nil {
-			r.Found, r.Version, r.Value = true, version(rec), append([]byte(nil), rec[9:]...)
+			r.Found, r.Version, r.Value = true, version(rec), append([]byte(nil), recValue(rec)...)
 		}
 		out.Reads = append(out.Reads, r)
 	}
@@ -370,9 +405,21 @@ func (a *applier) prepare(p *TxnPrepare) (*TxnOutcome, error) {
 		out.Code, out.Reads = CodeCompareFailed, nil
 		return out, a.abortRecordIf(isRecord, p.ID)
 	}
+	added := map[string][]byte{}
 	for _, op := range p.Ops {
-		if op.Op == "delete" {
+		switch op.Op {
+		case "delete":
 			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Deleted: a.kv.Get([]byte(op.Key)) != nil})
+		case "add":
+			// The key stays locked until resolution, so the sum computed
+			// now is the sum then.
+			v, ok := addTo(a.kv.Get([]byte(op.Key)), op.Delta)
+			if !ok {
+				out.Code, out.Reads, out.Writes = CodeNotANumber, nil, nil
+				return out, a.abortRecordIf(isRecord, p.ID)
+			}
+			added[op.Key] = v
+			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Value: v})
 		}
 	}
 	for _, k := range keys {
@@ -382,7 +429,10 @@ func (a *applier) prepare(p *TxnPrepare) (*TxnOutcome, error) {
 		}
 		l := Lock{Txn: p.ID, RecordGroup: p.RecordGroup, Deadline: p.Deadline}
 		if op, ok := write[k]; ok {
-			l.Value, l.Delete = op.Value, op.Op == "delete"
+			l.Value, l.Delete, l.TTL = op.Value, op.Op == "delete", op.TTL
+			if op.Op == "add" {
+				l.Value = added[k]
+			}
 			ls.Write = &l
 		} else {
 			held := false
@@ -473,11 +523,13 @@ func (a *applier) resolve(id string, commit bool) ([]TxnWrite, error) {
 				w := TxnWrite{Key: k}
 				if ls.Write.Delete {
 					w.Deleted = a.kv.Get([]byte(k)) != nil
-					if err := a.kv.Delete([]byte(k)); err != nil {
-						return nil, err
+					if w.Deleted {
+						if err := a.delKey(k); err != nil {
+							return nil, err
+						}
 					}
 				} else {
-					if err := a.kv.Put([]byte(k), encodeRecord(a.index, ls.Write.Value)); err != nil {
+					if err := a.setKey(k, ls.Write.Value, ls.Write.TTL); err != nil {
 						return nil, err
 					}
 					w.Version = a.index
@@ -523,6 +575,34 @@ func (a *applier) recover(r *TxnRecover) (*TxnOutcome, error) {
 }
 
 func (a *applier) onePhase(t *TxnOnePhase) (*TxnOutcome, error) {
+	if t.Idem != nil {
+		e, err := a.dedupGet(t.Idem.Key)
+		if err != nil {
+			return nil, err
+		}
+		if e != nil {
+			if !fpEqual(e.FP, t.Idem.FP) {
+				return &TxnOutcome{Code: CodeIdempotencyMismatch}, nil
+			}
+			out := &TxnOutcome{}
+			if err := json.Unmarshal(e.Result, out); err != nil {
+				return nil, fmt.Errorf("decode idempotency result: %w", err)
+			}
+			return out, nil
+		}
+	}
+	out, err := a.onePhaseApply(t)
+	if err != nil || t.Idem == nil || out.Code == CodeConflict {
+		return out, err
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return nil, err
+	}
+	return out, a.dedupPut(t.Idem.Key, &dedupEntry{FP: t.Idem.FP, At: a.now, Done: true, Result: b})
+}
+
+func (a *applier) onePhaseApply(t *TxnOnePhase) (*TxnOutcome, error) {
 	out := &TxnOutcome{}
 	keys, write := keyLocks(t.Compares, t.Ops)
 	conf, err := a.conflicts("", keys, write, false)
@@ -538,17 +618,38 @@ func (a *applier) onePhase(t *TxnOnePhase) (*TxnOutcome, error) {
 		out.Code, out.Reads = CodeCompareFailed, nil
 		return out, nil
 	}
+	added := map[string][]byte{}
+	for _, op := range t.Ops {
+		if op.Op == "add" {
+			v, ok := addTo(a.kv.Get([]byte(op.Key)), op.Delta)
+			if !ok {
+				out.Code, out.Reads = CodeNotANumber, nil
+				return out, nil
+			}
+			added[op.Key] = v
+		}
+	}
 	for _, op := range t.Ops {
 		switch op.Op {
-		case "put":
-			if err := a.kv.Put([]byte(op.Key), encodeRecord(a.index, op.Value)); err != nil {
+		case "put", "add":
+			v, ttl := op.Value, op.TTL
+			if op.Op == "add" {
+				v, ttl = added[op.Key], 0
+			}
+			if err := a.setKey(op.Key, v, ttl); err != nil {
 				return nil, err
 			}
-			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Version: a.index})
+			w := TxnWrite{Index: op.Index, Key: op.Key, Version: a.index}
+			if op.Op == "add" {
+				w.Value = v
+			}
+			out.Writes = append(out.Writes, w)
 		case "delete":
 			existed := a.kv.Get([]byte(op.Key)) != nil
-			if err := a.kv.Delete([]byte(op.Key)); err != nil {
-				return nil, err
+			if existed {
+				if err := a.delKey(op.Key); err != nil {
+					return nil, err
+				}
 			}
 			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Deleted: existed})
 		}
@@ -612,6 +713,23 @@ func (a *applier) applyTxn(c *Cmd) (Result, error) {
 		var f TxnForget
 		if decode(&f) {
 			out, err = a.forget(&f)
+		}
+	case CmdDedupClaim:
+		var c DedupClaim
+		if decode(&c) {
+			st, err := a.dedupClaim(&c)
+			return Result{Version: a.index, Dedup: st}, err
+		}
+	case CmdDedupDone:
+		var d DedupDone
+		if decode(&d) {
+			st, err := a.dedupDone(&d)
+			return Result{Version: a.index, Dedup: st}, err
+		}
+	case CmdDedupGC:
+		var g DedupGC
+		if decode(&g) {
+			return Result{Version: a.index}, a.dedupGC(&g)
 		}
 	}
 	if err != nil {
@@ -767,7 +885,7 @@ func (db *DB) ReadKeys(keys []string) ([]KeyState, error) {
 		for i, k := range keys {
 			st := KeyState{Key: k}
 			if rec := kv.Get([]byte(k)); rec != nil {
-				st.Found, st.Version, st.Value = true, version(rec), append([]byte(nil), rec[9:]...)
+				st.Found, st.Version, st.Value = true, version(rec), append([]byte(nil), recValue(rec)...)
 			}
 			if b := locks.Get([]byte(k)); b != nil {
 				var ls LockSet

@@ -40,11 +40,14 @@ type Compare struct {
 	Exists  *bool
 }
 
-// Op is one operation of a request: get, put or delete.
+// Op is one operation of a request: get, put, delete or add.
 type Op struct {
 	Op    string
 	Key   string
 	Value []byte
+	// Delta is an add's increment; TTL a put's time to live.
+	Delta int64
+	TTL   time.Duration
 }
 
 // Request is a transaction: if every compare holds, all ops apply,
@@ -173,20 +176,24 @@ func Validate(req Request, l kvd.Limits) error {
 		if err := l.ValidateKey(op.Key); err != nil {
 			return fmt.Errorf("op %d: %w", i, err)
 		}
+		if op.TTL < 0 || (op.TTL > 0 && op.Op != "put") {
+			return fmt.Errorf("%w: op %d: a ttl is for puts, and positive", kvd.ErrInvalid, i)
+		}
+		if op.Delta != 0 && op.Op != "add" {
+			return fmt.Errorf("%w: op %d: a delta is for adds", kvd.ErrInvalid, i)
+		}
 		switch op.Op {
 		case "get":
-		case "put":
+		case "put", "delete", "add":
 			if err := l.ValidateValue(len(op.Value)); err != nil {
 				return fmt.Errorf("op %d: %w", i, err)
 			}
-			fallthrough
-		case "delete":
 			if written[op.Key] {
 				return fmt.Errorf("%w: op %d writes %q a second time", kvd.ErrInvalid, i, op.Key)
 			}
 			written[op.Key] = true
 		default:
-			return fmt.Errorf("%w: op %d: unknown op %q (get, put, delete)", kvd.ErrInvalid, i, op.Op)
+			return fmt.Errorf("%w: op %d: unknown op %q (get, put, delete, add)", kvd.ErrInvalid, i, op.Op)
 		}
 		if !utf8.ValidString(op.Key) {
 			return fmt.Errorf("%w: op %d: key is not valid UTF-8", kvd.ErrInvalid, i)
@@ -241,7 +248,7 @@ func (c *Coordinator) plan(req Request) (map[kvd.GroupID]*part, kvd.GroupID, err
 		if err != nil {
 			return nil, 0, err
 		}
-		p.ops = append(p.ops, store.TxnOp{Index: i, Op: op.Op, Key: op.Key, Value: op.Value})
+		p.ops = append(p.ops, store.TxnOp{Index: i, Op: op.Op, Key: op.Key, Value: op.Value, Delta: op.Delta, TTL: int64(op.TTL)})
 		if op.Op != "get" {
 			p.writes = append(p.writes, op.Key)
 		}
@@ -269,7 +276,7 @@ func encode(kind store.CmdKind, payload any, writes []string) store.Cmd {
 // kvd.ErrConflict (another transaction's lock; retry) when it did not
 // commit; kvd.ErrUnavailable when nothing was applied; kvd.ErrUnknownOutcome
 // when it may or may not have committed.
-func (c *Coordinator) Do(ctx context.Context, req Request) (Response, error) {
+func (c *Coordinator) Do(ctx context.Context, req Request, idem *kvd.Idem) (Response, error) {
 	if err := Validate(req, c.cfg.Limits); err != nil {
 		return Response{}, err
 	}
@@ -277,7 +284,10 @@ func (c *Coordinator) Do(ctx context.Context, req Request) (Response, error) {
 	if err != nil {
 		return Response{}, err
 	}
-	readOnly := true
+	if idem != nil && len(parts) > 1 {
+		return c.idempotent(ctx, req, parts, rg, idem)
+	}
+	readOnly := idem == nil
 	for _, op := range req.Ops {
 		readOnly = readOnly && op.Op == "get"
 	}
@@ -289,13 +299,13 @@ func (c *Coordinator) Do(ctx context.Context, req Request) (Response, error) {
 		// Writers kept changing the keys: take read locks instead.
 	}
 	if len(parts) == 1 {
-		return c.onePhase(ctx, req, parts[rg])
+		return c.onePhase(ctx, req, parts[rg], idem)
 	}
-	return c.twoPhase(ctx, req, parts, rg)
+	return c.twoPhase(ctx, req, parts, rg, newID())
 }
 
-func (c *Coordinator) onePhase(ctx context.Context, req Request, p *part) (Response, error) {
-	res, err := c.g.Propose(ctx, p.group, encode(store.CmdTxnOnePhase, store.TxnOnePhase{Compares: p.compares, Ops: p.ops}, p.writes))
+func (c *Coordinator) onePhase(ctx context.Context, req Request, p *part, idem *kvd.Idem) (Response, error) {
+	res, err := c.g.Propose(ctx, p.group, encode(store.CmdTxnOnePhase, store.TxnOnePhase{Compares: p.compares, Ops: p.ops, Idem: idem}, p.writes))
 	if err != nil {
 		return Response{}, fmt.Errorf("transaction in group %d: %w", p.group, err)
 	}
@@ -322,6 +332,10 @@ func (c *Coordinator) refused(outs []*store.TxnOutcome) (Response, error) {
 		switch o.Code {
 		case store.CodeCompareFailed:
 			failed = append(failed, o.Failed...)
+		case store.CodeNotANumber:
+			return Response{}, fmt.Errorf("transaction not committed: an add met a value that is not a 64-bit integer, or overflowed: %w", kvd.ErrNotANumber)
+		case store.CodeIdempotencyMismatch:
+			return Response{}, fmt.Errorf("transaction not run: %w", kvd.ErrIdempotencyMismatch)
 		case store.CodeConflict:
 			if len(o.Conflicts) > 0 {
 				conflict = o.Conflicts[0].Txn
@@ -359,13 +373,20 @@ func fill(resp *Response, req Request, outs []*store.TxnOutcome) {
 			if w.Version != 0 {
 				versions[w.Key] = w.Version
 			}
-			if req.Ops[w.Index].Key == w.Key && req.Ops[w.Index].Op == "delete" {
-				resp.Results[w.Index].Deleted = w.Deleted
+			if w.Index < len(req.Ops) && req.Ops[w.Index].Key == w.Key {
+				switch req.Ops[w.Index].Op {
+				case "delete":
+					resp.Results[w.Index].Deleted = w.Deleted
+				case "add":
+					if w.Value != nil {
+						resp.Results[w.Index].Value, resp.Results[w.Index].Found = w.Value, true
+					}
+				}
 			}
 		}
 	}
 	for i, op := range req.Ops {
-		if op.Op == "put" {
+		if op.Op == "put" || op.Op == "add" {
 			resp.Results[i].Version = versions[op.Key]
 		}
 	}
@@ -379,8 +400,7 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
-func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.GroupID]*part, rg kvd.GroupID) (Response, error) {
-	id := newID()
+func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.GroupID]*part, rg kvd.GroupID, id string) (Response, error) {
 	deadline := c.cfg.Now().Add(c.cfg.Timeout).UnixNano()
 	var groups []kvd.GroupID
 	for g := range parts {

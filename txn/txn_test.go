@@ -130,7 +130,7 @@ func TestCoordinator_CrossGroupCommit(t *testing.T) {
 	c := newCoord(m)
 	defer c.Close()
 	ctx := context.Background()
-	resp, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "1"), put("g2/b", "2"), put("g3/c", "3")}})
+	resp, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "1"), put("g2/b", "2"), put("g3/c", "3")}}, nil)
 	require.NoError(t, err)
 	require.True(t, resp.Committed)
 	for i, r := range resp.Results {
@@ -145,7 +145,7 @@ func TestCoordinator_CrossGroupCommit(t *testing.T) {
 	resp, err = c.Do(ctx, Request{
 		Compares: []Compare{{Key: "g1/a", Value: []byte("1")}, {Key: "g3/c", Version: ver(resp.Results[2].Version)}},
 		Ops:      []Op{get("g1/a"), get("g2/b"), {Op: "delete", Key: "g3/c"}, put("g2/n", "new")},
-	})
+	}, nil)
 	require.NoError(t, err)
 	require.Equal(t, "1", string(resp.Results[0].Value))
 	require.Equal(t, "2", string(resp.Results[1].Value))
@@ -159,12 +159,12 @@ func TestCoordinator_CompareFailureAbortsEverywhere(t *testing.T) {
 	c := newCoord(m)
 	defer c.Close()
 	ctx := context.Background()
-	_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "1"), put("g2/b", "1")}})
+	_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "1"), put("g2/b", "1")}}, nil)
 	require.NoError(t, err)
 	resp, err := c.Do(ctx, Request{
 		Compares: []Compare{{Key: "g1/a", Value: []byte("1")}, {Key: "g2/b", Value: []byte("nope")}},
 		Ops:      []Op{put("g1/a", "2"), put("g2/b", "2")},
-	})
+	}, nil)
 	require.ErrorIs(t, err, kvd.ErrCompareFailed)
 	require.Equal(t, []int{1}, resp.Failed)
 	for _, k := range []string{"g1/a", "g2/b"} {
@@ -178,7 +178,7 @@ func TestCoordinator_OnePhase(t *testing.T) {
 	m := newMemGroups(t, 2)
 	c := newCoord(m)
 	defer c.Close()
-	resp, err := c.Do(context.Background(), Request{Ops: []Op{put("g1/a", "1"), put("g1/b", "2"), get("g1/a")}})
+	resp, err := c.Do(context.Background(), Request{Ops: []Op{put("g1/a", "1"), put("g1/b", "2"), get("g1/a")}}, nil)
 	require.NoError(t, err)
 	require.False(t, resp.Results[2].Found, "gets see the state before the transaction's writes")
 	require.Equal(t, uint64(1), m.index[1], "one entry in one group")
@@ -194,17 +194,17 @@ func TestCoordinator_ConflictsFailFast(t *testing.T) {
 	c.cfg.AfterPrepare = func(string) error { <-stuck; return errors.New("coordinator died") }
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.Do(context.Background(), Request{Ops: []Op{put("g1/a", "x"), put("g2/b", "y")}})
+		_, err := c.Do(context.Background(), Request{Ops: []Op{put("g1/a", "x"), put("g2/b", "y")}}, nil)
 		done <- err
 	}()
 	require.Eventually(t, func() bool { return m.locked(t, "g1/a") }, time.Second, time.Millisecond)
 	c2 := newCoord(m)
 	defer c2.Close()
 	start := time.Now()
-	_, err := c2.Do(context.Background(), Request{Ops: []Op{get("g1/a"), put("g2/z", "1")}})
+	_, err := c2.Do(context.Background(), Request{Ops: []Op{get("g1/a"), put("g2/z", "1")}}, nil)
 	require.ErrorIs(t, err, kvd.ErrConflict)
 	require.Less(t, time.Since(start), 500*time.Millisecond, "no waiting on locks")
-	_, err = c2.Do(context.Background(), Request{Ops: []Op{put("g1/a", "1")}})
+	_, err = c2.Do(context.Background(), Request{Ops: []Op{put("g1/a", "1")}}, nil)
 	require.ErrorIs(t, err, kvd.ErrConflict, "one-phase honours other transactions' locks")
 	close(stuck)
 	require.Error(t, <-done)
@@ -215,11 +215,11 @@ func TestRecovery_CoordinatorDiesBeforeTheDecision(t *testing.T) {
 	c := newCoord(m)
 	defer c.Close()
 	ctx := context.Background()
-	_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "old"), put("g2/b", "old")}})
+	_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "old"), put("g2/b", "old")}}, nil)
 	require.NoError(t, err)
 
 	c.cfg.AfterPrepare = func(string) error { return errors.New("coordinator died") }
-	_, err = c.Do(ctx, Request{Ops: []Op{put("g1/a", "new"), put("g2/b", "new")}})
+	_, err = c.Do(ctx, Request{Ops: []Op{put("g1/a", "new"), put("g2/b", "new")}}, nil)
 	require.Error(t, err)
 	require.True(t, m.locked(t, "g1/a"))
 	require.True(t, m.locked(t, "g2/b"))
@@ -263,7 +263,7 @@ func TestRecovery_CoordinatorDiesAfterCommitting(t *testing.T) {
 		return nil, nil
 	})
 	cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
-	resp, err := c.Do(cctx, Request{Ops: []Op{put("g1/a", "new"), put("g2/b", "new")}})
+	resp, err := c.Do(cctx, Request{Ops: []Op{put("g1/a", "new"), put("g2/b", "new")}}, nil)
 	cancel()
 	require.NoError(t, err, "committed: the answer does not wait for a group it cannot reach")
 	require.True(t, resp.Committed)
@@ -308,7 +308,7 @@ func TestRecovery_LateCommitLosesToRecovery(t *testing.T) {
 		require.Equal(t, store.TxnAborted, st)
 		return nil
 	}
-	_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "x"), put("g2/b", "y")}})
+	_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "x"), put("g2/b", "y")}}, nil)
 	require.ErrorIs(t, err, kvd.ErrConflict, "the late commit loses")
 	require.NotEmpty(t, id)
 	c.Close()
@@ -329,7 +329,7 @@ func TestCoordinator_UnknownPrepareAborts(t *testing.T) {
 		}
 		return nil, nil
 	})
-	_, err := c.Do(context.Background(), Request{Ops: []Op{put("g1/a", "x"), put("g2/b", "y")}})
+	_, err := c.Do(context.Background(), Request{Ops: []Op{put("g1/a", "x"), put("g2/b", "y")}}, nil)
 	require.Error(t, err)
 	require.False(t, errors.Is(err, kvd.ErrUnknownOutcome), "not committed, and the coordinator knows it")
 	m.setFault(nil)
@@ -350,7 +350,7 @@ func TestCoordinator_UnknownDecisionIsRetried(t *testing.T) {
 		}
 		return nil, nil
 	})
-	resp, err := c.Do(context.Background(), Request{Ops: []Op{put("g1/a", "x"), put("g2/b", "y")}})
+	resp, err := c.Do(context.Background(), Request{Ops: []Op{put("g1/a", "x"), put("g2/b", "y")}}, nil)
 	require.NoError(t, err)
 	require.True(t, resp.Committed)
 	v, _ := m.value(t, "g2/b")
@@ -362,10 +362,10 @@ func TestReadOnly_SeesCommittedTransactionsAtomically(t *testing.T) {
 	c := newCoord(m)
 	defer c.Close()
 	ctx := context.Background()
-	_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "1"), put("g2/b", "1"), put("g3/c", "1")}})
+	_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "1"), put("g2/b", "1"), put("g3/c", "1")}}, nil)
 	require.NoError(t, err)
 	before := m.index[1] + m.index[2] + m.index[3]
-	resp, err := c.Do(ctx, Request{Ops: []Op{get("g1/a"), get("g2/b"), get("g3/c"), get("g1/none")}})
+	resp, err := c.Do(ctx, Request{Ops: []Op{get("g1/a"), get("g2/b"), get("g3/c"), get("g1/none")}}, nil)
 	require.NoError(t, err)
 	require.Equal(t, before, m.index[1]+m.index[2]+m.index[3], "a read-only transaction writes nothing")
 	for i := range 3 {
@@ -382,18 +382,18 @@ func TestReadOnly_SeesCommittedTransactionsAtomically(t *testing.T) {
 		return nil, nil
 	})
 	cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-	_, err = c.Do(cctx, Request{Ops: []Op{put("g1/a", "2"), put("g2/b", "2")}})
+	_, err = c.Do(cctx, Request{Ops: []Op{put("g1/a", "2"), put("g2/b", "2")}}, nil)
 	cancel()
 	require.NoError(t, err)
 	m.setFault(nil)
 	require.True(t, m.locked(t, "g2/b"))
-	resp, err = c.Do(ctx, Request{Ops: []Op{get("g1/a"), get("g2/b")}})
+	resp, err = c.Do(ctx, Request{Ops: []Op{get("g1/a"), get("g2/b")}}, nil)
 	require.NoError(t, err)
 	require.Equal(t, "2", string(resp.Results[0].Value))
 	require.Equal(t, "2", string(resp.Results[1].Value), "never half a transaction")
 
 	// Compares are evaluated on the same snapshot.
-	_, err = c.Do(ctx, Request{Compares: []Compare{{Key: "g3/c", Value: []byte("9")}}, Ops: []Op{get("g1/a")}})
+	_, err = c.Do(ctx, Request{Compares: []Compare{{Key: "g3/c", Value: []byte("9")}}, Ops: []Op{get("g1/a")}}, nil)
 	require.ErrorIs(t, err, kvd.ErrCompareFailed)
 }
 

@@ -1,0 +1,171 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/kvd-project/kvd"
+)
+
+// Idempotency records live in the dedup bucket of the group that applies
+// the write (for a cross-group transaction, its record group), written in
+// the same entry as the write they describe, so a retry finds exactly
+// what happened. A repeat of the same request (same fingerprint) within
+// the retention window gets the first outcome back and applies nothing;
+// a different request under the same key is refused. The leader removes
+// records older than the window (CmdDedupGC).
+
+// Idem names an idempotent request.
+type Idem = kvd.Idem
+
+// dedupEntry is a stored idempotency record.
+type dedupEntry struct {
+	FP  []byte `json:"fp"`
+	At  int64  `json:"at"`
+	Txn string `json:"txn,omitempty"`
+	// Done is set once Result holds the outcome.
+	Done   bool            `json:"done"`
+	Result json.RawMessage `json:"result,omitempty"`
+}
+
+// DedupState answers an idempotency claim.
+type DedupState struct {
+	// Status is "new" (the claim is taken), "mismatch" (the key is used
+	// by a different request) or "existing" (a repeat).
+	Status string `json:"status"`
+	// Txn is the transaction that holds the claim, and At when it was
+	// claimed (leader clock, Unix ns).
+	Txn string `json:"txn,omitempty"`
+	At  int64  `json:"at,omitempty"`
+	// Done and Response give the first outcome, once known.
+	Done     bool            `json:"done,omitempty"`
+	Response json.RawMessage `json:"response,omitempty"`
+}
+
+// DedupClaim claims an idempotency key for a cross-group transaction.
+type DedupClaim struct {
+	Idem Idem   `json:"idem"`
+	Txn  string `json:"txn"`
+}
+
+// DedupDone stores a cross-group transaction's outcome under its key.
+type DedupDone struct {
+	Idem     Idem            `json:"idem"`
+	Response json.RawMessage `json:"response"`
+}
+
+// DedupGC removes idempotency records older than Before (Unix ns).
+type DedupGC struct {
+	Before int64 `json:"before"`
+}
+
+// storedResult is a plain write's outcome, as remembered.
+type storedResult struct {
+	Version uint64 `json:"version,omitempty"`
+	Deleted bool   `json:"deleted,omitempty"`
+	Err     string `json:"err,omitempty"`
+}
+
+func (a *applier) dedupGet(key string) (*dedupEntry, error) {
+	b := a.dedup.Get([]byte(key))
+	if b == nil {
+		return nil, nil
+	}
+	e := &dedupEntry{}
+	if err := json.Unmarshal(b, e); err != nil {
+		return nil, fmt.Errorf("decode idempotency record %q: %w", key, err)
+	}
+	return e, nil
+}
+
+func (a *applier) dedupPut(key string, e *dedupEntry) error {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	return a.dedup.Put([]byte(key), b)
+}
+
+func fpEqual(a, b []byte) bool { return string(a) == string(b) }
+
+// replay looks up a plain write's idempotency record: done is set when
+// the write must not apply, and r is then its answer.
+func (a *applier) replay(i *Idem) (r Result, done bool, err error) {
+	if i == nil {
+		return Result{}, false, nil
+	}
+	e, err := a.dedupGet(i.Key)
+	if err != nil || e == nil {
+		return Result{}, false, err
+	}
+	if !fpEqual(e.FP, i.FP) {
+		return Result{Err: kvd.ErrIdempotencyMismatch}, true, nil
+	}
+	var sr storedResult
+	if err := json.Unmarshal(e.Result, &sr); err != nil {
+		return Result{}, false, fmt.Errorf("decode idempotency result: %w", err)
+	}
+	r = Result{Version: sr.Version, Deleted: sr.Deleted}
+	if sr.Err == "precondition_failed" {
+		r.Err = kvd.ErrPreconditionFailed
+	}
+	return r, true, nil
+}
+
+// remember stores a plain write's outcome under its idempotency key.
+// Conflicts are not remembered: nothing applied, and a retry should try
+// again.
+func (a *applier) remember(i *Idem, r Result) error {
+	if i == nil || errors.Is(r.Err, kvd.ErrConflict) {
+		return nil
+	}
+	sr := storedResult{Version: r.Version, Deleted: r.Deleted}
+	if errors.Is(r.Err, kvd.ErrPreconditionFailed) {
+		sr.Err = "precondition_failed"
+	}
+	b, _ := json.Marshal(sr)
+	return a.dedupPut(i.Key, &dedupEntry{FP: i.FP, At: a.now, Done: true, Result: b})
+}
+
+func (a *applier) dedupClaim(c *DedupClaim) (*DedupState, error) {
+	e, err := a.dedupGet(c.Idem.Key)
+	if err != nil {
+		return nil, err
+	}
+	if e == nil {
+		return &DedupState{Status: "new", Txn: c.Txn}, a.dedupPut(c.Idem.Key, &dedupEntry{FP: c.Idem.FP, At: a.now, Txn: c.Txn})
+	}
+	if !fpEqual(e.FP, c.Idem.FP) {
+		return &DedupState{Status: "mismatch"}, nil
+	}
+	return &DedupState{Status: "existing", Txn: e.Txn, At: e.At, Done: e.Done, Response: e.Result}, nil
+}
+
+func (a *applier) dedupDone(d *DedupDone) (*DedupState, error) {
+	e, err := a.dedupGet(d.Idem.Key)
+	if err != nil {
+		return nil, err
+	}
+	if e == nil || !fpEqual(e.FP, d.Idem.FP) || e.Done {
+		return &DedupState{Status: "existing"}, nil
+	}
+	e.Done, e.Result = true, d.Response
+	return &DedupState{Status: "existing", Txn: e.Txn, Done: true, Response: e.Result}, a.dedupPut(d.Idem.Key, e)
+}
+
+func (a *applier) dedupGC(g *DedupGC) error {
+	c := a.dedup.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		var e dedupEntry
+		if err := json.Unmarshal(v, &e); err != nil {
+			return fmt.Errorf("decode idempotency record %q: %w", k, err)
+		}
+		if e.At < g.Before {
+			if err := c.Delete(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,244 @@
+package store
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strings"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/kvd-project/kvd"
+)
+
+// Every change to a key (a put, a delete, an expiry, a transaction's
+// write) appends an event to the replica's history, keyed by its position
+// in the log: the entry's index and the change's rank within the entry.
+// History is state like any other (replicated, snapshotted, restored), so
+// every replica holds the same events at the same positions and a watch
+// can resume on any replica after a leader change. It is bounded: past
+// Options.HistoryMax events or Options.HistoryMaxBytes bytes the oldest
+// are dropped, and the position of the newest dropped one is the floor
+// below which a watch cannot resume.
+var (
+	bucketHistory = []byte("history")
+	bucketExpiry  = []byte("expiry")
+	bucketDedup   = []byte("dedup")
+
+	metaHistCount = []byte("hist_count")
+	metaHistBytes = []byte("hist_bytes")
+	metaHistFloor = []byte("hist_floor")
+)
+
+// Pos is a position in a group's history.
+type Pos struct {
+	Index uint64
+	Seq   uint32
+}
+
+// Less orders positions.
+func (p Pos) Less(q Pos) bool { return p.Index < q.Index || (p.Index == q.Index && p.Seq < q.Seq) }
+
+func (p Pos) bytes() []byte {
+	b := make([]byte, 12)
+	binary.BigEndian.PutUint64(b, p.Index)
+	binary.BigEndian.PutUint32(b[8:], p.Seq)
+	return b
+}
+
+func posOf(b []byte) Pos {
+	if len(b) != 12 {
+		return Pos{}
+	}
+	return Pos{Index: binary.BigEndian.Uint64(b), Seq: binary.BigEndian.Uint32(b[8:])}
+}
+
+// String renders a position compactly.
+func (p Pos) String() string { return fmt.Sprintf("%d.%d", p.Index, p.Seq) }
+
+// Event is one change in the history.
+type Event struct {
+	Pos    Pos
+	Delete bool
+	Key    string
+	Value  []byte
+}
+
+// Version is the event's version: the index of the entry that made it.
+func (e Event) Version() uint64 { return e.Pos.Index }
+
+func encodeEvent(del bool, key string, val []byte) []byte {
+	b := make([]byte, 0, 2+2*binary.MaxVarintLen64+len(key)+len(val))
+	t := byte('p')
+	if del {
+		t = 'd'
+	}
+	b = append(b, t)
+	b = appendBytes(b, []byte(key))
+	return appendBytes(b, val)
+}
+
+func decodeEvent(pos Pos, b []byte) (Event, error) {
+	d := decoder{buf: b}
+	e := Event{Pos: pos, Delete: d.byte() == 'd'}
+	e.Key = string(d.bytes())
+	e.Value = append([]byte(nil), d.bytes()...)
+	if d.err != nil {
+		return Event{}, fmt.Errorf("decode history event at %s: %v", pos, d.err)
+	}
+	return e, nil
+}
+
+// logChange appends a change to the history and prunes it to its bounds.
+func (a *applier) logChange(del bool, key string, val []byte) error {
+	if a.hist == nil {
+		return nil
+	}
+	a.seq++
+	ev := encodeEvent(del, key, val)
+	if err := a.hist.Put(Pos{Index: a.index, Seq: a.seq}.bytes(), ev); err != nil {
+		return err
+	}
+	count := u64(a.meta.Get(metaHistCount)) + 1
+	size := u64(a.meta.Get(metaHistBytes)) + uint64(len(ev))
+	c := a.hist.Cursor()
+	for k, v := c.First(); k != nil && (count > uint64(a.histMax) || size > uint64(a.histMaxBytes)) && count > 1; k, v = c.First() {
+		count--
+		size -= uint64(len(v))
+		if err := a.meta.Put(metaHistFloor, append([]byte(nil), k...)); err != nil {
+			return err
+		}
+		if err := c.Delete(); err != nil {
+			return err
+		}
+	}
+	if err := a.meta.Put(metaHistCount, be64(count)); err != nil {
+		return err
+	}
+	return a.meta.Put(metaHistBytes, be64(size))
+}
+
+// History returns up to limit events with key prefix after position
+// after, the position it read up to (to resume from, even when no event
+// matched), and the history's floor. If after is below the floor, events
+// were dropped and the caller must report the watch compacted.
+func (db *DB) History(after Pos, prefix string, limit int) (events []Event, upto Pos, floor Pos, err error) {
+	upto = after
+	err = db.view(func(tx *bolt.Tx) error {
+		floor = posOf(tx.Bucket(bucketMeta).Get(metaHistFloor))
+		c := tx.Bucket(bucketHistory).Cursor()
+		start := after
+		start.Seq++
+		for k, v := c.Seek(start.bytes()); k != nil; k, v = c.Next() {
+			pos := posOf(k)
+			if !after.Less(pos) {
+				continue
+			}
+			upto = pos
+			if !eventHasPrefix(v, prefix) {
+				continue
+			}
+			ev, err := decodeEvent(pos, v)
+			if err != nil {
+				return err
+			}
+			events = append(events, ev)
+			if len(events) >= limit {
+				break
+			}
+		}
+		return nil
+	})
+	return events, upto, floor, err
+}
+
+func eventHasPrefix(ev []byte, prefix string) bool {
+	if prefix == "" {
+		return true
+	}
+	d := decoder{buf: ev[1:]}
+	k := d.bytes()
+	return d.err == nil && strings.HasPrefix(string(k), prefix)
+}
+
+// HistoryHead returns the position right after everything applied so far:
+// a watch from now starts there.
+func (db *DB) HistoryHead() Pos {
+	return Pos{Index: db.AppliedIndex(), Seq: ^uint32(0)}
+}
+
+// Expired returns up to limit keys whose TTL ran out at or before now
+// (Unix ns), with the version the expiry applies to.
+func (db *DB) Expired(now int64, limit int) ([]ExpiredKey, error) {
+	var out []ExpiredKey
+	err := db.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketExpiry).Cursor()
+		kv := tx.Bucket(bucketKV)
+		for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
+			if int64(binary.BigEndian.Uint64(k[:8])) > now {
+				break
+			}
+			key := string(k[8:])
+			rec := kv.Get(k[8:])
+			if rec == nil {
+				continue
+			}
+			out = append(out, ExpiredKey{Key: key, Version: version(rec)})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// ExpiredKey is a key whose TTL has run out.
+type ExpiredKey struct {
+	Key     string
+	Version uint64
+}
+
+func expiryKey(at int64, key string) []byte {
+	b := make([]byte, 8, 8+len(key))
+	binary.BigEndian.PutUint64(b, uint64(at))
+	return append(b, key...)
+}
+
+// setKey writes key's value at the current index, with a TTL if ttl > 0,
+// keeping the expiry index and the history in step.
+func (a *applier) setKey(key string, val []byte, ttl int64) error {
+	if old := a.kv.Get([]byte(key)); old != nil {
+		if exp := recExpires(old); exp != 0 {
+			if err := a.expiry.Delete(expiryKey(exp, key)); err != nil {
+				return err
+			}
+		}
+	}
+	var exp int64
+	if ttl > 0 {
+		exp = a.now + ttl
+		if err := a.expiry.Put(expiryKey(exp, key), nil); err != nil {
+			return err
+		}
+	}
+	if err := a.kv.Put([]byte(key), encodeRecord(a.index, exp, val)); err != nil {
+		return err
+	}
+	return a.logChange(false, key, val)
+}
+
+// delKey deletes key (which must exist) at the current index.
+func (a *applier) delKey(key string) error {
+	if old := a.kv.Get([]byte(key)); old != nil {
+		if exp := recExpires(old); exp != 0 {
+			if err := a.expiry.Delete(expiryKey(exp, key)); err != nil {
+				return err
+			}
+		}
+	}
+	if err := a.kv.Delete([]byte(key)); err != nil {
+		return err
+	}
+	return a.logChange(true, key, nil)
+}
+
+// ExpireCond is the condition of an expiry: the version the TTL was set
+// at.
+func ExpireCond(v uint64) kvd.Cond { return kvd.Cond{Kind: kvd.CondVersionEq, Version: v} }
