@@ -375,41 +375,33 @@ func isDialError(err error) bool {
 	return errors.As(err, &op) && op.Op == "dial"
 }
 
-// ReadOption adjusts one read.
-type ReadOption func(*readOpts)
+// The options of reads and writes are the kvd package's, so code written
+// against kvd.KV and against the client read the same.
+var (
+	WithConsistency    = kvd.WithConsistency
+	IfVersion          = kvd.IfVersion
+	CreateOnly         = kvd.CreateOnly
+	IfExists           = kvd.IfExists
+	WithTTL            = kvd.WithTTL
+	WithIdempotencyKey = kvd.WithIdempotencyKey
+)
 
-type readOpts struct {
-	consistency kvd.Consistency
+func (c *Client) readOpts(opts []kvd.ReadOption) kvd.ReadOptions {
+	return kvd.ApplyReadOptions(c.cfg.Consistency, opts)
 }
 
-// WithConsistency sets the read's consistency level.
-func WithConsistency(c kvd.Consistency) ReadOption {
-	return func(o *readOpts) { o.consistency = c }
-}
-
-func (c *Client) readOpts(opts []ReadOption) readOpts {
-	o := readOpts{consistency: c.cfg.Consistency}
-	for _, f := range opts {
-		f(&o)
+// writeHeaders renders a write's options as request headers and query.
+func writeHeaders(o kvd.WriteOptions) (http.Header, string) {
+	h := http.Header{}
+	condHeader(h, o.Cond)
+	if o.IdempotencyKey != "" {
+		h.Set("Idempotency-Key", o.IdempotencyKey)
 	}
-	return o
-}
-
-// WriteOption adjusts one write.
-type WriteOption func(*kvd.Cond)
-
-// IfVersion makes a write conditional on the key's current version
-// (compare-and-set); version 0 means the key must not exist.
-func IfVersion(v kvd.Version) WriteOption {
-	return func(c *kvd.Cond) { *c = kvd.Cond{Kind: kvd.CondVersionEq, Version: v} }
-}
-
-// CreateOnly makes a put succeed only if the key does not exist.
-func CreateOnly() WriteOption { return IfVersion(0) }
-
-// IfExists makes a write succeed only if the key exists.
-func IfExists() WriteOption {
-	return func(c *kvd.Cond) { *c = kvd.Cond{Kind: kvd.CondExists} }
+	q := ""
+	if o.TTL > 0 {
+		q = "?ttl=" + url.QueryEscape(o.TTL.String())
+	}
+	return h, q
 }
 
 func condHeader(h http.Header, c kvd.Cond) {
@@ -430,9 +422,9 @@ func condHeader(h http.Header, c kvd.Cond) {
 func keyPath(key string) string { return "/v1/kv/" + url.PathEscape(key) }
 
 // Get reads key. A missing key is an error matching ErrNotFound.
-func (c *Client) Get(ctx context.Context, key string, opts ...ReadOption) (kvd.Item, error) {
+func (c *Client) Get(ctx context.Context, key string, opts ...kvd.ReadOption) (kvd.Item, error) {
 	o := c.readOpts(opts)
-	res, err := c.do(ctx, &call{method: http.MethodGet, path: keyPath(key) + "?consistency=" + string(o.consistency), key: key, consistency: o.consistency})
+	res, err := c.do(ctx, &call{method: http.MethodGet, path: keyPath(key) + "?consistency=" + string(o.Consistency), key: key, consistency: o.Consistency})
 	if err != nil {
 		return kvd.Item{}, fmt.Errorf("get %q: %w", key, err)
 	}
@@ -454,19 +446,17 @@ func parseETag(s string) (uint64, error) {
 	return v, nil
 }
 
-// Put stores value under key and returns its new version.
-func (c *Client) Put(ctx context.Context, key string, value []byte, opts ...WriteOption) (kvd.Version, error) {
-	var cond kvd.Cond
-	for _, f := range opts {
-		f(&cond)
-	}
-	h := http.Header{}
+// Put stores value under key and returns its new version. With an
+// idempotency key, a write whose outcome is unknown is retried (the
+// cluster applies it at most once) instead of reported unknown.
+func (c *Client) Put(ctx context.Context, key string, value []byte, opts ...kvd.WriteOption) (kvd.Version, error) {
+	o := kvd.ApplyWriteOptions(opts)
+	h, q := writeHeaders(o)
 	h.Set("Content-Type", "application/octet-stream")
-	condHeader(h, cond)
 	if value == nil {
 		value = []byte{}
 	}
-	res, err := c.do(ctx, &call{method: http.MethodPut, path: keyPath(key), body: value, header: h, key: key, write: true})
+	res, err := c.doWrite(ctx, o, &call{method: http.MethodPut, path: keyPath(key) + q, body: value, header: h, key: key, write: true})
 	if err != nil {
 		return 0, fmt.Errorf("put %q: %w", key, err)
 	}
@@ -480,15 +470,33 @@ func (c *Client) Put(ctx context.Context, key string, value []byte, opts ...Writ
 	return pr.Version, nil
 }
 
-// Delete removes key; deleted is false if it did not exist.
-func (c *Client) Delete(ctx context.Context, key string, opts ...WriteOption) (bool, error) {
-	var cond kvd.Cond
-	for _, f := range opts {
-		f(&cond)
+// doWrite sends a write; with an idempotency key, unknown outcomes are
+// retried within ctx, since a repeat cannot apply twice.
+func (c *Client) doWrite(ctx context.Context, o kvd.WriteOptions, cl *call) (*result, error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		res, err := c.do(ctx, cl)
+		unknown := errors.Is(err, kvd.ErrUnknownOutcome) || (err == nil && res.status >= 500 && res.status != http.StatusServiceUnavailable)
+		if o.IdempotencyKey == "" || !unknown || ctx.Err() != nil {
+			return res, err
+		}
+		select {
+		case <-time.After(time.Duration(20<<min(attempt, 4)) * time.Millisecond):
+		case <-ctx.Done():
+			return res, err
+		}
 	}
-	h := http.Header{}
-	condHeader(h, cond)
-	res, err := c.do(ctx, &call{method: http.MethodDelete, path: keyPath(key), header: h, key: key, write: true})
+}
+
+// Delete removes key; deleted is false if it did not exist.
+func (c *Client) Delete(ctx context.Context, key string, opts ...kvd.WriteOption) (bool, error) {
+	o := kvd.ApplyWriteOptions(opts)
+	if o.TTL != 0 {
+		return false, fmt.Errorf("delete %q: %w: a ttl is for puts", key, kvd.ErrInvalid)
+	}
+	h, _ := writeHeaders(o)
+	res, err := c.doWrite(ctx, o, &call{method: http.MethodDelete, path: keyPath(key), header: h, key: key, write: true})
 	if err != nil {
 		return false, fmt.Errorf("delete %q: %w", key, err)
 	}
@@ -513,17 +521,12 @@ func writeError(res *result) error {
 }
 
 // Page is one page of a scan.
-type Page struct {
-	Items []kvd.Item
-	// More is set when keys follow; Next is the Start of the next page.
-	More bool
-	Next string
-}
+type Page = kvd.Page
 
 // Scan returns a page of the keys selected by o, in key order, across
 // every group: each group is read at the read's consistency and the pages
 // are merged. o.Limit 0 means the server's default page (1000).
-func (c *Client) Scan(ctx context.Context, o kvd.ScanOptions, opts ...ReadOption) (Page, error) {
+func (c *Client) Scan(ctx context.Context, o kvd.ScanOptions, opts ...kvd.ReadOption) (Page, error) {
 	ro := c.readOpts(opts)
 	limit := o.Limit
 	if limit <= 0 {
@@ -536,7 +539,7 @@ func (c *Client) Scan(ctx context.Context, o kvd.ScanOptions, opts ...ReadOption
 		}
 	}
 	q.Set("limit", strconv.Itoa(limit))
-	q.Set("consistency", string(ro.consistency))
+	q.Set("consistency", string(ro.Consistency))
 	r := c.route.Load()
 	type page struct {
 		items []kvd.Item
@@ -550,7 +553,7 @@ func (c *Client) Scan(ctx context.Context, o kvd.ScanOptions, opts ...ReadOption
 		go func() {
 			defer wg.Done()
 			p := &pages[i]
-			res, err := c.do(ctx, &call{method: http.MethodGet, path: "/v1/kv?" + q.Encode(), group: g.id, consistency: ro.consistency})
+			res, err := c.do(ctx, &call{method: http.MethodGet, path: "/v1/kv?" + q.Encode(), group: g.id, consistency: ro.Consistency})
 			if err != nil {
 				p.err = err
 				return

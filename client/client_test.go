@@ -13,7 +13,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kvd-project/kvd"
-	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/client"
 	"github.com/kvd-project/kvd/internal/faultproxy"
 	"github.com/kvd-project/kvd/internal/testcluster"
@@ -339,13 +338,13 @@ func TestClient_Transactions(t *testing.T) {
 	c := testcluster.New(t, 3, 3)
 	cl := newClient(t, c, nil)
 	ctx := context.Background()
-	resp, err := cl.Txn(ctx, []api.TxnCompare{client.Exists("t/a", false)},
-		[]api.TxnOp{client.OpPut("t/a", []byte("1")), client.OpPut("t/b", []byte("2")), client.OpPut("t/c", []byte("3"))})
+	resp, err := cl.Txn(ctx, kvd.Txn{Compares: []kvd.Compare{kvd.Exists("t/a", false)},
+		Ops: []kvd.Op{kvd.OpPut("t/a", []byte("1")), kvd.OpPut("t/b", []byte("2")), kvd.OpPut("t/c", []byte("3"))}})
 	require.NoError(t, err)
 	require.True(t, resp.Committed)
 
-	_, err = cl.Txn(ctx, []api.TxnCompare{client.ValueIs("t/a", []byte("1")), client.VersionIs("t/b", 1)},
-		[]api.TxnOp{client.OpDelete("t/a")})
+	_, err = cl.Txn(ctx, kvd.Txn{Compares: []kvd.Compare{kvd.ValueIs("t/a", []byte("1")), kvd.VersionIs("t/b", 1)},
+		Ops: []kvd.Op{kvd.OpDelete("t/a")}})
 	require.ErrorIs(t, err, client.ErrCompareFailed)
 	var te *client.TxnError
 	require.ErrorAs(t, err, &te)

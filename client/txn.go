@@ -7,46 +7,28 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 )
 
-// VersionIs compares key's version (0: absent).
-func VersionIs(key string, v kvd.Version) api.TxnCompare {
-	return api.TxnCompare{Key: key, Version: &v}
-}
-
-// ValueIs compares key's value (an absent key fails it).
-func ValueIs(key string, value []byte) api.TxnCompare {
-	if value == nil {
-		value = []byte{}
-	}
-	return api.TxnCompare{Key: key, Value: value}
-}
-
-// Exists compares whether key exists.
-func Exists(key string, exists bool) api.TxnCompare {
-	return api.TxnCompare{Key: key, Exists: &exists}
-}
-
-// OpGet reads key in a transaction.
-func OpGet(key string) api.TxnOp { return api.TxnOp{Op: "get", Key: key} }
-
-// OpPut writes key in a transaction.
-func OpPut(key string, value []byte) api.TxnOp {
-	if value == nil {
-		value = []byte{}
-	}
-	return api.TxnOp{Op: "put", Key: key, Value: value}
-}
-
-// OpDelete deletes key in a transaction.
-func OpDelete(key string) api.TxnOp { return api.TxnOp{Op: "delete", Key: key} }
+// The transaction builders are the kvd package's.
+var (
+	VersionIs = kvd.VersionIs
+	ValueIs   = kvd.ValueIs
+	Exists    = kvd.Exists
+	OpGet     = kvd.OpGet
+	OpPut     = kvd.OpPut
+	OpPutTTL  = kvd.OpPutTTL
+	OpDelete  = kvd.OpDelete
+	OpAdd     = kvd.OpAdd
+)
 
 // TxnError is the error of a transaction that did not commit. It matches
-// kvd.ErrCompareFailed or kvd.ErrConflict under errors.Is.
+// kvd.ErrCompareFailed, kvd.ErrConflict or kvd.ErrNotANumber under
+// errors.Is.
 type TxnError struct {
 	// Err is the node's answer.
 	Err *Error
@@ -65,38 +47,77 @@ func (e *TxnError) Error() string {
 // Unwrap returns the node's answer, which matches the contract error.
 func (e *TxnError) Unwrap() error { return e.Err }
 
+// toAPI renders a transaction for the wire.
+func toAPI(t kvd.Txn) api.TxnRequest {
+	var req api.TxnRequest
+	for _, c := range t.Compares {
+		req.Compare = append(req.Compare, api.TxnCompare{Key: c.Key, Version: c.Version, Value: c.Value, Exists: c.Exists})
+	}
+	for _, op := range t.Ops {
+		o := api.TxnOp{Op: op.Op, Key: op.Key, Value: op.Value, Delta: op.Delta}
+		if op.TTL > 0 {
+			o.TTL = op.TTL.String()
+		}
+		req.Ops = append(req.Ops, o)
+	}
+	return req
+}
+
+func fromAPI(r api.TxnResponse) kvd.TxnResponse {
+	out := kvd.TxnResponse{Committed: r.Committed, Failed: r.Failed}
+	for _, res := range r.Results {
+		o := kvd.OpResult{Op: res.Op, Key: res.Key, Value: res.Value, Version: res.Version}
+		if res.Found != nil {
+			o.Found = *res.Found
+		}
+		if res.Op == "add" {
+			o.Found = true
+		}
+		if res.Deleted != nil {
+			o.Deleted = *res.Deleted
+		}
+		out.Results = append(out.Results, o)
+	}
+	return out
+}
+
 // Txn runs a transaction: if every compare holds, all ops apply,
 // atomically, across any groups. It is sent to the leader of the first
 // key's group (a transaction within one group then commits without a
 // hop). A transaction that did not commit returns a *TxnError; one whose
-// outcome is unknown returns kvd.ErrUnknownOutcome and is never resent.
-func (c *Client) Txn(ctx context.Context, compares []api.TxnCompare, ops []api.TxnOp) (api.TxnResponse, error) {
-	body, err := json.Marshal(api.TxnRequest{Compare: compares, Ops: ops})
+// outcome is unknown returns kvd.ErrUnknownOutcome and is never resent,
+// unless it carries an idempotency key.
+func (c *Client) Txn(ctx context.Context, t kvd.Txn, opts ...kvd.WriteOption) (kvd.TxnResponse, error) {
+	o := kvd.ApplyWriteOptions(opts)
+	body, err := json.Marshal(toAPI(t))
 	if err != nil {
-		return api.TxnResponse{}, fmt.Errorf("txn: %w", err)
+		return kvd.TxnResponse{}, fmt.Errorf("txn: %w", err)
 	}
 	first := ""
 	switch {
-	case len(ops) > 0:
-		first = ops[0].Key
-	case len(compares) > 0:
-		first = compares[0].Key
+	case len(t.Ops) > 0:
+		first = t.Ops[0].Key
+	case len(t.Compares) > 0:
+		first = t.Compares[0].Key
 	default:
-		return api.TxnResponse{}, fmt.Errorf("txn: %w: nothing to do", kvd.ErrInvalid)
+		return kvd.TxnResponse{}, fmt.Errorf("txn: %w: nothing to do", kvd.ErrInvalid)
 	}
 	h := http.Header{}
 	h.Set("Content-Type", "application/json")
-	res, err := c.do(ctx, &call{method: http.MethodPost, path: "/v1/txn", body: body, header: h, key: first, write: true, noRoute: true})
+	if o.IdempotencyKey != "" {
+		h.Set("Idempotency-Key", o.IdempotencyKey)
+	}
+	res, err := c.doWrite(ctx, o, &call{method: http.MethodPost, path: "/v1/txn", body: body, header: h, key: first, write: true, noRoute: true})
 	if err != nil {
-		return api.TxnResponse{}, fmt.Errorf("txn: %w", err)
+		return kvd.TxnResponse{}, fmt.Errorf("txn: %w", err)
 	}
 	var resp api.TxnResponse
 	switch {
 	case res.status == http.StatusOK:
 		if err := json.Unmarshal(res.body, &resp); err != nil {
-			return resp, fmt.Errorf("txn: decode answer: %v: %w", err, kvd.ErrUnknownOutcome)
+			return kvd.TxnResponse{}, fmt.Errorf("txn: decode answer: %v: %w", err, kvd.ErrUnknownOutcome)
 		}
-		return resp, nil
+		return fromAPI(resp), nil
 	case res.status == http.StatusConflict:
 		_ = json.Unmarshal(res.body, &resp)
 		e := &Error{Status: res.status, Node: res.header.Get(api.HeaderNode)}
@@ -105,9 +126,26 @@ func (c *Client) Txn(ctx context.Context, compares []api.TxnCompare, ops []api.T
 		} else {
 			e.Code = api.CodeConflict
 		}
-		return resp, fmt.Errorf("txn: %w", &TxnError{Err: e, Failed: resp.Failed})
+		return fromAPI(resp), fmt.Errorf("txn: %w", &TxnError{Err: e, Failed: resp.Failed})
 	}
-	return resp, fmt.Errorf("txn: %w", writeError(res))
+	return kvd.TxnResponse{}, fmt.Errorf("txn: %w", writeError(res))
+}
+
+// Add adds delta to the decimal integer at key (absent: 0) and returns
+// the new value.
+func (c *Client) Add(ctx context.Context, key string, delta int64, opts ...kvd.WriteOption) (int64, error) {
+	resp, err := c.Txn(ctx, kvd.Txn{Ops: []kvd.Op{kvd.OpAdd(key, delta)}}, opts...)
+	if err != nil {
+		return 0, fmt.Errorf("add %q: %w", key, err)
+	}
+	if len(resp.Results) != 1 {
+		return 0, fmt.Errorf("add %q: no result: %w", key, kvd.ErrUnknownOutcome)
+	}
+	n, err := strconv.ParseInt(string(resp.Results[0].Value), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("add %q: bad result %q: %w", key, resp.Results[0].Value, kvd.ErrUnknownOutcome)
+	}
+	return n, nil
 }
 
 // Tx is an optimistic interactive transaction: reads go to the cluster
@@ -116,20 +154,23 @@ func (c *Client) Txn(ctx context.Context, compares []api.TxnCompare, ops []api.T
 // commits only if nothing it read has changed since. A Tx is not safe
 // for concurrent use.
 type Tx struct {
-	c      *Client
+	kv     kvd.KV
 	reads  map[string]kvd.Version // key -> version seen (0: absent)
 	order  []string               // keys read, in order
-	writes map[string]*api.TxnOp
+	writes map[string]*kvd.Op
 	worder []string
 }
 
 // Begin starts an optimistic transaction.
-func (c *Client) Begin() *Tx {
-	return &Tx{c: c, reads: map[string]kvd.Version{}, writes: map[string]*api.TxnOp{}}
+func (c *Client) Begin() *Tx { return Begin(c) }
+
+// Begin starts an optimistic transaction on any kvd.KV.
+func Begin(kv kvd.KV) *Tx {
+	return &Tx{kv: kv, reads: map[string]kvd.Version{}, writes: map[string]*kvd.Op{}}
 }
 
 // Get reads key: this transaction's own buffered write if it made one,
-// else the cluster's value (linearizable), remembering its version.
+// else the store's value (linearizable), remembering its version.
 // A missing key returns an error matching ErrNotFound.
 func (tx *Tx) Get(ctx context.Context, key string) (kvd.Item, error) {
 	if w, ok := tx.writes[key]; ok {
@@ -138,7 +179,7 @@ func (tx *Tx) Get(ctx context.Context, key string) (kvd.Item, error) {
 		}
 		return kvd.Item{Key: key, Value: w.Value}, nil
 	}
-	it, err := tx.c.Get(ctx, key, WithConsistency(kvd.Linearizable))
+	it, err := tx.kv.Get(ctx, key, kvd.WithConsistency(kvd.Linearizable))
 	switch {
 	case err == nil:
 		tx.see(key, it.Version)
@@ -156,33 +197,32 @@ func (tx *Tx) see(key string, v kvd.Version) {
 }
 
 // Put buffers a write of key.
-func (tx *Tx) Put(key string, value []byte) { tx.write(OpPut(key, value)) }
+func (tx *Tx) Put(key string, value []byte) { tx.write(kvd.OpPut(key, value)) }
 
 // Delete buffers a delete of key.
-func (tx *Tx) Delete(key string) { tx.write(OpDelete(key)) }
+func (tx *Tx) Delete(key string) { tx.write(kvd.OpDelete(key)) }
 
-func (tx *Tx) write(op api.TxnOp) {
+func (tx *Tx) write(op kvd.Op) {
 	if _, ok := tx.writes[op.Key]; !ok {
 		tx.worder = append(tx.worder, op.Key)
 	}
 	tx.writes[op.Key] = &op
 }
 
-// Commit sends the transaction. It fails with a *TxnError matching
+// Commit sends the transaction. It fails with an error matching
 // kvd.ErrCompareFailed if something it read changed meanwhile.
-func (tx *Tx) Commit(ctx context.Context) (api.TxnResponse, error) {
-	var cmps []api.TxnCompare
+func (tx *Tx) Commit(ctx context.Context) (kvd.TxnResponse, error) {
+	var t kvd.Txn
 	for _, k := range tx.order {
-		cmps = append(cmps, VersionIs(k, tx.reads[k]))
+		t.Compares = append(t.Compares, kvd.VersionIs(k, tx.reads[k]))
 	}
-	var ops []api.TxnOp
 	for _, k := range tx.worder {
-		ops = append(ops, *tx.writes[k])
+		t.Ops = append(t.Ops, *tx.writes[k])
 	}
-	if len(ops) == 0 && len(cmps) == 0 {
-		return api.TxnResponse{Committed: true}, nil
+	if len(t.Ops) == 0 && len(t.Compares) == 0 {
+		return kvd.TxnResponse{Committed: true}, nil
 	}
-	return tx.c.Txn(ctx, cmps, ops)
+	return tx.kv.Txn(ctx, t)
 }
 
 // Update runs fn in a fresh transaction and commits it, again and again
@@ -190,9 +230,14 @@ func (tx *Tx) Commit(ctx context.Context) (api.TxnResponse, error) {
 // something fn read changed, until it commits or ctx ends. An error from
 // fn stops it and is returned as is.
 func (c *Client) Update(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) error {
+	return Update(ctx, c, fn)
+}
+
+// Update is Client.Update for any kvd.KV (the embedded store too).
+func Update(ctx context.Context, kv kvd.KV, fn func(ctx context.Context, tx *Tx) error) error {
 	backoff := 5 * time.Millisecond
 	for {
-		tx := c.Begin()
+		tx := Begin(kv)
 		if err := fn(ctx, tx); err != nil {
 			return err
 		}
@@ -212,3 +257,4 @@ func (c *Client) Update(ctx context.Context, fn func(ctx context.Context, tx *Tx
 		backoff = min(backoff*2, 200*time.Millisecond)
 	}
 }
+var _ kvd.KV = (*Client)(nil)

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/kvd-project/kvd"
-	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/client"
 	"github.com/kvd-project/kvd/internal/testcluster"
 	"github.com/kvd-project/kvd/replication"
@@ -192,7 +191,7 @@ func BenchmarkTxn(b *testing.B) {
 	txnOp := func(pair func(int) (string, string)) func(int) error {
 		return func(i int) error {
 			a, bk := pair(i)
-			_, err := cl.Txn(context.Background(), nil, []api.TxnOp{client.OpPut(a, value256[:64]), client.OpPut(bk, value256[:64])})
+			_, err := cl.Txn(context.Background(), kvd.Txn{Ops: []kvd.Op{kvd.OpPut(a, value256[:64]), kvd.OpPut(bk, value256[:64])}})
 			return err
 		}
 	}

@@ -110,11 +110,11 @@ func newBank(t *testing.T, cl *client.Client, m *kvd.Map, perGroup, initial int)
 	for _, ks := range keysInGroups(t, m, "acct/", perGroup) {
 		b.accounts = append(b.accounts, ks...)
 	}
-	var ops []api.TxnOp
+	var ops []kvd.Op
 	for _, a := range b.accounts {
-		ops = append(ops, client.OpPut(a, []byte(strconv.Itoa(initial))))
+		ops = append(ops, kvd.OpPut(a, []byte(strconv.Itoa(initial))))
 	}
-	_, err := cl.Txn(context.Background(), nil, ops)
+	_, err := cl.Txn(context.Background(), kvd.Txn{Ops: ops})
 	require.NoError(t, err)
 	b.total = initial * len(b.accounts)
 	return b
@@ -143,11 +143,11 @@ func (b *bank) transfer(ctx context.Context, from, to string, amount int) error 
 
 // read reads every account in one transaction and returns the total.
 func (b *bank) read(ctx context.Context) (int, error) {
-	var ops []api.TxnOp
+	var ops []kvd.Op
 	for _, a := range b.accounts {
-		ops = append(ops, client.OpGet(a))
+		ops = append(ops, kvd.OpGet(a))
 	}
-	resp, err := b.cl.Txn(ctx, nil, ops)
+	resp, err := b.cl.Txn(ctx, kvd.Txn{Ops: ops})
 	if err != nil {
 		return 0, err
 	}
@@ -290,7 +290,7 @@ func TestTxn_ConflictingTransactionsNeverBothCommit(t *testing.T) {
 	ks := keysInGroups(t, c.Node(0).Map(), "race", 1)
 	x, y := ks[1][0], ks[2][0]
 	ctx := context.Background()
-	resp, err := cl.Txn(ctx, nil, []api.TxnOp{client.OpPut(x, []byte("0")), client.OpPut(y, []byte("0"))})
+	resp, err := cl.Txn(ctx, kvd.Txn{Ops: []kvd.Op{kvd.OpPut(x, []byte("0")), kvd.OpPut(y, []byte("0"))}})
 	require.NoError(t, err)
 	v := resp.Results[0].Version
 	for round := range 5 {
@@ -302,7 +302,7 @@ func TestTxn_ConflictingTransactionsNeverBothCommit(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				id := []byte(fmt.Sprintf("r%d-w%d", round, w))
-				_, err := cl.Txn(ctx, []api.TxnCompare{client.VersionIs(x, v)}, []api.TxnOp{client.OpPut(x, id), client.OpPut(y, id)})
+				_, err := cl.Txn(ctx, kvd.Txn{Compares: []kvd.Compare{kvd.VersionIs(x, v)}, Ops: []kvd.Op{kvd.OpPut(x, id), kvd.OpPut(y, id)}})
 				if err == nil {
 					wins.Add(1)
 					winner.Store(string(id))
@@ -340,11 +340,11 @@ func TestTxn_CoordinatorStoppedAfterPrepare(t *testing.T) {
 	ks := keysInGroups(t, c.Node(0).Map(), "dead", 1)
 	x, y := ks[1][0], ks[3][0]
 	ctx := context.Background()
-	_, err := cl.Txn(ctx, nil, []api.TxnOp{client.OpPut(x, []byte("old")), client.OpPut(y, []byte("old"))})
+	_, err := cl.Txn(ctx, kvd.Txn{Ops: []kvd.Op{kvd.OpPut(x, []byte("old")), kvd.OpPut(y, []byte("old"))}})
 	require.NoError(t, err)
 
 	block.Store(true)
-	_, err = cl.Txn(ctx, nil, []api.TxnOp{client.OpPut(x, []byte("new")), client.OpPut(y, []byte("new"))})
+	_, err = cl.Txn(ctx, kvd.Txn{Ops: []kvd.Op{kvd.OpPut(x, []byte("new")), kvd.OpPut(y, []byte("new"))}})
 	require.Error(t, err, "the coordinator stopped before deciding")
 	block.Store(false)
 

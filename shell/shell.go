@@ -319,20 +319,20 @@ func (s *Shell) value(arg string) ([]byte, error) {
 	return []byte(arg), nil
 }
 
-func writeOpts(a *args) ([]client.WriteOption, error) {
-	var opts []client.WriteOption
+func writeOpts(a *args) ([]kvd.WriteOption, error) {
+	var opts []kvd.WriteOption
 	if v, ok := a.flags["if-version"]; ok {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
 			return nil, usagef("--if-version needs a version number, not %q", v)
 		}
-		opts = append(opts, client.IfVersion(n))
+		opts = append(opts, kvd.IfVersion(n))
 	}
 	if a.has("create-only") {
 		if len(opts) > 0 {
 			return nil, usagef("use --if-version or --create-only, not both")
 		}
-		opts = append(opts, client.CreateOnly())
+		opts = append(opts, kvd.CreateOnly())
 	}
 	return opts, nil
 }
@@ -465,7 +465,7 @@ func (s *Shell) cas(ctx context.Context, a *args) error {
 		return err
 	}
 	key := a.pos[0]
-	resp, err := s.c.Txn(ctx, []api.TxnCompare{client.ValueIs(key, []byte(a.pos[1]))}, []api.TxnOp{client.OpPut(key, []byte(a.pos[2]))})
+	resp, err := s.c.Txn(ctx, kvd.Txn{Compares: []kvd.Compare{kvd.ValueIs(key, []byte(a.pos[1]))}, Ops: []kvd.Op{kvd.OpPut(key, []byte(a.pos[2]))}})
 	if err != nil {
 		if errors.Is(err, kvd.ErrCompareFailed) {
 			return fmt.Errorf("%q does not hold %q: %w", key, a.pos[1], kvd.ErrPreconditionFailed)
@@ -504,30 +504,69 @@ func (s *Shell) txnJSON(ctx context.Context, a *args) error {
 	if err := dec.Decode(&req); err != nil {
 		return usagef("the transaction is not valid JSON of the form {\"compare\":[...],\"ops\":[...]}: %v", err)
 	}
-	resp, err := s.c.Txn(ctx, req.Compare, req.Ops)
+	t, err := txnFromAPI(req)
+	if err != nil {
+		return err
+	}
+	resp, err := s.c.Txn(ctx, t)
 	if err != nil {
 		return err
 	}
 	return s.printTxn(resp)
 }
 
-func (s *Shell) printTxn(resp api.TxnResponse) error {
+// txnFromAPI reads a transaction in the wire's JSON shape.
+func txnFromAPI(req api.TxnRequest) (kvd.Txn, error) {
+	var t kvd.Txn
+	for _, c := range req.Compare {
+		t.Compares = append(t.Compares, kvd.Compare{Key: c.Key, Version: c.Version, Value: c.Value, Exists: c.Exists})
+	}
+	for i, op := range req.Ops {
+		o := kvd.Op{Op: op.Op, Key: op.Key, Value: op.Value, Delta: op.Delta}
+		if op.TTL != "" {
+			d, err := time.ParseDuration(op.TTL)
+			if err != nil {
+				return t, usagef("op %d: ttl %q is not a duration", i, op.TTL)
+			}
+			o.TTL = d
+		}
+		t.Ops = append(t.Ops, o)
+	}
+	return t, nil
+}
+
+func (s *Shell) printTxn(resp kvd.TxnResponse) error {
 	if s.o.JSON {
-		return s.emit(resp)
+		out := api.TxnResponse{Committed: resp.Committed}
+		for _, r := range resp.Results {
+			ar := api.TxnResult{Op: r.Op, Key: r.Key, Value: r.Value, Version: r.Version}
+			switch r.Op {
+			case "get":
+				found := r.Found
+				ar.Found = &found
+			case "delete":
+				deleted := r.Deleted
+				ar.Deleted = &deleted
+			}
+			out.Results = append(out.Results, ar)
+		}
+		return s.emit(out)
 	}
 	fmt.Fprintln(s.out, "committed")
 	for _, r := range resp.Results {
 		switch r.Op {
 		case "get":
-			if r.Found != nil && *r.Found {
+			if r.Found {
 				fmt.Fprintf(s.out, "get %s = %s (version %d)\n", r.Key, showValue(r.Value), r.Version)
 			} else {
 				fmt.Fprintf(s.out, "get %s: not found\n", r.Key)
 			}
 		case "put":
 			fmt.Fprintf(s.out, "put %s (version %d)\n", r.Key, r.Version)
+		case "add":
+			fmt.Fprintf(s.out, "add %s = %s (version %d)\n", r.Key, r.Value, r.Version)
 		case "delete":
-			fmt.Fprintf(s.out, "del %s (deleted: %v)\n", r.Key, r.Deleted != nil && *r.Deleted)
+			fmt.Fprintf(s.out, "del %s (deleted: %v)\n", r.Key, r.Deleted)
 		}
 	}
 	return nil
