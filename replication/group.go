@@ -44,6 +44,9 @@ type Config struct {
 	Bootstrap bool
 	// Layer carries the group's Raft traffic (see Mux.Layer).
 	Layer raft.StreamLayer
+	// Transport, if set, is used instead of a network transport over
+	// Layer (an embedded single node uses raft's in-memory transport).
+	Transport raft.Transport
 	// AddressProvider, if set, names the address to dial for each peer,
 	// overriding the address in the Raft configuration.
 	AddressProvider raft.ServerAddressProvider
@@ -121,8 +124,8 @@ func (c *Config) validate() error {
 		return errors.New("node id is required")
 	case c.Dir == "":
 		return errors.New("dir is required")
-	case c.Layer == nil:
-		return errors.New("stream layer is required")
+	case c.Layer == nil && c.Transport == nil:
+		return errors.New("a stream layer or a transport is required")
 	case c.MaxBatchCmds < 1 || c.MaxBatchBytes < 1 || c.MaxAppendEntries < 1:
 		return errors.New("batch limits must be positive")
 	}
@@ -157,7 +160,7 @@ type Group struct {
 	db    *store.DB
 	logs  *raftboltdb.BoltStore
 	snaps raft.SnapshotStore
-	trans *raft.NetworkTransport
+	trans raft.Transport
 	raft  *raft.Raft
 
 	origin        uint64 // identifies this incarnation's proposals
@@ -220,13 +223,17 @@ func Open(cfg Config) (*Group, error) {
 	if err := g.catchUpWithSnapshot(); err != nil {
 		return nil, fmt.Errorf("open group %d: %w", cfg.Group, err)
 	}
-	g.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		ServerAddressProvider: cfg.AddressProvider,
-		Logger:                hlog,
-		Stream:                cfg.Layer,
-		MaxPool:               3,
-		Timeout:               10 * time.Second,
-	})
+	if cfg.Transport != nil {
+		g.trans = cfg.Transport
+	} else {
+		g.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+			ServerAddressProvider: cfg.AddressProvider,
+			Logger:                hlog,
+			Stream:                cfg.Layer,
+			MaxPool:               3,
+			Timeout:               10 * time.Second,
+		})
+	}
 
 	notify := make(chan bool, 16)
 	rc := raft.DefaultConfig()
@@ -671,8 +678,8 @@ func (g *Group) Close() error {
 
 func (g *Group) closeFiles() error {
 	var errs []error
-	if g.trans != nil {
-		if err := g.trans.Close(); err != nil {
+	if c, ok := g.trans.(raft.WithClose); ok && g.trans != nil {
+		if err := c.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close transport: %w", err))
 		}
 	} else if g.cfg.Layer != nil {

@@ -315,7 +315,11 @@ func (b backend) Cluster(ctx context.Context) (api.Cluster, error) {
 func (b backend) Epoch() uint64 { return b.s.Map().Epoch }
 
 func (b backend) Status(ctx context.Context) api.Status {
-	st := api.Status{Node: b.s.id, HTTP: b.s.HTTPAddr(), Raft: b.s.mux.Addr().String(), Version: b.s.cfg.Version,
+	raftAddr := "in-memory"
+	if b.s.mux != nil {
+		raftAddr = b.s.mux.Addr().String()
+	}
+	st := api.Status{Node: b.s.id, HTTP: b.s.HTTPAddr(), Raft: raftAddr, Version: b.s.cfg.Version,
 		Uptime: time.Since(b.s.started).Round(time.Second).String(), Epoch: b.s.Map().Epoch}
 	for _, gid := range b.s.Map().GroupsOf(b.s.id) {
 		g, ok := b.s.hosted()[gid]

@@ -35,6 +35,10 @@ type Config struct {
 	// on HTTPAddr and RaftAddr (tests listen on port 0 first).
 	HTTPListener net.Listener
 	RaftListener net.Listener
+	// Embedded runs a single node without a Raft listener (Raft over an
+	// in-memory transport), serving HTTP only if HTTPAddr or HTTPListener
+	// is set: the embedded store.
+	Embedded bool
 	// InitialCluster, if set, is the bootstrap file. It is read only on
 	// the first start; a restarted node resumes from DataDir. Nil starts
 	// a single-node cluster of this node alone.
@@ -100,10 +104,12 @@ func (c *Config) validate() error {
 		return errors.New("node id is required")
 	case c.DataDir == "":
 		return errors.New("data dir is required")
-	case c.HTTPListener == nil && c.HTTPAddr == "":
+	case !c.Embedded && c.HTTPListener == nil && c.HTTPAddr == "":
 		return errors.New("http address is required")
-	case c.RaftListener == nil && c.RaftAddr == "":
+	case !c.Embedded && c.RaftListener == nil && c.RaftAddr == "":
 		return errors.New("raft address is required")
+	case c.Embedded && c.InitialCluster != nil && len(c.InitialCluster.Nodes) > 1:
+		return errors.New("an embedded store runs a single node")
 	case c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0 || c.TTLInterval <= 0 || c.IdempotencyRetention <= 0:
 		return errors.New("timeouts and intervals must be positive")
 	}

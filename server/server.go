@@ -81,23 +81,44 @@ func New(cfg Config) (_ *Server, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
-	if s.httpLn = cfg.HTTPListener; s.httpLn == nil {
+	// Listeners: an embedded node has no Raft listener, and serves HTTP
+	// only when asked to.
+	if s.httpLn = cfg.HTTPListener; s.httpLn == nil && (!cfg.Embedded || cfg.HTTPAddr != "") {
 		if s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 			return nil, fmt.Errorf("listen http: %w", err)
 		}
 	}
-	raftLn := cfg.RaftListener
-	if raftLn == nil {
-		if raftLn, err = net.Listen("tcp", cfg.RaftAddr); err != nil {
-			return nil, fmt.Errorf("listen raft: %w", err)
+	var raftLn net.Listener
+	if !cfg.Embedded {
+		if raftLn = cfg.RaftListener; raftLn == nil {
+			if raftLn, err = net.Listen("tcp", cfg.RaftAddr); err != nil {
+				return nil, fmt.Errorf("listen raft: %w", err)
+			}
 		}
 	}
-	httpAdv := firstNonEmpty(cfg.HTTPAdvertise, s.httpLn.Addr().String())
-	raftAdv := firstNonEmpty(cfg.RaftAdvertise, raftLn.Addr().String())
+	closeRaft := func() {
+		if raftLn != nil && s.mux == nil {
+			raftLn.Close()
+		}
+	}
+	defer func() {
+		if err != nil {
+			closeRaft()
+		}
+	}()
+	httpAdv, raftAdv := cfg.HTTPAdvertise, cfg.RaftAdvertise
+	if httpAdv == "" && s.httpLn != nil {
+		httpAdv = s.httpLn.Addr().String()
+	}
+	if raftAdv == "" {
+		raftAdv = "inmem:" + s.id
+		if raftLn != nil {
+			raftAdv = raftLn.Addr().String()
+		}
+	}
 
 	nf, err := readNodeFile(cfg.DataDir)
 	if err != nil {
-		raftLn.Close()
 		return nil, err
 	}
 	first := nf == nil
@@ -108,25 +129,26 @@ func New(cfg Config) (_ *Server, err error) {
 		}
 		nf = &nodeFile{ID: s.id, Map: ic.Map()}
 		if _, ok := nf.Map.Node(s.id); !ok {
-			raftLn.Close()
 			return nil, fmt.Errorf("node %q is not in the initial cluster", s.id)
 		}
 		if err := writeNodeFile(cfg.DataDir, nf); err != nil {
-			raftLn.Close()
 			return nil, err
 		}
 	} else if nf.ID != s.id {
-		raftLn.Close()
 		return nil, fmt.Errorf("data dir %s belongs to node %q, not %q", cfg.DataDir, nf.ID, s.id)
 	}
 	s.seed = nf.Map
-	// Peers dial what the map says, so that is what this node advertises
-	// unless told otherwise.
-	self, _ := s.seed.Node(s.id)
-	raftAdv = firstNonEmpty(cfg.RaftAdvertise, self.Raft)
-	if s.mux, err = replication.NewMux(raftLn, raftAdv, s.log); err != nil {
-		raftLn.Close()
-		return nil, err
+	if cfg.Embedded && (len(s.seed.Nodes) != 1 || len(s.seed.Groups) != 1) {
+		return nil, fmt.Errorf("data dir %s holds a node of a cluster; an embedded store runs a single node", cfg.DataDir)
+	}
+	if raftLn != nil {
+		// Peers dial what the map says, so that is what this node
+		// advertises unless told otherwise.
+		self, _ := s.seed.Node(s.id)
+		raftAdv = firstNonEmpty(cfg.RaftAdvertise, self.Raft)
+		if s.mux, err = replication.NewMux(raftLn, raftAdv, s.log); err != nil {
+			return nil, err
+		}
 	}
 	s.peerHTTP = httpapi.NewForwardClient()
 	if err := s.openGroups(first); err != nil {
@@ -151,18 +173,20 @@ func New(cfg Config) (_ *Server, err error) {
 	}); err != nil {
 		return nil, err
 	}
-	s.httpSrv = &http.Server{
-		Handler:           s.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       60 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	if s.httpLn != nil {
+		s.httpSrv = &http.Server{
+			Handler:           s.handler,
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       60 * time.Second,
+			WriteTimeout:      60 * time.Second,
+			IdleTimeout:       120 * time.Second,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		}
+		// Watches are endless requests: end them when the server shuts
+		// down, so the drain does not wait for them.
+		s.httpSrv.RegisterOnShutdown(func() { close(shutdown) })
 	}
-	// Watches are endless requests: end them when the server shuts down,
-	// so the drain does not wait for them.
-	s.httpSrv.RegisterOnShutdown(func() { close(shutdown) })
 	bgCtx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
 	s.bg.Add(2)
@@ -181,15 +205,16 @@ func New(cfg Config) (_ *Server, err error) {
 			s.balanceLeaders(bgCtx, cfg.LeaderBalanceInterval)
 		}()
 	}
-	go func() {
-		err := s.httpSrv.Serve(s.httpLn)
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		s.serveErr <- err
-	}()
-	s.log.Info("node started", "http", s.httpLn.Addr().String(), "raft", raftLn.Addr().String(),
-		"groups", len(s.hosted()), "first_start", first)
+	if s.httpSrv != nil {
+		go func() {
+			err := s.httpSrv.Serve(s.httpLn)
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			}
+			s.serveErr <- err
+		}()
+	}
+	s.log.Info("node started", "http", httpAdv, "raft", raftAdv, "groups", len(s.hosted()), "first_start", first, "embedded", cfg.Embedded)
 	return s, nil
 }
 
@@ -210,11 +235,17 @@ func (s *Server) openGroups(first bool) error {
 		rc.LeaderReadIndex = s.remoteReadIndex
 		rc.SeedMap = s.seed
 		rc.Logger = s.log
-		layer, err := s.mux.Layer(gid)
-		if err != nil {
-			return err
+		if s.mux != nil {
+			layer, err := s.mux.Layer(gid)
+			if err != nil {
+				return err
+			}
+			rc.Layer = layer
+		} else {
+			addr, trans := raft.NewInmemTransport(raft.ServerAddress(rc.Peers[0].Addr))
+			rc.Transport = trans
+			rc.Peers[0].Addr = string(addr)
 		}
-		rc.Layer = layer
 		g, err := replication.Open(rc)
 		if err != nil {
 			return err
@@ -229,11 +260,21 @@ func (s *Server) openGroups(first bool) error {
 	return nil
 }
 
-// HTTPAddr returns the address the HTTP API listens on.
-func (s *Server) HTTPAddr() string { return s.httpLn.Addr().String() }
+// HTTPAddr returns the address the HTTP API listens on, "" if none.
+func (s *Server) HTTPAddr() string {
+	if s.httpLn == nil {
+		return ""
+	}
+	return s.httpLn.Addr().String()
+}
 
 // RaftTransportStats counts the node's Raft sessions and streams.
-func (s *Server) RaftTransportStats() replication.MuxStats { return s.mux.Stats() }
+func (s *Server) RaftTransportStats() replication.MuxStats {
+	if s.mux == nil {
+		return replication.MuxStats{}
+	}
+	return s.mux.Stats()
+}
 
 // hosted returns the replicas this node hosts; do not modify the map.
 func (s *Server) hosted() map[kvd.GroupID]*replication.Group { return *s.groups.Load() }
@@ -399,4 +440,25 @@ func firstNonEmpty(a, b string) string {
 		return a
 	}
 	return b
+}
+
+// WaitReady waits until every group this node hosts has a leader that
+// can serve reads, at most timeout.
+func (s *Server) WaitReady(timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for _, g := range s.hosted() {
+		for {
+			err := g.ReadBarrier(ctx, kvd.Linearizable)
+			if err == nil || !g.IsLeader() && g.LeaderID() != "" {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("group %d not ready: %w", g.ID(), kvd.ErrUnavailable)
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }
