@@ -85,12 +85,14 @@ type wireResult struct {
 	Message string            `json:"message,omitempty"`
 	Locks   *store.LockSet    `json:"locks,omitempty"`
 	Txn     *store.TxnOutcome `json:"txn,omitempty"`
+	Dedup   *store.DedupState `json:"dedup,omitempty"`
 }
 
-var resultErrs = map[string]error{"precondition_failed": kvd.ErrPreconditionFailed, "conflict": kvd.ErrConflict, "invalid": kvd.ErrInvalid}
+var resultErrs = map[string]error{"precondition_failed": kvd.ErrPreconditionFailed, "conflict": kvd.ErrConflict, "invalid": kvd.ErrInvalid,
+	"idempotency_mismatch": kvd.ErrIdempotencyMismatch}
 
 func encodeResult(r store.Result) ([]byte, error) {
-	w := wireResult{Version: r.Version, Deleted: r.Deleted, Locks: r.Locks, Txn: r.Txn}
+	w := wireResult{Version: r.Version, Deleted: r.Deleted, Locks: r.Locks, Txn: r.Txn, Dedup: r.Dedup}
 	if r.Err != nil {
 		w.Message = r.Err.Error()
 		for code, e := range resultErrs {
@@ -110,7 +112,7 @@ func decodeResult(b []byte) (store.Result, error) {
 	if err := json.Unmarshal(b, &w); err != nil {
 		return store.Result{}, err
 	}
-	r := store.Result{Version: w.Version, Deleted: w.Deleted, Locks: w.Locks, Txn: w.Txn}
+	r := store.Result{Version: w.Version, Deleted: w.Deleted, Locks: w.Locks, Txn: w.Txn, Dedup: w.Dedup}
 	if w.Err != "" {
 		r.Err = fmt.Errorf("%s: %w", w.Message, resultErrs[w.Err])
 	}
@@ -219,7 +221,7 @@ func isDial(err error) bool {
 // proposer.
 func validateInternal(c *store.Cmd) error {
 	switch c.Kind {
-	case store.CmdTxnPrepare, store.CmdTxnResolve, store.CmdTxnRecover, store.CmdTxnForget:
+	case store.CmdTxnPrepare, store.CmdTxnResolve, store.CmdTxnRecover, store.CmdTxnForget, store.CmdDedupClaim, store.CmdDedupDone:
 		return json.Unmarshal(c.Data, new(map[string]any))
 	case store.CmdTxnDecide:
 		return json.Unmarshal(c.Data, new(map[string]any))

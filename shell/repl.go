@@ -106,7 +106,7 @@ func (s *Shell) Script(ctx context.Context, r io.Reader, keepGoing bool, stderr 
 // one (by prefix, from the cluster).
 type completer struct{ s *Shell }
 
-var keyCommands = map[string]bool{"get": true, "put": true, "del": true, "cas": true, "scan": true}
+var keyCommands = map[string]bool{"get": true, "put": true, "del": true, "cas": true, "scan": true, "add": true, "watch": true}
 
 // Do implements readline.AutoCompleter.
 func (c *completer) Do(line []rune, pos int) ([][]rune, int) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"sort"
 	"strconv"
 	"strings"
@@ -45,7 +46,8 @@ func ExitCode(err error) int {
 		return ExitUsage
 	case errors.Is(err, kvd.ErrNotFound):
 		return ExitNotFound
-	case errors.Is(err, kvd.ErrPreconditionFailed), errors.Is(err, kvd.ErrCompareFailed), errors.Is(err, kvd.ErrConflict):
+	case errors.Is(err, kvd.ErrPreconditionFailed), errors.Is(err, kvd.ErrCompareFailed), errors.Is(err, kvd.ErrConflict),
+		errors.Is(err, kvd.ErrNotANumber), errors.Is(err, kvd.ErrIdempotencyMismatch):
 		return ExitPrecondition
 	case errors.Is(err, kvd.ErrUnknownOutcome):
 		return ExitUnknown
@@ -65,7 +67,7 @@ func Explain(err error) string {
 	}
 	// The category is said in words below: drop it from the detail.
 	for _, sentinel := range []error{kvd.ErrNotFound, kvd.ErrPreconditionFailed, kvd.ErrUnavailable, kvd.ErrUnknownOutcome,
-		kvd.ErrConflict, kvd.ErrInvalid, kvd.ErrTooLarge, kvd.ErrCompareFailed} {
+		kvd.ErrConflict, kvd.ErrInvalid, kvd.ErrTooLarge, kvd.ErrCompareFailed, kvd.ErrCompacted, kvd.ErrNotANumber, kvd.ErrIdempotencyMismatch} {
 		detail = strings.TrimSuffix(detail, ": "+sentinel.Error())
 	}
 	if ce != nil && ce.Node != "" {
@@ -92,6 +94,12 @@ func Explain(err error) string {
 		return "unavailable, nothing was applied: " + detail + `; try again, or check the cluster with "kvcli health"`
 	case errors.Is(err, kvd.ErrTooLarge):
 		return "too large: " + detail
+	case errors.Is(err, kvd.ErrCompacted):
+		return "compacted: " + detail
+	case errors.Is(err, kvd.ErrNotANumber):
+		return "not a number: " + detail
+	case errors.Is(err, kvd.ErrIdempotencyMismatch):
+		return "idempotency key reused for a different request: " + detail
 	case errors.Is(err, kvd.ErrInvalid):
 		return "invalid: " + detail
 	}
@@ -137,6 +145,8 @@ type command struct {
 	summary string
 	flags   map[string]bool // flag name -> takes a value
 	shell   bool            // only in the interactive shell
+	// endless commands run until interrupted, not within --timeout.
+	endless bool
 	run     func(s *Shell, ctx context.Context, a *args) error
 }
 
@@ -146,8 +156,9 @@ func init() {
 	commands = []*command{
 		{name: "get", args: "KEY [--consistency linearizable|follower|stale]", summary: "print a key's value",
 			flags: map[string]bool{"consistency": true}, run: (*Shell).get},
-		{name: "put", args: "KEY VALUE|@FILE|- [--if-version N] [--create-only]", summary: "store a value (from the argument, a file, or standard input)",
-			flags: map[string]bool{"if-version": true, "create-only": false}, run: (*Shell).put},
+		{name: "put", args: "KEY VALUE|@FILE|- [--if-version N] [--create-only] [--ttl D]", summary: "store a value (from the argument, a file, or standard input); --ttl 30s makes it vanish after that",
+			flags: map[string]bool{"if-version": true, "create-only": false, "ttl": true}, run: (*Shell).put},
+		{name: "add", args: "KEY DELTA", summary: "add DELTA to the integer at KEY (absent: 0) and print the new value", run: (*Shell).add},
 		{name: "del", args: "KEY [--if-version N]", summary: "delete a key", flags: map[string]bool{"if-version": true}, run: (*Shell).del},
 		{name: "scan", args: "[PREFIX] [--start KEY] [--end KEY] [--limit N] [--all] [--keys-only]", summary: "list keys in order, a page at a time",
 			flags: map[string]bool{"start": true, "end": true, "limit": true, "all": false, "keys-only": false, "consistency": true}, run: (*Shell).scan},
@@ -156,6 +167,8 @@ func init() {
 		{name: "begin", summary: "open a transaction: get records versions, put and del are buffered until commit", shell: true, run: (*Shell).begin},
 		{name: "commit", summary: "commit the open transaction, if nothing it read has changed", shell: true, run: (*Shell).commit},
 		{name: "abort", summary: "drop the open transaction", shell: true, run: (*Shell).abort},
+		{name: "watch", args: "[PREFIX] [--since CURSOR] [--count N]", summary: "print changes to keys with PREFIX as they happen, until interrupted (Ctrl-C)",
+			flags: map[string]bool{"since": true, "count": true}, endless: true, run: (*Shell).watch},
 		{name: "cluster", summary: "show the nodes, groups, leaders and slot ranges", run: (*Shell).cluster},
 		{name: "status", args: "[NODE]", summary: "show a node's replicas: role, term, indexes", run: (*Shell).status},
 		{name: "health", summary: "check every node's liveness and readiness", run: (*Shell).health},
@@ -249,6 +262,13 @@ func (s *Shell) Exec(ctx context.Context, words []string, interactive bool) erro
 	if err != nil {
 		return err
 	}
+	if c.endless {
+		// Until interrupted: Ctrl-C ends the command, not the shell.
+		var stop context.CancelFunc
+		ctx, stop = signal.NotifyContext(ctx, os.Interrupt)
+		defer stop()
+		return c.run(s, ctx, a)
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.o.Timeout)
 	defer cancel()
 	return c.run(s, ctx, a)
@@ -334,6 +354,13 @@ func writeOpts(a *args) ([]kvd.WriteOption, error) {
 		}
 		opts = append(opts, kvd.CreateOnly())
 	}
+	if v, ok := a.flags["ttl"]; ok {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return nil, usagef("--ttl needs a positive duration such as 30s, not %q", v)
+		}
+		opts = append(opts, kvd.WithTTL(d))
+	}
 	return opts, nil
 }
 
@@ -365,6 +392,25 @@ func (s *Shell) put(ctx context.Context, a *args) error {
 		return s.emit(map[string]any{"key": a.pos[0], "version": v})
 	}
 	fmt.Fprintf(s.out, "OK (version %d)\n", v)
+	return nil
+}
+
+func (s *Shell) add(ctx context.Context, a *args) error {
+	if err := a.want(lookup("add"), 2, 2); err != nil {
+		return err
+	}
+	delta, err := strconv.ParseInt(a.pos[1], 10, 64)
+	if err != nil {
+		return usagef("DELTA must be an integer, not %q", a.pos[1])
+	}
+	n, err := s.c.Add(ctx, a.pos[0], delta)
+	if err != nil {
+		return err
+	}
+	if s.o.JSON {
+		return s.emit(map[string]any{"key": a.pos[0], "value": n})
+	}
+	fmt.Fprintln(s.out, n)
 	return nil
 }
 
@@ -603,6 +649,59 @@ func (s *Shell) abort(ctx context.Context, a *args) error {
 	}
 	s.tx = nil
 	fmt.Fprintln(s.out, "transaction dropped, nothing written")
+	return nil
+}
+
+func (s *Shell) watch(ctx context.Context, a *args) error {
+	if err := a.want(lookup("watch"), 0, 1); err != nil {
+		return err
+	}
+	prefix := ""
+	if len(a.pos) == 1 {
+		prefix = a.pos[0]
+	}
+	count := -1
+	if v, ok := a.flags["count"]; ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return usagef("--count must be a positive number")
+		}
+		count = n
+	}
+	w, err := s.c.Watch(ctx, prefix, a.flags["since"])
+	if err != nil {
+		if errors.Is(err, kvd.ErrCompacted) {
+			return fmt.Errorf("the cursor is older than the retained history; watch from now and read the current state first: %w", err)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	defer w.Close()
+	if !s.o.JSON {
+		fmt.Fprintf(s.out, "watching %q (Ctrl-C to stop)\n", prefix)
+	}
+	for n := 0; count < 0 || n < count; n++ {
+		ev, err := w.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil // interrupted: a normal end
+			}
+			return err
+		}
+		if s.o.JSON {
+			if err := s.emit(map[string]any{"type": ev.Type, "key": ev.Key, "value": ev.Value, "version": ev.Version, "cursor": ev.Cursor}); err != nil {
+				return err
+			}
+			continue
+		}
+		if ev.Type == "delete" {
+			fmt.Fprintf(s.out, "delete %s (version %d)\n", ev.Key, ev.Version)
+		} else {
+			fmt.Fprintf(s.out, "put %s = %s (version %d)\n", ev.Key, showValue(ev.Value), ev.Version)
+		}
+	}
 	return nil
 }
 

@@ -336,3 +336,45 @@ func TestKvcli_InteractiveHistoryAndCompletion(t *testing.T) {
 	require.Contains(t, string(hist), "put k1 v2")
 	require.Contains(t, string(hist), "get completion-target")
 }
+
+func TestKvcli_FunctionsCommands(t *testing.T) {
+	c := testcluster.New(t, 3, 3)
+	r := kvcli(t, c, "", "add", "hits", "5")
+	require.Equal(t, "5\n", r.stdout, r.stderr)
+	r = kvcli(t, c, "", "add", "hits", "-2")
+	require.Equal(t, "3\n", r.stdout)
+	require.Equal(t, 0, kvcli(t, c, "", "put", "text", "abc").code)
+	r = kvcli(t, c, "", "add", "text", "1")
+	require.Equal(t, 4, r.code)
+	require.Contains(t, r.stderr, "not a number")
+
+	r = kvcli(t, c, "", "put", "session", "s", "--ttl", "300ms")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Eventually(t, func() bool { return kvcli(t, c, "", "get", "session").code == 3 }, 10*time.Second, 100*time.Millisecond)
+	r = kvcli(t, c, "", "put", "session", "s", "--ttl", "soon")
+	require.Equal(t, 2, r.code)
+
+	// A watch prints the changes that follow it.
+	cmd := exec.Command(kvcliBin, "--endpoints", c.URL(1), "--json", "watch", "w/", "--count", "2")
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	require.NoError(t, cmd.Start())
+	time.Sleep(500 * time.Millisecond)
+	require.Equal(t, 0, kvcli(t, c, "", "put", "w/a", "1").code)
+	require.Equal(t, 0, kvcli(t, c, "", "del", "w/a").code)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(15 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("watch --count 2 did not end")
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	require.Len(t, lines, 2)
+	var ev map[string]any
+	require.NoError(t, json.Unmarshal([]byte(lines[1]), &ev))
+	require.Equal(t, "delete", ev["type"])
+	require.NotEmpty(t, ev["cursor"])
+}
