@@ -141,7 +141,8 @@ type Op struct {
 	Value []byte
 	// Delta is an add's increment.
 	Delta int64
-	// TTL, for a put, makes the key vanish that long after the commit.
+	// TTL, for a put or an add, makes the key vanish that long after the
+	// commit.
 	TTL time.Duration
 }
 
@@ -168,6 +169,14 @@ func OpDelete(key string) Op { return Op{Op: "delete", Key: key} }
 
 // OpAdd adds delta to a decimal integer key in a transaction.
 func OpAdd(key string, delta int64) Op { return Op{Op: "add", Key: key, Delta: delta} }
+
+// OpAddTTL adds delta and (re)sets the key's time to live: a counter that
+// vanishes ttl after its last change, such as a rate-limit window.
+func OpAddTTL(key string, delta int64, ttl time.Duration) Op {
+	op := OpAdd(key, delta)
+	op.TTL = ttl
+	return op
+}
 
 // Txn is a transaction.
 type Txn struct {

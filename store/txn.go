@@ -634,7 +634,7 @@ func (a *applier) onePhaseApply(t *TxnOnePhase) (*TxnOutcome, error) {
 		case "put", "add":
 			v, ttl := op.Value, op.TTL
 			if op.Op == "add" {
-				v, ttl = added[op.Key], 0
+				v = added[op.Key]
 			}
 			if err := a.setKey(op.Key, v, ttl); err != nil {
 				return nil, err

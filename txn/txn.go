@@ -176,8 +176,8 @@ func Validate(req Request, l kvd.Limits) error {
 		if err := l.ValidateKey(op.Key); err != nil {
 			return fmt.Errorf("op %d: %w", i, err)
 		}
-		if op.TTL < 0 || (op.TTL > 0 && op.Op != "put") {
-			return fmt.Errorf("%w: op %d: a ttl is for puts, and positive", kvd.ErrInvalid, i)
+		if op.TTL < 0 || (op.TTL > 0 && op.Op != "put" && op.Op != "add") {
+			return fmt.Errorf("%w: op %d: a ttl is for puts and adds, and positive", kvd.ErrInvalid, i)
 		}
 		if op.Delta != 0 && op.Op != "add" {
 			return fmt.Errorf("%w: op %d: a delta is for adds", kvd.ErrInvalid, i)

@@ -255,6 +255,23 @@ func ttl(t *testing.T, kv kvd.KV, p string) {
 		_, err := kv.Get(c, p+"txn")
 		return errors.Is(err, kvd.ErrNotFound)
 	}, 5*time.Second, 20*time.Millisecond)
+	// So may an add, alone or beside others (across groups: two-phase).
+	resp, err := kv.Txn(c, kvd.Txn{Ops: []kvd.Op{kvd.OpAddTTL(p+"n1", 2, 300*time.Millisecond)}})
+	require.NoError(t, err)
+	require.Equal(t, "2", string(resp.Results[0].Value))
+	_, err = kv.Txn(c, kvd.Txn{Ops: []kvd.Op{
+		kvd.OpAddTTL(p+"n2", 1, 300*time.Millisecond), kvd.OpAddTTL(p+"n3", 1, 300*time.Millisecond), kvd.OpAdd(p+"n4", 1),
+	}})
+	require.NoError(t, err)
+	for _, k := range []string{"n1", "n2", "n3"} {
+		require.Eventually(t, func() bool {
+			_, err := kv.Get(c, p+k)
+			return errors.Is(err, kvd.ErrNotFound)
+		}, 5*time.Second, 20*time.Millisecond, k)
+	}
+	it, err = kv.Get(c, p+"n4")
+	require.NoError(t, err, "an add without a ttl stays")
+	require.Equal(t, "1", string(it.Value))
 }
 
 func idempotency(t *testing.T, kv kvd.KV, p string) {
