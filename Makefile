@@ -28,9 +28,10 @@ test:
 test-short:
 	$(GO) test -short -timeout 5m ./...
 
-## bench: PUT and GET throughput and latency of a 3-replica group on loopback
+## bench: throughput and latency as ratios measured in one run: embedded
+## vs network (one store), 1 vs 3 groups, leader vs follower reads, txns
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 3000x -timeout 20m ./server/
+	$(GO) test -run '^$$' -bench . -benchtime 3000x -timeout 20m ./embed/ ./server/
 
 ## jepsen: every workload under mixed faults on a real cluster; reports in jepsen-results/
 jepsen:

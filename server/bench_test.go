@@ -4,14 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"sort"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/client"
+	"github.com/kvd-project/kvd/internal/load"
 	"github.com/kvd-project/kvd/internal/testcluster"
 	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/server"
@@ -41,59 +38,17 @@ func newBenchClient(b *testing.B, c *testcluster.Cluster, consistency kvd.Consis
 	return cl
 }
 
-type loadResult struct {
-	opsPerSec float64
-	p50, p99  time.Duration
-	errors    int64
-}
-
 // closedLoop runs n operations over clients workers.
-func closedLoop(clients, n int, op func(i int) error) loadResult {
-	var next, errs atomic.Int64
-	lat := make([][]time.Duration, clients)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for w := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				t0 := time.Now()
-				if err := op(i); err != nil {
-					errs.Add(1)
-					continue
-				}
-				lat[w] = append(lat[w], time.Since(t0))
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
-	}
-	r := loadResult{errors: errs.Load()}
-	if len(all) == 0 {
-		return r
-	}
-	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	r.opsPerSec = float64(len(all)) / elapsed.Seconds()
-	r.p50 = all[len(all)/2]
-	r.p99 = all[int(0.99*float64(len(all)-1))]
-	return r
+func closedLoop(clients, n int, op func(i int) error) load.Result {
+	return load.Run(context.Background(), clients, n, 0, nil, func(_ context.Context, i int) error { return op(i) })
 }
 
-func report(b *testing.B, prefix string, r loadResult) {
-	b.ReportMetric(r.opsPerSec, prefix+"ops/s")
-	b.ReportMetric(float64(r.p50.Microseconds())/1000, prefix+"p50-ms")
-	b.ReportMetric(float64(r.p99.Microseconds())/1000, prefix+"p99-ms")
-	if r.errors > 0 {
-		b.Errorf("%s: %d operations failed", prefix, r.errors)
+func report(b *testing.B, prefix string, r load.Result) {
+	b.ReportMetric(r.OpsPerSec, prefix+"ops/s")
+	b.ReportMetric(float64(r.P50.Microseconds())/1000, prefix+"p50-ms")
+	b.ReportMetric(float64(r.P99.Microseconds())/1000, prefix+"p99-ms")
+	if r.Errors > 0 {
+		b.Errorf("%s: %d operations failed, first: %v", prefix, r.Errors, r.FirstErr)
 	}
 }
 
@@ -121,7 +76,7 @@ func BenchmarkPut(b *testing.B) {
 // BenchmarkPutGroups compares write throughput of 1 group with 3 groups
 // on the same 3 nodes, 64 clients.
 func BenchmarkPutGroups(b *testing.B) {
-	var one, three loadResult
+	var one, three load.Result
 	for _, groups := range []int{1, 3} {
 		c := newBenchCluster(b, groups)
 		cl := newBenchClient(b, c, kvd.Linearizable)
@@ -137,7 +92,7 @@ func BenchmarkPutGroups(b *testing.B) {
 	}
 	report(b, "1group-", one)
 	report(b, "3groups-", three)
-	b.ReportMetric(three.opsPerSec/one.opsPerSec, "3groups/1group")
+	b.ReportMetric(three.OpsPerSec/one.OpsPerSec, "3groups/1group")
 }
 
 // BenchmarkGet compares linearizable reads served by the leader alone
@@ -150,7 +105,7 @@ func BenchmarkGet(b *testing.B) {
 		_, err := w.Put(context.Background(), fmt.Sprintf("k%08d", i), value256)
 		return err
 	})
-	results := map[kvd.Consistency]loadResult{}
+	results := map[kvd.Consistency]load.Result{}
 	for _, cons := range []kvd.Consistency{kvd.Linearizable, kvd.Follower, kvd.Stale} {
 		cl := newBenchClient(b, c, cons)
 		get := func(i int) error {
@@ -163,7 +118,7 @@ func BenchmarkGet(b *testing.B) {
 	report(b, "leader-", results[kvd.Linearizable])
 	report(b, "follower-", results[kvd.Follower])
 	report(b, "stale-", results[kvd.Stale])
-	b.ReportMetric(results[kvd.Follower].opsPerSec/results[kvd.Linearizable].opsPerSec, "follower/leader")
+	b.ReportMetric(results[kvd.Follower].OpsPerSec/results[kvd.Linearizable].OpsPerSec, "follower/leader")
 }
 
 // BenchmarkTxn measures 2-key transactions (two puts, no contention) in
@@ -196,7 +151,7 @@ func BenchmarkTxn(b *testing.B) {
 		}
 	}
 	closedLoop(16, 500, putOp(cl)) // warm up
-	results := map[string]loadResult{}
+	results := map[string]load.Result{}
 	results["put-c16-"] = closedLoop(16, b.N, putOp(cl))
 	for _, clients := range []int{16, 64} {
 		results[fmt.Sprintf("txn1group-c%d-", clients)] = closedLoop(clients, b.N, txnOp(sameGroup))
@@ -205,5 +160,5 @@ func BenchmarkTxn(b *testing.B) {
 	for name, r := range results {
 		report(b, name, r)
 	}
-	b.ReportMetric(float64(results["txn2groups-c16-"].p50)/float64(results["put-c16-"].p50), "txn2groups/put-p50")
+	b.ReportMetric(float64(results["txn2groups-c16-"].P50)/float64(results["put-c16-"].P50), "txn2groups/put-p50")
 }
