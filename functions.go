@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
 	"time"
 )
 
@@ -79,7 +80,8 @@ func CreateOnly() WriteOption { return IfVersion(0) }
 // IfExists makes a write succeed only if the key exists.
 func IfExists() WriteOption { return func(o *WriteOptions) { o.Cond = Cond{Kind: CondExists} } }
 
-// WithTTL makes a put's key vanish d after the write (a replicated delete).
+// WithTTL makes the key of a put or an add vanish d after the write (a
+// replicated delete).
 func WithTTL(d time.Duration) WriteOption { return func(o *WriteOptions) { o.TTL = d } }
 
 // WithIdempotencyKey names a write so a retry returns its first outcome.
@@ -176,6 +178,38 @@ func OpAddTTL(key string, delta int64, ttl time.Duration) Op {
 	op := OpAdd(key, delta)
 	op.TTL = ttl
 	return op
+}
+
+// AddTxn is the transaction KV.Add sends: the add, carrying the options'
+// ttl, behind the options' condition as a compare (a version-inequality
+// condition has no compare and is refused).
+func AddTxn(key string, delta int64, o WriteOptions) (Txn, error) {
+	op := OpAdd(key, delta)
+	if o.TTL < 0 {
+		return Txn{}, fmt.Errorf("%w: add %q: negative ttl", ErrInvalid, key)
+	}
+	op.TTL = o.TTL
+	t := Txn{Ops: []Op{op}}
+	switch o.Cond.Kind {
+	case CondNone:
+	case CondVersionEq:
+		t.Compares = []Compare{VersionIs(key, o.Cond.Version)}
+	case CondExists:
+		t.Compares = []Compare{Exists(key, true)}
+	default:
+		return Txn{}, fmt.Errorf("%w: add %q: only IfVersion, CreateOnly and IfExists conditions apply to an add", ErrInvalid, key)
+	}
+	return t, nil
+}
+
+// TxnOptions folds a transaction's options: only WithIdempotencyKey
+// applies (conditions are compares, ttls are on ops), others are refused.
+func TxnOptions(opts []WriteOption) (WriteOptions, error) {
+	o := ApplyWriteOptions(opts)
+	if o.TTL != 0 || o.Cond.Kind != CondNone {
+		return o, fmt.Errorf("%w: a transaction takes conditions as compares and ttls on its ops, not as options", ErrInvalid)
+	}
+	return o, nil
 }
 
 // Txn is a transaction.

@@ -88,7 +88,10 @@ func fromAPI(r api.TxnResponse) kvd.TxnResponse {
 // outcome is unknown returns kvd.ErrUnknownOutcome and is never resent,
 // unless it carries an idempotency key.
 func (c *Client) Txn(ctx context.Context, t kvd.Txn, opts ...kvd.WriteOption) (kvd.TxnResponse, error) {
-	o := kvd.ApplyWriteOptions(opts)
+	o, err := kvd.TxnOptions(opts)
+	if err != nil {
+		return kvd.TxnResponse{}, err
+	}
 	body, err := json.Marshal(toAPI(t))
 	if err != nil {
 		return kvd.TxnResponse{}, fmt.Errorf("txn: %w", err)
@@ -134,7 +137,15 @@ func (c *Client) Txn(ctx context.Context, t kvd.Txn, opts ...kvd.WriteOption) (k
 // Add adds delta to the decimal integer at key (absent: 0) and returns
 // the new value.
 func (c *Client) Add(ctx context.Context, key string, delta int64, opts ...kvd.WriteOption) (int64, error) {
-	resp, err := c.Txn(ctx, kvd.Txn{Ops: []kvd.Op{kvd.OpAdd(key, delta)}}, opts...)
+	o := kvd.ApplyWriteOptions(opts)
+	t, err := kvd.AddTxn(key, delta, o)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.Txn(ctx, t, kvd.WithIdempotencyKey(o.IdempotencyKey))
+	if errors.Is(err, kvd.ErrCompareFailed) {
+		return 0, fmt.Errorf("add %q: %w", key, kvd.ErrPreconditionFailed)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("add %q: %w", key, err)
 	}
@@ -257,4 +268,5 @@ func Update(ctx context.Context, kv kvd.KV, fn func(ctx context.Context, tx *Tx)
 		backoff = min(backoff*2, 200*time.Millisecond)
 	}
 }
+
 var _ kvd.KV = (*Client)(nil)

@@ -85,4 +85,3 @@ func getOp(kv kvd.KV) func(context.Context, int) error {
 		return err
 	}
 }
-

@@ -751,8 +751,7 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 			}
 		case err := <-done:
 			if err != nil && ctx.Err() == nil {
-				status, code := statusOf(err, false)
-				_ = status
+				_, code := statusOf(err, false)
 				b, _ := json.Marshal(api.Error{Error: api.ErrorDetail{Code: code, Message: err.Error()}})
 				fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
 				rc.Flush()

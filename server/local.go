@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -104,7 +105,10 @@ func (l local) Txn(ctx context.Context, t kvd.Txn, opts ...kvd.WriteOption) (kvd
 	for _, c := range t.Compares {
 		parts = append(parts, []byte(c.Key), c.Value, []byte(fmt.Sprint(c.Version, c.Exists)))
 	}
-	o := kvd.ApplyWriteOptions(opts)
+	o, err := kvd.TxnOptions(opts)
+	if err != nil {
+		return kvd.TxnResponse{}, err
+	}
 	resp, err := l.s.coord.Do(ctx, req, idemFor(o, parts...))
 	out := kvd.TxnResponse{Committed: resp.Committed, Failed: resp.Failed}
 	for _, r := range resp.Results {
@@ -114,7 +118,15 @@ func (l local) Txn(ctx context.Context, t kvd.Txn, opts ...kvd.WriteOption) (kvd
 }
 
 func (l local) Add(ctx context.Context, key string, delta int64, opts ...kvd.WriteOption) (int64, error) {
-	resp, err := l.Txn(ctx, kvd.Txn{Ops: []kvd.Op{kvd.OpAdd(key, delta)}}, opts...)
+	o := kvd.ApplyWriteOptions(opts)
+	t, err := kvd.AddTxn(key, delta, o)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := l.Txn(ctx, t, kvd.WithIdempotencyKey(o.IdempotencyKey))
+	if errors.Is(err, kvd.ErrCompareFailed) {
+		return 0, fmt.Errorf("add %q: %w", key, kvd.ErrPreconditionFailed)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("add %q: %w", key, err)
 	}

@@ -192,6 +192,28 @@ func add(t *testing.T, kv kvd.KV, p string) {
 	require.NoError(t, err)
 	require.Equal(t, "3", string(resp.Results[2].Value))
 	require.NotZero(t, resp.Results[2].Version)
+	// Write options apply to an add: conditions and a ttl.
+	it, err := kv.Get(c, p+"x")
+	require.NoError(t, err)
+	_, err = kv.Add(c, p+"x", 1, kvd.IfVersion(it.Version+1))
+	require.ErrorIs(t, err, kvd.ErrPreconditionFailed)
+	_, err = kv.Add(c, p+"x", 1, kvd.CreateOnly())
+	require.ErrorIs(t, err, kvd.ErrPreconditionFailed)
+	n, err = kv.Add(c, p+"x", 1, kvd.IfVersion(it.Version))
+	require.NoError(t, err)
+	require.Equal(t, int64(2), n)
+	n, err = kv.Add(c, p+"fresh", 5, kvd.CreateOnly(), kvd.WithTTL(200*time.Millisecond))
+	require.NoError(t, err)
+	require.Equal(t, int64(5), n)
+	require.Eventually(t, func() bool {
+		_, err := kv.Get(c, p+"fresh")
+		return errors.Is(err, kvd.ErrNotFound)
+	}, 5*time.Second, 20*time.Millisecond, "an add's ttl expires the counter")
+	// A transaction's conditions are compares, not options.
+	_, err = kv.Txn(c, kvd.Txn{Ops: []kvd.Op{kvd.OpPut(p+"t", []byte("v"))}}, kvd.WithTTL(time.Second))
+	require.ErrorIs(t, err, kvd.ErrInvalid)
+	_, err = kv.Get(c, p+"t")
+	require.ErrorIs(t, err, kvd.ErrNotFound, "nothing applied")
 }
 
 func concurrentAdds(t *testing.T, kv kvd.KV, p string) {
