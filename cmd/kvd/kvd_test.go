@@ -317,6 +317,9 @@ func TestKvd_BadFlagsExitWithUsageError(t *testing.T) {
 		{"--initial-cluster", filepath.Join(dir, "missing.json")},
 		{"--initial-cluster", bad},
 		{"--log-level", "loud"},
+		{"--watch-history", "0"},
+		{"--ttl-interval", "-1s"},
+		{"--idempotency-retention", "soon"},
 	} {
 		cmd := exec.Command(bin, args...)
 		cmd.Dir = dir

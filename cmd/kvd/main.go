@@ -21,6 +21,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/server"
+	"github.com/kvd-project/kvd/store"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -47,6 +48,10 @@ func run(args []string) int {
 	fs.Uint64Var(&cfg.Replication.TrailingLogs, "trailing-logs", cfg.Replication.TrailingLogs, "log entries kept after a snapshot")
 	fs.DurationVar(&cfg.Replication.ElectionTimeout, "election-timeout", cfg.Replication.ElectionTimeout, "Raft election timeout")
 	fs.DurationVar(&cfg.Replication.HeartbeatTimeout, "heartbeat-timeout", cfg.Replication.HeartbeatTimeout, "Raft heartbeat timeout")
+	fs.DurationVar(&cfg.TTLInterval, "ttl-interval", cfg.TTLInterval, "how often a leader expires keys whose ttl ran out (the precision of ttls)")
+	fs.DurationVar(&cfg.IdempotencyRetention, "idempotency-retention", cfg.IdempotencyRetention, "how long Idempotency-Key outcomes are remembered")
+	fs.IntVar(&cfg.Replication.Store.HistoryMax, "watch-history", store.DefaultOptions().HistoryMax, "changes each group keeps for watches to resume from")
+	fs.IntVar(&cfg.Replication.Store.HistoryMaxBytes, "watch-history-bytes", store.DefaultOptions().HistoryMaxBytes, "bytes of changes each group keeps for watches to resume from")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logJSON := fs.Bool("log-json", false, "log as JSON lines")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -63,6 +68,14 @@ func run(args []string) int {
 	if *showVersion {
 		fmt.Println("kvd", version)
 		return 0
+	}
+	if cfg.Replication.Store.HistoryMax < 1 || cfg.Replication.Store.HistoryMaxBytes < 1 {
+		fmt.Fprintln(os.Stderr, "kvd: --watch-history and --watch-history-bytes must be positive")
+		return 2
+	}
+	if cfg.TTLInterval <= 0 || cfg.IdempotencyRetention <= 0 {
+		fmt.Fprintln(os.Stderr, "kvd: --ttl-interval and --idempotency-retention must be positive")
+		return 2
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
