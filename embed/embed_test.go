@@ -43,3 +43,17 @@ func TestEmbedded_ServesHTTPWhenAsked(t *testing.T) {
 	require.NotEmpty(t, st.HTTPAddr())
 	var _ kvd.KV = st
 }
+
+func TestOpen_ADirectoryInUseIsRefusedNotWaitedOn(t *testing.T) {
+	dir := t.TempDir()
+	st, err := embed.Open(dir, embed.Options{})
+	require.NoError(t, err)
+	start := time.Now()
+	_, err = embed.Open(dir, embed.Options{})
+	require.ErrorContains(t, err, "in use")
+	require.Less(t, time.Since(start), 5*time.Second)
+	require.NoError(t, st.Close())
+	st, err = embed.Open(dir, embed.Options{})
+	require.NoError(t, err, "free again once closed")
+	require.NoError(t, st.Close())
+}

@@ -38,6 +38,8 @@ type Server struct {
 	id      string
 	seed    *kvd.Map
 	started time.Time
+	// dirLock holds the data directory for this process.
+	dirLock *os.File
 
 	// groups holds the hosted replicas: an immutable map, replaced (not
 	// changed) while New opens them, since raft calls back into the
@@ -80,6 +82,9 @@ func New(cfg Config) (_ *Server, err error) {
 	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	if s.dirLock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
 	}
 	// Listeners: an embedded node has no Raft listener, and serves HTTP
 	// only when asked to.
@@ -368,6 +373,9 @@ func (s *Server) Close() error {
 		}
 		if s.peerHTTP != nil {
 			s.peerHTTP.CloseIdleConnections()
+		}
+		if s.dirLock != nil {
+			s.dirLock.Close() // releases the lock: last, once every file is closed
 		}
 		s.closeErr = errors.Join(errs...)
 		s.log.Info("node stopped")

@@ -90,6 +90,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// LockWait is how long a single-group transaction waits for another
+	// transaction's locks on its keys (helping expired ones along) before
+	// giving up with kvd.ErrConflict, as a plain write does.
+	LockWait time.Duration
 	// AfterPrepare, if set, runs after every participant voted yes and
 	// before the decision; a test hook to stop a coordinator there. If it
 	// returns an error the coordinator gives up without deciding.
@@ -98,7 +102,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Timeout: 10 * time.Second, ResolveTimeout: 30 * time.Second, Limits: kvd.DefaultLimits(), Logger: slog.Default()}
+	return Config{Timeout: 10 * time.Second, ResolveTimeout: 30 * time.Second, LockWait: time.Second, Limits: kvd.DefaultLimits(), Logger: slog.Default()}
 }
 
 // Coordinator runs transactions. It is safe for concurrent use.
@@ -129,6 +133,9 @@ func New(g Groups, cfg Config) *Coordinator {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.LockWait == 0 {
+		cfg.LockWait = def.LockWait
 	}
 	c := &Coordinator{g: g, cfg: cfg, log: cfg.Logger}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
@@ -304,14 +311,32 @@ func (c *Coordinator) Do(ctx context.Context, req Request, idem *kvd.Idem) (Resp
 	return c.twoPhase(ctx, req, parts, rg, newID())
 }
 
+// onePhase runs a transaction whose keys are all in one group as a single
+// Raft entry. If another transaction holds one of its keys, it waits up
+// to LockWait for that one to finish (settling it if it is past its
+// deadline), since a refusal for a lock applied nothing.
 func (c *Coordinator) onePhase(ctx context.Context, req Request, p *part, idem *kvd.Idem) (Response, error) {
-	res, err := c.g.Propose(ctx, p.group, encode(store.CmdTxnOnePhase, store.TxnOnePhase{Compares: p.compares, Ops: p.ops, Idem: idem}, p.writes))
-	if err != nil {
-		return Response{}, fmt.Errorf("transaction in group %d: %w", p.group, err)
-	}
-	out := res.Txn
-	if out == nil {
-		return Response{}, fmt.Errorf("transaction in group %d: no outcome: %w", p.group, kvd.ErrUnknownOutcome)
+	cmd := encode(store.CmdTxnOnePhase, store.TxnOnePhase{Compares: p.compares, Ops: p.ops, Idem: idem}, p.writes)
+	until := time.Now().Add(c.cfg.LockWait) // a wait: the real clock
+	var out *store.TxnOutcome
+	for attempt := 0; ; attempt++ {
+		res, err := c.g.Propose(ctx, p.group, cmd)
+		if err != nil {
+			return Response{}, fmt.Errorf("transaction in group %d: %w", p.group, err)
+		}
+		out = res.Txn
+		if out == nil {
+			return Response{}, fmt.Errorf("transaction in group %d: no outcome: %w", p.group, kvd.ErrUnknownOutcome)
+		}
+		if out.Vote || out.Code != store.CodeConflict || time.Now().After(until) {
+			break
+		}
+		c.settleExpired(ctx, p.group, out.Conflicts)
+		select {
+		case <-time.After(time.Duration(5<<min(attempt, 4)) * time.Millisecond):
+		case <-ctx.Done():
+			return c.refused([]*store.TxnOutcome{out})
+		}
 	}
 	if !out.Vote {
 		return c.refused([]*store.TxnOutcome{out})
@@ -319,6 +344,26 @@ func (c *Coordinator) onePhase(ctx context.Context, req Request, p *part, idem *
 	resp := Response{Committed: true}
 	fill(&resp, req, []*store.TxnOutcome{out})
 	return resp, nil
+}
+
+// settleExpired finishes the transactions behind locks in group g that
+// are past their deadline (their coordinators are slow or gone).
+func (c *Coordinator) settleExpired(ctx context.Context, g kvd.GroupID, locks []store.Lock) {
+	now := c.cfg.Now().UnixNano()
+	done := map[string]bool{}
+	for _, l := range locks {
+		if l.Deadline >= now || done[l.Txn] {
+			continue
+		}
+		done[l.Txn] = true
+		state, err := Recover(ctx, c.g, l)
+		if err != nil || (state != store.TxnCommitted && state != store.TxnAborted) {
+			continue
+		}
+		if _, err := Resolve(ctx, c.g, l.Txn, g, state == store.TxnCommitted); err != nil {
+			c.log.Debug("settle an expired lock", "txn", l.Txn, "group", g, "err", err)
+		}
+	}
 }
 
 // refused turns no votes into the error the client sees.

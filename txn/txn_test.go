@@ -210,6 +210,46 @@ func TestCoordinator_ConflictsFailFast(t *testing.T) {
 	require.Error(t, <-done)
 }
 
+func TestCoordinator_OnePhaseWaitsBrieflyForLocks(t *testing.T) {
+	m := newMemGroups(t, 2)
+	c := newCoord(m)
+	defer c.Close()
+	ctx := context.Background()
+	// A cross-group transaction pauses after prepare, holding g1/a.
+	release := make(chan struct{})
+	c.cfg.AfterPrepare = func(string) error { <-release; return nil }
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "x"), put("g2/b", "y")}}, nil)
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return m.locked(t, "g1/a") }, time.Second, time.Millisecond)
+	c2 := newCoord(m)
+	defer c2.Close()
+	add := make(chan error, 1)
+	go func() {
+		_, err := c2.Do(ctx, Request{Ops: []Op{{Op: "add", Key: "g1/n", Delta: 1}, put("g1/a", "after")}}, nil)
+		add <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	require.NoError(t, <-done)
+	require.NoError(t, <-add, "the one-phase transaction waited for the lock and then applied")
+	v, _ := m.value(t, "g1/a")
+	require.Equal(t, "after", v)
+
+	// A lock whose coordinator died is settled once past its deadline.
+	c.cfg.AfterPrepare = func(string) error { return errors.New("coordinator died") }
+	_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "lost"), put("g2/b", "lost")}}, nil)
+	require.Error(t, err)
+	require.True(t, m.locked(t, "g1/a"))
+	m.advance(10 * time.Second)
+	_, err = c2.Do(ctx, Request{Ops: []Op{put("g1/a", "mine")}}, nil)
+	require.NoError(t, err, "the expired transaction was aborted and its lock released")
+	v, _ = m.value(t, "g1/a")
+	require.Equal(t, "mine", v)
+}
+
 func TestRecovery_CoordinatorDiesBeforeTheDecision(t *testing.T) {
 	m := newMemGroups(t, 3)
 	c := newCoord(m)
