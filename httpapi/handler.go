@@ -181,6 +181,12 @@ func New(b Backend, o Options) (*Handler, error) {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(api.HeaderNode, h.b.NodeID())
 	w.Header().Set(api.HeaderEpoch, strconv.FormatUint(h.b.Epoch(), 10))
+	// URL.Query drops what it cannot parse: a mistyped parameter would
+	// silently mean its default (a watch from now, a scan of everything).
+	if _, err := url.ParseQuery(r.URL.RawQuery); err != nil {
+		writeError(w, fmt.Errorf("%w: malformed query string: %v", kvd.ErrInvalid, err), false)
+		return
+	}
 	h.handler.ServeHTTP(w, r)
 }
 

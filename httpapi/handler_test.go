@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -30,6 +31,10 @@ func (r response) errCode(t *testing.T) string {
 	return e.Error.Code
 }
 
+// testHTTP bounds every request, so a handler that never answers (a
+// stream opened by mistake) fails the test instead of hanging it.
+var testHTTP = &http.Client{Timeout: 20 * time.Second}
+
 func do(t *testing.T, method, u string, body []byte, hdr ...string) response {
 	t.Helper()
 	req, err := http.NewRequest(method, u, bytes.NewReader(body))
@@ -37,7 +42,7 @@ func do(t *testing.T, method, u string, body []byte, hdr ...string) response {
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testHTTP.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
@@ -209,7 +214,15 @@ func TestAPI_BadInputIsRefusedWithJSON(t *testing.T) {
 		{"bad consistency", "GET", "/v1/kv/k?consistency=maybe", nil, nil, 400, api.CodeInvalidRequest},
 		{"bad if-match", "PUT", "/v1/kv/k", []byte("x"), []string{"If-Match", "abc"}, 400, api.CodeInvalidRequest},
 		{"both conditions", "PUT", "/v1/kv/k", []byte("x"), []string{"If-Match", `"1"`, "If-None-Match", "*"}, 400, api.CodeInvalidRequest},
-		{"unsupported ttl", "PUT", "/v1/kv/k?ttl=5s", []byte("x"), nil, 400, api.CodeInvalidRequest},
+		{"ttl not a duration", "PUT", "/v1/kv/k?ttl=soon", []byte("x"), nil, 400, api.CodeInvalidRequest},
+		{"negative ttl", "PUT", "/v1/kv/k?ttl=-5s", []byte("x"), nil, 400, api.CodeInvalidRequest},
+		{"idempotency key too long", "PUT", "/v1/kv/k", []byte("x"), []string{"Idempotency-Key", strings.Repeat("i", 257)}, 400, api.CodeInvalidRequest},
+		{"ttl on a delete op", "POST", "/v1/txn", []byte(`{"ops":[{"op":"delete","key":"k","ttl":"5s"}]}`), nil, 400, api.CodeInvalidRequest},
+		{"delta on a put op", "POST", "/v1/txn", []byte(`{"ops":[{"op":"put","key":"k","value":"eA==","delta":1}]}`), nil, 400, api.CodeInvalidRequest},
+		{"watch cursor garbage", "GET", "/v1/watch?since=notacursor", nil, nil, 400, api.CodeInvalidRequest},
+		{"malformed query", "GET", "/v1/watch?since=%%%", nil, nil, 400, api.CodeInvalidRequest},
+		{"malformed scan query", "GET", "/v1/kv?prefix=a%zz", nil, nil, 400, api.CodeInvalidRequest},
+		{"watch invalid utf-8 prefix", "GET", "/v1/watch?prefix=%FF", nil, nil, 400, api.CodeInvalidRequest},
 		{"scan limit zero", "GET", "/v1/kv?limit=0", nil, nil, 400, api.CodeInvalidRequest},
 		{"scan limit too big", "GET", "/v1/kv?limit=10001", nil, nil, 400, api.CodeInvalidRequest},
 		{"scan limit not a number", "GET", "/v1/kv?limit=ten", nil, nil, 400, api.CodeInvalidRequest},
