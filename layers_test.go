@@ -1,6 +1,7 @@
 package kvd
 
 import (
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -42,6 +43,48 @@ func TestLayers(t *testing.T) {
 					t.Errorf("%s must not depend on %s", pkg, d)
 				}
 			}
+		}
+	}
+}
+
+// TestMakeTestRunsEveryPackage checks that `make test` covers every
+// package that has tests: a package missing from its lists would never
+// run in CI.
+func TestMakeTestRunsEveryPackage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs go list")
+	}
+	mk, err := os.ReadFile("Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var patterns []string
+	for _, line := range strings.Split(string(mk), "\n") {
+		if strings.HasPrefix(line, "RACE_PKGS :=") || strings.Contains(line, "$(GO) test -timeout") {
+			for _, f := range strings.Fields(line) {
+				if strings.HasPrefix(f, "./") {
+					patterns = append(patterns, f)
+				}
+			}
+		}
+	}
+	out, err := exec.Command("go", "list", "-f", `{{if or .TestGoFiles .XTestGoFiles}}{{.Dir}}{{end}}`, "./...").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v: %s", err, out)
+	}
+	root, _ := os.Getwd()
+	for _, dir := range strings.Fields(string(out)) {
+		rel := "./" + strings.TrimPrefix(strings.TrimPrefix(dir, root), "/")
+		if rel == "./" {
+			continue // the root runs with the race list
+		}
+		covered := false
+		for _, p := range patterns {
+			base := strings.TrimSuffix(p, "/...")
+			covered = covered || rel == p || (strings.HasSuffix(p, "/...") && (rel == base || strings.HasPrefix(rel, base+"/")))
+		}
+		if !covered {
+			t.Errorf("%s has tests but make test does not run it", rel)
 		}
 	}
 }
