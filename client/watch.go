@@ -31,6 +31,7 @@ type watcher struct {
 	// failed holds the error that ended the watch, once closed.
 	failed    chan struct{}
 	failedErr error
+	failOnce  sync.Once
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -184,13 +185,17 @@ func readEvent(br *bufio.Reader) (sseMessage, error) {
 	}
 }
 
+// fail ends the watch with err; the first call wins.
 func (w *watcher) fail(err error) {
-	w.failedErr = err
-	close(w.failed)
+	w.failOnce.Do(func() {
+		w.failedErr = err
+		close(w.failed)
+	})
 }
 
 // run reads events until the watch is closed, reconnecting as needed.
 func (w *watcher) run(ctx context.Context, br *bufio.Reader) {
+	defer w.fail(fmt.Errorf("watch closed: %w", kvd.ErrClosed))
 	backoff := 50 * time.Millisecond
 	for {
 		for br != nil {
@@ -205,6 +210,13 @@ func (w *watcher) run(ctx context.Context, br *bufio.Reader) {
 				return
 			}
 			if msg.data == "" {
+				// A progress mark: the stream has read this far with
+				// nothing to send; resuming from it skips nothing.
+				if msg.id != "" {
+					w.mu.Lock()
+					w.cursor = msg.id
+					w.mu.Unlock()
+				}
 				continue
 			}
 			var we api.WatchEvent

@@ -83,3 +83,39 @@ func TestWatch_TooOldACursorIsCompacted(t *testing.T) {
 	require.ErrorAs(t, err, &ce)
 	require.Equal(t, 410, ce.Status)
 }
+
+// A watch on a quiet prefix keeps a cursor that follows the history
+// forward (progress marks), so after other keys pushed the history past
+// its last event it still resumes without loss instead of being compacted.
+func TestWatch_AQuietPrefixResumesAfterUnrelatedChurn(t *testing.T) {
+	c := testcluster.New(t, 3, 1, func(cfg *server.Config) {
+		cfg.LeaderBalanceInterval = 0
+		cfg.Replication.Store.HistoryMax = 50
+	})
+	cl := newClient(t, c, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	w, err := cl.Watch(ctx, "quiet/", "")
+	require.NoError(t, err)
+	defer w.Close()
+	_, err = cl.Put(ctx, "quiet/1", []byte("x"))
+	require.NoError(t, err)
+	ev, err := w.Next(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "quiet/1", ev.Key)
+	for i := range 120 {
+		_, err := cl.Put(ctx, fmt.Sprintf("busy/%d", i), []byte("y"))
+		require.NoError(t, err)
+	}
+	time.Sleep(6 * time.Second) // a progress mark goes out
+	// Break the stream: every node restarts in turn.
+	for i := range 3 {
+		c.Stop(i)
+		c.Restart(i)
+	}
+	_, err = cl.Put(ctx, "quiet/2", []byte("z"))
+	require.NoError(t, err)
+	ev, err = w.Next(ctx)
+	require.NoError(t, err, "resumed, not compacted")
+	require.Equal(t, "quiet/2", ev.Key)
+}

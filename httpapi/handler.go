@@ -109,6 +109,11 @@ type Options struct {
 	Shutdown <-chan struct{}
 }
 
+// watchWriteTimeout bounds each write to a watch stream: a client that
+// stops reading for that long loses its stream (and resumes from its
+// cursor when it comes back).
+const watchWriteTimeout = 30 * time.Second
+
 // Handler serves the API. Build it with New.
 type Handler struct {
 	b       Backend
@@ -710,9 +715,12 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 			started <- cursor
 			return nil
 		}, func(ev kvd.Event) error {
-			b, err := json.Marshal(api.WatchEvent{Type: ev.Type, Key: ev.Key, Value: ev.Value, Version: ev.Version})
-			if err != nil {
-				return err
+			var b []byte
+			if ev.Type != "" { // else a progress mark: an id alone
+				var err error
+				if b, err = json.Marshal(api.WatchEvent{Type: ev.Type, Key: ev.Key, Value: ev.Value, Version: ev.Version}); err != nil {
+					return err
+				}
 			}
 			select {
 			case msgs <- msg{data: b, id: ev.Cursor}:
@@ -722,14 +730,33 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 			}
 		})
 	}()
+	finished := false
+	defer func() { // the watch's goroutine ends before the handler does
+		cancel()
+		if !finished {
+			<-done
+		}
+	}()
+	// A client that stops reading must not hold the stream (and its
+	// buffers) forever: every write has a deadline.
+	deadline := func() { _ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout)) }
+	write := func(m msg) {
+		if m.data == nil {
+			fmt.Fprintf(w, "id: %s\n\n", m.id)
+			return
+		}
+		fmt.Fprintf(w, "id: %s\ndata: %s\n\n", m.id, m.data)
+	}
 	select {
 	case cursor := <-started:
+		deadline()
 		w.Header().Set("Content-Type", "text/event-stream")
 		w.Header().Set("Cache-Control", "no-cache")
 		w.WriteHeader(http.StatusOK)
 		fmt.Fprintf(w, ": watching %q\nid: %s\n\n", prefix, cursor)
 		rc.Flush()
 	case err := <-done:
+		finished = true
 		writeError(w, err, false)
 		return
 	}
@@ -738,11 +765,12 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 	for {
 		select {
 		case m := <-msgs:
-			fmt.Fprintf(w, "id: %s\ndata: %s\n\n", m.id, m.data)
+			deadline()
+			write(m)
 			for more := true; more; {
 				select {
 				case m := <-msgs:
-					fmt.Fprintf(w, "id: %s\ndata: %s\n\n", m.id, m.data)
+					write(m)
 				default:
 					more = false
 				}
@@ -751,12 +779,15 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case <-keepalive.C:
+			deadline()
 			fmt.Fprint(w, ": keep-alive\n\n")
 			if err := rc.Flush(); err != nil {
 				return
 			}
 		case err := <-done:
+			finished = true
 			if err != nil && ctx.Err() == nil {
+				deadline()
 				_, code := statusOf(err, false)
 				b, _ := json.Marshal(api.Error{Error: api.ErrorDetail{Code: code, Message: err.Error()}})
 				fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)

@@ -71,6 +71,10 @@ type Config struct {
 	// LeaderBalanceInterval is how often the node hands leadership of
 	// groups it leads back to their preferred leaders; 0 disables it.
 	LeaderBalanceInterval time.Duration
+	// Profiling serves Go's profiles (net/http/pprof) under /debug/pprof/
+	// on the HTTP address. Off by default: profiles expose internals and
+	// cost CPU while taken.
+	Profiling bool
 	// Version is reported by /v1/status.
 	Version string
 	// Logger receives the node's logs.
@@ -112,6 +116,11 @@ func (c *Config) validate() error {
 		return errors.New("an embedded store runs a single node")
 	case c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0 || c.TTLInterval <= 0 || c.IdempotencyRetention <= 0:
 		return errors.New("timeouts and intervals must be positive")
+	}
+	if c.TxnTimeout > 0 && c.IdempotencyRetention < 2*c.TxnTimeout {
+		// A claim must outlive the transaction it names, or a repeat
+		// could run a transaction whose first attempt may still commit.
+		return fmt.Errorf("idempotency retention %v must be at least twice the transaction timeout %v", c.IdempotencyRetention, c.TxnTimeout)
 	}
 	if err := c.Limits.Validate(); err != nil {
 		return fmt.Errorf("limits: %w", err)

@@ -103,7 +103,7 @@ func (l local) Txn(ctx context.Context, t kvd.Txn, opts ...kvd.WriteOption) (kvd
 		parts = append(parts, []byte(op.Op), []byte(op.Key), op.Value, []byte(strconv.FormatInt(op.Delta, 10)), []byte(op.TTL.String()))
 	}
 	for _, c := range t.Compares {
-		parts = append(parts, []byte(c.Key), c.Value, []byte(fmt.Sprint(c.Version, c.Exists)))
+		parts = append(parts, []byte(c.Key), c.Value, compareFingerprint(c))
 	}
 	o, err := kvd.TxnOptions(opts)
 	if err != nil {
@@ -137,6 +137,20 @@ func (l local) Add(ctx context.Context, key string, delta int64, opts ...kvd.Wri
 	return n, nil
 }
 
+// compareFingerprint names what a compare checks, for idempotency
+// fingerprints: which field is set, and its value.
+func compareFingerprint(c kvd.Compare) []byte {
+	switch {
+	case c.Version != nil:
+		return []byte(fmt.Sprintf("v:%d", *c.Version))
+	case c.Exists != nil:
+		return []byte(fmt.Sprintf("e:%t", *c.Exists))
+	case c.Value != nil:
+		return []byte("value")
+	}
+	return []byte("-")
+}
+
 // localWatch runs a watch in-process: Server.Watch feeds a channel.
 type localWatch struct {
 	events chan kvd.Event
@@ -150,7 +164,9 @@ func (l local) Watch(ctx context.Context, prefix, since string) (kvd.Watcher, er
 	w := &localWatch{events: make(chan kvd.Event, 256), done: make(chan struct{})}
 	bg, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
-	started := make(chan error, 1)
+	// Room for both sends (started, then ended), so the goroutine never
+	// blocks on a caller that already gave up.
+	started := make(chan error, 2)
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
@@ -158,6 +174,9 @@ func (l local) Watch(ctx context.Context, prefix, since string) (kvd.Watcher, er
 			started <- nil
 			return nil
 		}, func(ev kvd.Event) error {
+			if ev.Type == "" {
+				return nil // a progress mark: nothing to deliver in-process
+			}
 			select {
 			case w.events <- ev:
 				return nil

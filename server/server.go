@@ -178,9 +178,13 @@ func New(cfg Config) (_ *Server, err error) {
 	}); err != nil {
 		return nil, err
 	}
+	var root http.Handler = s.handler
+	if cfg.Profiling {
+		root = withProfiling(s.handler)
+	}
 	if s.httpLn != nil {
 		s.httpSrv = &http.Server{
-			Handler:           s.handler,
+			Handler:           root,
 			ReadHeaderTimeout: 10 * time.Second,
 			ReadTimeout:       60 * time.Second,
 			WriteTimeout:      60 * time.Second,

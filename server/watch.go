@@ -110,21 +110,30 @@ func (s *Server) fetchHistory(ctx context.Context, g kvd.GroupID, pos store.Pos,
 
 func localHistory(ctx context.Context, db *store.DB, pos store.Pos, prefix string, limit int, wait time.Duration) (historyPage, error) {
 	deadline := time.Now().Add(wait)
+	// The caller compares its position with the floor to tell whether
+	// history it never saw was dropped. While waiting, this loop reads on
+	// from where it got (skipping nothing), so the floor reported is the
+	// one of the first read, unless a later read started below its own
+	// floor (then history really was lost, and that floor says so).
+	var seen *store.Pos
 	for {
 		ch := db.AppliedCh()
 		evs, upto, floor, err := db.History(pos, prefix, limit)
 		if err != nil {
 			return historyPage{}, err
 		}
+		if seen == nil || pos.Less(floor) {
+			seen = &floor
+		}
 		if len(evs) > 0 || wait <= 0 || time.Now().After(deadline) {
-			return historyPage{events: evs, upto: upto, floor: floor}, nil
+			return historyPage{events: evs, upto: upto, floor: *seen}, nil
 		}
 		pos = upto
 		select {
 		case <-ch:
 		case <-time.After(time.Until(deadline)):
 		case <-ctx.Done():
-			return historyPage{upto: pos, floor: floor}, nil
+			return historyPage{upto: pos, floor: *seen}, nil
 		}
 	}
 }
@@ -180,12 +189,17 @@ func errCompacted(g kvd.GroupID, pos, floor store.Pos) error {
 		kvd.ErrCompacted, g, floor, pos)
 }
 
+// watchProgressInterval is how often a watch sends a progress mark.
+const watchProgressInterval = 5 * time.Second
+
 // Watch streams the changes to keys with prefix, in every group, from the
 // cursor since ("" means now). It calls start with the starting cursor
 // once the watch is established (a watch too far behind fails with
 // kvd.ErrCompacted first), then send for every event, with a cursor that
 // resumes right after it, until ctx ends or send fails. Events of one
-// group, and so of one key, come in log order.
+// group, and so of one key, come in log order. An event with an empty
+// Type is a progress mark: only its Cursor counts (the watch read that far
+// and found nothing to send).
 func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cursor string) error, send func(kvd.Event) error) error {
 	m := s.Map()
 	cur := map[kvd.GroupID]store.Pos{}
@@ -201,9 +215,13 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 			fromNow[grp.ID] = true
 		}
 	}
+	// A group's reader sends its events in order, then a progress mark
+	// (progress set, ev empty) with the position it has read up to: every
+	// event of the group up to it has been sent before it.
 	type groupEvent struct {
-		g  kvd.GroupID
-		ev store.Event
+		g        kvd.GroupID
+		ev       store.Event
+		progress *store.Pos
 	}
 	// The first page of every group, before anything is sent: a watch
 	// that cannot resume is refused outright.
@@ -217,7 +235,12 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 			return errCompacted(grp.ID, cur[grp.ID], p.floor)
 		}
 		if fromNow[grp.ID] {
+			// Start right before the first event the page holds (if any),
+			// so resuming from the starting cursor skips none of them.
 			cur[grp.ID] = p.upto
+			if len(p.events) > 0 {
+				cur[grp.ID] = p.events[0].Pos.Before()
+			}
 		}
 		first[grp.ID] = p
 	}
@@ -228,7 +251,7 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	events := make(chan groupEvent, 1024)
+	events := make(chan groupEvent, 64)
 	errs := make(chan error, len(m.Groups))
 	for _, grp := range m.Groups {
 		p := first[grp.ID]
@@ -239,12 +262,17 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 			for {
 				for _, ev := range p.events {
 					select {
-					case events <- groupEvent{g, ev}:
+					case events <- groupEvent{g: g, ev: ev}:
 					case <-ctx.Done():
 						return
 					}
 				}
 				pos := p.upto
+				select {
+				case events <- groupEvent{g: g, progress: &pos}:
+				case <-ctx.Done():
+					return
+				}
 				var err error
 				for attempt := 0; ; attempt++ {
 					p, err = s.fetchHistory(ctx, g, pos, false, prefix, 256, 2*time.Second)
@@ -267,13 +295,33 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 			}
 		}()
 	}
+	// Progress marks go out at most once per interval, and only when the
+	// position moved without an event: a client watching a quiet prefix
+	// then holds a cursor that stays inside the retained history.
+	tick := time.NewTicker(watchProgressInterval)
+	defer tick.Stop()
+	moved := false
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case err := <-errs:
 			return err
+		case <-tick.C:
+			if moved {
+				moved = false
+				if err := send(kvd.Event{Cursor: encodeCursor(cur)}); err != nil {
+					return err
+				}
+			}
 		case ge := <-events:
+			if ge.progress != nil {
+				if cur[ge.g].Less(*ge.progress) {
+					cur[ge.g], moved = *ge.progress, true
+				}
+				continue
+			}
+			moved = false
 			cur[ge.g] = ge.ev.Pos
 			ev := kvd.Event{Type: "put", Key: ge.ev.Key, Value: ge.ev.Value, Version: ge.ev.Version(), Cursor: encodeCursor(cur)}
 			if ge.ev.Delete {

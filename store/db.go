@@ -143,7 +143,7 @@ func (db *DB) openHandle() error {
 	var applied, term uint64
 	var m *kvd.Map
 	err = bdb.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketKV, bucketLocks, bucketTxnKeys, bucketTxns, bucketHistory, bucketExpiry, bucketDedup} {
+		for _, b := range [][]byte{bucketKV, bucketLocks, bucketTxnKeys, bucketTxns, bucketHistory, bucketExpiry, bucketDedup, bucketDedupAt} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -262,7 +262,7 @@ func (db *DB) Apply(entries []Entry) ([][]Result, error) {
 	err := db.h.bdb.Update(func(tx *bolt.Tx) error {
 		a := &applier{kv: tx.Bucket(bucketKV), meta: tx.Bucket(bucketMeta), locks: tx.Bucket(bucketLocks),
 			txnKeys: tx.Bucket(bucketTxnKeys), txns: tx.Bucket(bucketTxns), hist: tx.Bucket(bucketHistory),
-			expiry: tx.Bucket(bucketExpiry), dedup: tx.Bucket(bucketDedup),
+			expiry: tx.Bucket(bucketExpiry), dedup: tx.Bucket(bucketDedup), dedupAt: tx.Bucket(bucketDedupAt),
 			histMax: db.opts.HistoryMax, histMaxBytes: db.opts.HistoryMaxBytes}
 		for i, e := range entries {
 			if e.Index <= last {

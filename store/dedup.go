@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,10 +50,13 @@ type DedupClaim struct {
 	Txn  string `json:"txn"`
 }
 
-// DedupDone stores a cross-group transaction's outcome under its key.
+// DedupDone stores a cross-group transaction's outcome under its key, or,
+// with Release, frees the key held by transaction Txn (which did not run).
 type DedupDone struct {
 	Idem     Idem            `json:"idem"`
-	Response json.RawMessage `json:"response"`
+	Response json.RawMessage `json:"response,omitempty"`
+	Release  bool            `json:"release,omitempty"`
+	Txn      string          `json:"txn,omitempty"`
 }
 
 // DedupGC removes idempotency records older than Before (Unix ns).
@@ -79,6 +83,22 @@ func (a *applier) dedupGet(key string) (*dedupEntry, error) {
 	return e, nil
 }
 
+// dedupCreate stores a new record and indexes it by time.
+func (a *applier) dedupCreate(key string, e *dedupEntry) error {
+	if err := a.dedupAt.Put(dedupAtKey(e.At, key), nil); err != nil {
+		return err
+	}
+	return a.dedupPut(key, e)
+}
+
+func dedupAtKey(at int64, key string) []byte {
+	k := make([]byte, 8+len(key))
+	binary.BigEndian.PutUint64(k, uint64(at))
+	copy(k[8:], key)
+	return k
+}
+
+// dedupPut stores a record (an update, or after dedupCreate).
 func (a *applier) dedupPut(key string, e *dedupEntry) error {
 	b, err := json.Marshal(e)
 	if err != nil {
@@ -125,7 +145,7 @@ func (a *applier) remember(i *Idem, r Result) error {
 		sr.Err = "precondition_failed"
 	}
 	b, _ := json.Marshal(sr)
-	return a.dedupPut(i.Key, &dedupEntry{FP: i.FP, At: a.now, Done: true, Result: b})
+	return a.dedupCreate(i.Key, &dedupEntry{FP: i.FP, At: a.now, Done: true, Result: b})
 }
 
 func (a *applier) dedupClaim(c *DedupClaim) (*DedupState, error) {
@@ -134,7 +154,7 @@ func (a *applier) dedupClaim(c *DedupClaim) (*DedupState, error) {
 		return nil, err
 	}
 	if e == nil {
-		return &DedupState{Status: "new", Txn: c.Txn}, a.dedupPut(c.Idem.Key, &dedupEntry{FP: c.Idem.FP, At: a.now, Txn: c.Txn})
+		return &DedupState{Status: "new", Txn: c.Txn}, a.dedupCreate(c.Idem.Key, &dedupEntry{FP: c.Idem.FP, At: a.now, Txn: c.Txn})
 	}
 	if !fpEqual(e.FP, c.Idem.FP) {
 		return &DedupState{Status: "mismatch"}, nil
@@ -150,21 +170,37 @@ func (a *applier) dedupDone(d *DedupDone) (*DedupState, error) {
 	if e == nil || !fpEqual(e.FP, d.Idem.FP) || e.Done {
 		return &DedupState{Status: "existing"}, nil
 	}
+	if d.Release {
+		// The transaction did not run (a conflict: nothing applied, and
+		// it was aborted): free the key so a retry runs it afresh.
+		if e.Txn != d.Txn {
+			return &DedupState{Status: "existing", Txn: e.Txn, At: e.At}, nil
+		}
+		return &DedupState{Status: "released"}, a.dedup.Delete([]byte(d.Idem.Key))
+	}
 	e.Done, e.Result = true, d.Response
 	return &DedupState{Status: "existing", Txn: e.Txn, Done: true, Response: e.Result}, a.dedupPut(d.Idem.Key, e)
 }
 
 func (a *applier) dedupGC(g *DedupGC) error {
-	c := a.dedup.Cursor()
-	for k, v := c.First(); k != nil; k, v = c.Next() {
-		var e dedupEntry
-		if err := json.Unmarshal(v, &e); err != nil {
-			return fmt.Errorf("decode idempotency record %q: %w", k, err)
-		}
-		if e.At < g.Before {
-			if err := c.Delete(); err != nil {
-				return err
+	c := a.dedupAt.Cursor()
+	for k, _ := c.First(); k != nil && int64(binary.BigEndian.Uint64(k[:8])) < g.Before; k, _ = c.First() {
+		key := k[8:]
+		if v := a.dedup.Get(key); v != nil {
+			var e dedupEntry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("decode idempotency record %q: %w", key, err)
 			}
+			// A released and re-created record has a newer entry of its
+			// own in the index: leave it.
+			if e.At == int64(binary.BigEndian.Uint64(k[:8])) {
+				if err := a.dedup.Delete(key); err != nil {
+					return err
+				}
+			}
+		}
+		if err := c.Delete(); err != nil {
+			return err
 		}
 	}
 	return nil

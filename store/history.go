@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"strings"
 
 	bolt "go.etcd.io/bbolt"
@@ -23,6 +24,9 @@ var (
 	bucketHistory = []byte("history")
 	bucketExpiry  = []byte("expiry")
 	bucketDedup   = []byte("dedup")
+	// bucketDedupAt orders idempotency records by creation time (8-byte
+	// Unix ns, then the token), so collecting old ones reads only those.
+	bucketDedupAt = []byte("dedup_at")
 
 	metaHistCount = []byte("hist_count")
 	metaHistBytes = []byte("hist_bytes")
@@ -33,6 +37,18 @@ var (
 type Pos struct {
 	Index uint64
 	Seq   uint32
+}
+
+// Before returns the greatest position below p: reading history after it
+// starts with p.
+func (p Pos) Before() Pos {
+	if p.Seq > 0 {
+		return Pos{Index: p.Index, Seq: p.Seq - 1}
+	}
+	if p.Index == 0 {
+		return p
+	}
+	return Pos{Index: p.Index - 1, Seq: math.MaxUint32}
 }
 
 // Less orders positions.
@@ -123,6 +139,7 @@ func (a *applier) logChange(del bool, key string, val []byte) error {
 // were dropped and the caller must report the watch compacted.
 func (db *DB) History(after Pos, prefix string, limit int) (events []Event, upto Pos, floor Pos, err error) {
 	upto = after
+	size := 0
 	err = db.view(func(tx *bolt.Tx) error {
 		floor = posOf(tx.Bucket(bucketMeta).Get(metaHistFloor))
 		c := tx.Bucket(bucketHistory).Cursor()
@@ -142,7 +159,8 @@ func (db *DB) History(after Pos, prefix string, limit int) (events []Event, upto
 				return err
 			}
 			events = append(events, ev)
-			if len(events) >= limit {
+			size += len(ev.Key) + len(ev.Value)
+			if len(events) >= limit || size >= HistoryPageBytes {
 				break
 			}
 		}
@@ -159,6 +177,10 @@ func eventHasPrefix(ev []byte, prefix string) bool {
 	k := d.bytes()
 	return d.err == nil && strings.HasPrefix(string(k), prefix)
 }
+
+// HistoryPageBytes caps the keys and values of one History page (a page
+// holds at least one event), so watch buffers stay bounded in bytes.
+const HistoryPageBytes = 4 << 20
 
 // HistoryHead returns the position right after everything applied so far:
 // a watch from now starts there.

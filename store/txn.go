@@ -242,7 +242,7 @@ func addTo(rec []byte, delta int64) ([]byte, bool) {
 // applier applies commands inside one bbolt write transaction.
 type applier struct {
 	kv, meta, locks, txnKeys, txns *bolt.Bucket
-	hist, expiry, dedup            *bolt.Bucket
+	hist, expiry, dedup, dedupAt   *bolt.Bucket
 	histMax, histMaxBytes          int
 	index                          uint64
 	now                            int64
@@ -599,7 +599,7 @@ func (a *applier) onePhase(t *TxnOnePhase) (*TxnOutcome, error) {
 	if err != nil {
 		return nil, err
 	}
-	return out, a.dedupPut(t.Idem.Key, &dedupEntry{FP: t.Idem.FP, At: a.now, Done: true, Result: b})
+	return out, a.dedupCreate(t.Idem.Key, &dedupEntry{FP: t.Idem.FP, At: a.now, Done: true, Result: b})
 }
 
 func (a *applier) onePhaseApply(t *TxnOnePhase) (*TxnOutcome, error) {

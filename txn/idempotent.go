@@ -51,7 +51,8 @@ func (o storedOutcome) answer() (Response, error) {
 // The key is claimed in the record group first, naming the transaction;
 // a repeat finds the claim and waits for the first attempt's outcome
 // instead of running again. The outcome is stored under the key when it
-// is known.
+// is known. A conflict is not an outcome: nothing applied, so the claim is
+// released and a retry runs the transaction afresh.
 func (c *Coordinator) idempotent(ctx context.Context, req Request, parts map[kvd.GroupID]*part, rg kvd.GroupID, idem *kvd.Idem) (Response, error) {
 	id := newID()
 	res, err := c.g.Propose(ctx, rg, encode(store.CmdDedupClaim, store.DedupClaim{Idem: *idem, Txn: id}, nil))
@@ -59,21 +60,40 @@ func (c *Coordinator) idempotent(ctx context.Context, req Request, parts map[kvd
 		return Response{}, fmt.Errorf("claim idempotency key: %w", err)
 	}
 	st := res.Dedup
-	if st == nil {
-		return Response{}, fmt.Errorf("claim idempotency key: no answer: %w", kvd.ErrUnknownOutcome)
-	}
-	switch st.Status {
-	case "mismatch":
-		return Response{}, fmt.Errorf("idempotency key %q: %w", idem.Key, kvd.ErrIdempotencyMismatch)
-	case "existing":
-		return c.await(ctx, rg, idem, st)
+	for {
+		if st == nil {
+			return Response{}, fmt.Errorf("claim idempotency key: no answer: %w", kvd.ErrUnknownOutcome)
+		}
+		switch st.Status {
+		case "mismatch":
+			return Response{}, fmt.Errorf("idempotency key %q: %w", idem.Key, kvd.ErrIdempotencyMismatch)
+		case "existing":
+			var resp Response
+			resp, id, st, err = c.await(ctx, rg, idem, st)
+			if id == "" {
+				return resp, err
+			}
+			continue // the first attempt did not run, and the claim is ours now
+		}
+		break
 	}
 	resp, err := c.twoPhase(ctx, req, parts, rg, id)
-	if err == nil || codeOf(err) != "" {
-		out := storedOutcome{Committed: resp.Committed, Results: resp.Results, Failed: resp.Failed, Code: codeOf(err)}
-		c.storeOutcome(idem, rg, out)
+	switch code := codeOf(err); {
+	case code == "conflict":
+		c.release(ctx, rg, idem, id)
+	case err == nil || code != "":
+		c.storeOutcome(idem, rg, storedOutcome{Committed: resp.Committed, Results: resp.Results, Failed: resp.Failed, Code: code})
 	}
 	return resp, err
+}
+
+// release frees idem's claim held by transaction id, which was aborted
+// without applying anything. If this fails, the claim stays until a
+// repeat finds the transaction aborted and releases it then.
+func (c *Coordinator) release(ctx context.Context, rg kvd.GroupID, idem *kvd.Idem, id string) {
+	if _, err := c.g.Propose(ctx, rg, encode(store.CmdDedupDone, store.DedupDone{Idem: *idem, Release: true, Txn: id}, nil)); err != nil {
+		c.log.Debug("release idempotency key", "key", idem.Key, "err", err)
+	}
 }
 
 // storeOutcome records a transaction's outcome under its key, in the
@@ -98,50 +118,62 @@ func (c *Coordinator) storeOutcome(idem *kvd.Idem, rg kvd.GroupID, out storedOut
 }
 
 // await waits for the outcome of the first attempt holding idem's claim.
-func (c *Coordinator) await(ctx context.Context, rg kvd.GroupID, idem *kvd.Idem, st *store.DedupState) (Response, error) {
+// If that attempt turns out not to have run (aborted), await releases its
+// claim, claims the key for a new attempt and returns the new attempt's
+// id (and claim state) for the caller to run; otherwise id is "".
+func (c *Coordinator) await(ctx context.Context, rg kvd.GroupID, idem *kvd.Idem, st *store.DedupState) (Response, string, *store.DedupState, error) {
 	deadline := st.At + c.cfg.Timeout.Nanoseconds()
+	fresh := newID()
 	for attempt := 0; ; attempt++ {
-		if st.Done {
+		switch {
+		case st.Status == "new":
+			return Response{}, fresh, st, nil // the claim was free: ours now
+		case st.Done:
 			var out storedOutcome
 			if err := json.Unmarshal(st.Response, &out); err != nil {
-				return Response{}, fmt.Errorf("stored outcome: %v: %w", err, kvd.ErrUnknownOutcome)
+				return Response{}, "", nil, fmt.Errorf("stored outcome: %v: %w", err, kvd.ErrUnknownOutcome)
 			}
-			return out.answer()
-		}
-		if c.cfg.Now().UnixNano() > deadline+time.Second.Nanoseconds() {
-			// The first attempt's coordinator is gone: its record
-			// decides, aborting it if still pending.
+			resp, err := out.answer()
+			return resp, "", nil, err
+		case c.cfg.Now().UnixNano() > deadline:
+			// The first attempt's coordinator is gone or slow past its
+			// deadline: its record decides, aborting it if still pending.
 			state, err := Recover(ctx, c.g, store.Lock{Txn: st.Txn, RecordGroup: rg, Deadline: deadline})
 			if err != nil {
-				return Response{}, err
+				return Response{}, "", nil, err
 			}
 			switch state {
 			case store.TxnAborted:
-				out := storedOutcome{Code: "conflict"}
-				c.storeOutcome(idem, rg, out)
-				return out.answer()
+				c.release(ctx, rg, idem, st.Txn)
 			case store.TxnCommitted:
 				// Committed, but its answer was lost with its
 				// coordinator: the results' values are not known.
 				out := storedOutcome{Committed: true}
 				c.storeOutcome(idem, rg, out)
-				return out.answer()
+				resp, err := out.answer()
+				return resp, "", nil, err
 			}
 		}
-		select {
-		case <-time.After(time.Duration(20<<min(attempt, 4)) * time.Millisecond):
-		case <-ctx.Done():
-			return Response{}, fmt.Errorf("waiting for the first attempt of %q: %w", idem.Key, kvd.ErrUnknownOutcome)
+		if attempt > 0 {
+			select {
+			case <-time.After(time.Duration(20<<min(attempt, 4)) * time.Millisecond):
+			case <-ctx.Done():
+				return Response{}, "", nil, fmt.Errorf("waiting for the first attempt of %q: %w", idem.Key, kvd.ErrUnknownOutcome)
+			}
 		}
-		res, err := c.g.Propose(ctx, rg, encode(store.CmdDedupClaim, store.DedupClaim{Idem: *idem, Txn: st.Txn}, nil))
+		// Look again; if the claim was released meanwhile this takes it.
+		res, err := c.g.Propose(ctx, rg, encode(store.CmdDedupClaim, store.DedupClaim{Idem: *idem, Txn: fresh}, nil))
 		if err != nil {
 			if errors.Is(err, kvd.ErrUnavailable) {
 				continue
 			}
-			return Response{}, err
+			return Response{}, "", nil, err
 		}
 		if res.Dedup != nil {
 			st = res.Dedup
+			if st.Status == "mismatch" {
+				return Response{}, "", nil, fmt.Errorf("idempotency key %q: %w", idem.Key, kvd.ErrIdempotencyMismatch)
+			}
 		}
 	}
 }

@@ -496,14 +496,14 @@ func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.G
 		}
 		// Not committed in any case: abort is the only possible outcome.
 		c.resolveLater(id, groups, rg, false)
-		return c.refusedOrUnavailable(votes, outs)
+		return c.refusedOrUnavailable(ctx, votes, outs)
 	}
 	if decided.State != store.TxnCommitted {
 		c.resolveLater(id, groups, rg, false)
 		if allYes {
 			return Response{}, fmt.Errorf("transaction %s was aborted by recovery before it could commit: %w", id, kvd.ErrConflict)
 		}
-		return c.refusedOrUnavailable(votes, outs)
+		return c.refusedOrUnavailable(ctx, votes, outs)
 	}
 
 	// Committed. Phase 3: resolve the other groups, so the answer can
@@ -518,7 +518,14 @@ func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.G
 
 // refusedOrUnavailable explains an aborted transaction: a no vote wins
 // over a group that could not be reached.
-func (c *Coordinator) refusedOrUnavailable(votes map[kvd.GroupID]*vote, outs []*store.TxnOutcome) (Response, error) {
+func (c *Coordinator) refusedOrUnavailable(ctx context.Context, votes map[kvd.GroupID]*vote, outs []*store.TxnOutcome) (Response, error) {
+	// Locks past their deadline belong to transactions whose coordinator
+	// is slow or gone: settle them now, so a retry does not meet them.
+	for g, v := range votes {
+		if v.out != nil && v.out.Code == store.CodeConflict {
+			c.settleExpired(ctx, g, v.out.Conflicts)
+		}
+	}
 	for _, o := range outs {
 		if o != nil && !o.Vote {
 			return c.refused(outs)

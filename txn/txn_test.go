@@ -250,6 +250,64 @@ func TestCoordinator_OnePhaseWaitsBrieflyForLocks(t *testing.T) {
 	require.Equal(t, "mine", v)
 }
 
+func TestIdempotent_AConflictIsNotRememberedARetryRuns(t *testing.T) {
+	m := newMemGroups(t, 2)
+	c := newCoord(m)
+	defer c.Close()
+	ctx := context.Background()
+	release := make(chan struct{})
+	c.cfg.AfterPrepare = func(string) error { <-release; return nil }
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "x"), put("g2/b", "y")}}, nil)
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return m.locked(t, "g1/a") }, time.Second, time.Millisecond)
+	c2 := newCoord(m)
+	defer c2.Close()
+	req := Request{Ops: []Op{put("g1/a", "mine"), put("g2/c", "mine")}}
+	idem := &kvd.Idem{Key: "K", FP: []byte("fp")}
+	_, err := c2.Do(ctx, req, idem)
+	require.ErrorIs(t, err, kvd.ErrConflict, "the lock is held")
+	close(release)
+	require.NoError(t, <-done)
+	resp, err := c2.Do(ctx, req, idem)
+	require.NoError(t, err, "the retry runs: the conflict applied nothing and was not remembered")
+	require.True(t, resp.Committed)
+	v, _ := m.value(t, "g1/a")
+	require.Equal(t, "mine", v)
+	again, err := c2.Do(ctx, req, idem)
+	require.NoError(t, err)
+	require.Equal(t, resp.Results, again.Results, "and now the outcome is remembered")
+}
+
+func TestIdempotent_ARepeatTakesOverAnAbortedFirstAttempt(t *testing.T) {
+	m := newMemGroups(t, 2)
+	c := newCoord(m)
+	defer c.Close()
+	ctx := context.Background()
+	req := Request{Ops: []Op{put("g1/a", "v"), put("g2/b", "v")}}
+	idem := &kvd.Idem{Key: "K2", FP: []byte("fp")}
+	// The first attempt's coordinator dies after prepare.
+	c.cfg.AfterPrepare = func(string) error { return errors.New("coordinator died") }
+	_, err := c.Do(ctx, req, idem)
+	require.Error(t, err)
+	// Past its deadline, a repeat aborts it through its record and runs.
+	m.advance(10 * time.Second)
+	c2 := newCoord(m)
+	defer c2.Close()
+	resp, err := c2.Do(ctx, req, idem)
+	if errors.Is(err, kvd.ErrConflict) {
+		// The dead attempt's locks were still there; the repeat settled
+		// them on its way out and released the key: retry.
+		resp, err = c2.Do(ctx, req, idem)
+	}
+	require.NoError(t, err)
+	require.True(t, resp.Committed)
+	v, _ := m.value(t, "g2/b")
+	require.Equal(t, "v", v)
+}
+
 func TestRecovery_CoordinatorDiesBeforeTheDecision(t *testing.T) {
 	m := newMemGroups(t, 3)
 	c := newCoord(m)

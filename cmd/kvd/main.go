@@ -52,6 +52,7 @@ func run(args []string) int {
 	fs.DurationVar(&cfg.IdempotencyRetention, "idempotency-retention", cfg.IdempotencyRetention, "how long Idempotency-Key outcomes are remembered")
 	fs.IntVar(&cfg.Replication.Store.HistoryMax, "watch-history", store.DefaultOptions().HistoryMax, "changes each group keeps for watches to resume from")
 	fs.IntVar(&cfg.Replication.Store.HistoryMaxBytes, "watch-history-bytes", store.DefaultOptions().HistoryMaxBytes, "bytes of changes each group keeps for watches to resume from")
+	fs.BoolVar(&cfg.Profiling, "pprof", false, "serve Go profiles under /debug/pprof/ on the HTTP address")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logJSON := fs.Bool("log-json", false, "log as JSON lines")
 	showVersion := fs.Bool("version", false, "print the version and exit")

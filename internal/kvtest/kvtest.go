@@ -336,10 +336,51 @@ func idempotency(t *testing.T, kv kvd.KV, p string) {
 	deleted, err = kv.Delete(c, p+"k", kvd.WithIdempotencyKey(key+"del"))
 	require.NoError(t, err)
 	require.True(t, deleted, "the first outcome, again")
+	// Compares are part of the request: an identical conditional add
+	// retried is the same request.
+	n1, err = kv.Add(c, p+"cond", 1, kvd.CreateOnly(), kvd.WithIdempotencyKey(key+"cond"))
+	require.NoError(t, err)
+	n2, err = kv.Add(c, p+"cond", 1, kvd.CreateOnly(), kvd.WithIdempotencyKey(key+"cond"))
+	require.NoError(t, err, "an identical retry")
+	require.Equal(t, n1, n2)
+	_, err = kv.Add(c, p+"cond", 1, kvd.IfExists(), kvd.WithIdempotencyKey(key+"cond"))
+	require.ErrorIs(t, err, kvd.ErrIdempotencyMismatch, "another condition is another request")
 }
 
 func watch(t *testing.T, kv kvd.KV, p string) {
 	c := ctx(t)
+	// A watch whose context is already over returns at once; a closed
+	// watch's Next returns at once too.
+	gone, cancel := context.WithCancel(c)
+	cancel()
+	returned := make(chan error, 1)
+	go func() {
+		w, err := kv.Watch(gone, p, "")
+		if w != nil {
+			w.Close()
+		}
+		returned <- err
+	}()
+	select {
+	case err := <-returned:
+		require.Error(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Watch with an ended context did not return")
+	}
+	closed, err := kv.Watch(c, p, "")
+	require.NoError(t, err)
+	require.NoError(t, closed.Close())
+	go func() {
+		_, err := closed.Next(context.Background())
+		returned <- err
+	}()
+	select {
+	case err := <-returned:
+		require.ErrorIs(t, err, kvd.ErrClosed)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Next on a closed watch did not return")
+	}
+
 	w, err := kv.Watch(c, p, "")
 	require.NoError(t, err)
 	var versions []kvd.Version
