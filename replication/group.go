@@ -111,9 +111,18 @@ func DefaultConfig() Config {
 		ApplyTimeout:          5 * time.Second,
 		LeaderTransferTimeout: 5 * time.Second,
 		FollowerMaxWait:       500 * time.Millisecond,
-		Store:                 store.DefaultOptions(),
+		Store:                 lazyStore(),
 		Logger:                slog.Default(),
 	}
+}
+
+// lazyStore is the state's default: no fsync per applied batch. The Raft
+// log (fsynced) is the durable record; a state left dirty by a crash is
+// rebuilt at start from the newest snapshot and the log (see store.Open).
+func lazyStore() store.Options {
+	o := store.DefaultOptions()
+	o.NoSync = true
+	return o
 }
 
 func (c *Config) validate() error {

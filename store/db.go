@@ -36,8 +36,13 @@ type Options struct {
 	// value avoids remapping, which would wait for a long snapshot's read
 	// transaction to end and so stall applies.
 	InitialMmapSize int
-	// NoSync skips the fsync of each applied batch. Only for tests and
-	// benchmarks: the state may then lag the Raft log after a power loss.
+	// NoSync skips the fsync of each applied batch (lazy state sync).
+	// The Raft log is then the only durable record of recent writes: the
+	// state file is marked dirty while open (path + ".dirty") and synced
+	// and unmarked by Close, and a state found dirty at Open (the last
+	// run did not close it) is discarded, for the replication layer to
+	// rebuild from the newest snapshot and the log. Without NoSync every
+	// applied batch is fsynced; a dirty marker is honoured either way.
 	NoSync bool
 	// HistoryMax and HistoryMaxBytes bound the retained history of
 	// changes (for watches), in events and in bytes. Every replica of a
@@ -107,6 +112,9 @@ func Open(path string, opts Options) (*DB, error) {
 	// A crash during Restore can leave a temporary file behind; it was
 	// never renamed into place, so it is garbage.
 	_ = os.Remove(path + ".restore")
+	if err := db.checkDirty(); err != nil {
+		return nil, err
+	}
 	if err := db.openHandle(); err != nil {
 		return nil, err
 	}
@@ -185,8 +193,54 @@ func (db *DB) Close() error {
 		return nil
 	}
 	h.pins.Wait()
+	if db.opts.NoSync {
+		if err := h.bdb.Sync(); err != nil {
+			h.bdb.Close()
+			return fmt.Errorf("close store: sync: %w", err) // stays dirty: rebuilt at next start
+		}
+	}
 	if err := h.bdb.Close(); err != nil {
 		return fmt.Errorf("close store: %w", err)
+	}
+	if db.opts.NoSync {
+		if err := os.Remove(db.path + ".dirty"); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("close store: unmark: %w", err)
+		}
+		if err := syncDir(filepath.Dir(db.path)); err != nil {
+			return fmt.Errorf("close store: %w", err)
+		}
+	}
+	return nil
+}
+
+// checkDirty discards a state file the last run left dirty (lazy sync,
+// not closed: a crash), since after a power loss it may hold torn or
+// stale pages; it then marks the state dirty for this run.
+func (db *DB) checkDirty() error {
+	marker := db.path + ".dirty"
+	if _, err := os.Stat(marker); err == nil {
+		db.log.Warn("state was not closed cleanly; discarding it to rebuild it from the snapshot and the log", "path", db.path)
+		if err := os.Remove(db.path); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("open store: discard dirty state: %w", err)
+		}
+	}
+	if !db.opts.NoSync {
+		if err := os.Remove(marker); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("open store: %w", err)
+		}
+		return syncDir(filepath.Dir(db.path))
+	}
+	f, err := os.OpenFile(marker, os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("open store: mark dirty: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("open store: mark dirty: %w", err)
+	}
+	f.Close()
+	if err := syncDir(filepath.Dir(db.path)); err != nil {
+		return fmt.Errorf("open store: mark dirty: %w", err)
 	}
 	return nil
 }

@@ -300,3 +300,39 @@ func TestStore_Restore_WhileASnapshotIsOpen(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint64(1), restored.AppliedIndex())
 }
+
+func TestStore_LazySync_CleanCloseKeepsStateACrashDiscardsIt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	opts := DefaultOptions()
+	opts.NoSync = true
+	db, err := Open(path, opts)
+	require.NoError(t, err)
+	require.FileExists(t, path+".dirty", "marked dirty while open")
+	applyOne(t, db, 1, put("x", "1"))
+	require.NoError(t, db.Close())
+	require.NoFileExists(t, path+".dirty", "a clean close syncs and unmarks")
+
+	db, err = Open(path, opts)
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), db.AppliedIndex(), "kept across a clean restart")
+	applyOne(t, db, 2, put("y", "2"))
+	// A crash: the process ends without Close (the file handle is closed
+	// under it here, so the test can reopen the file).
+	db.handleMu.Lock()
+	require.NoError(t, db.h.bdb.Close())
+	db.h = nil
+	db.handleMu.Unlock()
+
+	db, err = Open(path, opts)
+	require.NoError(t, err)
+	defer db.Close()
+	require.Zero(t, db.AppliedIndex(), "a dirty state is discarded, to be rebuilt from the snapshot and the log")
+	_, err = db.Get("x")
+	require.ErrorIs(t, err, kvd.ErrNotFound)
+	// Replaying the log rebuilds it.
+	applyOne(t, db, 1, put("x", "1"))
+	applyOne(t, db, 2, put("y", "2"))
+	it, err := db.Get("y")
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), it.Version)
+}

@@ -45,6 +45,7 @@ func run(args []string) int {
 	fs.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "time limit of one client request")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "time limit for draining requests on SIGTERM")
 	fs.Uint64Var(&cfg.Replication.SnapshotThreshold, "snapshot-threshold", cfg.Replication.SnapshotThreshold, "log entries between snapshots")
+	fs.DurationVar(&cfg.Replication.SnapshotInterval, "snapshot-interval", cfg.Replication.SnapshotInterval, "how often to check whether --snapshot-threshold was reached")
 	fs.Uint64Var(&cfg.Replication.TrailingLogs, "trailing-logs", cfg.Replication.TrailingLogs, "log entries kept after a snapshot")
 	fs.DurationVar(&cfg.Replication.ElectionTimeout, "election-timeout", cfg.Replication.ElectionTimeout, "Raft election timeout")
 	fs.DurationVar(&cfg.Replication.HeartbeatTimeout, "heartbeat-timeout", cfg.Replication.HeartbeatTimeout, "Raft heartbeat timeout")
@@ -52,6 +53,7 @@ func run(args []string) int {
 	fs.DurationVar(&cfg.IdempotencyRetention, "idempotency-retention", cfg.IdempotencyRetention, "how long Idempotency-Key outcomes are remembered")
 	fs.IntVar(&cfg.Replication.Store.HistoryMax, "watch-history", store.DefaultOptions().HistoryMax, "changes each group keeps for watches to resume from")
 	fs.IntVar(&cfg.Replication.Store.HistoryMaxBytes, "watch-history-bytes", store.DefaultOptions().HistoryMaxBytes, "bytes of changes each group keeps for watches to resume from")
+	stateSync := fs.String("state-sync", "lazy", "fsync of the state machine: lazy (the Raft log is the durable record; a crash rebuilds the state from the snapshot and the log) or always (every applied batch)")
 	fs.BoolVar(&cfg.Profiling, "pprof", false, "serve Go profiles under /debug/pprof/ on the HTTP address")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logJSON := fs.Bool("log-json", false, "log as JSON lines")
@@ -69,6 +71,15 @@ func run(args []string) int {
 	if *showVersion {
 		fmt.Println("kvd", version)
 		return 0
+	}
+	switch *stateSync {
+	case "lazy":
+		cfg.Replication.Store.NoSync = true
+	case "always":
+		cfg.Replication.Store.NoSync = false
+	default:
+		fmt.Fprintf(os.Stderr, "kvd: bad --state-sync %q (lazy or always)\n", *stateSync)
+		return 2
 	}
 	if cfg.Replication.Store.HistoryMax < 1 || cfg.Replication.Store.HistoryMaxBytes < 1 {
 		fmt.Fprintln(os.Stderr, "kvd: --watch-history and --watch-history-bytes must be positive")
