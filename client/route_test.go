@@ -60,3 +60,20 @@ func TestNew_RejectsBadConfig(t *testing.T) {
 	_, err = New(context.Background(), Config{Endpoints: []string{"127.0.0.1:1"}})
 	require.ErrorIs(t, err, kvd.ErrUnavailable)
 }
+
+// BenchmarkPickReplica measures the router's choice of a replica for a
+// follower read (p2c over three healthy replicas).
+func BenchmarkPickReplica(b *testing.B) {
+	for _, p := range []Policy{PowerOfTwo, Random, RoundRobin} {
+		b.Run(string(p), func(b *testing.B) {
+			c := &Client{cfg: Config{ReadPolicy: p}}
+			g := &groupRoute{id: 1, members: []*node{{id: "n1"}, {id: "n2"}, {id: "n3"}}}
+			b.ReportAllocs()
+			for b.Loop() {
+				if c.pickReplica(g, nil) == nil {
+					b.Fatal("no replica")
+				}
+			}
+		})
+	}
+}

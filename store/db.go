@@ -343,6 +343,9 @@ func (db *DB) Apply(entries []Entry) ([][]Result, error) {
 		if last == applied {
 			return nil
 		}
+		if err := a.flushHistory(); err != nil {
+			return err
+		}
 		if err := a.meta.Put(metaApplied, be64(last)); err != nil {
 			return err
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -335,4 +336,42 @@ func TestStore_LazySync_CleanCloseKeepsStateACrashDiscardsIt(t *testing.T) {
 	it, err := db.Get("y")
 	require.NoError(t, err)
 	require.Equal(t, uint64(2), it.Version)
+}
+
+// Replicas group log entries into Apply calls differently (the leader and
+// a follower get different batches); the retained history and its floor
+// must not depend on that.
+func TestStore_HistoryPruningIsTheSameWhateverTheBatching(t *testing.T) {
+	opts := DefaultOptions()
+	opts.HistoryMax, opts.HistoryMaxBytes = 40, 3000
+	var entries []Entry
+	for i := range 300 {
+		var cmds []Cmd
+		for j := range 1 + i%4 {
+			cmds = append(cmds, put(fmt.Sprintf("k%d-%d", i%17, j), strings.Repeat("v", (i*7+j)%90)))
+		}
+		entries = append(entries, Entry{Index: uint64(i + 1), Term: 1, Batch: &Batch{Time: int64(i), Cmds: cmds}})
+	}
+	histories := map[int]string{}
+	for _, batch := range []int{1, 7, 64, 300} {
+		db, err := Open(filepath.Join(t.TempDir(), "state.db"), opts)
+		require.NoError(t, err)
+		for i := 0; i < len(entries); i += batch {
+			_, err := db.Apply(entries[i:min(i+batch, len(entries))])
+			require.NoError(t, err)
+		}
+		evs, upto, floor, err := db.History(Pos{}, "", 1000)
+		require.NoError(t, err)
+		var b strings.Builder
+		fmt.Fprintf(&b, "floor %s upto %s:", floor, upto)
+		for _, e := range evs {
+			fmt.Fprintf(&b, " %s=%s", e.Pos, e.Key)
+		}
+		histories[batch] = b.String()
+		require.NoError(t, db.Close())
+		require.LessOrEqual(t, len(evs), 40)
+	}
+	for _, batch := range []int{7, 64, 300} {
+		require.Equal(t, histories[1], histories[batch], "batches of %d", batch)
+	}
 }

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -114,16 +115,40 @@ func (a *applier) logChange(del bool, key string, val []byte) error {
 	if err := a.hist.Put(Pos{Index: a.index, Seq: a.seq}.bytes(), ev); err != nil {
 		return err
 	}
-	count := u64(a.meta.Get(metaHistCount)) + 1
-	size := u64(a.meta.Get(metaHistBytes)) + uint64(len(ev))
+	if !a.histLoaded {
+		a.histCount, a.histSize = u64(a.meta.Get(metaHistCount)), u64(a.meta.Get(metaHistBytes))
+		a.histLoaded = true
+	}
+	a.histCount++
+	a.histSize += uint64(len(ev))
+	return nil
+}
+
+// flushHistory ends a batch: it drops the oldest events past the bounds
+// (keeping at least one) and stores the counters and the floor. Pruning
+// once per batch keeps the same events as pruning after every change
+// (the longest suffix within the bounds), so replicas that group entries
+// into batches differently still agree.
+func (a *applier) flushHistory() error {
+	if !a.histLoaded {
+		return nil
+	}
+	count, size := a.histCount, a.histSize
 	c := a.hist.Cursor()
-	for k, v := c.First(); k != nil && (count > uint64(a.histMax) || size > uint64(a.histMaxBytes)) && count > 1; k, v = c.First() {
+	var floor []byte
+	for k, v := c.First(); k != nil && (count > uint64(a.histMax) || size > uint64(a.histMaxBytes)) && count > 1; k, v = c.Next() {
 		count--
 		size -= uint64(len(v))
-		if err := a.meta.Put(metaHistFloor, append([]byte(nil), k...)); err != nil {
-			return err
+		floor = append(floor[:0], k...)
+	}
+	if floor != nil {
+		// Delete up to and including the floor.
+		for k, _ := c.First(); k != nil && bytes.Compare(k, floor) <= 0; k, _ = c.First() {
+			if err := c.Delete(); err != nil {
+				return err
+			}
 		}
-		if err := c.Delete(); err != nil {
+		if err := a.meta.Put(metaHistFloor, floor); err != nil {
 			return err
 		}
 	}

@@ -248,6 +248,10 @@ type applier struct {
 	now                            int64
 	// seq numbers the changes within the current entry, for history.
 	seq uint32
+	// histCount and histSize track the history's size during the batch
+	// (loaded on first use); flushHistory prunes and stores them once.
+	histLoaded          bool
+	histCount, histSize uint64
 }
 
 func (a *applier) lockSet(key string) (*LockSet, error) {

@@ -19,7 +19,8 @@ type Result struct {
 	Elapsed   time.Duration // wall time of the run
 	OpsPerSec float64       // successful operations per second
 	P50, P90  time.Duration
-	P99, Max  time.Duration
+	P99, P999 time.Duration
+	Max       time.Duration
 	FirstErr  error
 }
 
@@ -106,6 +107,6 @@ func Run(ctx context.Context, workers, n int, d time.Duration, progress Progress
 	slices.Sort(all)
 	at := func(q float64) time.Duration { return all[int(q*float64(len(all)-1))] }
 	r.OpsPerSec = float64(len(all)) / r.Elapsed.Seconds()
-	r.P50, r.P90, r.P99, r.Max = at(0.5), at(0.9), at(0.99), all[len(all)-1]
+	r.P50, r.P90, r.P99, r.P999, r.Max = at(0.5), at(0.9), at(0.99), at(0.999), all[len(all)-1]
 	return r
 }
