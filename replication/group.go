@@ -241,6 +241,13 @@ func Open(cfg Config) (*Group, error) {
 			Stream:                cfg.Layer,
 			MaxPool:               3,
 			Timeout:               10 * time.Second,
+			// No pipelining: in hashicorp/raft's pipeline a follower that
+			// answers Success=false or a newer term can wedge replication
+			// to it for good (heartbeats still flow, so nothing heals it)
+			// and block Shutdown (hashicorp/raft#612). Entries are batched
+			// anyway (MaxAppendEntries per request), so one request in
+			// flight per follower costs little.
+			MaxRPCsInFlight: 1,
 		})
 	}
 

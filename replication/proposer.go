@@ -340,7 +340,12 @@ func (g *Group) classifyApplyError(err error) error {
 	switch {
 	case errors.Is(err, raft.ErrNotLeader):
 		return &kvd.NotLeaderError{Group: g.id, Leader: g.LeaderID()}
-	case errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrEnqueueTimeout):
+	case errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		// Nothing was appended, and leadership is moving: like a
+		// follower that knows no leader yet (the caller waits, then
+		// finds the new one).
+		return &kvd.NotLeaderError{Group: g.id}
+	case errors.Is(err, raft.ErrEnqueueTimeout):
 		return fmt.Errorf("group %d: %v: %w", g.id, err, kvd.ErrUnavailable)
 	}
 	return fmt.Errorf("group %d: %v: %w", g.id, err, kvd.ErrUnknownOutcome)
