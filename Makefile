@@ -14,6 +14,7 @@ all: build
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/kvd ./cmd/kvd
 	$(GO) build -o $(BIN)/kvcli ./cmd/kvcli
+	$(GO) build -o $(BIN)/kvbench ./cmd/kvbench
 
 ## run: a single-node kvd on 127.0.0.1:7070 with data in ./kvd-data
 run: build
@@ -28,10 +29,15 @@ test:
 test-short:
 	$(GO) test -short -timeout 5m ./...
 
-## bench: throughput and latency as ratios measured in one run: embedded
-## vs network (one store), 1 vs 3 groups, leader vs follower reads, txns
-bench:
-	$(GO) test -run '^$$' -bench . -benchtime 3000x -timeout 20m ./embed/ ./server/
+## bench: micro-benchmarks of the hot paths (command encoding, batch apply,
+## router pick, HTTP handler); in-process clusters (embedded vs network,
+## 1 vs 3 groups, leader vs follower reads, txns); then a short kvbench run
+## against a real 3-node cluster. Figures to compare are the ratios.
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 10m ./store/ ./client/ .
+	$(GO) test -run '^$$' -bench 'BenchmarkHandler' -benchmem -benchtime 5000x -timeout 10m ./server/
+	$(GO) test -run '^$$' -bench 'Benchmark(Put|PutGroups|Get|Txn|EmbeddedVsNetwork)$$' -benchtime 3000x -timeout 20m ./embed/ ./server/
+	BIN=$(BIN) ./scripts/bench-e2e.sh
 
 ## jepsen: every workload under mixed faults on a real cluster; reports in jepsen-results/
 jepsen:

@@ -22,7 +22,14 @@ func Slot(key string) int {
 			h = key[i+1 : i+1+j]
 		}
 	}
-	return int(crc32.ChecksumIEEE([]byte(h)) % SlotCount)
+	// CRC-32 (IEEE) over the string byte by byte: keys are short, and
+	// converting to []byte would allocate on every routed request.
+	crc := ^uint32(0)
+	for i := 0; i < len(h); i++ {
+		crc = crc32.IEEETable[byte(crc)^h[i]] ^ (crc >> 8)
+	}
+	sum := ^crc
+	return int(sum % SlotCount)
 }
 
 // Consistency is the consistency level of a read.

@@ -23,12 +23,15 @@ func TestSlot(t *testing.T) {
 		{"foo}bar{", whole("foo}bar{")},
 		{"x{{y}}", whole("{y")}, // from the first { to the first } after it
 		{"", whole("")},
+		{strings.Repeat("long-key/", 40), whole(strings.Repeat("long-key/", 40))}, // hashed in pieces
 	}
 	for _, tc := range tests {
 		require.Equal(t, tc.want, Slot(tc.key), "Slot(%q)", tc.key)
 		require.GreaterOrEqual(t, Slot(tc.key), 0)
 		require.Less(t, Slot(tc.key), SlotCount)
 	}
+	// Every routed request hashes its key: that must not allocate.
+	require.Zero(t, testing.AllocsPerRun(100, func() { Slot("users/{42}/cart/items") }))
 }
 
 func TestInitialCluster_Map_PlacesAsTheContractSays(t *testing.T) {

@@ -277,6 +277,10 @@ func (s *Server) HTTPAddr() string {
 	return s.httpLn.Addr().String()
 }
 
+// Handler returns the node's HTTP API, to serve on a listener of the
+// caller's own or to call in-process.
+func (s *Server) Handler() http.Handler { return s.handler }
+
 // RaftTransportStats counts the node's Raft sessions and streams.
 func (s *Server) RaftTransportStats() replication.MuxStats {
 	if s.mux == nil {

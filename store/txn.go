@@ -747,7 +747,7 @@ func (a *applier) applyTxn(c *Cmd) (Result, error) {
 func (db *DB) GetLocked(key string) (it kvd.Item, found bool, lock *Lock, err error) {
 	err = db.view(func(tx *bolt.Tx) error {
 		if rec := tx.Bucket(bucketKV).Get([]byte(key)); rec != nil {
-			it, found = decodeItem([]byte(key), rec), true
+			it, found = kvd.Item{Key: key, Version: version(rec), Value: append([]byte{}, recValue(rec)...)}, true
 		}
 		if b := tx.Bucket(bucketLocks).Get([]byte(key)); b != nil {
 			var ls LockSet

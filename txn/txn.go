@@ -445,7 +445,61 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// twoPhase runs a transaction over several groups: prepare everywhere,
+// the decision in the record group, then resolution of the others.
+//
+// Once locks may be taken the protocol runs to its decision even if the
+// caller gives up: abandoned half way, it would leave locks that block
+// the keys until the deadline and recovery. It runs on a goroutine of the
+// coordinator, bounded by the transaction's timeout and by Close. After a
+// commit the answer waits for the resolution (so that it carries every
+// write's version) only as long as the caller does; resolution itself
+// goes on in the background.
 func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.GroupID]*part, rg kvd.GroupID, id string) (Response, error) {
+	done := make(chan twoPhaseResult, 1)
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Timeout)
+		defer cancel()
+		stop := context.AfterFunc(c.ctx, cancel)
+		defer stop()
+		done <- c.runTwoPhase(dctx, req, parts, rg, id)
+	}()
+	var r twoPhaseResult
+	select {
+	case r = <-done:
+	case <-ctx.Done():
+		return Response{}, fmt.Errorf("transaction %s: the caller gave up before the decision (it is decided without it): %v: %w", id, ctx.Err(), kvd.ErrUnknownOutcome)
+	}
+	if r.err != nil || r.resolving == nil {
+		return r.resp, r.err
+	}
+	outs := r.outs
+	select {
+	case resolved := <-r.resolving:
+		outs = append(outs, resolved...)
+	case <-ctx.Done():
+		// Committed all the same; the versions written in groups not yet
+		// resolved are left out.
+	}
+	resp := Response{Committed: true}
+	fill(&resp, req, outs)
+	return resp, nil
+}
+
+// twoPhaseResult is the outcome of a two-phase transaction at its
+// decision. A commit carries the outcomes so far and the channel on which
+// the resolution of the other groups delivers theirs.
+type twoPhaseResult struct {
+	resp      Response
+	err       error
+	outs      []*store.TxnOutcome
+	resolving <-chan []*store.TxnOutcome
+}
+
+func (c *Coordinator) runTwoPhase(ctx context.Context, req Request, parts map[kvd.GroupID]*part, rg kvd.GroupID, id string) twoPhaseResult {
+	fail := func(resp Response, err error) twoPhaseResult { return twoPhaseResult{resp: resp, err: err} }
 	deadline := c.cfg.Now().Add(c.cfg.Timeout).UnixNano()
 	var groups []kvd.GroupID
 	for g := range parts {
@@ -484,7 +538,7 @@ func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.G
 	}
 	if allYes && c.cfg.AfterPrepare != nil {
 		if err := c.cfg.AfterPrepare(id); err != nil {
-			return Response{}, fmt.Errorf("transaction %s: stopped after prepare: %w", id, err)
+			return fail(Response{}, fmt.Errorf("transaction %s: stopped after prepare: %w", id, err))
 		}
 	}
 
@@ -492,28 +546,32 @@ func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.G
 	decided, err := c.decide(ctx, id, rg, allYes, parts[rg].writes)
 	if err != nil {
 		if allYes {
-			return Response{}, err // may or may not have committed
+			return fail(Response{}, err) // may or may not have committed
 		}
 		// Not committed in any case: abort is the only possible outcome.
 		c.resolveLater(id, groups, rg, false)
-		return c.refusedOrUnavailable(ctx, votes, outs)
+		return fail(c.refusedOrUnavailable(ctx, votes, outs))
 	}
 	if decided.State != store.TxnCommitted {
 		c.resolveLater(id, groups, rg, false)
 		if allYes {
-			return Response{}, fmt.Errorf("transaction %s was aborted by recovery before it could commit: %w", id, kvd.ErrConflict)
+			return fail(Response{}, fmt.Errorf("transaction %s was aborted by recovery before it could commit: %w", id, kvd.ErrConflict))
 		}
-		return c.refusedOrUnavailable(ctx, votes, outs)
+		return fail(c.refusedOrUnavailable(ctx, votes, outs))
 	}
 
 	// Committed. Phase 3: resolve the other groups, so the answer can
 	// carry every write's version.
 	outs = append(outs, decided)
-	resolved := c.resolve(ctx, id, groups, rg, true)
-	outs = append(outs, resolved...)
-	resp := Response{Committed: true}
-	fill(&resp, req, outs)
-	return resp, nil
+	resolving := make(chan []*store.TxnOutcome, 1)
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		rctx, cancel := context.WithTimeout(c.ctx, c.cfg.ResolveTimeout)
+		defer cancel()
+		resolving <- c.resolve(rctx, id, groups, rg, true)
+	}()
+	return twoPhaseResult{resp: Response{Committed: true}, outs: outs, resolving: resolving}
 }
 
 // refusedOrUnavailable explains an aborted transaction: a no vote wins

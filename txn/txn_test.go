@@ -59,6 +59,9 @@ func (m *memGroups) Propose(ctx context.Context, g kvd.GroupID, c store.Cmd) (st
 	if before != nil {
 		return store.Result{}, before
 	}
+	if err := ctx.Err(); err != nil { // as a real proposal: nothing applied
+		return store.Result{}, fmt.Errorf("propose: %v: %w", err, kvd.ErrUnavailable)
+	}
 	m.mu.Lock()
 	m.index[g]++
 	res, err := m.dbs[g].Apply([]store.Entry{{Index: m.index[g], Term: 1, Batch: &store.Batch{Time: m.now.UnixNano(), Cmds: []store.Cmd{c}}}})
@@ -152,6 +155,33 @@ func TestCoordinator_CrossGroupCommit(t *testing.T) {
 	require.True(t, resp.Results[2].Deleted)
 	_, ok := m.value(t, "g3/c")
 	require.False(t, ok)
+}
+
+// A caller that gives up after the locks are taken must not leave them
+// behind until the deadline: the protocol runs to its end without it.
+func TestCoordinator_CallerGivingUpLeavesNoLocks(t *testing.T) {
+	m := newMemGroups(t, 2)
+	c := newCoord(m)
+	defer c.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m.setFault(func(g kvd.GroupID, cmd store.Cmd) (error, error) {
+		if g == 2 && cmd.Kind == store.CmdTxnPrepare {
+			cancel() // the client hangs up while group 2 prepares
+		}
+		return nil, nil
+	})
+	_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "1"), put("g2/b", "2")}}, nil)
+	if err != nil {
+		require.ErrorIs(t, err, kvd.ErrUnknownOutcome)
+	}
+	require.Eventually(t, func() bool { return !m.locked(t, "g1/a") && !m.locked(t, "g2/b") },
+		2*time.Second, 10*time.Millisecond, "locks left behind by an abandoned transaction")
+	for k, v := range map[string]string{"g1/a": "1", "g2/b": "2"} {
+		got, ok := m.value(t, k)
+		require.True(t, ok, k)
+		require.Equal(t, v, got, "every group prepared: the transaction commits")
+	}
 }
 
 func TestCoordinator_CompareFailureAbortsEverywhere(t *testing.T) {
@@ -365,6 +395,7 @@ func TestRecovery_CoordinatorDiesAfterCommitting(t *testing.T) {
 	cancel()
 	require.NoError(t, err, "committed: the answer does not wait for a group it cannot reach")
 	require.True(t, resp.Committed)
+	c.Close() // dies: its background resolution stops
 	require.True(t, m.locked(t, "g2/b"))
 	m.setFault(nil)
 
@@ -483,6 +514,9 @@ func TestReadOnly_SeesCommittedTransactionsAtomically(t *testing.T) {
 	_, err = c.Do(cctx, Request{Ops: []Op{put("g1/a", "2"), put("g2/b", "2")}}, nil)
 	cancel()
 	require.NoError(t, err)
+	c.Close() // the coordinator dies before resolving group 2
+	c = newCoord(m)
+	defer c.Close()
 	m.setFault(nil)
 	require.True(t, m.locked(t, "g2/b"))
 	resp, err = c.Do(ctx, Request{Ops: []Op{get("g1/a"), get("g2/b")}}, nil)
