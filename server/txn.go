@@ -221,7 +221,7 @@ func isDial(err error) bool {
 // proposer.
 func validateInternal(c *store.Cmd) error {
 	switch c.Kind {
-	case store.CmdTxnPrepare, store.CmdTxnResolve, store.CmdTxnRecover, store.CmdTxnForget, store.CmdDedupClaim, store.CmdDedupDone:
+	case store.CmdTxnPrepare, store.CmdTxnResolve, store.CmdTxnRecover, store.CmdTxnForget, store.CmdDedupClaim, store.CmdDedupDone, store.CmdDedupRegister:
 		return json.Unmarshal(c.Data, new(map[string]any))
 	case store.CmdTxnDecide:
 		return json.Unmarshal(c.Data, new(map[string]any))

@@ -38,11 +38,15 @@ const (
 	CmdDedupGC    CmdKind = 12
 	CmdDedupClaim CmdKind = 13
 	CmdDedupDone  CmdKind = 14
+	// CmdDedupRegister records, in the group an idempotency key hashes
+	// to, which request uses the key, so a reuse for a key of any other
+	// group is caught (see dedup.go).
+	CmdDedupRegister CmdKind = 15
 )
 
 // isTxn reports whether k is a command whose payload is JSON in Data.
 func (k CmdKind) isTxn() bool {
-	return (k >= CmdTxnPrepare && k <= CmdTxnForget) || (k >= CmdDedupGC && k <= CmdDedupDone)
+	return (k >= CmdTxnPrepare && k <= CmdTxnForget) || (k >= CmdDedupGC && k <= CmdDedupRegister)
 }
 
 // Cmd is one replicated command. Which fields matter depends on Kind.

@@ -16,6 +16,12 @@ import (
 // the retention window gets the first outcome back and applies nothing;
 // a different request under the same key is refused. The leader removes
 // records older than the window (CmdDedupGC).
+//
+// One group is the key's home: the group its own slot maps to. A request
+// whose write lands in another group first registers its fingerprint
+// there (CmdDedupRegister), so every use of a key meets every other use
+// in the home group, whichever groups they write: a reuse for a
+// different request is refused before anything is written.
 
 // Idem names an idempotent request.
 type Idem = kvd.Idem
@@ -28,6 +34,9 @@ type dedupEntry struct {
 	// Done is set once Result holds the outcome.
 	Done   bool            `json:"done"`
 	Result json.RawMessage `json:"result,omitempty"`
+	// Reg marks a registration only: the request writes in another group,
+	// where its outcome is kept.
+	Reg bool `json:"reg,omitempty"`
 }
 
 // DedupState answers an idempotency claim.
@@ -57,6 +66,13 @@ type DedupDone struct {
 	Response json.RawMessage `json:"response,omitempty"`
 	Release  bool            `json:"release,omitempty"`
 	Txn      string          `json:"txn,omitempty"`
+}
+
+// DedupRegister registers a request under its idempotency key in the
+// key's home group; the answer's Status is "new", "existing" (the same
+// request) or "mismatch".
+type DedupRegister struct {
+	Idem Idem `json:"idem"`
 }
 
 // DedupGC removes idempotency records older than Before (Unix ns).
@@ -122,6 +138,9 @@ func (a *applier) replay(i *Idem) (r Result, done bool, err error) {
 	if !fpEqual(e.FP, i.FP) {
 		return Result{Err: kvd.ErrIdempotencyMismatch}, true, nil
 	}
+	if e.Reg {
+		return Result{}, false, nil // registered here, never run here
+	}
 	var sr storedResult
 	if err := json.Unmarshal(e.Result, &sr); err != nil {
 		return Result{}, false, fmt.Errorf("decode idempotency result: %w", err)
@@ -153,11 +172,11 @@ func (a *applier) dedupClaim(c *DedupClaim) (*DedupState, error) {
 	if err != nil {
 		return nil, err
 	}
-	if e == nil {
-		return &DedupState{Status: "new", Txn: c.Txn}, a.dedupCreate(c.Idem.Key, &dedupEntry{FP: c.Idem.FP, At: a.now, Txn: c.Txn})
-	}
-	if !fpEqual(e.FP, c.Idem.FP) {
+	if e != nil && !fpEqual(e.FP, c.Idem.FP) {
 		return &DedupState{Status: "mismatch"}, nil
+	}
+	if e == nil || e.Reg {
+		return &DedupState{Status: "new", Txn: c.Txn}, a.dedupCreate(c.Idem.Key, &dedupEntry{FP: c.Idem.FP, At: a.now, Txn: c.Txn})
 	}
 	return &DedupState{Status: "existing", Txn: e.Txn, At: e.At, Done: e.Done, Response: e.Result}, nil
 }
@@ -167,7 +186,7 @@ func (a *applier) dedupDone(d *DedupDone) (*DedupState, error) {
 	if err != nil {
 		return nil, err
 	}
-	if e == nil || !fpEqual(e.FP, d.Idem.FP) || e.Done {
+	if e == nil || !fpEqual(e.FP, d.Idem.FP) || e.Done || e.Reg {
 		return &DedupState{Status: "existing"}, nil
 	}
 	if d.Release {
@@ -180,6 +199,19 @@ func (a *applier) dedupDone(d *DedupDone) (*DedupState, error) {
 	}
 	e.Done, e.Result = true, d.Response
 	return &DedupState{Status: "existing", Txn: e.Txn, Done: true, Response: e.Result}, a.dedupPut(d.Idem.Key, e)
+}
+
+func (a *applier) dedupRegister(r *DedupRegister) (*DedupState, error) {
+	e, err := a.dedupGet(r.Idem.Key)
+	switch {
+	case err != nil:
+		return nil, err
+	case e == nil:
+		return &DedupState{Status: "new"}, a.dedupCreate(r.Idem.Key, &dedupEntry{FP: r.Idem.FP, At: a.now, Reg: true})
+	case !fpEqual(e.FP, r.Idem.FP):
+		return &DedupState{Status: "mismatch"}, nil
+	}
+	return &DedupState{Status: "existing", At: e.At}, nil
 }
 
 func (a *applier) dedupGC(g *DedupGC) error {

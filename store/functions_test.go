@@ -108,6 +108,49 @@ func TestDedup_PlainWrites(t *testing.T) {
 	require.Equal(t, uint64(7), r4.Version, "a forgotten key applies anew")
 }
 
+// A registration marks a key as used by a request that writes in another
+// group: any other request meets it, and it never counts as an outcome.
+func TestDedup_Register(t *testing.T) {
+	db := openTest(t)
+	reg := func(fp string) *DedupState {
+		t.Helper()
+		r := applyAt(t, db, db.AppliedIndex()+1, 1, txnCmd(t, CmdDedupRegister, DedupRegister{Idem: Idem{Key: "tok", FP: []byte(fp)}}))
+		require.NotNil(t, r.Dedup)
+		return r.Dedup
+	}
+	require.Equal(t, "new", reg("fp-a").Status)
+	require.Equal(t, "existing", reg("fp-a").Status, "the same request again")
+	require.Equal(t, "mismatch", reg("fp-b").Status)
+
+	// A plain write here under the key, for another request: refused.
+	other := put("k", "v")
+	other.Idem = &Idem{Key: "tok", FP: []byte("fp-b")}
+	require.ErrorIs(t, applyAt(t, db, db.AppliedIndex()+1, 1, other).Err, kvd.ErrIdempotencyMismatch)
+	_, err := db.Get("k")
+	require.ErrorIs(t, err, kvd.ErrNotFound)
+	// So is a one-phase transaction, and a cross-group claim.
+	one := applyAt(t, db, db.AppliedIndex()+1, 1, txnCmd(t, CmdTxnOnePhase, TxnOnePhase{
+		Ops: []TxnOp{{Op: "put", Key: "k", Value: []byte("v")}}, Idem: &Idem{Key: "tok", FP: []byte("fp-c")}}))
+	require.Equal(t, CodeIdempotencyMismatch, one.Txn.Code)
+	claim := applyAt(t, db, db.AppliedIndex()+1, 1, txnCmd(t, CmdDedupClaim, DedupClaim{Idem: Idem{Key: "tok", FP: []byte("fp-c")}, Txn: "t1"}))
+	require.Equal(t, "mismatch", claim.Dedup.Status)
+
+	// The registered request itself is not an outcome here: it applies.
+	same := put("k", "v")
+	same.Idem = &Idem{Key: "tok", FP: []byte("fp-a")}
+	r := applyAt(t, db, db.AppliedIndex()+1, 1, same)
+	require.NoError(t, r.Err)
+	it, err := db.Get("k")
+	require.NoError(t, err)
+	require.Equal(t, r.Version, it.Version)
+
+	// Registrations are collected with the other records.
+	require.Equal(t, "new", func() string {
+		applyAt(t, db, db.AppliedIndex()+1, 100, txnCmd(t, CmdDedupGC, DedupGC{Before: 10}))
+		return reg("fp-z").Status
+	}())
+}
+
 func TestAdd(t *testing.T) {
 	db := openTest(t)
 	r := applyAt(t, db, 1, 1, txnCmd(t, CmdTxnOnePhase, TxnOnePhase{Ops: []TxnOp{{Index: 0, Op: "add", Key: "n", Delta: 5}}}))

@@ -584,10 +584,10 @@ func (a *applier) onePhase(t *TxnOnePhase) (*TxnOutcome, error) {
 		if err != nil {
 			return nil, err
 		}
-		if e != nil {
-			if !fpEqual(e.FP, t.Idem.FP) {
-				return &TxnOutcome{Code: CodeIdempotencyMismatch}, nil
-			}
+		if e != nil && !fpEqual(e.FP, t.Idem.FP) {
+			return &TxnOutcome{Code: CodeIdempotencyMismatch}, nil
+		}
+		if e != nil && !e.Reg { // a registration only: never run here
 			out := &TxnOutcome{}
 			if err := json.Unmarshal(e.Result, out); err != nil {
 				return nil, fmt.Errorf("decode idempotency result: %w", err)
@@ -728,6 +728,12 @@ func (a *applier) applyTxn(c *Cmd) (Result, error) {
 		var d DedupDone
 		if decode(&d) {
 			st, err := a.dedupDone(&d)
+			return Result{Version: a.index, Dedup: st}, err
+		}
+	case CmdDedupRegister:
+		var r DedupRegister
+		if decode(&r) {
+			st, err := a.dedupRegister(&r)
 			return Result{Version: a.index, Dedup: st}, err
 		}
 	case CmdDedupGC:

@@ -47,6 +47,35 @@ func (o storedOutcome) answer() (Response, error) {
 	return resp, fmt.Errorf("transaction not committed (first attempt): %w", kvd.ErrConflict)
 }
 
+// Register makes sure no other request uses idem's key: when the request
+// writes in group g and the key's home group (the group its slot maps
+// to) is another, it registers the request's fingerprint there first.
+// Errors: kvd.ErrIdempotencyMismatch (another request holds the key), or
+// kvd.ErrUnavailable (the home group could not be reached; nothing was
+// written).
+func Register(ctx context.Context, gs Groups, idem *kvd.Idem, g kvd.GroupID) error {
+	if idem == nil {
+		return nil
+	}
+	home, err := gs.GroupOf(idem.Key)
+	if err != nil {
+		return fmt.Errorf("idempotency key %q: %w", idem.Key, err)
+	}
+	if home == g {
+		return nil // the write's own record is the registration
+	}
+	res, err := gs.Propose(ctx, home, encode(store.CmdDedupRegister, store.DedupRegister{Idem: *idem}, nil))
+	switch {
+	case err != nil:
+		return fmt.Errorf("register idempotency key %q in group %d (nothing written): %v: %w", idem.Key, home, err, kvd.ErrUnavailable)
+	case res.Dedup == nil:
+		return fmt.Errorf("register idempotency key %q in group %d: no answer (nothing written): %w", idem.Key, home, kvd.ErrUnavailable)
+	case res.Dedup.Status == "mismatch":
+		return fmt.Errorf("idempotency key %q: %w", idem.Key, kvd.ErrIdempotencyMismatch)
+	}
+	return nil
+}
+
 // idempotent runs a cross-group transaction under an idempotency key.
 // The key is claimed in the record group first, naming the transaction;
 // a repeat finds the claim and waits for the first attempt's outcome

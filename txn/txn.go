@@ -291,6 +291,9 @@ func (c *Coordinator) Do(ctx context.Context, req Request, idem *kvd.Idem) (Resp
 	if err != nil {
 		return Response{}, err
 	}
+	if err := Register(ctx, c.g, idem, rg); err != nil {
+		return Response{}, err
+	}
 	if idem != nil && len(parts) > 1 {
 		return c.idempotent(ctx, req, parts, rg, idem)
 	}

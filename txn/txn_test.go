@@ -42,7 +42,10 @@ func newMemGroups(t *testing.T, n int) *memGroups {
 
 func (m *memGroups) GroupOf(key string) (kvd.GroupID, error) {
 	var g kvd.GroupID
-	if _, err := fmt.Sscanf(key, "g%d/", &g); err != nil || m.dbs[g] == nil {
+	if _, err := fmt.Sscanf(key, "g%d/", &g); err != nil {
+		return 1, nil // like a slot: every string has a group
+	}
+	if m.dbs[g] == nil {
 		return 0, fmt.Errorf("%w: no group for %q", kvd.ErrInvalid, key)
 	}
 	return g, nil
@@ -175,13 +178,16 @@ func TestCoordinator_CallerGivingUpLeavesNoLocks(t *testing.T) {
 	if err != nil {
 		require.ErrorIs(t, err, kvd.ErrUnknownOutcome)
 	}
-	require.Eventually(t, func() bool { return !m.locked(t, "g1/a") && !m.locked(t, "g2/b") },
-		2*time.Second, 10*time.Millisecond, "locks left behind by an abandoned transaction")
-	for k, v := range map[string]string{"g1/a": "1", "g2/b": "2"} {
-		got, ok := m.value(t, k)
-		require.True(t, ok, k)
-		require.Equal(t, v, got, "every group prepared: the transaction commits")
-	}
+	// Every group prepares, so the transaction commits and resolves
+	// without its caller: values in place, no locks left.
+	require.Eventually(t, func() bool {
+		for k, v := range map[string]string{"g1/a": "1", "g2/b": "2"} {
+			if got, ok := m.value(t, k); !ok || got != v || m.locked(t, k) {
+				return false
+			}
+		}
+		return true
+	}, 2*time.Second, 10*time.Millisecond, "an abandoned transaction did not finish")
 }
 
 func TestCoordinator_CompareFailureAbortsEverywhere(t *testing.T) {
@@ -309,6 +315,33 @@ func TestIdempotent_AConflictIsNotRememberedARetryRuns(t *testing.T) {
 	again, err := c2.Do(ctx, req, idem)
 	require.NoError(t, err)
 	require.Equal(t, resp.Results, again.Results, "and now the outcome is remembered")
+}
+
+// An idempotency key is registered in its home group when the request
+// writes elsewhere, so a reuse is caught whichever groups it writes.
+func TestIdempotent_AKeyReusedInAnotherGroupIsRefused(t *testing.T) {
+	m := newMemGroups(t, 3)
+	c := newCoord(m)
+	defer c.Close()
+	ctx := context.Background()
+	idem := func(fp string) *kvd.Idem { return &kvd.Idem{Key: "g3/token", FP: []byte(fp)} }
+	first := Request{Ops: []Op{put("g1/a", "1"), put("g2/b", "1")}}
+	r1, err := c.Do(ctx, first, idem("first"))
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), m.index[3], "registered in group 3, the key's home")
+	r2, err := c.Do(ctx, first, idem("first"))
+	require.NoError(t, err, "the same request again")
+	require.Equal(t, r1.Results, r2.Results)
+
+	before := m.index[1] + m.index[2]
+	_, err = c.Do(ctx, Request{Ops: []Op{put("g2/x", "2")}}, idem("second"))
+	require.ErrorIs(t, err, kvd.ErrIdempotencyMismatch, "a one-group transaction in another group")
+	_, err = c.Do(ctx, Request{Ops: []Op{put("g1/x", "2"), put("g2/y", "2")}}, idem("third"))
+	require.ErrorIs(t, err, kvd.ErrIdempotencyMismatch, "a cross-group transaction")
+	require.Equal(t, before, m.index[1]+m.index[2], "refused before anything was proposed where they write")
+	require.NoError(t, Register(ctx, m, idem("first"), 1))
+	require.ErrorIs(t, Register(ctx, m, idem("fourth"), 2), kvd.ErrIdempotencyMismatch)
+	require.NoError(t, Register(ctx, m, idem("fourth"), 3), "in the home group the write's own record decides")
 }
 
 func TestIdempotent_ARepeatTakesOverAnAbortedFirstAttempt(t *testing.T) {

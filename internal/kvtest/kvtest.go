@@ -345,6 +345,26 @@ func idempotency(t *testing.T, kv kvd.KV, p string) {
 	require.Equal(t, n1, n2)
 	_, err = kv.Add(c, p+"cond", 1, kvd.IfExists(), kvd.WithIdempotencyKey(key+"cond"))
 	require.ErrorIs(t, err, kvd.ErrIdempotencyMismatch, "another condition is another request")
+
+	// A key used for one request is refused for any other, whichever
+	// groups their keys live in: eight keys spread over the groups.
+	_, err = kv.Put(c, p+"reuse/0", []byte("v"), kvd.WithIdempotencyKey(key+"reuse"))
+	require.NoError(t, err)
+	for i := 1; i < 8; i++ {
+		k := fmt.Sprintf("%sreuse/%d", p, i)
+		_, err := kv.Put(c, k, []byte("v"), kvd.WithIdempotencyKey(key+"reuse"))
+		require.ErrorIs(t, err, kvd.ErrIdempotencyMismatch, "token reused for %s", k)
+		_, err = kv.Get(c, k)
+		require.ErrorIs(t, err, kvd.ErrNotFound, "refused before writing %s", k)
+		_, err = kv.Delete(c, k, kvd.WithIdempotencyKey(key+"reuse"))
+		require.ErrorIs(t, err, kvd.ErrIdempotencyMismatch)
+		_, err = kv.Add(c, k, 1, kvd.WithIdempotencyKey(key+"reuse"))
+		require.ErrorIs(t, err, kvd.ErrIdempotencyMismatch)
+	}
+	_, err = kv.Txn(c, kvd.Txn{Ops: []kvd.Op{kvd.OpPut(p+"reuse/x", []byte("1")), kvd.OpPut(p+"reuse/y", []byte("1"))}}, kvd.WithIdempotencyKey(key+"reuse"))
+	require.ErrorIs(t, err, kvd.ErrIdempotencyMismatch)
+	_, err = kv.Put(c, p+"reuse/0", []byte("v"), kvd.WithIdempotencyKey(key+"reuse"))
+	require.NoError(t, err, "the first request, repeated, still gets its outcome")
 }
 
 func watch(t *testing.T, kv kvd.KV, p string) {
