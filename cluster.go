@@ -1,6 +1,8 @@
 package kvd
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -48,6 +50,22 @@ type InitialCluster struct {
 	Nodes    []Node `json:"nodes"`
 	Groups   int    `json:"groups"`
 	Replicas int    `json:"replicas"`
+	// Token, optional, tells apart clusters bootstrapped from identical
+	// files (the same addresses reused): it enters the cluster id.
+	Token string `json:"token,omitempty"`
+}
+
+// ClusterID identifies a cluster by what every member bootstraps from:
+// the seed map and the token. Nodes refuse Raft connections from nodes
+// with another id. It is 32 hex characters.
+func ClusterID(seed *Map, token string) string {
+	b, _ := json.Marshal(struct {
+		Nodes  []Node  `json:"nodes"`
+		Groups []Group `json:"groups"`
+		Token  string  `json:"token"`
+	}{seed.Nodes, seed.Groups, token})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
 }
 
 // LoadInitialCluster reads and validates an initial-cluster file.

@@ -174,3 +174,14 @@ func TestLimits_Validate(t *testing.T) {
 	l.MaxScanLimit = 10
 	require.Error(t, l.Validate())
 }
+
+func TestClusterID(t *testing.T) {
+	ic := InitialCluster{Nodes: []Node{{ID: "n1", HTTP: "127.0.0.1:1", Raft: "127.0.0.1:2"}, {ID: "n2", HTTP: "127.0.0.1:3", Raft: "127.0.0.1:4"}}, Groups: 2, Replicas: 2}
+	id := ClusterID(ic.Map(), "")
+	require.Len(t, id, 32)
+	require.Equal(t, id, ClusterID(ic.Map(), ""), "every member computes the same id")
+	require.NotEqual(t, id, ClusterID(ic.Map(), "blue"), "a token tells identical files apart")
+	other := ic
+	other.Groups = 1
+	require.NotEqual(t, id, ClusterID(other.Map(), ""), "another bootstrap file is another cluster")
+}

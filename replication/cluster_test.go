@@ -81,7 +81,7 @@ func (tg *testGroup) start(i int, ln net.Listener) {
 		tg.addrs[nodeID(i)] = ln.Addr().String()
 		tg.mu.Unlock()
 	}
-	mux, err := NewMux(ln, "", quietLogger())
+	mux, err := NewMux(ln, "", testClusterID, quietLogger())
 	require.NoError(t, err)
 	layer, err := mux.Layer(1)
 	require.NoError(t, err)
@@ -168,4 +168,50 @@ func (tg *testGroup) waitValue(i int, key, val string) {
 		it, err := tg.reps[i].Store().Get(key)
 		return err == nil && string(it.Value) == val
 	}, 10*time.Second, 10*time.Millisecond, "replica %d never saw %s=%s", i, key, val)
+}
+
+const testClusterID = "0123456789abcdef0123456789abcdef"
+
+// Nodes of different clusters (a node left over from an earlier cluster
+// on the same addresses) refuse each other's Raft connections; nodes of
+// one cluster connect.
+func TestMux_RefusesNodesOfAnotherCluster(t *testing.T) {
+	newMux := func(cluster string) (*Mux, raft.StreamLayer) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		m, err := NewMux(ln, "", cluster, quietLogger())
+		require.NoError(t, err)
+		t.Cleanup(func() { m.Close() })
+		l, err := m.Layer(1)
+		require.NoError(t, err)
+		return m, l
+	}
+	a, aLayer := newMux(testClusterID)
+	_, other := newMux("ffffffffffffffffffffffffffffffff")
+	_, err := other.Dial(raft.ServerAddress(a.Addr().String()), 2*time.Second)
+	require.ErrorContains(t, err, "another cluster")
+	require.Zero(t, a.Stats().Inbound, "no session from the other cluster")
+
+	_, same := newMux(testClusterID)
+	c, err := same.Dial(raft.ServerAddress(a.Addr().String()), 2*time.Second)
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Write([]byte("x"))
+	require.NoError(t, err)
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if s, err := aLayer.Accept(); err == nil {
+			accepted <- s
+		}
+	}()
+	select {
+	case s := <-accepted:
+		s.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("a node of the same cluster could not open a stream")
+	}
+	require.Equal(t, 1, a.Stats().Inbound)
+
+	_, err = NewMux(nil, "", "short", quietLogger())
+	require.Error(t, err, "a malformed cluster id is refused")
 }

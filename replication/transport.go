@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -17,9 +18,19 @@ import (
 	"github.com/kvd-project/kvd"
 )
 
-// connPreamble opens every node-to-node Raft connection; what follows is a
-// yamux session.
-const connPreamble = "KVDMUX1\n"
+// connPreamble opens every node-to-node Raft connection, followed by the
+// cluster id (ClusterIDSize bytes). The listener answers one byte,
+// connAccepted or connOtherCluster; after connAccepted a yamux session
+// follows.
+const connPreamble = "KVDMUX2\n"
+
+// ClusterIDSize is the length of a cluster id on the wire.
+const ClusterIDSize = 32
+
+const (
+	connAccepted     = 'K'
+	connOtherCluster = 'C'
+)
 
 // streamMagic opens every stream inside a session, followed by the group
 // id (8 bytes, big endian).
@@ -42,8 +53,11 @@ const headerTimeout = 5 * time.Second
 type Mux struct {
 	ln        net.Listener
 	advertise net.Addr
+	cluster   [ClusterIDSize]byte
 	log       *slog.Logger
 	ycfg      *yamux.Config
+	// lastRefusal rate-limits the warning about peers of other clusters.
+	lastRefusal atomic.Int64
 
 	// mu protects layers, out, in and closed.
 	mu     sync.Mutex
@@ -64,8 +78,14 @@ type outSession struct {
 }
 
 // NewMux serves Raft streams accepted on ln. advertise is the address peers
-// dial (empty: ln's address). Close stops it.
-func NewMux(ln net.Listener, advertise string, logger *slog.Logger) (*Mux, error) {
+// dial (empty: ln's address). cluster identifies the cluster (see
+// kvd.ClusterID): connections between nodes of different clusters are
+// refused both ways, so a node left over from another cluster on the same
+// addresses cannot disturb this one. Close stops it.
+func NewMux(ln net.Listener, advertise, cluster string, logger *slog.Logger) (*Mux, error) {
+	if len(cluster) != ClusterIDSize {
+		return nil, fmt.Errorf("raft mux: cluster id %q is not %d characters", cluster, ClusterIDSize)
+	}
 	var adv net.Addr = ln.Addr()
 	if advertise != "" {
 		a, err := net.ResolveTCPAddr("tcp", advertise)
@@ -89,6 +109,7 @@ func NewMux(ln net.Listener, advertise string, logger *slog.Logger) (*Mux, error
 	ycfg.Logger = log.New(slogWriter{&hclogAdapter{l: logger, name: "raft-mux"}}, "", 0)
 	m := &Mux{ln: ln, advertise: adv, log: logger, ycfg: ycfg,
 		layers: map[kvd.GroupID]*streamLayer{}, out: map[string]*outSession{}, in: map[*yamux.Session]net.Conn{}}
+	copy(m.cluster[:], cluster)
 	m.wg.Add(1)
 	go m.acceptLoop()
 	return m, nil
@@ -210,13 +231,27 @@ func (m *Mux) acceptLoop() {
 // serveConn runs one inbound session: it accepts streams and hands each
 // to its group's layer.
 func (m *Mux) serveConn(c net.Conn) {
-	_ = c.SetReadDeadline(time.Now().Add(headerTimeout))
-	pre := make([]byte, len(connPreamble))
-	if _, err := io.ReadFull(c, pre); err != nil || string(pre) != connPreamble {
+	_ = c.SetDeadline(time.Now().Add(headerTimeout))
+	pre := make([]byte, len(connPreamble)+ClusterIDSize)
+	if _, err := io.ReadFull(c, pre); err != nil || string(pre[:len(connPreamble)]) != connPreamble {
 		c.Close()
 		return
 	}
-	_ = c.SetReadDeadline(time.Time{})
+	if string(pre[len(connPreamble):]) != string(m.cluster[:]) {
+		_, _ = c.Write([]byte{connOtherCluster})
+		c.Close()
+		if now := time.Now().UnixNano(); now-m.lastRefusal.Load() > int64(10*time.Second) {
+			m.lastRefusal.Store(now)
+			m.log.Warn("refused a Raft connection from a node of another cluster", "remote", c.RemoteAddr().String(),
+				"their_cluster", string(pre[len(connPreamble):]), "our_cluster", string(m.cluster[:]))
+		}
+		return
+	}
+	if _, err := c.Write([]byte{connAccepted}); err != nil {
+		c.Close()
+		return
+	}
+	_ = c.SetDeadline(time.Time{})
 	sess, err := yamux.Server(c, m.ycfg)
 	if err != nil {
 		c.Close()
@@ -318,12 +353,26 @@ func (m *Mux) dial(address string, timeout time.Duration) (*yamux.Session, error
 	if err != nil {
 		return nil, err
 	}
-	_ = c.SetWriteDeadline(time.Now().Add(timeout))
-	if _, err := c.Write([]byte(connPreamble)); err != nil {
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write(append([]byte(connPreamble), m.cluster[:]...)); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("raft dial %s: %w", address, err)
 	}
-	_ = c.SetWriteDeadline(time.Time{})
+	var answer [1]byte
+	if _, err := io.ReadFull(c, answer[:]); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("raft dial %s: no answer to the handshake: %w", address, err)
+	}
+	switch answer[0] {
+	case connAccepted:
+	case connOtherCluster:
+		c.Close()
+		return nil, fmt.Errorf("raft dial %s: the node there belongs to another cluster: %w", address, kvd.ErrUnavailable)
+	default:
+		c.Close()
+		return nil, fmt.Errorf("raft dial %s: unexpected handshake answer %q", address, answer[0])
+	}
+	_ = c.SetDeadline(time.Time{})
 	sess, err := yamux.Client(c, m.ycfg)
 	if err != nil {
 		c.Close()

@@ -16,6 +16,10 @@ import (
 type nodeFile struct {
 	ID  string   `json:"id"`
 	Map *kvd.Map `json:"map"`
+	// Cluster is the cluster id (kvd.ClusterID of Map and the initial
+	// cluster's token); empty in files written before it existed, which
+	// then use the map's with no token.
+	Cluster string `json:"cluster,omitempty"`
 }
 
 func readNodeFile(dir string) (*nodeFile, error) {

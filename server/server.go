@@ -133,6 +133,7 @@ func New(cfg Config) (_ *Server, err error) {
 			ic = *cfg.InitialCluster
 		}
 		nf = &nodeFile{ID: s.id, Map: ic.Map()}
+		nf.Cluster = kvd.ClusterID(nf.Map, ic.Token)
 		if _, ok := nf.Map.Node(s.id); !ok {
 			return nil, fmt.Errorf("node %q is not in the initial cluster", s.id)
 		}
@@ -151,7 +152,11 @@ func New(cfg Config) (_ *Server, err error) {
 		// advertises unless told otherwise.
 		self, _ := s.seed.Node(s.id)
 		raftAdv = firstNonEmpty(cfg.RaftAdvertise, self.Raft)
-		if s.mux, err = replication.NewMux(raftLn, raftAdv, s.log); err != nil {
+		cluster := nf.Cluster
+		if cluster == "" {
+			cluster = kvd.ClusterID(nf.Map, "")
+		}
+		if s.mux, err = replication.NewMux(raftLn, raftAdv, cluster, s.log); err != nil {
 			return nil, err
 		}
 	}
