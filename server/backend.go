@@ -153,7 +153,7 @@ func (b backend) Put(ctx context.Context, key string, value []byte, w httpapi.Wr
 	if err != nil {
 		return 0, err
 	}
-	if err := txn.Register(ctx, groups{b.s}, w.Idem, g.ID()); err != nil {
+	if err := txn.Register(ctx, groups(b), w.Idem, g.ID()); err != nil {
 		return 0, fmt.Errorf("put %q: %w", key, err)
 	}
 	res, err := b.proposeWrite(ctx, g, store.Cmd{Kind: store.CmdPut, Key: key, Value: value, Cond: w.Cond, TTL: int64(w.TTL), Idem: w.Idem})
@@ -171,7 +171,7 @@ func (b backend) Delete(ctx context.Context, key string, w httpapi.Write, rt htt
 	if err != nil {
 		return false, 0, err
 	}
-	if err := txn.Register(ctx, groups{b.s}, w.Idem, g.ID()); err != nil {
+	if err := txn.Register(ctx, groups(b), w.Idem, g.ID()); err != nil {
 		return false, 0, fmt.Errorf("delete %q: %w", key, err)
 	}
 	res, err := b.proposeWrite(ctx, g, store.Cmd{Kind: store.CmdDelete, Key: key, Cond: w.Cond, Idem: w.Idem})

@@ -22,7 +22,7 @@ type local struct{ s *Server }
 
 var _ kvd.KV = local{}
 
-func (l local) b() backend { return backend{l.s} }
+func (l local) b() backend { return backend(l) }
 
 func (l local) Get(ctx context.Context, key string, opts ...kvd.ReadOption) (kvd.Item, error) {
 	if err := l.s.cfg.Limits.ValidateKey(key); err != nil {
