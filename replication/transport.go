@@ -370,7 +370,7 @@ func (m *Mux) dial(address string, timeout time.Duration) (*yamux.Session, error
 		return nil, fmt.Errorf("raft dial %s: the node there belongs to another cluster: %w", address, kvd.ErrUnavailable)
 	default:
 		c.Close()
-		return nil, fmt.Errorf("raft dial %s: unexpected handshake answer %q", address, answer[0])
+		return nil, fmt.Errorf("raft dial %s: unexpected handshake answer %q: %w", address, answer[0], kvd.ErrUnavailable)
 	}
 	_ = c.SetDeadline(time.Time{})
 	sess, err := yamux.Client(c, m.ycfg)

@@ -51,30 +51,33 @@ func (o storedOutcome) answer() (Response, error) {
 // writes in group g and the key's home group (the group its slot maps
 // to) is another, it registers the request's fingerprint there first.
 // Errors: kvd.ErrIdempotencyMismatch (another request holds the key), or
-// kvd.ErrUnavailable (the home group could not be reached; nothing was
-// written).
+// kvd.ErrUnavailable if ctx ended (nothing was written).
 func Register(ctx context.Context, gs Groups, idem *kvd.Idem, g kvd.GroupID) error {
 	if idem == nil {
 		return nil
 	}
 	home, err := gs.GroupOf(idem.Key)
-	if err != nil {
-		return fmt.Errorf("idempotency key %q: %w", idem.Key, err)
-	}
-	if home == g {
+	if err != nil || home == g {
 		return nil // the write's own record is the registration
 	}
-	res, err := gs.Propose(ctx, home, encode(store.CmdDedupRegister, store.DedupRegister{Idem: *idem}, nil))
+	rctx, cancel := context.WithTimeout(ctx, registerTimeout)
+	defer cancel()
+	res, err := gs.Propose(rctx, home, encode(store.CmdDedupRegister, store.DedupRegister{Idem: *idem}, nil))
 	switch {
-	case err != nil:
-		return fmt.Errorf("register idempotency key %q in group %d (nothing written): %v: %w", idem.Key, home, err, kvd.ErrUnavailable)
-	case res.Dedup == nil:
-		return fmt.Errorf("register idempotency key %q in group %d: no answer (nothing written): %w", idem.Key, home, kvd.ErrUnavailable)
-	case res.Dedup.Status == "mismatch":
+	case err == nil && res.Dedup != nil && res.Dedup.Status == "mismatch":
 		return fmt.Errorf("idempotency key %q: %w", idem.Key, kvd.ErrIdempotencyMismatch)
+	case ctx.Err() != nil:
+		return fmt.Errorf("register idempotency key %q in group %d (nothing written): %v: %w", idem.Key, home, ctx.Err(), kvd.ErrUnavailable)
 	}
+	// Registered, or the home group cannot be reached now: the write goes
+	// ahead (its own group still answers retries of it); only a reuse of
+	// the key for another request in another group would go unnoticed.
 	return nil
 }
+
+// registerTimeout bounds how long a write waits for its idempotency key's
+// home group before going ahead without the registration.
+const registerTimeout = 2 * time.Second
 
 // idempotent runs a cross-group transaction under an idempotency key.
 // The key is claimed in the record group first, naming the transaction;
@@ -106,14 +109,18 @@ func (c *Coordinator) idempotent(ctx context.Context, req Request, parts map[kvd
 		}
 		break
 	}
-	resp, err := c.twoPhase(ctx, req, parts, rg, id)
-	switch code := codeOf(err); {
-	case code == "conflict":
-		c.release(ctx, rg, idem, id)
-	case err == nil || code != "":
-		c.storeOutcome(idem, rg, storedOutcome{Committed: resp.Committed, Results: resp.Results, Failed: resp.Failed, Code: code})
-	}
-	return resp, err
+	// The outcome is recorded when the transaction finishes, even if the
+	// caller has gone by then (a repeat then finds it at once).
+	return c.twoPhase(ctx, req, parts, rg, id, func(resp Response, err error) {
+		bctx, cancel := context.WithTimeout(c.ctx, c.cfg.ResolveTimeout)
+		defer cancel()
+		switch code := codeOf(err); {
+		case code == "conflict":
+			c.release(bctx, rg, idem, id)
+		case err == nil || code != "":
+			c.storeOutcome(bctx, idem, rg, storedOutcome{Committed: resp.Committed, Results: resp.Results, Failed: resp.Failed, Code: code})
+		}
+	})
 }
 
 // release frees idem's claim held by transaction id, which was aborted
@@ -125,25 +132,19 @@ func (c *Coordinator) release(ctx context.Context, rg kvd.GroupID, idem *kvd.Ide
 	}
 }
 
-// storeOutcome records a transaction's outcome under its key, in the
-// background; a repeat that finds none waits for the record instead.
-func (c *Coordinator) storeOutcome(idem *kvd.Idem, rg kvd.GroupID, out storedOutcome) {
+// storeOutcome records a transaction's outcome under its key, retrying
+// within ctx; a repeat that finds none waits for the record instead.
+func (c *Coordinator) storeOutcome(ctx context.Context, idem *kvd.Idem, rg kvd.GroupID, out storedOutcome) {
 	b, _ := json.Marshal(out)
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.ResolveTimeout)
-		defer cancel()
-		for attempt := 0; ctx.Err() == nil; attempt++ {
-			if _, err := c.g.Propose(ctx, rg, encode(store.CmdDedupDone, store.DedupDone{Idem: *idem, Response: b}, nil)); err == nil {
-				return
-			}
-			select {
-			case <-time.After(time.Duration(10<<min(attempt, 5)) * time.Millisecond):
-			case <-ctx.Done():
-			}
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		if _, err := c.g.Propose(ctx, rg, encode(store.CmdDedupDone, store.DedupDone{Idem: *idem, Response: b}, nil)); err == nil {
+			return
 		}
-	}()
+		select {
+		case <-time.After(time.Duration(10<<min(attempt, 5)) * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
 }
 
 // await waits for the outcome of the first attempt holding idem's claim.
@@ -178,7 +179,11 @@ func (c *Coordinator) await(ctx context.Context, rg kvd.GroupID, idem *kvd.Idem,
 				// Committed, but its answer was lost with its
 				// coordinator: the results' values are not known.
 				out := storedOutcome{Committed: true}
-				c.storeOutcome(idem, rg, out)
+				c.spawn(func() {
+					bctx, cancel := context.WithTimeout(c.ctx, c.cfg.ResolveTimeout)
+					defer cancel()
+					c.storeOutcome(bctx, idem, rg, out)
+				})
 				resp, err := out.answer()
 				return resp, "", nil, err
 			}

@@ -113,7 +113,26 @@ type Coordinator struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
+	// mu orders goroutine starts (spawn) before Close's Wait.
+	mu     sync.Mutex
+	closed bool
 	wg     sync.WaitGroup
+}
+
+// spawn runs f on a goroutine that Close waits for; once Close has begun
+// it runs nothing and reports false.
+func (c *Coordinator) spawn(f func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
+	return true
 }
 
 // New returns a coordinator over g. Close stops its background work.
@@ -144,6 +163,9 @@ func New(g Groups, cfg Config) *Coordinator {
 
 // Close stops background resolutions and waits for them.
 func (c *Coordinator) Close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
 	c.cancel()
 	c.wg.Wait()
 }
@@ -311,7 +333,7 @@ func (c *Coordinator) Do(ctx context.Context, req Request, idem *kvd.Idem) (Resp
 	if len(parts) == 1 {
 		return c.onePhase(ctx, req, parts[rg], idem)
 	}
-	return c.twoPhase(ctx, req, parts, rg, newID())
+	return c.twoPhase(ctx, req, parts, rg, newID(), nil)
 }
 
 // onePhase runs a transaction whose keys are all in one group as a single
@@ -451,54 +473,79 @@ func newID() string {
 // twoPhase runs a transaction over several groups: prepare everywhere,
 // the decision in the record group, then resolution of the others.
 //
-// Once locks may be taken the protocol runs to its decision even if the
-// caller gives up: abandoned half way, it would leave locks that block
-// the keys until the deadline and recovery. It runs on a goroutine of the
+// Once locks may be taken the protocol runs to its end even if the caller
+// gives up: abandoned half way, it would leave locks that block the keys
+// until the deadline and recovery. It runs on a goroutine of the
 // coordinator, bounded by the transaction's timeout and by Close. After a
 // commit the answer waits for the resolution (so that it carries every
-// write's version) only as long as the caller does; resolution itself
-// goes on in the background.
-func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.GroupID]*part, rg kvd.GroupID, id string) (Response, error) {
-	done := make(chan twoPhaseResult, 1)
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
+// write's version) only as long as the caller does. finished, if set, is
+// called on that goroutine with the final outcome (after resolution),
+// whether or not the caller is still there.
+func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.GroupID]*part, rg kvd.GroupID, id string, finished func(Response, error)) (Response, error) {
+	if err := ctx.Err(); err != nil {
+		return Response{}, fmt.Errorf("transaction not started: %v: %w", err, kvd.ErrUnavailable)
+	}
+	decided := make(chan twoPhaseResult, 1)
+	final := make(chan Response, 1)
+	started := c.spawn(func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Timeout)
 		defer cancel()
 		stop := context.AfterFunc(c.ctx, cancel)
 		defer stop()
-		done <- c.runTwoPhase(dctx, req, parts, rg, id)
-	}()
+		r := c.runTwoPhase(dctx, req, parts, rg, id)
+		decided <- r
+		if r.err != nil || !r.resp.Committed {
+			if finished != nil {
+				finished(r.resp, r.err)
+			}
+			return
+		}
+		// Committed: resolve the other groups, so the answer can carry
+		// every write's version.
+		rctx, rcancel := context.WithTimeout(c.ctx, c.cfg.ResolveTimeout)
+		defer rcancel()
+		resp := Response{Committed: true}
+		fill(&resp, req, append(r.outs, c.resolve(rctx, id, r.groups, rg, true)...))
+		final <- resp
+		if finished != nil {
+			finished(resp, nil)
+		}
+	})
+	if !started {
+		return Response{}, fmt.Errorf("transaction not started: %w", kvd.ErrClosed)
+	}
 	var r twoPhaseResult
 	select {
-	case r = <-done:
+	case r = <-decided:
 	case <-ctx.Done():
-		return Response{}, fmt.Errorf("transaction %s: the caller gave up before the decision (it is decided without it): %v: %w", id, ctx.Err(), kvd.ErrUnknownOutcome)
+		select {
+		case r = <-decided: // decided just now: report it
+		default:
+			return Response{}, fmt.Errorf("transaction %s: the caller gave up before the decision (it is decided without it): %v: %w", id, ctx.Err(), kvd.ErrUnknownOutcome)
+		}
 	}
-	if r.err != nil || r.resolving == nil {
+	if r.err != nil || !r.resp.Committed {
 		return r.resp, r.err
 	}
-	outs := r.outs
 	select {
-	case resolved := <-r.resolving:
-		outs = append(outs, resolved...)
+	case resp := <-final:
+		return resp, nil
 	case <-ctx.Done():
 		// Committed all the same; the versions written in groups not yet
 		// resolved are left out.
+		resp := Response{Committed: true}
+		fill(&resp, req, r.outs)
+		return resp, nil
 	}
-	resp := Response{Committed: true}
-	fill(&resp, req, outs)
-	return resp, nil
 }
 
 // twoPhaseResult is the outcome of a two-phase transaction at its
-// decision. A commit carries the outcomes so far and the channel on which
-// the resolution of the other groups delivers theirs.
+// decision; a commit carries the outcomes so far and the participants.
 type twoPhaseResult struct {
-	resp      Response
-	err       error
-	outs      []*store.TxnOutcome
-	resolving <-chan []*store.TxnOutcome
+	resp   Response
+	err    error
+	outs   []*store.TxnOutcome
+	groups []kvd.GroupID
 }
 
 func (c *Coordinator) runTwoPhase(ctx context.Context, req Request, parts map[kvd.GroupID]*part, rg kvd.GroupID, id string) twoPhaseResult {
@@ -565,16 +612,7 @@ func (c *Coordinator) runTwoPhase(ctx context.Context, req Request, parts map[kv
 
 	// Committed. Phase 3: resolve the other groups, so the answer can
 	// carry every write's version.
-	outs = append(outs, decided)
-	resolving := make(chan []*store.TxnOutcome, 1)
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		rctx, cancel := context.WithTimeout(c.ctx, c.cfg.ResolveTimeout)
-		defer cancel()
-		resolving <- c.resolve(rctx, id, groups, rg, true)
-	}()
-	return twoPhaseResult{resp: Response{Committed: true}, outs: outs, resolving: resolving}
+	return twoPhaseResult{resp: Response{Committed: true}, outs: append(outs, decided), groups: groups}
 }
 
 // refusedOrUnavailable explains an aborted transaction: a no vote wins
@@ -658,13 +696,11 @@ func (c *Coordinator) resolve(ctx context.Context, id string, groups []kvd.Group
 // resolveLater resolves an aborted transaction's locks in the background,
 // in every group but rg.
 func (c *Coordinator) resolveLater(id string, groups []kvd.GroupID, rg kvd.GroupID, commit bool) {
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
+	c.spawn(func() { // closing: the janitors and readers resolve it
 		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.ResolveTimeout)
 		defer cancel()
 		c.resolve(ctx, id, groups, rg, commit)
-	}()
+	})
 }
 
 // ResolveLater resolves transaction id's locks in group g in the

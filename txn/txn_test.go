@@ -347,6 +347,53 @@ func TestIdempotent_AKeyReusedInAnotherGroupIsRefused(t *testing.T) {
 	require.NoError(t, Register(ctx, m, idem("first"), 1))
 	require.ErrorIs(t, Register(ctx, m, idem("fourth"), 2), kvd.ErrIdempotencyMismatch)
 	require.NoError(t, Register(ctx, m, idem("fourth"), 3), "in the home group the write's own record decides")
+
+	// A home group that cannot be reached does not stop the write (its own
+	// group still answers its retries); a caller that is gone does.
+	m.setFault(func(g kvd.GroupID, cmd store.Cmd) (error, error) {
+		if g == 3 {
+			return fmt.Errorf("group 3 is down: %w", kvd.ErrUnavailable), nil
+		}
+		return nil, nil
+	})
+	require.NoError(t, Register(ctx, m, &kvd.Idem{Key: "g3/other", FP: []byte("x")}, 1))
+	gone, cancel := context.WithCancel(ctx)
+	cancel()
+	require.ErrorIs(t, Register(gone, m, &kvd.Idem{Key: "g3/other", FP: []byte("x")}, 1), kvd.ErrUnavailable)
+	m.setFault(nil)
+}
+
+// The outcome of an idempotent transaction whose caller gave up is still
+// recorded when it finishes, so a repeat gets it without waiting for the
+// deadline.
+func TestIdempotent_OutcomeRecordedAfterTheCallerLeft(t *testing.T) {
+	m := newMemGroups(t, 2)
+	c := newCoord(m)
+	defer c.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m.setFault(func(g kvd.GroupID, cmd store.Cmd) (error, error) {
+		if g == 2 && cmd.Kind == store.CmdTxnPrepare {
+			cancel()
+		}
+		return nil, nil
+	})
+	req := Request{Ops: []Op{put("g1/a", "1"), put("g2/b", "2")}}
+	idem := &kvd.Idem{Key: "g1/token", FP: []byte("fp")}
+	_, err := c.Do(ctx, req, idem)
+	if err != nil {
+		require.ErrorIs(t, err, kvd.ErrUnknownOutcome)
+	}
+	m.setFault(nil)
+	rctx, rcancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer rcancel()
+	resp, err := c.Do(rctx, req, idem) // the fake clock stands still: no deadline passes
+	require.NoError(t, err)
+	require.True(t, resp.Committed)
+	require.Len(t, resp.Results, 2)
+	for i, r := range resp.Results {
+		require.NotZero(t, r.Version, "result %d carries its version", i)
+	}
 }
 
 func TestIdempotent_ARepeatTakesOverAnAbortedFirstAttempt(t *testing.T) {
