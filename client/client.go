@@ -48,10 +48,6 @@ type Config struct {
 	NodeURLs map[string]string
 	// HTTPClient, if set, carries every request.
 	HTTPClient *http.Client
-	// HTTP2 speaks HTTP/2 without TLS (h2c) to the nodes: the requests to
-	// a node share a few connections instead of one each. Ignored with
-	// HTTPClient.
-	HTTP2 bool
 	// Logger receives the client's debug logs.
 	Logger *slog.Logger
 }
@@ -133,18 +129,13 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	c := &Client{cfg: cfg, log: cfg.Logger, nodes: map[string]*node{}}
 	c.hc = cfg.HTTPClient
 	if c.hc == nil {
-		tr := &http.Transport{
+		c.hc = &http.Client{Transport: &http.Transport{
 			Proxy:               nil,
 			MaxIdleConnsPerHost: 512,
 			IdleConnTimeout:     90 * time.Second,
 			DisableCompression:  true,
 			DialContext:         (&net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		}
-		if cfg.HTTP2 {
-			tr.Protocols = new(http.Protocols)
-			tr.Protocols.SetUnencryptedHTTP2(true)
-		}
-		c.hc = &http.Client{Transport: tr}
+		}}
 	}
 	ictx, cancel := c.withTimeout(ctx)
 	_, err := c.refresh(ictx)

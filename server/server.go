@@ -196,7 +196,6 @@ func New(cfg Config) (_ *Server, err error) {
 			IdleTimeout:       120 * time.Second,
 			MaxHeaderBytes:    64 << 10,
 			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-			Protocols:         httpProtocols(),
 		}
 		// Watches are endless requests: end them when the server shuts
 		// down, so the drain does not wait for them.
@@ -281,16 +280,6 @@ func (s *Server) HTTPAddr() string {
 		return ""
 	}
 	return s.httpLn.Addr().String()
-}
-
-// httpProtocols serves HTTP/1.1 and, for clients that ask for it with
-// prior knowledge, HTTP/2 without TLS (h2c): many requests share one
-// connection.
-func httpProtocols() *http.Protocols {
-	p := new(http.Protocols)
-	p.SetHTTP1(true)
-	p.SetUnencryptedHTTP2(true)
-	return p
 }
 
 // Handler returns the node's HTTP API, to serve on a listener of the

@@ -39,7 +39,6 @@ type config struct {
 	endpoints   []string
 	clients     int
 	conns       int
-	http2       bool
 	keys        int
 	prefix      string
 	valueSize   int
@@ -92,7 +91,6 @@ func parse(args []string, stderr io.Writer) (config, error) {
 	endpoints := fs.String("endpoints", "http://127.0.0.1:7070", "comma-separated kvd HTTP endpoints (any one is enough)")
 	fs.IntVar(&c.clients, "clients", 16, "concurrent clients (each with one request in flight)")
 	fs.IntVar(&c.conns, "conns", 1, "client instances (routers with their own connection pools) the clients share")
-	fs.BoolVar(&c.http2, "http2", false, "speak HTTP/2 without TLS (h2c) to the nodes: requests share connections")
 	fs.IntVar(&c.keys, "keys", 10000, "size of the key space")
 	fs.StringVar(&c.prefix, "prefix", "bench/", "prefix of every key")
 	fs.IntVar(&c.valueSize, "value-size", 256, "bytes per value")
@@ -188,7 +186,7 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (report, error) {
 	clients := make([]*client.Client, cfg.conns)
 	for i := range clients {
 		cc := client.DefaultConfig(cfg.endpoints...)
-		cc.Consistency, cc.ReadPolicy, cc.HTTP2 = cfg.consistency, cfg.policy, cfg.http2
+		cc.Consistency, cc.ReadPolicy = cfg.consistency, cfg.policy
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		cl, err := client.New(cctx, cc)
 		cancel()
