@@ -53,6 +53,9 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+// appendFill is the fill percent of buckets whose keys only grow.
+const appendFill = 0.95
+
 // DefaultOptions returns the options used by kvd.
 func DefaultOptions() Options {
 	return Options{InitialMmapSize: 1 << 30, HistoryMax: 100000, HistoryMaxBytes: 64 << 20, Logger: slog.Default()}
@@ -318,6 +321,9 @@ func (db *DB) Apply(entries []Entry) ([][]Result, error) {
 			txnKeys: tx.Bucket(bucketTxnKeys), txns: tx.Bucket(bucketTxns), hist: tx.Bucket(bucketHistory),
 			expiry: tx.Bucket(bucketExpiry), dedup: tx.Bucket(bucketDedup), dedupAt: tx.Bucket(bucketDedupAt),
 			histMax: db.opts.HistoryMax, histMaxBytes: db.opts.HistoryMaxBytes}
+		// These buckets only grow at their end (keys are positions or
+		// times): full pages on split, not bbolt's default half-full ones.
+		a.hist.FillPercent, a.dedupAt.FillPercent = appendFill, appendFill
 		for i, e := range entries {
 			if e.Index <= last {
 				continue
