@@ -140,6 +140,20 @@ func (b backend) proposeWrite(ctx context.Context, g *replication.Group, cmd sto
 	}
 }
 
+// register registers an idempotent write's key in its home group (see
+// txn.Register), on the replica that will propose the write: a follower
+// answers not-leader first, as its proposal would, so a write that is
+// forwarded registers once, at the leader.
+func (b backend) register(ctx context.Context, g *replication.Group, idem *kvd.Idem) error {
+	if idem == nil {
+		return nil
+	}
+	if !g.IsLeader() {
+		return &kvd.NotLeaderError{Group: g.ID(), Leader: g.LeaderID()}
+	}
+	return txn.Register(ctx, groups(b), idem, g.ID())
+}
+
 // writeFailure explains a write the store refused.
 func writeFailure(op, key string, res store.Result) error {
 	if errors.Is(res.Err, kvd.ErrPreconditionFailed) {
@@ -153,7 +167,7 @@ func (b backend) Put(ctx context.Context, key string, value []byte, w httpapi.Wr
 	if err != nil {
 		return 0, err
 	}
-	if err := txn.Register(ctx, groups(b), w.Idem, g.ID()); err != nil {
+	if err := b.register(ctx, g, w.Idem); err != nil {
 		return 0, fmt.Errorf("put %q: %w", key, err)
 	}
 	res, err := b.proposeWrite(ctx, g, store.Cmd{Kind: store.CmdPut, Key: key, Value: value, Cond: w.Cond, TTL: int64(w.TTL), Idem: w.Idem})
@@ -171,7 +185,7 @@ func (b backend) Delete(ctx context.Context, key string, w httpapi.Write, rt htt
 	if err != nil {
 		return false, 0, err
 	}
-	if err := txn.Register(ctx, groups(b), w.Idem, g.ID()); err != nil {
+	if err := b.register(ctx, g, w.Idem); err != nil {
 		return false, 0, fmt.Errorf("delete %q: %w", key, err)
 	}
 	res, err := b.proposeWrite(ctx, g, store.Cmd{Kind: store.CmdDelete, Key: key, Cond: w.Cond, Idem: w.Idem})
