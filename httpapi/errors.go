@@ -1,10 +1,13 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
+	"sync"
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
@@ -65,12 +68,37 @@ func writeError(w http.ResponseWriter, err error, write bool) {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
+	buf := bufPool.Get().(*bytes.Buffer)
+	defer putBuf(buf)
+	if err := json.NewEncoder(buf).Encode(v); err != nil { // Encode ends with a newline
 		status = http.StatusInternalServerError
-		b = []byte(`{"error":{"code":"internal","message":"encode response"}}`)
+		buf.Reset()
+		buf.WriteString(`{"error":{"code":"internal","message":"encode response"}}` + "\n")
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
+	w.Write(buf.Bytes())
+}
+
+// writeVersion writes {"version":N}, the answer to every PUT, without
+// reflection; the bytes are those writeJSON would write.
+func writeVersion(w http.ResponseWriter, v uint64) {
+	var b [32]byte
+	out := append(b[:0], `{"version":`...)
+	out = strconv.AppendUint(out, v, 10)
+	out = append(out, "}\n"...)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.Write(out)
+}
+
+// bufPool holds response buffers; big ones are not kept.
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func putBuf(b *bytes.Buffer) {
+	if b.Cap() > 64<<10 {
+		return
+	}
+	b.Reset()
+	bufPool.Put(b)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -95,4 +96,41 @@ func TestParseETagAndConditions(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, tc.want, c)
 	}
+}
+
+// The hand-written PUT answer is byte for byte what encoding/json writes.
+func TestWriteVersion_MatchesWriteJSON(t *testing.T) {
+	for _, v := range []uint64{0, 5, 1 << 40, ^uint64(0)} {
+		a, b := httptest.NewRecorder(), httptest.NewRecorder()
+		writeVersion(a, v)
+		writeJSON(b, http.StatusOK, api.PutResponse{Version: v})
+		require.Equal(t, b.Body.String(), a.Body.String())
+		require.Equal(t, b.Header(), a.Header())
+		require.Equal(t, http.StatusOK, a.Code)
+	}
+}
+
+// A body shorter than its Content-Length (a client that hung up half way)
+// is an error, never a shorter value.
+func TestReadBody_ShortBodyIsAnError(t *testing.T) {
+	h := &Handler{}
+	r := httptest.NewRequest(http.MethodPut, "/v1/kv/k", strings.NewReader("12345"))
+	r.ContentLength = 10
+	_, err := h.readBody(httptest.NewRecorder(), r, 100)
+	require.ErrorIs(t, err, kvd.ErrInvalid)
+	require.ErrorContains(t, err, "shorter")
+
+	r = httptest.NewRequest(http.MethodPut, "/v1/kv/k", strings.NewReader("12345"))
+	body, err := h.readBody(httptest.NewRecorder(), r, 100)
+	require.NoError(t, err)
+	require.Equal(t, "12345", string(body))
+	r = httptest.NewRequest(http.MethodPut, "/v1/kv/k", strings.NewReader("12345"))
+	r.ContentLength = -1 // chunked
+	body, err = h.readBody(httptest.NewRecorder(), r, 100)
+	require.NoError(t, err)
+	require.Equal(t, "12345", string(body))
+	r = httptest.NewRequest(http.MethodPut, "/v1/kv/k", strings.NewReader(""))
+	body, err = h.readBody(httptest.NewRecorder(), r, 100)
+	require.NoError(t, err)
+	require.Empty(t, body)
 }

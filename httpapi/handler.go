@@ -425,7 +425,26 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, limit int64) 
 	if r.ContentLength > limit {
 		return nil, fmt.Errorf("%w: body is %d bytes, the limit is %d", kvd.ErrTooLarge, r.ContentLength, limit)
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	rd := http.MaxBytesReader(w, r.Body, limit)
+	var body []byte
+	var err error
+	if n := r.ContentLength; n >= 0 {
+		// The size is announced: one allocation of it (and one byte to
+		// see a body longer than announced), not a growing buffer.
+		body = make([]byte, n+1)
+		var got int
+		got, err = io.ReadFull(rd, body)
+		switch {
+		case int64(got) == n && (errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)):
+			body, err = body[:got], nil
+		case err == nil:
+			err = fmt.Errorf("body longer than its Content-Length %d", n)
+		case int64(got) < n && err != nil:
+			err = fmt.Errorf("body shorter (%d bytes) than its Content-Length %d: %w", got, n, err)
+		}
+	} else {
+		body, err = io.ReadAll(rd)
+	}
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -481,7 +500,7 @@ func (h *Handler) putKey(w http.ResponseWriter, r *http.Request) {
 		}
 		return func(w http.ResponseWriter) {
 			w.Header().Set("ETag", etag(ver))
-			writeJSON(w, http.StatusOK, api.PutResponse{Version: ver})
+			writeVersion(w, ver)
 		}, nil
 	})
 }
