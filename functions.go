@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -178,6 +180,32 @@ func OpAddTTL(key string, delta int64, ttl time.Duration) Op {
 	op := OpAdd(key, delta)
 	op.TTL = ttl
 	return op
+}
+
+// AddWith is KV.Add for a KV whose Txn is txn: it sends the transaction
+// AddTxn builds and reads the new value from its result. A failed
+// condition is ErrPreconditionFailed, as for a conditional put.
+func AddWith(ctx context.Context, txn func(context.Context, Txn, ...WriteOption) (TxnResponse, error), key string, delta int64, opts []WriteOption) (int64, error) {
+	o := ApplyWriteOptions(opts)
+	t, err := AddTxn(key, delta, o)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := txn(ctx, t, WithIdempotencyKey(o.IdempotencyKey))
+	if errors.Is(err, ErrCompareFailed) {
+		return 0, fmt.Errorf("add %q: %w", key, ErrPreconditionFailed)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("add %q: %w", key, err)
+	}
+	if len(resp.Results) != 1 {
+		return 0, fmt.Errorf("add %q: no result: %w", key, ErrUnknownOutcome)
+	}
+	n, err := strconv.ParseInt(string(resp.Results[0].Value), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("add %q: bad result %q: %w", key, resp.Results[0].Value, ErrUnknownOutcome)
+	}
+	return n, nil
 }
 
 // AddTxn is the transaction KV.Add sends: the add, carrying the options'

@@ -107,6 +107,18 @@ type Cluster struct {
 	Groups []Group `json:"groups"`
 }
 
+// GroupOf returns the id of the group that owns slot (see kvd.Slot).
+func (c Cluster) GroupOf(slot int) (uint64, bool) {
+	for _, g := range c.Groups {
+		for _, r := range g.Slots {
+			if slot >= r[0] && slot <= r[1] {
+				return g.ID, true
+			}
+		}
+	}
+	return 0, false
+}
+
 // GroupStatus describes one replica hosted by a node.
 type GroupStatus struct {
 	Group        uint64    `json:"group"`

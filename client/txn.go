@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/internal/wire"
 )
 
 // The transaction builders are the kvd package's.
@@ -47,40 +47,6 @@ func (e *TxnError) Error() string {
 // Unwrap returns the node's answer, which matches the contract error.
 func (e *TxnError) Unwrap() error { return e.Err }
 
-// toAPI renders a transaction for the wire.
-func toAPI(t kvd.Txn) api.TxnRequest {
-	var req api.TxnRequest
-	for _, c := range t.Compares {
-		req.Compare = append(req.Compare, api.TxnCompare{Key: c.Key, Version: c.Version, Value: c.Value, Exists: c.Exists})
-	}
-	for _, op := range t.Ops {
-		o := api.TxnOp{Op: op.Op, Key: op.Key, Value: op.Value, Delta: op.Delta}
-		if op.TTL > 0 {
-			o.TTL = op.TTL.String()
-		}
-		req.Ops = append(req.Ops, o)
-	}
-	return req
-}
-
-func fromAPI(r api.TxnResponse) kvd.TxnResponse {
-	out := kvd.TxnResponse{Committed: r.Committed, Failed: r.Failed}
-	for _, res := range r.Results {
-		o := kvd.OpResult{Op: res.Op, Key: res.Key, Value: res.Value, Version: res.Version}
-		if res.Found != nil {
-			o.Found = *res.Found
-		}
-		if res.Op == "add" {
-			o.Found = true
-		}
-		if res.Deleted != nil {
-			o.Deleted = *res.Deleted
-		}
-		out.Results = append(out.Results, o)
-	}
-	return out
-}
-
 // Txn runs a transaction: if every compare holds, all ops apply,
 // atomically, across any groups. It is sent to the leader of the first
 // key's group (a transaction within one group then commits without a
@@ -92,7 +58,7 @@ func (c *Client) Txn(ctx context.Context, t kvd.Txn, opts ...kvd.WriteOption) (k
 	if err != nil {
 		return kvd.TxnResponse{}, err
 	}
-	body, err := json.Marshal(toAPI(t))
+	body, err := json.Marshal(wire.FromTxn(t))
 	if err != nil {
 		return kvd.TxnResponse{}, fmt.Errorf("txn: %w", err)
 	}
@@ -120,7 +86,7 @@ func (c *Client) Txn(ctx context.Context, t kvd.Txn, opts ...kvd.WriteOption) (k
 		if err := json.Unmarshal(res.body, &resp); err != nil {
 			return kvd.TxnResponse{}, fmt.Errorf("txn: decode answer: %v: %w", err, kvd.ErrUnknownOutcome)
 		}
-		return fromAPI(resp), nil
+		return wire.TxnResponse(resp), nil
 	case res.status == http.StatusConflict:
 		_ = json.Unmarshal(res.body, &resp)
 		e := &Error{Status: res.status, Node: res.header.Get(api.HeaderNode)}
@@ -129,7 +95,7 @@ func (c *Client) Txn(ctx context.Context, t kvd.Txn, opts ...kvd.WriteOption) (k
 		} else {
 			e.Code = api.CodeConflict
 		}
-		return fromAPI(resp), fmt.Errorf("txn: %w", &TxnError{Err: e, Failed: resp.Failed})
+		return wire.TxnResponse(resp), fmt.Errorf("txn: %w", &TxnError{Err: e, Failed: resp.Failed})
 	}
 	return kvd.TxnResponse{}, fmt.Errorf("txn: %w", writeError(res))
 }
@@ -137,26 +103,7 @@ func (c *Client) Txn(ctx context.Context, t kvd.Txn, opts ...kvd.WriteOption) (k
 // Add adds delta to the decimal integer at key (absent: 0) and returns
 // the new value.
 func (c *Client) Add(ctx context.Context, key string, delta int64, opts ...kvd.WriteOption) (int64, error) {
-	o := kvd.ApplyWriteOptions(opts)
-	t, err := kvd.AddTxn(key, delta, o)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := c.Txn(ctx, t, kvd.WithIdempotencyKey(o.IdempotencyKey))
-	if errors.Is(err, kvd.ErrCompareFailed) {
-		return 0, fmt.Errorf("add %q: %w", key, kvd.ErrPreconditionFailed)
-	}
-	if err != nil {
-		return 0, fmt.Errorf("add %q: %w", key, err)
-	}
-	if len(resp.Results) != 1 {
-		return 0, fmt.Errorf("add %q: no result: %w", key, kvd.ErrUnknownOutcome)
-	}
-	n, err := strconv.ParseInt(string(resp.Results[0].Value), 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("add %q: bad result %q: %w", key, resp.Results[0].Value, kvd.ErrUnknownOutcome)
-	}
-	return n, nil
+	return kvd.AddWith(ctx, c.Txn, key, delta, opts)
 }
 
 // Tx is an optimistic interactive transaction: reads go to the cluster

@@ -45,15 +45,8 @@ func (w *BankWorkload) Setup(ctx context.Context, env *Env) error {
 		return fmt.Errorf("bank setup: %w", err)
 	}
 	groupOf := func(key string) uint64 {
-		s := kvd.Slot(key)
-		for _, g := range cl.Groups {
-			for _, r := range g.Slots {
-				if s >= r[0] && s <= r[1] {
-					return g.ID
-				}
-			}
-		}
-		return 0
+		g, _ := cl.GroupOf(kvd.Slot(key))
+		return g
 	}
 	per := map[uint64]int{}
 	w.keys = nil

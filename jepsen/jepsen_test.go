@@ -117,15 +117,8 @@ func keyOfGroup(t *testing.T, c *Cluster, g uint64) string {
 	require.NoError(t, err)
 	for i := 0; ; i++ {
 		k := "probe/" + strings.Repeat("x", i%7) + string(rune('a'+i%26))
-		for _, grp := range cl.Groups {
-			if grp.ID == g {
-				s := kvd.Slot(k)
-				for _, r := range grp.Slots {
-					if s >= r[0] && s <= r[1] {
-						return k
-					}
-				}
-			}
+		if owner, ok := cl.GroupOf(kvd.Slot(k)); ok && owner == g {
+			return k
 		}
 	}
 }

@@ -2,14 +2,12 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/httpapi"
-	"github.com/kvd-project/kvd/txn"
 )
 
 // KV returns the node's store as a kvd.KV, served in-process by this node
@@ -93,13 +91,8 @@ func (l local) Scan(ctx context.Context, so kvd.ScanOptions, opts ...kvd.ReadOpt
 }
 
 func (l local) Txn(ctx context.Context, t kvd.Txn, opts ...kvd.WriteOption) (kvd.TxnResponse, error) {
-	var req txn.Request
-	for _, c := range t.Compares {
-		req.Compares = append(req.Compares, txn.Compare{Key: c.Key, Version: c.Version, Value: c.Value, Exists: c.Exists})
-	}
 	var parts [][]byte
 	for _, op := range t.Ops {
-		req.Ops = append(req.Ops, txn.Op{Op: op.Op, Key: op.Key, Value: op.Value, Delta: op.Delta, TTL: op.TTL})
 		parts = append(parts, []byte(op.Op), []byte(op.Key), op.Value, []byte(strconv.FormatInt(op.Delta, 10)), []byte(op.TTL.String()))
 	}
 	for _, c := range t.Compares {
@@ -109,32 +102,15 @@ func (l local) Txn(ctx context.Context, t kvd.Txn, opts ...kvd.WriteOption) (kvd
 	if err != nil {
 		return kvd.TxnResponse{}, err
 	}
-	resp, err := l.s.coord.Do(ctx, req, idemFor(o, parts...))
-	out := kvd.TxnResponse{Committed: resp.Committed, Failed: resp.Failed}
-	for _, r := range resp.Results {
-		out.Results = append(out.Results, kvd.OpResult{Op: r.Op, Key: r.Key, Found: r.Found || r.Op == "add", Value: r.Value, Version: r.Version, Deleted: r.Deleted})
+	resp, err := l.s.coord.Do(ctx, t, idemFor(o, parts...))
+	for i := range resp.Results {
+		resp.Results[i].Found = resp.Results[i].Found || resp.Results[i].Op == "add"
 	}
-	return out, err
+	return resp, err
 }
 
 func (l local) Add(ctx context.Context, key string, delta int64, opts ...kvd.WriteOption) (int64, error) {
-	o := kvd.ApplyWriteOptions(opts)
-	t, err := kvd.AddTxn(key, delta, o)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := l.Txn(ctx, t, kvd.WithIdempotencyKey(o.IdempotencyKey))
-	if errors.Is(err, kvd.ErrCompareFailed) {
-		return 0, fmt.Errorf("add %q: %w", key, kvd.ErrPreconditionFailed)
-	}
-	if err != nil {
-		return 0, fmt.Errorf("add %q: %w", key, err)
-	}
-	n, err := strconv.ParseInt(string(resp.Results[0].Value), 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("add %q: bad result %q: %w", key, resp.Results[0].Value, kvd.ErrUnknownOutcome)
-	}
-	return n, nil
+	return kvd.AddWith(ctx, l.Txn, key, delta, opts)
 }
 
 // compareFingerprint names what a compare checks, for idempotency

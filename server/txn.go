@@ -14,6 +14,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/internal/wire"
 	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/store"
 	"github.com/kvd-project/kvd/txn"
@@ -37,29 +38,45 @@ func (gs groups) GroupOf(key string) (kvd.GroupID, error) {
 // Propose retries definite failures (nothing was proposed) until ctx
 // ends; it returns an unknown outcome as soon as it meets one.
 func (gs groups) Propose(ctx context.Context, g kvd.GroupID, cmd store.Cmd) (store.Result, error) {
-	s := gs.s
+	retry := func(err error) bool {
+		return !errors.Is(err, kvd.ErrUnknownOutcome) && errors.Is(err, kvd.ErrUnavailable)
+	}
+	return atLeader(ctx, gs.s, g, retry,
+		func(local *replication.Group) (store.Result, error) {
+			fillWriteKeys(local.Store(), &cmd)
+			return local.Propose(ctx, cmd)
+		},
+		func(target string) (store.Result, error) { return gs.s.remotePropose(ctx, target, g, cmd) })
+}
+
+// atLeader runs an operation at group g's leader: locally when this node
+// leads g (or is the node to try), else at the node it takes for the
+// leader. Errors that retry accepts are tried again, at the leader a hint
+// names or, without one, after a backoff at whichever node is then taken
+// for the leader, until ctx ends; others are returned at once.
+func atLeader[T any](ctx context.Context, s *Server, g kvd.GroupID, retry func(error) bool,
+	local func(*replication.Group) (T, error), remote func(target string) (T, error)) (T, error) {
+	var zero T
 	hint := ""
 	var lastErr error
 	for attempt := 0; ; attempt++ {
-		var res store.Result
-		var err error
-		local, hosted := s.hosted()[g]
 		target := hint
 		if target == "" {
 			target = s.leaderOrPreferred(ctx, g)
 		}
-		if hosted && (local.IsLeader() || target == s.id) {
-			fillWriteKeys(local.Store(), &cmd)
-			res, err = local.Propose(ctx, cmd)
+		var out T
+		var err error
+		if grp, hosted := s.hosted()[g]; hosted && (grp.IsLeader() || target == s.id) {
+			out, err = local(grp)
 		} else {
-			res, err = s.remotePropose(ctx, target, g, cmd)
+			out, err = remote(target)
 		}
 		if err == nil {
-			return res, nil
+			return out, nil
 		}
 		lastErr = err
-		if errors.Is(err, kvd.ErrUnknownOutcome) || !errors.Is(err, kvd.ErrUnavailable) {
-			return res, err
+		if !retry(err) {
+			return out, err
 		}
 		hint = kvd.LeaderHint(err)
 		if hint == "" || hint == target {
@@ -68,11 +85,11 @@ func (gs groups) Propose(ctx context.Context, g kvd.GroupID, cmd store.Cmd) (sto
 			select {
 			case <-time.After(time.Duration(10<<min(attempt, 5)) * time.Millisecond):
 			case <-ctx.Done():
-				return store.Result{}, fmt.Errorf("group %d: %v: %w", g, lastErr, kvd.ErrUnavailable)
+				return zero, fmt.Errorf("group %d: %v: %w", g, lastErr, kvd.ErrUnavailable)
 			}
 		}
 		if ctx.Err() != nil {
-			return store.Result{}, fmt.Errorf("group %d: %v: %w", g, lastErr, kvd.ErrUnavailable)
+			return zero, fmt.Errorf("group %d: %v: %w", g, lastErr, kvd.ErrUnavailable)
 		}
 	}
 }
@@ -242,45 +259,12 @@ func validateInternal(c *store.Cmd) error {
 
 // Txn runs a transaction through the node's coordinator.
 func (b backend) Txn(ctx context.Context, req api.TxnRequest, idem *kvd.Idem) (api.TxnResponse, error) {
-	r := txn.Request{}
-	for _, c := range req.Compare {
-		r.Compares = append(r.Compares, txn.Compare{Key: c.Key, Version: c.Version, Value: c.Value, Exists: c.Exists})
+	t, err := wire.Txn(req)
+	if err != nil {
+		return api.TxnResponse{}, err
 	}
-	for i, op := range req.Ops {
-		o := txn.Op{Op: op.Op, Key: op.Key, Value: op.Value, Delta: op.Delta}
-		if op.TTL != "" {
-			d, err := time.ParseDuration(op.TTL)
-			if err != nil || d <= 0 {
-				return api.TxnResponse{}, fmt.Errorf("%w: op %d: ttl must be a positive Go duration such as 30s, not %q", kvd.ErrInvalid, i, op.TTL)
-			}
-			o.TTL = d
-		}
-		r.Ops = append(r.Ops, o)
-	}
-	resp, err := b.s.coord.Do(ctx, r, idem)
-	return toAPITxn(resp), err
-}
-
-// toAPITxn renders a transaction's answer for the wire.
-func toAPITxn(resp txn.Response) api.TxnResponse {
-	out := api.TxnResponse{Committed: resp.Committed, Failed: resp.Failed}
-	for _, res := range resp.Results {
-		ar := api.TxnResult{Op: res.Op, Key: res.Key}
-		switch res.Op {
-		case "get":
-			found := res.Found
-			ar.Found, ar.Value, ar.Version = &found, res.Value, res.Version
-		case "put":
-			ar.Version = res.Version
-		case "add":
-			ar.Value, ar.Version = res.Value, res.Version
-		case "delete":
-			deleted := res.Deleted
-			ar.Deleted = &deleted
-		}
-		out.Results = append(out.Results, ar)
-	}
-	return out
+	resp, err := b.s.coord.Do(ctx, t, idem)
+	return wire.FromTxnResponse(resp), err
 }
 
 // runJanitors sweeps, every interval, the transactions left behind in
@@ -316,42 +300,10 @@ func (s *Server) runJanitors(ctx context.Context, every time.Duration) {
 // Read reads keys of group g linearizably at g's leader: locally if this
 // node leads g, else through the leader's internal read endpoint.
 func (gs groups) Read(ctx context.Context, g kvd.GroupID, keys []string) ([]store.KeyState, error) {
-	s := gs.s
-	hint := ""
-	var lastErr error
-	for attempt := 0; ; attempt++ {
-		target := hint
-		if target == "" {
-			target = s.leaderOrPreferred(ctx, g)
-		}
-		var out []store.KeyState
-		var err error
-		if local, ok := s.hosted()[g]; ok && (local.IsLeader() || target == s.id) {
-			out, err = readLocal(ctx, local, keys)
-		} else {
-			out, err = s.remoteRead(ctx, target, g, keys)
-		}
-		if err == nil {
-			return out, nil
-		}
-		lastErr = err
-		if !errors.Is(err, kvd.ErrUnavailable) {
-			return nil, err
-		}
-		hint = kvd.LeaderHint(err)
-		if hint == "" || hint == target {
-			hint = ""
-			s.forgetLeader(g)
-			select {
-			case <-time.After(time.Duration(10<<min(attempt, 5)) * time.Millisecond):
-			case <-ctx.Done():
-				return nil, fmt.Errorf("group %d: %v: %w", g, lastErr, kvd.ErrUnavailable)
-			}
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("group %d: %v: %w", g, lastErr, kvd.ErrUnavailable)
-		}
-	}
+	retry := func(err error) bool { return errors.Is(err, kvd.ErrUnavailable) }
+	return atLeader(ctx, gs.s, g, retry,
+		func(local *replication.Group) ([]store.KeyState, error) { return readLocal(ctx, local, keys) },
+		func(target string) ([]store.KeyState, error) { return gs.s.remoteRead(ctx, target, g, keys) })
 }
 
 func readLocal(ctx context.Context, g *replication.Group, keys []string) ([]store.KeyState, error) {

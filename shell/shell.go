@@ -16,6 +16,7 @@ import (
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/client"
+	"github.com/kvd-project/kvd/internal/wire"
 )
 
 // Exit codes of kvcli.
@@ -550,7 +551,7 @@ func (s *Shell) txnJSON(ctx context.Context, a *args) error {
 	if err := dec.Decode(&req); err != nil {
 		return usagef("the transaction is not valid JSON of the form {\"compare\":[...],\"ops\":[...]}: %v", err)
 	}
-	t, err := txnFromAPI(req)
+	t, err := wire.Txn(req)
 	if err != nil {
 		return err
 	}
@@ -561,42 +562,9 @@ func (s *Shell) txnJSON(ctx context.Context, a *args) error {
 	return s.printTxn(resp)
 }
 
-// txnFromAPI reads a transaction in the wire's JSON shape.
-func txnFromAPI(req api.TxnRequest) (kvd.Txn, error) {
-	var t kvd.Txn
-	for _, c := range req.Compare {
-		t.Compares = append(t.Compares, kvd.Compare{Key: c.Key, Version: c.Version, Value: c.Value, Exists: c.Exists})
-	}
-	for i, op := range req.Ops {
-		o := kvd.Op{Op: op.Op, Key: op.Key, Value: op.Value, Delta: op.Delta}
-		if op.TTL != "" {
-			d, err := time.ParseDuration(op.TTL)
-			if err != nil {
-				return t, usagef("op %d: ttl %q is not a duration", i, op.TTL)
-			}
-			o.TTL = d
-		}
-		t.Ops = append(t.Ops, o)
-	}
-	return t, nil
-}
-
 func (s *Shell) printTxn(resp kvd.TxnResponse) error {
 	if s.o.JSON {
-		out := api.TxnResponse{Committed: resp.Committed}
-		for _, r := range resp.Results {
-			ar := api.TxnResult{Op: r.Op, Key: r.Key, Value: r.Value, Version: r.Version}
-			switch r.Op {
-			case "get":
-				found := r.Found
-				ar.Found = &found
-			case "delete":
-				deleted := r.Deleted
-				ar.Deleted = &deleted
-			}
-			out.Results = append(out.Results, ar)
-		}
-		return s.emit(out)
+		return s.emit(wire.FromTxnResponse(resp))
 	}
 	fmt.Fprintln(s.out, "committed")
 	for _, r := range resp.Results {

@@ -136,14 +136,9 @@ func (c *Coordinator) release(ctx context.Context, rg kvd.GroupID, idem *kvd.Ide
 // within ctx; a repeat that finds none waits for the record instead.
 func (c *Coordinator) storeOutcome(ctx context.Context, idem *kvd.Idem, rg kvd.GroupID, out storedOutcome) {
 	b, _ := json.Marshal(out)
-	for attempt := 0; ctx.Err() == nil; attempt++ {
-		if _, err := c.g.Propose(ctx, rg, encode(store.CmdDedupDone, store.DedupDone{Idem: *idem, Response: b}, nil)); err == nil {
-			return
-		}
-		select {
-		case <-time.After(time.Duration(10<<min(attempt, 5)) * time.Millisecond):
-		case <-ctx.Done():
-		}
+	cmd := encode(store.CmdDedupDone, store.DedupDone{Idem: *idem, Response: b}, nil)
+	if err := retrying(ctx, always, func() error { _, err := c.g.Propose(ctx, rg, cmd); return err }); err != nil {
+		c.log.Debug("store an idempotent outcome", "key", idem.Key, "err", err)
 	}
 }
 

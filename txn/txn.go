@@ -31,50 +31,18 @@ type Groups interface {
 	Read(ctx context.Context, g kvd.GroupID, keys []string) ([]store.KeyState, error)
 }
 
-// Compare is one compare of a request: exactly one of Version, Value and
-// Exists is set.
-type Compare struct {
-	Key     string
-	Version *uint64
-	Value   []byte
-	Exists  *bool
-}
-
-// Op is one operation of a request: get, put, delete or add.
-type Op struct {
-	Op    string
-	Key   string
-	Value []byte
-	// Delta is an add's increment; TTL a put's time to live.
-	Delta int64
-	TTL   time.Duration
-}
-
-// Request is a transaction: if every compare holds, all ops apply,
-// atomically.
-type Request struct {
-	Compares []Compare
-	Ops      []Op
-}
-
-// OpResult answers one op.
-type OpResult struct {
-	Op      string
-	Key     string
-	Found   bool
-	Value   []byte
-	Version uint64
-	Deleted bool
-}
-
-// Response is a transaction's answer.
-type Response struct {
-	Committed bool
-	Results   []OpResult
-	// Failed lists the indexes of the compares that did not hold, when
-	// the error is kvd.ErrCompareFailed.
-	Failed []int
-}
+// A transaction's request and answer are the module's own types: a
+// Request is a kvd.Txn (if every compare holds, all ops apply,
+// atomically; exactly one of a compare's Version, Value and Exists is
+// set), and a Response a kvd.TxnResponse (Failed lists the compares that
+// did not hold, with kvd.ErrCompareFailed).
+type (
+	Compare  = kvd.Compare
+	Op       = kvd.Op
+	Request  = kvd.Txn
+	OpResult = kvd.OpResult
+	Response = kvd.TxnResponse
+)
 
 // Config configures a Coordinator.
 type Config struct {
@@ -644,15 +612,36 @@ func (c *Coordinator) refusedOrUnavailable(ctx context.Context, votes map[kvd.Gr
 // compare-and-set: retrying cannot change a decision already made).
 func (c *Coordinator) decide(ctx context.Context, id string, rg kvd.GroupID, commit bool, writes []string) (*store.TxnOutcome, error) {
 	cmd := encode(store.CmdTxnDecide, store.TxnDecide{ID: id, Commit: commit, ResolveHere: true}, writes)
+	var out *store.TxnOutcome
+	err := retrying(ctx, func(err error) bool {
+		return errors.Is(err, kvd.ErrUnknownOutcome) || errors.Is(err, kvd.ErrUnavailable)
+	}, func() error {
+		res, err := c.g.Propose(ctx, rg, cmd)
+		if err == nil && res.Txn == nil {
+			err = fmt.Errorf("no outcome: %w", kvd.ErrUnknownOutcome)
+		}
+		out = res.Txn
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("transaction %s: decision in group %d: %v: %w", id, rg, err, kvd.ErrUnknownOutcome)
+	}
+	return out, nil
+}
+
+// retrying calls try until it succeeds, returns an error that retry
+// refuses, or ctx ends, backing off between attempts. It returns try's
+// last error, or ctx's if try never ran.
+func retrying(ctx context.Context, retry func(error) bool, try func() error) error {
 	var lastErr error
 	for attempt := 0; ctx.Err() == nil; attempt++ {
-		res, err := c.g.Propose(ctx, rg, cmd)
-		if err == nil && res.Txn != nil {
-			return res.Txn, nil
+		err := try()
+		if err == nil {
+			return nil
 		}
 		lastErr = err
-		if err != nil && !errors.Is(err, kvd.ErrUnknownOutcome) && !errors.Is(err, kvd.ErrUnavailable) {
-			break
+		if !retry(err) {
+			return err
 		}
 		select {
 		case <-time.After(time.Duration(10<<min(attempt, 5)) * time.Millisecond):
@@ -662,8 +651,11 @@ func (c *Coordinator) decide(ctx context.Context, id string, rg kvd.GroupID, com
 	if lastErr == nil {
 		lastErr = ctx.Err()
 	}
-	return nil, fmt.Errorf("transaction %s: decision in group %d: %v: %w", id, rg, lastErr, kvd.ErrUnknownOutcome)
+	return lastErr
 }
+
+// always retries every error.
+func always(error) bool { return true }
 
 // resolve resolves the transaction's locks in every group but the record
 // group, in parallel, retrying within ctx. It returns the outcomes it
@@ -715,22 +707,16 @@ func (c *Coordinator) ResolveLater(id string, g kvd.GroupID, commit bool) {
 // The caller must know the decision from the record. The result's
 // Version is the index of the resolving entry.
 func Resolve(ctx context.Context, gs Groups, id string, g kvd.GroupID, commit bool) (store.Result, error) {
-	var lastErr error
-	for attempt := 0; ctx.Err() == nil; attempt++ {
-		res, err := gs.Propose(ctx, g, encode(store.CmdTxnResolve, store.TxnResolve{ID: id, Commit: commit}, nil))
-		if err == nil {
-			return res, nil
-		}
-		lastErr = err
-		select {
-		case <-time.After(time.Duration(10<<min(attempt, 5)) * time.Millisecond):
-		case <-ctx.Done():
-		}
+	var res store.Result
+	err := retrying(ctx, always, func() error {
+		var err error
+		res, err = gs.Propose(ctx, g, encode(store.CmdTxnResolve, store.TxnResolve{ID: id, Commit: commit}, nil))
+		return err
+	})
+	if err != nil {
+		return store.Result{}, fmt.Errorf("resolve %s in group %d: %v: %w", id, g, err, kvd.ErrUnavailable)
 	}
-	if lastErr == nil {
-		lastErr = ctx.Err()
-	}
-	return store.Result{}, fmt.Errorf("resolve %s in group %d: %v: %w", id, g, lastErr, kvd.ErrUnavailable)
+	return res, nil
 }
 
 // Recover returns the state of the transaction holding lock l, aborting

@@ -306,15 +306,8 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (report, error) {
 // groups (cross) or in one group (same, by a hash tag).
 func transferPairs(m api.Cluster, cfg config) ([][2]string, error) {
 	groupOf := func(key string) uint64 {
-		slot := kvd.Slot(key)
-		for _, g := range m.Groups {
-			for _, r := range g.Slots {
-				if slot >= r[0] && slot <= r[1] {
-					return g.ID
-				}
-			}
-		}
-		return 0
+		g, _ := m.GroupOf(kvd.Slot(key))
+		return g
 	}
 	n := max(cfg.keys/2, 1)
 	pairs := make([][2]string, 0, n)

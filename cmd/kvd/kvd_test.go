@@ -391,15 +391,8 @@ func TestKvd_ThreeNodesThreeGroups_ClientRoutesAndSurvivesANodeLoss(t *testing.T
 }
 
 func groupOf(cm api.Cluster, key string) int {
-	s := kvd.Slot(key)
-	for _, g := range cm.Groups {
-		for _, r := range g.Slots {
-			if s >= r[0] && s <= r[1] {
-				return int(g.ID)
-			}
-		}
-	}
-	return 0
+	g, _ := cm.GroupOf(kvd.Slot(key))
+	return int(g)
 }
 
 // With lazy state sync (the default) a SIGKILL leaves the state marked
