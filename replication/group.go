@@ -479,21 +479,48 @@ func (g *Group) leaderRound(ctx context.Context) (uint64, error) {
 	return idx, nil
 }
 
-// followerRound asks the leader for a read index.
+// followerRound asks the leader for a read index. While leadership moves
+// (a planned hand-over, an election) there is briefly no leader, or the
+// one asked has just stepped down: the round waits for the next leader
+// for up to two election timeouts rather than fail the reads that share
+// it. A replica cut off from its leader still gives up soon enough for
+// the client to try another.
 func (g *Group) followerRound(ctx context.Context) (uint64, error) {
 	if g.cfg.LeaderReadIndex == nil {
 		return 0, &kvd.NotLeaderError{Group: g.id, Leader: g.LeaderID()}
 	}
-	leader := g.LeaderID()
-	if leader == "" {
-		return 0, fmt.Errorf("group %d: no leader known: %w", g.id, kvd.ErrUnavailable)
-	}
-	if leader == g.cfg.NodeID {
-		return g.leaderRound(ctx)
-	}
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.ElectionTimeout*5)
 	defer cancel()
-	return g.cfg.LeaderReadIndex(ctx, leader, g.id)
+	giveUp := time.Now().Add(2 * g.cfg.ElectionTimeout)
+	for {
+		idx, err := g.followerRoundOnce(ctx)
+		var nl *kvd.NotLeaderError
+		if err == nil || ctx.Err() != nil || time.Now().After(giveUp) ||
+			!(errors.As(err, &nl) || errors.Is(err, errNoLeader)) {
+			return idx, err
+		}
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			return 0, err
+		case <-g.ctx.Done():
+			return 0, fmt.Errorf("group %d: %w", g.id, kvd.ErrClosed)
+		}
+	}
+}
+
+// errNoLeader says a replica knows of no leader for now.
+var errNoLeader = errors.New("no leader known")
+
+func (g *Group) followerRoundOnce(ctx context.Context) (uint64, error) {
+	switch leader := g.LeaderID(); leader {
+	case "":
+		return 0, fmt.Errorf("group %d: %w: %w", g.id, errNoLeader, kvd.ErrUnavailable)
+	case g.cfg.NodeID:
+		return g.leaderRound(ctx)
+	default:
+		return g.cfg.LeaderReadIndex(ctx, leader, g.id)
+	}
 }
 
 // watchLeadership forwards raft's leadership notifications to the leader

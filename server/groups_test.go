@@ -73,7 +73,7 @@ func TestGroups_FollowerReadsSeeTheLatestAcknowledgedWrite(t *testing.T) {
 		require.Equal(t, 200, httpPut(t, c.URL(i%3), k, v).StatusCode)
 		for n := range 3 {
 			status, body, hdr := httpGet(t, c.URL(n)+"/v1/kv/"+k+"?consistency=follower")
-			require.Equal(t, 200, status)
+			require.Equal(t, 200, status, "node %d: %s", n, body)
 			require.Equal(t, v, body, "follower read on node %d missed an acknowledged write", n)
 			// A node that hosts the key's group serves the read itself.
 			require.Equal(t, testcluster.NodeID(n), hdr.Get(api.HeaderNode))

@@ -48,6 +48,7 @@ type Server struct {
 	mux      *replication.Mux
 	httpLn   net.Listener
 	httpSrv  *http.Server
+	newConns newConns
 	handler  *httpapi.Handler
 	registry *prometheus.Registry
 	peerHTTP *http.Client
@@ -196,6 +197,7 @@ func New(cfg Config) (_ *Server, err error) {
 			IdleTimeout:       120 * time.Second,
 			MaxHeaderBytes:    64 << 10,
 			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+			ConnState:         s.newConns.track,
 		}
 		// Watches are endless requests: end them when the server shuts
 		// down, so the drain does not wait for them.
@@ -341,7 +343,7 @@ func (s *Server) Close() error {
 		}
 		if s.httpSrv != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
-			if err := s.httpSrv.Shutdown(ctx); err != nil {
+			if err := shutdownHTTP(ctx, s.httpSrv, &s.newConns); err != nil {
 				errs = append(errs, fmt.Errorf("drain http: %w", err))
 				s.httpSrv.Close()
 			}

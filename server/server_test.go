@@ -34,6 +34,21 @@ func TestServer_StoresClusterMapThroughRaft(t *testing.T) {
 	}
 }
 
+// A client's pool may dial a spare connection and never send on it; the
+// drain must not wait for it as if it carried a request (net/http waits
+// five seconds for those, longer than this test's ShutdownTimeout allows).
+func TestServer_ShutdownClosesConnectionsThatNeverSentARequest(t *testing.T) {
+	c := testcluster.New(t, 1, 1, func(cfg *server.Config) { cfg.ShutdownTimeout = 3 * time.Second })
+	spare, err := net.Dial("tcp", strings.TrimPrefix(c.URL(0), "http://"))
+	require.NoError(t, err)
+	defer spare.Close()
+	require.Equal(t, 200, httpPut(t, c.URL(0), "k", "v").StatusCode)
+	require.NoError(t, c.Node(0).Close())
+	spare.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = spare.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.EOF, "the server should have closed the unused connection")
+}
+
 func TestServer_RestartIgnoresTheBootstrapFile(t *testing.T) {
 	dir := t.TempDir()
 	start := func(groups int) *server.Server {
