@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -15,16 +16,16 @@ import (
 
 func TestGroups_PlannedLeaderMovesFailNoRequest(t *testing.T) {
 	c := testcluster.New(t, 3, 1)
-	stop := make(chan struct{})
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
+	defer cancel()
 	var wg sync.WaitGroup
 	var moves atomic.Int64
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for i := 0; ; i++ {
+		for ctx.Err() == nil {
 			select {
-			case <-stop:
-				return
+			case <-ctx.Done():
 			case <-time.After(150 * time.Millisecond):
 			}
 			for n := range 3 {
@@ -36,42 +37,34 @@ func TestGroups_PlannedLeaderMovesFailNoRequest(t *testing.T) {
 			}
 		}
 	}()
-	var mu sync.Mutex
+	var mu sync.Mutex // protects fails
 	var fails []string
+	fail := func(format string, args ...any) {
+		mu.Lock()
+		fails = append(fails, fmt.Sprintf(format, args...))
+		mu.Unlock()
+	}
 	for w := range 6 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
+			for i := 0; ctx.Err() == nil; i++ {
 				k := fmt.Sprintf("w%d-%d", w, i)
 				n := (w + i) % 3
-				resp := httpPut(t, c.URL(n), k, "v")
-				if resp.StatusCode != 200 {
-					mu.Lock()
-					fails = append(fails, fmt.Sprintf("put via node %d: %d", n, resp.StatusCode))
-					mu.Unlock()
+				if resp := httpPut(t, c.URL(n), k, "v"); resp.StatusCode != 200 {
+					fail("put via node %d: %d", n, resp.StatusCode)
 					continue
 				}
 				for _, cons := range []kvd.Consistency{kvd.Follower, kvd.Linearizable} {
 					for r := range 3 {
-						status, body, _ := httpGet(t, c.URL(r)+"/v1/kv/"+k+"?consistency="+string(cons))
-						if status != 200 {
-							mu.Lock()
-							fails = append(fails, fmt.Sprintf("%s get via node %d: %d %s", cons, r, status, body))
-							mu.Unlock()
+						if status, body, _ := httpGet(t, c.URL(r)+"/v1/kv/"+k+"?consistency="+string(cons)); status != 200 {
+							fail("%s get via node %d: %d %s", cons, r, status, body)
 						}
 					}
 				}
 			}
 		}()
 	}
-	time.Sleep(6 * time.Second)
-	close(stop)
 	wg.Wait()
 	t.Logf("%d leader moves", moves.Load())
 	require.Greater(t, moves.Load(), int64(5))

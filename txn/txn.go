@@ -707,10 +707,11 @@ func (c *Coordinator) ResolveLater(id string, g kvd.GroupID, commit bool) {
 // The caller must know the decision from the record. The result's
 // Version is the index of the resolving entry.
 func Resolve(ctx context.Context, gs Groups, id string, g kvd.GroupID, commit bool) (store.Result, error) {
+	cmd := encode(store.CmdTxnResolve, store.TxnResolve{ID: id, Commit: commit}, nil)
 	var res store.Result
 	err := retrying(ctx, always, func() error {
 		var err error
-		res, err = gs.Propose(ctx, g, encode(store.CmdTxnResolve, store.TxnResolve{ID: id, Commit: commit}, nil))
+		res, err = gs.Propose(ctx, g, cmd)
 		return err
 	})
 	if err != nil {

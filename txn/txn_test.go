@@ -168,12 +168,7 @@ func TestCoordinator_CallerGivingUpLeavesNoLocks(t *testing.T) {
 	defer c.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	m.setFault(func(g kvd.GroupID, cmd store.Cmd) (error, error) {
-		if g == 2 && cmd.Kind == store.CmdTxnPrepare {
-			cancel() // the client hangs up while group 2 prepares
-		}
-		return nil, nil
-	})
+	hangUpDuringPrepare(m, cancel)
 	_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "1"), put("g2/b", "2")}}, nil)
 	if err != nil {
 		require.ErrorIs(t, err, kvd.ErrUnknownOutcome)
@@ -188,6 +183,17 @@ func TestCoordinator_CallerGivingUpLeavesNoLocks(t *testing.T) {
 		}
 		return true
 	}, 2*time.Second, 10*time.Millisecond, "an abandoned transaction did not finish")
+}
+
+// hangUpDuringPrepare makes the caller give up (cancel) while group 2
+// prepares, once the locks may be taken.
+func hangUpDuringPrepare(m *memGroups, cancel context.CancelFunc) {
+	m.setFault(func(g kvd.GroupID, cmd store.Cmd) (error, error) {
+		if g == 2 && cmd.Kind == store.CmdTxnPrepare {
+			cancel()
+		}
+		return nil, nil
+	})
 }
 
 func TestCoordinator_CompareFailureAbortsEverywhere(t *testing.T) {
@@ -221,19 +227,30 @@ func TestCoordinator_OnePhase(t *testing.T) {
 	require.Zero(t, m.index[2])
 }
 
-func TestCoordinator_ConflictsFailFast(t *testing.T) {
-	m := newMemGroups(t, 2)
-	c := newCoord(m)
-	defer c.Close()
-	// A transaction stuck after prepare holds g1/a's lock.
-	stuck := make(chan struct{})
-	c.cfg.AfterPrepare = func(string) error { <-stuck; return errors.New("coordinator died") }
+// pauseAfterPrepare starts on c a transaction writing g1/a and g2/b that
+// stops after prepare, holding their locks, until release is closed, and
+// then goes on (after nil) or stops there (after an error: its coordinator
+// died). It returns once the locks are held; the channel gets the
+// transaction's error.
+func pauseAfterPrepare(t *testing.T, m *memGroups, c *Coordinator, release <-chan struct{}, after error) <-chan error {
+	t.Helper()
+	c.cfg.AfterPrepare = func(string) error { <-release; return after }
 	done := make(chan error, 1)
 	go func() {
 		_, err := c.Do(context.Background(), Request{Ops: []Op{put("g1/a", "x"), put("g2/b", "y")}}, nil)
 		done <- err
 	}()
 	require.Eventually(t, func() bool { return m.locked(t, "g1/a") }, time.Second, time.Millisecond)
+	return done
+}
+
+func TestCoordinator_ConflictsFailFast(t *testing.T) {
+	m := newMemGroups(t, 2)
+	c := newCoord(m)
+	defer c.Close()
+	// A transaction stuck after prepare holds g1/a's lock.
+	stuck := make(chan struct{})
+	done := pauseAfterPrepare(t, m, c, stuck, errors.New("coordinator died"))
 	c2 := newCoord(m)
 	defer c2.Close()
 	start := time.Now()
@@ -253,13 +270,7 @@ func TestCoordinator_OnePhaseWaitsBrieflyForLocks(t *testing.T) {
 	ctx := context.Background()
 	// A cross-group transaction pauses after prepare, holding g1/a.
 	release := make(chan struct{})
-	c.cfg.AfterPrepare = func(string) error { <-release; return nil }
-	done := make(chan error, 1)
-	go func() {
-		_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "x"), put("g2/b", "y")}}, nil)
-		done <- err
-	}()
-	require.Eventually(t, func() bool { return m.locked(t, "g1/a") }, time.Second, time.Millisecond)
+	done := pauseAfterPrepare(t, m, c, release, nil)
 	c2 := newCoord(m)
 	defer c2.Close()
 	add := make(chan error, 1)
@@ -292,13 +303,7 @@ func TestIdempotent_AConflictIsNotRememberedARetryRuns(t *testing.T) {
 	defer c.Close()
 	ctx := context.Background()
 	release := make(chan struct{})
-	c.cfg.AfterPrepare = func(string) error { <-release; return nil }
-	done := make(chan error, 1)
-	go func() {
-		_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "x"), put("g2/b", "y")}}, nil)
-		done <- err
-	}()
-	require.Eventually(t, func() bool { return m.locked(t, "g1/a") }, time.Second, time.Millisecond)
+	done := pauseAfterPrepare(t, m, c, release, nil)
 	c2 := newCoord(m)
 	defer c2.Close()
 	req := Request{Ops: []Op{put("g1/a", "mine"), put("g2/c", "mine")}}
@@ -372,12 +377,7 @@ func TestIdempotent_OutcomeRecordedAfterTheCallerLeft(t *testing.T) {
 	defer c.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	m.setFault(func(g kvd.GroupID, cmd store.Cmd) (error, error) {
-		if g == 2 && cmd.Kind == store.CmdTxnPrepare {
-			cancel()
-		}
-		return nil, nil
-	})
+	hangUpDuringPrepare(m, cancel)
 	req := Request{Ops: []Op{put("g1/a", "1"), put("g2/b", "2")}}
 	idem := &kvd.Idem{Key: "g1/token", FP: []byte("fp")}
 	_, err := c.Do(ctx, req, idem)
