@@ -48,7 +48,24 @@ var (
 	ErrUnknownOutcome = errors.New("outcome unknown")
 	// ErrClosed means the component has been closed.
 	ErrClosed = errors.New("closed")
+	// ErrInsufficientStorage means the node refused a write because its
+	// disk is full, or nearly, or its data is over its quota; nothing was
+	// applied. Reads go on, and writes are taken again once there is room.
+	ErrInsufficientStorage = errors.New("insufficient storage")
+	// ErrForbidden means the caller may not make this request (a
+	// node-to-node call without the cluster's secret).
+	ErrForbidden = errors.New("forbidden")
 )
+
+// ErrOverloaded means the node shed the request to keep its memory and
+// latency bounded; nothing was proposed. It also matches ErrUnavailable:
+// trying again later, or elsewhere, is safe.
+var ErrOverloaded error = overloadedError{}
+
+type overloadedError struct{}
+
+func (overloadedError) Error() string        { return "overloaded" }
+func (overloadedError) Is(target error) bool { return target == ErrUnavailable }
 
 // NotLeaderError is returned by a replica that is not its group's leader.
 // It matches ErrNotLeader and ErrUnavailable under errors.Is.

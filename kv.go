@@ -5,6 +5,7 @@ import (
 	"hash/crc32"
 	"sort"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -126,6 +127,19 @@ func (l Limits) ValidateKey(key string) error {
 		return fmt.Errorf("%w: key is %d bytes, the limit is %d", ErrTooLarge, len(key), l.MaxKeyBytes)
 	case !utf8.ValidString(key):
 		return fmt.Errorf("%w: key is not valid UTF-8", ErrInvalid)
+	}
+	return nil
+}
+
+// MaxTTL is the longest time to live a key may be given (100 years): a
+// deadline past it would overflow the clock's range.
+const MaxTTL = 100 * 365 * 24 * time.Hour
+
+// ValidateTTL reports whether d is an acceptable time to live: positive
+// and at most MaxTTL (0 means none).
+func ValidateTTL(d time.Duration) error {
+	if d < 0 || d > MaxTTL {
+		return fmt.Errorf("%w: ttl must be positive and at most %v, not %v", ErrInvalid, MaxTTL, d)
 	}
 	return nil
 }

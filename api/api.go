@@ -21,6 +21,11 @@ const (
 	CodeInternal            = "internal"             // 500
 	CodeUnavailable         = "unavailable"          // 503
 	CodeUnknownOutcome      = "unknown_outcome"      // 504
+	CodeForbidden           = "forbidden"            // 403
+	CodeOverloaded          = "overloaded"           // 429
+	CodeInsufficientStorage = "insufficient_storage" // 507
+	CodeHeadersTooLarge     = "headers_too_large"    // 431
+	CodeNotImplemented      = "not_implemented"      // 501
 )
 
 // Header names.
@@ -38,7 +43,14 @@ const (
 	HeaderForwarded = "X-Kvd-Forwarded"
 	// HeaderNode names the node that served a request.
 	HeaderNode = "X-Kvd-Node"
+	// HeaderPeerAuth carries a node's credential, derived from the
+	// cluster's peer secret, on node-to-node calls. Node-to-node
+	// endpoints (/v1/internal/) refuse calls without it (403).
+	HeaderPeerAuth = "X-Kvd-Peer-Auth"
 )
+
+// InternalPrefix opens the path of every node-to-node endpoint.
+const InternalPrefix = "/v1/internal/"
 
 // Error is the body of every error response.
 type Error struct {
@@ -130,6 +142,10 @@ type GroupStatus struct {
 	LastIndex    uint64    `json:"last_index"`
 	LastContact  time.Time `json:"last_contact,omitzero"`
 	Members      []string  `json:"members"`
+	// Health is the replica's ability to serve.
+	Health *Health `json:"health,omitempty"`
+	// StateBytes is the size of the replica's state file.
+	StateBytes int64 `json:"state_bytes,omitempty"`
 }
 
 // Status is the body of GET /v1/status.
@@ -141,6 +157,113 @@ type Status struct {
 	Uptime  string        `json:"uptime"`
 	Epoch   uint64        `json:"epoch"`
 	Groups  []GroupStatus `json:"groups"`
+	// Missing lists groups the map places on this node that it refuses
+	// to start (their data was lost): each must be re-added as a new
+	// replica.
+	Missing []MissingGroup `json:"missing,omitempty"`
+	// Storage is the state of the node's disk.
+	Storage *Storage `json:"storage,omitempty"`
+}
+
+// MissingGroup is a group a node does not start.
+type MissingGroup struct {
+	Group  uint64 `json:"group"`
+	Reason string `json:"reason"`
+}
+
+// Storage describes a node's data directory and its disk.
+type Storage struct {
+	// UsedBytes is the size of the data directory, FreeBytes the space
+	// left on its disk.
+	UsedBytes int64 `json:"used_bytes"`
+	FreeBytes int64 `json:"free_bytes"`
+	// QuotaBytes (0: none) and MinFreeBytes are the node's limits.
+	QuotaBytes   int64 `json:"quota_bytes,omitempty"`
+	MinFreeBytes int64 `json:"min_free_bytes"`
+	// Writable is false while writes are refused; Reason says why.
+	Writable bool   `json:"writable"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+// Health is a replica's ability to serve (see replication.Health).
+type Health struct {
+	// State is "ok", "catching_up", "repairing" or "stalled".
+	State  string `json:"state"`
+	Detail string `json:"detail,omitempty"`
+	// Integrity is the outcome of the last integrity check.
+	Integrity *IntegrityCheck `json:"integrity,omitempty"`
+}
+
+// IntegrityCheck is the outcome of a replica's last integrity check.
+type IntegrityCheck struct {
+	At        time.Time         `json:"at"`
+	Index     uint64            `json:"index,omitempty"`
+	OK        bool              `json:"ok"`
+	Hashes    map[string]string `json:"hashes,omitempty"`
+	Alarm     string            `json:"alarm,omitempty"`
+	Unreached []string          `json:"unreached,omitempty"`
+}
+
+// LogEntry is one Raft log entry (node to node: a repair).
+type LogEntry struct {
+	Index uint64 `json:"index"`
+	Term  uint64 `json:"term"`
+	Type  uint8  `json:"type"`
+	Data  []byte `json:"data"`
+}
+
+// HashResponse is a replica's state hash at an index (node to node), in
+// hex.
+type HashResponse struct {
+	Hash string `json:"hash"`
+}
+
+// TxnInfo describes a transaction that holds locks or a record.
+type TxnInfo struct {
+	ID string `json:"id"`
+	// State is the record's state ("pending", "committed", "aborted"),
+	// or "absent" when its record group holds no record.
+	State        string    `json:"state"`
+	RecordGroup  uint64    `json:"record_group"`
+	Deadline     string    `json:"deadline,omitempty"`
+	Participants []uint64  `json:"participants,omitempty"`
+	Locks        []TxnLock `json:"locks,omitempty"`
+}
+
+// TxnLock is one lock of a transaction.
+type TxnLock struct {
+	Group uint64 `json:"group"`
+	Key   string `json:"key"`
+	Write bool   `json:"write,omitempty"`
+}
+
+// TxnList is the body of GET /v1/admin/txns.
+type TxnList struct {
+	Txns []TxnInfo `json:"txns"`
+	// Unreached lists groups that could not be read.
+	Unreached []uint64 `json:"unreached,omitempty"`
+}
+
+// GroupTxns is one group's transaction state (node to node).
+type GroupTxns struct {
+	Records map[string]TxnRecord `json:"records"`
+	Locks   []TxnLockHeld        `json:"locks"`
+}
+
+// TxnRecord is a transaction record (node to node).
+type TxnRecord struct {
+	State        string   `json:"state"`
+	Deadline     int64    `json:"deadline"`
+	Participants []uint64 `json:"participants,omitempty"`
+}
+
+// TxnLockHeld is a lock as a group holds it (node to node).
+type TxnLockHeld struct {
+	Txn         string `json:"txn"`
+	Key         string `json:"key"`
+	Write       bool   `json:"write,omitempty"`
+	RecordGroup uint64 `json:"record_group"`
+	Deadline    int64  `json:"deadline"`
 }
 
 // ReadIndexResponse is the body of the node-to-node read-index call.

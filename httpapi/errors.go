@@ -38,8 +38,14 @@ func statusOf(err error, write bool) (int, string) {
 		return http.StatusMisdirectedRequest, api.CodeWrongGroup
 	case errors.Is(err, kvd.ErrIdempotencyMismatch):
 		return http.StatusUnprocessableEntity, api.CodeIdempotencyMismatch
+	case errors.Is(err, kvd.ErrForbidden):
+		return http.StatusForbidden, api.CodeForbidden
+	case errors.Is(err, kvd.ErrInsufficientStorage):
+		return http.StatusInsufficientStorage, api.CodeInsufficientStorage
 	case errors.Is(err, kvd.ErrUnknownOutcome):
 		return http.StatusGatewayTimeout, api.CodeUnknownOutcome
+	case errors.Is(err, kvd.ErrOverloaded):
+		return http.StatusTooManyRequests, api.CodeOverloaded
 	case errors.Is(err, kvd.ErrUnavailable), errors.Is(err, kvd.ErrClosed):
 		return http.StatusServiceUnavailable, api.CodeUnavailable
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
@@ -61,7 +67,7 @@ func writeError(w http.ResponseWriter, err error, write bool) {
 		detail.Group = uint64(nl.Group)
 		w.Header().Set(api.HeaderLeader, nl.Leader)
 	}
-	if status == http.StatusServiceUnavailable {
+	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
 		w.Header().Set("Retry-After", "1")
 	}
 	writeJSON(w, status, api.Error{Error: detail})

@@ -3,6 +3,8 @@ package httpapi
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,6 +80,26 @@ type Backend interface {
 	// History reads group g's history on this node's replica (node to
 	// node), waiting up to wait for something new.
 	History(ctx context.Context, g kvd.GroupID, after, prefix string, limit int, wait time.Duration) (api.HistoryPage, error)
+	// LogEntry returns entry index of this node's log of group g, which
+	// it must have applied (node to node: a peer's repair).
+	LogEntry(ctx context.Context, g kvd.GroupID, index uint64) (api.LogEntry, error)
+	// WriteSnapshot streams a snapshot of this node's replica of group g,
+	// taken once it has applied minIndex (node to node: a peer's
+	// repair). It calls start once, just before the first byte, for the
+	// writer; an error before that is answered as usual.
+	WriteSnapshot(ctx context.Context, g kvd.GroupID, minIndex uint64, start func() io.Writer) error
+	// HashAt returns the state hash this node's replica of group g
+	// recorded at index (node to node: the leader's integrity check).
+	HashAt(ctx context.Context, g kvd.GroupID, index uint64) (uint64, error)
+	// GroupTxns returns the transaction records and locks of this node's
+	// replica of group g (node to node).
+	GroupTxns(ctx context.Context, g kvd.GroupID) (api.GroupTxns, error)
+	// Txns lists the transactions that hold locks or records (admin).
+	Txns(ctx context.Context) (api.TxnList, error)
+	// AbortTxn aborts transaction id unless it has committed, and then
+	// finishes it: its locks are released (or applied, if committed) in
+	// every group (admin). kvd.ErrNotFound if nothing holds it.
+	AbortTxn(ctx context.Context, id string) (api.TxnInfo, error)
 }
 
 // Write holds a write's options.
@@ -107,6 +129,15 @@ type Options struct {
 	ForwardClient *http.Client
 	// Shutdown is closed when the server shuts down; it ends watches.
 	Shutdown <-chan struct{}
+	// PeerCredential, if set, is what node-to-node calls carry in
+	// api.HeaderPeerAuth; calls to /v1/internal/ without it get 403.
+	PeerCredential string
+	// MaxInflightRequests and MaxInflightBytes (0: no cap) bound the
+	// requests served at once and the bytes of their bodies; past them a
+	// request is answered 429 overloaded at once. Watches and
+	// node-to-node long polls are not counted.
+	MaxInflightRequests int
+	MaxInflightBytes    int64
 }
 
 // watchWriteTimeout bounds each write to a watch stream: a client that
@@ -122,6 +153,10 @@ type Handler struct {
 	router  *mux.Router
 	handler http.Handler
 	fwd     *http.Client
+	limits  *inflight
+	metrics *httpMetrics
+	// peerCred is the SHA-256 of Options.PeerCredential.
+	peerCred [32]byte
 }
 
 // New returns the API handler over b.
@@ -141,7 +176,7 @@ func New(b Backend, o Options) (*Handler, error) {
 	if o.ForwardClient == nil {
 		o.ForwardClient = NewForwardClient()
 	}
-	h := &Handler{b: b, o: o, log: o.Logger, fwd: o.ForwardClient}
+	h := &Handler{b: b, o: o, log: o.Logger, fwd: o.ForwardClient, peerCred: sha256.Sum256([]byte(o.PeerCredential))}
 	r := mux.NewRouter()
 	// Keys are kept exactly: no path cleaning, no redirects, and the key
 	// is taken from the escaped path and percent-decoded once.
@@ -163,6 +198,12 @@ func New(b Backend, o Options) (*Handler, error) {
 	r.HandleFunc("/v1/internal/read", h.internal(func(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error) {
 		return h.b.ReadRaw(ctx, g, body)
 	})).Methods(http.MethodPost)
+	r.HandleFunc("/v1/internal/log", h.logEntry).Methods(http.MethodGet)
+	r.HandleFunc("/v1/internal/snapshot", h.snapshot).Methods(http.MethodGet)
+	r.HandleFunc("/v1/internal/hash", h.hash).Methods(http.MethodGet)
+	r.HandleFunc("/v1/internal/txns", h.groupTxns).Methods(http.MethodGet)
+	r.HandleFunc("/v1/admin/txns", h.txns).Methods(http.MethodGet)
+	r.HandleFunc("/v1/admin/txns/{id}/abort", h.abortTxn).Methods(http.MethodPost)
 	r.HandleFunc("/healthz", h.healthz).Methods(http.MethodGet)
 	r.HandleFunc("/readyz", h.readyz).Methods(http.MethodGet)
 	r.Handle("/metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{})).Methods(http.MethodGet)
@@ -176,6 +217,11 @@ func New(b Backend, o Options) (*Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("http metrics: %w", err)
 	}
+	h.metrics = m
+	h.limits = &inflight{maxRequests: int64(o.MaxInflightRequests), maxBytes: o.MaxInflightBytes, bodyLimit: o.Limits.MaxBodyBytes + 1<<20}
+	if err := h.limits.register(o.Registry); err != nil {
+		return nil, fmt.Errorf("http metrics: %w", err)
+	}
 	r.Use(m.middleware)
 	h.router = r
 	h.handler = r
@@ -186,13 +232,39 @@ func New(b Backend, o Options) (*Handler, error) {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(api.HeaderNode, h.b.NodeID())
 	w.Header().Set(api.HeaderEpoch, strconv.FormatUint(h.b.Epoch(), 10))
+	internal := strings.HasPrefix(r.URL.Path, api.InternalPrefix)
+	if internal && !h.isPeer(r) {
+		h.metrics.peerRefused.Inc()
+		writeError(w, fmt.Errorf("%w: %s is for the cluster's nodes only (no valid %s)", kvd.ErrForbidden, r.URL.Path, api.HeaderPeerAuth), false)
+		return
+	}
 	// URL.Query drops what it cannot parse: a mistyped parameter would
 	// silently mean its default (a watch from now, a scan of everything).
 	if _, err := url.ParseQuery(r.URL.RawQuery); err != nil {
 		writeError(w, fmt.Errorf("%w: malformed query string: %v", kvd.ErrInvalid, err), false)
 		return
 	}
+	// Long-lived requests (watches, history long polls) hold no body and
+	// would hold a slot for ever: they are not counted.
+	if r.URL.Path != "/v1/watch" && r.URL.Path != "/v1/internal/history" {
+		release, err := h.limits.admit(r)
+		if err != nil {
+			w.Header().Set("Retry-After", "1")
+			writeError(w, err, false)
+			return
+		}
+		defer release()
+	}
 	h.handler.ServeHTTP(w, r)
+}
+
+// isPeer reports whether r carries the cluster's node credential.
+func (h *Handler) isPeer(r *http.Request) bool {
+	if h.o.PeerCredential == "" {
+		return true
+	}
+	got := sha256.Sum256([]byte(r.Header.Get(api.HeaderPeerAuth)))
+	return subtle.ConstantTimeCompare(got[:], h.peerCred[:]) == 1
 }
 
 // Close releases the connections kept for forwarding.
@@ -332,7 +404,7 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 	}
 	var rd io.Reader
 	if body != nil {
-		rd = strings.NewReader(string(body))
+		rd = bytes.NewReader(body)
 	}
 	req, err := http.NewRequestWithContext(ctx, r.Method, "http://"+addr+r.URL.RequestURI(), rd)
 	if err != nil {
@@ -425,6 +497,9 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, limit int64) 
 	if r.ContentLength > limit {
 		return nil, fmt.Errorf("%w: body is %d bytes, the limit is %d", kvd.ErrTooLarge, r.ContentLength, limit)
 	}
+	if r.ContentLength < -1 {
+		return nil, fmt.Errorf("%w: bad Content-Length %d", kvd.ErrInvalid, r.ContentLength)
+	}
 	rd := http.MaxBytesReader(w, r.Body, limit)
 	var body []byte
 	var err error
@@ -474,13 +549,18 @@ func (h *Handler) putKey(w http.ResponseWriter, r *http.Request) {
 	wr := Write{Cond: cond}
 	if s := r.URL.Query().Get("ttl"); s != "" {
 		d, err := time.ParseDuration(s)
-		if err != nil || d <= 0 {
-			writeError(w, fmt.Errorf("%w: ttl must be a positive Go duration such as 30s, not %q", kvd.ErrInvalid, s), false)
+		if err != nil || d <= 0 || d > kvd.MaxTTL {
+			writeError(w, fmt.Errorf("%w: ttl must be a positive Go duration such as 30s, at most %v, not %q", kvd.ErrInvalid, kvd.MaxTTL, s), false)
 			return
 		}
 		wr.TTL = d
 	}
+	// One byte past the value limit tells a value that is too large from
+	// one that fits; the error names the value limit itself.
 	body, err := h.readBody(w, r, min(h.o.Limits.MaxBodyBytes, int64(h.o.Limits.MaxValueBytes)+1))
+	if errors.Is(err, kvd.ErrTooLarge) && int64(h.o.Limits.MaxValueBytes) < h.o.Limits.MaxBodyBytes {
+		err = fmt.Errorf("%w: the value exceeds %d bytes", kvd.ErrTooLarge, h.o.Limits.MaxValueBytes)
+	}
 	if err != nil {
 		writeError(w, err, false)
 		return
@@ -634,6 +714,10 @@ func (h *Handler) txn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req api.TxnRequest
+	if err := checkJSON(body); err != nil {
+		writeError(w, fmt.Errorf("%w: transaction body: %v", kvd.ErrInvalid, err), false)
+		return
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {

@@ -1,10 +1,12 @@
 package httpapi_test
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/internal/testcluster"
+	"github.com/kvd-project/kvd/server"
 )
 
 type response struct {
@@ -230,7 +233,16 @@ func TestAPI_BadInputIsRefusedWithJSON(t *testing.T) {
 		{"bad group header", "GET", "/v1/kv/k", nil, []string{api.HeaderGroup, "x", api.HeaderEpoch, "1"}, 400, api.CodeInvalidRequest},
 		{"unknown endpoint", "GET", "/v2/nothing", nil, nil, 404, api.CodeNotFound},
 		{"wrong method", "POST", "/v1/kv/k", []byte("x"), nil, 405, api.CodeMethodNotAllowed},
-		{"read index without group", "GET", "/v1/internal/readindex", nil, nil, 400, api.CodeInvalidRequest},
+		{"ttl past the clock's range", "PUT", "/v1/kv/k?ttl=2500000h", []byte("x"), nil, 400, api.CodeInvalidRequest},
+		{"transaction with ops twice", "POST", "/v1/txn", []byte(`{"ops":[{"op":"put","key":"a","value":"eA=="}],"ops":[{"op":"put","key":"b","value":"eA=="}]}`), nil, 400, api.CodeInvalidRequest},
+		{"transaction with a key twice in an op", "POST", "/v1/txn", []byte(`{"ops":[{"op":"put","key":"a","key":"b","value":"eA=="}]}`), nil, 400, api.CodeInvalidRequest},
+		{"node-to-node read index from a client", "GET", "/v1/internal/readindex?group=1", nil, nil, 403, api.CodeForbidden},
+		{"node-to-node propose from a client", "POST", "/v1/internal/propose?group=1", []byte{2, 0, 0, 0, 0}, nil, 403, api.CodeForbidden},
+		{"node-to-node propose with a wrong credential", "POST", "/v1/internal/propose?group=1", []byte{2}, []string{api.HeaderPeerAuth, "guess"}, 403, api.CodeForbidden},
+		{"node-to-node history from a client", "GET", "/v1/internal/history?group=1&after=now", nil, nil, 403, api.CodeForbidden},
+		{"node-to-node read from a client", "POST", "/v1/internal/read?group=1", []byte(`["a"]`), nil, 403, api.CodeForbidden},
+		{"node-to-node snapshot from a client", "GET", "/v1/internal/snapshot?group=1&min_index=0", nil, nil, 403, api.CodeForbidden},
+		{"abort of an unknown transaction", "POST", "/v1/admin/txns/nosuchtxn/abort", nil, nil, 404, api.CodeNotFound},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -243,6 +255,65 @@ func TestAPI_BadInputIsRefusedWithJSON(t *testing.T) {
 	// Nothing above was applied.
 	r := do(t, "GET", u+"/v1/kv?limit=10", nil)
 	require.JSONEq(t, `{"items":[],"more":false}`, string(r.body))
+}
+
+func TestAPI_ValueTooLargeNamesTheValueLimit(t *testing.T) {
+	c := testcluster.New(t, 1, 1)
+	for _, n := range []int{1<<20 + 1, 3 << 19} {
+		r := do(t, "PUT", c.URL(0)+"/v1/kv/big", bytes.Repeat([]byte("x"), n))
+		require.Equal(t, 413, r.status)
+		require.Contains(t, string(r.body), "1048576", "the error names the value limit")
+		require.NotContains(t, string(r.body), "limit is 1048577")
+	}
+}
+
+// TestAPI_NetHTTPErrorsAreJSON sends what net/http refuses before any
+// handler runs: every answer is still the API's JSON error.
+func TestAPI_NetHTTPErrorsAreJSON(t *testing.T) {
+	c := testcluster.New(t, 1, 1, func(cfg *server.Config) { cfg.ReadHeaderTimeout = 300 * time.Millisecond })
+	addr := strings.TrimPrefix(c.URL(0), "http://")
+	raw := func(t *testing.T, req string) string {
+		t.Helper()
+		conn, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		defer conn.Close()
+		_, err = conn.Write([]byte(req))
+		require.NoError(t, err)
+		require.NoError(t, conn.SetReadDeadline(time.Now().Add(5*time.Second)))
+		b, _ := io.ReadAll(conn)
+		return string(b)
+	}
+	tests := []struct {
+		name, req string
+		status    int
+		code      string
+	}{
+		{"bad percent-encoding in the path", "GET /v1/kv/%zz HTTP/1.1\r\nHost: x\r\n\r\n", 400, api.CodeInvalidRequest},
+		{"negative Content-Length", "PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 400, api.CodeInvalidRequest},
+		{"malformed header line", "GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", 400, api.CodeInvalidRequest},
+		{"headers too large", "GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("b", 200<<10) + "\r\n\r\n", 431, api.CodeHeadersTooLarge},
+		{"unsupported transfer encoding", "PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501, api.CodeNotImplemented},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out := raw(t, tc.req)
+			resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(out)), nil)
+			require.NoError(t, err, "answer: %q", out)
+			defer resp.Body.Close()
+			require.Equal(t, tc.status, resp.StatusCode)
+			require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+			b, _ := io.ReadAll(resp.Body)
+			require.Equal(t, tc.code, response{body: b}.errCode(t))
+		})
+	}
+	t.Run("headers that never end", func(t *testing.T) {
+		// net/http closes the connection once the header timeout passes,
+		// without a word: never a plain-text answer.
+		out := raw(t, "GET /v1/kv/a HTTP/1.1\r\nHost: x\r\n")
+		require.NotContains(t, out, "text/plain")
+	})
+	// The server still serves afterwards.
+	require.Equal(t, 404, do(t, "GET", c.URL(0)+"/v1/kv/a", nil).status)
 }
 
 func TestAPI_BodyOverTheLimitIsRefused(t *testing.T) {

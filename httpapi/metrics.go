@@ -12,8 +12,9 @@ import (
 // httpMetrics counts requests and their latencies by route, method and
 // status code.
 type httpMetrics struct {
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
+	requests    *prometheus.CounterVec
+	latency     *prometheus.HistogramVec
+	peerRefused prometheus.Counter
 }
 
 func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
@@ -27,8 +28,12 @@ func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
 			Help:    "HTTP request latency, by route template, method and status code.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"route", "method", "code"}),
+		peerRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kvd_peer_auth_refused_total",
+			Help: "Calls to node-to-node endpoints refused for lack of the cluster's credential.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.latency} {
+	for _, c := range []prometheus.Collector{m.requests, m.latency, m.peerRefused} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

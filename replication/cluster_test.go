@@ -81,7 +81,7 @@ func (tg *testGroup) start(i int, ln net.Listener) {
 		tg.addrs[nodeID(i)] = ln.Addr().String()
 		tg.mu.Unlock()
 	}
-	mux, err := NewMux(ln, "", testClusterID, quietLogger())
+	mux, err := NewMux(ln, "", testClusterID, testKey, quietLogger())
 	require.NoError(t, err)
 	layer, err := mux.Layer(1)
 	require.NoError(t, err)
@@ -102,30 +102,28 @@ func (tg *testGroup) start(i int, ln net.Listener) {
 	cfg.LeaderLeaseTimeout = 200 * time.Millisecond
 	cfg.Logger = quietLogger()
 	cfg.Store.InitialMmapSize = 0
-	cfg.LeaderReadIndex = func(ctx context.Context, leader string, g kvd.GroupID) (uint64, error) {
-		for j, r := range tg.reps {
-			if nodeID(j) == leader && r != nil {
-				return r.ReadIndex(ctx)
-			}
-		}
-		return 0, kvd.ErrUnavailable
-	}
+	cfg.Remote = tg
 	if tg.tune != nil {
 		tg.tune(&cfg)
 	}
 	g, err := Open(cfg)
 	require.NoError(t, err)
+	tg.mu.Lock()
 	tg.muxes[i] = mux
 	tg.reps[i] = g
+	tg.mu.Unlock()
 }
 
 func (tg *testGroup) stop(i int) {
 	if tg.reps[i] == nil {
 		return
 	}
-	require.NoError(tg.t, tg.reps[i].Close())
-	require.NoError(tg.t, tg.muxes[i].Close())
+	tg.mu.Lock()
+	r, m := tg.reps[i], tg.muxes[i]
 	tg.reps[i], tg.muxes[i] = nil, nil
+	tg.mu.Unlock()
+	require.NoError(tg.t, r.Close())
+	require.NoError(tg.t, m.Close())
 }
 
 func (tg *testGroup) restart(i int) {
@@ -172,6 +170,57 @@ func (tg *testGroup) waitValue(i int, key, val string) {
 
 const testClusterID = "0123456789abcdef0123456789abcdef"
 
+var testKey = []byte("a test key of the cluster, 32 by")
+
+// replica returns the running replica on node id.
+func (tg *testGroup) replica(id string) (*Group, error) {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	for j, r := range tg.reps {
+		if nodeID(j) == id && r != nil {
+			return r, nil
+		}
+	}
+	return nil, fmt.Errorf("node %s is down: %w", id, kvd.ErrUnavailable)
+}
+
+// testGroup reaches the other replicas directly, as a node's API would.
+var _ Remote = (*testGroup)(nil)
+
+func (tg *testGroup) ReadIndex(ctx context.Context, leader string, g kvd.GroupID) (uint64, error) {
+	r, err := tg.replica(leader)
+	if err != nil {
+		return 0, err
+	}
+	return r.ReadIndex(ctx)
+}
+
+func (tg *testGroup) FetchLog(ctx context.Context, node string, g kvd.GroupID, index uint64) (*raft.Log, error) {
+	r, err := tg.replica(node)
+	if err != nil {
+		return nil, err
+	}
+	return r.LogEntry(index)
+}
+
+func (tg *testGroup) FetchSnapshot(ctx context.Context, node string, g kvd.GroupID, minIndex uint64) (io.ReadCloser, error) {
+	r, err := tg.replica(node)
+	if err != nil {
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(r.WriteSnapshot(ctx, minIndex, pw)) }()
+	return pr, nil
+}
+
+func (tg *testGroup) HashAt(ctx context.Context, node string, g kvd.GroupID, index uint64) (uint64, error) {
+	r, err := tg.replica(node)
+	if err != nil {
+		return 0, err
+	}
+	return r.HashAt(ctx, index)
+}
+
 // Nodes of different clusters (a node left over from an earlier cluster
 // on the same addresses) refuse each other's Raft connections; nodes of
 // one cluster connect.
@@ -179,7 +228,7 @@ func TestMux_RefusesNodesOfAnotherCluster(t *testing.T) {
 	newMux := func(cluster string) (*Mux, raft.StreamLayer) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
-		m, err := NewMux(ln, "", cluster, quietLogger())
+		m, err := NewMux(ln, "", cluster, testKey, quietLogger())
 		require.NoError(t, err)
 		t.Cleanup(func() { m.Close() })
 		l, err := m.Layer(1)
@@ -212,6 +261,6 @@ func TestMux_RefusesNodesOfAnotherCluster(t *testing.T) {
 	}
 	require.Equal(t, 1, a.Stats().Inbound)
 
-	_, err = NewMux(nil, "", "short", quietLogger())
+	_, err = NewMux(nil, "", "short", testKey, quietLogger())
 	require.Error(t, err, "a malformed cluster id is refused")
 }

@@ -1,96 +1,199 @@
 package replication
 
 import (
+	"errors"
 	"fmt"
 	"io"
-	"log/slog"
+	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 
+	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/store"
 )
 
 // fsm adapts a store.DB to raft's BatchingFSM: each batch of committed log
-// entries is applied in one bbolt transaction (one fsync), together with
-// the index of the last entry.
+// entries is applied in one bbolt transaction, together with the index of
+// the last entry.
+//
+// A committed entry is never skipped and never stops the process:
+//   - an invalid command is applied as an error result by the store, alike
+//     on every replica;
+//   - a disk error (ENOSPC, EIO) is retried until the disk takes the write;
+//   - damage (an entry that fails its checksum, a stored value that fails
+//     its seal) is repaired from a peer, or from the local snapshot and log,
+//     before the batch goes on (see repair.go).
+//
+// Only a replica that closes while one of these is unresolved leaves
+// entries unapplied; it then applies nothing more and takes no snapshot,
+// and the next start replays them from the log.
 type fsm struct {
-	db  *store.DB
-	log *slog.Logger
-	// fatal stops the process: an entry that cannot be applied must never
-	// be skipped, or this replica diverges from the others.
-	fatal func(error)
-	// applied, if set, is told of every applied batch and its results.
-	applied func(entries []store.Entry, results [][]store.Result)
+	g *Group
+	// mu serialises what changes the state (applies, raft's snapshot
+	// installs, repairs) and the opening of snapshots, so that a
+	// snapshot's label always matches its contents.
+	mu sync.Mutex
+	// broken is set once entries raft handed over could not be applied
+	// before the replica closed.
+	broken bool
 }
 
 var _ raft.BatchingFSM = (*fsm)(nil)
 
 // applyResult is what the FSM returns for a command entry: one result per
-// command of its batch, or the error that made the whole entry a no-op.
+// command of its batch, or the error that kept the entry from being
+// applied here.
 type applyResult struct {
 	results []store.Result
 	err     error
 }
+
+// errNotApplied answers entries a closing replica did not apply.
+var errNotApplied = errors.New("entry not applied: the replica is closing")
 
 // Apply applies one entry; raft calls it only when batching is off.
 func (f *fsm) Apply(l *raft.Log) any {
 	return f.ApplyBatch([]*raft.Log{l})[0]
 }
 
-// ApplyBatch applies committed entries in one store transaction. raft
-// passes command and configuration entries; configuration entries only
-// advance the applied index. It runs on raft's FSM goroutine, never
-// concurrently with Snapshot or Restore.
+// ApplyBatch applies committed entries. raft passes command and
+// configuration entries; configuration entries only advance the applied
+// index. It runs on raft's FSM goroutine.
 func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	start := time.Now()
+	out := make([]any, len(logs))
+	if f.broken {
+		for i := range out {
+			out[i] = applyResult{err: errNotApplied}
+		}
+		return out
+	}
 	entries := make([]store.Entry, len(logs))
 	bad := make([]error, len(logs))
 	for i, l := range logs {
 		entries[i] = store.Entry{Index: l.Index, Term: l.Term}
-		if l.Type != raft.LogCommand {
+		if l.Type == raft.LogCommand {
+			entries[i].Batch, bad[i] = store.DecodeBatch(l.Data)
+		}
+	}
+	for i := 0; i < len(logs); {
+		j := i
+		for j < len(logs) && bad[j] == nil {
+			j++
+		}
+		if j > i {
+			res, err := f.apply(entries[i:j])
+			if err != nil {
+				f.breakOff(out[i:], err)
+				return out
+			}
+			for k := i; k < j; k++ {
+				out[k] = applyResult{results: res[k-i]}
+			}
+			f.g.onApplied(entries[i:j], res)
+			i = j
 			continue
 		}
-		b, err := store.DecodeBatch(l.Data)
+		l := logs[i]
+		if l.Index <= f.g.db.AppliedIndex() {
+			out[i] = applyResult{} // applied already, by a restore
+			i++
+			continue
+		}
+		b, err := f.g.repairEntry(l, bad[i])
 		if err != nil {
-			// Every replica decodes the same bytes and fails alike, so
-			// treating the entry as empty keeps them identical.
-			f.log.Error("undecodable log entry applied as empty", "index", l.Index, "err", err)
-			bad[i] = err
+			f.breakOff(out[i:], err)
+			return out
+		}
+		if b != nil {
+			entries[i].Batch, bad[i] = b, nil // repaired: apply it
 			continue
 		}
-		entries[i].Batch = b
+		// The state was restored past the entry instead.
+		out[i] = applyResult{}
+		i++
 	}
-	res, err := f.db.Apply(entries)
-	if err != nil {
-		f.fatal(fmt.Errorf("apply entries %d..%d: %w", logs[0].Index, logs[len(logs)-1].Index, err))
-		return make([]any, len(logs)) // not reached with a fatal that stops the process
-	}
-	if f.applied != nil {
-		f.applied(entries, res)
-	}
-	out := make([]any, len(logs))
-	for i := range logs {
-		out[i] = applyResult{results: res[i], err: bad[i]}
+	if f.g.cfg.Observer.Apply != nil {
+		f.g.cfg.Observer.Apply(time.Since(start), len(logs))
 	}
 	return out
+}
+
+// apply applies entries, waiting out disk errors and repairing damaged
+// state, until it succeeds or the replica closes.
+func (f *fsm) apply(entries []store.Entry) ([][]store.Result, error) {
+	backoff := 50 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		res, err := f.g.db.Apply(entries)
+		if err == nil {
+			f.g.clearStall()
+			return res, nil
+		}
+		switch {
+		case errors.Is(err, kvd.ErrClosed):
+			return nil, err
+		case errors.Is(err, store.ErrCorrupt):
+			if err := f.g.repairState(f.g.db.AppliedIndex(), err); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if f.g.ctx.Err() != nil {
+			return nil, err
+		}
+		f.g.stall(err, attempt)
+		select {
+		case <-time.After(backoff):
+		case <-f.g.ctx.Done():
+			return nil, err
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+func (f *fsm) breakOff(out []any, err error) {
+	f.broken = true
+	f.g.log.Error("replica closing with committed entries not applied; the next start applies them from the log", "err", err)
+	for i := range out {
+		out[i] = applyResult{err: fmt.Errorf("%w: %v", errNotApplied, err)}
+	}
 }
 
 // Snapshot fixes the current state. It runs on the FSM goroutine, so the
 // read transaction it opens holds exactly the entries raft has applied.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
-	s, err := f.db.Snapshot()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.broken {
+		return nil, fmt.Errorf("snapshot: %w", errNotApplied)
+	}
+	s, err := f.g.db.Snapshot()
 	if err != nil {
 		return nil, err
 	}
-	return &fsmSnapshot{s: s}, nil
+	return &fsmSnapshot{s: s, g: f.g}, nil
 }
 
-// Restore replaces the state with a snapshot, atomically.
+// Restore replaces the state with a snapshot raft received from the
+// leader, atomically; a snapshot that fails its checks is refused.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	return f.db.Restore(rc)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.g.db.Restore(rc); err != nil {
+		return err
+	}
+	f.g.stats.snapshotsInstalled.Add(1)
+	return nil
 }
 
-type fsmSnapshot struct{ s *store.Snapshot }
+type fsmSnapshot struct {
+	s *store.Snapshot
+	g *Group
+}
 
 // Persist streams the snapshot; it runs concurrently with later applies.
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
@@ -98,7 +201,11 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 		sink.Cancel()
 		return fmt.Errorf("persist snapshot: %w", err)
 	}
-	return sink.Close()
+	if err := sink.Close(); err != nil {
+		return err
+	}
+	s.g.stats.snapshotsTaken.Add(1)
+	return nil
 }
 
 // Release ends the snapshot's read transaction.

@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -50,9 +52,13 @@ type Config struct {
 	// AddressProvider, if set, names the address to dial for each peer,
 	// overriding the address in the Raft configuration.
 	AddressProvider raft.ServerAddressProvider
-	// LeaderReadIndex asks the leader (a node id) of this group for a
-	// read index; it serves follower reads. Nil disables them.
-	LeaderReadIndex func(ctx context.Context, leader string, g kvd.GroupID) (uint64, error)
+	// Remote reaches this group's replicas on other nodes: for follower
+	// reads, repairs and integrity checks. Nil disables them.
+	Remote Remote
+	// RequireState refuses to open a replica that has no Raft state (its
+	// directory was lost): a replica that comes back empty would have
+	// forgotten its term and vote and the entries it acknowledged.
+	RequireState bool
 	// SeedMap, if set, is proposed as the stored cluster map by the first
 	// leader whose store holds no map or an older one.
 	SeedMap *kvd.Map
@@ -84,15 +90,58 @@ type Config struct {
 	// replica to apply the leader's read index before it is refused as
 	// lagging (and sent to the leader).
 	FollowerMaxWait time.Duration
+	// LogCacheBytes and LogCacheEntries bound the cache of recent log
+	// entries (leaders send from it, followers apply from it).
+	LogCacheBytes   int
+	LogCacheEntries int
+	// MaxQueueBytes bounds the commands waiting to be put into a log
+	// entry, MaxInflightBytes the entries handed to raft and not yet
+	// applied. Past them a proposal is refused at once with
+	// kvd.ErrOverloaded: memory stays bounded under any load.
+	MaxQueueBytes    int
+	MaxInflightBytes int
+	// IntegrityInterval is how often the replica scrubs its state and, as
+	// leader, compares the replicas' state hashes (see integrity.go); 0
+	// disables it.
+	IntegrityInterval time.Duration
+	// Observer, if set, is told of applies and log appends, for metrics.
+	Observer Observer
 
 	// Store configures the replica's bbolt state.
 	Store store.Options
 	// Logger receives the replica's logs, Raft's included.
 	Logger *slog.Logger
-	// Fatal is called when an entry cannot be applied; it must stop the
-	// process. Nil panics.
-	Fatal func(error)
 }
+
+// Remote reaches a group's replicas on other nodes. The node implements
+// it over its node-to-node API; each method must fail (not hang) once ctx
+// ends.
+type Remote interface {
+	// ReadIndex asks the replica on node leader for a read index.
+	ReadIndex(ctx context.Context, leader string, g kvd.GroupID) (uint64, error)
+	// FetchLog returns entry index of node's log of group g; node must
+	// have applied it.
+	FetchLog(ctx context.Context, node string, g kvd.GroupID, index uint64) (*raft.Log, error)
+	// FetchSnapshot streams a snapshot of node's replica of g, taken once
+	// it has applied minIndex.
+	FetchSnapshot(ctx context.Context, node string, g kvd.GroupID, minIndex uint64) (io.ReadCloser, error)
+	// HashAt returns the state hash node's replica of g recorded at index
+	// (see CheckIntegrity).
+	HashAt(ctx context.Context, node string, g kvd.GroupID, index uint64) (uint64, error)
+}
+
+// Observer is told of the replica's work, for metrics. Every field is
+// optional; each is called on a hot path and must not block.
+type Observer struct {
+	// Apply is told of every applied batch: how long it took, entries.
+	Apply func(d time.Duration, entries int)
+	// Append is told of every append to the Raft log (an fsync).
+	Append func(d time.Duration)
+}
+
+// ErrNoState is returned by Open for a replica that must have state
+// (Config.RequireState) and has none.
+var ErrNoState = errors.New("no raft state")
 
 // DefaultConfig returns a configuration with kvd's defaults; the caller
 // fills in Group, NodeID, Dir, Peers and Layer.
@@ -111,6 +160,11 @@ func DefaultConfig() Config {
 		ApplyTimeout:          5 * time.Second,
 		LeaderTransferTimeout: 5 * time.Second,
 		FollowerMaxWait:       500 * time.Millisecond,
+		LogCacheBytes:         32 << 20,
+		LogCacheEntries:       1024,
+		MaxQueueBytes:         64 << 20,
+		MaxInflightBytes:      64 << 20,
+		IntegrityInterval:     5 * time.Minute,
 		Store:                 lazyStore(),
 		Logger:                slog.Default(),
 	}
@@ -138,8 +192,21 @@ func (c *Config) validate() error {
 	case c.MaxBatchCmds < 1 || c.MaxBatchBytes < 1 || c.MaxAppendEntries < 1:
 		return errors.New("batch limits must be positive")
 	}
+	def := DefaultConfig()
 	if c.FollowerMaxWait <= 0 {
-		c.FollowerMaxWait = DefaultConfig().FollowerMaxWait
+		c.FollowerMaxWait = def.FollowerMaxWait
+	}
+	if c.LogCacheBytes <= 0 {
+		c.LogCacheBytes = def.LogCacheBytes
+	}
+	if c.LogCacheEntries <= 0 {
+		c.LogCacheEntries = def.LogCacheEntries
+	}
+	if c.MaxQueueBytes <= 0 {
+		c.MaxQueueBytes = def.MaxQueueBytes
+	}
+	if c.MaxInflightBytes <= 0 {
+		c.MaxInflightBytes = def.MaxInflightBytes
 	}
 	if c.Bootstrap {
 		found := false
@@ -153,9 +220,6 @@ func (c *Config) validate() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	if c.Fatal == nil {
-		c.Fatal = func(err error) { panic(err) }
-	}
 	return nil
 }
 
@@ -167,10 +231,26 @@ type Group struct {
 	id    kvd.GroupID
 	log   *slog.Logger
 	db    *store.DB
-	logs  *raftboltdb.BoltStore
+	bolt  *raftboltdb.BoltStore
+	logs  *logStore
 	snaps raft.SnapshotStore
 	trans raft.Transport
 	raft  *raft.Raft
+	fsm   *fsm
+
+	health healthState
+	stats  groupStats
+	// startFloor is the index the replica must apply after its start
+	// before it serves stale reads (see runCatchUp).
+	startFloor atomic.Uint64
+	// repairQueued is set while a repair a read asked for is pending.
+	repairQueued atomic.Bool
+	// queued and inflight are the bytes of commands waiting for the
+	// proposer and of entries raft has not yet applied; inflightFree is
+	// signalled when inflight drops.
+	queued       atomic.Int64
+	inflightSize atomic.Int64
+	inflightFree chan struct{}
 
 	origin        uint64 // identifies this incarnation's proposals
 	props         chan *proposal
@@ -200,14 +280,20 @@ func Open(cfg Config) (*Group, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open group %d: %w", cfg.Group, err)
 	}
-	g := &Group{cfg: cfg, id: cfg.Group, log: log,
-		origin:     rand.Uint64() | 1,
-		props:      make(chan *proposal, 4096),
-		inflight:   make(chan *entry, 1024),
-		pending:    pendingEntries{m: map[uint64]*entry{}, orphans: map[uint64]*entry{}},
-		leaderKick: make(chan struct{}, 1),
-		raftDone:   make(chan struct{}),
+	raftPath := filepath.Join(cfg.Dir, "raft.db")
+	if _, err := os.Stat(raftPath); cfg.RequireState && os.IsNotExist(err) {
+		return nil, fmt.Errorf("open group %d: %s is missing: %w", cfg.Group, raftPath, ErrNoState)
 	}
+	g := &Group{cfg: cfg, id: cfg.Group, log: log,
+		origin:       rand.Uint64() | 1,
+		props:        make(chan *proposal, 4096),
+		inflight:     make(chan *entry, 1024),
+		inflightFree: make(chan struct{}, 1),
+		pending:      pendingEntries{m: map[uint64]*entry{}, orphans: map[uint64]*entry{}},
+		leaderKick:   make(chan struct{}, 1),
+		raftDone:     make(chan struct{}),
+	}
+	g.fsm = &fsm{g: g}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	ok := false
 	defer func() {
@@ -216,22 +302,45 @@ func Open(cfg Config) (*Group, error) {
 		}
 	}()
 
-	sopts := cfg.Store
-	sopts.Logger = log
 	var err error
-	if g.db, err = store.Open(filepath.Join(cfg.Dir, "state.db"), sopts); err != nil {
-		return nil, fmt.Errorf("open group %d: %w", cfg.Group, err)
-	}
-	if g.logs, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")}); err != nil {
+	if g.bolt, err = raftboltdb.New(raftboltdb.Options{Path: raftPath}); err != nil {
 		return nil, fmt.Errorf("open group %d: raft log: %w", cfg.Group, err)
 	}
 	hlog := newHCLog(log, "raft")
 	if g.snaps, err = raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hlog); err != nil {
 		return nil, fmt.Errorf("open group %d: snapshots: %w", cfg.Group, err)
 	}
+	hasState, err := raft.HasExistingState(g.bolt, g.bolt, g.snaps)
+	if err != nil {
+		return nil, fmt.Errorf("open group %d: %w", cfg.Group, err)
+	}
+	if cfg.RequireState && !hasState {
+		return nil, fmt.Errorf("open group %d: %s holds no raft state: %w", cfg.Group, raftPath, ErrNoState)
+	}
+	sopts := cfg.Store
+	sopts.Logger = log
+	sopts.Group = cfg.Group
+	sopts.OnCorrupt = g.corruptionSeen
+	if g.db, err = store.Open(filepath.Join(cfg.Dir, "state.db"), sopts); err != nil {
+		return nil, fmt.Errorf("open group %d: %w", cfg.Group, err)
+	}
 	if err := g.catchUpWithSnapshot(); err != nil {
 		return nil, fmt.Errorf("open group %d: %w", cfg.Group, err)
 	}
+	g.logs = newLogStore(g.bolt, cfg.LogCacheBytes, cfg.LogCacheEntries, log)
+	g.logs.onAppend = cfg.Observer.Append
+	// Before raft starts: the end of the log, and of the newest snapshot.
+	// Everything this replica applied before it stopped is at or below
+	// it (see runCatchUp).
+	floor, err := g.bolt.LastIndex()
+	if err != nil {
+		return nil, fmt.Errorf("open group %d: raft log: %w", cfg.Group, err)
+	}
+	if metas, err := g.snaps.List(); err == nil && len(metas) > 0 {
+		floor = max(floor, metas[0].Index)
+	}
+	g.startFloor.Store(floor)
+	g.health.caughtUp.Store(g.db.AppliedIndex() >= floor)
 	if cfg.Transport != nil {
 		g.trans = cfg.Transport
 	} else {
@@ -272,16 +381,8 @@ func Open(cfg Config) (*Group, error) {
 	if err := raft.ValidateConfig(rc); err != nil {
 		return nil, fmt.Errorf("open group %d: raft config: %w", cfg.Group, err)
 	}
-	hasState, err := raft.HasExistingState(g.logs, g.logs, g.snaps)
-	if err != nil {
-		return nil, fmt.Errorf("open group %d: %w", cfg.Group, err)
-	}
-	cache, err := raft.NewLogCache(1024, g.logs)
-	if err != nil {
-		return nil, fmt.Errorf("open group %d: log cache: %w", cfg.Group, err)
-	}
-	f := &fsm{db: g.db, log: log, fatal: cfg.Fatal, applied: g.onApplied}
-	if g.raft, err = raft.NewRaft(rc, f, cache, g.logs, g.snaps, g.trans); err != nil {
+	stable := &stableStore{StableStore: g.bolt, ctx: g.ctx, log: log}
+	if g.raft, err = raft.NewRaft(rc, g.fsm, g.logs, stable, g.snaps, g.trans); err != nil {
 		return nil, fmt.Errorf("open group %d: start raft: %w", cfg.Group, err)
 	}
 	if !hasState && cfg.Bootstrap {
@@ -303,6 +404,8 @@ func Open(cfg Config) (*Group, error) {
 	g.goFunc(func() { g.followerReads.run(g.ctx) })
 	g.goFunc(func() { g.watchLeadership(notify) })
 	g.goFunc(g.runLeaderTasks)
+	g.goFunc(g.runCatchUp)
+	g.goFunc(g.runIntegrity)
 	ok = true
 	log.Info("group replica started", "applied", g.db.AppliedIndex(), "existing_state", hasState)
 	return g, nil
@@ -368,6 +471,10 @@ func (g *Group) checkLeader() error {
 	if g.raft.State() != raft.Leader {
 		return &kvd.NotLeaderError{Group: g.id, Leader: g.LeaderID()}
 	}
+	if g.health.repairs.Load() > 0 {
+		// Repairing: it hands leadership over and takes no writes meanwhile.
+		return fmt.Errorf("group %d: leader repairing damaged data: %w", g.id, &kvd.NotLeaderError{Group: g.id})
+	}
 	return nil
 }
 
@@ -402,7 +509,11 @@ func (g *Group) ReadBarrier(ctx context.Context, c kvd.Consistency) error {
 	var err error
 	switch {
 	case c == kvd.Stale:
-		return nil
+		// No round trip, but never an older state than this replica
+		// served before it stopped, nor one under repair.
+		return g.waitServing(ctx, g.cfg.FollowerMaxWait)
+	case g.health.repairs.Load() > 0:
+		return g.Serving()
 	case g.raft.State() == raft.Leader:
 		idx, err = g.leaderReads.get(ctx)
 	case c == kvd.Linearizable:
@@ -486,7 +597,7 @@ func (g *Group) leaderRound(ctx context.Context) (uint64, error) {
 // it. A replica cut off from its leader still gives up soon enough for
 // the client to try another.
 func (g *Group) followerRound(ctx context.Context) (uint64, error) {
-	if g.cfg.LeaderReadIndex == nil {
+	if g.cfg.Remote == nil {
 		return 0, &kvd.NotLeaderError{Group: g.id, Leader: g.LeaderID()}
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.ElectionTimeout*5)
@@ -519,7 +630,7 @@ func (g *Group) followerRoundOnce(ctx context.Context) (uint64, error) {
 	case g.cfg.NodeID:
 		return g.leaderRound(ctx)
 	default:
-		return g.cfg.LeaderReadIndex(ctx, leader, g.id)
+		return g.cfg.Remote.ReadIndex(ctx, leader, g.id)
 	}
 }
 
@@ -728,8 +839,8 @@ func (g *Group) closeFiles() error {
 	} else if g.cfg.Layer != nil {
 		g.cfg.Layer.Close()
 	}
-	if g.logs != nil {
-		if err := g.logs.Close(); err != nil {
+	if g.bolt != nil {
+		if err := g.bolt.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close raft log: %w", err))
 		}
 	}

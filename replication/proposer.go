@@ -16,7 +16,8 @@ import (
 
 // A proposal is one command waiting to be put into a log entry.
 type proposal struct {
-	cmd store.Cmd
+	cmd  store.Cmd
+	size int64
 	// state moves from queued to taken (by the proposer, which will put
 	// it in an entry) or to abandoned (by its caller, whose context
 	// ended first); whichever comes first wins.
@@ -40,6 +41,7 @@ type proposalResult struct {
 // after losing leadership), or by a definite failure.
 type entry struct {
 	seq    uint64
+	size   int64
 	future raft.ApplyFuture
 	props  []*proposal
 	// index is set once raft said leadership was lost after appending:
@@ -60,8 +62,9 @@ type pendingEntries struct {
 // into shared log entries.
 //
 // Errors: a *kvd.NotLeaderError (nothing proposed) when this replica is
-// not the leader; kvd.ErrUnavailable when nothing was or ever will be
-// applied for another reason; kvd.ErrUnknownOutcome when the command was
+// not the leader; kvd.ErrOverloaded (nothing proposed) when the queue of
+// proposals is full (in bytes or commands); kvd.ErrUnavailable when
+// nothing was or ever will be applied for another reason; kvd.ErrUnknownOutcome when the command was
 // handed to Raft and its fate is not known before ctx ends: it may still
 // take effect. When leadership moves while a command is in flight, the
 // replica waits to see whether the entry is applied (success) or replaced
@@ -70,13 +73,26 @@ func (g *Group) Propose(ctx context.Context, cmd store.Cmd) (store.Result, error
 	if err := g.checkLeader(); err != nil {
 		return store.Result{}, err
 	}
-	p := &proposal{cmd: cmd, done: make(chan proposalResult, 1)}
+	if err := ctx.Err(); err != nil {
+		return store.Result{}, fmt.Errorf("group %d: propose: %w (%v)", g.id, kvd.ErrUnavailable, err)
+	}
+	p := &proposal{cmd: cmd, size: int64(cmd.EncodedSize()), done: make(chan proposalResult, 1)}
+	// Refuse at once rather than queue without bound: a full queue means
+	// the group already has more than it can write for a while.
+	if q := g.queued.Add(p.size); q > int64(g.cfg.MaxQueueBytes) && q != p.size {
+		g.queued.Add(-p.size)
+		g.stats.shed.Add(1)
+		return store.Result{}, fmt.Errorf("group %d: propose: %d bytes already queued: %w", g.id, q-p.size, kvd.ErrOverloaded)
+	}
 	select {
 	case g.props <- p:
-	case <-ctx.Done():
-		return store.Result{}, fmt.Errorf("group %d: propose: %w (%v)", g.id, kvd.ErrUnavailable, ctx.Err())
 	case <-g.ctx.Done():
+		g.queued.Add(-p.size)
 		return store.Result{}, fmt.Errorf("group %d: propose: %w", g.id, kvd.ErrClosed)
+	default:
+		g.queued.Add(-p.size)
+		g.stats.shed.Add(1)
+		return store.Result{}, fmt.Errorf("group %d: propose: %d proposals already queued: %w", g.id, cap(g.props), kvd.ErrOverloaded)
 	}
 	select {
 	case r := <-p.done:
@@ -111,12 +127,17 @@ func (g *Group) runProposer() {
 	var seq uint64
 	buf := make([]byte, 0, 64<<10)
 	for {
+		if !g.waitInflight() {
+			g.failQueued()
+			return
+		}
 		var first *proposal
 		if carry != nil {
 			first, carry = carry, nil
 		} else {
 			select {
 			case first = <-g.props:
+				g.queued.Add(-first.size)
 			case <-g.ctx.Done():
 				g.failQueued()
 				return
@@ -133,6 +154,7 @@ func (g *Group) runProposer() {
 		for len(batch) < g.cfg.MaxBatchCmds && size < g.cfg.MaxBatchBytes {
 			select {
 			case p := <-g.props:
+				g.queued.Add(-p.size)
 				if !p.state.CompareAndSwap(proposalQueued, proposalTaken) {
 					continue
 				}
@@ -153,7 +175,8 @@ func (g *Group) runProposer() {
 		}
 		buf = b.AppendEncode(buf[:0])
 		data := append([]byte(nil), buf...)
-		e := &entry{seq: seq, props: batch}
+		e := &entry{seq: seq, props: batch, size: int64(len(data))}
+		g.inflightSize.Add(e.size)
 		// Registered before raft sees it: the FSM may apply it at once.
 		g.pending.mu.Lock()
 		g.pending.m[seq] = e
@@ -166,6 +189,20 @@ func (g *Group) runProposer() {
 			g.complete(e)
 		}
 	}
+}
+
+// waitInflight waits until the entries handed to raft and not yet applied
+// take less than MaxInflightBytes; it reports false if the group closed.
+func (g *Group) waitInflight() bool {
+	for g.inflightSize.Load() >= int64(g.cfg.MaxInflightBytes) {
+		select {
+		case <-g.inflightFree:
+		case <-time.After(50 * time.Millisecond):
+		case <-g.ctx.Done():
+			return false
+		}
+	}
+	return true
 }
 
 // claim records the keys c writes in keys, unless one is already there
@@ -195,6 +232,7 @@ func (g *Group) failQueued() {
 	for {
 		select {
 		case p := <-g.props:
+			g.queued.Add(-p.size)
 			if p.state.CompareAndSwap(proposalQueued, proposalTaken) {
 				p.done <- proposalResult{err: fmt.Errorf("group %d: %w", g.id, kvd.ErrClosed)}
 			}
@@ -288,6 +326,12 @@ func (g *Group) settle(seq uint64, results []store.Result, err error) {
 	g.pending.mu.Unlock()
 	if !ok {
 		return
+	}
+	if g.inflightSize.Add(-e.size) < int64(g.cfg.MaxInflightBytes) {
+		select {
+		case g.inflightFree <- struct{}{}:
+		default:
+		}
 	}
 	if err == nil && len(results) != len(e.props) {
 		err = fmt.Errorf("group %d: %d results for %d commands: %w", g.id, len(results), len(e.props), kvd.ErrUnknownOutcome)

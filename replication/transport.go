@@ -1,6 +1,9 @@
 package replication
 
 import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -18,11 +21,19 @@ import (
 	"github.com/kvd-project/kvd"
 )
 
-// connPreamble opens every node-to-node Raft connection, followed by the
-// cluster id (ClusterIDSize bytes). The listener answers one byte,
-// connAccepted or connOtherCluster; after connAccepted a yamux session
-// follows.
-const connPreamble = "KVDMUX2\n"
+// The handshake of every node-to-node Raft connection proves to each end
+// that the other holds the cluster's secret, without sending it:
+//
+//	dialer   -> preamble, cluster id (ClusterIDSize), nonce c (16)
+//	listener -> connOtherCluster, or connChallenge, nonce s (16), MAC("server", id, c, s)
+//	dialer   -> MAC("client", id, c, s)
+//	listener -> connAccepted, or connBadSecret
+//
+// where MAC is HMAC-SHA256 keyed with the secret (the Raft key derived
+// from the cluster's peer secret). A yamux session follows connAccepted.
+// A passive observer learns neither the key nor anything it can replay:
+// each side chooses a fresh nonce.
+const connPreamble = "KVDMUX3\n"
 
 // ClusterIDSize is the length of a cluster id on the wire.
 const ClusterIDSize = 32
@@ -30,6 +41,10 @@ const ClusterIDSize = 32
 const (
 	connAccepted     = 'K'
 	connOtherCluster = 'C'
+	connChallenge    = 'N'
+	connBadSecret    = 'S'
+	nonceSize        = 16
+	macSize          = sha256.Size
 )
 
 // streamMagic opens every stream inside a session, followed by the group
@@ -54,10 +69,13 @@ type Mux struct {
 	ln        net.Listener
 	advertise net.Addr
 	cluster   [ClusterIDSize]byte
+	key       []byte
 	log       *slog.Logger
 	ycfg      *yamux.Config
-	// lastRefusal rate-limits the warning about peers of other clusters.
+	// lastRefusal rate-limits the warnings about refused connections.
 	lastRefusal atomic.Int64
+	// refused counts connections refused at the handshake.
+	refused atomic.Uint64
 
 	// mu protects layers, out, in and closed.
 	mu     sync.Mutex
@@ -81,10 +99,15 @@ type outSession struct {
 // dial (empty: ln's address). cluster identifies the cluster (see
 // kvd.ClusterID): connections between nodes of different clusters are
 // refused both ways, so a node left over from another cluster on the same
-// addresses cannot disturb this one. Close stops it.
-func NewMux(ln net.Listener, advertise, cluster string, logger *slog.Logger) (*Mux, error) {
+// addresses cannot disturb this one. key is the secret both ends of every
+// connection must hold (at least 16 bytes): a connection from anything
+// else is refused. Close stops it.
+func NewMux(ln net.Listener, advertise, cluster string, key []byte, logger *slog.Logger) (*Mux, error) {
 	if len(cluster) != ClusterIDSize {
 		return nil, fmt.Errorf("raft mux: cluster id %q is not %d characters", cluster, ClusterIDSize)
+	}
+	if len(key) < 16 {
+		return nil, fmt.Errorf("raft mux: the key has %d bytes, at least 16 are needed", len(key))
 	}
 	var adv net.Addr = ln.Addr()
 	if advertise != "" {
@@ -107,7 +130,7 @@ func NewMux(ln net.Listener, advertise, cluster string, logger *slog.Logger) (*M
 	ycfg.StreamCloseTimeout = 30 * time.Second
 	ycfg.LogOutput = nil
 	ycfg.Logger = log.New(slogWriter{&hclogAdapter{l: logger, name: "raft-mux"}}, "", 0)
-	m := &Mux{ln: ln, advertise: adv, log: logger, ycfg: ycfg,
+	m := &Mux{ln: ln, advertise: adv, key: append([]byte(nil), key...), log: logger, ycfg: ycfg,
 		layers: map[kvd.GroupID]*streamLayer{}, out: map[string]*outSession{}, in: map[*yamux.Session]net.Conn{}}
 	copy(m.cluster[:], cluster)
 	m.wg.Add(1)
@@ -228,30 +251,75 @@ func (m *Mux) acceptLoop() {
 	}
 }
 
+// mac is the handshake's proof of the key for one side.
+func (m *Mux) mac(side string, cnonce, snonce []byte) []byte {
+	h := hmac.New(sha256.New, m.key)
+	h.Write([]byte(side))
+	h.Write(m.cluster[:])
+	h.Write(cnonce)
+	h.Write(snonce)
+	return h.Sum(nil)
+}
+
+// refuse logs a refused connection, at most every 10 s.
+func (m *Mux) refuse(c net.Conn, msg string, args ...any) {
+	m.refused.Add(1)
+	if now := time.Now().UnixNano(); now-m.lastRefusal.Load() > int64(10*time.Second) {
+		m.lastRefusal.Store(now)
+		m.log.Warn(msg, append([]any{"remote", c.RemoteAddr().String()}, args...)...)
+	}
+}
+
+// Refused returns how many connections the handshake refused.
+func (m *Mux) Refused() uint64 { return m.refused.Load() }
+
+// handshake runs the listener's side of the handshake; it reports whether
+// the peer proved it holds the key.
+func (m *Mux) handshake(c net.Conn) bool {
+	_ = c.SetDeadline(time.Now().Add(headerTimeout))
+	pre := make([]byte, len(connPreamble)+ClusterIDSize+nonceSize)
+	if _, err := io.ReadFull(c, pre); err != nil || string(pre[:len(connPreamble)]) != connPreamble {
+		m.refuse(c, "refused a Raft connection that does not speak this version's handshake")
+		return false
+	}
+	cluster := pre[len(connPreamble) : len(connPreamble)+ClusterIDSize]
+	cnonce := pre[len(connPreamble)+ClusterIDSize:]
+	if !hmac.Equal(cluster, m.cluster[:]) {
+		_, _ = c.Write([]byte{connOtherCluster})
+		m.refuse(c, "refused a Raft connection from a node of another cluster", "their_cluster", string(cluster), "our_cluster", string(m.cluster[:]))
+		return false
+	}
+	snonce := make([]byte, nonceSize)
+	if _, err := rand.Read(snonce); err != nil {
+		return false
+	}
+	if _, err := c.Write(append(append([]byte{connChallenge}, snonce...), m.mac("server", cnonce, snonce)...)); err != nil {
+		return false
+	}
+	proof := make([]byte, macSize)
+	if _, err := io.ReadFull(c, proof); err != nil {
+		m.refuse(c, "refused a Raft connection that did not prove it holds the cluster's secret", "err", err)
+		return false
+	}
+	if !hmac.Equal(proof, m.mac("client", cnonce, snonce)) {
+		_, _ = c.Write([]byte{connBadSecret})
+		m.refuse(c, "refused a Raft connection from a node without this cluster's secret")
+		return false
+	}
+	if _, err := c.Write([]byte{connAccepted}); err != nil {
+		return false
+	}
+	_ = c.SetDeadline(time.Time{})
+	return true
+}
+
 // serveConn runs one inbound session: it accepts streams and hands each
 // to its group's layer.
 func (m *Mux) serveConn(c net.Conn) {
-	_ = c.SetDeadline(time.Now().Add(headerTimeout))
-	pre := make([]byte, len(connPreamble)+ClusterIDSize)
-	if _, err := io.ReadFull(c, pre); err != nil || string(pre[:len(connPreamble)]) != connPreamble {
+	if !m.handshake(c) {
 		c.Close()
 		return
 	}
-	if string(pre[len(connPreamble):]) != string(m.cluster[:]) {
-		_, _ = c.Write([]byte{connOtherCluster})
-		c.Close()
-		if now := time.Now().UnixNano(); now-m.lastRefusal.Load() > int64(10*time.Second) {
-			m.lastRefusal.Store(now)
-			m.log.Warn("refused a Raft connection from a node of another cluster", "remote", c.RemoteAddr().String(),
-				"their_cluster", string(pre[len(connPreamble):]), "our_cluster", string(m.cluster[:]))
-		}
-		return
-	}
-	if _, err := c.Write([]byte{connAccepted}); err != nil {
-		c.Close()
-		return
-	}
-	_ = c.SetDeadline(time.Time{})
 	sess, err := yamux.Server(c, m.ycfg)
 	if err != nil {
 		c.Close()
@@ -354,23 +422,9 @@ func (m *Mux) dial(address string, timeout time.Duration) (*yamux.Session, error
 		return nil, err
 	}
 	_ = c.SetDeadline(time.Now().Add(timeout))
-	if _, err := c.Write(append([]byte(connPreamble), m.cluster[:]...)); err != nil {
+	if err := m.dialHandshake(c); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("raft dial %s: %w", address, err)
-	}
-	var answer [1]byte
-	if _, err := io.ReadFull(c, answer[:]); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("raft dial %s: no answer to the handshake: %w", address, err)
-	}
-	switch answer[0] {
-	case connAccepted:
-	case connOtherCluster:
-		c.Close()
-		return nil, fmt.Errorf("raft dial %s: the node there belongs to another cluster: %w", address, kvd.ErrUnavailable)
-	default:
-		c.Close()
-		return nil, fmt.Errorf("raft dial %s: unexpected handshake answer %q: %w", address, answer[0], kvd.ErrUnavailable)
 	}
 	_ = c.SetDeadline(time.Time{})
 	sess, err := yamux.Client(c, m.ycfg)
@@ -386,6 +440,49 @@ func (m *Mux) dial(address string, timeout time.Duration) (*yamux.Session, error
 		return nil, fmt.Errorf("raft mux: %w", kvd.ErrClosed)
 	}
 	return sess, nil
+}
+
+// dialHandshake runs the dialer's side of the handshake.
+func (m *Mux) dialHandshake(c net.Conn) error {
+	cnonce := make([]byte, nonceSize)
+	if _, err := rand.Read(cnonce); err != nil {
+		return err
+	}
+	if _, err := c.Write(append(append([]byte(connPreamble), m.cluster[:]...), cnonce...)); err != nil {
+		return err
+	}
+	var answer [1]byte
+	if _, err := io.ReadFull(c, answer[:]); err != nil {
+		return fmt.Errorf("no answer to the handshake: %w", err)
+	}
+	switch answer[0] {
+	case connChallenge:
+	case connOtherCluster:
+		return fmt.Errorf("the node there belongs to another cluster: %w", kvd.ErrUnavailable)
+	default:
+		return fmt.Errorf("unexpected handshake answer %q: %w", answer[0], kvd.ErrUnavailable)
+	}
+	challenge := make([]byte, nonceSize+macSize)
+	if _, err := io.ReadFull(c, challenge); err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	snonce := challenge[:nonceSize]
+	if !hmac.Equal(challenge[nonceSize:], m.mac("server", cnonce, snonce)) {
+		return fmt.Errorf("the node there does not hold this cluster's secret: %w", kvd.ErrUnavailable)
+	}
+	if _, err := c.Write(m.mac("client", cnonce, snonce)); err != nil {
+		return err
+	}
+	if _, err := io.ReadFull(c, answer[:]); err != nil {
+		return fmt.Errorf("no answer to the handshake: %w", err)
+	}
+	switch answer[0] {
+	case connAccepted:
+		return nil
+	case connBadSecret:
+		return fmt.Errorf("the node there refused this node's secret: %w", kvd.ErrUnavailable)
+	}
+	return fmt.Errorf("unexpected handshake answer %q: %w", answer[0], kvd.ErrUnavailable)
 }
 
 // streamLayer is one group's view of the Mux.

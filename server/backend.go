@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -97,6 +98,7 @@ func (s *Server) settle(ctx context.Context, g *replication.Group, lock store.Lo
 		if err != nil {
 			return false, err
 		}
+		s.metrics.txnRecoveries.Add(1)
 		return true, g.WaitApplied(ctx, res.Version)
 	case store.TxnAborted:
 		s.coord.ResolveLater(lock.Txn, g.ID(), false)
@@ -113,7 +115,7 @@ const lockWait = time.Second
 func (b backend) proposeWrite(ctx context.Context, g *replication.Group, cmd store.Cmd) (store.Result, error) {
 	until := time.Now().Add(lockWait)
 	for attempt := 0; ; attempt++ {
-		res, err := g.Propose(ctx, cmd)
+		res, err := b.s.propose(ctx, g, cmd)
 		if err != nil || !errors.Is(res.Err, kvd.ErrConflict) {
 			return res, err
 		}
@@ -347,8 +349,22 @@ func (b backend) Status(ctx context.Context) api.Status {
 			continue
 		}
 		gs := g.Status()
+		h := g.Health()
+		ah := &api.Health{State: h.State, Detail: h.Detail}
+		if c := h.Integrity; c != nil {
+			ah.Integrity = &api.IntegrityCheck{At: c.At, Index: c.Index, OK: c.OK, Hashes: c.Hashes, Alarm: c.Alarm, Unreached: c.Unreached}
+		}
 		st.Groups = append(st.Groups, api.GroupStatus{Group: uint64(gs.Group), Role: gs.Role, Term: gs.Term, Leader: gs.Leader,
-			CommitIndex: gs.CommitIndex, AppliedIndex: gs.AppliedIndex, LastIndex: gs.LastIndex, LastContact: gs.LastContact, Members: gs.Members})
+			CommitIndex: gs.CommitIndex, AppliedIndex: gs.AppliedIndex, LastIndex: gs.LastIndex, LastContact: gs.LastContact, Members: gs.Members,
+			Health: ah, StateBytes: g.Stats().StateBytes})
+	}
+	for gid, reason := range b.s.missing {
+		st.Missing = append(st.Missing, api.MissingGroup{Group: uint64(gid), Reason: reason})
+	}
+	sort.Slice(st.Missing, func(i, j int) bool { return st.Missing[i].Group < st.Missing[j].Group })
+	if b.s.disk != nil {
+		d := b.s.disk.status()
+		st.Storage = &d
 	}
 	return st
 }
@@ -357,6 +373,9 @@ func (b backend) Ready() error {
 	for gid, g := range b.s.hosted() {
 		if g.LeaderID() == "" {
 			return fmt.Errorf("group %d has no leader: %w", gid, kvd.ErrUnavailable)
+		}
+		if err := g.Serving(); err != nil {
+			return fmt.Errorf("group %d: %v: %w", gid, err, kvd.ErrUnavailable)
 		}
 	}
 	return nil

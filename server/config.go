@@ -9,6 +9,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/replication"
+	"github.com/kvd-project/kvd/store"
 )
 
 // PeerAddr is where this node dials a peer, overriding the cluster map.
@@ -47,8 +48,25 @@ type Config struct {
 	// overriding the cluster map, for both Raft and node-to-node HTTP
 	// (the fault-injection harness puts a proxy on every link this way).
 	PeerOverrides map[string]PeerAddr
+	// PeerSecret, if set, is the cluster's peer secret, for a node that
+	// has none yet (see secret.go). PeerSecretFile names a file holding
+	// it instead, created with a random secret if absent.
+	PeerSecret     []byte
+	PeerSecretFile string
 	// Limits are enforced on every request.
 	Limits kvd.Limits
+	// QuotaBytes, if positive, caps the size of the data directory: past
+	// it writes are refused (507 insufficient_storage) and reads go on.
+	QuotaBytes int64
+	// MinFreeBytes is the free space the data directory's disk must keep:
+	// below it writes are refused, so that Raft's own records (terms,
+	// votes, the entries that finish transactions) still fit.
+	MinFreeBytes int64
+	// MaxInflightRequests and MaxInflightBytes cap the requests (and the
+	// bytes of their bodies) a node serves at once; past them a request
+	// is refused at once with 429 overloaded. Watches do not count.
+	MaxInflightRequests int
+	MaxInflightBytes    int64
 	// Replication is the template for every hosted group (timing,
 	// snapshots, batching); identity fields are filled in per group.
 	Replication replication.Config
@@ -56,6 +74,9 @@ type Config struct {
 	RequestTimeout time.Duration
 	// ShutdownTimeout bounds the drain of in-flight requests on Close.
 	ShutdownTimeout time.Duration
+	// ReadHeaderTimeout bounds how long a client may take to send a
+	// request's headers.
+	ReadHeaderTimeout time.Duration
 	// TxnTimeout is how long a cross-group transaction may stay pending
 	// before anyone may abort it.
 	TxnTimeout time.Duration
@@ -90,9 +111,13 @@ func DefaultConfig() Config {
 		HTTPAddr:              "127.0.0.1:7070",
 		RaftAddr:              "127.0.0.1:7071",
 		Limits:                kvd.DefaultLimits(),
+		MinFreeBytes:          64 << 20,
+		MaxInflightRequests:   4096,
+		MaxInflightBytes:      256 << 20,
 		Replication:           replication.DefaultConfig(),
 		RequestTimeout:        10 * time.Second,
 		ShutdownTimeout:       10 * time.Second,
+		ReadHeaderTimeout:     10 * time.Second,
 		LeaderBalanceInterval: 3 * time.Second,
 		TxnTimeout:            10 * time.Second,
 		TTLInterval:           100 * time.Millisecond,
@@ -116,6 +141,10 @@ func (c *Config) validate() error {
 		return errors.New("an embedded store runs a single node")
 	case c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0 || c.TTLInterval <= 0 || c.IdempotencyRetention <= 0:
 		return errors.New("timeouts and intervals must be positive")
+	case c.TxnTimeout > store.MaxTxnLifetime:
+		return fmt.Errorf("the transaction timeout %v is over the most a lock may live, %v", c.TxnTimeout, store.MaxTxnLifetime)
+	case c.QuotaBytes < 0 || c.MinFreeBytes < 0 || c.MaxInflightRequests < 0 || c.MaxInflightBytes < 0:
+		return errors.New("quotas and caps must not be negative")
 	}
 	if c.TxnTimeout > 0 && c.IdempotencyRetention < 2*c.TxnTimeout {
 		// A claim must outlive the transaction it names, or a repeat

@@ -2,11 +2,72 @@ package server
 
 import (
 	"strconv"
+	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/replication"
 )
 
-// raftCollector reports each hosted group's Raft state when scraped.
+// nodeMetrics are the node's own metrics beyond HTTP's (httpapi) and the
+// per-replica gauges read at scrape time (raftCollector).
+type nodeMetrics struct {
+	apply  *prometheus.HistogramVec
+	append *prometheus.HistogramVec
+
+	// Counted by the node's own work.
+	expired       atomic.Uint64 // keys deleted by their TTL
+	watchesOpen   atomic.Int64
+	txnRecoveries atomic.Uint64 // transactions finished by a reader or a janitor
+	txnOutcomes   *prometheus.CounterVec
+}
+
+func newNodeMetrics() *nodeMetrics {
+	return &nodeMetrics{
+		apply: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "kvd_state_apply_seconds",
+			Help:    "Time to apply one batch of committed entries to a replica's state (one bbolt transaction).",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+		}, []string{"group"}),
+		append: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "kvd_raft_log_append_seconds",
+			Help:    "Time to append entries to a replica's Raft log, fsync included.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+		}, []string{"group"}),
+		txnOutcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvd_txn_total",
+			Help: "Transactions this node coordinated, by outcome (committed, conflict, compare_failed, not_a_number, unknown, failed).",
+		}, []string{"outcome"}),
+	}
+}
+
+// observer feeds a replica's applies and appends into the histograms.
+func (m *nodeMetrics) observer(g kvd.GroupID) replication.Observer {
+	label := strconv.FormatUint(uint64(g), 10)
+	apply, appendH := m.apply.WithLabelValues(label), m.append.WithLabelValues(label)
+	return replication.Observer{
+		Apply:  func(d time.Duration, _ int) { apply.Observe(d.Seconds()) },
+		Append: func(d time.Duration) { appendH.Observe(d.Seconds()) },
+	}
+}
+
+func (m *nodeMetrics) register(reg prometheus.Registerer) {
+	reg.MustRegister(m.apply, m.append, m.txnOutcomes)
+	counter := func(name, help string, v *atomic.Uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
+	}
+	reg.MustRegister(
+		counter("kvd_ttl_expired_total", "Keys this node deleted as their leader because their time to live ran out.", &m.expired),
+		counter("kvd_txn_recoveries_total", "Transactions left by their coordinator that this node finished (readers and janitors).", &m.txnRecoveries),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kvd_watches_open", Help: "Watches this node is serving."},
+			func() float64 { return float64(m.watchesOpen.Load()) }),
+	)
+}
+
+// raftCollector reports each hosted group's Raft state, health and sizes
+// when scraped, and the node's disk.
 type raftCollector struct{ s *Server }
 
 var (
@@ -17,33 +78,90 @@ var (
 	descApplied = prometheus.NewDesc("kvd_raft_applied_index", "Index of the last entry a group's replica has applied to its state.", []string{"group"}, nil)
 	descLast    = prometheus.NewDesc("kvd_raft_last_index", "Index of the last entry in a group replica's log.", []string{"group"}, nil)
 	descLeader  = prometheus.NewDesc("kvd_raft_has_leader", "1 if the group's replica knows a leader.", []string{"group"}, nil)
+	descHealth  = prometheus.NewDesc("kvd_replica_health", "Health of a group's replica (1 for the current state: ok, catching_up, repairing, stalled).",
+		[]string{"group", "state"}, nil)
+	descStateBytes = prometheus.NewDesc("kvd_state_bytes", "Size of a group replica's state file (bbolt).", []string{"group"}, nil)
+	descCacheBytes = prometheus.NewDesc("kvd_raft_log_cache_bytes", "Bytes of recent log entries a replica caches.", []string{"group"}, nil)
+	descQueued     = prometheus.NewDesc("kvd_proposal_queue_bytes", "Bytes of commands waiting to be proposed in a group.", []string{"group"}, nil)
+	descInflight   = prometheus.NewDesc("kvd_proposal_inflight_bytes", "Bytes of entries proposed in a group and not yet applied.", []string{"group"}, nil)
+	descShed       = prometheus.NewDesc("kvd_proposals_shed_total", "Proposals refused because a group's queue was full.", []string{"group"}, nil)
+	descSnapshots  = prometheus.NewDesc("kvd_snapshots_total", "Snapshots of a group's state: taken here, or installed from the leader.", []string{"group", "kind"}, nil)
+	descDamaged    = prometheus.NewDesc("kvd_corruption_detected_total", "Damaged data found in a replica (log entries or stored values failing their checksum).", []string{"group"}, nil)
+	descRepairs    = prometheus.NewDesc("kvd_repairs_total", "Repairs of damaged data, by result.", []string{"group", "result"}, nil)
+	descChecks     = prometheus.NewDesc("kvd_integrity_checks_total", "Integrity checks (scrubs, and hash comparisons on the leader), by result.", []string{"group", "result"}, nil)
+	descAlarm      = prometheus.NewDesc("kvd_integrity_alarm", "1 while the last integrity check of a group's replica failed.", []string{"group"}, nil)
+	descStalls     = prometheus.NewDesc("kvd_apply_stalls_total", "Times a replica's applies waited for its disk (ENOSPC, EIO).", []string{"group"}, nil)
+	descMissing    = prometheus.NewDesc("kvd_replica_missing", "1 for a group the map places on this node that it does not start (its data was lost).", []string{"group"}, nil)
+	descDiskUsed   = prometheus.NewDesc("kvd_disk_used_bytes", "Size of the node's data directory.", nil, nil)
+	descDiskFree   = prometheus.NewDesc("kvd_disk_free_bytes", "Free space on the data directory's disk.", nil, nil)
+	descWritable   = prometheus.NewDesc("kvd_storage_writable", "0 while the node refuses writes for lack of disk space or quota.", nil, nil)
+	descRaftRefuse = prometheus.NewDesc("kvd_raft_connections_refused_total", "Raft connections refused at the handshake (another cluster, or no secret).", nil, nil)
 )
 
+var raftDescs = []*prometheus.Desc{descState, descTerm, descCommit, descApplied, descLast, descLeader, descHealth, descStateBytes,
+	descCacheBytes, descQueued, descInflight, descShed, descSnapshots, descDamaged, descRepairs, descChecks, descAlarm, descStalls,
+	descMissing, descDiskUsed, descDiskFree, descWritable, descRaftRefuse}
+
 func (c *raftCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descState, descTerm, descCommit, descApplied, descLast, descLeader} {
+	for _, d := range raftDescs {
 		ch <- d
 	}
 }
 
 func (c *raftCollector) Collect(ch chan<- prometheus.Metric) {
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	one := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
 	for gid, g := range c.s.hosted() {
 		st := g.Status()
 		label := strconv.FormatUint(uint64(gid), 10)
 		for _, role := range []string{"leader", "follower", "candidate", "shutdown"} {
-			v := 0.0
-			if st.Role == role {
-				v = 1
-			}
-			ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, v, label, role)
+			gauge(descState, one(st.Role == role), label, role)
 		}
-		ch <- prometheus.MustNewConstMetric(descTerm, prometheus.GaugeValue, float64(st.Term), label)
-		ch <- prometheus.MustNewConstMetric(descCommit, prometheus.GaugeValue, float64(st.CommitIndex), label)
-		ch <- prometheus.MustNewConstMetric(descApplied, prometheus.GaugeValue, float64(st.AppliedIndex), label)
-		ch <- prometheus.MustNewConstMetric(descLast, prometheus.GaugeValue, float64(st.LastIndex), label)
-		leader := 0.0
-		if st.Leader != "" {
-			leader = 1
+		gauge(descTerm, float64(st.Term), label)
+		gauge(descCommit, float64(st.CommitIndex), label)
+		gauge(descApplied, float64(st.AppliedIndex), label)
+		gauge(descLast, float64(st.LastIndex), label)
+		gauge(descLeader, one(st.Leader != ""), label)
+		h := g.Health()
+		for _, state := range []string{"ok", "catching_up", "repairing", "stalled"} {
+			gauge(descHealth, one(h.State == state), label, state)
 		}
-		ch <- prometheus.MustNewConstMetric(descLeader, prometheus.GaugeValue, leader, label)
+		gauge(descAlarm, one(h.Integrity != nil && !h.Integrity.OK), label)
+		gs := g.Stats()
+		gauge(descStateBytes, float64(gs.StateBytes), label)
+		gauge(descCacheBytes, float64(gs.LogCacheBytes), label)
+		gauge(descQueued, float64(gs.QueuedBytes), label)
+		gauge(descInflight, float64(gs.InflightBytes), label)
+		counter(descShed, gs.Shed, label)
+		counter(descSnapshots, gs.SnapshotsTaken, label, "taken")
+		counter(descSnapshots, gs.SnapshotsInstalled, label, "installed")
+		counter(descDamaged, gs.Damaged, label)
+		counter(descRepairs, gs.Repairs, label, "ok")
+		counter(descRepairs, gs.RepairFailures, label, "failed")
+		counter(descChecks, gs.ChecksOK, label, "ok")
+		counter(descChecks, gs.ChecksFailed, label, "failed")
+		counter(descStalls, gs.ApplyStalls, label)
+	}
+	for gid := range c.s.missing {
+		gauge(descMissing, 1, strconv.FormatUint(uint64(gid), 10))
+	}
+	if c.s.disk != nil {
+		d := c.s.disk.status()
+		gauge(descDiskUsed, float64(d.UsedBytes))
+		gauge(descDiskFree, float64(d.FreeBytes))
+		gauge(descWritable, one(d.Writable))
+	}
+	if c.s.mux != nil {
+		counter(descRaftRefuse, c.s.mux.Refused())
 	}
 }

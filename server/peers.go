@@ -83,21 +83,56 @@ func (s *Server) leaderOf(ctx context.Context, gid kvd.GroupID) string {
 	return best.leader
 }
 
+// peerRequest builds a node-to-node request to node: it names this node
+// as the sender and carries the cluster's credential.
+func (s *Server) peerRequest(ctx context.Context, method, node, pathAndQuery string, body io.Reader) (*http.Request, error) {
+	addr, ok := s.PeerHTTP(node)
+	if !ok {
+		return nil, fmt.Errorf("no address for node %q: %w", node, kvd.ErrUnavailable)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+pathAndQuery, body)
+	if err != nil {
+		return nil, fmt.Errorf("%v: %w", err, kvd.ErrInvalid)
+	}
+	req.Header.Set(api.HeaderForwarded, s.id)
+	req.Header.Set(api.HeaderPeerAuth, s.keys.http)
+	return req, nil
+}
+
+// peerError turns a node-to-node answer other than 200 into an error
+// carrying the matching sentinel.
+func peerError(node string, resp *http.Response, body []byte) error {
+	var e api.Error
+	_ = json.Unmarshal(body, &e)
+	switch resp.StatusCode {
+	case http.StatusServiceUnavailable:
+		return &kvd.NotLeaderError{Group: kvd.GroupID(e.Error.Group), Leader: e.Error.Leader}
+	case http.StatusMisdirectedRequest:
+		return fmt.Errorf("ask %s: %s: %w", node, e.Error.Message, kvd.ErrWrongGroup)
+	case http.StatusBadRequest:
+		return fmt.Errorf("ask %s: %s: %w", node, e.Error.Message, kvd.ErrInvalid)
+	case http.StatusNotFound:
+		return fmt.Errorf("ask %s: %s: %w", node, e.Error.Message, kvd.ErrNotFound)
+	case http.StatusForbidden:
+		return fmt.Errorf("ask %s: %s (does it hold this cluster's peer secret?): %w", node, e.Error.Message, kvd.ErrUnavailable)
+	case http.StatusTooManyRequests:
+		return fmt.Errorf("ask %s: %s: %w", node, e.Error.Message, kvd.ErrOverloaded)
+	case http.StatusInsufficientStorage:
+		return fmt.Errorf("ask %s: %s: %w", node, e.Error.Message, kvd.ErrInsufficientStorage)
+	}
+	return fmt.Errorf("ask %s: %s %s: %w", node, resp.Status, e.Error.Message, kvd.ErrUnavailable)
+}
+
 // peerGet performs a node-to-node GET and decodes a 200 answer into out.
 // Errors carry the kvd sentinel matching the answer.
 func (s *Server) peerGet(ctx context.Context, node, pathAndQuery string, hdr http.Header, out any) error {
-	addr, ok := s.PeerHTTP(node)
-	if !ok {
-		return fmt.Errorf("no address for node %q: %w", node, kvd.ErrUnavailable)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+pathAndQuery, nil)
+	req, err := s.peerRequest(ctx, http.MethodGet, node, pathAndQuery, nil)
 	if err != nil {
-		return fmt.Errorf("%v: %w", err, kvd.ErrInvalid)
+		return err
 	}
 	for k, vs := range hdr {
 		req.Header[k] = vs
 	}
-	req.Header.Set(api.HeaderForwarded, s.id)
 	resp, err := s.peerHTTP.Do(req)
 	if err != nil {
 		return fmt.Errorf("ask %s: %v: %w", node, err, kvd.ErrUnavailable)
@@ -108,17 +143,7 @@ func (s *Server) peerGet(ctx context.Context, node, pathAndQuery string, hdr htt
 		return fmt.Errorf("ask %s: %v: %w", node, err, kvd.ErrUnavailable)
 	}
 	if resp.StatusCode != http.StatusOK {
-		var e api.Error
-		_ = json.Unmarshal(body, &e)
-		switch resp.StatusCode {
-		case http.StatusServiceUnavailable:
-			return &kvd.NotLeaderError{Group: kvd.GroupID(e.Error.Group), Leader: e.Error.Leader}
-		case http.StatusMisdirectedRequest:
-			return fmt.Errorf("ask %s: %s: %w", node, e.Error.Message, kvd.ErrWrongGroup)
-		case http.StatusBadRequest:
-			return fmt.Errorf("ask %s: %s: %w", node, e.Error.Message, kvd.ErrInvalid)
-		}
-		return fmt.Errorf("ask %s: %s %s: %w", node, resp.Status, e.Error.Message, kvd.ErrUnavailable)
+		return peerError(node, resp, body)
 	}
 	if err := json.Unmarshal(body, out); err != nil {
 		return fmt.Errorf("ask %s: decode: %v: %w", node, err, kvd.ErrUnavailable)
@@ -130,16 +155,6 @@ func (s *Server) peerStatus(ctx context.Context, node string) (api.Status, error
 	var st api.Status
 	err := s.peerGet(ctx, node, "/v1/status", nil, &st)
 	return st, err
-}
-
-// remoteReadIndex asks node leader for a read index of group g; it serves
-// follower reads.
-func (s *Server) remoteReadIndex(ctx context.Context, leader string, g kvd.GroupID) (uint64, error) {
-	var ri api.ReadIndexResponse
-	if err := s.peerGet(ctx, leader, "/v1/internal/readindex?group="+strconv.FormatUint(uint64(g), 10), nil, &ri); err != nil {
-		return 0, fmt.Errorf("read index: %w", err)
-	}
-	return ri.Index, nil
 }
 
 // remoteScan reads one group's page from node, as a routed request.

@@ -7,6 +7,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -56,6 +57,13 @@ type Server struct {
 	book    atomic.Pointer[addressBook]
 	leaders leaderCache
 	coord   *txn.Coordinator
+	// keys are the credentials derived from the cluster's peer secret.
+	keys peerKeys
+	// missing holds the groups the map places here that this node
+	// refuses to start (their data was lost), with the reason.
+	missing map[kvd.GroupID]string
+	disk    *diskGuard
+	metrics *nodeMetrics
 
 	serveErr chan error
 
@@ -148,6 +156,11 @@ func New(cfg Config) (_ *Server, err error) {
 	if cfg.Embedded && (len(s.seed.Nodes) != 1 || len(s.seed.Groups) != 1) {
 		return nil, fmt.Errorf("data dir %s holds a node of a cluster; an embedded store runs a single node", cfg.DataDir)
 	}
+	secret, err := s.loadPeerSecret(len(s.seed.Nodes) == 1)
+	if err != nil {
+		return nil, err
+	}
+	s.keys = keysOf(secret)
 	if raftLn != nil {
 		// Peers dial what the map says, so that is what this node
 		// advertises unless told otherwise.
@@ -157,14 +170,16 @@ func New(cfg Config) (_ *Server, err error) {
 		if cluster == "" {
 			cluster = kvd.ClusterID(nf.Map, "")
 		}
-		if s.mux, err = replication.NewMux(raftLn, raftAdv, cluster, s.log); err != nil {
+		if s.mux, err = replication.NewMux(raftLn, raftAdv, cluster, s.keys.raft, s.log); err != nil {
 			return nil, err
 		}
 	}
 	s.peerHTTP = httpapi.NewForwardClient()
+	s.metrics = newNodeMetrics()
 	if err := s.openGroups(first); err != nil {
 		return nil, err
 	}
+	s.disk = newDiskGuard(cfg.DataDir, cfg.QuotaBytes, cfg.MinFreeBytes, s.log)
 
 	tc := txn.DefaultConfig()
 	tc.Timeout, tc.Limits, tc.Logger = cfg.TxnTimeout, cfg.Limits, s.log
@@ -174,13 +189,17 @@ func New(cfg Config) (_ *Server, err error) {
 	s.registry = prometheus.NewRegistry()
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.registry.MustRegister(&raftCollector{s: s})
+	s.metrics.register(s.registry)
 	shutdown := make(chan struct{})
 	if s.handler, err = httpapi.New(backend{s}, httpapi.Options{
-		Limits:         cfg.Limits,
-		RequestTimeout: cfg.RequestTimeout,
-		Registry:       s.registry,
-		Logger:         s.log,
-		Shutdown:       shutdown,
+		Limits:              cfg.Limits,
+		RequestTimeout:      cfg.RequestTimeout,
+		Registry:            s.registry,
+		Logger:              s.log,
+		Shutdown:            shutdown,
+		PeerCredential:      s.keys.http,
+		MaxInflightRequests: cfg.MaxInflightRequests,
+		MaxInflightBytes:    cfg.MaxInflightBytes,
 	}); err != nil {
 		return nil, err
 	}
@@ -191,7 +210,7 @@ func New(cfg Config) (_ *Server, err error) {
 	if s.httpLn != nil {
 		s.httpSrv = &http.Server{
 			Handler:           root,
-			ReadHeaderTimeout: 10 * time.Second,
+			ReadHeaderTimeout: cmp.Or(cfg.ReadHeaderTimeout, 10*time.Second),
 			ReadTimeout:       60 * time.Second,
 			WriteTimeout:      60 * time.Second,
 			IdleTimeout:       120 * time.Second,
@@ -205,10 +224,14 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	bgCtx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
-	s.bg.Add(2)
+	s.bg.Add(3)
 	go func() {
 		defer s.bg.Done()
 		s.runJanitors(bgCtx, time.Second)
+	}()
+	go func() {
+		defer s.bg.Done()
+		s.disk.run(bgCtx, time.Second)
 	}()
 	go func() {
 		defer s.bg.Done()
@@ -223,7 +246,7 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	if s.httpSrv != nil {
 		go func() {
-			err := s.httpSrv.Serve(s.httpLn)
+			err := s.httpSrv.Serve(httpapi.JSONErrors(s.httpLn))
 			if errors.Is(err, http.ErrServerClosed) {
 				err = nil
 			}
@@ -235,7 +258,9 @@ func New(cfg Config) (_ *Server, err error) {
 }
 
 func (s *Server) openGroups(first bool) error {
-	for _, gid := range s.seed.GroupsOf(s.id) {
+	s.missing = map[kvd.GroupID]string{}
+	placed := s.seed.GroupsOf(s.id)
+	for _, gid := range placed {
 		grp, _ := s.seed.Group(gid)
 		rc := s.cfg.Replication
 		rc.Group = gid
@@ -248,9 +273,11 @@ func (s *Server) openGroups(first bool) error {
 			rc.Peers = append(rc.Peers, replication.Peer{ID: mem, Addr: n.Raft})
 		}
 		rc.AddressProvider = s
-		rc.LeaderReadIndex = s.remoteReadIndex
+		rc.Remote = remote{s}
+		rc.RequireState = !first
 		rc.SeedMap = s.seed
 		rc.Logger = s.log
+		rc.Observer = s.metrics.observer(gid)
 		if s.mux != nil {
 			layer, err := s.mux.Layer(gid)
 			if err != nil {
@@ -263,6 +290,18 @@ func (s *Server) openGroups(first bool) error {
 			rc.Peers[0].Addr = string(addr)
 		}
 		g, err := replication.Open(rc)
+		if errors.Is(err, replication.ErrNoState) {
+			// Its directory was lost. Starting it empty would forget the
+			// term it voted in and the entries it acknowledged: it must
+			// come back as a new replica instead.
+			s.missing[gid] = err.Error()
+			s.log.Error("not starting a group whose Raft state was lost; it must be re-added as a new replica (remove this node from the group and add it again)",
+				"group", gid, "err", err)
+			if s.mux != nil {
+				rc.Layer.Close()
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -270,7 +309,7 @@ func (s *Server) openGroups(first bool) error {
 		next[gid] = g
 		s.groups.Store(&next)
 	}
-	if len(s.hosted()) == 0 {
+	if len(placed) == 0 {
 		return fmt.Errorf("the cluster map places no group on node %q", s.id)
 	}
 	return nil

@@ -44,7 +44,7 @@ func (gs groups) Propose(ctx context.Context, g kvd.GroupID, cmd store.Cmd) (sto
 	return atLeader(ctx, gs.s, g, retry,
 		func(local *replication.Group) (store.Result, error) {
 			fillWriteKeys(local.Store(), &cmd)
-			return local.Propose(ctx, cmd)
+			return gs.s.propose(ctx, local, cmd)
 		},
 		func(target string) (store.Result, error) { return gs.s.remotePropose(ctx, target, g, cmd) })
 }
@@ -138,16 +138,11 @@ func decodeResult(b []byte) (store.Result, error) {
 
 // remotePropose proposes cmd at node's replica of group g.
 func (s *Server) remotePropose(ctx context.Context, node string, g kvd.GroupID, cmd store.Cmd) (store.Result, error) {
-	addr, ok := s.PeerHTTP(node)
-	if !ok {
-		return store.Result{}, fmt.Errorf("no address for node %q: %w", node, kvd.ErrUnavailable)
-	}
 	b := store.Batch{Cmds: []store.Cmd{cmd}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/internal/propose?group="+strconv.FormatUint(uint64(g), 10), bytes.NewReader(b.AppendEncode(nil)))
+	req, err := s.peerRequest(ctx, http.MethodPost, node, "/v1/internal/propose?group="+strconv.FormatUint(uint64(g), 10), bytes.NewReader(b.AppendEncode(nil)))
 	if err != nil {
 		return store.Result{}, fmt.Errorf("%v: %w", err, kvd.ErrUnavailable)
 	}
-	req.Header.Set(api.HeaderForwarded, s.id)
 	resp, err := s.peerHTTP.Do(req)
 	if err != nil {
 		if isDial(err) {
@@ -163,10 +158,14 @@ func (s *Server) remotePropose(ctx context.Context, node string, g kvd.GroupID, 
 	if resp.StatusCode != http.StatusOK {
 		var e api.Error
 		_ = json.Unmarshal(body, &e)
-		switch {
-		case resp.StatusCode == http.StatusServiceUnavailable:
+		switch resp.StatusCode {
+		case http.StatusServiceUnavailable:
 			return store.Result{}, &kvd.NotLeaderError{Group: g, Leader: e.Error.Leader}
-		case resp.StatusCode < 500:
+		case http.StatusTooManyRequests, http.StatusInsufficientStorage, http.StatusForbidden, http.StatusMisdirectedRequest:
+			// Refused before anything was proposed.
+			return store.Result{}, peerError(node, resp, body)
+		}
+		if resp.StatusCode < 500 {
 			return store.Result{}, fmt.Errorf("propose at %s: %s: %w", node, e.Error.Message, kvd.ErrInvalid)
 		}
 		return store.Result{}, fmt.Errorf("propose at %s: %s %s: %w", node, resp.Status, e.Error.Message, kvd.ErrUnknownOutcome)
@@ -179,7 +178,9 @@ func (s *Server) remotePropose(ctx context.Context, node string, g kvd.GroupID, 
 }
 
 // ProposeRaw serves the internal propose endpoint: a single encoded
-// transaction command for group g, which this node must lead.
+// transaction command for group g, which this node must lead. The command
+// is checked as the state machine will check it (keys owned by g at this
+// node's epoch, sizes, deadlines), so what is proposed applies as it reads.
 func (b backend) ProposeRaw(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error) {
 	grp, ok := b.s.hosted()[g]
 	if !ok {
@@ -194,12 +195,35 @@ func (b backend) ProposeRaw(ctx context.Context, g kvd.GroupID, body []byte) ([]
 	if err := validateInternal(&cmd); err != nil {
 		return nil, err
 	}
+	m := b.s.Map()
+	owns := func(key string) bool {
+		owner, ok := m.GroupOf(kvd.Slot(key))
+		return ok && owner == g
+	}
+	if err := store.CheckCmd(&cmd, time.Now().UnixNano(), owns); err != nil {
+		return nil, fmt.Errorf("propose in group %d at epoch %d: %w", g, m.Epoch, err)
+	}
 	fillWriteKeys(grp.Store(), &cmd)
-	res, err := grp.Propose(ctx, cmd)
+	res, err := b.s.propose(ctx, grp, cmd)
 	if err != nil {
 		return nil, err
 	}
 	return encodeResult(res)
+}
+
+// propose proposes cmd through this node's replica g. A client's write
+// (not the commands that finish what was started: decisions,
+// resolutions, expiries) is refused when the node is short of disk.
+func (s *Server) propose(ctx context.Context, g *replication.Group, cmd store.Cmd) (store.Result, error) {
+	switch cmd.Kind {
+	case store.CmdPut, store.CmdDelete, store.CmdTxnPrepare, store.CmdTxnOnePhase, store.CmdDedupClaim, store.CmdDedupRegister:
+		if g.IsLeader() {
+			if err := s.disk.admit(); err != nil {
+				return store.Result{}, fmt.Errorf("group %d: %w", g.ID(), err)
+			}
+		}
+	}
+	return g.Propose(ctx, cmd)
 }
 
 // fillWriteKeys names the keys a decision or resolution may write: those
@@ -233,15 +257,14 @@ func isDial(err error) bool {
 	return errors.As(err, &op) && op.Op == "dial"
 }
 
-// validateInternal admits only the transaction commands over the
-// internal endpoint, well formed, and restores their write keys for the
+// validateInternal admits only the transaction and idempotency commands
+// over the internal endpoint, and restores their write keys for the
 // proposer.
 func validateInternal(c *store.Cmd) error {
 	switch c.Kind {
-	case store.CmdTxnPrepare, store.CmdTxnResolve, store.CmdTxnRecover, store.CmdTxnForget, store.CmdDedupClaim, store.CmdDedupDone, store.CmdDedupRegister:
-		return json.Unmarshal(c.Data, new(map[string]any))
-	case store.CmdTxnDecide:
-		return json.Unmarshal(c.Data, new(map[string]any))
+	case store.CmdTxnPrepare, store.CmdTxnResolve, store.CmdTxnRecover, store.CmdTxnForget, store.CmdDedupClaim, store.CmdDedupDone,
+		store.CmdDedupRegister, store.CmdTxnDecide:
+		return nil
 	case store.CmdTxnOnePhase:
 		var t store.TxnOnePhase
 		if err := json.Unmarshal(c.Data, &t); err != nil {
@@ -254,7 +277,7 @@ func validateInternal(c *store.Cmd) error {
 		}
 		return nil
 	}
-	return fmt.Errorf("%w: command kind %d is not proposed remotely", kvd.ErrInvalid, c.Kind)
+	return fmt.Errorf("%w: command kind %s is not proposed remotely", kvd.ErrInvalid, c.Kind)
 }
 
 // Txn runs a transaction through the node's coordinator.
@@ -264,7 +287,27 @@ func (b backend) Txn(ctx context.Context, req api.TxnRequest, idem *kvd.Idem) (a
 		return api.TxnResponse{}, err
 	}
 	resp, err := b.s.coord.Do(ctx, t, idem)
+	b.s.countTxn(err)
 	return wire.FromTxnResponse(resp), err
+}
+
+// countTxn counts a coordinated transaction's outcome.
+func (s *Server) countTxn(err error) {
+	outcome := "committed"
+	switch {
+	case err == nil:
+	case errors.Is(err, kvd.ErrCompareFailed):
+		outcome = "compare_failed"
+	case errors.Is(err, kvd.ErrNotANumber):
+		outcome = "not_a_number"
+	case errors.Is(err, kvd.ErrConflict):
+		outcome = "conflict"
+	case errors.Is(err, kvd.ErrUnknownOutcome):
+		outcome = "unknown"
+	default:
+		outcome = "failed"
+	}
+	s.metrics.txnOutcomes.WithLabelValues(outcome).Inc()
 }
 
 // runJanitors sweeps, every interval, the transactions left behind in
@@ -286,6 +329,7 @@ func (s *Server) runJanitors(ctx context.Context, every time.Duration) {
 			j := janitors[gid]
 			if j == nil {
 				j = txn.NewJanitor(groups{s}, g.Store(), gid, s.log)
+				j.OnFinished = func() { s.metrics.txnRecoveries.Add(1) }
 				janitors[gid] = j
 			}
 			sctx, cancel := context.WithTimeout(ctx, 10*every)
@@ -315,16 +359,11 @@ func readLocal(ctx context.Context, g *replication.Group, keys []string) ([]stor
 
 // remoteRead reads keys of group g at node, which should lead g.
 func (s *Server) remoteRead(ctx context.Context, node string, g kvd.GroupID, keys []string) ([]store.KeyState, error) {
-	addr, ok := s.PeerHTTP(node)
-	if !ok {
-		return nil, fmt.Errorf("no address for node %q: %w", node, kvd.ErrUnavailable)
-	}
 	body, _ := json.Marshal(keys)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/internal/read?group="+strconv.FormatUint(uint64(g), 10), bytes.NewReader(body))
+	req, err := s.peerRequest(ctx, http.MethodPost, node, "/v1/internal/read?group="+strconv.FormatUint(uint64(g), 10), bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("%v: %w", err, kvd.ErrUnavailable)
 	}
-	req.Header.Set(api.HeaderForwarded, s.id)
 	resp, err := s.peerHTTP.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("read at %s: %v: %w", node, err, kvd.ErrUnavailable)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 
 	"github.com/kvd-project/kvd"
 )
@@ -42,11 +43,27 @@ const (
 	// to, which request uses the key, so a reuse for a key of any other
 	// group is caught (see dedup.go).
 	CmdDedupRegister CmdKind = 15
+	// CmdHashCheck records the state hash at its index, for the replicas
+	// of a group to compare (see integrity.go).
+	CmdHashCheck CmdKind = 16
 )
 
-// isTxn reports whether k is a command whose payload is JSON in Data.
-func (k CmdKind) isTxn() bool {
+// hasDocument reports whether k is a command whose payload is a JSON
+// document in Data (transaction and idempotency commands).
+func (k CmdKind) hasDocument() bool {
 	return (k >= CmdTxnPrepare && k <= CmdTxnForget) || (k >= CmdDedupGC && k <= CmdDedupRegister)
+}
+
+// String names the kind in errors and logs.
+func (k CmdKind) String() string {
+	names := [...]string{CmdNoop: "noop", CmdPut: "put", CmdDelete: "delete", CmdSetMap: "set-map", CmdTxnPrepare: "txn-prepare",
+		CmdTxnDecide: "txn-decide", CmdTxnResolve: "txn-resolve", CmdTxnRecover: "txn-recover", CmdTxnOnePhase: "txn-one-phase",
+		CmdTxnForget: "txn-forget", CmdExpire: "expire", CmdDedupGC: "dedup-gc", CmdDedupClaim: "dedup-claim", CmdDedupDone: "dedup-done",
+		CmdDedupRegister: "dedup-register", CmdHashCheck: "hash-check"}
+	if int(k) < len(names) && names[k] != "" {
+		return names[k]
+	}
+	return fmt.Sprintf("kind-%d", uint8(k))
 }
 
 // Cmd is one replicated command. Which fields matter depends on Kind.
@@ -103,17 +120,31 @@ type Result struct {
 	Txn *TxnOutcome
 	// Dedup is the outcome of an idempotency claim.
 	Dedup *DedupState
+	// Hash is the state hash a CmdHashCheck recorded.
+	Hash uint64
 }
 
-// batchFormat is the first byte of every encoded batch.
-const batchFormat = 0x01
+// Batch formats: the first byte of every encoded batch. Format 2 follows
+// it with a CRC-32C of the rest, checked on decode, so a log entry damaged
+// on disk is found before it is applied; format 1 (written before) has
+// none.
+const (
+	batchFormatV1 = 0x01
+	batchFormat   = 0x02
+)
 
-// errCorrupt is returned when a log entry cannot be decoded.
-var errCorrupt = errors.New("corrupt command batch")
+// batchHeader is the size of format 2's format byte and checksum.
+const batchHeader = 5
+
+// ErrBadBatch means a log entry's payload is not a batch this version can
+// decode (damaged on disk, or written by a newer version). It matches
+// ErrCorrupt when the entry's checksum failed.
+var ErrBadBatch = errors.New("undecodable command batch")
 
 // AppendEncode appends the binary encoding of b to dst.
 func (b *Batch) AppendEncode(dst []byte) []byte {
-	dst = append(dst, batchFormat)
+	start := len(dst)
+	dst = append(dst, batchFormat, 0, 0, 0, 0)
 	dst = binary.AppendVarint(dst, b.Time)
 	dst = binary.AppendUvarint(dst, b.Origin)
 	dst = binary.AppendUvarint(dst, b.Seq)
@@ -138,12 +169,14 @@ func (b *Batch) AppendEncode(dst []byte) []byte {
 			dst = binary.AppendUvarint(dst, c.Cond.Version)
 		case CmdSetMap:
 			dst = appendBytes(dst, c.Data)
+		case CmdHashCheck:
 		default:
-			if c.Kind.isTxn() {
+			if c.Kind.hasDocument() {
 				dst = appendBytes(dst, c.Data)
 			}
 		}
 	}
+	binary.LittleEndian.PutUint32(dst[start+1:start+batchHeader], crc32.Checksum(dst[start+batchHeader:], castagnoli))
 	return dst
 }
 
@@ -188,16 +221,32 @@ func appendCond(dst []byte, c kvd.Cond) []byte {
 }
 
 // DecodeBatch decodes a batch encoded by AppendEncode. Values and payloads
-// alias data.
+// alias data. An error wraps ErrBadBatch, and ErrCorrupt too when the
+// entry's checksum does not match its contents.
 func DecodeBatch(data []byte) (*Batch, error) {
-	d := decoder{buf: data}
-	if d.byte() != batchFormat {
-		return nil, fmt.Errorf("%w: unknown format", errCorrupt)
+	if len(data) == 0 {
+		return nil, fmt.Errorf("%w: empty entry", ErrBadBatch)
 	}
+	switch data[0] {
+	case batchFormat:
+		if len(data) < batchHeader {
+			return nil, fmt.Errorf("%w: %w: truncated header", ErrBadBatch, ErrCorrupt)
+		}
+		want := binary.LittleEndian.Uint32(data[1:batchHeader])
+		if got := crc32.Checksum(data[batchHeader:], castagnoli); got != want {
+			return nil, fmt.Errorf("%w: %w: checksum %08x, stored %08x", ErrBadBatch, ErrCorrupt, got, want)
+		}
+		data = data[batchHeader:]
+	case batchFormatV1:
+		data = data[1:]
+	default:
+		return nil, fmt.Errorf("%w: unknown format %#x", ErrBadBatch, data[0])
+	}
+	d := decoder{buf: data}
 	b := &Batch{Time: d.varint(), Origin: d.uvarint(), Seq: d.uvarint()}
 	n := d.uvarint()
 	if d.err != nil || n > uint64(len(data)) {
-		return nil, fmt.Errorf("%w: bad header", errCorrupt)
+		return nil, fmt.Errorf("%w: bad header", ErrBadBatch)
 	}
 	b.Cmds = make([]Cmd, n)
 	for i := range b.Cmds {
@@ -220,14 +269,15 @@ func DecodeBatch(data []byte) (*Batch, error) {
 			c.Cond = kvd.Cond{Kind: kvd.CondVersionEq, Version: d.uvarint()}
 		case CmdSetMap:
 			c.Data = d.bytes()
+		case CmdHashCheck:
 		default:
-			if !c.Kind.isTxn() {
-				return nil, fmt.Errorf("%w: unknown command kind %d", errCorrupt, c.Kind)
+			if !c.Kind.hasDocument() {
+				return nil, fmt.Errorf("%w: unknown command kind %d", ErrBadBatch, c.Kind)
 			}
 			c.Data = d.bytes()
 		}
 		if d.err != nil {
-			return nil, fmt.Errorf("%w: command %d: %v", errCorrupt, i, d.err)
+			return nil, fmt.Errorf("%w: command %d: %v", ErrBadBatch, i, d.err)
 		}
 	}
 	return b, nil

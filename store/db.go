@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -22,9 +23,11 @@ var (
 	bucketKV   = []byte("kv")
 	bucketMeta = []byte("meta")
 
-	metaApplied = []byte("applied")
-	metaTerm    = []byte("applied_term")
-	metaMap     = []byte("map")
+	metaApplied   = []byte("applied")
+	metaTerm      = []byte("applied_term")
+	metaMap       = []byte("map")
+	metaStateHash = []byte("state_hash")
+	metaHashCheck = []byte("hash_check")
 )
 
 // recordFormat is the first byte of every stored value record.
@@ -49,6 +52,14 @@ type Options struct {
 	// group must use the same values.
 	HistoryMax      int
 	HistoryMaxBytes int
+	// Group is the group this state belongs to. When set, applying a
+	// command on a key whose slot the stored cluster map gives to another
+	// group fails (kvd.ErrWrongGroup) instead of writing it.
+	Group kvd.GroupID
+	// OnCorrupt, if set, is told when a read (not Apply, whose caller
+	// gets the error) finds damaged data, so the replica can stop serving
+	// and repair itself. It must not block.
+	OnCorrupt func(error)
 	// Logger receives the store's logs.
 	Logger *slog.Logger
 }
@@ -63,7 +74,7 @@ func DefaultOptions() Options {
 
 // DB is one replica's state. It is safe for concurrent use, except that
 // Apply and Restore must not run concurrently with each other (the
-// replication layer calls both from Raft's single FSM goroutine).
+// replication layer serialises them).
 type DB struct {
 	path string
 	opts Options
@@ -79,7 +90,9 @@ type DB struct {
 
 	applied     atomic.Uint64 // index of the last applied entry
 	appliedTerm atomic.Uint64 // term of the last applied entry
+	stateHash   atomic.Uint64 // the state hash at the applied index
 	clusterMap  atomic.Pointer[kvd.Map]
+	owners      atomic.Pointer[slotOwners]
 
 	// notifyMu protects notify, closed and replaced each time the
 	// applied index advances.
@@ -96,7 +109,10 @@ type Entry struct {
 	Batch *Batch
 }
 
-// Open opens (creating if needed) the state file at path.
+// Open opens (creating if needed) the state file at path. A file that
+// bbolt cannot open (its meta pages are damaged) is moved aside, to
+// path + ".corrupt-<time>", and an empty state takes its place, for the
+// replication layer to rebuild from the snapshot and the log.
 func Open(path string, opts Options) (*DB, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -118,7 +134,16 @@ func Open(path string, opts Options) (*DB, error) {
 	if err := db.checkDirty(); err != nil {
 		return nil, err
 	}
-	if err := db.openHandle(); err != nil {
+	err := db.openHandle()
+	if err != nil && isCorrupt(err) {
+		aside := fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405"))
+		db.log.Error("state file is damaged; moving it aside to rebuild the state from the snapshot and the log", "path", path, "moved_to", aside, "err", err)
+		if rerr := os.Rename(path, aside); rerr != nil {
+			return nil, fmt.Errorf("open store: move damaged state aside: %w (after %v)", rerr, err)
+		}
+		err = db.openHandle()
+	}
+	if err != nil {
 		return nil, err
 	}
 	return db, nil
@@ -144,34 +169,66 @@ type handle struct {
 	pins sync.WaitGroup
 }
 
-// openHandle opens the bbolt file and loads the applied index and map.
-// The caller holds handleMu or is the constructor.
+// allBuckets are created in every store.
+var allBuckets = [][]byte{bucketKV, bucketMeta, bucketLocks, bucketTxnKeys, bucketTxns, bucketHistory, bucketExpiry, bucketDedup, bucketDedupAt}
+
+// openBolt opens a bbolt file, turning the errors of a damaged file
+// (bbolt's own checks, or a panic while reading its pages) into ErrCorrupt.
+func openBolt(path string, o *bolt.Options) (bdb *bolt.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			bdb, err = nil, corruptf("open %s: %v", path, r)
+		}
+	}()
+	bdb, err = bolt.Open(path, 0o600, o)
+	if err != nil && (errors.Is(err, bolt.ErrInvalid) || errors.Is(err, bolt.ErrChecksum) || errors.Is(err, bolt.ErrVersionMismatch)) {
+		return nil, corruptf("open %s: %v", path, err)
+	}
+	return bdb, err
+}
+
+// openHandle opens the bbolt file and loads the applied index, the state
+// hash and the map. The caller holds handleMu or is the constructor.
 func (db *DB) openHandle() error {
-	bdb, err := bolt.Open(db.path, 0o600, db.boltOptions(false))
+	bdb, err := openBolt(db.path, db.boltOptions(false))
 	if err != nil {
 		return fmt.Errorf("open store %s: %w", db.path, err)
 	}
-	var applied, term uint64
+	var applied, term, hash uint64
 	var m *kvd.Map
-	err = bdb.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketKV, bucketLocks, bucketTxnKeys, bucketTxns, bucketHistory, bucketExpiry, bucketDedup, bucketDedupAt} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+	err = guard(func() error {
+		return bdb.Update(func(tx *bolt.Tx) error {
+			for _, b := range allBuckets {
+				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+					return err
+				}
+			}
+			bs := bucketsOf(tx)
+			var err error
+			if applied, err = metaU64(bs.meta, metaApplied); err != nil {
 				return err
 			}
-		}
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
-			return err
-		}
-		applied = u64(meta.Get(metaApplied))
-		term = u64(meta.Get(metaTerm))
-		if b := meta.Get(metaMap); b != nil {
-			m = new(kvd.Map)
-			if err := json.Unmarshal(b, m); err != nil {
-				return fmt.Errorf("decode stored cluster map: %w", err)
+			if term, err = metaU64(bs.meta, metaTerm); err != nil {
+				return err
 			}
-		}
-		return nil
+			if m, err = storedMap(bs.meta); err != nil {
+				return err
+			}
+			raw, err := bs.meta.get(metaStateHash)
+			if err != nil {
+				return err
+			}
+			if raw == nil {
+				// A state written before state hashes existed, or a new
+				// one: compute it once.
+				if hash, err = sumState(bs, false); err != nil {
+					return err
+				}
+				return putMeta(bs.meta, metaStateHash, be64(hash))
+			}
+			hash = u64(raw)
+			return nil
+		})
 	})
 	if err != nil {
 		bdb.Close()
@@ -180,9 +237,16 @@ func (db *DB) openHandle() error {
 	db.h = &handle{bdb: bdb}
 	db.applied.Store(applied)
 	db.appliedTerm.Store(term)
-	db.clusterMap.Store(m)
+	db.stateHash.Store(hash)
+	db.setMap(m)
 	db.wake()
 	return nil
+}
+
+// setMap publishes the stored cluster map and its slot table.
+func (db *DB) setMap(m *kvd.Map) {
+	db.clusterMap.Store(m)
+	db.owners.Store(ownersOf(m))
 }
 
 // Close closes the state file. Snapshots must be closed first.
@@ -263,12 +327,24 @@ func (db *DB) retire(h *handle) {
 // Path returns the state file's path.
 func (db *DB) Path() string { return db.path }
 
+// Size returns the size of the state file in bytes.
+func (db *DB) Size() int64 {
+	fi, err := os.Stat(db.path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
 // AppliedIndex returns the index of the last entry applied and committed to
 // disk.
 func (db *DB) AppliedIndex() uint64 { return db.applied.Load() }
 
 // AppliedTerm returns the term of the last applied entry.
 func (db *DB) AppliedTerm() uint64 { return db.appliedTerm.Load() }
+
+// StateHash returns the state hash at the applied index (see Verify).
+func (db *DB) StateHash() uint64 { return db.stateHash.Load() }
 
 // Map returns the stored cluster map, or nil if none has been applied.
 // The caller must not modify it.
@@ -289,22 +365,65 @@ func (db *DB) wake() {
 	db.notifyMu.Unlock()
 }
 
-// view runs fn in a read-only transaction.
+// guard runs fn, turning a panic (bbolt panics on some damaged pages)
+// into ErrCorrupt.
+func guard(fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = corruptf("reading the state file: %v", r)
+		}
+	}()
+	return fn()
+}
+
+// view runs fn in a read-only transaction. Damage it meets is reported
+// to Options.OnCorrupt.
 func (db *DB) view(fn func(tx *bolt.Tx) error) error {
 	db.handleMu.RLock()
 	defer db.handleMu.RUnlock()
 	if db.h == nil {
 		return kvd.ErrClosed
 	}
-	return db.h.bdb.View(fn)
+	err := guard(func() error { return db.h.bdb.View(fn) })
+	if err != nil && isCorrupt(err) && db.opts.OnCorrupt != nil {
+		db.opts.OnCorrupt(err)
+	}
+	return err
+}
+
+// buckets are the store's buckets in one transaction.
+type buckets struct {
+	kv, locks, txnKeys, txns, dedup, hist, meta bucket
+	expiry, dedupAt                             *bolt.Bucket
+}
+
+func bucketsOf(tx *bolt.Tx) buckets {
+	return buckets{
+		kv:      bucket{b: tx.Bucket(bucketKV), tag: tagKV, hashed: true},
+		locks:   bucket{b: tx.Bucket(bucketLocks), tag: tagLocks, hashed: true},
+		txnKeys: bucket{b: tx.Bucket(bucketTxnKeys), tag: tagTxnKeys, hashed: true},
+		txns:    bucket{b: tx.Bucket(bucketTxns), tag: tagTxns, hashed: true},
+		dedup:   bucket{b: tx.Bucket(bucketDedup), tag: tagDedup, hashed: true},
+		hist:    bucket{b: tx.Bucket(bucketHistory), tag: tagHistory},
+		meta:    bucket{b: tx.Bucket(bucketMeta), tag: tagMeta},
+		expiry:  tx.Bucket(bucketExpiry),
+		dedupAt: tx.Bucket(bucketDedupAt),
+	}
 }
 
 // Apply applies entries, in order, in one bbolt transaction, and records
 // the last one's index and term in it. Entries at or below the applied
 // index are skipped (their result is nil): this makes replay after a
 // restart idempotent. It returns one result slice per entry, one Result per
-// command. An error means the state could not be written; the caller must
-// stop, since skipping an entry would make this replica diverge.
+// command.
+//
+// A command that is not valid (a forged or damaged one that got into the
+// log) is not applied: its Result carries kvd.ErrInvalid or
+// kvd.ErrWrongGroup, alike on every replica. An error means nothing was
+// applied: ErrCorrupt when the state read back is damaged (the replica
+// must be repaired), kvd.ErrClosed, or the error of the disk (ENOSPC,
+// EIO); the caller must not skip the entries, since this replica would
+// diverge, and may try again.
 func (db *DB) Apply(entries []Entry) ([][]Result, error) {
 	results := make([][]Result, len(entries))
 	applied := db.applied.Load()
@@ -316,54 +435,60 @@ func (db *DB) Apply(entries []Entry) ([][]Result, error) {
 	if db.h == nil {
 		return nil, kvd.ErrClosed
 	}
-	err := db.h.bdb.Update(func(tx *bolt.Tx) error {
-		a := &applier{kv: tx.Bucket(bucketKV), meta: tx.Bucket(bucketMeta), locks: tx.Bucket(bucketLocks),
-			txnKeys: tx.Bucket(bucketTxnKeys), txns: tx.Bucket(bucketTxns), hist: tx.Bucket(bucketHistory),
-			expiry: tx.Bucket(bucketExpiry), dedup: tx.Bucket(bucketDedup), dedupAt: tx.Bucket(bucketDedupAt),
-			histMax: db.opts.HistoryMax, histMaxBytes: db.opts.HistoryMaxBytes}
-		// These buckets only grow at their end (keys are positions or
-		// times): full pages on split, not bbolt's default half-full ones.
-		a.hist.FillPercent, a.dedupAt.FillPercent = appendFill, appendFill
-		for i, e := range entries {
-			if e.Index <= last {
-				continue
-			}
-			last, lastTerm = e.Index, e.Term
-			if e.Batch == nil {
-				continue
-			}
-			a.index, a.now, a.seq = e.Index, e.Batch.Time, 0
-			res := make([]Result, len(e.Batch.Cmds))
-			for j := range e.Batch.Cmds {
-				r, m, err := a.apply(&e.Batch.Cmds[j])
-				if err != nil {
-					return fmt.Errorf("entry %d command %d: %w", e.Index, j, err)
+	var a *applier
+	err := guard(func() error {
+		return db.h.bdb.Update(func(tx *bolt.Tx) error {
+			a = &applier{buckets: bucketsOf(tx), histMax: db.opts.HistoryMax, histMaxBytes: db.opts.HistoryMaxBytes,
+				group: db.opts.Group, owners: db.owners.Load(), hash: db.stateHash.Load()}
+			// These buckets only grow at their end (keys are positions or
+			// times): full pages on split, not bbolt's default half-full ones.
+			a.hist.b.FillPercent, a.dedupAt.FillPercent = appendFill, appendFill
+			for i, e := range entries {
+				if e.Index <= last {
+					continue
 				}
-				if m != nil {
-					newMap = m
+				last, lastTerm = e.Index, e.Term
+				if e.Batch == nil {
+					continue
 				}
-				res[j] = r
+				a.index, a.now, a.seq = e.Index, e.Batch.Time, 0
+				res := make([]Result, len(e.Batch.Cmds))
+				for j := range e.Batch.Cmds {
+					r, m, err := a.apply(&e.Batch.Cmds[j])
+					if err != nil {
+						return fmt.Errorf("entry %d command %d: %w", e.Index, j, err)
+					}
+					if m != nil {
+						newMap = m
+						a.owners = ownersOf(m)
+					}
+					res[j] = r
+				}
+				results[i] = res
 			}
-			results[i] = res
-		}
-		if last == applied {
-			return nil
-		}
-		if err := a.flushHistory(); err != nil {
-			return err
-		}
-		if err := a.meta.Put(metaApplied, be64(last)); err != nil {
-			return err
-		}
-		return a.meta.Put(metaTerm, be64(lastTerm))
+			if last == applied {
+				return nil
+			}
+			if err := a.flushHistory(); err != nil {
+				return err
+			}
+			if err := putMeta(a.meta, metaApplied, be64(last)); err != nil {
+				return err
+			}
+			if err := putMeta(a.meta, metaStateHash, be64(a.hash)); err != nil {
+				return err
+			}
+			return putMeta(a.meta, metaTerm, be64(lastTerm))
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("apply entries: %w", err)
 	}
 	if last != applied {
 		if newMap != nil {
-			db.clusterMap.Store(newMap)
+			db.setMap(newMap)
 		}
+		db.stateHash.Store(a.hash)
 		db.appliedTerm.Store(lastTerm)
 		db.applied.Store(last)
 		db.wake()
@@ -376,7 +501,11 @@ func (a *applier) write(c *Cmd) (Result, error) {
 	if ls, err := a.locked(c.Key); err != nil || ls != nil {
 		return Result{Err: kvd.ErrConflict, Locks: ls}, err
 	}
-	cur := version(a.kv.Get([]byte(c.Key)))
+	rec, err := a.record(c.Key)
+	if err != nil {
+		return Result{}, err
+	}
+	cur := version(rec)
 	if !c.Cond.Holds(cur) {
 		return Result{Version: cur, Err: kvd.ErrPreconditionFailed}, nil
 	}
@@ -389,7 +518,17 @@ func (a *applier) write(c *Cmd) (Result, error) {
 	return Result{Version: a.index, Deleted: true}, a.delKey(c.Key)
 }
 
+// record returns key's stored record (nil if absent), checked.
+func (a *applier) record(key string) ([]byte, error) { return a.kv.get([]byte(key)) }
+
 func (a *applier) apply(c *Cmd) (Result, *kvd.Map, error) {
+	if c.Kind.hasDocument() {
+		r, err := a.applyDocument(c)
+		return r, nil, err
+	}
+	if err := a.checker().cmd(c, nil); err != nil {
+		return Result{Err: err}, nil, nil
+	}
 	index := a.index
 	switch c.Kind {
 	case CmdNoop:
@@ -404,7 +543,10 @@ func (a *applier) apply(c *Cmd) (Result, *kvd.Map, error) {
 		}
 		return r, nil, a.remember(c.Idem, r)
 	case CmdExpire:
-		rec := a.kv.Get([]byte(c.Key))
+		rec, err := a.record(c.Key)
+		if err != nil {
+			return Result{}, nil, err
+		}
 		if rec == nil || version(rec) != c.Cond.Version || recExpires(rec) == 0 || recExpires(rec) > a.now {
 			return Result{}, nil, nil // rewritten or gone since
 		}
@@ -412,6 +554,8 @@ func (a *applier) apply(c *Cmd) (Result, *kvd.Map, error) {
 			return Result{Err: kvd.ErrConflict}, nil, err // a transaction holds it: later
 		}
 		return Result{Version: index, Deleted: true}, nil, a.delKey(c.Key)
+	case CmdHashCheck:
+		return Result{Version: index, Hash: a.hash}, nil, putMeta(a.meta, metaHashCheck, append(be64(index), be64(a.hash)...))
 	case CmdSetMap:
 		m := new(kvd.Map)
 		if err := json.Unmarshal(c.Data, m); err != nil {
@@ -419,25 +563,22 @@ func (a *applier) apply(c *Cmd) (Result, *kvd.Map, error) {
 			// every replica rather than stopping them all.
 			return Result{Err: fmt.Errorf("%w: cluster map: %v", kvd.ErrInvalid, err)}, nil, nil
 		}
-		var old kvd.Map
-		if b := a.meta.Get(metaMap); b != nil {
-			if err := json.Unmarshal(b, &old); err != nil {
-				return Result{}, nil, fmt.Errorf("decode stored cluster map: %w", err)
-			}
-			if old.Epoch >= m.Epoch {
-				return Result{Version: old.Epoch}, nil, nil
-			}
+		if err := m.Validate(); err != nil {
+			return Result{Err: fmt.Errorf("%w: cluster map: %v", kvd.ErrInvalid, err)}, nil, nil
 		}
-		if err := a.meta.Put(metaMap, append([]byte(nil), c.Data...)); err != nil {
+		old, err := storedMap(a.meta)
+		if err != nil {
+			return Result{}, nil, err
+		}
+		if old != nil && old.Epoch >= m.Epoch {
+			return Result{Version: old.Epoch}, nil, nil
+		}
+		if err := putMeta(a.meta, metaMap, c.Data); err != nil {
 			return Result{}, nil, err
 		}
 		return Result{Version: m.Epoch}, m, nil
 	}
-	if c.Kind.isTxn() {
-		r, err := a.applyTxn(c)
-		return r, nil, err
-	}
-	return Result{}, nil, fmt.Errorf("unknown command kind %d", c.Kind)
+	return Result{Err: fmt.Errorf("%w: unknown command kind %d", kvd.ErrInvalid, c.Kind)}, nil, nil
 }
 
 // Get returns the item stored under key, or an error wrapping
@@ -445,7 +586,10 @@ func (a *applier) apply(c *Cmd) (Result, *kvd.Map, error) {
 func (db *DB) Get(key string) (kvd.Item, error) {
 	var it kvd.Item
 	err := db.view(func(tx *bolt.Tx) error {
-		rec := tx.Bucket(bucketKV).Get([]byte(key))
+		rec, err := bucketsOf(tx).kv.get([]byte(key))
+		if err != nil {
+			return err
+		}
 		if rec == nil {
 			return kvd.ErrNotFound
 		}
@@ -465,9 +609,9 @@ func (db *DB) Scan(o kvd.ScanOptions) ([]kvd.Item, string, error) {
 	next := ""
 	size := 0
 	err := db.view(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketKV).Cursor()
+		c := bucketsOf(tx).kv.cursor()
 		seek := max(o.Start, o.Prefix)
-		for k, v := c.Seek([]byte(seek)); k != nil; k, v = c.Next() {
+		for k, v := c.seek([]byte(seek)); k != nil; k, v = c.next() {
 			ks := string(k)
 			if o.End != "" && ks >= o.End {
 				break
@@ -483,7 +627,7 @@ func (db *DB) Scan(o kvd.ScanOptions) ([]kvd.Item, string, error) {
 			size += len(it.Key) + len(it.Value)
 			items = append(items, it)
 		}
-		return nil
+		return c.err
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("scan: %w", err)
@@ -545,6 +689,55 @@ func u64(b []byte) uint64 {
 		return 0
 	}
 	return binary.BigEndian.Uint64(b)
+}
+
+// metaU64 reads a counter of the meta bucket (0 if absent).
+func metaU64(meta bucket, key []byte) (uint64, error) {
+	b, err := meta.get(key)
+	if err != nil || b == nil {
+		return 0, err
+	}
+	if len(b) != 8 {
+		return 0, corruptf("meta %s: %d bytes, want 8", key, len(b))
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
+
+// putMeta stores a sealed meta value.
+func putMeta(meta bucket, key, val []byte) error {
+	sealed, _ := seal(meta.tag, key, val)
+	return meta.b.Put(key, sealed)
+}
+
+// storedMap reads the stored cluster map (nil if none).
+func storedMap(meta bucket) (*kvd.Map, error) {
+	b, err := meta.get(metaMap)
+	if err != nil || b == nil {
+		return nil, err
+	}
+	m := new(kvd.Map)
+	if err := json.Unmarshal(b, m); err != nil {
+		return nil, corruptf("decode stored cluster map: %v", err)
+	}
+	return m, nil
+}
+
+// slotOwners is the group of every slot in a map.
+type slotOwners [kvd.SlotCount]kvd.GroupID
+
+func ownersOf(m *kvd.Map) *slotOwners {
+	if m == nil {
+		return nil
+	}
+	o := new(slotOwners)
+	for _, g := range m.Groups {
+		for _, r := range g.Slots {
+			for s := max(r[0], 0); s <= r[1] && s < kvd.SlotCount; s++ {
+				o[s] = g.ID
+			}
+		}
+	}
+	return o
 }
 
 var errBadSnapshot = errors.New("bad snapshot")

@@ -88,13 +88,13 @@ type storedResult struct {
 }
 
 func (a *applier) dedupGet(key string) (*dedupEntry, error) {
-	b := a.dedup.Get([]byte(key))
-	if b == nil {
-		return nil, nil
+	b, err := a.dedup.get([]byte(key))
+	if err != nil || b == nil {
+		return nil, err
 	}
 	e := &dedupEntry{}
 	if err := json.Unmarshal(b, e); err != nil {
-		return nil, fmt.Errorf("decode idempotency record %q: %w", key, err)
+		return nil, corruptf("decode idempotency record %q: %v", key, err)
 	}
 	return e, nil
 }
@@ -120,7 +120,7 @@ func (a *applier) dedupPut(key string, e *dedupEntry) error {
 	if err != nil {
 		return err
 	}
-	return a.dedup.Put([]byte(key), b)
+	return a.put(a.dedup, []byte(key), b)
 }
 
 func fpEqual(a, b []byte) bool { return string(a) == string(b) }
@@ -195,7 +195,7 @@ func (a *applier) dedupDone(d *DedupDone) (*DedupState, error) {
 		if e.Txn != d.Txn {
 			return &DedupState{Status: "existing", Txn: e.Txn, At: e.At}, nil
 		}
-		return &DedupState{Status: "released"}, a.dedup.Delete([]byte(d.Idem.Key))
+		return &DedupState{Status: "released"}, a.del(a.dedup, []byte(d.Idem.Key))
 	}
 	e.Done, e.Result = true, d.Response
 	return &DedupState{Status: "existing", Txn: e.Txn, Done: true, Response: e.Result}, a.dedupPut(d.Idem.Key, e)
@@ -217,18 +217,16 @@ func (a *applier) dedupRegister(r *DedupRegister) (*DedupState, error) {
 func (a *applier) dedupGC(g *DedupGC) error {
 	c := a.dedupAt.Cursor()
 	for k, _ := c.First(); k != nil && int64(binary.BigEndian.Uint64(k[:8])) < g.Before; k, _ = c.First() {
-		key := k[8:]
-		if v := a.dedup.Get(key); v != nil {
-			var e dedupEntry
-			if err := json.Unmarshal(v, &e); err != nil {
-				return fmt.Errorf("decode idempotency record %q: %w", key, err)
-			}
-			// A released and re-created record has a newer entry of its
-			// own in the index: leave it.
-			if e.At == int64(binary.BigEndian.Uint64(k[:8])) {
-				if err := a.dedup.Delete(key); err != nil {
-					return err
-				}
+		key := string(k[8:])
+		e, err := a.dedupGet(key)
+		if err != nil {
+			return err
+		}
+		// A released and re-created record has a newer entry of its own
+		// in the index: leave it.
+		if e != nil && e.At == int64(binary.BigEndian.Uint64(k[:8])) {
+			if err := a.del(a.dedup, []byte(key)); err != nil {
+				return err
 			}
 		}
 		if err := c.Delete(); err != nil {

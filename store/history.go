@@ -107,16 +107,22 @@ func decodeEvent(pos Pos, b []byte) (Event, error) {
 
 // logChange appends a change to the history and prunes it to its bounds.
 func (a *applier) logChange(del bool, key string, val []byte) error {
-	if a.hist == nil {
+	if a.hist.b == nil {
 		return nil
 	}
 	a.seq++
 	ev := encodeEvent(del, key, val)
-	if err := a.hist.Put(Pos{Index: a.index, Seq: a.seq}.bytes(), ev); err != nil {
+	if err := a.put(a.hist, Pos{Index: a.index, Seq: a.seq}.bytes(), ev); err != nil {
 		return err
 	}
 	if !a.histLoaded {
-		a.histCount, a.histSize = u64(a.meta.Get(metaHistCount)), u64(a.meta.Get(metaHistBytes))
+		var err error
+		if a.histCount, err = metaU64(a.meta, metaHistCount); err != nil {
+			return err
+		}
+		if a.histSize, err = metaU64(a.meta, metaHistBytes); err != nil {
+			return err
+		}
 		a.histLoaded = true
 	}
 	a.histCount++
@@ -134,11 +140,11 @@ func (a *applier) flushHistory() error {
 		return nil
 	}
 	count, size := a.histCount, a.histSize
-	c := a.hist.Cursor()
+	c := a.hist.b.Cursor()
 	var floor []byte
 	for k, v := c.First(); k != nil && (count > uint64(a.histMax) || size > uint64(a.histMaxBytes)) && count > 1; k, v = c.Next() {
 		count--
-		size -= uint64(len(v))
+		size -= uint64(len(v) - sealOverhead(v))
 		floor = append(floor[:0], k...)
 	}
 	if floor != nil {
@@ -148,14 +154,14 @@ func (a *applier) flushHistory() error {
 				return err
 			}
 		}
-		if err := a.meta.Put(metaHistFloor, floor); err != nil {
+		if err := putMeta(a.meta, metaHistFloor, floor); err != nil {
 			return err
 		}
 	}
-	if err := a.meta.Put(metaHistCount, be64(count)); err != nil {
+	if err := putMeta(a.meta, metaHistCount, be64(count)); err != nil {
 		return err
 	}
-	return a.meta.Put(metaHistBytes, be64(size))
+	return putMeta(a.meta, metaHistBytes, be64(size))
 }
 
 // History returns up to limit events with key prefix after position
@@ -166,11 +172,16 @@ func (db *DB) History(after Pos, prefix string, limit int) (events []Event, upto
 	upto = after
 	size := 0
 	err = db.view(func(tx *bolt.Tx) error {
-		floor = posOf(tx.Bucket(bucketMeta).Get(metaHistFloor))
-		c := tx.Bucket(bucketHistory).Cursor()
+		bs := bucketsOf(tx)
+		fb, err := bs.meta.get(metaHistFloor)
+		if err != nil {
+			return err
+		}
+		floor = posOf(fb)
+		c := bs.hist.cursor()
 		start := after
 		start.Seq++
-		for k, v := c.Seek(start.bytes()); k != nil; k, v = c.Next() {
+		for k, v := c.seek(start.bytes()); k != nil; k, v = c.next() {
 			pos := posOf(k)
 			if !after.Less(pos) {
 				continue
@@ -189,7 +200,7 @@ func (db *DB) History(after Pos, prefix string, limit int) (events []Event, upto
 				break
 			}
 		}
-		return nil
+		return c.err
 	})
 	return events, upto, floor, err
 }
@@ -218,14 +229,17 @@ func (db *DB) HistoryHead() Pos {
 func (db *DB) Expired(now int64, limit int) ([]ExpiredKey, error) {
 	var out []ExpiredKey
 	err := db.view(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketExpiry).Cursor()
-		kv := tx.Bucket(bucketKV)
+		bs := bucketsOf(tx)
+		c := bs.expiry.Cursor()
 		for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
-			if int64(binary.BigEndian.Uint64(k[:8])) > now {
+			if len(k) < 8 || int64(binary.BigEndian.Uint64(k[:8])) > now {
 				break
 			}
 			key := string(k[8:])
-			rec := kv.Get(k[8:])
+			rec, err := bs.kv.get(k[8:])
+			if err != nil {
+				return err
+			}
 			if rec == nil {
 				continue
 			}
@@ -251,21 +265,26 @@ func expiryKey(at int64, key string) []byte {
 // setKey writes key's value at the current index, with a TTL if ttl > 0,
 // keeping the expiry index and the history in step.
 func (a *applier) setKey(key string, val []byte, ttl int64) error {
-	if old := a.kv.Get([]byte(key)); old != nil {
-		if exp := recExpires(old); exp != 0 {
-			if err := a.expiry.Delete(expiryKey(exp, key)); err != nil {
-				return err
-			}
+	old, err := a.record(key)
+	if err != nil {
+		return err
+	}
+	if exp := recExpires(old); exp != 0 {
+		if err := a.expiry.Delete(expiryKey(exp, key)); err != nil {
+			return err
 		}
 	}
 	var exp int64
 	if ttl > 0 {
 		exp = a.now + ttl
+		if exp < a.now { // past the clock's range: never, in effect
+			exp = math.MaxInt64
+		}
 		if err := a.expiry.Put(expiryKey(exp, key), nil); err != nil {
 			return err
 		}
 	}
-	if err := a.kv.Put([]byte(key), encodeRecord(a.index, exp, val)); err != nil {
+	if err := a.put(a.kv, []byte(key), encodeRecord(a.index, exp, val)); err != nil {
 		return err
 	}
 	return a.logChange(false, key, val)
@@ -273,14 +292,16 @@ func (a *applier) setKey(key string, val []byte, ttl int64) error {
 
 // delKey deletes key (which must exist) at the current index.
 func (a *applier) delKey(key string) error {
-	if old := a.kv.Get([]byte(key)); old != nil {
-		if exp := recExpires(old); exp != 0 {
-			if err := a.expiry.Delete(expiryKey(exp, key)); err != nil {
-				return err
-			}
+	old, err := a.record(key)
+	if err != nil {
+		return err
+	}
+	if exp := recExpires(old); exp != 0 {
+		if err := a.expiry.Delete(expiryKey(exp, key)); err != nil {
+			return err
 		}
 	}
-	if err := a.kv.Delete([]byte(key)); err != nil {
+	if err := a.del(a.kv, []byte(key)); err != nil {
 		return err
 	}
 	return a.logChange(true, key, nil)

@@ -42,9 +42,18 @@ func (db *DB) Snapshot() (*Snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: begin read transaction: %w", err)
 	}
+	meta := bucketsOf(tx).meta
+	applied, err := metaU64(meta, metaApplied)
+	var term uint64
+	if err == nil {
+		term, err = metaU64(meta, metaTerm)
+	}
+	if err != nil {
+		tx.Rollback()
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
 	db.h.pins.Add(1)
-	meta := tx.Bucket(bucketMeta)
-	return &Snapshot{tx: tx, h: db.h, applied: u64(meta.Get(metaApplied)), term: u64(meta.Get(metaTerm))}, nil
+	return &Snapshot{tx: tx, h: db.h, applied: applied, term: term}, nil
 }
 
 // AppliedIndex returns the index of the last entry the snapshot contains.
@@ -98,11 +107,19 @@ func ReadSnapshotHeader(r io.Reader) (applied, term uint64, err error) {
 // and checked, and only then renamed over the state file. A crash at any
 // point leaves either the old state or the new one, never a mix. Restore
 // must not run concurrently with Apply.
-func (db *DB) Restore(r io.Reader) error {
+func (db *DB) Restore(r io.Reader) error { return db.RestoreAtLeast(r, 0) }
+
+// RestoreAtLeast is Restore, refusing (before writing anything) a
+// snapshot whose applied index is below minApplied: a repair must never
+// take the state back in time.
+func (db *DB) RestoreAtLeast(r io.Reader, minApplied uint64) error {
 	br := bufio.NewReaderSize(r, 1<<20)
 	applied, term, err := ReadSnapshotHeader(br)
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
+	}
+	if applied < minApplied {
+		return fmt.Errorf("restore: %w: snapshot at index %d, %d needed", errBadSnapshot, applied, minApplied)
 	}
 	tmp := db.path + ".restore"
 	if err := writeSynced(tmp, br); err != nil {
@@ -140,23 +157,29 @@ func (db *DB) Restore(r io.Reader) error {
 	return nil
 }
 
-// verify opens a restored file read-only and checks that it is a store
-// whose applied index matches the snapshot header.
+// verify opens a restored file read-only and checks it whole (see
+// Verify): every value's seal, the state hash, and an applied index that
+// matches the snapshot header. A snapshot damaged in transit or on disk
+// is refused before it replaces anything.
 func (db *DB) verify(path string, applied uint64) error {
-	bdb, err := bolt.Open(path, 0o600, db.boltOptions(true))
+	o := db.boltOptions(true)
+	o.InitialMmapSize = 0
+	bdb, err := openBolt(path, o)
 	if err != nil {
-		return fmt.Errorf("%w: open: %v", errBadSnapshot, err)
+		return fmt.Errorf("%w: open: %w", errBadSnapshot, err)
 	}
 	defer bdb.Close()
-	return bdb.View(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bucketMeta)
-		if meta == nil || tx.Bucket(bucketKV) == nil {
-			return fmt.Errorf("%w: missing buckets", errBadSnapshot)
-		}
-		if got := u64(meta.Get(metaApplied)); got != applied {
-			return fmt.Errorf("%w: applied index %d, header says %d", errBadSnapshot, got, applied)
-		}
-		return nil
+	return guard(func() error {
+		return bdb.View(func(tx *bolt.Tx) error {
+			r, err := verifyTx(tx)
+			if err != nil {
+				return fmt.Errorf("%w: %w", errBadSnapshot, err)
+			}
+			if r.Applied != applied {
+				return fmt.Errorf("%w: applied index %d, header says %d", errBadSnapshot, r.Applied, applied)
+			}
+			return nil
+		})
 	})
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -153,10 +154,12 @@ type TxnResolve struct {
 }
 
 // TxnRecover reads a record, aborting it first if it is pending past its
-// deadline, or creating it aborted if it is absent past Deadline.
+// deadline, or creating it aborted if it is absent past Deadline. With
+// Force (an operator's abort) it does so whatever the deadlines.
 type TxnRecover struct {
 	ID       string `json:"id"`
 	Deadline int64  `json:"deadline"`
+	Force    bool   `json:"force,omitempty"`
 }
 
 // TxnOnePhase runs a transaction whose keys all live in one group, in one
@@ -218,6 +221,9 @@ const (
 	CodeExpired             = "expired"
 	CodeAborted             = "aborted"
 	CodeIdempotencyMismatch = "idempotency_mismatch"
+	// CodeInvalid answers a command the state machine refused to apply
+	// (see CheckCmd).
+	CodeInvalid = "invalid"
 )
 
 // addTo adds delta to the decimal integer of a record (absent: 0) and
@@ -239,52 +245,45 @@ func addTo(rec []byte, delta int64) ([]byte, bool) {
 	return []byte(strconv.FormatInt(sum, 10)), true
 }
 
-// applier applies commands inside one bbolt write transaction.
-type applier struct {
-	kv, meta, locks, txnKeys, txns *bolt.Bucket
-	hist, expiry, dedup, dedupAt   *bolt.Bucket
-	histMax, histMaxBytes          int
-	index                          uint64
-	now                            int64
-	// seq numbers the changes within the current entry, for history.
-	seq uint32
-	// histCount and histSize track the history's size during the batch
-	// (loaded on first use); flushHistory prunes and stores them once.
-	histLoaded          bool
-	histCount, histSize uint64
+func (a *applier) lockSet(key string) (*LockSet, error) {
+	return readLockSet(a.locks, key)
 }
 
-func (a *applier) lockSet(key string) (*LockSet, error) {
-	b := a.locks.Get([]byte(key))
+func readLockSet(locks bucket, key string) (*LockSet, error) {
+	b, err := locks.get([]byte(key))
 	ls := &LockSet{}
-	if b == nil {
-		return ls, nil
+	if err != nil || b == nil {
+		return ls, err
 	}
 	if err := json.Unmarshal(b, ls); err != nil {
-		return nil, fmt.Errorf("decode locks of %q: %w", key, err)
+		return nil, corruptf("decode locks of %q: %v", key, err)
 	}
 	return ls, nil
 }
 
 func (a *applier) putLockSet(key string, ls *LockSet) error {
 	if ls.empty() {
-		return a.locks.Delete([]byte(key))
+		return a.del(a.locks, []byte(key))
 	}
 	b, err := json.Marshal(ls)
 	if err != nil {
 		return err
 	}
-	return a.locks.Put([]byte(key), b)
+	return a.put(a.locks, []byte(key), b)
 }
 
-func (a *applier) record(id string) (*TxnRecord, error) {
-	b := a.txns.Get([]byte(id))
-	if b == nil {
-		return nil, nil
+func (a *applier) txnRecord(id string) (*TxnRecord, error) {
+	return readRecord(a.txns, id)
+}
+
+func readRecord(txns bucket, id string) (*TxnRecord, error) {
+	b, err := txns.get([]byte(id))
+	if err != nil || b == nil {
+		return nil, err
 	}
 	rec := &TxnRecord{}
 	if err := json.Unmarshal(b, rec); err != nil {
-		return nil, fmt.Errorf("decode record %s: %w", id, err)
+		return nil, corruptf("decode record %s: %v", id, err)
 	}
 	return rec, nil
 }
@@ -294,7 +293,7 @@ func (a *applier) putRecord(id string, rec *TxnRecord) error {
 	if err != nil {
 		return err
 	}
-	return a.txns.Put([]byte(id), b)
+	return a.put(a.txns, []byte(id), b)
 }
 
 // locked reports whether key is locked by any transaction: plain writes
@@ -352,9 +351,13 @@ func (a *applier) conflicts(id string, keys []string, write map[string]*TxnOp, r
 
 // checkAndRead evaluates the compares and reads the gets against the
 // committed values.
-func (a *applier) checkAndRead(compares []TxnCompare, ops []TxnOp, out *TxnOutcome) {
+func (a *applier) checkAndRead(compares []TxnCompare, ops []TxnOp, out *TxnOutcome) error {
 	for i := range compares {
-		if !compares[i].holds(a.kv.Get([]byte(compares[i].Key))) {
+		rec, err := a.record(compares[i].Key)
+		if err != nil {
+			return err
+		}
+		if !compares[i].holds(rec) {
 			out.Failed = append(out.Failed, compares[i].Index)
 		}
 	}
@@ -362,13 +365,33 @@ func (a *applier) checkAndRead(compares []TxnCompare, ops []TxnOp, out *TxnOutco
 		if op.Op != "get" {
 			continue
 		}
-		rec := a.kv.Get([]byte(op.Key))
+		rec, err := a.record(op.Key)
+		if err != nil {
+			return err
+		}
 		r := TxnRead{Index: op.Index}
 		if rec != nil {
 			r.Found, r.Version, r.Value = true, version(rec), append([]byte(nil), recValue(rec)...)
 		}
 		out.Reads = append(out.Reads, r)
 	}
+	return nil
+}
+
+// exists reports whether key holds a committed value.
+func (a *applier) exists(key string) (bool, error) {
+	rec, err := a.record(key)
+	return rec != nil, err
+}
+
+// added returns what an add op would make of key's committed value.
+func (a *applier) added(key string, delta int64) ([]byte, bool, error) {
+	rec, err := a.record(key)
+	if err != nil {
+		return nil, false, err
+	}
+	v, ok := addTo(rec, delta)
+	return v, ok, nil
 }
 
 func (a *applier) prepare(p *TxnPrepare) (*TxnOutcome, error) {
@@ -379,7 +402,7 @@ func (a *applier) prepare(p *TxnPrepare) (*TxnOutcome, error) {
 	}
 	isRecord := len(p.Participants) > 0
 	if isRecord {
-		rec, err := a.record(p.ID)
+		rec, err := a.txnRecord(p.ID)
 		if err != nil {
 			return nil, err
 		}
@@ -404,7 +427,9 @@ func (a *applier) prepare(p *TxnPrepare) (*TxnOutcome, error) {
 		out.Code, out.Conflicts = CodeConflict, conf
 		return out, a.abortRecordIf(isRecord, p.ID)
 	}
-	a.checkAndRead(p.Compares, p.Ops, out)
+	if err := a.checkAndRead(p.Compares, p.Ops, out); err != nil {
+		return nil, err
+	}
 	if len(out.Failed) > 0 {
 		out.Code, out.Reads = CodeCompareFailed, nil
 		return out, a.abortRecordIf(isRecord, p.ID)
@@ -413,11 +438,18 @@ func (a *applier) prepare(p *TxnPrepare) (*TxnOutcome, error) {
 	for _, op := range p.Ops {
 		switch op.Op {
 		case "delete":
-			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Deleted: a.kv.Get([]byte(op.Key)) != nil})
+			existed, err := a.exists(op.Key)
+			if err != nil {
+				return nil, err
+			}
+			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Deleted: existed})
 		case "add":
 			// The key stays locked until resolution, so the sum computed
 			// now is the sum then.
-			v, ok := addTo(a.kv.Get([]byte(op.Key)), op.Delta)
+			v, ok, err := a.added(op.Key, op.Delta)
+			if err != nil {
+				return nil, err
+			}
 			if !ok {
 				out.Code, out.Reads, out.Writes = CodeNotANumber, nil, nil
 				return out, a.abortRecordIf(isRecord, p.ID)
@@ -452,7 +484,7 @@ func (a *applier) prepare(p *TxnPrepare) (*TxnOutcome, error) {
 		}
 	}
 	kb, _ := json.Marshal(keys)
-	if err := a.txnKeys.Put([]byte(p.ID), kb); err != nil {
+	if err := a.put(a.txnKeys, []byte(p.ID), kb); err != nil {
 		return nil, err
 	}
 	out.Vote = true
@@ -465,7 +497,7 @@ func (a *applier) abortRecordIf(isRecord bool, id string) error {
 	if !isRecord {
 		return nil
 	}
-	rec, err := a.record(id)
+	rec, err := a.txnRecord(id)
 	if err != nil || rec == nil || rec.State != TxnPending {
 		return err
 	}
@@ -474,7 +506,7 @@ func (a *applier) abortRecordIf(isRecord bool, id string) error {
 }
 
 func (a *applier) decide(d *TxnDecide) (*TxnOutcome, error) {
-	rec, err := a.record(d.ID)
+	rec, err := a.txnRecord(d.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -508,13 +540,9 @@ func (a *applier) decide(d *TxnDecide) (*TxnOutcome, error) {
 
 // resolve applies (commit) or drops transaction id's locks in this group.
 func (a *applier) resolve(id string, commit bool) ([]TxnWrite, error) {
-	kb := a.txnKeys.Get([]byte(id))
-	if kb == nil {
-		return nil, nil // nothing here, or already resolved
-	}
-	var keys []string
-	if err := json.Unmarshal(kb, &keys); err != nil {
-		return nil, fmt.Errorf("decode keys of %s: %w", id, err)
+	keys, err := readTxnKeys(a.txnKeys, id)
+	if err != nil || keys == nil {
+		return nil, err // nothing here, or already resolved
 	}
 	var writes []TxnWrite
 	for _, k := range keys {
@@ -526,7 +554,9 @@ func (a *applier) resolve(id string, commit bool) ([]TxnWrite, error) {
 			if commit {
 				w := TxnWrite{Key: k}
 				if ls.Write.Delete {
-					w.Deleted = a.kv.Get([]byte(k)) != nil
+					if w.Deleted, err = a.exists(k); err != nil {
+						return nil, err
+					}
 					if w.Deleted {
 						if err := a.delKey(k); err != nil {
 							return nil, err
@@ -553,23 +583,23 @@ func (a *applier) resolve(id string, commit bool) ([]TxnWrite, error) {
 			return nil, err
 		}
 	}
-	return writes, a.txnKeys.Delete([]byte(id))
+	return writes, a.del(a.txnKeys, []byte(id))
 }
 
 func (a *applier) recover(r *TxnRecover) (*TxnOutcome, error) {
-	rec, err := a.record(r.ID)
+	rec, err := a.txnRecord(r.ID)
 	if err != nil {
 		return nil, err
 	}
 	switch {
-	case rec == nil && a.now > r.Deadline:
+	case rec == nil && (a.now > r.Deadline || r.Force):
 		rec = &TxnRecord{State: TxnAborted, Deadline: r.Deadline, Decided: a.now}
 		if err := a.putRecord(r.ID, rec); err != nil {
 			return nil, err
 		}
 	case rec == nil:
 		return &TxnOutcome{State: TxnAbsent}, nil
-	case rec.State == TxnPending && a.now > rec.Deadline:
+	case rec.State == TxnPending && (a.now > rec.Deadline || r.Force):
 		rec.State, rec.Decided = TxnAborted, a.now
 		if err := a.putRecord(r.ID, rec); err != nil {
 			return nil, err
@@ -617,7 +647,9 @@ func (a *applier) onePhaseApply(t *TxnOnePhase) (*TxnOutcome, error) {
 		out.Code, out.Conflicts = CodeConflict, conf
 		return out, nil
 	}
-	a.checkAndRead(t.Compares, t.Ops, out)
+	if err := a.checkAndRead(t.Compares, t.Ops, out); err != nil {
+		return nil, err
+	}
 	if len(out.Failed) > 0 {
 		out.Code, out.Reads = CodeCompareFailed, nil
 		return out, nil
@@ -625,7 +657,10 @@ func (a *applier) onePhaseApply(t *TxnOnePhase) (*TxnOutcome, error) {
 	added := map[string][]byte{}
 	for _, op := range t.Ops {
 		if op.Op == "add" {
-			v, ok := addTo(a.kv.Get([]byte(op.Key)), op.Delta)
+			v, ok, err := a.added(op.Key, op.Delta)
+			if err != nil {
+				return nil, err
+			}
 			if !ok {
 				out.Code, out.Reads = CodeNotANumber, nil
 				return out, nil
@@ -649,7 +684,10 @@ func (a *applier) onePhaseApply(t *TxnOnePhase) (*TxnOutcome, error) {
 			}
 			out.Writes = append(out.Writes, w)
 		case "delete":
-			existed := a.kv.Get([]byte(op.Key)) != nil
+			existed, err := a.exists(op.Key)
+			if err != nil {
+				return nil, err
+			}
 			if existed {
 				if err := a.delKey(op.Key); err != nil {
 					return nil, err
@@ -663,105 +701,33 @@ func (a *applier) onePhaseApply(t *TxnOnePhase) (*TxnOutcome, error) {
 }
 
 func (a *applier) forget(f *TxnForget) (*TxnOutcome, error) {
-	rec, err := a.record(f.ID)
+	rec, err := a.txnRecord(f.ID)
 	if err != nil || rec == nil {
 		return &TxnOutcome{State: TxnAbsent}, err
 	}
 	if rec.State == TxnPending {
 		return &TxnOutcome{State: rec.State}, nil
 	}
-	return &TxnOutcome{State: TxnAbsent}, a.txns.Delete([]byte(f.ID))
-}
-
-// applyTxn decodes and applies a transaction command.
-func (a *applier) applyTxn(c *Cmd) (Result, error) {
-	var out *TxnOutcome
-	var err error
-	decode := func(v any) bool {
-		if e := json.Unmarshal(c.Data, v); e != nil {
-			// Validated before proposing; every replica fails alike.
-			out = &TxnOutcome{Code: "invalid"}
-			return false
-		}
-		return true
-	}
-	switch c.Kind {
-	case CmdTxnPrepare:
-		var p TxnPrepare
-		if decode(&p) {
-			out, err = a.prepare(&p)
-		}
-	case CmdTxnDecide:
-		var d TxnDecide
-		if decode(&d) {
-			out, err = a.decide(&d)
-		}
-	case CmdTxnResolve:
-		var r TxnResolve
-		if decode(&r) {
-			var writes []TxnWrite
-			writes, err = a.resolve(r.ID, r.Commit)
-			out = &TxnOutcome{Writes: writes}
-		}
-	case CmdTxnRecover:
-		var r TxnRecover
-		if decode(&r) {
-			out, err = a.recover(&r)
-		}
-	case CmdTxnOnePhase:
-		var t TxnOnePhase
-		if decode(&t) {
-			out, err = a.onePhase(&t)
-		}
-	case CmdTxnForget:
-		var f TxnForget
-		if decode(&f) {
-			out, err = a.forget(&f)
-		}
-	case CmdDedupClaim:
-		var c DedupClaim
-		if decode(&c) {
-			st, err := a.dedupClaim(&c)
-			return Result{Version: a.index, Dedup: st}, err
-		}
-	case CmdDedupDone:
-		var d DedupDone
-		if decode(&d) {
-			st, err := a.dedupDone(&d)
-			return Result{Version: a.index, Dedup: st}, err
-		}
-	case CmdDedupRegister:
-		var r DedupRegister
-		if decode(&r) {
-			st, err := a.dedupRegister(&r)
-			return Result{Version: a.index, Dedup: st}, err
-		}
-	case CmdDedupGC:
-		var g DedupGC
-		if decode(&g) {
-			return Result{Version: a.index}, a.dedupGC(&g)
-		}
-	}
-	if err != nil {
-		return Result{}, err
-	}
-	return Result{Version: a.index, Txn: out}, nil
+	return &TxnOutcome{State: TxnAbsent}, a.del(a.txns, []byte(f.ID))
 }
 
 // GetLocked returns key's committed item (found is false if absent) and
 // the write lock a transaction holds on it, if any.
 func (db *DB) GetLocked(key string) (it kvd.Item, found bool, lock *Lock, err error) {
 	err = db.view(func(tx *bolt.Tx) error {
-		if rec := tx.Bucket(bucketKV).Get([]byte(key)); rec != nil {
+		bs := bucketsOf(tx)
+		rec, err := bs.kv.get([]byte(key))
+		if err != nil {
+			return err
+		}
+		if rec != nil {
 			it, found = kvd.Item{Key: key, Version: version(rec), Value: append([]byte{}, recValue(rec)...)}, true
 		}
-		if b := tx.Bucket(bucketLocks).Get([]byte(key)); b != nil {
-			var ls LockSet
-			if err := json.Unmarshal(b, &ls); err != nil {
-				return fmt.Errorf("decode locks of %q: %w", key, err)
-			}
-			lock = ls.Write
+		ls, err := readLockSet(bs.locks, key)
+		if err != nil {
+			return err
 		}
+		lock = ls.Write
 		return nil
 	})
 	if err != nil {
@@ -775,23 +741,34 @@ func (db *DB) GetLocked(key string) (it kvd.Item, found bool, lock *Lock, err er
 func (db *DB) WriteLocks(o kvd.ScanOptions) (map[string]Lock, error) {
 	out := map[string]Lock{}
 	err := db.view(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketLocks).Cursor()
-		for k, v := c.Seek([]byte(max(o.Start, o.Prefix))); k != nil; k, v = c.Next() {
+		c := bucketsOf(tx).locks.cursor()
+		for k, v := c.seek([]byte(max(o.Start, o.Prefix))); k != nil; k, v = c.next() {
 			ks := string(k)
-			if (o.End != "" && ks >= o.End) || len(ks) < len(o.Prefix) || ks[:len(o.Prefix)] != o.Prefix {
+			if (o.End != "" && ks >= o.End) || !strings.HasPrefix(ks, o.Prefix) {
 				break
 			}
 			var ls LockSet
 			if err := json.Unmarshal(v, &ls); err != nil {
-				return fmt.Errorf("decode locks of %q: %w", ks, err)
+				return corruptf("decode locks of %q: %v", ks, err)
 			}
 			if ls.Write != nil {
 				out[ks] = *ls.Write
 			}
 		}
-		return nil
+		return c.err
 	})
 	return out, err
+}
+
+// forEachLockSet calls fn with every locked key and its locks.
+func forEachLockSet(locks bucket, fn func(key string, ls *LockSet) error) error {
+	return locks.forEach(func(k, v []byte) error {
+		var ls LockSet
+		if err := json.Unmarshal(v, &ls); err != nil {
+			return corruptf("decode locks of %q: %v", k, err)
+		}
+		return fn(string(k), &ls)
+	})
 }
 
 // ExpiredLocks returns, one per transaction, the locks whose deadline is
@@ -800,11 +777,7 @@ func (db *DB) ExpiredLocks(now int64) ([]Lock, error) {
 	seen := map[string]bool{}
 	var out []Lock
 	err := db.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketLocks).ForEach(func(k, v []byte) error {
-			var ls LockSet
-			if err := json.Unmarshal(v, &ls); err != nil {
-				return fmt.Errorf("decode locks of %q: %w", k, err)
-			}
+		return forEachLockSet(bucketsOf(tx).locks, func(_ string, ls *LockSet) error {
 			all := ls.Reads
 			if ls.Write != nil {
 				all = append(all, *ls.Write)
@@ -822,14 +795,41 @@ func (db *DB) ExpiredLocks(now int64) ([]Lock, error) {
 	return out, err
 }
 
+// HeldLock is one lock a transaction holds on a key, as an operator sees
+// it.
+type HeldLock struct {
+	Txn         string      `json:"txn"`
+	Key         string      `json:"key"`
+	Write       bool        `json:"write"`
+	RecordGroup kvd.GroupID `json:"record_group"`
+	Deadline    int64       `json:"deadline"`
+}
+
+// Locks returns every lock held here, in key order.
+func (db *DB) Locks() ([]HeldLock, error) {
+	var out []HeldLock
+	err := db.view(func(tx *bolt.Tx) error {
+		return forEachLockSet(bucketsOf(tx).locks, func(key string, ls *LockSet) error {
+			if ls.Write != nil {
+				out = append(out, HeldLock{Txn: ls.Write.Txn, Key: key, Write: true, RecordGroup: ls.Write.RecordGroup, Deadline: ls.Write.Deadline})
+			}
+			for _, r := range ls.Reads {
+				out = append(out, HeldLock{Txn: r.Txn, Key: key, RecordGroup: r.RecordGroup, Deadline: r.Deadline})
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
 // Records returns the transaction records kept here, by id.
 func (db *DB) Records() (map[string]TxnRecord, error) {
 	out := map[string]TxnRecord{}
 	err := db.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketTxns).ForEach(func(k, v []byte) error {
+		return bucketsOf(tx).txns.forEach(func(k, v []byte) error {
 			var r TxnRecord
 			if err := json.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("decode record %s: %w", k, err)
+				return corruptf("decode record %s: %v", k, err)
 			}
 			out[string(k)] = r
 			return nil
@@ -840,35 +840,47 @@ func (db *DB) Records() (map[string]TxnRecord, error) {
 
 // Record returns transaction id's record, if this replica keeps it.
 func (db *DB) Record(id string) (TxnRecord, bool, error) {
-	var r TxnRecord
-	found := false
+	var r *TxnRecord
 	err := db.view(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketTxns).Get([]byte(id))
-		if b == nil {
-			return nil
-		}
-		found = true
-		return json.Unmarshal(b, &r)
+		var err error
+		r, err = readRecord(bucketsOf(tx).txns, id)
+		return err
 	})
-	return r, found, err
+	if err != nil || r == nil {
+		return TxnRecord{}, false, err
+	}
+	return *r, true, nil
+}
+
+// readTxnKeys returns the keys transaction id holds locks on (nil if
+// none).
+func readTxnKeys(txnKeys bucket, id string) ([]string, error) {
+	kb, err := txnKeys.get([]byte(id))
+	if err != nil || kb == nil {
+		return nil, err
+	}
+	keys := []string{}
+	if err := json.Unmarshal(kb, &keys); err != nil {
+		return nil, corruptf("decode keys of %s: %v", id, err)
+	}
+	return keys, nil
 }
 
 // TxnWriteKeys returns the keys transaction id holds write locks on here.
 func (db *DB) TxnWriteKeys(id string) ([]string, error) {
 	var out []string
 	err := db.view(func(tx *bolt.Tx) error {
-		kb := tx.Bucket(bucketTxnKeys).Get([]byte(id))
-		if kb == nil {
-			return nil
-		}
-		var keys []string
-		if err := json.Unmarshal(kb, &keys); err != nil {
+		bs := bucketsOf(tx)
+		keys, err := readTxnKeys(bs.txnKeys, id)
+		if err != nil {
 			return err
 		}
-		locks := tx.Bucket(bucketLocks)
 		for _, k := range keys {
-			var ls LockSet
-			if b := locks.Get([]byte(k)); b != nil && json.Unmarshal(b, &ls) == nil && ls.Write != nil && ls.Write.Txn == id {
+			ls, err := readLockSet(bs.locks, k)
+			if err != nil {
+				return err
+			}
+			if ls.Write != nil && ls.Write.Txn == id {
 				out = append(out, k)
 			}
 		}
@@ -891,19 +903,21 @@ type KeyState struct {
 func (db *DB) ReadKeys(keys []string) ([]KeyState, error) {
 	out := make([]KeyState, len(keys))
 	err := db.view(func(tx *bolt.Tx) error {
-		kv, locks := tx.Bucket(bucketKV), tx.Bucket(bucketLocks)
+		bs := bucketsOf(tx)
 		for i, k := range keys {
 			st := KeyState{Key: k}
-			if rec := kv.Get([]byte(k)); rec != nil {
+			rec, err := bs.kv.get([]byte(k))
+			if err != nil {
+				return err
+			}
+			if rec != nil {
 				st.Found, st.Version, st.Value = true, version(rec), append([]byte(nil), recValue(rec)...)
 			}
-			if b := locks.Get([]byte(k)); b != nil {
-				var ls LockSet
-				if err := json.Unmarshal(b, &ls); err != nil {
-					return fmt.Errorf("decode locks of %q: %w", k, err)
-				}
-				st.Lock = ls.Write
+			ls, err := readLockSet(bs.locks, k)
+			if err != nil {
+				return err
 			}
+			st.Lock = ls.Write
 			out[i] = st
 		}
 		return nil

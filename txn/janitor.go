@@ -33,7 +33,10 @@ type Janitor struct {
 	// so it does not race a coordinator that is merely slow.
 	Grace time.Duration
 	Now   func() time.Time
-	log   *slog.Logger
+	// OnFinished, if set, is told of every transaction the janitor
+	// finished (resolved or aborted) for its coordinator.
+	OnFinished func()
+	log        *slog.Logger
 }
 
 // NewJanitor returns the janitor of group g's replica r.
@@ -87,9 +90,16 @@ func (j *Janitor) finishLock(ctx context.Context, l store.Lock) error {
 		if _, err := Resolve(ctx, j.gs, l.Txn, j.group, st == store.TxnCommitted); err != nil {
 			return err
 		}
+		j.finished()
 		j.log.Info("resolved a transaction left behind", "txn", l.Txn, "state", st)
 	}
 	return nil
+}
+
+func (j *Janitor) finished() {
+	if j.OnFinished != nil {
+		j.OnFinished()
+	}
 }
 
 // finishRecord aborts a pending record past its deadline, or resolves a
@@ -105,6 +115,7 @@ func (j *Janitor) finishRecord(ctx context.Context, id string, rec store.TxnReco
 		if state == store.TxnPending {
 			return nil
 		}
+		j.finished()
 		j.log.Info("aborted a transaction its coordinator left pending", "txn", id)
 	}
 	for _, g := range rec.Participants {

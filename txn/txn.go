@@ -734,6 +734,24 @@ func Recover(ctx context.Context, gs Groups, l store.Lock) (store.TxnState, erro
 	return res.Txn.State, nil
 }
 
+// ForceAbort aborts transaction id in its record group rg unless it has
+// committed, whatever its deadline (an operator's abort), and returns its
+// state: aborted, or committed if it committed first. The record's
+// compare-and-set decides between this and the coordinator's commit.
+func ForceAbort(ctx context.Context, gs Groups, id string, rg kvd.GroupID) (store.TxnState, error) {
+	res, err := gs.Propose(ctx, rg, encode(store.CmdTxnRecover, store.TxnRecover{ID: id, Force: true}, nil))
+	if err != nil {
+		return "", fmt.Errorf("abort transaction %s: %w", id, err)
+	}
+	if res.Txn == nil {
+		return "", fmt.Errorf("abort transaction %s: no outcome: %w", id, kvd.ErrUnavailable)
+	}
+	if res.Err != nil {
+		return "", fmt.Errorf("abort transaction %s: %w", id, res.Err)
+	}
+	return res.Txn.State, nil
+}
+
 // Forget deletes a decided record.
 func Forget(ctx context.Context, gs Groups, id string, rg kvd.GroupID) error {
 	_, err := gs.Propose(ctx, rg, encode(store.CmdTxnForget, store.TxnForget{ID: id}, nil))

@@ -41,6 +41,12 @@ func run(args []string) int {
 	fs.StringVar(&cfg.HTTPAdvertise, "http-advertise", "", "HTTP address clients and peers dial (default: the listen address)")
 	fs.StringVar(&cfg.RaftAdvertise, "raft-advertise", "", "Raft address peers dial (default: the listen address)")
 	initial := fs.String("initial-cluster", "", "bootstrap `file`: {\"nodes\":[{\"id\",\"http\",\"raft\"}...],\"groups\":G,\"replicas\":R}")
+	fs.StringVar(&cfg.PeerSecretFile, "peer-secret-file", "", "`file` holding the cluster's peer secret, for a node that has none yet (first start, or joining); created with a random secret if absent (default: the --initial-cluster file's path + \".secret\")")
+	fs.Int64Var(&cfg.QuotaBytes, "quota-bytes", 0, "refuse writes (507) once the data directory holds this many bytes (0: no quota)")
+	fs.Int64Var(&cfg.MinFreeBytes, "min-free-bytes", cfg.MinFreeBytes, "refuse writes (507) while the data directory's disk has less free space than this")
+	fs.IntVar(&cfg.MaxInflightRequests, "max-inflight-requests", cfg.MaxInflightRequests, "requests served at once; past it a request gets 429 at once (0: no cap)")
+	fs.Int64Var(&cfg.MaxInflightBytes, "max-inflight-bytes", cfg.MaxInflightBytes, "body bytes of the requests served at once; past it a request gets 429 at once (0: no cap)")
+	fs.DurationVar(&cfg.Replication.IntegrityInterval, "integrity-check-interval", cfg.Replication.IntegrityInterval, "how often each replica scrubs its state and the leaders compare the replicas' state hashes (0: never)")
 	peers := fs.String("peer-addrs", "", "`file` mapping node ids to the addresses to dial for them: {\"n2\":{\"http\":\"..\",\"raft\":\"..\"}}")
 	fs.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "time limit of one client request")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "time limit for draining requests on SIGTERM")
@@ -89,6 +95,10 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "kvd: --ttl-interval and --idempotency-retention must be positive")
 		return 2
 	}
+	if cfg.QuotaBytes < 0 || cfg.MinFreeBytes < 0 || cfg.MaxInflightRequests < 0 || cfg.MaxInflightBytes < 0 || cfg.Replication.IntegrityInterval < 0 {
+		fmt.Fprintln(os.Stderr, "kvd: --quota-bytes, --min-free-bytes, --max-inflight-requests, --max-inflight-bytes and --integrity-check-interval must not be negative")
+		return 2
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		fmt.Fprintf(os.Stderr, "kvd: bad --log-level %q\n", *logLevel)
@@ -102,10 +112,6 @@ func run(args []string) int {
 	log := slog.New(h)
 	cfg.Logger = log
 	cfg.Version = version
-	cfg.Replication.Fatal = func(err error) {
-		log.Error("fatal: cannot apply a committed entry; stopping so this replica does not diverge", "err", err)
-		os.Exit(1)
-	}
 
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -127,6 +133,9 @@ func run(args []string) int {
 			cfg.RaftAddr = self.Raft
 		}
 		cfg.InitialCluster = &ic
+		if cfg.PeerSecretFile == "" {
+			cfg.PeerSecretFile = *initial + ".secret"
+		}
 	}
 	if *peers != "" {
 		b, err := os.ReadFile(*peers)

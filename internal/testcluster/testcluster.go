@@ -22,12 +22,13 @@ import (
 
 // Cluster is a set of in-process nodes.
 type Cluster struct {
-	t     testing.TB
-	ic    kvd.InitialCluster
-	dirs  []string
-	tune  func(*server.Config)
-	mu    sync.Mutex // protects nodes
-	nodes []*server.Server
+	t      testing.TB
+	ic     kvd.InitialCluster
+	secret []byte
+	dirs   []string
+	tune   func(*server.Config)
+	mu     sync.Mutex // protects nodes
+	nodes  []*server.Server
 }
 
 // Option adjusts each node's configuration before it starts.
@@ -37,7 +38,7 @@ type Option func(*server.Config)
 // and waits until every group has a leader.
 func New(t testing.TB, nodes, groups int, opts ...Option) *Cluster {
 	t.Helper()
-	c := &Cluster{t: t, dirs: make([]string, nodes), nodes: make([]*server.Server, nodes)}
+	c := &Cluster{t: t, dirs: make([]string, nodes), nodes: make([]*server.Server, nodes), secret: []byte(fmt.Sprintf("test-cluster-secret-%d-%p", time.Now().UnixNano(), t))}
 	c.tune = func(cfg *server.Config) {
 		for _, o := range opts {
 			o(cfg)
@@ -111,6 +112,7 @@ func (c *Cluster) start(i int, httpLn, raftLn net.Listener) error {
 	cfg.RaftListener = raftLn
 	ic := c.ic
 	cfg.InitialCluster = &ic
+	cfg.PeerSecret = c.secret
 	cfg.Replication = FastReplication()
 	cfg.RequestTimeout = 5 * time.Second
 	cfg.ShutdownTimeout = 5 * time.Second

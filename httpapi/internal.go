@@ -1,0 +1,154 @@
+package httpapi
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/mux"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
+)
+
+// Node-to-node endpoints that serve a peer's repair and integrity check,
+// and the transaction admin endpoints.
+
+// groupParam parses the group query parameter.
+func groupParam(r *http.Request) (kvd.GroupID, error) {
+	g, err := strconv.ParseUint(r.URL.Query().Get("group"), 10, 64)
+	if err != nil || g == 0 {
+		return 0, fmt.Errorf("%w: group must be a positive integer", kvd.ErrInvalid)
+	}
+	return kvd.GroupID(g), nil
+}
+
+// indexParam parses a non-negative integer query parameter.
+func indexParam(r *http.Request, name string) (uint64, error) {
+	v, err := strconv.ParseUint(r.URL.Query().Get(name), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %s must be a non-negative integer", kvd.ErrInvalid, name)
+	}
+	return v, nil
+}
+
+func (h *Handler) logEntry(w http.ResponseWriter, r *http.Request) {
+	g, err := groupParam(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	idx, err := indexParam(r, "index")
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
+	defer cancel()
+	e, err := h.b.LogEntry(ctx, g, idx)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	writeJSON(w, http.StatusOK, e)
+}
+
+func (h *Handler) snapshot(w http.ResponseWriter, r *http.Request) {
+	g, err := groupParam(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	minIndex, err := indexParam(r, "min_index")
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	// A snapshot outlives the server's write timeout.
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{})
+	started := false
+	err = h.b.WriteSnapshot(r.Context(), g, minIndex, func() io.Writer {
+		started = true
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.WriteHeader(http.StatusOK)
+		return w
+	})
+	switch {
+	case err == nil:
+	case !started:
+		writeError(w, err, false)
+	default:
+		// Cut the connection: a clean end would pass a truncated
+		// snapshot off as whole.
+		h.log.Warn("snapshot stream to a peer failed", "group", g, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+}
+
+func (h *Handler) hash(w http.ResponseWriter, r *http.Request) {
+	g, err := groupParam(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	idx, err := indexParam(r, "index")
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
+	defer cancel()
+	v, err := h.b.HashAt(ctx, g, idx)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.HashResponse{Hash: strconv.FormatUint(v, 16)})
+}
+
+func (h *Handler) groupTxns(w http.ResponseWriter, r *http.Request) {
+	g, err := groupParam(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
+	defer cancel()
+	out, err := h.b.GroupTxns(ctx, g)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (h *Handler) txns(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
+	defer cancel()
+	out, err := h.b.Txns(ctx)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (h *Handler) abortTxn(w http.ResponseWriter, r *http.Request) {
+	id := mux.Vars(r)["id"]
+	if id == "" || len(id) > 64 {
+		writeError(w, fmt.Errorf("%w: a transaction id is 1 to 64 characters", kvd.ErrInvalid), false)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
+	defer cancel()
+	out, err := h.b.AbortTxn(ctx, id)
+	if err != nil {
+		writeError(w, err, true)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}

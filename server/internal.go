@@ -1,0 +1,236 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/replication"
+	"github.com/kvd-project/kvd/store"
+	"github.com/kvd-project/kvd/txn"
+)
+
+// The node-to-node endpoints that serve peers' repairs and integrity
+// checks, and the operator's view of transactions.
+
+func (b backend) replica(g kvd.GroupID) (*replication.Group, error) {
+	grp, ok := b.s.hosted()[g]
+	if !ok {
+		return nil, fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, b.s.id, g)
+	}
+	return grp, nil
+}
+
+func (b backend) LogEntry(ctx context.Context, g kvd.GroupID, index uint64) (api.LogEntry, error) {
+	grp, err := b.replica(g)
+	if err != nil {
+		return api.LogEntry{}, err
+	}
+	l, err := grp.LogEntry(index)
+	if err != nil {
+		return api.LogEntry{}, err
+	}
+	return api.LogEntry{Index: l.Index, Term: l.Term, Type: uint8(l.Type), Data: l.Data}, nil
+}
+
+// lazyWriter calls start for the real writer on the first write.
+type lazyWriter struct {
+	start func() io.Writer
+	w     io.Writer
+}
+
+func (l *lazyWriter) Write(p []byte) (int, error) {
+	if l.w == nil {
+		l.w = l.start()
+	}
+	return l.w.Write(p)
+}
+
+func (b backend) WriteSnapshot(ctx context.Context, g kvd.GroupID, minIndex uint64, start func() io.Writer) error {
+	grp, err := b.replica(g)
+	if err != nil {
+		return err
+	}
+	return grp.WriteSnapshot(ctx, minIndex, &lazyWriter{start: start})
+}
+
+func (b backend) HashAt(ctx context.Context, g kvd.GroupID, index uint64) (uint64, error) {
+	grp, err := b.replica(g)
+	if err != nil {
+		return 0, err
+	}
+	return grp.HashAt(ctx, index)
+}
+
+func (b backend) GroupTxns(ctx context.Context, g kvd.GroupID) (api.GroupTxns, error) {
+	grp, err := b.replica(g)
+	if err != nil {
+		return api.GroupTxns{}, err
+	}
+	if err := grp.Serving(); err != nil {
+		return api.GroupTxns{}, err
+	}
+	recs, err := grp.Store().Records()
+	if err != nil {
+		return api.GroupTxns{}, err
+	}
+	locks, err := grp.Store().Locks()
+	if err != nil {
+		return api.GroupTxns{}, err
+	}
+	out := api.GroupTxns{Records: map[string]api.TxnRecord{}, Locks: []api.TxnLockHeld{}}
+	for id, r := range recs {
+		ar := api.TxnRecord{State: string(r.State), Deadline: r.Deadline}
+		for _, p := range r.Participants {
+			ar.Participants = append(ar.Participants, uint64(p))
+		}
+		out.Records[id] = ar
+	}
+	for _, l := range locks {
+		out.Locks = append(out.Locks, api.TxnLockHeld{Txn: l.Txn, Key: l.Key, Write: l.Write, RecordGroup: uint64(l.RecordGroup), Deadline: l.Deadline})
+	}
+	return out, nil
+}
+
+// groupTxnsAnywhere reads group g's transactions from this node's replica,
+// or from a member.
+func (b backend) groupTxnsAnywhere(ctx context.Context, grp kvd.Group) (api.GroupTxns, error) {
+	if _, ok := b.s.hosted()[grp.ID]; ok {
+		if out, err := b.GroupTxns(ctx, grp.ID); err == nil {
+			return out, nil
+		}
+	}
+	var errs []error
+	for _, m := range append([]string{b.s.leaderOrPreferred(ctx, grp.ID)}, grp.Members...) {
+		if m == b.s.id || m == "" {
+			continue
+		}
+		var out api.GroupTxns
+		if err := b.s.peerGet(ctx, m, "/v1/internal/txns?"+url.Values{"group": {strconv.FormatUint(uint64(grp.ID), 10)}}.Encode(), nil, &out); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		return out, nil
+	}
+	return api.GroupTxns{}, fmt.Errorf("transactions of group %d: %w", grp.ID, errors.Join(errs...))
+}
+
+func (b backend) Txns(ctx context.Context) (api.TxnList, error) {
+	m := b.s.Map()
+	per := make([]api.GroupTxns, len(m.Groups))
+	errs := make([]error, len(m.Groups))
+	var wg sync.WaitGroup
+	for i, grp := range m.Groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			per[i], errs[i] = b.groupTxnsAnywhere(ctx, grp)
+		}()
+	}
+	wg.Wait()
+	byID := map[string]*api.TxnInfo{}
+	info := func(id string) *api.TxnInfo {
+		t := byID[id]
+		if t == nil {
+			t = &api.TxnInfo{ID: id}
+			byID[id] = t
+		}
+		return t
+	}
+	var out api.TxnList
+	read := map[uint64]bool{}
+	for i, grp := range m.Groups {
+		if errs[i] != nil {
+			out.Unreached = append(out.Unreached, uint64(grp.ID))
+			continue
+		}
+		read[uint64(grp.ID)] = true
+		for id, r := range per[i].Records {
+			t := info(id)
+			t.State, t.RecordGroup, t.Participants = r.State, uint64(grp.ID), r.Participants
+			t.Deadline = time.Unix(0, r.Deadline).UTC().Format(time.RFC3339Nano)
+		}
+		for _, l := range per[i].Locks {
+			t := info(l.Txn)
+			if t.RecordGroup == 0 {
+				t.RecordGroup = l.RecordGroup
+				t.Deadline = time.Unix(0, l.Deadline).UTC().Format(time.RFC3339Nano)
+			}
+			t.Locks = append(t.Locks, api.TxnLock{Group: uint64(grp.ID), Key: l.Key, Write: l.Write})
+		}
+	}
+	for _, t := range byID {
+		if t.State == "" {
+			t.State = "unknown" // its record group could not be read
+			if read[t.RecordGroup] {
+				t.State = string(store.TxnAbsent)
+			}
+		}
+		out.Txns = append(out.Txns, *t)
+	}
+	sort.Slice(out.Txns, func(i, j int) bool { return out.Txns[i].ID < out.Txns[j].ID })
+	if out.Txns == nil {
+		out.Txns = []api.TxnInfo{}
+	}
+	return out, nil
+}
+
+func (b backend) AbortTxn(ctx context.Context, id string) (api.TxnInfo, error) {
+	list, err := b.Txns(ctx)
+	if err != nil {
+		return api.TxnInfo{}, err
+	}
+	var t *api.TxnInfo
+	for i := range list.Txns {
+		if list.Txns[i].ID == id {
+			t = &list.Txns[i]
+		}
+	}
+	if t == nil {
+		if len(list.Unreached) > 0 {
+			return api.TxnInfo{}, fmt.Errorf("transaction %s: not found in the groups read, and groups %v could not be read: %w", id, list.Unreached, kvd.ErrUnavailable)
+		}
+		return api.TxnInfo{}, fmt.Errorf("transaction %s holds no lock and no record: %w", id, kvd.ErrNotFound)
+	}
+	gs := groups{b.s}
+	m := b.s.Map()
+	rg := kvd.GroupID(t.RecordGroup)
+	state := store.TxnAborted // without a record group it cannot have committed
+	if _, ok := m.Group(rg); ok && rg != 0 {
+		if state, err = txn.ForceAbort(ctx, gs, id, rg); err != nil {
+			return api.TxnInfo{}, err
+		}
+	}
+	commit := state == store.TxnCommitted
+	targets := map[kvd.GroupID]bool{}
+	for _, l := range t.Locks {
+		targets[kvd.GroupID(l.Group)] = true
+	}
+	for _, p := range t.Participants {
+		targets[kvd.GroupID(p)] = true
+	}
+	for g := range targets {
+		if _, ok := m.Group(g); !ok {
+			continue
+		}
+		if _, err := txn.Resolve(ctx, gs, id, g, commit); err != nil {
+			return api.TxnInfo{}, fmt.Errorf("transaction %s is %s; resolving it in group %d: %w", id, state, g, err)
+		}
+	}
+	if _, ok := m.Group(rg); ok && rg != 0 {
+		if err := txn.Forget(ctx, gs, id, rg); err != nil {
+			b.s.log.Warn("forget an aborted transaction's record", "txn", id, "err", err)
+		}
+	}
+	b.s.log.Info("operator finished a transaction", "txn", id, "state", state)
+	t.State = string(state)
+	return *t, nil
+}

@@ -1,0 +1,146 @@
+package store
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/kvd-project/kvd"
+)
+
+// applier applies commands inside one bbolt write transaction. Every
+// change to a bucket goes through put and del, which seal the value and
+// keep the state hash in step.
+type applier struct {
+	buckets
+	histMax, histMaxBytes int
+	index                 uint64
+	now                   int64
+	// seq numbers the changes within the current entry, for history.
+	seq uint32
+	// histCount and histSize track the history's size during the batch
+	// (loaded on first use); flushHistory prunes and stores them once.
+	histLoaded          bool
+	histCount, histSize uint64
+	// group and owners decide which keys this state may hold: those
+	// whose slot the stored map gives to group (no check if either is
+	// unset).
+	group  kvd.GroupID
+	owners *slotOwners
+	// hash is the state hash after the changes made so far.
+	hash uint64
+}
+
+// put stores payload under key, sealed.
+func (a *applier) put(b bucket, key, payload []byte) error {
+	if b.hashed {
+		if old := b.b.Get(key); old != nil {
+			a.hash -= entryHash(b.tag, storedChecksum(b.tag, key, old))
+		}
+	}
+	sealed, c := seal(b.tag, key, payload)
+	if b.hashed {
+		a.hash += entryHash(b.tag, c)
+	}
+	return b.b.Put(key, sealed)
+}
+
+// del deletes key.
+func (a *applier) del(b bucket, key []byte) error {
+	if b.hashed {
+		old := b.b.Get(key)
+		if old == nil {
+			return nil
+		}
+		a.hash -= entryHash(b.tag, storedChecksum(b.tag, key, old))
+	}
+	return b.b.Delete(key)
+}
+
+// owns reports whether this state may hold key.
+func (a *applier) owns(key string) bool {
+	if a.group == 0 || a.owners == nil {
+		return true
+	}
+	return a.owners[kvd.Slot(key)] == a.group
+}
+
+func (a *applier) checker() checker { return checker{now: a.now, owns: a.owns} }
+
+// applyDocument decodes, checks and applies a command whose payload is a
+// JSON document (transactions and idempotency records). A payload that
+// does not decode or check is answered with an "invalid" outcome, alike on
+// every replica.
+func (a *applier) applyDocument(c *Cmd) (Result, error) {
+	p, err := decodeDocument(c)
+	if err == nil {
+		err = a.checker().cmd(c, p)
+	}
+	if err != nil {
+		return Result{Version: a.index, Err: err, Txn: &TxnOutcome{Code: CodeInvalid}}, nil
+	}
+	var out *TxnOutcome
+	switch p := p.(type) {
+	case *TxnPrepare:
+		out, err = a.prepare(p)
+	case *TxnDecide:
+		out, err = a.decide(p)
+	case *TxnResolve:
+		var writes []TxnWrite
+		writes, err = a.resolve(p.ID, p.Commit)
+		out = &TxnOutcome{Writes: writes}
+	case *TxnRecover:
+		out, err = a.recover(p)
+	case *TxnOnePhase:
+		out, err = a.onePhase(p)
+	case *TxnForget:
+		out, err = a.forget(p)
+	case *DedupClaim:
+		st, err := a.dedupClaim(p)
+		return Result{Version: a.index, Dedup: st}, err
+	case *DedupDone:
+		st, err := a.dedupDone(p)
+		return Result{Version: a.index, Dedup: st}, err
+	case *DedupRegister:
+		st, err := a.dedupRegister(p)
+		return Result{Version: a.index, Dedup: st}, err
+	case *DedupGC:
+		return Result{Version: a.index}, a.dedupGC(p)
+	}
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{Version: a.index, Txn: out}, nil
+}
+
+// decodeDocument decodes the payload of a document command into its type.
+func decodeDocument(c *Cmd) (any, error) {
+	var p any
+	switch c.Kind {
+	case CmdTxnPrepare:
+		p = new(TxnPrepare)
+	case CmdTxnDecide:
+		p = new(TxnDecide)
+	case CmdTxnResolve:
+		p = new(TxnResolve)
+	case CmdTxnRecover:
+		p = new(TxnRecover)
+	case CmdTxnOnePhase:
+		p = new(TxnOnePhase)
+	case CmdTxnForget:
+		p = new(TxnForget)
+	case CmdDedupClaim:
+		p = new(DedupClaim)
+	case CmdDedupDone:
+		p = new(DedupDone)
+	case CmdDedupRegister:
+		p = new(DedupRegister)
+	case CmdDedupGC:
+		p = new(DedupGC)
+	default:
+		return nil, fmt.Errorf("%w: command %s carries no document", kvd.ErrInvalid, c.Kind)
+	}
+	if err := json.Unmarshal(c.Data, p); err != nil {
+		return nil, fmt.Errorf("%w: %s payload: %v", kvd.ErrInvalid, c.Kind, err)
+	}
+	return p, nil
+}
