@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -269,6 +270,15 @@ func (c *Client) do(ctx context.Context, cl *call) (*result, error) {
 					c.refresh(ctx)
 				}
 				retry = true
+			case res.status == http.StatusTooManyRequests:
+				// The node shed the request before doing anything: wait,
+				// then try again.
+				lastErr = errorFrom(res.status, res.header, res.body)
+				retry = true
+				select {
+				case <-time.After(backoff + time.Duration(rand.Int64N(int64(backoff)+1))):
+				case <-ctx.Done():
+				}
 			case res.status >= 500 && !cl.write:
 				lastErr = errorFrom(res.status, res.header, res.body)
 				avoid[target] = true

@@ -61,6 +61,16 @@ func sentinel(code string) error {
 		return kvd.ErrUnavailable
 	case api.CodeUnknownOutcome:
 		return kvd.ErrUnknownOutcome
+	case api.CodeOverloaded:
+		return kvd.ErrOverloaded
+	case api.CodeInsufficientStorage:
+		return kvd.ErrInsufficientStorage
+	case api.CodeForbidden:
+		return kvd.ErrForbidden
+	case api.CodeHeadersTooLarge:
+		return kvd.ErrTooLarge
+	case api.CodeNotImplemented:
+		return kvd.ErrInvalid
 	}
 	return nil
 }
@@ -92,6 +102,12 @@ func codeOfStatus(status int) string {
 		return api.CodeUnavailable
 	case http.StatusGatewayTimeout:
 		return api.CodeUnknownOutcome
+	case http.StatusTooManyRequests:
+		return api.CodeOverloaded
+	case http.StatusInsufficientStorage:
+		return api.CodeInsufficientStorage
+	case http.StatusForbidden:
+		return api.CodeForbidden
 	}
 	return api.CodeInternal
 }

@@ -154,6 +154,10 @@ func (tx *Tx) see(key string, v kvd.Version) {
 	}
 }
 
+// Pending returns how many keys the transaction has read and how many
+// writes it has queued, none of which is committed yet.
+func (tx *Tx) Pending() (reads, writes int) { return len(tx.reads), len(tx.writes) }
+
 // Put buffers a write of key.
 func (tx *Tx) Put(key string, value []byte) { tx.write(kvd.OpPut(key, value)) }
 

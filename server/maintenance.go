@@ -44,8 +44,11 @@ func (s *Server) expireKeys(ctx context.Context) {
 		for _, k := range keys {
 			go func() {
 				defer func() { done <- struct{}{} }()
-				if _, err := g.Propose(pctx, store.Cmd{Kind: store.CmdExpire, Key: k.Key, Cond: store.ExpireCond(k.Version)}); err != nil {
+				res, err := g.Propose(pctx, store.Cmd{Kind: store.CmdExpire, Key: k.Key, Cond: store.ExpireCond(k.Version)})
+				if err != nil {
 					s.log.Debug("expire", "group", gid, "key", k.Key, "err", err)
+				} else if res.Deleted {
+					s.metrics.expired.Add(1)
 				}
 			}()
 		}

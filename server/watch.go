@@ -78,7 +78,7 @@ type historyPage struct {
 // the same committed history), else from a member. With wait it waits up
 // to that long for something new.
 func (s *Server) fetchHistory(ctx context.Context, g kvd.GroupID, pos store.Pos, head bool, prefix string, limit int, wait time.Duration) (historyPage, error) {
-	if grp, ok := s.hosted()[g]; ok {
+	if grp, ok := s.hosted()[g]; ok && grp.Serving() == nil {
 		if head {
 			pos = grp.Store().HistoryHead()
 		}
@@ -201,6 +201,8 @@ const watchProgressInterval = 5 * time.Second
 // Type is a progress mark: only its Cursor counts (the watch read that far
 // and found nothing to send).
 func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cursor string) error, send func(kvd.Event) error) error {
+	s.metrics.watchesOpen.Add(1)
+	defer s.metrics.watchesOpen.Add(-1)
 	m := s.Map()
 	cur := map[kvd.GroupID]store.Pos{}
 	fromNow := map[kvd.GroupID]bool{}

@@ -3,6 +3,7 @@ package shell
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -41,14 +42,33 @@ func (s *Shell) Interactive(ctx context.Context, endpoint, historyPath string, s
 	defer rl.Close()
 	s.out = rl.Stdout()
 	fmt.Fprintf(s.out, "connected to %s; \"help\" lists the commands, \"exit\" leaves\n", endpoint)
+	// Leaving with a transaction open would drop its queued writes: the
+	// first exit (or Ctrl-D) says so, a second one in a row leaves.
+	warned := false
+	leave := func() (bool, error) {
+		open := s.openTxn()
+		if open == "" {
+			return true, nil
+		}
+		if !warned {
+			warned = true
+			fmt.Fprintln(rl.Stderr(), open+": commit or abort it, or exit again to discard it")
+			return false, nil
+		}
+		s.tx = nil
+		return true, ErrTxnDiscarded
+	}
 	for {
 		rl.SetPrompt(prompt())
 		line, err := rl.Readline()
 		if err == readline.ErrInterrupt {
 			continue
 		}
-		if err != nil {
-			return nil // end of input
+		if err != nil { // end of input (Ctrl-D)
+			if done, err := leave(); done || err != nil {
+				return err
+			}
+			continue
 		}
 		words, err := Split(line)
 		if err != nil {
@@ -56,13 +76,21 @@ func (s *Shell) Interactive(ctx context.Context, endpoint, historyPath string, s
 			continue
 		}
 		if len(words) == 1 && (words[0] == "exit" || words[0] == "quit") {
-			return nil
+			if done, err := leave(); done || err != nil {
+				return err
+			}
+			continue
 		}
+		warned = false
 		if err := s.Exec(ctx, words, true); err != nil {
 			fmt.Fprintln(rl.Stderr(), "error: "+Explain(err))
 		}
 	}
 }
+
+// ErrTxnDiscarded is returned by Interactive when the user left with a
+// transaction open (after being warned): its queued writes were dropped.
+var ErrTxnDiscarded = errors.New("left the shell with a transaction open: its queued writes were discarded, nothing was committed")
 
 // Script runs the commands read from r, one per line, in order. It stops
 // at the first failure (unless keepGoing) and returns the exit code of

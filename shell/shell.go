@@ -52,7 +52,7 @@ func ExitCode(err error) int {
 		return ExitPrecondition
 	case errors.Is(err, kvd.ErrUnknownOutcome):
 		return ExitUnknown
-	case errors.Is(err, kvd.ErrUnavailable), errors.Is(err, kvd.ErrWrongGroup):
+	case errors.Is(err, kvd.ErrUnavailable), errors.Is(err, kvd.ErrWrongGroup), errors.Is(err, kvd.ErrInsufficientStorage):
 		return ExitUnavailable
 	}
 	return ExitError
@@ -68,7 +68,8 @@ func Explain(err error) string {
 	}
 	// The category is said in words below: drop it from the detail.
 	for _, sentinel := range []error{kvd.ErrNotFound, kvd.ErrPreconditionFailed, kvd.ErrUnavailable, kvd.ErrUnknownOutcome,
-		kvd.ErrConflict, kvd.ErrInvalid, kvd.ErrTooLarge, kvd.ErrCompareFailed, kvd.ErrCompacted, kvd.ErrNotANumber, kvd.ErrIdempotencyMismatch} {
+		kvd.ErrConflict, kvd.ErrInvalid, kvd.ErrTooLarge, kvd.ErrCompareFailed, kvd.ErrCompacted, kvd.ErrNotANumber, kvd.ErrIdempotencyMismatch,
+		kvd.ErrOverloaded, kvd.ErrInsufficientStorage, kvd.ErrForbidden} {
 		detail = strings.TrimSuffix(detail, ": "+sentinel.Error())
 	}
 	if ce != nil && ce.Node != "" {
@@ -91,8 +92,14 @@ func Explain(err error) string {
 		return "conflict: another transaction holds the key; nothing was written, try again: " + detail
 	case errors.Is(err, kvd.ErrUnknownOutcome):
 		return "outcome unknown: the write may or may not have been applied; read the key before retrying: " + detail
+	case errors.Is(err, kvd.ErrOverloaded):
+		return "overloaded, nothing was applied: " + detail + "; try again in a moment"
 	case errors.Is(err, kvd.ErrUnavailable):
 		return "unavailable, nothing was applied: " + detail + `; try again, or check the cluster with "kvcli health"`
+	case errors.Is(err, kvd.ErrInsufficientStorage):
+		return "insufficient storage, nothing was applied: " + detail + `; reads still work ("kvcli status" shows the disk)`
+	case errors.Is(err, kvd.ErrForbidden):
+		return "forbidden: " + detail
 	case errors.Is(err, kvd.ErrTooLarge):
 		return "too large: " + detail
 	case errors.Is(err, kvd.ErrCompacted):
@@ -139,6 +146,16 @@ func New(c *client.Client, o Options, stdin io.Reader, stdout io.Writer) *Shell 
 // InTxn reports whether an interactive transaction is open.
 func (s *Shell) InTxn() bool { return s.tx != nil }
 
+// openTxn describes the open transaction's uncommitted work, "" if none
+// is open.
+func (s *Shell) openTxn() string {
+	if s.tx == nil {
+		return ""
+	}
+	reads, writes := s.tx.Pending()
+	return fmt.Sprintf("a transaction is open (%d keys read, %d writes queued, nothing committed)", reads, writes)
+}
+
 // command is one kvcli command.
 type command struct {
 	name    string
@@ -164,7 +181,7 @@ func init() {
 		{name: "scan", args: "[PREFIX] [--start KEY] [--end KEY] [--limit N] [--all] [--keys-only]", summary: "list keys in order, a page at a time",
 			flags: map[string]bool{"start": true, "end": true, "limit": true, "all": false, "keys-only": false, "consistency": true}, run: (*Shell).scan},
 		{name: "cas", args: "KEY OLD NEW", summary: "replace KEY's value with NEW if it is OLD (NEW is written atomically)", run: (*Shell).cas},
-		{name: "txn", args: "[FILE|-]", summary: "run a transaction read as JSON (the body of POST /v1/txn) from a file or standard input", run: (*Shell).txnJSON},
+		{name: "txn", args: "[FILE|-] | list | abort ID", summary: "run a transaction read as JSON (the body of POST /v1/txn) from a file or standard input; \"txn list\" shows the transactions holding locks, \"txn abort ID\" aborts a stuck one (unless it committed) and releases its locks", run: (*Shell).txnJSON},
 		{name: "begin", summary: "open a transaction: get records versions, put and del are buffered until commit", shell: true, run: (*Shell).begin},
 		{name: "commit", summary: "commit the open transaction, if nothing it read has changed", shell: true, run: (*Shell).commit},
 		{name: "abort", summary: "drop the open transaction", shell: true, run: (*Shell).abort},
@@ -528,6 +545,20 @@ func (s *Shell) cas(ctx context.Context, a *args) error {
 }
 
 func (s *Shell) txnJSON(ctx context.Context, a *args) error {
+	if len(a.pos) > 0 {
+		switch a.pos[0] {
+		case "list":
+			if err := a.want(lookup("txn"), 1, 1); err != nil {
+				return err
+			}
+			return s.txnList(ctx)
+		case "abort":
+			if len(a.pos) != 2 {
+				return usagef("usage: txn abort ID (the ids are in \"txn list\")")
+			}
+			return s.txnAbort(ctx, a.pos[1])
+		}
+	}
 	if err := a.want(lookup("txn"), 0, 1); err != nil {
 		return err
 	}
@@ -560,6 +591,58 @@ func (s *Shell) txnJSON(ctx context.Context, a *args) error {
 		return err
 	}
 	return s.printTxn(resp)
+}
+
+func (s *Shell) txnList(ctx context.Context) error {
+	list, err := s.c.Txns(ctx)
+	if err != nil {
+		return err
+	}
+	if s.o.JSON {
+		return s.emit(list)
+	}
+	if len(list.Txns) == 0 {
+		fmt.Fprintln(s.out, "no transaction holds a lock or a record")
+	}
+	var rows [][]string
+	for _, t := range list.Txns {
+		var keys []string
+		for _, l := range t.Locks {
+			k := fmt.Sprintf("%s@%d", l.Key, l.Group)
+			if !l.Write {
+				k += "(read)"
+			}
+			keys = append(keys, k)
+		}
+		if len(keys) > 4 {
+			keys = append(keys[:4], fmt.Sprintf("and %d more", len(keys)-4))
+		}
+		rows = append(rows, []string{t.ID, t.State, strconv.FormatUint(t.RecordGroup, 10), t.Deadline, strings.Join(keys, " ")})
+	}
+	if len(rows) > 0 {
+		table(s.out, []string{"ID", "STATE", "RECORD GROUP", "DEADLINE", "LOCKS (key@group)"}, rows)
+	}
+	if len(list.Unreached) > 0 {
+		fmt.Fprintf(s.out, "groups %v could not be read\n", list.Unreached)
+	}
+	return nil
+}
+
+func (s *Shell) txnAbort(ctx context.Context, id string) error {
+	t, err := s.c.AbortTxn(ctx, id)
+	if err != nil {
+		return err
+	}
+	if s.o.JSON {
+		return s.emit(t)
+	}
+	switch t.State {
+	case "committed":
+		fmt.Fprintf(s.out, "transaction %s had committed: its writes are applied and its locks released\n", id)
+	default:
+		fmt.Fprintf(s.out, "transaction %s aborted: nothing of it was written, and its locks are released\n", id)
+	}
+	return nil
 }
 
 func (s *Shell) printTxn(resp kvd.TxnResponse) error {
@@ -726,11 +809,43 @@ func (s *Shell) status(ctx context.Context, a *args) error {
 		if !g.LastContact.IsZero() {
 			contact = time.Since(g.LastContact).Round(time.Millisecond).String() + " ago"
 		}
+		health := "-"
+		if g.Health != nil {
+			health = g.Health.State
+			if c := g.Health.Integrity; c != nil && !c.OK {
+				health += " ALARM: " + c.Alarm
+			}
+		}
 		rows = append(rows, []string{strconv.FormatUint(g.Group, 10), g.Role, strconv.FormatUint(g.Term, 10), g.Leader,
-			strconv.FormatUint(g.CommitIndex, 10), strconv.FormatUint(g.AppliedIndex, 10), contact})
+			strconv.FormatUint(g.CommitIndex, 10), strconv.FormatUint(g.AppliedIndex, 10), contact, health})
 	}
-	table(s.out, []string{"GROUP", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST CONTACT"}, rows)
+	table(s.out, []string{"GROUP", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST CONTACT", "HEALTH"}, rows)
+	for _, m := range st.Missing {
+		fmt.Fprintf(s.out, "group %d NOT STARTED: %s\n", m.Group, m.Reason)
+	}
+	if d := st.Storage; d != nil {
+		state := "writable"
+		if !d.Writable {
+			state = "WRITES REFUSED: " + d.Reason
+		}
+		fmt.Fprintf(s.out, "\ndisk: data %s, free %s; %s\n", bytesText(d.UsedBytes), bytesText(d.FreeBytes), state)
+	}
 	return nil
+}
+
+// bytesText renders a size for people.
+func bytesText(n int64) string {
+	switch {
+	case n < 0:
+		return "unknown"
+	case n < 1<<10:
+		return fmt.Sprintf("%d B", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	case n < 1<<30:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
 }
 
 func (s *Shell) health(ctx context.Context, a *args) error {

@@ -599,6 +599,11 @@ func (c *Coordinator) refusedOrUnavailable(ctx context.Context, votes map[kvd.Gr
 		}
 	}
 	for g, v := range votes {
+		if v.err != nil && (errors.Is(v.err, kvd.ErrInsufficientStorage) || errors.Is(v.err, kvd.ErrOverloaded)) {
+			return Response{}, fmt.Errorf("transaction not committed: group %d: %w", g, v.err)
+		}
+	}
+	for g, v := range votes {
 		if v.err != nil {
 			return Response{}, fmt.Errorf("transaction not committed: group %d: %v: %w", g, v.err, kvd.ErrUnavailable)
 		}
