@@ -137,15 +137,24 @@ func (tg *testGroup) leader() (int, *Group) {
 	var li int
 	var lg *Group
 	require.Eventually(tg.t, func() bool {
-		for i, g := range tg.reps {
-			if g != nil && g.IsLeader() && g.db.AppliedTerm() == g.raft.CurrentTerm() {
-				li, lg = i, g
-				return true
-			}
-		}
-		return false
+		li, lg = tg.currentLeader()
+		return lg != nil
 	}, 10*time.Second, 10*time.Millisecond, "no leader")
 	return li, lg
+}
+
+// currentLeader returns the replica that leads and has committed in its
+// term, if any; it is safe to call from any goroutine.
+func (tg *testGroup) currentLeader() (int, *Group) {
+	tg.mu.Lock()
+	reps := append([]*Group(nil), tg.reps...)
+	tg.mu.Unlock()
+	for i, g := range reps {
+		if g != nil && g.IsLeader() && g.db.AppliedTerm() == g.raft.CurrentTerm() {
+			return i, g
+		}
+	}
+	return -1, nil
 }
 
 func (tg *testGroup) put(key, val string) (uint64, error) {
