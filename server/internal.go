@@ -75,7 +75,8 @@ func (b backend) GroupTxns(ctx context.Context, g kvd.GroupID) (api.GroupTxns, e
 	if err != nil {
 		return api.GroupTxns{}, err
 	}
-	if err := grp.Serving(); err != nil {
+	// A follower read: what every acknowledged write left behind.
+	if err := grp.ReadBarrier(ctx, kvd.Follower); err != nil {
 		return api.GroupTxns{}, err
 	}
 	recs, err := grp.Store().Records()

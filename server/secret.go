@@ -51,6 +51,11 @@ func keysOf(secret []byte) peerKeys {
 	return peerKeys{http: hex.EncodeToString(derive(secret, "kvd peer http v1")), raft: derive(secret, "kvd peer raft v1")}
 }
 
+// PeerCredential returns the credential node-to-node HTTP calls carry
+// (api.HeaderPeerAuth) in a cluster whose peer secret is secret: for
+// tools that act as a node.
+func PeerCredential(secret []byte) string { return keysOf(bytes.TrimSpace(secret)).http }
+
 // readSecret reads a secret file: its trimmed contents.
 func readSecret(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)

@@ -135,6 +135,13 @@ func (c *Cluster) Node(i int) *server.Server {
 	return c.nodes[i]
 }
 
+// DataDir returns node i's data directory.
+func (c *Cluster) DataDir(i int) string { return c.dirs[i] }
+
+// PeerCredential returns what node-to-node calls of this cluster carry
+// (see api.HeaderPeerAuth), for tests that act as a node.
+func (c *Cluster) PeerCredential() string { return server.PeerCredential(c.secret) }
+
 // Size returns the number of nodes.
 func (c *Cluster) Size() int { return len(c.nodes) }
 

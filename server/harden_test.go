@@ -1,0 +1,299 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/internal/testcluster"
+	"github.com/kvd-project/kvd/server"
+	"github.com/kvd-project/kvd/store"
+)
+
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r response) errCode(t *testing.T) string {
+	t.Helper()
+	var e api.Error
+	require.NoError(t, json.Unmarshal(r.body, &e), "error body must be JSON: %s", r.body)
+	return e.Error.Code
+}
+
+var testHTTP = &http.Client{Timeout: 20 * time.Second}
+
+func do(t *testing.T, method, url string, body []byte) response {
+	t.Helper()
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	require.NoError(t, err)
+	resp, err := testHTTP.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return response{resp.StatusCode, resp.Header, b}
+}
+
+// peerDo sends a node-to-node request, as a node would (with the
+// cluster's credential).
+func peerDo(t *testing.T, c *testcluster.Cluster, method, url string, body []byte) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set(api.HeaderPeerAuth, c.PeerCredential())
+	req.Header.Set(api.HeaderForwarded, "n9")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, b
+}
+
+func encodeCmd(t *testing.T, kind store.CmdKind, payload any) []byte {
+	t.Helper()
+	data, err := json.Marshal(payload)
+	require.NoError(t, err)
+	b := store.Batch{Cmds: []store.Cmd{{Kind: kind, Data: data}}}
+	return b.AppendEncode(nil)
+}
+
+// Even with the cluster's credential, a proposal that would not apply as
+// it reads is refused before it reaches the log: an empty key, a key of
+// another group, a lock that would outlive the store.
+func TestServer_ForgedInternalProposalsAreRefused(t *testing.T) {
+	c := testcluster.New(t, 1, 2)
+	m := c.Node(0).Map()
+	ks := keysInGroups(t, m, "f", 1)
+	mine, theirs := ks[1][0], ks[2][0]
+	u := c.URL(0) + "/v1/internal/propose?group=1"
+	far := time.Date(2096, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+	tests := []struct {
+		name   string
+		body   []byte
+		status int
+	}{
+		{"one-phase put of an empty key", encodeCmd(t, store.CmdTxnOnePhase, store.TxnOnePhase{Ops: []store.TxnOp{{Op: "put", Key: "", Value: []byte("x")}}}), 400},
+		{"one-phase put of another group's key", encodeCmd(t, store.CmdTxnOnePhase, store.TxnOnePhase{Ops: []store.TxnOp{{Op: "put", Key: theirs, Value: []byte("x")}}}), 421},
+		{"a lock until 2096", encodeCmd(t, store.CmdTxnPrepare, store.TxnPrepare{ID: "forged", RecordGroup: 1, Deadline: far, Ops: []store.TxnOp{{Op: "put", Key: mine, Value: []byte("x")}}}), 400},
+		{"a plain put", (&store.Batch{Cmds: []store.Cmd{{Kind: store.CmdPut, Key: mine, Value: []byte("x")}}}).AppendEncode(nil), 400},
+		{"garbage", []byte("not a batch"), 400},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := peerDo(t, c, "POST", u, tc.body)
+			require.Equal(t, tc.status, status, "%s", body)
+		})
+	}
+	// Nothing was applied, nothing is locked, and the node serves.
+	r := do(t, "GET", c.URL(0)+"/v1/kv?limit=10", nil)
+	require.JSONEq(t, `{"items":[],"more":false}`, string(r.body))
+	for _, k := range []string{mine, theirs} {
+		r := do(t, "PUT", c.URL(0)+"/v1/kv/"+k, []byte("v"))
+		require.Equal(t, 200, r.status, "%s", r.body)
+	}
+}
+
+// An invalid command that reaches the log anyway (here proposed behind
+// the node's back) is applied as an error on every replica: none stops,
+// and a restart replays it alike.
+func TestServer_InvalidCommandInTheLogStopsNoReplica(t *testing.T) {
+	c := testcluster.New(t, 3, 1)
+	li := c.Leader(1)
+	g, _ := c.Node(li).Group(1)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, cmd := range []store.Cmd{
+		{Kind: store.CmdPut, Key: "", Value: []byte("x")},
+		{Kind: store.CmdTxnPrepare, Data: []byte(`{"id":"","record_group":1,"deadline":1,"ops":[{"op":"put","key":""}]}`)},
+		{Kind: store.CmdTxnResolve, Data: []byte(`{`)},
+	} {
+		res, err := g.Propose(ctx, cmd)
+		require.NoError(t, err, "it commits")
+		require.ErrorIs(t, res.Err, kvd.ErrInvalid, "and is answered as invalid")
+	}
+	r := do(t, "PUT", c.URL(li)+"/v1/kv/after", []byte("v"))
+	require.Equal(t, 200, r.status)
+	for i := range 3 {
+		require.Eventually(t, func() bool {
+			r := do(t, "GET", c.URL(i)+"/v1/kv/after?consistency=stale", nil)
+			return r.status == 200
+		}, 10*time.Second, 20*time.Millisecond, "node %d serves", i)
+	}
+	f := (li + 1) % 3
+	c.Restart(f)
+	c.WaitReady()
+	r = do(t, "GET", c.URL(f)+"/v1/kv/after?consistency=stale", nil)
+	require.Equal(t, 200, r.status, "a replay of the invalid entries stops nothing")
+}
+
+func TestServer_NodeToNodeCallsNeedTheCredential(t *testing.T) {
+	c := testcluster.New(t, 3, 1)
+	li := c.Leader(1)
+	u := c.URL(li) + "/v1/internal/readindex?group=1"
+	r := do(t, "GET", u, nil)
+	require.Equal(t, 403, r.status)
+	require.Equal(t, api.CodeForbidden, r.errCode(t))
+	status, body := peerDo(t, c, "GET", u, nil)
+	require.Equal(t, 200, status, "%s", body)
+	// The secret is in the data directory, private, and never served.
+	for i := range 3 {
+		p := filepath.Join(c.DataDir(i), "peer.secret")
+		fi, err := os.Stat(p)
+		require.NoError(t, err)
+		require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+		secret, err := os.ReadFile(p)
+		require.NoError(t, err)
+		for _, path := range []string{"/v1/cluster", "/v1/status", "/metrics"} {
+			r := do(t, "GET", c.URL(i)+path, nil)
+			require.NotContains(t, string(r.body), strings.TrimSpace(string(secret)))
+			require.NotContains(t, string(r.body), c.PeerCredential())
+		}
+	}
+}
+
+func TestTxnAdmin_ListAndAbortAStuckTransaction(t *testing.T) {
+	var block atomic.Bool
+	c := testcluster.New(t, 3, 3, func(cfg *server.Config) {
+		cfg.TxnTimeout = time.Minute // long: only the operator ends it
+		cfg.TxnAfterPrepare = func(string) error {
+			if block.Load() {
+				return errors.New("coordinator stopped")
+			}
+			return nil
+		}
+	})
+	cl := newBankClient(t, c)
+	ks := keysInGroups(t, c.Node(0).Map(), "stuck", 1)
+	x, y := ks[1][0], ks[3][0]
+	ctx := context.Background()
+	block.Store(true)
+	_, err := cl.Txn(ctx, kvd.Txn{Ops: []kvd.Op{kvd.OpPut(x, []byte("new")), kvd.OpPut(y, []byte("new"))}})
+	require.Error(t, err)
+	block.Store(false)
+
+	list, err := cl.Txns(ctx)
+	require.NoError(t, err)
+	require.Len(t, list.Txns, 1, "%+v", list)
+	stuck := list.Txns[0]
+	require.Equal(t, "pending", stuck.State)
+	require.Len(t, stuck.Locks, 2)
+	_, err = cl.Put(ctx, x, []byte("plain"))
+	require.ErrorIs(t, err, kvd.ErrConflict, "the key is locked")
+
+	got, err := cl.AbortTxn(ctx, stuck.ID)
+	require.NoError(t, err)
+	require.Equal(t, "aborted", got.State)
+	list, err = cl.Txns(ctx)
+	require.NoError(t, err)
+	require.Empty(t, list.Txns, "nothing left of it")
+	_, err = cl.Put(ctx, x, []byte("plain"))
+	require.NoError(t, err)
+	_, err = cl.Get(ctx, y)
+	require.ErrorIs(t, err, kvd.ErrNotFound, "aborted: nothing of it was written")
+	_, err = cl.AbortTxn(ctx, stuck.ID)
+	require.ErrorIs(t, err, kvd.ErrNotFound, "a repeat finds nothing to do")
+}
+
+// A node whose group directory was lost does not start that group empty
+// (it would have forgotten its vote and its acknowledged entries); the
+// others serve the group, and the node says why.
+func TestServer_LostGroupDirectoryIsNotStartedEmpty(t *testing.T) {
+	c := testcluster.New(t, 3, 1)
+	for i := range 10 {
+		r := do(t, "PUT", c.URL(0)+fmt.Sprintf("/v1/kv/k%d", i), []byte("v"))
+		require.Equal(t, 200, r.status)
+	}
+	f := (c.Leader(1) + 1) % 3
+	c.Stop(f)
+	require.NoError(t, os.RemoveAll(filepath.Join(c.DataDir(f), "groups", "1")))
+	c.Restart(f)
+	n := c.Node(f)
+	_, hosted := n.Group(1)
+	require.False(t, hosted, "the group is not started")
+	var st api.Status
+	r := do(t, "GET", c.URL(f)+"/v1/status", nil)
+	require.NoError(t, json.Unmarshal(r.body, &st))
+	require.Len(t, st.Missing, 1)
+	require.Equal(t, uint64(1), st.Missing[0].Group)
+	_, err := os.Stat(filepath.Join(c.DataDir(f), "groups", "1", "raft.db"))
+	require.True(t, os.IsNotExist(err), "nothing is created in its place")
+	// The node still answers, through the group's other replicas.
+	r = do(t, "PUT", c.URL(f)+"/v1/kv/through", []byte("v"))
+	require.Equal(t, 200, r.status, "%s", r.body)
+	r = do(t, "GET", c.URL(f)+"/v1/kv/k3", nil)
+	require.Equal(t, 200, r.status)
+}
+
+func TestServer_QuotaRefusesWritesButNotReads(t *testing.T) {
+	c := testcluster.New(t, 1, 1, func(cfg *server.Config) { cfg.QuotaBytes = 1 })
+	require.Eventually(t, func() bool {
+		return do(t, "PUT", c.URL(0)+"/v1/kv/k", []byte("v")).status == 507
+	}, 5*time.Second, 50*time.Millisecond)
+	r := do(t, "PUT", c.URL(0)+"/v1/kv/k", []byte("v"))
+	require.Equal(t, 507, r.status)
+	require.Equal(t, api.CodeInsufficientStorage, r.errCode(t))
+	r = do(t, "POST", c.URL(0)+"/v1/txn", []byte(`{"ops":[{"op":"put","key":"a","value":"eA=="}]}`))
+	require.Equal(t, 507, r.status, "%s", r.body)
+	r = do(t, "GET", c.URL(0)+"/v1/kv/k", nil)
+	require.Equal(t, 404, r.status, "reads go on")
+	var st api.Status
+	require.NoError(t, json.Unmarshal(do(t, "GET", c.URL(0)+"/v1/status", nil).body, &st))
+	require.False(t, st.Storage.Writable)
+	require.Contains(t, st.Storage.Reason, "quota")
+}
+
+// Past the node's cap of requests in flight, a request is refused at once
+// with 429 and a Retry-After, instead of waiting in a queue.
+func TestServer_RequestsPastTheInflightCapAreShed(t *testing.T) {
+	c := testcluster.New(t, 1, 1, func(cfg *server.Config) { cfg.MaxInflightRequests = 2 })
+	// Two uploads that do not finish hold both slots.
+	var wg sync.WaitGroup
+	var writers []*io.PipeWriter
+	for i := range 2 {
+		pr, pw := io.Pipe()
+		writers = append(writers, pw)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("PUT", c.URL(0)+fmt.Sprintf("/v1/kv/slow%d", i), pr)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+		_, err := pw.Write([]byte("partial"))
+		require.NoError(t, err)
+	}
+	require.Eventually(t, func() bool {
+		return do(t, "GET", c.URL(0)+"/v1/kv/x", nil).status == 429
+	}, 5*time.Second, 20*time.Millisecond)
+	r := do(t, "GET", c.URL(0)+"/v1/kv/x", nil)
+	require.Equal(t, 429, r.status)
+	require.Equal(t, api.CodeOverloaded, r.errCode(t))
+	require.Equal(t, "1", r.header.Get("Retry-After"))
+	for _, pw := range writers {
+		pw.Close()
+	}
+	wg.Wait()
+	require.Eventually(t, func() bool {
+		return do(t, "GET", c.URL(0)+"/v1/kv/slow0", nil).status == 200
+	}, 5*time.Second, 20*time.Millisecond, "slots are released")
+}
