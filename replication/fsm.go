@@ -49,6 +49,9 @@ type applyResult struct {
 	err     error
 }
 
+// maxApplyBytes bounds the entries applied in one bbolt transaction.
+const maxApplyBytes = 8 << 20
+
 // errNotApplied answers entries a closing replica did not apply.
 var errNotApplied = errors.New("entry not applied: the replica is closing")
 
@@ -80,8 +83,13 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		}
 	}
 	for i := 0; i < len(logs); {
-		j := i
-		for j < len(logs) && bad[j] == nil {
+		// A run of decodable entries, at most maxApplyBytes of them (at
+		// least one): bbolt keeps a transaction's dirty pages in memory
+		// until it commits, so a batch of large values is applied in
+		// several transactions.
+		j, size := i, 0
+		for j < len(logs) && bad[j] == nil && (j == i || size+len(logs[j].Data) <= maxApplyBytes) {
+			size += len(logs[j].Data)
 			j++
 		}
 		if j > i {
@@ -94,6 +102,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 				out[k] = applyResult{results: res[k-i]}
 			}
 			f.g.onApplied(entries[i:j], res)
+			f.g.noteAppliedBytes(size)
 			i = j
 			continue
 		}

@@ -154,7 +154,7 @@ func DefaultConfig() Config {
 		SnapshotThreshold:     8192,
 		SnapshotInterval:      30 * time.Second,
 		TrailingLogs:          4096,
-		MaxAppendEntries:      256,
+		MaxAppendEntries:      32,
 		MaxBatchCmds:          512,
 		MaxBatchBytes:         1 << 20,
 		ApplyTimeout:          5 * time.Second,
@@ -162,8 +162,8 @@ func DefaultConfig() Config {
 		FollowerMaxWait:       500 * time.Millisecond,
 		LogCacheBytes:         32 << 20,
 		LogCacheEntries:       1024,
-		MaxQueueBytes:         64 << 20,
-		MaxInflightBytes:      64 << 20,
+		MaxQueueBytes:         32 << 20,
+		MaxInflightBytes:      32 << 20,
 		IntegrityInterval:     5 * time.Minute,
 		Store:                 lazyStore(),
 		Logger:                slog.Default(),
@@ -251,6 +251,10 @@ type Group struct {
 	queued       atomic.Int64
 	inflightSize atomic.Int64
 	inflightFree chan struct{}
+	// appliedBytes counts the bytes applied since the state's mapped
+	// pages were last released; releaseKick asks for a release.
+	appliedBytes atomic.Int64
+	releaseKick  chan struct{}
 
 	origin        uint64 // identifies this incarnation's proposals
 	props         chan *proposal
@@ -289,6 +293,7 @@ func Open(cfg Config) (*Group, error) {
 		props:        make(chan *proposal, 4096),
 		inflight:     make(chan *entry, 1024),
 		inflightFree: make(chan struct{}, 1),
+		releaseKick:  make(chan struct{}, 1),
 		pending:      pendingEntries{m: map[uint64]*entry{}, orphans: map[uint64]*entry{}},
 		leaderKick:   make(chan struct{}, 1),
 		raftDone:     make(chan struct{}),
@@ -406,6 +411,7 @@ func Open(cfg Config) (*Group, error) {
 	g.goFunc(g.runLeaderTasks)
 	g.goFunc(g.runCatchUp)
 	g.goFunc(g.runIntegrity)
+	g.goFunc(g.runRelease)
 	ok = true
 	log.Info("group replica started", "applied", g.db.AppliedIndex(), "existing_state", hasState)
 	return g, nil

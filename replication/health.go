@@ -168,3 +168,35 @@ func (g *Group) runCatchUp() {
 		}
 	}
 }
+
+// releaseEvery is how many applied bytes make the replica release the
+// state file's mapped pages (see store.DB.ReleaseMemory).
+const releaseEvery = 8 << 20
+
+func (g *Group) noteAppliedBytes(n int) {
+	if g.appliedBytes.Add(int64(n)) >= releaseEvery {
+		g.appliedBytes.Store(0)
+		select {
+		case g.releaseKick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// runRelease releases the state file's mapped pages after every
+// releaseEvery bytes applied, and every half minute.
+func (g *Group) runRelease() {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.releaseKick:
+		case <-t.C:
+		case <-g.ctx.Done():
+			return
+		}
+		if err := g.db.ReleaseMemory(); err != nil {
+			g.log.Debug("release the state file's mapped pages", "err", err)
+		}
+	}
+}

@@ -113,7 +113,7 @@ func DefaultConfig() Config {
 		Limits:                kvd.DefaultLimits(),
 		MinFreeBytes:          64 << 20,
 		MaxInflightRequests:   4096,
-		MaxInflightBytes:      256 << 20,
+		MaxInflightBytes:      64 << 20,
 		Replication:           replication.DefaultConfig(),
 		RequestTimeout:        10 * time.Second,
 		ShutdownTimeout:       10 * time.Second,

@@ -21,6 +21,11 @@ import (
 // restart. The free space kept back leaves room for what Raft must still
 // write: terms and votes, and the entries that finish transactions and
 // expire keys.
+//
+// Between two measurements, every write it lets through is charged what
+// it will take on disk (its log entry, its value in the state and in the
+// watch history), so a burst cannot overrun the limits before the next
+// measurement notices.
 type diskGuard struct {
 	dir     string
 	quota   int64
@@ -28,6 +33,9 @@ type diskGuard struct {
 	log     *slog.Logger
 
 	low atomic.Bool
+	// charged is what the writes let through since the last measurement
+	// will take.
+	charged atomic.Int64
 	// mu protects st.
 	mu sync.Mutex
 	st api.Storage
@@ -57,6 +65,7 @@ func (d *diskGuard) run(ctx context.Context, every time.Duration) {
 func (d *diskGuard) check() {
 	used := dirSize(d.dir)
 	free := freeSpace(d.dir)
+	d.charged.Store(0)
 	st := api.Storage{UsedBytes: used, FreeBytes: free, QuotaBytes: d.quota, MinFreeBytes: d.minFree, Writable: true}
 	switch {
 	case d.quota > 0 && used >= d.quota:
@@ -76,10 +85,25 @@ func (d *diskGuard) check() {
 	}
 }
 
-// admit returns nil if a client's write may be proposed now.
-func (d *diskGuard) admit() error {
+// writeCost estimates what a write of n bytes takes on disk: its Raft log
+// entry, the value in the state and in the watch history, and pages.
+func writeCost(n int) int64 { return 3*int64(n) + 4096 }
+
+// admit returns nil if a client's write of n bytes may be proposed now,
+// and charges it.
+func (d *diskGuard) admit(n int) error {
 	if !d.low.Load() {
-		return nil
+		cost := writeCost(n)
+		charged := d.charged.Add(cost)
+		d.mu.Lock()
+		st := d.st
+		d.mu.Unlock()
+		over := (d.quota > 0 && st.UsedBytes+charged > d.quota) || (st.FreeBytes >= 0 && st.FreeBytes-charged < d.minFree)
+		if !over {
+			return nil
+		}
+		d.charged.Add(-cost)
+		return fmt.Errorf("write refused: it would leave the data directory past its quota or its disk short of %d free bytes: %w", d.minFree, kvd.ErrInsufficientStorage)
 	}
 	d.mu.Lock()
 	reason := d.st.Reason
@@ -93,7 +117,8 @@ func (d *diskGuard) status() api.Storage {
 	return d.st
 }
 
-// dirSize is the apparent size of the regular files under dir.
+// dirSize is the disk space the regular files under dir take (bbolt
+// extends its files sparsely: their apparent size overstates it).
 func dirSize(dir string) int64 {
 	var n int64
 	filepath.WalkDir(dir, func(_ string, e fs.DirEntry, err error) error {
@@ -102,7 +127,7 @@ func dirSize(dir string) int64 {
 		}
 		if e.Type().IsRegular() {
 			if info, err := e.Info(); err == nil {
-				n += info.Size()
+				n += allocated(info)
 			}
 		}
 		return nil

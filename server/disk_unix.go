@@ -2,7 +2,20 @@
 
 package server
 
-import "golang.org/x/sys/unix"
+import (
+	"io/fs"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// allocated returns the bytes a file takes on disk.
+func allocated(info fs.FileInfo) int64 {
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		return int64(st.Blocks) * 512
+	}
+	return info.Size()
+}
 
 // freeSpace returns the bytes an unprivileged writer may still use on
 // dir's file system, or -1 if it cannot tell.

@@ -231,7 +231,7 @@ func New(cfg Config) (_ *Server, err error) {
 	}()
 	go func() {
 		defer s.bg.Done()
-		s.disk.run(bgCtx, time.Second)
+		s.disk.run(bgCtx, 250*time.Millisecond)
 	}()
 	go func() {
 		defer s.bg.Done()

@@ -218,7 +218,7 @@ func (s *Server) propose(ctx context.Context, g *replication.Group, cmd store.Cm
 	switch cmd.Kind {
 	case store.CmdPut, store.CmdDelete, store.CmdTxnPrepare, store.CmdTxnOnePhase, store.CmdDedupClaim, store.CmdDedupRegister:
 		if g.IsLeader() {
-			if err := s.disk.admit(); err != nil {
+			if err := s.disk.admit(cmd.EncodedSize()); err != nil {
 				return store.Result{}, fmt.Errorf("group %d: %w", g.ID(), err)
 			}
 		}

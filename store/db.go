@@ -501,11 +501,16 @@ func (a *applier) write(c *Cmd) (Result, error) {
 	if ls, err := a.locked(c.Key); err != nil || ls != nil {
 		return Result{Err: kvd.ErrConflict, Locks: ls}, err
 	}
-	rec, err := a.record(c.Key)
-	if err != nil {
-		return Result{}, err
+	var cur uint64
+	if c.Cond.Kind == kvd.CondNone {
+		cur, _ = a.recordHead(c.Key)
+	} else {
+		rec, err := a.record(c.Key)
+		if err != nil {
+			return Result{}, err
+		}
+		cur = version(rec)
 	}
-	cur := version(rec)
 	if !c.Cond.Holds(cur) {
 		return Result{Version: cur, Err: kvd.ErrPreconditionFailed}, nil
 	}
@@ -520,6 +525,22 @@ func (a *applier) write(c *Cmd) (Result, error) {
 
 // record returns key's stored record (nil if absent), checked.
 func (a *applier) record(key string) ([]byte, error) { return a.kv.get([]byte(key)) }
+
+// recordHead returns the version and expiry of key's stored record (0, 0
+// if absent) without checking its seal: it reads the record's first bytes
+// only, where checking would read (and map into memory) the whole value.
+// It serves what overwrites a key whatever its value: the version of an
+// unconditional write and the expiry index to clean up. Damage there
+// leaves at worst a stale expiry entry, which expiry itself ignores
+// (CmdExpire checks the record); any read of the value still checks it.
+func (a *applier) recordHead(key string) (ver uint64, expires int64) {
+	raw := a.kv.b.Get([]byte(key))
+	if raw == nil {
+		return 0, 0
+	}
+	rec := raw[sealOverhead(raw):]
+	return version(rec), recExpires(rec)
+}
 
 func (a *applier) apply(c *Cmd) (Result, *kvd.Map, error) {
 	if c.Kind.hasDocument() {

@@ -265,11 +265,7 @@ func expiryKey(at int64, key string) []byte {
 // setKey writes key's value at the current index, with a TTL if ttl > 0,
 // keeping the expiry index and the history in step.
 func (a *applier) setKey(key string, val []byte, ttl int64) error {
-	old, err := a.record(key)
-	if err != nil {
-		return err
-	}
-	if exp := recExpires(old); exp != 0 {
+	if _, exp := a.recordHead(key); exp != 0 {
 		if err := a.expiry.Delete(expiryKey(exp, key)); err != nil {
 			return err
 		}
@@ -292,11 +288,7 @@ func (a *applier) setKey(key string, val []byte, ttl int64) error {
 
 // delKey deletes key (which must exist) at the current index.
 func (a *applier) delKey(key string) error {
-	old, err := a.record(key)
-	if err != nil {
-		return err
-	}
-	if exp := recExpires(old); exp != 0 {
+	if _, exp := a.recordHead(key); exp != 0 {
 		if err := a.expiry.Delete(expiryKey(exp, key)); err != nil {
 			return err
 		}

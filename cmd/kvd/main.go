@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -42,10 +43,12 @@ func run(args []string) int {
 	fs.StringVar(&cfg.RaftAdvertise, "raft-advertise", "", "Raft address peers dial (default: the listen address)")
 	initial := fs.String("initial-cluster", "", "bootstrap `file`: {\"nodes\":[{\"id\",\"http\",\"raft\"}...],\"groups\":G,\"replicas\":R}")
 	fs.StringVar(&cfg.PeerSecretFile, "peer-secret-file", "", "`file` holding the cluster's peer secret, for a node that has none yet (first start, or joining); created with a random secret if absent (default: the --initial-cluster file's path + \".secret\")")
-	fs.Int64Var(&cfg.QuotaBytes, "quota-bytes", 0, "refuse writes (507) once the data directory holds this many bytes (0: no quota)")
-	fs.Int64Var(&cfg.MinFreeBytes, "min-free-bytes", cfg.MinFreeBytes, "refuse writes (507) while the data directory's disk has less free space than this")
+	fs.Var(byteSize{&cfg.QuotaBytes}, "quota-bytes", "refuse writes (507) once the data directory takes this much disk, e.g. 8GiB (0: no quota)")
+	fs.Var(byteSize{&cfg.MinFreeBytes}, "min-free-bytes", "refuse writes (507) while the data directory's disk has less free space than this")
 	fs.IntVar(&cfg.MaxInflightRequests, "max-inflight-requests", cfg.MaxInflightRequests, "requests served at once; past it a request gets 429 at once (0: no cap)")
-	fs.Int64Var(&cfg.MaxInflightBytes, "max-inflight-bytes", cfg.MaxInflightBytes, "body bytes of the requests served at once; past it a request gets 429 at once (0: no cap)")
+	fs.Var(byteSize{&cfg.MaxInflightBytes}, "max-inflight-bytes", "body bytes of the requests served at once; past it a request gets 429 at once (0: no cap)")
+	memLimit := int64(512 << 20)
+	fs.Var(byteSize{&memLimit}, "memory-limit", "soft limit of the Go runtime's memory: the garbage collector works harder near it (0: none; the GOMEMLIMIT environment variable, if set, wins)")
 	fs.DurationVar(&cfg.Replication.IntegrityInterval, "integrity-check-interval", cfg.Replication.IntegrityInterval, "how often each replica scrubs its state and the leaders compare the replicas' state hashes (0: never)")
 	peers := fs.String("peer-addrs", "", "`file` mapping node ids to the addresses to dial for them: {\"n2\":{\"http\":\"..\",\"raft\":\"..\"}}")
 	fs.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "time limit of one client request")
@@ -98,6 +101,9 @@ func run(args []string) int {
 	if cfg.QuotaBytes < 0 || cfg.MinFreeBytes < 0 || cfg.MaxInflightRequests < 0 || cfg.MaxInflightBytes < 0 || cfg.Replication.IntegrityInterval < 0 {
 		fmt.Fprintln(os.Stderr, "kvd: --quota-bytes, --min-free-bytes, --max-inflight-requests, --max-inflight-bytes and --integrity-check-interval must not be negative")
 		return 2
+	}
+	if memLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memLimit)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {

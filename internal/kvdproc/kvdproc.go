@@ -87,6 +87,16 @@ func (n *Node) Running() bool {
 	}
 }
 
+// Pid returns the process id of the node's running process, 0 if none.
+func (n *Node) Pid() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil || n.cmd.Process == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
 // Cluster is a set of kvd processes started from one initial-cluster file.
 type Cluster struct {
 	Bin   string
