@@ -4,19 +4,24 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/creack/pty"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/internal/testcluster"
+	"github.com/kvd-project/kvd/server"
 )
 
 var kvcliBin string
@@ -377,4 +382,108 @@ func TestKvcli_FunctionsCommands(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(lines[1]), &ev))
 	require.Equal(t, "delete", ev["type"])
 	require.NotEmpty(t, ev["cursor"])
+}
+
+// Ending the interactive shell (Ctrl-D or exit) with a transaction open
+// must not drop its queued writes silently: the first end warns, the
+// second discards them and exits non-zero.
+func TestKvcli_EndOfInputWithAnOpenTransactionWarnsFirst(t *testing.T) {
+	c := testcluster.New(t, 1, 1)
+	cmd := exec.Command(kvcliBin, "--endpoints", c.URL(0))
+	cmd.Env = append(os.Environ(), "HOME="+t.TempDir(), "TERM=xterm")
+	f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 40, Cols: 120})
+	require.NoError(t, err)
+	defer f.Close()
+	tm := &term{t: t, f: f}
+	go func() {
+		b := make([]byte, 4096)
+		for {
+			n, err := f.Read(b)
+			tm.mu.Lock()
+			tm.buf.Write(b[:n])
+			tm.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	tm.expect("> ")
+	tm.send("begin\r")
+	tm.expect("(txn)> ")
+	tm.send("put queued-key v\r")
+	tm.expect("queued")
+	tm.send("\x04") // Ctrl-D
+	tm.expect("1 writes queued, nothing committed")
+	tm.expect("(txn)> ")
+	tm.send("\x04")
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee, "leaving with queued writes is not a success")
+		require.Equal(t, 1, ee.ExitCode())
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("kvcli did not exit")
+	}
+	tm.expect("discarded")
+	r := kvcli(t, c, "", "get", "queued-key")
+	require.Equal(t, 3, r.code, "nothing was written")
+}
+
+func TestKvcli_TxnListAndAbort(t *testing.T) {
+	var block atomic.Bool
+	c := testcluster.New(t, 3, 3, func(cfg *server.Config) {
+		cfg.TxnTimeout = time.Minute
+		cfg.TxnAfterPrepare = func(string) error {
+			if block.Load() {
+				return errors.New("coordinator stopped")
+			}
+			return nil
+		}
+	})
+	r := kvcli(t, c, "", "txn", "list")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Contains(t, r.stdout, "no transaction holds a lock")
+
+	// A transaction over two groups whose coordinator stops after the
+	// prepare: its keys stay locked until an operator aborts it.
+	m := c.Node(0).Map()
+	var keys []string
+	seen := map[kvd.GroupID]bool{}
+	for i := 0; len(keys) < 2; i++ {
+		k := fmt.Sprintf("lock%d", i)
+		g, _ := m.GroupOf(kvd.Slot(k))
+		if !seen[g] {
+			seen[g] = true
+			keys = append(keys, k)
+		}
+	}
+	block.Store(true)
+	body := fmt.Sprintf(`{"ops":[{"op":"put","key":%q,"value":"eA=="},{"op":"put","key":%q,"value":"eA=="}]}`, keys[0], keys[1])
+	r = kvcli(t, c, body, "txn", "-")
+	require.NotEqual(t, 0, r.code)
+	block.Store(false)
+
+	r = kvcli(t, c, "", "--json", "txn", "list")
+	require.Equal(t, 0, r.code, r.stderr)
+	var list api.TxnList
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &list))
+	require.Len(t, list.Txns, 1)
+	id := list.Txns[0].ID
+	r = kvcli(t, c, "", "txn", "list")
+	require.Contains(t, r.stdout, id)
+	require.Contains(t, r.stdout, keys[0])
+	require.Equal(t, 4, kvcli(t, c, "", "put", keys[0], "plain").code, "the key is locked")
+
+	r = kvcli(t, c, "", "txn", "abort", id)
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Contains(t, r.stdout, "aborted")
+	require.Equal(t, 0, kvcli(t, c, "", "put", keys[0], "plain").code, "the lock is gone")
+	require.Equal(t, 3, kvcli(t, c, "", "get", keys[1]).code, "nothing of it was written")
+	r = kvcli(t, c, "", "txn", "abort", id)
+	require.Equal(t, 3, r.code, "a repeat finds nothing: %s", r.stderr)
+	r = kvcli(t, c, "", "txn", "abort")
+	require.Equal(t, 2, r.code)
 }
