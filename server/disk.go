@@ -33,9 +33,9 @@ type diskGuard struct {
 	log     *slog.Logger
 
 	low atomic.Bool
-	// charged is what the writes let through since the last measurement
-	// will take.
-	charged atomic.Int64
+	// used and free are the last measurement; charged is what the writes
+	// let through since it will take.
+	used, free, charged atomic.Int64
 	// mu protects st.
 	mu sync.Mutex
 	st api.Storage
@@ -76,6 +76,8 @@ func (d *diskGuard) check() {
 	d.mu.Lock()
 	d.st = st
 	d.mu.Unlock()
+	d.used.Store(used)
+	d.free.Store(free)
 	if was := d.low.Swap(!st.Writable); was != !st.Writable {
 		if st.Writable {
 			d.log.Info("disk space is back; taking writes again", "used", used, "free", free)
@@ -95,10 +97,8 @@ func (d *diskGuard) admit(n int) error {
 	if !d.low.Load() {
 		cost := writeCost(n)
 		charged := d.charged.Add(cost)
-		d.mu.Lock()
-		st := d.st
-		d.mu.Unlock()
-		over := (d.quota > 0 && st.UsedBytes+charged > d.quota) || (st.FreeBytes >= 0 && st.FreeBytes-charged < d.minFree)
+		used, free := d.used.Load(), d.free.Load()
+		over := (d.quota > 0 && used+charged > d.quota) || (free >= 0 && free-charged < d.minFree)
 		if !over {
 			return nil
 		}
