@@ -254,7 +254,7 @@ func (g *Group) rebuildLocally(minIndex uint64) error {
 // corruptionSeen is told (by the store) when a read met damaged data: the
 // replica stops serving and repairs its state in the background.
 func (g *Group) corruptionSeen(err error) {
-	if !g.repairQueued.CompareAndSwap(false, true) {
+	if g.ctx.Err() != nil || !g.repairQueued.CompareAndSwap(false, true) {
 		return
 	}
 	g.log.Error("a read met damaged data; the replica stops serving the group until it is repaired", "err", err)

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# flood.sh — memory and latency under overload, on a real 3-node kvd
+# cluster (3 groups x 3 replicas) on loopback:
+#   1. WRITERS writers (default 200) of 1 MiB values for DURATION (15s),
+#      each node's peak resident memory (VmHWM) and its split into the
+#      process's own memory (RssAnon) and mapped files (RssFile), sampled
+#      every second;
+#   2. SMALL_CLIENTS writers (default 1000) of 256-byte values: throughput
+#      and latency percentiles.
+# Needs Linux (/proc). Env: DURATION, WRITERS, SMALL_CLIENTS, BASE_PORT
+# (default 27600), BIN (default ./bin: kvd and kvbench).
+set -euo pipefail
+DURATION=${DURATION:-15s}
+WRITERS=${WRITERS:-200}
+SMALL_CLIENTS=${SMALL_CLIENTS:-1000}
+BASE_PORT=${BASE_PORT:-27600}
+BIN=${BIN:-./bin}
+[ -x "$BIN/kvd" ] && [ -x "$BIN/kvbench" ] || { echo "build first: make build" >&2; exit 2; }
+work=$(mktemp -d /tmp/kvd-flood.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+start_cluster() {
+  local nodes="" i h r
+  eps=""
+  for i in 1 2 3; do
+    h=$((BASE_PORT + 10*i)); r=$((h + 1))
+    port_free "$h" && port_free "$r" || { echo "port $h or $r is in use (set BASE_PORT)" >&2; exit 2; }
+    nodes+="${nodes:+,}{\"id\":\"n$i\",\"http\":\"127.0.0.1:$h\",\"raft\":\"127.0.0.1:$r\"}"
+    eps+="${eps:+,}http://127.0.0.1:$h"
+  done
+  echo "{\"nodes\":[$nodes],\"groups\":3,\"replicas\":3}" >"$work/cluster.json"
+  pids=()
+  for i in 1 2 3; do
+    h=$((BASE_PORT + 10*i))
+    "$BIN/kvd" --id "n$i" --data-dir "$work/n$i" --http-addr "127.0.0.1:$h" --raft-addr "127.0.0.1:$((h + 1))" \
+      --initial-cluster "$work/cluster.json" --log-level warn >"$work/n$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in 1 2 3; do
+    h=$((BASE_PORT + 10*i)); local ok=
+    for _ in $(seq 1 300); do
+      if curl -fsS "http://127.0.0.1:$h/readyz" >/dev/null 2>&1; then ok=1; break; fi
+      sleep 0.1
+    done
+    [ -n "$ok" ] || { echo "node n$i not ready; its log:" >&2; cat "$work/n$i.log" >&2; exit 1; }
+  done
+}
+stop_cluster() {
+  cleanup_pids=("${pids[@]}")
+  for p in "${cleanup_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${cleanup_pids[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  pids=()
+  rm -rf "$work"/n1 "$work"/n2 "$work"/n3
+}
+field() { awk -v k="$2:" '$1 == k {print int($2/1024)}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+echo "== $WRITERS writers of 1 MiB values for $DURATION (3 nodes, 3 groups)"
+start_cluster
+"$BIN/kvbench" --endpoints "$eps" --clients "$WRITERS" --value-size 1048576 --keys 2000 --duration "$DURATION" \
+  --warmup 0s --quiet --json put >"$work/large.json" 2>"$work/large.err" &
+bench=$!
+declare -A hwm anon file
+while kill -0 "$bench" 2>/dev/null; do
+  for i in 0 1 2; do
+    p=${pids[$i]}
+    a=$(field "$p" RssAnon); f=$(field "$p" RssFile); h=$(field "$p" VmHWM)
+    (( a > ${anon[$i]:-0} )) && anon[$i]=$a
+    (( f > ${file[$i]:-0} )) && file[$i]=$f
+    hwm[$i]=$h
+  done
+  sleep 1
+done
+wait "$bench" || true
+for i in 0 1 2; do
+  alive=yes; kill -0 "${pids[$i]}" 2>/dev/null || alive=NO
+  echo "n$((i+1)): peak resident ${hwm[$i]} MiB (largest samples: own ${anon[$i]} MiB, mapped files ${file[$i]} MiB); alive: $alive"
+done
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("puts: %d ok (%.0f/s), %d errors, p50 %.1f ms, p99 %.1f ms, max %.1f ms" % (r["ops"], r["ops_per_sec"], r.get("errors",0), r["p50_ms"], r["p99_ms"], r["max_ms"]))' "$work/large.json" \
+  || cat "$work/large.json" "$work/large.err"
+stop_cluster
+
+echo "== $SMALL_CLIENTS writers of 256-byte values for $DURATION"
+start_cluster
+"$BIN/kvbench" --endpoints "$eps" --clients "$SMALL_CLIENTS" --value-size 256 --duration "$DURATION" --warmup 2s --quiet --json put >"$work/small.json" 2>"$work/small.err" || true
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("puts: %d ok (%.0f/s), %d errors, p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms, max %.1f ms" % (r["ops"], r["ops_per_sec"], r.get("errors",0), r["p50_ms"], r["p99_ms"], r.get("p999_ms",0), r["max_ms"]))' "$work/small.json" \
+  || cat "$work/small.json" "$work/small.err"
+for i in 0 1 2; do echo "n$((i+1)): peak resident $(field "${pids[$i]}" VmHWM) MiB"; done
