@@ -94,8 +94,9 @@ func DefaultLimits() Limits {
 	}
 }
 
-// MaxKeyBytesLimit is the largest key the store can hold (bbolt's limit).
-const MaxKeyBytesLimit = 32768
+// MaxKeyBytesLimit is the largest key the store can hold: bbolt's limit
+// (32768 bytes) less the 8 bytes an expiry index adds to a key.
+const MaxKeyBytesLimit = 32760
 
 // Validate checks that the limits can be enforced: a limit the store
 // cannot honour would let every replica fail the same entry.

@@ -230,6 +230,7 @@ func New(b Backend, o Options) (*Handler, error) {
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer markAnswering(r)()
 	w.Header().Set(api.HeaderNode, h.b.NodeID())
 	w.Header().Set(api.HeaderEpoch, strconv.FormatUint(h.b.Epoch(), 10))
 	internal := strings.HasPrefix(r.URL.Path, api.InternalPrefix)
@@ -244,9 +245,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: malformed query string: %v", kvd.ErrInvalid, err), false)
 		return
 	}
-	// Long-lived requests (watches, history long polls) hold no body and
-	// would hold a slot for ever: they are not counted.
-	if r.URL.Path != "/v1/watch" && r.URL.Path != "/v1/internal/history" {
+	// Long-lived requests (watches) would hold a slot for ever, and
+	// node-to-node calls (authenticated above) finish what clients' admitted
+	// requests started (resolutions, read indexes, repairs): neither is
+	// counted.
+	if r.URL.Path != "/v1/watch" && !internal {
 		release, err := h.limits.admit(r)
 		if err != nil {
 			w.Header().Set("Retry-After", "1")

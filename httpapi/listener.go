@@ -2,11 +2,13 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/kvd-project/kvd/api"
 )
@@ -15,12 +17,39 @@ import (
 // itself, before any handler runs (a malformed request line or header, a
 // bad percent-encoding in the path, a negative Content-Length, headers
 // too large, an unsupported transfer encoding), are JSON like every
-// other error of the API instead of plain text.
+// other error of the API instead of plain text. Serve with ConnContext
+// set too (http.Server.ConnContext), so that nothing a handler writes is
+// ever taken for such an error.
 //
-// net/http writes each such answer in one write, as a status line
-// followed by exactly these headers; a handler's answer always carries
-// other headers too (Date, X-Kvd-Node), so it never has this shape.
+// net/http writes each such answer in one write: a status line, exactly
+// these headers, and the status again as the body. It does so only while
+// no handler is answering on the connection: on a new connection, or
+// after the last answer was flushed and net/http went back to reading.
+// The wrapper rewrites only then, and only writes of exactly that shape.
 func JSONErrors(ln net.Listener) net.Listener { return jsonErrorListener{ln} }
+
+// ConnContext is the http.Server.ConnContext hook that goes with
+// JSONErrors: it lets the handler mark its connection busy.
+func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if jc, ok := c.(*jsonErrorConn); ok {
+		return context.WithValue(ctx, connKey{}, jc)
+	}
+	return ctx
+}
+
+type connKey struct{}
+
+// markAnswering marks the request's connection as answering until the
+// returned function is called (when the handler returns; net/http then
+// flushes the answer, and reads the next request).
+func markAnswering(r *http.Request) func() {
+	jc, ok := r.Context().Value(connKey{}).(*jsonErrorConn)
+	if !ok {
+		return func() {}
+	}
+	jc.state.Store(connAnswering)
+	return func() { jc.state.Store(connFlushing) }
+}
 
 const plainErrorHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
 
@@ -31,17 +60,34 @@ func (l jsonErrorListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return jsonErrorConn{c}, nil
+	return &jsonErrorConn{Conn: c}, nil
 }
 
-type jsonErrorConn struct{ net.Conn }
+// A connection's state, as far as its writes go.
+const (
+	connIdle      int32 = iota // net/http is reading a request
+	connAnswering              // a handler is answering
+	connFlushing               // the handler returned; its answer is being flushed
+)
 
-func (c jsonErrorConn) Write(p []byte) (int, error) {
-	if out, ok := rewritePlainError(p); ok {
-		if _, err := c.Conn.Write(out); err != nil {
-			return 0, err
+type jsonErrorConn struct {
+	net.Conn
+	state atomic.Int32
+}
+
+func (c *jsonErrorConn) Read(p []byte) (int, error) {
+	c.state.CompareAndSwap(connFlushing, connIdle)
+	return c.Conn.Read(p)
+}
+
+func (c *jsonErrorConn) Write(p []byte) (int, error) {
+	if c.state.Load() == connIdle {
+		if out, ok := rewritePlainError(p); ok {
+			if _, err := c.Conn.Write(out); err != nil {
+				return 0, err
+			}
+			return len(p), nil
 		}
-		return len(p), nil
 	}
 	return c.Conn.Write(p)
 }
@@ -61,7 +107,10 @@ func rewritePlainError(p []byte) ([]byte, bool) {
 	if err != nil {
 		return nil, false
 	}
-	msg := string(p[i+len(plainErrorHeaders):])
+	line, msg := string(p[len(proto):i]), string(p[i+len(plainErrorHeaders):])
+	if msg != line && !(status == http.StatusNotImplemented && msg == "Unsupported transfer encoding") {
+		return nil, false // not net/http's own answer
+	}
 	code := api.CodeInvalidRequest
 	switch status {
 	case http.StatusRequestHeaderFieldsTooLarge:

@@ -9,7 +9,6 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/store"
 )
 
@@ -141,23 +140,25 @@ func (f *fsm) apply(entries []store.Entry) ([][]store.Result, error) {
 			f.g.clearStall()
 			return res, nil
 		}
-		switch {
-		case errors.Is(err, kvd.ErrClosed):
-			return nil, err
-		case errors.Is(err, store.ErrCorrupt):
+		if f.g.ctx.Err() != nil {
+			return nil, err // closing
+		}
+		if errors.Is(err, store.ErrCorrupt) {
 			if err := f.g.repairState(f.g.db.AppliedIndex(), err); err != nil {
 				return nil, err
 			}
 			continue
 		}
-		if f.g.ctx.Err() != nil {
-			return nil, err
-		}
+		// The disk refused (ENOSPC, EIO), or the state file could not be
+		// reopened after a restore: wait, reopen it if need be, retry.
 		f.g.stall(err, attempt)
 		select {
 		case <-time.After(backoff):
 		case <-f.g.ctx.Done():
 			return nil, err
+		}
+		if err := f.g.db.Reopen(); err != nil {
+			f.g.stall(err, attempt)
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
@@ -192,10 +193,15 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.g.db.Restore(rc); err != nil {
+	// After a repair the state can be ahead of what the leader sends:
+	// keep it rather than go back.
+	restored, err := f.g.db.RestoreIfNewer(rc)
+	if err != nil {
 		return err
 	}
-	f.g.stats.snapshotsInstalled.Add(1)
+	if restored {
+		f.g.stats.snapshotsInstalled.Add(1)
+	}
 	return nil
 }
 

@@ -341,9 +341,22 @@ func Open(cfg Config) (*Group, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open group %d: raft log: %w", cfg.Group, err)
 	}
+	var snapIndex uint64
 	if metas, err := g.snaps.List(); err == nil && len(metas) > 0 {
-		floor = max(floor, metas[0].Index)
+		snapIndex = metas[0].Index
 	}
+	// raft reads every entry after its newest snapshot when it starts, and
+	// panics on one it cannot decode; its term is unknown, so it cannot be
+	// handed over either. Such a replica must be rebuilt as a new one.
+	currentTerm, err := g.bolt.GetUint64([]byte("CurrentTerm")) // raft's key
+	if err != nil && hasState {
+		return nil, fmt.Errorf("open group %d: read the current term: %w", cfg.Group, err)
+	}
+	if err := g.logs.checkLog(snapIndex+1, floor, currentTerm); err != nil {
+		log.Error("the raft log holds an entry that cannot be read; not starting this replica", "err", err)
+		return nil, fmt.Errorf("open group %d: %w: %w", cfg.Group, err, ErrNoState)
+	}
+	floor = max(floor, snapIndex, g.db.AppliedIndex(), readFloor(cfg.Dir))
 	g.startFloor.Store(floor)
 	g.health.caughtUp.Store(g.db.AppliedIndex() >= floor)
 	if cfg.Transport != nil {

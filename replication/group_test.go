@@ -381,4 +381,10 @@ func TestGroup_LeadershipTransferUnderLoad_OutcomesAreKnown(t *testing.T) {
 		return true
 	})
 	require.Positive(t, n)
+	// Every byte counted in flight was given back, orphans included: a
+	// later term's proposals are not held up by entries of an earlier one.
+	for i, r := range reps {
+		require.Eventually(t, func() bool { st := r.Stats(); return st.InflightBytes == 0 && st.QueuedBytes == 0 },
+			5*time.Second, 10*time.Millisecond, "replica %d still counts bytes in flight: %+v", i, r.Stats())
+	}
 }

@@ -159,8 +159,12 @@ func (g *Group) HashAt(ctx context.Context, index uint64) (uint64, error) {
 // LogEntry returns entry index of the local log, once this replica has
 // applied it (so it is committed), checked: it serves a peer's repair.
 func (g *Group) LogEntry(index uint64) (*raft.Log, error) {
-	if index == 0 || index > g.db.AppliedIndex() {
-		return nil, fmt.Errorf("group %d: entry %d is not applied here (applied %d): %w", g.id, index, g.db.AppliedIndex(), kvd.ErrNotFound)
+	// Committed here (raft's commit index on a follower only covers what
+	// its log shares with the leader's): at that index every replica's
+	// committed entry is this one.
+	if index == 0 || index > g.db.AppliedIndex() || index > g.raft.CommitIndex() {
+		return nil, fmt.Errorf("group %d: entry %d is not committed and applied here (applied %d, commit %d): %w",
+			g.id, index, g.db.AppliedIndex(), g.raft.CommitIndex(), kvd.ErrNotFound)
 	}
 	l, err := g.logs.readStored(index)
 	if err != nil {

@@ -3,6 +3,7 @@ package replication
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/stretchr/testify/require"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/store"
@@ -130,6 +132,8 @@ func TestGroup_DamagedStateIsRepairedFromAPeer(t *testing.T) {
 	require.Eventually(t, func() bool { return r.Health().State == "ok" }, 10*time.Second, 20*time.Millisecond)
 	_, err = r.Store().Verify()
 	require.NoError(t, err, "the repaired state checks out whole")
+	require.GreaterOrEqual(t, readFloor(tg.dirs[f]), r.Store().AppliedIndex()-1,
+		"the index the repair installed is recorded, for the next start's catch-up")
 	_, err = tg.put("after", "x")
 	require.NoError(t, err)
 	tg.waitValue(f, "after", "x")
@@ -388,4 +392,80 @@ func TestMux_RefusesAPeerWithoutTheSecret(t *testing.T) {
 	require.Error(t, err, "the connection is closed without an answer")
 	require.Eventually(t, func() bool { return a.Refused() >= 2 }, 5*time.Second, 10*time.Millisecond)
 	require.Zero(t, a.Stats().Inbound)
+}
+
+// A raft log entry that cannot be decoded (damaged framing: its term is
+// unknown) keeps the replica from starting, rather than being replayed
+// with a made-up term or crashing raft.
+func TestGroup_UndecodableLogEntryKeepsTheReplicaFromStarting(t *testing.T) {
+	tg := newTestGroup(t, 1, nil)
+	for i := range 5 {
+		_, err := tg.put(fmt.Sprintf("k%d", i), "v")
+		require.NoError(t, err)
+	}
+	last := tg.reps[0].Status().LastIndex
+	tg.stop(0)
+	bdb, err := bolt.Open(filepath.Join(tg.dirs[0], "raft.db"), 0o600, nil)
+	require.NoError(t, err)
+	require.NoError(t, bdb.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("logs")).Put(binary.BigEndian.AppendUint64(nil, last), []byte{0xc1, 0xc1, 0xc1})
+	}))
+	require.NoError(t, bdb.Close())
+	mux, err := NewMux(mustListen(t), "", testClusterID, testKey, quietLogger())
+	require.NoError(t, err)
+	defer mux.Close()
+	layer, err := mux.Layer(1)
+	require.NoError(t, err)
+	cfg := DefaultConfig()
+	cfg.Group, cfg.NodeID, cfg.Dir, cfg.Layer, cfg.Logger = 1, nodeID(0), tg.dirs[0], layer, quietLogger()
+	_, err = Open(cfg)
+	require.ErrorIs(t, err, ErrNoState)
+	require.ErrorContains(t, err, fmt.Sprintf("entry %d", last))
+}
+
+// A state rebuilt locally applies the log with the same checks as the
+// live state: a command for another group's key, refused when it was
+// first applied, is refused again.
+func TestGroup_LocalRebuildAppliesTheSameChecks(t *testing.T) {
+	m := kvd.InitialCluster{Nodes: []kvd.Node{{ID: "n1", HTTP: "h", Raft: "r"}}, Groups: 2, Replicas: 1}.Map()
+	tg := newTestGroup(t, 1, func(c *Config) { c.SeedMap = m })
+	r := tg.reps[0]
+	require.Eventually(t, func() bool { return r.Store().Map() != nil }, 5*time.Second, 10*time.Millisecond)
+	require.NoError(t, r.Snapshot())
+	var mine, theirs string
+	for i := 0; mine == "" || theirs == ""; i++ {
+		if k := fmt.Sprintf("t%d", i); kvd.Slot(k) >= 512 {
+			theirs = k
+		} else {
+			mine = k
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := r.Propose(ctx, store.Cmd{Kind: store.CmdPut, Key: theirs, Value: []byte("x")})
+	require.NoError(t, err)
+	require.ErrorIs(t, res.Err, kvd.ErrWrongGroup)
+	const val = "a-value-damaged-to-force-a-local-rebuild"
+	_, err = tg.put(mine, val)
+	require.NoError(t, err)
+	hash := r.Store().StateHash()
+	tg.stop(0)
+	require.Positive(t, flipIn(t, filepath.Join(tg.dirs[0], "state.db"), val))
+	tg.start(0, nil)
+	r = tg.reps[0]
+	require.Eventually(t, func() bool {
+		v, err := staleValue(r, mine)
+		return err == nil && v == val
+	}, 20*time.Second, 20*time.Millisecond)
+	require.Positive(t, r.Stats().Repairs)
+	require.Equal(t, hash, r.Store().StateHash(), "the rebuilt state is the state")
+	_, err = r.Store().Get(theirs)
+	require.ErrorIs(t, err, kvd.ErrNotFound, "the rebuild applied a command the live state had refused")
+}
+
+func mustListen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	return ln
 }

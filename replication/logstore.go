@@ -6,27 +6,24 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
 )
-
-// corruptEntry is the payload logStore gives an entry that raft-boltdb
-// cannot decode (its framing, not just its payload, is damaged). raft
-// panics on a read error when it applies or replays the log, so the store
-// hands raft this instead; the state machine finds it undecodable and
-// repairs the entry from a peer. Its term is 0, which raft takes for a
-// mismatch wherever it compares terms: a leader's copy then replaces it.
-var corruptEntry = []byte{0xFF, 'd', 'a', 'm', 'a', 'g', 'e', 'd'}
 
 // logStore wraps the Raft log (raft-boltdb) with:
 //
 //   - a cache of the newest entries bounded by bytes as well as by count
 //     (raft's own LogCache holds a fixed number of entries, whatever their
 //     size: 1024 entries of 1 MiB values held a gigabyte per group);
-//   - reads that never fail on a damaged entry (see corruptEntry);
-//   - the time each append takes (an fsync of raft.db), for metrics.
+//   - the time each append takes (an fsync of raft.db), for metrics;
+//   - the repair of an entry whose payload failed its checksum.
+//
+// An entry raft-boltdb cannot decode at all (its framing is damaged) is
+// reported as an error, as raft-boltdb does: its term is unknown, and
+// raft must never be told a wrong one (a wrong last term breaks the
+// election rule). Open finds such entries before raft starts (see
+// checkLog).
 type logStore struct {
 	store    raft.LogStore
 	log      *slog.Logger
@@ -40,8 +37,6 @@ type logStore struct {
 	entries map[uint64]*raft.Log
 	lo, hi  uint64
 	bytes   int
-
-	damaged atomic.Uint64 // damaged entries met
 }
 
 var _ raft.LogStore = (*logStore)(nil)
@@ -58,8 +53,7 @@ func (s *logStore) FirstIndex() (uint64, error) { return s.store.FirstIndex() }
 // LastIndex implements raft.LogStore.
 func (s *logStore) LastIndex() (uint64, error) { return s.store.LastIndex() }
 
-// GetLog implements raft.LogStore. An entry the store holds but cannot
-// decode is returned as a damaged entry, not as an error.
+// GetLog implements raft.LogStore.
 func (s *logStore) GetLog(idx uint64, out *raft.Log) error {
 	s.mu.RLock()
 	l, ok := s.entries[idx]
@@ -68,13 +62,33 @@ func (s *logStore) GetLog(idx uint64, out *raft.Log) error {
 		*out = *l
 		return nil
 	}
-	err := s.store.GetLog(idx, out)
-	if err == nil || errors.Is(err, raft.ErrLogNotFound) {
-		return err
+	return s.store.GetLog(idx, out)
+}
+
+// checkLog reads every entry from..to from the store itself, as raft
+// reads them when it starts, and returns the first that cannot be
+// trusted: one it cannot decode, or whose index or term cannot be right
+// (terms never go down along a log, nor past the current term). raft-
+// boltdb keeps no checksum of an entry's index and term, so a damaged
+// term that still fits these rules goes unseen; the payload's own
+// checksum covers the rest.
+func (s *logStore) checkLog(from, to, currentTerm uint64) error {
+	var prev uint64
+	for idx := from; idx <= to && idx > 0; idx++ {
+		var l raft.Log
+		err := s.store.GetLog(idx, &l)
+		switch {
+		case errors.Is(err, raft.ErrLogNotFound):
+			continue
+		case err != nil:
+			return fmt.Errorf("raft log entry %d cannot be read: %w", idx, err)
+		case l.Index != idx:
+			return fmt.Errorf("raft log entry %d says it is entry %d", idx, l.Index)
+		case l.Term < prev || l.Term > currentTerm:
+			return fmt.Errorf("raft log entry %d has term %d, after term %d, with the current term %d", idx, l.Term, prev, currentTerm)
+		}
+		prev = l.Term
 	}
-	s.damaged.Add(1)
-	s.log.Error("raft log entry cannot be read; handing it on as damaged, to be repaired from a peer", "index", idx, "err", err)
-	*out = raft.Log{Index: idx, Term: 0, Type: raft.LogCommand, Data: corruptEntry}
 	return nil
 }
 

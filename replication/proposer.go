@@ -191,6 +191,21 @@ func (g *Group) runProposer() {
 	}
 }
 
+// releaseInflightLocked gives back an entry's bytes, once. The caller
+// holds pending.mu.
+func (g *Group) releaseInflightLocked(e *entry) {
+	if e.size == 0 {
+		return
+	}
+	if g.inflightSize.Add(-e.size) < int64(g.cfg.MaxInflightBytes) {
+		select {
+		case g.inflightFree <- struct{}{}:
+		default:
+		}
+	}
+	e.size = 0
+}
+
 // waitInflight waits until the entries handed to raft and not yet applied
 // take less than MaxInflightBytes; it reports false if the group closed.
 func (g *Group) waitInflight() bool {
@@ -254,9 +269,11 @@ func (g *Group) complete(e *entry) {
 	ferr := g.waitFuture(e.future)
 	if ferr == nil {
 		// Applied: the FSM has settled it, unless the entry was at or
-		// below the applied index (cannot be ours) or undecodable.
+		// below the applied index (a restore took the state past it) or
+		// this replica closed before applying it. Either way it is
+		// committed, and takes effect: the answer is only unknown.
 		if r, ok := e.future.Response().(applyResult); ok && r.err != nil {
-			g.settle(e.seq, nil, fmt.Errorf("group %d: entry not applied: %v: %w", g.id, r.err, kvd.ErrInvalid))
+			g.settle(e.seq, nil, fmt.Errorf("group %d: entry %d committed, not applied here: %v: %w", g.id, e.future.Index(), r.err, kvd.ErrUnknownOutcome))
 			return
 		}
 		g.settle(e.seq, nil, fmt.Errorf("group %d: entry %d skipped on apply: %w", g.id, e.future.Index(), kvd.ErrUnknownOutcome))
@@ -285,6 +302,11 @@ func (g *Group) complete(e *entry) {
 	e.index = idx
 	g.pending.orphans[e.seq] = e
 	replaced := g.db.AppliedIndex() >= idx
+	// No longer in flight from the proposer's side: raft holds it, or has
+	// dropped it. Its bytes must not hold up the proposals of a later
+	// term (the next leader's no-op among them) while nothing advances
+	// the applied index past it.
+	g.releaseInflightLocked(e)
 	g.pending.mu.Unlock()
 	if replaced {
 		g.settle(e.seq, nil, fmt.Errorf("group %d: leadership lost; entry %d was replaced: %w", g.id, idx, kvd.ErrUnavailable))
@@ -327,12 +349,9 @@ func (g *Group) settle(seq uint64, results []store.Result, err error) {
 	if !ok {
 		return
 	}
-	if g.inflightSize.Add(-e.size) < int64(g.cfg.MaxInflightBytes) {
-		select {
-		case g.inflightFree <- struct{}{}:
-		default:
-		}
-	}
+	g.pending.mu.Lock()
+	g.releaseInflightLocked(e)
+	g.pending.mu.Unlock()
 	if err == nil && len(results) != len(e.props) {
 		err = fmt.Errorf("group %d: %d results for %d commands: %w", g.id, len(results), len(e.props), kvd.ErrUnknownOutcome)
 	}

@@ -104,7 +104,7 @@ func (g *Group) fetchEntry(peer string, l *raft.Log) (*store.Batch, error) {
 	switch {
 	case e.Index != l.Index || e.Type != raft.LogCommand:
 		return nil, fmt.Errorf("peer sent entry %d of type %v", e.Index, e.Type)
-	case l.Term != 0 && e.Term != l.Term:
+	case e.Term != l.Term:
 		return nil, fmt.Errorf("peer's entry %d has term %d, ours %d", e.Index, e.Term, l.Term)
 	}
 	b, err := store.DecodeBatch(e.Data)
@@ -178,6 +178,9 @@ func (g *Group) restoreFromPeers(minIndex uint64) error {
 		}()
 		if err == nil {
 			g.log.Info("state repaired from a peer's snapshot", "peer", peer, "applied", g.db.AppliedIndex())
+			if err := writeFloor(g.cfg.Dir, g.db.AppliedIndex()); err != nil {
+				g.log.Warn("cannot record the index the repair installed", "err", err)
+			}
 			return nil
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", peer, err))
@@ -196,6 +199,7 @@ func (g *Group) rebuildLocally(minIndex uint64) error {
 		os.Remove(path + ".dirty")
 	}()
 	opts := g.cfg.Store
+	opts.Group = g.id // the same checks as the live state: a rebuild must not diverge
 	opts.NoSync, opts.InitialMmapSize, opts.OnCorrupt, opts.Logger = true, 0, nil, g.log
 	tmp, err := store.Open(path, opts)
 	if err != nil {
@@ -259,6 +263,7 @@ func (g *Group) corruptionSeen(err error) {
 	}
 	g.log.Error("a read met damaged data; the replica stops serving the group until it is repaired", "err", err)
 	g.beginRepair(fmt.Sprintf("a read met damaged data: %v", err))
+	seen := g.stats.repairs.Load()
 	g.goFunc(func() {
 		defer g.repairQueued.Store(false)
 		defer g.endRepair()
@@ -267,8 +272,8 @@ func (g *Group) corruptionSeen(err error) {
 		if g.fsm.broken || g.ctx.Err() != nil {
 			return
 		}
-		// An apply may have repaired it meanwhile.
-		if _, verr := g.db.Verify(); verr == nil {
+		// An apply may have met the damage and repaired it meanwhile.
+		if g.stats.repairs.Load() != seen {
 			return
 		}
 		if rerr := g.repairState(g.db.AppliedIndex(), err); rerr != nil {

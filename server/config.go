@@ -141,8 +141,9 @@ func (c *Config) validate() error {
 		return errors.New("an embedded store runs a single node")
 	case c.RequestTimeout <= 0 || c.ShutdownTimeout <= 0 || c.TTLInterval <= 0 || c.IdempotencyRetention <= 0:
 		return errors.New("timeouts and intervals must be positive")
-	case c.TxnTimeout > store.MaxTxnLifetime:
-		return fmt.Errorf("the transaction timeout %v is over the most a lock may live, %v", c.TxnTimeout, store.MaxTxnLifetime)
+	case c.TxnTimeout > store.MaxTxnLifetime/2:
+		// Half: room for the clocks of coordinator and leader to differ.
+		return fmt.Errorf("the transaction timeout %v is over %v, half the most a lock may live", c.TxnTimeout, store.MaxTxnLifetime/2)
 	case c.QuotaBytes < 0 || c.MinFreeBytes < 0 || c.MaxInflightRequests < 0 || c.MaxInflightBytes < 0:
 		return errors.New("quotas and caps must not be negative")
 	}

@@ -134,3 +134,79 @@ func dirSize(dir string) int64 {
 	})
 	return n
 }
+
+// peerDisks remembers which nodes said their disk refuses writes, from
+// their /v1/status, so a leader refuses a group's writes when a majority
+// of its members could not append them.
+type peerDisks struct {
+	// mu protects low.
+	mu  sync.Mutex
+	low map[string]time.Time // node -> when it last said so
+}
+
+// peerDiskTTL is how long a node's "low" is believed.
+const peerDiskTTL = 5 * time.Second
+
+func (p *peerDisks) set(node string, low bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.low == nil {
+		p.low = map[string]time.Time{}
+	}
+	if low {
+		p.low[node] = time.Now()
+	} else {
+		delete(p.low, node)
+	}
+}
+
+func (p *peerDisks) isLow(node string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	at, ok := p.low[node]
+	return ok && time.Since(at) < peerDiskTTL
+}
+
+// admit refuses a write in group gid when a majority of its members other
+// than self are short of disk (self is checked on its own, more closely).
+func (p *peerDisks) admit(m *kvd.Map, gid kvd.GroupID, self string) error {
+	grp, ok := m.Group(gid)
+	if !ok {
+		return nil
+	}
+	var low []string
+	for _, mem := range grp.Members {
+		if mem != self && p.isLow(mem) {
+			low = append(low, mem)
+		}
+	}
+	if len(low) > 0 && len(low) >= len(grp.Members)/2+1 {
+		return fmt.Errorf("write refused: the disks of %v, a majority of group %d, are short of space: %w", low, gid, kvd.ErrInsufficientStorage)
+	}
+	return nil
+}
+
+// run asks every other node of the map for its disk, every interval,
+// until ctx ends.
+func (p *peerDisks) run(ctx context.Context, s *Server, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, n := range s.Map().Nodes {
+			if n.ID == s.id {
+				continue
+			}
+			sctx, cancel := context.WithTimeout(ctx, every)
+			st, err := s.peerStatus(sctx, n.ID)
+			cancel()
+			if err == nil && st.Storage != nil {
+				p.set(n.ID, !st.Storage.Writable)
+			}
+		}
+	}
+}

@@ -204,13 +204,18 @@ func TestTxnAdmin_ListAndAbortAStuckTransaction(t *testing.T) {
 	require.Equal(t, "aborted", got.State)
 	list, err = cl.Txns(ctx)
 	require.NoError(t, err)
-	require.Empty(t, list.Txns, "nothing left of it")
+	require.Len(t, list.Txns, 1, "the aborted record stays until the deadline, to refuse a late prepare")
+	require.Equal(t, "aborted", list.Txns[0].State)
+	require.Empty(t, list.Txns[0].Locks, "no lock left")
 	_, err = cl.Put(ctx, x, []byte("plain"))
 	require.NoError(t, err)
 	_, err = cl.Get(ctx, y)
 	require.ErrorIs(t, err, kvd.ErrNotFound, "aborted: nothing of it was written")
-	_, err = cl.AbortTxn(ctx, stuck.ID)
-	require.ErrorIs(t, err, kvd.ErrNotFound, "a repeat finds nothing to do")
+	got, err = cl.AbortTxn(ctx, stuck.ID)
+	require.NoError(t, err, "a repeat is harmless")
+	require.Equal(t, "aborted", got.State)
+	_, err = cl.AbortTxn(ctx, "0123456789abcdef0123456789abcdef")
+	require.ErrorIs(t, err, kvd.ErrNotFound)
 }
 
 // A node whose group directory was lost does not start that group empty
@@ -255,6 +260,10 @@ func TestServer_QuotaRefusesWritesButNotReads(t *testing.T) {
 	require.Equal(t, 507, r.status, "%s", r.body)
 	r = do(t, "GET", c.URL(0)+"/v1/kv/k", nil)
 	require.Equal(t, 404, r.status, "reads go on")
+	r = do(t, "DELETE", c.URL(0)+"/v1/kv/k", nil)
+	require.Equal(t, 200, r.status, "deletes go on, to free space: %s", r.body)
+	r = do(t, "POST", c.URL(0)+"/v1/txn", []byte(`{"ops":[{"op":"delete","key":"a"},{"op":"get","key":"b"}]}`))
+	require.Equal(t, 200, r.status, "so do transactions that only delete: %s", r.body)
 	var st api.Status
 	require.NoError(t, json.Unmarshal(do(t, "GET", c.URL(0)+"/v1/status", nil).body, &st))
 	require.False(t, st.Storage.Writable)
@@ -296,4 +305,26 @@ func TestServer_RequestsPastTheInflightCapAreShed(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return do(t, "GET", c.URL(0)+"/v1/kv/slow0", nil).status == 200
 	}, 5*time.Second, 20*time.Millisecond, "slots are released")
+}
+
+// A leader whose own disk is fine refuses writes when a majority of the
+// group's members are short of space: they could not append them.
+func TestServer_MajorityOfFullDisksRefusesWritesAtTheLeader(t *testing.T) {
+	c := testcluster.New(t, 3, 1, func(cfg *server.Config) {
+		if cfg.NodeID != "n1" {
+			cfg.QuotaBytes = 1
+		}
+	})
+	li := c.Leader(1)
+	if li != 0 {
+		g, _ := c.Node(li).Group(1)
+		require.NoError(t, g.TransferLeadershipTo("n1"))
+	}
+	require.Eventually(t, func() bool { return c.Leader(1) == 0 }, 10*time.Second, 20*time.Millisecond)
+	var r response
+	require.Eventually(t, func() bool {
+		r = do(t, "PUT", c.URL(0)+"/v1/kv/k", []byte("v"))
+		return r.status == 507
+	}, 10*time.Second, 100*time.Millisecond, "last answer: %d %s", r.status, r.body)
+	require.Contains(t, string(r.body), "majority")
 }

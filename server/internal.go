@@ -125,6 +125,12 @@ func (b backend) groupTxnsAnywhere(ctx context.Context, grp kvd.Group) (api.Grou
 }
 
 func (b backend) Txns(ctx context.Context) (api.TxnList, error) {
+	list, _, err := b.txns(ctx)
+	return list, err
+}
+
+// txns lists the transactions, and the deadline of each (Unix ns).
+func (b backend) txns(ctx context.Context) (api.TxnList, map[string]int64, error) {
 	m := b.s.Map()
 	per := make([]api.GroupTxns, len(m.Groups))
 	errs := make([]error, len(m.Groups))
@@ -148,6 +154,7 @@ func (b backend) Txns(ctx context.Context) (api.TxnList, error) {
 	}
 	var out api.TxnList
 	read := map[uint64]bool{}
+	deadlines := map[string]int64{}
 	for i, grp := range m.Groups {
 		if errs[i] != nil {
 			out.Unreached = append(out.Unreached, uint64(grp.ID))
@@ -158,9 +165,11 @@ func (b backend) Txns(ctx context.Context) (api.TxnList, error) {
 			t := info(id)
 			t.State, t.RecordGroup, t.Participants = r.State, uint64(grp.ID), r.Participants
 			t.Deadline = time.Unix(0, r.Deadline).UTC().Format(time.RFC3339Nano)
+			deadlines[id] = max(deadlines[id], r.Deadline)
 		}
 		for _, l := range per[i].Locks {
 			t := info(l.Txn)
+			deadlines[l.Txn] = max(deadlines[l.Txn], l.Deadline)
 			if t.RecordGroup == 0 {
 				t.RecordGroup = l.RecordGroup
 				t.Deadline = time.Unix(0, l.Deadline).UTC().Format(time.RFC3339Nano)
@@ -181,11 +190,11 @@ func (b backend) Txns(ctx context.Context) (api.TxnList, error) {
 	if out.Txns == nil {
 		out.Txns = []api.TxnInfo{}
 	}
-	return out, nil
+	return out, deadlines, nil
 }
 
 func (b backend) AbortTxn(ctx context.Context, id string) (api.TxnInfo, error) {
-	list, err := b.Txns(ctx)
+	list, deadlines, err := b.txns(ctx)
 	if err != nil {
 		return api.TxnInfo{}, err
 	}
@@ -206,7 +215,7 @@ func (b backend) AbortTxn(ctx context.Context, id string) (api.TxnInfo, error) {
 	rg := kvd.GroupID(t.RecordGroup)
 	state := store.TxnAborted // without a record group it cannot have committed
 	if _, ok := m.Group(rg); ok && rg != 0 {
-		if state, err = txn.ForceAbort(ctx, gs, id, rg); err != nil {
+		if state, err = txn.ForceAbort(ctx, gs, id, rg, deadlines[id]); err != nil {
 			return api.TxnInfo{}, err
 		}
 	}
@@ -226,11 +235,8 @@ func (b backend) AbortTxn(ctx context.Context, id string) (api.TxnInfo, error) {
 			return api.TxnInfo{}, fmt.Errorf("transaction %s is %s; resolving it in group %d: %w", id, state, g, err)
 		}
 	}
-	if _, ok := m.Group(rg); ok && rg != 0 {
-		if err := txn.Forget(ctx, gs, id, rg); err != nil {
-			b.s.log.Warn("forget an aborted transaction's record", "txn", id, "err", err)
-		}
-	}
+	// The record stays until its deadline (the janitor forgets it then):
+	// a prepare still on its way must find it aborted.
 	b.s.log.Info("operator finished a transaction", "txn", id, "state", state)
 	t.State = string(state)
 	return *t, nil

@@ -138,14 +138,20 @@ func (s *Server) loadPeerSecret(singleNode bool) ([]byte, error) {
 	}
 	secret := s.cfg.PeerSecret
 	if len(secret) == 0 && s.cfg.PeerSecretFile != "" {
-		created, err := writeSecretExclusive(s.cfg.PeerSecretFile, newSecret())
+		// Read it first: it may sit in a read-only place (a mounted
+		// secret); create it only if it does not exist.
+		secret, err = readSecret(s.cfg.PeerSecretFile)
+		if errors.Is(err, os.ErrNotExist) {
+			created, cerr := writeSecretExclusive(s.cfg.PeerSecretFile, newSecret())
+			if cerr != nil {
+				return nil, fmt.Errorf("create peer secret file %s: %w (give another with --peer-secret-file)", s.cfg.PeerSecretFile, cerr)
+			}
+			if created {
+				s.log.Info("created the cluster's peer secret; copy it to members on other machines", "file", s.cfg.PeerSecretFile)
+			}
+			secret, err = readSecret(s.cfg.PeerSecretFile)
+		}
 		if err != nil {
-			return nil, fmt.Errorf("create peer secret file %s: %w (give another with --peer-secret-file)", s.cfg.PeerSecretFile, err)
-		}
-		if created {
-			s.log.Info("created the cluster's peer secret; copy it to members on other machines", "file", s.cfg.PeerSecretFile)
-		}
-		if secret, err = readSecret(s.cfg.PeerSecretFile); err != nil {
 			return nil, err
 		}
 	}

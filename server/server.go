@@ -61,9 +61,10 @@ type Server struct {
 	keys peerKeys
 	// missing holds the groups the map places here that this node
 	// refuses to start (their data was lost), with the reason.
-	missing map[kvd.GroupID]string
-	disk    *diskGuard
-	metrics *nodeMetrics
+	missing   map[kvd.GroupID]string
+	disk      *diskGuard
+	peerDisks peerDisks
+	metrics   *nodeMetrics
 
 	serveErr chan error
 
@@ -217,6 +218,7 @@ func New(cfg Config) (_ *Server, err error) {
 			MaxHeaderBytes:    64 << 10,
 			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 			ConnState:         s.newConns.track,
+			ConnContext:       httpapi.ConnContext,
 		}
 		// Watches are endless requests: end them when the server shuts
 		// down, so the drain does not wait for them.
@@ -224,10 +226,14 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	bgCtx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
-	s.bg.Add(3)
+	s.bg.Add(4)
 	go func() {
 		defer s.bg.Done()
 		s.runJanitors(bgCtx, time.Second)
+	}()
+	go func() {
+		defer s.bg.Done()
+		s.peerDisks.run(bgCtx, s, time.Second)
 	}()
 	go func() {
 		defer s.bg.Done()

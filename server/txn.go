@@ -106,7 +106,7 @@ type wireResult struct {
 }
 
 var resultErrs = map[string]error{"precondition_failed": kvd.ErrPreconditionFailed, "conflict": kvd.ErrConflict, "invalid": kvd.ErrInvalid,
-	"idempotency_mismatch": kvd.ErrIdempotencyMismatch}
+	"idempotency_mismatch": kvd.ErrIdempotencyMismatch, "wrong_group": kvd.ErrWrongGroup, "too_large": kvd.ErrTooLarge}
 
 func encodeResult(r store.Result) ([]byte, error) {
 	w := wireResult{Version: r.Version, Deleted: r.Deleted, Locks: r.Locks, Txn: r.Txn, Dedup: r.Dedup}
@@ -213,17 +213,61 @@ func (b backend) ProposeRaw(ctx context.Context, g kvd.GroupID, body []byte) ([]
 
 // propose proposes cmd through this node's replica g. A client's write
 // (not the commands that finish what was started: decisions,
-// resolutions, expiries) is refused when the node is short of disk.
+// resolutions, expiries) is refused when the group is short of disk:
+// this node's, or a majority of the group's members' (then no write
+// could commit). Writes that only delete are let through, so space can
+// be reclaimed.
 func (s *Server) propose(ctx context.Context, g *replication.Group, cmd store.Cmd) (store.Result, error) {
 	switch cmd.Kind {
 	case store.CmdPut, store.CmdDelete, store.CmdTxnPrepare, store.CmdTxnOnePhase, store.CmdDedupClaim, store.CmdDedupRegister:
 		if g.IsLeader() {
-			if err := s.disk.admit(cmd.EncodedSize()); err != nil {
+			if err := s.admitWrite(g.ID(), &cmd); err != nil {
 				return store.Result{}, fmt.Errorf("group %d: %w", g.ID(), err)
 			}
 		}
 	}
 	return g.Propose(ctx, cmd)
+}
+
+// admitWrite applies the disk limits to a client's write in group gid.
+func (s *Server) admitWrite(gid kvd.GroupID, cmd *store.Cmd) error {
+	err := s.disk.admit(cmd.EncodedSize())
+	if err == nil {
+		err = s.peerDisks.admit(s.Map(), gid, s.id)
+	}
+	if err != nil && onlyDeletes(cmd) {
+		return nil
+	}
+	return err
+}
+
+// onlyDeletes reports whether a write only deletes keys (and reads).
+func onlyDeletes(c *store.Cmd) bool {
+	var ops []store.TxnOp
+	switch c.Kind {
+	case store.CmdDelete:
+		return true
+	case store.CmdTxnPrepare:
+		var p store.TxnPrepare
+		if json.Unmarshal(c.Data, &p) != nil {
+			return false
+		}
+		ops = p.Ops
+	case store.CmdTxnOnePhase:
+		var t store.TxnOnePhase
+		if json.Unmarshal(c.Data, &t) != nil || t.Idem != nil {
+			return false
+		}
+		ops = t.Ops
+	default:
+		return false
+	}
+	for _, op := range ops {
+		if op.Op != "delete" && op.Op != "get" {
+			return false
+		}
+	}
+	return true
 }
 
 // fillWriteKeys names the keys a decision or resolution may write: those

@@ -80,10 +80,11 @@ type DB struct {
 	opts Options
 	log  *slog.Logger
 
-	// handleMu protects h, which Restore swaps; readers hold it shared
-	// for the length of their transaction.
+	// handleMu protects h, which Restore swaps, and closed; readers hold
+	// it shared for the length of their transaction.
 	handleMu sync.RWMutex
 	h        *handle
+	closed   bool
 	// retiring counts goroutines closing handles Restore replaced; Close
 	// waits for them.
 	retiring sync.WaitGroup
@@ -254,6 +255,7 @@ func (db *DB) Close() error {
 	db.handleMu.Lock()
 	h := db.h
 	db.h = nil
+	db.closed = true
 	db.handleMu.Unlock()
 	db.retiring.Wait()
 	if h == nil {
@@ -324,6 +326,29 @@ func (db *DB) retire(h *handle) {
 	}()
 }
 
+// errNoHandle means the state file is not open although the DB was not
+// closed: reopening it after a restore failed (see Reopen).
+var errNoHandle = fmt.Errorf("state file not open after a failed reopen: %w", kvd.ErrUnavailable)
+
+// noHandle is the error for a nil handle. The caller holds handleMu.
+func (db *DB) noHandle() error {
+	if db.closed {
+		return kvd.ErrClosed
+	}
+	return errNoHandle
+}
+
+// Reopen opens the state file again if a restore left it closed (its
+// reopen failed, say for lack of disk space); it does nothing otherwise.
+func (db *DB) Reopen() error {
+	db.handleMu.Lock()
+	defer db.handleMu.Unlock()
+	if db.h != nil || db.closed {
+		return nil
+	}
+	return db.openHandle()
+}
+
 // Path returns the state file's path.
 func (db *DB) Path() string { return db.path }
 
@@ -382,7 +407,7 @@ func (db *DB) view(fn func(tx *bolt.Tx) error) error {
 	db.handleMu.RLock()
 	defer db.handleMu.RUnlock()
 	if db.h == nil {
-		return kvd.ErrClosed
+		return db.noHandle()
 	}
 	err := guard(func() error { return db.h.bdb.View(fn) })
 	if err != nil && isCorrupt(err) && db.opts.OnCorrupt != nil {
@@ -425,6 +450,58 @@ func bucketsOf(tx *bolt.Tx) buckets {
 // EIO); the caller must not skip the entries, since this replica would
 // diverge, and may try again.
 func (db *DB) Apply(entries []Entry) ([][]Result, error) {
+	// A command that bbolt refuses as input (a key or value it cannot
+	// store) fails alike on every replica: it is answered as invalid and
+	// the batch applied again without it, rather than retried for ever.
+	// The checks before it should leave nothing for this to catch.
+	var refused map[cmdPos]error
+	for {
+		res, err := db.apply(entries, refused)
+		var ce *cmdError
+		if err != nil && errors.As(err, &ce) && bboltInputError(ce.err) {
+			if refused == nil {
+				refused = map[cmdPos]error{}
+			}
+			if _, again := refused[ce.pos]; !again {
+				db.log.Error("a command the store cannot write is answered as invalid", "index", ce.pos.index, "command", ce.pos.cmd, "err", ce.err)
+				refused[ce.pos] = fmt.Errorf("%w: cannot be stored: %v", kvd.ErrInvalid, ce.err)
+				continue
+			}
+		}
+		return res, err
+	}
+}
+
+// cmdPos names a command: its entry's index and its place in the entry.
+type cmdPos struct {
+	index uint64
+	cmd   int
+}
+
+// cmdError is the failure of one command of an entry.
+type cmdError struct {
+	pos cmdPos
+	err error
+}
+
+func (e *cmdError) Error() string {
+	return fmt.Sprintf("entry %d command %d: %v", e.pos.index, e.pos.cmd, e.err)
+}
+
+func (e *cmdError) Unwrap() error { return e.err }
+
+// bboltInputError reports an error bbolt returns for what it was given,
+// not for the disk: the same on every replica.
+func bboltInputError(err error) bool {
+	for _, e := range []error{bolt.ErrKeyRequired, bolt.ErrKeyTooLarge, bolt.ErrValueTooLarge, bolt.ErrIncompatibleValue, bolt.ErrBucketNotFound} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+func (db *DB) apply(entries []Entry, refused map[cmdPos]error) ([][]Result, error) {
 	results := make([][]Result, len(entries))
 	applied := db.applied.Load()
 	last := applied
@@ -433,7 +510,7 @@ func (db *DB) Apply(entries []Entry) ([][]Result, error) {
 	db.handleMu.RLock()
 	defer db.handleMu.RUnlock()
 	if db.h == nil {
-		return nil, kvd.ErrClosed
+		return nil, db.noHandle()
 	}
 	var a *applier
 	err := guard(func() error {
@@ -454,9 +531,13 @@ func (db *DB) Apply(entries []Entry) ([][]Result, error) {
 				a.index, a.now, a.seq = e.Index, e.Batch.Time, 0
 				res := make([]Result, len(e.Batch.Cmds))
 				for j := range e.Batch.Cmds {
+					if err, ok := refused[cmdPos{e.Index, j}]; ok {
+						res[j] = Result{Err: err}
+						continue
+					}
 					r, m, err := a.apply(&e.Batch.Cmds[j])
 					if err != nil {
-						return fmt.Errorf("entry %d command %d: %w", e.Index, j, err)
+						return &cmdError{pos: cmdPos{e.Index, j}, err: err}
 					}
 					if m != nil {
 						newMap = m

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"fmt"
 
 	"github.com/kvd-project/kvd"
 )
@@ -141,9 +140,14 @@ func (a *applier) replay(i *Idem) (r Result, done bool, err error) {
 	if e.Reg {
 		return Result{}, false, nil // registered here, never run here
 	}
+	if e.Txn != "" || !e.Done {
+		// Held by a transaction over several groups, whose outcome its
+		// coordinator keeps: nothing is applied here.
+		return Result{Err: kvd.ErrConflict}, true, nil
+	}
 	var sr storedResult
 	if err := json.Unmarshal(e.Result, &sr); err != nil {
-		return Result{}, false, fmt.Errorf("decode idempotency result: %w", err)
+		return Result{}, false, corruptf("decode idempotency result of %q: %v", i.Key, err)
 	}
 	r = Result{Version: sr.Version, Deleted: sr.Deleted}
 	if sr.Err == "precondition_failed" {

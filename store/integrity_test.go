@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -297,4 +298,81 @@ func TestStore_Restore_RefusesADamagedSnapshot(t *testing.T) {
 	it, err := dst.Get("mine")
 	require.NoError(t, err, "a refused snapshot leaves the state as it was")
 	require.Equal(t, "kept", string(it.Value))
+}
+
+// An operator's abort ahead of the deadline keeps the aborted record until
+// then: a prepare still on its way must find it and vote no, or the
+// coordinator could commit after the other groups' locks were dropped.
+func TestStore_ForcedAbortRecordOutlivesLatePrepares(t *testing.T) {
+	db := openTest(t)
+	now := time.Now().UnixNano()
+	dl := now + int64(10*time.Second)
+	apply := func(i uint64, c Cmd) Result {
+		t.Helper()
+		r, err := db.Apply([]Entry{{Index: i, Term: 1, Batch: &Batch{Time: now + int64(i), Cmds: []Cmd{c}}}})
+		require.NoError(t, err)
+		return r[0][0]
+	}
+	apply(1, doc(t, CmdTxnRecover, TxnRecover{ID: "T", Force: true})) // no record yet, no deadline known
+	require.Equal(t, TxnAborted, apply(2, doc(t, CmdTxnForget, TxnForget{ID: "T"})).Txn.State, "not forgotten before any prepare's deadline")
+	r := apply(3, doc(t, CmdTxnPrepare, TxnPrepare{ID: "T", RecordGroup: 1, Deadline: dl, Participants: []kvd.GroupID{1, 2},
+		Ops: []TxnOp{{Op: "put", Key: "a", Value: []byte("v")}}}))
+	require.False(t, r.Txn.Vote, "the late prepare finds the abort")
+	d := apply(4, doc(t, CmdTxnDecide, TxnDecide{ID: "T", Commit: true, ResolveHere: true}))
+	require.Equal(t, TxnAborted, d.Txn.State)
+}
+
+// A one-phase transaction that meets an idempotency key held by a
+// transaction over several groups is answered (a conflict), never left
+// failing on every replica.
+func TestStore_OnePhaseMeetingAClaimedKeyIsAConflict(t *testing.T) {
+	db := openTest(t)
+	idem := kvd.Idem{Key: "idem-1", FP: []byte("fp")}
+	_, err := db.Apply([]Entry{{Index: 1, Term: 1, Batch: &Batch{Time: 1, Cmds: []Cmd{doc(t, CmdDedupClaim, DedupClaim{Idem: idem, Txn: "t1"})}}}})
+	require.NoError(t, err)
+	op := doc(t, CmdTxnOnePhase, TxnOnePhase{Ops: []TxnOp{{Op: "put", Key: "a", Value: []byte("v")}}, Idem: &idem})
+	other := kvd.Idem{Key: "idem-1", FP: []byte("another request")}
+	res, err := db.Apply([]Entry{{Index: 2, Term: 1, Batch: &Batch{Time: 2, Cmds: []Cmd{op, {Kind: CmdPut, Key: "b", Idem: &idem}, {Kind: CmdPut, Key: "c", Idem: &other}}}}})
+	require.NoError(t, err)
+	require.Equal(t, CodeConflict, res[0][0].Txn.Code)
+	require.ErrorIs(t, res[0][1].Err, kvd.ErrConflict, "a plain write under the claimed key: nothing applied")
+	require.ErrorIs(t, res[0][2].Err, kvd.ErrIdempotencyMismatch, "a different request under the key")
+	_, err = db.Get("a")
+	require.ErrorIs(t, err, kvd.ErrNotFound)
+}
+
+// The longest key CheckCmd accepts, with a time to live (its expiry index
+// key is 8 bytes longer), is one bbolt stores.
+func TestStore_LongestKeyWithATTLApplies(t *testing.T) {
+	db := openTest(t)
+	c := Cmd{Kind: CmdPut, Key: strings.Repeat("k", kvd.MaxKeyBytesLimit), Value: []byte("v"), TTL: int64(time.Hour)}
+	require.NoError(t, CheckCmd(&c, 1, nil))
+	res, err := db.Apply([]Entry{{Index: 1, Term: 1, Batch: &Batch{Time: 1, Cmds: []Cmd{c}}}})
+	require.NoError(t, err)
+	require.NoError(t, res[0][0].Err)
+	c.Key += "k"
+	require.ErrorIs(t, CheckCmd(&c, 1, nil), kvd.ErrTooLarge)
+}
+
+// A state replaced by raft with a snapshot older than it (a repair took it
+// further) is kept.
+func TestStore_RestoreIfNewerKeepsANewerState(t *testing.T) {
+	src := openTest(t)
+	applyOne(t, src, 5, put("k", "old"))
+	snap, err := src.Snapshot()
+	require.NoError(t, err)
+	var buf bytes.Buffer
+	_, err = snap.WriteTo(&buf)
+	require.NoError(t, err)
+	require.NoError(t, snap.Close())
+
+	dst := openTest(t)
+	applyOne(t, dst, 9, put("k", "new"))
+	restored, err := dst.RestoreIfNewer(bytes.NewReader(buf.Bytes()))
+	require.NoError(t, err)
+	require.False(t, restored)
+	it, err := dst.Get("k")
+	require.NoError(t, err)
+	require.Equal(t, "new", string(it.Value))
+	require.Equal(t, uint64(9), dst.AppliedIndex())
 }

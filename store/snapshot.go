@@ -2,6 +2,7 @@ package store
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -36,7 +37,7 @@ func (db *DB) Snapshot() (*Snapshot, error) {
 	db.handleMu.RLock()
 	defer db.handleMu.RUnlock()
 	if db.h == nil {
-		return nil, fmt.Errorf("snapshot: %w", kvd.ErrClosed)
+		return nil, fmt.Errorf("snapshot: %w", db.noHandle())
 	}
 	tx, err := db.h.bdb.Begin(false)
 	if err != nil {
@@ -109,6 +110,26 @@ func ReadSnapshotHeader(r io.Reader) (applied, term uint64, err error) {
 // must not run concurrently with Apply.
 func (db *DB) Restore(r io.Reader) error { return db.RestoreAtLeast(r, 0) }
 
+// RestoreIfNewer is Restore for a snapshot raft sends: one that holds
+// nothing newer than the state (a repair took the state past it) is left
+// unread, and the state kept; it reports whether it restored.
+func (db *DB) RestoreIfNewer(r io.Reader) (bool, error) {
+	br := bufio.NewReaderSize(r, 1<<20)
+	hdr, err := br.Peek(snapshotHeaderSize)
+	if err != nil {
+		return false, fmt.Errorf("restore: %w: read header: %v", errBadSnapshot, err)
+	}
+	applied, _, err := ReadSnapshotHeader(bytes.NewReader(hdr))
+	if err != nil {
+		return false, fmt.Errorf("restore: %w", err)
+	}
+	if applied <= db.AppliedIndex() {
+		db.log.Info("kept the state: the snapshot received is not newer", "snapshot_applied", applied, "applied", db.AppliedIndex())
+		return false, nil
+	}
+	return true, db.RestoreAtLeast(br, 0)
+}
+
 // RestoreAtLeast is Restore, refusing (before writing anything) a
 // snapshot whose applied index is below minApplied: a repair must never
 // take the state back in time.
@@ -136,7 +157,7 @@ func (db *DB) RestoreAtLeast(r io.Reader, minApplied uint64) error {
 	db.handleMu.Lock()
 	defer db.handleMu.Unlock()
 	old := db.h
-	if old == nil {
+	if old == nil && db.closed {
 		os.Remove(tmp)
 		return fmt.Errorf("restore: %w", kvd.ErrClosed)
 	}
@@ -144,14 +165,17 @@ func (db *DB) RestoreAtLeast(r io.Reader, minApplied uint64) error {
 		return fmt.Errorf("restore: %w", err)
 	}
 	db.h = nil
-	db.retire(old)
-	if err := syncDir(filepath.Dir(db.path)); err != nil {
-		return fmt.Errorf("restore: %w", err)
+	if old != nil {
+		db.retire(old)
 	}
+	syncErr := syncDir(filepath.Dir(db.path))
 	if err := db.openHandle(); err != nil {
-		// The store is unusable; the next apply stops the process, and
-		// a restart opens the restored file.
+		// Not open: reads and applies fail (not as closed) until Reopen
+		// succeeds; the replication layer retries it.
 		return fmt.Errorf("restore: reopen: %w", err)
+	}
+	if syncErr != nil {
+		return fmt.Errorf("restore: %w", syncErr)
 	}
 	db.log.Info("restored state from snapshot", "applied", applied, "term", term)
 	return nil

@@ -594,6 +594,14 @@ func (a *applier) recover(r *TxnRecover) (*TxnOutcome, error) {
 	switch {
 	case rec == nil && (a.now > r.Deadline || r.Force):
 		rec = &TxnRecord{State: TxnAborted, Deadline: r.Deadline, Decided: a.now}
+		if r.Force {
+			// Aborted ahead of its deadline: the record must outlive any
+			// prepare still on its way, or that prepare would find no
+			// record, create a pending one and let the coordinator commit
+			// after the other groups' locks were dropped. No prepare can
+			// carry a deadline past its own time plus MaxTxnLifetime.
+			rec.Deadline = max(r.Deadline, a.now+int64(MaxTxnLifetime))
+		}
 		if err := a.putRecord(r.ID, rec); err != nil {
 			return nil, err
 		}
@@ -617,10 +625,16 @@ func (a *applier) onePhase(t *TxnOnePhase) (*TxnOutcome, error) {
 		if e != nil && !fpEqual(e.FP, t.Idem.FP) {
 			return &TxnOutcome{Code: CodeIdempotencyMismatch}, nil
 		}
-		if e != nil && !e.Reg { // a registration only: never run here
+		switch {
+		case e != nil && e.Txn != "":
+			// Claimed by a transaction over several groups: its outcome
+			// is kept in another shape, by its coordinator. Not this
+			// path's to run or to answer; nothing was applied.
+			return &TxnOutcome{Code: CodeConflict}, nil
+		case e != nil && !e.Reg: // a registration only: never run here
 			out := &TxnOutcome{}
 			if err := json.Unmarshal(e.Result, out); err != nil {
-				return nil, fmt.Errorf("decode idempotency result: %w", err)
+				return nil, corruptf("decode idempotency result of %q: %v", t.Idem.Key, err)
 			}
 			return out, nil
 		}
@@ -705,7 +719,9 @@ func (a *applier) forget(f *TxnForget) (*TxnOutcome, error) {
 	if err != nil || rec == nil {
 		return &TxnOutcome{State: TxnAbsent}, err
 	}
-	if rec.State == TxnPending {
+	if rec.State == TxnPending || a.now <= rec.Deadline {
+		// Until its deadline a prepare may still arrive: the decided
+		// record must be there to refuse it.
 		return &TxnOutcome{State: rec.State}, nil
 	}
 	return &TxnOutcome{State: TxnAbsent}, a.del(a.txns, []byte(f.ID))

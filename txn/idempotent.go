@@ -91,6 +91,9 @@ func (c *Coordinator) idempotent(ctx context.Context, req Request, parts map[kvd
 	if err != nil {
 		return Response{}, fmt.Errorf("claim idempotency key: %w", err)
 	}
+	if res.Err != nil {
+		return Response{}, fmt.Errorf("claim idempotency key (nothing applied): %w", res.Err)
+	}
 	st := res.Dedup
 	for {
 		if st == nil {

@@ -374,6 +374,8 @@ func (c *Coordinator) refused(outs []*store.TxnOutcome) (Response, error) {
 			return Response{}, fmt.Errorf("transaction not committed: an add met a value that is not a 64-bit integer, or overflowed: %w", kvd.ErrNotANumber)
 		case store.CodeIdempotencyMismatch:
 			return Response{}, fmt.Errorf("transaction not run: %w", kvd.ErrIdempotencyMismatch)
+		case store.CodeInvalid:
+			return Response{}, fmt.Errorf("transaction not run: the store refused it as invalid: %w", kvd.ErrInvalid)
 		case store.CodeConflict:
 			if len(o.Conflicts) > 0 {
 				conflict = o.Conflicts[0].Txn
@@ -743,8 +745,10 @@ func Recover(ctx context.Context, gs Groups, l store.Lock) (store.TxnState, erro
 // committed, whatever its deadline (an operator's abort), and returns its
 // state: aborted, or committed if it committed first. The record's
 // compare-and-set decides between this and the coordinator's commit.
-func ForceAbort(ctx context.Context, gs Groups, id string, rg kvd.GroupID) (store.TxnState, error) {
-	res, err := gs.Propose(ctx, rg, encode(store.CmdTxnRecover, store.TxnRecover{ID: id, Force: true}, nil))
+// deadline is the transaction's, as its locks say (0 if unknown): the
+// aborted record is kept at least until then.
+func ForceAbort(ctx context.Context, gs Groups, id string, rg kvd.GroupID, deadline int64) (store.TxnState, error) {
+	res, err := gs.Propose(ctx, rg, encode(store.CmdTxnRecover, store.TxnRecover{ID: id, Deadline: deadline, Force: true}, nil))
 	if err != nil {
 		return "", fmt.Errorf("abort transaction %s: %w", id, err)
 	}

@@ -483,7 +483,8 @@ func TestKvcli_TxnListAndAbort(t *testing.T) {
 	require.Equal(t, 0, kvcli(t, c, "", "put", keys[0], "plain").code, "the lock is gone")
 	require.Equal(t, 3, kvcli(t, c, "", "get", keys[1]).code, "nothing of it was written")
 	r = kvcli(t, c, "", "txn", "abort", id)
-	require.Equal(t, 3, r.code, "a repeat finds nothing: %s", r.stderr)
+	require.Equal(t, 0, r.code, "a repeat is harmless: %s", r.stderr)
+	require.Equal(t, 3, kvcli(t, c, "", "txn", "abort", "0123456789abcdef0123456789abcdef").code, "an unknown id is not found")
 	r = kvcli(t, c, "", "txn", "abort")
 	require.Equal(t, 2, r.code)
 }
