@@ -325,11 +325,14 @@ type HistoryEvent struct {
 }
 
 // HistoryPage is a page of a group's history (node to node): the events
-// after a position, the position read up to, and the history's floor.
+// after a position, the position read up to, and the history's floor. An
+// answer to a wait alone (limit 0) holds no events; Pending says whether
+// one follows Upto.
 type HistoryPage struct {
-	Events []HistoryEvent `json:"events"`
-	Upto   string         `json:"upto"`
-	Floor  string         `json:"floor"`
+	Events  []HistoryEvent `json:"events"`
+	Upto    string         `json:"upto"`
+	Floor   string         `json:"floor"`
+	Pending bool           `json:"pending,omitempty"`
 }
 
 // WatchEvent is the data of one event of GET /v1/watch.

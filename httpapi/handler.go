@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -79,7 +80,7 @@ type Backend interface {
 	Watch(ctx context.Context, prefix, since string, start func(cursor string) error, send func(kvd.Event) error) error
 	// History reads group g's history on this node's replica (node to
 	// node), waiting up to wait for something new.
-	History(ctx context.Context, g kvd.GroupID, after, prefix string, limit int, wait time.Duration) (api.HistoryPage, error)
+	History(ctx context.Context, g kvd.GroupID, after, prefix string, limit, maxBytes int, wait time.Duration) (api.HistoryPage, error)
 	// LogEntry returns entry index of this node's log of group g, which
 	// it must have applied (node to node: a peer's repair).
 	LogEntry(ctx context.Context, g kvd.GroupID, index uint64) (api.LogEntry, error)
@@ -809,98 +810,73 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 			}
 		}()
 	}
-	type msg struct {
-		data []byte
-		id   string
+	// The watch writes each event itself, so that an event leaves the
+	// node's watch buffer only once it is on the wire, and a client that
+	// stops reading holds up only its own watch. The handler writes the
+	// keep-alives; mu keeps the two apart. Every write has a deadline:
+	// a client that stops reading does not hold the stream forever.
+	var mu sync.Mutex
+	streaming := false
+	write := func(format string, args ...any) error {
+		_ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
+		fmt.Fprintf(w, format, args...)
+		return rc.Flush()
 	}
-	msgs := make(chan msg, 64)
-	started := make(chan string, 1)
 	done := make(chan error, 1)
 	go func() {
 		done <- h.b.Watch(ctx, prefix, since, func(cursor string) error {
-			started <- cursor
-			return nil
+			mu.Lock()
+			defer mu.Unlock()
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.Header().Set("Cache-Control", "no-cache")
+			w.WriteHeader(http.StatusOK)
+			streaming = true
+			return write(": watching %q\nid: %s\n\n", prefix, cursor)
 		}, func(ev kvd.Event) error {
-			var b []byte
-			if ev.Type != "" { // else a progress mark: an id alone
-				var err error
-				if b, err = json.Marshal(api.WatchEvent{Type: ev.Type, Key: ev.Key, Value: ev.Value, Version: ev.Version}); err != nil {
-					return err
-				}
+			if ev.Type == "" { // a progress mark: an id alone
+				mu.Lock()
+				defer mu.Unlock()
+				return write("id: %s\n\n", ev.Cursor)
 			}
-			select {
-			case msgs <- msg{data: b, id: ev.Cursor}:
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
+			b, err := json.Marshal(api.WatchEvent{Type: ev.Type, Key: ev.Key, Value: ev.Value, Version: ev.Version})
+			if err != nil {
+				return err
 			}
+			mu.Lock()
+			defer mu.Unlock()
+			return write("id: %s\ndata: %s\n\n", ev.Cursor, b)
 		})
 	}()
-	finished := false
-	defer func() { // the watch's goroutine ends before the handler does
-		cancel()
-		if !finished {
-			<-done
-		}
-	}()
-	// A client that stops reading must not hold the stream (and its
-	// buffers) forever: every write has a deadline.
-	deadline := func() { _ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout)) }
-	write := func(m msg) {
-		if m.data == nil {
-			fmt.Fprintf(w, "id: %s\n\n", m.id)
-			return
-		}
-		fmt.Fprintf(w, "id: %s\ndata: %s\n\n", m.id, m.data)
-	}
-	select {
-	case cursor := <-started:
-		deadline()
-		w.Header().Set("Content-Type", "text/event-stream")
-		w.Header().Set("Cache-Control", "no-cache")
-		w.WriteHeader(http.StatusOK)
-		fmt.Fprintf(w, ": watching %q\nid: %s\n\n", prefix, cursor)
-		rc.Flush()
-	case err := <-done:
-		finished = true
-		writeError(w, err, false)
-		return
-	}
 	keepalive := time.NewTicker(15 * time.Second)
 	defer keepalive.Stop()
 	for {
 		select {
-		case m := <-msgs:
-			deadline()
-			write(m)
-			for more := true; more; {
-				select {
-				case m := <-msgs:
-					write(m)
-				default:
-					more = false
-				}
-			}
-			if err := rc.Flush(); err != nil {
-				return
-			}
 		case <-keepalive.C:
-			deadline()
-			fmt.Fprint(w, ": keep-alive\n\n")
-			if err := rc.Flush(); err != nil {
+			mu.Lock()
+			err := errors.New("not streaming")
+			if streaming {
+				err = write(": keep-alive\n\n")
+			}
+			mu.Unlock()
+			if err != nil && streaming {
+				cancel()
+				<-done
 				return
 			}
 		case err := <-done:
-			finished = true
+			mu.Lock()
+			defer mu.Unlock()
+			if !streaming {
+				if err != nil {
+					writeError(w, err, false)
+				}
+				return
+			}
 			if err != nil && ctx.Err() == nil {
-				deadline()
 				_, code := statusOf(err, false)
 				b, _ := json.Marshal(api.Error{Error: api.ErrorDetail{Code: code, Message: err.Error()}})
-				fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
-				rc.Flush()
+				_ = write("event: error\ndata: %s\n\n", b)
 			}
-			return
-		case <-ctx.Done():
 			return
 		}
 	}
@@ -913,11 +889,17 @@ func (h *Handler) history(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: group must be a positive integer", kvd.ErrInvalid), false)
 		return
 	}
-	limit, _ := strconv.Atoi(q.Get("limit"))
+	limit, maxBytes := 256, 0
+	if q.Has("limit") {
+		limit, _ = strconv.Atoi(q.Get("limit"))
+	}
+	if q.Has("bytes") {
+		maxBytes, _ = strconv.Atoi(q.Get("bytes"))
+	}
 	waitMS, _ := strconv.Atoi(q.Get("wait"))
 	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
 	defer cancel()
-	page, err := h.b.History(ctx, kvd.GroupID(g), q.Get("after"), q.Get("prefix"), limit, time.Duration(waitMS)*time.Millisecond)
+	page, err := h.b.History(ctx, kvd.GroupID(g), q.Get("after"), q.Get("prefix"), max(limit, 0), maxBytes, time.Duration(waitMS)*time.Millisecond)
 	if err != nil {
 		writeError(w, err, false)
 		return

@@ -67,6 +67,12 @@ type Config struct {
 	// is refused at once with 429 overloaded. Watches do not count.
 	MaxInflightRequests int
 	MaxInflightBytes    int64
+	// MaxWatches caps the watches a node serves at once; past it a new
+	// watch is refused with 429 overloaded. WatchBufferBytes caps the
+	// keys and values that all of them hold read but not yet sent: a
+	// watch past it waits for others to drain. 0 means no cap.
+	MaxWatches       int
+	WatchBufferBytes int64
 	// Replication is the template for every hosted group (timing,
 	// snapshots, batching); identity fields are filled in per group.
 	Replication replication.Config
@@ -114,6 +120,8 @@ func DefaultConfig() Config {
 		MinFreeBytes:          64 << 20,
 		MaxInflightRequests:   4096,
 		MaxInflightBytes:      64 << 20,
+		MaxWatches:            1024,
+		WatchBufferBytes:      32 << 20,
 		Replication:           replication.DefaultConfig(),
 		RequestTimeout:        10 * time.Second,
 		ShutdownTimeout:       10 * time.Second,
@@ -144,7 +152,8 @@ func (c *Config) validate() error {
 	case c.TxnTimeout > store.MaxTxnLifetime/2:
 		// Half: room for the clocks of coordinator and leader to differ.
 		return fmt.Errorf("the transaction timeout %v is over %v, half the most a lock may live", c.TxnTimeout, store.MaxTxnLifetime/2)
-	case c.QuotaBytes < 0 || c.MinFreeBytes < 0 || c.MaxInflightRequests < 0 || c.MaxInflightBytes < 0:
+	case c.QuotaBytes < 0 || c.MinFreeBytes < 0 || c.MaxInflightRequests < 0 || c.MaxInflightBytes < 0 ||
+		c.MaxWatches < 0 || c.WatchBufferBytes < 0:
 		return errors.New("quotas and caps must not be negative")
 	}
 	if c.TxnTimeout > 0 && c.IdempotencyRetention < 2*c.TxnTimeout {

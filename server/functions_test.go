@@ -21,7 +21,7 @@ import (
 
 // expiryEvent finds key's delete event in replica g's history.
 func expiryEvent(t *testing.T, g interface{ Store() *store.DB }, key string) (store.Event, bool) {
-	evs, _, _, err := g.Store().History(store.Pos{}, key, 1000)
+	evs, _, _, err := g.Store().History(store.Pos{}, key, 1000, 0)
 	require.NoError(t, err)
 	for _, ev := range evs {
 		if ev.Key == key && ev.Delete {
@@ -107,7 +107,7 @@ func TestIdempotency_RetryAfterAKilledConnectionAppliesOnce(t *testing.T) {
 	require.Equal(t, answers[0], answers[1])
 	require.Equal(t, answers[0], answers[2])
 	g, _ := c.Node(leader).Group(1)
-	evs, _, _, err := g.Store().History(store.Pos{}, "once", 100)
+	evs, _, _, err := g.Store().History(store.Pos{}, "once", 100, 0)
 	require.NoError(t, err)
 	require.Len(t, evs, 1, "applied once")
 	require.Equal(t, fmt.Sprintf("{\"version\":%d}\n", evs[0].Version()), answers[0])

@@ -20,6 +20,7 @@ type nodeMetrics struct {
 	// Counted by the node's own work.
 	expired       atomic.Uint64 // keys deleted by their TTL
 	watchesOpen   atomic.Int64
+	watchesShed   atomic.Uint64 // watches refused: the node served its most
 	txnRecoveries atomic.Uint64 // transactions finished by a reader or a janitor
 	txnOutcomes   *prometheus.CounterVec
 }
@@ -61,6 +62,7 @@ func (m *nodeMetrics) register(reg prometheus.Registerer) {
 	reg.MustRegister(
 		counter("kvd_ttl_expired_total", "Keys this node deleted as their leader because their time to live ran out.", &m.expired),
 		counter("kvd_txn_recoveries_total", "Transactions left by their coordinator that this node finished (readers and janitors).", &m.txnRecoveries),
+		counter("kvd_watches_refused_total", "Watches refused because the node served as many as it may (429).", &m.watchesShed),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kvd_watches_open", Help: "Watches this node is serving."},
 			func() float64 { return float64(m.watchesOpen.Load()) }),
 	)

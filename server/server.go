@@ -65,6 +65,8 @@ type Server struct {
 	disk      *diskGuard
 	peerDisks peerDisks
 	metrics   *nodeMetrics
+	// watchMem counts the bytes that watches hold read but not yet sent.
+	watchMem *byteBudget
 
 	serveErr chan error
 
@@ -177,6 +179,7 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	s.peerHTTP = httpapi.NewForwardClient()
 	s.metrics = newNodeMetrics()
+	s.watchMem = newByteBudget(cfg.WatchBufferBytes)
 	if err := s.openGroups(first); err != nil {
 		return nil, err
 	}
@@ -191,6 +194,9 @@ func New(cfg Config) (_ *Server, err error) {
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.registry.MustRegister(&raftCollector{s: s})
 	s.metrics.register(s.registry)
+	s.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kvd_watch_buffered_bytes",
+		Help: "Keys and values that this node's watches have read and not yet sent."},
+		func() float64 { return float64(s.watchMem.held()) }))
 	shutdown := make(chan struct{})
 	if s.handler, err = httpapi.New(backend{s}, httpapi.Options{
 		Limits:              cfg.Limits,

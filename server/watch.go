@@ -73,42 +73,99 @@ type historyPage struct {
 	floor  store.Pos
 }
 
-// fetchHistory reads group g's history after pos ("now" when head is
-// set): from the local replica if this node hosts one (any replica holds
-// the same committed history), else from a member. With wait it waits up
-// to that long for something new.
-func (s *Server) fetchHistory(ctx context.Context, g kvd.GroupID, pos store.Pos, head bool, prefix string, limit int, wait time.Duration) (historyPage, error) {
-	if grp, ok := s.hosted()[g]; ok && grp.Serving() == nil {
-		if head {
-			pos = grp.Store().HistoryHead()
-		}
-		return localHistory(ctx, grp.Store(), pos, prefix, limit, wait)
+// bytes returns what the page's keys and values take.
+func (p historyPage) bytes() int64 {
+	var n int64
+	for _, e := range p.events {
+		n += eventBytes(e)
 	}
-	grp, ok := s.Map().Group(g)
-	if !ok {
-		return historyPage{}, fmt.Errorf("group %d is not in the map: %w", g, kvd.ErrUnavailable)
+	return n
+}
+
+func eventBytes(e store.Event) int64 { return int64(len(e.Key) + len(e.Value)) }
+
+// watchPageBytes is how many bytes of keys and values a watch reads from
+// one group at a time (a page holds at least one event).
+const watchPageBytes = 512 << 10
+
+// fetchHistory reads up to limit events and maxBytes of group g's history
+// after pos ("now" when head is set), without waiting: from the local
+// replica if this node hosts one (any replica holds the same committed
+// history), else from a member.
+func (s *Server) fetchHistory(ctx context.Context, g kvd.GroupID, pos store.Pos, head bool, prefix string, limit, maxBytes int) (historyPage, error) {
+	if grp, ok := s.hosted()[g]; ok && grp.Serving() == nil {
+		db := grp.Store()
+		if head {
+			pos = db.HistoryHead()
+		}
+		evs, upto, floor, err := db.History(pos, prefix, limit, maxBytes)
+		return historyPage{events: evs, upto: upto, floor: floor}, err
 	}
 	after := pos.String()
 	if head {
 		after = "now"
 	}
-	q := url.Values{"group": {strconv.FormatUint(uint64(g), 10)}, "after": {after}, "prefix": {prefix},
-		"limit": {strconv.Itoa(limit)}, "wait": {strconv.FormatInt(wait.Milliseconds(), 10)}}
+	hp, err := s.remoteHistory(ctx, g, url.Values{"after": {after}, "prefix": {prefix},
+		"limit": {strconv.Itoa(limit)}, "bytes": {strconv.Itoa(maxBytes)}, "wait": {"0"}})
+	if err != nil {
+		return historyPage{}, err
+	}
+	return pageFromAPI(hp)
+}
+
+// waitHistory waits up to wait for an event with prefix after pos in
+// group g, reading none: it returns whether one is there, the position up
+// to which none is (reading on from it skips nothing) and the history's
+// floor. A watch waits this way holding no buffer, then reads.
+func (s *Server) waitHistory(ctx context.Context, g kvd.GroupID, pos store.Pos, prefix string, wait time.Duration) (pending bool, upto, floor store.Pos, err error) {
+	if grp, ok := s.hosted()[g]; ok && grp.Serving() == nil {
+		return waitLocal(ctx, grp.Store(), pos, prefix, wait)
+	}
+	hp, err := s.remoteHistory(ctx, g, url.Values{"after": {pos.String()}, "prefix": {prefix},
+		"limit": {"0"}, "wait": {strconv.FormatInt(wait.Milliseconds(), 10)}})
+	if err != nil {
+		return false, pos, floor, err
+	}
+	if floor, err = parsePos(hp.Floor); err != nil {
+		return false, pos, floor, err
+	}
+	if len(hp.Events) > 0 {
+		// A member of an older version answers with events instead:
+		// they are pending, and nothing before them is known to be read.
+		return true, pos, floor, nil
+	}
+	if upto, err = parsePos(hp.Upto); err != nil {
+		return false, pos, floor, err
+	}
+	if upto.Less(pos) {
+		upto = pos
+	}
+	return hp.Pending, upto, floor, nil
+}
+
+// remoteHistory asks the group's members for a page of its history.
+func (s *Server) remoteHistory(ctx context.Context, g kvd.GroupID, q url.Values) (api.HistoryPage, error) {
+	grp, ok := s.Map().Group(g)
+	if !ok {
+		return api.HistoryPage{}, fmt.Errorf("group %d is not in the map: %w", g, kvd.ErrUnavailable)
+	}
+	q.Set("group", strconv.FormatUint(uint64(g), 10))
 	members := append([]string{s.leaderOrPreferred(ctx, g)}, grp.Members...)
 	var lastErr error
 	for _, m := range members {
 		var hp api.HistoryPage
 		err := s.peerGet(ctx, m, "/v1/internal/history?"+q.Encode(), nil, &hp)
-		if err != nil {
-			lastErr = err
-			continue
+		if err == nil {
+			return hp, nil
 		}
-		return pageFromAPI(hp)
+		lastErr = err
 	}
-	return historyPage{}, fmt.Errorf("history of group %d: %w", g, lastErr)
+	return api.HistoryPage{}, fmt.Errorf("history of group %d: %w", g, lastErr)
 }
 
-func localHistory(ctx context.Context, db *store.DB, pos store.Pos, prefix string, limit int, wait time.Duration) (historyPage, error) {
+// waitLocal waits up to wait for an event with prefix after pos in db's
+// history (see waitHistory).
+func waitLocal(ctx context.Context, db *store.DB, pos store.Pos, prefix string, wait time.Duration) (pending bool, upto, floor store.Pos, err error) {
 	deadline := time.Now().Add(wait)
 	// The caller compares its position with the floor to tell whether
 	// history it never saw was dropped. While waiting, this loop reads on
@@ -118,22 +175,22 @@ func localHistory(ctx context.Context, db *store.DB, pos store.Pos, prefix strin
 	var seen *store.Pos
 	for {
 		ch := db.AppliedCh()
-		evs, upto, floor, err := db.History(pos, prefix, limit)
+		pending, upto, floor, err := db.HistoryPending(pos, prefix)
 		if err != nil {
-			return historyPage{}, err
+			return false, pos, floor, err
 		}
 		if seen == nil || pos.Less(floor) {
 			seen = &floor
 		}
-		if len(evs) > 0 || wait <= 0 || time.Now().After(deadline) {
-			return historyPage{events: evs, upto: upto, floor: *seen}, nil
+		if pending || wait <= 0 || time.Now().After(deadline) {
+			return pending, upto, *seen, nil
 		}
 		pos = upto
 		select {
 		case <-ch:
 		case <-time.After(time.Until(deadline)):
 		case <-ctx.Done():
-			return historyPage{upto: pos, floor: *seen}, nil
+			return false, pos, *seen, nil
 		}
 	}
 }
@@ -157,27 +214,57 @@ func pageFromAPI(hp api.HistoryPage) (historyPage, error) {
 	return p, nil
 }
 
-// History serves the internal history endpoint from this node's replica.
-func (b backend) History(ctx context.Context, g kvd.GroupID, after, prefix string, limit int, wait time.Duration) (api.HistoryPage, error) {
+// History serves the internal history endpoint from this node's replica:
+// up to limit events and maxBytes after a position, waiting up to wait
+// for the first; with limit 0 it only waits for one and says whether it
+// is there (Pending), reading none.
+func (b backend) History(ctx context.Context, g kvd.GroupID, after, prefix string, limit, maxBytes int, wait time.Duration) (api.HistoryPage, error) {
 	grp, ok := b.s.hosted()[g]
 	if !ok {
 		return api.HistoryPage{}, fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, b.s.id, g)
 	}
+	db := grp.Store()
 	var pos store.Pos
 	if after == "now" {
-		pos = grp.Store().HistoryHead()
+		pos = db.HistoryHead()
 	} else {
 		var err error
 		if pos, err = parsePos(after); err != nil {
 			return api.HistoryPage{}, fmt.Errorf("%w: %v", kvd.ErrInvalid, err)
 		}
 	}
-	p, err := localHistory(ctx, grp.Store(), pos, prefix, min(max(limit, 1), 1000), min(wait, 10*time.Second))
+	wait = min(wait, 10*time.Second)
+	out := api.HistoryPage{Events: []api.HistoryEvent{}}
+	if limit == 0 {
+		pending, upto, floor, err := waitLocal(ctx, db, pos, prefix, wait)
+		if err != nil {
+			return api.HistoryPage{}, err
+		}
+		out.Upto, out.Floor, out.Pending = upto.String(), floor.String(), pending
+		return out, nil
+	}
+	var waited *store.Pos
+	if wait > 0 {
+		// Callers of an older version wait and read in one call.
+		pending, upto, floor, err := waitLocal(ctx, db, pos, prefix, wait)
+		if err != nil {
+			return api.HistoryPage{}, err
+		}
+		if !pending {
+			out.Upto, out.Floor = upto.String(), floor.String()
+			return out, nil
+		}
+		pos, waited = upto, &floor
+	}
+	evs, upto, floor, err := db.History(pos, prefix, min(max(limit, 1), 1000), min(max(maxBytes, 1), store.HistoryPageBytes))
 	if err != nil {
 		return api.HistoryPage{}, err
 	}
-	out := api.HistoryPage{Upto: p.upto.String(), Floor: p.floor.String(), Events: []api.HistoryEvent{}}
-	for _, e := range p.events {
+	if waited != nil && !pos.Less(floor) {
+		floor = *waited // the floor the caller's position is to be checked against
+	}
+	out.Upto, out.Floor = upto.String(), floor.String()
+	for _, e := range evs {
 		out.Events = append(out.Events, api.HistoryEvent{Pos: e.Pos.String(), Delete: e.Delete, Key: e.Key, Value: e.Value})
 	}
 	return out, nil
@@ -201,8 +288,12 @@ const watchProgressInterval = 5 * time.Second
 // Type is a progress mark: only its Cursor counts (the watch read that far
 // and found nothing to send).
 func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cursor string) error, send func(kvd.Event) error) error {
-	s.metrics.watchesOpen.Add(1)
+	n := s.metrics.watchesOpen.Add(1)
 	defer s.metrics.watchesOpen.Add(-1)
+	if max := s.cfg.MaxWatches; max > 0 && n > int64(max) {
+		s.metrics.watchesShed.Add(1)
+		return fmt.Errorf("the node serves %d watches, its limit; watch through another node or later: %w", max, kvd.ErrOverloaded)
+	}
 	m := s.Map()
 	cur := map[kvd.GroupID]store.Pos{}
 	fromNow := map[kvd.GroupID]bool{}
@@ -210,6 +301,11 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 		var err error
 		if cur, err = decodeCursor(since); err != nil {
 			return err
+		}
+		for g := range cur {
+			if _, ok := m.Group(g); !ok {
+				return fmt.Errorf("%w: the watch cursor names group %d, which the cluster does not have", kvd.ErrInvalid, g)
+			}
 		}
 	}
 	for _, grp := range m.Groups {
@@ -225,16 +321,39 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 		ev       store.Event
 		progress *store.Pos
 	}
-	// The first page of every group, before anything is sent: a watch
-	// that cannot resume is refused outright.
-	first := map[kvd.GroupID]historyPage{}
-	for _, grp := range m.Groups {
-		p, err := s.fetchHistory(ctx, grp.ID, cur[grp.ID], fromNow[grp.ID], prefix, 256, 0)
-		if err != nil {
-			return err
+	// Every event read counts against the node's watch buffer until it
+	// is sent, and a reader takes room for a page before it reads one, so
+	// slow watchers make the others wait instead of filling memory.
+	// Waiting for news takes no room.
+	reserve := func(n int64) (settle func(historyPage), err error) {
+		if err := s.watchMem.acquire(ctx, n); err != nil {
+			return nil, err
 		}
-		if !fromNow[grp.ID] && cur[grp.ID].Less(p.floor) {
-			return errCompacted(grp.ID, cur[grp.ID], p.floor)
+		return func(p historyPage) {
+			if got := p.bytes(); got > n {
+				s.watchMem.charge(got - n)
+			} else {
+				s.watchMem.release(n - got)
+			}
+		}, nil
+	}
+	// The first page of every group, before anything is sent: a watch
+	// that cannot resume is refused outright. Room for all of them is
+	// taken at once: a watch never holds room while waiting for more.
+	first := map[kvd.GroupID]historyPage{}
+	settle, err := reserve(int64(len(m.Groups)) * watchPageBytes)
+	if err != nil {
+		return err
+	}
+	var firstErr error
+	for _, grp := range m.Groups {
+		p, err := s.fetchHistory(ctx, grp.ID, cur[grp.ID], fromNow[grp.ID], prefix, 256, watchPageBytes)
+		if err == nil && !fromNow[grp.ID] && cur[grp.ID].Less(p.floor) {
+			err = errCompacted(grp.ID, cur[grp.ID], p.floor)
+		}
+		if err != nil {
+			firstErr = err
+			break
 		}
 		if fromNow[grp.ID] {
 			// Start right before the first event the page holds (if any),
@@ -246,15 +365,51 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 		}
 		first[grp.ID] = p
 	}
-	if err := start(encodeCursor(cur)); err != nil {
-		return err
+	var all historyPage
+	for _, p := range first {
+		all.events = append(all.events, p.events...)
+	}
+	settle(all)
+	unsent := func(evs []store.Event) {
+		s.watchMem.release(historyPage{events: evs}.bytes())
+	}
+	if firstErr == nil {
+		firstErr = start(encodeCursor(cur))
+	}
+	if firstErr != nil {
+		unsent(all.events)
+		return firstErr
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	events := make(chan groupEvent, 64)
+	events := make(chan groupEvent, 16)
+	defer func() {
+		cancel()
+		wg.Wait()
+		for {
+			select {
+			case ge := <-events:
+				s.watchMem.release(eventBytes(ge.ev))
+			default:
+				return
+			}
+		}
+	}()
 	errs := make(chan error, len(m.Groups))
+	// retry runs f until it succeeds or ctx ends, backing off.
+	retry := func(f func() error) error {
+		for attempt := 0; ; attempt++ {
+			err := f()
+			if err == nil || ctx.Err() != nil {
+				return err
+			}
+			select {
+			case <-time.After(time.Duration(50<<min(attempt, 4)) * time.Millisecond):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
 	for _, grp := range m.Groups {
 		p := first[grp.ID]
 		wg.Add(1)
@@ -262,10 +417,11 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 			defer wg.Done()
 			g := grp.ID
 			for {
-				for _, ev := range p.events {
+				for i, ev := range p.events {
 					select {
 					case events <- groupEvent{g: g, ev: ev}:
 					case <-ctx.Done():
+						unsent(p.events[i:])
 						return
 					}
 				}
@@ -275,23 +431,38 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 				case <-ctx.Done():
 					return
 				}
-				var err error
-				for attempt := 0; ; attempt++ {
-					p, err = s.fetchHistory(ctx, g, pos, false, prefix, 256, 2*time.Second)
-					if err == nil || ctx.Err() != nil {
-						break
-					}
-					select {
-					case <-time.After(time.Duration(50<<min(attempt, 4)) * time.Millisecond):
-					case <-ctx.Done():
-						return
-					}
-				}
-				if ctx.Err() != nil {
+				var pending bool
+				var upto, floor store.Pos
+				if retry(func() (err error) {
+					pending, upto, floor, err = s.waitHistory(ctx, g, pos, prefix, 2*time.Second)
+					return err
+				}) != nil {
 					return
 				}
-				if pos.Less(p.floor) {
-					errs <- errCompacted(g, pos, p.floor)
+				if pos.Less(floor) {
+					errs <- errCompacted(g, pos, floor)
+					return
+				}
+				p = historyPage{upto: upto}
+				if !pending {
+					continue // a progress mark, then wait again
+				}
+				settle, err := reserve(watchPageBytes)
+				if err != nil {
+					return
+				}
+				err = retry(func() (err error) {
+					p, err = s.fetchHistory(ctx, g, upto, false, prefix, 256, watchPageBytes)
+					return err
+				})
+				settle(p)
+				if err != nil {
+					unsent(p.events)
+					return
+				}
+				if upto.Less(p.floor) {
+					unsent(p.events)
+					errs <- errCompacted(g, upto, p.floor)
 					return
 				}
 			}
@@ -329,7 +500,9 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 			if ge.ev.Delete {
 				ev.Type, ev.Value = "delete", nil
 			}
-			if err := send(ev); err != nil {
+			err := send(ev)
+			s.watchMem.release(eventBytes(ge.ev))
+			if err != nil {
 				return err
 			}
 		}

@@ -360,7 +360,7 @@ func TestStore_HistoryPruningIsTheSameWhateverTheBatching(t *testing.T) {
 			_, err := db.Apply(entries[i:min(i+batch, len(entries))])
 			require.NoError(t, err)
 		}
-		evs, upto, floor, err := db.History(Pos{}, "", 1000)
+		evs, upto, floor, err := db.History(Pos{}, "", 1000, 0)
 		require.NoError(t, err)
 		var b strings.Builder
 		fmt.Fprintf(&b, "floor %s upto %s:", floor, upto)

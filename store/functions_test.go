@@ -53,7 +53,7 @@ func TestHistory_RecordsEveryChangeAndPrunes(t *testing.T) {
 	defer db.Close()
 	applyOne(t, db, 1, put("a", "1"), put("b", "1"))
 	applyOne(t, db, 2, Cmd{Kind: CmdDelete, Key: "a"}, Cmd{Kind: CmdDelete, Key: "none"})
-	evs, upto, floor, err := db.History(Pos{}, "", 100)
+	evs, upto, floor, err := db.History(Pos{}, "", 100, 0)
 	require.NoError(t, err)
 	require.Len(t, evs, 3, "deleting an absent key is no change")
 	require.Equal(t, Pos{1, 1}, evs[0].Pos)
@@ -64,7 +64,7 @@ func TestHistory_RecordsEveryChangeAndPrunes(t *testing.T) {
 	require.Equal(t, Pos{}, floor)
 
 	// Prefix filters, but the position still advances.
-	evs, upto, _, err = db.History(Pos{}, "b", 100)
+	evs, upto, _, err = db.History(Pos{}, "b", 100, 0)
 	require.NoError(t, err)
 	require.Len(t, evs, 1)
 	require.Equal(t, Pos{2, 1}, upto)
@@ -72,10 +72,10 @@ func TestHistory_RecordsEveryChangeAndPrunes(t *testing.T) {
 	for i := 3; i <= 6; i++ {
 		applyOne(t, db, uint64(i), put(fmt.Sprintf("k%d", i), "x"))
 	}
-	_, _, floor, err = db.History(Pos{}, "", 100)
+	_, _, floor, err = db.History(Pos{}, "", 100, 0)
 	require.NoError(t, err)
 	require.Equal(t, Pos{1, 2}, floor, "the oldest events are dropped past the bound")
-	evs, _, _, _ = db.History(floor, "", 100)
+	evs, _, _, _ = db.History(floor, "", 100, 0)
 	require.Len(t, evs, 5)
 	require.True(t, db.HistoryHead().Index == 6)
 }

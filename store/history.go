@@ -165,10 +165,15 @@ func (a *applier) flushHistory() error {
 }
 
 // History returns up to limit events with key prefix after position
-// after, the position it read up to (to resume from, even when no event
-// matched), and the history's floor. If after is below the floor, events
-// were dropped and the caller must report the watch compacted.
-func (db *DB) History(after Pos, prefix string, limit int) (events []Event, upto Pos, floor Pos, err error) {
+// after, holding keys and values of at most maxBytes (but at least one
+// event; maxBytes <= 0 means HistoryPageBytes), the position it read up to
+// (to resume from, even when no event matched), and the history's floor.
+// If after is below the floor, events were dropped and the caller must
+// report the watch compacted.
+func (db *DB) History(after Pos, prefix string, limit, maxBytes int) (events []Event, upto Pos, floor Pos, err error) {
+	if maxBytes <= 0 {
+		maxBytes = HistoryPageBytes
+	}
 	upto = after
 	size := 0
 	err = db.view(func(tx *bolt.Tx) error {
@@ -186,23 +191,58 @@ func (db *DB) History(after Pos, prefix string, limit int) (events []Event, upto
 			if !after.Less(pos) {
 				continue
 			}
-			upto = pos
 			if !eventHasPrefix(v, prefix) {
+				upto = pos
 				continue
+			}
+			if len(events) > 0 && size+len(v) > maxBytes {
+				break // the event does not fit: the next page starts with it
 			}
 			ev, err := decodeEvent(pos, v)
 			if err != nil {
 				return err
 			}
+			upto = pos
 			events = append(events, ev)
 			size += len(ev.Key) + len(ev.Value)
-			if len(events) >= limit || size >= HistoryPageBytes {
+			if len(events) >= limit {
 				break
 			}
 		}
 		return c.err
 	})
 	return events, upto, floor, err
+}
+
+// HistoryPending tells whether an event with key prefix follows position
+// after, without reading it: upto is the position up to which none did
+// (reading on from it skips nothing), floor the history's floor.
+func (db *DB) HistoryPending(after Pos, prefix string) (pending bool, upto Pos, floor Pos, err error) {
+	upto = after
+	err = db.view(func(tx *bolt.Tx) error {
+		bs := bucketsOf(tx)
+		fb, err := bs.meta.get(metaHistFloor)
+		if err != nil {
+			return err
+		}
+		floor = posOf(fb)
+		c := bs.hist.cursor()
+		start := after
+		start.Seq++
+		for k, v := c.seek(start.bytes()); k != nil; k, v = c.next() {
+			pos := posOf(k)
+			if !after.Less(pos) {
+				continue
+			}
+			if eventHasPrefix(v, prefix) {
+				pending = true
+				return nil
+			}
+			upto = pos
+		}
+		return c.err
+	})
+	return pending, upto, floor, err
 }
 
 func eventHasPrefix(ev []byte, prefix string) bool {
@@ -214,8 +254,8 @@ func eventHasPrefix(ev []byte, prefix string) bool {
 	return d.err == nil && strings.HasPrefix(string(k), prefix)
 }
 
-// HistoryPageBytes caps the keys and values of one History page (a page
-// holds at least one event), so watch buffers stay bounded in bytes.
+// HistoryPageBytes is the default cap on the keys and values of one
+// History page (a page holds at least one event).
 const HistoryPageBytes = 4 << 20
 
 // HistoryHead returns the position right after everything applied so far:

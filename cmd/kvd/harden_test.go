@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/internal/kvdproc"
+	"github.com/kvd-project/kvd/internal/testcluster"
 )
 
 // Process-level tests of the hardening: crashes, damaged files, full
@@ -52,34 +52,9 @@ func readAt(url, key, consistency string) (readResult, error) {
 	return r, nil
 }
 
-// metric returns the sum of the samples of a metric whose labels include
-// every given one.
 func metric(t *testing.T, url, name string, labels ...string) float64 {
 	t.Helper()
-	resp, err := hc.Get(url + "/metrics")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	sum := 0.0
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		ok := true
-		for _, l := range labels {
-			ok = ok && strings.Contains(line, l)
-		}
-		if !ok {
-			continue
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		require.NoError(t, err)
-		sum += v
-	}
-	return sum
+	return testcluster.Metric(t, url, name, labels...)
 }
 
 func flipIn(t *testing.T, path, pattern string) int {

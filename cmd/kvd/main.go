@@ -47,6 +47,8 @@ func run(args []string) int {
 	fs.Var(byteSize{&cfg.MinFreeBytes}, "min-free-bytes", "refuse writes (507) while the data directory's disk has less free space than this")
 	fs.IntVar(&cfg.MaxInflightRequests, "max-inflight-requests", cfg.MaxInflightRequests, "requests served at once; past it a request gets 429 at once (0: no cap)")
 	fs.Var(byteSize{&cfg.MaxInflightBytes}, "max-inflight-bytes", "body bytes of the requests served at once; past it a request gets 429 at once (0: no cap)")
+	fs.IntVar(&cfg.MaxWatches, "max-watches", cfg.MaxWatches, "watches served at once; past it a new watch gets 429 (0: no cap)")
+	fs.Var(byteSize{&cfg.WatchBufferBytes}, "watch-buffer-bytes", "keys and values all watches may hold read but not yet sent; past it watches wait for slow readers (0: no cap)")
 	memLimit := int64(512 << 20)
 	fs.Var(byteSize{&memLimit}, "memory-limit", "soft limit of the Go runtime's memory: the garbage collector works harder near it (0: none; the GOMEMLIMIT environment variable, if set, wins)")
 	fs.DurationVar(&cfg.Replication.IntegrityInterval, "integrity-check-interval", cfg.Replication.IntegrityInterval, "how often each replica scrubs its state and the leaders compare the replicas' state hashes (0: never)")
@@ -98,8 +100,9 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "kvd: --ttl-interval and --idempotency-retention must be positive")
 		return 2
 	}
-	if cfg.QuotaBytes < 0 || cfg.MinFreeBytes < 0 || cfg.MaxInflightRequests < 0 || cfg.MaxInflightBytes < 0 || cfg.Replication.IntegrityInterval < 0 {
-		fmt.Fprintln(os.Stderr, "kvd: --quota-bytes, --min-free-bytes, --max-inflight-requests, --max-inflight-bytes and --integrity-check-interval must not be negative")
+	if cfg.QuotaBytes < 0 || cfg.MinFreeBytes < 0 || cfg.MaxInflightRequests < 0 || cfg.MaxInflightBytes < 0 ||
+		cfg.MaxWatches < 0 || cfg.WatchBufferBytes < 0 || cfg.Replication.IntegrityInterval < 0 {
+		fmt.Fprintln(os.Stderr, "kvd: --quota-bytes, --min-free-bytes, --max-inflight-requests, --max-inflight-bytes, --max-watches, --watch-buffer-bytes and --integrity-check-interval must not be negative")
 		return 2
 	}
 	if memLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {

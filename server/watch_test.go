@@ -1,0 +1,139 @@
+package server_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/internal/testcluster"
+	"github.com/kvd-project/kvd/server"
+)
+
+// openWatch starts a watch and returns its stream once the starting
+// cursor came, reading with a deadline.
+func openWatch(t *testing.T, ctx context.Context, url string) (*http.Response, *bufio.Reader) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	t.Cleanup(func() { resp.Body.Close() })
+	require.Equal(t, 200, resp.StatusCode)
+	br := bufio.NewReader(resp.Body)
+	for {
+		line, err := br.ReadString('\n')
+		require.NoError(t, err)
+		if strings.HasPrefix(line, "id: ") {
+			return resp, br
+		}
+	}
+}
+
+// A node serves at most MaxWatches watches: the next is refused at once
+// with 429, and a slot is free again once a watch ends.
+func TestWatch_PastTheCapIsRefused(t *testing.T) {
+	c := testcluster.New(t, 1, 2, func(cfg *server.Config) { cfg.MaxWatches = 2 })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	first, _ := openWatch(t, ctx, c.URL(0)+"/v1/watch?prefix=a")
+	openWatch(t, ctx, c.URL(0)+"/v1/watch?prefix=b")
+	r := do(t, "GET", c.URL(0)+"/v1/watch?prefix=c", nil)
+	require.Equal(t, 429, r.status, "%s", r.body)
+	require.Equal(t, api.CodeOverloaded, r.errCode(t))
+	require.Equal(t, 1.0, testcluster.Metric(t, c.URL(0), "kvd_watches_refused_total"))
+	first.Body.Close()
+	require.Eventually(t, func() bool {
+		return testcluster.Metric(t, c.URL(0), "kvd_watches_open") == 1
+	}, 10*time.Second, 20*time.Millisecond)
+	openWatch(t, ctx, c.URL(0)+"/v1/watch?prefix=c")
+}
+
+// A cursor is what the node handed out: one naming a group the cluster
+// does not have is refused as invalid, not watched for ever.
+func TestWatch_CursorOfAnUnknownGroupIsInvalid(t *testing.T) {
+	c := testcluster.New(t, 1, 2, func(*server.Config) {})
+	cursor := base64.RawURLEncoding.EncodeToString([]byte("1:0.0,2:0.0,7:0.0"))
+	r := do(t, "GET", c.URL(0)+"/v1/watch?since="+cursor, nil)
+	require.Equal(t, 400, r.status, "%s", r.body)
+	require.Equal(t, api.CodeInvalidRequest, r.errCode(t))
+	require.Contains(t, string(r.body), "group 7")
+}
+
+// Watchers that stop reading hold at most the node's watch buffer,
+// however much is written, and give it all back when they go; a watcher
+// that reads gets every event, in order, once they are gone.
+func TestWatch_StalledReadersHoldABoundedBuffer(t *testing.T) {
+	const budget = 2 << 20
+	c := testcluster.New(t, 1, 2, func(cfg *server.Config) { cfg.WatchBufferBytes = budget })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, reader := openWatch(t, ctx, c.URL(0)+"/v1/watch?prefix=big/")
+
+	addr := strings.TrimPrefix(c.URL(0), "http://")
+	var stalled []net.Conn
+	for range 12 {
+		conn, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		require.NoError(t, conn.(*net.TCPConn).SetReadBuffer(4096))
+		_, err = fmt.Fprintf(conn, "GET /v1/watch?prefix=big/ HTTP/1.1\r\nHost: x\r\n\r\n")
+		require.NoError(t, err)
+		stalled = append(stalled, conn)
+	}
+	defer func() {
+		for _, conn := range stalled {
+			conn.Close()
+		}
+	}()
+	require.Eventually(t, func() bool {
+		return testcluster.Metric(t, c.URL(0), "kvd_watches_open") == 13
+	}, 10*time.Second, 20*time.Millisecond)
+
+	const n, size = 60, 200 << 10
+	peak := 0.0
+	sample := func() {
+		peak = max(peak, testcluster.Metric(t, c.URL(0), "kvd_watch_buffered_bytes"))
+	}
+	for i := range n {
+		r := do(t, "PUT", c.URL(0)+fmt.Sprintf("/v1/kv/big/%03d", i), []byte(strings.Repeat(string(rune('a'+i%26)), size)))
+		require.Equal(t, 200, r.status, "%s", r.body)
+		sample()
+	}
+	for range 20 {
+		sample()
+		time.Sleep(50 * time.Millisecond)
+	}
+	require.LessOrEqual(t, peak, float64(budget), "the watch buffer stays within its cap")
+	require.Greater(t, peak, float64(budget/2), "the stalled watchers did fill the buffer")
+
+	for _, conn := range stalled {
+		conn.Close()
+	}
+	got := map[string]bool{}
+	for len(got) < n {
+		line, err := reader.ReadString('\n')
+		require.NoError(t, err, "after %d events", len(got))
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok {
+			continue
+		}
+		var ev api.WatchEvent
+		require.NoError(t, json.Unmarshal([]byte(data), &ev))
+		require.Len(t, ev.Value, size)
+		require.False(t, got[ev.Key], "%s came twice", ev.Key)
+		got[ev.Key] = true
+	}
+	require.Eventually(t, func() bool {
+		return testcluster.Metric(t, c.URL(0), "kvd_watches_open") == 1 &&
+			testcluster.Metric(t, c.URL(0), "kvd_watch_buffered_bytes") == 0
+	}, 10*time.Second, 20*time.Millisecond, "the stalled watches ended and gave their buffer back")
+}
