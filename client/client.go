@@ -551,6 +551,10 @@ func (c *Client) Scan(ctx context.Context, o kvd.ScanOptions, opts ...kvd.ReadOp
 	q.Set("limit", strconv.Itoa(limit))
 	q.Set("consistency", string(ro.Consistency))
 	r := c.route.Load()
+	if o.MaxBytes > 0 {
+		// Every group reads its share, so the pages together keep to it.
+		q.Set("bytes", strconv.Itoa(max(o.MaxBytes/max(len(r.order), 1), 1)))
+	}
 	type page struct {
 		items []kvd.Item
 		next  string

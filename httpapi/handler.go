@@ -657,6 +657,14 @@ func (h *Handler) scan(w http.ResponseWriter, r *http.Request) {
 		}
 		o.Limit = n
 	}
+	if s := q.Get("bytes"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			writeError(w, fmt.Errorf("%w: bytes must be a positive integer, not %q", kvd.ErrInvalid, s), false)
+			return
+		}
+		o.MaxBytes = n // lowers the node's cap, never raises it
+	}
 	c, err := consistencyOf(r)
 	if err != nil {
 		writeError(w, err, false)

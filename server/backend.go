@@ -204,7 +204,9 @@ func (b backend) Delete(ctx context.Context, key string, w httpapi.Write, rt htt
 // page is exact: of all matching keys, the first Limit, and the key after
 // them as next. A routed scan (rt.Direct) reads rt.Group alone.
 func (b backend) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency, rt httpapi.Route) ([]kvd.Item, string, error) {
-	o.MaxBytes = b.s.cfg.Limits.MaxScanBytes
+	if o.MaxBytes <= 0 || o.MaxBytes > b.s.cfg.Limits.MaxScanBytes {
+		o.MaxBytes = b.s.cfg.Limits.MaxScanBytes
+	}
 	m := b.s.Map()
 	if rt.Direct {
 		if _, ok := m.Group(rt.Group); !ok || rt.Epoch < m.Epoch {
@@ -216,6 +218,10 @@ func (b backend) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency,
 		}
 		return b.scanLocal(ctx, g, o, c)
 	}
+	// Each group reads its share of the byte cap, so that the pages held
+	// at once stay within it however many groups there are (every page
+	// holds at least one item, so the scan always moves on).
+	o.MaxBytes = max(o.MaxBytes/max(len(m.Groups), 1), 1)
 	type page struct {
 		items []kvd.Item
 		next  string

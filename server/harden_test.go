@@ -86,6 +86,14 @@ func TestServer_ForgedInternalProposalsAreRefused(t *testing.T) {
 	mine, theirs := ks[1][0], ks[2][0]
 	u := c.URL(0) + "/v1/internal/propose?group=1"
 	far := time.Date(2096, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+	soon := time.Now().Add(time.Minute).UnixNano()
+	longMine := ""
+	for i := 0; longMine == ""; i++ {
+		k := fmt.Sprintf("%s%d", strings.Repeat("k", kvd.DefaultLimits().MaxKeyBytes), i)
+		if g, _ := m.GroupOf(kvd.Slot(k)); g == 1 {
+			longMine = k
+		}
+	}
 	tests := []struct {
 		name   string
 		body   []byte
@@ -96,6 +104,18 @@ func TestServer_ForgedInternalProposalsAreRefused(t *testing.T) {
 		{"a lock until 2096", encodeCmd(t, store.CmdTxnPrepare, store.TxnPrepare{ID: "forged", RecordGroup: 1, Deadline: far, Ops: []store.TxnOp{{Op: "put", Key: mine, Value: []byte("x")}}}), 400},
 		{"a plain put", (&store.Batch{Cmds: []store.Cmd{{Kind: store.CmdPut, Key: mine, Value: []byte("x")}}}).AppendEncode(nil), 400},
 		{"garbage", []byte("not a batch"), 400},
+		{"one-phase writing a key twice", encodeCmd(t, store.CmdTxnOnePhase, store.TxnOnePhase{Ops: []store.TxnOp{
+			{Op: "put", Key: mine, Value: []byte("x")}, {Op: "delete", Key: mine}}}), 400},
+		{"a record group the cluster lacks", encodeCmd(t, store.CmdTxnPrepare, store.TxnPrepare{ID: "forged", RecordGroup: 9, Deadline: soon,
+			Ops: []store.TxnOp{{Op: "put", Key: mine, Value: []byte("x")}}}), 400},
+		{"a participant the cluster lacks", encodeCmd(t, store.CmdTxnPrepare, store.TxnPrepare{ID: "forged", RecordGroup: 1, Deadline: soon,
+			Participants: []kvd.GroupID{1, 9}, Ops: []store.TxnOp{{Op: "put", Key: mine, Value: []byte("x")}}}), 400},
+		{"participants sent to another group than the record's", encodeCmd(t, store.CmdTxnPrepare, store.TxnPrepare{ID: "forged", RecordGroup: 2, Deadline: soon,
+			Participants: []kvd.GroupID{1, 2}, Ops: []store.TxnOp{{Op: "put", Key: mine, Value: []byte("x")}}}), 400},
+		{"a value over the node's limit", encodeCmd(t, store.CmdTxnOnePhase, store.TxnOnePhase{Ops: []store.TxnOp{
+			{Op: "put", Key: mine, Value: bytes.Repeat([]byte("v"), kvd.DefaultLimits().MaxValueBytes+1)}}}), 413},
+		{"a key over the node's limit", encodeCmd(t, store.CmdTxnOnePhase, store.TxnOnePhase{Ops: []store.TxnOp{
+			{Op: "put", Key: longMine, Value: []byte("x")}}}), 413},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -172,6 +172,9 @@ func (s *Server) remoteScan(ctx context.Context, node string, gid kvd.GroupID, e
 	if o.Limit > 0 {
 		q.Set("limit", strconv.Itoa(o.Limit))
 	}
+	if o.MaxBytes > 0 {
+		q.Set("bytes", strconv.Itoa(o.MaxBytes))
+	}
 	q.Set("consistency", string(c))
 	hdr := http.Header{}
 	hdr.Set(api.HeaderGroup, strconv.FormatUint(uint64(gid), 10))

@@ -161,9 +161,14 @@ func TestServer_ScanPagesStopAtTheByteBudget(t *testing.T) {
 		require.NoError(t, json.NewDecoder(resp.Body).Decode(&sr))
 		resp.Body.Close()
 		require.NotEmpty(t, sr.Items)
+		size := 0
 		for _, it := range sr.Items {
 			got = append(got, it.Key)
+			size += len(it.Value)
 		}
+		// Each of the 3 groups reads its third of the cap, and at most
+		// one value past it.
+		require.LessOrEqual(t, size, 2000+3*len(val), "page %d", pages)
 		if !sr.More {
 			break
 		}
@@ -171,4 +176,17 @@ func TestServer_ScanPagesStopAtTheByteBudget(t *testing.T) {
 	}
 	require.Equal(t, want, got, "pages cut by bytes still cover every key once, in order")
 	require.Greater(t, pages+1, 2, "40 values of 300 bytes do not fit a 2000-byte page")
+
+	// A caller may ask for smaller pages, never larger ones.
+	r := do(t, "GET", c.URL(0)+"/v1/kv?prefix=b/&limit=100&consistency=follower&bytes=1", nil)
+	require.Equal(t, 200, r.status, "%s", r.body)
+	var sr api.ScanResponse
+	require.NoError(t, json.Unmarshal(r.body, &sr))
+	require.True(t, sr.More)
+	require.LessOrEqual(t, len(sr.Items), 3, "one value per group at most")
+	r = do(t, "GET", c.URL(0)+"/v1/kv?prefix=b/&limit=100&bytes=1000000", nil)
+	require.NoError(t, json.Unmarshal(r.body, &sr))
+	require.Less(t, len(sr.Items), 40, "the node's cap still holds")
+	r = do(t, "GET", c.URL(0)+"/v1/kv?bytes=0", nil)
+	require.Equal(t, 400, r.status)
 }

@@ -195,12 +195,11 @@ func (b backend) ProposeRaw(ctx context.Context, g kvd.GroupID, body []byte) ([]
 	if err := validateInternal(&cmd); err != nil {
 		return nil, err
 	}
-	m := b.s.Map()
-	owns := func(key string) bool {
-		owner, ok := m.GroupOf(kvd.Slot(key))
-		return ok && owner == g
+	if err := withinLimits(&cmd, b.s.cfg.Limits); err != nil {
+		return nil, fmt.Errorf("propose in group %d: %w", g, err)
 	}
-	if err := store.CheckCmd(&cmd, time.Now().UnixNano(), owns); err != nil {
+	m := b.s.Map()
+	if err := store.CheckCmd(&cmd, time.Now().UnixNano(), m, g); err != nil {
 		return nil, fmt.Errorf("propose in group %d at epoch %d: %w", g, m.Epoch, err)
 	}
 	fillWriteKeys(grp.Store(), &cmd)
@@ -322,6 +321,45 @@ func validateInternal(c *store.Cmd) error {
 		return nil
 	}
 	return fmt.Errorf("%w: command kind %s is not proposed remotely", kvd.ErrInvalid, c.Kind)
+}
+
+// withinLimits checks a remotely proposed transaction's keys and values
+// against this node's limits, as a coordinator checks the transactions it
+// runs: the store's hard limits are far wider.
+func withinLimits(c *store.Cmd, l kvd.Limits) error {
+	if c.Kind != store.CmdTxnPrepare && c.Kind != store.CmdTxnOnePhase {
+		return nil
+	}
+	var body struct {
+		Compares []store.TxnCompare `json:"compares"`
+		Ops      []store.TxnOp      `json:"ops"`
+	}
+	if err := json.Unmarshal(c.Data, &body); err != nil {
+		return fmt.Errorf("%w: %v", kvd.ErrInvalid, err)
+	}
+	keys := map[string]bool{}
+	for _, cmp := range body.Compares {
+		if err := l.ValidateKey(cmp.Key); err != nil {
+			return err
+		}
+		if err := l.ValidateValue(len(cmp.Value)); err != nil {
+			return err
+		}
+		keys[cmp.Key] = true
+	}
+	for _, op := range body.Ops {
+		if err := l.ValidateKey(op.Key); err != nil {
+			return err
+		}
+		if err := l.ValidateValue(len(op.Value)); err != nil {
+			return err
+		}
+		keys[op.Key] = true
+	}
+	if len(keys) > l.MaxTxnKeys {
+		return fmt.Errorf("%w: %d keys, the limit is %d", kvd.ErrTooLarge, len(keys), l.MaxTxnKeys)
+	}
+	return nil
 }
 
 // Txn runs a transaction through the node's coordinator.

@@ -21,11 +21,11 @@ type applier struct {
 	// (loaded on first use); flushHistory prunes and stores them once.
 	histLoaded          bool
 	histCount, histSize uint64
-	// group and owners decide which keys this state may hold: those
+	// group and placement decide which keys this state may hold: those
 	// whose slot the stored map gives to group (no check if either is
-	// unset).
-	group  kvd.GroupID
-	owners *slotOwners
+	// unset), and which groups a transaction may name.
+	group     kvd.GroupID
+	placement *placement
 	// hash is the state hash after the changes made so far.
 	hash uint64
 }
@@ -57,14 +57,12 @@ func (a *applier) del(b bucket, key []byte) error {
 }
 
 // owns reports whether this state may hold key.
-func (a *applier) owns(key string) bool {
-	if a.group == 0 || a.owners == nil {
-		return true
+func (a *applier) checker() checker {
+	if a.group == 0 {
+		return checker{now: a.now}
 	}
-	return a.owners[kvd.Slot(key)] == a.group
+	return checker{now: a.now, group: a.group, placement: a.placement}
 }
-
-func (a *applier) checker() checker { return checker{now: a.now, owns: a.owns} }
 
 // applyDocument decodes, checks and applies a command whose payload is a
 // JSON document (transactions and idempotency records). A payload that

@@ -93,7 +93,7 @@ type DB struct {
 	appliedTerm atomic.Uint64 // term of the last applied entry
 	stateHash   atomic.Uint64 // the state hash at the applied index
 	clusterMap  atomic.Pointer[kvd.Map]
-	owners      atomic.Pointer[slotOwners]
+	placement   atomic.Pointer[placement]
 
 	// notifyMu protects notify, closed and replaced each time the
 	// applied index advances.
@@ -247,7 +247,7 @@ func (db *DB) openHandle() error {
 // setMap publishes the stored cluster map and its slot table.
 func (db *DB) setMap(m *kvd.Map) {
 	db.clusterMap.Store(m)
-	db.owners.Store(ownersOf(m))
+	db.placement.Store(placementOf(m))
 }
 
 // Close closes the state file. Snapshots must be closed first.
@@ -516,7 +516,7 @@ func (db *DB) apply(entries []Entry, refused map[cmdPos]error) ([][]Result, erro
 	err := guard(func() error {
 		return db.h.bdb.Update(func(tx *bolt.Tx) error {
 			a = &applier{buckets: bucketsOf(tx), histMax: db.opts.HistoryMax, histMaxBytes: db.opts.HistoryMaxBytes,
-				group: db.opts.Group, owners: db.owners.Load(), hash: db.stateHash.Load()}
+				group: db.opts.Group, placement: db.placement.Load(), hash: db.stateHash.Load()}
 			// These buckets only grow at their end (keys are positions or
 			// times): full pages on split, not bbolt's default half-full ones.
 			a.hist.b.FillPercent, a.dedupAt.FillPercent = appendFill, appendFill
@@ -541,7 +541,7 @@ func (db *DB) apply(entries []Entry, refused map[cmdPos]error) ([][]Result, erro
 					}
 					if m != nil {
 						newMap = m
-						a.owners = ownersOf(m)
+						a.placement = placementOf(m)
 					}
 					res[j] = r
 				}
@@ -824,22 +824,27 @@ func storedMap(meta bucket) (*kvd.Map, error) {
 	return m, nil
 }
 
-// slotOwners is the group of every slot in a map.
-type slotOwners [kvd.SlotCount]kvd.GroupID
+// placement is what a map says of where keys live: the group of every
+// slot, and the groups there are.
+type placement struct {
+	slot   [kvd.SlotCount]kvd.GroupID
+	groups map[kvd.GroupID]bool
+}
 
-func ownersOf(m *kvd.Map) *slotOwners {
+func placementOf(m *kvd.Map) *placement {
 	if m == nil {
 		return nil
 	}
-	o := new(slotOwners)
+	p := &placement{groups: make(map[kvd.GroupID]bool, len(m.Groups))}
 	for _, g := range m.Groups {
+		p.groups[g.ID] = true
 		for _, r := range g.Slots {
 			for s := max(r[0], 0); s <= r[1] && s < kvd.SlotCount; s++ {
-				o[s] = g.ID
+				p.slot[s] = g.ID
 			}
 		}
 	}
-	return o
+	return p
 }
 
 var errBadSnapshot = errors.New("bad snapshot")

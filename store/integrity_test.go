@@ -172,6 +172,10 @@ func TestStore_Apply_InvalidCommandsFailAlikeAndWriteNothing(t *testing.T) {
 		{"prepare without id", doc(t, CmdTxnPrepare, TxnPrepare{RecordGroup: 1, Deadline: now + 1, Ops: []TxnOp{{Op: "put", Key: mine}}}), kvd.ErrInvalid},
 		{"prepare of an empty key", doc(t, CmdTxnPrepare, TxnPrepare{ID: "t", RecordGroup: 1, Deadline: now + 1, Ops: []TxnOp{{Op: "put", Key: ""}}}), kvd.ErrInvalid},
 		{"prepare of another group's key", doc(t, CmdTxnPrepare, TxnPrepare{ID: "t", RecordGroup: 1, Deadline: now + 1, Ops: []TxnOp{{Op: "put", Key: theirs}}}), kvd.ErrWrongGroup},
+		{"prepare naming a record group the map lacks", doc(t, CmdTxnPrepare, TxnPrepare{ID: "t", RecordGroup: 5, Deadline: now + 1, Ops: []TxnOp{{Op: "put", Key: mine}}}), kvd.ErrInvalid},
+		{"prepare naming a participant the map lacks", doc(t, CmdTxnPrepare, TxnPrepare{ID: "t", RecordGroup: 1, Deadline: now + 1,
+			Participants: []kvd.GroupID{1, 5}, Ops: []TxnOp{{Op: "put", Key: mine}}}), kvd.ErrInvalid},
+		{"one-phase writing a key twice", doc(t, CmdTxnOnePhase, TxnOnePhase{Ops: []TxnOp{{Op: "put", Key: mine}, {Op: "add", Key: mine, Delta: 1}}}), kvd.ErrInvalid},
 		{"one-phase with an unknown op", doc(t, CmdTxnOnePhase, TxnOnePhase{Ops: []TxnOp{{Op: "rename", Key: mine}}}), kvd.ErrInvalid},
 		{"one-phase of an empty key", doc(t, CmdTxnOnePhase, TxnOnePhase{Ops: []TxnOp{{Op: "put", Key: ""}}}), kvd.ErrInvalid},
 		{"undecodable document", Cmd{Kind: CmdTxnResolve, Data: []byte("{")}, kvd.ErrInvalid},
@@ -346,12 +350,12 @@ func TestStore_OnePhaseMeetingAClaimedKeyIsAConflict(t *testing.T) {
 func TestStore_LongestKeyWithATTLApplies(t *testing.T) {
 	db := openTest(t)
 	c := Cmd{Kind: CmdPut, Key: strings.Repeat("k", kvd.MaxKeyBytesLimit), Value: []byte("v"), TTL: int64(time.Hour)}
-	require.NoError(t, CheckCmd(&c, 1, nil))
+	require.NoError(t, CheckCmd(&c, 1, nil, 0))
 	res, err := db.Apply([]Entry{{Index: 1, Term: 1, Batch: &Batch{Time: 1, Cmds: []Cmd{c}}}})
 	require.NoError(t, err)
 	require.NoError(t, res[0][0].Err)
 	c.Key += "k"
-	require.ErrorIs(t, CheckCmd(&c, 1, nil), kvd.ErrTooLarge)
+	require.ErrorIs(t, CheckCmd(&c, 1, nil, 0), kvd.ErrTooLarge)
 }
 
 // A state replaced by raft with a snapshot older than it (a repair took it

@@ -30,13 +30,13 @@ const (
 	maxFingerprintBytes = 64
 )
 
-// CheckCmd reports whether c may be proposed to a group: its keys are
-// acceptable and owned by the group (owns, if not nil), its sizes within
-// the store's hard limits, its deadlines within MaxTxnLifetime of now
-// (Unix ns). The state machine applies the same checks with the entry's
-// time and the stored map, so a command that passes here is applied the
-// way it reads.
-func CheckCmd(c *Cmd, now int64, owns func(key string) bool) error {
+// CheckCmd reports whether c may be proposed to group g: its keys are
+// acceptable and, by map m (if not nil), owned by g, the groups it names
+// are m's, its sizes within the store's hard limits, its deadlines within
+// MaxTxnLifetime of now (Unix ns). The state machine applies the same
+// checks with the entry's time and the stored map, so a command that
+// passes here is applied the way it reads.
+func CheckCmd(c *Cmd, now int64, m *kvd.Map, g kvd.GroupID) error {
 	var doc any
 	if c.Kind.hasDocument() {
 		var err error
@@ -44,14 +44,37 @@ func CheckCmd(c *Cmd, now int64, owns func(key string) bool) error {
 			return err
 		}
 	}
-	return checker{now: now, owns: owns}.cmd(c, doc)
+	k := checker{now: now}
+	if m != nil {
+		k.group, k.placement = g, placementOf(m)
+	}
+	return k.cmd(c, doc)
 }
 
 // checker checks commands against the hard limits, the time and the
-// slots a group owns.
+// map: the slots of group (no check without a placement) and the groups
+// there are.
 type checker struct {
-	now  int64
-	owns func(key string) bool
+	now       int64
+	group     kvd.GroupID
+	placement *placement
+}
+
+// owns reports whether key's slot is the checked group's.
+func (k checker) owns(key string) bool {
+	return k.placement == nil || k.placement.slot[kvd.Slot(key)] == k.group
+}
+
+// known checks that a command names a group of the map: a lock or record
+// naming another would wait on a group no one can ask.
+func (k checker) known(what string, g kvd.GroupID) error {
+	if g == 0 {
+		return fmt.Errorf("%w: %s: group 0", kvd.ErrInvalid, what)
+	}
+	if k.placement != nil && !k.placement.groups[g] {
+		return fmt.Errorf("%w: %s: group %d is not in the cluster map", kvd.ErrInvalid, what, g)
+	}
+	return nil
 }
 
 func (k checker) cmd(c *Cmd, doc any) error {
@@ -91,8 +114,8 @@ func (k checker) cmd(c *Cmd, doc any) error {
 		if err := k.txnID(p.ID); err != nil {
 			return err
 		}
-		if p.RecordGroup == 0 {
-			return fmt.Errorf("%w: transaction %s: no record group", kvd.ErrInvalid, p.ID)
+		if err := k.known("transaction "+p.ID+"'s record", p.RecordGroup); err != nil {
+			return err
 		}
 		if p.Deadline <= 0 || p.Deadline-k.now > int64(MaxTxnLifetime) {
 			return fmt.Errorf("%w: transaction %s: deadline %s is not within %v of %s", kvd.ErrInvalid, p.ID,
@@ -101,9 +124,13 @@ func (k checker) cmd(c *Cmd, doc any) error {
 		if len(p.Participants) > kvd.SlotCount {
 			return fmt.Errorf("%w: transaction %s: %d participants", kvd.ErrInvalid, p.ID, len(p.Participants))
 		}
+		if len(p.Participants) > 0 && k.group != 0 && p.RecordGroup != k.group {
+			// Only the record's group learns the participants.
+			return fmt.Errorf("%w: transaction %s: participants sent to group %d, not to the record's group %d", kvd.ErrInvalid, p.ID, k.group, p.RecordGroup)
+		}
 		for _, g := range p.Participants {
-			if g == 0 {
-				return fmt.Errorf("%w: transaction %s: participant group 0", kvd.ErrInvalid, p.ID)
+			if err := k.known("transaction "+p.ID+"'s participant", g); err != nil {
+				return err
 			}
 		}
 		if len(p.Compares)+len(p.Ops) == 0 {
@@ -139,7 +166,7 @@ func (k checker) cmd(c *Cmd, doc any) error {
 		if err := k.idem(&p.Idem); err != nil {
 			return err
 		}
-		if k.owns != nil && !k.owns(p.Idem.Key) {
+		if !k.owns(p.Idem.Key) {
 			return fmt.Errorf("%w: idempotency key %q is registered in the group of its own slot", kvd.ErrWrongGroup, p.Idem.Key)
 		}
 		return nil
@@ -158,7 +185,7 @@ func (k checker) key(what, key string) error {
 		return fmt.Errorf("%w: %s: key of %d bytes", kvd.ErrTooLarge, what, len(key))
 	case !utf8.ValidString(key):
 		return fmt.Errorf("%w: %s: key is not valid UTF-8", kvd.ErrInvalid, what)
-	case k.owns != nil && !k.owns(key):
+	case !k.owns(key):
 		return fmt.Errorf("%w: %s %q: the key's slot %d belongs to another group", kvd.ErrWrongGroup, what, key, kvd.Slot(key))
 	}
 	return nil
@@ -193,9 +220,17 @@ func (k checker) txnBody(compares []TxnCompare, ops []TxnOp) error {
 			return fmt.Errorf("%w: compare on %q: value of %d bytes", kvd.ErrTooLarge, c.Key, len(c.Value))
 		}
 	}
+	written := make(map[string]bool, len(ops))
 	for _, op := range ops {
 		switch op.Op {
-		case "get", "put", "delete", "add":
+		case "get":
+		case "put", "delete", "add":
+			// Two writes of one key would leave the outcome to the order
+			// of applying them, and release the key's lock twice.
+			if written[op.Key] {
+				return fmt.Errorf("%w: %s %q: the key is written twice", kvd.ErrInvalid, op.Op, op.Key)
+			}
+			written[op.Key] = true
 		default:
 			return fmt.Errorf("%w: unknown op %q", kvd.ErrInvalid, op.Op)
 		}

@@ -140,7 +140,7 @@ func (c *Coordinator) Close() {
 
 // Validate checks a request against the limits and the rules: at least
 // one op or compare, known ops, one kind of compare each, no key written
-// twice, at most MaxTxnKeys distinct keys.
+// twice or read twice, at most MaxTxnKeys distinct keys.
 func Validate(req Request, l kvd.Limits) error {
 	if len(req.Ops) == 0 && len(req.Compares) == 0 {
 		return fmt.Errorf("%w: a transaction needs at least one op or compare", kvd.ErrInvalid)
@@ -168,7 +168,7 @@ func Validate(req Request, l kvd.Limits) error {
 		}
 		keys[cmp.Key] = true
 	}
-	written := map[string]bool{}
+	written, read := map[string]bool{}, map[string]bool{}
 	for i, op := range req.Ops {
 		if err := l.ValidateKey(op.Key); err != nil {
 			return fmt.Errorf("op %d: %w", i, err)
@@ -181,6 +181,12 @@ func Validate(req Request, l kvd.Limits) error {
 		}
 		switch op.Op {
 		case "get":
+			// A second get would answer the same again: all of a
+			// transaction's gets read at one point.
+			if read[op.Key] {
+				return fmt.Errorf("%w: op %d reads %q a second time; all gets read at the same point, so the first answers for both", kvd.ErrInvalid, i, op.Key)
+			}
+			read[op.Key] = true
 		case "put", "delete", "add":
 			if err := l.ValidateValue(len(op.Value)); err != nil {
 				return fmt.Errorf("op %d: %w", i, err)
@@ -376,6 +382,7 @@ func (c *Coordinator) refused(outs []*store.TxnOutcome) (Response, error) {
 			return Response{}, fmt.Errorf("transaction not run: %w", kvd.ErrIdempotencyMismatch)
 		case store.CodeInvalid:
 			return Response{}, fmt.Errorf("transaction not run: the store refused it as invalid: %w", kvd.ErrInvalid)
+
 		case store.CodeConflict:
 			if len(o.Conflicts) > 0 {
 				conflict = o.Conflicts[0].Txn
