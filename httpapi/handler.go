@@ -139,6 +139,11 @@ type Options struct {
 	// node-to-node long polls are not counted.
 	MaxInflightRequests int
 	MaxInflightBytes    int64
+	// UnderPressure, if set, tells whether the node is short of memory:
+	// then new client requests are answered 429 overloaded at once
+	// (node-to-node calls and the health, metrics and status endpoints go
+	// on).
+	UnderPressure func() bool
 }
 
 // watchWriteTimeout bounds each write to a watch stream: a client that
@@ -250,6 +255,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// node-to-node calls (authenticated above) finish what clients' admitted
 	// requests started (resolutions, read indexes, repairs): neither is
 	// counted.
+	if !internal && h.o.UnderPressure != nil && !operational(r.URL.Path) && h.o.UnderPressure() {
+		h.limits.shed.WithLabelValues("memory").Inc()
+		w.Header().Set("Retry-After", "1")
+		writeError(w, fmt.Errorf("the node is short of memory; retry shortly or through another node: %w", kvd.ErrOverloaded), false)
+		return
+	}
 	if r.URL.Path != "/v1/watch" && !internal {
 		release, err := h.limits.admit(r)
 		if err != nil {
@@ -260,6 +271,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer release()
 	}
 	h.handler.ServeHTTP(w, r)
+}
+
+// operational reports whether path serves operators and routers (health,
+// readiness, metrics, status, the map, profiles): small answers that must
+// go on while the node sheds client load.
+func operational(path string) bool {
+	switch path {
+	case "/healthz", "/readyz", "/metrics", "/v1/status", "/v1/cluster":
+		return true
+	}
+	return strings.HasPrefix(path, "/debug/pprof/")
 }
 
 // isPeer reports whether r carries the cluster's node credential.

@@ -28,7 +28,7 @@ type inflight struct {
 func (l *inflight) register(reg prometheus.Registerer) error {
 	l.shed = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kvd_http_shed_total",
-		Help: "Requests refused at once because the node was serving too many (reason requests) or too many body bytes (reason bytes).",
+		Help: "Requests refused at once because the node was serving too many (reason requests), too many body bytes (reason bytes), or was short of memory (reason memory).",
 	}, []string{"reason"})
 	for _, c := range []prometheus.Collector{l.shed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kvd_http_inflight_requests", Help: "Requests being served (watches excepted)."},

@@ -348,3 +348,45 @@ func TestServer_MajorityOfFullDisksRefusesWritesAtTheLeader(t *testing.T) {
 	}, 10*time.Second, 100*time.Millisecond, "last answer: %d %s", r.status, r.body)
 	require.Contains(t, string(r.body), "majority")
 }
+
+// A node whose live heap is over its high-water mark refuses client
+// requests at once (429), while node-to-node calls, health, readiness,
+// metrics and status go on: the cluster stays formed and observable.
+func TestServer_MemoryPressureShedsClientRequestsOnly(t *testing.T) {
+	c := testcluster.New(t, 3, 1, func(cfg *server.Config) {
+		if cfg.NodeID == "n1" {
+			cfg.MemoryHighWater = 1 // always over
+		}
+	})
+	var r response
+	require.Eventually(t, func() bool {
+		r = do(t, "GET", c.URL(0)+"/v1/kv/k", nil)
+		return r.status == 429
+	}, 5*time.Second, 20*time.Millisecond)
+	require.Equal(t, api.CodeOverloaded, r.errCode(t))
+	require.Contains(t, string(r.body), "memory")
+	require.Equal(t, "1", r.header.Get("Retry-After"))
+	require.Equal(t, 429, do(t, "PUT", c.URL(0)+"/v1/kv/k", []byte("v")).status)
+	for _, path := range []string{"/healthz", "/readyz", "/v1/status", "/v1/cluster", "/metrics"} {
+		require.Equal(t, 200, do(t, "GET", c.URL(0)+path, nil).status, path)
+	}
+	require.Positive(t, testcluster.Metric(t, c.URL(0), "kvd_http_shed_total", `reason="memory"`))
+	// With n2 leading, the group commits through n1's replica too:
+	// replication is not shed.
+	if li := c.Leader(1); li != 1 {
+		g, _ := c.Node(li).Group(1)
+		require.NoError(t, g.TransferLeadershipTo("n2"))
+	}
+	require.Eventually(t, func() bool { return c.Leader(1) == 1 }, 10*time.Second, 20*time.Millisecond)
+	c.Stop(2) // a majority needs n1
+	for i := range 5 {
+		r := do(t, "PUT", c.URL(1)+fmt.Sprintf("/v1/kv/k%d", i), []byte("v"))
+		require.Equal(t, 200, r.status, "%s", r.body)
+	}
+	g, ok := c.Node(0).Group(1)
+	require.True(t, ok)
+	require.Eventually(t, func() bool {
+		_, err := g.Store().Get("k4")
+		return err == nil
+	}, 5*time.Second, 20*time.Millisecond, "n1's replica applies what the others write")
+}

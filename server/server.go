@@ -67,6 +67,7 @@ type Server struct {
 	metrics   *nodeMetrics
 	// watchMem counts the bytes that watches hold read but not yet sent.
 	watchMem *byteBudget
+	memory   *memPressure
 
 	serveErr chan error
 
@@ -180,6 +181,7 @@ func New(cfg Config) (_ *Server, err error) {
 	s.peerHTTP = httpapi.NewForwardClient()
 	s.metrics = newNodeMetrics()
 	s.watchMem = newByteBudget(cfg.WatchBufferBytes)
+	s.memory = &memPressure{high: uint64(cfg.MemoryHighWater)}
 	if err := s.openGroups(first); err != nil {
 		return nil, err
 	}
@@ -207,6 +209,7 @@ func New(cfg Config) (_ *Server, err error) {
 		PeerCredential:      s.keys.http,
 		MaxInflightRequests: cfg.MaxInflightRequests,
 		MaxInflightBytes:    cfg.MaxInflightBytes,
+		UnderPressure:       s.memory.underPressure,
 	}); err != nil {
 		return nil, err
 	}
@@ -232,10 +235,14 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	bgCtx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
-	s.bg.Add(4)
+	s.bg.Add(5)
 	go func() {
 		defer s.bg.Done()
 		s.runJanitors(bgCtx, time.Second)
+	}()
+	go func() {
+		defer s.bg.Done()
+		s.memory.run(bgCtx, 50*time.Millisecond)
 	}()
 	go func() {
 		defer s.bg.Done()

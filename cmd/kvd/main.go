@@ -14,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -107,6 +108,12 @@ func run(args []string) int {
 	}
 	if memLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(memLimit)
+	}
+	if limit := debug.SetMemoryLimit(-1); limit < math.MaxInt64 {
+		// Past 3/4 of the limit in live data the node sheds client
+		// requests: the collector could not keep it under the limit for
+		// long, and the answers being built need room.
+		cfg.MemoryHighWater = limit / 4 * 3
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
