@@ -551,6 +551,9 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, limit int64) 
 		if errors.As(err, &mbe) {
 			return nil, fmt.Errorf("%w: body exceeds %d bytes", kvd.ErrTooLarge, limit)
 		}
+		if errors.Is(err, kvd.ErrOverloaded) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("%w: read body: %v", kvd.ErrInvalid, err)
 	}
 	return body, nil

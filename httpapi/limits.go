@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"sync/atomic"
 
@@ -13,8 +14,10 @@ import (
 // inflight caps the requests a node serves at once, and the bytes of
 // their bodies, so that no load can make it queue without bound: a request
 // past a cap is refused at once (429 overloaded, Retry-After) and costs
-// next to nothing. A body of unknown length counts as the largest a
-// request may carry.
+// next to nothing. A body of announced length counts in full from the
+// start; one of unknown length (chunked) counts as it is read, so slow
+// uploads that have sent little hold little, and one whose bytes would
+// pass the cap is refused then.
 type inflight struct {
 	maxRequests int64
 	maxBytes    int64
@@ -45,16 +48,16 @@ func (l *inflight) register(reg prometheus.Registerer) error {
 
 // admit takes a slot for r, or refuses it with kvd.ErrOverloaded.
 func (l *inflight) admit(r *http.Request) (release func(), err error) {
-	size := r.ContentLength
-	if size < 0 {
-		size = l.bodyLimit
-	}
-	size = min(size, l.bodyLimit)
+	size := min(max(r.ContentLength, 0), l.bodyLimit)
 	n := l.requests.Add(1)
 	b := l.bytes.Add(size)
+	var body *countedBody
 	release = func() {
 		l.requests.Add(-1)
 		l.bytes.Add(-size)
+		if body != nil {
+			l.bytes.Add(-body.read.Load())
+		}
 	}
 	switch {
 	case l.maxRequests > 0 && n > l.maxRequests:
@@ -66,5 +69,32 @@ func (l *inflight) admit(r *http.Request) (release func(), err error) {
 		l.shed.WithLabelValues("bytes").Inc()
 		return nil, fmt.Errorf("the node holds %d bytes of requests, its limit is %d: %w", b-size, l.maxBytes, kvd.ErrOverloaded)
 	}
+	if r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
+		body = &countedBody{ReadCloser: r.Body, l: l}
+		r.Body = body
+	}
 	return release, nil
+}
+
+// countedBody counts a body of unknown length against the cap as it is
+// read.
+type countedBody struct {
+	io.ReadCloser
+	l    *inflight
+	read atomic.Int64 // counted so far; released with the request
+}
+
+func (c *countedBody) Read(p []byte) (int, error) {
+	// Counted once read: a body that waits for bytes holds none. The
+	// count may pass the cap by one read per body; the next read of a
+	// body past it fails (unless the body is alone over the cap, as one
+	// of announced length may be).
+	n, err := c.ReadCloser.Read(p)
+	read := c.read.Add(int64(n))
+	b := c.l.bytes.Add(int64(n))
+	if err == nil && c.l.maxBytes > 0 && b > c.l.maxBytes && b != read {
+		c.l.shed.WithLabelValues("bytes").Inc()
+		return n, fmt.Errorf("the node holds %d bytes of requests, its limit is %d: %w", b-read, c.l.maxBytes, kvd.ErrOverloaded)
+	}
+	return n, err
 }

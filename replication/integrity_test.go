@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -392,6 +393,48 @@ func TestMux_RefusesAPeerWithoutTheSecret(t *testing.T) {
 	require.Error(t, err, "the connection is closed without an answer")
 	require.Eventually(t, func() bool { return a.Refused() >= 2 }, 5*time.Second, 10*time.Millisecond)
 	require.Zero(t, a.Stats().Inbound)
+}
+
+// Strangers that open connections and never finish the handshake hold
+// at most maxHandshakes of them: past it a connection is closed at once,
+// and members still connect.
+func TestMux_StrangersHoldFewConnections(t *testing.T) {
+	newMux := func() (*Mux, raft.StreamLayer) {
+		m, err := NewMux(mustListen(t), "", testClusterID, testKey, quietLogger())
+		require.NoError(t, err)
+		t.Cleanup(func() { m.Close() })
+		l, err := m.Layer(1)
+		require.NoError(t, err)
+		return m, l
+	}
+	a, _ := newMux()
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range maxHandshakes {
+		c, err := net.Dial("tcp", a.Addr().String())
+		require.NoError(t, err)
+		held = append(held, c)
+	}
+	require.Eventually(t, func() bool { return a.handshaking.Load() == maxHandshakes }, 5*time.Second, 10*time.Millisecond)
+	c, err := net.Dial("tcp", a.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(headerTimeout/2)))
+	_, err = c.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.EOF, "closed at once, well before the handshake's deadline")
+	for _, c := range held {
+		c.Close()
+	}
+	held = nil
+	require.Eventually(t, func() bool { return a.handshaking.Load() == 0 }, 5*time.Second, 10*time.Millisecond)
+	_, member := newMux()
+	conn, err := member.Dial(raft.ServerAddress(a.Addr().String()), 2*time.Second)
+	require.NoError(t, err, "a member connects once the strangers are gone")
+	conn.Close()
 }
 
 // A raft log entry that cannot be decoded (damaged framing: its term is

@@ -76,6 +76,10 @@ type Mux struct {
 	lastRefusal atomic.Int64
 	// refused counts connections refused at the handshake.
 	refused atomic.Uint64
+	// handshaking counts the inbound connections not yet through the
+	// handshake: past maxHandshakes more are closed at once, so that
+	// strangers cannot hold the node's descriptors.
+	handshaking atomic.Int64
 
 	// mu protects layers, out, in and closed.
 	mu     sync.Mutex
@@ -243,6 +247,12 @@ func (m *Mux) acceptLoop() {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
+		if m.handshaking.Add(1) > maxHandshakes {
+			m.handshaking.Add(-1)
+			m.refuse(c, "refused a Raft connection: too many connections are in their handshake", "max", maxHandshakes)
+			c.Close()
+			continue
+		}
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
@@ -250,6 +260,10 @@ func (m *Mux) acceptLoop() {
 		}()
 	}
 }
+
+// maxHandshakes caps the inbound Raft connections in their handshake at
+// once. Members dial one connection each, so only strangers come near it.
+const maxHandshakes = 64
 
 // mac is the handshake's proof of the key for one side.
 func (m *Mux) mac(side string, cnonce, snonce []byte) []byte {
@@ -316,7 +330,9 @@ func (m *Mux) handshake(c net.Conn) bool {
 // serveConn runs one inbound session: it accepts streams and hands each
 // to its group's layer.
 func (m *Mux) serveConn(c net.Conn) {
-	if !m.handshake(c) {
+	ok := m.handshake(c)
+	m.handshaking.Add(-1)
+	if !ok {
 		c.Close()
 		return
 	}

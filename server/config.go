@@ -73,6 +73,11 @@ type Config struct {
 	// watch past it waits for others to drain. 0 means no cap.
 	MaxWatches       int
 	WatchBufferBytes int64
+	// MaxConnections caps the HTTP connections open at once (0: no cap):
+	// past it a new connection is answered 503 and closed, so that
+	// clients cannot take the descriptors the node needs for its files
+	// and peers. kvd derives it from its limit of open files.
+	MaxConnections int
 	// MemoryHighWater, if positive, is the live Go heap past which the
 	// node refuses new client requests (429 overloaded) until it is back
 	// below: the backstop for what the caps above leave out, such as the
@@ -158,7 +163,7 @@ func (c *Config) validate() error {
 		// Half: room for the clocks of coordinator and leader to differ.
 		return fmt.Errorf("the transaction timeout %v is over %v, half the most a lock may live", c.TxnTimeout, store.MaxTxnLifetime/2)
 	case c.QuotaBytes < 0 || c.MinFreeBytes < 0 || c.MaxInflightRequests < 0 || c.MaxInflightBytes < 0 ||
-		c.MaxWatches < 0 || c.WatchBufferBytes < 0 || c.MemoryHighWater < 0:
+		c.MaxWatches < 0 || c.WatchBufferBytes < 0 || c.MemoryHighWater < 0 || c.MaxConnections < 0:
 		return errors.New("quotas and caps must not be negative")
 	}
 	if c.TxnTimeout > 0 && c.IdempotencyRetention < 2*c.TxnTimeout {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -389,4 +390,105 @@ func TestServer_MemoryPressureShedsClientRequestsOnly(t *testing.T) {
 		_, err := g.Store().Get("k4")
 		return err == nil
 	}, 5*time.Second, 20*time.Millisecond, "n1's replica applies what the others write")
+}
+
+// A body of unknown length counts against the node's byte cap as it is
+// read: uploads that dribble hold what they sent, not the largest body
+// allowed, so they cannot crowd out others; one that would pass the cap
+// is refused then.
+func TestServer_ChunkedBodiesCountAsTheyAreRead(t *testing.T) {
+	c := testcluster.New(t, 1, 1, func(cfg *server.Config) { cfg.MaxInflightBytes = 1 << 20 })
+	var wg sync.WaitGroup
+	var writers []*io.PipeWriter
+	defer func() {
+		for _, pw := range writers {
+			pw.Close()
+		}
+		wg.Wait()
+	}()
+	hang := func(key string, size int64, first []byte) {
+		pr, pw := io.Pipe()
+		writers = append(writers, pw)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("PUT", c.URL(0)+"/v1/kv/"+key, pr)
+			req.ContentLength = size // -1: chunked
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+		_, err := pw.Write(first)
+		require.NoError(t, err)
+	}
+	for i := range 10 {
+		hang(fmt.Sprintf("slow%d", i), -1, []byte("a few bytes"))
+	}
+	require.Eventually(t, func() bool {
+		return testcluster.Metric(t, c.URL(0), "kvd_http_inflight_requests") >= 10
+	}, 5*time.Second, 20*time.Millisecond)
+	r := do(t, "PUT", c.URL(0)+"/v1/kv/k", bytes.Repeat([]byte("v"), 512<<10))
+	require.Equal(t, 200, r.status, "ten slow uploads of unknown length hold what they sent: %s", r.body)
+
+	// An announced body holds 900 KiB: a chunked one that reads past
+	// the cap is refused while it reads.
+	hang("big", 900<<10, []byte("x"))
+	require.Eventually(t, func() bool {
+		return testcluster.Metric(t, c.URL(0), "kvd_http_inflight_bytes") >= 900<<10
+	}, 5*time.Second, 20*time.Millisecond)
+	req, err := http.NewRequest("PUT", c.URL(0)+"/v1/kv/chunked", io.MultiReader(bytes.NewReader(bytes.Repeat([]byte("c"), 1<<20))))
+	require.NoError(t, err)
+	req.ContentLength = -1
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, 429, resp.StatusCode, "%s", body)
+	require.Contains(t, string(body), "overloaded")
+}
+
+// Past the node's cap of open connections a new one is answered 503 (in
+// JSON, readable before the close) and closed; closing one makes room.
+func TestServer_ConnectionsPastTheCapAreAnsweredAndClosed(t *testing.T) {
+	c := testcluster.New(t, 1, 1, func(cfg *server.Config) { cfg.MaxConnections = 3 })
+	addr := strings.TrimPrefix(c.URL(0), "http://")
+	var held []net.Conn
+	defer func() {
+		for _, conn := range held {
+			conn.Close()
+		}
+	}()
+	for range 3 {
+		conn, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		held = append(held, conn)
+	}
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	var status int
+	var body []byte
+	require.Eventually(t, func() bool {
+		resp, err := hc.Get(c.URL(0) + "/v1/kv/k")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ = io.ReadAll(resp.Body)
+		status = resp.StatusCode
+		return true
+	}, 5*time.Second, 20*time.Millisecond)
+	require.Equal(t, 503, status, "%s", body)
+	var e api.Error
+	require.NoError(t, json.Unmarshal(body, &e))
+	require.Equal(t, api.CodeUnavailable, e.Error.Code)
+	require.Contains(t, e.Error.Message, "connections")
+	held[0].Close()
+	held = held[1:]
+	require.Eventually(t, func() bool {
+		resp, err := hc.Get(c.URL(0) + "/v1/kv/k")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 404
+	}, 5*time.Second, 20*time.Millisecond, "a closed connection makes room")
 }

@@ -48,6 +48,7 @@ type Server struct {
 	groups   atomic.Pointer[map[kvd.GroupID]*replication.Group]
 	mux      *replication.Mux
 	httpLn   net.Listener
+	conns    *httpapi.ConnLimiter // httpLn under the connection cap
 	httpSrv  *http.Server
 	newConns newConns
 	handler  *httpapi.Handler
@@ -214,20 +215,32 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	var root http.Handler = s.handler
+	if s.httpLn != nil {
+		s.conns = httpapi.LimitConns(s.httpLn, cfg.MaxConnections)
+		s.registry.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kvd_http_connections_open", Help: "HTTP connections open."},
+				func() float64 { return float64(s.conns.Open()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "kvd_http_connections_refused_total",
+				Help: "HTTP connections answered 503 and closed because the node had as many open as it may."},
+				func() float64 { return float64(s.conns.Refused()) }))
+	}
 	if cfg.Profiling {
 		root = withProfiling(s.handler)
 	}
 	if s.httpLn != nil {
+		headerTimeout := cmp.Or(cfg.ReadHeaderTimeout, 10*time.Second)
 		s.httpSrv = &http.Server{
 			Handler:           root,
-			ReadHeaderTimeout: cmp.Or(cfg.ReadHeaderTimeout, 10*time.Second),
-			ReadTimeout:       60 * time.Second,
-			WriteTimeout:      60 * time.Second,
-			IdleTimeout:       120 * time.Second,
-			MaxHeaderBytes:    64 << 10,
-			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-			ConnState:         s.newConns.track,
-			ConnContext:       httpapi.ConnContext,
+			ReadHeaderTimeout: headerTimeout,
+			// A body is read within the request's own time: an upload
+			// that dribbles does not hold its slot longer.
+			ReadTimeout:    headerTimeout + cfg.RequestTimeout,
+			WriteTimeout:   60 * time.Second,
+			IdleTimeout:    60 * time.Second,
+			MaxHeaderBytes: 64 << 10,
+			ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+			ConnState:      s.newConns.track,
+			ConnContext:    httpapi.ConnContext,
 		}
 		// Watches are endless requests: end them when the server shuts
 		// down, so the drain does not wait for them.
@@ -265,7 +278,7 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	if s.httpSrv != nil {
 		go func() {
-			err := s.httpSrv.Serve(httpapi.JSONErrors(s.httpLn))
+			err := s.httpSrv.Serve(httpapi.JSONErrors(s.conns))
 			if errors.Is(err, http.ErrServerClosed) {
 				err = nil
 			}

@@ -137,3 +137,25 @@ func TestWatch_StalledReadersHoldABoundedBuffer(t *testing.T) {
 			testcluster.Metric(t, c.URL(0), "kvd_watch_buffered_bytes") == 0
 	}, 10*time.Second, 20*time.Millisecond, "the stalled watches ended and gave their buffer back")
 }
+
+// A watch outlives the time a request has to send its body: the read
+// deadline that bounds uploads does not end streams.
+func TestWatch_OutlivesTheRequestReadTimeout(t *testing.T) {
+	c := testcluster.New(t, 1, 1, func(cfg *server.Config) {
+		cfg.ReadHeaderTimeout, cfg.RequestTimeout = 300*time.Millisecond, 300*time.Millisecond
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, reader := openWatch(t, ctx, c.URL(0)+"/v1/watch?prefix=late")
+	time.Sleep(1500 * time.Millisecond)
+	r := do(t, "PUT", c.URL(0)+"/v1/kv/late", []byte("v"))
+	require.Equal(t, 200, r.status, "%s", r.body)
+	for {
+		line, err := reader.ReadString('\n')
+		require.NoError(t, err, "the stream must still be open")
+		if strings.HasPrefix(line, "data: ") {
+			require.Contains(t, line, `"key":"late"`)
+			return
+		}
+	}
+}

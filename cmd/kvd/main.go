@@ -48,6 +48,8 @@ func run(args []string) int {
 	fs.Var(byteSize{&cfg.MinFreeBytes}, "min-free-bytes", "refuse writes (507) while the data directory's disk has less free space than this")
 	fs.IntVar(&cfg.MaxInflightRequests, "max-inflight-requests", cfg.MaxInflightRequests, "requests served at once; past it a request gets 429 at once (0: no cap)")
 	fs.Var(byteSize{&cfg.MaxInflightBytes}, "max-inflight-bytes", "body bytes of the requests served at once; past it a request gets 429 at once (0: no cap)")
+	cfg.MaxConnections = defaultMaxConnections()
+	fs.IntVar(&cfg.MaxConnections, "max-connections", cfg.MaxConnections, "HTTP connections open at once; past it a new one gets 503 and is closed (default: 3/4 of the limit of open files; 0: no cap)")
 	fs.IntVar(&cfg.MaxWatches, "max-watches", cfg.MaxWatches, "watches served at once; past it a new watch gets 429 (0: no cap)")
 	fs.Var(byteSize{&cfg.WatchBufferBytes}, "watch-buffer-bytes", "keys and values all watches may hold read but not yet sent; past it watches wait for slow readers (0: no cap)")
 	memLimit := int64(512 << 20)
@@ -101,9 +103,9 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "kvd: --ttl-interval and --idempotency-retention must be positive")
 		return 2
 	}
-	if cfg.QuotaBytes < 0 || cfg.MinFreeBytes < 0 || cfg.MaxInflightRequests < 0 || cfg.MaxInflightBytes < 0 ||
+	if cfg.QuotaBytes < 0 || cfg.MinFreeBytes < 0 || cfg.MaxInflightRequests < 0 || cfg.MaxInflightBytes < 0 || cfg.MaxConnections < 0 ||
 		cfg.MaxWatches < 0 || cfg.WatchBufferBytes < 0 || cfg.Replication.IntegrityInterval < 0 {
-		fmt.Fprintln(os.Stderr, "kvd: --quota-bytes, --min-free-bytes, --max-inflight-requests, --max-inflight-bytes, --max-watches, --watch-buffer-bytes and --integrity-check-interval must not be negative")
+		fmt.Fprintln(os.Stderr, "kvd: --quota-bytes, --min-free-bytes, --max-inflight-requests, --max-inflight-bytes, --max-connections, --max-watches, --watch-buffer-bytes and --integrity-check-interval must not be negative")
 		return 2
 	}
 	if memLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
