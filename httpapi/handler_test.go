@@ -300,6 +300,8 @@ func TestAPI_NetHTTPErrorsAreJSON(t *testing.T) {
 		{"malformed header line", "GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", 400, api.CodeInvalidRequest},
 		{"headers too large", "GET /v1/kv/a HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("b", 200<<10) + "\r\n\r\n", 431, api.CodeHeadersTooLarge},
 		{"unsupported transfer encoding", "PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501, api.CodeNotImplemented},
+		{"unsupported expectation", "PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nExpect: tea\r\nContent-Length: 1\r\n\r\nx", 400, api.CodeInvalidRequest},
+		{"unsupported protocol version", "GET /v1/kv/a HTTP/2.0\r\nHost: x\r\n\r\n", 400, api.CodeInvalidRequest},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -8,8 +8,8 @@ import (
 
 func TestCheckJSON(t *testing.T) {
 	good := []string{
-		`{"ops":[{"op":"get","key":"\ud83d\ude00"}]}`,      // a pair: one emoji
-		`{"ops":[{"op":"get","key":"a\\ud800"}]}`,          // an escaped backslash, then text
+		`{"ops":[{"op":"get","key":"\ud83d\ude00"}]}`,     // a pair: one emoji
+		`{"ops":[{"op":"get","key":"a\\ud800"}]}`,         // an escaped backslash, then text
 		`{"ops":[{"op":"get","key":"\"\\\ud83d\ude00"}]}`, // escapes before a pair
 		`{"ops":[{"op":"get","key":"é"}],"compare":[]}`,
 		`{"a":{"ops":1},"ops":2}`, // one name in two objects

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"regexp"
 	"strconv"
 	"sync/atomic"
 
@@ -92,9 +93,18 @@ func (c *jsonErrorConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
+// expectationFailed is net/http's whole answer to an Expect header other
+// than 100-continue, written before any handler runs.
+var expectationFailed = regexp.MustCompile("^HTTP/1\\.1 417 Expectation Failed\r\nConnection: close\r\nDate: [^\r\n]+\r\nContent-Length: 0\r\n\r\n$")
+
 // rewritePlainError turns net/http's plain-text error answer into the
-// API's JSON error, or reports that p is not one.
+// API's JSON error, or reports that p is not one. The statuses outside
+// the API's codes become 400 invalid_request: an unsupported protocol
+// version (505) and an unsupported expectation (417).
 func rewritePlainError(p []byte) ([]byte, bool) {
+	if expectationFailed.Match(p) {
+		return jsonError(http.StatusBadRequest, api.CodeInvalidRequest, "Expect asks for what the server does not do: only 100-continue is supported"), true
+	}
 	const proto = "HTTP/1.1 "
 	if len(p) < len(proto)+3 || !bytes.HasPrefix(p, []byte(proto)) || (p[len(proto)] != '4' && p[len(proto)] != '5') {
 		return nil, false
@@ -119,13 +129,21 @@ func rewritePlainError(p []byte) ([]byte, bool) {
 		code = api.CodeNotImplemented
 	case http.StatusRequestEntityTooLarge:
 		code = api.CodeTooLarge
+	case http.StatusHTTPVersionNotSupported:
+		status = http.StatusBadRequest // the client's mistake; the API has no code of its own for it
 	default:
 		if status >= 500 {
 			code = api.CodeInternal
 		}
 	}
+	return jsonError(status, code, msg), true
+}
+
+// jsonError is a whole answer that closes the connection, with the API's
+// JSON error.
+func jsonError(status int, code, msg string) []byte {
 	body, _ := json.Marshal(api.Error{Error: api.ErrorDetail{Code: code, Message: msg}})
 	body = append(body, '\n')
 	return fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
-		status, http.StatusText(status), len(body), body), true
+		status, http.StatusText(status), len(body), body)
 }

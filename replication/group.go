@@ -529,8 +529,13 @@ func (g *Group) ReadBarrier(ctx context.Context, c kvd.Consistency) error {
 	switch {
 	case c == kvd.Stale:
 		// No round trip, but never an older state than this replica
-		// served before it stopped, nor one under repair.
-		return g.waitServing(ctx, g.cfg.FollowerMaxWait)
+		// served before it stopped, nor one under repair. Nor is the
+		// read sent to the leader meanwhile: served there, then here
+		// once caught up, reads through this node would go back in time.
+		if err := g.waitServing(ctx, g.cfg.FollowerMaxWait); err != nil {
+			return fmt.Errorf("%v; read from another replica: %w", err, kvd.ErrUnavailable)
+		}
+		return nil
 	case g.health.repairs.Load() > 0:
 		return g.Serving()
 	case g.raft.State() == raft.Leader:
