@@ -850,9 +850,15 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 	// a client that stops reading does not hold the stream forever.
 	var mu sync.Mutex
 	streaming := false
-	write := func(format string, args ...any) error {
+	// Pieces are written as they are, not formatted into one buffer: an
+	// event's JSON is held once while the client is slow to take it.
+	write := func(pieces ...[]byte) error {
 		_ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
-		fmt.Fprintf(w, format, args...)
+		for _, p := range pieces {
+			if _, err := w.Write(p); err != nil {
+				return err
+			}
+		}
 		return rc.Flush()
 	}
 	done := make(chan error, 1)
@@ -864,12 +870,12 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Cache-Control", "no-cache")
 			w.WriteHeader(http.StatusOK)
 			streaming = true
-			return write(": watching %q\nid: %s\n\n", prefix, cursor)
+			return write(fmt.Appendf(nil, ": watching %q\nid: %s\n\n", prefix, cursor))
 		}, func(ev kvd.Event) error {
 			if ev.Type == "" { // a progress mark: an id alone
 				mu.Lock()
 				defer mu.Unlock()
-				return write("id: %s\n\n", ev.Cursor)
+				return write(fmt.Appendf(nil, "id: %s\n\n", ev.Cursor))
 			}
 			b, err := json.Marshal(api.WatchEvent{Type: ev.Type, Key: ev.Key, Value: ev.Value, Version: ev.Version})
 			if err != nil {
@@ -877,7 +883,7 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			return write("id: %s\ndata: %s\n\n", ev.Cursor, b)
+			return write(fmt.Appendf(nil, "id: %s\ndata: ", ev.Cursor), b, []byte("\n\n"))
 		})
 	}()
 	keepalive := time.NewTicker(15 * time.Second)
@@ -888,7 +894,7 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 			mu.Lock()
 			err := errors.New("not streaming")
 			if streaming {
-				err = write(": keep-alive\n\n")
+				err = write([]byte(": keep-alive\n\n"))
 			}
 			mu.Unlock()
 			if err != nil && streaming {
@@ -908,7 +914,7 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 			if err != nil && ctx.Err() == nil {
 				_, code := statusOf(err, false)
 				b, _ := json.Marshal(api.Error{Error: api.ErrorDetail{Code: code, Message: err.Error()}})
-				_ = write("event: error\ndata: %s\n\n", b)
+				_ = write([]byte("event: error\ndata: "), b, []byte("\n\n"))
 			}
 			return
 		}

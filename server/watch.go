@@ -420,12 +420,16 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 				for i, ev := range p.events {
 					select {
 					case events <- groupEvent{g: g, ev: ev}:
+						// Sent on, it is counted until written; the page
+						// must not keep it alive past that.
+						p.events[i] = store.Event{}
 					case <-ctx.Done():
 						unsent(p.events[i:])
 						return
 					}
 				}
 				pos := p.upto
+				p = historyPage{}
 				select {
 				case events <- groupEvent{g: g, progress: &pos}:
 				case <-ctx.Done():
