@@ -210,7 +210,7 @@ func (b backend) AbortTxn(ctx context.Context, id string) (api.TxnInfo, error) {
 		}
 		return api.TxnInfo{}, fmt.Errorf("transaction %s holds no lock and no record: %w", id, kvd.ErrNotFound)
 	}
-	gs := groups{b.s}
+	gs := groups(b)
 	m := b.s.Map()
 	rg := kvd.GroupID(t.RecordGroup)
 	state := store.TxnAborted // without a record group it cannot have committed

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/kvd-project/kvd"
 )
@@ -182,7 +183,7 @@ func openBolt(path string, o *bolt.Options) (bdb *bolt.DB, err error) {
 		}
 	}()
 	bdb, err = bolt.Open(path, 0o600, o)
-	if err != nil && (errors.Is(err, bolt.ErrInvalid) || errors.Is(err, bolt.ErrChecksum) || errors.Is(err, bolt.ErrVersionMismatch)) {
+	if err != nil && (errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrChecksum) || errors.Is(err, berrors.ErrVersionMismatch)) {
 		return nil, corruptf("open %s: %v", path, err)
 	}
 	return bdb, err
@@ -493,7 +494,7 @@ func (e *cmdError) Unwrap() error { return e.err }
 // bboltInputError reports an error bbolt returns for what it was given,
 // not for the disk: the same on every replica.
 func bboltInputError(err error) bool {
-	for _, e := range []error{bolt.ErrKeyRequired, bolt.ErrKeyTooLarge, bolt.ErrValueTooLarge, bolt.ErrIncompatibleValue, bolt.ErrBucketNotFound} {
+	for _, e := range []error{berrors.ErrKeyRequired, berrors.ErrKeyTooLarge, berrors.ErrValueTooLarge, berrors.ErrIncompatibleValue, berrors.ErrBucketNotFound} {
 		if errors.Is(err, e) {
 			return true
 		}

@@ -166,7 +166,6 @@ func (c *cursor) check(k, raw []byte) ([]byte, []byte) {
 }
 
 func (c *cursor) seek(key []byte) ([]byte, []byte) { return c.check(c.c.Seek(key)) }
-func (c *cursor) first() ([]byte, []byte)          { return c.check(c.c.First()) }
 func (c *cursor) next() ([]byte, []byte)           { return c.check(c.c.Next()) }
 
 // entryHash mixes one entry's checksum into a 64-bit term of the state
