@@ -362,7 +362,7 @@ func Open(cfg Config) (*Group, error) {
 	if cfg.Transport != nil {
 		g.trans = cfg.Transport
 	} else {
-		g.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		g.trans = &gatedTransport{NetworkTransport: raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 			ServerAddressProvider: cfg.AddressProvider,
 			Logger:                hlog,
 			Stream:                cfg.Layer,
@@ -375,7 +375,7 @@ func Open(cfg Config) (*Group, error) {
 			// anyway (MaxAppendEntries per request), so one request in
 			// flight per follower costs little.
 			MaxRPCsInFlight: 1,
-		})
+		})}
 	}
 
 	notify := make(chan bool, 16)
@@ -841,6 +841,9 @@ func (g *Group) Close() error {
 			if err := g.raft.Shutdown().Error(); err != nil {
 				errs = append(errs, fmt.Errorf("shutdown raft: %w", err))
 			}
+		}
+		if t, ok := g.trans.(*gatedTransport); ok {
+			t.shut() // no heartbeat may reach the stores from here on
 		}
 		close(g.raftDone)
 		g.wg.Wait()
