@@ -341,13 +341,19 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 	// that cannot resume is refused outright. Room for all of them is
 	// taken at once: a watch never holds room while waiting for more.
 	first := map[kvd.GroupID]historyPage{}
-	settle, err := reserve(int64(len(m.Groups)) * watchPageBytes)
+	// With many groups the first pages are smaller, so that starting a
+	// watch never needs more than a quarter of the buffer.
+	firstPage := int64(watchPageBytes)
+	if limit := s.watchMem.max; limit > 0 {
+		firstPage = min(max(limit/int64(4*max(len(m.Groups), 1)), 4<<10), watchPageBytes)
+	}
+	settle, err := reserve(int64(len(m.Groups)) * firstPage)
 	if err != nil {
 		return err
 	}
 	var firstErr error
 	for _, grp := range m.Groups {
-		p, err := s.fetchHistory(ctx, grp.ID, cur[grp.ID], fromNow[grp.ID], prefix, 256, watchPageBytes)
+		p, err := s.fetchHistory(ctx, grp.ID, cur[grp.ID], fromNow[grp.ID], prefix, 256, int(firstPage))
 		if err == nil && !fromNow[grp.ID] && cur[grp.ID].Less(p.floor) {
 			err = errCompacted(grp.ID, cur[grp.ID], p.floor)
 		}
