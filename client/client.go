@@ -659,40 +659,14 @@ func (c *Client) Stats() map[string]NodeStats {
 // Status fetches GET /v1/status from node id (any node if id is "").
 func (c *Client) Status(ctx context.Context, id string) (api.Status, error) {
 	var st api.Status
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	var targets []*node
-	if id != "" {
-		n := c.knownNode(id)
-		if n == nil {
-			return st, fmt.Errorf("status: %w: no node %q in the cluster map", kvd.ErrInvalid, id)
-		}
-		targets = []*node{n}
-	} else {
-		for _, g := range c.route.Load().order {
-			targets = append(targets, g.members...)
-		}
+	if id == "" {
+		return st, c.admin(ctx, http.MethodGet, "/v1/status", &st)
 	}
-	var lastErr error
-	for _, n := range targets {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.url+"/v1/status", nil)
-		if err != nil {
-			return st, err
-		}
-		resp, err := c.hc.Do(req)
-		if err != nil {
-			lastErr = fmt.Errorf("node %s: %v: %w", n.id, err, kvd.ErrUnavailable)
-			continue
-		}
-		err = json.NewDecoder(resp.Body).Decode(&st)
-		resp.Body.Close()
-		if err != nil {
-			lastErr = fmt.Errorf("node %s: %v: %w", n.id, err, kvd.ErrUnavailable)
-			continue
-		}
-		return st, nil
+	n := c.knownNode(id)
+	if n == nil {
+		return st, fmt.Errorf("status: %w: no node %q in the cluster map", kvd.ErrInvalid, id)
 	}
-	return st, fmt.Errorf("status: %w", lastErr)
+	return st, c.askNodes(ctx, []*node{n}, http.MethodGet, "/v1/status", &st)
 }
 
 // NodeHealth is one node's answer to /healthz and /readyz.

@@ -1,10 +1,10 @@
 package httpapi
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,10 +69,10 @@ func (l *ConnLimiter) Refused() uint64 { return l.refused.Load() }
 // so that closing does not reset the connection before the answer is read.
 func refuseConn(c net.Conn, max int64) {
 	defer c.Close()
-	body, _ := json.Marshal(api.Error{Error: api.ErrorDetail{Code: api.CodeUnavailable,
-		Message: fmt.Sprintf("the node has %d connections open, its limit; retry shortly or through another node", max)}})
 	_ = c.SetDeadline(time.Now().Add(200 * time.Millisecond))
-	if _, err := fmt.Fprintf(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body); err != nil {
+	answer := jsonError(http.StatusServiceUnavailable, api.CodeUnavailable,
+		fmt.Sprintf("the node has %d connections open, its limit; retry shortly or through another node", max), "Retry-After: 1")
+	if _, err := c.Write(answer); err != nil {
 		return
 	}
 	if tc, ok := c.(interface{ CloseWrite() error }); ok {

@@ -251,20 +251,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: malformed query string: %v", kvd.ErrInvalid, err), false)
 		return
 	}
+	if !internal && h.o.UnderPressure != nil && !operational(r.URL.Path) && h.o.UnderPressure() {
+		h.limits.shed.WithLabelValues("memory").Inc()
+		writeError(w, fmt.Errorf("the node is short of memory; retry shortly or through another node: %w", kvd.ErrOverloaded), false)
+		return
+	}
 	// Long-lived requests (watches) would hold a slot for ever, and
 	// node-to-node calls (authenticated above) finish what clients' admitted
 	// requests started (resolutions, read indexes, repairs): neither is
 	// counted.
-	if !internal && h.o.UnderPressure != nil && !operational(r.URL.Path) && h.o.UnderPressure() {
-		h.limits.shed.WithLabelValues("memory").Inc()
-		w.Header().Set("Retry-After", "1")
-		writeError(w, fmt.Errorf("the node is short of memory; retry shortly or through another node: %w", kvd.ErrOverloaded), false)
-		return
-	}
 	if r.URL.Path != "/v1/watch" && !internal {
 		release, err := h.limits.admit(r)
 		if err != nil {
-			w.Header().Set("Retry-After", "1")
 			writeError(w, err, false)
 			return
 		}
@@ -523,9 +521,6 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, limit int64) 
 	if r.ContentLength > limit {
 		return nil, fmt.Errorf("%w: body is %d bytes, the limit is %d", kvd.ErrTooLarge, r.ContentLength, limit)
 	}
-	if r.ContentLength < -1 {
-		return nil, fmt.Errorf("%w: bad Content-Length %d", kvd.ErrInvalid, r.ContentLength)
-	}
 	rd := http.MaxBytesReader(w, r.Body, limit)
 	var body []byte
 	var err error
@@ -578,7 +573,7 @@ func (h *Handler) putKey(w http.ResponseWriter, r *http.Request) {
 	wr := Write{Cond: cond}
 	if s := r.URL.Query().Get("ttl"); s != "" {
 		d, err := time.ParseDuration(s)
-		if err != nil || d <= 0 || d > kvd.MaxTTL {
+		if err != nil || d <= 0 || kvd.ValidateTTL(d) != nil {
 			writeError(w, fmt.Errorf("%w: ttl must be a positive Go duration such as 30s, at most %v, not %q", kvd.ErrInvalid, kvd.MaxTTL, s), false)
 			return
 		}
@@ -729,19 +724,15 @@ func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) readIndex(w http.ResponseWriter, r *http.Request) {
-	g, err := strconv.ParseUint(r.URL.Query().Get("group"), 10, 64)
-	if err != nil || g == 0 {
-		writeError(w, fmt.Errorf("%w: group must be a positive integer", kvd.ErrInvalid), false)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
-	defer cancel()
-	idx, err := h.b.ReadIndex(ctx, kvd.GroupID(g))
+	g, err := groupParam(r)
 	if err != nil {
 		writeError(w, err, false)
 		return
 	}
-	writeJSON(w, http.StatusOK, api.ReadIndexResponse{Index: idx})
+	h.answer(w, r, false, func(ctx context.Context) (any, error) {
+		idx, err := h.b.ReadIndex(ctx, g)
+		return api.ReadIndexResponse{Index: idx}, err
+	})
 }
 
 func (h *Handler) txn(w http.ResponseWriter, r *http.Request) {
@@ -792,9 +783,9 @@ func (h *Handler) txn(w http.ResponseWriter, r *http.Request) {
 // encoded answer out.
 func (h *Handler) internal(fn func(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		g, err := strconv.ParseUint(r.URL.Query().Get("group"), 10, 64)
-		if err != nil || g == 0 {
-			writeError(w, fmt.Errorf("%w: group must be a positive integer", kvd.ErrInvalid), false)
+		g, err := groupParam(r)
+		if err != nil {
+			writeError(w, err, false)
 			return
 		}
 		body, err := h.readBody(w, r, h.o.Limits.MaxBodyBytes+1<<20)
@@ -804,7 +795,7 @@ func (h *Handler) internal(fn func(ctx context.Context, g kvd.GroupID, body []by
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
 		defer cancel()
-		out, err := fn(ctx, kvd.GroupID(g), body)
+		out, err := fn(ctx, g, body)
 		if err != nil {
 			writeError(w, err, true)
 			return
@@ -892,12 +883,12 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-keepalive.C:
 			mu.Lock()
-			err := errors.New("not streaming")
+			var err error
 			if streaming {
 				err = write([]byte(": keep-alive\n\n"))
 			}
 			mu.Unlock()
-			if err != nil && streaming {
+			if err != nil {
 				cancel()
 				<-done
 				return
@@ -922,12 +913,12 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) history(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	g, err := strconv.ParseUint(q.Get("group"), 10, 64)
-	if err != nil || g == 0 {
-		writeError(w, fmt.Errorf("%w: group must be a positive integer", kvd.ErrInvalid), false)
+	g, err := groupParam(r)
+	if err != nil {
+		writeError(w, err, false)
 		return
 	}
+	q := r.URL.Query()
 	limit, maxBytes := 256, 0
 	if q.Has("limit") {
 		limit, _ = strconv.Atoi(q.Get("limit"))
@@ -936,14 +927,9 @@ func (h *Handler) history(w http.ResponseWriter, r *http.Request) {
 		maxBytes, _ = strconv.Atoi(q.Get("bytes"))
 	}
 	waitMS, _ := strconv.Atoi(q.Get("wait"))
-	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
-	defer cancel()
-	page, err := h.b.History(ctx, kvd.GroupID(g), q.Get("after"), q.Get("prefix"), max(limit, 0), maxBytes, time.Duration(waitMS)*time.Millisecond)
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	writeJSON(w, http.StatusOK, page)
+	h.answer(w, r, false, func(ctx context.Context) (any, error) {
+		return h.b.History(ctx, g, q.Get("after"), q.Get("prefix"), max(limit, 0), maxBytes, time.Duration(waitMS)*time.Millisecond)
+	})
 }
 
 func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {

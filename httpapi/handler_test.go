@@ -20,37 +20,11 @@ import (
 	"github.com/kvd-project/kvd/server"
 )
 
-type response struct {
-	status int
-	header http.Header
-	body   []byte
-}
+type response = testcluster.Response
 
-func (r response) errCode(t *testing.T) string {
+func do(t *testing.T, method, url string, body []byte, header ...string) response {
 	t.Helper()
-	var e api.Error
-	require.NoError(t, json.Unmarshal(r.body, &e), "error body must be JSON: %s", r.body)
-	require.NotEmpty(t, e.Error.Message)
-	return e.Error.Code
-}
-
-// testHTTP bounds every request, so a handler that never answers (a
-// stream opened by mistake) fails the test instead of hanging it.
-var testHTTP = &http.Client{Timeout: 20 * time.Second}
-
-func do(t *testing.T, method, u string, body []byte, hdr ...string) response {
-	t.Helper()
-	req, err := http.NewRequest(method, u, bytes.NewReader(body))
-	require.NoError(t, err)
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := testHTTP.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return response{resp.StatusCode, resp.Header, b}
+	return testcluster.Do(t, method, url, body, header...)
 }
 
 func TestAPI_SingleKeyLifecycle(t *testing.T) {
@@ -58,64 +32,64 @@ func TestAPI_SingleKeyLifecycle(t *testing.T) {
 	base := c.URL(0) + "/v1/kv/"
 
 	r := do(t, "GET", base+"k", nil)
-	require.Equal(t, 404, r.status)
-	require.Equal(t, api.CodeNotFound, r.errCode(t))
+	require.Equal(t, 404, r.Status)
+	require.Equal(t, api.CodeNotFound, r.ErrCode(t))
 
 	r = do(t, "PUT", base+"k", []byte("v1"))
-	require.Equal(t, 200, r.status)
+	require.Equal(t, 200, r.Status)
 	var pr api.PutResponse
-	require.NoError(t, json.Unmarshal(r.body, &pr))
+	require.NoError(t, json.Unmarshal(r.Body, &pr))
 	require.NotZero(t, pr.Version)
-	require.Equal(t, fmt.Sprintf(`"%d"`, pr.Version), r.header.Get("ETag"))
+	require.Equal(t, fmt.Sprintf(`"%d"`, pr.Version), r.Header.Get("ETag"))
 
 	r = do(t, "GET", base+"k", nil)
-	require.Equal(t, 200, r.status)
-	require.Equal(t, "v1", string(r.body))
-	require.Equal(t, fmt.Sprintf(`"%d"`, pr.Version), r.header.Get("ETag"))
+	require.Equal(t, 200, r.Status)
+	require.Equal(t, "v1", string(r.Body))
+	require.Equal(t, fmt.Sprintf(`"%d"`, pr.Version), r.Header.Get("ETag"))
 
 	// If-None-Match with the current version: not modified.
 	r = do(t, "GET", base+"k", nil, "If-None-Match", fmt.Sprintf(`"%d"`, pr.Version))
-	require.Equal(t, 304, r.status)
+	require.Equal(t, 304, r.Status)
 
 	// Compare-and-set.
 	r = do(t, "PUT", base+"k", []byte("v2"), "If-Match", `"999999"`)
-	require.Equal(t, 412, r.status)
-	require.Equal(t, api.CodePreconditionFailed, r.errCode(t))
+	require.Equal(t, 412, r.Status)
+	require.Equal(t, api.CodePreconditionFailed, r.ErrCode(t))
 	r = do(t, "PUT", base+"k", []byte("v2"), "If-Match", fmt.Sprintf(`"%d"`, pr.Version))
-	require.Equal(t, 200, r.status)
+	require.Equal(t, 200, r.Status)
 	var pr2 api.PutResponse
-	require.NoError(t, json.Unmarshal(r.body, &pr2))
+	require.NoError(t, json.Unmarshal(r.Body, &pr2))
 	require.Greater(t, pr2.Version, pr.Version)
 
 	// Create-only.
 	r = do(t, "PUT", base+"k", []byte("v3"), "If-None-Match", "*")
-	require.Equal(t, 412, r.status)
+	require.Equal(t, 412, r.Status)
 	r = do(t, "PUT", base+"new", []byte("n"), "If-None-Match", "*")
-	require.Equal(t, 200, r.status)
+	require.Equal(t, 200, r.Status)
 	r = do(t, "PUT", base+"absent", []byte("n"), "If-Match", "*")
-	require.Equal(t, 412, r.status)
+	require.Equal(t, 412, r.Status)
 
 	// Empty values are values.
 	r = do(t, "PUT", base+"empty", nil)
-	require.Equal(t, 200, r.status)
+	require.Equal(t, 200, r.Status)
 	r = do(t, "GET", base+"empty", nil)
-	require.Equal(t, 200, r.status)
-	require.Empty(t, r.body)
+	require.Equal(t, 200, r.Status)
+	require.Empty(t, r.Body)
 
 	// Delete, with and without a condition.
 	r = do(t, "DELETE", base+"k", nil, "If-Match", `"1"`)
-	require.Equal(t, 412, r.status)
+	require.Equal(t, 412, r.Status)
 	r = do(t, "DELETE", base+"k", nil)
-	require.Equal(t, 200, r.status)
+	require.Equal(t, 200, r.Status)
 	var dr api.DeleteResponse
-	require.NoError(t, json.Unmarshal(r.body, &dr))
+	require.NoError(t, json.Unmarshal(r.Body, &dr))
 	require.True(t, dr.Deleted)
 	require.Greater(t, dr.Version, pr2.Version)
 	r = do(t, "DELETE", base+"k", nil)
-	require.Equal(t, 200, r.status)
-	require.JSONEq(t, `{"deleted":false}`, string(r.body))
+	require.Equal(t, 200, r.Status)
+	require.JSONEq(t, `{"deleted":false}`, string(r.Body))
 	r = do(t, "GET", base+"k", nil)
-	require.Equal(t, 404, r.status)
+	require.Equal(t, 404, r.Status)
 }
 
 func TestAPI_KeysAreKeptExactly(t *testing.T) {
@@ -123,30 +97,30 @@ func TestAPI_KeysAreKeptExactly(t *testing.T) {
 	keys := []string{"a/b", "a//b", "/lead", "./dot", "../up", "a/./b", "x/../y", "sp ace", "q?mark", "hash#tag", "pct%41", "ünï/cødé", "{tag}/k", "trail/"}
 	for i, k := range keys {
 		r := do(t, "PUT", c.URL(0)+"/v1/kv/"+url.PathEscape(k), []byte(fmt.Sprint(i)))
-		require.Equal(t, 200, r.status, "put %q: %s", k, r.body)
+		require.Equal(t, 200, r.Status, "put %q: %s", k, r.Body)
 	}
 	// Unescaped slashes are part of the key too, and never redirected.
 	r := do(t, "PUT", c.URL(0)+"/v1/kv/raw//slashes/./here", []byte("raw"))
-	require.Equal(t, 200, r.status)
+	require.Equal(t, 200, r.Status)
 	keys = append(keys, "raw//slashes/./here")
 
 	for i, k := range keys[:len(keys)-1] {
 		r := do(t, "GET", c.URL(0)+"/v1/kv/"+url.PathEscape(k), nil)
-		require.Equal(t, 200, r.status, "get %q", k)
-		require.Equal(t, fmt.Sprint(i), string(r.body), "get %q", k)
+		require.Equal(t, 200, r.Status, "get %q", k)
+		require.Equal(t, fmt.Sprint(i), string(r.Body), "get %q", k)
 	}
 	r = do(t, "GET", c.URL(0)+"/v1/kv/raw//slashes/./here", nil)
-	require.Equal(t, "raw", string(r.body))
+	require.Equal(t, "raw", string(r.Body))
 	// Percent-decoded once: %2541 is the key "%41", not "A".
 	r = do(t, "GET", c.URL(0)+"/v1/kv/pct%2541", nil)
-	require.Equal(t, 200, r.status)
+	require.Equal(t, 200, r.Status)
 	r = do(t, "GET", c.URL(0)+"/v1/kv/pctA", nil)
-	require.Equal(t, 404, r.status)
+	require.Equal(t, 404, r.Status)
 
 	r = do(t, "GET", c.URL(0)+"/v1/kv?limit=100", nil)
-	require.Equal(t, 200, r.status)
+	require.Equal(t, 200, r.Status)
 	var sr api.ScanResponse
-	require.NoError(t, json.Unmarshal(r.body, &sr))
+	require.NoError(t, json.Unmarshal(r.Body, &sr))
 	got := map[string]bool{}
 	for _, it := range sr.Items {
 		got[it.Key] = true
@@ -168,9 +142,9 @@ func TestAPI_Scan_PagesExactly(t *testing.T) {
 	for pages := 0; ; pages++ {
 		require.Less(t, pages, 10)
 		r := do(t, "GET", c.URL(0)+"/v1/kv?prefix=p/&limit=10&start="+url.QueryEscape(start), nil)
-		require.Equal(t, 200, r.status, "%s", r.body)
+		require.Equal(t, 200, r.Status, "%s", r.Body)
 		var sr api.ScanResponse
-		require.NoError(t, json.Unmarshal(r.body, &sr))
+		require.NoError(t, json.Unmarshal(r.Body, &sr))
 		for _, it := range sr.Items {
 			all = append(all, it.Key)
 			require.NotZero(t, it.Version)
@@ -188,13 +162,13 @@ func TestAPI_Scan_PagesExactly(t *testing.T) {
 	}
 	r := do(t, "GET", c.URL(0)+"/v1/kv?start=p/05&end=p/08", nil)
 	var sr api.ScanResponse
-	require.NoError(t, json.Unmarshal(r.body, &sr))
+	require.NoError(t, json.Unmarshal(r.Body, &sr))
 	require.Len(t, sr.Items, 3)
 	require.Equal(t, []byte{5}, sr.Items[0].Value)
 	require.False(t, sr.More)
 	// A page that ends exactly at the last key says there is no more.
 	r = do(t, "GET", c.URL(0)+"/v1/kv?prefix=p/&limit=25", nil)
-	require.NoError(t, json.Unmarshal(r.body, &sr))
+	require.NoError(t, json.Unmarshal(r.Body, &sr))
 	require.Len(t, sr.Items, 25)
 	require.False(t, sr.More)
 }
@@ -254,23 +228,23 @@ func TestAPI_BadInputIsRefusedWithJSON(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			r := do(t, tc.method, u+tc.path, tc.body, tc.hdr...)
-			require.Equal(t, tc.status, r.status, "%s", r.body)
-			require.Equal(t, "application/json", r.header.Get("Content-Type"))
-			require.Equal(t, tc.code, r.errCode(t))
+			require.Equal(t, tc.status, r.Status, "%s", r.Body)
+			require.Equal(t, "application/json", r.Header.Get("Content-Type"))
+			require.Equal(t, tc.code, r.ErrCode(t))
 		})
 	}
 	// Nothing above was applied.
 	r := do(t, "GET", u+"/v1/kv?limit=10", nil)
-	require.JSONEq(t, `{"items":[],"more":false}`, string(r.body))
+	require.JSONEq(t, `{"items":[],"more":false}`, string(r.Body))
 }
 
 func TestAPI_ValueTooLargeNamesTheValueLimit(t *testing.T) {
 	c := testcluster.New(t, 1, 1)
 	for _, n := range []int{1<<20 + 1, 3 << 19} {
 		r := do(t, "PUT", c.URL(0)+"/v1/kv/big", bytes.Repeat([]byte("x"), n))
-		require.Equal(t, 413, r.status)
-		require.Contains(t, string(r.body), "1048576", "the error names the value limit")
-		require.NotContains(t, string(r.body), "limit is 1048577")
+		require.Equal(t, 413, r.Status)
+		require.Contains(t, string(r.Body), "1048576", "the error names the value limit")
+		require.NotContains(t, string(r.Body), "limit is 1048577")
 	}
 }
 
@@ -312,7 +286,7 @@ func TestAPI_NetHTTPErrorsAreJSON(t *testing.T) {
 			require.Equal(t, tc.status, resp.StatusCode)
 			require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
 			b, _ := io.ReadAll(resp.Body)
-			require.Equal(t, tc.code, response{body: b}.errCode(t))
+			require.Equal(t, tc.code, response{Body: b}.ErrCode(t))
 		})
 	}
 	t.Run("headers that never end", func(t *testing.T) {
@@ -322,7 +296,7 @@ func TestAPI_NetHTTPErrorsAreJSON(t *testing.T) {
 		require.NotContains(t, out, "text/plain")
 	})
 	// The server still serves afterwards.
-	require.Equal(t, 404, do(t, "GET", c.URL(0)+"/v1/kv/a", nil).status)
+	require.Equal(t, 404, do(t, "GET", c.URL(0)+"/v1/kv/a", nil).Status)
 }
 
 func TestAPI_BodyOverTheLimitIsRefused(t *testing.T) {
@@ -347,7 +321,7 @@ func TestAPI_BodyOverTheLimitIsRefused(t *testing.T) {
 	pr.Close()
 	require.Equal(t, 413, resp.StatusCode, "%s", b)
 	r := do(t, "GET", c.URL(0)+"/v1/kv/chunked", nil)
-	require.Equal(t, 404, r.status)
+	require.Equal(t, 404, r.Status)
 }
 
 func TestAPI_RoutedRequests(t *testing.T) {
@@ -355,29 +329,29 @@ func TestAPI_RoutedRequests(t *testing.T) {
 	leader := c.Leader(1)
 	follower := (leader + 1) % 3
 	r := do(t, "PUT", c.URL(leader)+"/v1/kv/k", []byte("v"), api.HeaderGroup, "1", api.HeaderEpoch, "1")
-	require.Equal(t, 200, r.status)
+	require.Equal(t, 200, r.Status)
 
 	// Wrong group and stale epoch: 421.
 	r = do(t, "GET", c.URL(leader)+"/v1/kv/k", nil, api.HeaderGroup, "2", api.HeaderEpoch, "1")
-	require.Equal(t, 421, r.status)
-	require.Equal(t, api.CodeWrongGroup, r.errCode(t))
+	require.Equal(t, 421, r.Status)
+	require.Equal(t, api.CodeWrongGroup, r.ErrCode(t))
 	r = do(t, "GET", c.URL(leader)+"/v1/kv/k", nil, api.HeaderGroup, "1", api.HeaderEpoch, "0")
-	require.Equal(t, 421, r.status)
+	require.Equal(t, 421, r.Status)
 
 	// A routed write to a follower is refused, naming the leader, not
 	// forwarded.
 	r = do(t, "PUT", c.URL(follower)+"/v1/kv/k", []byte("v2"), api.HeaderGroup, "1", api.HeaderEpoch, "1")
-	require.Equal(t, 503, r.status)
-	require.Equal(t, api.CodeUnavailable, r.errCode(t))
-	require.Equal(t, testcluster.NodeID(leader), r.header.Get(api.HeaderLeader))
-	require.NotEmpty(t, r.header.Get("Retry-After"))
+	require.Equal(t, 503, r.Status)
+	require.Equal(t, api.CodeUnavailable, r.ErrCode(t))
+	require.Equal(t, testcluster.NodeID(leader), r.Header.Get(api.HeaderLeader))
+	require.NotEmpty(t, r.Header.Get("Retry-After"))
 	r = do(t, "GET", c.URL(follower)+"/v1/kv/k", nil, api.HeaderGroup, "1", api.HeaderEpoch, "1")
-	require.Equal(t, 503, r.status)
+	require.Equal(t, 503, r.Status)
 	// ... but a routed follower or stale read is served there.
 	r = do(t, "GET", c.URL(follower)+"/v1/kv/k?consistency=follower", nil, api.HeaderGroup, "1", api.HeaderEpoch, "1")
-	require.Equal(t, 200, r.status)
-	require.Equal(t, "v", string(r.body))
-	require.Equal(t, testcluster.NodeID(follower), r.header.Get(api.HeaderNode))
+	require.Equal(t, 200, r.Status)
+	require.Equal(t, "v", string(r.Body))
+	require.Equal(t, testcluster.NodeID(follower), r.Header.Get(api.HeaderNode))
 }
 
 func TestAPI_FollowerForwardsToLeader(t *testing.T) {
@@ -386,30 +360,30 @@ func TestAPI_FollowerForwardsToLeader(t *testing.T) {
 	follower := (leader + 1) % 3
 	fu := c.URL(follower)
 	r := do(t, "PUT", fu+"/v1/kv/fwd", []byte("1"))
-	require.Equal(t, 200, r.status, "%s", r.body)
-	require.Equal(t, testcluster.NodeID(leader), r.header.Get(api.HeaderNode), "the write was served by the leader")
+	require.Equal(t, 200, r.Status, "%s", r.Body)
+	require.Equal(t, testcluster.NodeID(leader), r.Header.Get(api.HeaderNode), "the write was served by the leader")
 	r = do(t, "PUT", fu+"/v1/kv/fwd", []byte("2"), "If-Match", `"1"`)
-	require.Equal(t, 412, r.status, "errors relay through the forwarder")
-	require.Equal(t, api.CodePreconditionFailed, r.errCode(t))
+	require.Equal(t, 412, r.Status, "errors relay through the forwarder")
+	require.Equal(t, api.CodePreconditionFailed, r.ErrCode(t))
 
 	r = do(t, "GET", fu+"/v1/kv/fwd", nil)
-	require.Equal(t, 200, r.status)
-	require.Equal(t, "1", string(r.body))
-	require.NotEmpty(t, r.header.Get("ETag"))
-	require.Equal(t, testcluster.NodeID(leader), r.header.Get(api.HeaderNode))
+	require.Equal(t, 200, r.Status)
+	require.Equal(t, "1", string(r.Body))
+	require.NotEmpty(t, r.Header.Get("ETag"))
+	require.Equal(t, testcluster.NodeID(leader), r.Header.Get(api.HeaderNode))
 
 	r = do(t, "GET", fu+"/v1/kv/fwd?consistency=follower", nil)
-	require.Equal(t, 200, r.status)
-	require.Equal(t, testcluster.NodeID(follower), r.header.Get(api.HeaderNode))
-	require.Equal(t, "1", string(r.body))
+	require.Equal(t, 200, r.Status)
+	require.Equal(t, testcluster.NodeID(follower), r.Header.Get(api.HeaderNode))
+	require.Equal(t, "1", string(r.Body))
 
 	r = do(t, "GET", fu+"/v1/kv/fwd?consistency=stale", nil)
-	require.Equal(t, testcluster.NodeID(follower), r.header.Get(api.HeaderNode))
+	require.Equal(t, testcluster.NodeID(follower), r.Header.Get(api.HeaderNode))
 
 	r = do(t, "DELETE", fu+"/v1/kv/fwd", nil)
-	require.Equal(t, 200, r.status)
+	require.Equal(t, 200, r.Status)
 	r = do(t, "GET", fu+"/v1/kv?prefix=fwd", nil)
-	require.JSONEq(t, `{"items":[],"more":false}`, string(r.body))
+	require.JSONEq(t, `{"items":[],"more":false}`, string(r.Body))
 }
 
 func TestAPI_ClusterStatusHealthMetrics(t *testing.T) {
@@ -417,9 +391,9 @@ func TestAPI_ClusterStatusHealthMetrics(t *testing.T) {
 	leader := c.Leader(1)
 	for i := range 3 {
 		r := do(t, "GET", c.URL(i)+"/v1/cluster", nil)
-		require.Equal(t, 200, r.status)
+		require.Equal(t, 200, r.Status)
 		var cl api.Cluster
-		require.NoError(t, json.Unmarshal(r.body, &cl))
+		require.NoError(t, json.Unmarshal(r.Body, &cl))
 		require.Equal(t, uint64(1), cl.Epoch)
 		require.Len(t, cl.Nodes, 3)
 		require.Len(t, cl.Groups, 1)
@@ -427,14 +401,14 @@ func TestAPI_ClusterStatusHealthMetrics(t *testing.T) {
 		require.Equal(t, []string{"n1", "n2", "n3"}, cl.Groups[0].Members)
 		require.Eventually(t, func() bool {
 			r := do(t, "GET", c.URL(i)+"/v1/cluster", nil)
-			json.Unmarshal(r.body, &cl)
+			json.Unmarshal(r.Body, &cl)
 			return cl.Groups[0].Leader == testcluster.NodeID(leader)
 		}, 5e9, 1e7)
 
 		r = do(t, "GET", c.URL(i)+"/v1/status", nil)
-		require.Equal(t, 200, r.status)
+		require.Equal(t, 200, r.Status)
 		var st api.Status
-		require.NoError(t, json.Unmarshal(r.body, &st))
+		require.NoError(t, json.Unmarshal(r.Body, &st))
 		require.Equal(t, testcluster.NodeID(i), st.Node)
 		require.Len(t, st.Groups, 1)
 		wantRole := "follower"
@@ -443,13 +417,13 @@ func TestAPI_ClusterStatusHealthMetrics(t *testing.T) {
 		}
 		require.Equal(t, wantRole, st.Groups[0].Role)
 
-		require.Equal(t, 200, do(t, "GET", c.URL(i)+"/healthz", nil).status)
-		require.Equal(t, 200, do(t, "GET", c.URL(i)+"/readyz", nil).status)
+		require.Equal(t, 200, do(t, "GET", c.URL(i)+"/healthz", nil).Status)
+		require.Equal(t, 200, do(t, "GET", c.URL(i)+"/readyz", nil).Status)
 	}
 	do(t, "PUT", c.URL(leader)+"/v1/kv/m", []byte("x"))
 	r := do(t, "GET", c.URL(leader)+"/metrics", nil)
-	require.Equal(t, 200, r.status)
-	body := string(r.body)
+	require.Equal(t, 200, r.Status)
+	body := string(r.Body)
 	for _, want := range []string{
 		`kvd_http_requests_total{code="200",method="PUT",route="/v1/kv/{key:.*}"}`,
 		`kvd_http_request_duration_seconds_bucket`,
@@ -472,12 +446,12 @@ func TestAPI_ReadyzWithoutQuorum(t *testing.T) {
 		}
 	}
 	require.Eventually(t, func() bool {
-		return do(t, "GET", c.URL(survivor)+"/readyz", nil).status == 503
+		return do(t, "GET", c.URL(survivor)+"/readyz", nil).Status == 503
 	}, 10e9, 5e7)
 	r := do(t, "GET", c.URL(survivor)+"/readyz", nil)
-	require.Equal(t, api.CodeUnavailable, r.errCode(t))
+	require.Equal(t, api.CodeUnavailable, r.ErrCode(t))
 	// A write without a quorum is refused as unavailable, never applied.
 	r = do(t, "PUT", c.URL(survivor)+"/v1/kv/k", []byte("x"))
-	require.Equal(t, 503, r.status, "%s", r.body)
-	require.Equal(t, 200, do(t, "GET", c.URL(survivor)+"/healthz", nil).status)
+	require.Equal(t, 503, r.Status, "%s", r.Body)
+	require.Equal(t, 200, do(t, "GET", c.URL(survivor)+"/healthz", nil).Status)
 }

@@ -35,34 +35,40 @@ func indexParam(r *http.Request, name string) (uint64, error) {
 	return v, nil
 }
 
-func (h *Handler) logEntry(w http.ResponseWriter, r *http.Request) {
-	g, err := groupParam(r)
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	idx, err := indexParam(r, "index")
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
+// answer runs fn within the request timeout and writes what it returns
+// as JSON, or its error (write: as the error of a write).
+func (h *Handler) answer(w http.ResponseWriter, r *http.Request, write bool, fn func(ctx context.Context) (any, error)) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
 	defer cancel()
-	e, err := h.b.LogEntry(ctx, g, idx)
+	out, err := fn(ctx)
+	if err != nil {
+		writeError(w, err, write)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// groupAndIndex parses the group and an index query parameter.
+func groupAndIndex(r *http.Request, index string) (kvd.GroupID, uint64, error) {
+	g, err := groupParam(r)
+	if err != nil {
+		return 0, 0, err
+	}
+	idx, err := indexParam(r, index)
+	return g, idx, err
+}
+
+func (h *Handler) logEntry(w http.ResponseWriter, r *http.Request) {
+	g, idx, err := groupAndIndex(r, "index")
 	if err != nil {
 		writeError(w, err, false)
 		return
 	}
-	writeJSON(w, http.StatusOK, e)
+	h.answer(w, r, false, func(ctx context.Context) (any, error) { return h.b.LogEntry(ctx, g, idx) })
 }
 
 func (h *Handler) snapshot(w http.ResponseWriter, r *http.Request) {
-	g, err := groupParam(r)
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	minIndex, err := indexParam(r, "min_index")
+	g, minIndex, err := groupAndIndex(r, "min_index")
 	if err != nil {
 		writeError(w, err, false)
 		return
@@ -90,24 +96,15 @@ func (h *Handler) snapshot(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) hash(w http.ResponseWriter, r *http.Request) {
-	g, err := groupParam(r)
+	g, idx, err := groupAndIndex(r, "index")
 	if err != nil {
 		writeError(w, err, false)
 		return
 	}
-	idx, err := indexParam(r, "index")
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
-	defer cancel()
-	v, err := h.b.HashAt(ctx, g, idx)
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	writeJSON(w, http.StatusOK, api.HashResponse{Hash: strconv.FormatUint(v, 16)})
+	h.answer(w, r, false, func(ctx context.Context) (any, error) {
+		v, err := h.b.HashAt(ctx, g, idx)
+		return api.HashResponse{Hash: strconv.FormatUint(v, 16)}, err
+	})
 }
 
 func (h *Handler) groupTxns(w http.ResponseWriter, r *http.Request) {
@@ -116,25 +113,11 @@ func (h *Handler) groupTxns(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, false)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
-	defer cancel()
-	out, err := h.b.GroupTxns(ctx, g)
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	writeJSON(w, http.StatusOK, out)
+	h.answer(w, r, false, func(ctx context.Context) (any, error) { return h.b.GroupTxns(ctx, g) })
 }
 
 func (h *Handler) txns(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
-	defer cancel()
-	out, err := h.b.Txns(ctx)
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	writeJSON(w, http.StatusOK, out)
+	h.answer(w, r, false, func(ctx context.Context) (any, error) { return h.b.Txns(ctx) })
 }
 
 func (h *Handler) abortTxn(w http.ResponseWriter, r *http.Request) {
@@ -143,12 +126,5 @@ func (h *Handler) abortTxn(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: a transaction id is 1 to 64 characters", kvd.ErrInvalid), false)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
-	defer cancel()
-	out, err := h.b.AbortTxn(ctx, id)
-	if err != nil {
-		writeError(w, err, true)
-		return
-	}
-	writeJSON(w, http.StatusOK, out)
+	h.answer(w, r, true, func(ctx context.Context) (any, error) { return h.b.AbortTxn(ctx, id) })
 }

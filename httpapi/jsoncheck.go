@@ -1,11 +1,9 @@
 package httpapi
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"unicode"
 	"unicode/utf16"
@@ -19,55 +17,126 @@ import (
 // without regard to case, so "ops" and "OPS" are the same member), and
 // one with invalid UTF-8 or a lone surrogate escape (the decoder turns
 // both into U+FFFD, so two different keys would name the same one).
+//
+// It reads the raw bytes once, without decoding values: malformed JSON is
+// left to the decoder, which reports it.
 func checkJSON(b []byte) error {
 	if !utf8.Valid(b) {
 		return errors.New("not valid UTF-8")
 	}
-	if err := checkSurrogates(b); err != nil {
-		return err
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.UseNumber()
-	if err := checkValue(dec, 0); err != nil {
-		return err
+	var stack []*members // one per open object; nil for an array
+	for i := 0; i < len(b); i++ {
+		switch b[i] {
+		case '{', '[':
+			if len(stack) >= maxDepth {
+				return errors.New("nested too deeply")
+			}
+			var o *members
+			if b[i] == '{' {
+				o = &members{nameNext: true}
+			}
+			stack = append(stack, o)
+		case '}', ']':
+			if len(stack) > 0 {
+				stack = stack[:len(stack)-1]
+			}
+		case ',':
+			if n := len(stack); n > 0 && stack[n-1] != nil {
+				stack[n-1].nameNext = true
+			}
+		case '"':
+			end, escaped, err := stringEnd(b, i)
+			if err != nil || end < 0 {
+				return err // an unterminated string is the decoder's to report
+			}
+			if n := len(stack); n > 0 && stack[n-1] != nil && stack[n-1].nameNext {
+				o := stack[n-1]
+				o.nameNext = false
+				name := string(b[i+1 : end])
+				if escaped && json.Unmarshal(b[i:end+1], &name) != nil {
+					return nil // malformed: the decoder will say so
+				}
+				if !o.add(foldName(name)) {
+					return fmt.Errorf("member %q appears twice in one object (names are matched without regard to case)", name)
+				}
+			}
+			i = end
+		}
 	}
 	return nil
 }
 
-// checkSurrogates reports a \u escape of a UTF-16 surrogate that is not
-// half of a pair.
-func checkSurrogates(b []byte) error {
-	inString := false
-	for i := 0; i < len(b); i++ {
-		switch c := b[i]; {
-		case c == '"':
-			inString = !inString
-		case c == '\\' && inString && i+1 < len(b):
-			if b[i+1] != 'u' {
-				i++ // a one-character escape, such as \" or \\
+// maxDepth bounds the nesting checkJSON follows.
+const maxDepth = 64
+
+// members are the folded member names of one object read so far.
+type members struct {
+	nameNext bool // the next string is a member name
+	names    []string
+	set      map[string]bool // past a few names
+}
+
+// add adds a folded name, and reports whether it was new.
+func (m *members) add(name string) bool {
+	if m.set != nil {
+		if m.set[name] {
+			return false
+		}
+		m.set[name] = true
+		return true
+	}
+	for _, n := range m.names {
+		if n == name {
+			return false
+		}
+	}
+	m.names = append(m.names, name)
+	if len(m.names) > 8 {
+		m.set = make(map[string]bool, 2*len(m.names))
+		for _, n := range m.names {
+			m.set[n] = true
+		}
+	}
+	return true
+}
+
+// stringEnd returns the index of the quote that ends the string starting
+// at b[i] (-1 if none does) and whether the string has escapes. It
+// reports a \u escape of a UTF-16 surrogate that is not half of a pair:
+// the decoder would turn it into U+FFFD, so two different keys would name
+// the same one.
+func stringEnd(b []byte, i int) (end int, escaped bool, err error) {
+	for j := i + 1; j < len(b); j++ {
+		switch b[j] {
+		case '"':
+			return j, escaped, nil
+		case '\\':
+			escaped = true
+			if j+1 >= len(b) || b[j+1] != 'u' {
+				j++ // a one-character escape, such as \" or \\
 				continue
 			}
-			r, ok := hex4(b, i+2)
+			r, ok := hex4(b, j+2)
 			switch {
 			case !ok:
-				return nil // malformed: the decoder will say so
+				return -1, escaped, nil // malformed: the decoder will say so
 			case utf16.IsSurrogate(r) && r < 0xdc00:
-				low, ok := rune(0), i+12 <= len(b) && b[i+6] == '\\' && b[i+7] == 'u'
+				low, ok := rune(0), j+12 <= len(b) && b[j+6] == '\\' && b[j+7] == 'u'
 				if ok {
-					low, ok = hex4(b, i+8)
+					low, ok = hex4(b, j+8)
 				}
 				if !ok || low < 0xdc00 || low > 0xdfff {
-					return fmt.Errorf("escape \\u%04x at byte %d is half of a surrogate pair", r, i)
+					return -1, escaped, fmt.Errorf("escape \\u%04x at byte %d is half of a surrogate pair", r, j)
 				}
-				i += 11
+				j += 11
 			case utf16.IsSurrogate(r):
-				return fmt.Errorf("escape \\u%04x at byte %d is half of a surrogate pair", r, i)
+				return -1, escaped, fmt.Errorf("escape \\u%04x at byte %d is half of a surrogate pair", r, j)
 			default:
-				i += 5
+				j += 5
 			}
 		}
 	}
-	return nil
+	return -1, escaped, nil
 }
 
 // hex4 decodes the four hex digits at b[i:].
@@ -95,6 +164,15 @@ func hex4(b []byte, i int) (rune, bool) {
 // Go's decoder takes them for the same field (Unicode simple folding:
 // "ops", "OPS", and "opſ" with a long s are one name).
 func foldName(s string) string {
+	ascii := true
+	for i := 0; i < len(s) && ascii; i++ {
+		ascii = s[i] < utf8.RuneSelf
+	}
+	if ascii {
+		// Every ASCII letter's orbit is its two cases (k and s add a
+		// rune past ASCII, never below): the least is the upper case.
+		return strings.ToUpper(s)
+	}
 	var b strings.Builder
 	for _, r := range s {
 		least := r
@@ -104,50 +182,4 @@ func foldName(s string) string {
 		b.WriteRune(least)
 	}
 	return b.String()
-}
-
-// maxDepth bounds the nesting checkValue follows.
-const maxDepth = 64
-
-func checkValue(dec *json.Decoder, depth int) error {
-	if depth > maxDepth {
-		return errors.New("nested too deeply")
-	}
-	t, err := dec.Token()
-	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return errors.New("empty document")
-		}
-		return err
-	}
-	d, ok := t.(json.Delim)
-	if !ok {
-		return nil
-	}
-	switch d {
-	case '{':
-		seen := map[string]bool{}
-		for dec.More() {
-			k, err := dec.Token()
-			if err != nil {
-				return err
-			}
-			name, _ := k.(string)
-			if seen[foldName(name)] {
-				return fmt.Errorf("member %q appears twice in one object (names are matched without regard to case)", name)
-			}
-			seen[foldName(name)] = true
-			if err := checkValue(dec, depth+1); err != nil {
-				return err
-			}
-		}
-	case '[':
-		for dec.More() {
-			if err := checkValue(dec, depth+1); err != nil {
-				return err
-			}
-		}
-	}
-	_, err = dec.Token() // the closing delimiter
-	return err
 }

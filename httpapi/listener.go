@@ -140,10 +140,13 @@ func rewritePlainError(p []byte) ([]byte, bool) {
 }
 
 // jsonError is a whole answer that closes the connection, with the API's
-// JSON error.
-func jsonError(status int, code, msg string) []byte {
+// JSON error and any extra header lines.
+func jsonError(status int, code, msg string, headers ...string) []byte {
 	body, _ := json.Marshal(api.Error{Error: api.ErrorDetail{Code: code, Message: msg}})
 	body = append(body, '\n')
-	return fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
-		status, http.StatusText(status), len(body), body)
+	out := fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n", status, http.StatusText(status))
+	for _, h := range headers {
+		out = append(append(out, h...), "\r\n"...)
+	}
+	return fmt.Appendf(out, "Content-Length: %d\r\n\r\n%s", len(body), body)
 }

@@ -125,7 +125,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		i++
 	}
 	if f.g.cfg.Observer.Apply != nil {
-		f.g.cfg.Observer.Apply(time.Since(start), len(logs))
+		f.g.cfg.Observer.Apply(time.Since(start))
 	}
 	return out
 }

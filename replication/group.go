@@ -133,8 +133,8 @@ type Remote interface {
 // Observer is told of the replica's work, for metrics. Every field is
 // optional; each is called on a hot path and must not block.
 type Observer struct {
-	// Apply is told of every applied batch: how long it took, entries.
-	Apply func(d time.Duration, entries int)
+	// Apply is told of every applied batch: how long it took.
+	Apply func(d time.Duration)
 	// Append is told of every append to the Raft log (an fsync).
 	Append func(d time.Duration)
 }

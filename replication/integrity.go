@@ -70,7 +70,7 @@ func (g *Group) runIntegrity() {
 func (g *Group) CheckIntegrity(ctx context.Context) IntegrityCheck {
 	c := IntegrityCheck{OK: true}
 	if err := g.Serving(); err == nil {
-		if _, err := g.db.Verify(); err != nil && errors.Is(err, store.ErrCorrupt) {
+		if _, err := g.db.Verify(); errors.Is(err, store.ErrCorrupt) {
 			c.OK, c.Alarm = false, fmt.Sprintf("scrub: %v", err)
 		}
 	}

@@ -21,28 +21,9 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/damage"
 	"github.com/kvd-project/kvd/store"
 )
-
-// flipIn flips a byte in the middle of every copy of pattern in the file
-// at path and returns how many it found.
-func flipIn(t *testing.T, path string, pattern string) int {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	require.NoError(t, err)
-	n := 0
-	for i := 0; ; {
-		j := bytes.Index(b[i:], []byte(pattern))
-		if j < 0 {
-			break
-		}
-		b[i+j+len(pattern)/2] ^= 0x20
-		n++
-		i += j + len(pattern)
-	}
-	require.NoError(t, os.WriteFile(path, b, 0o600))
-	return n
-}
 
 // staleValue reads key from replica r as a stale read would.
 func staleValue(r *Group, key string) (string, error) {
@@ -77,7 +58,7 @@ func TestGroup_DamagedLogEntryIsRepairedFromAPeer(t *testing.T) {
 	// Replay everything at the next start (as after a crash with lazy
 	// sync), with the entry damaged in the log.
 	require.NoError(t, os.Remove(filepath.Join(tg.dirs[f], "state.db")))
-	require.Positive(t, flipIn(t, filepath.Join(tg.dirs[f], "raft.db"), val))
+	require.Positive(t, damage.Flip(t, filepath.Join(tg.dirs[f], "raft.db"), val))
 	tg.start(f, nil)
 	r := tg.reps[f]
 	require.Eventually(t, func() bool {
@@ -117,7 +98,7 @@ func TestGroup_DamagedStateIsRepairedFromAPeer(t *testing.T) {
 	require.NoError(t, err)
 	tg.waitValue(f, "other", "fine")
 	tg.stop(f)
-	require.Positive(t, flipIn(t, filepath.Join(tg.dirs[f], "state.db"), val))
+	require.Positive(t, damage.Flip(t, filepath.Join(tg.dirs[f], "state.db"), val))
 	tg.start(f, nil)
 	r := tg.reps[f]
 	require.Eventually(t, func() bool {
@@ -151,7 +132,7 @@ func TestGroup_SingleReplicaRebuildsDamagedStateLocally(t *testing.T) {
 	_, err = tg.put("victim", val)
 	require.NoError(t, err)
 	tg.stop(0)
-	require.Positive(t, flipIn(t, filepath.Join(tg.dirs[0], "state.db"), val))
+	require.Positive(t, damage.Flip(t, filepath.Join(tg.dirs[0], "state.db"), val))
 	tg.start(0, nil)
 	r := tg.reps[0]
 	require.Eventually(t, func() bool {
@@ -181,7 +162,7 @@ func TestGroup_IntegrityCheck_ScrubFindsDamageAndRepairs(t *testing.T) {
 	require.NoError(t, err)
 	tg.waitValue(f, "last", "x")
 	tg.stop(f)
-	require.Positive(t, flipIn(t, filepath.Join(tg.dirs[f], "state.db"), val))
+	require.Positive(t, damage.Flip(t, filepath.Join(tg.dirs[f], "state.db"), val))
 	tg.start(f, nil)
 	r := tg.reps[f]
 	require.Eventually(t, func() bool { return r.Serving() == nil }, 10*time.Second, 20*time.Millisecond)
@@ -498,7 +479,7 @@ func TestGroup_LocalRebuildAppliesTheSameChecks(t *testing.T) {
 	require.NoError(t, err)
 	hash := r.Store().StateHash()
 	tg.stop(0)
-	require.Positive(t, flipIn(t, filepath.Join(tg.dirs[0], "state.db"), val))
+	require.Positive(t, damage.Flip(t, filepath.Join(tg.dirs[0], "state.db"), val))
 	tg.start(0, nil)
 	r = tg.reps[0]
 	require.Eventually(t, func() bool {

@@ -17,54 +17,7 @@ BASE_PORT=${BASE_PORT:-27600}
 BIN=${BIN:-./bin}
 [ -x "$BIN/kvd" ] && [ -x "$BIN/kvbench" ] || { echo "build first: make build" >&2; exit 2; }
 work=$(mktemp -d /tmp/kvd-flood.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-start_cluster() {
-  local nodes="" i h r
-  eps=""
-  for i in 1 2 3; do
-    h=$((BASE_PORT + 10*i)); r=$((h + 1))
-    port_free "$h" && port_free "$r" || { echo "port $h or $r is in use (set BASE_PORT)" >&2; exit 2; }
-    nodes+="${nodes:+,}{\"id\":\"n$i\",\"http\":\"127.0.0.1:$h\",\"raft\":\"127.0.0.1:$r\"}"
-    eps+="${eps:+,}http://127.0.0.1:$h"
-  done
-  echo "{\"nodes\":[$nodes],\"groups\":3,\"replicas\":3}" >"$work/cluster.json"
-  pids=()
-  for i in 1 2 3; do
-    h=$((BASE_PORT + 10*i))
-    "$BIN/kvd" --id "n$i" --data-dir "$work/n$i" --http-addr "127.0.0.1:$h" --raft-addr "127.0.0.1:$((h + 1))" \
-      --initial-cluster "$work/cluster.json" --log-level warn >"$work/n$i.log" 2>&1 &
-    pids+=($!)
-  done
-  for i in 1 2 3; do
-    h=$((BASE_PORT + 10*i)); local ok=
-    for _ in $(seq 1 300); do
-      if curl -fsS "http://127.0.0.1:$h/readyz" >/dev/null 2>&1; then ok=1; break; fi
-      sleep 0.1
-    done
-    [ -n "$ok" ] || { echo "node n$i not ready; its log:" >&2; cat "$work/n$i.log" >&2; exit 1; }
-  done
-}
-stop_cluster() {
-  cleanup_pids=("${pids[@]}")
-  for p in "${cleanup_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${cleanup_pids[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-  done
-  pids=()
-  rm -rf "$work"/n1 "$work"/n2 "$work"/n3
-}
+. "$(dirname "$0")/cluster.sh"
 field() { awk -v k="$2:" '$1 == k {print int($2/1024)}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 echo "== $WRITERS writers of 1 MiB values for $DURATION (3 nodes, 3 groups)"

@@ -38,11 +38,7 @@ func (b backend) groupFor(ctx context.Context, key string, rt httpapi.Route) (*r
 		if rt.Group != gid || rt.Epoch < m.Epoch {
 			return nil, fmt.Errorf("%w: key %q belongs to group %d at epoch %d (asked: group %d, epoch %d)", kvd.ErrWrongGroup, key, gid, m.Epoch, rt.Group, rt.Epoch)
 		}
-		g, ok := b.s.hosted()[gid]
-		if !ok {
-			return nil, fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, b.s.id, gid)
-		}
-		return g, nil
+		return b.replica(gid)
 	}
 	if g, ok := b.s.hosted()[gid]; ok {
 		return g, nil
@@ -212,9 +208,9 @@ func (b backend) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency,
 		if _, ok := m.Group(rt.Group); !ok || rt.Epoch < m.Epoch {
 			return nil, "", fmt.Errorf("%w: group %d at epoch %d is not in the map (epoch %d)", kvd.ErrWrongGroup, rt.Group, rt.Epoch, m.Epoch)
 		}
-		g, ok := b.s.hosted()[rt.Group]
-		if !ok {
-			return nil, "", fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, b.s.id, rt.Group)
+		g, err := b.replica(rt.Group)
+		if err != nil {
+			return nil, "", err
 		}
 		return b.scanLocal(ctx, g, o, c)
 	}
@@ -388,9 +384,9 @@ func (b backend) Ready() error {
 }
 
 func (b backend) ReadIndex(ctx context.Context, gid kvd.GroupID) (uint64, error) {
-	g, ok := b.s.hosted()[gid]
-	if !ok {
-		return 0, fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, b.s.id, gid)
+	g, err := b.replica(gid)
+	if err != nil {
+		return 0, err
 	}
 	return g.ReadIndex(ctx)
 }

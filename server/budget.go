@@ -12,9 +12,10 @@ import (
 type byteBudget struct {
 	max int64 // 0: no cap
 
-	mu   sync.Mutex
-	used int64
-	wake chan struct{} // closed and replaced on every release
+	mu      sync.Mutex
+	used    int64
+	waiters int
+	wake    chan struct{} // closed and replaced on a release while some wait
 }
 
 func newByteBudget(max int64) *byteBudget {
@@ -31,11 +32,19 @@ func (b *byteBudget) acquire(ctx context.Context, n int64) error {
 			return nil
 		}
 		wake := b.wake
+		b.waiters++
 		b.mu.Unlock()
+		var err error
 		select {
 		case <-wake:
 		case <-ctx.Done():
-			return ctx.Err()
+			err = ctx.Err()
+		}
+		b.mu.Lock()
+		b.waiters--
+		b.mu.Unlock()
+		if err != nil {
+			return err
 		}
 	}
 }
@@ -55,8 +64,10 @@ func (b *byteBudget) release(n int64) {
 	}
 	b.mu.Lock()
 	b.used -= n
-	close(b.wake)
-	b.wake = make(chan struct{})
+	if b.waiters > 0 {
+		close(b.wake)
+		b.wake = make(chan struct{})
+	}
 	b.mu.Unlock()
 }
 

@@ -47,20 +47,6 @@ func newDiskGuard(dir string, quota, minFree int64, log *slog.Logger) *diskGuard
 	return d
 }
 
-// run checks every interval until ctx ends.
-func (d *diskGuard) run(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			d.check()
-		}
-	}
-}
-
 // check measures the directory and the disk, and decides.
 func (d *diskGuard) check() {
 	used := dirSize(d.dir)
@@ -142,6 +128,9 @@ type peerDisks struct {
 	// mu protects low.
 	mu  sync.Mutex
 	low map[string]time.Time // node -> when it last said so
+	// lows is len(low), read without the lock: a write then costs one
+	// atomic load while every disk has room.
+	lows atomic.Int32
 }
 
 // peerDiskTTL is how long a node's "low" is believed.
@@ -158,6 +147,7 @@ func (p *peerDisks) set(node string, low bool) {
 	} else {
 		delete(p.low, node)
 	}
+	p.lows.Store(int32(len(p.low)))
 }
 
 func (p *peerDisks) isLow(node string) bool {
@@ -170,6 +160,9 @@ func (p *peerDisks) isLow(node string) bool {
 // admit refuses a write in group gid when a majority of its members other
 // than self are short of disk (self is checked on its own, more closely).
 func (p *peerDisks) admit(m *kvd.Map, gid kvd.GroupID, self string) error {
+	if p.lows.Load() == 0 {
+		return nil
+	}
 	grp, ok := m.Group(gid)
 	if !ok {
 		return nil
@@ -186,27 +179,18 @@ func (p *peerDisks) admit(m *kvd.Map, gid kvd.GroupID, self string) error {
 	return nil
 }
 
-// run asks every other node of the map for its disk, every interval,
-// until ctx ends.
-func (p *peerDisks) run(ctx context.Context, s *Server, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+// poll asks every other node of the map for its disk, each within
+// timeout.
+func (p *peerDisks) poll(ctx context.Context, s *Server, timeout time.Duration) {
+	for _, n := range s.Map().Nodes {
+		if n.ID == s.id {
+			continue
 		}
-		for _, n := range s.Map().Nodes {
-			if n.ID == s.id {
-				continue
-			}
-			sctx, cancel := context.WithTimeout(ctx, every)
-			st, err := s.peerStatus(sctx, n.ID)
-			cancel()
-			if err == nil && st.Storage != nil {
-				p.set(n.ID, !st.Storage.Writable)
-			}
+		sctx, cancel := context.WithTimeout(ctx, timeout)
+		st, err := s.peerStatus(sctx, n.ID)
+		cancel()
+		if err == nil && st.Storage != nil {
+			p.set(n.ID, !st.Storage.Writable)
 		}
 	}
 }

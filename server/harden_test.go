@@ -26,47 +26,19 @@ import (
 	"github.com/kvd-project/kvd/store"
 )
 
-type response struct {
-	status int
-	header http.Header
-	body   []byte
-}
+type response = testcluster.Response
 
-func (r response) errCode(t *testing.T) string {
+func do(t *testing.T, method, url string, body []byte, header ...string) response {
 	t.Helper()
-	var e api.Error
-	require.NoError(t, json.Unmarshal(r.body, &e), "error body must be JSON: %s", r.body)
-	return e.Error.Code
-}
-
-var testHTTP = &http.Client{Timeout: 20 * time.Second}
-
-func do(t *testing.T, method, url string, body []byte) response {
-	t.Helper()
-	req, err := http.NewRequest(method, url, bytes.NewReader(body))
-	require.NoError(t, err)
-	resp, err := testHTTP.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return response{resp.StatusCode, resp.Header, b}
+	return testcluster.Do(t, method, url, body, header...)
 }
 
 // peerDo sends a node-to-node request, as a node would (with the
 // cluster's credential).
 func peerDo(t *testing.T, c *testcluster.Cluster, method, url string, body []byte) (int, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, url, bytes.NewReader(body))
-	require.NoError(t, err)
-	req.Header.Set(api.HeaderPeerAuth, c.PeerCredential())
-	req.Header.Set(api.HeaderForwarded, "n9")
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp.StatusCode, b
+	r := do(t, method, url, body, api.HeaderPeerAuth, c.PeerCredential(), api.HeaderForwarded, "n9")
+	return r.Status, r.Body
 }
 
 func encodeCmd(t *testing.T, kind store.CmdKind, payload any) []byte {
@@ -83,7 +55,7 @@ func encodeCmd(t *testing.T, kind store.CmdKind, payload any) []byte {
 func TestServer_ForgedInternalProposalsAreRefused(t *testing.T) {
 	c := testcluster.New(t, 1, 2)
 	m := c.Node(0).Map()
-	ks := keysInGroups(t, m, "f", 1)
+	ks := testcluster.KeysInGroups(m, "f", 1)
 	mine, theirs := ks[1][0], ks[2][0]
 	u := c.URL(0) + "/v1/internal/propose?group=1"
 	far := time.Date(2096, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
@@ -126,10 +98,10 @@ func TestServer_ForgedInternalProposalsAreRefused(t *testing.T) {
 	}
 	// Nothing was applied, nothing is locked, and the node serves.
 	r := do(t, "GET", c.URL(0)+"/v1/kv?limit=10", nil)
-	require.JSONEq(t, `{"items":[],"more":false}`, string(r.body))
+	require.JSONEq(t, `{"items":[],"more":false}`, string(r.Body))
 	for _, k := range []string{mine, theirs} {
 		r := do(t, "PUT", c.URL(0)+"/v1/kv/"+k, []byte("v"))
-		require.Equal(t, 200, r.status, "%s", r.body)
+		require.Equal(t, 200, r.Status, "%s", r.Body)
 	}
 }
 
@@ -152,18 +124,18 @@ func TestServer_InvalidCommandInTheLogStopsNoReplica(t *testing.T) {
 		require.ErrorIs(t, res.Err, kvd.ErrInvalid, "and is answered as invalid")
 	}
 	r := do(t, "PUT", c.URL(li)+"/v1/kv/after", []byte("v"))
-	require.Equal(t, 200, r.status)
+	require.Equal(t, 200, r.Status)
 	for i := range 3 {
 		require.Eventually(t, func() bool {
 			r := do(t, "GET", c.URL(i)+"/v1/kv/after?consistency=stale", nil)
-			return r.status == 200
+			return r.Status == 200
 		}, 10*time.Second, 20*time.Millisecond, "node %d serves", i)
 	}
 	f := (li + 1) % 3
 	c.Restart(f)
 	c.WaitReady()
 	r = do(t, "GET", c.URL(f)+"/v1/kv/after?consistency=stale", nil)
-	require.Equal(t, 200, r.status, "a replay of the invalid entries stops nothing")
+	require.Equal(t, 200, r.Status, "a replay of the invalid entries stops nothing")
 }
 
 func TestServer_NodeToNodeCallsNeedTheCredential(t *testing.T) {
@@ -171,8 +143,8 @@ func TestServer_NodeToNodeCallsNeedTheCredential(t *testing.T) {
 	li := c.Leader(1)
 	u := c.URL(li) + "/v1/internal/readindex?group=1"
 	r := do(t, "GET", u, nil)
-	require.Equal(t, 403, r.status)
-	require.Equal(t, api.CodeForbidden, r.errCode(t))
+	require.Equal(t, 403, r.Status)
+	require.Equal(t, api.CodeForbidden, r.ErrCode(t))
 	status, body := peerDo(t, c, "GET", u, nil)
 	require.Equal(t, 200, status, "%s", body)
 	// The secret is in the data directory, private, and never served.
@@ -185,8 +157,8 @@ func TestServer_NodeToNodeCallsNeedTheCredential(t *testing.T) {
 		require.NoError(t, err)
 		for _, path := range []string{"/v1/cluster", "/v1/status", "/metrics"} {
 			r := do(t, "GET", c.URL(i)+path, nil)
-			require.NotContains(t, string(r.body), strings.TrimSpace(string(secret)))
-			require.NotContains(t, string(r.body), c.PeerCredential())
+			require.NotContains(t, string(r.Body), strings.TrimSpace(string(secret)))
+			require.NotContains(t, string(r.Body), c.PeerCredential())
 		}
 	}
 }
@@ -203,7 +175,7 @@ func TestTxnAdmin_ListAndAbortAStuckTransaction(t *testing.T) {
 		}
 	})
 	cl := newBankClient(t, c)
-	ks := keysInGroups(t, c.Node(0).Map(), "stuck", 1)
+	ks := testcluster.KeysInGroups(c.Node(0).Map(), "stuck", 1)
 	x, y := ks[1][0], ks[3][0]
 	ctx := context.Background()
 	block.Store(true)
@@ -246,7 +218,7 @@ func TestServer_LostGroupDirectoryIsNotStartedEmpty(t *testing.T) {
 	c := testcluster.New(t, 3, 1)
 	for i := range 10 {
 		r := do(t, "PUT", c.URL(0)+fmt.Sprintf("/v1/kv/k%d", i), []byte("v"))
-		require.Equal(t, 200, r.status)
+		require.Equal(t, 200, r.Status)
 	}
 	f := (c.Leader(1) + 1) % 3
 	c.Stop(f)
@@ -257,36 +229,36 @@ func TestServer_LostGroupDirectoryIsNotStartedEmpty(t *testing.T) {
 	require.False(t, hosted, "the group is not started")
 	var st api.Status
 	r := do(t, "GET", c.URL(f)+"/v1/status", nil)
-	require.NoError(t, json.Unmarshal(r.body, &st))
+	require.NoError(t, json.Unmarshal(r.Body, &st))
 	require.Len(t, st.Missing, 1)
 	require.Equal(t, uint64(1), st.Missing[0].Group)
 	_, err := os.Stat(filepath.Join(c.DataDir(f), "groups", "1", "raft.db"))
 	require.True(t, os.IsNotExist(err), "nothing is created in its place")
 	// The node still answers, through the group's other replicas.
 	r = do(t, "PUT", c.URL(f)+"/v1/kv/through", []byte("v"))
-	require.Equal(t, 200, r.status, "%s", r.body)
+	require.Equal(t, 200, r.Status, "%s", r.Body)
 	r = do(t, "GET", c.URL(f)+"/v1/kv/k3", nil)
-	require.Equal(t, 200, r.status)
+	require.Equal(t, 200, r.Status)
 }
 
 func TestServer_QuotaRefusesWritesButNotReads(t *testing.T) {
 	c := testcluster.New(t, 1, 1, func(cfg *server.Config) { cfg.QuotaBytes = 1 })
 	require.Eventually(t, func() bool {
-		return do(t, "PUT", c.URL(0)+"/v1/kv/k", []byte("v")).status == 507
+		return do(t, "PUT", c.URL(0)+"/v1/kv/k", []byte("v")).Status == 507
 	}, 5*time.Second, 50*time.Millisecond)
 	r := do(t, "PUT", c.URL(0)+"/v1/kv/k", []byte("v"))
-	require.Equal(t, 507, r.status)
-	require.Equal(t, api.CodeInsufficientStorage, r.errCode(t))
+	require.Equal(t, 507, r.Status)
+	require.Equal(t, api.CodeInsufficientStorage, r.ErrCode(t))
 	r = do(t, "POST", c.URL(0)+"/v1/txn", []byte(`{"ops":[{"op":"put","key":"a","value":"eA=="}]}`))
-	require.Equal(t, 507, r.status, "%s", r.body)
+	require.Equal(t, 507, r.Status, "%s", r.Body)
 	r = do(t, "GET", c.URL(0)+"/v1/kv/k", nil)
-	require.Equal(t, 404, r.status, "reads go on")
+	require.Equal(t, 404, r.Status, "reads go on")
 	r = do(t, "DELETE", c.URL(0)+"/v1/kv/k", nil)
-	require.Equal(t, 200, r.status, "deletes go on, to free space: %s", r.body)
+	require.Equal(t, 200, r.Status, "deletes go on, to free space: %s", r.Body)
 	r = do(t, "POST", c.URL(0)+"/v1/txn", []byte(`{"ops":[{"op":"delete","key":"a"},{"op":"get","key":"b"}]}`))
-	require.Equal(t, 200, r.status, "so do transactions that only delete: %s", r.body)
+	require.Equal(t, 200, r.Status, "so do transactions that only delete: %s", r.Body)
 	var st api.Status
-	require.NoError(t, json.Unmarshal(do(t, "GET", c.URL(0)+"/v1/status", nil).body, &st))
+	require.NoError(t, json.Unmarshal(do(t, "GET", c.URL(0)+"/v1/status", nil).Body, &st))
 	require.False(t, st.Storage.Writable)
 	require.Contains(t, st.Storage.Reason, "quota")
 }
@@ -313,18 +285,18 @@ func TestServer_RequestsPastTheInflightCapAreShed(t *testing.T) {
 		require.NoError(t, err)
 	}
 	require.Eventually(t, func() bool {
-		return do(t, "GET", c.URL(0)+"/v1/kv/x", nil).status == 429
+		return do(t, "GET", c.URL(0)+"/v1/kv/x", nil).Status == 429
 	}, 5*time.Second, 20*time.Millisecond)
 	r := do(t, "GET", c.URL(0)+"/v1/kv/x", nil)
-	require.Equal(t, 429, r.status)
-	require.Equal(t, api.CodeOverloaded, r.errCode(t))
-	require.Equal(t, "1", r.header.Get("Retry-After"))
+	require.Equal(t, 429, r.Status)
+	require.Equal(t, api.CodeOverloaded, r.ErrCode(t))
+	require.Equal(t, "1", r.Header.Get("Retry-After"))
 	for _, pw := range writers {
 		pw.Close()
 	}
 	wg.Wait()
 	require.Eventually(t, func() bool {
-		return do(t, "GET", c.URL(0)+"/v1/kv/slow0", nil).status == 200
+		return do(t, "GET", c.URL(0)+"/v1/kv/slow0", nil).Status == 200
 	}, 5*time.Second, 20*time.Millisecond, "slots are released")
 }
 
@@ -345,9 +317,9 @@ func TestServer_MajorityOfFullDisksRefusesWritesAtTheLeader(t *testing.T) {
 	var r response
 	require.Eventually(t, func() bool {
 		r = do(t, "PUT", c.URL(0)+"/v1/kv/k", []byte("v"))
-		return r.status == 507
-	}, 10*time.Second, 100*time.Millisecond, "last answer: %d %s", r.status, r.body)
-	require.Contains(t, string(r.body), "majority")
+		return r.Status == 507
+	}, 10*time.Second, 100*time.Millisecond, "last answer: %d %s", r.Status, r.Body)
+	require.Contains(t, string(r.Body), "majority")
 }
 
 // A node whose live heap is over its high-water mark refuses client
@@ -362,14 +334,14 @@ func TestServer_MemoryPressureShedsClientRequestsOnly(t *testing.T) {
 	var r response
 	require.Eventually(t, func() bool {
 		r = do(t, "GET", c.URL(0)+"/v1/kv/k", nil)
-		return r.status == 429
+		return r.Status == 429
 	}, 5*time.Second, 20*time.Millisecond)
-	require.Equal(t, api.CodeOverloaded, r.errCode(t))
-	require.Contains(t, string(r.body), "memory")
-	require.Equal(t, "1", r.header.Get("Retry-After"))
-	require.Equal(t, 429, do(t, "PUT", c.URL(0)+"/v1/kv/k", []byte("v")).status)
+	require.Equal(t, api.CodeOverloaded, r.ErrCode(t))
+	require.Contains(t, string(r.Body), "memory")
+	require.Equal(t, "1", r.Header.Get("Retry-After"))
+	require.Equal(t, 429, do(t, "PUT", c.URL(0)+"/v1/kv/k", []byte("v")).Status)
 	for _, path := range []string{"/healthz", "/readyz", "/v1/status", "/v1/cluster", "/metrics"} {
-		require.Equal(t, 200, do(t, "GET", c.URL(0)+path, nil).status, path)
+		require.Equal(t, 200, do(t, "GET", c.URL(0)+path, nil).Status, path)
 	}
 	require.Positive(t, testcluster.Metric(t, c.URL(0), "kvd_http_shed_total", `reason="memory"`))
 	// With n2 leading, the group commits through n1's replica too:
@@ -382,7 +354,7 @@ func TestServer_MemoryPressureShedsClientRequestsOnly(t *testing.T) {
 	c.Stop(2) // a majority needs n1
 	for i := range 5 {
 		r := do(t, "PUT", c.URL(1)+fmt.Sprintf("/v1/kv/k%d", i), []byte("v"))
-		require.Equal(t, 200, r.status, "%s", r.body)
+		require.Equal(t, 200, r.Status, "%s", r.Body)
 	}
 	g, ok := c.Node(0).Group(1)
 	require.True(t, ok)
@@ -428,7 +400,7 @@ func TestServer_ChunkedBodiesCountAsTheyAreRead(t *testing.T) {
 		return testcluster.Metric(t, c.URL(0), "kvd_http_inflight_requests") >= 10
 	}, 5*time.Second, 20*time.Millisecond)
 	r := do(t, "PUT", c.URL(0)+"/v1/kv/k", bytes.Repeat([]byte("v"), 512<<10))
-	require.Equal(t, 200, r.status, "ten slow uploads of unknown length hold what they sent: %s", r.body)
+	require.Equal(t, 200, r.Status, "ten slow uploads of unknown length hold what they sent: %s", r.Body)
 
 	// An announced body holds 900 KiB: a chunked one that reads past
 	// the cap is refused while it reads.

@@ -2,10 +2,8 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"sort"
 	"strconv"
 	"sync"
@@ -109,28 +107,20 @@ func (b backend) groupTxnsAnywhere(ctx context.Context, grp kvd.Group) (api.Grou
 			return out, nil
 		}
 	}
-	var errs []error
-	for _, m := range append([]string{b.s.leaderOrPreferred(ctx, grp.ID)}, grp.Members...) {
-		if m == b.s.id || m == "" {
-			continue
-		}
-		var out api.GroupTxns
-		if err := b.s.peerGet(ctx, m, "/v1/internal/txns?"+url.Values{"group": {strconv.FormatUint(uint64(grp.ID), 10)}}.Encode(), nil, &out); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		return out, nil
+	var out api.GroupTxns
+	if err := b.s.askMembers(ctx, grp.ID, "/v1/internal/txns?group="+strconv.FormatUint(uint64(grp.ID), 10), &out); err != nil {
+		return api.GroupTxns{}, fmt.Errorf("transactions of group %d: %w", grp.ID, err)
 	}
-	return api.GroupTxns{}, fmt.Errorf("transactions of group %d: %w", grp.ID, errors.Join(errs...))
+	return out, nil
 }
 
 func (b backend) Txns(ctx context.Context) (api.TxnList, error) {
-	list, _, err := b.txns(ctx)
-	return list, err
+	list, _ := b.txns(ctx)
+	return list, nil
 }
 
 // txns lists the transactions, and the deadline of each (Unix ns).
-func (b backend) txns(ctx context.Context) (api.TxnList, map[string]int64, error) {
+func (b backend) txns(ctx context.Context) (api.TxnList, map[string]int64) {
 	m := b.s.Map()
 	per := make([]api.GroupTxns, len(m.Groups))
 	errs := make([]error, len(m.Groups))
@@ -190,14 +180,11 @@ func (b backend) txns(ctx context.Context) (api.TxnList, map[string]int64, error
 	if out.Txns == nil {
 		out.Txns = []api.TxnInfo{}
 	}
-	return out, deadlines, nil
+	return out, deadlines
 }
 
 func (b backend) AbortTxn(ctx context.Context, id string) (api.TxnInfo, error) {
-	list, deadlines, err := b.txns(ctx)
-	if err != nil {
-		return api.TxnInfo{}, err
-	}
+	list, deadlines := b.txns(ctx)
 	var t *api.TxnInfo
 	for i := range list.Txns {
 		if list.Txns[i].ID == id {
@@ -215,6 +202,7 @@ func (b backend) AbortTxn(ctx context.Context, id string) (api.TxnInfo, error) {
 	rg := kvd.GroupID(t.RecordGroup)
 	state := store.TxnAborted // without a record group it cannot have committed
 	if _, ok := m.Group(rg); ok && rg != 0 {
+		var err error
 		if state, err = txn.ForceAbort(ctx, gs, id, rg, deadlines[id]); err != nil {
 			return api.TxnInfo{}, err
 		}

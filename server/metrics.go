@@ -49,7 +49,7 @@ func (m *nodeMetrics) observer(g kvd.GroupID) replication.Observer {
 	label := strconv.FormatUint(uint64(g), 10)
 	apply, appendH := m.apply.WithLabelValues(label), m.append.WithLabelValues(label)
 	return replication.Observer{
-		Apply:  func(d time.Duration, _ int) { apply.Observe(d.Seconds()) },
+		Apply:  func(d time.Duration) { apply.Observe(d.Seconds()) },
 		Append: func(d time.Duration) { appendH.Observe(d.Seconds()) },
 	}
 }

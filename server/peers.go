@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -149,6 +150,32 @@ func (s *Server) peerGet(ctx context.Context, node, pathAndQuery string, hdr htt
 		return fmt.Errorf("ask %s: decode: %v: %w", node, err, kvd.ErrUnavailable)
 	}
 	return nil
+}
+
+// askMembers GETs pathAndQuery from group g's members other than this
+// node, its leader first, and decodes the first 200 answer into out.
+func (s *Server) askMembers(ctx context.Context, g kvd.GroupID, pathAndQuery string, out any) error {
+	grp, ok := s.Map().Group(g)
+	if !ok {
+		return fmt.Errorf("group %d is not in the map: %w", g, kvd.ErrUnavailable)
+	}
+	asked := map[string]bool{s.id: true, "": true}
+	var errs []error
+	for _, m := range append([]string{s.leaderOrPreferred(ctx, g)}, grp.Members...) {
+		if asked[m] {
+			continue
+		}
+		asked[m] = true
+		err := s.peerGet(ctx, m, pathAndQuery, nil, out)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		return fmt.Errorf("no other member of group %d to ask: %w", g, kvd.ErrUnavailable)
+	}
+	return errors.Join(errs...)
 }
 
 func (s *Server) peerStatus(ctx context.Context, node string) (api.Status, error) {

@@ -1,14 +1,12 @@
 package server
 
 import (
-	"context"
 	"runtime/metrics"
 	"sync/atomic"
-	"time"
 )
 
 // memPressure tells whether the Go heap holds more live bytes than the
-// node's high-water mark, sampled every interval. Caps on requests, bodies,
+// node's high-water mark, as last sampled. Caps on requests, bodies,
 // queues and buffers bound what each part of the node may hold; this is
 // the backstop for what they leave out (answers: scan pages, values read,
 // transaction results), so that no mix of requests drives the node out of
@@ -17,7 +15,6 @@ import (
 type memPressure struct {
 	high uint64 // 0: never under pressure
 	over atomic.Bool
-	live atomic.Uint64
 }
 
 // liveHeapMetric is the heap's bytes still reachable at the end of the
@@ -30,26 +27,7 @@ func (p *memPressure) sample() {
 	if s[0].Value.Kind() != metrics.KindUint64 {
 		return
 	}
-	live := s[0].Value.Uint64()
-	p.live.Store(live)
-	p.over.Store(p.high > 0 && live > p.high)
-}
-
-// run samples until ctx ends.
-func (p *memPressure) run(ctx context.Context, every time.Duration) {
-	if p.high == 0 {
-		return
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		p.sample()
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return
-		}
-	}
+	p.over.Store(p.high > 0 && s[0].Value.Uint64() > p.high)
 }
 
 // underPressure reports the last sample.

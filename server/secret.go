@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/kvd-project/kvd/internal/fsutil"
 )
 
 // The peer secret authenticates nodes to each other: every node-to-node
@@ -107,16 +109,7 @@ func writeSecretExclusive(path string, secret []byte) (bool, error) {
 		}
 		return false, err
 	}
-	return true, syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return true, fsutil.SyncDir(filepath.Dir(path))
 }
 
 // loadPeerSecret returns the node's peer secret. A node that has one

@@ -248,33 +248,22 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	bgCtx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
-	s.bg.Add(5)
-	go func() {
-		defer s.bg.Done()
-		s.runJanitors(bgCtx, time.Second)
-	}()
-	go func() {
-		defer s.bg.Done()
-		s.memory.run(bgCtx, 50*time.Millisecond)
-	}()
-	go func() {
-		defer s.bg.Done()
-		s.peerDisks.run(bgCtx, s, time.Second)
-	}()
-	go func() {
-		defer s.bg.Done()
-		s.disk.run(bgCtx, 250*time.Millisecond)
-	}()
-	go func() {
-		defer s.bg.Done()
-		s.runMaintenance(bgCtx)
-	}()
-	if cfg.LeaderBalanceInterval > 0 {
+	background := func(run func(ctx context.Context)) {
 		s.bg.Add(1)
 		go func() {
 			defer s.bg.Done()
-			s.balanceLeaders(bgCtx, cfg.LeaderBalanceInterval)
+			run(bgCtx)
 		}()
+	}
+	background(func(ctx context.Context) { s.runJanitors(ctx, time.Second) })
+	background(s.runMaintenance)
+	background(func(ctx context.Context) { repeat(ctx, 250*time.Millisecond, s.disk.check) })
+	background(func(ctx context.Context) { repeat(ctx, time.Second, func() { s.peerDisks.poll(ctx, s, time.Second) }) })
+	if s.memory.high > 0 {
+		background(func(ctx context.Context) { repeat(ctx, 50*time.Millisecond, s.memory.sample) })
+	}
+	if cfg.LeaderBalanceInterval > 0 {
+		background(func(ctx context.Context) { s.balanceLeaders(ctx, cfg.LeaderBalanceInterval) })
 	}
 	if s.httpSrv != nil {
 		go func() {
@@ -287,6 +276,20 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	s.log.Info("node started", "http", httpAdv, "raft", raftAdv, "groups", len(s.hosted()), "first_start", first, "embedded", cfg.Embedded)
 	return s, nil
+}
+
+// repeat calls fn every interval until ctx ends.
+func repeat(ctx context.Context, every time.Duration, fn func()) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn()
+		}
+	}
 }
 
 func (s *Server) openGroups(first bool) error {

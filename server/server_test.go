@@ -179,14 +179,14 @@ func TestServer_ScanPagesStopAtTheByteBudget(t *testing.T) {
 
 	// A caller may ask for smaller pages, never larger ones.
 	r := do(t, "GET", c.URL(0)+"/v1/kv?prefix=b/&limit=100&consistency=follower&bytes=1", nil)
-	require.Equal(t, 200, r.status, "%s", r.body)
+	require.Equal(t, 200, r.Status, "%s", r.Body)
 	var sr api.ScanResponse
-	require.NoError(t, json.Unmarshal(r.body, &sr))
+	require.NoError(t, json.Unmarshal(r.Body, &sr))
 	require.True(t, sr.More)
 	require.LessOrEqual(t, len(sr.Items), 3, "one value per group at most")
 	r = do(t, "GET", c.URL(0)+"/v1/kv?prefix=b/&limit=100&bytes=1000000", nil)
-	require.NoError(t, json.Unmarshal(r.body, &sr))
+	require.NoError(t, json.Unmarshal(r.Body, &sr))
 	require.Less(t, len(sr.Items), 40, "the node's cap still holds")
 	r = do(t, "GET", c.URL(0)+"/v1/kv?bytes=0", nil)
-	require.Equal(t, 400, r.status)
+	require.Equal(t, 400, r.Status)
 }

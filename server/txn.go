@@ -179,30 +179,28 @@ func (s *Server) remotePropose(ctx context.Context, node string, g kvd.GroupID, 
 
 // ProposeRaw serves the internal propose endpoint: a single encoded
 // transaction command for group g, which this node must lead. The command
-// is checked as the state machine will check it (keys owned by g at this
-// node's epoch, sizes, deadlines), so what is proposed applies as it reads.
+// is checked as the state machine will check it (keys owned by g by the
+// group's stored map, sizes, deadlines) and against the node's limits, so
+// what is proposed applies as it reads.
 func (b backend) ProposeRaw(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error) {
-	grp, ok := b.s.hosted()[g]
-	if !ok {
-		return nil, fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, b.s.id, g)
+	grp, err := b.replica(g)
+	if err != nil {
+		return nil, err
 	}
 	batch, err := store.DecodeBatch(body)
 	if err != nil || len(batch.Cmds) != 1 {
 		return nil, fmt.Errorf("%w: propose: one encoded command expected", kvd.ErrInvalid)
 	}
 	cmd := batch.Cmds[0]
-	cmd.Data = append([]byte(nil), cmd.Data...)
-	if err := validateInternal(&cmd); err != nil {
-		return nil, err
+	if !proposedRemotely(cmd.Kind) {
+		return nil, fmt.Errorf("%w: command kind %s is not proposed remotely", kvd.ErrInvalid, cmd.Kind)
 	}
-	if err := withinLimits(&cmd, b.s.cfg.Limits); err != nil {
+	cmd.Data = append([]byte(nil), cmd.Data...)
+	doc, err := grp.Store().CheckCmd(&cmd, time.Now().UnixNano(), &b.s.cfg.Limits)
+	if err != nil {
 		return nil, fmt.Errorf("propose in group %d: %w", g, err)
 	}
-	m := b.s.Map()
-	if err := store.CheckCmd(&cmd, time.Now().UnixNano(), m, g); err != nil {
-		return nil, fmt.Errorf("propose in group %d at epoch %d: %w", g, m.Epoch, err)
-	}
-	fillWriteKeys(grp.Store(), &cmd)
+	cmd.WriteKeys = writeKeys(grp.Store(), doc)
 	res, err := b.s.propose(ctx, grp, cmd)
 	if err != nil {
 		return nil, err
@@ -272,26 +270,52 @@ func onlyDeletes(c *store.Cmd) bool {
 // fillWriteKeys names the keys a decision or resolution may write: those
 // its transaction holds write locks on here.
 func fillWriteKeys(db *store.DB, c *store.Cmd) {
-	var id string
+	var doc any
 	switch c.Kind {
 	case store.CmdTxnDecide:
-		var d store.TxnDecide
-		if json.Unmarshal(c.Data, &d) != nil || !d.ResolveHere {
-			return
-		}
-		id = d.ID
+		doc = new(store.TxnDecide)
 	case store.CmdTxnResolve:
-		var r store.TxnResolve
-		if json.Unmarshal(c.Data, &r) != nil || !r.Commit {
-			return
-		}
-		id = r.ID
+		doc = new(store.TxnResolve)
 	default:
 		return
 	}
-	if keys, err := db.TxnWriteKeys(id); err == nil {
-		c.WriteKeys = keys
+	if json.Unmarshal(c.Data, doc) == nil {
+		c.WriteKeys = writeKeys(db, doc)
 	}
+}
+
+// writeKeys names the keys a command (its decoded document) may write,
+// for the proposer: a one-phase transaction's; a decision's or
+// resolution's, those its transaction holds write locks on here.
+func writeKeys(db *store.DB, doc any) []string {
+	var id string
+	switch d := doc.(type) {
+	case *store.TxnOnePhase:
+		var keys []string
+		for _, op := range d.Ops {
+			if op.Op != "get" {
+				keys = append(keys, op.Key)
+			}
+		}
+		return keys
+	case *store.TxnDecide:
+		if !d.ResolveHere {
+			return nil
+		}
+		id = d.ID
+	case *store.TxnResolve:
+		if !d.Commit {
+			return nil
+		}
+		id = d.ID
+	default:
+		return nil
+	}
+	keys, err := db.TxnWriteKeys(id)
+	if err != nil {
+		return nil
+	}
+	return keys
 }
 
 // isDial reports whether err happened before a request left this node.
@@ -300,66 +324,15 @@ func isDial(err error) bool {
 	return errors.As(err, &op) && op.Op == "dial"
 }
 
-// validateInternal admits only the transaction and idempotency commands
-// over the internal endpoint, and restores their write keys for the
-// proposer.
-func validateInternal(c *store.Cmd) error {
-	switch c.Kind {
+// proposedRemotely admits only the transaction and idempotency commands
+// over the internal endpoint.
+func proposedRemotely(k store.CmdKind) bool {
+	switch k {
 	case store.CmdTxnPrepare, store.CmdTxnResolve, store.CmdTxnRecover, store.CmdTxnForget, store.CmdDedupClaim, store.CmdDedupDone,
-		store.CmdDedupRegister, store.CmdTxnDecide:
-		return nil
-	case store.CmdTxnOnePhase:
-		var t store.TxnOnePhase
-		if err := json.Unmarshal(c.Data, &t); err != nil {
-			return fmt.Errorf("%w: %v", kvd.ErrInvalid, err)
-		}
-		for _, op := range t.Ops {
-			if op.Op != "get" {
-				c.WriteKeys = append(c.WriteKeys, op.Key)
-			}
-		}
-		return nil
+		store.CmdDedupRegister, store.CmdTxnDecide, store.CmdTxnOnePhase:
+		return true
 	}
-	return fmt.Errorf("%w: command kind %s is not proposed remotely", kvd.ErrInvalid, c.Kind)
-}
-
-// withinLimits checks a remotely proposed transaction's keys and values
-// against this node's limits, as a coordinator checks the transactions it
-// runs: the store's hard limits are far wider.
-func withinLimits(c *store.Cmd, l kvd.Limits) error {
-	if c.Kind != store.CmdTxnPrepare && c.Kind != store.CmdTxnOnePhase {
-		return nil
-	}
-	var body struct {
-		Compares []store.TxnCompare `json:"compares"`
-		Ops      []store.TxnOp      `json:"ops"`
-	}
-	if err := json.Unmarshal(c.Data, &body); err != nil {
-		return fmt.Errorf("%w: %v", kvd.ErrInvalid, err)
-	}
-	keys := map[string]bool{}
-	for _, cmp := range body.Compares {
-		if err := l.ValidateKey(cmp.Key); err != nil {
-			return err
-		}
-		if err := l.ValidateValue(len(cmp.Value)); err != nil {
-			return err
-		}
-		keys[cmp.Key] = true
-	}
-	for _, op := range body.Ops {
-		if err := l.ValidateKey(op.Key); err != nil {
-			return err
-		}
-		if err := l.ValidateValue(len(op.Value)); err != nil {
-			return err
-		}
-		keys[op.Key] = true
-	}
-	if len(keys) > l.MaxTxnKeys {
-		return fmt.Errorf("%w: %d keys, the limit is %d", kvd.ErrTooLarge, len(keys), l.MaxTxnKeys)
-	}
-	return nil
+	return false
 }
 
 // Txn runs a transaction through the node's coordinator.
@@ -396,14 +369,7 @@ func (s *Server) countTxn(err error) {
 // the groups this node leads.
 func (s *Server) runJanitors(ctx context.Context, every time.Duration) {
 	janitors := map[kvd.GroupID]*txn.Janitor{}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	repeat(ctx, every, func() {
 		for gid, g := range s.hosted() {
 			if !g.IsLeader() {
 				continue
@@ -420,7 +386,7 @@ func (s *Server) runJanitors(ctx context.Context, every time.Duration) {
 			}
 			cancel()
 		}
-	}
+	})
 }
 
 // Read reads keys of group g linearizably at g's leader: locally if this
@@ -473,9 +439,9 @@ func (s *Server) remoteRead(ctx context.Context, node string, g kvd.GroupID, key
 // ReadRaw serves the internal read endpoint: keys (a JSON list) of group
 // g, read linearizably on this node, which must lead g.
 func (b backend) ReadRaw(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error) {
-	grp, ok := b.s.hosted()[g]
-	if !ok {
-		return nil, fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, b.s.id, g)
+	grp, err := b.replica(g)
+	if err != nil {
+		return nil, err
 	}
 	var keys []string
 	if err := json.Unmarshal(body, &keys); err != nil {

@@ -23,25 +23,6 @@ import (
 	"github.com/kvd-project/kvd/store"
 )
 
-// keysInGroups returns n keys with the given prefix for each group.
-func keysInGroups(t *testing.T, m *kvd.Map, prefix string, n int) map[kvd.GroupID][]string {
-	out := map[kvd.GroupID][]string{}
-	for i := 0; ; i++ {
-		k := fmt.Sprintf("%s%d", prefix, i)
-		g, _ := m.GroupOf(kvd.Slot(k))
-		if len(out[g]) < n {
-			out[g] = append(out[g], k)
-		}
-		done := true
-		for _, grp := range m.Groups {
-			done = done && len(out[grp.ID]) == n
-		}
-		if done {
-			return out
-		}
-	}
-}
-
 func postTxn(t *testing.T, url, body string) (int, api.TxnResponse) {
 	t.Helper()
 	resp, err := http.Post(url+"/v1/txn", "application/json", strings.NewReader(body))
@@ -54,7 +35,7 @@ func postTxn(t *testing.T, url, body string) (int, api.TxnResponse) {
 
 func TestTxn_HTTPContract(t *testing.T) {
 	c := testcluster.New(t, 3, 3)
-	ks := keysInGroups(t, c.Node(0).Map(), "k", 1)
+	ks := testcluster.KeysInGroups(c.Node(0).Map(), "k", 1)
 	a, b, d := ks[1][0], ks[2][0], ks[3][0]
 	status, tr := postTxn(t, c.URL(0), fmt.Sprintf(`{"ops":[{"op":"put","key":%q,"value":"MQ=="},{"op":"put","key":%q,"value":"Mg=="},{"op":"put","key":%q,"value":"Mw=="}]}`, a, b, d))
 	require.Equal(t, 200, status)
@@ -107,7 +88,7 @@ type bank struct {
 
 func newBank(t *testing.T, cl *client.Client, m *kvd.Map, perGroup, initial int) *bank {
 	b := &bank{cl: cl}
-	for _, ks := range keysInGroups(t, m, "acct/", perGroup) {
+	for _, ks := range testcluster.KeysInGroups(m, "acct/", perGroup) {
 		b.accounts = append(b.accounts, ks...)
 	}
 	var ops []kvd.Op
@@ -287,7 +268,7 @@ func TestTxn_ParticipantLeaderKilledMidway(t *testing.T) {
 func TestTxn_ConflictingTransactionsNeverBothCommit(t *testing.T) {
 	c := testcluster.New(t, 3, 3)
 	cl := newBankClient(t, c)
-	ks := keysInGroups(t, c.Node(0).Map(), "race", 1)
+	ks := testcluster.KeysInGroups(c.Node(0).Map(), "race", 1)
 	x, y := ks[1][0], ks[2][0]
 	ctx := context.Background()
 	resp, err := cl.Txn(ctx, kvd.Txn{Ops: []kvd.Op{kvd.OpPut(x, []byte("0")), kvd.OpPut(y, []byte("0"))}})
@@ -337,7 +318,7 @@ func TestTxn_CoordinatorStoppedAfterPrepare(t *testing.T) {
 		}
 	})
 	cl := newBankClient(t, c)
-	ks := keysInGroups(t, c.Node(0).Map(), "dead", 1)
+	ks := testcluster.KeysInGroups(c.Node(0).Map(), "dead", 1)
 	x, y := ks[1][0], ks[3][0]
 	ctx := context.Background()
 	_, err := cl.Txn(ctx, kvd.Txn{Ops: []kvd.Op{kvd.OpPut(x, []byte("old")), kvd.OpPut(y, []byte("old"))}})

@@ -73,10 +73,10 @@ type historyPage struct {
 	floor  store.Pos
 }
 
-// bytes returns what the page's keys and values take.
-func (p historyPage) bytes() int64 {
+// eventsBytes returns what the events' keys and values take.
+func eventsBytes(evs []store.Event) int64 {
 	var n int64
-	for _, e := range p.events {
+	for _, e := range evs {
 		n += eventBytes(e)
 	}
 	return n
@@ -106,7 +106,7 @@ func (s *Server) fetchHistory(ctx context.Context, g kvd.GroupID, pos store.Pos,
 		after = "now"
 	}
 	hp, err := s.remoteHistory(ctx, g, url.Values{"after": {after}, "prefix": {prefix},
-		"limit": {strconv.Itoa(limit)}, "bytes": {strconv.Itoa(maxBytes)}, "wait": {"0"}})
+		"limit": {strconv.Itoa(limit)}, "bytes": {strconv.Itoa(maxBytes)}})
 	if err != nil {
 		return historyPage{}, err
 	}
@@ -129,11 +129,6 @@ func (s *Server) waitHistory(ctx context.Context, g kvd.GroupID, pos store.Pos, 
 	if floor, err = parsePos(hp.Floor); err != nil {
 		return false, pos, floor, err
 	}
-	if len(hp.Events) > 0 {
-		// A member of an older version answers with events instead:
-		// they are pending, and nothing before them is known to be read.
-		return true, pos, floor, nil
-	}
 	if upto, err = parsePos(hp.Upto); err != nil {
 		return false, pos, floor, err
 	}
@@ -145,22 +140,12 @@ func (s *Server) waitHistory(ctx context.Context, g kvd.GroupID, pos store.Pos, 
 
 // remoteHistory asks the group's members for a page of its history.
 func (s *Server) remoteHistory(ctx context.Context, g kvd.GroupID, q url.Values) (api.HistoryPage, error) {
-	grp, ok := s.Map().Group(g)
-	if !ok {
-		return api.HistoryPage{}, fmt.Errorf("group %d is not in the map: %w", g, kvd.ErrUnavailable)
-	}
 	q.Set("group", strconv.FormatUint(uint64(g), 10))
-	members := append([]string{s.leaderOrPreferred(ctx, g)}, grp.Members...)
-	var lastErr error
-	for _, m := range members {
-		var hp api.HistoryPage
-		err := s.peerGet(ctx, m, "/v1/internal/history?"+q.Encode(), nil, &hp)
-		if err == nil {
-			return hp, nil
-		}
-		lastErr = err
+	var hp api.HistoryPage
+	if err := s.askMembers(ctx, g, "/v1/internal/history?"+q.Encode(), &hp); err != nil {
+		return api.HistoryPage{}, fmt.Errorf("history of group %d: %w", g, err)
 	}
-	return api.HistoryPage{}, fmt.Errorf("history of group %d: %w", g, lastErr)
+	return hp, nil
 }
 
 // waitLocal waits up to wait for an event with prefix after pos in db's
@@ -215,53 +200,36 @@ func pageFromAPI(hp api.HistoryPage) (historyPage, error) {
 }
 
 // History serves the internal history endpoint from this node's replica:
-// up to limit events and maxBytes after a position, waiting up to wait
-// for the first; with limit 0 it only waits for one and says whether it
-// is there (Pending), reading none.
+// up to limit events and maxBytes after a position; with limit 0 it only
+// waits up to wait for one and says whether it is there (Pending),
+// reading none.
 func (b backend) History(ctx context.Context, g kvd.GroupID, after, prefix string, limit, maxBytes int, wait time.Duration) (api.HistoryPage, error) {
-	grp, ok := b.s.hosted()[g]
-	if !ok {
-		return api.HistoryPage{}, fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, b.s.id, g)
+	grp, err := b.replica(g)
+	if err != nil {
+		return api.HistoryPage{}, err
+	}
+	if err := grp.Serving(); err != nil {
+		return api.HistoryPage{}, err
 	}
 	db := grp.Store()
-	var pos store.Pos
-	if after == "now" {
-		pos = db.HistoryHead()
-	} else {
-		var err error
+	pos := db.HistoryHead()
+	if after != "now" {
 		if pos, err = parsePos(after); err != nil {
 			return api.HistoryPage{}, fmt.Errorf("%w: %v", kvd.ErrInvalid, err)
 		}
 	}
-	wait = min(wait, 10*time.Second)
 	out := api.HistoryPage{Events: []api.HistoryEvent{}}
 	if limit == 0 {
-		pending, upto, floor, err := waitLocal(ctx, db, pos, prefix, wait)
+		pending, upto, floor, err := waitLocal(ctx, db, pos, prefix, min(wait, 10*time.Second))
 		if err != nil {
 			return api.HistoryPage{}, err
 		}
 		out.Upto, out.Floor, out.Pending = upto.String(), floor.String(), pending
 		return out, nil
 	}
-	var waited *store.Pos
-	if wait > 0 {
-		// Callers of an older version wait and read in one call.
-		pending, upto, floor, err := waitLocal(ctx, db, pos, prefix, wait)
-		if err != nil {
-			return api.HistoryPage{}, err
-		}
-		if !pending {
-			out.Upto, out.Floor = upto.String(), floor.String()
-			return out, nil
-		}
-		pos, waited = upto, &floor
-	}
-	evs, upto, floor, err := db.History(pos, prefix, min(max(limit, 1), 1000), min(max(maxBytes, 1), store.HistoryPageBytes))
+	evs, upto, floor, err := db.History(pos, prefix, min(limit, 1000), min(max(maxBytes, 1), store.HistoryPageBytes))
 	if err != nil {
 		return api.HistoryPage{}, err
-	}
-	if waited != nil && !pos.Less(floor) {
-		floor = *waited // the floor the caller's position is to be checked against
 	}
 	out.Upto, out.Floor = upto.String(), floor.String()
 	for _, e := range evs {
@@ -325,12 +293,12 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 	// is sent, and a reader takes room for a page before it reads one, so
 	// slow watchers make the others wait instead of filling memory.
 	// Waiting for news takes no room.
-	reserve := func(n int64) (settle func(historyPage), err error) {
+	reserve := func(n int64) (settle func(got int64), err error) {
 		if err := s.watchMem.acquire(ctx, n); err != nil {
 			return nil, err
 		}
-		return func(p historyPage) {
-			if got := p.bytes(); got > n {
+		return func(got int64) {
+			if got > n {
 				s.watchMem.charge(got - n)
 			} else {
 				s.watchMem.release(n - got)
@@ -352,6 +320,7 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 		return err
 	}
 	var firstErr error
+	var firstBytes int64
 	for _, grp := range m.Groups {
 		p, err := s.fetchHistory(ctx, grp.ID, cur[grp.ID], fromNow[grp.ID], prefix, 256, int(firstPage))
 		if err == nil && !fromNow[grp.ID] && cur[grp.ID].Less(p.floor) {
@@ -370,20 +339,15 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 			}
 		}
 		first[grp.ID] = p
+		firstBytes += eventsBytes(p.events)
 	}
-	var all historyPage
-	for _, p := range first {
-		all.events = append(all.events, p.events...)
-	}
-	settle(all)
-	unsent := func(evs []store.Event) {
-		s.watchMem.release(historyPage{events: evs}.bytes())
-	}
+	settle(firstBytes)
+	unsent := func(evs []store.Event) { s.watchMem.release(eventsBytes(evs)) }
 	if firstErr == nil {
 		firstErr = start(encodeCursor(cur))
 	}
 	if firstErr != nil {
-		unsent(all.events)
+		s.watchMem.release(firstBytes)
 		return firstErr
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -465,7 +429,7 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 					p, err = s.fetchHistory(ctx, g, upto, false, prefix, 256, watchPageBytes)
 					return err
 				})
-				settle(p)
+				settle(eventsBytes(p.events))
 				if err != nil {
 					unsent(p.events)
 					return

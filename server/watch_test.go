@@ -48,8 +48,8 @@ func TestWatch_PastTheCapIsRefused(t *testing.T) {
 	first, _ := openWatch(t, ctx, c.URL(0)+"/v1/watch?prefix=a")
 	openWatch(t, ctx, c.URL(0)+"/v1/watch?prefix=b")
 	r := do(t, "GET", c.URL(0)+"/v1/watch?prefix=c", nil)
-	require.Equal(t, 429, r.status, "%s", r.body)
-	require.Equal(t, api.CodeOverloaded, r.errCode(t))
+	require.Equal(t, 429, r.Status, "%s", r.Body)
+	require.Equal(t, api.CodeOverloaded, r.ErrCode(t))
 	require.Equal(t, 1.0, testcluster.Metric(t, c.URL(0), "kvd_watches_refused_total"))
 	first.Body.Close()
 	require.Eventually(t, func() bool {
@@ -64,9 +64,9 @@ func TestWatch_CursorOfAnUnknownGroupIsInvalid(t *testing.T) {
 	c := testcluster.New(t, 1, 2, func(*server.Config) {})
 	cursor := base64.RawURLEncoding.EncodeToString([]byte("1:0.0,2:0.0,7:0.0"))
 	r := do(t, "GET", c.URL(0)+"/v1/watch?since="+cursor, nil)
-	require.Equal(t, 400, r.status, "%s", r.body)
-	require.Equal(t, api.CodeInvalidRequest, r.errCode(t))
-	require.Contains(t, string(r.body), "group 7")
+	require.Equal(t, 400, r.Status, "%s", r.Body)
+	require.Equal(t, api.CodeInvalidRequest, r.ErrCode(t))
+	require.Contains(t, string(r.Body), "group 7")
 }
 
 // Watchers that stop reading hold at most the node's watch buffer,
@@ -105,7 +105,7 @@ func TestWatch_StalledReadersHoldABoundedBuffer(t *testing.T) {
 	}
 	for i := range n {
 		r := do(t, "PUT", c.URL(0)+fmt.Sprintf("/v1/kv/big/%03d", i), []byte(strings.Repeat(string(rune('a'+i%26)), size)))
-		require.Equal(t, 200, r.status, "%s", r.body)
+		require.Equal(t, 200, r.Status, "%s", r.Body)
 		sample()
 	}
 	for range 20 {
@@ -149,7 +149,7 @@ func TestWatch_OutlivesTheRequestReadTimeout(t *testing.T) {
 	_, reader := openWatch(t, ctx, c.URL(0)+"/v1/watch?prefix=late")
 	time.Sleep(1500 * time.Millisecond)
 	r := do(t, "PUT", c.URL(0)+"/v1/kv/late", []byte("v"))
-	require.Equal(t, 200, r.status, "%s", r.body)
+	require.Equal(t, 200, r.Status, "%s", r.Body)
 	for {
 		line, err := reader.ReadString('\n')
 		require.NoError(t, err, "the stream must still be open")

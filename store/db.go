@@ -17,6 +17,7 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/fsutil"
 )
 
 // Bucket and meta key names; part of the on-disk format.
@@ -223,7 +224,7 @@ func (db *DB) openHandle() error {
 			if raw == nil {
 				// A state written before state hashes existed, or a new
 				// one: compute it once.
-				if hash, err = sumState(bs, false); err != nil {
+				if hash, err = sumBuckets(bs, false, &VerifyReport{}); err != nil {
 					return err
 				}
 				return putMeta(bs.meta, metaStateHash, be64(hash))
@@ -240,15 +241,15 @@ func (db *DB) openHandle() error {
 	db.applied.Store(applied)
 	db.appliedTerm.Store(term)
 	db.stateHash.Store(hash)
-	db.setMap(m)
+	db.setMap(m, placementOf(m))
 	db.wake()
 	return nil
 }
 
 // setMap publishes the stored cluster map and its slot table.
-func (db *DB) setMap(m *kvd.Map) {
+func (db *DB) setMap(m *kvd.Map, p *placement) {
 	db.clusterMap.Store(m)
-	db.placement.Store(placementOf(m))
+	db.placement.Store(p)
 }
 
 // Close closes the state file. Snapshots must be closed first.
@@ -276,7 +277,7 @@ func (db *DB) Close() error {
 		if err := os.Remove(db.path + ".dirty"); err != nil && !os.IsNotExist(err) {
 			return fmt.Errorf("close store: unmark: %w", err)
 		}
-		if err := syncDir(filepath.Dir(db.path)); err != nil {
+		if err := fsutil.SyncDir(filepath.Dir(db.path)); err != nil {
 			return fmt.Errorf("close store: %w", err)
 		}
 	}
@@ -298,7 +299,7 @@ func (db *DB) checkDirty() error {
 		if err := os.Remove(marker); err != nil && !os.IsNotExist(err) {
 			return fmt.Errorf("open store: %w", err)
 		}
-		return syncDir(filepath.Dir(db.path))
+		return fsutil.SyncDir(filepath.Dir(db.path))
 	}
 	f, err := os.OpenFile(marker, os.O_CREATE|os.O_WRONLY, 0o644)
 	if err != nil {
@@ -309,7 +310,7 @@ func (db *DB) checkDirty() error {
 		return fmt.Errorf("open store: mark dirty: %w", err)
 	}
 	f.Close()
-	if err := syncDir(filepath.Dir(db.path)); err != nil {
+	if err := fsutil.SyncDir(filepath.Dir(db.path)); err != nil {
 		return fmt.Errorf("open store: mark dirty: %w", err)
 	}
 	return nil
@@ -568,7 +569,7 @@ func (db *DB) apply(entries []Entry, refused map[cmdPos]error) ([][]Result, erro
 	}
 	if last != applied {
 		if newMap != nil {
-			db.setMap(newMap)
+			db.setMap(newMap, a.placement)
 		}
 		db.stateHash.Store(a.hash)
 		db.appliedTerm.Store(lastTerm)

@@ -171,6 +171,22 @@ func (a *applier) flushHistory() error {
 // If after is below the floor, events were dropped and the caller must
 // report the watch compacted.
 func (db *DB) History(after Pos, prefix string, limit, maxBytes int) (events []Event, upto Pos, floor Pos, err error) {
+	events, _, upto, floor, err = db.history(after, prefix, limit, maxBytes)
+	return events, upto, floor, err
+}
+
+// HistoryPending tells whether an event with key prefix follows position
+// after, without reading it: upto is the position up to which none did
+// (reading on from it skips nothing), floor the history's floor.
+func (db *DB) HistoryPending(after Pos, prefix string) (pending bool, upto Pos, floor Pos, err error) {
+	_, pending, upto, floor, err = db.history(after, prefix, 0, 0)
+	return pending, upto, floor, err
+}
+
+// history reads events with key prefix after position after until limit
+// of them or maxBytes; with limit 0 it stops at the first and reads none,
+// and says so (pending).
+func (db *DB) history(after Pos, prefix string, limit, maxBytes int) (events []Event, pending bool, upto Pos, floor Pos, err error) {
 	if maxBytes <= 0 {
 		maxBytes = HistoryPageBytes
 	}
@@ -195,8 +211,9 @@ func (db *DB) History(after Pos, prefix string, limit, maxBytes int) (events []E
 				upto = pos
 				continue
 			}
-			if len(events) > 0 && size+len(v) > maxBytes {
-				break // the event does not fit: the next page starts with it
+			if limit == 0 || (len(events) > 0 && size+len(v) > maxBytes) {
+				pending = true // the event does not fit: the next page starts with it
+				break
 			}
 			ev, err := decodeEvent(pos, v)
 			if err != nil {
@@ -211,38 +228,7 @@ func (db *DB) History(after Pos, prefix string, limit, maxBytes int) (events []E
 		}
 		return c.err
 	})
-	return events, upto, floor, err
-}
-
-// HistoryPending tells whether an event with key prefix follows position
-// after, without reading it: upto is the position up to which none did
-// (reading on from it skips nothing), floor the history's floor.
-func (db *DB) HistoryPending(after Pos, prefix string) (pending bool, upto Pos, floor Pos, err error) {
-	upto = after
-	err = db.view(func(tx *bolt.Tx) error {
-		bs := bucketsOf(tx)
-		fb, err := bs.meta.get(metaHistFloor)
-		if err != nil {
-			return err
-		}
-		floor = posOf(fb)
-		c := bs.hist.cursor()
-		start := after
-		start.Seq++
-		for k, v := c.seek(start.bytes()); k != nil; k, v = c.next() {
-			pos := posOf(k)
-			if !after.Less(pos) {
-				continue
-			}
-			if eventHasPrefix(v, prefix) {
-				pending = true
-				return nil
-			}
-			upto = pos
-		}
-		return c.err
-	})
-	return pending, upto, floor, err
+	return events, pending, upto, floor, err
 }
 
 func eventHasPrefix(ev []byte, prefix string) bool {

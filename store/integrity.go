@@ -104,12 +104,6 @@ func verifyTx(tx *bolt.Tx) (VerifyReport, error) {
 	return r, nil
 }
 
-// sumState computes the state hash from the replicated buckets, checking
-// each value's seal when check is set.
-func sumState(bs buckets, check bool) (uint64, error) {
-	return sumBuckets(bs, check, &VerifyReport{})
-}
-
 func sumBuckets(bs buckets, check bool, r *VerifyReport) (uint64, error) {
 	var sum uint64
 	for _, b := range []bucket{bs.kv, bs.locks, bs.txnKeys, bs.txns, bs.dedup} {

@@ -15,27 +15,8 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/damage"
 )
-
-// flipIn flips one byte of every copy of pattern in the file at path and
-// reports how many it found. bbolt may keep older copies of a page.
-func flipIn(t *testing.T, path string, pattern []byte) int {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	require.NoError(t, err)
-	n := 0
-	for i := 0; ; {
-		j := bytes.Index(b[i:], pattern)
-		if j < 0 {
-			break
-		}
-		b[i+j+len(pattern)/2] ^= 0x20
-		n++
-		i += j + len(pattern)
-	}
-	require.NoError(t, os.WriteFile(path, b, 0o600))
-	return n
-}
 
 func TestStore_Seal_DamagedValueIsReportedNotServed(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.db")
@@ -44,7 +25,7 @@ func TestStore_Seal_DamagedValueIsReportedNotServed(t *testing.T) {
 	secret := "value-that-will-be-damaged-on-disk-0123456789"
 	applyOne(t, db, 1, put("victim", secret), put("bystander", "fine"))
 	require.NoError(t, db.Close())
-	require.Positive(t, flipIn(t, path, []byte(secret)))
+	require.Positive(t, damage.Flip(t, path, secret))
 
 	var reported []error
 	opts := DefaultOptions()
@@ -350,12 +331,14 @@ func TestStore_OnePhaseMeetingAClaimedKeyIsAConflict(t *testing.T) {
 func TestStore_LongestKeyWithATTLApplies(t *testing.T) {
 	db := openTest(t)
 	c := Cmd{Kind: CmdPut, Key: strings.Repeat("k", kvd.MaxKeyBytesLimit), Value: []byte("v"), TTL: int64(time.Hour)}
-	require.NoError(t, CheckCmd(&c, 1, nil, 0))
+	_, err := db.CheckCmd(&c, 1, nil)
+	require.NoError(t, err)
 	res, err := db.Apply([]Entry{{Index: 1, Term: 1, Batch: &Batch{Time: 1, Cmds: []Cmd{c}}}})
 	require.NoError(t, err)
 	require.NoError(t, res[0][0].Err)
 	c.Key += "k"
-	require.ErrorIs(t, CheckCmd(&c, 1, nil, 0), kvd.ErrTooLarge)
+	_, err = db.CheckCmd(&c, 1, nil)
+	require.ErrorIs(t, err, kvd.ErrTooLarge)
 }
 
 // A state replaced by raft with a snapshot older than it (a repair took it

@@ -12,6 +12,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/fsutil"
 )
 
 // snapshotMagic opens every snapshot stream.
@@ -168,7 +169,7 @@ func (db *DB) RestoreAtLeast(r io.Reader, minApplied uint64) error {
 	if old != nil {
 		db.retire(old)
 	}
-	syncErr := syncDir(filepath.Dir(db.path))
+	syncErr := fsutil.SyncDir(filepath.Dir(db.path))
 	if err := db.openHandle(); err != nil {
 		// Not open: reads and applies fail (not as closed) until Reopen
 		// succeeds; the replication layer retries it.
@@ -221,16 +222,4 @@ func writeSynced(path string, r io.Reader) error {
 		return fmt.Errorf("sync %s: %w", path, err)
 	}
 	return f.Close()
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
-	return nil
 }

@@ -378,10 +378,12 @@ func (a *applier) checkAndRead(compares []TxnCompare, ops []TxnOp, out *TxnOutco
 	return nil
 }
 
-// exists reports whether key holds a committed value.
-func (a *applier) exists(key string) (bool, error) {
-	rec, err := a.record(key)
-	return rec != nil, err
+// exists reports whether key holds a committed value. Whether a record
+// is there does not depend on its bytes, so its seal is not checked
+// (which would read the whole value): a damaged value is found by what
+// reads it.
+func (a *applier) exists(key string) bool {
+	return a.kv.b.Get([]byte(key)) != nil
 }
 
 // added returns what an add op would make of key's committed value.
@@ -438,11 +440,7 @@ func (a *applier) prepare(p *TxnPrepare) (*TxnOutcome, error) {
 	for _, op := range p.Ops {
 		switch op.Op {
 		case "delete":
-			existed, err := a.exists(op.Key)
-			if err != nil {
-				return nil, err
-			}
-			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Deleted: existed})
+			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Deleted: a.exists(op.Key)})
 		case "add":
 			// The key stays locked until resolution, so the sum computed
 			// now is the sum then.
@@ -554,10 +552,7 @@ func (a *applier) resolve(id string, commit bool) ([]TxnWrite, error) {
 			if commit {
 				w := TxnWrite{Key: k}
 				if ls.Write.Delete {
-					if w.Deleted, err = a.exists(k); err != nil {
-						return nil, err
-					}
-					if w.Deleted {
+					if w.Deleted = a.exists(k); w.Deleted {
 						if err := a.delKey(k); err != nil {
 							return nil, err
 						}
@@ -698,10 +693,7 @@ func (a *applier) onePhaseApply(t *TxnOnePhase) (*TxnOutcome, error) {
 			}
 			out.Writes = append(out.Writes, w)
 		case "delete":
-			existed, err := a.exists(op.Key)
-			if err != nil {
-				return nil, err
-			}
+			existed := a.exists(op.Key)
 			if existed {
 				if err := a.delKey(op.Key); err != nil {
 					return nil, err

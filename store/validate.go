@@ -1,7 +1,6 @@
 package store
 
 import (
-	"encoding/json"
 	"fmt"
 	"time"
 	"unicode/utf8"
@@ -30,34 +29,38 @@ const (
 	maxFingerprintBytes = 64
 )
 
-// CheckCmd reports whether c may be proposed to group g: its keys are
-// acceptable and, by map m (if not nil), owned by g, the groups it names
-// are m's, its sizes within the store's hard limits, its deadlines within
+// CheckCmd reports whether c may be proposed to this replica's group:
+// its keys are acceptable and, by the stored map, owned by the group, the
+// groups it names are the map's, its sizes within the store's hard
+// limits (and within limits, if given: a node's own, which a coordinator
+// applies to the transactions it runs), its deadlines within
 // MaxTxnLifetime of now (Unix ns). The state machine applies the same
-// checks with the entry's time and the stored map, so a command that
-// passes here is applied the way it reads.
-func CheckCmd(c *Cmd, now int64, m *kvd.Map, g kvd.GroupID) error {
+// checks (but the node's limits) with the entry's time, so a command that
+// passes here is applied the way it reads. It returns the command's
+// decoded document (nil for a command without one).
+func (db *DB) CheckCmd(c *Cmd, now int64, limits *kvd.Limits) (any, error) {
 	var doc any
 	if c.Kind.hasDocument() {
 		var err error
 		if doc, err = decodeDocument(c); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	k := checker{now: now}
-	if m != nil {
-		k.group, k.placement = g, placementOf(m)
+	k := checker{now: now, limits: limits}
+	if db.opts.Group != 0 {
+		k.group, k.placement = db.opts.Group, db.placement.Load()
 	}
-	return k.cmd(c, doc)
+	return doc, k.cmd(c, doc)
 }
 
 // checker checks commands against the hard limits, the time and the
 // map: the slots of group (no check without a placement) and the groups
-// there are.
+// there are; and a transaction's keys and values against limits, if set.
 type checker struct {
 	now       int64
 	group     kvd.GroupID
 	placement *placement
+	limits    *kvd.Limits
 }
 
 // owns reports whether key's slot is the checked group's.
@@ -100,14 +103,7 @@ func (k checker) cmd(c *Cmd, doc any) error {
 	case CmdExpire:
 		return k.key("expire", c.Key)
 	case CmdSetMap:
-		var m kvd.Map
-		if err := json.Unmarshal(c.Data, &m); err != nil {
-			return fmt.Errorf("%w: cluster map: %v", kvd.ErrInvalid, err)
-		}
-		if err := m.Validate(); err != nil {
-			return fmt.Errorf("%w: cluster map: %v", kvd.ErrInvalid, err)
-		}
-		return nil
+		return nil // decoded and validated where it is applied
 	}
 	switch p := doc.(type) {
 	case *TxnPrepare:
@@ -212,6 +208,7 @@ func (k checker) txnID(id string) error {
 }
 
 func (k checker) txnBody(compares []TxnCompare, ops []TxnOp) error {
+	keys := make(map[string]bool, len(compares)+len(ops))
 	for _, c := range compares {
 		if err := k.key("compare", c.Key); err != nil {
 			return err
@@ -219,6 +216,10 @@ func (k checker) txnBody(compares []TxnCompare, ops []TxnOp) error {
 		if len(c.Value) > MaxValueBytes {
 			return fmt.Errorf("%w: compare on %q: value of %d bytes", kvd.ErrTooLarge, c.Key, len(c.Value))
 		}
+		if err := k.withinLimits(c.Key, len(c.Value)); err != nil {
+			return fmt.Errorf("compare on %q: %w", c.Key, err)
+		}
+		keys[c.Key] = true
 	}
 	written := make(map[string]bool, len(ops))
 	for _, op := range ops {
@@ -243,6 +244,25 @@ func (k checker) txnBody(compares []TxnCompare, ops []TxnOp) error {
 		if err := kvd.ValidateTTL(time.Duration(op.TTL)); err != nil {
 			return fmt.Errorf("%s %q: %w", op.Op, op.Key, err)
 		}
+		if err := k.withinLimits(op.Key, len(op.Value)); err != nil {
+			return fmt.Errorf("%s %q: %w", op.Op, op.Key, err)
+		}
+		keys[op.Key] = true
+	}
+	if k.limits != nil && len(keys) > k.limits.MaxTxnKeys {
+		return fmt.Errorf("%w: %d keys, the limit is %d", kvd.ErrTooLarge, len(keys), k.limits.MaxTxnKeys)
 	}
 	return nil
+}
+
+// withinLimits checks a key and a value's size against the node's limits,
+// if the checker has them.
+func (k checker) withinLimits(key string, valueLen int) error {
+	if k.limits == nil {
+		return nil
+	}
+	if err := k.limits.ValidateKey(key); err != nil {
+		return err
+	}
+	return k.limits.ValidateValue(valueLen)
 }

@@ -176,6 +176,9 @@ func Validate(req Request, l kvd.Limits) error {
 		if op.TTL < 0 || (op.TTL > 0 && op.Op != "put" && op.Op != "add") {
 			return fmt.Errorf("%w: op %d: a ttl is for puts and adds, and positive", kvd.ErrInvalid, i)
 		}
+		if err := kvd.ValidateTTL(op.TTL); err != nil {
+			return fmt.Errorf("op %d: %w", i, err)
+		}
 		if op.Delta != 0 && op.Op != "add" {
 			return fmt.Errorf("%w: op %d: a delta is for adds", kvd.ErrInvalid, i)
 		}

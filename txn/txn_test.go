@@ -626,7 +626,8 @@ func TestValidate(t *testing.T) {
 		{Compares: []Compare{{Key: "a", Version: ver(1), Exists: new(bool)}}},
 		{Ops: []Op{get("a"), get("b"), get("c"), get("d")}},
 		{Ops: []Op{put(strings.Repeat("k", 2000), "1")}},
-		{Ops: []Op{get("a"), get("a")}}, // one get answers for both: a repeat only multiplies the answer
+		{Ops: []Op{get("a"), get("a")}},                                                         // one get answers for both: a repeat only multiplies the answer
+		{Ops: []Op{{Op: "put", Key: "a", Value: []byte("1"), TTL: 200 * 365 * 24 * time.Hour}}}, // past kvd.MaxTTL
 	}
 	for i, r := range bad {
 		require.Error(t, Validate(r, l), "request %d", i)

@@ -18,7 +18,6 @@ import (
 	"github.com/creack/pty"
 	"github.com/stretchr/testify/require"
 
-	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/internal/testcluster"
 	"github.com/kvd-project/kvd/server"
@@ -281,16 +280,15 @@ func (tm *term) expect(want string) {
 	tm.t.Fatalf("never saw %q in the terminal; output: %q", want, tm.buf.String())
 }
 
-func TestKvcli_InteractiveHistoryAndCompletion(t *testing.T) {
-	c := testcluster.New(t, 3, 3)
-	home := t.TempDir()
-	require.Equal(t, 0, kvcli(t, c, "", "put", "completion-target", "found-me").code)
-
+// startShell starts kvcli's interactive shell against c in a terminal,
+// with home as its home directory.
+func startShell(t *testing.T, c *testcluster.Cluster, home string) (*exec.Cmd, *term) {
+	t.Helper()
 	cmd := exec.Command(kvcliBin, "--endpoints", c.URL(0))
 	cmd.Env = append(os.Environ(), "HOME="+home, "TERM=xterm")
 	f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 40, Cols: 120})
 	require.NoError(t, err)
-	defer f.Close()
+	t.Cleanup(func() { f.Close() })
 	tm := &term{t: t, f: f}
 	go func() {
 		b := make([]byte, 4096)
@@ -304,6 +302,15 @@ func TestKvcli_InteractiveHistoryAndCompletion(t *testing.T) {
 			}
 		}
 	}()
+	return cmd, tm
+}
+
+func TestKvcli_InteractiveHistoryAndCompletion(t *testing.T) {
+	c := testcluster.New(t, 3, 3)
+	home := t.TempDir()
+	require.Equal(t, 0, kvcli(t, c, "", "put", "completion-target", "found-me").code)
+
+	cmd, tm := startShell(t, c, home)
 	tm.expect("> ")
 	tm.send("put k1 v1\r")
 	tm.expect("OK (version")
@@ -389,24 +396,7 @@ func TestKvcli_FunctionsCommands(t *testing.T) {
 // second discards them and exits non-zero.
 func TestKvcli_EndOfInputWithAnOpenTransactionWarnsFirst(t *testing.T) {
 	c := testcluster.New(t, 1, 1)
-	cmd := exec.Command(kvcliBin, "--endpoints", c.URL(0))
-	cmd.Env = append(os.Environ(), "HOME="+t.TempDir(), "TERM=xterm")
-	f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 40, Cols: 120})
-	require.NoError(t, err)
-	defer f.Close()
-	tm := &term{t: t, f: f}
-	go func() {
-		b := make([]byte, 4096)
-		for {
-			n, err := f.Read(b)
-			tm.mu.Lock()
-			tm.buf.Write(b[:n])
-			tm.mu.Unlock()
-			if err != nil {
-				return
-			}
-		}
-	}()
+	cmd, tm := startShell(t, c, t.TempDir())
 	tm.expect("> ")
 	tm.send("begin\r")
 	tm.expect("(txn)> ")
@@ -449,17 +439,8 @@ func TestKvcli_TxnListAndAbort(t *testing.T) {
 
 	// A transaction over two groups whose coordinator stops after the
 	// prepare: its keys stay locked until an operator aborts it.
-	m := c.Node(0).Map()
-	var keys []string
-	seen := map[kvd.GroupID]bool{}
-	for i := 0; len(keys) < 2; i++ {
-		k := fmt.Sprintf("lock%d", i)
-		g, _ := m.GroupOf(kvd.Slot(k))
-		if !seen[g] {
-			seen[g] = true
-			keys = append(keys, k)
-		}
-	}
+	ks := testcluster.KeysInGroups(c.Node(0).Map(), "lock", 1)
+	keys := []string{ks[1][0], ks[2][0]}
 	block.Store(true)
 	body := fmt.Sprintf(`{"ops":[{"op":"put","key":%q,"value":"eA=="},{"op":"put","key":%q,"value":"eA=="}]}`, keys[0], keys[1])
 	r = kvcli(t, c, body, "txn", "-")

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/internal/damage"
 	"github.com/kvd-project/kvd/internal/kvdproc"
 	"github.com/kvd-project/kvd/internal/testcluster"
 )
@@ -50,49 +51,6 @@ func readAt(url, key, consistency string) (readResult, error) {
 		r.version, _ = strconv.ParseUint(et, 10, 64)
 	}
 	return r, nil
-}
-
-func metric(t *testing.T, url, name string, labels ...string) float64 {
-	t.Helper()
-	return testcluster.Metric(t, url, name, labels...)
-}
-
-func flipIn(t *testing.T, path, pattern string) int {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	require.NoError(t, err)
-	n := 0
-	for i := 0; ; {
-		j := bytes.Index(b[i:], []byte(pattern))
-		if j < 0 {
-			break
-		}
-		b[i+j+len(pattern)/2] ^= 0x20
-		n++
-		i += j + len(pattern)
-	}
-	require.NoError(t, os.WriteFile(path, b, 0o600))
-	return n
-}
-
-func startClusterWith(t *testing.T, nodes, groups int, args ...string) *kvdproc.Cluster {
-	t.Helper()
-	c, err := kvdproc.NewCluster(kvdBinary(t), t.TempDir(), nodes, groups, min(3, nodes))
-	require.NoError(t, err)
-	c.Args = append([]string{"--election-timeout", "500ms", "--heartbeat-timeout", "500ms", "--log-level", "debug"}, args...)
-	require.NoError(t, c.StartAll())
-	t.Cleanup(func() {
-		c.KillAll()
-		if t.Failed() {
-			for i := range c.Nodes {
-				t.Logf("--- log of %s:\n%s", c.Nodes[i].ID, c.Logs(i, 6000))
-			}
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	require.NoError(t, c.WaitAllReady(ctx))
-	return c
 }
 
 func followerOf(t *testing.T, c *kvdproc.Cluster) int {
@@ -190,7 +148,7 @@ func TestKvd_DamagedValueInAFollowersStateIsNeverServed(t *testing.T) {
 	require.Equal(t, 200, status)
 	waitHolds(t, c, f, "victim", val)
 	require.NoError(t, c.Terminate(f, 10*time.Second))
-	require.Positive(t, flipIn(t, filepath.Join(c.Nodes[f].DataDir, "groups", "1", "state.db"), val))
+	require.Positive(t, damage.Flip(t, filepath.Join(c.Nodes[f].DataDir, "groups", "1", "state.db"), val))
 	restart(t, c, f)
 	good := 0
 	deadline := time.Now().Add(20 * time.Second)
@@ -205,8 +163,8 @@ func TestKvd_DamagedValueInAFollowersStateIsNeverServed(t *testing.T) {
 		}
 	}
 	require.Positive(t, good, "the node serves the right value once repaired")
-	require.Positive(t, metric(t, c.Nodes[f].URL(), "kvd_corruption_detected_total", `group="1"`))
-	require.Positive(t, metric(t, c.Nodes[f].URL(), "kvd_repairs_total", `group="1"`, `result="ok"`))
+	require.Positive(t, testcluster.Metric(t, c.Nodes[f].URL(), "kvd_corruption_detected_total", `group="1"`))
+	require.Positive(t, testcluster.Metric(t, c.Nodes[f].URL(), "kvd_repairs_total", `group="1"`, `result="ok"`))
 }
 
 // A log entry damaged on disk is found when a restarted node replays it
@@ -220,10 +178,10 @@ func TestKvd_DamagedLogEntryIsRepairedFromAPeer(t *testing.T) {
 	require.Equal(t, 200, status)
 	waitHolds(t, c, f, "victim", val)
 	require.NoError(t, c.Kill(f)) // the state is rebuilt from the log at the next start
-	require.Positive(t, flipIn(t, filepath.Join(c.Nodes[f].DataDir, "groups", "1", "raft.db"), val))
+	require.Positive(t, damage.Flip(t, filepath.Join(c.Nodes[f].DataDir, "groups", "1", "raft.db"), val))
 	restart(t, c, f)
 	waitHolds(t, c, f, "victim", val)
-	require.Positive(t, metric(t, c.Nodes[f].URL(), "kvd_corruption_detected_total", `group="1"`))
+	require.Positive(t, testcluster.Metric(t, c.Nodes[f].URL(), "kvd_corruption_detected_total", `group="1"`))
 	require.Contains(t, c.Logs(f, 1<<20), "repaired a damaged raft log entry from a peer")
 }
 
@@ -501,7 +459,7 @@ func TestKvd_MembersShareASecretAndOutsidersAreRefused(t *testing.T) {
 		if i == f {
 			continue
 		}
-		require.Positive(t, metric(t, c.Nodes[i].URL(), "kvd_raft_connections_refused_total"), "node %d refused the impostor", i)
+		require.Positive(t, testcluster.Metric(t, c.Nodes[i].URL(), "kvd_raft_connections_refused_total"), "node %d refused the impostor", i)
 		_, status, err := put(c.Nodes[i].URL(), fmt.Sprintf("still-%d", i), "v")
 		require.NoError(t, err)
 		require.Equal(t, 200, status, "the cluster keeps serving")

@@ -59,15 +59,23 @@ var hc = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy
 
 func startCluster(t *testing.T, nodes int) *kvdproc.Cluster {
 	t.Helper()
-	c, err := kvdproc.NewCluster(kvdBinary(t), t.TempDir(), nodes, 1, min(3, nodes))
+	return startClusterWith(t, nodes, 1)
+}
+
+// startClusterWith starts nodes kvd processes hosting groups groups (3
+// replicas at most), with quick elections and the extra flags args, and
+// waits until every node is ready.
+func startClusterWith(t *testing.T, nodes, groups int, args ...string) *kvdproc.Cluster {
+	t.Helper()
+	c, err := kvdproc.NewCluster(kvdBinary(t), t.TempDir(), nodes, groups, min(3, nodes))
 	require.NoError(t, err)
-	c.Args = []string{"--election-timeout", "500ms", "--heartbeat-timeout", "500ms", "--log-level", "debug"}
+	c.Args = append([]string{"--election-timeout", "500ms", "--heartbeat-timeout", "500ms", "--log-level", "debug"}, args...)
 	require.NoError(t, c.StartAll())
 	t.Cleanup(func() {
 		c.KillAll()
 		if t.Failed() {
 			for i := range c.Nodes {
-				t.Logf("--- log of %s:\n%s", c.Nodes[i].ID, c.Logs(i, 4000))
+				t.Logf("--- log of %s:\n%s", c.Nodes[i].ID, c.Logs(i, 6000))
 			}
 		}
 	})

@@ -265,3 +265,23 @@ func (c *Cluster) Close() {
 	}
 	wg.Wait()
 }
+
+// KeysInGroups returns, for every group of m, n keys made of prefix and a
+// number whose slots that group owns.
+func KeysInGroups(m *kvd.Map, prefix string, n int) map[kvd.GroupID][]string {
+	out := map[kvd.GroupID][]string{}
+	for i := 0; ; i++ {
+		k := fmt.Sprintf("%s%d", prefix, i)
+		g, _ := m.GroupOf(kvd.Slot(k))
+		if len(out[g]) < n {
+			out[g] = append(out[g], k)
+		}
+		done := true
+		for _, grp := range m.Groups {
+			done = done && len(out[grp.ID]) == n
+		}
+		if done {
+			return out
+		}
+	}
+}
