@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -430,10 +431,32 @@ func TestServer_ConnectionsPastTheCapAreAnsweredAndClosed(t *testing.T) {
 			conn.Close()
 		}
 	}()
-	for range 3 {
-		conn, err := net.Dial("tcp", addr)
-		require.NoError(t, err)
-		held = append(held, conn)
+	// Each held connection proves it was accepted (and not refused
+	// because a connection of the cluster's own was still open) by
+	// answering a request on it; it then stays open, idle.
+	for len(held) < 3 {
+		require.Eventually(t, func() bool {
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				return false
+			}
+			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+			resp, err := func() (*http.Response, error) {
+				if _, err := io.WriteString(conn, "GET /v1/kv/k HTTP/1.1\r\nHost: kvd\r\n\r\n"); err != nil {
+					return nil, err
+				}
+				return http.ReadResponse(bufio.NewReader(conn), nil)
+			}()
+			if err != nil || resp.StatusCode != 404 {
+				conn.Close()
+				return false
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			_ = conn.SetDeadline(time.Time{})
+			held = append(held, conn)
+			return true
+		}, 5*time.Second, 20*time.Millisecond, "connection %d accepted", len(held))
 	}
 	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
 	var status int
