@@ -25,6 +25,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/internal/failpoint"
 )
 
 // Route is the routing a smart client chose for a request, from the
@@ -210,6 +211,9 @@ func New(b Backend, o Options) (*Handler, error) {
 	r.HandleFunc("/v1/internal/txns", h.groupTxns).Methods(http.MethodGet)
 	r.HandleFunc("/v1/admin/txns", h.txns).Methods(http.MethodGet)
 	r.HandleFunc("/v1/admin/txns/{id}/abort", h.abortTxn).Methods(http.MethodPost)
+	if fp := failpoint.Handler(); fp != nil { // fault-injection builds only
+		r.PathPrefix("/debug/failpoints/").Handler(fp)
+	}
 	r.HandleFunc("/healthz", h.healthz).Methods(http.MethodGet)
 	r.HandleFunc("/readyz", h.readyz).Methods(http.MethodGet)
 	r.Handle("/metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{})).Methods(http.MethodGet)

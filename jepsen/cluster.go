@@ -261,3 +261,10 @@ func (c *Cluster) ProxyTraffic() (raftConns, httpConns int64) {
 	}
 	return raftConns, httpConns
 }
+
+// BuildKVD builds the kvd binary the suite runs into dir: a normal build
+// with the failpoints compiled in, so that nemeses can crash a node at a
+// chosen step (see internal/failpoint).
+func BuildKVD(dir string) (string, error) {
+	return kvdproc.BuildWith(dir, "kvd", "failpoints", "")
+}

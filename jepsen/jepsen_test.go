@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kvd-project/kvd"
-	"github.com/kvd-project/kvd/internal/kvdproc"
 )
 
 var kvdBin string
@@ -21,7 +20,7 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	kvdBin, err = kvdproc.Build(dir)
+	kvdBin, err = BuildKVD(dir)
 	if err != nil {
 		panic(err)
 	}

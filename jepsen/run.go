@@ -10,8 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/kvd-project/kvd/internal/kvdproc"
 )
 
 // Options configure a run.
@@ -148,7 +146,7 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 	}
 	sum := &Summary{Workload: o.Workload.Name(), Nemesis: o.Nemesis, Nodes: o.Nodes, Groups: o.Groups, Seed: o.Seed, Dir: dir}
 	if o.Bin == "" {
-		if o.Bin, err = kvdproc.Build(dir); err != nil {
+		if o.Bin, err = BuildKVD(dir); err != nil {
 			return nil, err
 		}
 	}

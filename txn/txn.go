@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/failpoint"
 	"github.com/kvd-project/kvd/store"
 )
 
@@ -557,6 +558,7 @@ func (c *Coordinator) runTwoPhase(ctx context.Context, req Request, parts map[kv
 		}()
 	}
 	wg.Wait()
+	failpoint.Hit(failpoint.TxnBeforeDecision)
 	allYes := true
 	var outs []*store.TxnOutcome
 	for _, g := range groups {

@@ -23,9 +23,20 @@ import (
 )
 
 // Build compiles cmd/kvd into dir and returns the binary's path.
-func Build(dir string) (string, error) {
-	bin := filepath.Join(dir, "kvd")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/kvd-project/kvd/cmd/kvd")
+func Build(dir string) (string, error) { return BuildWith(dir, "kvd", "", "") }
+
+// BuildWith compiles cmd/kvd into dir/name with build tags and -ldflags
+// (each may be empty) and returns the binary's path.
+func BuildWith(dir, name, tags, ldflags string) (string, error) {
+	bin := filepath.Join(dir, name)
+	args := []string{"build", "-o", bin}
+	if tags != "" {
+		args = append(args, "-tags", tags)
+	}
+	if ldflags != "" {
+		args = append(args, "-ldflags", ldflags)
+	}
+	cmd := exec.Command("go", append(args, "github.com/kvd-project/kvd/cmd/kvd")...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("build kvd: %v: %s", err, out)

@@ -17,7 +17,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kvd-project/kvd/internal/kvdproc"
 	"github.com/kvd-project/kvd/jepsen"
 )
 
@@ -63,7 +62,7 @@ func run() int {
 		return 1
 	}
 	if o.Bin == "" {
-		bin, err := kvdproc.Build(o.Dir)
+		bin, err := jepsen.BuildKVD(o.Dir)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "kvd-jepsen: %v\n", err)
 			return 1
