@@ -30,6 +30,9 @@ type Op struct {
 	Index int `json:"index"`
 	// Process is the client worker that ran it.
 	Process int `json:"process"`
+	// W names the workload that made it when several run at once (a
+	// soak); empty otherwise.
+	W string `json:"w,omitempty"`
 	// F is the operation: "put", "get", "delete", "cas", "insert",
 	// "read" and so on.
 	F string `json:"f"`
