@@ -50,6 +50,9 @@ type Op struct {
 	Deleted bool `json:"deleted,omitempty"`
 	// Values holds the keys a multi-key read returned (final reads).
 	Values []string `json:"values,omitempty"`
+	// Txn holds a list-append transaction's micro-operations (reads
+	// with what they read).
+	Txn []Micro `json:"txn,omitempty"`
 	// Consistency is a read's level.
 	Consistency string `json:"consistency,omitempty"`
 	// Node is the node asked; Served the node that answered.

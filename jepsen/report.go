@@ -1,6 +1,7 @@
 package jepsen
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"image/color"
@@ -20,7 +21,7 @@ func writeReport(dir string, sum *Summary, ops []Op, check CheckResult) error {
 		return err
 	}
 	if check.Visualization != nil {
-		if err := check.Visualization(filepath.Join(dir, "linearizability.html")); err != nil {
+		if err := check.Visualization(filepath.Join(dir, cmp.Or(check.VisualizationFile, "linearizability.html"))); err != nil {
 			return fmt.Errorf("visualization: %w", err)
 		}
 	}

@@ -67,6 +67,9 @@ type CheckResult struct {
 	Errors  []string `json:"errors,omitempty"`
 	// Visualization, if set, writes an HTML visualization to path.
 	Visualization func(path string) error `json:"-"`
+	// VisualizationFile names the visualization's file in the run's
+	// folder (default linearizability.html).
+	VisualizationFile string `json:"visualization,omitempty"`
 }
 
 // maxErrors bounds the errors a checker lists.

@@ -7,10 +7,11 @@ import (
 
 // workloads are the workloads by name. Each call returns a fresh one.
 var workloads = map[string]func() Workload{
-	"register": func() Workload { return &RegisterWorkload{} },
-	"set":      func() Workload { return &SetWorkload{} },
-	"stale":    func() Workload { return &StaleWorkload{} },
-	"bank":     func() Workload { return &BankWorkload{} },
+	"register":    func() Workload { return &RegisterWorkload{} },
+	"set":         func() Workload { return &SetWorkload{} },
+	"stale":       func() Workload { return &StaleWorkload{} },
+	"bank":        func() Workload { return &BankWorkload{} },
+	"list-append": func() Workload { return &ListAppendWorkload{} },
 }
 
 // WorkloadByName returns a fresh workload.
