@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/url"
 	"sort"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/store"
 )
 
@@ -238,6 +240,31 @@ func (b backend) History(ctx context.Context, g kvd.GroupID, after, prefix strin
 	return out, nil
 }
 
+// checkCursor refuses a cursor position past everything group g has
+// committed: reading on from it would skip, silently, every event up to
+// it (a cursor from another cluster, or kept from before the cluster was
+// rebuilt). The group's read index is what it has committed; a replica
+// here that lags is given a moment to catch up first.
+func (s *Server) checkCursor(ctx context.Context, g kvd.GroupID, pos store.Pos) error {
+	grp, hosted := s.hosted()[g]
+	if hosted && grp.Serving() == nil && pos.Index <= grp.Store().AppliedIndex() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	end, err := atLeader(ctx, s, g, func(err error) bool { return kvd.LeaderHint(err) != "" || errors.Is(err, kvd.ErrUnavailable) },
+		func(grp *replication.Group) (uint64, error) { return grp.ReadIndex(ctx) },
+		func(target string) (uint64, error) { return remote{s}.ReadIndex(ctx, target, g) })
+	if err != nil {
+		return fmt.Errorf("watch: check the cursor against group %d's log: %w", g, err)
+	}
+	if pos.Index > end {
+		return fmt.Errorf("%w: the watch cursor asks for group %d's changes after index %d, but its log ends at %d: the cursor comes from another cluster or from before this one was rebuilt; start a new watch from now and read the current state",
+			kvd.ErrInvalid, g, pos.Index, end)
+	}
+	return nil
+}
+
 // errCompacted explains a watch that cannot resume.
 func errCompacted(g kvd.GroupID, pos, floor store.Pos) error {
 	return fmt.Errorf("%w: group %d's history now starts after %s; the watch asked for %s: start a new watch from now and read the current state",
@@ -270,9 +297,12 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 		if cur, err = decodeCursor(since); err != nil {
 			return err
 		}
-		for g := range cur {
+		for g, pos := range cur {
 			if _, ok := m.Group(g); !ok {
 				return fmt.Errorf("%w: the watch cursor names group %d, which the cluster does not have", kvd.ErrInvalid, g)
+			}
+			if err := s.checkCursor(ctx, g, pos); err != nil {
+				return err
 			}
 		}
 	}

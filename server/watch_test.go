@@ -69,6 +69,40 @@ func TestWatch_CursorOfAnUnknownGroupIsInvalid(t *testing.T) {
 	require.Contains(t, string(r.Body), "group 7")
 }
 
+// A cursor past everything a group has committed (from another cluster,
+// or kept from before this one was rebuilt) is refused, where reading on
+// from it would skip every event up to it; a real cursor is taken on any
+// node.
+func TestWatch_CursorAheadOfTheLogIsInvalid(t *testing.T) {
+	c := testcluster.New(t, 3, 2, func(*server.Config) {})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.Equal(t, 200, do(t, "PUT", c.URL(0)+"/v1/kv/a", []byte("1")).Status)
+	req, err := http.NewRequestWithContext(ctx, "GET", c.URL(0)+"/v1/watch", nil)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	br := bufio.NewReader(resp.Body)
+	cursor := ""
+	for cursor == "" {
+		line, err := br.ReadString('\n')
+		require.NoError(t, err)
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "id: "); ok {
+			cursor = v
+		}
+	}
+	resp.Body.Close()
+	for i := range 3 {
+		openWatch(t, ctx, c.URL(i)+"/v1/watch?since="+cursor)
+	}
+	for _, forged := range []string{"1:1000000.0", "1:2.0,2:1000000.5"} {
+		r := do(t, "GET", c.URL(1)+"/v1/watch?since="+base64.RawURLEncoding.EncodeToString([]byte(forged)), nil)
+		require.Equal(t, 400, r.Status, "%s", r.Body)
+		require.Equal(t, api.CodeInvalidRequest, r.ErrCode(t))
+		require.Contains(t, string(r.Body), "log ends at")
+	}
+}
+
 // Watchers that stop reading hold at most the node's watch buffer,
 // however much is written, and give it all back when they go; a watcher
 // that reads gets every event, in order, once they are gone.
