@@ -379,6 +379,11 @@ func (b backend) Ready() error {
 		if err := g.Serving(); err != nil {
 			return fmt.Errorf("group %d: %v: %w", gid, err, kvd.ErrUnavailable)
 		}
+		// A replica whose applies wait for the disk still answers stale
+		// reads, but from a state that falls further behind.
+		if h := g.Health(); h.State == "stalled" {
+			return fmt.Errorf("group %d: replica stalled, its applies wait for the disk (%s): %w", gid, h.Detail, kvd.ErrUnavailable)
+		}
 	}
 	return nil
 }

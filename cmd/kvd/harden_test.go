@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -339,6 +340,25 @@ func TestKvd_ENOSPCWhileWritingDoesNotStopTheNode(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, 200, resp.StatusCode)
+	// A replica whose applies wait for the disk is not ready.
+	var st struct {
+		Groups []struct {
+			Health struct{ State string } `json:"health"`
+		} `json:"groups"`
+	}
+	resp, err = hc.Get(url + "/v1/status")
+	require.NoError(t, err)
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
+	resp.Body.Close()
+	resp, err = hc.Get(url + "/readyz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	for _, g := range st.Groups {
+		if g.Health.State == "stalled" {
+			t.Log("the replica stalled on the full disk")
+			require.Equal(t, 503, resp.StatusCode, "a stalled replica is not ready")
+		}
+	}
 
 	require.NoError(t, os.Remove(ballast))
 	require.Eventually(t, func() bool {
