@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
@@ -60,7 +62,7 @@ func statusOf(err error, write bool) (int, string) {
 // writeError answers with the JSON error body of the contract.
 func writeError(w http.ResponseWriter, err error, write bool) {
 	status, code := statusOf(err, write)
-	detail := api.ErrorDetail{Code: code, Message: err.Error()}
+	detail := api.ErrorDetail{Code: code, Message: clip(err.Error())}
 	var nl *kvd.NotLeaderError
 	if errors.As(err, &nl) {
 		detail.Leader = nl.Leader
@@ -71,6 +73,23 @@ func writeError(w http.ResponseWriter, err error, write bool) {
 		w.Header().Set("Retry-After", "1")
 	}
 	writeJSON(w, status, api.Error{Error: detail})
+}
+
+// maxMessage bounds an error message: some quote what the client sent (a
+// number too long to parse, say), which must not echo megabytes back.
+const maxMessage = 2 << 10
+
+// clip shortens msg to maxMessage bytes, on a rune boundary, marking the
+// cut.
+func clip(msg string) string {
+	if len(msg) <= maxMessage {
+		return msg
+	}
+	cut := maxMessage
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s… (%d more bytes)", msg[:cut], len(msg)-cut)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -224,6 +224,7 @@ func TestAPI_BadInputIsRefusedWithJSON(t *testing.T) {
 		{"node-to-node read from a client", "POST", "/v1/internal/read?group=1", []byte(`["a"]`), nil, 403, api.CodeForbidden},
 		{"node-to-node snapshot from a client", "GET", "/v1/internal/snapshot?group=1&min_index=0", nil, nil, 403, api.CodeForbidden},
 		{"abort of an unknown transaction", "POST", "/v1/admin/txns/nosuchtxn/abort", nil, nil, 404, api.CodeNotFound},
+		{"abort of a transaction id that is not UTF-8", "POST", "/v1/admin/txns/a%FF/abort", nil, nil, 400, api.CodeInvalidRequest},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -233,8 +234,13 @@ func TestAPI_BadInputIsRefusedWithJSON(t *testing.T) {
 			require.Equal(t, tc.code, r.ErrCode(t))
 		})
 	}
+	// An error quoting what the client sent stays short.
+	r := do(t, "POST", u+"/v1/txn", []byte(`{"ops":[{"op":"add","key":"n","delta":`+strings.Repeat("9", 1<<20)+`}]}`))
+	require.Equal(t, 400, r.Status)
+	require.Less(t, len(r.Body), 4<<10, "the answer does not echo the megabyte number")
+	require.Equal(t, api.CodeInvalidRequest, r.ErrCode(t))
 	// Nothing above was applied.
-	r := do(t, "GET", u+"/v1/kv?limit=10", nil)
+	r = do(t, "GET", u+"/v1/kv?limit=10", nil)
 	require.JSONEq(t, `{"items":[],"more":false}`, string(r.Body))
 }
 

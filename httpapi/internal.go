@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/mux"
 
@@ -121,8 +123,10 @@ func (h *Handler) txns(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) abortTxn(w http.ResponseWriter, r *http.Request) {
-	id := mux.Vars(r)["id"]
-	if id == "" || len(id) > 64 {
+	// The path is kept escaped (keys are taken exactly): decode the id
+	// once, as a key is.
+	id, err := url.PathUnescape(mux.Vars(r)["id"])
+	if err != nil || id == "" || len(id) > 64 || !utf8.ValidString(id) {
 		writeError(w, fmt.Errorf("%w: a transaction id is 1 to 64 characters", kvd.ErrInvalid), false)
 		return
 	}
