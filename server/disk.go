@@ -194,3 +194,41 @@ func (p *peerDisks) poll(ctx context.Context, s *Server, timeout time.Duration) 
 		}
 	}
 }
+
+// handOffWhileShort hands the leadership of every group this node leads
+// to a member whose disk has room, while this node's disk refuses writes:
+// the leader decides on writes by its own disk, so a leader short of
+// space would keep its group unwritable although a majority of its
+// members could take the writes. The member must follow this node (it is
+// caught up enough to win at once); lastTry spaces the attempts per
+// group.
+func (s *Server) handOffWhileShort(ctx context.Context, lastTry map[kvd.GroupID]time.Time) {
+	if !s.disk.low.Load() {
+		return
+	}
+	m := s.Map()
+	for gid, g := range s.hosted() {
+		grp, ok := m.Group(gid)
+		if !ok || !g.IsLeader() || time.Since(lastTry[gid]) < 5*time.Second {
+			continue
+		}
+		lastTry[gid] = time.Now()
+		for _, to := range grp.Members {
+			if to == s.id || s.peerDisks.isLow(to) {
+				continue
+			}
+			sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			st, err := s.peerStatus(sctx, to)
+			cancel()
+			if err != nil || !followsMe(st, gid, s.id) || st.Storage == nil || !st.Storage.Writable {
+				continue
+			}
+			if err := g.TransferLeadershipTo(to); err != nil {
+				s.log.Warn("this node's disk is short of space; handing leadership to a member with room failed", "group", gid, "to", to, "err", err)
+				continue
+			}
+			s.log.Warn("this node's disk is short of space; leadership handed to a member with room", "group", gid, "to", to)
+			break
+		}
+	}
+}

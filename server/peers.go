@@ -241,6 +241,9 @@ func (s *Server) balanceLeaders(ctx context.Context, every time.Duration) {
 				continue
 			}
 			preferred := grp.Members[0]
+			if s.peerDisks.isLow(preferred) {
+				continue // it would refuse the group's writes
+			}
 			sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 			st, err := s.peerStatus(sctx, preferred)
 			cancel()

@@ -258,7 +258,13 @@ func New(cfg Config) (_ *Server, err error) {
 	background(func(ctx context.Context) { s.runJanitors(ctx, time.Second) })
 	background(s.runMaintenance)
 	background(func(ctx context.Context) { repeat(ctx, 250*time.Millisecond, s.disk.check) })
-	background(func(ctx context.Context) { repeat(ctx, time.Second, func() { s.peerDisks.poll(ctx, s, time.Second) }) })
+	background(func(ctx context.Context) {
+		handOffs := map[kvd.GroupID]time.Time{}
+		repeat(ctx, time.Second, func() {
+			s.peerDisks.poll(ctx, s, time.Second)
+			s.handOffWhileShort(ctx, handOffs)
+		})
+	})
 	if s.memory.high > 0 {
 		background(func(ctx context.Context) { repeat(ctx, 50*time.Millisecond, s.memory.sample) })
 	}

@@ -10,10 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -304,6 +306,82 @@ func TestKvd_FullDiskRefusesWritesAndResumes(t *testing.T) {
 		return err == nil && status == 200
 	}, 20*time.Second, 100*time.Millisecond, "writes resume without a restart")
 	t.Logf("refused after %d writes: %v", last, seen)
+}
+
+// A leader whose own disk is short of space hands its groups to a member
+// with room: the leader decides on writes by its own disk, and the group
+// would otherwise refuse every write although a majority of it could take
+// them.
+func TestKvd_ALeaderShortOfDiskHandsOverItsGroups(t *testing.T) {
+	c, err := kvdproc.NewCluster(kvdBinary(t), t.TempDir(), 3, 1, 3)
+	require.NoError(t, err)
+	var disks []string
+	for i := range c.Nodes {
+		disk := smallDisk(t, "64m")
+		disks = append(disks, disk)
+		c.Nodes[i].DataDir = filepath.Join(disk, c.Nodes[i].ID)
+	}
+	c.Args = []string{"--election-timeout", "500ms", "--heartbeat-timeout", "500ms", "--min-free-bytes", strconv.Itoa(16 << 20), "--log-level", "debug"}
+	require.NoError(t, c.StartAll())
+	t.Cleanup(func() {
+		c.KillAll()
+		if t.Failed() {
+			for i := range c.Nodes {
+				t.Logf("--- log of %s:\n%s", c.Nodes[i].ID, c.Logs(i, 6000))
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, c.WaitAllReady(ctx))
+	// The group's preferred leader leads it (the balancer hands it back
+	// there): nothing but its disk may move leadership away.
+	cl, err := c.ClusterMap(0)
+	require.NoError(t, err)
+	preferred := slices.IndexFunc(c.Nodes, func(n *kvdproc.Node) bool { return n.ID == cl.Groups[0].Members[0] })
+	var leader int
+	require.Eventually(t, func() bool {
+		leader, err = c.Leader(ctx, 1)
+		return err == nil && leader == preferred
+	}, 30*time.Second, 100*time.Millisecond, "the preferred leader leads")
+	other := c.Nodes[(leader+1)%3].URL()
+	_, status, err := put(other, "before", "x")
+	require.NoError(t, err)
+	require.Equal(t, 200, status)
+
+	// The leader's disk, and only its, is left with less than the free
+	// space to keep.
+	var free syscall.Statfs_t
+	require.NoError(t, syscall.Statfs(disks[leader], &free))
+	ballast := make([]byte, int64(free.Bavail)*int64(free.Bsize)-8<<20)
+	require.NoError(t, os.WriteFile(filepath.Join(disks[leader], "ballast"), ballast, 0o600))
+	require.Eventually(t, func() bool {
+		var st api.Status
+		resp, err := hc.Get(c.Nodes[leader].URL() + "/v1/status")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		return json.NewDecoder(resp.Body).Decode(&st) == nil && st.Storage != nil && !st.Storage.Writable
+	}, 10*time.Second, 50*time.Millisecond, "the leader's disk guard saw the disk short")
+	require.Eventually(t, func() bool {
+		_, status, err := put(other, "after", "y")
+		return err == nil && status == 200
+	}, 30*time.Second, 200*time.Millisecond, "the group takes writes again under a leader with room")
+	now, err := c.Leader(ctx, 1)
+	require.NoError(t, err)
+	require.NotEqual(t, leader, now, "leadership moved off the node short of space")
+	// It stays off it: the preferred-leader balancer does not hand it back.
+	time.Sleep(3 * time.Second)
+	for i := range 10 {
+		_, status, err := put(other, fmt.Sprintf("later%d", i), "z")
+		require.NoError(t, err)
+		require.Equal(t, 200, status)
+	}
+	v, _, status, err := get(c.Nodes[now].URL(), "before", "linearizable")
+	require.NoError(t, err)
+	require.Equal(t, 200, status)
+	require.Equal(t, "x", v)
 }
 
 // With the guard off, the disk really fills: a write that reaches Raft or
