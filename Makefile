@@ -7,7 +7,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 RACE_PKGS := ./store/... ./replication/... ./txn/... ./httpapi/... ./server/... ./client/... ./embed/... ./examples/... ./internal/...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build run test test-short bench compare jepsen lint fmt clean
+.PHONY: all build run test test-short bench compare jepsen soak lint fmt clean
 
 all: build
 
@@ -42,6 +42,12 @@ bench: build
 ## jepsen: every workload under mixed faults on a real cluster; reports in jepsen-results/
 jepsen:
 	$(GO) run ./jepsen/cmd/kvd-jepsen -workload all -nemesis mixed -time 60s -out jepsen-results
+
+## soak: every workload at once on one 3-node, 3-group cluster under mixed faults
+## for DURATION (default 30m), each node's memory, goroutines, descriptors and
+## disk sampled and judged bounded; reports and plots in jepsen-results/
+soak:
+	$(GO) run ./jepsen/cmd/kvd-jepsen -soak -nemesis mixed -nodes 3 -groups 3 -time $(or $(DURATION),30m) -out jepsen-results
 
 ## compare: side by side with a 3-member etcd (needs ../shared/bench)
 compare:

@@ -35,6 +35,7 @@ func run() int {
 	flag.StringVar(&o.Dir, "out", "jepsen-results", "results folder")
 	flag.Uint64Var(&o.Seed, "seed", 0, "random seed (0: pick one)")
 	flag.StringVar(&o.Bin, "kvd", "", "kvd binary (default: build ./cmd/kvd)")
+	soak := flag.Bool("soak", false, "run every workload at once on one cluster for -time, judging each node's resources (make soak: -groups 3 -time 30m)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "kvd-jepsen: unexpected argument %q\n", flag.Arg(0))
@@ -49,6 +50,9 @@ func run() int {
 			fmt.Fprintf(os.Stderr, "kvd-jepsen: %v\n", err)
 			return 2
 		}
+	}
+	if *soak {
+		names = []string{"soak"} // one run of them all
 	}
 	nems := strings.Split(*nemeses, ",")
 	for _, n := range nems {
@@ -79,7 +83,11 @@ func run() int {
 			w, _ := jepsen.WorkloadByName(wn)
 			ro := o
 			ro.Workload, ro.Nemesis = w, nn
-			sum, err := jepsen.Run(ctx, ro)
+			run := jepsen.Run
+			if *soak {
+				run = jepsen.Soak
+			}
+			sum, err := run(ctx, ro)
 			if err != nil {
 				fmt.Printf("error: %s under %s: %v\n", wn, nn, err)
 				lines = append(lines, fmt.Sprintf("error: %s under %s: %v", wn, nn, err))
