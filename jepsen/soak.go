@@ -2,6 +2,7 @@ package jepsen
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -343,7 +344,7 @@ func (s *SoakWorkload) report(sum *Summary, logf func(string, ...any)) error {
 		if r.Visualization != nil && r.Verdict != Valid {
 			// Only for a failure: a valid half hour of register
 			// operations draws a page of hundreds of megabytes.
-			if err := r.Visualization(filepath.Join(dir, r.Checker+".html")); err != nil {
+			if err := r.Visualization(filepath.Join(dir, cmp.Or(r.VisualizationFile, r.Checker+".html"))); err != nil {
 				return fmt.Errorf("visualization: %w", err)
 			}
 		}
