@@ -18,6 +18,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/failpoint"
 	"github.com/kvd-project/kvd/store"
 )
 
@@ -359,6 +360,9 @@ func Open(cfg Config) (*Group, error) {
 	floor = max(floor, snapIndex, g.db.AppliedIndex(), readFloor(cfg.Dir))
 	g.startFloor.Store(floor)
 	g.health.caughtUp.Store(g.db.AppliedIndex() >= floor)
+	if failpoint.Mutant(failpoint.MutantServeBeforeCatchUp) {
+		g.health.caughtUp.Store(true) // planted bug: serves before re-applying its log
+	}
 	if cfg.Transport != nil {
 		g.trans = cfg.Transport
 	} else {
@@ -539,6 +543,9 @@ func (g *Group) ReadBarrier(ctx context.Context, c kvd.Consistency) error {
 	case g.health.repairs.Load() > 0:
 		return g.Serving()
 	case g.raft.State() == raft.Leader:
+		if failpoint.Mutant(failpoint.MutantLeaderReadNoQuorum) {
+			return nil // planted bug: no read-index round, no wait
+		}
 		idx, err = g.leaderReads.get(ctx)
 	case c == kvd.Linearizable:
 		return &kvd.NotLeaderError{Group: g.id, Leader: g.LeaderID()}
@@ -546,6 +553,9 @@ func (g *Group) ReadBarrier(ctx context.Context, c kvd.Consistency) error {
 		idx, err = g.followerReads.get(ctx)
 		if err != nil {
 			return err
+		}
+		if failpoint.Mutant(failpoint.MutantFollowerReadNoWait) {
+			return nil // planted bug: the read index is not waited for
 		}
 		// A follower far behind (after a partition heals, raft may take
 		// seconds to resume replicating to it) sends the read to the

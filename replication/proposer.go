@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/failpoint"
 	"github.com/kvd-project/kvd/store"
 )
 
@@ -280,6 +281,15 @@ func (g *Group) complete(e *entry) {
 		return
 	}
 	err := g.classifyApplyError(ferr)
+	if failpoint.Mutant(failpoint.MutantAckBeforeCommit) && errors.Is(ferr, raft.ErrLeadershipLost) {
+		// Planted bug: appended is taken for committed.
+		acked := make([]store.Result, len(e.props))
+		for i := range acked {
+			acked[i].Version = e.future.Index()
+		}
+		g.settle(e.seq, acked, nil)
+		return
+	}
 	if !errors.Is(err, kvd.ErrUnknownOutcome) || !errors.Is(ferr, raft.ErrLeadershipLost) {
 		g.settle(e.seq, nil, err)
 		return

@@ -11,6 +11,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/failpoint"
 )
 
 // Transaction state kept by a replica, in three buckets:
@@ -601,12 +602,20 @@ func (a *applier) recover(r *TxnRecover) (*TxnOutcome, error) {
 			return nil, err
 		}
 	case rec == nil:
+		if failpoint.Mutant(failpoint.MutantAbsentRecordAborted) {
+			return &TxnOutcome{State: TxnAborted}, nil // planted bug: nothing stops a later prepare
+		}
 		return &TxnOutcome{State: TxnAbsent}, nil
 	case rec.State == TxnPending && (a.now > rec.Deadline || r.Force):
 		rec.State, rec.Decided = TxnAborted, a.now
+		if failpoint.Mutant(failpoint.MutantRecoverCommitsPending) && !r.Force {
+			rec.State = TxnCommitted // planted bug: an abandoned transaction rolled forward
+		}
 		if err := a.putRecord(r.ID, rec); err != nil {
 			return nil, err
 		}
+	case rec.State == TxnCommitted && failpoint.Mutant(failpoint.MutantRecoverAbortsCommitted):
+		return &TxnOutcome{State: TxnAborted}, nil // planted bug: a committed transaction reported aborted
 	}
 	return &TxnOutcome{State: rec.State}, nil
 }

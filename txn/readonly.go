@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/failpoint"
 	"github.com/kvd-project/kvd/store"
 )
 
@@ -86,6 +87,11 @@ func (c *Coordinator) readAll(ctx context.Context, keysOf map[kvd.GroupID][]stri
 		go func() {
 			defer wg.Done()
 			states, err := c.g.Read(ctx, g, keys)
+			if failpoint.Mutant(failpoint.MutantReadOnlyTxnIgnoresLocks) {
+				for i := range states {
+					states[i].Lock = nil // planted bug: the committed value under a prepared lock
+				}
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {

@@ -23,3 +23,50 @@ const (
 
 // Failpoints lists every failpoint.
 var Failpoints = []string{TxnBeforeDecision}
+
+// Mutants: each names one planted bug. A mutant's site is a branch
+// `if failpoint.Mutant(failpoint.MutantX) { ... }` that a normal build
+// compiles away; docs/testing.md says which workload and nemesis catch
+// each.
+const (
+	// MutantFollowerReadNoWait: a follower read gets the leader's read
+	// index but does not wait to have applied it (replication
+	// Group.ReadBarrier).
+	MutantFollowerReadNoWait = "follower-read-no-wait"
+	// MutantReadOnlyTxnIgnoresLocks: a read-only transaction reads the
+	// committed value under a prepared write lock instead of settling the
+	// lock's transaction first (txn Coordinator.readAll).
+	MutantReadOnlyTxnIgnoresLocks = "ro-txn-ignores-locks"
+	// MutantLeaderReadNoQuorum: a linearizable read is served from local
+	// state whenever the replica thinks it leads, without a read-index
+	// round (replication Group.ReadBarrier).
+	MutantLeaderReadNoQuorum = "leader-read-no-quorum"
+	// MutantAbsentRecordAborted: recovery settles a lock whose
+	// transaction has no record yet as aborted, without writing an
+	// aborted record, so a late prepare can still create it and the
+	// transaction commit (store applier.recover).
+	MutantAbsentRecordAborted = "absent-record-aborted"
+	// MutantRecoverCommitsPending: recovery rolls a pending record past
+	// its deadline forward to committed instead of aborting it (store
+	// applier.recover).
+	MutantRecoverCommitsPending = "recover-commits-pending"
+	// MutantRecoverAbortsCommitted: recovery reports a committed
+	// transaction as aborted, so its locks are dropped (store
+	// applier.recover).
+	MutantRecoverAbortsCommitted = "recover-aborts-committed"
+	// MutantAckBeforeCommit: a write whose entry raft appended but whose
+	// leadership was lost before it committed is answered as a success
+	// (replication Group.complete ignores the apply future's error).
+	MutantAckBeforeCommit = "ack-before-commit"
+	// MutantServeBeforeCatchUp: a restarted replica counts as caught up
+	// at once and serves stale reads (and says it is ready) before it
+	// has re-applied its log (replication Open).
+	MutantServeBeforeCatchUp = "serve-before-catch-up"
+)
+
+// Mutants lists every mutant.
+var Mutants = []string{
+	MutantFollowerReadNoWait, MutantReadOnlyTxnIgnoresLocks, MutantLeaderReadNoQuorum,
+	MutantAbsentRecordAborted, MutantRecoverCommitsPending, MutantRecoverAbortsCommitted,
+	MutantAckBeforeCommit, MutantServeBeforeCatchUp,
+}
