@@ -34,11 +34,11 @@ type Proxy struct {
 
 	accepted atomic.Int64
 
-	// mu protects ln, mode, delay, conns and closed.
+	// mu protects ln, mode, the delays, conns and closed.
 	mu     sync.Mutex
 	ln     net.Listener // nil while refusing
 	mode   Mode
-	delay  time.Duration
+	delay  [2]time.Duration // by direction: toTarget, fromTarget
 	conns  map[net.Conn]struct{}
 	closed bool
 
@@ -64,10 +64,22 @@ func (p *Proxy) Addr() string { return p.addr }
 // Accepted returns the number of connections accepted so far.
 func (p *Proxy) Accepted() int64 { return p.accepted.Load() }
 
+// Directions of the traffic a proxy carries.
+const (
+	toTarget   = 0 // from the dialer to the target: requests
+	fromTarget = 1 // from the target back to the dialer: answers
+)
+
 // SetDelay delays every chunk of data, in both directions, by d.
-func (p *Proxy) SetDelay(d time.Duration) {
+func (p *Proxy) SetDelay(d time.Duration) { p.SetDelays(d, d) }
+
+// SetDelays delays every chunk of data sent to the target by toTarget,
+// and every chunk the target sends back by fromTarget: with the first 0,
+// requests arrive at once and their answers late. A new delay applies to
+// open connections from their next chunk on.
+func (p *Proxy) SetDelays(toTarget, fromTarget time.Duration) {
 	p.mu.Lock()
-	p.delay = d
+	p.delay = [2]time.Duration{toTarget, fromTarget}
 	p.mu.Unlock()
 }
 
@@ -219,22 +231,23 @@ func (p *Proxy) serve(c net.Conn) {
 	}
 	defer p.untrack(up)
 	done := make(chan struct{}, 2)
-	go func() { p.pipe(up, c); done <- struct{}{} }()
-	go func() { p.pipe(c, up); done <- struct{}{} }()
+	go func() { p.pipe(up, c, toTarget); done <- struct{}{} }()
+	go func() { p.pipe(c, up, fromTarget); done <- struct{}{} }()
 	<-done
 	c.Close()
 	up.Close()
 	<-done
 }
 
-// pipe copies src to dst, delaying each chunk by the current delay.
-func (p *Proxy) pipe(dst, src net.Conn) {
+// pipe copies src to dst, delaying each chunk by the current delay of
+// direction dir.
+func (p *Proxy) pipe(dst, src net.Conn, dir int) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
-			d, mode := p.delay, p.mode
+			d, mode := p.delay[dir], p.mode
 			p.mu.Unlock()
 			if mode != Pass {
 				return

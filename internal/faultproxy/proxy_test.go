@@ -82,3 +82,36 @@ func TestProxy_Modes(t *testing.T) {
 	require.NoError(t, roundTrip(p.Addr()))
 	require.GreaterOrEqual(t, time.Since(start), 200*time.Millisecond, "delay applies both ways")
 }
+
+// TestProxy_SetDelays_DelaysOneDirection proves a delay of the answers
+// alone lets requests through at once: the target has the request long
+// before the dialer has the answer.
+func TestProxy_SetDelays_DelaysOneDirection(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	got := make(chan time.Time, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return
+		}
+		got <- time.Now()
+		c.Write(buf)
+	}()
+	p, err := New("127.0.0.1:0", ln.Addr().String())
+	require.NoError(t, err)
+	defer p.Close()
+	p.SetDelays(0, 300*time.Millisecond)
+	start := time.Now()
+	require.NoError(t, roundTrip(p.Addr()))
+	answered := time.Since(start)
+	arrived := (<-got).Sub(start)
+	require.Less(t, arrived, 150*time.Millisecond, "the request is not delayed")
+	require.GreaterOrEqual(t, answered, 300*time.Millisecond, "the answer is")
+}
