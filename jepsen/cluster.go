@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,14 +26,34 @@ type link struct {
 	http     *faultproxy.Proxy
 }
 
+// The timing the suite's clusters run with. Nemeses size their faults
+// from it (a pause longer than an election, or than a transaction's
+// deadline).
+const (
+	// ElectionTimeout is the Raft election timeout the nodes are given.
+	ElectionTimeout = time.Second
+	// TxnTimeout is how long a cross-group transaction may stay pending
+	// before anyone may abort it: kvd's default, which has no flag.
+	TxnTimeout = 10 * time.Second
+	// JanitorGrace and JanitorPeriod are how long after a deadline a
+	// group leader's janitor finishes a transaction left behind, and how
+	// often it looks (kvd's fixed values, see txn.NewJanitor and
+	// server.runJanitors).
+	JanitorGrace  = time.Second
+	JanitorPeriod = time.Second
+)
+
 // Cluster is a kvd cluster of real processes with a proxy on every
 // directed link.
 type Cluster struct {
 	*kvdproc.Cluster
 	links map[[2]int]*link
 	hc    *http.Client
+	// Failpoints says whether the nodes' binary has failpoints (see
+	// internal/failpoint), found when the cluster started.
+	Failpoints bool
 
-	// mu protects cut.
+	// mu protects cut and the proxies' modes and delays.
 	mu  sync.Mutex
 	cut map[[2]int]bool
 }
@@ -81,7 +104,7 @@ func StartCluster(ctx context.Context, bin, dir string, n, groups int, extraArgs
 		}
 		kc.NodeArgs[kc.Nodes[i].ID] = []string{"--peer-addrs", path}
 	}
-	kc.Args = append([]string{"--election-timeout", "1s", "--heartbeat-timeout", "1s", "--request-timeout", "2s",
+	kc.Args = append([]string{"--election-timeout", ElectionTimeout.String(), "--heartbeat-timeout", "1s", "--request-timeout", "2s",
 		"--snapshot-threshold", "2048", "--trailing-logs", "1024"}, extraArgs...)
 	if err := kc.StartAll(); err != nil {
 		c.Stop()
@@ -91,6 +114,7 @@ func StartCluster(ctx context.Context, bin, dir string, n, groups int, extraArgs
 		c.Stop()
 		return nil, err
 	}
+	c.Failpoints = c.hasFailpoints()
 	return c, nil
 }
 
@@ -148,6 +172,36 @@ func (c *Cluster) CutHTTP(links [][2]int) {
 	}
 }
 
+// CutRaft cuts the Raft traffic of the given directed links only, and
+// heals every other link, leaving HTTP flowing everywhere.
+func (c *Cluster) CutRaft(links [][2]int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cut := map[[2]int]bool{}
+	for _, l := range links {
+		cut[l] = true
+	}
+	for k, l := range c.links {
+		l.http.SetMode(faultproxy.Pass)
+		if cut[k] {
+			l.raft.SetMode(faultproxy.Refuse)
+		} else {
+			l.raft.SetMode(faultproxy.Pass)
+		}
+	}
+}
+
+// LinksOf returns the directed links to and from node i.
+func (c *Cluster) LinksOf(i int) [][2]int {
+	var out [][2]int
+	for j := range c.Size() {
+		if j != i {
+			out = append(out, [2]int{i, j}, [2]int{j, i})
+		}
+	}
+	return out
+}
+
 // AllLinks returns every directed link.
 func (c *Cluster) AllLinks() [][2]int {
 	var out [][2]int
@@ -157,8 +211,11 @@ func (c *Cluster) AllLinks() [][2]int {
 	return out
 }
 
-// Heal restores every link.
-func (c *Cluster) Heal() { c.setCut(map[[2]int]bool{}) }
+// Heal restores every link: nothing cut, nothing delayed.
+func (c *Cluster) Heal() {
+	c.SlowHTTP(nil, 0)
+	c.setCut(map[[2]int]bool{})
+}
 
 func (c *Cluster) setCut(cut map[[2]int]bool) {
 	c.mu.Lock()
@@ -172,6 +229,46 @@ func (c *Cluster) setCut(cut map[[2]int]bool) {
 		l.http.SetMode(mode)
 	}
 	c.cut = cut
+}
+
+// SlowHTTP delays every chunk of data on the node-to-node HTTP of the
+// given directed links by d, both ways (a request and its answer), and
+// removes any delay from the other links. Raft traffic is not delayed:
+// the groups keep their leaders while the requests one node sends to
+// another (forwarded writes, a coordinator's proposals to other groups'
+// leaders, read indexes) arrive late.
+func (c *Cluster) SlowHTTP(links [][2]int, d time.Duration) { c.delayHTTP(links, d, d) }
+
+// SlowHTTPAnswers is SlowHTTP for the answers only: the requests of the
+// given links arrive at once (a coordinator's prepare is applied) and
+// their answers late (the coordinator waits on, not knowing).
+func (c *Cluster) SlowHTTPAnswers(links [][2]int, d time.Duration) { c.delayHTTP(links, 0, d) }
+
+func (c *Cluster) delayHTTP(links [][2]int, request, answer time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	slow := map[[2]int]bool{}
+	for _, l := range links {
+		slow[l] = true
+	}
+	for k, l := range c.links {
+		if slow[k] {
+			l.http.SetDelays(request, answer)
+		} else {
+			l.http.SetDelays(0, 0)
+		}
+	}
+}
+
+// LinksFrom returns the directed links out of node i.
+func (c *Cluster) LinksFrom(i int) [][2]int {
+	var out [][2]int
+	for j := range c.Size() {
+		if j != i {
+			out = append(out, [2]int{i, j})
+		}
+	}
+	return out
 }
 
 // Leader returns the node index of group g's leader as node i reports it,
@@ -188,6 +285,16 @@ func (c *Cluster) LeaderAsSeenBy(i int, g uint64) int {
 					return j
 				}
 			}
+		}
+	}
+	return -1
+}
+
+// NodeIndex returns the index of the node called id, or -1.
+func (c *Cluster) NodeIndex(id string) int {
+	for i, n := range c.Nodes {
+		if n.ID == id {
+			return i
 		}
 	}
 	return -1
@@ -260,6 +367,97 @@ func (c *Cluster) ProxyTraffic() (raftConns, httpConns int64) {
 		httpConns += l.http.Accepted()
 	}
 	return raftConns, httpConns
+}
+
+// Txns asks node i for the transactions that hold locks or records (GET
+// /v1/admin/txns). Listing them resolves nothing.
+func (c *Cluster) Txns(ctx context.Context, i int) (api.TxnList, error) {
+	var list api.TxnList
+	b, status, err := c.call(ctx, http.MethodGet, c.Nodes[i].URL()+"/v1/admin/txns", "")
+	if err != nil {
+		return list, err
+	}
+	if status != http.StatusOK {
+		return list, fmt.Errorf("GET /v1/admin/txns from %s: %d %s", c.Nodes[i].ID, status, b)
+	}
+	return list, json.Unmarshal(b, &list)
+}
+
+// ArmFailpoint arms failpoint name on node i with action ("crash" or
+// "crash-once"); DisarmFailpoint disarms it. Both need a binary built
+// with failpoints (see Failpoints).
+func (c *Cluster) ArmFailpoint(ctx context.Context, i int, name, action string) error {
+	return c.failpoint(ctx, i, http.MethodPut, name, action)
+}
+
+// DisarmFailpoint disarms failpoint name on node i.
+func (c *Cluster) DisarmFailpoint(ctx context.Context, i int, name string) error {
+	return c.failpoint(ctx, i, http.MethodDelete, name, "")
+}
+
+func (c *Cluster) failpoint(ctx context.Context, i int, method, name, action string) error {
+	b, status, err := c.call(ctx, method, c.Nodes[i].URL()+"/debug/failpoints/"+name, action)
+	if err != nil {
+		return fmt.Errorf("%s failpoint %s on %s: %w", method, name, c.Nodes[i].ID, err)
+	}
+	if status != http.StatusOK {
+		return fmt.Errorf("%s failpoint %s on %s: %d %s", method, name, c.Nodes[i].ID, status, b)
+	}
+	return nil
+}
+
+// hasFailpoints says whether node 0 serves the failpoint endpoint.
+func (c *Cluster) hasFailpoints() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, status, err := c.call(ctx, http.MethodGet, c.Nodes[0].URL()+"/debug/failpoints/", "")
+	return err == nil && status == http.StatusOK
+}
+
+// call sends one request to a node and returns the answer's body and
+// status.
+func (c *Cluster) call(ctx context.Context, method, url, body string) ([]byte, int, error) {
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+	if err != nil {
+		return nil, 0, err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return b, resp.StatusCode, err
+}
+
+// WipeState deletes the state machine (every group's state.db) of node
+// i, which must be stopped, keeping its Raft logs and snapshots: on its
+// next start each replica must rebuild its state from them and from its
+// peers. It returns the number of files deleted.
+func (c *Cluster) WipeState(i int) (int, error) {
+	n := c.Nodes[i]
+	if n.Running() {
+		return 0, fmt.Errorf("wipe the state of %s: it is running", n.ID)
+	}
+	var paths []string
+	err := filepath.WalkDir(n.DataDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && d.Name() == "state.db" {
+			paths = append(paths, path)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("wipe the state of %s: %w", n.ID, err)
+	}
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil {
+			return 0, fmt.Errorf("wipe the state of %s: %w", n.ID, err)
+		}
+	}
+	return len(paths), nil
 }
 
 // BuildKVD builds the kvd binary the suite runs into dir: a normal build
