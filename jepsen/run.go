@@ -25,7 +25,8 @@ type Options struct {
 	// Nodes and Groups shape the cluster (3 replicas per group, fewer on
 	// fewer nodes).
 	Nodes, Groups int
-	// Duration is how long the clients run, faults included.
+	// Duration is how long the clients run, faults included (a fault
+	// that holds for a time of its own, see Holder, may extend it).
 	Duration time.Duration
 	// Workers is the number of concurrent clients.
 	Workers int
@@ -173,9 +174,21 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 	}
 	o.Logf("%s: %s under %s for %v (seed %d)", dir, o.Workload.Name(), o.Nemesis, o.Duration, o.Seed)
 
-	// Clients.
+	// Clients. They run for o.Duration, and on until a fault that holds
+	// for a time of its own heals (see Holder).
+	clientsCtx, stopClients := context.WithCancel(ctx)
+	defer stopClients()
 	runCtx, stopRun := context.WithTimeout(ctx, o.Duration)
 	defer stopRun()
+	// ownHold is set while a fault starts, and while one with a hold of
+	// its own is on: the clients are not stopped meanwhile.
+	var ownHold atomic.Bool
+	stopAtDeadline := context.AfterFunc(runCtx, func() {
+		if !ownHold.Load() {
+			stopClients()
+		}
+	})
+	defer stopAtDeadline()
 	var wg sync.WaitGroup
 	var done atomic.Int64
 	for id := range o.Workers {
@@ -183,7 +196,7 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 		go func() {
 			defer wg.Done()
 			w := &Worker{ID: id, Rng: rand.New(rand.NewPCG(o.Seed, uint64(id)+1))}
-			for runCtx.Err() == nil {
+			for clientsCtx.Err() == nil {
 				call := h.Now()
 				op := o.Workload.Step(ctx, env, w)
 				op.Call, op.Return = call, h.Now()
@@ -191,13 +204,13 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 				done.Add(1)
 				select {
 				case <-time.After(o.Think):
-				case <-runCtx.Done():
+				case <-clientsCtx.Done():
 				}
 			}
 		}()
 	}
 
-	// Faults.
+	// Faults, one at a time, none begun after o.Duration.
 	rng := rand.New(rand.NewPCG(o.Seed, 0))
 	if nem != nil {
 		for {
@@ -209,26 +222,55 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 				break
 			}
 			f := Fault{Nemesis: nem.Name(), Start: sec(h.Now())}
-			what, err := nem.Start(runCtx, c, rng)
+			ownHold.Store(true) // until its hold is known
+			// Not runCtx: a fault begun is set up in full (Start bounds
+			// its own waits), even if o.Duration ends meanwhile.
+			what, err := nem.Start(ctx, env, rng)
 			f.What = what
 			if err != nil {
 				f.Error = err.Error()
 			}
 			o.Logf("  %5.1fs  fault: %s", f.Start, what)
-			select {
-			case <-time.After(o.Hold):
-			case <-runCtx.Done():
+			var own time.Duration
+			if hn, ok := nem.(Holder); ok {
+				own = hn.Hold(o.Hold)
 			}
-			if err := nem.Stop(ctx, c); err != nil && f.Error == "" {
+			hold, holdCtx := o.Hold, runCtx
+			if own > 0 {
+				// Held in full: the clients run on past o.Duration.
+				hold, holdCtx = own, ctx
+			} else {
+				ownHold.Store(false)
+				if runCtx.Err() != nil {
+					stopClients()
+				}
+			}
+			select {
+			case <-time.After(hold):
+			case <-holdCtx.Done():
+			}
+			healed, err := nem.Stop(ctx, env)
+			if healed != "" {
+				f.What += "; " + healed
+			}
+			if err != nil && f.Error == "" {
 				f.Error = "heal: " + err.Error()
+			}
+			if ownHold.Swap(false) && runCtx.Err() != nil {
+				stopClients()
 			}
 			f.End = sec(h.Now())
 			sum.Faults = append(sum.Faults, f)
-			o.Logf("  %5.1fs  healed (%d ops so far)", f.End, done.Load())
+			if healed != "" {
+				o.Logf("  %5.1fs  healed: %s (%d ops so far)", f.End, healed, done.Load())
+			} else {
+				o.Logf("  %5.1fs  healed (%d ops so far)", f.End, done.Load())
+			}
 		}
 	} else {
 		<-runCtx.Done()
 	}
+	stopClients()
 	wg.Wait()
 
 	// Heal everything and wait for the cluster to recover.
@@ -268,6 +310,9 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 	}
 	check := o.Workload.Check(ops)
 	sum.Checks = append(sum.Checks, check)
+	if ck, ok := nem.(Checker); ok {
+		sum.Checks = append(sum.Checks, ck.Checks()...)
+	}
 	sum.Verdict = Valid
 	for _, ch := range sum.Checks {
 		switch {

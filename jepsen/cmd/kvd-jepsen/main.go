@@ -25,7 +25,7 @@ func main() { os.Exit(run()) }
 func run() int {
 	var o jepsen.Options
 	workloads := flag.String("workload", "all", "workloads, comma-separated: "+strings.Join(jepsen.WorkloadNames(), ", ")+", or all")
-	nemeses := flag.String("nemesis", "mixed", "nemeses, comma-separated: kill, kill-leader, pause, pause-leader, partition, partition-leader, partition-ring, restart, mixed, none")
+	nemeses := flag.String("nemesis", "mixed", "nemeses, comma-separated: "+strings.Join(jepsen.NemesisNames(), ", "))
 	flag.IntVar(&o.Nodes, "nodes", 3, "nodes (3 or 5)")
 	flag.IntVar(&o.Groups, "groups", 2, "shard groups")
 	flag.DurationVar(&o.Duration, "time", 60*time.Second, "time each run's clients run")
