@@ -130,7 +130,10 @@ func keyOfGroup(t *testing.T, c *Cluster, g uint64) string {
 }
 
 // TestShortSuite is the suite's short form that make test runs: register,
-// set and bank, each under kill, pause and a partition.
+// set and bank under kill, pause-leader (with its deposed-leader probe)
+// and partition-leader; with three groups, set under kill, bank under a
+// rolling restart and under crash-coordinator (with its janitor probe),
+// and list-append under kill.
 func TestShortSuite(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs kvd clusters under faults for minutes")
@@ -139,27 +142,43 @@ func TestShortSuite(t *testing.T) {
 	if out == "" {
 		out = t.TempDir()
 	}
-	for _, wl := range []string{"register", "set", "bank"} {
-		for _, nem := range []string{"kill", "pause-leader", "partition-leader"} {
-			t.Run(wl+"/"+nem, func(t *testing.T) {
-				w, err := WorkloadByName(wl)
-				require.NoError(t, err)
-				sum, err := Run(context.Background(), Options{Bin: kvdBin, Dir: out, Workload: w, Nemesis: nem,
-					Duration: 25 * time.Second, Quiet: 2 * time.Second, Hold: 5 * time.Second, Logf: t.Logf})
-				require.NoError(t, err)
-				t.Log(sum.Line())
-				for _, ch := range sum.Checks {
-					t.Logf("%s: %s: %s %v", ch.Checker, ch.Verdict, ch.Summary, ch.Errors)
-				}
-				require.NotEmpty(t, sum.Faults, "faults were injected")
-				for _, f := range sum.Faults {
-					require.Empty(t, f.Error, "fault %s", f.What)
-				}
-				if sum.Verdict != Valid {
-					b, _ := os.ReadFile(filepath.Join(sum.Dir, "summary.json"))
-					t.Fatalf("run failed: %s\n%s", sum.Line(), b)
-				}
-			})
-		}
+	for _, r := range []struct {
+		workload, nemesis string
+		groups            int
+	}{
+		{"register", "kill", 2},
+		{"register", "pause-leader", 2},
+		{"register", "partition-leader", 2},
+		{"set", "kill", 3},
+		{"set", "pause-leader", 2},
+		{"set", "partition-leader", 2},
+		{"bank", "restart", 3},
+		{"bank", "pause-leader", 2},
+		{"bank", "partition-leader", 2},
+		{"bank", "crash-coordinator", 3},
+		{"list-append", "kill", 3},
+	} {
+		t.Run(r.workload+"/"+r.nemesis, func(t *testing.T) {
+			w, err := WorkloadByName(r.workload)
+			if err != nil {
+				t.Skipf("no such workload yet: %v", err)
+			}
+			sum, err := Run(context.Background(), Options{Bin: kvdBin, Dir: out, Workload: w, Nemesis: r.nemesis, Groups: r.groups,
+				Duration: 25 * time.Second, Quiet: 2 * time.Second, Hold: 5 * time.Second, Logf: t.Logf})
+			require.NoError(t, err)
+			t.Log(sum.Line())
+			for _, ch := range sum.Checks {
+				t.Logf("%s: %s: %s %v", ch.Checker, ch.Verdict, ch.Summary, ch.Errors)
+			}
+			require.Empty(t, sum.Skipped, "every fault applies")
+			require.NotEmpty(t, sum.Faults, "faults were injected")
+			for _, f := range sum.Faults {
+				require.Empty(t, f.Error, "fault %s", f.What)
+			}
+			if sum.Verdict != Valid {
+				b, _ := os.ReadFile(filepath.Join(sum.Dir, "summary.json"))
+				t.Fatalf("run failed: %s\n%s", sum.Line(), b)
+			}
+		})
 	}
 }
