@@ -239,6 +239,10 @@ func (c *Cluster) setCut(cut map[[2]int]bool) {
 // leaders, read indexes) arrive late.
 func (c *Cluster) SlowHTTP(links [][2]int, d time.Duration) { c.delayHTTP(links, d, d) }
 
+// SlowHTTPRequests is SlowHTTP for the requests only: a coordinator's
+// prepare is applied late, and its answer comes back at once.
+func (c *Cluster) SlowHTTPRequests(links [][2]int, d time.Duration) { c.delayHTTP(links, d, 0) }
+
 // SlowHTTPAnswers is SlowHTTP for the answers only: the requests of the
 // given links arrive at once (a coordinator's prepare is applied) and
 // their answers late (the coordinator waits on, not knowing).

@@ -714,11 +714,14 @@ func (n *partitionNemesis) Stop(ctx context.Context, env *Env) (string, error) {
 	return "", nil
 }
 
-// slowLinkNemesis delays the node-to-node HTTP out of one node by 300 to
-// 800 ms (drawn per fault), on every link or on the one link to the
-// leader of a group it does not lead. That node's work at other groups'
-// leaders arrives late: as a transactions' coordinator, its prepare at
-// the record group may land after readers looked for the record.
+// slowLinkNemesis delays the node-to-node HTTP requests out of one node
+// by 300 to 800 ms (drawn per fault), on every link or on the one link to
+// the leader of a group it does not lead. That node's work at other
+// groups' leaders arrives late: as a transactions' coordinator, its
+// prepare at the record group may land after readers looked for the
+// record. The answers are not delayed: a delay both ways makes most of
+// that node's requests outlast the request timeout, and the transactions
+// this fault is after would not begin.
 type slowLinkNemesis struct{}
 
 func (n *slowLinkNemesis) Name() string                { return "slow-link" }
@@ -730,13 +733,13 @@ func (n *slowLinkNemesis) Start(ctx context.Context, env *Env, rng *rand.Rand) (
 	if rng.IntN(2) == 0 {
 		for _, g := range rng.Perm(c.Groups()) {
 			if l := c.LeaderAsSeenBy(i, uint64(g+1)); l >= 0 && l != i {
-				c.SlowHTTP([][2]int{{i, l}}, d)
-				return fmt.Sprintf("HTTP from %s to %s (leader of group %d) delayed %v", c.Nodes[i].ID, c.Nodes[l].ID, g+1, d), nil
+				c.SlowHTTPRequests([][2]int{{i, l}}, d)
+				return fmt.Sprintf("HTTP requests from %s to %s (leader of group %d) delayed %v", c.Nodes[i].ID, c.Nodes[l].ID, g+1, d), nil
 			}
 		}
 	}
-	c.SlowHTTP(c.LinksFrom(i), d)
-	return fmt.Sprintf("HTTP from %s to every other node delayed %v", c.Nodes[i].ID, d), nil
+	c.SlowHTTPRequests(c.LinksFrom(i), d)
+	return fmt.Sprintf("HTTP requests from %s to every other node delayed %v", c.Nodes[i].ID, d), nil
 }
 func (n *slowLinkNemesis) Stop(ctx context.Context, env *Env) (string, error) {
 	env.Cluster.SlowHTTP(nil, 0)
