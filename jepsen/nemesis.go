@@ -506,9 +506,10 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 // pauseLongNemesis SIGSTOPs a node (or a group's leader) for twice the
 // transaction deadline, so that the transactions it coordinates expire
 // and are finished by the others while it sleeps. So that it sleeps in
-// the middle of some, the answers to its node-to-node HTTP are slowed for
-// a moment first: its prepares at other groups' leaders are applied, and
-// it stops before it learns so. Every transaction that holds
+// the middle of some, the answers to its node-to-node HTTP are slowed
+// first, until the transaction list shows one under way: its prepares at
+// other groups' leaders are applied, and it stops before it learns so.
+// Every transaction that holds
 // locks or a pending record once it sleeps must be finished (decided and
 // its locks resolved) by the others before it resumes.
 type pauseLongNemesis struct {
@@ -546,9 +547,27 @@ func (n *pauseLongNemesis) Start(ctx context.Context, env *Env, rng *rand.Rand) 
 		note = leaderNote(g)
 	}
 	id := c.Nodes[n.victim].ID
-	const slow, slowFor = 500 * time.Millisecond, 1500 * time.Millisecond
+	// Slow the answers until a transaction stays under way from one look
+	// at the list to the next (the others' finish in milliseconds: one
+	// that lasts is most likely the victim's), or for a few seconds.
+	const slow, slowMax = 500 * time.Millisecond, 5 * time.Second
 	c.SlowHTTPAnswers(c.LinksFrom(n.victim), slow)
-	sleepCtx(ctx, slowFor)
+	began := time.Now()
+	var before map[string]bool
+look:
+	for other := (n.victim + 1) % c.Size(); time.Since(began) < slowMax && ctx.Err() == nil; {
+		if list, err := c.Txns(ctx, other); err == nil {
+			now := unfinished(list)
+			for id := range now {
+				if before[id] {
+					break look
+				}
+			}
+			before = now
+		}
+		sleepCtx(ctx, 200*time.Millisecond)
+	}
+	slowFor := time.Since(began).Round(10 * time.Millisecond)
 	err := c.Pause(n.victim)
 	c.SlowHTTP(nil, 0)
 	desc := fmt.Sprintf("answers to %s's HTTP delayed %v for %v, then SIGSTOP %s%s for %v, twice the transaction deadline",
