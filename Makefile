@@ -7,7 +7,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 RACE_PKGS := ./store/... ./replication/... ./txn/... ./httpapi/... ./server/... ./client/... ./embed/... ./examples/... ./internal/...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build run test test-short bench compare jepsen soak lint fmt clean
+.PHONY: all build run test test-short bench compare jepsen soak mutants lint fmt clean
 
 all: build
 
@@ -48,6 +48,12 @@ jepsen:
 ## disk sampled and judged bounded; reports and plots in jepsen-results/
 soak:
 	$(GO) run ./jepsen/cmd/kvd-jepsen -soak -nemesis mixed -nodes 3 -groups 3 -time $(or $(DURATION),30m) -out jepsen-results
+
+## mutants: build kvd with each planted bug (internal/failpoint) and run the
+## workload and nemesis that must catch it until one run is invalid (at most
+## 3 or 4 runs each, or ATTEMPTS); prints a table, fails if a bug got through
+mutants:
+	$(GO) run ./jepsen/cmd/kvd-mutants $(if $(ATTEMPTS),-attempts $(ATTEMPTS)) -out jepsen-results/mutants
 
 ## compare: side by side with a 3-member etcd (needs ../shared/bench)
 compare:
