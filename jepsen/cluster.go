@@ -72,6 +72,19 @@ func StartCluster(ctx context.Context, bin, dir string, n, groups int, extraArgs
 	if err != nil {
 		return nil, err
 	}
+	hosted := map[string]bool{}
+	for _, g := range kc.Spec.Map().Groups {
+		for _, m := range g.Members {
+			hosted[m] = true
+		}
+	}
+	for _, node := range kc.Nodes {
+		if !hosted[node.ID] {
+			// kvd refuses to start it, and the run could never heal.
+			return nil, fmt.Errorf("%d groups of %d replicas leave node %s of %d without a group: use at least %d groups",
+				groups, kc.Spec.Replicas, node.ID, n, n-kc.Spec.Replicas+1)
+		}
+	}
 	proxyAddrs := addrs[2*n:]
 	c := &Cluster{Cluster: kc, links: map[[2]int]*link{}, cut: map[[2]int]bool{},
 		hc: &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil}}}
