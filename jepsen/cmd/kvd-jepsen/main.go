@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/kvd-project/kvd/jepsen"
@@ -74,7 +75,7 @@ func run() int {
 		o.Bin, _ = filepath.Abs(bin)
 	}
 	o.Logf = func(format string, args ...any) { fmt.Printf(format+"\n", args...) }
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	failed := 0
 	var lines []string
