@@ -30,12 +30,14 @@ type Stats struct {
 	QueuedBytes, InflightBytes, LogCacheBytes int64
 	// StateBytes is the size of the state file.
 	StateBytes int64
+	// HistoryEvents and HistoryBytes are what the watch history holds.
+	HistoryEvents, HistoryBytes uint64
 }
 
 // Stats returns the replica's counters and sizes.
 func (g *Group) Stats() Stats {
 	s := &g.stats
-	return Stats{
+	st := Stats{
 		Damaged: s.damaged.Load(), Repairs: s.repairs.Load(), RepairFailures: s.repairFailures.Load(),
 		ChecksOK: s.checksOK.Load(), ChecksFailed: s.checksFailed.Load(),
 		ApplyStalls: s.applyStalls.Load(), Shed: s.shed.Load(),
@@ -43,4 +45,6 @@ func (g *Group) Stats() Stats {
 		QueuedBytes: g.queued.Load(), InflightBytes: g.inflightSize.Load(), LogCacheBytes: int64(g.logs.cachedBytes()),
 		StateBytes: g.db.Size(),
 	}
+	st.HistoryEvents, st.HistoryBytes = g.db.HistorySize()
+	return st
 }

@@ -83,6 +83,8 @@ var (
 	descHealth  = prometheus.NewDesc("kvd_replica_health", "Health of a group's replica (1 for the current state: ok, catching_up, repairing, stalled).",
 		[]string{"group", "state"}, nil)
 	descStateBytes = prometheus.NewDesc("kvd_state_bytes", "Size of a group replica's state file (bbolt).", []string{"group"}, nil)
+	descHistEvents = prometheus.NewDesc("kvd_history_events", "Events a group replica's watch history holds (bounded by --watch-history).", []string{"group"}, nil)
+	descHistBytes  = prometheus.NewDesc("kvd_history_bytes", "Bytes of keys and values a group replica's watch history holds.", []string{"group"}, nil)
 	descCacheBytes = prometheus.NewDesc("kvd_raft_log_cache_bytes", "Bytes of recent log entries a replica caches.", []string{"group"}, nil)
 	descQueued     = prometheus.NewDesc("kvd_proposal_queue_bytes", "Bytes of commands waiting to be proposed in a group.", []string{"group"}, nil)
 	descInflight   = prometheus.NewDesc("kvd_proposal_inflight_bytes", "Bytes of entries proposed in a group and not yet applied.", []string{"group"}, nil)
@@ -100,7 +102,7 @@ var (
 	descRaftRefuse = prometheus.NewDesc("kvd_raft_connections_refused_total", "Raft connections refused at the handshake (another cluster, or no secret).", nil, nil)
 )
 
-var raftDescs = []*prometheus.Desc{descState, descTerm, descCommit, descApplied, descLast, descLeader, descHealth, descStateBytes,
+var raftDescs = []*prometheus.Desc{descState, descTerm, descCommit, descApplied, descLast, descLeader, descHealth, descStateBytes, descHistEvents, descHistBytes,
 	descCacheBytes, descQueued, descInflight, descShed, descSnapshots, descDamaged, descRepairs, descChecks, descAlarm, descStalls,
 	descMissing, descDiskUsed, descDiskFree, descWritable, descRaftRefuse}
 
@@ -141,6 +143,8 @@ func (c *raftCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descAlarm, one(h.Integrity != nil && !h.Integrity.OK), label)
 		gs := g.Stats()
 		gauge(descStateBytes, float64(gs.StateBytes), label)
+		gauge(descHistEvents, float64(gs.HistoryEvents), label)
+		gauge(descHistBytes, float64(gs.HistoryBytes), label)
 		gauge(descCacheBytes, float64(gs.LogCacheBytes), label)
 		gauge(descQueued, float64(gs.QueuedBytes), label)
 		gauge(descInflight, float64(gs.InflightBytes), label)

@@ -368,6 +368,10 @@ func TestStore_HistoryPruningIsTheSameWhateverTheBatching(t *testing.T) {
 			fmt.Fprintf(&b, " %s=%s", e.Pos, e.Key)
 		}
 		histories[batch] = b.String()
+		count, size := db.HistorySize()
+		require.Equal(t, uint64(len(evs)), count, "the history's own count")
+		require.LessOrEqual(t, size, uint64(3000), "within the byte bound")
+		require.Positive(t, size)
 		require.NoError(t, db.Close())
 		require.LessOrEqual(t, len(evs), 40)
 	}

@@ -164,6 +164,18 @@ func (a *applier) flushHistory() error {
 	return putMeta(a.meta, metaHistBytes, be64(size))
 }
 
+// HistorySize returns the events the history holds and the bytes of
+// their keys and values (what its bounds count).
+func (db *DB) HistorySize() (events, bytes uint64) {
+	_ = db.view(func(tx *bolt.Tx) error {
+		meta := bucketsOf(tx).meta
+		events, _ = metaU64(meta, metaHistCount)
+		bytes, _ = metaU64(meta, metaHistBytes)
+		return nil
+	})
+	return events, bytes
+}
+
 // History returns up to limit events with key prefix after position
 // after, holding keys and values of at most maxBytes (but at least one
 // event; maxBytes <= 0 means HistoryPageBytes), the position it read up to
