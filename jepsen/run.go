@@ -42,6 +42,8 @@ type Options struct {
 	// Seed makes the schedule and the operations reproducible (as far as
 	// timing allows); 0 picks one.
 	Seed uint64
+	// NodeArgs are extra kvd flags for every node.
+	NodeArgs []string
 	// Logf, if set, receives progress lines.
 	Logf func(format string, args ...any)
 }
@@ -152,7 +154,7 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 		}
 	}
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	c, err := StartCluster(sctx, o.Bin, filepath.Join(dir, "cluster"), o.Nodes, o.Groups, nil)
+	c, err := StartCluster(sctx, o.Bin, filepath.Join(dir, "cluster"), o.Nodes, o.Groups, o.NodeArgs)
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("start cluster: %w", err)

@@ -319,6 +319,10 @@ func Soak(ctx context.Context, o Options) (*Summary, error) {
 	}
 	s.Duration = o.Duration
 	o.Workload, o.Workers = s, s.Workers()
+	// A watch history small enough that a soak fills it and must prune
+	// it, so that pruning is judged (the default keeps 100 000 events a
+	// group, more than a half hour writes to some groups).
+	o.NodeArgs = append([]string{"--watch-history", "5000"}, o.NodeArgs...)
 	defer s.close()
 	sum, err := Run(ctx, o)
 	if err != nil {
@@ -605,6 +609,10 @@ var soakResources = []Resource{
 	{Name: "raft_log", Title: "Raft log files (raft.db)", Unit: "MiB", Scope: ScopeDisk, WarmUp: 2 * time.Minute,
 		Bound: &Bound{Ratio: 1.5, Floor: 32}},
 	{Name: "snapshots", Title: "snapshot files", Unit: "MiB", Scope: ScopeDisk},
+	// The watch history is pruned to --watch-history events a group (a
+	// soak sets 5000): past warm-up it must stay at its bound.
+	{Name: "history_events", Title: "watch history events (kvd_history_events, all groups)", Scope: ScopeDisk, WarmUp: 2 * time.Minute,
+		Bound: &Bound{Ratio: 1.5, Floor: 1000}},
 	{Name: "state", Title: "state files (state.db: data, watch history, idempotency and transaction records)", Unit: "MiB", Scope: ScopeDisk},
 	// Committed and aborted transactions' records are forgotten once
 	// every participant has resolved; a handful may be in flight.
@@ -734,8 +742,11 @@ func (s *sampler) process(ctx context.Context, base string, pid int, v map[strin
 			v["rss_anon"] = x * kib
 		}
 	}
-	m, err := s.metrics(ctx, base, "go_goroutines", "process_open_fds", "go_memstats_heap_inuse_bytes")
+	m, err := s.metrics(ctx, base, "go_goroutines", "process_open_fds", "go_memstats_heap_inuse_bytes", "kvd_history_events")
 	if err == nil {
+		if x, ok := m["kvd_history_events"]; ok {
+			v["history_events"] = x
+		}
 		if x, ok := m["go_goroutines"]; ok {
 			v["goroutines"] = x
 		}
