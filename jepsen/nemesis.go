@@ -997,11 +997,15 @@ func (n *crashCoordinatorNemesis) checkJanitor(ctx context.Context, env *Env, fi
 		}
 		return locks, pending
 	}
+	// A record still pending once its coordinator died was never
+	// decided by it; recovery can then only abort it.
+	undecided := false
 	list, err := listTxns(ctx, c, -1)
 	if err != nil {
 		notes = append(notes, "could not list the transactions: "+err.Error())
 	} else {
 		locks, pending := left(list)
+		undecided = fired && out.Status != OK && pending > 0
 		notes = append(notes, fmt.Sprintf("%d locks and %d pending records left", locks, pending))
 	}
 
@@ -1061,6 +1065,8 @@ func (n *crashCoordinatorNemesis) checkJanitor(ctx context.Context, env *Env, fi
 		n.res.fail("janitor probe: the transaction writing %s and %s committed, but neither is there", p.a, p.b)
 	case out.Status == Fail && got[0].Found:
 		n.res.fail("janitor probe: the transaction writing %s and %s failed (%s), but both are there", p.a, p.b, out.Error)
+	case undecided && got[0].Found:
+		n.res.fail("janitor probe: the transaction writing %s and %s was left pending by its crashed coordinator, which can only be aborted, but both are there", p.a, p.b)
 	}
 	what := "neither written"
 	if got[0].Found || got[1].Found {
