@@ -2,12 +2,13 @@
 // bugs. For each mutant (a bug planted in kvd behind
 // failpoint.Mutant, see internal/failpoint) it builds kvd with that bug
 // switched on, checks that the binary reports it, and runs the workload
-// and nemesis chosen to catch it until one run is invalid, at most
-// -attempts times. It prints a table (mutant, caught, by which workload
+// and nemesis chosen to catch it until one run is invalid, at most 3 or 4
+// times (-attempts). It prints a table (mutant, caught, by which workload
 // and nemesis, attempts, time to catch) and exits 1 if any mutant got
-// through.
+// through. docs/testing.md lists the mutants and what catches each.
 //
 //	kvd-mutants                                   # every mutant
+//	kvd-mutants -list
 //	kvd-mutants -only ack-before-commit -attempts 1
 //	kvd-mutants -only follower-read-no-wait -workload register -nemesis none -time 20s
 //	kvd-mutants -control                          # the same runs on kvd without a mutant: all must pass
@@ -18,6 +19,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/signal"
@@ -37,6 +39,9 @@ import (
 type hunt struct {
 	mutant   string
 	workload string
+	// newWorkload, if set, makes the workload (a variant of the one
+	// named); else it is looked up by name.
+	newWorkload func() jepsen.Workload
 	// nemeses are the nemeses that catch the mutant, best first; the
 	// hunt uses the first the harness knows (newer nemeses catch some
 	// mutants far more often than the older ones they replace).
@@ -45,6 +50,9 @@ type hunt struct {
 	// time is each run's client time; quiet and hold shape the fault
 	// schedule (0: the harness's defaults).
 	time, quiet, hold time.Duration
+	// groups and workers shape the cluster and the load (0: the
+	// harness's defaults, 2 groups and 10 workers).
+	groups, workers int
 	// attempts bounds the runs before the mutant counts as not caught.
 	attempts int
 	// why says what makes the run see the bug.
@@ -52,9 +60,9 @@ type hunt struct {
 }
 
 // hunts lists every mutant with the runs that catch it. Times and
-// attempts are chosen so that `make mutants` takes about 6 minutes when
-// each mutant is caught at its first run and stays under 25 minutes on
-// two cores if every hunt used all its attempts.
+// attempts are chosen so that `make mutants` takes about 5 minutes on two
+// cores when each mutant is caught at once, and about 20 if every hunt
+// used all its attempts (-budget stops it at 25).
 var hunts = []hunt{
 	{mutant: failpoint.MutantFollowerReadNoWait, workload: "register", nemeses: []string{"none"}, time: 15 * time.Second, attempts: 3,
 		why: "a follower read just after an acknowledged write misses it: followers learn the commit index one round later"},
@@ -63,11 +71,24 @@ var hunts = []hunt{
 	{mutant: failpoint.MutantLeaderReadNoQuorum, workload: "register", nemeses: []string{"pause-leader"}, time: 30 * time.Second, attempts: 4,
 		why: "a paused leader wakes up still believing it leads and answers queued linearizable reads from its old state " +
 			"(with the deposed-leader probe, reads queued after writes through the new leader)"},
-	{mutant: failpoint.MutantAbsentRecordAborted, workload: "bank", nemeses: []string{"slow-link", "restart"}, time: 30 * time.Second, attempts: 4,
+	{mutant: failpoint.MutantAbsentRecordAborted, workload: "bank", nemeses: []string{"slow-link", "restart"}, time: 30 * time.Second,
+		quiet: time.Second, hold: 4 * time.Second, attempts: 4,
+		// Many accounts: a transfer through the slowed node reads
+		// balances a second or more old, and with the default 8 most
+		// have changed by its prepare, which then votes no. Short faults,
+		// often: each draws its delay and link afresh, and only some
+		// delay a record group's prepare enough.
+		newWorkload: func() jepsen.Workload { return &jepsen.BankWorkload{Accounts: 32} },
 		why: "a coordinator's prepare at the record group arrives late (a slow link); readers that met the other group's lock meanwhile " +
 			"abort the transfer there, then it commits in the record group"},
-	{mutant: failpoint.MutantRecoverCommitsPending, workload: "bank", nemeses: []string{"crash-coordinator", "kill"}, time: 20 * time.Second, attempts: 3,
-		why: "a coordinator dies between prepare and decision; the janitor must abort its pending record, and the mutant commits it"},
+	{mutant: failpoint.MutantRecoverCommitsPending, workload: "bank", nemeses: []string{"crash-coordinator", "kill"}, time: 30 * time.Second, attempts: 4,
+		// Many clients: the crash then abandons several transfers at
+		// once, some with a group that voted no; with the default 10
+		// it mostly abandons only the janitor probe's transaction, which
+		// votes yes everywhere, so that committing it is no visible harm.
+		workers: 40,
+		why: "a coordinator dies between prepare and decision; the janitor must abort its pending records and the mutant commits them, " +
+			"which bank sees when a group had voted no (a transfer that lost a race)"},
 	{mutant: failpoint.MutantRecoverAbortsCommitted, workload: "bank", nemeses: []string{"none"}, time: 10 * time.Second, attempts: 3,
 		why: "a reader meets a lock of a transfer already committed in its record group and drops it"},
 	{mutant: failpoint.MutantAckBeforeCommit, workload: "set", nemeses: []string{"partition-leader"}, time: 20 * time.Second, attempts: 3,
@@ -93,15 +114,18 @@ type outcome struct {
 func main() { os.Exit(run()) }
 
 func run() int {
+	var ov overrides
 	only := flag.String("only", "", "mutants to hunt, comma-separated (default: all): "+strings.Join(failpoint.Mutants, ", "))
-	attempts := flag.Int("attempts", 0, "runs per mutant before it counts as not caught (default: each hunt's own, 3 or 4)")
+	flag.IntVar(&ov.attempts, "attempts", 0, "runs per mutant before it counts as not caught (default: each hunt's own, 3 or 4)")
 	out := flag.String("out", "jepsen-results/mutants", "folder for the binaries and the runs' reports")
-	workload := flag.String("workload", "", "override every hunt's workload")
-	nemesis := flag.String("nemesis", "", "override every hunt's nemesis")
-	runTime := flag.Duration("time", 0, "override every hunt's run time")
-	quiet := flag.Duration("quiet", 0, "override every hunt's time without faults before each fault")
-	hold := flag.Duration("hold", 0, "override every hunt's time each fault is held")
-	budget := flag.Duration("budget", 40*time.Minute, "stop hunting after this long (mutants not hunted count as not caught)")
+	flag.StringVar(&ov.workload, "workload", "", "override every hunt's workload")
+	flag.StringVar(&ov.nemesis, "nemesis", "", "override every hunt's nemesis")
+	flag.DurationVar(&ov.time, "time", 0, "override every hunt's run time")
+	flag.DurationVar(&ov.quiet, "quiet", 0, "override every hunt's time without faults before each fault")
+	flag.DurationVar(&ov.hold, "hold", 0, "override every hunt's time each fault is held")
+	flag.IntVar(&ov.groups, "groups", 0, "override every hunt's number of groups")
+	flag.IntVar(&ov.workers, "workers", 0, "override every hunt's number of clients")
+	budget := flag.Duration("budget", 25*time.Minute, "stop hunting after this long (mutants not hunted by then count as not caught)")
 	control := flag.Bool("control", false, "run each hunt once on kvd without a mutant instead: every run must pass")
 	keep := flag.Bool("keep", false, "keep the cluster data of runs that caught their mutant")
 	list := flag.Bool("list", false, "list the mutants and how each is hunted, and exit")
@@ -110,18 +134,25 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "kvd-mutants: unexpected argument %q\n", flag.Arg(0))
 		return 2
 	}
-	selected, err := selectHunts(*only, *workload, *nemesis, *runTime, *quiet, *hold, *attempts)
+	if ov.attempts < 0 || ov.groups < 0 || ov.workers < 0 {
+		fmt.Fprintln(os.Stderr, "kvd-mutants: -attempts, -groups and -workers must not be negative")
+		return 2
+	}
+	selected, err := selectHunts(*only, ov)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "kvd-mutants: %v\n", err)
 		return 2
 	}
-	if *attempts < 0 {
-		fmt.Fprintln(os.Stderr, "kvd-mutants: -attempts must not be negative")
-		return 2
-	}
 	if *list {
 		for _, h := range selected {
-			fmt.Printf("%s: %s under %s (of %v), %v per run, up to %d runs\n  %s\n", h.mutant, h.workload, h.nemesis, h.nemeses, h.time, h.attempts, h.why)
+			shape := ""
+			if h.groups > 0 {
+				shape += fmt.Sprintf(", %d groups", h.groups)
+			}
+			if h.workers > 0 {
+				shape += fmt.Sprintf(", %d workers", h.workers)
+			}
+			fmt.Printf("%s: %s under %s (of %v), %v per run%s, up to %d runs\n  %s\n", h.mutant, h.workload, h.nemesis, h.nemeses, h.time, shape, h.attempts, h.why)
 		}
 		return 0
 	}
@@ -157,6 +188,12 @@ func run() int {
 	}
 	fmt.Println()
 	printTable(os.Stdout, outs)
+	fmt.Println()
+	for _, o := range outs {
+		if o.caught {
+			fmt.Printf("%s: %s\n", o.hunt.mutant, o.dir)
+		}
+	}
 	missed := 0
 	for _, o := range outs {
 		if !o.caught {
@@ -171,9 +208,17 @@ func run() int {
 	return 0
 }
 
+// overrides are the command line's changes to every hunt; a zero field
+// changes nothing.
+type overrides struct {
+	workload, nemesis         string
+	time, quiet, hold         time.Duration
+	groups, workers, attempts int
+}
+
 // selectHunts picks the hunts named in only (all if empty), chooses each
 // one's nemesis and applies the overrides.
-func selectHunts(only, workload, nemesis string, t, quiet, hold time.Duration, attempts int) ([]hunt, error) {
+func selectHunts(only string, ov overrides) ([]hunt, error) {
 	var names []string
 	if only != "" {
 		names = strings.Split(only, ",")
@@ -183,14 +228,24 @@ func selectHunts(only, workload, nemesis string, t, quiet, hold time.Duration, a
 			return nil, fmt.Errorf("unknown mutant %q (%s)", n, strings.Join(failpoint.Mutants, ", "))
 		}
 	}
-	if workload != "" {
-		if _, err := jepsen.WorkloadByName(workload); err != nil {
+	if ov.workload != "" {
+		if _, err := jepsen.WorkloadByName(ov.workload); err != nil {
 			return nil, err
 		}
 	}
-	if nemesis != "" {
-		if _, err := jepsen.NemesisByName(nemesis); err != nil {
+	if ov.nemesis != "" {
+		if _, err := jepsen.NemesisByName(ov.nemesis); err != nil {
 			return nil, err
+		}
+	}
+	set := func(dst *time.Duration, v time.Duration) {
+		if v > 0 {
+			*dst = v
+		}
+	}
+	setInt := func(dst *int, v int) {
+		if v > 0 {
+			*dst = v
 		}
 	}
 	var out []hunt
@@ -207,24 +262,18 @@ func selectHunts(only, workload, nemesis string, t, quiet, hold time.Duration, a
 		if h.nemesis == "" {
 			return nil, fmt.Errorf("%s: the harness knows none of the nemeses %v", h.mutant, h.nemeses)
 		}
-		if workload != "" {
-			h.workload = workload
+		if ov.workload != "" {
+			h.workload, h.newWorkload = ov.workload, nil
 		}
-		if nemesis != "" {
-			h.nemesis = nemesis
+		if ov.nemesis != "" {
+			h.nemesis = ov.nemesis
 		}
-		if t > 0 {
-			h.time = t
-		}
-		if quiet > 0 {
-			h.quiet = quiet
-		}
-		if hold > 0 {
-			h.hold = hold
-		}
-		if attempts > 0 {
-			h.attempts = attempts
-		}
+		set(&h.time, ov.time)
+		set(&h.quiet, ov.quiet)
+		set(&h.hold, ov.hold)
+		setInt(&h.groups, ov.groups)
+		setInt(&h.workers, ov.workers)
+		setInt(&h.attempts, ov.attempts)
 		out = append(out, h)
 	}
 	return out, nil
@@ -290,16 +339,21 @@ const runSlack = 4 * time.Minute
 
 // runOnce runs h once against bin.
 func runOnce(ctx context.Context, h hunt, bin, dir string, logf func(string, ...any)) (*jepsen.Summary, error) {
-	w, err := jepsen.WorkloadByName(h.workload)
-	if err != nil {
-		return nil, err
+	var w jepsen.Workload
+	if h.newWorkload != nil {
+		w = h.newWorkload()
+	} else {
+		var err error
+		if w, err = jepsen.WorkloadByName(h.workload); err != nil {
+			return nil, err
+		}
 	}
 	// A run takes its time plus cluster start, recovery and checks; one
 	// that hangs past this is cut short rather than stall every hunt.
 	ctx, cancel := context.WithTimeout(ctx, h.time+runSlack)
 	defer cancel()
 	return jepsen.Run(ctx, jepsen.Options{Bin: bin, Dir: dir, Workload: w, Nemesis: h.nemesis,
-		Duration: h.time, Quiet: h.quiet, Hold: h.hold, Logf: logf})
+		Duration: h.time, Quiet: h.quiet, Hold: h.hold, Groups: h.groups, Workers: h.workers, Logf: logf})
 }
 
 // checkMutant starts one node of bin and asks it which mutant it
@@ -385,7 +439,7 @@ func runControl(ctx context.Context, selected []hunt, outDir string, logf func(s
 }
 
 // printTable writes the summary table.
-func printTable(w *os.File, outs []outcome) {
+func printTable(w io.Writer, outs []outcome) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "MUTANT\tCAUGHT\tBY\tATTEMPTS\tTIME TO CATCH\tEVIDENCE")
 	for _, o := range outs {
