@@ -68,12 +68,13 @@ var hunts = []hunt{
 		why: "a follower read just after an acknowledged write misses it: followers learn the commit index one round later"},
 	{mutant: failpoint.MutantReadOnlyTxnIgnoresLocks, workload: "bank", nemeses: []string{"none"}, time: 10 * time.Second, attempts: 3,
 		why: "a read between a transfer's decision and its resolution in the other group sees half of it"},
-	{mutant: failpoint.MutantLeaderReadNoQuorum, workload: "register", nemeses: []string{"pause-leader"}, time: 30 * time.Second, attempts: 4,
-		// Many clients: whether the woken leader answers the queued reads
-		// before raft's lease check makes it step down is a race inside
-		// the process, which the reads win on a busy node (with 10
-		// clients on an idle machine, almost never).
-		workers: 40,
+	{mutant: failpoint.MutantLeaderReadNoQuorum, workload: "register", nemeses: []string{"pause-leader"}, time: 30 * time.Second,
+		// Whether the woken leader answers the queued reads before raft's
+		// lease check makes it step down is a race inside the process,
+		// decided once per pause: the reads win it on a busy node (with
+		// 10 clients on an idle machine, almost never; with 40, in about
+		// two pauses of five). Short pauses, often: 4 or 5 per run.
+		workers: 40, quiet: time.Second, hold: 2 * time.Second, attempts: 4,
 		why: "a paused leader wakes up still believing it leads and answers reads queued while it slept from its old state " +
 			"(the deposed-leader probe's, after writes through the new leader, and the workload's)"},
 	{mutant: failpoint.MutantAbsentRecordAborted, workload: "bank", nemeses: []string{"slow-link", "restart"}, time: 30 * time.Second,
