@@ -169,25 +169,18 @@ func (c *Cluster) CutLinks(links [][2]int) {
 // leaving Raft traffic flowing (used to prove HTTP goes through the
 // proxies too).
 func (c *Cluster) CutHTTP(links [][2]int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	cut := map[[2]int]bool{}
-	for _, l := range links {
-		cut[l] = true
-	}
-	for k, l := range c.links {
-		l.raft.SetMode(faultproxy.Pass)
-		if cut[k] {
-			l.http.SetMode(faultproxy.Refuse)
-		} else {
-			l.http.SetMode(faultproxy.Pass)
-		}
-	}
+	c.cutOnly(links, func(l *link) (cut, pass *faultproxy.Proxy) { return l.http, l.raft })
 }
 
 // CutRaft cuts the Raft traffic of the given directed links only, and
 // heals every other link, leaving HTTP flowing everywhere.
 func (c *Cluster) CutRaft(links [][2]int) {
+	c.cutOnly(links, func(l *link) (cut, pass *faultproxy.Proxy) { return l.raft, l.http })
+}
+
+// cutOnly refuses one kind of traffic (the first proxy pick returns) on
+// the given links and lets everything else pass.
+func (c *Cluster) cutOnly(links [][2]int, pick func(*link) (cut, pass *faultproxy.Proxy)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cut := map[[2]int]bool{}
@@ -195,11 +188,12 @@ func (c *Cluster) CutRaft(links [][2]int) {
 		cut[l] = true
 	}
 	for k, l := range c.links {
-		l.http.SetMode(faultproxy.Pass)
+		kind, other := pick(l)
+		other.SetMode(faultproxy.Pass)
 		if cut[k] {
-			l.raft.SetMode(faultproxy.Refuse)
+			kind.SetMode(faultproxy.Refuse)
 		} else {
-			l.raft.SetMode(faultproxy.Pass)
+			kind.SetMode(faultproxy.Pass)
 		}
 	}
 }

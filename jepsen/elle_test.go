@@ -20,6 +20,13 @@ func txAt(call, ret int64, st Status, ms ...Micro) Op {
 	return Op{F: "txn", Process: int(call % 7), Call: call, Return: ret, Status: st, Txn: ms}
 }
 
+// final is the final read of a run, at call.
+func final(call int64, ms ...Micro) Op {
+	op := txAt(call, call+1, OK, ms...)
+	op.Process = -1
+	return op
+}
+
 // history numbers ops in order.
 func history(ops ...Op) []Op {
 	for i := range ops {
@@ -37,11 +44,6 @@ func kinds(as []Anomaly) []string {
 }
 
 func TestCheckListAppend_FindsEachAnomaly(t *testing.T) {
-	final := func(call int64, ms ...Micro) Op {
-		op := txAt(call, call+1, OK, ms...)
-		op.Process = -1
-		return op
-	}
 	cases := []struct {
 		name string
 		ops  []Op
@@ -134,11 +136,6 @@ func TestCheckListAppend_FindsEachAnomaly(t *testing.T) {
 }
 
 func TestCheckListAppend_ValidHistoriesReportNothing(t *testing.T) {
-	final := func(call int64, ms ...Micro) Op {
-		op := txAt(call, call+1, OK, ms...)
-		op.Process = -1
-		return op
-	}
 	cases := []struct {
 		name string
 		ops  []Op
