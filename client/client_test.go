@@ -239,7 +239,13 @@ func TestClient_KilledReplicaIsEjectedAndProbedBack(t *testing.T) {
 	c := testcluster.New(t, 3, 1)
 	leader := c.Leader(1)
 	victim := (leader + 1) % 3
-	cl := newClient(t, c, func(cfg *client.Config) { cfg.ReadPolicy = client.RoundRobin })
+	// The first backoff outlasts the 200 reads even on a slow, loaded
+	// machine: once it ends the replica is back on trial until the next
+	// probe, and the Ejected check below would race with that.
+	cl := newClient(t, c, func(cfg *client.Config) {
+		cfg.ReadPolicy = client.RoundRobin
+		cfg.EjectBackoff = 2 * time.Second
+	})
 	ctx := context.Background()
 	_, err := cl.Put(ctx, "k", []byte("v"))
 	require.NoError(t, err)
