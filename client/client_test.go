@@ -14,8 +14,8 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/client"
-	"github.com/kvd-project/kvd/internal/faultproxy"
-	"github.com/kvd-project/kvd/internal/testcluster"
+	"github.com/kvd-project/kvd/internal/testkit/faultproxy"
+	"github.com/kvd-project/kvd/internal/testkit/testcluster"
 	"github.com/kvd-project/kvd/server"
 )
 

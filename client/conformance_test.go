@@ -3,8 +3,8 @@ package client_test
 import (
 	"testing"
 
-	"github.com/kvd-project/kvd/internal/kvtest"
-	"github.com/kvd-project/kvd/internal/testcluster"
+	"github.com/kvd-project/kvd/internal/testkit/kvtest"
+	"github.com/kvd-project/kvd/internal/testkit/testcluster"
 )
 
 func TestClient_Conformance(t *testing.T) {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/embed"
-	"github.com/kvd-project/kvd/internal/kvtest"
+	"github.com/kvd-project/kvd/internal/testkit/kvtest"
 )
 
 func TestEmbedded_Conformance(t *testing.T) {

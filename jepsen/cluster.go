@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/kvd-project/kvd/api"
-	"github.com/kvd-project/kvd/internal/faultproxy"
-	"github.com/kvd-project/kvd/internal/kvdproc"
+	"github.com/kvd-project/kvd/internal/testkit/faultproxy"
+	"github.com/kvd-project/kvd/internal/testkit/kvdproc"
 )
 
 // link is the pair of proxies carrying one direction of a node-to-node

@@ -21,7 +21,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/kvd-project/kvd"
-	"github.com/kvd-project/kvd/internal/damage"
+	"github.com/kvd-project/kvd/internal/testkit/damage"
 	"github.com/kvd-project/kvd/store"
 )
 

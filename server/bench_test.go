@@ -9,7 +9,7 @@ import (
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/client"
 	"github.com/kvd-project/kvd/internal/load"
-	"github.com/kvd-project/kvd/internal/testcluster"
+	"github.com/kvd-project/kvd/internal/testkit/testcluster"
 	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/server"
 )

@@ -12,7 +12,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
-	"github.com/kvd-project/kvd/internal/testcluster"
+	"github.com/kvd-project/kvd/internal/testkit/testcluster"
 	"github.com/kvd-project/kvd/server"
 )
 

@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kvd-project/kvd"
-	"github.com/kvd-project/kvd/internal/testcluster"
+	"github.com/kvd-project/kvd/internal/testkit/testcluster"
 )
 
 func TestGroups_PlannedLeaderMovesFailNoRequest(t *testing.T) {

@@ -18,7 +18,7 @@ import (
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/client"
-	"github.com/kvd-project/kvd/internal/testcluster"
+	"github.com/kvd-project/kvd/internal/testkit/testcluster"
 	"github.com/kvd-project/kvd/server"
 	"github.com/kvd-project/kvd/store"
 )

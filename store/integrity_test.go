@@ -15,7 +15,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/kvd-project/kvd"
-	"github.com/kvd-project/kvd/internal/damage"
+	"github.com/kvd-project/kvd/internal/testkit/damage"
 )
 
 func TestStore_Seal_DamagedValueIsReportedNotServed(t *testing.T) {

@@ -22,9 +22,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kvd-project/kvd/api"
-	"github.com/kvd-project/kvd/internal/damage"
-	"github.com/kvd-project/kvd/internal/kvdproc"
-	"github.com/kvd-project/kvd/internal/testcluster"
+	"github.com/kvd-project/kvd/internal/testkit/damage"
+	"github.com/kvd-project/kvd/internal/testkit/kvdproc"
+	"github.com/kvd-project/kvd/internal/testkit/testcluster"
 )
 
 // Process-level tests of the hardening: crashes, damaged files, full

@@ -23,7 +23,7 @@ import (
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/client"
-	"github.com/kvd-project/kvd/internal/kvdproc"
+	"github.com/kvd-project/kvd/internal/testkit/kvdproc"
 )
 
 var (

@@ -17,7 +17,7 @@ import (
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/client"
 	"github.com/kvd-project/kvd/embed"
-	"github.com/kvd-project/kvd/internal/testcluster"
+	"github.com/kvd-project/kvd/internal/testkit/testcluster"
 )
 
 // stores runs fn against an embedded store and against a 3-node cluster:

@@ -31,7 +31,7 @@ import (
 	"time"
 
 	"github.com/kvd-project/kvd/internal/failpoint"
-	"github.com/kvd-project/kvd/internal/kvdproc"
+	"github.com/kvd-project/kvd/internal/testkit/kvdproc"
 	"github.com/kvd-project/kvd/jepsen"
 )
 
