@@ -38,11 +38,31 @@ type dedupEntry struct {
 	Reg bool `json:"reg,omitempty"`
 }
 
+// DedupStatus says what became of an idempotency claim, registration or
+// release. Its values travel as JSON between nodes, in the results of
+// forwarded proposals: never change them.
+type DedupStatus string
+
+// Idempotency statuses.
+const (
+	// DedupNew means the claim or registration is taken: the key was
+	// free.
+	DedupNew DedupStatus = "new"
+	// DedupExisting means the key is held by the same request: a repeat.
+	DedupExisting DedupStatus = "existing"
+	// DedupMismatch means the key is used by a different request.
+	DedupMismatch DedupStatus = "mismatch"
+	// DedupReleased means a transaction's claim was freed (it did not
+	// run).
+	DedupReleased DedupStatus = "released"
+)
+
 // DedupState answers an idempotency claim.
 type DedupState struct {
-	// Status is "new" (the claim is taken), "mismatch" (the key is used
-	// by a different request) or "existing" (a repeat).
-	Status string `json:"status"`
+	// Status is DedupNew (the claim is taken), DedupMismatch (the key is
+	// used by a different request), DedupExisting (a repeat) or, for a
+	// release, DedupReleased.
+	Status DedupStatus `json:"status"`
 	// Txn is the transaction that holds the claim, and At when it was
 	// claimed (leader clock, Unix ns).
 	Txn string `json:"txn,omitempty"`
@@ -68,8 +88,8 @@ type DedupDone struct {
 }
 
 // DedupRegister registers a request under its idempotency key in the
-// key's home group; the answer's Status is "new", "existing" (the same
-// request) or "mismatch".
+// key's home group; the answer's Status is DedupNew, DedupExisting (the
+// same request) or DedupMismatch.
 type DedupRegister struct {
 	Idem Idem `json:"idem"`
 }
@@ -177,12 +197,12 @@ func (a *applier) dedupClaim(c *DedupClaim) (*DedupState, error) {
 		return nil, err
 	}
 	if e != nil && !fpEqual(e.FP, c.Idem.FP) {
-		return &DedupState{Status: "mismatch"}, nil
+		return &DedupState{Status: DedupMismatch}, nil
 	}
 	if e == nil || e.Reg {
-		return &DedupState{Status: "new", Txn: c.Txn}, a.dedupCreate(c.Idem.Key, &dedupEntry{FP: c.Idem.FP, At: a.now, Txn: c.Txn})
+		return &DedupState{Status: DedupNew, Txn: c.Txn}, a.dedupCreate(c.Idem.Key, &dedupEntry{FP: c.Idem.FP, At: a.now, Txn: c.Txn})
 	}
-	return &DedupState{Status: "existing", Txn: e.Txn, At: e.At, Done: e.Done, Response: e.Result}, nil
+	return &DedupState{Status: DedupExisting, Txn: e.Txn, At: e.At, Done: e.Done, Response: e.Result}, nil
 }
 
 func (a *applier) dedupDone(d *DedupDone) (*DedupState, error) {
@@ -191,18 +211,18 @@ func (a *applier) dedupDone(d *DedupDone) (*DedupState, error) {
 		return nil, err
 	}
 	if e == nil || !fpEqual(e.FP, d.Idem.FP) || e.Done || e.Reg {
-		return &DedupState{Status: "existing"}, nil
+		return &DedupState{Status: DedupExisting}, nil
 	}
 	if d.Release {
 		// The transaction did not run (a conflict: nothing applied, and
 		// it was aborted): free the key so a retry runs it afresh.
 		if e.Txn != d.Txn {
-			return &DedupState{Status: "existing", Txn: e.Txn, At: e.At}, nil
+			return &DedupState{Status: DedupExisting, Txn: e.Txn, At: e.At}, nil
 		}
-		return &DedupState{Status: "released"}, a.del(a.dedup, []byte(d.Idem.Key))
+		return &DedupState{Status: DedupReleased}, a.del(a.dedup, []byte(d.Idem.Key))
 	}
 	e.Done, e.Result = true, d.Response
-	return &DedupState{Status: "existing", Txn: e.Txn, Done: true, Response: e.Result}, a.dedupPut(d.Idem.Key, e)
+	return &DedupState{Status: DedupExisting, Txn: e.Txn, Done: true, Response: e.Result}, a.dedupPut(d.Idem.Key, e)
 }
 
 func (a *applier) dedupRegister(r *DedupRegister) (*DedupState, error) {
@@ -211,11 +231,11 @@ func (a *applier) dedupRegister(r *DedupRegister) (*DedupState, error) {
 	case err != nil:
 		return nil, err
 	case e == nil:
-		return &DedupState{Status: "new"}, a.dedupCreate(r.Idem.Key, &dedupEntry{FP: r.Idem.FP, At: a.now, Reg: true})
+		return &DedupState{Status: DedupNew}, a.dedupCreate(r.Idem.Key, &dedupEntry{FP: r.Idem.FP, At: a.now, Reg: true})
 	case !fpEqual(e.FP, r.Idem.FP):
-		return &DedupState{Status: "mismatch"}, nil
+		return &DedupState{Status: DedupMismatch}, nil
 	}
-	return &DedupState{Status: "existing", At: e.At}, nil
+	return &DedupState{Status: DedupExisting, At: e.At}, nil
 }
 
 func (a *applier) dedupGC(g *DedupGC) error {

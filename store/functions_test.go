@@ -118,9 +118,9 @@ func TestDedup_Register(t *testing.T) {
 		require.NotNil(t, r.Dedup)
 		return r.Dedup
 	}
-	require.Equal(t, "new", reg("fp-a").Status)
-	require.Equal(t, "existing", reg("fp-a").Status, "the same request again")
-	require.Equal(t, "mismatch", reg("fp-b").Status)
+	require.Equal(t, DedupNew, reg("fp-a").Status)
+	require.Equal(t, DedupExisting, reg("fp-a").Status, "the same request again")
+	require.Equal(t, DedupMismatch, reg("fp-b").Status)
 
 	// A plain write here under the key, for another request: refused.
 	other := put("k", "v")
@@ -133,7 +133,7 @@ func TestDedup_Register(t *testing.T) {
 		Ops: []TxnOp{{Op: "put", Key: "k", Value: []byte("v")}}, Idem: &Idem{Key: "tok", FP: []byte("fp-c")}}))
 	require.Equal(t, CodeIdempotencyMismatch, one.Txn.Code)
 	claim := applyAt(t, db, db.AppliedIndex()+1, 1, txnCmd(t, CmdDedupClaim, DedupClaim{Idem: Idem{Key: "tok", FP: []byte("fp-c")}, Txn: "t1"}))
-	require.Equal(t, "mismatch", claim.Dedup.Status)
+	require.Equal(t, DedupMismatch, claim.Dedup.Status)
 
 	// The registered request itself is not an outcome here: it applies.
 	same := put("k", "v")
@@ -145,7 +145,7 @@ func TestDedup_Register(t *testing.T) {
 	require.Equal(t, r.Version, it.Version)
 
 	// Registrations are collected with the other records.
-	require.Equal(t, "new", func() string {
+	require.Equal(t, DedupNew, func() DedupStatus {
 		applyAt(t, db, db.AppliedIndex()+1, 100, txnCmd(t, CmdDedupGC, DedupGC{Before: 10}))
 		return reg("fp-z").Status
 	}())

@@ -200,9 +200,9 @@ type TxnOutcome struct {
 	// Vote is a prepare's (or one-phase's) answer: true when the
 	// compares held and the locks were taken (or the writes applied).
 	Vote bool `json:"vote"`
-	// Code says why the vote is no: conflict, compare_failed, expired or
-	// aborted.
-	Code string `json:"code,omitempty"`
+	// Code says why the vote is no: CodeConflict, CodeCompareFailed,
+	// CodeExpired or CodeAborted, among others.
+	Code TxnCode `json:"code,omitempty"`
 	// Failed lists the indexes of compares that did not hold.
 	Failed []int `json:"failed,omitempty"`
 	// Conflicts are the locks that stood in the way.
@@ -214,17 +214,22 @@ type TxnOutcome struct {
 	State TxnState `json:"state,omitempty"`
 }
 
+// TxnCode says why a transaction command voted no. Its values are stored
+// in outcomes kept under idempotency keys and travel as JSON between
+// nodes: never change them.
+type TxnCode string
+
 // Outcome codes.
 const (
-	CodeConflict            = "conflict"
-	CodeCompareFailed       = "compare_failed"
-	CodeNotANumber          = "not_a_number"
-	CodeExpired             = "expired"
-	CodeAborted             = "aborted"
-	CodeIdempotencyMismatch = "idempotency_mismatch"
+	CodeConflict            TxnCode = "conflict"
+	CodeCompareFailed       TxnCode = "compare_failed"
+	CodeNotANumber          TxnCode = "not_a_number"
+	CodeExpired             TxnCode = "expired"
+	CodeAborted             TxnCode = "aborted"
+	CodeIdempotencyMismatch TxnCode = "idempotency_mismatch"
 	// CodeInvalid answers a command the state machine refused to apply
 	// (see CheckCmd).
-	CodeInvalid = "invalid"
+	CodeInvalid TxnCode = "invalid"
 )
 
 // addTo adds delta to the decimal integer of a record (absent: 0) and

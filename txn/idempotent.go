@@ -64,7 +64,7 @@ func Register(ctx context.Context, gs Groups, idem *kvd.Idem, g kvd.GroupID) err
 	defer cancel()
 	res, err := gs.Propose(rctx, home, encode(store.CmdDedupRegister, store.DedupRegister{Idem: *idem}, nil))
 	switch {
-	case err == nil && res.Dedup != nil && res.Dedup.Status == "mismatch":
+	case err == nil && res.Dedup != nil && res.Dedup.Status == store.DedupMismatch:
 		return fmt.Errorf("idempotency key %q: %w", idem.Key, kvd.ErrIdempotencyMismatch)
 	case ctx.Err() != nil:
 		return fmt.Errorf("register idempotency key %q in group %d (nothing written): %v: %w", idem.Key, home, ctx.Err(), kvd.ErrUnavailable)
@@ -100,9 +100,9 @@ func (c *Coordinator) idempotent(ctx context.Context, req Request, parts map[kvd
 			return Response{}, fmt.Errorf("claim idempotency key: no answer: %w", kvd.ErrUnknownOutcome)
 		}
 		switch st.Status {
-		case "mismatch":
+		case store.DedupMismatch:
 			return Response{}, fmt.Errorf("idempotency key %q: %w", idem.Key, kvd.ErrIdempotencyMismatch)
-		case "existing":
+		case store.DedupExisting:
 			var resp Response
 			resp, id, st, err = c.await(ctx, rg, idem, st)
 			if id == "" {
@@ -154,7 +154,7 @@ func (c *Coordinator) await(ctx context.Context, rg kvd.GroupID, idem *kvd.Idem,
 	fresh := newID()
 	for attempt := 0; ; attempt++ {
 		switch {
-		case st.Status == "new":
+		case st.Status == store.DedupNew:
 			return Response{}, fresh, st, nil // the claim was free: ours now
 		case st.Done:
 			var out storedOutcome
@@ -203,7 +203,7 @@ func (c *Coordinator) await(ctx context.Context, rg kvd.GroupID, idem *kvd.Idem,
 		}
 		if res.Dedup != nil {
 			st = res.Dedup
-			if st.Status == "mismatch" {
+			if st.Status == store.DedupMismatch {
 				return Response{}, "", nil, fmt.Errorf("idempotency key %q: %w", idem.Key, kvd.ErrIdempotencyMismatch)
 			}
 		}
