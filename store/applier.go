@@ -1,9 +1,6 @@
 package store
 
 import (
-	"encoding/json"
-	"fmt"
-
 	"github.com/kvd-project/kvd"
 )
 
@@ -108,37 +105,4 @@ func (a *applier) applyDocument(c *Cmd) (Result, error) {
 		return Result{}, err
 	}
 	return Result{Version: a.index, Txn: out}, nil
-}
-
-// decodeDocument decodes the payload of a document command into its type.
-func decodeDocument(c *Cmd) (any, error) {
-	var p any
-	switch c.Kind {
-	case CmdTxnPrepare:
-		p = new(TxnPrepare)
-	case CmdTxnDecide:
-		p = new(TxnDecide)
-	case CmdTxnResolve:
-		p = new(TxnResolve)
-	case CmdTxnRecover:
-		p = new(TxnRecover)
-	case CmdTxnOnePhase:
-		p = new(TxnOnePhase)
-	case CmdTxnForget:
-		p = new(TxnForget)
-	case CmdDedupClaim:
-		p = new(DedupClaim)
-	case CmdDedupDone:
-		p = new(DedupDone)
-	case CmdDedupRegister:
-		p = new(DedupRegister)
-	case CmdDedupGC:
-		p = new(DedupGC)
-	default:
-		return nil, fmt.Errorf("%w: command %s carries no document", kvd.ErrInvalid, c.Kind)
-	}
-	if err := json.Unmarshal(c.Data, p); err != nil {
-		return nil, fmt.Errorf("%w: %s payload: %v", kvd.ErrInvalid, c.Kind, err)
-	}
-	return p, nil
 }

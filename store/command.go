@@ -25,7 +25,7 @@ const (
 	// CmdSetMap stores the cluster map if its epoch is newer than the
 	// stored one.
 	CmdSetMap CmdKind = 4
-	// Transaction commands; Data holds their JSON payload (see txn.go).
+	// Transaction commands; Data holds their JSON payload (see payload.go).
 	CmdTxnPrepare  CmdKind = 5
 	CmdTxnDecide   CmdKind = 6
 	CmdTxnResolve  CmdKind = 7
@@ -35,7 +35,7 @@ const (
 	// CmdExpire deletes a key whose TTL ran out, if its version is still
 	// Cond.Version; the leader proposes it.
 	CmdExpire CmdKind = 11
-	// Idempotency records: Data holds their JSON payload (see dedup.go).
+	// Idempotency records: Data holds their JSON payload (see payload.go).
 	CmdDedupGC    CmdKind = 12
 	CmdDedupClaim CmdKind = 13
 	CmdDedupDone  CmdKind = 14

@@ -38,67 +38,6 @@ type dedupEntry struct {
 	Reg bool `json:"reg,omitempty"`
 }
 
-// DedupStatus says what became of an idempotency claim, registration or
-// release. Its values travel as JSON between nodes, in the results of
-// forwarded proposals: never change them.
-type DedupStatus string
-
-// Idempotency statuses.
-const (
-	// DedupNew means the claim or registration is taken: the key was
-	// free.
-	DedupNew DedupStatus = "new"
-	// DedupExisting means the key is held by the same request: a repeat.
-	DedupExisting DedupStatus = "existing"
-	// DedupMismatch means the key is used by a different request.
-	DedupMismatch DedupStatus = "mismatch"
-	// DedupReleased means a transaction's claim was freed (it did not
-	// run).
-	DedupReleased DedupStatus = "released"
-)
-
-// DedupState answers an idempotency claim.
-type DedupState struct {
-	// Status is DedupNew (the claim is taken), DedupMismatch (the key is
-	// used by a different request), DedupExisting (a repeat) or, for a
-	// release, DedupReleased.
-	Status DedupStatus `json:"status"`
-	// Txn is the transaction that holds the claim, and At when it was
-	// claimed (leader clock, Unix ns).
-	Txn string `json:"txn,omitempty"`
-	At  int64  `json:"at,omitempty"`
-	// Done and Response give the first outcome, once known.
-	Done     bool            `json:"done,omitempty"`
-	Response json.RawMessage `json:"response,omitempty"`
-}
-
-// DedupClaim claims an idempotency key for a cross-group transaction.
-type DedupClaim struct {
-	Idem Idem   `json:"idem"`
-	Txn  string `json:"txn"`
-}
-
-// DedupDone stores a cross-group transaction's outcome under its key, or,
-// with Release, frees the key held by transaction Txn (which did not run).
-type DedupDone struct {
-	Idem     Idem            `json:"idem"`
-	Response json.RawMessage `json:"response,omitempty"`
-	Release  bool            `json:"release,omitempty"`
-	Txn      string          `json:"txn,omitempty"`
-}
-
-// DedupRegister registers a request under its idempotency key in the
-// key's home group; the answer's Status is DedupNew, DedupExisting (the
-// same request) or DedupMismatch.
-type DedupRegister struct {
-	Idem Idem `json:"idem"`
-}
-
-// DedupGC removes idempotency records older than Before (Unix ns).
-type DedupGC struct {
-	Before int64 `json:"before"`
-}
-
 // storedResult is a plain write's outcome, as remembered.
 type storedResult struct {
 	Version uint64 `json:"version,omitempty"`
