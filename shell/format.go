@@ -55,3 +55,18 @@ func table(w io.Writer, header []string, rows [][]string) {
 	}
 	tw.Flush()
 }
+
+// bytesText renders a size for people.
+func bytesText(n int64) string {
+	switch {
+	case n < 0:
+		return "unknown"
+	case n < 1<<10:
+		return fmt.Sprintf("%d B", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	case n < 1<<30:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+}

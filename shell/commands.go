@@ -1,0 +1,100 @@
+package shell
+
+import (
+	"context"
+	"fmt"
+	"sort"
+)
+
+// command is one kvcli command.
+type command struct {
+	name    string
+	args    string
+	summary string
+	flags   map[string]bool // flag name -> takes a value
+	shell   bool            // only in the interactive shell
+	// endless commands run until interrupted, not within --timeout.
+	endless bool
+	run     func(s *Shell, ctx context.Context, a *args) error
+}
+
+// commands are kvcli's commands, in the order help lists them. They are
+// set in init because help, one of them, reads the list.
+var commands []*command
+
+func init() {
+	commands = []*command{
+		{name: "get", args: "KEY [--consistency linearizable|follower|stale]", summary: "print a key's value",
+			flags: map[string]bool{"consistency": true}, run: (*Shell).get},
+		{name: "put", args: "KEY VALUE|@FILE|- [--if-version N] [--create-only] [--ttl D]", summary: "store a value (from the argument, a file, or standard input); --ttl 30s makes it vanish after that",
+			flags: map[string]bool{"if-version": true, "create-only": false, "ttl": true}, run: (*Shell).put},
+		{name: "add", args: "KEY DELTA", summary: "add DELTA to the integer at KEY (absent: 0) and print the new value", run: (*Shell).add},
+		{name: "del", args: "KEY [--if-version N]", summary: "delete a key", flags: map[string]bool{"if-version": true}, run: (*Shell).del},
+		{name: "scan", args: "[PREFIX] [--start KEY] [--end KEY] [--limit N] [--all] [--keys-only]", summary: "list keys in order, a page at a time",
+			flags: map[string]bool{"start": true, "end": true, "limit": true, "all": false, "keys-only": false, "consistency": true}, run: (*Shell).scan},
+		{name: "cas", args: "KEY OLD NEW", summary: "replace KEY's value with NEW if it is OLD (NEW is written atomically)", run: (*Shell).cas},
+		{name: "txn", args: "[FILE|-] | list | abort ID", summary: "run a transaction read as JSON (the body of POST /v1/txn) from a file or standard input; \"txn list\" shows the transactions holding locks, \"txn abort ID\" aborts a stuck one (unless it committed) and releases its locks", run: (*Shell).txnJSON},
+		{name: "begin", summary: "open a transaction: get records versions, put and del are buffered until commit", shell: true, run: (*Shell).begin},
+		{name: "commit", summary: "commit the open transaction, if nothing it read has changed", shell: true, run: (*Shell).commit},
+		{name: "abort", summary: "drop the open transaction", shell: true, run: (*Shell).abort},
+		{name: "watch", args: "[PREFIX] [--since CURSOR] [--count N]", summary: "print changes to keys with PREFIX as they happen, until interrupted (Ctrl-C)",
+			flags: map[string]bool{"since": true, "count": true}, endless: true, run: (*Shell).watch},
+		{name: "cluster", summary: "show the nodes, groups, leaders and slot ranges", run: (*Shell).cluster},
+		{name: "status", args: "[NODE]", summary: "show a node's replicas: role, term, indexes", run: (*Shell).status},
+		{name: "health", summary: "check every node's liveness and readiness", run: (*Shell).health},
+		{name: "help", args: "[COMMAND]", summary: "list the commands, or explain one", run: (*Shell).help},
+	}
+}
+
+// lookup returns the command called name, nil if there is none.
+func lookup(name string) *command {
+	for _, c := range commands {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// CommandNames lists the commands, for completion.
+func CommandNames(interactive bool) []string {
+	var out []string
+	for _, c := range commands {
+		if interactive || !c.shell {
+			out = append(out, c.name)
+		}
+	}
+	if interactive {
+		out = append(out, "exit")
+	}
+	sort.Strings(out)
+	return out
+}
+
+// help lists the commands, or explains the one named.
+func (s *Shell) help(ctx context.Context, a *args) error {
+	if len(a.pos) == 1 {
+		c := lookup(a.pos[0])
+		if c == nil {
+			return usagef("no command %q", a.pos[0])
+		}
+		fmt.Fprintf(s.out, "%s %s\n  %s\n", c.name, c.args, c.summary)
+		if c.name == "txn" {
+			fmt.Fprintln(s.out, `  example: {"compare":[{"key":"a","version":5}],"ops":[{"op":"put","key":"a","value":"MQ=="}]}`)
+		}
+		return nil
+	}
+	var rows [][]string
+	for _, c := range commands {
+		name := c.name
+		if c.args != "" {
+			name += " " + c.args
+		}
+		if c.shell {
+			name += "   (shell)"
+		}
+		rows = append(rows, []string{name, c.summary})
+	}
+	table(s.out, []string{"COMMAND", "WHAT IT DOES"}, rows)
+	return nil
+}
