@@ -216,7 +216,8 @@ type DedupGC struct {
 	Before int64 `json:"before"`
 }
 
-// decodeDocument decodes the payload of a document command into its type.
+// decodeDocument decodes the payload of a command that carries a
+// document into its type; it returns nil for a command without one.
 func decodeDocument(c *Cmd) (any, error) {
 	var p any
 	switch c.Kind {
@@ -241,7 +242,7 @@ func decodeDocument(c *Cmd) (any, error) {
 	case CmdDedupGC:
 		p = new(DedupGC)
 	default:
-		return nil, fmt.Errorf("%w: command %s carries no document", kvd.ErrInvalid, c.Kind)
+		return nil, nil
 	}
 	if err := json.Unmarshal(c.Data, p); err != nil {
 		return nil, fmt.Errorf("%w: %s payload: %v", kvd.ErrInvalid, c.Kind, err)

@@ -399,6 +399,12 @@ func (a *applier) decide(d *TxnDecide) (*TxnOutcome, error) {
 	return out, nil
 }
 
+// resolveCmd applies a CmdTxnResolve.
+func (a *applier) resolveCmd(r *TxnResolve) (*TxnOutcome, error) {
+	writes, err := a.resolve(r.ID, r.Commit)
+	return &TxnOutcome{Writes: writes}, err
+}
+
 // resolve applies (commit) or drops transaction id's locks in this group.
 func (a *applier) resolve(id string, commit bool) ([]TxnWrite, error) {
 	keys, err := readTxnKeys(a.txnKeys, id)

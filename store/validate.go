@@ -39,12 +39,9 @@ const (
 // passes here is applied the way it reads. It returns the command's
 // decoded document (nil for a command without one).
 func (db *DB) CheckCmd(c *Cmd, now int64, limits *kvd.Limits) (any, error) {
-	var doc any
-	if c.Kind.hasDocument() {
-		var err error
-		if doc, err = decodeDocument(c); err != nil {
-			return nil, err
-		}
+	doc, err := decodeDocument(c)
+	if err != nil {
+		return nil, err
 	}
 	k := checker{now: now, limits: limits}
 	if db.opts.Group != 0 {
