@@ -1,0 +1,233 @@
+package txn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/failpoint"
+	"github.com/kvd-project/kvd/store"
+)
+
+// twoPhase runs a transaction over several groups: prepare everywhere,
+// the decision in the record group, then resolution of the others.
+//
+// Once locks may be taken the protocol runs to its end even if the caller
+// gives up: abandoned half way, it would leave locks that block the keys
+// until the deadline and recovery. It runs on a goroutine of the
+// coordinator, bounded by the transaction's timeout and by Close. After a
+// commit the answer waits for the resolution (so that it carries every
+// write's version) only as long as the caller does. finished, if set, is
+// called on that goroutine with the final outcome (after resolution),
+// whether or not the caller is still there.
+func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.GroupID]*part, rg kvd.GroupID, id string, finished func(Response, error)) (Response, error) {
+	if err := ctx.Err(); err != nil {
+		return Response{}, fmt.Errorf("transaction not started: %v: %w", err, kvd.ErrUnavailable)
+	}
+	decided := make(chan twoPhaseResult, 1)
+	final := make(chan Response, 1)
+	started := c.spawn(func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Timeout)
+		defer cancel()
+		stop := context.AfterFunc(c.ctx, cancel)
+		defer stop()
+		r := c.runTwoPhase(dctx, req, parts, rg, id)
+		decided <- r
+		if r.err != nil || !r.resp.Committed {
+			if finished != nil {
+				finished(r.resp, r.err)
+			}
+			return
+		}
+		// Committed: resolve the other groups, so the answer can carry
+		// every write's version.
+		rctx, rcancel := context.WithTimeout(c.ctx, c.cfg.ResolveTimeout)
+		defer rcancel()
+		resp := Response{Committed: true}
+		fill(&resp, req, append(r.outs, c.resolve(rctx, id, r.groups, rg, true)...))
+		final <- resp
+		if finished != nil {
+			finished(resp, nil)
+		}
+	})
+	if !started {
+		return Response{}, fmt.Errorf("transaction not started: %w", kvd.ErrClosed)
+	}
+	var r twoPhaseResult
+	select {
+	case r = <-decided:
+	case <-ctx.Done():
+		select {
+		case r = <-decided: // decided just now: report it
+		default:
+			return Response{}, fmt.Errorf("transaction %s: the caller gave up before the decision (it is decided without it): %v: %w", id, ctx.Err(), kvd.ErrUnknownOutcome)
+		}
+	}
+	if r.err != nil || !r.resp.Committed {
+		return r.resp, r.err
+	}
+	select {
+	case resp := <-final:
+		return resp, nil
+	case <-ctx.Done():
+		// Committed all the same; the versions written in groups not yet
+		// resolved are left out.
+		resp := Response{Committed: true}
+		fill(&resp, req, r.outs)
+		return resp, nil
+	}
+}
+
+// twoPhaseResult is the outcome of a two-phase transaction at its
+// decision; a commit carries the outcomes so far and the participants.
+type twoPhaseResult struct {
+	resp   Response
+	err    error
+	outs   []*store.TxnOutcome
+	groups []kvd.GroupID
+}
+
+func (c *Coordinator) runTwoPhase(ctx context.Context, req Request, parts map[kvd.GroupID]*part, rg kvd.GroupID, id string) twoPhaseResult {
+	fail := func(resp Response, err error) twoPhaseResult { return twoPhaseResult{resp: resp, err: err} }
+	deadline := c.cfg.Now().Add(c.cfg.Timeout).UnixNano()
+	var groups []kvd.GroupID
+	for g := range parts {
+		groups = append(groups, g)
+	}
+	sort.Slice(groups, func(i, j int) bool { return groups[i] < groups[j] })
+
+	// Phase 1: prepare everywhere at once.
+	votes := make(map[kvd.GroupID]*vote, len(groups))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, g := range groups {
+		p := parts[g]
+		prep := store.TxnPrepare{ID: id, RecordGroup: rg, Deadline: deadline, Compares: p.compares, Ops: p.ops}
+		if g == rg {
+			prep.Participants = groups
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := c.g.Propose(ctx, g, encode(store.CmdTxnPrepare, prep, nil))
+			mu.Lock()
+			votes[g] = &vote{out: res.Txn, err: err}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	failpoint.Hit(failpoint.TxnBeforeDecision)
+	allYes := true
+	var outs []*store.TxnOutcome
+	for _, g := range groups {
+		v := votes[g]
+		if v.err != nil || v.out == nil || !v.out.Vote {
+			allYes = false
+		}
+		outs = append(outs, v.out)
+	}
+	if allYes && c.cfg.AfterPrepare != nil {
+		if err := c.cfg.AfterPrepare(id); err != nil {
+			return fail(Response{}, fmt.Errorf("transaction %s: stopped after prepare: %w", id, err))
+		}
+	}
+
+	// Phase 2: the decision, in the record group.
+	decided, err := c.decide(ctx, id, rg, allYes, parts[rg].writes)
+	if err != nil {
+		if allYes {
+			return fail(Response{}, err) // may or may not have committed
+		}
+		// Not committed in any case: abort is the only possible outcome.
+		c.resolveLater(id, groups, rg, false)
+		return fail(c.refusedOrUnavailable(ctx, votes, outs))
+	}
+	if decided.State != store.TxnCommitted {
+		c.resolveLater(id, groups, rg, false)
+		if allYes {
+			return fail(Response{}, fmt.Errorf("transaction %s was aborted by recovery before it could commit: %w", id, kvd.ErrConflict))
+		}
+		return fail(c.refusedOrUnavailable(ctx, votes, outs))
+	}
+
+	// Committed. Phase 3: resolve the other groups, so the answer can
+	// carry every write's version.
+	return twoPhaseResult{resp: Response{Committed: true}, outs: append(outs, decided), groups: groups}
+}
+
+// vote is a group's answer to a prepare.
+type vote struct {
+	out *store.TxnOutcome
+	err error
+}
+
+// decide sets the record to committed (commit) or aborted, resolving the
+// record group's locks in the same entry, and returns the record's final
+// state. A decision whose outcome is unknown is retried (it is a
+// compare-and-set: retrying cannot change a decision already made).
+func (c *Coordinator) decide(ctx context.Context, id string, rg kvd.GroupID, commit bool, writes []string) (*store.TxnOutcome, error) {
+	cmd := encode(store.CmdTxnDecide, store.TxnDecide{ID: id, Commit: commit, ResolveHere: true}, writes)
+	var out *store.TxnOutcome
+	err := retrying(ctx, func(err error) bool {
+		return errors.Is(err, kvd.ErrUnknownOutcome) || errors.Is(err, kvd.ErrUnavailable)
+	}, func() error {
+		res, err := c.g.Propose(ctx, rg, cmd)
+		if err == nil && res.Txn == nil {
+			err = fmt.Errorf("no outcome: %w", kvd.ErrUnknownOutcome)
+		}
+		out = res.Txn
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("transaction %s: decision in group %d: %v: %w", id, rg, err, kvd.ErrUnknownOutcome)
+	}
+	return out, nil
+}
+
+// resolve resolves the transaction's locks in every group but the record
+// group, in parallel, retrying within ctx. It returns the outcomes it
+// got; a group it could not reach is left to recovery.
+func (c *Coordinator) resolve(ctx context.Context, id string, groups []kvd.GroupID, rg kvd.GroupID, commit bool) []*store.TxnOutcome {
+	var mu sync.Mutex
+	var outs []*store.TxnOutcome
+	var wg sync.WaitGroup
+	for _, g := range groups {
+		if g == rg {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := Resolve(ctx, c.g, id, g, commit)
+			if err != nil {
+				c.log.Warn("transaction resolution left to recovery", "txn", id, "group", g, "err", err)
+				return
+			}
+			mu.Lock()
+			outs = append(outs, res.Txn)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return outs
+}
+
+// resolveLater resolves an aborted transaction's locks in the background,
+// in every group but rg.
+func (c *Coordinator) resolveLater(id string, groups []kvd.GroupID, rg kvd.GroupID, commit bool) {
+	c.spawn(func() { // closing: the janitors and readers resolve it
+		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.ResolveTimeout)
+		defer cancel()
+		c.resolve(ctx, id, groups, rg, commit)
+	})
+}
+
+// ResolveLater resolves transaction id's locks in group g in the
+// background (a reader that found the transaction decided helps it
+// along). The decision must be known from the record.
+func (c *Coordinator) ResolveLater(id string, g kvd.GroupID, commit bool) {
+	c.resolveLater(id, []kvd.GroupID{g}, 0, commit)
+}
