@@ -90,6 +90,10 @@ type twoPhaseResult struct {
 	groups []kvd.GroupID
 }
 
+// runTwoPhase runs the protocol up to the decision: prepare in every
+// group, then decide in the record group. After an abort it leaves the
+// other groups' locks to a background resolution; after a commit their
+// resolution is the caller's.
 func (c *Coordinator) runTwoPhase(ctx context.Context, req Request, parts map[kvd.GroupID]*part, rg kvd.GroupID, id string) twoPhaseResult {
 	fail := func(resp Response, err error) twoPhaseResult { return twoPhaseResult{resp: resp, err: err} }
 	deadline := c.cfg.Now().Add(c.cfg.Timeout).UnixNano()
@@ -100,25 +104,7 @@ func (c *Coordinator) runTwoPhase(ctx context.Context, req Request, parts map[kv
 	sort.Slice(groups, func(i, j int) bool { return groups[i] < groups[j] })
 
 	// Phase 1: prepare everywhere at once.
-	votes := make(map[kvd.GroupID]*vote, len(groups))
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, g := range groups {
-		p := parts[g]
-		prep := store.TxnPrepare{ID: id, RecordGroup: rg, Deadline: deadline, Compares: p.compares, Ops: p.ops}
-		if g == rg {
-			prep.Participants = groups
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			res, err := c.g.Propose(ctx, g, encode(store.CmdTxnPrepare, prep, nil))
-			mu.Lock()
-			votes[g] = &vote{out: res.Txn, err: err}
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
+	votes := c.prepare(ctx, parts, groups, rg, id, deadline)
 	failpoint.Hit(failpoint.TxnBeforeDecision)
 	allYes := true
 	var outs []*store.TxnOutcome
@@ -162,6 +148,32 @@ func (c *Coordinator) runTwoPhase(ctx context.Context, req Request, parts map[kv
 type vote struct {
 	out *store.TxnOutcome
 	err error
+}
+
+// prepare asks every group to prepare its part, all at once, and returns
+// their votes. The record group's prepare also names the participants,
+// for its record.
+func (c *Coordinator) prepare(ctx context.Context, parts map[kvd.GroupID]*part, groups []kvd.GroupID, rg kvd.GroupID, id string, deadline int64) map[kvd.GroupID]*vote {
+	votes := make(map[kvd.GroupID]*vote, len(groups))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, g := range groups {
+		p := parts[g]
+		prep := store.TxnPrepare{ID: id, RecordGroup: rg, Deadline: deadline, Compares: p.compares, Ops: p.ops}
+		if g == rg {
+			prep.Participants = groups
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := c.g.Propose(ctx, g, encode(store.CmdTxnPrepare, prep, nil))
+			mu.Lock()
+			votes[g] = &vote{out: res.Txn, err: err}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return votes
 }
 
 // decide sets the record to committed (commit) or aborted, resolving the
