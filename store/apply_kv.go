@@ -1,8 +1,10 @@
 package store
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"math"
 
 	"github.com/kvd-project/kvd"
 )
@@ -113,4 +115,55 @@ func (a *applier) recordHead(key string) (ver uint64, expires int64) {
 	}
 	rec := raw[sealOverhead(raw):]
 	return version(rec), recExpires(rec)
+}
+
+// exists reports whether key holds a committed value. Whether a record
+// is there does not depend on its bytes, so its seal is not checked
+// (which would read the whole value): a damaged value is found by what
+// reads it.
+func (a *applier) exists(key string) bool {
+	return a.kv.b.Get([]byte(key)) != nil
+}
+
+func expiryKey(at int64, key string) []byte {
+	b := make([]byte, 8, 8+len(key))
+	binary.BigEndian.PutUint64(b, uint64(at))
+	return append(b, key...)
+}
+
+// setKey writes key's value at the current index, with a TTL if ttl > 0,
+// keeping the expiry index and the history in step.
+func (a *applier) setKey(key string, val []byte, ttl int64) error {
+	if _, exp := a.recordHead(key); exp != 0 {
+		if err := a.expiry.Delete(expiryKey(exp, key)); err != nil {
+			return err
+		}
+	}
+	var exp int64
+	if ttl > 0 {
+		exp = a.now + ttl
+		if exp < a.now { // past the clock's range: never, in effect
+			exp = math.MaxInt64
+		}
+		if err := a.expiry.Put(expiryKey(exp, key), nil); err != nil {
+			return err
+		}
+	}
+	if err := a.put(a.kv, []byte(key), encodeRecord(a.index, exp, val)); err != nil {
+		return err
+	}
+	return a.logChange(false, key, val)
+}
+
+// delKey deletes key (which must exist) at the current index.
+func (a *applier) delKey(key string) error {
+	if _, exp := a.recordHead(key); exp != 0 {
+		if err := a.expiry.Delete(expiryKey(exp, key)); err != nil {
+			return err
+		}
+	}
+	if err := a.del(a.kv, []byte(key)); err != nil {
+		return err
+	}
+	return a.logChange(true, key, nil)
 }

@@ -66,6 +66,9 @@ func (k CmdKind) String() string {
 	return fmt.Sprintf("kind-%d", uint8(k))
 }
 
+// Idem names an idempotent request.
+type Idem = kvd.Idem
+
 // Cmd is one replicated command. Which fields matter depends on Kind.
 type Cmd struct {
 	Kind  CmdKind

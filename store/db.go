@@ -24,6 +24,9 @@ import (
 var (
 	bucketKV   = []byte("kv")
 	bucketMeta = []byte("meta")
+	// bucketExpiry orders keys with a TTL by expiry time (8-byte Unix ns,
+	// then the key), so finding the expired ones reads only those.
+	bucketExpiry = []byte("expiry")
 
 	metaApplied   = []byte("applied")
 	metaTerm      = []byte("applied_term")

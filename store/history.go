@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -23,11 +22,6 @@ import (
 // below which a watch cannot resume.
 var (
 	bucketHistory = []byte("history")
-	bucketExpiry  = []byte("expiry")
-	bucketDedup   = []byte("dedup")
-	// bucketDedupAt orders idempotency records by creation time (8-byte
-	// Unix ns, then the token), so collecting old ones reads only those.
-	bucketDedupAt = []byte("dedup_at")
 
 	metaHistCount = []byte("hist_count")
 	metaHistBytes = []byte("hist_bytes")
@@ -103,65 +97,6 @@ func decodeEvent(pos Pos, b []byte) (Event, error) {
 		return Event{}, fmt.Errorf("decode history event at %s: %v", pos, d.err)
 	}
 	return e, nil
-}
-
-// logChange appends a change to the history and prunes it to its bounds.
-func (a *applier) logChange(del bool, key string, val []byte) error {
-	if a.hist.b == nil {
-		return nil
-	}
-	a.seq++
-	ev := encodeEvent(del, key, val)
-	if err := a.put(a.hist, Pos{Index: a.index, Seq: a.seq}.bytes(), ev); err != nil {
-		return err
-	}
-	if !a.histLoaded {
-		var err error
-		if a.histCount, err = metaU64(a.meta, metaHistCount); err != nil {
-			return err
-		}
-		if a.histSize, err = metaU64(a.meta, metaHistBytes); err != nil {
-			return err
-		}
-		a.histLoaded = true
-	}
-	a.histCount++
-	a.histSize += uint64(len(ev))
-	return nil
-}
-
-// flushHistory ends a batch: it drops the oldest events past the bounds
-// (keeping at least one) and stores the counters and the floor. Pruning
-// once per batch keeps the same events as pruning after every change
-// (the longest suffix within the bounds), so replicas that group entries
-// into batches differently still agree.
-func (a *applier) flushHistory() error {
-	if !a.histLoaded {
-		return nil
-	}
-	count, size := a.histCount, a.histSize
-	c := a.hist.b.Cursor()
-	var floor []byte
-	for k, v := c.First(); k != nil && (count > uint64(a.histMax) || size > uint64(a.histMaxBytes)) && count > 1; k, v = c.Next() {
-		count--
-		size -= uint64(len(v) - sealOverhead(v))
-		floor = append(floor[:0], k...)
-	}
-	if floor != nil {
-		// Delete up to and including the floor.
-		for k, _ := c.First(); k != nil && bytes.Compare(k, floor) <= 0; k, _ = c.First() {
-			if err := c.Delete(); err != nil {
-				return err
-			}
-		}
-		if err := putMeta(a.meta, metaHistFloor, floor); err != nil {
-			return err
-		}
-	}
-	if err := putMeta(a.meta, metaHistCount, be64(count)); err != nil {
-		return err
-	}
-	return putMeta(a.meta, metaHistBytes, be64(size))
 }
 
 // HistorySize returns the events the history holds and the bytes of
@@ -292,49 +227,6 @@ func (db *DB) Expired(now int64, limit int) ([]ExpiredKey, error) {
 type ExpiredKey struct {
 	Key     string
 	Version uint64
-}
-
-func expiryKey(at int64, key string) []byte {
-	b := make([]byte, 8, 8+len(key))
-	binary.BigEndian.PutUint64(b, uint64(at))
-	return append(b, key...)
-}
-
-// setKey writes key's value at the current index, with a TTL if ttl > 0,
-// keeping the expiry index and the history in step.
-func (a *applier) setKey(key string, val []byte, ttl int64) error {
-	if _, exp := a.recordHead(key); exp != 0 {
-		if err := a.expiry.Delete(expiryKey(exp, key)); err != nil {
-			return err
-		}
-	}
-	var exp int64
-	if ttl > 0 {
-		exp = a.now + ttl
-		if exp < a.now { // past the clock's range: never, in effect
-			exp = math.MaxInt64
-		}
-		if err := a.expiry.Put(expiryKey(exp, key), nil); err != nil {
-			return err
-		}
-	}
-	if err := a.put(a.kv, []byte(key), encodeRecord(a.index, exp, val)); err != nil {
-		return err
-	}
-	return a.logChange(false, key, val)
-}
-
-// delKey deletes key (which must exist) at the current index.
-func (a *applier) delKey(key string) error {
-	if _, exp := a.recordHead(key); exp != 0 {
-		if err := a.expiry.Delete(expiryKey(exp, key)); err != nil {
-			return err
-		}
-	}
-	if err := a.del(a.kv, []byte(key)); err != nil {
-		return err
-	}
-	return a.logChange(true, key, nil)
 }
 
 // ExpireCond is the condition of an expiry: the version the TTL was set

@@ -22,8 +22,12 @@ import (
 // in the home group, whichever groups they write: a reuse for a
 // different request is refused before anything is written.
 
-// Idem names an idempotent request.
-type Idem = kvd.Idem
+var (
+	bucketDedup = []byte("dedup")
+	// bucketDedupAt orders idempotency records by creation time (8-byte
+	// Unix ns, then the token), so collecting old ones reads only those.
+	bucketDedupAt = []byte("dedup_at")
+)
 
 // dedupEntry is a stored idempotency record.
 type dedupEntry struct {
@@ -45,6 +49,7 @@ type storedResult struct {
 	Err     string `json:"err,omitempty"`
 }
 
+// dedupGet reads key's idempotency record (nil if absent).
 func (a *applier) dedupGet(key string) (*dedupEntry, error) {
 	b, err := a.dedup.get([]byte(key))
 	if err != nil || b == nil {
@@ -130,6 +135,7 @@ func (a *applier) remember(i *Idem, r Result) error {
 	return a.dedupCreate(i.Key, &dedupEntry{FP: i.FP, At: a.now, Done: true, Result: b})
 }
 
+// dedupClaim applies a CmdDedupClaim.
 func (a *applier) dedupClaim(c *DedupClaim) (*DedupState, error) {
 	e, err := a.dedupGet(c.Idem.Key)
 	if err != nil {
@@ -144,6 +150,7 @@ func (a *applier) dedupClaim(c *DedupClaim) (*DedupState, error) {
 	return &DedupState{Status: DedupExisting, Txn: e.Txn, At: e.At, Done: e.Done, Response: e.Result}, nil
 }
 
+// dedupDone applies a CmdDedupDone.
 func (a *applier) dedupDone(d *DedupDone) (*DedupState, error) {
 	e, err := a.dedupGet(d.Idem.Key)
 	if err != nil {
@@ -164,6 +171,7 @@ func (a *applier) dedupDone(d *DedupDone) (*DedupState, error) {
 	return &DedupState{Status: DedupExisting, Txn: e.Txn, Done: true, Response: e.Result}, a.dedupPut(d.Idem.Key, e)
 }
 
+// dedupRegister applies a CmdDedupRegister.
 func (a *applier) dedupRegister(r *DedupRegister) (*DedupState, error) {
 	e, err := a.dedupGet(r.Idem.Key)
 	switch {
@@ -177,6 +185,7 @@ func (a *applier) dedupRegister(r *DedupRegister) (*DedupState, error) {
 	return &DedupState{Status: DedupExisting, At: e.At}, nil
 }
 
+// dedupGC applies a CmdDedupGC.
 func (a *applier) dedupGC(g *DedupGC) error {
 	c := a.dedupAt.Cursor()
 	for k, _ := c.First(); k != nil && int64(binary.BigEndian.Uint64(k[:8])) < g.Before; k, _ = c.First() {

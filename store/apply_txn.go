@@ -1,0 +1,498 @@
+package store
+
+import (
+	"encoding/json"
+	"sort"
+	"strconv"
+
+	"github.com/kvd-project/kvd/internal/failpoint"
+)
+
+// addTo adds delta to the decimal integer of a record (absent: 0) and
+// returns the new value's decimal text, or false if the record does not
+// hold such an integer or the sum overflows.
+func addTo(rec []byte, delta int64) ([]byte, bool) {
+	var cur int64
+	if rec != nil {
+		v, err := strconv.ParseInt(string(recValue(rec)), 10, 64)
+		if err != nil {
+			return nil, false
+		}
+		cur = v
+	}
+	sum := cur + delta
+	if (delta > 0 && sum < cur) || (delta < 0 && sum > cur) {
+		return nil, false
+	}
+	return []byte(strconv.FormatInt(sum, 10)), true
+}
+
+// lockSet reads key's locks (none if absent).
+func (a *applier) lockSet(key string) (*LockSet, error) {
+	return readLockSet(a.locks, key)
+}
+
+// putLockSet stores key's locks, deleting the entry when none are left.
+func (a *applier) putLockSet(key string, ls *LockSet) error {
+	if ls.empty() {
+		return a.del(a.locks, []byte(key))
+	}
+	b, err := json.Marshal(ls)
+	if err != nil {
+		return err
+	}
+	return a.put(a.locks, []byte(key), b)
+}
+
+// txnRecord reads transaction id's record (nil if absent).
+func (a *applier) txnRecord(id string) (*TxnRecord, error) {
+	return readRecord(a.txns, id)
+}
+
+// putRecord stores transaction id's record.
+func (a *applier) putRecord(id string, rec *TxnRecord) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return a.put(a.txns, []byte(id), b)
+}
+
+// locked reports whether key is locked by any transaction: plain writes
+// must wait for it.
+func (a *applier) locked(key string) (*LockSet, error) {
+	ls, err := a.lockSet(key)
+	if err != nil || ls.empty() {
+		return nil, err
+	}
+	return ls, nil
+}
+
+// keyLocks is what a transaction needs on each key it touches.
+func keyLocks(compares []TxnCompare, ops []TxnOp) (keys []string, write map[string]*TxnOp) {
+	write = map[string]*TxnOp{}
+	seen := map[string]bool{}
+	add := func(k string) {
+		if !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	for i := range compares {
+		add(compares[i].Key)
+	}
+	for i := range ops {
+		add(ops[i].Key)
+		if ops[i].Op == "put" || ops[i].Op == "delete" || ops[i].Op == "add" {
+			write[ops[i].Key] = &ops[i]
+		}
+	}
+	sort.Strings(keys)
+	return keys, write
+}
+
+// conflicts returns the other transactions' locks that keep id from
+// taking the locks it needs.
+func (a *applier) conflicts(id string, keys []string, write map[string]*TxnOp, readsConflictWithReads bool) ([]Lock, error) {
+	var out []Lock
+	for _, k := range keys {
+		ls, err := a.lockSet(k)
+		if err != nil {
+			return nil, err
+		}
+		w, rs := ls.others(id)
+		if w != nil {
+			out = append(out, *w)
+		}
+		if _, writes := write[k]; writes || readsConflictWithReads {
+			out = append(out, rs...)
+		}
+	}
+	return out, nil
+}
+
+// checkAndRead evaluates the compares and reads the gets against the
+// committed values.
+func (a *applier) checkAndRead(compares []TxnCompare, ops []TxnOp, out *TxnOutcome) error {
+	for i := range compares {
+		rec, err := a.record(compares[i].Key)
+		if err != nil {
+			return err
+		}
+		if !compares[i].holds(rec) {
+			out.Failed = append(out.Failed, compares[i].Index)
+		}
+	}
+	for _, op := range ops {
+		if op.Op != "get" {
+			continue
+		}
+		rec, err := a.record(op.Key)
+		if err != nil {
+			return err
+		}
+		r := TxnRead{Index: op.Index}
+		if rec != nil {
+			r.Found, r.Version, r.Value = true, version(rec), append([]byte(nil), recValue(rec)...)
+		}
+		out.Reads = append(out.Reads, r)
+	}
+	return nil
+}
+
+// added returns what an add op would make of key's committed value.
+func (a *applier) added(key string, delta int64) ([]byte, bool, error) {
+	rec, err := a.record(key)
+	if err != nil {
+		return nil, false, err
+	}
+	v, ok := addTo(rec, delta)
+	return v, ok, nil
+}
+
+// prepare applies a CmdTxnPrepare: in the record group it creates the
+// pending record; then, if no other transaction's lock is in the way and
+// the compares hold, it takes the locks, reads the gets and votes yes.
+func (a *applier) prepare(p *TxnPrepare) (*TxnOutcome, error) {
+	out := &TxnOutcome{}
+	if a.now > p.Deadline {
+		out.Code = CodeExpired
+		return out, nil
+	}
+	isRecord := len(p.Participants) > 0
+	if isRecord {
+		rec, err := a.txnRecord(p.ID)
+		if err != nil {
+			return nil, err
+		}
+		if rec != nil && rec.State != TxnPending {
+			out.Code, out.State = CodeAborted, rec.State
+			return out, nil
+		}
+		if rec == nil {
+			rec = &TxnRecord{State: TxnPending, Deadline: p.Deadline, Participants: p.Participants}
+			if err := a.putRecord(p.ID, rec); err != nil {
+				return nil, err
+			}
+		}
+		out.State = TxnPending
+	}
+	keys, write := keyLocks(p.Compares, p.Ops)
+	conf, err := a.conflicts(p.ID, keys, write, false)
+	if err != nil {
+		return nil, err
+	}
+	if len(conf) > 0 {
+		out.Code, out.Conflicts = CodeConflict, conf
+		return out, a.abortRecordIf(isRecord, p.ID)
+	}
+	if err := a.checkAndRead(p.Compares, p.Ops, out); err != nil {
+		return nil, err
+	}
+	if len(out.Failed) > 0 {
+		out.Code, out.Reads = CodeCompareFailed, nil
+		return out, a.abortRecordIf(isRecord, p.ID)
+	}
+	added := map[string][]byte{}
+	for _, op := range p.Ops {
+		switch op.Op {
+		case "delete":
+			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Deleted: a.exists(op.Key)})
+		case "add":
+			// The key stays locked until resolution, so the sum computed
+			// now is the sum then.
+			v, ok, err := a.added(op.Key, op.Delta)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				out.Code, out.Reads, out.Writes = CodeNotANumber, nil, nil
+				return out, a.abortRecordIf(isRecord, p.ID)
+			}
+			added[op.Key] = v
+			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Value: v})
+		}
+	}
+	for _, k := range keys {
+		ls, err := a.lockSet(k)
+		if err != nil {
+			return nil, err
+		}
+		l := Lock{Txn: p.ID, RecordGroup: p.RecordGroup, Deadline: p.Deadline}
+		if op, ok := write[k]; ok {
+			l.Value, l.Delete, l.TTL = op.Value, op.Op == "delete", op.TTL
+			if op.Op == "add" {
+				l.Value = added[k]
+			}
+			ls.Write = &l
+		} else {
+			held := false
+			for _, r := range ls.Reads {
+				held = held || r.Txn == p.ID
+			}
+			if !held {
+				ls.Reads = append(ls.Reads, l)
+			}
+		}
+		if err := a.putLockSet(k, ls); err != nil {
+			return nil, err
+		}
+	}
+	kb, _ := json.Marshal(keys)
+	if err := a.put(a.txnKeys, []byte(p.ID), kb); err != nil {
+		return nil, err
+	}
+	out.Vote = true
+	return out, nil
+}
+
+// abortRecordIf aborts the record created by a record-group prepare that
+// voted no: the transaction can no longer commit.
+func (a *applier) abortRecordIf(isRecord bool, id string) error {
+	if !isRecord {
+		return nil
+	}
+	rec, err := a.txnRecord(id)
+	if err != nil || rec == nil || rec.State != TxnPending {
+		return err
+	}
+	rec.State, rec.Decided = TxnAborted, a.now
+	return a.putRecord(id, rec)
+}
+
+// decide applies a CmdTxnDecide.
+func (a *applier) decide(d *TxnDecide) (*TxnOutcome, error) {
+	rec, err := a.txnRecord(d.ID)
+	if err != nil {
+		return nil, err
+	}
+	if rec == nil {
+		// The record group never prepared: the transaction cannot have
+		// committed. Record that.
+		rec = &TxnRecord{State: TxnAborted, Decided: a.now}
+		if err := a.putRecord(d.ID, rec); err != nil {
+			return nil, err
+		}
+	}
+	if rec.State == TxnPending {
+		rec.State, rec.Decided = TxnAborted, a.now
+		if d.Commit {
+			rec.State = TxnCommitted
+		}
+		if err := a.putRecord(d.ID, rec); err != nil {
+			return nil, err
+		}
+	}
+	out := &TxnOutcome{State: rec.State}
+	if d.ResolveHere {
+		writes, err := a.resolve(d.ID, rec.State == TxnCommitted)
+		if err != nil {
+			return nil, err
+		}
+		out.Writes = writes
+	}
+	return out, nil
+}
+
+// resolveCmd applies a CmdTxnResolve.
+func (a *applier) resolveCmd(r *TxnResolve) (*TxnOutcome, error) {
+	writes, err := a.resolve(r.ID, r.Commit)
+	return &TxnOutcome{Writes: writes}, err
+}
+
+// resolve applies (commit) or drops transaction id's locks in this group.
+func (a *applier) resolve(id string, commit bool) ([]TxnWrite, error) {
+	keys, err := readTxnKeys(a.txnKeys, id)
+	if err != nil || keys == nil {
+		return nil, err // nothing here, or already resolved
+	}
+	var writes []TxnWrite
+	for _, k := range keys {
+		ls, err := a.lockSet(k)
+		if err != nil {
+			return nil, err
+		}
+		if ls.Write != nil && ls.Write.Txn == id {
+			if commit {
+				w := TxnWrite{Key: k}
+				if ls.Write.Delete {
+					if w.Deleted = a.exists(k); w.Deleted {
+						if err := a.delKey(k); err != nil {
+							return nil, err
+						}
+					}
+				} else {
+					if err := a.setKey(k, ls.Write.Value, ls.Write.TTL); err != nil {
+						return nil, err
+					}
+					w.Version = a.index
+				}
+				writes = append(writes, w)
+			}
+			ls.Write = nil
+		}
+		kept := ls.Reads[:0]
+		for _, r := range ls.Reads {
+			if r.Txn != id {
+				kept = append(kept, r)
+			}
+		}
+		ls.Reads = kept
+		if err := a.putLockSet(k, ls); err != nil {
+			return nil, err
+		}
+	}
+	return writes, a.del(a.txnKeys, []byte(id))
+}
+
+// recover applies a CmdTxnRecover.
+func (a *applier) recover(r *TxnRecover) (*TxnOutcome, error) {
+	rec, err := a.txnRecord(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case rec == nil && (a.now > r.Deadline || r.Force):
+		rec = &TxnRecord{State: TxnAborted, Deadline: r.Deadline, Decided: a.now}
+		if r.Force {
+			// Aborted ahead of its deadline: the record must outlive any
+			// prepare still on its way, or that prepare would find no
+			// record, create a pending one and let the coordinator commit
+			// after the other groups' locks were dropped. No prepare can
+			// carry a deadline past its own time plus MaxTxnLifetime.
+			rec.Deadline = max(r.Deadline, a.now+int64(MaxTxnLifetime))
+		}
+		if err := a.putRecord(r.ID, rec); err != nil {
+			return nil, err
+		}
+	case rec == nil:
+		if failpoint.Mutant(failpoint.MutantAbsentRecordAborted) {
+			return &TxnOutcome{State: TxnAborted}, nil // planted bug: nothing stops a later prepare
+		}
+		return &TxnOutcome{State: TxnAbsent}, nil
+	case rec.State == TxnPending && (a.now > rec.Deadline || r.Force):
+		rec.State, rec.Decided = TxnAborted, a.now
+		if failpoint.Mutant(failpoint.MutantRecoverCommitsPending) && !r.Force {
+			rec.State = TxnCommitted // planted bug: an abandoned transaction rolled forward
+		}
+		if err := a.putRecord(r.ID, rec); err != nil {
+			return nil, err
+		}
+	case rec.State == TxnCommitted && failpoint.Mutant(failpoint.MutantRecoverAbortsCommitted):
+		return &TxnOutcome{State: TxnAborted}, nil // planted bug: a committed transaction reported aborted
+	}
+	return &TxnOutcome{State: rec.State}, nil
+}
+
+// onePhase applies a CmdTxnOnePhase, once per idempotency key if it has
+// one.
+func (a *applier) onePhase(t *TxnOnePhase) (*TxnOutcome, error) {
+	if t.Idem != nil {
+		e, err := a.dedupGet(t.Idem.Key)
+		if err != nil {
+			return nil, err
+		}
+		if e != nil && !fpEqual(e.FP, t.Idem.FP) {
+			return &TxnOutcome{Code: CodeIdempotencyMismatch}, nil
+		}
+		switch {
+		case e != nil && e.Txn != "":
+			// Claimed by a transaction over several groups: its outcome
+			// is kept in another shape, by its coordinator. Not this
+			// path's to run or to answer; nothing was applied.
+			return &TxnOutcome{Code: CodeConflict}, nil
+		case e != nil && !e.Reg: // a registration only: never run here
+			out := &TxnOutcome{}
+			if err := json.Unmarshal(e.Result, out); err != nil {
+				return nil, corruptf("decode idempotency result of %q: %v", t.Idem.Key, err)
+			}
+			return out, nil
+		}
+	}
+	out, err := a.onePhaseApply(t)
+	if err != nil || t.Idem == nil || out.Code == CodeConflict {
+		return out, err
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return nil, err
+	}
+	return out, a.dedupCreate(t.Idem.Key, &dedupEntry{FP: t.Idem.FP, At: a.now, Done: true, Result: b})
+}
+
+// onePhaseApply runs a one-phase transaction: its writes apply in this
+// entry if no lock is in the way and its compares hold.
+func (a *applier) onePhaseApply(t *TxnOnePhase) (*TxnOutcome, error) {
+	out := &TxnOutcome{}
+	keys, write := keyLocks(t.Compares, t.Ops)
+	conf, err := a.conflicts("", keys, write, false)
+	if err != nil {
+		return nil, err
+	}
+	if len(conf) > 0 {
+		out.Code, out.Conflicts = CodeConflict, conf
+		return out, nil
+	}
+	if err := a.checkAndRead(t.Compares, t.Ops, out); err != nil {
+		return nil, err
+	}
+	if len(out.Failed) > 0 {
+		out.Code, out.Reads = CodeCompareFailed, nil
+		return out, nil
+	}
+	added := map[string][]byte{}
+	for _, op := range t.Ops {
+		if op.Op == "add" {
+			v, ok, err := a.added(op.Key, op.Delta)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				out.Code, out.Reads = CodeNotANumber, nil
+				return out, nil
+			}
+			added[op.Key] = v
+		}
+	}
+	for _, op := range t.Ops {
+		switch op.Op {
+		case "put", "add":
+			v, ttl := op.Value, op.TTL
+			if op.Op == "add" {
+				v = added[op.Key]
+			}
+			if err := a.setKey(op.Key, v, ttl); err != nil {
+				return nil, err
+			}
+			w := TxnWrite{Index: op.Index, Key: op.Key, Version: a.index}
+			if op.Op == "add" {
+				w.Value = v
+			}
+			out.Writes = append(out.Writes, w)
+		case "delete":
+			existed := a.exists(op.Key)
+			if existed {
+				if err := a.delKey(op.Key); err != nil {
+					return nil, err
+				}
+			}
+			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Deleted: existed})
+		}
+	}
+	out.Vote = true
+	return out, nil
+}
+
+// forget applies a CmdTxnForget.
+func (a *applier) forget(f *TxnForget) (*TxnOutcome, error) {
+	rec, err := a.txnRecord(f.ID)
+	if err != nil || rec == nil {
+		return &TxnOutcome{State: TxnAbsent}, err
+	}
+	if rec.State == TxnPending || a.now <= rec.Deadline {
+		// Until its deadline a prepare may still arrive: the decided
+		// record must be there to refuse it.
+		return &TxnOutcome{State: rec.State}, nil
+	}
+	return &TxnOutcome{State: TxnAbsent}, a.del(a.txns, []byte(f.ID))
+}
