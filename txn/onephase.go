@@ -30,9 +30,7 @@ func (c *Coordinator) onePhase(ctx context.Context, req Request, p *part, idem *
 			break
 		}
 		c.settleExpired(ctx, p.group, out.Conflicts)
-		select {
-		case <-time.After(time.Duration(5<<min(attempt, 4)) * time.Millisecond):
-		case <-ctx.Done():
+		if lockWaitBackoff.Wait(ctx, attempt) != nil {
 			return c.refused([]*store.TxnOutcome{out})
 		}
 	}
