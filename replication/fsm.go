@@ -51,9 +51,6 @@ type applyResult struct {
 // maxApplyBytes bounds the entries applied in one bbolt transaction.
 const maxApplyBytes = 8 << 20
 
-// errNotApplied answers entries a closing replica did not apply.
-var errNotApplied = errors.New("entry not applied: the replica is closing")
-
 // Apply applies one entry; raft calls it only when batching is off.
 func (f *fsm) Apply(l *raft.Log) any {
 	return f.ApplyBatch([]*raft.Log{l})[0]
@@ -152,9 +149,7 @@ func (f *fsm) apply(entries []store.Entry) ([][]store.Result, error) {
 		// The disk refused (ENOSPC, EIO), or the state file could not be
 		// reopened after a restore: wait, reopen it if need be, retry.
 		f.g.stall(err, attempt)
-		select {
-		case <-time.After(backoff):
-		case <-f.g.ctx.Done():
+		if !f.g.pause(backoff) {
 			return nil, err
 		}
 		if err := f.g.db.Reopen(); err != nil {

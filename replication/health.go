@@ -176,10 +176,7 @@ const releaseEvery = 8 << 20
 func (g *Group) noteAppliedBytes(n int) {
 	if g.appliedBytes.Add(int64(n)) >= releaseEvery {
 		g.appliedBytes.Store(0)
-		select {
-		case g.releaseKick <- struct{}{}:
-		default:
-		}
+		kick(g.releaseKick)
 	}
 }
 

@@ -1,7 +1,6 @@
 package replication
 
 import (
-	"errors"
 	"sync"
 
 	"github.com/hashicorp/raft"
@@ -21,8 +20,6 @@ type gatedTransport struct {
 	mu     sync.RWMutex
 	closed bool
 }
-
-var errReplicaClosed = errors.New("replica closed")
 
 // SetHeartbeatHandler implements raft.Transport.
 func (t *gatedTransport) SetHeartbeatHandler(cb func(rpc raft.RPC)) {

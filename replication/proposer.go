@@ -199,10 +199,7 @@ func (g *Group) releaseInflightLocked(e *entry) {
 		return
 	}
 	if g.inflightSize.Add(-e.size) < int64(g.cfg.MaxInflightBytes) {
-		select {
-		case g.inflightFree <- struct{}{}:
-		default:
-		}
+		kick(g.inflightFree)
 	}
 	e.size = 0
 }

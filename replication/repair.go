@@ -80,9 +80,7 @@ func (g *Group) repairEntry(l *raft.Log, cause error) (*store.Batch, error) {
 			g.log.Warn("no peer could repair the damaged log entry yet", "index", l.Index, "err", err)
 		}
 		g.stats.repairFailures.Add(1)
-		select {
-		case <-time.After(backoff):
-		case <-g.ctx.Done():
+		if !g.pause(backoff) {
 			return nil, fmt.Errorf("repair log entry %d: %w", l.Index, kvd.ErrClosed)
 		}
 		backoff = min(2*backoff, 5*time.Second)
@@ -148,9 +146,7 @@ func (g *Group) repairState(minIndex uint64, cause error) error {
 		}
 		g.log.Warn("cannot rebuild the state locally either; retrying", "err", err)
 		g.stats.repairFailures.Add(1)
-		select {
-		case <-time.After(backoff):
-		case <-g.ctx.Done():
+		if !g.pause(backoff) {
 			return fmt.Errorf("repair state: %w", kvd.ErrClosed)
 		}
 		backoff = min(2*backoff, 5*time.Second)
@@ -207,9 +203,9 @@ func (g *Group) rebuildLocally(minIndex uint64) error {
 	}
 	defer tmp.Close()
 	if metas, err := g.snaps.List(); err == nil && len(metas) > 0 {
-		_, rc, err := g.snaps.Open(metas[0].ID)
+		rc, err := g.openSnapshot(metas[0].ID)
 		if err != nil {
-			return fmt.Errorf("rebuild: open snapshot %s: %w", metas[0].ID, err)
+			return fmt.Errorf("rebuild: %w", err)
 		}
 		err = tmp.Restore(rc)
 		rc.Close()
