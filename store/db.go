@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -439,60 +438,6 @@ func bucketsOf(tx *bolt.Tx) buckets {
 		expiry:  tx.Bucket(bucketExpiry),
 		dedupAt: tx.Bucket(bucketDedupAt),
 	}
-}
-
-// Get returns the item stored under key, or an error wrapping
-// kvd.ErrNotFound.
-func (db *DB) Get(key string) (kvd.Item, error) {
-	var it kvd.Item
-	err := db.view(func(tx *bolt.Tx) error {
-		rec, err := bucketsOf(tx).kv.get([]byte(key))
-		if err != nil {
-			return err
-		}
-		if rec == nil {
-			return kvd.ErrNotFound
-		}
-		it = decodeItem([]byte(key), rec)
-		return nil
-	})
-	if err != nil {
-		return kvd.Item{}, fmt.Errorf("get %q: %w", key, err)
-	}
-	return it, nil
-}
-
-// Scan returns the items selected by o in key order and, when more items
-// follow the last one returned, the key of the next one ("" otherwise).
-func (db *DB) Scan(o kvd.ScanOptions) ([]kvd.Item, string, error) {
-	var items []kvd.Item
-	next := ""
-	size := 0
-	err := db.view(func(tx *bolt.Tx) error {
-		c := bucketsOf(tx).kv.cursor()
-		seek := max(o.Start, o.Prefix)
-		for k, v := c.seek([]byte(seek)); k != nil; k, v = c.next() {
-			ks := string(k)
-			if o.End != "" && ks >= o.End {
-				break
-			}
-			if !strings.HasPrefix(ks, o.Prefix) {
-				break
-			}
-			if (o.Limit > 0 && len(items) == o.Limit) || (o.MaxBytes > 0 && size >= o.MaxBytes) {
-				next = ks
-				break
-			}
-			it := decodeItem(k, v)
-			size += len(it.Key) + len(it.Value)
-			items = append(items, it)
-		}
-		return c.err
-	})
-	if err != nil {
-		return nil, "", fmt.Errorf("scan: %w", err)
-	}
-	return items, next, nil
 }
 
 // encodeRecord builds a stored value record: format byte, version,

@@ -197,38 +197,6 @@ func (db *DB) HistoryHead() Pos {
 	return Pos{Index: db.AppliedIndex(), Seq: ^uint32(0)}
 }
 
-// Expired returns up to limit keys whose TTL ran out at or before now
-// (Unix ns), with the version the expiry applies to.
-func (db *DB) Expired(now int64, limit int) ([]ExpiredKey, error) {
-	var out []ExpiredKey
-	err := db.view(func(tx *bolt.Tx) error {
-		bs := bucketsOf(tx)
-		c := bs.expiry.Cursor()
-		for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
-			if len(k) < 8 || int64(binary.BigEndian.Uint64(k[:8])) > now {
-				break
-			}
-			key := string(k[8:])
-			rec, err := bs.kv.get(k[8:])
-			if err != nil {
-				return err
-			}
-			if rec == nil {
-				continue
-			}
-			out = append(out, ExpiredKey{Key: key, Version: version(rec)})
-		}
-		return nil
-	})
-	return out, err
-}
-
-// ExpiredKey is a key whose TTL has run out.
-type ExpiredKey struct {
-	Key     string
-	Version uint64
-}
-
 // ExpireCond is the condition of an expiry: the version the TTL was set
 // at.
 func ExpireCond(v uint64) kvd.Cond { return kvd.Cond{Kind: kvd.CondVersionEq, Version: v} }

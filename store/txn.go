@@ -2,10 +2,6 @@ package store
 
 import (
 	"encoding/json"
-	"fmt"
-	"strings"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/kvd-project/kvd"
 )
@@ -86,55 +82,6 @@ func (ls *LockSet) others(id string) (write *Lock, reads []Lock) {
 	return write, reads
 }
 
-// GetLocked returns key's committed item (found is false if absent) and
-// the write lock a transaction holds on it, if any.
-func (db *DB) GetLocked(key string) (it kvd.Item, found bool, lock *Lock, err error) {
-	err = db.view(func(tx *bolt.Tx) error {
-		bs := bucketsOf(tx)
-		rec, err := bs.kv.get([]byte(key))
-		if err != nil {
-			return err
-		}
-		if rec != nil {
-			it, found = kvd.Item{Key: key, Version: version(rec), Value: append([]byte{}, recValue(rec)...)}, true
-		}
-		ls, err := readLockSet(bs.locks, key)
-		if err != nil {
-			return err
-		}
-		lock = ls.Write
-		return nil
-	})
-	if err != nil {
-		return kvd.Item{}, false, nil, fmt.Errorf("get %q: %w", key, err)
-	}
-	return it, found, lock, nil
-}
-
-// WriteLocks returns the write locks held on keys selected by o (its
-// Limit ignored), by key.
-func (db *DB) WriteLocks(o kvd.ScanOptions) (map[string]Lock, error) {
-	out := map[string]Lock{}
-	err := db.view(func(tx *bolt.Tx) error {
-		c := bucketsOf(tx).locks.cursor()
-		for k, v := c.seek([]byte(max(o.Start, o.Prefix))); k != nil; k, v = c.next() {
-			ks := string(k)
-			if (o.End != "" && ks >= o.End) || !strings.HasPrefix(ks, o.Prefix) {
-				break
-			}
-			var ls LockSet
-			if err := json.Unmarshal(v, &ls); err != nil {
-				return corruptf("decode locks of %q: %v", ks, err)
-			}
-			if ls.Write != nil {
-				out[ks] = *ls.Write
-			}
-		}
-		return c.err
-	})
-	return out, err
-}
-
 // readLockSet reads key's locks (none if absent).
 func readLockSet(locks bucket, key string) (*LockSet, error) {
 	b, err := locks.get([]byte(key))
@@ -172,87 +119,6 @@ func forEachLockSet(locks bucket, fn func(key string, ls *LockSet) error) error 
 	})
 }
 
-// ExpiredLocks returns, one per transaction, the locks whose deadline is
-// before now (Unix ns).
-func (db *DB) ExpiredLocks(now int64) ([]Lock, error) {
-	seen := map[string]bool{}
-	var out []Lock
-	err := db.view(func(tx *bolt.Tx) error {
-		return forEachLockSet(bucketsOf(tx).locks, func(_ string, ls *LockSet) error {
-			all := ls.Reads
-			if ls.Write != nil {
-				all = append(all, *ls.Write)
-			}
-			for _, l := range all {
-				if l.Deadline < now && !seen[l.Txn] {
-					seen[l.Txn] = true
-					l.Value = nil
-					out = append(out, l)
-				}
-			}
-			return nil
-		})
-	})
-	return out, err
-}
-
-// HeldLock is one lock a transaction holds on a key, as an operator sees
-// it.
-type HeldLock struct {
-	Txn         string      `json:"txn"`
-	Key         string      `json:"key"`
-	Write       bool        `json:"write"`
-	RecordGroup kvd.GroupID `json:"record_group"`
-	Deadline    int64       `json:"deadline"`
-}
-
-// Locks returns every lock held here, in key order.
-func (db *DB) Locks() ([]HeldLock, error) {
-	var out []HeldLock
-	err := db.view(func(tx *bolt.Tx) error {
-		return forEachLockSet(bucketsOf(tx).locks, func(key string, ls *LockSet) error {
-			if ls.Write != nil {
-				out = append(out, HeldLock{Txn: ls.Write.Txn, Key: key, Write: true, RecordGroup: ls.Write.RecordGroup, Deadline: ls.Write.Deadline})
-			}
-			for _, r := range ls.Reads {
-				out = append(out, HeldLock{Txn: r.Txn, Key: key, RecordGroup: r.RecordGroup, Deadline: r.Deadline})
-			}
-			return nil
-		})
-	})
-	return out, err
-}
-
-// Records returns the transaction records kept here, by id.
-func (db *DB) Records() (map[string]TxnRecord, error) {
-	out := map[string]TxnRecord{}
-	err := db.view(func(tx *bolt.Tx) error {
-		return bucketsOf(tx).txns.forEach(func(k, v []byte) error {
-			var r TxnRecord
-			if err := json.Unmarshal(v, &r); err != nil {
-				return corruptf("decode record %s: %v", k, err)
-			}
-			out[string(k)] = r
-			return nil
-		})
-	})
-	return out, err
-}
-
-// Record returns transaction id's record, if this replica keeps it.
-func (db *DB) Record(id string) (TxnRecord, bool, error) {
-	var r *TxnRecord
-	err := db.view(func(tx *bolt.Tx) error {
-		var err error
-		r, err = readRecord(bucketsOf(tx).txns, id)
-		return err
-	})
-	if err != nil || r == nil {
-		return TxnRecord{}, false, err
-	}
-	return *r, true, nil
-}
-
 // readTxnKeys returns the keys transaction id holds locks on (nil if
 // none).
 func readTxnKeys(txnKeys bucket, id string) ([]string, error) {
@@ -265,63 +131,4 @@ func readTxnKeys(txnKeys bucket, id string) ([]string, error) {
 		return nil, corruptf("decode keys of %s: %v", id, err)
 	}
 	return keys, nil
-}
-
-// TxnWriteKeys returns the keys transaction id holds write locks on here.
-func (db *DB) TxnWriteKeys(id string) ([]string, error) {
-	var out []string
-	err := db.view(func(tx *bolt.Tx) error {
-		bs := bucketsOf(tx)
-		keys, err := readTxnKeys(bs.txnKeys, id)
-		if err != nil {
-			return err
-		}
-		for _, k := range keys {
-			ls, err := readLockSet(bs.locks, k)
-			if err != nil {
-				return err
-			}
-			if ls.Write != nil && ls.Write.Txn == id {
-				out = append(out, k)
-			}
-		}
-		return nil
-	})
-	return out, err
-}
-
-// KeyState is a key's committed state and the write lock on it, if any.
-type KeyState struct {
-	Key     string `json:"key"`
-	Found   bool   `json:"found"`
-	Value   []byte `json:"value,omitempty"`
-	Version uint64 `json:"version,omitempty"`
-	Lock    *Lock  `json:"lock,omitempty"`
-}
-
-// ReadKeys reads keys in one read transaction: a consistent view of them
-// all at one point of the applied log.
-func (db *DB) ReadKeys(keys []string) ([]KeyState, error) {
-	out := make([]KeyState, len(keys))
-	err := db.view(func(tx *bolt.Tx) error {
-		bs := bucketsOf(tx)
-		for i, k := range keys {
-			st := KeyState{Key: k}
-			rec, err := bs.kv.get([]byte(k))
-			if err != nil {
-				return err
-			}
-			if rec != nil {
-				st.Found, st.Version, st.Value = true, version(rec), append([]byte(nil), recValue(rec)...)
-			}
-			ls, err := readLockSet(bs.locks, k)
-			if err != nil {
-				return err
-			}
-			st.Lock = ls.Write
-			out[i] = st
-		}
-		return nil
-	})
-	return out, err
 }
