@@ -1,8 +1,6 @@
 package store
 
 import (
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,23 +17,14 @@ import (
 	"github.com/kvd-project/kvd/internal/fsutil"
 )
 
-// Bucket and meta key names; part of the on-disk format.
+// Bucket names; part of the on-disk format.
 var (
 	bucketKV   = []byte("kv")
 	bucketMeta = []byte("meta")
 	// bucketExpiry orders keys with a TTL by expiry time (8-byte Unix ns,
 	// then the key), so finding the expired ones reads only those.
 	bucketExpiry = []byte("expiry")
-
-	metaApplied   = []byte("applied")
-	metaTerm      = []byte("applied_term")
-	metaMap       = []byte("map")
-	metaStateHash = []byte("state_hash")
-	metaHashCheck = []byte("hash_check")
 )
-
-// recordFormat is the first byte of every stored value record.
-const recordFormat = 0x02
 
 // Options configure a DB.
 type Options struct {
@@ -426,6 +415,7 @@ type buckets struct {
 	expiry, dedupAt                             *bolt.Bucket
 }
 
+// bucketsOf returns the store's buckets in tx.
 func bucketsOf(tx *bolt.Tx) buckets {
 	return buckets{
 		kv:      bucket{b: tx.Bucket(bucketKV), tag: tagKV, hashed: true},
@@ -439,115 +429,3 @@ func bucketsOf(tx *bolt.Tx) buckets {
 		dedupAt: tx.Bucket(bucketDedupAt),
 	}
 }
-
-// encodeRecord builds a stored value record: format byte, version,
-// expiry (Unix ns, 0: never), value.
-func encodeRecord(ver uint64, expires int64, val []byte) []byte {
-	rec := make([]byte, recordHeader+len(val))
-	rec[0] = recordFormat
-	binary.BigEndian.PutUint64(rec[1:9], ver)
-	binary.BigEndian.PutUint64(rec[9:17], uint64(expires))
-	copy(rec[recordHeader:], val)
-	return rec
-}
-
-// recordHeader is the size of a record before its value.
-const recordHeader = 17
-
-// version returns the version of a stored record, 0 for none.
-func version(rec []byte) uint64 {
-	if len(rec) < recordHeader {
-		return 0
-	}
-	return binary.BigEndian.Uint64(rec[1:9])
-}
-
-// recExpires returns when a record expires (Unix ns), 0 for never.
-func recExpires(rec []byte) int64 {
-	if len(rec) < recordHeader {
-		return 0
-	}
-	return int64(binary.BigEndian.Uint64(rec[9:17]))
-}
-
-// recValue returns a record's value; it aliases the record.
-func recValue(rec []byte) []byte {
-	if len(rec) < recordHeader {
-		return nil
-	}
-	return rec[recordHeader:]
-}
-
-// decodeItem copies a record out of bbolt's memory.
-func decodeItem(k, rec []byte) kvd.Item {
-	return kvd.Item{Key: string(k), Version: version(rec), Value: append([]byte{}, recValue(rec)...)}
-}
-
-func be64(v uint64) []byte {
-	b := make([]byte, 8)
-	binary.BigEndian.PutUint64(b, v)
-	return b
-}
-
-func u64(b []byte) uint64 {
-	if len(b) != 8 {
-		return 0
-	}
-	return binary.BigEndian.Uint64(b)
-}
-
-// metaU64 reads a counter of the meta bucket (0 if absent).
-func metaU64(meta bucket, key []byte) (uint64, error) {
-	b, err := meta.get(key)
-	if err != nil || b == nil {
-		return 0, err
-	}
-	if len(b) != 8 {
-		return 0, corruptf("meta %s: %d bytes, want 8", key, len(b))
-	}
-	return binary.BigEndian.Uint64(b), nil
-}
-
-// putMeta stores a sealed meta value.
-func putMeta(meta bucket, key, val []byte) error {
-	sealed, _ := seal(meta.tag, key, val)
-	return meta.b.Put(key, sealed)
-}
-
-// storedMap reads the stored cluster map (nil if none).
-func storedMap(meta bucket) (*kvd.Map, error) {
-	b, err := meta.get(metaMap)
-	if err != nil || b == nil {
-		return nil, err
-	}
-	m := new(kvd.Map)
-	if err := json.Unmarshal(b, m); err != nil {
-		return nil, corruptf("decode stored cluster map: %v", err)
-	}
-	return m, nil
-}
-
-// placement is what a map says of where keys live: the group of every
-// slot, and the groups there are.
-type placement struct {
-	slot   [kvd.SlotCount]kvd.GroupID
-	groups map[kvd.GroupID]bool
-}
-
-func placementOf(m *kvd.Map) *placement {
-	if m == nil {
-		return nil
-	}
-	p := &placement{groups: make(map[kvd.GroupID]bool, len(m.Groups))}
-	for _, g := range m.Groups {
-		p.groups[g.ID] = true
-		for _, r := range g.Slots {
-			for s := max(r[0], 0); s <= r[1] && s < kvd.SlotCount; s++ {
-				p.slot[s] = g.ID
-			}
-		}
-	}
-	return p
-}
-
-var errBadSnapshot = errors.New("bad snapshot")

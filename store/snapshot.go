@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -89,6 +90,9 @@ func (s *Snapshot) Close() error {
 	s.h.pins.Done()
 	return err
 }
+
+// errBadSnapshot means a snapshot is not one this version can restore.
+var errBadSnapshot = errors.New("bad snapshot")
 
 // ReadSnapshotHeader reads the applied index and term from the start of a
 // snapshot stream.
