@@ -36,12 +36,18 @@ func (c *Coordinator) refused(outs []*store.TxnOutcome) (Response, error) {
 	}
 	if len(failed) > 0 {
 		sort.Ints(failed)
-		return Response{Failed: failed}, fmt.Errorf("transaction not committed: compares %v failed: %w", failed, kvd.ErrCompareFailed)
+		return compareFailed(failed)
 	}
 	if conflict != "" {
 		return Response{}, fmt.Errorf("transaction not committed: a key is locked by transaction %s: %w", conflict, kvd.ErrConflict)
 	}
 	return Response{}, fmt.Errorf("transaction not committed: aborted: %w", kvd.ErrConflict)
+}
+
+// compareFailed is the answer to a transaction that did not commit
+// because the compares at indexes failed did not hold.
+func compareFailed(failed []int) (Response, error) {
+	return Response{Failed: failed}, fmt.Errorf("transaction not committed: compares %v failed: %w", failed, kvd.ErrCompareFailed)
 }
 
 // fill builds the results of a committed transaction from the groups'

@@ -172,7 +172,7 @@ func answerReadOnly(req Request, snap map[string]store.KeyState) (Response, erro
 		}
 	}
 	if len(failed) > 0 {
-		return Response{Failed: failed}, fmt.Errorf("transaction not committed: compares %v failed: %w", failed, kvd.ErrCompareFailed)
+		return compareFailed(failed)
 	}
 	resp := Response{Committed: true, Results: make([]OpResult, len(req.Ops))}
 	for i, op := range req.Ops {
