@@ -13,6 +13,9 @@ type command struct {
 	summary string
 	flags   map[string]bool // flag name -> takes a value
 	shell   bool            // only in the interactive shell
+	// keyArg commands take a key (or a prefix) first: the interactive
+	// shell completes it from the cluster's keys.
+	keyArg bool
 	// endless commands run until interrupted, not within --timeout.
 	endless bool
 	run     func(s *Shell, ctx context.Context, a *args) error
@@ -24,20 +27,20 @@ var commands []*command
 
 func init() {
 	commands = []*command{
-		{name: "get", args: "KEY [--consistency linearizable|follower|stale]", summary: "print a key's value",
+		{name: "get", keyArg: true, args: "KEY [--consistency linearizable|follower|stale]", summary: "print a key's value",
 			flags: map[string]bool{"consistency": true}, run: (*Shell).get},
-		{name: "put", args: "KEY VALUE|@FILE|- [--if-version N] [--create-only] [--ttl D]", summary: "store a value (from the argument, a file, or standard input); --ttl 30s makes it vanish after that",
+		{name: "put", keyArg: true, args: "KEY VALUE|@FILE|- [--if-version N] [--create-only] [--ttl D]", summary: "store a value (from the argument, a file, or standard input); --ttl 30s makes it vanish after that",
 			flags: map[string]bool{"if-version": true, "create-only": false, "ttl": true}, run: (*Shell).put},
-		{name: "add", args: "KEY DELTA", summary: "add DELTA to the integer at KEY (absent: 0) and print the new value", run: (*Shell).add},
-		{name: "del", args: "KEY [--if-version N]", summary: "delete a key", flags: map[string]bool{"if-version": true}, run: (*Shell).del},
-		{name: "scan", args: "[PREFIX] [--start KEY] [--end KEY] [--limit N] [--all] [--keys-only]", summary: "list keys in order, a page at a time",
+		{name: "add", keyArg: true, args: "KEY DELTA", summary: "add DELTA to the integer at KEY (absent: 0) and print the new value", run: (*Shell).add},
+		{name: "del", keyArg: true, args: "KEY [--if-version N]", summary: "delete a key", flags: map[string]bool{"if-version": true}, run: (*Shell).del},
+		{name: "scan", keyArg: true, args: "[PREFIX] [--start KEY] [--end KEY] [--limit N] [--all] [--keys-only]", summary: "list keys in order, a page at a time",
 			flags: map[string]bool{"start": true, "end": true, "limit": true, "all": false, "keys-only": false, "consistency": true}, run: (*Shell).scan},
-		{name: "cas", args: "KEY OLD NEW", summary: "replace KEY's value with NEW if it is OLD (NEW is written atomically)", run: (*Shell).cas},
+		{name: "cas", keyArg: true, args: "KEY OLD NEW", summary: "replace KEY's value with NEW if it is OLD (NEW is written atomically)", run: (*Shell).cas},
 		{name: "txn", args: "[FILE|-] | list | abort ID", summary: "run a transaction read as JSON (the body of POST /v1/txn) from a file or standard input; \"txn list\" shows the transactions holding locks, \"txn abort ID\" aborts a stuck one (unless it committed) and releases its locks", run: (*Shell).txnJSON},
 		{name: "begin", summary: "open a transaction: get records versions, put and del are buffered until commit", shell: true, run: (*Shell).begin},
 		{name: "commit", summary: "commit the open transaction, if nothing it read has changed", shell: true, run: (*Shell).commit},
 		{name: "abort", summary: "drop the open transaction", shell: true, run: (*Shell).abort},
-		{name: "watch", args: "[PREFIX] [--since CURSOR] [--count N]", summary: "print changes to keys with PREFIX as they happen, until interrupted (Ctrl-C)",
+		{name: "watch", keyArg: true, args: "[PREFIX] [--since CURSOR] [--count N]", summary: "print changes to keys with PREFIX as they happen, until interrupted (Ctrl-C)",
 			flags: map[string]bool{"since": true, "count": true}, endless: true, run: (*Shell).watch},
 		{name: "cluster", summary: "show the nodes, groups, leaders and slot ranges", run: (*Shell).cluster},
 		{name: "status", args: "[NODE]", summary: "show a node's replicas: role, term, indexes", run: (*Shell).status},

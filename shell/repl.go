@@ -134,8 +134,6 @@ func (s *Shell) Script(ctx context.Context, r io.Reader, keepGoing bool, stderr 
 // one (by prefix, from the cluster).
 type completer struct{ s *Shell }
 
-var keyCommands = map[string]bool{"get": true, "put": true, "del": true, "cas": true, "scan": true, "add": true, "watch": true}
-
 // Do implements readline.AutoCompleter.
 func (c *completer) Do(line []rune, pos int) ([][]rune, int) {
 	text := string(line[:pos])
@@ -149,13 +147,17 @@ func (c *completer) Do(line []rune, pos int) ([][]rune, int) {
 	if !typingNew {
 		argIndex--
 	}
+	var cmd *command
+	if len(fields) > 0 {
+		cmd = lookup(fields[0])
+	}
 	var cands []string
 	switch {
 	case argIndex == 0:
 		cands = CommandNames(true)
 	case argIndex == 1 && fields[0] == "help":
 		cands = CommandNames(false)
-	case argIndex == 1 && keyCommands[fields[0]]:
+	case argIndex == 1 && cmd != nil && cmd.keyArg:
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		p, err := c.s.c.Scan(ctx, kvd.ScanOptions{Prefix: partial, Limit: 50}, client.WithConsistency(kvd.Stale))
