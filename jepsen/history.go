@@ -105,21 +105,29 @@ func (h *History) Ops() []Op {
 
 // WriteJSONL writes the history, one operation per line.
 func WriteJSONL(path string, ops []Op) error {
+	if err := writeJSONL(path, ops); err != nil {
+		return fmt.Errorf("write history: %w", err)
+	}
+	return nil
+}
+
+// writeJSONL writes items to path, one JSON object per line.
+func writeJSONL[T any](path string, items []T) error {
 	f, err := os.Create(path)
 	if err != nil {
-		return fmt.Errorf("write history: %w", err)
+		return err
 	}
 	w := bufio.NewWriter(f)
 	enc := json.NewEncoder(w)
-	for _, op := range ops {
-		if err := enc.Encode(op); err != nil {
+	for _, it := range items {
+		if err := enc.Encode(it); err != nil {
 			f.Close()
-			return fmt.Errorf("write history: %w", err)
+			return err
 		}
 	}
 	if err := w.Flush(); err != nil {
 		f.Close()
-		return fmt.Errorf("write history: %w", err)
+		return err
 	}
 	return f.Close()
 }

@@ -20,10 +20,8 @@ func writeReport(dir string, sum *Summary, ops []Op, check CheckResult) error {
 	if err := WriteJSONL(filepath.Join(dir, "history.jsonl"), ops); err != nil {
 		return err
 	}
-	if check.Visualization != nil {
-		if err := check.Visualization(filepath.Join(dir, cmp.Or(check.VisualizationFile, "linearizability.html"))); err != nil {
-			return fmt.Errorf("visualization: %w", err)
-		}
+	if err := check.writeVisualization(dir, "linearizability.html"); err != nil {
+		return err
 	}
 	if err := plotLatency(filepath.Join(dir, "latency.png"), sum, ops); err != nil {
 		return fmt.Errorf("latency plot: %w", err)
@@ -33,11 +31,28 @@ func writeReport(dir string, sum *Summary, ops []Op, check CheckResult) error {
 	for _, l := range logs {
 		os.Rename(l, filepath.Join(dir, filepath.Base(l)))
 	}
-	b, err := json.MarshalIndent(sum, "", "  ")
+	return writeJSON(filepath.Join(dir, "summary.json"), sum)
+}
+
+// writeVisualization writes r's visualization, if it has one, into dir,
+// in its VisualizationFile or else in def.
+func (r CheckResult) writeVisualization(dir, def string) error {
+	if r.Visualization == nil {
+		return nil
+	}
+	if err := r.Visualization(filepath.Join(dir, cmp.Or(r.VisualizationFile, def))); err != nil {
+		return fmt.Errorf("visualization: %w", err)
+	}
+	return nil
+}
+
+// writeJSON writes v to path as indented JSON.
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(dir, "summary.json"), b, 0o644)
+	return os.WriteFile(path, b, 0o644)
 }
 
 // plotLatency draws each operation's latency against its start time,
@@ -60,14 +75,8 @@ func plotLatency(path string, sum *Summary, ops []Op) error {
 		maxY = max(maxY, ms)
 		series[op.Status] = append(series[op.Status], plotter.XY{X: float64(op.Call) / 1e9, Y: ms})
 	}
-	for _, f := range sum.Faults {
-		poly, err := plotter.NewPolygon(plotter.XYs{{X: f.Start, Y: 0.05}, {X: f.End, Y: 0.05}, {X: f.End, Y: maxY * 2}, {X: f.Start, Y: maxY * 2}})
-		if err != nil {
-			return err
-		}
-		poly.Color = color.NRGBA{R: 255, G: 120, B: 60, A: 50}
-		poly.LineStyle.Width = 0
-		p.Add(poly)
+	if err := shadeFaults(p, sum.Faults, 0.05, maxY*2, 50); err != nil {
+		return err
 	}
 	colors := map[Status]color.Color{
 		OK:      color.NRGBA{R: 30, G: 110, B: 200, A: 140},

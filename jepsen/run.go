@@ -7,8 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -160,14 +158,7 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 		return nil, fmt.Errorf("start cluster: %w", err)
 	}
 	defer c.Stop()
-	if nem != nil {
-		if err := nem.Applicable(c); err != nil {
-			sum.Skipped = append(sum.Skipped, nem.Name()+": "+err.Error())
-			nem = nil
-		} else if m, ok := nem.(*mixedNemesis); ok {
-			sum.Skipped = m.skipped(c)
-		}
-	}
+	nem = applicable(nem, c, sum)
 	h := NewHistory()
 	env := &Env{Cluster: c, History: h, kv: newKVClient(o.OpTimeout)}
 	defer env.kv.close()
@@ -176,106 +167,50 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 	}
 	o.Logf("%s: %s under %s for %v (seed %d)", dir, o.Workload.Name(), o.Nemesis, o.Duration, o.Seed)
 
-	// Clients. They run for o.Duration, and on until a fault that holds
-	// for a time of its own heals (see Holder).
-	clientsCtx, stopClients := context.WithCancel(ctx)
-	defer stopClients()
-	runCtx, stopRun := context.WithTimeout(ctx, o.Duration)
-	defer stopRun()
-	// ownHold is set while a fault starts, and while one with a hold of
-	// its own is on: the clients are not stopped meanwhile.
-	var ownHold atomic.Bool
-	stopAtDeadline := context.AfterFunc(runCtx, func() {
-		if !ownHold.Load() {
-			stopClients()
-		}
-	})
-	defer stopAtDeadline()
-	var wg sync.WaitGroup
-	var done atomic.Int64
-	for id := range o.Workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w := &Worker{ID: id, Rng: rand.New(rand.NewPCG(o.Seed, uint64(id)+1))}
-			for clientsCtx.Err() == nil {
-				call := h.Now()
-				op := o.Workload.Step(ctx, env, w)
-				op.Call, op.Return = call, h.Now()
-				h.Add(op)
-				done.Add(1)
-				select {
-				case <-time.After(o.Think):
-				case <-clientsCtx.Done():
-				}
-			}
-		}()
-	}
+	d := &driver{o: o, env: env, nem: nem}
+	sum.Faults = d.drive(ctx)
+	recoverCluster(ctx, o, env, sum)
+	sum.Seconds = sec(h.Now())
+	sum.ProxyRaft, sum.ProxyHTTP = c.ProxyTraffic()
 
-	// Faults, one at a time, none begun after o.Duration.
-	rng := rand.New(rand.NewPCG(o.Seed, 0))
-	if nem != nil {
-		for {
-			select {
-			case <-time.After(o.Quiet):
-			case <-runCtx.Done():
-			}
-			if runCtx.Err() != nil {
-				break
-			}
-			f := Fault{Nemesis: nem.Name(), Start: sec(h.Now())}
-			ownHold.Store(true) // until its hold is known
-			// Not runCtx: a fault begun is set up in full (Start bounds
-			// its own waits), even if o.Duration ends meanwhile.
-			what, err := nem.Start(ctx, env, rng)
-			f.What = what
-			if err != nil {
-				f.Error = err.Error()
-			}
-			o.Logf("  %5.1fs  fault: %s", f.Start, what)
-			var own time.Duration
-			if hn, ok := nem.(Holder); ok {
-				own = hn.Hold(o.Hold)
-			}
-			hold, holdCtx := o.Hold, runCtx
-			if own > 0 {
-				// Held in full: the clients run on past o.Duration.
-				hold, holdCtx = own, ctx
-			} else {
-				ownHold.Store(false)
-				if runCtx.Err() != nil {
-					stopClients()
-				}
-			}
-			select {
-			case <-time.After(hold):
-			case <-holdCtx.Done():
-			}
-			healed, err := nem.Stop(ctx, env)
-			if healed != "" {
-				f.What += "; " + healed
-			}
-			if err != nil && f.Error == "" {
-				f.Error = "heal: " + err.Error()
-			}
-			if ownHold.Swap(false) && runCtx.Err() != nil {
-				stopClients()
-			}
-			f.End = sec(h.Now())
-			sum.Faults = append(sum.Faults, f)
-			if healed != "" {
-				o.Logf("  %5.1fs  healed: %s (%d ops so far)", f.End, healed, done.Load())
-			} else {
-				o.Logf("  %5.1fs  healed (%d ops so far)", f.End, done.Load())
-			}
-		}
-	} else {
-		<-runCtx.Done()
+	ops := h.Ops()
+	sum.Ops = countOps(ops)
+	check := o.Workload.Check(ops)
+	sum.Checks = append(sum.Checks, check)
+	if ck, ok := nem.(Checker); ok {
+		sum.Checks = append(sum.Checks, ck.Checks()...)
 	}
-	stopClients()
-	wg.Wait()
+	sum.judge()
+	if err := writeReport(dir, sum, ops, check); err != nil {
+		return sum, err
+	}
+	if sum.Verdict == Valid {
+		os.RemoveAll(filepath.Join(dir, "cluster")) // data; logs are kept below
+	}
+	return sum, nil
+}
 
-	// Heal everything and wait for the cluster to recover.
+// applicable returns nem if it can run on c, else nil; either way it
+// notes in sum the faults the run skips, with why.
+func applicable(nem Nemesis, c *Cluster, sum *Summary) Nemesis {
+	if nem == nil {
+		return nil
+	}
+	if err := nem.Applicable(c); err != nil {
+		sum.Skipped = append(sum.Skipped, nem.Name()+": "+err.Error())
+		return nil
+	}
+	if m, ok := nem.(*mixedNemesis); ok {
+		sum.Skipped = m.skipped(c)
+	}
+	return nem
+}
+
+// recoverCluster heals every fault, restarts the nodes that are down,
+// waits for the cluster to recover (noting how that went in
+// sum.Recovery) and runs the workload's final reads.
+func recoverCluster(ctx context.Context, o Options, env *Env, sum *Summary) {
+	c := env.Cluster
 	c.Heal()
 	for i, n := range c.Nodes {
 		c.Resume(i)
@@ -286,60 +221,50 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 		}
 	}
 	rctx, cancel := context.WithTimeout(ctx, o.RecoveryTimeout)
-	err = c.WaitHealthy(rctx)
+	err := c.WaitHealthy(rctx)
 	cancel()
 	if err != nil {
 		sum.Recovery = err.Error()
 	} else if sum.Recovery == "" {
 		sum.Recovery = "ok"
 	}
-	o.Logf("  %5.1fs  recovery: %s", sec(h.Now()), sum.Recovery)
+	o.Logf("  %5.1fs  recovery: %s", sec(env.History.Now()), sum.Recovery)
 	fctx, cancel := context.WithTimeout(ctx, o.RecoveryTimeout)
 	if err := o.Workload.Final(fctx, env); err != nil {
 		o.Logf("  final reads: %v", err)
 	}
 	cancel()
-	sum.Seconds = sec(h.Now())
-	sum.ProxyRaft, sum.ProxyHTTP = c.ProxyTraffic()
+}
 
-	ops := h.Ops()
-	sum.Ops = map[string]map[Status]int{}
+// countOps counts operations by function and outcome.
+func countOps(ops []Op) map[string]map[Status]int {
+	out := map[string]map[Status]int{}
 	for _, op := range ops {
-		if sum.Ops[op.F] == nil {
-			sum.Ops[op.F] = map[Status]int{}
+		if out[op.F] == nil {
+			out[op.F] = map[Status]int{}
 		}
-		sum.Ops[op.F][op.Status]++
+		out[op.F][op.Status]++
 	}
-	check := o.Workload.Check(ops)
-	sum.Checks = append(sum.Checks, check)
-	if ck, ok := nem.(Checker); ok {
-		sum.Checks = append(sum.Checks, ck.Checks()...)
+	return out
+}
+
+// judge sets the run's verdict: the worst of its checks', invalid if the
+// cluster did not recover, and unknown rather than valid if a fault was
+// not applied (it proves nothing).
+func (s *Summary) judge() {
+	s.Verdict = Valid
+	for _, ch := range s.Checks {
+		s.Verdict = worse(s.Verdict, ch.Verdict)
 	}
-	sum.Verdict = Valid
-	for _, ch := range sum.Checks {
-		switch {
-		case ch.Verdict == Invalid:
-			sum.Verdict = Invalid
-		case ch.Verdict == Unsure && sum.Verdict == Valid:
-			sum.Verdict = Unsure
-		}
+	if s.Recovery != "ok" && s.Verdict == Valid {
+		s.Verdict = Invalid
+		s.Checks = append(s.Checks, CheckResult{Checker: "recovery", Verdict: Invalid, Summary: s.Recovery})
 	}
-	if sum.Recovery != "ok" && sum.Verdict == Valid {
-		sum.Verdict = Invalid
-		sum.Checks = append(sum.Checks, CheckResult{Checker: "recovery", Verdict: Invalid, Summary: sum.Recovery})
-	}
-	for _, f := range sum.Faults {
-		if f.Error != "" && sum.Verdict == Valid {
-			sum.Verdict = Unsure // a fault that was not applied proves nothing
+	for _, f := range s.Faults {
+		if f.Error != "" && s.Verdict == Valid {
+			s.Verdict = Unsure // a fault that was not applied proves nothing
 		}
 	}
-	if err := writeReport(dir, sum, ops, check); err != nil {
-		return sum, err
-	}
-	if sum.Verdict == Valid {
-		os.RemoveAll(filepath.Join(dir, "cluster")) // data; logs are kept below
-	}
-	return sum, nil
 }
 
 func sec(ns int64) float64 { return float64(ns) / 1e9 }

@@ -59,6 +59,15 @@ const (
 	Unsure  Verdict = "unknown"
 )
 
+// worse returns the worse of two verdicts.
+func worse(a, b Verdict) Verdict {
+	rank := map[Verdict]int{Valid: 0, Unsure: 1, Invalid: 2}
+	if rank[b] > rank[a] {
+		return b
+	}
+	return a
+}
+
 // CheckResult is a checker's report.
 type CheckResult struct {
 	Checker string   `json:"checker"`
