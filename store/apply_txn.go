@@ -161,62 +161,118 @@ func (a *applier) prepare(p *TxnPrepare) (*TxnOutcome, error) {
 	}
 	isRecord := len(p.Participants) > 0
 	if isRecord {
-		rec, err := a.txnRecord(p.ID)
+		open, err := a.openRecord(p, out)
 		if err != nil {
 			return nil, err
 		}
-		if rec != nil && rec.State != TxnPending {
-			out.Code, out.State = CodeAborted, rec.State
+		if !open {
 			return out, nil
 		}
-		if rec == nil {
-			rec = &TxnRecord{State: TxnPending, Deadline: p.Deadline, Participants: p.Participants}
-			if err := a.putRecord(p.ID, rec); err != nil {
-				return nil, err
-			}
-		}
-		out.State = TxnPending
 	}
-	keys, write := keyLocks(p.Compares, p.Ops)
-	conf, err := a.conflicts(p.ID, keys, write, false)
+	keys, write, ok, err := a.evaluate(p.ID, p.Compares, p.Ops, out)
 	if err != nil {
 		return nil, err
 	}
-	if len(conf) > 0 {
-		out.Code, out.Conflicts = CodeConflict, conf
+	if !ok {
 		return out, a.abortRecordIf(isRecord, p.ID)
 	}
-	if err := a.checkAndRead(p.Compares, p.Ops, out); err != nil {
+	// The keys stay locked until resolution, so the sums computed now
+	// are the sums then.
+	added, ok, err := a.sums(p.Ops)
+	if err != nil {
 		return nil, err
 	}
-	if len(out.Failed) > 0 {
-		out.Code, out.Reads = CodeCompareFailed, nil
+	if !ok {
+		out.Code, out.Reads = CodeNotANumber, nil
 		return out, a.abortRecordIf(isRecord, p.ID)
 	}
-	added := map[string][]byte{}
 	for _, op := range p.Ops {
 		switch op.Op {
 		case "delete":
 			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Deleted: a.exists(op.Key)})
 		case "add":
-			// The key stays locked until resolution, so the sum computed
-			// now is the sum then.
-			v, ok, err := a.added(op.Key, op.Delta)
-			if err != nil {
-				return nil, err
-			}
-			if !ok {
-				out.Code, out.Reads, out.Writes = CodeNotANumber, nil, nil
-				return out, a.abortRecordIf(isRecord, p.ID)
-			}
-			added[op.Key] = v
-			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Value: v})
+			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Value: added[op.Key]})
 		}
 	}
+	if err := a.lockKeys(p, keys, write, added); err != nil {
+		return nil, err
+	}
+	out.Vote = true
+	return out, nil
+}
+
+// openRecord creates, in the record group, a prepared transaction's
+// pending record. It reports false, with out saying why, when the record
+// was decided already: the transaction can no longer commit.
+func (a *applier) openRecord(p *TxnPrepare, out *TxnOutcome) (bool, error) {
+	rec, err := a.txnRecord(p.ID)
+	if err != nil {
+		return false, err
+	}
+	if rec != nil && rec.State != TxnPending {
+		out.Code, out.State = CodeAborted, rec.State
+		return false, nil
+	}
+	if rec == nil {
+		rec = &TxnRecord{State: TxnPending, Deadline: p.Deadline, Participants: p.Participants}
+		if err := a.putRecord(p.ID, rec); err != nil {
+			return false, err
+		}
+	}
+	out.State = TxnPending
+	return true, nil
+}
+
+// evaluate checks transaction id (a one-phase transaction's is "")
+// against the committed state: no other transaction's lock may stand in
+// the way of the locks it needs (keys, the written ones in write), and its
+// compares must hold. It reads the gets into out. When the transaction
+// cannot go on, ok is false and out says why.
+func (a *applier) evaluate(id string, compares []TxnCompare, ops []TxnOp, out *TxnOutcome) (keys []string, write map[string]*TxnOp, ok bool, err error) {
+	keys, write = keyLocks(compares, ops)
+	conf, err := a.conflicts(id, keys, write, false)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	if len(conf) > 0 {
+		out.Code, out.Conflicts = CodeConflict, conf
+		return keys, write, false, nil
+	}
+	if err := a.checkAndRead(compares, ops, out); err != nil {
+		return nil, nil, false, err
+	}
+	if len(out.Failed) > 0 {
+		out.Code, out.Reads = CodeCompareFailed, nil
+		return keys, write, false, nil
+	}
+	return keys, write, true, nil
+}
+
+// sums returns, by key, what the add ops make of their keys' committed
+// values; ok is false if a value is not a decimal integer or a sum
+// overflows.
+func (a *applier) sums(ops []TxnOp) (added map[string][]byte, ok bool, err error) {
+	added = map[string][]byte{}
+	for _, op := range ops {
+		if op.Op != "add" {
+			continue
+		}
+		v, ok, err := a.added(op.Key, op.Delta)
+		if err != nil || !ok {
+			return nil, ok, err
+		}
+		added[op.Key] = v
+	}
+	return added, true, nil
+}
+
+// lockKeys takes prepared transaction p's locks on keys: a write lock,
+// naming the new value, on those it writes, a read lock on the others.
+func (a *applier) lockKeys(p *TxnPrepare, keys []string, write map[string]*TxnOp, added map[string][]byte) error {
 	for _, k := range keys {
 		ls, err := a.lockSet(k)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		l := Lock{Txn: p.ID, RecordGroup: p.RecordGroup, Deadline: p.Deadline}
 		if op, ok := write[k]; ok {
@@ -235,15 +291,11 @@ func (a *applier) prepare(p *TxnPrepare) (*TxnOutcome, error) {
 			}
 		}
 		if err := a.putLockSet(k, ls); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	kb, _ := json.Marshal(keys)
-	if err := a.put(a.txnKeys, []byte(p.ID), kb); err != nil {
-		return nil, err
-	}
-	out.Vote = true
-	return out, nil
+	return a.put(a.txnKeys, []byte(p.ID), kb)
 }
 
 // abortRecordIf aborts the record created by a record-group prepare that
@@ -424,35 +476,20 @@ func (a *applier) onePhase(t *TxnOnePhase) (*TxnOutcome, error) {
 // entry if no lock is in the way and its compares hold.
 func (a *applier) onePhaseApply(t *TxnOnePhase) (*TxnOutcome, error) {
 	out := &TxnOutcome{}
-	keys, write := keyLocks(t.Compares, t.Ops)
-	conf, err := a.conflicts("", keys, write, false)
+	_, _, ok, err := a.evaluate("", t.Compares, t.Ops, out)
 	if err != nil {
 		return nil, err
 	}
-	if len(conf) > 0 {
-		out.Code, out.Conflicts = CodeConflict, conf
+	if !ok {
 		return out, nil
 	}
-	if err := a.checkAndRead(t.Compares, t.Ops, out); err != nil {
+	added, ok, err := a.sums(t.Ops)
+	if err != nil {
 		return nil, err
 	}
-	if len(out.Failed) > 0 {
-		out.Code, out.Reads = CodeCompareFailed, nil
+	if !ok {
+		out.Code, out.Reads = CodeNotANumber, nil
 		return out, nil
-	}
-	added := map[string][]byte{}
-	for _, op := range t.Ops {
-		if op.Op == "add" {
-			v, ok, err := a.added(op.Key, op.Delta)
-			if err != nil {
-				return nil, err
-			}
-			if !ok {
-				out.Code, out.Reads = CodeNotANumber, nil
-				return out, nil
-			}
-			added[op.Key] = v
-		}
 	}
 	for _, op := range t.Ops {
 		switch op.Op {

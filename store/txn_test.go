@@ -254,3 +254,20 @@ func TestTxn_ForgetAndJanitorViews(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, recs)
 }
+
+func TestTxn_PrepareVotingNoAbortsItsRecord(t *testing.T) {
+	db := openTest(t)
+	applyOne(t, db, 1, put("s", "text"))
+	r := applyAt(t, db, 2, 10, txnCmd(t, CmdTxnPrepare, TxnPrepare{ID: "t", RecordGroup: 1, Deadline: 100, Participants: []kvd.GroupID{1},
+		Ops: []TxnOp{{Index: 0, Op: "delete", Key: "d"}, {Index: 1, Op: "add", Key: "s", Delta: 1}}}))
+	require.False(t, r.Txn.Vote)
+	require.Equal(t, CodeNotANumber, r.Txn.Code)
+	require.Nil(t, r.Txn.Writes, "a no vote answers no writes")
+	rec, ok, err := db.Record("t")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, TxnAborted, rec.State, "got %s want aborted: the transaction can no longer commit", rec.State)
+	locks, err := db.Locks()
+	require.NoError(t, err)
+	require.Empty(t, locks)
+}

@@ -77,21 +77,14 @@ func (k checker) known(what string, g kvd.GroupID) error {
 	return nil
 }
 
+// cmd checks command c, whose decoded document is doc (nil for a command
+// without one).
 func (k checker) cmd(c *Cmd, doc any) error {
 	switch c.Kind {
 	case CmdNoop, CmdHashCheck:
 		return nil
 	case CmdPut:
-		if err := k.key("put", c.Key); err != nil {
-			return err
-		}
-		if len(c.Value) > MaxValueBytes {
-			return fmt.Errorf("%w: put %q: value of %d bytes", kvd.ErrTooLarge, c.Key, len(c.Value))
-		}
-		if err := kvd.ValidateTTL(time.Duration(c.TTL)); err != nil {
-			return fmt.Errorf("put %q: %w", c.Key, err)
-		}
-		return k.idem(c.Idem)
+		return k.put(c)
 	case CmdDelete:
 		if err := k.key("delete", c.Key); err != nil {
 			return err
@@ -104,32 +97,7 @@ func (k checker) cmd(c *Cmd, doc any) error {
 	}
 	switch p := doc.(type) {
 	case *TxnPrepare:
-		if err := k.txnID(p.ID); err != nil {
-			return err
-		}
-		if err := k.known("transaction "+p.ID+"'s record", p.RecordGroup); err != nil {
-			return err
-		}
-		if p.Deadline <= 0 || p.Deadline-k.now > int64(MaxTxnLifetime) {
-			return fmt.Errorf("%w: transaction %s: deadline %s is not within %v of %s", kvd.ErrInvalid, p.ID,
-				time.Unix(0, p.Deadline).UTC().Format(time.RFC3339), MaxTxnLifetime, time.Unix(0, k.now).UTC().Format(time.RFC3339))
-		}
-		if len(p.Participants) > kvd.SlotCount {
-			return fmt.Errorf("%w: transaction %s: %d participants", kvd.ErrInvalid, p.ID, len(p.Participants))
-		}
-		if len(p.Participants) > 0 && k.group != 0 && p.RecordGroup != k.group {
-			// Only the record's group learns the participants.
-			return fmt.Errorf("%w: transaction %s: participants sent to group %d, not to the record's group %d", kvd.ErrInvalid, p.ID, k.group, p.RecordGroup)
-		}
-		for _, g := range p.Participants {
-			if err := k.known("transaction "+p.ID+"'s participant", g); err != nil {
-				return err
-			}
-		}
-		if len(p.Compares)+len(p.Ops) == 0 {
-			return fmt.Errorf("%w: transaction %s: nothing to prepare", kvd.ErrInvalid, p.ID)
-		}
-		return k.txnBody(p.Compares, p.Ops)
+		return k.prepare(p)
 	case *TxnDecide:
 		return k.txnID(p.ID)
 	case *TxnResolve:
@@ -169,6 +137,51 @@ func (k checker) cmd(c *Cmd, doc any) error {
 	return fmt.Errorf("%w: unknown command kind %d", kvd.ErrInvalid, c.Kind)
 }
 
+// put checks a CmdPut.
+func (k checker) put(c *Cmd) error {
+	if err := k.key("put", c.Key); err != nil {
+		return err
+	}
+	if len(c.Value) > MaxValueBytes {
+		return fmt.Errorf("%w: put %q: value of %d bytes", kvd.ErrTooLarge, c.Key, len(c.Value))
+	}
+	if err := kvd.ValidateTTL(time.Duration(c.TTL)); err != nil {
+		return fmt.Errorf("put %q: %w", c.Key, err)
+	}
+	return k.idem(c.Idem)
+}
+
+// prepare checks a transaction's prepare: the groups it names, its
+// deadline, and its compares and ops.
+func (k checker) prepare(p *TxnPrepare) error {
+	if err := k.txnID(p.ID); err != nil {
+		return err
+	}
+	if err := k.known("transaction "+p.ID+"'s record", p.RecordGroup); err != nil {
+		return err
+	}
+	if p.Deadline <= 0 || p.Deadline-k.now > int64(MaxTxnLifetime) {
+		return fmt.Errorf("%w: transaction %s: deadline %s is not within %v of %s", kvd.ErrInvalid, p.ID,
+			time.Unix(0, p.Deadline).UTC().Format(time.RFC3339), MaxTxnLifetime, time.Unix(0, k.now).UTC().Format(time.RFC3339))
+	}
+	if len(p.Participants) > kvd.SlotCount {
+		return fmt.Errorf("%w: transaction %s: %d participants", kvd.ErrInvalid, p.ID, len(p.Participants))
+	}
+	if len(p.Participants) > 0 && k.group != 0 && p.RecordGroup != k.group {
+		// Only the record's group learns the participants.
+		return fmt.Errorf("%w: transaction %s: participants sent to group %d, not to the record's group %d", kvd.ErrInvalid, p.ID, k.group, p.RecordGroup)
+	}
+	for _, g := range p.Participants {
+		if err := k.known("transaction "+p.ID+"'s participant", g); err != nil {
+			return err
+		}
+	}
+	if len(p.Compares)+len(p.Ops) == 0 {
+		return fmt.Errorf("%w: transaction %s: nothing to prepare", kvd.ErrInvalid, p.ID)
+	}
+	return k.txnBody(p.Compares, p.Ops)
+}
+
 // key checks a data key: bbolt accepts it, and it belongs here.
 func (k checker) key(what, key string) error {
 	switch {
@@ -184,6 +197,7 @@ func (k checker) key(what, key string) error {
 	return nil
 }
 
+// idem checks an idempotency key and fingerprint, if any.
 func (k checker) idem(i *Idem) error {
 	if i == nil {
 		return nil
@@ -197,6 +211,7 @@ func (k checker) idem(i *Idem) error {
 	return nil
 }
 
+// txnID checks a transaction id.
 func (k checker) txnID(id string) error {
 	if id == "" || len(id) > MaxTxnIDBytes {
 		return fmt.Errorf("%w: transaction id must be 1 to %d bytes", kvd.ErrInvalid, MaxTxnIDBytes)
@@ -204,6 +219,8 @@ func (k checker) txnID(id string) error {
 	return nil
 }
 
+// txnBody checks a transaction's compares and ops: their keys and values,
+// the ops' kinds, no key written twice, and the node's limits if set.
 func (k checker) txnBody(compares []TxnCompare, ops []TxnOp) error {
 	keys := make(map[string]bool, len(compares)+len(ops))
 	for _, c := range compares {
