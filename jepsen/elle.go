@@ -1,7 +1,6 @@
 package jepsen
 
 import (
-	"cmp"
 	"fmt"
 	"slices"
 	"sort"
@@ -33,16 +32,6 @@ func (m Micro) String() string {
 	return fmt.Sprintf("r %s %v", m.K, m.L)
 }
 
-// Dependency kinds, as bits of an edge.
-const (
-	depWW uint8 = 1 << iota // T1 wrote a version, T2 the next one
-	depWR                   // T2 read a version T1 wrote
-	depRW                   // T1 read a version, T2 wrote the next one (anti-dependency)
-	depRT                   // T1 completed before T2 began
-)
-
-var depNames = map[uint8]string{depWW: "ww", depWR: "wr", depRW: "rw", depRT: "rt"}
-
 // Anomaly is one anomaly found in a list-append history.
 type Anomaly struct {
 	// Kind is G0, G1a, G1b, G1c, G-single, G2-item (with -realtime when
@@ -59,66 +48,6 @@ type Anomaly struct {
 	edgeKinds []string
 }
 
-// laTxn is a transaction of the graph.
-type laTxn struct {
-	op     Op
-	status Status
-	// idx is its index in the graph.
-	idx int
-}
-
-func (t *laTxn) name() string { return fmt.Sprintf("T%d", t.op.Index) }
-
-func (t *laTxn) describe() string {
-	var ms []string
-	for _, m := range t.op.Txn {
-		ms = append(ms, m.String())
-	}
-	end := fmt.Sprintf("%.3f s", sec(t.op.Return))
-	if t.status != OK {
-		end = "never answered (" + string(t.status) + ")"
-	}
-	who := fmt.Sprintf("process %d", t.op.Process)
-	if t.op.Process < 0 {
-		who = "final read"
-	}
-	return fmt.Sprintf("%s = op %d (%s, %.3f s to %s): [%s]", t.name(), t.op.Index, who, sec(t.op.Call), end, strings.Join(ms, ", "))
-}
-
-// laGraph is the dependency graph.
-type laGraph struct {
-	txns []*laTxn
-	// out[a][b] is the edge a→b's kinds; why[a][b][kind] explains it.
-	out []map[int]uint8
-	why []map[int]map[uint8]edgeWhy
-}
-
-// edgeWhy is what an edge was inferred from, put in words only when a
-// cycle is explained: key's elements e1 and e2 (ww: appended in a row;
-// wr: e1 read last in list; rw: list read, e1 appended next).
-type edgeWhy struct {
-	key    string
-	list   []int
-	e1, e2 int
-}
-
-func (g *laGraph) add(a, b int, kind uint8, why edgeWhy) {
-	if a == b {
-		return
-	}
-	if g.out[a] == nil {
-		g.out[a] = map[int]uint8{}
-		g.why[a] = map[int]map[uint8]edgeWhy{}
-	}
-	g.out[a][b] |= kind
-	if g.why[a][b] == nil {
-		g.why[a][b] = map[uint8]edgeWhy{}
-	}
-	if _, ok := g.why[a][b][kind]; !ok {
-		g.why[a][b][kind] = why
-	}
-}
-
 // ListAppendResult is the checker's full answer.
 type ListAppendResult struct {
 	Txns      map[Status]int
@@ -132,60 +61,99 @@ type ListAppendResult struct {
 // certainly did nothing.
 func CheckListAppend(ops []Op) (ListAppendResult, CheckResult) {
 	res := ListAppendResult{Txns: map[Status]int{}}
-	g := &laGraph{}
-	type writer struct {
-		t *laTxn
-		// last says whether this is the transaction's last append to
-		// the key.
-		last bool
+	h := &laHistory{
+		writers: map[string]map[int]laWriter{},
+		aborted: map[string]map[int]*laTxn{},
+		reads:   map[string][]laRead{},
+		longest: map[string]laRead{},
+		order:   map[string][]int{},
 	}
-	writers := map[string]map[int]writer{} // key → element → writer
-	aborted := map[string]map[int]*laTxn{} // key → element → failed writer
-	var all []*laTxn
-	var anomalies []Anomaly
 	for _, op := range ops {
-		if op.F != "txn" {
+		if op.F == "txn" {
+			res.Txns[op.Status]++
+			h.addTxn(op)
+		}
+	}
+	h.addReads()
+	h.orderVersions()
+	res.Keys = len(h.keys)
+	h.findLostAppends()
+	g := h.graph()
+	h.anomalies = append(h.anomalies, findCycles(g)...)
+	res.Anomalies = h.anomalies
+	return res, listAppendCheck(res, len(h.all), g)
+}
+
+// laWriter is the transaction that appended an element to a key.
+type laWriter struct {
+	t *laTxn
+	// last says whether this is the transaction's last append to the
+	// key.
+	last bool
+}
+
+// laRead is an ok transaction's read of a key's list, less the
+// transaction's own appends at its end.
+type laRead struct {
+	t *laTxn
+	m Micro
+}
+
+// laHistory is what the list-append checker learns of a history, step by
+// step: the transactions, who appended what, the reads, each key's
+// version order, and the anomalies found on the way.
+type laHistory struct {
+	all     []*laTxn
+	writers map[string]map[int]laWriter // key → element → writer
+	aborted map[string]map[int]*laTxn   // key → element → failed writer
+	// reads are each key's reads; longest is the longest of them.
+	reads   map[string][]laRead
+	longest map[string]laRead
+	// keys are the keys read, sorted; order is the version order of
+	// those whose reads agree on one.
+	keys      []string
+	order     map[string][]int
+	anomalies []Anomaly
+}
+
+// addTxn adds a transaction and notes who appended each element: a
+// failed transaction's appends are aborted, and an element appended
+// twice is an anomaly.
+func (h *laHistory) addTxn(op Op) {
+	t := &laTxn{op: op, status: op.Status, idx: -1}
+	h.all = append(h.all, t)
+	lastAppend := map[string]int{}
+	for _, m := range op.Txn {
+		if m.F == "append" {
+			lastAppend[m.K] = m.E
+		}
+	}
+	for _, m := range op.Txn {
+		if m.F != "append" {
 			continue
 		}
-		res.Txns[op.Status]++
-		t := &laTxn{op: op, status: op.Status, idx: -1}
-		all = append(all, t)
-		lastAppend := map[string]int{}
-		for _, m := range op.Txn {
-			if m.F == "append" {
-				lastAppend[m.K] = m.E
+		if op.Status == Fail {
+			if h.aborted[m.K] == nil {
+				h.aborted[m.K] = map[int]*laTxn{}
 			}
+			h.aborted[m.K][m.E] = t
+			continue
 		}
-		for _, m := range op.Txn {
-			if m.F != "append" {
-				continue
-			}
-			if op.Status == Fail {
-				if aborted[m.K] == nil {
-					aborted[m.K] = map[int]*laTxn{}
-				}
-				aborted[m.K][m.E] = t
-				continue
-			}
-			if writers[m.K] == nil {
-				writers[m.K] = map[int]writer{}
-			}
-			if prev, dup := writers[m.K][m.E]; dup {
-				anomalies = append(anomalies, Anomaly{Kind: "duplicate-append",
-					Text: fmt.Sprintf("element %d was appended to %s twice, by %s and %s: the history cannot be checked for this key", m.E, m.K, prev.t.name(), t.name())})
-			}
-			writers[m.K][m.E] = writer{t: t, last: lastAppend[m.K] == m.E}
+		if h.writers[m.K] == nil {
+			h.writers[m.K] = map[int]laWriter{}
 		}
+		if prev, dup := h.writers[m.K][m.E]; dup {
+			h.anomalies = append(h.anomalies, Anomaly{Kind: "duplicate-append",
+				Text: fmt.Sprintf("element %d was appended to %s twice, by %s and %s: the history cannot be checked for this key", m.E, m.K, prev.t.name(), t.name())})
+		}
+		h.writers[m.K][m.E] = laWriter{t: t, last: lastAppend[m.K] == m.E}
 	}
+}
 
-	// Reads: direct anomalies, and the longest read of each key.
-	type read struct {
-		t *laTxn
-		m Micro
-	}
-	reads := map[string][]read{}
-	longest := map[string]read{}
-	for _, t := range all {
+// addReads notes the reads of the ok transactions, and the anomalies a
+// read shows by itself.
+func (h *laHistory) addReads() {
+	for _, t := range h.all {
 		if t.status != OK {
 			continue
 		}
@@ -197,69 +165,80 @@ func CheckListAppend(ops []Op) (ListAppendResult, CheckResult) {
 				own[m.K]++
 				continue
 			}
-			seen := map[int]bool{}
-			for _, e := range m.L {
-				if seen[e] {
-					anomalies = append(anomalies, Anomaly{Kind: "duplicate-elements",
-						Text: fmt.Sprintf("%s read %s = %v, which holds %d twice", t.name(), m.K, m.L, e)})
-					break
-				}
-				seen[e] = true
-			}
-			for _, e := range m.L {
-				if w, ok := aborted[m.K][e]; ok {
-					anomalies = append(anomalies, Anomaly{Kind: "G1a", Cycle: []int{w.op.Index, t.op.Index},
-						Text: fmt.Sprintf("aborted read: %s read %s = %v, with element %d appended by %s, which failed (%s)", t.name(), m.K, m.L, e, w.name(), w.op.Error)})
-				} else if _, ok := writers[m.K][e]; !ok {
-					anomalies = append(anomalies, Anomaly{Kind: "garbage-read",
-						Text: fmt.Sprintf("%s read %s = %v, with element %d that no transaction appended", t.name(), m.K, m.L, e)})
-				}
-			}
-			if n := len(m.L); n > 0 && own[m.K] == 0 {
-				if w, ok := writers[m.K][m.L[n-1]]; ok && !w.last && w.t != t {
-					anomalies = append(anomalies, Anomaly{Kind: "G1b",
-						Text: fmt.Sprintf("intermediate read: %s read %s = %v, ending in %d, which %s appended before appending more to %s in the same transaction", t.name(), m.K, m.L, m.L[n-1], w.t.name(), m.K)})
-				}
-			}
+			h.checkRead(t, m, own[m.K])
 			// Only reads that do not end in the transaction's own
 			// appends say what others had written.
 			if own[m.K] > 0 {
 				m.L = m.L[:max(0, len(m.L)-own[m.K])]
 			}
-			r := read{t: t, m: m}
-			reads[m.K] = append(reads[m.K], r)
-			if len(m.L) >= len(longest[m.K].m.L) {
-				longest[m.K] = r
+			r := laRead{t: t, m: m}
+			h.reads[m.K] = append(h.reads[m.K], r)
+			if len(m.L) >= len(h.longest[m.K].m.L) {
+				h.longest[m.K] = r
 			}
 		}
 	}
+}
 
-	// Version orders: every read must be a prefix of the longest.
-	order := map[string][]int{}
-	var keys []string
-	for k := range reads {
-		keys = append(keys, k)
+// checkRead looks for the anomalies t's read m shows by itself: an
+// element twice, an element a failed transaction appended (G1a) or none
+// did, and, unless t had appended own elements to the key itself, a list
+// ending in an element its writer appended more after (G1b).
+func (h *laHistory) checkRead(t *laTxn, m Micro, own int) {
+	seen := map[int]bool{}
+	for _, e := range m.L {
+		if seen[e] {
+			h.anomalies = append(h.anomalies, Anomaly{Kind: "duplicate-elements",
+				Text: fmt.Sprintf("%s read %s = %v, which holds %d twice", t.name(), m.K, m.L, e)})
+			break
+		}
+		seen[e] = true
 	}
-	sort.Strings(keys)
-	res.Keys = len(keys)
-	for _, k := range keys {
-		lo := longest[k]
+	for _, e := range m.L {
+		if w, ok := h.aborted[m.K][e]; ok {
+			h.anomalies = append(h.anomalies, Anomaly{Kind: "G1a", Cycle: []int{w.op.Index, t.op.Index},
+				Text: fmt.Sprintf("aborted read: %s read %s = %v, with element %d appended by %s, which failed (%s)", t.name(), m.K, m.L, e, w.name(), w.op.Error)})
+		} else if _, ok := h.writers[m.K][e]; !ok {
+			h.anomalies = append(h.anomalies, Anomaly{Kind: "garbage-read",
+				Text: fmt.Sprintf("%s read %s = %v, with element %d that no transaction appended", t.name(), m.K, m.L, e)})
+		}
+	}
+	if n := len(m.L); n > 0 && own == 0 {
+		if w, ok := h.writers[m.K][m.L[n-1]]; ok && !w.last && w.t != t {
+			h.anomalies = append(h.anomalies, Anomaly{Kind: "G1b",
+				Text: fmt.Sprintf("intermediate read: %s read %s = %v, ending in %d, which %s appended before appending more to %s in the same transaction", t.name(), m.K, m.L, m.L[n-1], w.t.name(), m.K)})
+		}
+	}
+}
+
+// orderVersions infers each key's version order from its reads: every
+// read must be a prefix of the longest, which is then the order.
+func (h *laHistory) orderVersions() {
+	for k := range h.reads {
+		h.keys = append(h.keys, k)
+	}
+	sort.Strings(h.keys)
+	for _, k := range h.keys {
+		lo := h.longest[k]
 		ok := true
-		for _, r := range reads[k] {
+		for _, r := range h.reads[k] {
 			if !slices.Equal(r.m.L, lo.m.L[:min(len(r.m.L), len(lo.m.L))]) {
-				anomalies = append(anomalies, Anomaly{Kind: "incompatible-order",
+				h.anomalies = append(h.anomalies, Anomaly{Kind: "incompatible-order",
 					Text: fmt.Sprintf("no version order of %s explains both %s's read %v and %s's read %v: one is not a prefix of the other", k, r.t.name(), r.m.L, lo.t.name(), lo.m.L)})
 				ok = false
 				break
 			}
 		}
 		if ok {
-			order[k] = lo.m.L
+			h.order[k] = lo.m.L
 		}
 	}
+}
 
-	// Lost appends: an acknowledged append missing from the final read.
-	for _, t := range all {
+// findLostAppends finds the acknowledged appends missing from the final
+// read.
+func (h *laHistory) findLostAppends() {
+	for _, t := range h.all {
 		if t.op.Process >= 0 || t.status != OK {
 			continue
 		}
@@ -272,69 +251,26 @@ func CheckListAppend(ops []Op) (ListAppendResult, CheckResult) {
 				in[e] = true
 			}
 			var lost []string
-			for e, w := range writers[m.K] {
+			for e, w := range h.writers[m.K] {
 				if w.t.status == OK && !in[e] {
 					lost = append(lost, fmt.Sprintf("%d (%s)", e, w.t.name()))
 				}
 			}
 			if len(lost) > 0 {
 				sort.Strings(lost)
-				anomalies = append(anomalies, Anomaly{Kind: "lost-append",
+				h.anomalies = append(h.anomalies, Anomaly{Kind: "lost-append",
 					Text: fmt.Sprintf("the final read of %s (%v) misses acknowledged appends: %s", m.K, m.L, strings.Join(lost, ", "))})
 			}
 		}
 	}
+}
 
-	// The graph: ok transactions, and unknown ones whose appends were
-	// seen.
-	node := func(t *laTxn) int {
-		if t.idx < 0 {
-			t.idx = len(g.txns)
-			g.txns = append(g.txns, t)
-			g.out = append(g.out, nil)
-			g.why = append(g.why, nil)
-		}
-		return t.idx
-	}
-	for _, t := range all {
-		if t.status == OK {
-			node(t)
-		}
-	}
-	for _, k := range keys {
-		ord, ok := order[k]
-		if !ok {
-			continue
-		}
-		for i := 0; i+1 < len(ord); i++ {
-			a, b := writers[k][ord[i]], writers[k][ord[i+1]]
-			if a.t == nil || b.t == nil {
-				continue
-			}
-			g.add(node(a.t), node(b.t), depWW, edgeWhy{key: k, e1: ord[i], e2: ord[i+1]})
-		}
-		for _, r := range reads[k] {
-			n := len(r.m.L)
-			if n > 0 {
-				if w := writers[k][r.m.L[n-1]]; w.t != nil {
-					g.add(node(w.t), node(r.t), depWR, edgeWhy{key: k, list: r.m.L, e1: r.m.L[n-1]})
-				}
-			}
-			if n < len(ord) {
-				if w := writers[k][ord[n]]; w.t != nil {
-					g.add(node(r.t), node(w.t), depRW, edgeWhy{key: k, list: r.m.L, e1: ord[n]})
-				}
-			}
-		}
-	}
-	addRealtime(g)
-
-	anomalies = append(anomalies, findCycles(g)...)
-	res.Anomalies = anomalies
-
+// listAppendCheck sums up the checker's findings over txns transactions
+// and the dependency graph g.
+func listAppendCheck(res ListAppendResult, txns int, g *laGraph) CheckResult {
 	check := CheckResult{Checker: "list-append", Verdict: Valid}
 	counts := map[string]int{}
-	for _, a := range anomalies {
+	for _, a := range res.Anomalies {
 		counts[a.Kind]++
 		text := a.Kind + ": " + a.Text
 		if len(a.Steps) > 0 {
@@ -348,7 +284,7 @@ func CheckListAppend(ops []Op) (ListAppendResult, CheckResult) {
 	}
 	sort.Strings(kinds)
 	check.Summary = fmt.Sprintf("%d transactions (%d ok, %d unknown, %d failed) over %d keys, %d dependency edges",
-		len(all), res.Txns[OK], res.Txns[Unknown], res.Txns[Fail], res.Keys, g.edges())
+		txns, res.Txns[OK], res.Txns[Unknown], res.Txns[Fail], res.Keys, g.edges())
 	if len(kinds) > 0 {
 		check.Summary += "; anomalies: " + strings.Join(kinds, ", ")
 	}
@@ -356,352 +292,10 @@ func CheckListAppend(ops []Op) (ListAppendResult, CheckResult) {
 		check.Verdict = Unsure
 		check.Summary += "; no transaction succeeded"
 	}
-	if check.Verdict == Invalid || len(anomalies) > 0 {
-		found := anomalies
+	if check.Verdict == Invalid || len(res.Anomalies) > 0 {
+		found := res.Anomalies
 		check.Visualization = func(path string) error { return writeAnomalies(path, g, found) }
 		check.VisualizationFile = "anomalies.html"
 	}
-	return res, check
-}
-
-func (g *laGraph) edges() int {
-	n := 0
-	for _, m := range g.out {
-		n += len(m)
-	}
-	return n
-}
-
-// addRealtime adds real-time edges: a→b when a (ok) completed before b
-// began. Only a frontier is linked, which keeps the transitive reduction
-// small: a transaction completed before another completed transaction
-// began is reached through it.
-func addRealtime(g *laGraph) {
-	type event struct {
-		at     int64
-		ret    bool
-		t      *laTxn
-		before []*laTxn // the frontier when t began (for a return)
-	}
-	var evs []*event
-	calls := map[*laTxn]*event{}
-	for _, t := range g.txns {
-		c := &event{at: t.op.Call, t: t}
-		calls[t] = c
-		evs = append(evs, c)
-		if t.status == OK {
-			evs = append(evs, &event{at: t.op.Return, ret: true, t: t})
-		}
-	}
-	// Returns sort before calls at the same time: an op is
-	// instantaneous at neither end, so that order is not guaranteed,
-	// but equal timestamps at nanosecond resolution do not happen in
-	// practice.
-	sort.SliceStable(evs, func(i, j int) bool {
-		if evs[i].at != evs[j].at {
-			return evs[i].at < evs[j].at
-		}
-		return evs[i].ret && !evs[j].ret
-	})
-	frontier := map[*laTxn]bool{}
-	for _, e := range evs {
-		if !e.ret {
-			for a := range frontier {
-				e.before = append(e.before, a)
-				g.add(a.idx, e.t.idx, depRT, edgeWhy{})
-			}
-			continue
-		}
-		for _, a := range calls[e.t].before {
-			delete(frontier, a)
-		}
-		frontier[e.t] = true
-	}
-}
-
-// findCycles searches the graph for the cycles that make anomalies, from
-// the strongest to the weakest: G0 (write-write only), G1c (plus
-// write-read), G-single (exactly one anti-dependency), G2-item (several),
-// then the same with real-time edges.
-func findCycles(g *laGraph) []Anomaly {
-	var out []Anomaly
-	const perKind = 8
-	found := map[string]int{}
-	report := func(kind string, cyc []int, kinds []uint8) {
-		if found[kind] >= perKind {
-			return
-		}
-		found[kind]++
-		out = append(out, g.explain(kind, cyc, kinds))
-	}
-	data := depWW | depWR | depRW
-	// G0 and G1c.
-	for _, scc := range sccs(g, depWW|depWR) {
-		if cyc, kinds := g.cycleThrough(scc, depWW, 0, depWW); cyc != nil {
-			report("G0", cyc, kinds)
-		}
-		if cyc, kinds := g.cycleThrough(scc, depWR, depWW, depWW|depWR); cyc != nil {
-			report("G1c", cyc, kinds)
-		}
-	}
-	// G-single and G2-item.
-	for _, scc := range sccs(g, data) {
-		if cyc, kinds := g.cycleThrough(scc, depRW, depWW|depWR, depWW|depWR); cyc != nil {
-			report("G-single", cyc, kinds)
-		} else if cyc, kinds := g.cycleThrough(scc, depRW, depWW|depWR, data); cyc != nil {
-			report("G2-item", cyc, kinds)
-		}
-	}
-	// Cycles that need real-time order: strict serializability.
-	for _, scc := range sccs(g, data|depRT) {
-		cyc, kinds := g.cycleThrough(scc, depRT, data, data|depRT)
-		if cyc == nil {
-			continue
-		}
-		rw, wr := 0, 0
-		for _, k := range kinds {
-			switch k {
-			case depRW:
-				rw++
-			case depWR:
-				wr++
-			}
-		}
-		kind := "G0-realtime"
-		switch {
-		case rw >= 2:
-			kind = "G2-item-realtime"
-		case rw == 1:
-			kind = "G-single-realtime"
-		case wr > 0:
-			kind = "G1c-realtime"
-		}
-		report(kind, cyc, kinds)
-	}
-	return out
-}
-
-// sccs returns the strongly connected components (of two transactions or
-// more) of the graph restricted to edges with a kind in mask (Tarjan's
-// algorithm, iterative).
-func sccs(g *laGraph, mask uint8) [][]int {
-	n := len(g.txns)
-	index := make([]int, n)
-	low := make([]int, n)
-	on := make([]bool, n)
-	for i := range index {
-		index[i] = -1
-	}
-	succ := func(v int) []int {
-		var s []int
-		for w, k := range g.out[v] {
-			if k&mask != 0 {
-				s = append(s, w)
-			}
-		}
-		slices.Sort(s)
-		return s
-	}
-	var stack []int
-	var out [][]int
-	next := 0
-	type frame struct {
-		v    int
-		succ []int
-		i    int
-	}
-	for root := range n {
-		if index[root] >= 0 {
-			continue
-		}
-		call := []frame{{v: root, succ: succ(root)}}
-		index[root], low[root] = next, next
-		next++
-		stack = append(stack, root)
-		on[root] = true
-		for len(call) > 0 {
-			f := &call[len(call)-1]
-			if f.i < len(f.succ) {
-				w := f.succ[f.i]
-				f.i++
-				if index[w] < 0 {
-					index[w], low[w] = next, next
-					next++
-					stack = append(stack, w)
-					on[w] = true
-					call = append(call, frame{v: w, succ: succ(w)})
-				} else if on[w] {
-					low[f.v] = min(low[f.v], index[w])
-				}
-				continue
-			}
-			v := f.v
-			call = call[:len(call)-1]
-			if len(call) > 0 {
-				p := call[len(call)-1].v
-				low[p] = min(low[p], low[v])
-			}
-			if low[v] == index[v] {
-				var comp []int
-				for {
-					w := stack[len(stack)-1]
-					stack = stack[:len(stack)-1]
-					on[w] = false
-					comp = append(comp, w)
-					if w == v {
-						break
-					}
-				}
-				if len(comp) > 1 {
-					slices.Sort(comp)
-					out = append(out, comp)
-				}
-			}
-		}
-	}
-	return out
-}
-
-// maxCycleSearches bounds the edges tried per component, so that a badly
-// broken history (one huge component) is still checked in seconds.
-const maxCycleSearches = 256
-
-// cycleThrough looks in component scc for a shortest cycle whose first
-// edge has kind first (and none of the kinds in exclusive, which would
-// make it a stronger anomaly found earlier) and which returns through
-// edges of kinds in rest. It returns the cycle's nodes and the kind of
-// each edge (the last edge closes the cycle), or nil.
-func (g *laGraph) cycleThrough(scc []int, first, exclusive, rest uint8) ([]int, []uint8) {
-	in := make(map[int]bool, len(scc))
-	for _, v := range scc {
-		in[v] = true
-	}
-	tries := 0
-	var best []int
-	for _, u := range scc {
-		var targets []int
-		for v, k := range g.out[u] {
-			if in[v] && k&first != 0 && k&exclusive == 0 {
-				targets = append(targets, v)
-			}
-		}
-		slices.Sort(targets)
-		for _, v := range targets {
-			if tries++; tries > maxCycleSearches {
-				break
-			}
-			path := g.bfs(v, u, in, rest)
-			if path == nil || (best != nil && len(path) >= len(best)) {
-				continue
-			}
-			// path runs v … u: the cycle is u, v, …
-			best = append([]int{u}, path[:len(path)-1]...)
-		}
-		if tries > maxCycleSearches || len(best) == 2 {
-			break
-		}
-	}
-	if best == nil {
-		return nil, nil
-	}
-	kinds := []uint8{first}
-	for i := 1; i < len(best); i++ {
-		kinds = append(kinds, pick(g.out[best[i]][best[(i+1)%len(best)]], rest))
-	}
-	return best, kinds
-}
-
-// pick returns the strongest kind (ww, wr, rw, rt) of k within mask.
-func pick(k, mask uint8) uint8 {
-	for _, d := range []uint8{depWW, depWR, depRW, depRT} {
-		if k&mask&d != 0 {
-			return d
-		}
-	}
-	return 0
-}
-
-// bfs returns a shortest path from a to b (a first, b last) within in,
-// over edges with a kind in mask, or nil.
-func (g *laGraph) bfs(a, b int, in map[int]bool, mask uint8) []int {
-	prev := map[int]int{a: -1}
-	queue := []int{a}
-	for len(queue) > 0 {
-		v := queue[0]
-		queue = queue[1:]
-		if v == b {
-			var path []int
-			for x := b; x != -1; x = prev[x] {
-				path = append(path, x)
-			}
-			slices.Reverse(path)
-			return path
-		}
-		var next []int
-		for w, k := range g.out[v] {
-			if in[w] && k&mask != 0 {
-				if _, seen := prev[w]; !seen {
-					next = append(next, w)
-				}
-			}
-		}
-		slices.Sort(next)
-		for _, w := range next {
-			prev[w] = v
-			queue = append(queue, w)
-		}
-	}
-	return nil
-}
-
-// explain turns a cycle into words, Elle's way: the transactions, then
-// why each precedes the next.
-func (g *laGraph) explain(kind string, cyc []int, kinds []uint8) Anomaly {
-	a := Anomaly{Kind: kind}
-	var names []string
-	var lets []string
-	for _, v := range cyc {
-		t := g.txns[v]
-		a.Cycle = append(a.Cycle, t.op.Index)
-		names = append(names, t.name())
-		lets = append(lets, t.describe())
-	}
-	for i, v := range cyc {
-		w := cyc[(i+1)%len(cyc)]
-		k := kinds[i]
-		a.edgeKinds = append(a.edgeKinds, depNames[k])
-		a.Steps = append(a.Steps, fmt.Sprintf("%s < %s (%s): %s", g.txns[v].name(), g.txns[w].name(), depNames[k], g.reason(v, w, k)))
-	}
-	a.Text = fmt.Sprintf("%s: %s < %s, a cycle. Let %s",
-		describeKind(kind), strings.Join(names, " < "), names[0], strings.Join(lets, "; "))
-	return a
-}
-
-// reason puts edge v→w of kind k in words.
-func (g *laGraph) reason(v, w int, k uint8) string {
-	a, b := g.txns[v], g.txns[w]
-	y := g.why[v][w][k]
-	switch k {
-	case depWW:
-		return fmt.Sprintf("%s appended %d to %s, and %s appended %d right after it", a.name(), y.e1, y.key, b.name(), y.e2)
-	case depWR:
-		return fmt.Sprintf("%s read %s = %v, ending in %d, which %s appended", b.name(), y.key, y.list, y.e1, a.name())
-	case depRW:
-		return fmt.Sprintf("%s read %s = %v, without %d, which %s appended next", a.name(), y.key, y.list, y.e1, b.name())
-	}
-	return fmt.Sprintf("%s completed at %.3f s, before %s began at %.3f s", a.name(), sec(a.op.Return), b.name(), sec(b.op.Call))
-}
-
-func describeKind(kind string) string {
-	base, rt := strings.CutSuffix(kind, "-realtime")
-	d := map[string]string{
-		"G0":       "write cycle (dirty write)",
-		"G1c":      "circular information flow",
-		"G-single": "read skew: a cycle with one anti-dependency",
-		"G2-item":  "write skew: a cycle of anti-dependencies",
-	}[base]
-	if rt {
-		d += ", closed by real-time order (not strictly serializable)"
-	}
-	return cmp.Or(d, kind)
+	return check
 }
