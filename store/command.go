@@ -41,7 +41,7 @@ const (
 	CmdDedupDone  CmdKind = 14
 	// CmdDedupRegister records, in the group an idempotency key hashes
 	// to, which request uses the key, so a reuse for a key of any other
-	// group is caught (see dedup.go).
+	// group is caught (see apply_dedup.go).
 	CmdDedupRegister CmdKind = 15
 	// CmdHashCheck records the state hash at its index, for the replicas
 	// of a group to compare (see integrity.go).
