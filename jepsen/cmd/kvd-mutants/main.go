@@ -17,6 +17,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -115,49 +116,21 @@ type outcome struct {
 func main() { os.Exit(run()) }
 
 func run() int {
-	var ov overrides
-	only := flag.String("only", "", "mutants to hunt, comma-separated (default: all): "+strings.Join(failpoint.Mutants, ", "))
-	flag.IntVar(&ov.attempts, "attempts", 0, "runs per mutant before it counts as not caught (default: each hunt's own, 3 or 4)")
-	out := flag.String("out", "jepsen-results/mutants", "folder for the binaries and the runs' reports")
-	flag.StringVar(&ov.workload, "workload", "", "override every hunt's workload")
-	flag.StringVar(&ov.nemesis, "nemesis", "", "override every hunt's nemesis")
-	flag.DurationVar(&ov.time, "time", 0, "override every hunt's run time")
-	flag.DurationVar(&ov.quiet, "quiet", 0, "override every hunt's time without faults before each fault")
-	flag.DurationVar(&ov.hold, "hold", 0, "override every hunt's time each fault is held")
-	flag.IntVar(&ov.groups, "groups", 0, "override every hunt's number of groups")
-	flag.IntVar(&ov.workers, "workers", 0, "override every hunt's number of clients")
-	budget := flag.Duration("budget", 25*time.Minute, "stop hunting after this long (mutants not hunted by then count as not caught)")
-	control := flag.Bool("control", false, "run each hunt once on kvd without a mutant instead: every run must pass")
-	keep := flag.Bool("keep", false, "keep the cluster data of runs that caught their mutant")
-	list := flag.Bool("list", false, "list the mutants and how each is hunted, and exit")
-	flag.Parse()
-	if flag.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "kvd-mutants: unexpected argument %q\n", flag.Arg(0))
-		return 2
-	}
-	if ov.attempts < 0 || ov.groups < 0 || ov.workers < 0 {
-		fmt.Fprintln(os.Stderr, "kvd-mutants: -attempts, -groups and -workers must not be negative")
-		return 2
-	}
-	selected, err := selectHunts(*only, ov)
+	f, err := parseFlags()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "kvd-mutants: %v\n", err)
 		return 2
 	}
-	if *list {
-		for _, h := range selected {
-			shape := ""
-			if h.groups > 0 {
-				shape += fmt.Sprintf(", %d groups", h.groups)
-			}
-			if h.workers > 0 {
-				shape += fmt.Sprintf(", %d workers", h.workers)
-			}
-			fmt.Printf("%s: %s under %s (of %v), %v per run%s, up to %d runs\n  %s\n", h.mutant, h.workload, h.nemesis, h.nemeses, h.time, shape, h.attempts, h.why)
-		}
+	selected, err := selectHunts(f.only, f.ov)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "kvd-mutants: %v\n", err)
+		return 2
+	}
+	if f.list {
+		listHunts(selected)
 		return 0
 	}
-	outDir, err := filepath.Abs(*out)
+	outDir, err := filepath.Abs(f.out)
 	if err == nil {
 		err = os.MkdirAll(filepath.Join(outDir, "bin"), 0o755)
 	}
@@ -169,17 +142,17 @@ func run() int {
 	// the command exits: kvd processes live in their own process groups.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, *budget)
+	ctx, cancel := context.WithTimeout(ctx, f.budget)
 	defer cancel()
 	logf := func(format string, args ...any) { fmt.Printf(format+"\n", args...) }
 
-	if *control {
+	if f.control {
 		return runControl(ctx, selected, outDir, logf)
 	}
 	start := time.Now()
 	var outs []outcome
 	for _, h := range selected {
-		o := huntMutant(ctx, h, outDir, *keep, logf)
+		o := huntMutant(ctx, h, outDir, f.keep, logf)
 		outs = append(outs, o)
 		if o.caught {
 			logf("%s: caught by %s under %s after %d attempt(s), %s", h.mutant, h.workload, h.nemesis, o.attempts, o.took.Round(time.Second))
@@ -187,6 +160,62 @@ func run() int {
 			logf("%s: NOT caught after %d attempt(s) (%v)", h.mutant, o.attempts, o.verdicts)
 		}
 	}
+	return report(outs, time.Since(start))
+}
+
+// flags are what the command line asks for.
+type flags struct {
+	ov                  overrides
+	only, out           string
+	budget              time.Duration
+	control, keep, list bool
+}
+
+// parseFlags parses the command line; an error is a usage error.
+func parseFlags() (*flags, error) {
+	f := &flags{}
+	ov := &f.ov
+	flag.StringVar(&f.only, "only", "", "mutants to hunt, comma-separated (default: all): "+strings.Join(failpoint.Mutants, ", "))
+	flag.IntVar(&ov.attempts, "attempts", 0, "runs per mutant before it counts as not caught (default: each hunt's own, 3 or 4)")
+	flag.StringVar(&f.out, "out", "jepsen-results/mutants", "folder for the binaries and the runs' reports")
+	flag.StringVar(&ov.workload, "workload", "", "override every hunt's workload")
+	flag.StringVar(&ov.nemesis, "nemesis", "", "override every hunt's nemesis")
+	flag.DurationVar(&ov.time, "time", 0, "override every hunt's run time")
+	flag.DurationVar(&ov.quiet, "quiet", 0, "override every hunt's time without faults before each fault")
+	flag.DurationVar(&ov.hold, "hold", 0, "override every hunt's time each fault is held")
+	flag.IntVar(&ov.groups, "groups", 0, "override every hunt's number of groups")
+	flag.IntVar(&ov.workers, "workers", 0, "override every hunt's number of clients")
+	flag.DurationVar(&f.budget, "budget", 25*time.Minute, "stop hunting after this long (mutants not hunted by then count as not caught)")
+	flag.BoolVar(&f.control, "control", false, "run each hunt once on kvd without a mutant instead: every run must pass")
+	flag.BoolVar(&f.keep, "keep", false, "keep the cluster data of runs that caught their mutant")
+	flag.BoolVar(&f.list, "list", false, "list the mutants and how each is hunted, and exit")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", flag.Arg(0))
+	}
+	if ov.attempts < 0 || ov.groups < 0 || ov.workers < 0 {
+		return nil, errors.New("-attempts, -groups and -workers must not be negative")
+	}
+	return f, nil
+}
+
+// listHunts prints the hunts and how each is run.
+func listHunts(selected []hunt) {
+	for _, h := range selected {
+		shape := ""
+		if h.groups > 0 {
+			shape += fmt.Sprintf(", %d groups", h.groups)
+		}
+		if h.workers > 0 {
+			shape += fmt.Sprintf(", %d workers", h.workers)
+		}
+		fmt.Printf("%s: %s under %s (of %v), %v per run%s, up to %d runs\n  %s\n", h.mutant, h.workload, h.nemesis, h.nemeses, h.time, shape, h.attempts, h.why)
+	}
+}
+
+// report prints the hunts' table, where each caught mutant's run is, and
+// the count; it returns the exit code: 1 if a mutant got through.
+func report(outs []outcome, took time.Duration) int {
 	fmt.Println()
 	printTable(os.Stdout, outs)
 	fmt.Println()
@@ -201,7 +230,7 @@ func run() int {
 			missed++
 		}
 	}
-	fmt.Printf("\n%d of %d mutants caught in %s\n", len(outs)-missed, len(outs), time.Since(start).Round(time.Second))
+	fmt.Printf("\n%d of %d mutants caught in %s\n", len(outs)-missed, len(outs), took.Round(time.Second))
 	if missed > 0 {
 		fmt.Printf("FAIL: %d mutant(s) not caught\n", missed)
 		return 1
