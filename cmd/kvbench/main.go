@@ -183,95 +183,171 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func bench(ctx context.Context, cfg config, stderr io.Writer) (report, error) {
-	clients := make([]*client.Client, cfg.conns)
-	for i := range clients {
+	clients, err := connect(ctx, cfg)
+	if err != nil {
+		return report{}, err
+	}
+	defer closeAll(clients)
+	w := newWorkload(cfg, clients)
+	op, err := w.op()
+	if err != nil {
+		return report{}, err
+	}
+	if err := w.preload(ctx, stderr); err != nil {
+		return report{}, err
+	}
+	if cfg.warmup > 0 {
+		load.Run(ctx, cfg.clients, 0, cfg.warmup, nil, op)
+	}
+	w.conflicts.Store(0)
+	if ctx.Err() != nil {
+		return report{}, ctx.Err()
+	}
+	r := measure(ctx, cfg, op, stderr)
+	rep := report{
+		Workload: cfg.workload, Clients: cfg.clients, Conns: cfg.conns, Keys: cfg.keys, ValueSize: cfg.valueSize,
+		Ops: r.Ops, Errors: r.Errors, Seconds: r.Elapsed.Seconds(), OpsPerSec: r.OpsPerSec,
+		P50ms: ms(r.P50), P90ms: ms(r.P90), P99ms: ms(r.P99), P999ms: ms(r.P999), Maxms: ms(r.Max),
+		Conflicts: w.conflicts.Load(),
+	}
+	if cfg.workload != "put" && cfg.workload != "txn" {
+		rep.Consistency, rep.Policy = string(cfg.consistency), string(cfg.policy)
+	}
+	if r.FirstErr != nil {
+		rep.FirstError = r.FirstErr.Error()
+	}
+	return rep, nil
+}
+
+// connect opens cfg.conns clients; on an error it closes those it
+// opened.
+func connect(ctx context.Context, cfg config) ([]*client.Client, error) {
+	var clients []*client.Client
+	for range cfg.conns {
 		cc := client.DefaultConfig(cfg.endpoints...)
 		cc.Consistency, cc.ReadPolicy = cfg.consistency, cfg.policy
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		cl, err := client.New(cctx, cc)
 		cancel()
 		if err != nil {
-			return report{}, fmt.Errorf("connect to %v: %w", cfg.endpoints, err)
+			closeAll(clients)
+			return nil, fmt.Errorf("connect to %v: %w", cfg.endpoints, err)
 		}
-		defer cl.Close()
-		clients[i] = cl
+		clients = append(clients, cl)
 	}
-	kv := func(worker int) *client.Client { return clients[worker%len(clients)] }
+	return clients, nil
+}
+
+// closeAll closes the clients, the last opened first.
+func closeAll(clients []*client.Client) {
+	for i := len(clients) - 1; i >= 0; i-- {
+		clients[i].Close()
+	}
+}
+
+// workload is what the operations of a run share: the clients (a worker
+// uses one of them, by its number), the key space and the value written.
+type workload struct {
+	cfg     config
+	clients []*client.Client
+	value   []byte
+	// conflicts counts the transfers retried after a conflict.
+	conflicts atomic.Int64
+}
+
+func newWorkload(cfg config, clients []*client.Client) *workload {
 	value := make([]byte, cfg.valueSize)
 	for i := range value {
 		value[i] = 'a' + byte(i%26)
 	}
-	key := func(i int) string { return fmt.Sprintf("%s%08d", cfg.prefix, i) }
+	return &workload{cfg: cfg, clients: clients, value: value}
+}
 
-	var op func(ctx context.Context, i int) error
-	var conflicts atomic.Int64
-	put := func(ctx context.Context, i int) error {
-		_, err := kv(i).Put(ctx, key(rand.IntN(cfg.keys)), value)
-		return err
-	}
-	get := func(ctx context.Context, i int) error {
-		_, err := kv(i).Get(ctx, key(rand.IntN(cfg.keys)))
-		if errors.Is(err, kvd.ErrNotFound) {
-			return nil // a miss is an answer (--preload=false)
-		}
-		return err
-	}
-	switch cfg.workload {
+func (w *workload) kv(worker int) *client.Client { return w.clients[worker%len(w.clients)] }
+
+func (w *workload) key(i int) string { return fmt.Sprintf("%s%08d", w.cfg.prefix, i) }
+
+// op returns the operation cfg.workload runs.
+func (w *workload) op() (func(ctx context.Context, i int) error, error) {
+	switch w.cfg.workload {
 	case "put":
-		op = put
+		return w.put, nil
 	case "get":
-		op = get
+		return w.get, nil
 	case "mixed":
-		op = func(ctx context.Context, i int) error {
-			if rand.Float64() < cfg.readRatio {
-				return get(ctx, i)
+		return func(ctx context.Context, i int) error {
+			if rand.Float64() < w.cfg.readRatio {
+				return w.get(ctx, i)
 			}
-			return put(ctx, i)
-		}
+			return w.put(ctx, i)
+		}, nil
 	case "txn":
-		pairs, err := transferPairs(clients[0].CachedMap(), cfg)
+		pairs, err := transferPairs(w.clients[0].CachedMap(), w.cfg)
 		if err != nil {
-			return report{}, err
+			return nil, err
 		}
-		// Two transfers that meet on a key conflict (nothing applied);
-		// like an application, the transfer is retried, and its latency
-		// includes the retries.
-		op = func(ctx context.Context, i int) error {
-			p := pairs[rand.IntN(len(pairs))]
-			for attempt := 0; ; attempt++ {
-				_, err := kv(i).Txn(ctx, kvd.Txn{Ops: []kvd.Op{kvd.OpAdd(p[0], -1), kvd.OpAdd(p[1], 1)}})
-				if !errors.Is(err, kvd.ErrConflict) || attempt == 20 {
-					return err
-				}
-				conflicts.Add(1)
-				select {
-				case <-time.After(time.Duration(rand.IntN(1+attempt)+1) * time.Millisecond):
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-			}
-		}
+		return func(ctx context.Context, i int) error { return w.transfer(ctx, i, pairs) }, nil
 	}
+	return nil, nil
+}
 
-	if cfg.preload && (cfg.workload == "get" || cfg.workload == "mixed") {
-		if !cfg.quiet {
-			fmt.Fprintf(stderr, "preloading %d keys...\n", cfg.keys)
-		}
-		r := load.Run(ctx, min(cfg.clients, 64), cfg.keys, 0, nil, func(ctx context.Context, i int) error {
-			_, err := kv(i).Put(ctx, key(i), value)
+// put writes a random key of the key space.
+func (w *workload) put(ctx context.Context, i int) error {
+	_, err := w.kv(i).Put(ctx, w.key(rand.IntN(w.cfg.keys)), w.value)
+	return err
+}
+
+// get reads a random key of the key space.
+func (w *workload) get(ctx context.Context, i int) error {
+	_, err := w.kv(i).Get(ctx, w.key(rand.IntN(w.cfg.keys)))
+	if errors.Is(err, kvd.ErrNotFound) {
+		return nil // a miss is an answer (--preload=false)
+	}
+	return err
+}
+
+// transfer moves 1 between the counters of a random pair. Two transfers
+// that meet on a key conflict (nothing applied); like an application,
+// the transfer is retried, and its latency includes the retries.
+func (w *workload) transfer(ctx context.Context, i int, pairs [][2]string) error {
+	p := pairs[rand.IntN(len(pairs))]
+	for attempt := 0; ; attempt++ {
+		_, err := w.kv(i).Txn(ctx, kvd.Txn{Ops: []kvd.Op{kvd.OpAdd(p[0], -1), kvd.OpAdd(p[1], 1)}})
+		if !errors.Is(err, kvd.ErrConflict) || attempt == 20 {
 			return err
-		})
-		if r.Errors > 0 {
-			return report{}, fmt.Errorf("preload: %d writes failed, first: %v", r.Errors, r.FirstErr)
+		}
+		w.conflicts.Add(1)
+		select {
+		case <-time.After(time.Duration(rand.IntN(1+attempt)+1) * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
-	if cfg.warmup > 0 {
-		load.Run(ctx, cfg.clients, 0, cfg.warmup, nil, op)
+}
+
+// preload writes every key of the key space first, for the workloads
+// that read, unless --preload=false.
+func (w *workload) preload(ctx context.Context, stderr io.Writer) error {
+	cfg := w.cfg
+	if !cfg.preload || (cfg.workload != "get" && cfg.workload != "mixed") {
+		return nil
 	}
-	conflicts.Store(0)
-	if ctx.Err() != nil {
-		return report{}, ctx.Err()
+	if !cfg.quiet {
+		fmt.Fprintf(stderr, "preloading %d keys...\n", cfg.keys)
 	}
+	r := load.Run(ctx, min(cfg.clients, 64), cfg.keys, 0, nil, func(ctx context.Context, i int) error {
+		_, err := w.kv(i).Put(ctx, w.key(i), w.value)
+		return err
+	})
+	if r.Errors > 0 {
+		return fmt.Errorf("preload: %d writes failed, first: %v", r.Errors, r.FirstErr)
+	}
+	return nil
+}
+
+// measure runs op for --total operations or --duration, showing progress
+// unless --quiet.
+func measure(ctx context.Context, cfg config, op func(ctx context.Context, i int) error, stderr io.Writer) load.Result {
 	var progress load.Progress
 	if !cfg.quiet {
 		progress = func(done, errs int64, elapsed time.Duration) {
@@ -287,19 +363,7 @@ func bench(ctx context.Context, cfg config, stderr io.Writer) (report, error) {
 		progress(r.Ops, r.Errors, r.Elapsed)
 		fmt.Fprintln(stderr)
 	}
-	rep := report{
-		Workload: cfg.workload, Clients: cfg.clients, Conns: cfg.conns, Keys: cfg.keys, ValueSize: cfg.valueSize,
-		Ops: r.Ops, Errors: r.Errors, Seconds: r.Elapsed.Seconds(), OpsPerSec: r.OpsPerSec,
-		P50ms: ms(r.P50), P90ms: ms(r.P90), P99ms: ms(r.P99), P999ms: ms(r.P999), Maxms: ms(r.Max),
-		Conflicts: conflicts.Load(),
-	}
-	if cfg.workload != "put" && cfg.workload != "txn" {
-		rep.Consistency, rep.Policy = string(cfg.consistency), string(cfg.policy)
-	}
-	if r.FirstErr != nil {
-		rep.FirstError = r.FirstErr.Error()
-	}
-	return rep, nil
+	return r
 }
 
 // transferPairs picks pairs of counter keys for transfers: in different
