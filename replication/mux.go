@@ -108,8 +108,7 @@ func NewMux(ln net.Listener, advertise, cluster string, key []byte, logger *slog
 	m := &Mux{ln: ln, advertise: adv, key: append([]byte(nil), key...), log: logger, ycfg: ycfg,
 		layers: map[kvd.GroupID]*streamLayer{}, out: map[string]*outSession{}, in: map[*yamux.Session]net.Conn{}}
 	copy(m.cluster[:], cluster)
-	m.wg.Add(1)
-	go m.acceptLoop()
+	m.goFunc(m.acceptLoop)
 	return m, nil
 }
 
@@ -206,8 +205,16 @@ func (m *Mux) Close() error {
 	return err
 }
 
+// goFunc runs fn on a goroutine of the Mux's: Close waits for it.
+func (m *Mux) goFunc(fn func()) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		fn()
+	}()
+}
+
 func (m *Mux) acceptLoop() {
-	defer m.wg.Done()
 	for {
 		c, err := m.ln.Accept()
 		if err != nil {
@@ -224,11 +231,7 @@ func (m *Mux) acceptLoop() {
 			c.Close()
 			continue
 		}
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			m.serveConn(c)
-		}()
+		m.goFunc(func() { m.serveConn(c) })
 	}
 }
 
@@ -265,11 +268,7 @@ func (m *Mux) serveConn(c net.Conn) {
 		if err != nil {
 			return
 		}
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			m.route(st)
-		}()
+		m.goFunc(func() { m.route(st) })
 	}
 }
 
