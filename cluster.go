@@ -228,3 +228,14 @@ func (m *Map) Validate() error {
 	}
 	return nil
 }
+
+// Route is the routing a smart client chose for a request: the group it
+// sent the request to and the epoch of the map it read that from. A
+// Direct request must be served by the receiving node's replica of
+// Group, or refused with ErrWrongGroup; it is never forwarded. The zero
+// Route leaves the routing to the node.
+type Route struct {
+	Direct bool
+	Group  GroupID
+	Epoch  uint64
+}

@@ -1,32 +1,9 @@
 // Package api holds the HTTP wire types, header names and error codes of
 // kvd's API v1, shared by the server's handlers and by clients. It depends
-// on the standard library alone.
+// on the standard library and the module's root package alone.
 package api
 
 import "time"
-
-// Error codes of the contract, each with one HTTP status.
-const (
-	CodeInvalidRequest      = "invalid_request"      // 400
-	CodeNotFound            = "not_found"            // 404
-	CodeMethodNotAllowed    = "method_not_allowed"   // 405
-	CodeTooLarge            = "too_large"            // 413
-	CodePreconditionFailed  = "precondition_failed"  // 412
-	CodeCompareFailed       = "compare_failed"       // 409
-	CodeConflict            = "conflict"             // 409
-	CodeNotANumber          = "not_a_number"         // 409
-	CodeCompacted           = "compacted"            // 410
-	CodeWrongGroup          = "wrong_group"          // 421
-	CodeIdempotencyMismatch = "idempotency_mismatch" // 422
-	CodeInternal            = "internal"             // 500
-	CodeUnavailable         = "unavailable"          // 503
-	CodeUnknownOutcome      = "unknown_outcome"      // 504
-	CodeForbidden           = "forbidden"            // 403
-	CodeOverloaded          = "overloaded"           // 429
-	CodeInsufficientStorage = "insufficient_storage" // 507
-	CodeHeadersTooLarge     = "headers_too_large"    // 431
-	CodeNotImplemented      = "not_implemented"      // 501
-)
 
 // Header names.
 const (

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/internal/wire"
 )
 
 // Config configures a Client.
@@ -228,7 +229,7 @@ func (c *Client) do(ctx context.Context, cl *call) (*result, error) {
 		retry := false
 		switch {
 		case err != nil:
-			sent := !isDialError(err)
+			sent := !wire.NeverSent(err)
 			if cl.write && sent {
 				return nil, fmt.Errorf("%s %s via %s: no answer: %v: %w", cl.method, cl.key, target.id, err, kvd.ErrUnknownOutcome)
 			}
@@ -376,13 +377,6 @@ func (c *Client) send(ctx context.Context, n *node, cl *call, g kvd.GroupID, epo
 	}
 	n.observe(time.Since(start))
 	return &result{status: resp.StatusCode, header: resp.Header, body: b, node: n}, nil
-}
-
-// isDialError reports whether err happened before the request left: the
-// connection was never established.
-func isDialError(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // The options of reads and writes are the kvd package's, so code written

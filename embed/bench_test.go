@@ -10,6 +10,7 @@ import (
 	"github.com/kvd-project/kvd/client"
 	"github.com/kvd-project/kvd/embed"
 	"github.com/kvd-project/kvd/internal/load"
+	"github.com/kvd-project/kvd/node"
 )
 
 // BenchmarkEmbeddedVsNetwork runs the same workloads on one embedded
@@ -18,7 +19,7 @@ import (
 // rounds each, and the best round of each counts; the figure is the ratio
 // embedded/network for each workload, measured in the same run.
 func BenchmarkEmbeddedVsNetwork(b *testing.B) {
-	st, err := embed.Open(b.TempDir(), embed.Options{HTTPAddr: "127.0.0.1:0"})
+	st, err := embed.Open(b.TempDir(), embed.Options{HTTPAddr: "127.0.0.1:0", Frontend: node.HTTP})
 	if err != nil {
 		b.Fatal(err)
 	}

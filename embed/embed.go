@@ -22,8 +22,11 @@ import (
 // Options configure an embedded store.
 type Options struct {
 	// HTTPAddr, if set, also serves the HTTP API there (the store then
-	// answers kvcli and curl too).
+	// answers kvcli and curl too), through Frontend, which must be set
+	// then: node.HTTP is kvd's. The embedded store alone does not link
+	// the HTTP API in.
 	HTTPAddr string
+	Frontend server.FrontendFunc
 	// Logger receives the store's logs (default: discarded).
 	Logger *slog.Logger
 	// TTLInterval is the precision of TTLs (default 100ms).
@@ -45,7 +48,7 @@ func Open(dir string, o Options) (*Store, error) {
 	cfg := server.DefaultConfig()
 	cfg.Embedded = true
 	cfg.DataDir = dir
-	cfg.HTTPAddr = o.HTTPAddr
+	cfg.HTTPAddr, cfg.Frontend = o.HTTPAddr, o.Frontend
 	cfg.RaftAddr = ""
 	cfg.Logger = o.Logger
 	if cfg.Logger == nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/embed"
 	"github.com/kvd-project/kvd/internal/testkit/kvtest"
+	"github.com/kvd-project/kvd/node"
 )
 
 func TestEmbedded_Conformance(t *testing.T) {
@@ -37,7 +38,7 @@ func TestEmbedded_KeepsDataAcrossRestart(t *testing.T) {
 }
 
 func TestEmbedded_ServesHTTPWhenAsked(t *testing.T) {
-	st, err := embed.Open(t.TempDir(), embed.Options{HTTPAddr: "127.0.0.1:0", TTLInterval: 20 * time.Millisecond})
+	st, err := embed.Open(t.TempDir(), embed.Options{HTTPAddr: "127.0.0.1:0", Frontend: node.HTTP, TTLInterval: 20 * time.Millisecond})
 	require.NoError(t, err)
 	defer st.Close()
 	require.NotEmpty(t, st.HTTPAddr())

@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,48 +14,13 @@ import (
 	"github.com/kvd-project/kvd/api"
 )
 
-// statusOf maps an error to its HTTP status and error code. write tells
-// whether the request could have changed state: a bare timeout on a write
-// has an unknown outcome, on a read it only means unavailable.
+// statusOf maps an error to its HTTP status and error code (api.Codes).
+// write tells whether the request could have changed state: a bare
+// timeout on a write has an unknown outcome, on a read it only means
+// unavailable.
 func statusOf(err error, write bool) (int, string) {
-	switch {
-	case errors.Is(err, kvd.ErrInvalid):
-		return http.StatusBadRequest, api.CodeInvalidRequest
-	case errors.Is(err, kvd.ErrNotFound):
-		return http.StatusNotFound, api.CodeNotFound
-	case errors.Is(err, kvd.ErrTooLarge):
-		return http.StatusRequestEntityTooLarge, api.CodeTooLarge
-	case errors.Is(err, kvd.ErrPreconditionFailed):
-		return http.StatusPreconditionFailed, api.CodePreconditionFailed
-	case errors.Is(err, kvd.ErrCompareFailed):
-		return http.StatusConflict, api.CodeCompareFailed
-	case errors.Is(err, kvd.ErrConflict):
-		return http.StatusConflict, api.CodeConflict
-	case errors.Is(err, kvd.ErrNotANumber):
-		return http.StatusConflict, api.CodeNotANumber
-	case errors.Is(err, kvd.ErrCompacted):
-		return http.StatusGone, api.CodeCompacted
-	case errors.Is(err, kvd.ErrWrongGroup):
-		return http.StatusMisdirectedRequest, api.CodeWrongGroup
-	case errors.Is(err, kvd.ErrIdempotencyMismatch):
-		return http.StatusUnprocessableEntity, api.CodeIdempotencyMismatch
-	case errors.Is(err, kvd.ErrForbidden):
-		return http.StatusForbidden, api.CodeForbidden
-	case errors.Is(err, kvd.ErrInsufficientStorage):
-		return http.StatusInsufficientStorage, api.CodeInsufficientStorage
-	case errors.Is(err, kvd.ErrUnknownOutcome):
-		return http.StatusGatewayTimeout, api.CodeUnknownOutcome
-	case errors.Is(err, kvd.ErrOverloaded):
-		return http.StatusTooManyRequests, api.CodeOverloaded
-	case errors.Is(err, kvd.ErrUnavailable), errors.Is(err, kvd.ErrClosed):
-		return http.StatusServiceUnavailable, api.CodeUnavailable
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		if write {
-			return http.StatusGatewayTimeout, api.CodeUnknownOutcome
-		}
-		return http.StatusServiceUnavailable, api.CodeUnavailable
-	}
-	return http.StatusInternalServerError, api.CodeInternal
+	c := api.CodeOf(err, write)
+	return c.Status, c.Code
 }
 
 // writeError answers with the JSON error body of the contract.

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -26,16 +25,8 @@ import (
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/internal/failpoint"
+	"github.com/kvd-project/kvd/internal/wire"
 )
-
-// Route is the routing a smart client chose for a request, from the
-// X-Kvd-Group and X-Kvd-Epoch headers. A Direct request must be served by
-// this node's replica of Group or refused; it is never forwarded.
-type Route struct {
-	Direct bool
-	Group  kvd.GroupID
-	Epoch  uint64
-}
 
 // Backend is what the handlers need from a node. Every method that can
 // block takes a context that ends with the request. Errors are the kvd
@@ -47,16 +38,17 @@ type Backend interface {
 	// PeerHTTP returns the address to dial for node id's HTTP API.
 	PeerHTTP(id string) (string, bool)
 	// Get reads a key at consistency c.
-	Get(ctx context.Context, key string, c kvd.Consistency, rt Route) (kvd.Item, error)
-	// Put writes a key if w.Cond holds and returns its new version.
-	Put(ctx context.Context, key string, value []byte, w Write, rt Route) (kvd.Version, error)
-	// Delete removes a key if w.Cond holds; deleted is false if it was
+	Get(ctx context.Context, key string, c kvd.Consistency, rt kvd.Route) (kvd.Item, error)
+	// Put writes a key if o.Cond holds and returns its new version; o's
+	// idempotency key, if any, makes it idempotent.
+	Put(ctx context.Context, key string, value []byte, o kvd.WriteOptions, rt kvd.Route) (kvd.Version, error)
+	// Delete removes a key if o.Cond holds; deleted is false if it was
 	// absent.
-	Delete(ctx context.Context, key string, w Write, rt Route) (deleted bool, ver kvd.Version, err error)
+	Delete(ctx context.Context, key string, o kvd.WriteOptions, rt kvd.Route) (deleted bool, ver kvd.Version, err error)
 	// Scan returns a page of keys in order and, when more follow, the
 	// first key of the next page ("" when none follow). A routed scan
 	// reads the routed group alone.
-	Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency, rt Route) ([]kvd.Item, string, error)
+	Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency, rt kvd.Route) ([]kvd.Item, string, error)
 	// Epoch returns the epoch of this node's cluster map.
 	Epoch() uint64
 	// Cluster returns the cluster map with each group's leader.
@@ -67,9 +59,10 @@ type Backend interface {
 	Ready() error
 	// ReadIndex returns a read index of group g, which this node must lead.
 	ReadIndex(ctx context.Context, g kvd.GroupID) (uint64, error)
-	// Txn runs a transaction; a kvd.ErrCompareFailed error comes with
-	// the failed compares in the response.
-	Txn(ctx context.Context, req api.TxnRequest, idem *kvd.Idem) (api.TxnResponse, error)
+	// Txn runs a transaction; o's idempotency key, if any, makes it
+	// idempotent. A kvd.ErrCompareFailed error comes with the failed
+	// compares in the response.
+	Txn(ctx context.Context, t kvd.Txn, o kvd.WriteOptions) (kvd.TxnResponse, error)
 	// ProposeRaw replicates an encoded command through group g's log, on
 	// this node, which must lead g, and returns the encoded result.
 	ProposeRaw(ctx context.Context, g kvd.GroupID, cmd []byte) ([]byte, error)
@@ -104,15 +97,6 @@ type Backend interface {
 	AbortTxn(ctx context.Context, id string) (api.TxnInfo, error)
 }
 
-// Write holds a write's options.
-type Write struct {
-	Cond kvd.Cond
-	// TTL, if positive, makes a put's key vanish that long after it.
-	TTL time.Duration
-	// Idem makes the write idempotent.
-	Idem *kvd.Idem
-}
-
 // Options configure a Handler.
 type Options struct {
 	// Limits are enforced on every request.
@@ -140,6 +124,14 @@ type Options struct {
 	// node-to-node long polls are not counted.
 	MaxInflightRequests int
 	MaxInflightBytes    int64
+	// MaxConnections caps the connections a Server keeps open at once
+	// (0: no cap); past it a new connection is answered 503 and closed.
+	MaxConnections int
+	// ReadHeaderTimeout bounds how long a Server waits for a request's
+	// headers (0: 10 s).
+	ReadHeaderTimeout time.Duration
+	// Profiling makes a Server serve net/http/pprof under /debug/pprof/.
+	Profiling bool
 	// UnderPressure, if set, tells whether the node is short of memory:
 	// then new client requests are answered 429 overloaded at once
 	// (node-to-node calls and the health, metrics and status endpoints go
@@ -181,7 +173,7 @@ func New(b Backend, o Options) (*Handler, error) {
 		o.ForwardBudget = 3 * time.Second
 	}
 	if o.ForwardClient == nil {
-		o.ForwardClient = NewForwardClient()
+		o.ForwardClient = wire.NewPeerClient()
 	}
 	h := &Handler{b: b, o: o, log: o.Logger, fwd: o.ForwardClient, peerCred: sha256.Sum256([]byte(o.PeerCredential))}
 	r := mux.NewRouter()
@@ -312,17 +304,17 @@ func (h *Handler) keyOf(r *http.Request) (string, error) {
 }
 
 // routeOf parses the routing headers a smart client sends.
-func routeOf(r *http.Request) (Route, error) {
+func routeOf(r *http.Request) (kvd.Route, error) {
 	gs, es := r.Header.Get(api.HeaderGroup), r.Header.Get(api.HeaderEpoch)
 	if gs == "" && es == "" {
-		return Route{}, nil
+		return kvd.Route{}, nil
 	}
 	g, err1 := strconv.ParseUint(gs, 10, 64)
 	e, err2 := strconv.ParseUint(es, 10, 64)
 	if err1 != nil || err2 != nil || g == 0 {
-		return Route{}, fmt.Errorf("%w: %s and %s must both be positive integers", kvd.ErrInvalid, api.HeaderGroup, api.HeaderEpoch)
+		return kvd.Route{}, fmt.Errorf("%w: %s and %s must both be positive integers", kvd.ErrInvalid, api.HeaderGroup, api.HeaderEpoch)
 	}
-	return Route{Direct: true, Group: kvd.GroupID(g), Epoch: e}, nil
+	return kvd.Route{Direct: true, Group: kvd.GroupID(g), Epoch: e}, nil
 }
 
 func consistencyOf(r *http.Request) (kvd.Consistency, error) {
@@ -369,7 +361,7 @@ type responder func(w http.ResponseWriter)
 // the request to the leader: following leader hints, and waiting a little
 // during an election, within the request's deadline. body is the request
 // body already read (nil if none).
-func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt Route, body []byte, write bool, op func(ctx context.Context) (responder, error)) {
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt kvd.Route, body []byte, write bool, op func(ctx context.Context) (responder, error)) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
 	defer cancel()
 	// Looking for a leader stops after ForwardBudget: a node cut off
@@ -449,7 +441,7 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 	req.Header.Set(api.HeaderForwarded, h.b.NodeID())
 	resp, err := h.fwd.Do(req)
 	if err != nil {
-		if !write || isDialError(err) {
+		if !write || wire.NeverSent(err) {
 			return false, ""
 		}
 		writeError(w, fmt.Errorf("forwarded to leader %s, no answer: %v: %w", id, err, kvd.ErrUnknownOutcome), write)
@@ -469,13 +461,6 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 	w.WriteHeader(resp.StatusCode)
 	io.Copy(w, resp.Body)
 	return true, ""
-}
-
-// isDialError reports whether err happened while connecting, so the
-// request never left this node.
-func isDialError(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
 }
 
 func (h *Handler) getKey(w http.ResponseWriter, r *http.Request) {
@@ -574,7 +559,7 @@ func (h *Handler) putKey(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, false)
 		return
 	}
-	wr := Write{Cond: cond}
+	wr := kvd.WriteOptions{Cond: cond, IdempotencyKey: r.Header.Get("Idempotency-Key")}
 	if s := r.URL.Query().Get("ttl"); s != "" {
 		d, err := time.ParseDuration(s)
 		if err != nil || d <= 0 || kvd.ValidateTTL(d) != nil {
@@ -597,10 +582,6 @@ func (h *Handler) putKey(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, false)
 		return
 	}
-	if wr.Idem, err = idemOf(r, []byte(key), body, []byte(r.URL.Query().Get("ttl"))); err != nil {
-		writeError(w, err, false)
-		return
-	}
 	h.serve(w, r, rt, body, true, func(ctx context.Context) (responder, error) {
 		ver, err := h.b.Put(ctx, key, body, wr, rt)
 		if err != nil {
@@ -611,21 +592,6 @@ func (h *Handler) putKey(w http.ResponseWriter, r *http.Request) {
 			writeVersion(w, ver)
 		}, nil
 	})
-}
-
-// idemOf reads the Idempotency-Key header: the key, and a fingerprint
-// of the request (method, path, conditions and the given parts), so a
-// different request reusing the key is refused.
-func idemOf(r *http.Request, parts ...[]byte) (*kvd.Idem, error) {
-	k := r.Header.Get("Idempotency-Key")
-	if k == "" {
-		return nil, nil
-	}
-	if len(k) > 256 || !utf8.ValidString(k) {
-		return nil, fmt.Errorf("%w: Idempotency-Key must be at most 256 bytes of UTF-8", kvd.ErrInvalid)
-	}
-	all := append([][]byte{[]byte(r.Method), []byte(r.Header.Get("If-Match")), []byte(r.Header.Get("If-None-Match"))}, parts...)
-	return &kvd.Idem{Key: k, FP: kvd.Fingerprint(all...)}, nil
 }
 
 func (h *Handler) deleteKey(w http.ResponseWriter, r *http.Request) {
@@ -644,13 +610,9 @@ func (h *Handler) deleteKey(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, false)
 		return
 	}
-	idem, err := idemOf(r, []byte(key))
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
+	wr := kvd.WriteOptions{Cond: cond, IdempotencyKey: r.Header.Get("Idempotency-Key")}
 	h.serve(w, r, rt, nil, true, func(ctx context.Context) (responder, error) {
-		deleted, ver, err := h.b.Delete(ctx, key, Write{Cond: cond, Idem: idem}, rt)
+		deleted, ver, err := h.b.Delete(ctx, key, wr, rt)
 		if err != nil {
 			return nil, err
 		}
@@ -760,14 +722,15 @@ func (h *Handler) txn(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: transaction body: trailing data", kvd.ErrInvalid), false)
 		return
 	}
-	idem, err := idemOf(r, body)
+	t, err := wire.Txn(req)
 	if err != nil {
 		writeError(w, err, false)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
 	defer cancel()
-	resp, err := h.b.Txn(ctx, req, idem)
+	kresp, err := h.b.Txn(ctx, t, kvd.WriteOptions{IdempotencyKey: r.Header.Get("Idempotency-Key")})
+	resp := wire.FromTxnResponse(kresp)
 	if err != nil {
 		status, code := statusOf(err, true)
 		if status == http.StatusConflict {
@@ -946,16 +909,4 @@ func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "node": h.b.NodeID()})
-}
-
-// NewForwardClient returns the HTTP client used between nodes: keep-alive
-// connections, a short dial timeout, no proxies from the environment.
-func NewForwardClient() *http.Client {
-	return &http.Client{Transport: &http.Transport{
-		Proxy:               nil,
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-	}}
 }

@@ -10,26 +10,24 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
-	"github.com/kvd-project/kvd/httpapi"
 	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/store"
 	"github.com/kvd-project/kvd/txn"
 )
 
-// backend serves the HTTP handlers from the node's replicas.
-type backend struct{ s *Server }
+// The node's core serves the coordinator of transactions, the HTTP
+// handlers (package node asserts that) and, through local, the
+// in-process store.
+var _ txn.Groups = (*Server)(nil)
 
-var _ httpapi.Backend = backend{}
-
-func (b backend) NodeID() string                    { return b.s.id }
-func (b backend) PeerHTTP(id string) (string, bool) { return b.s.PeerHTTP(id) }
+func (s *Server) NodeID() string { return s.id }
 
 // groupFor returns the local replica of the group that owns key. A routed
 // request must name that group at the current epoch and reach a node that
 // hosts it; an unrouted one for a group hosted elsewhere gets a
 // NotLeaderError naming the group's preferred leader, to be forwarded.
-func (b backend) groupFor(ctx context.Context, key string, rt httpapi.Route) (*replication.Group, error) {
-	m := b.s.Map()
+func (s *Server) groupFor(ctx context.Context, key string, rt kvd.Route) (*replication.Group, error) {
+	m := s.Map()
 	gid, ok := m.GroupOf(kvd.Slot(key))
 	if !ok {
 		return nil, fmt.Errorf("slot %d has no group: %w", kvd.Slot(key), kvd.ErrUnavailable)
@@ -38,16 +36,16 @@ func (b backend) groupFor(ctx context.Context, key string, rt httpapi.Route) (*r
 		if rt.Group != gid || rt.Epoch < m.Epoch {
 			return nil, fmt.Errorf("%w: key %q belongs to group %d at epoch %d (asked: group %d, epoch %d)", kvd.ErrWrongGroup, key, gid, m.Epoch, rt.Group, rt.Epoch)
 		}
-		return b.replica(gid)
+		return s.replica(gid)
 	}
-	if g, ok := b.s.hosted()[gid]; ok {
+	if g, ok := s.hosted()[gid]; ok {
 		return g, nil
 	}
-	return nil, &kvd.NotLeaderError{Group: gid, Leader: b.s.leaderOrPreferred(ctx, gid)}
+	return nil, &kvd.NotLeaderError{Group: gid, Leader: s.leaderOrPreferred(ctx, gid)}
 }
 
-func (b backend) Get(ctx context.Context, key string, c kvd.Consistency, rt httpapi.Route) (kvd.Item, error) {
-	g, err := b.groupFor(ctx, key, rt)
+func (s *Server) Get(ctx context.Context, key string, c kvd.Consistency, rt kvd.Route) (kvd.Item, error) {
+	g, err := s.groupFor(ctx, key, rt)
 	if err != nil {
 		return kvd.Item{}, err
 	}
@@ -62,7 +60,7 @@ func (b backend) Get(ctx context.Context, key string, c kvd.Consistency, rt http
 		if lock != nil && c != kvd.Stale {
 			// A transaction intends to change the key: its record
 			// decides what a linearizable read returns.
-			settled, err := b.s.settle(ctx, g, *lock)
+			settled, err := s.settle(ctx, g, *lock)
 			if err != nil {
 				return kvd.Item{}, fmt.Errorf("get %q: %w", key, err)
 			}
@@ -84,13 +82,13 @@ func (b backend) Get(ctx context.Context, key string, c kvd.Consistency, rt http
 // and this replica waits until it has applied the resolution (settled
 // true: read again). An aborted one is resolved in the background.
 func (s *Server) settle(ctx context.Context, g *replication.Group, lock store.Lock) (bool, error) {
-	st, err := txn.Recover(ctx, groups{s}, lock)
+	st, err := txn.Recover(ctx, s, lock)
 	if err != nil {
 		return false, err
 	}
 	switch st {
 	case store.TxnCommitted:
-		res, err := txn.Resolve(ctx, groups{s}, lock.Txn, g.ID(), true)
+		res, err := txn.Resolve(ctx, s, lock.Txn, g.ID(), true)
 		if err != nil {
 			return false, err
 		}
@@ -108,10 +106,10 @@ const lockWait = time.Second
 // proposeWrite proposes a plain write, waiting a little for transactions
 // that hold the key's lock (helping expired ones along), then giving up
 // with kvd.ErrConflict.
-func (b backend) proposeWrite(ctx context.Context, g *replication.Group, cmd store.Cmd) (store.Result, error) {
+func (s *Server) proposeWrite(ctx context.Context, g *replication.Group, cmd store.Cmd) (store.Result, error) {
 	until := time.Now().Add(lockWait)
 	for attempt := 0; ; attempt++ {
-		res, err := b.s.propose(ctx, g, cmd)
+		res, err := s.propose(ctx, g, cmd)
 		if err != nil || !errors.Is(res.Err, kvd.ErrConflict) {
 			return res, err
 		}
@@ -126,7 +124,7 @@ func (b backend) proposeWrite(ctx context.Context, g *replication.Group, cmd sto
 			}
 			for _, l := range locks {
 				if l.Deadline < now {
-					b.s.settle(ctx, g, l)
+					s.settle(ctx, g, l)
 				}
 			}
 		}
@@ -142,14 +140,14 @@ func (b backend) proposeWrite(ctx context.Context, g *replication.Group, cmd sto
 // txn.Register), on the replica that will propose the write: a follower
 // answers not-leader first, as its proposal would, so a write that is
 // forwarded registers once, at the leader.
-func (b backend) register(ctx context.Context, g *replication.Group, idem *kvd.Idem) error {
+func (s *Server) register(ctx context.Context, g *replication.Group, idem *kvd.Idem) error {
 	if idem == nil {
 		return nil
 	}
 	if !g.IsLeader() {
 		return &kvd.NotLeaderError{Group: g.ID(), Leader: g.LeaderID()}
 	}
-	return txn.Register(ctx, groups(b), idem, g.ID())
+	return txn.Register(ctx, s, idem, g.ID())
 }
 
 // writeFailure explains a write the store refused.
@@ -160,59 +158,64 @@ func writeFailure(op, key string, res store.Result) error {
 	return fmt.Errorf("%s %q: %w", op, key, res.Err)
 }
 
-func (b backend) Put(ctx context.Context, key string, value []byte, w httpapi.Write, rt httpapi.Route) (kvd.Version, error) {
-	g, err := b.groupFor(ctx, key, rt)
+// Put writes key if o.Cond holds and returns its new version; o's
+// idempotency key, if any, makes the write idempotent.
+func (s *Server) Put(ctx context.Context, key string, value []byte, o kvd.WriteOptions, rt kvd.Route) (kvd.Version, error) {
+	idem, err := kvd.PutIdem(o, key, value)
 	if err != nil {
-		return 0, err
-	}
-	if err := b.register(ctx, g, w.Idem); err != nil {
 		return 0, fmt.Errorf("put %q: %w", key, err)
 	}
-	res, err := b.proposeWrite(ctx, g, store.Cmd{Kind: store.CmdPut, Key: key, Value: value, Cond: w.Cond, TTL: int64(w.TTL), Idem: w.Idem})
-	if err != nil {
-		return 0, err
-	}
-	if res.Err != nil {
-		return 0, writeFailure("put", key, res)
-	}
-	return res.Version, nil
+	res, err := s.write(ctx, "put", store.Cmd{Kind: store.CmdPut, Key: key, Value: value, Cond: o.Cond, TTL: int64(o.TTL), Idem: idem}, rt)
+	return res.Version, err
 }
 
-func (b backend) Delete(ctx context.Context, key string, w httpapi.Write, rt httpapi.Route) (bool, kvd.Version, error) {
-	g, err := b.groupFor(ctx, key, rt)
+// Delete removes key if o.Cond holds; deleted is false if it was absent.
+func (s *Server) Delete(ctx context.Context, key string, o kvd.WriteOptions, rt kvd.Route) (bool, kvd.Version, error) {
+	idem, err := kvd.DeleteIdem(o, key)
 	if err != nil {
-		return false, 0, err
-	}
-	if err := b.register(ctx, g, w.Idem); err != nil {
 		return false, 0, fmt.Errorf("delete %q: %w", key, err)
 	}
-	res, err := b.proposeWrite(ctx, g, store.Cmd{Kind: store.CmdDelete, Key: key, Cond: w.Cond, Idem: w.Idem})
+	res, err := s.write(ctx, "delete", store.Cmd{Kind: store.CmdDelete, Key: key, Cond: o.Cond, Idem: idem}, rt)
+	return res.Deleted, res.Version, err
+}
+
+// write proposes a plain write of cmd.Key in the group that owns it,
+// registering its idempotency key first, and explains a refusal.
+func (s *Server) write(ctx context.Context, op string, cmd store.Cmd, rt kvd.Route) (store.Result, error) {
+	g, err := s.groupFor(ctx, cmd.Key, rt)
 	if err != nil {
-		return false, 0, err
+		return store.Result{}, err
+	}
+	if err := s.register(ctx, g, cmd.Idem); err != nil {
+		return store.Result{}, fmt.Errorf("%s %q: %w", op, cmd.Key, err)
+	}
+	res, err := s.proposeWrite(ctx, g, cmd)
+	if err != nil {
+		return store.Result{}, err
 	}
 	if res.Err != nil {
-		return false, 0, writeFailure("delete", key, res)
+		return store.Result{}, writeFailure(op, cmd.Key, res)
 	}
-	return res.Deleted, res.Version, nil
+	return res, nil
 }
 
 // Scan reads a page from every group and merges them in key order. The
 // page is exact: of all matching keys, the first Limit, and the key after
 // them as next. A routed scan (rt.Direct) reads rt.Group alone.
-func (b backend) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency, rt httpapi.Route) ([]kvd.Item, string, error) {
-	if o.MaxBytes <= 0 || o.MaxBytes > b.s.cfg.Limits.MaxScanBytes {
-		o.MaxBytes = b.s.cfg.Limits.MaxScanBytes
+func (s *Server) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency, rt kvd.Route) ([]kvd.Item, string, error) {
+	if o.MaxBytes <= 0 || o.MaxBytes > s.cfg.Limits.MaxScanBytes {
+		o.MaxBytes = s.cfg.Limits.MaxScanBytes
 	}
-	m := b.s.Map()
+	m := s.Map()
 	if rt.Direct {
 		if _, ok := m.Group(rt.Group); !ok || rt.Epoch < m.Epoch {
 			return nil, "", fmt.Errorf("%w: group %d at epoch %d is not in the map (epoch %d)", kvd.ErrWrongGroup, rt.Group, rt.Epoch, m.Epoch)
 		}
-		g, err := b.replica(rt.Group)
+		g, err := s.replica(rt.Group)
 		if err != nil {
 			return nil, "", err
 		}
-		return b.scanLocal(ctx, g, o, c)
+		return s.scanLocal(ctx, g, o, c)
 	}
 	// Each group reads its share of the byte cap, so that the pages held
 	// at once stay within it however many groups there are (every page
@@ -230,7 +233,7 @@ func (b backend) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency,
 		go func() {
 			defer wg.Done()
 			p := &pages[i]
-			p.items, p.next, p.err = b.scanGroup(ctx, grp, m.Epoch, o, c)
+			p.items, p.next, p.err = s.scanGroup(ctx, grp, m.Epoch, o, c)
 		}()
 	}
 	wg.Wait()
@@ -251,7 +254,7 @@ func (b backend) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency,
 
 // scanLocal scans g's replica at consistency c. Write locks in the range
 // are settled first, so the scan never misses a committed transaction.
-func (b backend) scanLocal(ctx context.Context, g *replication.Group, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error) {
+func (s *Server) scanLocal(ctx context.Context, g *replication.Group, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error) {
 	if err := g.ReadBarrier(ctx, c); err != nil {
 		return nil, "", err
 	}
@@ -266,7 +269,7 @@ func (b backend) scanLocal(ctx context.Context, g *replication.Group, o kvd.Scan
 				continue
 			}
 			seen[l.Txn] = true
-			if _, err := b.s.settle(ctx, g, l); err != nil {
+			if _, err := s.settle(ctx, g, l); err != nil {
 				return nil, "", err
 			}
 		}
@@ -277,19 +280,19 @@ func (b backend) scanLocal(ctx context.Context, g *replication.Group, o kvd.Scan
 // scanGroup reads one group's page: locally when this node may serve it at
 // c, else from the group's leader (linearizable) or the replica the
 // leader hint names, following hints for a few hops.
-func (b backend) scanGroup(ctx context.Context, grp kvd.Group, epoch uint64, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error) {
-	if g, ok := b.s.hosted()[grp.ID]; ok && (c != kvd.Linearizable || g.IsLeader()) {
-		return b.scanLocal(ctx, g, o, c)
+func (s *Server) scanGroup(ctx context.Context, grp kvd.Group, epoch uint64, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error) {
+	if g, ok := s.hosted()[grp.ID]; ok && (c != kvd.Linearizable || g.IsLeader()) {
+		return s.scanLocal(ctx, g, o, c)
 	}
-	target := b.s.leaderOrPreferred(ctx, grp.ID)
+	target := s.leaderOrPreferred(ctx, grp.ID)
 	var err error
 	for attempt := 0; attempt < 4; attempt++ {
 		var items []kvd.Item
 		var next string
-		if target == b.s.id {
-			items, next, err = b.scanLocal(ctx, b.s.hosted()[grp.ID], o, c)
+		if target == s.id {
+			items, next, err = s.scanLocal(ctx, s.hosted()[grp.ID], o, c)
 		} else {
-			items, next, err = b.s.remoteScan(ctx, target, grp.ID, epoch, o, c)
+			items, next, err = s.remoteScan(ctx, target, grp.ID, epoch, o, c)
 		}
 		if err == nil {
 			return items, next, nil
@@ -304,16 +307,16 @@ func (b backend) scanGroup(ctx context.Context, grp kvd.Group, epoch uint64, o k
 			case <-ctx.Done():
 				return nil, "", err
 			}
-			b.s.forgetLeader(grp.ID)
-			hint = b.s.leaderOrPreferred(ctx, grp.ID)
+			s.forgetLeader(grp.ID)
+			hint = s.leaderOrPreferred(ctx, grp.ID)
 		}
 		target = hint
 	}
 	return nil, "", fmt.Errorf("scan group %d: %w", grp.ID, err)
 }
 
-func (b backend) Cluster(ctx context.Context) (api.Cluster, error) {
-	m := b.s.Map()
+func (s *Server) Cluster(ctx context.Context) (api.Cluster, error) {
+	m := s.Map()
 	c := api.Cluster{Epoch: m.Epoch}
 	for _, n := range m.Nodes {
 		c.Nodes = append(c.Nodes, api.Node{ID: n.ID, HTTP: n.HTTP, Raft: n.Raft})
@@ -329,24 +332,24 @@ func (b backend) Cluster(ctx context.Context) (api.Cluster, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.Groups[i].Leader = b.s.leaderOf(ctx, grp.ID)
+			c.Groups[i].Leader = s.leaderOf(ctx, grp.ID)
 		}()
 	}
 	wg.Wait()
 	return c, nil
 }
 
-func (b backend) Epoch() uint64 { return b.s.Map().Epoch }
+func (s *Server) Epoch() uint64 { return s.Map().Epoch }
 
-func (b backend) Status(ctx context.Context) api.Status {
+func (s *Server) Status(ctx context.Context) api.Status {
 	raftAddr := "in-memory"
-	if b.s.mux != nil {
-		raftAddr = b.s.mux.Addr().String()
+	if s.mux != nil {
+		raftAddr = s.mux.Addr().String()
 	}
-	st := api.Status{Node: b.s.id, HTTP: b.s.HTTPAddr(), Raft: raftAddr, Version: b.s.cfg.Version,
-		Uptime: time.Since(b.s.started).Round(time.Second).String(), Epoch: b.s.Map().Epoch}
-	for _, gid := range b.s.Map().GroupsOf(b.s.id) {
-		g, ok := b.s.hosted()[gid]
+	st := api.Status{Node: s.id, HTTP: s.HTTPAddr(), Raft: raftAddr, Version: s.cfg.Version,
+		Uptime: time.Since(s.started).Round(time.Second).String(), Epoch: s.Map().Epoch}
+	for _, gid := range s.Map().GroupsOf(s.id) {
+		g, ok := s.hosted()[gid]
 		if !ok {
 			continue
 		}
@@ -360,19 +363,19 @@ func (b backend) Status(ctx context.Context) api.Status {
 			CommitIndex: gs.CommitIndex, AppliedIndex: gs.AppliedIndex, LastIndex: gs.LastIndex, LastContact: gs.LastContact, Members: gs.Members,
 			Health: ah, StateBytes: g.Stats().StateBytes})
 	}
-	for gid, reason := range b.s.missing {
+	for gid, reason := range s.missing {
 		st.Missing = append(st.Missing, api.MissingGroup{Group: uint64(gid), Reason: reason})
 	}
 	sort.Slice(st.Missing, func(i, j int) bool { return st.Missing[i].Group < st.Missing[j].Group })
-	if b.s.disk != nil {
-		d := b.s.disk.status()
+	if s.disk != nil {
+		d := s.disk.status()
 		st.Storage = &d
 	}
 	return st
 }
 
-func (b backend) Ready() error {
-	for gid, g := range b.s.hosted() {
+func (s *Server) Ready() error {
+	for gid, g := range s.hosted() {
 		if g.LeaderID() == "" {
 			return fmt.Errorf("group %d has no leader: %w", gid, kvd.ErrUnavailable)
 		}
@@ -388,8 +391,8 @@ func (b backend) Ready() error {
 	return nil
 }
 
-func (b backend) ReadIndex(ctx context.Context, gid kvd.GroupID) (uint64, error) {
-	g, err := b.replica(gid)
+func (s *Server) ReadIndex(ctx context.Context, gid kvd.GroupID) (uint64, error) {
+	g, err := s.replica(gid)
 	if err != nil {
 		return 0, err
 	}

@@ -36,6 +36,10 @@ type Config struct {
 	// on HTTPAddr and RaftAddr (tests listen on port 0 first).
 	HTTPListener net.Listener
 	RaftListener net.Listener
+	// Frontend, if set, serves the node's API on its HTTP listener
+	// (package node sets httpapi's). A node that is not embedded needs
+	// one: its peers reach it there.
+	Frontend FrontendFunc
 	// Embedded runs a single node without a Raft listener (Raft over an
 	// in-memory transport), serving HTTP only if HTTPAddr or HTTPListener
 	// is set: the embedded store.
@@ -153,6 +157,8 @@ func (c *Config) validate() error {
 		return errors.New("data dir is required")
 	case !c.Embedded && c.HTTPListener == nil && c.HTTPAddr == "":
 		return errors.New("http address is required")
+	case c.Frontend == nil && (!c.Embedded || c.HTTPAddr != "" || c.HTTPListener != nil):
+		return errors.New("a node that serves HTTP needs a frontend: start it with package node, or set Config.Frontend")
 	case !c.Embedded && c.RaftListener == nil && c.RaftAddr == "":
 		return errors.New("raft address is required")
 	case c.Embedded && c.InitialCluster != nil && len(c.InitialCluster.Nodes) > 1:

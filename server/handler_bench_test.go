@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvd-project/kvd/httpapi"
 	"github.com/kvd-project/kvd/server"
 )
 
@@ -32,7 +33,11 @@ func newHandlerBenchNode(b *testing.B) http.Handler {
 	if err := s.WaitReady(10 * time.Second); err != nil {
 		b.Fatal(err)
 	}
-	h := s.Handler()
+	h, err := httpapi.New(s, httpapi.Options{Limits: cfg.Limits, RequestTimeout: cfg.RequestTimeout})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(h.Close)
 	for i := range 1000 {
 		serve(b, h, http.MethodPut, fmt.Sprintf("/v1/kv/k%08d", i), value256, http.StatusOK)
 	}

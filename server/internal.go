@@ -19,16 +19,16 @@ import (
 // The node-to-node endpoints that serve peers' repairs and integrity
 // checks, and the operator's view of transactions.
 
-func (b backend) replica(g kvd.GroupID) (*replication.Group, error) {
-	grp, ok := b.s.hosted()[g]
+func (s *Server) replica(g kvd.GroupID) (*replication.Group, error) {
+	grp, ok := s.hosted()[g]
 	if !ok {
-		return nil, fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, b.s.id, g)
+		return nil, fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, s.id, g)
 	}
 	return grp, nil
 }
 
-func (b backend) LogEntry(ctx context.Context, g kvd.GroupID, index uint64) (api.LogEntry, error) {
-	grp, err := b.replica(g)
+func (s *Server) LogEntry(ctx context.Context, g kvd.GroupID, index uint64) (api.LogEntry, error) {
+	grp, err := s.replica(g)
 	if err != nil {
 		return api.LogEntry{}, err
 	}
@@ -52,24 +52,24 @@ func (l *lazyWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-func (b backend) WriteSnapshot(ctx context.Context, g kvd.GroupID, minIndex uint64, start func() io.Writer) error {
-	grp, err := b.replica(g)
+func (s *Server) WriteSnapshot(ctx context.Context, g kvd.GroupID, minIndex uint64, start func() io.Writer) error {
+	grp, err := s.replica(g)
 	if err != nil {
 		return err
 	}
 	return grp.WriteSnapshot(ctx, minIndex, &lazyWriter{start: start})
 }
 
-func (b backend) HashAt(ctx context.Context, g kvd.GroupID, index uint64) (uint64, error) {
-	grp, err := b.replica(g)
+func (s *Server) HashAt(ctx context.Context, g kvd.GroupID, index uint64) (uint64, error) {
+	grp, err := s.replica(g)
 	if err != nil {
 		return 0, err
 	}
 	return grp.HashAt(ctx, index)
 }
 
-func (b backend) GroupTxns(ctx context.Context, g kvd.GroupID) (api.GroupTxns, error) {
-	grp, err := b.replica(g)
+func (s *Server) GroupTxns(ctx context.Context, g kvd.GroupID) (api.GroupTxns, error) {
+	grp, err := s.replica(g)
 	if err != nil {
 		return api.GroupTxns{}, err
 	}
@@ -101,27 +101,27 @@ func (b backend) GroupTxns(ctx context.Context, g kvd.GroupID) (api.GroupTxns, e
 
 // groupTxnsAnywhere reads group g's transactions from this node's replica,
 // or from a member.
-func (b backend) groupTxnsAnywhere(ctx context.Context, grp kvd.Group) (api.GroupTxns, error) {
-	if _, ok := b.s.hosted()[grp.ID]; ok {
-		if out, err := b.GroupTxns(ctx, grp.ID); err == nil {
+func (s *Server) groupTxnsAnywhere(ctx context.Context, grp kvd.Group) (api.GroupTxns, error) {
+	if _, ok := s.hosted()[grp.ID]; ok {
+		if out, err := s.GroupTxns(ctx, grp.ID); err == nil {
 			return out, nil
 		}
 	}
 	var out api.GroupTxns
-	if err := b.s.askMembers(ctx, grp.ID, "/v1/internal/txns?group="+strconv.FormatUint(uint64(grp.ID), 10), &out); err != nil {
+	if err := s.askMembers(ctx, grp.ID, "/v1/internal/txns?group="+strconv.FormatUint(uint64(grp.ID), 10), &out); err != nil {
 		return api.GroupTxns{}, fmt.Errorf("transactions of group %d: %w", grp.ID, err)
 	}
 	return out, nil
 }
 
-func (b backend) Txns(ctx context.Context) (api.TxnList, error) {
-	list, _ := b.txns(ctx)
+func (s *Server) Txns(ctx context.Context) (api.TxnList, error) {
+	list, _ := s.txns(ctx)
 	return list, nil
 }
 
 // txns lists the transactions, and the deadline of each (Unix ns).
-func (b backend) txns(ctx context.Context) (api.TxnList, map[string]int64) {
-	m := b.s.Map()
+func (s *Server) txns(ctx context.Context) (api.TxnList, map[string]int64) {
+	m := s.Map()
 	per := make([]api.GroupTxns, len(m.Groups))
 	errs := make([]error, len(m.Groups))
 	var wg sync.WaitGroup
@@ -129,7 +129,7 @@ func (b backend) txns(ctx context.Context) (api.TxnList, map[string]int64) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			per[i], errs[i] = b.groupTxnsAnywhere(ctx, grp)
+			per[i], errs[i] = s.groupTxnsAnywhere(ctx, grp)
 		}()
 	}
 	wg.Wait()
@@ -183,8 +183,8 @@ func (b backend) txns(ctx context.Context) (api.TxnList, map[string]int64) {
 	return out, deadlines
 }
 
-func (b backend) AbortTxn(ctx context.Context, id string) (api.TxnInfo, error) {
-	list, deadlines := b.txns(ctx)
+func (s *Server) AbortTxn(ctx context.Context, id string) (api.TxnInfo, error) {
+	list, deadlines := s.txns(ctx)
 	var t *api.TxnInfo
 	for i := range list.Txns {
 		if list.Txns[i].ID == id {
@@ -197,8 +197,8 @@ func (b backend) AbortTxn(ctx context.Context, id string) (api.TxnInfo, error) {
 		}
 		return api.TxnInfo{}, fmt.Errorf("transaction %s holds no lock and no record: %w", id, kvd.ErrNotFound)
 	}
-	gs := groups(b)
-	m := b.s.Map()
+	gs := s
+	m := s.Map()
 	rg := kvd.GroupID(t.RecordGroup)
 	state := store.TxnAborted // without a record group it cannot have committed
 	if _, ok := m.Group(rg); ok && rg != 0 {
@@ -225,7 +225,7 @@ func (b backend) AbortTxn(ctx context.Context, id string) (api.TxnInfo, error) {
 	}
 	// The record stays until its deadline (the janitor forgets it then):
 	// a prepare still on its way must find it aborted.
-	b.s.log.Info("operator finished a transaction", "txn", id, "state", state)
+	s.log.Info("operator finished a transaction", "txn", id, "state", state)
 	t.State = string(state)
 	return *t, nil
 }

@@ -3,11 +3,9 @@ package server
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"sync"
 
 	"github.com/kvd-project/kvd"
-	"github.com/kvd-project/kvd/httpapi"
 )
 
 // KV returns the node's store as a kvd.KV, served in-process by this node
@@ -20,8 +18,6 @@ type local struct{ s *Server }
 
 var _ kvd.KV = local{}
 
-func (l local) b() backend { return backend(l) }
-
 func (l local) Get(ctx context.Context, key string, opts ...kvd.ReadOption) (kvd.Item, error) {
 	if err := l.s.cfg.Limits.ValidateKey(key); err != nil {
 		return kvd.Item{}, fmt.Errorf("get %q: %w", key, err)
@@ -30,7 +26,7 @@ func (l local) Get(ctx context.Context, key string, opts ...kvd.ReadOption) (kvd
 	if _, err := kvd.ParseConsistency(string(o.Consistency)); err != nil {
 		return kvd.Item{}, err
 	}
-	return l.b().Get(ctx, key, o.Consistency, httpapi.Route{})
+	return l.s.Get(ctx, key, o.Consistency, kvd.Route{})
 }
 
 func (l local) validateWrite(key string, value []byte) error {
@@ -38,14 +34,6 @@ func (l local) validateWrite(key string, value []byte) error {
 		return err
 	}
 	return l.s.cfg.Limits.ValidateValue(len(value))
-}
-
-func idemFor(o kvd.WriteOptions, parts ...[]byte) *kvd.Idem {
-	if o.IdempotencyKey == "" {
-		return nil
-	}
-	cond := []byte(fmt.Sprintf("%d:%d:%d", o.Cond.Kind, o.Cond.Version, o.TTL))
-	return &kvd.Idem{Key: o.IdempotencyKey, FP: kvd.Fingerprint(append([][]byte{cond}, parts...)...)}
 }
 
 func (l local) Put(ctx context.Context, key string, value []byte, opts ...kvd.WriteOption) (kvd.Version, error) {
@@ -59,7 +47,7 @@ func (l local) Put(ctx context.Context, key string, value []byte, opts ...kvd.Wr
 	if value == nil {
 		value = []byte{}
 	}
-	return l.b().Put(ctx, key, value, httpapi.Write{Cond: o.Cond, TTL: o.TTL, Idem: idemFor(o, []byte("PUT"), []byte(key), value)}, httpapi.Route{})
+	return l.s.Put(ctx, key, value, o, kvd.Route{})
 }
 
 func (l local) Delete(ctx context.Context, key string, opts ...kvd.WriteOption) (bool, error) {
@@ -70,7 +58,7 @@ func (l local) Delete(ctx context.Context, key string, opts ...kvd.WriteOption) 
 	if o.TTL != 0 {
 		return false, fmt.Errorf("delete %q: %w: a ttl is for puts", key, kvd.ErrInvalid)
 	}
-	deleted, _, err := l.b().Delete(ctx, key, httpapi.Write{Cond: o.Cond, Idem: idemFor(o, []byte("DELETE"), []byte(key))}, httpapi.Route{})
+	deleted, _, err := l.s.Delete(ctx, key, o, kvd.Route{})
 	return deleted, err
 }
 
@@ -83,7 +71,7 @@ func (l local) Scan(ctx context.Context, so kvd.ScanOptions, opts ...kvd.ReadOpt
 		return kvd.Page{}, fmt.Errorf("%w: limit must be between 1 and %d", kvd.ErrInvalid, lim.MaxScanLimit)
 	}
 	o := kvd.ApplyReadOptions(kvd.Linearizable, opts)
-	items, next, err := l.b().Scan(ctx, so, o.Consistency, httpapi.Route{})
+	items, next, err := l.s.Scan(ctx, so, o.Consistency, kvd.Route{})
 	if err != nil {
 		return kvd.Page{}, err
 	}
@@ -91,18 +79,11 @@ func (l local) Scan(ctx context.Context, so kvd.ScanOptions, opts ...kvd.ReadOpt
 }
 
 func (l local) Txn(ctx context.Context, t kvd.Txn, opts ...kvd.WriteOption) (kvd.TxnResponse, error) {
-	var parts [][]byte
-	for _, op := range t.Ops {
-		parts = append(parts, []byte(op.Op), []byte(op.Key), op.Value, []byte(strconv.FormatInt(op.Delta, 10)), []byte(op.TTL.String()))
-	}
-	for _, c := range t.Compares {
-		parts = append(parts, []byte(c.Key), c.Value, compareFingerprint(c))
-	}
 	o, err := kvd.TxnOptions(opts)
 	if err != nil {
 		return kvd.TxnResponse{}, err
 	}
-	resp, err := l.s.coord.Do(ctx, t, idemFor(o, parts...))
+	resp, err := l.s.Txn(ctx, t, o)
 	for i := range resp.Results {
 		resp.Results[i].Found = resp.Results[i].Found || resp.Results[i].Op == "add"
 	}
@@ -111,20 +92,6 @@ func (l local) Txn(ctx context.Context, t kvd.Txn, opts ...kvd.WriteOption) (kvd
 
 func (l local) Add(ctx context.Context, key string, delta int64, opts ...kvd.WriteOption) (int64, error) {
 	return kvd.AddWith(ctx, l.Txn, key, delta, opts)
-}
-
-// compareFingerprint names what a compare checks, for idempotency
-// fingerprints: which field is set, and its value.
-func compareFingerprint(c kvd.Compare) []byte {
-	switch {
-	case c.Version != nil:
-		return []byte(fmt.Sprintf("v:%d", *c.Version))
-	case c.Exists != nil:
-		return []byte(fmt.Sprintf("e:%t", *c.Exists))
-	case c.Value != nil:
-		return []byte("value")
-	}
-	return []byte("-")
 }
 
 // localWatch runs a watch in-process: Server.Watch feeds a channel.

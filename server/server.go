@@ -7,7 +7,6 @@
 package server
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,7 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/kvd-project/kvd"
-	"github.com/kvd-project/kvd/httpapi"
+	"github.com/kvd-project/kvd/internal/wire"
 	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/txn"
 )
@@ -48,10 +47,7 @@ type Server struct {
 	groups   atomic.Pointer[map[kvd.GroupID]*replication.Group]
 	mux      *replication.Mux
 	httpLn   net.Listener
-	conns    *httpapi.ConnLimiter // httpLn under the connection cap
-	httpSrv  *http.Server
-	newConns newConns
-	handler  *httpapi.Handler
+	frontend Frontend
 	registry *prometheus.Registry
 	peerHTTP *http.Client
 
@@ -179,7 +175,7 @@ func New(cfg Config) (_ *Server, err error) {
 			return nil, err
 		}
 	}
-	s.peerHTTP = httpapi.NewForwardClient()
+	s.peerHTTP = wire.NewPeerClient()
 	s.metrics = newNodeMetrics()
 	s.watchMem = newByteBudget(cfg.WatchBufferBytes)
 	s.memory = &memPressure{high: uint64(cfg.MemoryHighWater)}
@@ -191,7 +187,7 @@ func New(cfg Config) (_ *Server, err error) {
 	tc := txn.DefaultConfig()
 	tc.Timeout, tc.Limits, tc.Logger = cfg.TxnTimeout, cfg.Limits, s.log
 	tc.AfterPrepare = cfg.TxnAfterPrepare
-	s.coord = txn.New(groups{s}, tc)
+	s.coord = txn.New(s, tc)
 
 	s.registry = prometheus.NewRegistry()
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -200,51 +196,11 @@ func New(cfg Config) (_ *Server, err error) {
 	s.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kvd_watch_buffered_bytes",
 		Help: "Keys and values that this node's watches have read and not yet sent."},
 		func() float64 { return float64(s.watchMem.held()) }))
-	shutdown := make(chan struct{})
-	if s.handler, err = httpapi.New(backend{s}, httpapi.Options{
-		Limits:              cfg.Limits,
-		RequestTimeout:      cfg.RequestTimeout,
-		Registry:            s.registry,
-		Logger:              s.log,
-		Shutdown:            shutdown,
-		PeerCredential:      s.keys.http,
-		MaxInflightRequests: cfg.MaxInflightRequests,
-		MaxInflightBytes:    cfg.MaxInflightBytes,
-		UnderPressure:       s.memory.underPressure,
-	}); err != nil {
-		return nil, err
-	}
-	var root http.Handler = s.handler
-	if s.httpLn != nil {
-		s.conns = httpapi.LimitConns(s.httpLn, cfg.MaxConnections)
-		s.registry.MustRegister(
-			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kvd_http_connections_open", Help: "HTTP connections open."},
-				func() float64 { return float64(s.conns.Open()) }),
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "kvd_http_connections_refused_total",
-				Help: "HTTP connections answered 503 and closed because the node had as many open as it may."},
-				func() float64 { return float64(s.conns.Refused()) }))
-	}
-	if cfg.Profiling {
-		root = withProfiling(s.handler)
-	}
-	if s.httpLn != nil {
-		headerTimeout := cmp.Or(cfg.ReadHeaderTimeout, 10*time.Second)
-		s.httpSrv = &http.Server{
-			Handler:           root,
-			ReadHeaderTimeout: headerTimeout,
-			// A body is read within the request's own time: an upload
-			// that dribbles does not hold its slot longer.
-			ReadTimeout:    headerTimeout + cfg.RequestTimeout,
-			WriteTimeout:   60 * time.Second,
-			IdleTimeout:    60 * time.Second,
-			MaxHeaderBytes: 64 << 10,
-			ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-			ConnState:      s.newConns.track,
-			ConnContext:    httpapi.ConnContext,
+	if cfg.Frontend != nil && s.httpLn != nil {
+		if s.frontend, err = cfg.Frontend(s, FrontendEnv{Config: cfg, Registry: s.registry, Logger: s.log,
+			PeerCredential: s.keys.http, UnderPressure: s.memory.underPressure}); err != nil {
+			return nil, fmt.Errorf("http frontend: %w", err)
 		}
-		// Watches are endless requests: end them when the server shuts
-		// down, so the drain does not wait for them.
-		s.httpSrv.RegisterOnShutdown(func() { close(shutdown) })
 	}
 	bgCtx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
@@ -271,14 +227,8 @@ func New(cfg Config) (_ *Server, err error) {
 	if cfg.LeaderBalanceInterval > 0 {
 		background(func(ctx context.Context) { s.balanceLeaders(ctx, cfg.LeaderBalanceInterval) })
 	}
-	if s.httpSrv != nil {
-		go func() {
-			err := s.httpSrv.Serve(httpapi.JSONErrors(s.conns))
-			if errors.Is(err, http.ErrServerClosed) {
-				err = nil
-			}
-			s.serveErr <- err
-		}()
+	if s.frontend != nil {
+		go func() { s.serveErr <- s.frontend.Serve(s.httpLn) }()
 	}
 	s.log.Info("node started", "http", httpAdv, "raft", raftAdv, "groups", len(s.hosted()), "first_start", first, "embedded", cfg.Embedded)
 	return s, nil
@@ -364,9 +314,8 @@ func (s *Server) HTTPAddr() string {
 	return s.httpLn.Addr().String()
 }
 
-// Handler returns the node's HTTP API, to serve on a listener of the
-// caller's own or to call in-process.
-func (s *Server) Handler() http.Handler { return s.handler }
+// Config returns the node's configuration.
+func (s *Server) Config() Config { return s.cfg }
 
 // RaftTransportStats counts the node's Raft sessions and streams.
 func (s *Server) RaftTransportStats() replication.MuxStats {
@@ -421,18 +370,14 @@ func (s *Server) Close() error {
 			s.bgCancel()
 			s.bg.Wait()
 		}
-		if s.httpSrv != nil {
+		if s.frontend != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
-			if err := shutdownHTTP(ctx, s.httpSrv, &s.newConns); err != nil {
-				errs = append(errs, fmt.Errorf("drain http: %w", err))
-				s.httpSrv.Close()
+			if err := s.frontend.Shutdown(ctx); err != nil {
+				errs = append(errs, err)
 			}
 			cancel()
 		} else if s.httpLn != nil {
 			s.httpLn.Close()
-		}
-		if s.handler != nil {
-			s.handler.Close()
 		}
 		if s.coord != nil {
 			s.coord.Close()

@@ -16,6 +16,7 @@ import (
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/internal/testkit/testcluster"
+	"github.com/kvd-project/kvd/node"
 	"github.com/kvd-project/kvd/server"
 )
 
@@ -62,7 +63,7 @@ func TestServer_RestartIgnoresTheBootstrapFile(t *testing.T) {
 		cfg.Replication = testcluster.FastReplication()
 		cfg.Logger = testcluster.Logger()
 		cfg.InitialCluster = &kvd.InitialCluster{Nodes: []kvd.Node{{ID: "n1", HTTP: httpLn.Addr().String(), Raft: raftLn.Addr().String()}}, Groups: groups, Replicas: 1}
-		s, err := server.New(cfg)
+		s, err := node.New(cfg)
 		require.NoError(t, err)
 		t.Cleanup(func() { s.Close() })
 		return s

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -25,10 +24,8 @@ import (
 // node over the internal propose endpoint, following leader hints.
 type groups struct{ s *Server }
 
-var _ txn.Groups = groups{}
-
-func (gs groups) GroupOf(key string) (kvd.GroupID, error) {
-	g, ok := gs.s.Map().GroupOf(kvd.Slot(key))
+func (s *Server) GroupOf(key string) (kvd.GroupID, error) {
+	g, ok := s.Map().GroupOf(kvd.Slot(key))
 	if !ok {
 		return 0, fmt.Errorf("slot %d has no group: %w", kvd.Slot(key), kvd.ErrUnavailable)
 	}
@@ -37,16 +34,16 @@ func (gs groups) GroupOf(key string) (kvd.GroupID, error) {
 
 // Propose retries definite failures (nothing was proposed) until ctx
 // ends; it returns an unknown outcome as soon as it meets one.
-func (gs groups) Propose(ctx context.Context, g kvd.GroupID, cmd store.Cmd) (store.Result, error) {
+func (s *Server) Propose(ctx context.Context, g kvd.GroupID, cmd store.Cmd) (store.Result, error) {
 	retry := func(err error) bool {
 		return !errors.Is(err, kvd.ErrUnknownOutcome) && errors.Is(err, kvd.ErrUnavailable)
 	}
-	return atLeader(ctx, gs.s, g, retry,
+	return atLeader(ctx, s, g, retry,
 		func(local *replication.Group) (store.Result, error) {
 			fillWriteKeys(local.Store(), &cmd)
-			return gs.s.propose(ctx, local, cmd)
+			return s.propose(ctx, local, cmd)
 		},
-		func(target string) (store.Result, error) { return gs.s.remotePropose(ctx, target, g, cmd) })
+		func(target string) (store.Result, error) { return s.remotePropose(ctx, target, g, cmd) })
 }
 
 // atLeader runs an operation at group g's leader: locally when this node
@@ -105,25 +102,20 @@ type wireResult struct {
 	Dedup   *store.DedupState `json:"dedup,omitempty"`
 }
 
-var resultErrs = map[string]error{"precondition_failed": kvd.ErrPreconditionFailed, "conflict": kvd.ErrConflict, "invalid": kvd.ErrInvalid,
-	"idempotency_mismatch": kvd.ErrIdempotencyMismatch, "wrong_group": kvd.ErrWrongGroup, "too_large": kvd.ErrTooLarge}
-
+// encodeResult puts r on the wire; its error travels as its code of
+// api.Codes and its message.
 func encodeResult(r store.Result) ([]byte, error) {
 	w := wireResult{Version: r.Version, Deleted: r.Deleted, Locks: r.Locks, Txn: r.Txn, Dedup: r.Dedup}
 	if r.Err != nil {
 		w.Message = r.Err.Error()
-		for code, e := range resultErrs {
-			if errors.Is(r.Err, e) {
-				w.Err = code
-			}
-		}
-		if w.Err == "" {
-			w.Err = "invalid"
-		}
+		w.Err = api.CodeOf(r.Err, false).Code
 	}
 	return json.Marshal(w)
 }
 
+// decodeResult reads what encodeResult wrote. The state machine refuses
+// a command only with a sentinel error; a code without one (an older
+// node's "invalid") is such a refusal.
 func decodeResult(b []byte) (store.Result, error) {
 	var w wireResult
 	if err := json.Unmarshal(b, &w); err != nil {
@@ -131,7 +123,11 @@ func decodeResult(b []byte) (store.Result, error) {
 	}
 	r := store.Result{Version: w.Version, Deleted: w.Deleted, Locks: w.Locks, Txn: w.Txn, Dedup: w.Dedup}
 	if w.Err != "" {
-		r.Err = fmt.Errorf("%s: %w", w.Message, resultErrs[w.Err])
+		sentinel := api.ErrOfCode(w.Err)
+		if sentinel == nil {
+			sentinel = kvd.ErrInvalid
+		}
+		r.Err = fmt.Errorf("%s: %w", w.Message, sentinel)
 	}
 	return r, nil
 }
@@ -145,7 +141,7 @@ func (s *Server) remotePropose(ctx context.Context, node string, g kvd.GroupID, 
 	}
 	resp, err := s.peerHTTP.Do(req)
 	if err != nil {
-		if isDial(err) {
+		if wire.NeverSent(err) {
 			return store.Result{}, fmt.Errorf("propose at %s: %v: %w", node, err, kvd.ErrUnavailable)
 		}
 		return store.Result{}, fmt.Errorf("propose at %s: %v: %w", node, err, kvd.ErrUnknownOutcome)
@@ -182,8 +178,8 @@ func (s *Server) remotePropose(ctx context.Context, node string, g kvd.GroupID, 
 // is checked as the state machine will check it (keys owned by g by the
 // group's stored map, sizes, deadlines) and against the node's limits, so
 // what is proposed applies as it reads.
-func (b backend) ProposeRaw(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error) {
-	grp, err := b.replica(g)
+func (s *Server) ProposeRaw(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error) {
+	grp, err := s.replica(g)
 	if err != nil {
 		return nil, err
 	}
@@ -196,12 +192,12 @@ func (b backend) ProposeRaw(ctx context.Context, g kvd.GroupID, body []byte) ([]
 		return nil, fmt.Errorf("%w: command kind %s is not proposed remotely", kvd.ErrInvalid, cmd.Kind)
 	}
 	cmd.Data = append([]byte(nil), cmd.Data...)
-	doc, err := grp.Store().CheckCmd(&cmd, time.Now().UnixNano(), &b.s.cfg.Limits)
+	doc, err := grp.Store().CheckCmd(&cmd, time.Now().UnixNano(), &s.cfg.Limits)
 	if err != nil {
 		return nil, fmt.Errorf("propose in group %d: %w", g, err)
 	}
 	cmd.WriteKeys = writeKeys(grp.Store(), doc)
-	res, err := b.s.propose(ctx, grp, cmd)
+	res, err := s.propose(ctx, grp, cmd)
 	if err != nil {
 		return nil, err
 	}
@@ -318,12 +314,6 @@ func writeKeys(db *store.DB, doc any) []string {
 	return keys
 }
 
-// isDial reports whether err happened before a request left this node.
-func isDial(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
-}
-
 // proposedRemotely admits only the transaction and idempotency commands
 // over the internal endpoint.
 func proposedRemotely(k store.CmdKind) bool {
@@ -335,15 +325,16 @@ func proposedRemotely(k store.CmdKind) bool {
 	return false
 }
 
-// Txn runs a transaction through the node's coordinator.
-func (b backend) Txn(ctx context.Context, req api.TxnRequest, idem *kvd.Idem) (api.TxnResponse, error) {
-	t, err := wire.Txn(req)
+// Txn runs transaction t through the node's coordinator; o's
+// idempotency key, if any, makes it idempotent.
+func (s *Server) Txn(ctx context.Context, t kvd.Txn, o kvd.WriteOptions) (kvd.TxnResponse, error) {
+	idem, err := kvd.TxnIdem(o, t)
 	if err != nil {
-		return api.TxnResponse{}, err
+		return kvd.TxnResponse{}, err
 	}
-	resp, err := b.s.coord.Do(ctx, t, idem)
-	b.s.countTxn(err)
-	return wire.FromTxnResponse(resp), err
+	resp, err := s.coord.Do(ctx, t, idem)
+	s.countTxn(err)
+	return resp, err
 }
 
 // countTxn counts a coordinated transaction's outcome.
@@ -376,7 +367,7 @@ func (s *Server) runJanitors(ctx context.Context, every time.Duration) {
 			}
 			j := janitors[gid]
 			if j == nil {
-				j = txn.NewJanitor(groups{s}, g.Store(), gid, s.log)
+				j = txn.NewJanitor(s, g.Store(), gid, s.log)
 				j.OnFinished = func() { s.metrics.txnRecoveries.Add(1) }
 				janitors[gid] = j
 			}
@@ -391,11 +382,11 @@ func (s *Server) runJanitors(ctx context.Context, every time.Duration) {
 
 // Read reads keys of group g linearizably at g's leader: locally if this
 // node leads g, else through the leader's internal read endpoint.
-func (gs groups) Read(ctx context.Context, g kvd.GroupID, keys []string) ([]store.KeyState, error) {
+func (s *Server) Read(ctx context.Context, g kvd.GroupID, keys []string) ([]store.KeyState, error) {
 	retry := func(err error) bool { return errors.Is(err, kvd.ErrUnavailable) }
-	return atLeader(ctx, gs.s, g, retry,
+	return atLeader(ctx, s, g, retry,
 		func(local *replication.Group) ([]store.KeyState, error) { return readLocal(ctx, local, keys) },
-		func(target string) ([]store.KeyState, error) { return gs.s.remoteRead(ctx, target, g, keys) })
+		func(target string) ([]store.KeyState, error) { return s.remoteRead(ctx, target, g, keys) })
 }
 
 func readLocal(ctx context.Context, g *replication.Group, keys []string) ([]store.KeyState, error) {
@@ -438,8 +429,8 @@ func (s *Server) remoteRead(ctx context.Context, node string, g kvd.GroupID, key
 
 // ReadRaw serves the internal read endpoint: keys (a JSON list) of group
 // g, read linearizably on this node, which must lead g.
-func (b backend) ReadRaw(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error) {
-	grp, err := b.replica(g)
+func (s *Server) ReadRaw(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error) {
+	grp, err := s.replica(g)
 	if err != nil {
 		return nil, err
 	}

@@ -205,8 +205,8 @@ func pageFromAPI(hp api.HistoryPage) (historyPage, error) {
 // up to limit events and maxBytes after a position; with limit 0 it only
 // waits up to wait for one and says whether it is there (Pending),
 // reading none.
-func (b backend) History(ctx context.Context, g kvd.GroupID, after, prefix string, limit, maxBytes int, wait time.Duration) (api.HistoryPage, error) {
-	grp, err := b.replica(g)
+func (s *Server) History(ctx context.Context, g kvd.GroupID, after, prefix string, limit, maxBytes int, wait time.Duration) (api.HistoryPage, error) {
+	grp, err := s.replica(g)
 	if err != nil {
 		return api.HistoryPage{}, err
 	}
@@ -511,9 +511,4 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 			}
 		}
 	}
-}
-
-// Watch serves GET /v1/watch.
-func (b backend) Watch(ctx context.Context, prefix, since string, start func(string) error, send func(kvd.Event) error) error {
-	return b.s.Watch(ctx, prefix, since, start, send)
 }

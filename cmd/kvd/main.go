@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/node"
 	"github.com/kvd-project/kvd/server"
 	"github.com/kvd-project/kvd/store"
 )
@@ -166,7 +167,7 @@ func run(args []string) int {
 		}
 	}
 
-	srv, err := server.New(cfg)
+	srv, err := node.New(cfg)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "kvd: %v\n", err)
 		return 1

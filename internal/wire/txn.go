@@ -1,5 +1,7 @@
-// Package wire converts the module's types to and from their HTTP wire
-// shapes (package api), for the client, the node and the shell alike.
+// Package wire holds what the client, the node and the shell share of
+// the HTTP wire: the module's types to and from their wire shapes
+// (package api), the HTTP client nodes call each other with, and whether
+// a failed call can have reached the other side.
 package wire
 
 import (

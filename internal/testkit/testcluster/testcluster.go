@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/node"
 	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/server"
 )
@@ -118,7 +119,7 @@ func (c *Cluster) start(i int, httpLn, raftLn net.Listener) error {
 	cfg.ShutdownTimeout = 5 * time.Second
 	cfg.Logger = Logger().With("node", cfg.NodeID)
 	c.tune(&cfg)
-	s, err := server.New(cfg)
+	s, err := node.New(cfg)
 	if err != nil {
 		return err
 	}
