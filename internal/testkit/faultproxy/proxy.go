@@ -93,10 +93,7 @@ func (p *Proxy) SetMode(m Mode) error {
 		return nil
 	}
 	p.mode = m
-	var open []net.Conn
-	for c := range p.conns {
-		open = append(open, c)
-	}
+	open := p.openConns()
 	var err error
 	switch {
 	case m == Refuse && p.ln != nil:
@@ -126,6 +123,16 @@ func (p *Proxy) SetMode(m Mode) error {
 	return nil
 }
 
+// openConns lists the connections open now; p.mu must be held (the
+// callers close them once they have released it).
+func (p *Proxy) openConns() []net.Conn {
+	var open []net.Conn
+	for c := range p.conns {
+		open = append(open, c)
+	}
+	return open
+}
+
 // Mode returns the current mode.
 func (p *Proxy) Mode() Mode {
 	p.mu.Lock()
@@ -141,10 +148,7 @@ func (p *Proxy) Close() error {
 		return nil
 	}
 	p.closed = true
-	var open []net.Conn
-	for c := range p.conns {
-		open = append(open, c)
-	}
+	open := p.openConns()
 	var err error
 	if p.ln != nil {
 		err = p.ln.Close()

@@ -369,8 +369,14 @@ func idempotency(t *testing.T, kv kvd.KV, p string) {
 
 func watch(t *testing.T, kv kvd.KV, p string) {
 	c := ctx(t)
-	// A watch whose context is already over returns at once; a closed
-	// watch's Next returns at once too.
+	watchReturnsWhenOver(t, c, kv, p)
+	evs := watchSeesChanges(t, c, kv, p)
+	watchResumesAfterCursor(t, c, kv, p, evs)
+}
+
+// watchReturnsWhenOver: a watch whose context is already over returns at
+// once; a closed watch's Next returns at once too.
+func watchReturnsWhenOver(t *testing.T, c context.Context, kv kvd.KV, p string) {
 	gone, cancel := context.WithCancel(c)
 	cancel()
 	returned := make(chan error, 1)
@@ -400,7 +406,11 @@ func watch(t *testing.T, kv kvd.KV, p string) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Next on a closed watch did not return")
 	}
+}
 
+// watchSeesChanges: a watch of prefix p sees the changes under it, and
+// only those, in version order per key. It returns the six events seen.
+func watchSeesChanges(t *testing.T, c context.Context, kv kvd.KV, p string) []kvd.Event {
 	w, err := kv.Watch(c, p, "")
 	require.NoError(t, err)
 	var versions []kvd.Version
@@ -429,8 +439,12 @@ func watch(t *testing.T, kv kvd.KV, p string) {
 	}
 	require.Equal(t, []kvd.Version{versions[0], versions[2], versions[4]}, perKey[p+"k0"], "in version order per key")
 	require.Equal(t, "delete", evs[5].Type)
+	return evs
+}
 
-	// Resuming from an event's cursor replays exactly what followed it.
+// watchResumesAfterCursor: resuming from an event's cursor replays
+// exactly what followed it; a cursor that is not one is refused.
+func watchResumesAfterCursor(t *testing.T, c context.Context, kv kvd.KV, p string, evs []kvd.Event) {
 	w2, err := kv.Watch(c, p, evs[2].Cursor)
 	require.NoError(t, err)
 	defer w2.Close()
