@@ -149,3 +149,46 @@ func TestIdempotency_ConcurrentRepeatsApplyOnce(t *testing.T) {
 	resp.Body.Close()
 	require.Equal(t, "1", string(b))
 }
+
+// One request fingerprints alike whichever way it comes: sent in-process
+// first, then over HTTP with the same idempotency key, it is a repeat
+// (the first outcome, nothing applied again); a different request under
+// the key is refused on either path.
+func TestIdempotency_SameRequestInProcessAndOverHTTPIsOneRequest(t *testing.T) {
+	c := testcluster.New(t, 1, 2)
+	kv := c.Node(0).KV()
+	ctx := context.Background()
+	url := c.URL(0)
+
+	ver, err := kv.Put(ctx, "fp/put", []byte("v1"), kvd.WithIdempotencyKey("put-1"), kvd.WithTTL(time.Hour), kvd.CreateOnly())
+	require.NoError(t, err)
+	r := do(t, "PUT", url+"/v1/kv/fp/put?ttl=1h", []byte("v1"), "Idempotency-Key", "put-1", "If-None-Match", "*")
+	require.Equal(t, 200, r.Status, string(r.Body))
+	require.JSONEq(t, fmt.Sprintf(`{"version":%d}`, ver), string(r.Body), "the first outcome, not a second write")
+	require.Equal(t, 422, do(t, "PUT", url+"/v1/kv/fp/put?ttl=1h", []byte("v2"), "Idempotency-Key", "put-1", "If-None-Match", "*").Status)
+	_, err = kv.Put(ctx, "fp/put", []byte("v1"), kvd.WithIdempotencyKey("put-1"))
+	require.ErrorIs(t, err, kvd.ErrIdempotencyMismatch, "no ttl, no condition: another request")
+
+	// Over HTTP first, then in-process.
+	r = do(t, "DELETE", url+"/v1/kv/fp/put", nil, "Idempotency-Key", "del-1")
+	require.Equal(t, 200, r.Status, string(r.Body))
+	deleted, err := kv.Delete(ctx, "fp/put", kvd.WithIdempotencyKey("del-1"))
+	require.NoError(t, err)
+	require.True(t, deleted, "the first outcome: it existed then")
+
+	ks := testcluster.KeysInGroups(c.Node(0).Map(), "fp/t", 1)
+	a, b := ks[1][0], ks[2][0]
+	t1 := kvd.Txn{Compares: []kvd.Compare{kvd.Exists(a, false)}, Ops: []kvd.Op{kvd.OpPut(a, []byte("x")), kvd.OpAddTTL(b, 5, time.Minute)}}
+	resp, err := kv.Txn(ctx, t1, kvd.WithIdempotencyKey("txn-1"))
+	require.NoError(t, err)
+	require.True(t, resp.Committed)
+	body := fmt.Sprintf(`{"compare":[{"key":%q,"exists":false}],"ops":[{"op":"put","key":%q,"value":"eA=="},{"op":"add","key":%q,"delta":5,"ttl":"1m0s"}]}`, a, a, b)
+	r = do(t, "POST", url+"/v1/txn", []byte(body), "Idempotency-Key", "txn-1")
+	require.Equal(t, 200, r.Status, "a repeat, not a second run (whose compare would fail): %s", r.Body)
+	require.Contains(t, string(r.Body), `"committed":true`)
+	it, err := kv.Get(ctx, b)
+	require.NoError(t, err)
+	require.Equal(t, "5", string(it.Value), "added once")
+	r = do(t, "POST", url+"/v1/txn", []byte(strings.Replace(body, `"delta":5`, `"delta":6`, 1)), "Idempotency-Key", "txn-1")
+	require.Equal(t, 422, r.Status, string(r.Body))
+}
