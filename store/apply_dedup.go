@@ -6,6 +6,7 @@ import (
 	"errors"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
 )
 
 // Idempotency records live in the dedup bucket of the group that applies
@@ -113,11 +114,7 @@ func (a *applier) replay(i *Idem) (r Result, done bool, err error) {
 	if err := json.Unmarshal(e.Result, &sr); err != nil {
 		return Result{}, false, corruptf("decode idempotency result of %q: %v", i.Key, err)
 	}
-	r = Result{Version: sr.Version, Deleted: sr.Deleted}
-	if sr.Err == "precondition_failed" {
-		r.Err = kvd.ErrPreconditionFailed
-	}
-	return r, true, nil
+	return Result{Version: sr.Version, Deleted: sr.Deleted, Err: api.ErrOfCode(sr.Err)}, true, nil
 }
 
 // remember stores a plain write's outcome under its idempotency key.
@@ -129,7 +126,9 @@ func (a *applier) remember(i *Idem, r Result) error {
 	}
 	sr := storedResult{Version: r.Version, Deleted: r.Deleted}
 	if errors.Is(r.Err, kvd.ErrPreconditionFailed) {
-		sr.Err = "precondition_failed"
+		// The only refusal remembered: the bytes are state, alike on
+		// every replica and every version of kvd.
+		sr.Err = api.CodePreconditionFailed
 	}
 	b, _ := json.Marshal(sr)
 	return a.dedupCreate(i.Key, &dedupEntry{FP: i.FP, At: a.now, Done: true, Result: b})

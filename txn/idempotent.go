@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/store"
 )
 
@@ -22,14 +23,15 @@ type storedOutcome struct {
 	Code string `json:"code,omitempty"`
 }
 
+// refusals are the definite refusals an outcome remembers, by their
+// codes of api.Codes.
+var refusals = []error{kvd.ErrCompareFailed, kvd.ErrNotANumber, kvd.ErrConflict}
+
 func codeOf(err error) string {
-	switch {
-	case errors.Is(err, kvd.ErrCompareFailed):
-		return "compare_failed"
-	case errors.Is(err, kvd.ErrNotANumber):
-		return "not_a_number"
-	case errors.Is(err, kvd.ErrConflict):
-		return "conflict"
+	for _, r := range refusals {
+		if errors.Is(err, r) {
+			return api.CodeOf(r, true).Code
+		}
 	}
 	return ""
 }
@@ -39,12 +41,14 @@ func (o storedOutcome) answer() (Response, error) {
 	switch o.Code {
 	case "":
 		return resp, nil
-	case "compare_failed":
+	case api.CodeCompareFailed:
 		return resp, fmt.Errorf("transaction not committed (first attempt): compares %v failed: %w", o.Failed, kvd.ErrCompareFailed)
-	case "not_a_number":
-		return resp, fmt.Errorf("transaction not committed (first attempt): %w", kvd.ErrNotANumber)
 	}
-	return resp, fmt.Errorf("transaction not committed (first attempt): %w", kvd.ErrConflict)
+	refusal := api.ErrOfCode(o.Code)
+	if refusal == nil {
+		refusal = kvd.ErrConflict
+	}
+	return resp, fmt.Errorf("transaction not committed (first attempt): %w", refusal)
 }
 
 // Register makes sure no other request uses idem's key: when the request
