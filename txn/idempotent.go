@@ -9,6 +9,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/internal/backoff"
 	"github.com/kvd-project/kvd/store"
 )
 
@@ -144,7 +145,7 @@ func (c *Coordinator) release(ctx context.Context, rg kvd.GroupID, idem *kvd.Ide
 func (c *Coordinator) storeOutcome(ctx context.Context, idem *kvd.Idem, rg kvd.GroupID, out storedOutcome) {
 	b, _ := json.Marshal(out)
 	cmd := encode(store.CmdDedupDone, store.DedupDone{Idem: *idem, Response: b}, nil)
-	if err := retrying(ctx, always, func() error { _, err := c.g.Propose(ctx, rg, cmd); return err }); err != nil {
+	if err := retryBackoff.Retry(ctx, backoff.Always, func() error { _, err := c.g.Propose(ctx, rg, cmd); return err }); err != nil {
 		c.log.Debug("store an idempotent outcome", "key", idem.Key, "err", err)
 	}
 }
@@ -191,9 +192,7 @@ func (c *Coordinator) await(ctx context.Context, rg kvd.GroupID, idem *kvd.Idem,
 			}
 		}
 		if attempt > 0 {
-			select {
-			case <-time.After(time.Duration(20<<min(attempt, 4)) * time.Millisecond):
-			case <-ctx.Done():
+			if awaitBackoff.Wait(ctx, attempt) != nil {
 				return Response{}, "", nil, fmt.Errorf("waiting for the first attempt of %q: %w", idem.Key, kvd.ErrUnknownOutcome)
 			}
 		}

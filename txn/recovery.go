@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/backoff"
 	"github.com/kvd-project/kvd/store"
 )
 
@@ -35,7 +36,7 @@ func (c *Coordinator) settleExpired(ctx context.Context, g kvd.GroupID, locks []
 func Resolve(ctx context.Context, gs Groups, id string, g kvd.GroupID, commit bool) (store.Result, error) {
 	cmd := encode(store.CmdTxnResolve, store.TxnResolve{ID: id, Commit: commit}, nil)
 	var res store.Result
-	err := retrying(ctx, always, func() error {
+	err := retryBackoff.Retry(ctx, backoff.Always, func() error {
 		var err error
 		res, err = gs.Propose(ctx, g, cmd)
 		return err

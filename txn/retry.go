@@ -1,7 +1,6 @@
 package txn
 
 import (
-	"context"
 	"time"
 
 	"github.com/kvd-project/kvd/internal/backoff"
@@ -17,14 +16,7 @@ var (
 	// another transaction's locks refuse it (for at most LockWait):
 	// 5 ms, doubling, up to 80 ms.
 	lockWaitBackoff = backoff.Policy{Base: 5 * time.Millisecond, Max: 80 * time.Millisecond}
+	// awaitBackoff paces a repeat's looks at the outcome of the first
+	// attempt under its idempotency key: 40 ms, doubling, up to 320 ms.
+	awaitBackoff = backoff.Policy{Base: 20 * time.Millisecond, Max: 320 * time.Millisecond}
 )
-
-// retrying calls try until it succeeds, returns an error that retry
-// refuses, or ctx ends, waiting retryBackoff between attempts. It returns
-// try's last error, or ctx's if try never ran.
-func retrying(ctx context.Context, retry func(error) bool, try func() error) error {
-	return retryBackoff.Retry(ctx, retry, try)
-}
-
-// always retries every error.
-var always = backoff.Always

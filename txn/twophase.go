@@ -183,7 +183,7 @@ func (c *Coordinator) prepare(ctx context.Context, parts map[kvd.GroupID]*part, 
 func (c *Coordinator) decide(ctx context.Context, id string, rg kvd.GroupID, commit bool, writes []string) (*store.TxnOutcome, error) {
 	cmd := encode(store.CmdTxnDecide, store.TxnDecide{ID: id, Commit: commit, ResolveHere: true}, writes)
 	var out *store.TxnOutcome
-	err := retrying(ctx, func(err error) bool {
+	err := retryBackoff.Retry(ctx, func(err error) bool {
 		return errors.Is(err, kvd.ErrUnknownOutcome) || errors.Is(err, kvd.ErrUnavailable)
 	}, func() error {
 		res, err := c.g.Propose(ctx, rg, cmd)
