@@ -128,9 +128,7 @@ func (s *Server) proposeWrite(ctx context.Context, g *replication.Group, cmd sto
 				}
 			}
 		}
-		select {
-		case <-time.After(time.Duration(5<<min(attempt, 4)) * time.Millisecond):
-		case <-ctx.Done():
+		if lockBackoff.Wait(ctx, attempt) != nil {
 			return res, nil
 		}
 	}
@@ -302,9 +300,7 @@ func (s *Server) scanGroup(ctx context.Context, grp kvd.Group, epoch uint64, o k
 			return nil, "", err
 		}
 		if hint == "" || hint == target {
-			select {
-			case <-time.After(time.Duration(50<<attempt) * time.Millisecond):
-			case <-ctx.Done():
+			if hopBackoff.Wait(ctx, attempt) != nil {
 				return nil, "", err
 			}
 			s.forgetLeader(grp.ID)

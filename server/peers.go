@@ -2,10 +2,7 @@ package server
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -82,106 +79,6 @@ func (s *Server) leaderOf(ctx context.Context, gid kvd.GroupID) string {
 	s.leaders.m[gid] = leaderEntry{leader: best.leader, term: best.term, at: time.Now()}
 	s.leaders.mu.Unlock()
 	return best.leader
-}
-
-// peerRequest builds a node-to-node request to node: it names this node
-// as the sender and carries the cluster's credential.
-func (s *Server) peerRequest(ctx context.Context, method, node, pathAndQuery string, body io.Reader) (*http.Request, error) {
-	addr, ok := s.PeerHTTP(node)
-	if !ok {
-		return nil, fmt.Errorf("no address for node %q: %w", node, kvd.ErrUnavailable)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+pathAndQuery, body)
-	if err != nil {
-		return nil, fmt.Errorf("%v: %w", err, kvd.ErrInvalid)
-	}
-	req.Header.Set(api.HeaderForwarded, s.id)
-	req.Header.Set(api.HeaderPeerAuth, s.keys.http)
-	return req, nil
-}
-
-// peerError turns a node-to-node answer other than 200 into an error
-// carrying the matching sentinel.
-func peerError(node string, resp *http.Response, body []byte) error {
-	var e api.Error
-	_ = json.Unmarshal(body, &e)
-	switch resp.StatusCode {
-	case http.StatusServiceUnavailable:
-		return &kvd.NotLeaderError{Group: kvd.GroupID(e.Error.Group), Leader: e.Error.Leader}
-	case http.StatusMisdirectedRequest:
-		return fmt.Errorf("ask %s: %s: %w", node, e.Error.Message, kvd.ErrWrongGroup)
-	case http.StatusBadRequest:
-		return fmt.Errorf("ask %s: %s: %w", node, e.Error.Message, kvd.ErrInvalid)
-	case http.StatusNotFound:
-		return fmt.Errorf("ask %s: %s: %w", node, e.Error.Message, kvd.ErrNotFound)
-	case http.StatusForbidden:
-		return fmt.Errorf("ask %s: %s (does it hold this cluster's peer secret?): %w", node, e.Error.Message, kvd.ErrUnavailable)
-	case http.StatusTooManyRequests:
-		return fmt.Errorf("ask %s: %s: %w", node, e.Error.Message, kvd.ErrOverloaded)
-	case http.StatusInsufficientStorage:
-		return fmt.Errorf("ask %s: %s: %w", node, e.Error.Message, kvd.ErrInsufficientStorage)
-	}
-	return fmt.Errorf("ask %s: %s %s: %w", node, resp.Status, e.Error.Message, kvd.ErrUnavailable)
-}
-
-// peerGet performs a node-to-node GET and decodes a 200 answer into out.
-// Errors carry the kvd sentinel matching the answer.
-func (s *Server) peerGet(ctx context.Context, node, pathAndQuery string, hdr http.Header, out any) error {
-	req, err := s.peerRequest(ctx, http.MethodGet, node, pathAndQuery, nil)
-	if err != nil {
-		return err
-	}
-	for k, vs := range hdr {
-		req.Header[k] = vs
-	}
-	resp, err := s.peerHTTP.Do(req)
-	if err != nil {
-		return fmt.Errorf("ask %s: %v: %w", node, err, kvd.ErrUnavailable)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("ask %s: %v: %w", node, err, kvd.ErrUnavailable)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return peerError(node, resp, body)
-	}
-	if err := json.Unmarshal(body, out); err != nil {
-		return fmt.Errorf("ask %s: decode: %v: %w", node, err, kvd.ErrUnavailable)
-	}
-	return nil
-}
-
-// askMembers GETs pathAndQuery from group g's members other than this
-// node, its leader first, and decodes the first 200 answer into out.
-func (s *Server) askMembers(ctx context.Context, g kvd.GroupID, pathAndQuery string, out any) error {
-	grp, ok := s.Map().Group(g)
-	if !ok {
-		return fmt.Errorf("group %d is not in the map: %w", g, kvd.ErrUnavailable)
-	}
-	asked := map[string]bool{s.id: true, "": true}
-	var errs []error
-	for _, m := range append([]string{s.leaderOrPreferred(ctx, g)}, grp.Members...) {
-		if asked[m] {
-			continue
-		}
-		asked[m] = true
-		err := s.peerGet(ctx, m, pathAndQuery, nil, out)
-		if err == nil {
-			return nil
-		}
-		errs = append(errs, err)
-	}
-	if len(errs) == 0 {
-		return fmt.Errorf("no other member of group %d to ask: %w", g, kvd.ErrUnavailable)
-	}
-	return errors.Join(errs...)
-}
-
-func (s *Server) peerStatus(ctx context.Context, node string) (api.Status, error) {
-	var st api.Status
-	err := s.peerGet(ctx, node, "/v1/status", nil, &st)
-	return st, err
 }
 
 // remoteScan reads one group's page from node, as a routed request.

@@ -51,20 +51,12 @@ func (r remote) FetchLog(ctx context.Context, node string, g kvd.GroupID, index 
 // FetchSnapshot streams a snapshot of node's replica of g, taken at or
 // past minIndex.
 func (r remote) FetchSnapshot(ctx context.Context, node string, g kvd.GroupID, minIndex uint64) (io.ReadCloser, error) {
-	req, err := r.s.peerRequest(ctx, http.MethodGet, node, "/v1/internal/snapshot?"+groupQuery(g, "min_index", strconv.FormatUint(minIndex, 10)), nil)
+	body, err := r.s.open(ctx, peerCall{op: "snapshot from", method: http.MethodGet, node: node,
+		path: "/v1/internal/snapshot?" + groupQuery(g, "min_index", strconv.FormatUint(minIndex, 10)), group: g})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("snapshot: %w", err)
 	}
-	resp, err := r.s.peerHTTP.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("snapshot from %s: %v: %w", node, err, kvd.ErrUnavailable)
-	}
-	if resp.StatusCode != http.StatusOK {
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		return nil, fmt.Errorf("snapshot: %w", peerError(node, resp, body))
-	}
-	return resp.Body, nil
+	return body, nil
 }
 
 // HashAt asks node for the state hash its replica of g recorded at index.

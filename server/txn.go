@@ -1,19 +1,15 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
-	"github.com/kvd-project/kvd/internal/wire"
 	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/store"
 	"github.com/kvd-project/kvd/txn"
@@ -79,9 +75,7 @@ func atLeader[T any](ctx context.Context, s *Server, g kvd.GroupID, retry func(e
 		if hint == "" || hint == target {
 			hint = ""
 			s.forgetLeader(g)
-			select {
-			case <-time.After(time.Duration(10<<min(attempt, 5)) * time.Millisecond):
-			case <-ctx.Done():
+			if leaderBackoff.Wait(ctx, attempt) != nil {
 				return zero, fmt.Errorf("group %d: %v: %w", g, lastErr, kvd.ErrUnavailable)
 			}
 		}
@@ -135,36 +129,10 @@ func decodeResult(b []byte) (store.Result, error) {
 // remotePropose proposes cmd at node's replica of group g.
 func (s *Server) remotePropose(ctx context.Context, node string, g kvd.GroupID, cmd store.Cmd) (store.Result, error) {
 	b := store.Batch{Cmds: []store.Cmd{cmd}}
-	req, err := s.peerRequest(ctx, http.MethodPost, node, "/v1/internal/propose?group="+strconv.FormatUint(uint64(g), 10), bytes.NewReader(b.AppendEncode(nil)))
+	body, err := s.call(ctx, peerCall{op: "propose at", method: http.MethodPost, node: node, path: groupPath("propose", g),
+		body: b.AppendEncode(nil), group: g, write: true})
 	if err != nil {
-		return store.Result{}, fmt.Errorf("%v: %w", err, kvd.ErrUnavailable)
-	}
-	resp, err := s.peerHTTP.Do(req)
-	if err != nil {
-		if wire.NeverSent(err) {
-			return store.Result{}, fmt.Errorf("propose at %s: %v: %w", node, err, kvd.ErrUnavailable)
-		}
-		return store.Result{}, fmt.Errorf("propose at %s: %v: %w", node, err, kvd.ErrUnknownOutcome)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return store.Result{}, fmt.Errorf("propose at %s: %v: %w", node, err, kvd.ErrUnknownOutcome)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e api.Error
-		_ = json.Unmarshal(body, &e)
-		switch resp.StatusCode {
-		case http.StatusServiceUnavailable:
-			return store.Result{}, &kvd.NotLeaderError{Group: g, Leader: e.Error.Leader}
-		case http.StatusTooManyRequests, http.StatusInsufficientStorage, http.StatusForbidden, http.StatusMisdirectedRequest:
-			// Refused before anything was proposed.
-			return store.Result{}, peerError(node, resp, body)
-		}
-		if resp.StatusCode < 500 {
-			return store.Result{}, fmt.Errorf("propose at %s: %s: %w", node, e.Error.Message, kvd.ErrInvalid)
-		}
-		return store.Result{}, fmt.Errorf("propose at %s: %s %s: %w", node, resp.Status, e.Error.Message, kvd.ErrUnknownOutcome)
+		return store.Result{}, err
 	}
 	r, err := decodeResult(body)
 	if err != nil {
@@ -398,30 +366,14 @@ func readLocal(ctx context.Context, g *replication.Group, keys []string) ([]stor
 
 // remoteRead reads keys of group g at node, which should lead g.
 func (s *Server) remoteRead(ctx context.Context, node string, g kvd.GroupID, keys []string) ([]store.KeyState, error) {
-	body, _ := json.Marshal(keys)
-	req, err := s.peerRequest(ctx, http.MethodPost, node, "/v1/internal/read?group="+strconv.FormatUint(uint64(g), 10), bytes.NewReader(body))
+	req, _ := json.Marshal(keys)
+	body, err := s.call(ctx, peerCall{op: "read at", method: http.MethodPost, node: node, path: groupPath("read", g),
+		body: req, group: g, limit: 256 << 20})
 	if err != nil {
-		return nil, fmt.Errorf("%v: %w", err, kvd.ErrUnavailable)
-	}
-	resp, err := s.peerHTTP.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("read at %s: %v: %w", node, err, kvd.ErrUnavailable)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
-	if err != nil {
-		return nil, fmt.Errorf("read at %s: %v: %w", node, err, kvd.ErrUnavailable)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e api.Error
-		_ = json.Unmarshal(b, &e)
-		if resp.StatusCode == http.StatusServiceUnavailable {
-			return nil, &kvd.NotLeaderError{Group: g, Leader: e.Error.Leader}
-		}
-		return nil, fmt.Errorf("read at %s: %s %s: %w", node, resp.Status, e.Error.Message, kvd.ErrUnavailable)
+		return nil, err
 	}
 	var out []store.KeyState
-	if err := json.Unmarshal(b, &out); err != nil {
+	if err := json.Unmarshal(body, &out); err != nil {
 		return nil, fmt.Errorf("read at %s: %v: %w", node, err, kvd.ErrUnavailable)
 	}
 	return out, nil
