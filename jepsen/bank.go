@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 )
 
@@ -44,15 +43,11 @@ func (w *BankWorkload) Setup(ctx context.Context, env *Env) error {
 	if err != nil {
 		return fmt.Errorf("bank setup: %w", err)
 	}
-	groupOf := func(key string) uint64 {
-		g, _ := cl.GroupOf(kvd.Slot(key))
-		return g
-	}
 	per := map[uint64]int{}
 	w.keys = nil
 	for i := 0; len(w.keys) < w.Accounts; i++ {
 		k := fmt.Sprintf("bank/%d", i)
-		g := groupOf(k)
+		g := groupOf(cl, k)
 		if per[g] < (w.Accounts+len(cl.Groups)-1)/len(cl.Groups) {
 			per[g]++
 			w.keys = append(w.keys, k)

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/internal/testkit/faultproxy"
 	"github.com/kvd-project/kvd/internal/testkit/kvdproc"
@@ -469,6 +470,26 @@ func (c *Cluster) WipeState(i int) (int, error) {
 		}
 	}
 	return len(paths), nil
+}
+
+// groupOf returns the group that owns key in cluster map cl, or 0 if
+// none does (groups are numbered from 1).
+func groupOf(cl api.Cluster, key string) uint64 {
+	g, _ := cl.GroupOf(kvd.Slot(key))
+	return g
+}
+
+// keysOfGroup returns the first n names name(0), name(1), ... that group
+// g owns in cluster map cl.
+func keysOfGroup(cl api.Cluster, g uint64, n int, name func(int) string) []string {
+	var out []string
+	for i := 0; len(out) < n && i < 100000; i++ {
+		k := name(i)
+		if groupOf(cl, k) == g {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // BuildKVD builds the kvd binary the suite runs into dir: a normal build

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 )
 
@@ -74,7 +73,7 @@ func (w *ListAppendWorkload) freshKey(g uint64) string {
 	for {
 		k := fmt.Sprintf("la/%d", w.nextKey)
 		w.nextKey++
-		if owner, ok := w.cl.GroupOf(kvd.Slot(k)); ok && uint64(owner) == g {
+		if groupOf(w.cl, k) == g {
 			w.used = append(w.used, k)
 			return k
 		}

@@ -79,16 +79,15 @@ func (n *crashCoordinatorNemesis) Start(ctx context.Context, env *Env, rng *rand
 	if err != nil {
 		return desc + "; janitor probe: cluster map: " + err.Error(), nil
 	}
-	group := func(k string) uint64 { g, _ := cl.GroupOf(kvd.Slot(k)); return g }
 	p := &janitorProbe{done: make(chan Op, 1)}
 	n.probes++
 	// Names of one length with a fixed difference hash to slots with a
 	// fixed difference (CRC-32 is linear): b's suffix is searched for.
 	p.a = fmt.Sprintf("%s%d/a", janitorPrefix, n.probes)
-	p.ga = group(p.a)
+	p.ga = groupOf(cl, p.a)
 	for i := 0; i < 1000 && (p.gb == p.ga || p.gb == 0); i++ {
 		p.b = fmt.Sprintf("%s%d/b%d", janitorPrefix, n.probes, i)
-		p.gb = group(p.b)
+		p.gb = groupOf(cl, p.b)
 	}
 	if p.ga == 0 || p.gb == p.ga || p.gb == 0 {
 		return desc + "; janitor probe: found no keys in two groups", nil

@@ -286,16 +286,3 @@ func (p *deposedProbe) checks() []CheckResult {
 	return checkOver(p.res, "deposed-leader-probe", fmt.Sprintf("%d probes, %d linearizable reads queued at a paused leader: %d answered 200 (%d by the paused node itself), %d refused, %d unanswered",
 		p.windows, p.reads, p.ok, p.okByVictim, p.refused, p.unanswered))
 }
-
-// keysOfGroup returns the first n names name(0), name(1), ... that group
-// g owns in cluster map cl.
-func keysOfGroup(cl api.Cluster, g uint64, n int, name func(int) string) []string {
-	var out []string
-	for i := 0; len(out) < n && i < 100000; i++ {
-		k := name(i)
-		if owner, ok := cl.GroupOf(kvd.Slot(k)); ok && owner == g {
-			out = append(out, k)
-		}
-	}
-	return out
-}
