@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/backoff"
 	"github.com/kvd-project/kvd/store"
 )
 
@@ -215,7 +216,7 @@ func (w *watcher) sendEvents(ctx context.Context, g kvd.GroupID, evs []store.Eve
 func (w *watcher) nextPage(ctx context.Context, g kvd.GroupID, pos store.Pos) (historyPage, bool) {
 	var pending bool
 	var upto, floor store.Pos
-	if retryRead(ctx, func() (err error) {
+	if watchBackoff.Retry(ctx, backoff.Always, func() (err error) {
 		pending, upto, floor, err = w.s.waitHistory(ctx, g, pos, w.prefix, 2*time.Second)
 		return err
 	}) != nil {
@@ -239,7 +240,7 @@ func (w *watcher) readPage(ctx context.Context, g kvd.GroupID, upto store.Pos) (
 		return historyPage{}, false
 	}
 	var p historyPage
-	err = retryRead(ctx, func() (err error) {
+	err = watchBackoff.Retry(ctx, backoff.Always, func() (err error) {
 		p, err = w.s.fetchHistory(ctx, g, upto, false, w.prefix, 256, watchPageBytes)
 		return err
 	})
@@ -254,21 +255,6 @@ func (w *watcher) readPage(ctx context.Context, g kvd.GroupID, upto store.Pos) (
 		return historyPage{}, false
 	}
 	return p, true
-}
-
-// retryRead runs f until it succeeds or ctx ends, backing off.
-func retryRead(ctx context.Context, f func() error) error {
-	for attempt := 0; ; attempt++ {
-		err := f()
-		if err == nil || ctx.Err() != nil {
-			return err
-		}
-		select {
-		case <-time.After(time.Duration(50<<min(attempt, 4)) * time.Millisecond):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
 }
 
 // forward sends the readers' events on through send, each with a cursor
