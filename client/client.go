@@ -1,14 +1,12 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -20,7 +18,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
-	"github.com/kvd-project/kvd/internal/wire"
+	"github.com/kvd-project/kvd/internal/backoff"
 )
 
 // Config configures a Client.
@@ -173,212 +171,6 @@ func (c *Client) withTimeout(ctx context.Context) (context.Context, context.Canc
 	return context.WithTimeout(ctx, c.cfg.Timeout)
 }
 
-// call is one logical request, routed to a group.
-type call struct {
-	method      string
-	path        string // escaped path and query
-	body        []byte
-	header      http.Header
-	key         string      // routes by key when group is 0
-	group       kvd.GroupID // routes to this group when set
-	write       bool
-	consistency kvd.Consistency
-	// noRoute sends the request without the routing headers (a
-	// transaction may span groups; any node coordinates it).
-	noRoute bool
-}
-
-// result is a node's answer.
-type result struct {
-	status int
-	header http.Header
-	body   []byte
-	node   *node
-}
-
-// maxAttempts is a safety net; calls are bounded by their deadline.
-const maxAttempts = 1000
-
-// do sends cl to the right replica, following the rules in the package
-// comment, until it gets an answer that settles it or ctx ends.
-func (c *Client) do(ctx context.Context, cl *call) (*result, error) {
-	if c.closed.Load() {
-		return nil, kvd.ErrClosed
-	}
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
-	avoid := map[*node]bool{}
-	backoff := 10 * time.Millisecond
-	var lastErr error
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		r := c.route.Load()
-		g := r.groups[cl.group]
-		if cl.group == 0 {
-			g = r.groupOf(cl.key)
-		}
-		if g == nil {
-			return nil, fmt.Errorf("%w: group %d is not in the cluster map", kvd.ErrWrongGroup, cl.group)
-		}
-		var target *node
-		if cl.write || cl.consistency == kvd.Linearizable {
-			target = pickLeader(g, avoid)
-		} else {
-			target = c.pickReplica(g, avoid)
-		}
-		res, err := c.send(ctx, target, cl, g.id, r.epoch)
-		retry := false
-		switch {
-		case err != nil:
-			sent := !wire.NeverSent(err)
-			if cl.write && sent {
-				return nil, fmt.Errorf("%s %s via %s: no answer: %v: %w", cl.method, cl.key, target.id, err, kvd.ErrUnknownOutcome)
-			}
-			target.failures.Add(1)
-			target.eject(c.cfg.EjectBackoff, c.cfg.MaxEjectBackoff)
-			if g.leader.Load() == target {
-				g.leader.CompareAndSwap(target, nil)
-			}
-			avoid[target] = true
-			lastErr = fmt.Errorf("node %s: %w", target.id, err)
-			retry = true
-		default:
-			if e := res.header.Get(api.HeaderEpoch); e != "" {
-				if ep, perr := strconv.ParseUint(e, 10, 64); perr == nil && ep > r.epoch {
-					c.refresh(ctx)
-				}
-			}
-			switch {
-			case res.status == http.StatusMisdirectedRequest:
-				lastErr = errorFrom(res.status, res.header, res.body)
-				if _, err := c.refresh(ctx); err != nil {
-					lastErr = err
-				}
-				retry = true
-			case res.status == http.StatusServiceUnavailable:
-				e := errorFrom(res.status, res.header, res.body)
-				lastErr = e
-				if !cl.write && cl.consistency != kvd.Linearizable {
-					avoid[target] = true // a lagging replica: read elsewhere
-				}
-				if l := c.knownNode(e.Leader); l != nil && l != target && l.healthy(time.Now()) {
-					g.leader.Store(l)
-					delete(avoid, l) // it may have refused before it won
-				} else {
-					if g.leader.Load() == target {
-						g.leader.CompareAndSwap(target, nil)
-					}
-					avoid[target] = true
-					c.refresh(ctx)
-				}
-				retry = true
-			case res.status == http.StatusTooManyRequests:
-				// The node shed the request before doing anything: wait,
-				// then try again.
-				lastErr = errorFrom(res.status, res.header, res.body)
-				retry = true
-				select {
-				case <-time.After(backoff + time.Duration(rand.Int64N(int64(backoff)+1))):
-				case <-ctx.Done():
-				}
-			case res.status >= 500 && !cl.write:
-				lastErr = errorFrom(res.status, res.header, res.body)
-				avoid[target] = true
-				retry = true
-			default:
-				if (cl.write || cl.consistency == kvd.Linearizable) && !cl.noRoute && res.status < 500 {
-					g.leader.Store(target) // it served as leader
-				}
-				return res, nil
-			}
-		}
-		if !retry || ctx.Err() != nil {
-			break
-		}
-		if !anyLeft(g, avoid) {
-			clear(avoid) // every healthy replica tried: start over after a pause
-		}
-		if attempt > 0 {
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-			}
-			backoff = min(backoff*2, 200*time.Millisecond)
-		}
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	if lastErr == nil {
-		lastErr = ctx.Err()
-	}
-	if errors.Is(lastErr, kvd.ErrUnavailable) || errors.Is(lastErr, kvd.ErrWrongGroup) {
-		return nil, lastErr
-	}
-	return nil, fmt.Errorf("%s %s: %v: %w", cl.method, cl.key, lastErr, kvd.ErrUnavailable)
-}
-
-// anyLeft reports whether g has a healthy member not yet avoided.
-func anyLeft(g *groupRoute, avoid map[*node]bool) bool {
-	now := time.Now()
-	for _, m := range g.members {
-		if !avoid[m] && m.healthy(now) {
-			return true
-		}
-	}
-	return false
-}
-
-// knownNode returns the node with id, if the client knows it.
-func (c *Client) knownNode(id string) *node {
-	if id == "" {
-		return nil
-	}
-	c.nodesMu.Lock()
-	defer c.nodesMu.Unlock()
-	return c.nodes[id]
-}
-
-// send performs one attempt against one node. Reads are bounded by
-// AttemptTimeout; writes by the call's deadline alone.
-func (c *Client) send(ctx context.Context, n *node, cl *call, g kvd.GroupID, epoch uint64) (*result, error) {
-	if !cl.write {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.cfg.AttemptTimeout)
-		defer cancel()
-	}
-	var body io.Reader
-	if cl.body != nil {
-		body = bytes.NewReader(cl.body)
-	}
-	req, err := http.NewRequestWithContext(ctx, cl.method, n.url+cl.path, body)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", kvd.ErrInvalid, err)
-	}
-	for k, vs := range cl.header {
-		req.Header[k] = vs
-	}
-	if !cl.noRoute {
-		req.Header.Set(api.HeaderGroup, strconv.FormatUint(uint64(g), 10))
-		req.Header.Set(api.HeaderEpoch, strconv.FormatUint(epoch, 10))
-	}
-	n.inflight.Add(1)
-	n.requests.Add(1)
-	start := time.Now()
-	resp, err := c.hc.Do(req)
-	var b []byte
-	if err == nil {
-		b, err = io.ReadAll(resp.Body)
-		resp.Body.Close()
-	}
-	n.inflight.Add(-1)
-	if err != nil {
-		n.observe(time.Since(start) * 4) // a failure weighs like a slow answer
-		return nil, err
-	}
-	n.observe(time.Since(start))
-	return &result{status: resp.StatusCode, header: resp.Header, body: b, node: n}, nil
-}
-
 // The options of reads and writes are the kvd package's, so code written
 // against kvd.KV and against the client read the same.
 var (
@@ -474,6 +266,10 @@ func (c *Client) Put(ctx context.Context, key string, value []byte, opts ...kvd.
 	return pr.Version, nil
 }
 
+// repeatPace paces the repeats of an idempotent write whose outcome is
+// unknown: 20 ms, doubling, up to 320 ms.
+var repeatPace = backoff.Policy{Base: 20 * time.Millisecond, Max: 320 * time.Millisecond}
+
 // doWrite sends a write; with an idempotency key, unknown outcomes are
 // retried within ctx, since a repeat cannot apply twice.
 func (c *Client) doWrite(ctx context.Context, o kvd.WriteOptions, cl *call) (*result, error) {
@@ -485,9 +281,7 @@ func (c *Client) doWrite(ctx context.Context, o kvd.WriteOptions, cl *call) (*re
 		if o.IdempotencyKey == "" || !unknown || ctx.Err() != nil {
 			return res, err
 		}
-		select {
-		case <-time.After(time.Duration(20<<min(attempt, 4)) * time.Millisecond):
-		case <-ctx.Done():
+		if repeatPace.Wait(ctx, attempt) != nil {
 			return res, err
 		}
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/internal/backoff"
 )
 
 // Policy chooses which replica serves a follower or stale read.
@@ -111,10 +112,7 @@ func (n *node) eject(base, maxBackoff time.Duration) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.strikes++
-	d := base << min(n.strikes-1, 10)
-	if d > maxBackoff || d <= 0 {
-		d = maxBackoff
-	}
+	d := backoff.Policy{Base: base, Max: maxBackoff}.Delay(n.strikes - 1)
 	n.ejectedUntil = time.Now().Add(d)
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/internal/backoff"
 )
 
 // watcher follows GET /v1/watch, reconnecting (to any node) from the last
@@ -193,10 +194,14 @@ func (w *watcher) fail(err error) {
 	})
 }
 
+// reconnectPace paces a broken watch's reconnections: 50 ms, doubling, up
+// to 2 s, from the first after an event.
+var reconnectPace = backoff.Policy{Base: 50 * time.Millisecond, Max: 2 * time.Second}
+
 // run reads events until the watch is closed, reconnecting as needed.
 func (w *watcher) run(ctx context.Context, br *bufio.Reader) {
 	defer w.fail(fmt.Errorf("watch closed: %w", kvd.ErrClosed))
-	backoff := 50 * time.Millisecond
+	failures := 0 // reconnections since the last event
 	for {
 		for br != nil {
 			msg, err := readEvent(br)
@@ -232,7 +237,7 @@ func (w *watcher) run(ctx context.Context, br *bufio.Reader) {
 			w.mu.Lock()
 			w.cursor = msg.id
 			w.mu.Unlock()
-			backoff = 50 * time.Millisecond
+			failures = 0
 		}
 		if ctx.Err() != nil {
 			return
@@ -241,12 +246,10 @@ func (w *watcher) run(ctx context.Context, br *bufio.Reader) {
 		w.mu.Lock()
 		w.node++
 		w.mu.Unlock()
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
+		if reconnectPace.Wait(ctx, failures) != nil {
 			return
 		}
-		backoff = min(backoff*2, 2*time.Second)
+		failures++
 		var err error
 		br, err = w.connect(ctx)
 		if err != nil {
