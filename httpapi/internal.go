@@ -132,3 +132,62 @@ func (h *Handler) abortTxn(w http.ResponseWriter, r *http.Request) {
 	}
 	h.answer(w, r, true, func(ctx context.Context) (any, error) { return h.b.AbortTxn(ctx, id) })
 }
+
+func (h *Handler) readIndex(w http.ResponseWriter, r *http.Request) {
+	g, err := groupParam(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	h.answer(w, r, false, func(ctx context.Context) (any, error) {
+		idx, err := h.b.ReadIndex(ctx, g)
+		return api.ReadIndexResponse{Index: idx}, err
+	})
+}
+
+// internal serves a node-to-node call on a group: the body in, an
+// encoded answer out.
+func (h *Handler) internal(fn func(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		g, err := groupParam(r)
+		if err != nil {
+			writeError(w, err, false)
+			return
+		}
+		body, err := h.readBody(w, r, h.o.Limits.MaxBodyBytes+1<<20)
+		if err != nil {
+			writeError(w, err, false)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
+		defer cancel()
+		out, err := fn(ctx, g, body)
+		if err != nil {
+			writeError(w, err, true)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		w.Write(out)
+	}
+}
+
+func (h *Handler) history(w http.ResponseWriter, r *http.Request) {
+	g, err := groupParam(r)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	q := r.URL.Query()
+	limit, maxBytes := 256, 0
+	if q.Has("limit") {
+		limit, _ = strconv.Atoi(q.Get("limit"))
+	}
+	if q.Has("bytes") {
+		maxBytes, _ = strconv.Atoi(q.Get("bytes"))
+	}
+	waitMS, _ := strconv.Atoi(q.Get("wait"))
+	h.answer(w, r, false, func(ctx context.Context) (any, error) {
+		return h.b.History(ctx, g, q.Get("after"), q.Get("prefix"), max(limit, 0), maxBytes, time.Duration(waitMS)*time.Millisecond)
+	})
+}

@@ -1,0 +1,58 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/internal/wire"
+)
+
+func (h *Handler) txn(w http.ResponseWriter, r *http.Request) {
+	body, err := h.readBody(w, r, h.o.Limits.MaxBodyBytes)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	var req api.TxnRequest
+	if err := checkJSON(body); err != nil {
+		writeError(w, fmt.Errorf("%w: transaction body: %v", kvd.ErrInvalid, err), false)
+		return
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, fmt.Errorf("%w: transaction body: %v", kvd.ErrInvalid, err), false)
+		return
+	}
+	if dec.More() {
+		writeError(w, fmt.Errorf("%w: transaction body: trailing data", kvd.ErrInvalid), false)
+		return
+	}
+	t, err := wire.Txn(req)
+	if err != nil {
+		writeError(w, err, false)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
+	defer cancel()
+	kresp, err := h.b.Txn(ctx, t, kvd.WriteOptions{IdempotencyKey: r.Header.Get("Idempotency-Key")})
+	resp := wire.FromTxnResponse(kresp)
+	if err != nil {
+		status, code := statusOf(err, true)
+		if status == http.StatusConflict {
+			resp.Committed = false
+			resp.Results = nil
+			resp.Error = &api.ErrorDetail{Code: code, Message: err.Error()}
+			writeJSON(w, status, resp)
+			return
+		}
+		writeError(w, err, true)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
