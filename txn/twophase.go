@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 
@@ -35,10 +36,13 @@ func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.G
 		stop := context.AfterFunc(c.ctx, cancel)
 		defer stop()
 		r := c.runTwoPhase(dctx, req, parts, rg, id)
+		// The caller owns what it is answered; finished reads a copy, on
+		// this goroutine, while the caller may already change its own.
+		mine := cloneResponse(r.resp)
 		decided <- r
 		if r.err != nil || !r.resp.Committed {
 			if finished != nil {
-				finished(r.resp, r.err)
+				finished(mine, r.err)
 			}
 			return
 		}
@@ -48,9 +52,10 @@ func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.G
 		defer rcancel()
 		resp := Response{Committed: true}
 		fill(&resp, req, append(r.outs, c.resolve(rctx, id, r.groups, rg, true)...))
+		mine = cloneResponse(resp)
 		final <- resp
 		if finished != nil {
-			finished(resp, nil)
+			finished(mine, nil)
 		}
 	})
 	if !started {
@@ -242,4 +247,11 @@ func (c *Coordinator) resolveLater(id string, groups []kvd.GroupID, rg kvd.Group
 // along). The decision must be known from the record.
 func (c *Coordinator) ResolveLater(id string, g kvd.GroupID, commit bool) {
 	c.resolveLater(id, []kvd.GroupID{g}, 0, commit)
+}
+
+// cloneResponse returns a copy of r that shares no slice with it.
+func cloneResponse(r Response) Response {
+	r.Results = slices.Clone(r.Results)
+	r.Failed = slices.Clone(r.Failed)
+	return r
 }
