@@ -96,66 +96,19 @@ func New(cfg Config) (_ *Server, err error) {
 	if s.dirLock, err = lockDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	// Listeners: an embedded node has no Raft listener, and serves HTTP
-	// only when asked to.
-	if s.httpLn = cfg.HTTPListener; s.httpLn == nil && (!cfg.Embedded || cfg.HTTPAddr != "") {
-		if s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
-			return nil, fmt.Errorf("listen http: %w", err)
-		}
-	}
-	var raftLn net.Listener
-	if !cfg.Embedded {
-		if raftLn = cfg.RaftListener; raftLn == nil {
-			if raftLn, err = net.Listen("tcp", cfg.RaftAddr); err != nil {
-				return nil, fmt.Errorf("listen raft: %w", err)
-			}
-		}
-	}
-	closeRaft := func() {
-		if raftLn != nil && s.mux == nil {
-			raftLn.Close()
-		}
-	}
-	defer func() {
-		if err != nil {
-			closeRaft()
-		}
-	}()
-	httpAdv, raftAdv := cfg.HTTPAdvertise, cfg.RaftAdvertise
-	if httpAdv == "" && s.httpLn != nil {
-		httpAdv = s.httpLn.Addr().String()
-	}
-	if raftAdv == "" {
-		raftAdv = "inmem:" + s.id
-		if raftLn != nil {
-			raftAdv = raftLn.Addr().String()
-		}
-	}
-
-	nf, err := readNodeFile(cfg.DataDir)
+	raftLn, err := s.listen()
 	if err != nil {
 		return nil, err
 	}
-	first := nf == nil
-	if first {
-		ic := kvd.InitialCluster{Nodes: []kvd.Node{{ID: s.id, HTTP: httpAdv, Raft: raftAdv}}, Groups: 1, Replicas: 1}
-		if cfg.InitialCluster != nil {
-			ic = *cfg.InitialCluster
+	defer func() {
+		if err != nil && raftLn != nil && s.mux == nil {
+			raftLn.Close()
 		}
-		nf = &nodeFile{ID: s.id, Map: ic.Map()}
-		nf.Cluster = kvd.ClusterID(nf.Map, ic.Token)
-		if _, ok := nf.Map.Node(s.id); !ok {
-			return nil, fmt.Errorf("node %q is not in the initial cluster", s.id)
-		}
-		if err := writeNodeFile(cfg.DataDir, nf); err != nil {
-			return nil, err
-		}
-	} else if nf.ID != s.id {
-		return nil, fmt.Errorf("data dir %s belongs to node %q, not %q", cfg.DataDir, nf.ID, s.id)
-	}
-	s.seed = nf.Map
-	if cfg.Embedded && (len(s.seed.Nodes) != 1 || len(s.seed.Groups) != 1) {
-		return nil, fmt.Errorf("data dir %s holds a node of a cluster; an embedded store runs a single node", cfg.DataDir)
+	}()
+	httpAdv, raftAdv := s.advertised(raftLn)
+	nf, first, err := s.loadNodeFile(httpAdv, raftAdv)
+	if err != nil {
+		return nil, err
 	}
 	secret, err := s.loadPeerSecret(len(s.seed.Nodes) == 1)
 	if err != nil {
@@ -163,15 +116,7 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	s.keys = keysOf(secret)
 	if raftLn != nil {
-		// Peers dial what the map says, so that is what this node
-		// advertises unless told otherwise.
-		self, _ := s.seed.Node(s.id)
-		raftAdv = firstNonEmpty(cfg.RaftAdvertise, self.Raft)
-		cluster := nf.Cluster
-		if cluster == "" {
-			cluster = kvd.ClusterID(nf.Map, "")
-		}
-		if s.mux, err = replication.NewMux(raftLn, raftAdv, cluster, s.keys.raft, s.log); err != nil {
+		if raftAdv, err = s.openMux(raftLn, nf); err != nil {
 			return nil, err
 		}
 	}
@@ -183,12 +128,112 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	s.disk = newDiskGuard(cfg.DataDir, cfg.QuotaBytes, cfg.MinFreeBytes, s.log)
-
 	tc := txn.DefaultConfig()
 	tc.Timeout, tc.Limits, tc.Logger = cfg.TxnTimeout, cfg.Limits, s.log
 	tc.AfterPrepare = cfg.TxnAfterPrepare
 	s.coord = txn.New(s, tc)
+	s.registerMetrics()
+	if cfg.Frontend != nil && s.httpLn != nil {
+		if s.frontend, err = cfg.Frontend(s, FrontendEnv{Config: cfg, Registry: s.registry, Logger: s.log,
+			PeerCredential: s.keys.http, UnderPressure: s.memory.underPressure}); err != nil {
+			return nil, fmt.Errorf("http frontend: %w", err)
+		}
+	}
+	s.startBackground()
+	if s.frontend != nil {
+		go func() { s.serveErr <- s.frontend.Serve(s.httpLn) }()
+	}
+	s.log.Info("node started", "http", httpAdv, "raft", raftAdv, "groups", len(s.hosted()), "first_start", first, "embedded", cfg.Embedded)
+	return s, nil
+}
 
+// listen opens the HTTP listener (unless given one) and returns the Raft
+// listener: an embedded node has no Raft listener, and serves HTTP only
+// when asked to.
+func (s *Server) listen() (raftLn net.Listener, err error) {
+	cfg := s.cfg
+	if s.httpLn = cfg.HTTPListener; s.httpLn == nil && (!cfg.Embedded || cfg.HTTPAddr != "") {
+		if s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return nil, fmt.Errorf("listen http: %w", err)
+		}
+	}
+	if cfg.Embedded {
+		return nil, nil
+	}
+	if raftLn = cfg.RaftListener; raftLn == nil {
+		if raftLn, err = net.Listen("tcp", cfg.RaftAddr); err != nil {
+			return nil, fmt.Errorf("listen raft: %w", err)
+		}
+	}
+	return raftLn, nil
+}
+
+// advertised returns the addresses this node names for itself on a first
+// start: the advertise flags, else the listeners' addresses.
+func (s *Server) advertised(raftLn net.Listener) (httpAdv, raftAdv string) {
+	httpAdv, raftAdv = s.cfg.HTTPAdvertise, s.cfg.RaftAdvertise
+	if httpAdv == "" && s.httpLn != nil {
+		httpAdv = s.httpLn.Addr().String()
+	}
+	if raftAdv == "" {
+		raftAdv = "inmem:" + s.id
+		if raftLn != nil {
+			raftAdv = raftLn.Addr().String()
+		}
+	}
+	return httpAdv, raftAdv
+}
+
+// loadNodeFile reads node.json, or on the first start (first true)
+// computes the map from the initial cluster (or a single-node map of this
+// node) and writes it. It sets the seed map.
+func (s *Server) loadNodeFile(httpAdv, raftAdv string) (nf *nodeFile, first bool, err error) {
+	cfg := s.cfg
+	if nf, err = readNodeFile(cfg.DataDir); err != nil {
+		return nil, false, err
+	}
+	first = nf == nil
+	if first {
+		ic := kvd.InitialCluster{Nodes: []kvd.Node{{ID: s.id, HTTP: httpAdv, Raft: raftAdv}}, Groups: 1, Replicas: 1}
+		if cfg.InitialCluster != nil {
+			ic = *cfg.InitialCluster
+		}
+		nf = &nodeFile{ID: s.id, Map: ic.Map()}
+		nf.Cluster = kvd.ClusterID(nf.Map, ic.Token)
+		if _, ok := nf.Map.Node(s.id); !ok {
+			return nil, false, fmt.Errorf("node %q is not in the initial cluster", s.id)
+		}
+		if err := writeNodeFile(cfg.DataDir, nf); err != nil {
+			return nil, false, err
+		}
+	} else if nf.ID != s.id {
+		return nil, false, fmt.Errorf("data dir %s belongs to node %q, not %q", cfg.DataDir, nf.ID, s.id)
+	}
+	s.seed = nf.Map
+	if cfg.Embedded && (len(s.seed.Nodes) != 1 || len(s.seed.Groups) != 1) {
+		return nil, false, fmt.Errorf("data dir %s holds a node of a cluster; an embedded store runs a single node", cfg.DataDir)
+	}
+	return nf, first, nil
+}
+
+// openMux starts the Raft listener's multiplexer and returns the Raft
+// address this node advertises: peers dial what the map says, so that is
+// what it advertises unless told otherwise.
+func (s *Server) openMux(raftLn net.Listener, nf *nodeFile) (string, error) {
+	self, _ := s.seed.Node(s.id)
+	raftAdv := firstNonEmpty(s.cfg.RaftAdvertise, self.Raft)
+	cluster := nf.Cluster
+	if cluster == "" {
+		cluster = kvd.ClusterID(nf.Map, "")
+	}
+	var err error
+	s.mux, err = replication.NewMux(raftLn, raftAdv, cluster, s.keys.raft, s.log)
+	return raftAdv, err
+}
+
+// registerMetrics builds the node's registry: the Go runtime's and the
+// process's, Raft's, the node's own.
+func (s *Server) registerMetrics() {
 	s.registry = prometheus.NewRegistry()
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.registry.MustRegister(&raftCollector{s: s})
@@ -196,12 +241,11 @@ func New(cfg Config) (_ *Server, err error) {
 	s.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kvd_watch_buffered_bytes",
 		Help: "Keys and values that this node's watches have read and not yet sent."},
 		func() float64 { return float64(s.watchMem.held()) }))
-	if cfg.Frontend != nil && s.httpLn != nil {
-		if s.frontend, err = cfg.Frontend(s, FrontendEnv{Config: cfg, Registry: s.registry, Logger: s.log,
-			PeerCredential: s.keys.http, UnderPressure: s.memory.underPressure}); err != nil {
-			return nil, fmt.Errorf("http frontend: %w", err)
-		}
-	}
+}
+
+// startBackground starts the node's background loops; Close stops them
+// first and waits for them.
+func (s *Server) startBackground() {
 	bgCtx, cancel := context.WithCancel(context.Background())
 	s.bgCancel = cancel
 	background := func(run func(ctx context.Context)) {
@@ -224,14 +268,9 @@ func New(cfg Config) (_ *Server, err error) {
 	if s.memory.high > 0 {
 		background(func(ctx context.Context) { repeat(ctx, 50*time.Millisecond, s.memory.sample) })
 	}
-	if cfg.LeaderBalanceInterval > 0 {
-		background(func(ctx context.Context) { s.balanceLeaders(ctx, cfg.LeaderBalanceInterval) })
+	if every := s.cfg.LeaderBalanceInterval; every > 0 {
+		background(func(ctx context.Context) { s.balanceLeaders(ctx, every) })
 	}
-	if s.frontend != nil {
-		go func() { s.serveErr <- s.frontend.Serve(s.httpLn) }()
-	}
-	s.log.Info("node started", "http", httpAdv, "raft", raftAdv, "groups", len(s.hosted()), "first_start", first, "embedded", cfg.Embedded)
-	return s, nil
 }
 
 // repeat calls fn every interval until ctx ends.
@@ -421,73 +460,6 @@ func (s *Server) Close() error {
 		s.log.Info("node stopped")
 	})
 	return s.closeErr
-}
-
-// addressBook maps node ids to the addresses this node dials, built from
-// the cluster map and the overrides.
-type addressBook struct {
-	epoch uint64
-	peers map[string]PeerAddr
-}
-
-func (s *Server) addresses() *addressBook {
-	m := s.Map()
-	if b := s.book.Load(); b != nil && b.epoch == m.Epoch {
-		return b
-	}
-	b := &addressBook{epoch: m.Epoch, peers: map[string]PeerAddr{}}
-	for _, n := range m.Nodes {
-		pa := PeerAddr{HTTP: n.HTTP, Raft: n.Raft}
-		if o, ok := s.cfg.PeerOverrides[n.ID]; ok {
-			pa.HTTP = firstNonEmpty(o.HTTP, pa.HTTP)
-			pa.Raft = firstNonEmpty(o.Raft, pa.Raft)
-		}
-		b.peers[n.ID] = pa
-	}
-	s.book.Store(b)
-	return b
-}
-
-// ServerAddr implements raft.ServerAddressProvider: every Raft connection
-// to a peer is dialed at the address the book names for it.
-func (s *Server) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
-	pa, ok := s.addresses().peers[string(id)]
-	if !ok || pa.Raft == "" {
-		return "", fmt.Errorf("no raft address for node %q", id)
-	}
-	return raft.ServerAddress(pa.Raft), nil
-}
-
-// PeerHTTP returns the address to dial for node id's HTTP API.
-func (s *Server) PeerHTTP(id string) (string, bool) {
-	pa, ok := s.addresses().peers[id]
-	return pa.HTTP, ok && pa.HTTP != ""
-}
-
-// leaderOrPreferred returns the leader of gid as this node knows it, or,
-// if none is known, the group's preferred leader (its first member).
-func (s *Server) leaderOrPreferred(ctx context.Context, gid kvd.GroupID) string {
-	if l := s.leaderOf(ctx, gid); l != "" {
-		return l
-	}
-	if grp, ok := s.Map().Group(gid); ok && len(grp.Members) > 0 {
-		return grp.Members[0]
-	}
-	return ""
-}
-
-// forgetLeader drops what this node learned of gid's leader from peers.
-func (s *Server) forgetLeader(gid kvd.GroupID) {
-	s.leaders.mu.Lock()
-	delete(s.leaders.m, gid)
-	s.leaders.mu.Unlock()
-}
-
-func firstNonEmpty(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // WaitReady waits until every group this node hosts has a leader that
