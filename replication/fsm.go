@@ -130,7 +130,6 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 // apply applies entries, waiting out disk errors and repairing damaged
 // state, until it succeeds or the replica closes.
 func (f *fsm) apply(entries []store.Entry) ([][]store.Result, error) {
-	backoff := 50 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		res, err := f.g.db.Apply(entries)
 		if err == nil {
@@ -149,13 +148,12 @@ func (f *fsm) apply(entries []store.Entry) ([][]store.Result, error) {
 		// The disk refused (ENOSPC, EIO), or the state file could not be
 		// reopened after a restore: wait, reopen it if need be, retry.
 		f.g.stall(err, attempt)
-		if !f.g.pause(backoff) {
+		if !f.g.pause(diskBackoff.Delay(attempt)) {
 			return nil, err
 		}
 		if err := f.g.db.Reopen(); err != nil {
 			f.g.stall(err, attempt)
 		}
-		backoff = min(2*backoff, 2*time.Second)
 	}
 }
 

@@ -186,7 +186,6 @@ const closeRetry = 5 * time.Second
 
 func (s *stableStore) retry(what string, fn func() error) error {
 	var giveUp time.Time
-	backoff := 50 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		err := fn()
 		if err == nil {
@@ -205,8 +204,7 @@ func (s *stableStore) retry(what string, fn func() error) error {
 		if attempt%20 == 0 {
 			s.log.Error("cannot write raft's term or vote; retrying until the disk takes it", "write", what, "err", err)
 		}
-		time.Sleep(backoff)
-		backoff = min(2*backoff, 2*time.Second)
+		time.Sleep(diskBackoff.Delay(attempt))
 	}
 }
 

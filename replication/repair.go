@@ -61,8 +61,7 @@ func (g *Group) repairEntry(l *raft.Log, cause error) (*store.Batch, error) {
 	g.beginRepair(fmt.Sprintf("log entry %d is damaged: %v", l.Index, cause))
 	defer g.endRepair()
 	g.log.Error("damaged raft log entry; repairing it from a peer", "index", l.Index, "err", cause)
-	backoff := 100 * time.Millisecond
-	for {
+	for attempt := 0; ; attempt++ {
 		for _, peer := range g.repairPeers() {
 			b, err := g.fetchEntry(peer, l)
 			if err != nil {
@@ -80,10 +79,9 @@ func (g *Group) repairEntry(l *raft.Log, cause error) (*store.Batch, error) {
 			g.log.Warn("no peer could repair the damaged log entry yet", "index", l.Index, "err", err)
 		}
 		g.stats.repairFailures.Add(1)
-		if !g.pause(backoff) {
+		if !g.pause(repairBackoff.Delay(attempt)) {
 			return nil, fmt.Errorf("repair log entry %d: %w", l.Index, kvd.ErrClosed)
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
@@ -131,8 +129,7 @@ func (g *Group) repairState(minIndex uint64, cause error) error {
 			}
 		})
 	}
-	backoff := 100 * time.Millisecond
-	for {
+	for attempt := 0; ; attempt++ {
 		err := g.restoreFromPeers(minIndex)
 		if err == nil {
 			g.stats.repairs.Add(1)
@@ -146,10 +143,9 @@ func (g *Group) repairState(minIndex uint64, cause error) error {
 		}
 		g.log.Warn("cannot rebuild the state locally either; retrying", "err", err)
 		g.stats.repairFailures.Add(1)
-		if !g.pause(backoff) {
+		if !g.pause(repairBackoff.Delay(attempt)) {
 			return fmt.Errorf("repair state: %w", kvd.ErrClosed)
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
