@@ -11,6 +11,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/internal/backoff"
 	"github.com/kvd-project/kvd/internal/wire"
 )
 
@@ -28,7 +29,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt kvd.Route, bo
 	// from the leader answers 503 soon, so the client can try elsewhere.
 	findBy := time.Now().Add(h.o.ForwardBudget)
 	forwarded := r.Header.Get(api.HeaderForwarded) != ""
-	backoff := 25 * time.Millisecond
+	waits := 0 // waits for the group to settle so far
 	tried := map[string]bool{}
 	hint := "" // the leader named by the last node forwarded to
 	for {
@@ -56,13 +57,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt kvd.Route, bo
 		} else {
 			// No leader known, or the known one failed: wait for the
 			// group to settle, then look again.
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
+			if settlePace.Wait(ctx, waits) != nil {
 				writeError(w, err, write)
 				return
 			}
-			backoff = min(backoff*2, 500*time.Millisecond)
+			waits++
 			clear(tried)
 		}
 		if ctx.Err() != nil || time.Now().After(findBy) {
@@ -71,6 +70,10 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt kvd.Route, bo
 		}
 	}
 }
+
+// settlePace paces a request's waits for its group to elect a leader when
+// none is known: 25 ms, doubling, up to 500 ms.
+var settlePace = backoff.Policy{Base: 25 * time.Millisecond, Max: 500 * time.Millisecond}
 
 // forward sends the request to node id and relays its answer. It returns
 // done = false, having written nothing, when the request certainly had no
