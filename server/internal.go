@@ -27,6 +27,8 @@ func (s *Server) replica(g kvd.GroupID) (*replication.Group, error) {
 	return grp, nil
 }
 
+// LogEntry returns entry index of this node's log of group g, which it
+// must have applied (a peer's repair of a damaged entry).
 func (s *Server) LogEntry(ctx context.Context, g kvd.GroupID, index uint64) (api.LogEntry, error) {
 	grp, err := s.replica(g)
 	if err != nil {
@@ -52,6 +54,9 @@ func (l *lazyWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
+// WriteSnapshot streams a snapshot of this node's replica of group g,
+// taken once it has applied minIndex (a peer's repair); start gives the
+// writer, just before the first byte.
 func (s *Server) WriteSnapshot(ctx context.Context, g kvd.GroupID, minIndex uint64, start func() io.Writer) error {
 	grp, err := s.replica(g)
 	if err != nil {
@@ -60,6 +65,8 @@ func (s *Server) WriteSnapshot(ctx context.Context, g kvd.GroupID, minIndex uint
 	return grp.WriteSnapshot(ctx, minIndex, &lazyWriter{start: start})
 }
 
+// HashAt returns the state hash this node's replica of group g recorded
+// at index (the leader's integrity check).
 func (s *Server) HashAt(ctx context.Context, g kvd.GroupID, index uint64) (uint64, error) {
 	grp, err := s.replica(g)
 	if err != nil {
@@ -68,6 +75,8 @@ func (s *Server) HashAt(ctx context.Context, g kvd.GroupID, index uint64) (uint6
 	return grp.HashAt(ctx, index)
 }
 
+// GroupTxns returns the transaction records and locks of this node's
+// replica of group g.
 func (s *Server) GroupTxns(ctx context.Context, g kvd.GroupID) (api.GroupTxns, error) {
 	grp, err := s.replica(g)
 	if err != nil {
@@ -114,6 +123,7 @@ func (s *Server) groupTxnsAnywhere(ctx context.Context, grp kvd.Group) (api.Grou
 	return out, nil
 }
 
+// Txns lists the transactions that hold locks or records in any group.
 func (s *Server) Txns(ctx context.Context) (api.TxnList, error) {
 	list, _ := s.txns(ctx)
 	return list, nil
@@ -183,6 +193,8 @@ func (s *Server) txns(ctx context.Context) (api.TxnList, map[string]int64) {
 	return out, deadlines
 }
 
+// AbortTxn aborts transaction id unless it has committed, then finishes
+// it in every group (kvd.ErrNotFound if nothing holds it).
 func (s *Server) AbortTxn(ctx context.Context, id string) (api.TxnInfo, error) {
 	list, deadlines := s.txns(ctx)
 	var t *api.TxnInfo

@@ -20,6 +20,7 @@ import (
 // node over the internal propose endpoint, following leader hints.
 type groups struct{ s *Server }
 
+// GroupOf returns the group that owns key under this node's map.
 func (s *Server) GroupOf(key string) (kvd.GroupID, error) {
 	g, ok := s.Map().GroupOf(kvd.Slot(key))
 	if !ok {

@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"sync"
 	"time"
 
 	"github.com/kvd-project/kvd"
-	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/store"
 	"github.com/kvd-project/kvd/txn"
@@ -19,8 +17,6 @@ import (
 // handlers (package node asserts that) and, through local, the
 // in-process store.
 var _ txn.Groups = (*Server)(nil)
-
-func (s *Server) NodeID() string { return s.id }
 
 // groupFor returns the local replica of the group that owns key. A routed
 // request must name that group at the current epoch and reach a node that
@@ -44,6 +40,8 @@ func (s *Server) groupFor(ctx context.Context, key string, rt kvd.Route) (*repli
 	return nil, &kvd.NotLeaderError{Group: gid, Leader: s.leaderOrPreferred(ctx, gid)}
 }
 
+// Get reads key at consistency c, settling a transaction's lock on it
+// first (see settle).
 func (s *Server) Get(ctx context.Context, key string, c kvd.Consistency, rt kvd.Route) (kvd.Item, error) {
 	g, err := s.groupFor(ctx, key, rt)
 	if err != nil {
@@ -309,88 +307,4 @@ func (s *Server) scanGroup(ctx context.Context, grp kvd.Group, epoch uint64, o k
 		target = hint
 	}
 	return nil, "", fmt.Errorf("scan group %d: %w", grp.ID, err)
-}
-
-func (s *Server) Cluster(ctx context.Context) (api.Cluster, error) {
-	m := s.Map()
-	c := api.Cluster{Epoch: m.Epoch}
-	for _, n := range m.Nodes {
-		c.Nodes = append(c.Nodes, api.Node{ID: n.ID, HTTP: n.HTTP, Raft: n.Raft})
-	}
-	c.Groups = make([]api.Group, len(m.Groups))
-	var wg sync.WaitGroup
-	for i, grp := range m.Groups {
-		ag := api.Group{ID: uint64(grp.ID), Members: grp.Members}
-		for _, r := range grp.Slots {
-			ag.Slots = append(ag.Slots, [2]int{r[0], r[1]})
-		}
-		c.Groups[i] = ag
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.Groups[i].Leader = s.leaderOf(ctx, grp.ID)
-		}()
-	}
-	wg.Wait()
-	return c, nil
-}
-
-func (s *Server) Epoch() uint64 { return s.Map().Epoch }
-
-func (s *Server) Status(ctx context.Context) api.Status {
-	raftAddr := "in-memory"
-	if s.mux != nil {
-		raftAddr = s.mux.Addr().String()
-	}
-	st := api.Status{Node: s.id, HTTP: s.HTTPAddr(), Raft: raftAddr, Version: s.cfg.Version,
-		Uptime: time.Since(s.started).Round(time.Second).String(), Epoch: s.Map().Epoch}
-	for _, gid := range s.Map().GroupsOf(s.id) {
-		g, ok := s.hosted()[gid]
-		if !ok {
-			continue
-		}
-		gs := g.Status()
-		h := g.Health()
-		ah := &api.Health{State: h.State, Detail: h.Detail}
-		if c := h.Integrity; c != nil {
-			ah.Integrity = &api.IntegrityCheck{At: c.At, Index: c.Index, OK: c.OK, Hashes: c.Hashes, Alarm: c.Alarm, Unreached: c.Unreached}
-		}
-		st.Groups = append(st.Groups, api.GroupStatus{Group: uint64(gs.Group), Role: gs.Role, Term: gs.Term, Leader: gs.Leader,
-			CommitIndex: gs.CommitIndex, AppliedIndex: gs.AppliedIndex, LastIndex: gs.LastIndex, LastContact: gs.LastContact, Members: gs.Members,
-			Health: ah, StateBytes: g.Stats().StateBytes})
-	}
-	for gid, reason := range s.missing {
-		st.Missing = append(st.Missing, api.MissingGroup{Group: uint64(gid), Reason: reason})
-	}
-	sort.Slice(st.Missing, func(i, j int) bool { return st.Missing[i].Group < st.Missing[j].Group })
-	if s.disk != nil {
-		d := s.disk.status()
-		st.Storage = &d
-	}
-	return st
-}
-
-func (s *Server) Ready() error {
-	for gid, g := range s.hosted() {
-		if g.LeaderID() == "" {
-			return fmt.Errorf("group %d has no leader: %w", gid, kvd.ErrUnavailable)
-		}
-		if err := g.Serving(); err != nil {
-			return fmt.Errorf("group %d: %v: %w", gid, err, kvd.ErrUnavailable)
-		}
-		// A replica whose applies wait for the disk still answers stale
-		// reads, but from a state that falls further behind.
-		if h := g.Health(); h.State == "stalled" {
-			return fmt.Errorf("group %d: replica stalled, its applies wait for the disk (%s): %w", gid, h.Detail, kvd.ErrUnavailable)
-		}
-	}
-	return nil
-}
-
-func (s *Server) ReadIndex(ctx context.Context, gid kvd.GroupID) (uint64, error) {
-	g, err := s.replica(gid)
-	if err != nil {
-		return 0, err
-	}
-	return g.ReadIndex(ctx)
 }

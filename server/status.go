@@ -1,0 +1,107 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
+)
+
+// NodeID returns this node's id.
+func (s *Server) NodeID() string { return s.id }
+
+// Cluster returns the cluster map with each group's leader, as this
+// node knows them.
+func (s *Server) Cluster(ctx context.Context) (api.Cluster, error) {
+	m := s.Map()
+	c := api.Cluster{Epoch: m.Epoch}
+	for _, n := range m.Nodes {
+		c.Nodes = append(c.Nodes, api.Node{ID: n.ID, HTTP: n.HTTP, Raft: n.Raft})
+	}
+	c.Groups = make([]api.Group, len(m.Groups))
+	var wg sync.WaitGroup
+	for i, grp := range m.Groups {
+		ag := api.Group{ID: uint64(grp.ID), Members: grp.Members}
+		for _, r := range grp.Slots {
+			ag.Slots = append(ag.Slots, [2]int{r[0], r[1]})
+		}
+		c.Groups[i] = ag
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.Groups[i].Leader = s.leaderOf(ctx, grp.ID)
+		}()
+	}
+	wg.Wait()
+	return c, nil
+}
+
+// Epoch returns the epoch of this node's cluster map.
+func (s *Server) Epoch() uint64 { return s.Map().Epoch }
+
+// Status describes this node: its addresses, uptime, map epoch, the
+// state of each replica it hosts, and its storage.
+func (s *Server) Status(ctx context.Context) api.Status {
+	raftAddr := "in-memory"
+	if s.mux != nil {
+		raftAddr = s.mux.Addr().String()
+	}
+	st := api.Status{Node: s.id, HTTP: s.HTTPAddr(), Raft: raftAddr, Version: s.cfg.Version,
+		Uptime: time.Since(s.started).Round(time.Second).String(), Epoch: s.Map().Epoch}
+	for _, gid := range s.Map().GroupsOf(s.id) {
+		g, ok := s.hosted()[gid]
+		if !ok {
+			continue
+		}
+		gs := g.Status()
+		h := g.Health()
+		ah := &api.Health{State: h.State, Detail: h.Detail}
+		if c := h.Integrity; c != nil {
+			ah.Integrity = &api.IntegrityCheck{At: c.At, Index: c.Index, OK: c.OK, Hashes: c.Hashes, Alarm: c.Alarm, Unreached: c.Unreached}
+		}
+		st.Groups = append(st.Groups, api.GroupStatus{Group: uint64(gs.Group), Role: gs.Role, Term: gs.Term, Leader: gs.Leader,
+			CommitIndex: gs.CommitIndex, AppliedIndex: gs.AppliedIndex, LastIndex: gs.LastIndex, LastContact: gs.LastContact, Members: gs.Members,
+			Health: ah, StateBytes: g.Stats().StateBytes})
+	}
+	for gid, reason := range s.missing {
+		st.Missing = append(st.Missing, api.MissingGroup{Group: uint64(gid), Reason: reason})
+	}
+	sort.Slice(st.Missing, func(i, j int) bool { return st.Missing[i].Group < st.Missing[j].Group })
+	if s.disk != nil {
+		d := s.disk.status()
+		st.Storage = &d
+	}
+	return st
+}
+
+// Ready returns nil when every hosted group has a leader and this node's
+// replica of it serves (kvd.ErrUnavailable otherwise).
+func (s *Server) Ready() error {
+	for gid, g := range s.hosted() {
+		if g.LeaderID() == "" {
+			return fmt.Errorf("group %d has no leader: %w", gid, kvd.ErrUnavailable)
+		}
+		if err := g.Serving(); err != nil {
+			return fmt.Errorf("group %d: %v: %w", gid, err, kvd.ErrUnavailable)
+		}
+		// A replica whose applies wait for the disk still answers stale
+		// reads, but from a state that falls further behind.
+		if h := g.Health(); h.State == "stalled" {
+			return fmt.Errorf("group %d: replica stalled, its applies wait for the disk (%s): %w", gid, h.Detail, kvd.ErrUnavailable)
+		}
+	}
+	return nil
+}
+
+// ReadIndex returns a read index of group gid, which this node must lead.
+func (s *Server) ReadIndex(ctx context.Context, gid kvd.GroupID) (uint64, error) {
+	g, err := s.replica(gid)
+	if err != nil {
+		return 0, err
+	}
+	return g.ReadIndex(ctx)
+}
