@@ -15,11 +15,6 @@ import (
 	"github.com/kvd-project/kvd/txn"
 )
 
-// groups lets the transaction coordinator propose to any group: through
-// the local replica when this node leads the group, else to the leader's
-// node over the internal propose endpoint, following leader hints.
-type groups struct{ s *Server }
-
 // GroupOf returns the group that owns key under this node's map.
 func (s *Server) GroupOf(key string) (kvd.GroupID, error) {
 	g, ok := s.Map().GroupOf(kvd.Slot(key))
@@ -29,7 +24,10 @@ func (s *Server) GroupOf(key string) (kvd.GroupID, error) {
 	return g, nil
 }
 
-// Propose retries definite failures (nothing was proposed) until ctx
+// Propose replicates cmd through group g's log for the transaction
+// coordinator: through the local replica when this node leads g, else at
+// the leader's node over the internal propose endpoint, following leader
+// hints. It retries definite failures (nothing was proposed) until ctx
 // ends; it returns an unknown outcome as soon as it meets one.
 func (s *Server) Propose(ctx context.Context, g kvd.GroupID, cmd store.Cmd) (store.Result, error) {
 	retry := func(err error) bool {
