@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/mux"
 	"github.com/kvd-project/kvd"
@@ -116,22 +118,108 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, limit int64) 
 	return body, nil
 }
 
-// keyRoute reads a key request's key and routing.
-func (h *Handler) keyRoute(r *http.Request) (string, kvd.Route, error) {
-	key, err := h.keyOf(r)
+// keyRequest is what a request on one key says.
+type keyRequest struct {
+	key string
+	rt  kvd.Route
+	// c is a read's consistency; notModified the version its
+	// If-None-Match names (0: none).
+	c           kvd.Consistency
+	notModified uint64
+	// wr are a write's options; value a put's value.
+	wr    kvd.WriteOptions
+	value []byte
+}
+
+// readGet reads a GET of a key: its key, routing, consistency and
+// If-None-Match.
+func (h *Handler) readGet(r *http.Request) (req keyRequest, err error) {
+	if req.key, err = h.keyOf(r); err != nil {
+		return req, err
+	}
+	if req.c, req.rt, err = readRouting(r); err != nil {
+		return req, err
+	}
+	if inm := r.Header.Get("If-None-Match"); inm != "" && strings.TrimSpace(inm) != "*" {
+		req.notModified, err = parseETag(inm)
+	}
+	return req, err
+}
+
+// readWrite reads a write of a key: its key, routing, condition (If-Match,
+// If-None-Match) and idempotency key.
+func (h *Handler) readWrite(r *http.Request) (req keyRequest, err error) {
+	if req.key, err = h.keyOf(r); err != nil {
+		return req, err
+	}
+	if req.rt, err = routeOf(r); err != nil {
+		return req, err
+	}
+	cond, err := condOf(r)
+	req.wr = kvd.WriteOptions{Cond: cond, IdempotencyKey: r.Header.Get("Idempotency-Key")}
+	return req, err
+}
+
+// readPut reads a PUT: a write's options, its ttl and its value.
+func (h *Handler) readPut(w http.ResponseWriter, r *http.Request) (keyRequest, error) {
+	req, err := h.readWrite(r)
+	if err != nil {
+		return req, err
+	}
+	if s := r.URL.Query().Get("ttl"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 || kvd.ValidateTTL(d) != nil {
+			return req, fmt.Errorf("%w: ttl must be a positive Go duration such as 30s, at most %v, not %q", kvd.ErrInvalid, kvd.MaxTTL, s)
+		}
+		req.wr.TTL = d
+	}
+	// One byte past the value limit tells a value that is too large from
+	// one that fits; the error names the value limit itself.
+	lim := h.o.Limits
+	if req.value, err = h.readBody(w, r, min(lim.MaxBodyBytes, int64(lim.MaxValueBytes)+1)); err != nil {
+		if errors.Is(err, kvd.ErrTooLarge) && int64(lim.MaxValueBytes) < lim.MaxBodyBytes {
+			err = fmt.Errorf("%w: the value exceeds %d bytes", kvd.ErrTooLarge, lim.MaxValueBytes)
+		}
+		return req, err
+	}
+	return req, lim.ValidateValue(len(req.value))
+}
+
+// readRouting reads a read's consistency and routing.
+func readRouting(r *http.Request) (kvd.Consistency, kvd.Route, error) {
+	c, err := consistencyOf(r)
 	if err != nil {
 		return "", kvd.Route{}, err
 	}
 	rt, err := routeOf(r)
-	return key, rt, err
+	return c, rt, err
 }
 
-// writeOptionsOf reads a write's condition (If-Match, If-None-Match) and
-// idempotency key.
-func writeOptionsOf(r *http.Request) (kvd.WriteOptions, error) {
-	cond, err := condOf(r)
-	if err != nil {
-		return kvd.WriteOptions{}, err
+// scanOptionsOf reads a scan's range, page limit and byte cap.
+func (h *Handler) scanOptionsOf(r *http.Request) (kvd.ScanOptions, error) {
+	q := r.URL.Query()
+	o := kvd.ScanOptions{Prefix: q.Get("prefix"), Start: q.Get("start"), End: q.Get("end"), Limit: h.o.Limits.DefaultScanLimit}
+	for name, v := range map[string]string{"prefix": o.Prefix, "start": o.Start, "end": o.End} {
+		if !utf8.ValidString(v) {
+			return o, fmt.Errorf("%w: %s is not valid UTF-8", kvd.ErrInvalid, name)
+		}
 	}
-	return kvd.WriteOptions{Cond: cond, IdempotencyKey: r.Header.Get("Idempotency-Key")}, nil
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		switch {
+		case err != nil || n < 1:
+			return o, fmt.Errorf("%w: limit must be a positive integer, not %q", kvd.ErrInvalid, s)
+		case n > h.o.Limits.MaxScanLimit:
+			return o, fmt.Errorf("%w: limit %d is over the maximum page of %d", kvd.ErrInvalid, n, h.o.Limits.MaxScanLimit)
+		}
+		o.Limit = n
+	}
+	if s := q.Get("bytes"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return o, fmt.Errorf("%w: bytes must be a positive integer, not %q", kvd.ErrInvalid, s)
+		}
+		o.MaxBytes = n // lowers the node's cap, never raises it
+	}
+	return o, nil
 }
