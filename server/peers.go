@@ -11,6 +11,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/replication"
 )
 
 // leaderTTL is how long a leader learned from a peer is trusted before it
@@ -120,14 +121,7 @@ func (s *Server) remoteScan(ctx context.Context, node string, gid kvd.GroupID, e
 // intends, also after failovers. It runs until ctx ends.
 func (s *Server) balanceLeaders(ctx context.Context, every time.Duration) {
 	lastTry := map[kvd.GroupID]time.Time{}
-	t := time.NewTimer(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	repeat(ctx, every, func() {
 		m := s.Map()
 		for gid, g := range s.hosted() {
 			grp, ok := m.Group(gid)
@@ -137,25 +131,32 @@ func (s *Server) balanceLeaders(ctx context.Context, every time.Duration) {
 			if time.Since(lastTry[gid]) < 10*every {
 				continue
 			}
-			preferred := grp.Members[0]
-			if s.peerDisks.isLow(preferred) {
-				continue // it would refuse the group's writes
-			}
-			sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-			st, err := s.peerStatus(sctx, preferred)
-			cancel()
-			if err != nil || !followsMe(st, gid, s.id) {
-				continue
-			}
-			lastTry[gid] = time.Now()
-			if err := g.TransferLeadershipTo(preferred); err != nil {
-				s.log.Debug("leadership hand-back to the preferred leader failed", "group", gid, "to", preferred, "err", err)
-			} else {
-				s.log.Info("leadership handed to the preferred leader", "group", gid, "to", preferred)
+			if s.handBack(ctx, g, gid, grp.Members[0]) {
+				lastTry[gid] = time.Now()
 			}
 		}
-		t.Reset(every)
+	})
+}
+
+// handBack hands group gid's leadership to its preferred leader if that
+// node has room on its disk and follows this one; it reports whether it
+// tried.
+func (s *Server) handBack(ctx context.Context, g *replication.Group, gid kvd.GroupID, preferred string) bool {
+	if s.peerDisks.isLow(preferred) {
+		return false // it would refuse the group's writes
 	}
+	sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	st, err := s.peerStatus(sctx, preferred)
+	cancel()
+	if err != nil || !followsMe(st, gid, s.id) {
+		return false
+	}
+	if err := g.TransferLeadershipTo(preferred); err != nil {
+		s.log.Debug("leadership hand-back to the preferred leader failed", "group", gid, "to", preferred, "err", err)
+	} else {
+		s.log.Info("leadership handed to the preferred leader", "group", gid, "to", preferred)
+	}
+	return true
 }
 
 // followsMe reports whether st shows group gid's replica following leader.
