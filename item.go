@@ -3,6 +3,7 @@ package kvd
 import (
 	"fmt"
 	"sort"
+	"sync"
 )
 
 // Consistency is the consistency level of a read.
@@ -92,6 +93,39 @@ type ScanOptions struct {
 	// MaxBytes, if positive, ends a page early once its values add up to
 	// this many bytes (a page always holds at least one item).
 	MaxBytes int
+}
+
+// ScanGroups reads one page of a scan from each of n groups at once,
+// page(i) reading group i's, and merges them (see MergePages). It returns
+// the first error, in group order, if any page failed.
+func ScanGroups(n, limit int, page func(i int) ([]Item, string, error)) ([]Item, string, error) {
+	type result struct {
+		items []Item
+		next  string
+		err   error
+	}
+	pages := make([]result, n)
+	var wg sync.WaitGroup
+	for i := range pages {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := &pages[i]
+			p.items, p.next, p.err = page(i)
+		}()
+	}
+	wg.Wait()
+	var all []Item
+	nexts := make([]string, 0, n)
+	for _, p := range pages {
+		if p.err != nil {
+			return nil, "", p.err
+		}
+		all = append(all, p.items...)
+		nexts = append(nexts, p.next)
+	}
+	items, next := MergePages(all, nexts, limit)
+	return items, next, nil
 }
 
 // MergePages merges pages of one scan read from several groups: items

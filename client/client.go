@@ -343,50 +343,33 @@ func (c *Client) Scan(ctx context.Context, o kvd.ScanOptions, opts ...kvd.ReadOp
 		// Every group reads its share, so the pages together keep to it.
 		q.Set("bytes", strconv.Itoa(max(o.MaxBytes/max(len(r.order), 1), 1)))
 	}
-	type page struct {
-		items []kvd.Item
-		next  string
-		err   error
+	items, next, err := kvd.ScanGroups(len(r.order), limit, func(i int) ([]kvd.Item, string, error) {
+		return c.scanGroup(ctx, r.order[i].id, q, ro.Consistency)
+	})
+	if err != nil {
+		return Page{}, fmt.Errorf("scan: %w", err)
 	}
-	pages := make([]page, len(r.order))
-	var wg sync.WaitGroup
-	for i, g := range r.order {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p := &pages[i]
-			res, err := c.do(ctx, &call{method: http.MethodGet, path: "/v1/kv?" + q.Encode(), group: g.id, consistency: ro.Consistency})
-			if err != nil {
-				p.err = err
-				return
-			}
-			if res.status != http.StatusOK {
-				p.err = errorFrom(res.status, res.header, res.body)
-				return
-			}
-			var sr api.ScanResponse
-			if err := json.Unmarshal(res.body, &sr); err != nil {
-				p.err = fmt.Errorf("decode scan page: %v: %w", err, kvd.ErrUnavailable)
-				return
-			}
-			for _, it := range sr.Items {
-				p.items = append(p.items, kvd.Item{Key: it.Key, Value: it.Value, Version: it.Version})
-			}
-			p.next = sr.Next
-		}()
-	}
-	wg.Wait()
-	var all []kvd.Item
-	var nexts []string
-	for _, p := range pages {
-		if p.err != nil {
-			return Page{}, fmt.Errorf("scan: %w", p.err)
-		}
-		all = append(all, p.items...)
-		nexts = append(nexts, p.next)
-	}
-	items, next := kvd.MergePages(all, nexts, limit)
 	return Page{Items: items, More: next != "", Next: next}, nil
+}
+
+// scanGroup reads one group's page of a scan.
+func (c *Client) scanGroup(ctx context.Context, g kvd.GroupID, q url.Values, consistency kvd.Consistency) ([]kvd.Item, string, error) {
+	res, err := c.do(ctx, &call{method: http.MethodGet, path: "/v1/kv?" + q.Encode(), group: g, consistency: consistency})
+	if err != nil {
+		return nil, "", err
+	}
+	if res.status != http.StatusOK {
+		return nil, "", errorFrom(res.status, res.header, res.body)
+	}
+	var sr api.ScanResponse
+	if err := json.Unmarshal(res.body, &sr); err != nil {
+		return nil, "", fmt.Errorf("decode scan page: %v: %w", err, kvd.ErrUnavailable)
+	}
+	items := make([]kvd.Item, 0, len(sr.Items))
+	for _, it := range sr.Items {
+		items = append(items, kvd.Item{Key: it.Key, Value: it.Value, Version: it.Version})
+	}
+	return items, sr.Next, nil
 }
 
 // Cluster fetches the current cluster map, with each group's leader, and

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/kvd-project/kvd"
@@ -217,35 +216,9 @@ func (s *Server) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency,
 	// at once stay within it however many groups there are (every page
 	// holds at least one item, so the scan always moves on).
 	o.MaxBytes = max(o.MaxBytes/max(len(m.Groups), 1), 1)
-	type page struct {
-		items []kvd.Item
-		next  string
-		err   error
-	}
-	pages := make([]page, len(m.Groups))
-	var wg sync.WaitGroup
-	for i, grp := range m.Groups {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p := &pages[i]
-			p.items, p.next, p.err = s.scanGroup(ctx, grp, m.Epoch, o, c)
-		}()
-	}
-	wg.Wait()
-	var all []kvd.Item
-	var nexts []string
-	for _, p := range pages {
-		if p.err != nil {
-			return nil, "", p.err
-		}
-		all = append(all, p.items...)
-		if p.next != "" {
-			nexts = append(nexts, p.next)
-		}
-	}
-	items, next := kvd.MergePages(all, nexts, o.Limit)
-	return items, next, nil
+	return kvd.ScanGroups(len(m.Groups), o.Limit, func(i int) ([]kvd.Item, string, error) {
+		return s.scanGroup(ctx, m.Groups[i], m.Epoch, o, c)
+	})
 }
 
 // scanLocal scans g's replica at consistency c. Write locks in the range
