@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -165,16 +163,7 @@ func TestServer_NodeToNodeCallsNeedTheCredential(t *testing.T) {
 }
 
 func TestTxnAdmin_ListAndAbortAStuckTransaction(t *testing.T) {
-	var block atomic.Bool
-	c := testcluster.New(t, 3, 3, func(cfg *server.Config) {
-		cfg.TxnTimeout = time.Minute // long: only the operator ends it
-		cfg.TxnAfterPrepare = func(string) error {
-			if block.Load() {
-				return errors.New("coordinator stopped")
-			}
-			return nil
-		}
-	})
+	c, block := stoppableCoordinators(t, time.Minute) // long: only the operator ends it
 	cl := newBankClient(t, c)
 	ks := testcluster.KeysInGroups(c.Node(0).Map(), "stuck", 1)
 	x, y := ks[1][0], ks[3][0]

@@ -306,10 +306,13 @@ func TestTxn_ConflictingTransactionsNeverBothCommit(t *testing.T) {
 	}
 }
 
-func TestTxn_CoordinatorStoppedAfterPrepare(t *testing.T) {
+// stoppableCoordinators starts a 3-node, 3-group cluster whose
+// coordinators stop after the prepares while the returned switch is on
+// (their transactions then wait for recovery past timeout).
+func stoppableCoordinators(t *testing.T, timeout time.Duration) (*testcluster.Cluster, *atomic.Bool) {
 	var block atomic.Bool
 	c := testcluster.New(t, 3, 3, func(cfg *server.Config) {
-		cfg.TxnTimeout = 2 * time.Second
+		cfg.TxnTimeout = timeout
 		cfg.TxnAfterPrepare = func(string) error {
 			if block.Load() {
 				return errors.New("coordinator stopped")
@@ -317,6 +320,11 @@ func TestTxn_CoordinatorStoppedAfterPrepare(t *testing.T) {
 			return nil
 		}
 	})
+	return c, &block
+}
+
+func TestTxn_CoordinatorStoppedAfterPrepare(t *testing.T) {
+	c, block := stoppableCoordinators(t, 2*time.Second)
 	cl := newBankClient(t, c)
 	ks := testcluster.KeysInGroups(c.Node(0).Map(), "dead", 1)
 	x, y := ks[1][0], ks[3][0]
