@@ -271,16 +271,7 @@ func TestKvd_FullDiskRefusesWritesAndResumes(t *testing.T) {
 	require.NoError(t, err)
 	c.Nodes[0].DataDir = filepath.Join(disk, "n1")
 	c.Args = []string{"--min-free-bytes", strconv.Itoa(16 << 20), "--log-level", "debug"}
-	require.NoError(t, c.StartAll())
-	t.Cleanup(func() {
-		c.KillAll()
-		if t.Failed() {
-			t.Logf("--- log:\n%s", c.Logs(0, 6000))
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	require.NoError(t, c.WaitReady(ctx, 0))
+	launch(t, c)
 	url := c.Nodes[0].URL()
 	seen, last := fillUntil(t, url, 0, 507)
 	require.Positive(t, seen[507], "writes are refused before the disk fills: %v", seen)
@@ -322,18 +313,9 @@ func TestKvd_ALeaderShortOfDiskHandsOverItsGroups(t *testing.T) {
 		c.Nodes[i].DataDir = filepath.Join(disk, c.Nodes[i].ID)
 	}
 	c.Args = []string{"--election-timeout", "500ms", "--heartbeat-timeout", "500ms", "--min-free-bytes", strconv.Itoa(16 << 20), "--log-level", "debug"}
-	require.NoError(t, c.StartAll())
-	t.Cleanup(func() {
-		c.KillAll()
-		if t.Failed() {
-			for i := range c.Nodes {
-				t.Logf("--- log of %s:\n%s", c.Nodes[i].ID, c.Logs(i, 6000))
-			}
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	launch(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	require.NoError(t, c.WaitAllReady(ctx))
 	// The group's preferred leader leads it (the balancer hands it back
 	// there): nothing but its disk may move leadership away.
 	cl, err := c.ClusterMap(0)
@@ -395,16 +377,7 @@ func TestKvd_ENOSPCWhileWritingDoesNotStopTheNode(t *testing.T) {
 	require.NoError(t, err)
 	c.Nodes[0].DataDir = filepath.Join(disk, "n1")
 	c.Args = []string{"--min-free-bytes", "0", "--request-timeout", "2s", "--log-level", "debug"}
-	require.NoError(t, c.StartAll())
-	t.Cleanup(func() {
-		c.KillAll()
-		if t.Failed() {
-			t.Logf("--- log:\n%s", c.Logs(0, 8000))
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	require.NoError(t, c.WaitReady(ctx, 0))
+	launch(t, c)
 	url := c.Nodes[0].URL()
 	seen, _ := fillUntil(t, url, 0, 503, 504, 507, 500)
 	t.Logf("statuses until the disk filled: %v", seen)

@@ -70,18 +70,7 @@ func startClusterWith(t *testing.T, nodes, groups int, args ...string) *kvdproc.
 	c, err := kvdproc.NewCluster(kvdBinary(t), t.TempDir(), nodes, groups, min(3, nodes))
 	require.NoError(t, err)
 	c.Args = append([]string{"--election-timeout", "500ms", "--heartbeat-timeout", "500ms", "--log-level", "debug"}, args...)
-	require.NoError(t, c.StartAll())
-	t.Cleanup(func() {
-		c.KillAll()
-		if t.Failed() {
-			for i := range c.Nodes {
-				t.Logf("--- log of %s:\n%s", c.Nodes[i].ID, c.Logs(i, 6000))
-			}
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	require.NoError(t, c.WaitAllReady(ctx))
+	launch(t, c)
 	return c
 }
 
@@ -447,4 +436,22 @@ func TestKvd_SIGKILLWithLazyStateSyncRebuildsFromSnapshotAndLog(t *testing.T) {
 		require.Equal(t, 200, status, k)
 		require.Equal(t, fmt.Sprintf(`"%d"`, want), etag, k)
 	}
+}
+
+// launch starts every node of c, kills them when the test ends (logging
+// their output if it failed) and waits until every node is ready.
+func launch(t *testing.T, c *kvdproc.Cluster) {
+	t.Helper()
+	require.NoError(t, c.StartAll())
+	t.Cleanup(func() {
+		c.KillAll()
+		if t.Failed() {
+			for i := range c.Nodes {
+				t.Logf("--- log of %s:\n%s", c.Nodes[i].ID, c.Logs(i, 8000))
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, c.WaitAllReady(ctx))
 }
