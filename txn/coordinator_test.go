@@ -13,9 +13,7 @@ import (
 )
 
 func TestCoordinator_CrossGroupCommit(t *testing.T) {
-	m := newMemGroups(t, 3)
-	c := newCoord(m)
-	defer c.Close()
+	m, c := newTestCoord(t, 3)
 	ctx := context.Background()
 	resp, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "1"), put("g2/b", "2"), put("g3/c", "3")}}, nil)
 	require.NoError(t, err)
@@ -44,9 +42,7 @@ func TestCoordinator_CrossGroupCommit(t *testing.T) {
 // A caller that gives up after the locks are taken must not leave them
 // behind until the deadline: the protocol runs to its end without it.
 func TestCoordinator_CallerGivingUpLeavesNoLocks(t *testing.T) {
-	m := newMemGroups(t, 2)
-	c := newCoord(m)
-	defer c.Close()
+	m, c := newTestCoord(t, 2)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	hangUpDuringPrepare(m, cancel)
@@ -67,9 +63,7 @@ func TestCoordinator_CallerGivingUpLeavesNoLocks(t *testing.T) {
 }
 
 func TestCoordinator_CompareFailureAbortsEverywhere(t *testing.T) {
-	m := newMemGroups(t, 2)
-	c := newCoord(m)
-	defer c.Close()
+	m, c := newTestCoord(t, 2)
 	ctx := context.Background()
 	_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "1"), put("g2/b", "1")}}, nil)
 	require.NoError(t, err)
@@ -87,9 +81,7 @@ func TestCoordinator_CompareFailureAbortsEverywhere(t *testing.T) {
 }
 
 func TestCoordinator_OnePhase(t *testing.T) {
-	m := newMemGroups(t, 2)
-	c := newCoord(m)
-	defer c.Close()
+	m, c := newTestCoord(t, 2)
 	resp, err := c.Do(context.Background(), Request{Ops: []Op{put("g1/a", "1"), put("g1/b", "2"), get("g1/a")}}, nil)
 	require.NoError(t, err)
 	require.False(t, resp.Results[2].Found, "gets see the state before the transaction's writes")
@@ -98,9 +90,7 @@ func TestCoordinator_OnePhase(t *testing.T) {
 }
 
 func TestCoordinator_ConflictsFailFast(t *testing.T) {
-	m := newMemGroups(t, 2)
-	c := newCoord(m)
-	defer c.Close()
+	m, c := newTestCoord(t, 2)
 	// A transaction stuck after prepare holds g1/a's lock.
 	stuck := make(chan struct{})
 	done := pauseAfterPrepare(t, m, c, stuck, errors.New("coordinator died"))
@@ -117,9 +107,7 @@ func TestCoordinator_ConflictsFailFast(t *testing.T) {
 }
 
 func TestCoordinator_OnePhaseWaitsBrieflyForLocks(t *testing.T) {
-	m := newMemGroups(t, 2)
-	c := newCoord(m)
-	defer c.Close()
+	m, c := newTestCoord(t, 2)
 	ctx := context.Background()
 	// A cross-group transaction pauses after prepare, holding g1/a.
 	release := make(chan struct{})
@@ -151,9 +139,7 @@ func TestCoordinator_OnePhaseWaitsBrieflyForLocks(t *testing.T) {
 }
 
 func TestCoordinator_UnknownPrepareAborts(t *testing.T) {
-	m := newMemGroups(t, 2)
-	c := newCoord(m)
-	defer c.Close()
+	m, c := newTestCoord(t, 2)
 	// Group 2 applies the prepare but the answer is lost.
 	m.setFault(func(g kvd.GroupID, cmd store.Cmd) (error, error) {
 		if g == 2 && cmd.Kind == store.CmdTxnPrepare {
@@ -171,9 +157,7 @@ func TestCoordinator_UnknownPrepareAborts(t *testing.T) {
 }
 
 func TestCoordinator_UnknownDecisionIsRetried(t *testing.T) {
-	m := newMemGroups(t, 2)
-	c := newCoord(m)
-	defer c.Close()
+	m, c := newTestCoord(t, 2)
 	lost := 0
 	m.setFault(func(g kvd.GroupID, cmd store.Cmd) (error, error) {
 		if cmd.Kind == store.CmdTxnDecide && lost < 2 {

@@ -14,9 +14,7 @@ import (
 )
 
 func TestIdempotent_AConflictIsNotRememberedARetryRuns(t *testing.T) {
-	m := newMemGroups(t, 2)
-	c := newCoord(m)
-	defer c.Close()
+	m, c := newTestCoord(t, 2)
 	ctx := context.Background()
 	release := make(chan struct{})
 	done := pauseAfterPrepare(t, m, c, release, nil)
@@ -41,9 +39,7 @@ func TestIdempotent_AConflictIsNotRememberedARetryRuns(t *testing.T) {
 // An idempotency key is registered in its home group when the request
 // writes elsewhere, so a reuse is caught whichever groups it writes.
 func TestIdempotent_AKeyReusedInAnotherGroupIsRefused(t *testing.T) {
-	m := newMemGroups(t, 3)
-	c := newCoord(m)
-	defer c.Close()
+	m, c := newTestCoord(t, 3)
 	ctx := context.Background()
 	idem := func(fp string) *kvd.Idem { return &kvd.Idem{Key: "g3/token", FP: []byte(fp)} }
 	first := Request{Ops: []Op{put("g1/a", "1"), put("g2/b", "1")}}
@@ -88,9 +84,7 @@ func TestIdempotent_AKeyReusedInAnotherGroupIsRefused(t *testing.T) {
 // recorded when it finishes, so a repeat gets it without waiting for the
 // deadline.
 func TestIdempotent_OutcomeRecordedAfterTheCallerLeft(t *testing.T) {
-	m := newMemGroups(t, 2)
-	c := newCoord(m)
-	defer c.Close()
+	m, c := newTestCoord(t, 2)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	hangUpDuringPrepare(m, cancel)
@@ -113,9 +107,7 @@ func TestIdempotent_OutcomeRecordedAfterTheCallerLeft(t *testing.T) {
 }
 
 func TestIdempotent_ARepeatTakesOverAnAbortedFirstAttempt(t *testing.T) {
-	m := newMemGroups(t, 2)
-	c := newCoord(m)
-	defer c.Close()
+	m, c := newTestCoord(t, 2)
 	ctx := context.Background()
 	req := Request{Ops: []Op{put("g1/a", "v"), put("g2/b", "v")}}
 	idem := &kvd.Idem{Key: "K2", FP: []byte("fp")}

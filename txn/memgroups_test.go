@@ -119,6 +119,15 @@ func (m *memGroups) locked(t *testing.T, key string) bool {
 	return l != nil
 }
 
+// newTestCoord returns n in-memory groups and a coordinator over them,
+// closed when the test ends.
+func newTestCoord(t *testing.T, n int) (*memGroups, *Coordinator) {
+	m := newMemGroups(t, n)
+	c := newCoord(m)
+	t.Cleanup(c.Close)
+	return m, c
+}
+
 func newCoord(m *memGroups) *Coordinator {
 	cfg := DefaultConfig()
 	cfg.Timeout = 5 * time.Second

@@ -12,9 +12,7 @@ import (
 )
 
 func TestReadOnly_SeesCommittedTransactionsAtomically(t *testing.T) {
-	m := newMemGroups(t, 3)
-	c := newCoord(m)
-	defer c.Close()
+	m, c := newTestCoord(t, 3)
 	ctx := context.Background()
 	_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "1"), put("g2/b", "1"), put("g3/c", "1")}}, nil)
 	require.NoError(t, err)

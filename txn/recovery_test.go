@@ -13,9 +13,7 @@ import (
 )
 
 func TestRecovery_CoordinatorDiesBeforeTheDecision(t *testing.T) {
-	m := newMemGroups(t, 3)
-	c := newCoord(m)
-	defer c.Close()
+	m, c := newTestCoord(t, 3)
 	ctx := context.Background()
 	_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "old"), put("g2/b", "old")}}, nil)
 	require.NoError(t, err)
@@ -53,9 +51,7 @@ func TestRecovery_CoordinatorDiesBeforeTheDecision(t *testing.T) {
 }
 
 func TestRecovery_CoordinatorDiesAfterCommitting(t *testing.T) {
-	m := newMemGroups(t, 2)
-	c := newCoord(m)
-	defer c.Close()
+	m, c := newTestCoord(t, 2)
 	ctx := context.Background()
 	// The coordinator commits, then dies before resolving group 2.
 	m.setFault(func(g kvd.GroupID, cmd store.Cmd) (error, error) {
@@ -88,9 +84,7 @@ func TestRecovery_CoordinatorDiesAfterCommitting(t *testing.T) {
 }
 
 func TestRecovery_LateCommitLosesToRecovery(t *testing.T) {
-	m := newMemGroups(t, 2)
-	c := newCoord(m)
-	defer c.Close()
+	m, c := newTestCoord(t, 2)
 	ctx := context.Background()
 	// The coordinator stalls after prepare; past the deadline recovery
 	// aborts; then the coordinator wakes up and tries to commit.
