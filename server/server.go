@@ -1,9 +1,13 @@
-// Package server is the composition root of one kvd node, in the manner
-// of etcd's embed package: Config, New, Run, Close. It opens the node's
-// listeners, its replicas of the groups the cluster map places on it, and
-// the HTTP API, and shuts them down in one order: stop accepting clients
-// and drain them, hand off leadership, close the groups (raft, transport,
-// state), close the Raft listener.
+// Package server is the core of one kvd node: Config, New, Run, Close.
+// It opens the node's listeners and its replicas of the groups the
+// cluster map places on it, routes keys to groups, coordinates
+// transactions, calls its peers, and does the leader's duties. Its
+// methods take and return kvd types: the HTTP API (package httpapi) and
+// the in-process store (Server.KV) are adapters over it, and package node
+// composes it with the HTTP API as its Frontend. It shuts down in one
+// order: stop the frontend (stop accepting clients and drain them), hand
+// off leadership, close the groups (raft, transport, state), close the
+// Raft listener.
 package server
 
 import (
