@@ -158,7 +158,7 @@ func (c *Config) validate() error {
 	case !c.Embedded && c.HTTPListener == nil && c.HTTPAddr == "":
 		return errors.New("http address is required")
 	case c.Frontend == nil && (!c.Embedded || c.HTTPAddr != "" || c.HTTPListener != nil):
-		return errors.New("a node that serves HTTP needs a frontend: start it with package node, or set Config.Frontend")
+		return errors.New("a node that serves HTTP needs a frontend: start it with node.New, or set Config.Frontend (embed.Options.Frontend) to node.HTTP")
 	case !c.Embedded && c.RaftListener == nil && c.RaftAddr == "":
 		return errors.New("raft address is required")
 	case c.Embedded && c.InitialCluster != nil && len(c.InitialCluster.Nodes) > 1:

@@ -34,6 +34,11 @@ type peerCall struct {
 	// failure once the request has left, or a server error, leaves its
 	// outcome unknown.
 	write bool
+	// retryRefusals makes every refusal other than not-leader mean
+	// unavailable (to be tried again), whatever its status: a read for
+	// the coordinator, which a node that no longer hosts the group, or
+	// is short of disk, may refuse for now.
+	retryRefusals bool
 	// limit caps the answer read (64 MiB if 0).
 	limit int64
 }
@@ -124,6 +129,8 @@ func (c peerCall) refused(resp *http.Response, body []byte) error {
 			g = c.group
 		}
 		return &kvd.NotLeaderError{Group: g, Leader: e.Error.Leader}
+	case c.retryRefusals && st != http.StatusForbidden:
+		return fmt.Errorf("%s %s: %s %s: %w", c.op, c.node, resp.Status, msg, kvd.ErrUnavailable)
 	case st == http.StatusForbidden:
 		return fmt.Errorf("%s %s: %s (does it hold this cluster's peer secret?): %w", c.op, c.node, msg, kvd.ErrUnavailable)
 	case st == http.StatusMisdirectedRequest || st == http.StatusTooManyRequests || st == http.StatusInsufficientStorage ||

@@ -95,20 +95,28 @@ type wireResult struct {
 	Dedup   *store.DedupState `json:"dedup,omitempty"`
 }
 
-// encodeResult puts r on the wire; its error travels as its code of
-// api.Codes and its message.
+// resultCodes are the codes of api.Codes a result's error travels as
+// between nodes; any other error travels as "invalid" (a refusal of the
+// state machine), which is what nodes of earlier versions read.
+var resultCodes = map[string]bool{api.CodePreconditionFailed: true, api.CodeConflict: true, api.CodeIdempotencyMismatch: true,
+	api.CodeWrongGroup: true, api.CodeTooLarge: true}
+
+// encodeResult puts r on the wire; its error travels as its code and its
+// message.
 func encodeResult(r store.Result) ([]byte, error) {
 	w := wireResult{Version: r.Version, Deleted: r.Deleted, Locks: r.Locks, Txn: r.Txn, Dedup: r.Dedup}
 	if r.Err != nil {
 		w.Message = r.Err.Error()
-		w.Err = api.CodeOf(r.Err, false).Code
+		w.Err = "invalid"
+		if code := api.CodeOf(r.Err, false).Code; resultCodes[code] {
+			w.Err = code
+		}
 	}
 	return json.Marshal(w)
 }
 
-// decodeResult reads what encodeResult wrote. The state machine refuses
-// a command only with a sentinel error; a code without one (an older
-// node's "invalid") is such a refusal.
+// decodeResult reads what encodeResult wrote. A code without a sentinel
+// error ("invalid") is a refusal of the state machine.
 func decodeResult(b []byte) (store.Result, error) {
 	var w wireResult
 	if err := json.Unmarshal(b, &w); err != nil {
@@ -367,7 +375,7 @@ func readLocal(ctx context.Context, g *replication.Group, keys []string) ([]stor
 func (s *Server) remoteRead(ctx context.Context, node string, g kvd.GroupID, keys []string) ([]store.KeyState, error) {
 	req, _ := json.Marshal(keys)
 	body, err := s.call(ctx, peerCall{op: "read at", method: http.MethodPost, node: node, path: groupPath("read", g),
-		body: req, group: g, limit: 256 << 20})
+		body: req, group: g, limit: 256 << 20, retryRefusals: true})
 	if err != nil {
 		return nil, err
 	}

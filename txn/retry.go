@@ -17,6 +17,7 @@ var (
 	// 5 ms, doubling, up to 80 ms.
 	lockWaitBackoff = backoff.Policy{Base: 5 * time.Millisecond, Max: 80 * time.Millisecond}
 	// awaitBackoff paces a repeat's looks at the outcome of the first
-	// attempt under its idempotency key: 40 ms, doubling, up to 320 ms.
+	// attempt under its idempotency key: the first look waits nothing,
+	// the next 40 ms (Delay(1)), doubling, up to 320 ms.
 	awaitBackoff = backoff.Policy{Base: 20 * time.Millisecond, Max: 320 * time.Millisecond}
 )

@@ -23,6 +23,9 @@ type Policy struct {
 func (p Policy) Delay(n int) time.Duration {
 	d := p.Base
 	for i := 0; i < n && d < p.Max; i++ {
+		if d > p.Max/2 {
+			return p.Max // doubling would pass Max, or overflow
+		}
 		d *= 2
 	}
 	return min(d, p.Max)

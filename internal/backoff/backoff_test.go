@@ -3,6 +3,7 @@ package backoff
 import (
 	"context"
 	"errors"
+	"math"
 	"testing"
 	"time"
 
@@ -25,6 +26,10 @@ func TestPolicy_Delay_DoublesUpToMax(t *testing.T) {
 		{Policy{Base: 100 * ms, Max: 5 * time.Second}, 6, 5 * time.Second},
 		{Policy{Base: 10 * ms, Max: 5 * ms}, 0, 5 * ms},
 		{Policy{}, 3, 0},
+		// Doubling stops at Max: it never overflows into a wait of zero
+		// or less, however large Max and the attempt.
+		{Policy{Base: time.Second, Max: math.MaxInt64}, 100, math.MaxInt64},
+		{Policy{Base: 3 * time.Second, Max: math.MaxInt64 - 1}, 1 << 20, math.MaxInt64 - 1},
 	}
 	for _, tc := range tests {
 		require.Equal(t, tc.want, tc.p.Delay(tc.n), "%+v attempt %d", tc.p, tc.n)
