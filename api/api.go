@@ -3,7 +3,10 @@
 // on the standard library and the module's root package alone.
 package api
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Header names.
 const (
@@ -255,6 +258,20 @@ type TxnCompare struct {
 	Version *uint64 `json:"version,omitempty"`
 	Value   []byte  `json:"value,omitempty"`
 	Exists  *bool   `json:"exists,omitempty"`
+}
+
+// MarshalJSON writes value whenever it is set, empty included: a compare
+// with the empty value (the key holds zero bytes) is not a compare
+// without one.
+func (c TxnCompare) MarshalJSON() ([]byte, error) {
+	type plain TxnCompare
+	if c.Value == nil || len(c.Value) > 0 {
+		return json.Marshal(plain(c))
+	}
+	return json.Marshal(struct {
+		plain
+		Value []byte `json:"value"`
+	}{plain(c), c.Value})
 }
 
 // TxnOp is one op of POST /v1/txn: get, put, delete or add.

@@ -169,6 +169,16 @@ func transactions(t *testing.T, kv kvd.KV, p string) {
 	}
 	_, err = kv.Txn(c, kvd.Txn{Ops: []kvd.Op{kvd.OpPut(p+"a", nil), kvd.OpPut(p+"a", nil)}})
 	require.ErrorIs(t, err, kvd.ErrInvalid)
+
+	// An empty value is a value: a compare with it holds for a key that
+	// holds zero bytes and fails for one that holds more.
+	_, err = kv.Put(c, p+"empty", nil)
+	require.NoError(t, err)
+	resp, err = kv.Txn(c, kvd.Txn{Compares: []kvd.Compare{kvd.ValueIs(p+"empty", nil)}, Ops: []kvd.Op{kvd.OpGet(p + "empty")}})
+	require.NoError(t, err, "the empty value compares equal")
+	require.True(t, resp.Committed)
+	_, err = kv.Txn(c, kvd.Txn{Compares: []kvd.Compare{kvd.ValueIs(p+"a", []byte{})}, Ops: []kvd.Op{kvd.OpGet(p + "a")}})
+	require.ErrorIs(t, err, kvd.ErrCompareFailed, "a key holding bytes is not empty")
 }
 
 func add(t *testing.T, kv kvd.KV, p string) {
