@@ -96,9 +96,10 @@ type ScanOptions struct {
 }
 
 // ScanGroups reads one page of a scan from each of n groups at once,
-// page(i) reading group i's, and merges them (see MergePages). It returns
-// the first error, in group order, if any page failed.
-func ScanGroups(n, limit int, page func(i int) ([]Item, string, error)) ([]Item, string, error) {
+// page(i) reading group i's, merges them (see MergePages) and caps the
+// result at maxBytes (see CapPage). It returns the first error, in group
+// order, if any page failed.
+func ScanGroups(n, limit, maxBytes int, page func(i int) ([]Item, string, error)) ([]Item, string, error) {
 	type result struct {
 		items []Item
 		next  string
@@ -125,7 +126,26 @@ func ScanGroups(n, limit int, page func(i int) ([]Item, string, error)) ([]Item,
 		nexts = append(nexts, p.next)
 	}
 	items, next := MergePages(all, nexts, limit)
+	items, next = CapPage(items, next, maxBytes)
 	return items, next, nil
+}
+
+// CapPage cuts a page of a scan (items in key order, and the next key)
+// to at most maxBytes of keys and values, keeping at least one item: the
+// items cut off start the next page. With maxBytes 0 it keeps the page
+// whole.
+func CapPage(items []Item, next string, maxBytes int) ([]Item, string) {
+	if maxBytes <= 0 {
+		return items, next
+	}
+	size := 0
+	for i, it := range items {
+		size += len(it.Key) + len(it.Value)
+		if i > 0 && size > maxBytes {
+			return items[:i], it.Key
+		}
+	}
+	return items, next
 }
 
 // MergePages merges pages of one scan read from several groups: items

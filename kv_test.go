@@ -185,3 +185,26 @@ func TestClusterID(t *testing.T) {
 	other.Groups = 1
 	require.NotEqual(t, id, ClusterID(other.Map(), ""), "another bootstrap file is another cluster")
 }
+
+func TestCapPage_KeepsWithinTheCapAndAtLeastOneItem(t *testing.T) {
+	page := []Item{{Key: "a", Value: make([]byte, 99)}, {Key: "b", Value: make([]byte, 99)}, {Key: "c", Value: make([]byte, 99)}}
+	tests := []struct {
+		maxBytes int
+		keep     int
+		next     string
+	}{
+		{0, 3, "z"},    // no cap
+		{1, 1, "b"},    // the first item alone is over the cap: it stays
+		{100, 1, "b"},  // exactly one item's bytes
+		{199, 1, "b"},  // one short of two
+		{200, 2, "c"},  // two exactly
+		{300, 3, "z"},  // everything fits: the page's own next stands
+		{1000, 3, "z"}, // room to spare
+	}
+	for _, tc := range tests {
+		items, next := CapPage(page, "z", tc.maxBytes)
+		if len(items) != tc.keep || next != tc.next {
+			t.Errorf("cap %d: got %d items, next %q; want %d, %q", tc.maxBytes, len(items), next, tc.keep, tc.next)
+		}
+	}
+}

@@ -340,10 +340,11 @@ func (c *Client) Scan(ctx context.Context, o kvd.ScanOptions, opts ...kvd.ReadOp
 	q.Set("consistency", string(ro.Consistency))
 	r := c.route.Load()
 	if o.MaxBytes > 0 {
-		// Every group reads its share, so the pages together keep to it.
+		// Every group reads its share, so the pages together keep to it;
+		// the merged page is then cut to the cap itself.
 		q.Set("bytes", strconv.Itoa(max(o.MaxBytes/max(len(r.order), 1), 1)))
 	}
-	items, next, err := kvd.ScanGroups(len(r.order), limit, func(i int) ([]kvd.Item, string, error) {
+	items, next, err := kvd.ScanGroups(len(r.order), limit, max(o.MaxBytes, 0), func(i int) ([]kvd.Item, string, error) {
 		return c.scanGroup(ctx, r.order[i].id, q, ro.Consistency)
 	})
 	if err != nil {

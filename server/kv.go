@@ -195,8 +195,9 @@ func (s *Server) write(ctx context.Context, op string, cmd store.Cmd, rt kvd.Rou
 }
 
 // Scan reads a page from every group and merges them in key order. The
-// page is exact: of all matching keys, the first Limit, and the key after
-// them as next. A routed scan (rt.Direct) reads rt.Group alone.
+// page is exact: of all matching keys, the first Limit that fit in
+// o.MaxBytes (at least one), and the key after them as next. A routed
+// scan (rt.Direct) reads rt.Group alone.
 func (s *Server) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency, rt kvd.Route) ([]kvd.Item, string, error) {
 	if o.MaxBytes <= 0 || o.MaxBytes > s.cfg.Limits.MaxScanBytes {
 		o.MaxBytes = s.cfg.Limits.MaxScanBytes
@@ -210,13 +211,20 @@ func (s *Server) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency,
 		if err != nil {
 			return nil, "", err
 		}
-		return s.scanLocal(ctx, g, o, c)
+		items, next, err := s.scanLocal(ctx, g, o, c)
+		if err != nil {
+			return nil, "", err
+		}
+		items, next = kvd.CapPage(items, next, o.MaxBytes)
+		return items, next, nil
 	}
 	// Each group reads its share of the byte cap, so that the pages held
 	// at once stay within it however many groups there are (every page
-	// holds at least one item, so the scan always moves on).
+	// holds at least one item, so the scan always moves on); the merged
+	// page is then cut to the cap itself.
+	total := o.MaxBytes
 	o.MaxBytes = max(o.MaxBytes/max(len(m.Groups), 1), 1)
-	return kvd.ScanGroups(len(m.Groups), o.Limit, func(i int) ([]kvd.Item, string, error) {
+	return kvd.ScanGroups(len(m.Groups), o.Limit, total, func(i int) ([]kvd.Item, string, error) {
 		return s.scanGroup(ctx, m.Groups[i], m.Epoch, o, c)
 	})
 }
