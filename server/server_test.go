@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -190,4 +191,23 @@ func TestServer_ScanPagesStopAtTheByteBudget(t *testing.T) {
 	require.Less(t, len(sr.Items), 40, "the node's cap still holds")
 	r = do(t, "GET", c.URL(0)+"/v1/kv?bytes=0", nil)
 	require.Equal(t, 400, r.Status)
+}
+
+// A client that uploads a body too slowly to finish does not make the
+// node's shutdown fail: the drain is bounded, then cuts it off.
+func TestServer_CloseCutsOffASlowUploadAtTheDrainDeadline(t *testing.T) {
+	c := testcluster.New(t, 1, 1, func(cfg *server.Config) { cfg.ShutdownTimeout = 300 * time.Millisecond })
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(c.URL(0), "http://"), time.Second)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.Write([]byte("PUT /v1/kv/slow HTTP/1.1\r\nHost: kvd\r\nContent-Length: 1000\r\n\r\nx"))
+	require.NoError(t, err)
+	// The metrics request counts itself: 2 means the upload is in flight.
+	require.Eventually(t, func() bool { return testcluster.Metric(t, c.URL(0), "kvd_http_inflight_requests") >= 2 },
+		5*time.Second, 10*time.Millisecond, "the request is in flight, its body unfinished")
+	start := time.Now()
+	require.NoError(t, c.Node(0).Close(), "a bounded drain that cut a client off is no failure")
+	require.Less(t, time.Since(start), 5*time.Second)
+	_, err = c.Node(0).KV().Get(context.Background(), "slow")
+	require.Error(t, err, "the node is closed, and the cut-off upload wrote nothing")
 }
