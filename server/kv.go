@@ -211,17 +211,12 @@ func (s *Server) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency,
 		if err != nil {
 			return nil, "", err
 		}
-		items, next, err := s.scanLocal(ctx, g, o, c)
-		if err != nil {
-			return nil, "", err
-		}
-		items, next = kvd.CapPage(items, next, o.MaxBytes)
-		return items, next, nil
+		return s.scanLocal(ctx, g, o, c)
 	}
 	// Each group reads its share of the byte cap, so that the pages held
 	// at once stay within it however many groups there are (every page
-	// holds at least one item, so the scan always moves on); the merged
-	// page is then cut to the cap itself.
+	// holds at least one item, so the scan always moves on, and may pass
+	// its share with it); the merged page is then cut to the cap itself.
 	total := o.MaxBytes
 	o.MaxBytes = max(o.MaxBytes/max(len(m.Groups), 1), 1)
 	return kvd.ScanGroups(len(m.Groups), o.Limit, total, func(i int) ([]kvd.Item, string, error) {

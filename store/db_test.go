@@ -127,6 +127,12 @@ func TestStore_Scan(t *testing.T) {
 		{kvd.ScanOptions{Start: "c", Limit: 2}, []string{"c", "d"}, ""},
 		{kvd.ScanOptions{Prefix: "zz"}, nil, ""},
 		{kvd.ScanOptions{Prefix: "b/", End: "b/2"}, []string{"b/1"}, ""},
+		// Each of b/1..b/3 is 7 bytes of key and value: a page keeps
+		// within MaxBytes, but holds at least one item.
+		{kvd.ScanOptions{Prefix: "b/", MaxBytes: 1}, []string{"b/1"}, "b/2"},
+		{kvd.ScanOptions{Prefix: "b/", MaxBytes: 13}, []string{"b/1"}, "b/2"},
+		{kvd.ScanOptions{Prefix: "b/", MaxBytes: 14}, []string{"b/1", "b/2"}, "b/3"},
+		{kvd.ScanOptions{Prefix: "b/", MaxBytes: 21}, []string{"b/1", "b/2", "b/3"}, ""},
 	}
 	for _, tc := range tests {
 		items, next, err := db.Scan(tc.o)

@@ -36,8 +36,10 @@ func (db *DB) Get(key string) (kvd.Item, error) {
 	return it, nil
 }
 
-// Scan returns the items selected by o in key order and, when more items
-// follow the last one returned, the key of the next one ("" otherwise).
+// Scan returns the items selected by o in key order, at most o.Limit of
+// them and at most o.MaxBytes of keys and values (but at least one), and,
+// when more items follow the last one returned, the key of the next one
+// ("" otherwise).
 func (db *DB) Scan(o kvd.ScanOptions) ([]kvd.Item, string, error) {
 	var items []kvd.Item
 	next := ""
@@ -53,13 +55,13 @@ func (db *DB) Scan(o kvd.ScanOptions) ([]kvd.Item, string, error) {
 			if !strings.HasPrefix(ks, o.Prefix) {
 				break
 			}
-			if (o.Limit > 0 && len(items) == o.Limit) || (o.MaxBytes > 0 && size >= o.MaxBytes) {
+			n := len(k) + len(recValue(v))
+			if (o.Limit > 0 && len(items) == o.Limit) || (o.MaxBytes > 0 && len(items) > 0 && size+n > o.MaxBytes) {
 				next = ks
 				break
 			}
-			it := decodeItem(k, v)
-			size += len(it.Key) + len(it.Value)
-			items = append(items, it)
+			size += n
+			items = append(items, decodeItem(k, v))
 		}
 		return c.err
 	})
