@@ -81,7 +81,7 @@ func (c *Client) do(ctx context.Context, cl *call) (*result, error) {
 		}
 		res, err := c.send(ctx, target, cl, g.id, r.epoch)
 		if err != nil {
-			if err := a.unanswered(c, cl, g, target, err); err != nil {
+			if err := c.unanswered(cl, g, target, err, a); err != nil {
 				return nil, err
 			}
 		} else if c.answered(ctx, cl, g, r.epoch, target, res, n, a) {
@@ -110,7 +110,7 @@ func (c *Client) do(ctx context.Context, cl *call) (*result, error) {
 // unanswered handles an attempt that got no answer: a write whose request
 // left has an unknown outcome (returned); otherwise the node is ejected
 // and the call goes on elsewhere.
-func (a *attempts) unanswered(c *Client, cl *call, g *groupRoute, target *node, err error) error {
+func (c *Client) unanswered(cl *call, g *groupRoute, target *node, err error, a *attempts) error {
 	if cl.write && !wire.NeverSent(err) {
 		return fmt.Errorf("%s %s via %s: no answer: %v: %w", cl.method, cl.key, target.id, err, kvd.ErrUnknownOutcome)
 	}

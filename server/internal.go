@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
@@ -117,7 +116,7 @@ func (s *Server) groupTxnsAnywhere(ctx context.Context, grp kvd.Group) (api.Grou
 		}
 	}
 	var out api.GroupTxns
-	if err := s.askMembers(ctx, grp.ID, "/v1/internal/txns?group="+strconv.FormatUint(uint64(grp.ID), 10), &out); err != nil {
+	if err := s.askMembers(ctx, grp.ID, "/v1/internal/txns?"+groupQuery(grp.ID), &out); err != nil {
 		return api.GroupTxns{}, fmt.Errorf("transactions of group %d: %w", grp.ID, err)
 	}
 	return out, nil

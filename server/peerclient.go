@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 
 	"github.com/kvd-project/kvd"
@@ -188,7 +189,12 @@ func (s *Server) peerStatus(ctx context.Context, node string) (api.Status, error
 	return st, err
 }
 
-// groupPath is the path of a node-to-node endpoint about group g.
-func groupPath(endpoint string, g kvd.GroupID) string {
-	return api.InternalPrefix + endpoint + "?group=" + strconv.FormatUint(uint64(g), 10)
+// groupQuery is the query of a node-to-node call about group g, with
+// more parameters as name, value pairs.
+func groupQuery(g kvd.GroupID, kv ...string) string {
+	q := url.Values{"group": {strconv.FormatUint(uint64(g), 10)}}
+	for i := 0; i+1 < len(kv); i += 2 {
+		q.Set(kv[i], kv[i+1])
+	}
+	return q.Encode()
 }

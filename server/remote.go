@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strconv"
 
 	"github.com/hashicorp/raft"
@@ -20,14 +19,6 @@ import (
 type remote struct{ s *Server }
 
 var _ replication.Remote = remote{}
-
-func groupQuery(g kvd.GroupID, kv ...string) string {
-	q := url.Values{"group": {strconv.FormatUint(uint64(g), 10)}}
-	for i := 0; i+1 < len(kv); i += 2 {
-		q.Set(kv[i], kv[i+1])
-	}
-	return q.Encode()
-}
 
 // ReadIndex asks node leader for a read index of group g; it serves
 // follower reads.

@@ -136,7 +136,7 @@ func decodeResult(b []byte) (store.Result, error) {
 // remotePropose proposes cmd at node's replica of group g.
 func (s *Server) remotePropose(ctx context.Context, node string, g kvd.GroupID, cmd store.Cmd) (store.Result, error) {
 	b := store.Batch{Cmds: []store.Cmd{cmd}}
-	body, err := s.call(ctx, peerCall{op: "propose at", method: http.MethodPost, node: node, path: groupPath("propose", g),
+	body, err := s.call(ctx, peerCall{op: "propose at", method: http.MethodPost, node: node, path: "/v1/internal/propose?" + groupQuery(g),
 		body: b.AppendEncode(nil), group: g, write: true})
 	if err != nil {
 		return store.Result{}, err
@@ -374,7 +374,7 @@ func readLocal(ctx context.Context, g *replication.Group, keys []string) ([]stor
 // remoteRead reads keys of group g at node, which should lead g.
 func (s *Server) remoteRead(ctx context.Context, node string, g kvd.GroupID, keys []string) ([]store.KeyState, error) {
 	req, _ := json.Marshal(keys)
-	body, err := s.call(ctx, peerCall{op: "read at", method: http.MethodPost, node: node, path: groupPath("read", g),
+	body, err := s.call(ctx, peerCall{op: "read at", method: http.MethodPost, node: node, path: "/v1/internal/read?" + groupQuery(g),
 		body: req, group: g, limit: 256 << 20, retryRefusals: true})
 	if err != nil {
 		return nil, err
