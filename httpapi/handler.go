@@ -228,18 +228,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	internal := strings.HasPrefix(r.URL.Path, api.InternalPrefix)
 	if internal && !h.isPeer(r) {
 		h.metrics.peerRefused.Inc()
-		writeError(w, fmt.Errorf("%w: %s is for the cluster's nodes only (no valid %s)", kvd.ErrForbidden, r.URL.Path, api.HeaderPeerAuth), false)
+		h.refuse(w, r, fmt.Errorf("%w: %s is for the cluster's nodes only (no valid %s)", kvd.ErrForbidden, r.URL.Path, api.HeaderPeerAuth))
 		return
 	}
 	// URL.Query drops what it cannot parse: a mistyped parameter would
 	// silently mean its default (a watch from now, a scan of everything).
 	if _, err := url.ParseQuery(r.URL.RawQuery); err != nil {
-		writeError(w, fmt.Errorf("%w: malformed query string: %v", kvd.ErrInvalid, err), false)
+		h.refuse(w, r, fmt.Errorf("%w: malformed query string: %v", kvd.ErrInvalid, err))
 		return
 	}
 	if !internal && h.o.UnderPressure != nil && !operational(r.URL.Path) && h.o.UnderPressure() {
 		h.limits.shed.WithLabelValues("memory").Inc()
-		writeError(w, fmt.Errorf("the node is short of memory; retry shortly or through another node: %w", kvd.ErrOverloaded), false)
+		h.refuse(w, r, fmt.Errorf("the node is short of memory; retry shortly or through another node: %w", kvd.ErrOverloaded))
 		return
 	}
 	// Long-lived requests (watches) would hold a slot for ever, and
@@ -249,12 +249,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path != "/v1/watch" && !internal {
 		release, err := h.limits.admit(r)
 		if err != nil {
-			writeError(w, err, false)
+			h.refuse(w, r, err)
 			return
 		}
 		defer release()
 	}
 	h.handler.ServeHTTP(w, r)
+}
+
+// refuse answers err to a request refused before its body was read. The
+// body is read and dropped first (up to the body limit, for a second at
+// most): a client still sending it would otherwise see its connection
+// reset instead of the answer, as the server closes a connection whose
+// body is left unread.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Body != nil && r.Body != http.NoBody {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(time.Second))
+		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, h.o.Limits.MaxBodyBytes+1<<20))
+	}
+	writeError(w, err, false)
 }
 
 // operational reports whether path serves operators and routers (health,

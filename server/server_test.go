@@ -1,6 +1,8 @@
 package server_test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -210,4 +212,41 @@ func TestServer_CloseCutsOffASlowUploadAtTheDrainDeadline(t *testing.T) {
 	require.Less(t, time.Since(start), 5*time.Second)
 	_, err = c.Node(0).KV().Get(context.Background(), "slow")
 	require.Error(t, err, "the node is closed, and the cut-off upload wrote nothing")
+}
+
+// A request shed before its body is read still gets its answer: the body
+// is read and dropped, so a client sending a large one sees the 429, not a
+// reset connection.
+func TestServer_AShedUploadGetsItsAnswerNotAReset(t *testing.T) {
+	c := testcluster.New(t, 1, 1, func(cfg *server.Config) { cfg.MaxInflightBytes = 1500 })
+	addr := strings.TrimPrefix(c.URL(0), "http://")
+	// An upload that never finishes holds 1000 of the 1500 bytes.
+	hold, err := net.DialTimeout("tcp", addr, time.Second)
+	require.NoError(t, err)
+	defer hold.Close()
+	_, err = hold.Write([]byte("PUT /v1/kv/held HTTP/1.1\r\nHost: kvd\r\nContent-Length: 1000\r\n\r\nx"))
+	require.NoError(t, err)
+	// The metrics request counts itself: 2 means the upload holds its bytes.
+	require.Eventually(t, func() bool { return testcluster.Metric(t, c.URL(0), "kvd_http_inflight_requests") >= 2 },
+		5*time.Second, 10*time.Millisecond)
+
+	for range 5 {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		require.NoError(t, err)
+		require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
+		body := bytes.Repeat([]byte("v"), 1<<20)
+		wrote := make(chan error, 1)
+		go func() {
+			_, err := conn.Write(append([]byte(fmt.Sprintf("PUT /v1/kv/big HTTP/1.1\r\nHost: kvd\r\nContent-Length: %d\r\n\r\n", len(body))), body...))
+			wrote <- err
+		}()
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		require.NoError(t, err, "the answer, not a reset")
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Equal(t, 429, resp.StatusCode, "%s", b)
+		require.Contains(t, string(b), `"code":"overloaded"`)
+		require.NoError(t, <-wrote, "the whole body was taken")
+		conn.Close()
+	}
 }
