@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 )
 
@@ -20,6 +21,26 @@ type Node struct {
 	HTTP string `json:"http"`
 	// Raft is the advertised host:port of the node's Raft transport.
 	Raft string `json:"raft"`
+	// State is the node's place in the cluster: NodeActive (or "", as in
+	// maps written before membership changes existed), NodeJoining (added,
+	// not yet seen up) or NodeLeaving (its replicas are being moved off
+	// before it is removed).
+	State string `json:"state,omitempty"`
+}
+
+// Node states of the cluster map.
+const (
+	NodeActive  = "active"
+	NodeJoining = "joining"
+	NodeLeaving = "leaving"
+)
+
+// StateName returns the node's state, "active" for the empty one.
+func (n Node) StateName() string {
+	if n.State == "" {
+		return NodeActive
+	}
+	return n.State
 }
 
 // SlotRange is an inclusive range of slots, [first, last].
@@ -32,9 +53,22 @@ type Group struct {
 	// Members are the node ids of the group's replicas; the first is its
 	// preferred leader.
 	Members []string `json:"members"`
+	// Learners are replicas being added: they receive the log as Raft
+	// non-voters and serve no reads until they have caught up and are
+	// promoted into Members.
+	Learners []string `json:"learners,omitempty"`
 	// Slots are the slot ranges the group owns.
 	Slots []SlotRange `json:"slots"`
 }
+
+// Hosts reports whether node holds a replica of the group, as a member
+// or a learner.
+func (g Group) Hosts(node string) bool {
+	return slices.Contains(g.Members, node) || slices.Contains(g.Learners, node)
+}
+
+// IsMember reports whether node is a voting member of the group.
+func (g Group) IsMember(node string) bool { return slices.Contains(g.Members, node) }
 
 // Map is the cluster map: the nodes, the groups with their members, and
 // which group owns each slot. Epoch grows with every change.
@@ -42,6 +76,11 @@ type Map struct {
 	Epoch  uint64  `json:"epoch"`
 	Nodes  []Node  `json:"nodes"`
 	Groups []Group `json:"groups"`
+	// Replicas is how many replicas each group should have: the initial
+	// file's, kept so that a group left short (a dead node removed) is
+	// made whole again when a node has room. 0 in maps written before it
+	// existed: then the largest group's size.
+	Replicas int `json:"replicas,omitempty"`
 }
 
 // InitialCluster is the bootstrap file of the contract: the nodes, the
@@ -120,7 +159,7 @@ func (ic InitialCluster) Validate() error {
 // at positions (g-1+i) mod N, i = 0..R-1, in file order. The first member is
 // the preferred leader. The epoch of the initial map is 1.
 func (ic InitialCluster) Map() *Map {
-	m := &Map{Epoch: 1, Nodes: append([]Node(nil), ic.Nodes...)}
+	m := &Map{Epoch: 1, Nodes: append([]Node(nil), ic.Nodes...), Replicas: ic.Replicas}
 	n := len(ic.Nodes)
 	for g := 1; g <= ic.Groups; g++ {
 		grp := Group{ID: GroupID(g)}
@@ -137,9 +176,10 @@ func (ic InitialCluster) Map() *Map {
 
 // Clone returns a deep copy of m.
 func (m *Map) Clone() *Map {
-	c := &Map{Epoch: m.Epoch, Nodes: append([]Node(nil), m.Nodes...)}
+	c := &Map{Epoch: m.Epoch, Nodes: append([]Node(nil), m.Nodes...), Replicas: m.Replicas}
 	for _, g := range m.Groups {
-		c.Groups = append(c.Groups, Group{ID: g.ID, Members: append([]string(nil), g.Members...), Slots: append([]SlotRange(nil), g.Slots...)})
+		c.Groups = append(c.Groups, Group{ID: g.ID, Members: append([]string(nil), g.Members...),
+			Learners: append([]string(nil), g.Learners...), Slots: append([]SlotRange(nil), g.Slots...)})
 	}
 	return c
 }
@@ -176,18 +216,42 @@ func (m *Map) GroupOf(slot int) (GroupID, bool) {
 	return 0, false
 }
 
-// GroupsOf returns the ids of the groups node hosts, in ascending order.
+// GroupsOf returns the ids of the groups node hosts, as a member or a
+// learner, in ascending order.
 func (m *Map) GroupsOf(node string) []GroupID {
 	var ids []GroupID
 	for _, g := range m.Groups {
-		for _, mem := range g.Members {
-			if mem == node {
-				ids = append(ids, g.ID)
-			}
+		if g.Hosts(node) {
+			ids = append(ids, g.ID)
 		}
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	return ids
+}
+
+// ReplicationFactor returns how many replicas each group should have.
+func (m *Map) ReplicationFactor() int {
+	if m.Replicas > 0 {
+		return m.Replicas
+	}
+	r := 0
+	for _, g := range m.Groups {
+		r = max(r, len(g.Members))
+	}
+	return r
+}
+
+// SystemGroup returns the group whose log holds the authoritative cluster
+// map: every change to the map is a compare-and-set on its epoch in this
+// group (the lowest-numbered one), and spreads to the others from there.
+func (m *Map) SystemGroup() GroupID {
+	var sys GroupID
+	for _, g := range m.Groups {
+		if sys == 0 || g.ID < sys {
+			sys = g.ID
+		}
+	}
+	return sys
 }
 
 // Validate checks the map's internal consistency: every slot owned by
@@ -196,16 +260,30 @@ func (m *Map) Validate() error {
 	var owner [SlotCount]GroupID
 	nodes := map[string]bool{}
 	for _, n := range m.Nodes {
+		if n.ID == "" || n.HTTP == "" || n.Raft == "" {
+			return fmt.Errorf("node %q: id, http and raft are all required", n.ID)
+		}
+		if nodes[n.ID] {
+			return fmt.Errorf("node id %q appears twice", n.ID)
+		}
+		switch n.State {
+		case "", NodeActive, NodeJoining, NodeLeaving:
+		default:
+			return fmt.Errorf("node %q: unknown state %q", n.ID, n.State)
+		}
 		nodes[n.ID] = true
 	}
 	for _, g := range m.Groups {
+		if len(g.Members) == 0 {
+			return fmt.Errorf("group %d has no member", g.ID)
+		}
 		seen := map[string]bool{}
-		for _, mem := range g.Members {
+		for _, mem := range append(append([]string(nil), g.Members...), g.Learners...) {
 			if !nodes[mem] {
-				return fmt.Errorf("group %d: member %q is not a node", g.ID, mem)
+				return fmt.Errorf("group %d: replica %q is not a node", g.ID, mem)
 			}
 			if seen[mem] {
-				return fmt.Errorf("group %d: member %q appears twice", g.ID, mem)
+				return fmt.Errorf("group %d: replica %q appears twice", g.ID, mem)
 			}
 			seen[mem] = true
 		}

@@ -80,12 +80,18 @@ type Node struct {
 	ID   string `json:"id"`
 	HTTP string `json:"http"`
 	Raft string `json:"raft"`
+	// State is "active", "joining" (added, not yet seen up) or "leaving"
+	// (its replicas are being moved off before it is removed).
+	State string `json:"state,omitempty"`
 }
 
 // Group is a group of the cluster map with its current leader.
 type Group struct {
 	ID      uint64   `json:"id"`
 	Members []string `json:"members"`
+	// Learners are replicas still catching up, not yet voting; they
+	// serve no reads.
+	Learners []string `json:"learners"`
 	// Leader is the node id of the current leader, "" while there is none.
 	Leader string `json:"leader"`
 	// Slots are inclusive slot ranges.
@@ -97,6 +103,65 @@ type Cluster struct {
 	Epoch  uint64  `json:"epoch"`
 	Nodes  []Node  `json:"nodes"`
 	Groups []Group `json:"groups"`
+	// Replicas is how many replicas each group is kept at.
+	Replicas int `json:"replicas,omitempty"`
+}
+
+// NodeRequest is the body of POST /v1/admin/nodes: a node to add, with
+// its advertised addresses.
+type NodeRequest struct {
+	ID   string `json:"id"`
+	HTTP string `json:"http"`
+	Raft string `json:"raft"`
+}
+
+// MemberRequest is the body of POST /v1/admin/groups/{g}/members and of
+// POST /v1/admin/groups/{g}/leader.
+type MemberRequest struct {
+	Node string `json:"node"`
+}
+
+// Change states of a membership change's answer.
+const (
+	ChangeDone       = "done"
+	ChangeInProgress = "in_progress"
+)
+
+// MembershipChange answers a change to a group's replicas (200 when done,
+// 202 while the cluster is still carrying it out: the map records it,
+// and it finishes on its own, also across crashes).
+type MembershipChange struct {
+	Group uint64 `json:"group"`
+	Node  string `json:"node"`
+	// State is "done" or "in_progress".
+	State string `json:"state"`
+	Epoch uint64 `json:"epoch"`
+	// Members, Learners and Leader are the group's as of the answer.
+	Members  []string `json:"members"`
+	Learners []string `json:"learners"`
+	Leader   string   `json:"leader,omitempty"`
+	// Message says what is left to do, if anything.
+	Message string `json:"message,omitempty"`
+}
+
+// NodeChange answers POST /v1/admin/nodes and DELETE /v1/admin/nodes/{id}.
+type NodeChange struct {
+	Node Node `json:"node"`
+	// State is "done" (added, or removed from the map) or "in_progress"
+	// (the node is leaving: its replicas are being moved).
+	State string `json:"state"`
+	Epoch uint64 `json:"epoch"`
+	// Groups lists the groups whose replicas the node still holds.
+	Groups []uint64 `json:"groups,omitempty"`
+	// Message says what is left to do, if anything.
+	Message string `json:"message,omitempty"`
+}
+
+// JoinResponse answers a joining node (node to node): the cluster it
+// joined and the map it is in.
+type JoinResponse struct {
+	Cluster string          `json:"cluster"`
+	Map     json.RawMessage `json:"map"`
 }
 
 // GroupOf returns the id of the group that owns slot (see kvd.Slot).

@@ -18,14 +18,14 @@ func (s *Server) NodeID() string { return s.id }
 // node knows them.
 func (s *Server) Cluster(ctx context.Context) (api.Cluster, error) {
 	m := s.Map()
-	c := api.Cluster{Epoch: m.Epoch}
+	c := api.Cluster{Epoch: m.Epoch, Replicas: m.ReplicationFactor()}
 	for _, n := range m.Nodes {
-		c.Nodes = append(c.Nodes, api.Node{ID: n.ID, HTTP: n.HTTP, Raft: n.Raft})
+		c.Nodes = append(c.Nodes, api.Node{ID: n.ID, HTTP: n.HTTP, Raft: n.Raft, State: n.StateName()})
 	}
 	c.Groups = make([]api.Group, len(m.Groups))
 	var wg sync.WaitGroup
 	for i, grp := range m.Groups {
-		ag := api.Group{ID: uint64(grp.ID), Members: grp.Members}
+		ag := api.Group{ID: uint64(grp.ID), Members: grp.Members, Learners: append([]string{}, grp.Learners...)}
 		for _, r := range grp.Slots {
 			ag.Slots = append(ag.Slots, [2]int{r[0], r[1]})
 		}
