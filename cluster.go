@@ -59,6 +59,9 @@ type Group struct {
 	Learners []string `json:"learners,omitempty"`
 	// Slots are the slot ranges the group owns.
 	Slots []SlotRange `json:"slots"`
+	// Replicas, if set, is how many replicas this group is kept at (an
+	// operator added or removed one); 0 means the map's Replicas.
+	Replicas int `json:"replicas,omitempty"`
 }
 
 // Hosts reports whether node holds a replica of the group, as a member
@@ -179,7 +182,7 @@ func (m *Map) Clone() *Map {
 	c := &Map{Epoch: m.Epoch, Nodes: append([]Node(nil), m.Nodes...), Replicas: m.Replicas}
 	for _, g := range m.Groups {
 		c.Groups = append(c.Groups, Group{ID: g.ID, Members: append([]string(nil), g.Members...),
-			Learners: append([]string(nil), g.Learners...), Slots: append([]SlotRange(nil), g.Slots...)})
+			Learners: append([]string(nil), g.Learners...), Slots: append([]SlotRange(nil), g.Slots...), Replicas: g.Replicas})
 	}
 	return c
 }
@@ -239,6 +242,32 @@ func (m *Map) ReplicationFactor() int {
 		r = max(r, len(g.Members))
 	}
 	return r
+}
+
+// Target returns how many replicas group g should have.
+func (m *Map) Target(g Group) int {
+	if g.Replicas > 0 {
+		return g.Replicas
+	}
+	return m.ReplicationFactor()
+}
+
+// Load returns how many replicas each node of the map holds (members and
+// learners).
+func (m *Map) Load() map[string]int {
+	load := make(map[string]int, len(m.Nodes))
+	for _, n := range m.Nodes {
+		load[n.ID] = 0
+	}
+	for _, g := range m.Groups {
+		for _, id := range g.Members {
+			load[id]++
+		}
+		for _, id := range g.Learners {
+			load[id]++
+		}
+	}
+	return load
 }
 
 // SystemGroup returns the group whose log holds the authoritative cluster

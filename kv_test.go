@@ -90,7 +90,7 @@ func TestInitialCluster_Validate(t *testing.T) {
 }
 
 func TestMap_GroupsOfAndValidate(t *testing.T) {
-	m := InitialCluster{Nodes: []Node{{"a", "1", "2"}, {"b", "3", "4"}, {"c", "5", "6"}}, Groups: 3, Replicas: 2}.Map()
+	m := InitialCluster{Nodes: []Node{{ID: "a", HTTP: "1", Raft: "2"}, {ID: "b", HTTP: "3", Raft: "4"}, {ID: "c", HTTP: "5", Raft: "6"}}, Groups: 3, Replicas: 2}.Map()
 	require.Equal(t, []GroupID{1, 3}, m.GroupsOf("a"))
 	require.Equal(t, []GroupID{1, 2}, m.GroupsOf("b"))
 	c := m.Clone()

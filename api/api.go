@@ -187,6 +187,11 @@ type GroupStatus struct {
 	LastIndex    uint64    `json:"last_index"`
 	LastContact  time.Time `json:"last_contact,omitzero"`
 	Members      []string  `json:"members"`
+	// Replica is this replica's place in the map: "member", "learner"
+	// (being added: catching up, serving no reads) or "removed" (out of
+	// the map, waiting to be dropped from the Raft configuration; it
+	// serves no reads).
+	Replica string `json:"replica,omitempty"`
 	// Health is the replica's ability to serve.
 	Health *Health `json:"health,omitempty"`
 	// StateBytes is the size of the replica's state file.

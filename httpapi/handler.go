@@ -86,6 +86,27 @@ type Backend interface {
 	GroupTxns(ctx context.Context, g kvd.GroupID) (api.GroupTxns, error)
 	// Txns lists the transactions that hold locks or records (admin).
 	Txns(ctx context.Context) (api.TxnList, error)
+	// AddNode adds a node to the cluster map (admin).
+	AddNode(ctx context.Context, r api.NodeRequest) (api.NodeChange, error)
+	// RemoveNode decommissions a node: its replicas move to other nodes,
+	// then it leaves the map; force is for a dead node (admin). The
+	// status is 200 when done, 202 while in progress.
+	RemoveNode(ctx context.Context, id string, force bool, wait time.Duration) (api.NodeChange, int, error)
+	// AddMember adds a replica of group g on node: a learner, then a
+	// voter (admin).
+	AddMember(ctx context.Context, g kvd.GroupID, node string, wait time.Duration) (api.MembershipChange, int, error)
+	// RemoveMember removes node's replica of group g (admin).
+	RemoveMember(ctx context.Context, g kvd.GroupID, node string, wait time.Duration) (api.MembershipChange, int, error)
+	// TransferLeader hands group g's leadership to node (admin).
+	TransferLeader(ctx context.Context, g kvd.GroupID, node string) (api.MembershipChange, int, error)
+	// Join registers a node joining the cluster and answers the cluster's
+	// id and map (node to node).
+	Join(ctx context.Context, body []byte) ([]byte, error)
+	// EditMap makes an encoded edit of the cluster map, on the system
+	// group's leader (node to node).
+	EditMap(ctx context.Context, body []byte) ([]byte, error)
+	// InternalMap returns this node's cluster map (node to node).
+	InternalMap(ctx context.Context) (*kvd.Map, error)
 	// AbortTxn aborts transaction id unless it has committed, and then
 	// finishes it: its locks are released (or applied, if committed) in
 	// every group (admin). kvd.ErrNotFound if nothing holds it.
@@ -193,6 +214,14 @@ func New(b Backend, o Options) (*Handler, error) {
 	r.HandleFunc("/v1/internal/txns", h.groupTxns).Methods(http.MethodGet)
 	r.HandleFunc("/v1/admin/txns", h.txns).Methods(http.MethodGet)
 	r.HandleFunc("/v1/admin/txns/{id}/abort", h.abortTxn).Methods(http.MethodPost)
+	r.HandleFunc("/v1/admin/nodes", h.addNode).Methods(http.MethodPost)
+	r.HandleFunc("/v1/admin/nodes/{id}", h.removeNode).Methods(http.MethodDelete)
+	r.HandleFunc("/v1/admin/groups/{group}/members", h.addMember).Methods(http.MethodPost)
+	r.HandleFunc("/v1/admin/groups/{group}/members/{node}", h.removeMember).Methods(http.MethodDelete)
+	r.HandleFunc("/v1/admin/groups/{group}/leader", h.transferLeader).Methods(http.MethodPost)
+	r.HandleFunc("/v1/internal/join", h.peerCall(h.b.Join)).Methods(http.MethodPost)
+	r.HandleFunc("/v1/internal/mapedit", h.peerCall(h.b.EditMap)).Methods(http.MethodPost)
+	r.HandleFunc("/v1/internal/map", h.internalMap).Methods(http.MethodGet)
 	if fp := failpoint.Handler(); fp != nil { // fault-injection builds only
 		r.PathPrefix("/debug/failpoints/").Handler(fp)
 	}

@@ -37,6 +37,10 @@ type Config struct {
 	// Bootstrap, when the replica has no state yet, bootstraps the group
 	// with Peers. Every initial member may do so with the same Peers.
 	Bootstrap bool
+	// Joining opens a replica being added to a running group: it starts
+	// empty, waits for the leader to send it the log, and serves no read
+	// until the leader's read index says it has caught up.
+	Joining bool
 	// Layer carries the group's Raft traffic (see Mux.Layer).
 	Layer raft.StreamLayer
 	// Transport, if set, is used instead of a network transport over

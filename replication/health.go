@@ -87,6 +87,9 @@ func (g *Group) Health() Health {
 		h.State, h.Detail = "stalled", g.health.stallErr
 	case !g.health.caughtUp.Load():
 		h.State, h.Detail = "catching_up", fmt.Sprintf("applied %d, catching up to %d", g.db.AppliedIndex(), g.startFloor.Load())
+		if g.startFloor.Load() == joiningFloor {
+			h.Detail = fmt.Sprintf("new replica: applied %d, waiting for the leader's log", g.db.AppliedIndex())
+		}
 	}
 	if g.health.check != nil {
 		c := *g.health.check

@@ -133,6 +133,9 @@ func (g *Group) setStartFloor(hasState bool) error {
 		return fmt.Errorf("%w: %w", err, ErrNoState)
 	}
 	floor = max(floor, snapIndex, g.db.AppliedIndex(), readFloor(g.cfg.Dir))
+	if g.cfg.Joining && !hasState {
+		floor = joiningFloor
+	}
 	g.startFloor.Store(floor)
 	g.health.caughtUp.Store(g.db.AppliedIndex() >= floor)
 	if failpoint.Mutant(failpoint.MutantServeBeforeCatchUp) {

@@ -109,6 +109,19 @@ type Config struct {
 	TTLInterval time.Duration
 	// IdempotencyRetention is how long idempotency keys are remembered.
 	IdempotencyRetention time.Duration
+	// Join, if set, lists members' HTTP URLs: a node without a data
+	// directory yet registers itself with the first that answers (proving
+	// it holds the cluster's peer secret, PeerSecret or PeerSecretFile),
+	// takes the cluster's map, and waits for replicas. Ignored once the
+	// node has joined.
+	Join []string
+	// ReplaceDeadAfter, if positive, makes the system group's leader
+	// rebuild the replicas of a node unreachable that long on other
+	// nodes, one group at a time, and remove it.
+	ReplaceDeadAfter time.Duration
+	// BalanceReplicas moves replicas between nodes while one node holds
+	// two more than another (a node that joined gets its share).
+	BalanceReplicas bool
 	// LeaderBalanceInterval is how often the node hands leadership of
 	// groups it leads back to their preferred leaders; 0 disables it.
 	LeaderBalanceInterval time.Duration
@@ -141,6 +154,7 @@ func DefaultConfig() Config {
 		ShutdownTimeout:       10 * time.Second,
 		ReadHeaderTimeout:     10 * time.Second,
 		LeaderBalanceInterval: 3 * time.Second,
+		BalanceReplicas:       true,
 		TxnTimeout:            10 * time.Second,
 		TTLInterval:           100 * time.Millisecond,
 		IdempotencyRetention:  10 * time.Minute,

@@ -192,6 +192,9 @@ func (p *peerDisks) poll(ctx context.Context, s *Server, timeout time.Duration) 
 		if err == nil && st.Storage != nil {
 			p.set(n.ID, !st.Storage.Writable)
 		}
+		if err == nil {
+			s.gossipMap(ctx, n.ID, st.Epoch)
+		}
 	}
 }
 

@@ -18,10 +18,12 @@ import (
 // The node-to-node endpoints that serve peers' repairs and integrity
 // checks, and the operator's view of transactions.
 
+// replica returns this node's replica of g if it serves g (see
+// servingReplica), else kvd.ErrWrongGroup.
 func (s *Server) replica(g kvd.GroupID) (*replication.Group, error) {
-	grp, ok := s.hosted()[g]
+	grp, ok := s.servingReplica(g)
 	if !ok {
-		return nil, fmt.Errorf("%w: node %s hosts no replica of group %d", kvd.ErrWrongGroup, s.id, g)
+		return nil, fmt.Errorf("%w: node %s hosts no serving replica of group %d", kvd.ErrWrongGroup, s.id, g)
 	}
 	return grp, nil
 }

@@ -33,7 +33,7 @@ func (s *Server) groupFor(ctx context.Context, key string, rt kvd.Route) (*repli
 		}
 		return s.replica(gid)
 	}
-	if g, ok := s.hosted()[gid]; ok {
+	if g, ok := s.servingReplica(gid); ok {
 		return g, nil
 	}
 	return nil, &kvd.NotLeaderError{Group: gid, Leader: s.leaderOrPreferred(ctx, gid)}
@@ -253,7 +253,7 @@ func (s *Server) scanLocal(ctx context.Context, g *replication.Group, o kvd.Scan
 // c, else from the group's leader (linearizable) or the replica the
 // leader hint names, following hints for a few hops.
 func (s *Server) scanGroup(ctx context.Context, grp kvd.Group, epoch uint64, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error) {
-	if g, ok := s.hosted()[grp.ID]; ok && (c != kvd.Linearizable || g.IsLeader()) {
+	if g, ok := s.servingReplica(grp.ID); ok && (c != kvd.Linearizable || g.IsLeader()) {
 		return s.scanLocal(ctx, g, o, c)
 	}
 	target := s.leaderOrPreferred(ctx, grp.ID)
@@ -261,8 +261,10 @@ func (s *Server) scanGroup(ctx context.Context, grp kvd.Group, epoch uint64, o k
 	for attempt := 0; attempt < 4; attempt++ {
 		var items []kvd.Item
 		var next string
-		if target == s.id {
-			items, next, err = s.scanLocal(ctx, s.hosted()[grp.ID], o, c)
+		if g, ok := s.servingReplica(grp.ID); ok && target == s.id {
+			items, next, err = s.scanLocal(ctx, g, o, c)
+		} else if target == s.id {
+			err = &kvd.NotLeaderError{Group: grp.ID}
 		} else {
 			items, next, err = s.remoteScan(ctx, target, grp.ID, epoch, o, c)
 		}

@@ -23,6 +23,12 @@ type nodeMetrics struct {
 	watchesShed   atomic.Uint64 // watches refused: the node served its most
 	txnRecoveries atomic.Uint64 // transactions finished by a reader or a janitor
 	txnOutcomes   *prometheus.CounterVec
+
+	// Membership.
+	mapChanges      *prometheus.CounterVec
+	configChanges   *prometheus.CounterVec
+	learnerBehind   *prometheus.GaugeVec
+	replicasRetired atomic.Uint64
 }
 
 func newNodeMetrics() *nodeMetrics {
@@ -37,6 +43,18 @@ func newNodeMetrics() *nodeMetrics {
 			Help:    "Time to append entries to a replica's Raft log, fsync included.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 		}, []string{"group"}),
+		mapChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvd_cluster_map_changes_total",
+			Help: "Changes this node made to the cluster map as the system group's leader, by kind (add-node, activate, leave, drop-node, add-learner, promote, remove-replica, reorder).",
+		}, []string{"change"}),
+		configChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvd_raft_configuration_changes_total",
+			Help: "Raft configuration changes this node made as a group's leader, by kind (add_learner, promote, remove).",
+		}, []string{"change"}),
+		learnerBehind: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kvd_learner_entries_behind",
+			Help: "How many entries a learner (a replica being added) trails its group leader's commit index, as the leader last measured.",
+		}, []string{"group", "node"}),
 		txnOutcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvd_txn_total",
 			Help: "Transactions this node coordinated, by outcome (committed, conflict, compare_failed, not_a_number, unknown, failed).",
@@ -55,7 +73,7 @@ func (m *nodeMetrics) observer(g kvd.GroupID) replication.Observer {
 }
 
 func (m *nodeMetrics) register(reg prometheus.Registerer) {
-	reg.MustRegister(m.apply, m.append, m.txnOutcomes)
+	reg.MustRegister(m.apply, m.append, m.txnOutcomes, m.mapChanges, m.configChanges, m.learnerBehind)
 	counter := func(name, help string, v *atomic.Uint64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
 	}

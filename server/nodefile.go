@@ -21,6 +21,13 @@ type nodeFile struct {
 	// cluster's token); empty in files written before it existed, which
 	// then use the map's with no token.
 	Cluster string `json:"cluster,omitempty"`
+	// Joined marks a node that joined a running cluster (--join): Map is
+	// the map it joined, and it bootstraps nothing.
+	Joined bool `json:"joined,omitempty"`
+	// Latest is the newest map this node has learned, so that a node
+	// that holds no replica of the groups that stored it still starts
+	// from it.
+	Latest *kvd.Map `json:"latest,omitempty"`
 }
 
 func readNodeFile(dir string) (*nodeFile, error) {

@@ -15,17 +15,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -72,6 +68,25 @@ type Server struct {
 
 	serveErr chan error
 
+	// nodeFile is node.json as read or written at start.
+	nodeFile  *nodeFile
+	clusterID string
+	// learned is the newest map this node has been told of (by the
+	// system group's leader, a peer, or node.json); see Map.
+	learned atomic.Pointer[kvd.Map]
+	learnMu sync.Mutex // serializes learnMap's compare and write
+	// mapMu serializes this node's changes to the map.
+	mapMu sync.Mutex
+	// replicasMu serializes changes to the set of hosted replicas.
+	replicasMu sync.Mutex
+	// membershipKick wakes the membership loop early.
+	membershipKick chan struct{}
+	// removalWait remembers since when a replica to remove did not answer.
+	removalWait sync.Map
+	// lastSeen is when each node last answered the system leader's probe.
+	seenMu   sync.Mutex
+	lastSeen map[string]time.Time
+
 	// bgCancel stops the node's background loops; bg waits for them.
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup
@@ -87,7 +102,8 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, fmt.Errorf("server config: %w", err)
 	}
 	s := &Server{cfg: cfg, id: cfg.NodeID, log: cfg.Logger.With("node", cfg.NodeID), started: time.Now(),
-		serveErr: make(chan error, 1), leaders: leaderCache{m: map[kvd.GroupID]leaderEntry{}}}
+		serveErr: make(chan error, 1), leaders: leaderCache{m: map[kvd.GroupID]leaderEntry{}},
+		membershipKick: make(chan struct{}, 1), lastSeen: map[string]time.Time{}}
 	s.groups.Store(&map[kvd.GroupID]*replication.Group{})
 	defer func() {
 		if err != nil {
@@ -110,7 +126,7 @@ func New(cfg Config) (_ *Server, err error) {
 		}
 	}()
 	httpAdv, raftAdv := s.advertised(raftLn)
-	nf, first, err := s.loadNodeFile(httpAdv, raftAdv)
+	_, first, err := s.loadNodeFile(httpAdv, raftAdv)
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +136,7 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	s.keys = keysOf(secret)
 	if raftLn != nil {
-		if raftAdv, err = s.openMux(raftLn, nf); err != nil {
+		if raftAdv, err = s.openMux(raftLn); err != nil {
 			return nil, err
 		}
 	}
@@ -197,7 +213,11 @@ func (s *Server) loadNodeFile(httpAdv, raftAdv string) (nf *nodeFile, first bool
 		return nil, false, err
 	}
 	first = nf == nil
-	if first {
+	if first && len(cfg.Join) > 0 {
+		if nf, err = s.join(httpAdv, raftAdv); err != nil {
+			return nil, false, err
+		}
+	} else if first {
 		ic := kvd.InitialCluster{Nodes: []kvd.Node{{ID: s.id, HTTP: httpAdv, Raft: raftAdv}}, Groups: 1, Replicas: 1}
 		if cfg.InitialCluster != nil {
 			ic = *cfg.InitialCluster
@@ -214,6 +234,13 @@ func (s *Server) loadNodeFile(httpAdv, raftAdv string) (nf *nodeFile, first bool
 		return nil, false, fmt.Errorf("data dir %s belongs to node %q, not %q", cfg.DataDir, nf.ID, s.id)
 	}
 	s.seed = nf.Map
+	s.nodeFile, s.clusterID = nf, nf.Cluster
+	if s.clusterID == "" {
+		s.clusterID = kvd.ClusterID(nf.Map, "")
+	}
+	if nf.Latest != nil {
+		s.learned.Store(nf.Latest)
+	}
 	if cfg.Embedded && (len(s.seed.Nodes) != 1 || len(s.seed.Groups) != 1) {
 		return nil, false, fmt.Errorf("data dir %s holds a node of a cluster; an embedded store runs a single node", cfg.DataDir)
 	}
@@ -223,15 +250,11 @@ func (s *Server) loadNodeFile(httpAdv, raftAdv string) (nf *nodeFile, first bool
 // openMux starts the Raft listener's multiplexer and returns the Raft
 // address this node advertises: peers dial what the map says, so that is
 // what it advertises unless told otherwise.
-func (s *Server) openMux(raftLn net.Listener, nf *nodeFile) (string, error) {
-	self, _ := s.seed.Node(s.id)
+func (s *Server) openMux(raftLn net.Listener) (string, error) {
+	self, _ := s.Map().Node(s.id)
 	raftAdv := firstNonEmpty(s.cfg.RaftAdvertise, self.Raft)
-	cluster := nf.Cluster
-	if cluster == "" {
-		cluster = kvd.ClusterID(nf.Map, "")
-	}
 	var err error
-	s.mux, err = replication.NewMux(raftLn, raftAdv, cluster, s.keys.raft, s.log)
+	s.mux, err = replication.NewMux(raftLn, raftAdv, s.clusterID, s.keys.raft, s.log)
 	return raftAdv, err
 }
 
@@ -272,6 +295,7 @@ func (s *Server) startBackground() {
 	if s.memory.high > 0 {
 		background(func(ctx context.Context) { repeat(ctx, 50*time.Millisecond, s.memory.sample) })
 	}
+	background(s.runMembership)
 	if every := s.cfg.LeaderBalanceInterval; every > 0 {
 		background(func(ctx context.Context) { s.balanceLeaders(ctx, every) })
 	}
@@ -289,64 +313,6 @@ func repeat(ctx context.Context, every time.Duration, fn func()) {
 			fn()
 		}
 	}
-}
-
-func (s *Server) openGroups(first bool) error {
-	s.missing = map[kvd.GroupID]string{}
-	placed := s.seed.GroupsOf(s.id)
-	for _, gid := range placed {
-		grp, _ := s.seed.Group(gid)
-		rc := s.cfg.Replication
-		rc.Group = gid
-		rc.NodeID = s.id
-		rc.Dir = filepath.Join(s.cfg.DataDir, "groups", strconv.FormatUint(uint64(gid), 10))
-		rc.Bootstrap = first
-		rc.Peers = nil
-		for _, mem := range grp.Members {
-			n, _ := s.seed.Node(mem)
-			rc.Peers = append(rc.Peers, replication.Peer{ID: mem, Addr: n.Raft})
-		}
-		rc.AddressProvider = s
-		rc.Remote = remote{s}
-		rc.RequireState = !first
-		rc.SeedMap = s.seed
-		rc.Logger = s.log
-		rc.Observer = s.metrics.observer(gid)
-		if s.mux != nil {
-			layer, err := s.mux.Layer(gid)
-			if err != nil {
-				return err
-			}
-			rc.Layer = layer
-		} else {
-			addr, trans := raft.NewInmemTransport(raft.ServerAddress(rc.Peers[0].Addr))
-			rc.Transport = trans
-			rc.Peers[0].Addr = string(addr)
-		}
-		g, err := replication.Open(rc)
-		if errors.Is(err, replication.ErrNoState) {
-			// Its directory was lost. Starting it empty would forget the
-			// term it voted in and the entries it acknowledged: it must
-			// come back as a new replica instead.
-			s.missing[gid] = err.Error()
-			s.log.Error("not starting a group whose Raft state was lost; it must be re-added as a new replica (remove this node from the group and add it again)",
-				"group", gid, "err", err)
-			if s.mux != nil {
-				rc.Layer.Close()
-			}
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		next := maps.Clone(s.hosted())
-		next[gid] = g
-		s.groups.Store(&next)
-	}
-	if len(placed) == 0 {
-		return fmt.Errorf("the cluster map places no group on node %q", s.id)
-	}
-	return nil
 }
 
 // HTTPAddr returns the address the HTTP API listens on, "" if none.
@@ -381,6 +347,9 @@ func (s *Server) Group(g kvd.GroupID) (*replication.Group, bool) {
 // any hosted group, or the seed this node bootstrapped with.
 func (s *Server) Map() *kvd.Map {
 	m := s.seed
+	if l := s.learned.Load(); l != nil && l.Epoch > m.Epoch {
+		m = l
+	}
 	for _, g := range s.hosted() {
 		if sm := g.Store().Map(); sm != nil && sm.Epoch > m.Epoch {
 			m = sm

@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -17,23 +19,13 @@ func (s *Server) NodeID() string { return s.id }
 // Cluster returns the cluster map with each group's leader, as this
 // node knows them.
 func (s *Server) Cluster(ctx context.Context) (api.Cluster, error) {
-	m := s.Map()
-	c := api.Cluster{Epoch: m.Epoch, Replicas: m.ReplicationFactor()}
-	for _, n := range m.Nodes {
-		c.Nodes = append(c.Nodes, api.Node{ID: n.ID, HTTP: n.HTTP, Raft: n.Raft, State: n.StateName()})
-	}
-	c.Groups = make([]api.Group, len(m.Groups))
+	c := clusterOf(s.Map())
 	var wg sync.WaitGroup
-	for i, grp := range m.Groups {
-		ag := api.Group{ID: uint64(grp.ID), Members: grp.Members, Learners: append([]string{}, grp.Learners...)}
-		for _, r := range grp.Slots {
-			ag.Slots = append(ag.Slots, [2]int{r[0], r[1]})
-		}
-		c.Groups[i] = ag
+	for i := range c.Groups {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.Groups[i].Leader = s.leaderOf(ctx, grp.ID)
+			c.Groups[i].Leader = s.leaderOf(ctx, kvd.GroupID(c.Groups[i].ID))
 		}()
 	}
 	wg.Wait()
@@ -52,10 +44,15 @@ func (s *Server) Status(ctx context.Context) api.Status {
 	}
 	st := api.Status{Node: s.id, HTTP: s.HTTPAddr(), Raft: raftAddr, Version: s.cfg.Version,
 		Uptime: time.Since(s.started).Round(time.Second).String(), Epoch: s.Map().Epoch}
-	for _, gid := range s.Map().GroupsOf(s.id) {
-		g, ok := s.hosted()[gid]
-		if !ok {
-			continue
+	m := s.Map()
+	for _, gid := range slices.Sorted(maps.Keys(s.hosted())) {
+		g := s.hosted()[gid]
+		grp, _ := m.Group(gid)
+		place := "removed"
+		if grp.IsMember(s.id) {
+			place = "member"
+		} else if grp.Hosts(s.id) {
+			place = "learner"
 		}
 		gs := g.Status()
 		h := g.Health()
@@ -65,7 +62,7 @@ func (s *Server) Status(ctx context.Context) api.Status {
 		}
 		st.Groups = append(st.Groups, api.GroupStatus{Group: uint64(gs.Group), Role: gs.Role, Term: gs.Term, Leader: gs.Leader,
 			CommitIndex: gs.CommitIndex, AppliedIndex: gs.AppliedIndex, LastIndex: gs.LastIndex, LastContact: gs.LastContact, Members: gs.Members,
-			Health: ah, StateBytes: g.Stats().StateBytes})
+			Replica: place, Health: ah, StateBytes: g.Stats().StateBytes})
 	}
 	for gid, reason := range s.missing {
 		st.Missing = append(st.Missing, api.MissingGroup{Group: uint64(gid), Reason: reason})
@@ -81,7 +78,11 @@ func (s *Server) Status(ctx context.Context) api.Status {
 // Ready returns nil when every hosted group has a leader and this node's
 // replica of it serves (kvd.ErrUnavailable otherwise).
 func (s *Server) Ready() error {
+	m := s.Map()
 	for gid, g := range s.hosted() {
+		if grp, ok := m.Group(gid); !ok || !grp.IsMember(s.id) {
+			continue // a learner catching up, or a replica being removed
+		}
 		if g.LeaderID() == "" {
 			return fmt.Errorf("group %d has no leader: %w", gid, kvd.ErrUnavailable)
 		}

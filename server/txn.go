@@ -58,7 +58,7 @@ func atLeader[T any](ctx context.Context, s *Server, g kvd.GroupID, retry func(e
 		}
 		var out T
 		var err error
-		if grp, hosted := s.hosted()[g]; hosted && (grp.IsLeader() || target == s.id) {
+		if grp, hosted := s.servingReplica(g); hosted && (grp.IsLeader() || target == s.id) {
 			out, err = local(grp)
 		} else {
 			out, err = remote(target)

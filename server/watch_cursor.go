@@ -70,7 +70,7 @@ func decodeCursor(s string) (map[kvd.GroupID]store.Pos, error) {
 // rebuilt). The group's read index is what it has committed; a replica
 // here that lags is given a moment to catch up first.
 func (s *Server) checkCursor(ctx context.Context, g kvd.GroupID, pos store.Pos) error {
-	grp, hosted := s.hosted()[g]
+	grp, hosted := s.servingReplica(g)
 	if hosted && grp.Serving() == nil && pos.Index <= grp.Store().AppliedIndex() {
 		return nil
 	}

@@ -39,7 +39,7 @@ const watchPageBytes = 512 << 10
 // replica if this node hosts one (any replica holds the same committed
 // history), else from a member.
 func (s *Server) fetchHistory(ctx context.Context, g kvd.GroupID, pos store.Pos, head bool, prefix string, limit, maxBytes int) (historyPage, error) {
-	if grp, ok := s.hosted()[g]; ok && grp.Serving() == nil {
+	if grp, ok := s.servingReplica(g); ok && grp.Serving() == nil {
 		db := grp.Store()
 		if head {
 			pos = db.HistoryHead()
@@ -64,7 +64,7 @@ func (s *Server) fetchHistory(ctx context.Context, g kvd.GroupID, pos store.Pos,
 // to which none is (reading on from it skips nothing) and the history's
 // floor. A watch waits this way holding no buffer, then reads.
 func (s *Server) waitHistory(ctx context.Context, g kvd.GroupID, pos store.Pos, prefix string, wait time.Duration) (pending bool, upto, floor store.Pos, err error) {
-	if grp, ok := s.hosted()[g]; ok && grp.Serving() == nil {
+	if grp, ok := s.servingReplica(g); ok && grp.Serving() == nil {
 		return waitLocal(ctx, grp.Store(), pos, prefix, wait)
 	}
 	hp, err := s.remoteHistory(ctx, g, url.Values{"after": {pos.String()}, "prefix": {prefix},

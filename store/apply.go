@@ -219,6 +219,8 @@ func (a *applier) apply(c *Cmd) (Result, error) {
 		return a.hashCheck()
 	case CmdSetMap:
 		return a.setMap(c)
+	case CmdChangeMap:
+		return a.changeMap(c)
 	case CmdTxnPrepare:
 		return a.txnResult(a.prepare(doc.(*TxnPrepare)))
 	case CmdTxnDecide:

@@ -81,6 +81,33 @@ func (a *applier) setMap(c *Cmd) (Result, error) {
 		// every replica rather than stopping them all.
 		return Result{Err: fmt.Errorf("%w: cluster map: %v", kvd.ErrInvalid, err)}, nil
 	}
+	return a.storeMap(m, 0, false)
+}
+
+// MapChange is the payload of a CmdChangeMap: Map replaces the stored map
+// if the stored map's epoch is Expect, and Map's epoch is Expect + 1.
+type MapChange struct {
+	Expect uint64   `json:"expect"`
+	Map    *kvd.Map `json:"map"`
+}
+
+// changeMap applies a CmdChangeMap: a compare-and-set of the stored map
+// on its epoch. A stale expectation is answered kvd.ErrConflict with the
+// stored epoch as Version.
+func (a *applier) changeMap(c *Cmd) (Result, error) {
+	var mc MapChange
+	if err := json.Unmarshal(c.Data, &mc); err != nil || mc.Map == nil {
+		return Result{Err: fmt.Errorf("%w: cluster map change: %v", kvd.ErrInvalid, err)}, nil
+	}
+	if mc.Map.Epoch != mc.Expect+1 {
+		return Result{Err: fmt.Errorf("%w: cluster map change from epoch %d to %d", kvd.ErrInvalid, mc.Expect, mc.Map.Epoch)}, nil
+	}
+	return a.storeMap(mc.Map, mc.Expect, true)
+}
+
+// storeMap stores m if its epoch is newer than the stored map's (and, if
+// cas, the stored epoch is expect).
+func (a *applier) storeMap(m *kvd.Map, expect uint64, cas bool) (Result, error) {
 	if err := m.Validate(); err != nil {
 		return Result{Err: fmt.Errorf("%w: cluster map: %v", kvd.ErrInvalid, err)}, nil
 	}
@@ -88,10 +115,21 @@ func (a *applier) setMap(c *Cmd) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	if old != nil && old.Epoch >= m.Epoch {
-		return Result{Version: old.Epoch}, nil
+	var stored uint64
+	if old != nil {
+		stored = old.Epoch
 	}
-	if err := putMeta(a.meta, metaMap, c.Data); err != nil {
+	if cas && stored != expect {
+		return Result{Err: fmt.Errorf("%w: the cluster map changed meanwhile (epoch %d, not %d)", kvd.ErrConflict, stored, expect), Version: stored}, nil
+	}
+	if stored >= m.Epoch {
+		return Result{Version: stored}, nil
+	}
+	data, err := json.Marshal(m)
+	if err != nil {
+		return Result{Err: fmt.Errorf("%w: cluster map: %v", kvd.ErrInvalid, err)}, nil
+	}
+	if err := putMeta(a.meta, metaMap, data); err != nil {
 		return Result{}, err
 	}
 	a.newMap, a.placement = m, placementOf(m)

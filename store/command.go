@@ -46,6 +46,11 @@ const (
 	// CmdHashCheck records the state hash at its index, for the replicas
 	// of a group to compare (see integrity.go).
 	CmdHashCheck CmdKind = 16
+	// CmdChangeMap stores a cluster map if the stored one's epoch is the
+	// one it expects: a compare-and-set, so that two changes made at once
+	// cannot both succeed (see MapChange). Only the system group's log
+	// carries it.
+	CmdChangeMap CmdKind = 17
 )
 
 // hasDocument reports whether k is a command whose payload is a JSON
@@ -56,7 +61,7 @@ func (k CmdKind) hasDocument() bool {
 
 // String names the kind in errors and logs.
 func (k CmdKind) String() string {
-	names := [...]string{CmdNoop: "noop", CmdPut: "put", CmdDelete: "delete", CmdSetMap: "set-map", CmdTxnPrepare: "txn-prepare",
+	names := [...]string{CmdNoop: "noop", CmdPut: "put", CmdDelete: "delete", CmdSetMap: "set-map", CmdChangeMap: "change-map", CmdTxnPrepare: "txn-prepare",
 		CmdTxnDecide: "txn-decide", CmdTxnResolve: "txn-resolve", CmdTxnRecover: "txn-recover", CmdTxnOnePhase: "txn-one-phase",
 		CmdTxnForget: "txn-forget", CmdExpire: "expire", CmdDedupGC: "dedup-gc", CmdDedupClaim: "dedup-claim", CmdDedupDone: "dedup-done",
 		CmdDedupRegister: "dedup-register", CmdHashCheck: "hash-check"}
@@ -170,7 +175,7 @@ func (b *Batch) AppendEncode(dst []byte) []byte {
 		case CmdExpire:
 			dst = appendBytes(dst, []byte(c.Key))
 			dst = binary.AppendUvarint(dst, c.Cond.Version)
-		case CmdSetMap:
+		case CmdSetMap, CmdChangeMap:
 			dst = appendBytes(dst, c.Data)
 		case CmdHashCheck:
 		default:
@@ -270,7 +275,7 @@ func DecodeBatch(data []byte) (*Batch, error) {
 		case CmdExpire:
 			c.Key = string(d.bytes())
 			c.Cond = kvd.Cond{Kind: kvd.CondVersionEq, Version: d.uvarint()}
-		case CmdSetMap:
+		case CmdSetMap, CmdChangeMap:
 			c.Data = d.bytes()
 		case CmdHashCheck:
 		default:

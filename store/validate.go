@@ -92,7 +92,7 @@ func (k checker) cmd(c *Cmd, doc any) error {
 		return k.idem(c.Idem)
 	case CmdExpire:
 		return k.key("expire", c.Key)
-	case CmdSetMap:
+	case CmdSetMap, CmdChangeMap:
 		return nil // decoded and validated where it is applied
 	}
 	switch p := doc.(type) {

@@ -37,6 +37,12 @@ func buildConfig(o *options) (server.Config, error) {
 	}
 	cfg.Logger = log
 	cfg.Version = version
+	if o.initial != "" && len(cfg.Join) > 0 {
+		return cfg, fmt.Errorf("--initial-cluster and --join exclude each other: a node either bootstraps a cluster or joins a running one")
+	}
+	if len(cfg.Join) > 0 && cfg.NodeID == "" {
+		return cfg, fmt.Errorf("--join needs --id: the new node's id")
+	}
 	if o.initial != "" {
 		if err := applyInitialCluster(&cfg, o.initial, o.set); err != nil {
 			return cfg, err

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/kvd-project/kvd/server"
 	"github.com/kvd-project/kvd/store"
@@ -38,6 +39,19 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&cfg.HTTPAdvertise, "http-advertise", "", "HTTP address clients and peers dial (default: the listen address)")
 	fs.StringVar(&cfg.RaftAdvertise, "raft-advertise", "", "Raft address peers dial (default: the listen address)")
 	fs.StringVar(&o.initial, "initial-cluster", "", "bootstrap `file`: {\"nodes\":[{\"id\",\"http\",\"raft\"}...],\"groups\":G,\"replicas\":R}")
+	fs.Func("join", "join a running cluster through a member: `URL`s of members' HTTP APIs, comma-separated (http://host:port); needs --peer-secret-file (a copy of a member's peer.secret); ignored once the node has joined", func(v string) error {
+		for _, u := range strings.Split(v, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				cfg.Join = append(cfg.Join, u)
+			}
+		}
+		if len(cfg.Join) == 0 {
+			return errors.New("no member URL")
+		}
+		return nil
+	})
+	fs.DurationVar(&cfg.ReplaceDeadAfter, "replace-dead-after", 0, "rebuild the replicas of a node unreachable this long on other nodes, one group at a time, and remove it (0: never; an operator removes dead nodes)")
+	fs.BoolVar(&cfg.BalanceReplicas, "balance-replicas", cfg.BalanceReplicas, "move replicas between nodes while one holds two more than another (a node that joins gets its share)")
 	fs.StringVar(&cfg.PeerSecretFile, "peer-secret-file", "", "`file` holding the cluster's peer secret, for a node that has none yet (first start, or joining); created with a random secret if absent (default: the --initial-cluster file's path + \".secret\")")
 	fs.Var(byteSize{&cfg.QuotaBytes}, "quota-bytes", "refuse writes (507) once the data directory takes this much disk, e.g. 8GiB (0: no quota)")
 	fs.Var(byteSize{&cfg.MinFreeBytes}, "min-free-bytes", "refuse writes (507) while the data directory's disk has less free space than this")
