@@ -378,14 +378,19 @@ func (c *Client) scanGroup(ctx context.Context, g kvd.GroupID, q url.Values, con
 func (c *Client) Cluster(ctx context.Context) (api.Cluster, error) {
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
-	c.refreshMu.Lock()
-	c.refreshedAt = time.Time{}
-	c.refreshMu.Unlock()
-	r, err := c.refresh(ctx)
+	r, err := c.refreshNow(ctx)
 	if err != nil {
 		return api.Cluster{}, err
 	}
 	return r.raw, nil
+}
+
+// refreshNow fetches the cluster map even if the cached one is recent.
+func (c *Client) refreshNow(ctx context.Context) (*routing, error) {
+	c.refreshMu.Lock()
+	c.refreshedAt = time.Time{}
+	c.refreshMu.Unlock()
+	return c.refresh(ctx)
 }
 
 // CachedMap returns the cluster map as last fetched, with the leaders the
@@ -432,13 +437,15 @@ func (c *Client) Stats() map[string]NodeStats {
 func (c *Client) Status(ctx context.Context, id string) (api.Status, error) {
 	var st api.Status
 	if id == "" {
-		return st, c.admin(ctx, http.MethodGet, "/v1/status", &st)
+		_, err := c.admin(ctx, adminCall{method: http.MethodGet, path: "/v1/status"}, &st)
+		return st, err
 	}
 	n := c.knownNode(id)
 	if n == nil {
 		return st, fmt.Errorf("status: %w: no node %q in the cluster map", kvd.ErrInvalid, id)
 	}
-	return st, c.askNodes(ctx, []*node{n}, http.MethodGet, "/v1/status", &st)
+	_, err := c.askNodes(ctx, []*node{n}, adminCall{method: http.MethodGet, path: "/v1/status"}, &st)
+	return st, err
 }
 
 // NodeHealth is one node's answer to /healthz and /readyz.
