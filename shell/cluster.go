@@ -3,11 +3,13 @@ package shell
 import (
 	"context"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
 )
 
 // cluster shows the cluster map: nodes, groups, leaders and slots.
@@ -19,13 +21,25 @@ func (s *Shell) cluster(ctx context.Context, a *args) error {
 	if s.o.JSON {
 		return s.emit(cl)
 	}
-	fmt.Fprintf(s.out, "epoch %d, %d nodes, %d groups\n\n", cl.Epoch, len(cl.Nodes), len(cl.Groups))
+	printCluster(s.out, cl)
+	return nil
+}
+
+// printCluster writes the cluster map for people: the nodes with their
+// state, then the groups with their leader, voting members, learners
+// (replicas still catching up) and slot ranges.
+func printCluster(w io.Writer, cl api.Cluster) {
+	fmt.Fprintf(w, "epoch %d, %d nodes, %d groups", cl.Epoch, len(cl.Nodes), len(cl.Groups))
+	if cl.Replicas > 0 {
+		fmt.Fprintf(w, " of %d replicas", cl.Replicas)
+	}
+	fmt.Fprint(w, "\n\n")
 	var rows [][]string
 	for _, n := range cl.Nodes {
-		rows = append(rows, []string{n.ID, n.HTTP, n.Raft})
+		rows = append(rows, []string{n.ID, n.HTTP, n.Raft, orDash(n.State)})
 	}
-	table(s.out, []string{"NODE", "HTTP", "RAFT"}, rows)
-	fmt.Fprintln(s.out)
+	table(w, []string{"NODE", "HTTP", "RAFT", "STATE"}, rows)
+	fmt.Fprintln(w)
 	rows = nil
 	for _, g := range cl.Groups {
 		var slots []string
@@ -36,10 +50,18 @@ func (s *Shell) cluster(ctx context.Context, a *args) error {
 		if leader == "" {
 			leader = "(none)"
 		}
-		rows = append(rows, []string{strconv.FormatUint(g.ID, 10), leader, strings.Join(g.Members, ","), strings.Join(slots, ",")})
+		rows = append(rows, []string{strconv.FormatUint(g.ID, 10), leader, orDash(strings.Join(g.Members, ",")),
+			orDash(strings.Join(g.Learners, ",")), orDash(strings.Join(slots, ","))})
 	}
-	table(s.out, []string{"GROUP", "LEADER", "MEMBERS", "SLOTS"}, rows)
-	return nil
+	table(w, []string{"GROUP", "LEADER", "MEMBERS", "LEARNERS", "SLOTS"}, rows)
+}
+
+// orDash shows an empty cell as "-".
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // status shows a node's replicas and disk.

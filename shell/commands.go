@@ -18,7 +18,13 @@ type command struct {
 	keyArg bool
 	// endless commands run until interrupted, not within --timeout.
 	endless bool
-	run     func(s *Shell, ctx context.Context, a *args) error
+	// more are lines help prints under the summary.
+	more []string
+	// complete, if set, lists the candidates for the next argument of
+	// the interactive shell's completion, given the positional
+	// arguments before it.
+	complete func(s *Shell, prev []string) []string
+	run      func(s *Shell, ctx context.Context, a *args) error
 }
 
 // commands are kvcli's commands, in the order help lists them. They are
@@ -36,15 +42,29 @@ func init() {
 		{name: "scan", keyArg: true, args: "[PREFIX] [--start KEY] [--end KEY] [--limit N] [--all] [--keys-only]", summary: "list keys in order, a page at a time",
 			flags: map[string]bool{"start": true, "end": true, "limit": true, "all": false, "keys-only": false, "consistency": true}, run: (*Shell).scan},
 		{name: "cas", keyArg: true, args: "KEY OLD NEW", summary: "replace KEY's value with NEW if it is OLD (NEW is written atomically)", run: (*Shell).cas},
-		{name: "txn", args: "[FILE|-] | list | abort ID", summary: "run a transaction read as JSON (the body of POST /v1/txn) from a file or standard input; \"txn list\" shows the transactions holding locks, \"txn abort ID\" aborts a stuck one (unless it committed) and releases its locks", run: (*Shell).txnJSON},
+		{name: "txn", args: "[FILE|-] | list | abort ID", summary: "run a transaction read as JSON (the body of POST /v1/txn) from a file or standard input; \"txn list\" shows the transactions holding locks, \"txn abort ID\" aborts a stuck one (unless it committed) and releases its locks",
+			more: []string{`example: {"compare":[{"key":"a","version":5}],"ops":[{"op":"put","key":"a","value":"MQ=="}]}`}, run: (*Shell).txnJSON},
 		{name: "begin", summary: "open a transaction: get records versions, put and del are buffered until commit", shell: true, run: (*Shell).begin},
 		{name: "commit", summary: "commit the open transaction, if nothing it read has changed", shell: true, run: (*Shell).commit},
 		{name: "abort", summary: "drop the open transaction", shell: true, run: (*Shell).abort},
 		{name: "watch", keyArg: true, args: "[PREFIX] [--since CURSOR] [--count N]", summary: "print changes to keys with PREFIX as they happen, until interrupted (Ctrl-C)",
 			flags: map[string]bool{"since": true, "count": true}, endless: true, run: (*Shell).watch},
-		{name: "cluster", summary: "show the nodes, groups, leaders and slot ranges", run: (*Shell).cluster},
+		{name: "cluster", summary: "show the nodes and their state, the groups with their leaders, members, learners and slot ranges", run: (*Shell).cluster},
 		{name: "status", args: "[NODE]", summary: "show a node's replicas: role, term, indexes", run: (*Shell).status},
 		{name: "health", summary: "check every node's liveness and readiness", run: (*Shell).health},
+		{name: "node", args: "add ID HTTP-ADDR RAFT-ADDR | remove ID [--force]", summary: "add a node to the cluster (it holds no replica until one is added), or decommission one: its replicas move to other nodes, then it leaves the map; --force for a dead node",
+			flags: map[string]bool{"force": false}, complete: (*Shell).completeNode, run: (*Shell).node,
+			more: []string{
+				usageNodeAdd + ": HTTP-ADDR and RAFT-ADDR are the host:port other nodes and clients dial",
+				usageNodeRemove + ": answers once the node is removed, or says the removal is in progress (follow it with \"kvcli cluster\")",
+			}},
+		{name: "group", args: "add-member G NODE | remove-member G NODE | leader G NODE", summary: "change a group's replicas: add one on NODE (a learner that catches up, then votes), remove NODE's, or hand the leadership to NODE",
+			complete: (*Shell).completeGroup, run: (*Shell).group,
+			more: []string{
+				usageAddMember + ": answers once NODE votes, or says it is still catching up (follow it with \"kvcli cluster\")",
+				usageRemoveMember + ": refused if the group would lose its majority or its last voter",
+				usageLeader + ": NODE must be a voting member of G",
+			}},
 		{name: "help", args: "[COMMAND]", summary: "list the commands, or explain one", run: (*Shell).help},
 	}
 }
@@ -82,8 +102,8 @@ func (s *Shell) help(ctx context.Context, a *args) error {
 			return usagef("no command %q", a.pos[0])
 		}
 		fmt.Fprintf(s.out, "%s %s\n  %s\n", c.name, c.args, c.summary)
-		if c.name == "txn" {
-			fmt.Fprintln(s.out, `  example: {"compare":[{"key":"a","version":5}],"ops":[{"op":"put","key":"a","value":"MQ=="}]}`)
+		for _, l := range c.more {
+			fmt.Fprintln(s.out, "  "+l)
 		}
 		return nil
 	}

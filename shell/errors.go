@@ -52,6 +52,8 @@ func ExitCode(err error) int {
 func Explain(err error) string {
 	var ue *UsageError
 	var ce *client.Error
+	var che *changeError
+	change := errors.As(err, &che)
 	detail := err.Error()
 	if errors.As(err, &ce) {
 		detail = ce.Message
@@ -70,6 +72,10 @@ func Explain(err error) string {
 		return ue.Msg
 	case errors.Is(err, kvd.ErrNotFound):
 		return "not found: " + detail
+	case change && errors.Is(err, kvd.ErrConflict):
+		return "refused, nothing was changed: " + detail
+	case change && errors.Is(err, kvd.ErrUnknownOutcome):
+		return `outcome unknown: the change may or may not have been made; look with "kvcli cluster" before retrying: ` + detail
 	case errors.Is(err, kvd.ErrCompareFailed):
 		var te *client.TxnError
 		if errors.As(err, &te) && len(te.Failed) > 0 {

@@ -130,8 +130,9 @@ func (s *Shell) Script(ctx context.Context, r io.Reader, keepGoing bool, stderr 
 	return code
 }
 
-// completer completes command names, and keys for the commands that take
-// one (by prefix, from the cluster).
+// completer completes command names, keys for the commands that take one
+// (by prefix, from the cluster), and the arguments of commands that
+// complete their own (subcommands, groups and nodes of the cached map).
 type completer struct{ s *Shell }
 
 // Do implements readline.AutoCompleter.
@@ -157,6 +158,14 @@ func (c *completer) Do(line []rune, pos int) ([][]rune, int) {
 		cands = CommandNames(true)
 	case argIndex == 1 && fields[0] == "help":
 		cands = CommandNames(false)
+	case argIndex >= 1 && cmd != nil && cmd.complete != nil:
+		var prev []string
+		for _, f := range fields[1:argIndex] {
+			if !strings.HasPrefix(f, "--") {
+				prev = append(prev, f)
+			}
+		}
+		cands = cmd.complete(c.s, prev)
 	case argIndex == 1 && cmd != nil && cmd.keyArg:
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()

@@ -1,0 +1,265 @@
+package shell
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/kvd-project/kvd/api"
+)
+
+// Usage lines of the membership subcommands.
+const (
+	usageNodeAdd      = "node add ID HTTP-ADDR RAFT-ADDR"
+	usageNodeRemove   = "node remove ID [--force]"
+	usageAddMember    = "group add-member G NODE"
+	usageRemoveMember = "group remove-member G NODE"
+	usageLeader       = "group leader G NODE"
+)
+
+// followHint ends the line of a change still in progress.
+const followHint = `it finishes on its own: follow it with "kvcli cluster"`
+
+// changeError is a cluster change that failed: Explain words its
+// refusals and unknown outcomes for a change, not for a key.
+type changeError struct{ err error }
+
+func (e *changeError) Error() string { return e.err.Error() }
+func (e *changeError) Unwrap() error { return e.err }
+
+// node runs "node add" and "node remove".
+func (s *Shell) node(ctx context.Context, a *args) error {
+	switch a.optional("") {
+	case "add":
+		if len(a.pos) != 4 || a.has("force") {
+			return usagef("usage: %s", usageNodeAdd)
+		}
+		req := api.NodeRequest{ID: a.pos[1], HTTP: a.pos[2], Raft: a.pos[3]}
+		if strings.TrimSpace(req.ID) == "" {
+			return usagef("ID must not be empty (usage: %s)", usageNodeAdd)
+		}
+		for _, addr := range []struct{ name, v string }{{"HTTP-ADDR", req.HTTP}, {"RAFT-ADDR", req.Raft}} {
+			if err := checkAddr(addr.v); err != nil {
+				return usagef("%s must be the host:port other nodes dial, not %q: %v", addr.name, addr.v, err)
+			}
+		}
+		ch, err := s.c.AddNode(ctx, req)
+		if err != nil {
+			return &changeError{err}
+		}
+		if s.o.JSON {
+			return s.emit(ch)
+		}
+		printNodeChange(s.out, "add", ch)
+		return nil
+	case "remove":
+		if len(a.pos) != 2 {
+			return usagef("usage: %s", usageNodeRemove)
+		}
+		ch, err := s.c.RemoveNode(ctx, a.pos[1], a.has("force"))
+		if err != nil {
+			return &changeError{err}
+		}
+		if s.o.JSON {
+			return s.emit(ch)
+		}
+		printNodeChange(s.out, "remove", ch)
+		return nil
+	}
+	return usagef("usage: %s | %s", usageNodeAdd, usageNodeRemove)
+}
+
+// checkAddr checks an advertised address: host:port, no scheme.
+func checkAddr(addr string) error {
+	if strings.Contains(addr, "://") {
+		return fmt.Errorf("drop the scheme")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "" || port == "" {
+		return fmt.Errorf("a host and a port are needed")
+	}
+	return nil
+}
+
+// group runs "group add-member", "group remove-member" and "group
+// leader".
+func (s *Shell) group(ctx context.Context, a *args) error {
+	sub := a.optional("")
+	usage := map[string]string{"add-member": usageAddMember, "remove-member": usageRemoveMember, "leader": usageLeader}[sub]
+	if usage == "" {
+		return usagef("usage: %s | %s | %s", usageAddMember, usageRemoveMember, usageLeader)
+	}
+	if len(a.pos) != 3 {
+		return usagef("usage: %s", usage)
+	}
+	g, err := strconv.ParseUint(a.pos[1], 10, 64)
+	if err != nil || g == 0 {
+		return usagef("G is a group id (a number \"kvcli cluster\" lists), not %q (usage: %s)", a.pos[1], usage)
+	}
+	node := a.pos[2]
+	var ch api.MembershipChange
+	switch sub {
+	case "add-member":
+		ch, err = s.c.AddMember(ctx, g, node)
+	case "remove-member":
+		ch, err = s.c.RemoveMember(ctx, g, node)
+	case "leader":
+		ch, err = s.c.TransferLeader(ctx, g, node)
+	}
+	if err != nil {
+		return &changeError{err}
+	}
+	if s.o.JSON {
+		return s.emit(ch)
+	}
+	printMembershipChange(s.out, sub, g, node, ch)
+	return nil
+}
+
+// printNodeChange reports the answer to "node add" (verb "add") or "node
+// remove" (verb "remove").
+func printNodeChange(w io.Writer, verb string, ch api.NodeChange) {
+	id := ch.Node.ID
+	if ch.State == api.ChangeInProgress {
+		what, detail := "adding node "+id, cmp.Or(ch.Message, "the map records it")
+		if verb == "remove" {
+			replicas := "its replicas"
+			switch len(ch.Groups) {
+			case 0:
+			case 1:
+				replicas = "its replica of group " + joinIDs(ch.Groups) + " is"
+			default:
+				replicas += " of groups " + joinIDs(ch.Groups)
+			}
+			if len(ch.Groups) != 1 {
+				replicas += " are"
+			}
+			what, detail = "node "+id+" leaving", cmp.Or(ch.Message, replicas+" being moved to other nodes, then it is removed")
+		}
+		printInProgress(w, what, ch.Epoch, detail)
+		return
+	}
+	if verb == "remove" {
+		fmt.Fprintf(w, "node %s removed (map epoch %d)\n", id, ch.Epoch)
+		return
+	}
+	fmt.Fprintf(w, "node %s added (map epoch %d); it holds no replica yet: \"kvcli group add-member G %s\" adds one\n", id, ch.Epoch, id)
+}
+
+// printMembershipChange reports the answer to "group SUB G NODE".
+func printMembershipChange(w io.Writer, sub string, g uint64, node string, ch api.MembershipChange) {
+	if sub == "leader" && ch.State == api.ChangeInProgress {
+		printInProgress(w, fmt.Sprintf("moving the leadership of group %d to %s", g, node), ch.Epoch, cmp.Or(ch.Message, "the transfer goes on"))
+		return
+	}
+	if sub == "leader" {
+		leader := ch.Leader
+		if leader == "" {
+			leader = node
+		}
+		fmt.Fprintf(w, "group %d: %s is the leader\n", g, leader)
+		return
+	}
+	if ch.State == api.ChangeInProgress {
+		what := fmt.Sprintf("adding %s to group %d", node, g)
+		detail := cmp.Or(ch.Message, node+" is catching up as a learner and becomes a voter once it has")
+		if sub == "remove-member" {
+			what = fmt.Sprintf("removing %s from group %d", node, g)
+			detail = cmp.Or(ch.Message, "the group is being reconfigured")
+		}
+		printInProgress(w, what, ch.Epoch, detail)
+		return
+	}
+	done := fmt.Sprintf("%s added to group %d, voting", node, g)
+	if sub == "remove-member" {
+		done = fmt.Sprintf("%s removed from group %d", node, g)
+	}
+	fmt.Fprintf(w, "%s (map epoch %d); members %s", done, ch.Epoch, orDash(strings.Join(ch.Members, ",")))
+	if len(ch.Learners) > 0 {
+		fmt.Fprintf(w, ", learners %s", strings.Join(ch.Learners, ","))
+	}
+	fmt.Fprintln(w)
+}
+
+// printInProgress writes the one line of a change the cluster is still
+// carrying out.
+func printInProgress(w io.Writer, what string, epoch uint64, detail string) {
+	fmt.Fprintf(w, "%s: in progress (map epoch %d): %s; %s\n", what, epoch, detail, followHint)
+}
+
+func joinIDs(ids []uint64) string {
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = strconv.FormatUint(id, 10)
+	}
+	return strings.Join(s, ", ")
+}
+
+// completeNode completes the arguments of "node": its subcommands, then
+// the node to remove.
+func (s *Shell) completeNode(prev []string) []string {
+	switch {
+	case len(prev) == 0:
+		return []string{"add", "remove"}
+	case len(prev) == 1 && prev[0] == "remove":
+		var ids []string
+		for _, n := range s.c.CachedMap().Nodes {
+			ids = append(ids, n.ID)
+		}
+		return ids
+	}
+	return nil
+}
+
+// completeGroup completes the arguments of "group": its subcommands, the
+// group, then a node that can take the change (one that does not host
+// the group for add-member, a member or learner for remove-member, a
+// voter for leader).
+func (s *Shell) completeGroup(prev []string) []string {
+	if len(prev) == 0 {
+		return []string{"add-member", "remove-member", "leader"}
+	}
+	cl := s.c.CachedMap()
+	if len(prev) == 1 {
+		var ids []string
+		for _, g := range cl.Groups {
+			ids = append(ids, strconv.FormatUint(g.ID, 10))
+		}
+		return ids
+	}
+	if len(prev) != 2 {
+		return nil
+	}
+	var grp *api.Group
+	for i, g := range cl.Groups {
+		if strconv.FormatUint(g.ID, 10) == prev[1] {
+			grp = &cl.Groups[i]
+		}
+	}
+	if grp == nil {
+		return nil
+	}
+	switch prev[0] {
+	case "add-member":
+		var ids []string
+		for _, n := range cl.Nodes {
+			if !slices.Contains(grp.Members, n.ID) && !slices.Contains(grp.Learners, n.ID) {
+				ids = append(ids, n.ID)
+			}
+		}
+		return ids
+	case "remove-member":
+		return append(slices.Clone(grp.Members), grp.Learners...)
+	case "leader":
+		return slices.Clone(grp.Members)
+	}
+	return nil
+}
