@@ -270,14 +270,17 @@ func (c *Client) TransferLeader(ctx context.Context, group uint64, node string) 
 
 func groupPath(g uint64) string { return "/v1/admin/groups/" + strconv.FormatUint(g, 10) }
 
+// maxWait is the longest wait a node takes.
+const maxWait = time.Minute
+
 // waitQuery bounds how long a node waits for a change to finish before
 // it answers that it is in progress: three quarters of the time ctx has
 // left, so the answer arrives before ctx ends (which would leave the
-// outcome unknown).
+// outcome unknown), and at most maxWait.
 func waitQuery(ctx context.Context) url.Values {
 	q := url.Values{}
 	if d, ok := ctx.Deadline(); ok {
-		q.Set("wait", max(time.Until(d)*3/4, 0).Truncate(time.Millisecond).String())
+		q.Set("wait", min(max(time.Until(d)*3/4, 0), maxWait).Truncate(time.Millisecond).String())
 	}
 	return q
 }

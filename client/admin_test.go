@@ -350,6 +350,19 @@ func TestClient_Admin_MovesOnOnlyWhenNothingWasDone(t *testing.T) {
 	})
 }
 
+func TestClient_Admin_WaitIsAtMostAMinute(t *testing.T) {
+	nodes := fakeCluster(t, "n1")
+	nodes[0].AdminFunc = func(w http.ResponseWriter, r adminRequest) {
+		answer(w, http.StatusAccepted, api.MembershipChange{Group: 1, Node: "n4", State: api.ChangeInProgress, Epoch: 1})
+	}
+	c := fakeClient(t, nodes[0])
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	_, err := c.AddMember(ctx, 1, "n4")
+	require.NoError(t, err)
+	require.Equal(t, "wait=1m0s", nodes[0].requests()[0].Query, "a node refuses a longer wait")
+}
+
 func TestClient_Admin_NewerEpochRefreshesTheMap(t *testing.T) {
 	nodes := fakeCluster(t, "n1")
 	c := fakeClient(t, nodes[0])
