@@ -1,7 +1,6 @@
 package shell
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -125,68 +124,56 @@ func (s *Shell) group(ctx context.Context, a *args) error {
 }
 
 // printNodeChange reports the answer to "node add" (verb "add") or "node
-// remove" (verb "remove").
+// remove" (verb "remove"). A change in progress is described in the
+// shell's words (the node's message is in the --json output).
 func printNodeChange(w io.Writer, verb string, ch api.NodeChange) {
 	id := ch.Node.ID
-	if ch.State == api.ChangeInProgress {
-		what, detail := "adding node "+id, cmp.Or(ch.Message, "the map records it")
-		if verb == "remove" {
-			replicas := "its replicas"
-			switch len(ch.Groups) {
-			case 0:
-			case 1:
-				replicas = "its replica of group " + joinIDs(ch.Groups) + " is"
-			default:
-				replicas += " of groups " + joinIDs(ch.Groups)
-			}
-			if len(ch.Groups) != 1 {
-				replicas += " are"
-			}
-			what, detail = "node "+id+" leaving", cmp.Or(ch.Message, replicas+" being moved to other nodes, then it is removed")
+	switch {
+	case ch.State == api.ChangeInProgress && verb == "remove":
+		var replicas string
+		switch len(ch.Groups) {
+		case 0:
+			replicas = "its replicas are"
+		case 1:
+			replicas = "its replica of group " + joinIDs(ch.Groups) + " is"
+		default:
+			replicas = "its replicas of groups " + joinIDs(ch.Groups) + " are"
 		}
-		printInProgress(w, what, ch.Epoch, detail)
-		return
-	}
-	if verb == "remove" {
+		printInProgress(w, "node "+id+" leaving", ch.Epoch, replicas+" being moved to other nodes, then it is removed")
+	case ch.State == api.ChangeInProgress:
+		printInProgress(w, "adding node "+id, ch.Epoch, "the map records it")
+	case verb == "remove":
 		fmt.Fprintf(w, "node %s removed (map epoch %d)\n", id, ch.Epoch)
-		return
+	default:
+		fmt.Fprintf(w, "node %s added (map epoch %d); it holds no replica yet: \"kvcli group add-member G %s\" adds one\n", id, ch.Epoch, id)
 	}
-	fmt.Fprintf(w, "node %s added (map epoch %d); it holds no replica yet: \"kvcli group add-member G %s\" adds one\n", id, ch.Epoch, id)
 }
 
-// printMembershipChange reports the answer to "group SUB G NODE".
+// printMembershipChange reports the answer to "group SUB G NODE", as
+// printNodeChange does.
 func printMembershipChange(w io.Writer, sub string, g uint64, node string, ch api.MembershipChange) {
-	if sub == "leader" && ch.State == api.ChangeInProgress {
-		printInProgress(w, fmt.Sprintf("moving the leadership of group %d to %s", g, node), ch.Epoch, cmp.Or(ch.Message, "the transfer goes on"))
-		return
-	}
-	if sub == "leader" {
-		leader := ch.Leader
-		if leader == "" {
-			leader = node
-		}
-		fmt.Fprintf(w, "group %d: %s is the leader\n", g, leader)
-		return
-	}
-	if ch.State == api.ChangeInProgress {
-		what := fmt.Sprintf("adding %s to group %d", node, g)
-		detail := cmp.Or(ch.Message, node+" is catching up as a learner and becomes a voter once it has")
+	switch {
+	case sub == "leader" && ch.State == api.ChangeInProgress:
+		printInProgress(w, fmt.Sprintf("handing the leadership of group %d to %s", g, node), ch.Epoch, "the transfer goes on")
+	case sub == "leader" && ch.Leader != "" && ch.Leader != node:
+		fmt.Fprintf(w, "group %d: leadership handed to %s, but %s leads it now\n", g, node, ch.Leader)
+	case sub == "leader":
+		fmt.Fprintf(w, "group %d: leadership handed to %s\n", g, node)
+	case ch.State == api.ChangeInProgress && sub == "remove-member":
+		printInProgress(w, fmt.Sprintf("removing %s from group %d", node, g), ch.Epoch, "the replica serves nothing any more and is being taken out of the group")
+	case ch.State == api.ChangeInProgress:
+		printInProgress(w, fmt.Sprintf("adding %s to group %d", node, g), ch.Epoch, node+" is catching up as a learner and becomes a voter once it has")
+	default:
+		done := fmt.Sprintf("%s added to group %d, voting", node, g)
 		if sub == "remove-member" {
-			what = fmt.Sprintf("removing %s from group %d", node, g)
-			detail = cmp.Or(ch.Message, "the group is being reconfigured")
+			done = fmt.Sprintf("%s removed from group %d", node, g)
 		}
-		printInProgress(w, what, ch.Epoch, detail)
-		return
+		fmt.Fprintf(w, "%s (map epoch %d); members %s", done, ch.Epoch, orDash(strings.Join(ch.Members, ",")))
+		if len(ch.Learners) > 0 {
+			fmt.Fprintf(w, ", learners %s", strings.Join(ch.Learners, ","))
+		}
+		fmt.Fprintln(w)
 	}
-	done := fmt.Sprintf("%s added to group %d, voting", node, g)
-	if sub == "remove-member" {
-		done = fmt.Sprintf("%s removed from group %d", node, g)
-	}
-	fmt.Fprintf(w, "%s (map epoch %d); members %s", done, ch.Epoch, orDash(strings.Join(ch.Members, ",")))
-	if len(ch.Learners) > 0 {
-		fmt.Fprintf(w, ", learners %s", strings.Join(ch.Learners, ","))
-	}
-	fmt.Fprintln(w)
 }
 
 // printInProgress writes the one line of a change the cluster is still

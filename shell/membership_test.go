@@ -78,9 +78,9 @@ func TestPrintChanges(t *testing.T) {
 		{"node leaving one group", line(func(w io.Writer) {
 			printNodeChange(w, "remove", api.NodeChange{Node: api.Node{ID: "n3"}, State: api.ChangeInProgress, Epoch: 8, Groups: []uint64{2}})
 		}), "node n3 leaving: in progress (map epoch 8): its replica of group 2 is being moved to other nodes, then it is removed" + follow},
-		{"node leaving, the node's words", line(func(w io.Writer) {
-			printNodeChange(w, "remove", api.NodeChange{Node: api.Node{ID: "n3"}, State: api.ChangeInProgress, Epoch: 8, Message: "moving group 1 to n5"})
-		}), "node n3 leaving: in progress (map epoch 8): moving group 1 to n5" + follow},
+		{"node leaving, groups unknown", line(func(w io.Writer) {
+			printNodeChange(w, "remove", api.NodeChange{Node: api.Node{ID: "n3"}, State: api.ChangeInProgress, Epoch: 8, Message: "moving group 1 to n5 (see GET /v1/cluster)"})
+		}), "node n3 leaving: in progress (map epoch 8): its replicas are being moved to other nodes, then it is removed" + follow},
 		{"member added", line(func(w io.Writer) {
 			printMembershipChange(w, "add-member", 2, "n4", api.MembershipChange{Group: 2, Node: "n4", State: api.ChangeDone, Epoch: 12, Members: []string{"n1", "n2", "n4"}})
 		}), "n4 added to group 2, voting (map epoch 12); members n1,n2,n4\n"},
@@ -91,11 +91,17 @@ func TestPrintChanges(t *testing.T) {
 			printMembershipChange(w, "remove-member", 2, "n3", api.MembershipChange{Group: 2, Node: "n3", State: api.ChangeDone, Epoch: 13, Members: []string{"n1", "n2"}, Learners: []string{"n4"}})
 		}), "n3 removed from group 2 (map epoch 13); members n1,n2, learners n4\n"},
 		{"member being removed", line(func(w io.Writer) {
-			printMembershipChange(w, "remove-member", 2, "n3", api.MembershipChange{Group: 2, Node: "n3", State: api.ChangeInProgress, Epoch: 13, Message: "handing off the leadership first"})
-		}), "removing n3 from group 2: in progress (map epoch 13): handing off the leadership first" + follow},
+			printMembershipChange(w, "remove-member", 2, "n3", api.MembershipChange{Group: 2, Node: "n3", State: api.ChangeInProgress, Epoch: 13, Message: "m"})
+		}), "removing n3 from group 2: in progress (map epoch 13): the replica serves nothing any more and is being taken out of the group" + follow},
 		{"leader", line(func(w io.Writer) {
 			printMembershipChange(w, "leader", 1, "n2", api.MembershipChange{Group: 1, Node: "n2", State: api.ChangeDone, Leader: "n2"})
-		}), "group 1: n2 is the leader\n"},
+		}), "group 1: leadership handed to n2\n"},
+		{"leader not known yet", line(func(w io.Writer) {
+			printMembershipChange(w, "leader", 1, "n2", api.MembershipChange{Group: 1, Node: "n2", State: api.ChangeDone})
+		}), "group 1: leadership handed to n2\n"},
+		{"leader elsewhere", line(func(w io.Writer) {
+			printMembershipChange(w, "leader", 1, "n2", api.MembershipChange{Group: 1, Node: "n2", State: api.ChangeDone, Leader: "n3"})
+		}), "group 1: leadership handed to n2, but n3 leads it now\n"},
 	}
 	for _, tc := range tests {
 		require.Equal(t, tc.want, tc.got, tc.name)
