@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -140,6 +142,8 @@ func TestKvcli_UsageErrorsExitTwo(t *testing.T) {
 		{"frobnicate"}, {"get"}, {"get", "a", "b"}, {"put", "k"}, {"put", "k", "v", "--if-version", "x"},
 		{"scan", "--limit", "0"}, {"get", "k", "--nope"}, {"begin"}, {"put", "k", "@/no/such/file"},
 		{"--consistency", "eventual", "get", "k"}, {"get", ""},
+		{"node"}, {"node", "add", "n4"}, {"node", "add", "n4", "http://127.0.0.1:1", "127.0.0.1:2"}, {"node", "remove"},
+		{"group", "leader", "x", "n1"}, {"group", "add-member", "1"}, {"group", "split", "1"},
 	} {
 		r := kvcli(t, c, "", args...)
 		require.Equal(t, 2, r.code, "%v: %s", args, r.stderr)
@@ -468,4 +472,100 @@ func TestKvcli_TxnListAndAbort(t *testing.T) {
 	require.Equal(t, 3, kvcli(t, c, "", "txn", "abort", "0123456789abcdef0123456789abcdef").code, "an unknown id is not found")
 	r = kvcli(t, c, "", "txn", "abort")
 	require.Equal(t, 2, r.code)
+}
+
+// freeAddrs returns n local addresses nothing listens on.
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var out []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		out = append(out, ln.Addr().String())
+		ln.Close()
+	}
+	return out
+}
+
+// clusterMap reads the map with kvcli --json cluster.
+func clusterMap(t *testing.T, c *testcluster.Cluster) api.Cluster {
+	t.Helper()
+	r := kvcli(t, c, "", "--json", "cluster")
+	require.Equal(t, 0, r.code, r.stderr)
+	var cl api.Cluster
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &cl))
+	return cl
+}
+
+func groupOf(t *testing.T, cl api.Cluster, id uint64) api.Group {
+	t.Helper()
+	for _, g := range cl.Groups {
+		if g.ID == id {
+			return g
+		}
+	}
+	t.Fatalf("no group %d in %+v", id, cl)
+	return api.Group{}
+}
+
+func TestKvcli_MembershipCommands(t *testing.T) {
+	c := testcluster.New(t, 3, 2, func(cfg *server.Config) { cfg.BalanceReplicas = false })
+
+	r := kvcli(t, c, "", "group", "leader", "1", "n2")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Contains(t, r.stdout, "group 1: leadership handed to n2")
+	r = kvcli(t, c, "", "group", "leader", "1", "n9")
+	require.Equal(t, 4, r.code, "not a voter of the group: %s", r.stderr)
+
+	// A node that is added but never starts: it joins the map, and leaves
+	// it again, holding nothing.
+	addrs := freeAddrs(t, 2)
+	r = kvcli(t, c, "", "node", "add", "n9", addrs[0], addrs[1])
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Contains(t, r.stdout, "node n9 added")
+	r = kvcli(t, c, "", "node", "add", "n9", addrs[0], addrs[1])
+	require.Equal(t, 0, r.code, "adding the same node again is harmless: %s", r.stderr)
+	r = kvcli(t, c, "", "node", "add", "n1", addrs[0], addrs[1])
+	require.Equal(t, 4, r.code)
+	require.Contains(t, r.stderr, "refused, nothing was changed")
+	r = kvcli(t, c, "", "cluster")
+	require.Equal(t, 0, r.code)
+	require.Regexp(t, `n9 +127\.0\.0\.1:[0-9]+ +127\.0\.0\.1:[0-9]+ +joining`, r.stdout)
+	require.Contains(t, r.stdout, "of 3 replicas")
+	require.Contains(t, r.stdout, "LEARNERS")
+	r = kvcli(t, c, "", "node", "remove", "n9")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Contains(t, r.stdout, "n9")
+	require.Eventually(t, func() bool {
+		for _, n := range clusterMap(t, c).Nodes {
+			if n.ID == "n9" {
+				return false
+			}
+		}
+		return true
+	}, 30*time.Second, 200*time.Millisecond, "n9 leaves the map")
+	require.Equal(t, 3, kvcli(t, c, "", "node", "remove", "n9").code, "an unknown node is not found")
+
+	// A replica removed and added back.
+	r = kvcli(t, c, "", "group", "remove-member", "1", "n3")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Eventually(t, func() bool {
+		g := groupOf(t, clusterMap(t, c), 1)
+		return !slices.Contains(g.Members, "n3") && !slices.Contains(g.Learners, "n3")
+	}, 30*time.Second, 200*time.Millisecond, "n3 leaves group 1")
+	require.Equal(t, 3, kvcli(t, c, "", "group", "remove-member", "1", "n3").code, "n3 holds no replica of group 1 any more")
+	require.Eventually(t, func() bool {
+		r = kvcli(t, c, "", "group", "add-member", "1", "n3")
+		return r.code == 0 // refused (4) while the removal is still being carried out
+	}, 30*time.Second, 200*time.Millisecond, "add n3 back: %s", r.stderr)
+	require.Regexp(t, `n3 added to group 1, voting|adding n3 to group 1: in progress .*kvcli cluster`, r.stdout)
+	require.Eventually(t, func() bool {
+		return slices.Contains(groupOf(t, clusterMap(t, c), 1).Members, "n3")
+	}, 30*time.Second, 200*time.Millisecond, "n3 votes in group 1 again")
+	r = kvcli(t, c, "", "group", "add-member", "1", "n3")
+	require.Equal(t, 4, r.code, "a repeat is refused: %s", r.stderr)
+	require.Contains(t, r.stderr, "refused, nothing was changed")
+
+	require.Equal(t, 3, kvcli(t, c, "", "group", "add-member", "9", "n3").code, "an unknown group is not found")
+	require.Equal(t, 0, kvcli(t, c, "", "put", "after-the-changes", "v").code)
 }
