@@ -142,6 +142,7 @@ func (s *Server) runMembership(ctx context.Context) {
 		case <-t.C:
 		case <-s.membershipKick:
 		}
+		s.learnMap(s.Map()) // remembers a map first seen in a group's log
 		s.openReplicas()
 		s.propagateMap(ctx)
 		s.reconcileGroups(ctx)

@@ -65,6 +65,9 @@ func (s *Server) Status(ctx context.Context) api.Status {
 			Replica: place, Health: ah, StateBytes: g.Stats().StateBytes})
 	}
 	for gid, reason := range s.missing {
+		if grp, ok := m.Group(gid); !ok || !grp.IsMember(s.id) {
+			continue // no longer this node's: nothing to re-add
+		}
 		st.Missing = append(st.Missing, api.MissingGroup{Group: uint64(gid), Reason: reason})
 	}
 	sort.Slice(st.Missing, func(i, j int) bool { return st.Missing[i].Group < st.Missing[j].Group })
