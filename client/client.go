@@ -277,7 +277,7 @@ func (c *Client) doWrite(ctx context.Context, o kvd.WriteOptions, cl *call) (*re
 	defer cancel()
 	for attempt := 0; ; attempt++ {
 		res, err := c.do(ctx, cl)
-		unknown := errors.Is(err, kvd.ErrUnknownOutcome) || (err == nil && res.status >= 500 && res.status != http.StatusServiceUnavailable)
+		unknown := errors.Is(err, kvd.ErrUnknownOutcome) || (err == nil && outcomeUnknown(res.status))
 		if o.IdempotencyKey == "" || !unknown || ctx.Err() != nil {
 			return res, err
 		}
@@ -308,14 +308,22 @@ func (c *Client) Delete(ctx context.Context, key string, opts ...kvd.WriteOption
 	return dr.Deleted, nil
 }
 
-// writeError turns a write's error answer into an error. Any 5xx other
-// than 503 leaves the outcome unknown, whatever its code says.
+// writeError turns a write's error answer into an error. A 5xx that
+// leaves the outcome unknown is kvd.ErrUnknownOutcome, whatever its code
+// says.
 func writeError(res *result) error {
 	e := errorFrom(res.status, res.header, res.body)
-	if res.status >= 500 && res.status != http.StatusServiceUnavailable && !errors.Is(e, kvd.ErrUnknownOutcome) {
+	if outcomeUnknown(res.status) && !errors.Is(e, kvd.ErrUnknownOutcome) {
 		return fmt.Errorf("%w: %w", kvd.ErrUnknownOutcome, e)
 	}
 	return e
+}
+
+// outcomeUnknown reports whether a write answered with status may have
+// been applied: any 5xx but 503 unavailable and 507
+// insufficient_storage, which promise nothing was.
+func outcomeUnknown(status int) bool {
+	return status >= 500 && status != http.StatusServiceUnavailable && status != http.StatusInsufficientStorage
 }
 
 // Page is one page of a scan.
