@@ -32,6 +32,13 @@ func (g *Group) Configuration() (replicas []Replica, committed bool, err error) 
 	return replicas, f.Index() <= g.raft.CommitIndex(), nil
 }
 
+// Settled reports whether this replica leads and has applied every entry
+// committed before its term (its own no-op): its state, the cluster map
+// stored in it included, is then as new as any earlier leader's was.
+func (g *Group) Settled() bool {
+	return g.IsLeader() && g.db.AppliedTerm() == g.raft.CurrentTerm()
+}
+
 // changeTimeout bounds one configuration change.
 const changeTimeout = 10 * time.Second
 

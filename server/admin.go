@@ -231,6 +231,11 @@ func (s *Server) TransferLeader(ctx context.Context, gid kvd.GroupID, node strin
 		}
 		s.log.Info("leadership transferred by the operator", "group", gid, "to", node)
 	}
+	// The node becomes the preferred leader too, or leader balancing
+	// would hand the leadership back within seconds.
+	if _, err := s.editMap(ctx, mapEdit{Op: editReorder, Group: gid, Node: kvd.Node{ID: node}}); err != nil {
+		s.log.Warn("make the new leader the preferred one", "group", gid, "node", node, "err", err)
+	}
 	return s.membershipAnswer(ctx, gid, node, true, "")
 }
 

@@ -31,6 +31,10 @@ import (
 //   - last, preferred leaders (each group's first member) are spread
 //     over the nodes.
 
+// learnerGiveUp is how long a learner's node may not answer before the
+// replica being added there is dropped, so that its group can change again.
+const learnerGiveUp = 30 * time.Second
+
 // probe is what the last round of status requests found.
 type probe struct {
 	live map[string]bool
@@ -118,6 +122,15 @@ func (s *Server) reconcileCluster(ctx context.Context) {
 		if n.StateName() == kvd.NodeJoining && p.live[n.ID] {
 			s.tryEdit(ctx, mapEdit{Op: editActivate, Node: kvd.Node{ID: n.ID}})
 			return
+		}
+	}
+	for _, grp := range m.Groups {
+		for _, l := range grp.Learners {
+			if !p.live[l] && s.deadFor(l) > learnerGiveUp {
+				s.log.Warn("a learner's node has not answered for too long; the replica is dropped", "group", grp.ID, "node", l)
+				s.tryEdit(ctx, mapEdit{Op: editRemoveReplica, Group: grp.ID, Node: kvd.Node{ID: l}})
+				return
+			}
 		}
 	}
 	for _, grp := range m.Groups {

@@ -273,8 +273,8 @@ func (s *Server) servingReplica(g kvd.GroupID) (*replication.Group, bool) {
 // the replicas the map stored in that group names.
 func (s *Server) reconcileGroups(ctx context.Context) {
 	for gid, g := range s.hosted() {
-		if !g.IsLeader() {
-			continue
+		if !g.Settled() {
+			continue // not the leader, or it has not applied what earlier leaders did
 		}
 		gm := g.Store().Map()
 		if gm == nil {
