@@ -322,7 +322,8 @@ func (s *Server) reconcileGroup(ctx context.Context, g *replication.Group, gm *k
 		s.log.Info("replica removed from the Raft configuration", "group", grp.ID, "node", r.ID, "epoch", gm.Epoch)
 		return nil
 	}
-	for _, id := range grp.Learners {
+	if len(grp.Learners) > 0 { // one at a time: the map admits no second
+		id := grp.Learners[0]
 		r, ok := inConf[id]
 		switch {
 		case !ok:
