@@ -1,13 +1,19 @@
 // Package kvdproc builds the kvd binary and runs clusters of real kvd
 // processes on loopback: start, SIGKILL, SIGTERM, SIGSTOP/SIGCONT,
-// restart. Tests and the fault-injection harness use it.
+// restart, and nodes added to a running cluster (--join) or taken out of
+// it. Tests and the fault-injection harness use it.
+//
+// A Cluster is driven from one goroutine: its methods take node indexes
+// into Nodes, and AddNode, ReplaceNode and RemoveNode change Nodes.
 package kvdproc
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -72,8 +78,17 @@ type Node struct {
 	Raft    string
 	DataDir string
 	LogPath string
+	// Join lists the base URLs of the members a node added to a running
+	// cluster registers through (--join); it keeps them for every start,
+	// as an operator would restart it with the same flags. Nil for a
+	// member of the initial cluster, which starts from the
+	// initial-cluster file.
+	Join []string
+	// PeerSecretFile is the peer secret a joining node starts with
+	// (--peer-secret-file): NewNode sets the cluster's, PeerSecretPath.
+	PeerSecretFile string
 
-	// mu protects cmd and done.
+	// mu protects cmd, done and exit.
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -108,7 +123,24 @@ func (n *Node) Pid() int {
 	return n.cmd.Process.Pid
 }
 
-// Cluster is a set of kvd processes started from one initial-cluster file.
+// Exited reports whether the node's last process has ended, and if so
+// its exit error (nil for exit status 0).
+func (n *Node) Exited() (bool, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.done == nil {
+		return false, nil
+	}
+	select {
+	case <-n.done:
+		return true, n.exit
+	default:
+		return false, nil
+	}
+}
+
+// Cluster is a set of kvd processes started from one initial-cluster
+// file, and the nodes added to it since.
 type Cluster struct {
 	Bin   string
 	Dir   string
@@ -118,7 +150,9 @@ type Cluster struct {
 	Args []string
 	// NodeArgs are extra flags per node id.
 	NodeArgs map[string][]string
-	client   *http.Client
+	// client makes the harness's own short calls (bounded by its
+	// timeout); calls makes Call's, bounded by their context alone.
+	client, calls *http.Client
 }
 
 // NewCluster prepares (but does not start) a cluster of n nodes with
@@ -141,8 +175,9 @@ func NewClusterAt(bin, dir string, addrs []string, groups, replicas int) (*Clust
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cluster folder: %w", err)
 	}
+	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 16}
 	c := &Cluster{Bin: bin, Dir: dir, Spec: kvd.InitialCluster{Groups: groups, Replicas: replicas}, NodeArgs: map[string][]string{},
-		client: &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 16}}}
+		client: &http.Client{Timeout: 3 * time.Second, Transport: tr}, calls: &http.Client{Transport: tr}}
 	for i := range n {
 		id := fmt.Sprintf("n%d", i+1)
 		node := &Node{ID: id, HTTP: addrs[2*i], Raft: addrs[2*i+1], DataDir: filepath.Join(dir, id), LogPath: filepath.Join(dir, id+".log")}
@@ -162,7 +197,94 @@ func NewClusterAt(bin, dir string, addrs []string, groups, replicas int) (*Clust
 // SpecPath is the initial-cluster file.
 func (c *Cluster) SpecPath() string { return filepath.Join(c.Dir, "cluster.json") }
 
-// Start starts node i (again, after a stop: it resumes from its data).
+// PeerSecretPath is the cluster's peer secret file: kvd creates it next
+// to the initial-cluster file when the first member starts, and a node
+// that joins later is given it.
+func (c *Cluster) PeerSecretPath() string { return c.SpecPath() + ".secret" }
+
+// NodeIndex returns the index in Nodes of the node called id, or -1.
+func (c *Cluster) NodeIndex(id string) int {
+	for i, n := range c.Nodes {
+		if n.ID == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// NewNode prepares a node called id to join the running cluster: two
+// fresh loopback addresses (listened on at port 0, then released, as
+// FreeAddrs does), a data directory and a log under Dir, the cluster's
+// peer secret, and the running members to join through. It neither
+// tracks nor starts it (see AddNode and ReplaceNode); its fields may be
+// changed before it starts.
+func (c *Cluster) NewNode(id string) (*Node, error) {
+	if c.NodeIndex(id) >= 0 {
+		return nil, fmt.Errorf("node %s is already in the cluster", id)
+	}
+	var join []string
+	for _, n := range c.Nodes {
+		if n.Running() {
+			join = append(join, n.URL())
+		}
+	}
+	if len(join) == 0 {
+		return nil, fmt.Errorf("node %s has no running member to join through", id)
+	}
+	addrs, err := FreeAddrs(2)
+	if err != nil {
+		return nil, err
+	}
+	return &Node{ID: id, HTTP: addrs[0], Raft: addrs[1], DataDir: filepath.Join(c.Dir, id), LogPath: filepath.Join(c.Dir, id+".log"),
+		Join: join, PeerSecretFile: c.PeerSecretPath()}, nil
+}
+
+// AddNode prepares a node called id (see NewNode), appends it to Nodes
+// and starts it: kvd registers it with the cluster through a running
+// member and waits for replicas. It returns the node's index, which Kill,
+// Terminate, Start, WaitReady and Logs take as for any other node.
+func (c *Cluster) AddNode(id string) (int, error) {
+	n, err := c.NewNode(id)
+	if err != nil {
+		return -1, err
+	}
+	c.Nodes = append(c.Nodes, n)
+	i := len(c.Nodes) - 1
+	if err := c.Start(i); err != nil {
+		return i, err
+	}
+	return i, nil
+}
+
+// ReplaceNode puts a new node called id (see NewNode) at index i, in
+// place of a node that must not be running (removed from the cluster, or
+// about to be), and starts it: the other nodes keep their indexes. It
+// returns the new node.
+func (c *Cluster) ReplaceNode(i int, id string) (*Node, error) {
+	if old := c.Nodes[i]; old.Running() {
+		return nil, fmt.Errorf("replace node %s: it is running", old.ID)
+	}
+	n, err := c.NewNode(id)
+	if err != nil {
+		return nil, err
+	}
+	c.Nodes[i] = n
+	return n, c.Start(i)
+}
+
+// RemoveNode takes node i, which must not be running, out of Nodes: the
+// nodes after it move down one index. Its data directory and log stay.
+func (c *Cluster) RemoveNode(i int) error {
+	if n := c.Nodes[i]; n.Running() {
+		return fmt.Errorf("remove node %s: it is running", n.ID)
+	}
+	c.Nodes = append(c.Nodes[:i:i], c.Nodes[i+1:]...)
+	return nil
+}
+
+// Start starts node i (again, after a stop: it resumes from its data). A
+// member of the initial cluster starts with the initial-cluster file, a
+// node added since with --join (see Node.Join).
 func (c *Cluster) Start(i int) error {
 	n := c.Nodes[i]
 	n.mu.Lock()
@@ -179,6 +301,10 @@ func (c *Cluster) Start(i int) error {
 		return fmt.Errorf("open log: %w", err)
 	}
 	args := []string{"--id", n.ID, "--data-dir", n.DataDir, "--initial-cluster", c.SpecPath()}
+	if len(n.Join) > 0 {
+		args = []string{"--id", n.ID, "--data-dir", n.DataDir, "--http-addr", n.HTTP, "--raft-addr", n.Raft,
+			"--join", strings.Join(n.Join, ","), "--peer-secret-file", n.PeerSecretFile}
+	}
 	args = append(args, c.Args...)
 	args = append(args, c.NodeArgs[n.ID]...)
 	cmd := exec.Command(c.Bin, args...)
@@ -328,6 +454,63 @@ func (c *Cluster) ClusterMap(i int) (api.Cluster, error) {
 		return cl, fmt.Errorf("GET /v1/cluster from %s: %s", c.Nodes[i].ID, resp.Status)
 	}
 	return cl, json.NewDecoder(resp.Body).Decode(&cl)
+}
+
+// Call sends method path to node i, with body encoded as JSON (no body
+// if it is nil), and returns the answer's status and body (its first
+// MiB). ctx alone bounds it: an admin call may take a while.
+func (c *Cluster) Call(ctx context.Context, i int, method, path string, body any) (int, []byte, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return 0, nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.Nodes[i].URL()+path, rd)
+	if err != nil {
+		return 0, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.calls.Do(req)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s %s on %s: %w", method, path, c.Nodes[i].ID, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, b, err
+}
+
+// WaitMap polls the cluster map of every running node in turn until one
+// satisfies cond (cond returns nil), and returns that map. When ctx ends
+// first it returns the last map it read and an error that says what
+// cond last found wrong.
+func (c *Cluster) WaitMap(ctx context.Context, cond func(api.Cluster) error) (api.Cluster, error) {
+	var last api.Cluster
+	why := errors.New("no running node answered with its map")
+	for {
+		for i, n := range c.Nodes {
+			if !n.Running() {
+				continue
+			}
+			cl, err := c.ClusterMap(i)
+			if err != nil {
+				continue
+			}
+			last = cl
+			if why = cond(cl); why == nil {
+				return cl, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return last, fmt.Errorf("%w: %v", ctx.Err(), why)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // Leader waits until a running node reports a leader for group g that is
