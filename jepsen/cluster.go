@@ -57,6 +57,10 @@ type Cluster struct {
 	// mu protects cut and the proxies' modes and delays.
 	mu  sync.Mutex
 	cut map[[2]int]bool
+	// nodesMu protects the entries of Nodes, which ReplaceNode changes
+	// on the run's goroutine, from the clients, which read them through
+	// URL and Size. The run's goroutine reads Nodes without it.
+	nodesMu sync.RWMutex
 }
 
 // StartCluster builds nothing: it starts n kvd processes from bin with
@@ -142,7 +146,39 @@ func (c *Cluster) Stop() {
 }
 
 // Size returns the number of nodes.
-func (c *Cluster) Size() int { return len(c.Nodes) }
+func (c *Cluster) Size() int {
+	c.nodesMu.RLock()
+	defer c.nodesMu.RUnlock()
+	return len(c.Nodes)
+}
+
+// URL returns the base URL of node i; clients may call it while a node is
+// replaced.
+func (c *Cluster) URL(i int) string {
+	c.nodesMu.RLock()
+	defer c.nodesMu.RUnlock()
+	return c.Nodes[i].URL()
+}
+
+// NodeList returns the nodes as they are now, for a goroutine other than
+// the run's (a sampler) to read while a node may be replaced.
+func (c *Cluster) NodeList() []*kvdproc.Node {
+	c.nodesMu.RLock()
+	defer c.nodesMu.RUnlock()
+	return append([]*kvdproc.Node(nil), c.Nodes...)
+}
+
+// ReplaceNode puts a fresh node called id at index i, in place of a node
+// that is not running (see kvdproc.Cluster.ReplaceNode), and starts it:
+// it joins the cluster through the running members. It has no link
+// proxies: the members learn its addresses from the map and dial it
+// directly (their --peer-addrs were written when they started), and it
+// dials them directly too, so its links cannot be cut.
+func (c *Cluster) ReplaceNode(i int, id string) (*kvdproc.Node, error) {
+	c.nodesMu.Lock()
+	defer c.nodesMu.Unlock()
+	return c.Cluster.ReplaceNode(i, id)
+}
 
 // Partition cuts every link between the two sides, both ways, and heals
 // every other link. A node in neither side keeps all its links.
@@ -297,16 +333,6 @@ func (c *Cluster) LeaderAsSeenBy(i int, g uint64) int {
 					return j
 				}
 			}
-		}
-	}
-	return -1
-}
-
-// NodeIndex returns the index of the node called id, or -1.
-func (c *Cluster) NodeIndex(id string) int {
-	for i, n := range c.Nodes {
-		if n.ID == id {
-			return i
 		}
 	}
 	return -1

@@ -133,7 +133,8 @@ func keyOfGroup(t *testing.T, c *Cluster, g uint64) string {
 // set and bank under kill, pause-leader (with its deposed-leader probe)
 // and partition-leader; with three groups, set under kill, bank under a
 // rolling restart and under crash-coordinator (with its janitor probe),
-// and list-append under kill.
+// and list-append under kill; register, set (on 4 nodes, where replicas
+// move between nodes) and bank under membership changes.
 func TestShortSuite(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs kvd clusters under faults for minutes")
@@ -145,25 +146,29 @@ func TestShortSuite(t *testing.T) {
 	for _, r := range []struct {
 		workload, nemesis string
 		groups            int
+		nodes             int // 0: 3
 	}{
-		{"register", "kill", 2},
-		{"register", "pause-leader", 2},
-		{"register", "partition-leader", 2},
-		{"set", "kill", 3},
-		{"set", "pause-leader", 2},
-		{"set", "partition-leader", 2},
-		{"bank", "restart", 3},
-		{"bank", "pause-leader", 2},
-		{"bank", "partition-leader", 2},
-		{"bank", "crash-coordinator", 3},
-		{"list-append", "kill", 3},
+		{"register", "kill", 2, 0},
+		{"register", "pause-leader", 2, 0},
+		{"register", "partition-leader", 2, 0},
+		{"set", "kill", 3, 0},
+		{"set", "pause-leader", 2, 0},
+		{"set", "partition-leader", 2, 0},
+		{"bank", "restart", 3, 0},
+		{"bank", "pause-leader", 2, 0},
+		{"bank", "partition-leader", 2, 0},
+		{"bank", "crash-coordinator", 3, 0},
+		{"list-append", "kill", 3, 0},
+		{"register", "membership", 2, 0},
+		{"set", "membership", 2, 4},
+		{"bank", "membership", 2, 0},
 	} {
 		t.Run(r.workload+"/"+r.nemesis, func(t *testing.T) {
 			w, err := WorkloadByName(r.workload)
 			if err != nil {
 				t.Skipf("no such workload yet: %v", err)
 			}
-			sum, err := Run(context.Background(), Options{Bin: kvdBin, Dir: out, Workload: w, Nemesis: r.nemesis, Groups: r.groups,
+			sum, err := Run(context.Background(), Options{Bin: kvdBin, Dir: out, Workload: w, Nemesis: r.nemesis, Groups: r.groups, Nodes: r.nodes,
 				Duration: 25 * time.Second, Quiet: 2 * time.Second, Hold: 5 * time.Second, Logf: t.Logf})
 			require.NoError(t, err)
 			t.Log(sum.Line())

@@ -20,8 +20,8 @@ import (
 // own) and Checker (it probes the cluster itself and judges what it saw).
 //
 // Leader-transfer storms (moving a group's leadership on purpose, again
-// and again) are missing: kvd has no endpoint to transfer leadership yet
-// (it comes with membership changes), so no nemesis can ask for one.
+// and again) are missing; the membership nemesis moves a group's
+// leadership once per move, to the replica it added.
 type Nemesis interface {
 	// Name names the nemesis.
 	Name() string
@@ -70,8 +70,13 @@ func checkOver(res CheckResult, checker, summary string) []CheckResult {
 func NemesisNames() []string {
 	return []string{"kill", "kill-leader", "pause", "pause-leader", "pause-long", "pause-minority",
 		"partition", "partition-leader", "partition-ring", "slow-link", "restart", "wipe-state", "crash-coordinator",
-		"mixed", "none"}
+		"membership", "mixed", "none"}
 }
+
+// notMixed are the names mixed does not draw: itself, none, and
+// membership, which changes the cluster's nodes (a fresh node has no link
+// proxies for the partitions to cut, and a soak's samples follow nodes).
+var notMixed = map[string]bool{"mixed": true, "none": true, "membership": true}
 
 // NemesisByName returns a fresh nemesis called name; "mixed" draws a
 // different applicable one for each fault window.
@@ -105,10 +110,12 @@ func NemesisByName(name string) (Nemesis, error) {
 		return &wipeStateNemesis{}, nil
 	case "crash-coordinator":
 		return &crashCoordinatorNemesis{}, nil
+	case "membership":
+		return newMembershipNemesis(), nil
 	case "mixed":
 		m := &mixedNemesis{}
 		for _, n := range NemesisNames() {
-			if n != "mixed" && n != "none" {
+			if !notMixed[n] {
 				nem, _ := NemesisByName(n)
 				m.all = append(m.all, nem)
 			}

@@ -50,5 +50,8 @@ func TestNemesisByName_KnowsEveryName(t *testing.T) {
 	}
 	m, err := NemesisByName("mixed")
 	require.NoError(t, err)
-	require.Len(t, m.(*mixedNemesis).all, len(NemesisNames())-2, "mixed draws every nemesis but itself and none")
+	require.Len(t, m.(*mixedNemesis).all, len(NemesisNames())-len(notMixed), "mixed draws every nemesis but itself, none and membership")
+	for _, n := range m.(*mixedNemesis).all {
+		require.NotEqual(t, "membership", n.Name())
+	}
 }

@@ -82,7 +82,8 @@ func (s *sampler) samples() []ResourceSample {
 // round samples every node, then the cluster.
 func (s *sampler) round(ctx context.Context) {
 	var out []ResourceSample
-	for _, n := range s.c.Nodes {
+	nodes := s.c.NodeList()
+	for _, n := range nodes {
 		smp := ResourceSample{T: sec(s.h.Now()), Node: n.ID, Values: map[string]float64{}}
 		if n.Running() {
 			smp.Pid = n.Pid()
@@ -94,12 +95,12 @@ func (s *sampler) round(ctx context.Context) {
 	cl := ResourceSample{T: sec(s.h.Now()), Node: clusterNode, Values: map[string]float64{}}
 	keys, bytes := s.live.figures()
 	cl.Values["live_keys"], cl.Values["live_data"] = float64(keys), float64(bytes)/(1<<20)
-	for i, n := range s.c.Nodes {
+	for _, n := range nodes {
 		if !n.Running() {
 			continue
 		}
 		var list api.TxnList
-		if s.getJSON(ctx, s.c.Nodes[i].URL()+"/v1/admin/txns", &list) == nil && len(list.Unreached) == 0 {
+		if s.getJSON(ctx, n.URL()+"/v1/admin/txns", &list) == nil && len(list.Unreached) == 0 {
 			cl.Values["txn_records"] = float64(len(list.Txns))
 			break
 		}

@@ -14,7 +14,7 @@ type Env struct {
 }
 
 // NodeURL returns the base URL of node i.
-func (e *Env) NodeURL(i int) string { return e.Cluster.Nodes[i].URL() }
+func (e *Env) NodeURL(i int) string { return e.Cluster.URL(i) }
 
 // RandomNode returns the base URL of a random node.
 func (e *Env) RandomNode(rng *rand.Rand) string {
