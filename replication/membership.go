@@ -18,6 +18,16 @@ type Replica struct {
 	Voter bool   `json:"voter"`
 }
 
+// ConfigurationIndex returns the log index of the group's latest Raft
+// configuration.
+func (g *Group) ConfigurationIndex() uint64 {
+	f := g.raft.GetConfiguration()
+	if f.Error() != nil {
+		return 0
+	}
+	return f.Index()
+}
+
 // Configuration returns the group's latest Raft configuration (which
 // hashicorp/raft uses as soon as it is appended, committed or not) and
 // whether it is committed; a change is in flight while it is not.

@@ -312,7 +312,7 @@ func (s *Server) reconcileGroup(ctx context.Context, g *replication.Group, gm *k
 			s.log.Info("handing leadership over before this replica is removed", "group", grp.ID)
 			return g.TransferLeadership()
 		}
-		if !s.knowsRemoval(ctx, r.ID, gm.Epoch) {
+		if !s.knowsRemoval(ctx, r.ID, gm.Epoch) || !s.votersHaveConfig(ctx, g, conf, r.ID) {
 			return nil
 		}
 		if err := g.RemoveReplica(r.ID); err != nil {
@@ -372,6 +372,30 @@ func (s *Server) knowsRemoval(ctx context.Context, node string, epoch uint64) bo
 	}
 	first, _ := s.removalWait.LoadOrStore(node, time.Now())
 	return time.Since(first.(time.Time)) > 5*time.Second
+}
+
+// votersHaveConfig reports whether every voter but the leader and the one
+// being removed holds the group's latest configuration in its log. A voter
+// that missed a change (it was down) keeps the older configuration and
+// refuses votes from replicas it does not list (hashicorp/raft#524): with
+// one more replica removed, the voters left could hold a majority and
+// still elect no leader. So a removal waits until they all have it.
+func (s *Server) votersHaveConfig(ctx context.Context, g *replication.Group, conf []replication.Replica, removed string) bool {
+	idx := g.ConfigurationIndex()
+	for _, r := range conf {
+		if !r.Voter || r.ID == removed || r.ID == s.id {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		st, err := s.peerStatus(sctx, r.ID)
+		cancel()
+		gs, ok := groupStatusOf(st, g.ID())
+		if err != nil || !ok || gs.LastIndex < idx {
+			s.log.Debug("removal waits for a voter to hold the latest configuration", "group", g.ID(), "removing", removed, "voter", r.ID)
+			return false
+		}
+	}
+	return true
 }
 
 // caughtUp reports whether learner id's replica of gid is within
