@@ -26,222 +26,138 @@ import (
 // answered 202 (in progress) when the request names no ?wait.
 const defaultWait = 8 * time.Second
 
-// adminWait parses ?wait (a Go duration, at most a minute).
-func adminWait(r *http.Request) (time.Duration, error) {
-	v := r.URL.Query().Get("wait")
-	if v == "" {
-		return defaultWait, nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 || d > time.Minute {
-		return 0, fmt.Errorf("%w: wait must be a duration between 0s and 1m, not %q", kvd.ErrInvalid, v)
-	}
-	return d, nil
+// adminArgs are what an admin request's path, query and body say. Each is
+// read only where the route has it: the group and node ids in the path,
+// ?wait and ?force in the query, a {"node":..} or node body.
+type adminArgs struct {
+	group kvd.GroupID
+	node  string // from the path, or the body's "node"
+	wait  time.Duration
+	force bool
+	// add is the body of a node to add.
+	add  api.NodeRequest
+	body []byte
 }
 
-// adminBool parses a boolean query parameter (absent: false).
-func adminBool(r *http.Request, name string) (bool, error) {
-	v := r.URL.Query().Get(name)
-	if v == "" {
-		return false, nil
+// adminBody is the kind of body an admin request carries.
+type adminBody int
+
+const (
+	noBody     adminBody = iota
+	nodeBody             // api.NodeRequest
+	memberBody           // api.MemberRequest, which must name its node
+)
+
+// readAdmin parses an admin request whose body is of kind.
+func (h *Handler) readAdmin(w http.ResponseWriter, r *http.Request, kind adminBody) (a adminArgs, err error) {
+	vars := mux.Vars(r)
+	if v, ok := vars["group"]; ok {
+		g, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || g == 0 {
+			return a, fmt.Errorf("%w: a group id is a positive integer, not %q", kvd.ErrInvalid, v)
+		}
+		a.group = kvd.GroupID(g)
 	}
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		return false, fmt.Errorf("%w: %s must be true or false, not %q", kvd.ErrInvalid, name, v)
+	for _, name := range []string{"id", "node"} {
+		if v, ok := vars[name]; ok {
+			id, err := url.PathUnescape(v)
+			if err != nil || id == "" || len(id) > 63 || !utf8.ValidString(id) {
+				return a, fmt.Errorf("%w: a node id is 1 to 63 characters", kvd.ErrInvalid)
+			}
+			a.node = id
+		}
 	}
-	return b, nil
+	q := r.URL.Query()
+	a.wait = defaultWait
+	if v := q.Get("wait"); v != "" {
+		if a.wait, err = time.ParseDuration(v); err != nil || a.wait < 0 || a.wait > time.Minute {
+			return a, fmt.Errorf("%w: wait must be a duration between 0s and 1m, not %q", kvd.ErrInvalid, v)
+		}
+	}
+	if v := q.Get("force"); v != "" {
+		if a.force, err = strconv.ParseBool(v); err != nil {
+			return a, fmt.Errorf("%w: force must be true or false, not %q", kvd.ErrInvalid, v)
+		}
+	}
+	if kind == noBody {
+		return a, nil
+	}
+	if a.body, err = h.readBody(w, r, 64<<10); err != nil {
+		return a, err
+	}
+	if kind == nodeBody {
+		return a, decodeStrict(a.body, &a.add, "request body")
+	}
+	var m api.MemberRequest
+	if err := decodeStrict(a.body, &m, "request body"); err != nil {
+		return a, err
+	}
+	if m.Node == "" {
+		return a, fmt.Errorf("%w: the body names no node: {\"node\":\"n4\"}", kvd.ErrInvalid)
+	}
+	a.node = m.Node
+	return a, nil
 }
 
-// pathNode returns the node id in the path (decoded once, as keys are).
-func pathNode(r *http.Request, name string) (string, error) {
-	id, err := url.PathUnescape(mux.Vars(r)[name])
-	if err != nil || id == "" || len(id) > 63 || !utf8.ValidString(id) {
-		return "", fmt.Errorf("%w: a node id is 1 to 63 characters", kvd.ErrInvalid)
-	}
-	return id, nil
-}
-
-// pathGroup returns the group id in the path.
-func pathGroup(r *http.Request) (kvd.GroupID, error) {
-	g, err := strconv.ParseUint(mux.Vars(r)["group"], 10, 64)
-	if err != nil || g == 0 {
-		return 0, fmt.Errorf("%w: a group id is a positive integer, not %q", kvd.ErrInvalid, mux.Vars(r)["group"])
-	}
-	return kvd.GroupID(g), nil
-}
-
-// adminBody reads a small JSON body into v, refusing unknown members and
-// members named twice.
-func (h *Handler) adminBody(w http.ResponseWriter, r *http.Request, v any) ([]byte, error) {
-	body, err := h.readBody(w, r, 64<<10)
-	if err != nil {
-		return nil, err
-	}
-	if err := decodeStrict(body, v); err != nil {
-		return nil, err
-	}
-	return body, nil
-}
-
-// decodeStrict decodes a JSON object into v: no unknown members, no
-// member named twice, nothing after it.
-func decodeStrict(body []byte, v any) error {
+// decodeStrict decodes the JSON object body (what names it in errors)
+// into v: no unknown members, no member named twice, nothing after it.
+func decodeStrict(body []byte, v any, what string) error {
 	if err := checkJSON(body); err != nil {
-		return fmt.Errorf("%w: request body: %v", kvd.ErrInvalid, err)
+		return fmt.Errorf("%w: %s: %v", kvd.ErrInvalid, what, err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: request body: %v", kvd.ErrInvalid, err)
+		return fmt.Errorf("%w: %s: %v", kvd.ErrInvalid, what, err)
 	}
 	if dec.More() {
-		return fmt.Errorf("%w: request body: more than one JSON value", kvd.ErrInvalid)
+		return fmt.Errorf("%w: %s: trailing data", kvd.ErrInvalid, what)
 	}
 	return nil
 }
 
-// adminAnswer is a membership change's answer and its status (200 or 202).
-type adminAnswer struct {
-	status int
-	body   any
-}
-
-// admin serves an admin request with op, forwarding it to the node that
+// admin serves an admin request: it parses it (with a body of kind) and
+// runs op, which answers a value and its status
+// (200, or 202 for a change in progress), forwarding it to the node that
 // must make it.
-func (h *Handler) admin(w http.ResponseWriter, r *http.Request, body []byte, op func(ctx context.Context) (adminAnswer, error)) {
-	h.serve(w, r, kvd.Route{}, body, true, func(ctx context.Context) (responder, error) {
-		a, err := op(ctx)
-		if err != nil {
-			return nil, err
-		}
-		return func(w http.ResponseWriter) { writeJSON(w, a.status, a.body) }, nil
-	})
-}
-
-func (h *Handler) addNode(w http.ResponseWriter, r *http.Request) {
-	var req api.NodeRequest
-	body, err := h.adminBody(w, r, &req)
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	h.admin(w, r, body, func(ctx context.Context) (adminAnswer, error) {
-		out, err := h.b.AddNode(ctx, req)
-		return adminAnswer{http.StatusOK, out}, err
-	})
-}
-
-func (h *Handler) removeNode(w http.ResponseWriter, r *http.Request) {
-	id, err := pathNode(r, "id")
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	force, err := adminBool(r, "force")
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	wait, err := adminWait(r)
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	h.admin(w, r, nil, func(ctx context.Context) (adminAnswer, error) {
-		out, status, err := h.b.RemoveNode(ctx, id, force, wait)
-		return adminAnswer{status, out}, err
-	})
-}
-
-func (h *Handler) addMember(w http.ResponseWriter, r *http.Request) {
-	g, err := pathGroup(r)
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	wait, err := adminWait(r)
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	var req api.MemberRequest
-	body, err := h.adminBody(w, r, &req)
-	if err == nil && req.Node == "" {
-		err = fmt.Errorf("%w: the body names no node: {\"node\":\"n4\"}", kvd.ErrInvalid)
-	}
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	h.admin(w, r, body, func(ctx context.Context) (adminAnswer, error) {
-		out, status, err := h.b.AddMember(ctx, g, req.Node, wait)
-		return adminAnswer{status, out}, err
-	})
-}
-
-func (h *Handler) removeMember(w http.ResponseWriter, r *http.Request) {
-	g, err := pathGroup(r)
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	id, err := pathNode(r, "node")
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	wait, err := adminWait(r)
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	h.admin(w, r, nil, func(ctx context.Context) (adminAnswer, error) {
-		out, status, err := h.b.RemoveMember(ctx, g, id, wait)
-		return adminAnswer{status, out}, err
-	})
-}
-
-func (h *Handler) transferLeader(w http.ResponseWriter, r *http.Request) {
-	g, err := pathGroup(r)
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	var req api.MemberRequest
-	body, err := h.adminBody(w, r, &req)
-	if err == nil && req.Node == "" {
-		err = fmt.Errorf("%w: the body names no node: {\"node\":\"n2\"}", kvd.ErrInvalid)
-	}
-	if err != nil {
-		writeError(w, err, false)
-		return
-	}
-	h.admin(w, r, body, func(ctx context.Context) (adminAnswer, error) {
-		out, status, err := h.b.TransferLeader(ctx, g, req.Node)
-		return adminAnswer{status, out}, err
-	})
-}
-
-// peerCall serves a node-to-node call without a group: the body in, an
-// encoded answer out.
-func (h *Handler) peerCall(fn func(ctx context.Context, body []byte) ([]byte, error)) http.HandlerFunc {
+func (h *Handler) admin(kind adminBody, op func(ctx context.Context, a adminArgs) (any, int, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		body, err := h.readBody(w, r, 1<<20)
+		a, err := h.readAdmin(w, r, kind)
 		if err != nil {
 			writeError(w, err, false)
 			return
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
-		defer cancel()
-		out, err := fn(ctx, body)
-		if err != nil {
-			writeError(w, err, true)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusOK)
-		w.Write(out)
+		h.serve(w, r, kvd.Route{}, a.body, true, func(ctx context.Context) (responder, error) {
+			out, status, err := op(ctx, a)
+			if err != nil {
+				return nil, err
+			}
+			return func(w http.ResponseWriter) { writeJSON(w, status, out) }, nil
+		})
 	}
+}
+
+// adminRoutes registers the operations API.
+func (h *Handler) adminRoutes(r *mux.Router) {
+	r.HandleFunc("/v1/admin/nodes", h.admin(nodeBody, func(ctx context.Context, a adminArgs) (any, int, error) {
+		out, err := h.b.AddNode(ctx, a.add)
+		return out, http.StatusOK, err
+	})).Methods(http.MethodPost)
+	r.HandleFunc("/v1/admin/nodes/{id}", h.admin(noBody, func(ctx context.Context, a adminArgs) (any, int, error) {
+		return h.b.RemoveNode(ctx, a.node, a.force, a.wait)
+	})).Methods(http.MethodDelete)
+	r.HandleFunc("/v1/admin/groups/{group}/members", h.admin(memberBody, func(ctx context.Context, a adminArgs) (any, int, error) {
+		return h.b.AddMember(ctx, a.group, a.node, a.wait)
+	})).Methods(http.MethodPost)
+	r.HandleFunc("/v1/admin/groups/{group}/members/{node}", h.admin(noBody, func(ctx context.Context, a adminArgs) (any, int, error) {
+		return h.b.RemoveMember(ctx, a.group, a.node, a.wait)
+	})).Methods(http.MethodDelete)
+	r.HandleFunc("/v1/admin/groups/{group}/leader", h.admin(memberBody, func(ctx context.Context, a adminArgs) (any, int, error) {
+		return h.b.TransferLeader(ctx, a.group, a.node)
+	})).Methods(http.MethodPost)
+	r.HandleFunc("/v1/internal/join", h.peerCall(h.b.Join)).Methods(http.MethodPost)
+	r.HandleFunc("/v1/internal/mapedit", h.peerCall(h.b.EditMap)).Methods(http.MethodPost)
+	r.HandleFunc("/v1/internal/map", h.internalMap).Methods(http.MethodGet)
 }
 
 func (h *Handler) internalMap(w http.ResponseWriter, r *http.Request) {

@@ -214,14 +214,7 @@ func New(b Backend, o Options) (*Handler, error) {
 	r.HandleFunc("/v1/internal/txns", h.groupTxns).Methods(http.MethodGet)
 	r.HandleFunc("/v1/admin/txns", h.txns).Methods(http.MethodGet)
 	r.HandleFunc("/v1/admin/txns/{id}/abort", h.abortTxn).Methods(http.MethodPost)
-	r.HandleFunc("/v1/admin/nodes", h.addNode).Methods(http.MethodPost)
-	r.HandleFunc("/v1/admin/nodes/{id}", h.removeNode).Methods(http.MethodDelete)
-	r.HandleFunc("/v1/admin/groups/{group}/members", h.addMember).Methods(http.MethodPost)
-	r.HandleFunc("/v1/admin/groups/{group}/members/{node}", h.removeMember).Methods(http.MethodDelete)
-	r.HandleFunc("/v1/admin/groups/{group}/leader", h.transferLeader).Methods(http.MethodPost)
-	r.HandleFunc("/v1/internal/join", h.peerCall(h.b.Join)).Methods(http.MethodPost)
-	r.HandleFunc("/v1/internal/mapedit", h.peerCall(h.b.EditMap)).Methods(http.MethodPost)
-	r.HandleFunc("/v1/internal/map", h.internalMap).Methods(http.MethodGet)
+	h.adminRoutes(r)
 	if fp := failpoint.Handler(); fp != nil { // fault-injection builds only
 		r.PathPrefix("/debug/failpoints/").Handler(fp)
 	}

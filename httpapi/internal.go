@@ -154,6 +154,14 @@ func (h *Handler) internal(fn func(ctx context.Context, g kvd.GroupID, body []by
 			writeError(w, err, false)
 			return
 		}
+		h.peerCall(func(ctx context.Context, body []byte) ([]byte, error) { return fn(ctx, g, body) })(w, r)
+	}
+}
+
+// peerCall serves a node-to-node call: the body in (up to a request body
+// and a margin for the command's framing), an encoded answer out.
+func (h *Handler) peerCall(fn func(ctx context.Context, body []byte) ([]byte, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		body, err := h.readBody(w, r, h.o.Limits.MaxBodyBytes+1<<20)
 		if err != nil {
 			writeError(w, err, false)
@@ -161,7 +169,7 @@ func (h *Handler) internal(fn func(ctx context.Context, g kvd.GroupID, body []by
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
 		defer cancel()
-		out, err := fn(ctx, g, body)
+		out, err := fn(ctx, body)
 		if err != nil {
 			writeError(w, err, true)
 			return

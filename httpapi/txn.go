@@ -1,10 +1,7 @@
 package httpapi
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"fmt"
 	"net/http"
 
 	"github.com/kvd-project/kvd"
@@ -19,18 +16,8 @@ func (h *Handler) txn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req api.TxnRequest
-	if err := checkJSON(body); err != nil {
-		writeError(w, fmt.Errorf("%w: transaction body: %v", kvd.ErrInvalid, err), false)
-		return
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, fmt.Errorf("%w: transaction body: %v", kvd.ErrInvalid, err), false)
-		return
-	}
-	if dec.More() {
-		writeError(w, fmt.Errorf("%w: transaction body: trailing data", kvd.ErrInvalid), false)
+	if err := decodeStrict(body, &req, "transaction body"); err != nil {
+		writeError(w, err, false)
 		return
 	}
 	t, err := wire.Txn(req)
