@@ -18,28 +18,27 @@ type Replica struct {
 	Voter bool   `json:"voter"`
 }
 
-// ConfigurationIndex returns the log index of the group's latest Raft
-// configuration.
-func (g *Group) ConfigurationIndex() uint64 {
-	f := g.raft.GetConfiguration()
-	if f.Error() != nil {
-		return 0
-	}
-	return f.Index()
+// Configuration is a group's latest Raft configuration, which
+// hashicorp/raft uses as soon as it is appended, committed or not.
+type Configuration struct {
+	Replicas []Replica
+	// Index is the log index of the entry that holds it.
+	Index uint64
+	// Committed is false while a change is in flight.
+	Committed bool
 }
 
-// Configuration returns the group's latest Raft configuration (which
-// hashicorp/raft uses as soon as it is appended, committed or not) and
-// whether it is committed; a change is in flight while it is not.
-func (g *Group) Configuration() (replicas []Replica, committed bool, err error) {
+// Configuration returns the group's latest Raft configuration.
+func (g *Group) Configuration() (Configuration, error) {
 	f := g.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
-		return nil, false, fmt.Errorf("group %d: configuration: %w", g.id, err)
+		return Configuration{}, fmt.Errorf("group %d: configuration: %w", g.id, err)
 	}
+	c := Configuration{Index: f.Index(), Committed: f.Index() <= g.raft.CommitIndex()}
 	for _, s := range f.Configuration().Servers {
-		replicas = append(replicas, Replica{ID: string(s.ID), Addr: string(s.Address), Voter: s.Suffrage == raft.Voter})
+		c.Replicas = append(c.Replicas, Replica{ID: string(s.ID), Addr: string(s.Address), Voter: s.Suffrage == raft.Voter})
 	}
-	return replicas, f.Index() <= g.raft.CommitIndex(), nil
+	return c, nil
 }
 
 // Settled reports whether this replica leads and has applied every entry

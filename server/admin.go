@@ -111,10 +111,8 @@ func (s *Server) RemoveNode(ctx context.Context, id string, force bool, wait tim
 	if !force && !p.live[id] && len(m.GroupsOf(id)) > 0 {
 		return api.NodeChange{}, 0, fmt.Errorf("node %s does not answer, so its replicas cannot be handed over by it; if it is dead, remove it with ?force=true (its replicas are rebuilt from the live ones): %w", id, kvd.ErrConflict)
 	}
-	usable := func(o string) bool {
-		on, _ := m.Node(o)
-		return o != id && on.StateName() == kvd.NodeActive && p.live[o]
-	}
+	take := s.canTake(m, p)
+	usable := func(o string) bool { return o != id && take(o) }
 	for _, gid := range m.GroupsOf(id) {
 		grp, _ := m.Group(gid)
 		if _, ok := leastLoaded(m, grp, m.Load(), usable); ok {
@@ -171,6 +169,8 @@ func (s *Server) AddMember(ctx context.Context, gid kvd.GroupID, node string, wa
 		return api.MembershipChange{}, 0, fmt.Errorf("node %s is leaving the cluster: %w", node, kvd.ErrConflict)
 	case grp.Hosts(node):
 		return api.MembershipChange{}, 0, fmt.Errorf("node %s already holds a replica of group %d: %w", node, gid, kvd.ErrConflict)
+	case s.peerDisks.isLow(node):
+		return api.MembershipChange{}, 0, fmt.Errorf("node %s's disk refuses writes: a new replica there could not take the group's snapshot and log: %w", node, kvd.ErrConflict)
 	}
 	if _, err := s.editMap(ctx, mapEdit{Op: editAddLearner, Group: gid, Node: kvd.Node{ID: node}, Operator: true}); err != nil {
 		return api.MembershipChange{}, 0, err
@@ -262,17 +262,9 @@ func (s *Server) configLacks(ctx context.Context, gid kvd.GroupID, node string) 
 	if leader == "" {
 		return false
 	}
-	var st api.Status
-	if leader == s.id {
-		st = s.Status(ctx)
-	} else {
-		sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		var err error
-		st, err = s.peerStatus(sctx, leader)
-		cancel()
-		if err != nil {
-			return false
-		}
+	st, err := s.peerStatus(ctx, leader)
+	if err != nil {
+		return false
 	}
 	gs, ok := groupStatusOf(st, gid)
 	return ok && gs.Role == "leader" && !slices.Contains(gs.Members, node)

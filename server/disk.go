@@ -179,25 +179,6 @@ func (p *peerDisks) admit(m *kvd.Map, gid kvd.GroupID, self string) error {
 	return nil
 }
 
-// poll asks every other node of the map for its disk, each within
-// timeout.
-func (p *peerDisks) poll(ctx context.Context, s *Server, timeout time.Duration) {
-	for _, n := range s.Map().Nodes {
-		if n.ID == s.id {
-			continue
-		}
-		sctx, cancel := context.WithTimeout(ctx, timeout)
-		st, err := s.peerStatus(sctx, n.ID)
-		cancel()
-		if err == nil && st.Storage != nil {
-			p.set(n.ID, !st.Storage.Writable)
-		}
-		if err == nil {
-			s.gossipMap(ctx, n.ID, st.Epoch)
-		}
-	}
-}
-
 // handOffWhileShort hands the leadership of every group this node leads
 // to a member whose disk has room, while this node's disk refuses writes:
 // the leader decides on writes by its own disk, so a leader short of
@@ -220,9 +201,7 @@ func (s *Server) handOffWhileShort(ctx context.Context, lastTry map[kvd.GroupID]
 			if to == s.id || s.peerDisks.isLow(to) {
 				continue
 			}
-			sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-			st, err := s.peerStatus(sctx, to)
-			cancel()
+			st, err := s.peerStatus(ctx, to)
 			if err != nil || !followsMe(st, gid, s.id) || st.Storage == nil || !st.Storage.Writable {
 				continue
 			}

@@ -12,15 +12,11 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
-	"github.com/kvd-project/kvd/internal/backoff"
 	"github.com/kvd-project/kvd/internal/wire"
 )
 
 // joinFor bounds how long a joining node keeps trying its members.
 const joinFor = 2 * time.Minute
-
-// joinPace paces a joining node's attempts while no member can take it.
-var joinPace = backoff.Policy{Base: 250 * time.Millisecond, Max: 5 * time.Second}
 
 // join registers this node, on its first start with Config.Join, with
 // the first member that takes it: the request carries the credential

@@ -63,6 +63,9 @@ func (e mapEdit) apply(m *kvd.Map) error {
 	id := e.Node.ID
 	ni := slices.IndexFunc(m.Nodes, func(n kvd.Node) bool { return n.ID == id })
 	if e.Op == editAddNode {
+		if err := checkNodeRequest(api.NodeRequest{ID: id, HTTP: e.Node.HTTP, Raft: e.Node.Raft}); err != nil {
+			return err
+		}
 		return addNode(m, e.Node, ni)
 	}
 	if ni < 0 {
@@ -172,7 +175,31 @@ func addNode(m *kvd.Map, n kvd.Node, ni int) error {
 
 // editMap makes e on the cluster map through the system group's leader
 // (this node, or the one it forwards to) and returns the map after it.
+// While the system group has no leader (an election, a leadership
+// transfer), it waits for one, within ctx: such a failure promises that
+// nothing was proposed.
 func (s *Server) editMap(ctx context.Context, e mapEdit) (*kvd.Map, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, editMapWait)
+		defer cancel()
+	}
+	for attempt := 0; ; attempt++ {
+		m, err := s.editMapOnce(ctx, e)
+		if err == nil || !errors.Is(err, kvd.ErrNotLeader) && !errors.Is(err, kvd.ErrUnavailable) || errors.Is(err, kvd.ErrUnknownOutcome) {
+			return m, err
+		}
+		if leaderBackoff.Wait(ctx, attempt) != nil {
+			return nil, err
+		}
+	}
+}
+
+// editMapWait bounds editMap for a caller without a deadline.
+const editMapWait = 10 * time.Second
+
+// editMapOnce makes e through the system group's leader it knows of.
+func (s *Server) editMapOnce(ctx context.Context, e mapEdit) (*kvd.Map, error) {
 	sys := s.Map().SystemGroup()
 	if g, ok := s.hosted()[sys]; ok && g.IsLeader() {
 		return s.changeMap(ctx, g, e)
@@ -261,12 +288,12 @@ func (s *Server) changeMap(ctx context.Context, g *replication.Group, e mapEdit)
 // and remembers it in node.json, so that a restarted node that no longer
 // holds a replica of the newest map's groups still starts from it.
 func (s *Server) learnMap(m *kvd.Map) {
-	if m == nil || m.Validate() != nil {
+	if m == nil {
 		return
 	}
 	s.learnMu.Lock()
 	defer s.learnMu.Unlock()
-	if cur := s.learned.Load(); cur != nil && cur.Epoch >= m.Epoch {
+	if cur := s.learned.Load(); cur != nil && cur.Epoch >= m.Epoch || m.Validate() != nil {
 		return
 	}
 	s.learned.Store(m)

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"time"
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
@@ -183,7 +184,17 @@ func (s *Server) askMembers(ctx context.Context, g kvd.GroupID, pathAndQuery str
 	return errors.Join(errs...)
 }
 
+// statusTimeout bounds one request for a peer's status.
+const statusTimeout = time.Second
+
+// peerStatus returns node's status (this node's own without a request),
+// asked within statusTimeout.
 func (s *Server) peerStatus(ctx context.Context, node string) (api.Status, error) {
+	if node == s.id {
+		return s.Status(ctx), nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
+	defer cancel()
 	var st api.Status
 	err := s.peerGet(ctx, node, "/v1/status", nil, &st)
 	return st, err

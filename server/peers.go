@@ -145,9 +145,7 @@ func (s *Server) handBack(ctx context.Context, g *replication.Group, gid kvd.Gro
 	if s.peerDisks.isLow(preferred) {
 		return false // it would refuse the group's writes
 	}
-	sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	st, err := s.peerStatus(sctx, preferred)
-	cancel()
+	st, err := s.peerStatus(ctx, preferred)
 	if err != nil || !followsMe(st, gid, s.id) {
 		return false
 	}

@@ -35,61 +35,87 @@ import (
 // replica being added there is dropped, so that its group can change again.
 const learnerGiveUp = 30 * time.Second
 
-// probe is what the last round of status requests found.
+// probe is what a round of status requests found.
 type probe struct {
+	at time.Time
+	// live holds the nodes that answered within liveWindow: one slow
+	// answer under load does not make a node look dead.
 	live map[string]bool
-	// status holds the answers of the live nodes.
+	// status holds this round's answers.
 	status map[string]api.Status
 }
 
-// probeNodes asks every node of m for its status, at once.
+// liveWindow is how long after its last answer a node counts as live.
+const liveWindow = 3 * time.Second
+
+// sighting is what this node saw of another's answers.
+type sighting struct {
+	// watched is when this node first asked; answered when it last got
+	// an answer (zero: never).
+	watched, answered time.Time
+}
+
+// probeNodes asks every node of m for its status, at once, and notes
+// what the answers say: who answers (seen), whose disk refuses writes
+// (peerDisks), who holds a newer map (which this node then fetches). Every
+// node does so every second; the system group's leader places
+// replicas from the last round, and checks an operator's change against a
+// round of its own.
 func (s *Server) probeNodes(ctx context.Context, m *kvd.Map) probe {
-	p := probe{live: map[string]bool{}, status: map[string]api.Status{}}
+	p := probe{at: time.Now(), live: map[string]bool{}, status: map[string]api.Status{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, n := range m.Nodes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var st api.Status
-			var err error
-			if n.ID == s.id {
-				st = s.Status(ctx)
-			} else {
-				sctx, cancel := context.WithTimeout(ctx, 700*time.Millisecond)
-				st, err = s.peerStatus(sctx, n.ID)
-				cancel()
+			st, err := s.peerStatus(ctx, n.ID)
+			if err != nil || st.Node != n.ID {
+				return
+			}
+			if n.ID != s.id {
+				if st.Storage != nil {
+					s.peerDisks.set(n.ID, !st.Storage.Writable)
+				}
+				s.gossipMap(ctx, n.ID, st.Epoch)
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			if err == nil && st.Node == n.ID {
-				p.live[n.ID] = true
-				p.status[n.ID] = st
-			}
+			p.status[n.ID] = st
 		}()
 	}
 	wg.Wait()
 	now := time.Now()
 	s.seenMu.Lock()
 	for _, n := range m.Nodes {
-		if p.live[n.ID] {
-			s.lastSeen[n.ID] = now
-		} else if _, ok := s.lastSeen[n.ID]; !ok {
-			s.lastSeen[n.ID] = now // unseen since this node started watching
+		sg, ok := s.seen[n.ID]
+		if !ok {
+			sg = &sighting{watched: now}
+			s.seen[n.ID] = sg
 		}
+		if _, ok := p.status[n.ID]; ok {
+			sg.answered = now
+		}
+		p.live[n.ID] = !sg.answered.IsZero() && now.Sub(sg.answered) < liveWindow
 	}
 	s.seenMu.Unlock()
+	s.lastProbe.Store(&p)
 	return p
 }
 
-// deadFor returns how long node has not answered (0 if it answers).
+// deadFor returns how long node has not answered: since its last answer,
+// or since this node first asked if it never answered.
 func (s *Server) deadFor(node string) time.Duration {
 	s.seenMu.Lock()
 	defer s.seenMu.Unlock()
-	if t, ok := s.lastSeen[node]; ok {
-		return time.Since(t)
+	sg, ok := s.seen[node]
+	switch {
+	case !ok:
+		return 0
+	case sg.answered.IsZero():
+		return time.Since(sg.watched)
 	}
-	return 0
+	return time.Since(sg.answered)
 }
 
 // changing reports whether a change to grp is under way: a learner still
@@ -117,7 +143,12 @@ func changing(grp kvd.Group, p probe) bool {
 // should have; only the system group's leader calls it.
 func (s *Server) reconcileCluster(ctx context.Context) {
 	m := s.Map()
-	p := s.probeNodes(ctx, m)
+	var p probe
+	if last := s.lastProbe.Load(); last != nil && time.Since(last.at) < 2*time.Second {
+		p = *last
+	} else {
+		p = s.probeNodes(ctx, m)
+	}
 	for _, n := range m.Nodes {
 		if n.StateName() == kvd.NodeJoining && p.live[n.ID] {
 			s.tryEdit(ctx, mapEdit{Op: editActivate, Node: kvd.Node{ID: n.ID}})
@@ -153,10 +184,7 @@ func (s *Server) tryEdit(ctx context.Context, e mapEdit) {
 // nextPlacementChange chooses the next change (see the list above).
 func (s *Server) nextPlacementChange(m *kvd.Map, p probe) (mapEdit, bool) {
 	load := m.Load()
-	usable := func(id string) bool { // may take a new replica
-		n, _ := m.Node(id)
-		return n.StateName() == kvd.NodeActive && p.live[id] && !s.peerDisks.isLow(id)
-	}
+	usable := s.canTake(m, p)
 	if after := s.cfg.ReplaceDeadAfter; after > 0 {
 		for _, n := range m.Nodes {
 			if n.StateName() == kvd.NodeActive && !p.live[n.ID] && s.deadFor(n.ID) >= after && load[n.ID] > 0 && s.canTakeAll(m, n.ID, usable) {
@@ -202,6 +230,15 @@ func (s *Server) nextPlacementChange(m *kvd.Map, p probe) (mapEdit, bool) {
 		}
 	}
 	return spreadLeaders(m, p)
+}
+
+// canTake returns whether a node may take a new replica: it is active,
+// answers, and its disk takes writes.
+func (s *Server) canTake(m *kvd.Map, p probe) func(id string) bool {
+	return func(id string) bool {
+		n, _ := m.Node(id)
+		return n.StateName() == kvd.NodeActive && p.live[id] && !s.peerDisks.isLow(id)
+	}
 }
 
 // canTakeAll reports whether every group node hosts has another usable

@@ -9,12 +9,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/internal/fsutil"
 	"github.com/kvd-project/kvd/replication"
 )
 
@@ -68,6 +70,41 @@ func (s *Server) storedGroups() map[kvd.GroupID]bool {
 		}
 	}
 	return out
+}
+
+// droppedPrefix names a replica directory being deleted.
+const droppedPrefix = ".dropped-"
+
+// dropReplicaDir deletes the directory of this node's replica of gid: it
+// is first renamed out of the way (one atomic step, so a crash while
+// deleting never leaves a half-deleted replica that a restart would try
+// to open), then removed; openGroups removes what a crash left.
+func (s *Server) dropReplicaDir(gid kvd.GroupID) error {
+	dir := s.groupDir(gid)
+	gone := filepath.Join(filepath.Dir(dir), fmt.Sprintf("%s%d-%d", droppedPrefix, gid, time.Now().UnixNano()))
+	if err := os.Rename(dir, gone); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("drop replica %d: %w", gid, err)
+	}
+	if err := fsutil.SyncDir(filepath.Dir(dir)); err != nil {
+		return fmt.Errorf("drop replica %d: %w", gid, err)
+	}
+	return os.RemoveAll(gone)
+}
+
+// removeDropped removes replica directories a crash left half deleted.
+func (s *Server) removeDropped() {
+	root := filepath.Join(s.cfg.DataDir, "groups")
+	entries, _ := os.ReadDir(root)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), droppedPrefix) {
+			if err := os.RemoveAll(filepath.Join(root, e.Name())); err != nil {
+				s.log.Warn("remove a dropped replica's directory", "dir", e.Name(), "err", err)
+			}
+		}
+	}
 }
 
 // replicaMode says how a replica is opened.
@@ -138,6 +175,7 @@ func (s *Server) openReplica(grp kvd.Group, mode replicaMode) error {
 // as a new replica.
 func (s *Server) openGroups(first bool) error {
 	s.missing = map[kvd.GroupID]string{}
+	s.removeDropped()
 	m := s.Map()
 	stored := s.storedGroups()
 	if first && !s.nodeFile.Joined {
@@ -155,6 +193,12 @@ func (s *Server) openGroups(first bool) error {
 			grp = kvd.Group{ID: gid}
 		}
 		err := s.openReplica(grp, resume)
+		if errors.Is(err, replication.ErrNoState) && slices.Contains(grp.Learners, s.id) {
+			// A learner that stopped before the leader sent it anything:
+			// it has nothing to lose, and starts again empty.
+			s.log.Info("a new replica stopped before it received the log; it starts again", "group", gid)
+			continue
+		}
 		if errors.Is(err, replication.ErrNoState) {
 			s.missing[gid] = err.Error()
 			s.log.Error("not starting a replica whose Raft state was lost; it must be re-added as a new replica (remove this node from the group and add it again)",
@@ -191,7 +235,7 @@ func (s *Server) openReplicas() {
 		if s.storedGroups()[grp.ID] {
 			// Left over from an earlier membership of this group, and not
 			// yet deleted: start from a clean directory.
-			if err := os.RemoveAll(s.groupDir(grp.ID)); err != nil {
+			if err := s.dropReplicaDir(grp.ID); err != nil {
 				s.log.Warn("clear an old replica's directory", "group", grp.ID, "err", err)
 				continue
 			}
@@ -226,7 +270,7 @@ func (s *Server) retireReplicas(ctx context.Context) {
 		if err := g.Close(); err != nil {
 			s.log.Warn("close a removed replica", "group", gid, "err", err)
 		}
-		if err := os.RemoveAll(s.groupDir(gid)); err != nil {
+		if err := s.dropReplicaDir(gid); err != nil {
 			s.log.Warn("delete a removed replica's data", "group", gid, "err", err)
 			continue
 		}
@@ -239,9 +283,7 @@ func (s *Server) retireReplicas(ctx context.Context) {
 // node's replica is out of its Raft configuration.
 func (s *Server) removedFrom(ctx context.Context, grp kvd.Group, g *replication.Group) bool {
 	for _, mem := range grp.Members {
-		sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		st, err := s.peerStatus(sctx, mem)
-		cancel()
+		st, err := s.peerStatus(ctx, mem)
 		if err != nil {
 			continue
 		}
@@ -293,10 +335,11 @@ func (s *Server) reconcileGroups(ctx context.Context) {
 // reconcileGroup makes the next step toward grp's replicas in g, which
 // this node leads.
 func (s *Server) reconcileGroup(ctx context.Context, g *replication.Group, gm *kvd.Map, grp kvd.Group) error {
-	conf, committed, err := g.Configuration()
-	if err != nil || !committed {
+	c, err := g.Configuration()
+	if err != nil || !c.Committed {
 		return err // a change is in flight: wait for it
 	}
+	conf := c.Replicas
 	inConf := map[string]replication.Replica{}
 	for _, r := range conf {
 		inConf[r.ID] = r
@@ -312,7 +355,7 @@ func (s *Server) reconcileGroup(ctx context.Context, g *replication.Group, gm *k
 			s.log.Info("handing leadership over before this replica is removed", "group", grp.ID)
 			return g.TransferLeadership()
 		}
-		if !s.knowsRemoval(ctx, r.ID, gm.Epoch) || !s.votersHaveConfig(ctx, g, conf, r.ID) {
+		if !s.knowsRemoval(ctx, r.ID, gm.Epoch) || !s.votersHaveConfig(ctx, g.ID(), c, r.ID) {
 			return nil
 		}
 		if err := g.RemoveReplica(r.ID); err != nil {
@@ -363,9 +406,7 @@ func (s *Server) reconcileGroup(ctx context.Context, g *replication.Group, gm *k
 // cut off from the log; a node that cannot be reached is not waited for
 // beyond a few seconds.
 func (s *Server) knowsRemoval(ctx context.Context, node string, epoch uint64) bool {
-	sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	st, err := s.peerStatus(sctx, node)
-	cancel()
+	st, err := s.peerStatus(ctx, node)
 	if err == nil {
 		s.removalWait.Delete(node)
 		return st.Epoch >= epoch
@@ -380,18 +421,15 @@ func (s *Server) knowsRemoval(ctx context.Context, node string, epoch uint64) bo
 // refuses votes from replicas it does not list (hashicorp/raft#524): with
 // one more replica removed, the voters left could hold a majority and
 // still elect no leader. So a removal waits until they all have it.
-func (s *Server) votersHaveConfig(ctx context.Context, g *replication.Group, conf []replication.Replica, removed string) bool {
-	idx := g.ConfigurationIndex()
-	for _, r := range conf {
+func (s *Server) votersHaveConfig(ctx context.Context, gid kvd.GroupID, c replication.Configuration, removed string) bool {
+	for _, r := range c.Replicas {
 		if !r.Voter || r.ID == removed || r.ID == s.id {
 			continue
 		}
-		sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		st, err := s.peerStatus(sctx, r.ID)
-		cancel()
-		gs, ok := groupStatusOf(st, g.ID())
-		if err != nil || !ok || gs.LastIndex < idx {
-			s.log.Debug("removal waits for a voter to hold the latest configuration", "group", g.ID(), "removing", removed, "voter", r.ID)
+		st, err := s.peerStatus(ctx, r.ID)
+		gs, ok := groupStatusOf(st, gid)
+		if err != nil || !ok || gs.LastIndex < c.Index {
+			s.log.Debug("removal waits for a voter to hold the latest configuration", "group", gid, "removing", removed, "voter", r.ID)
 			return false
 		}
 	}
@@ -402,9 +440,7 @@ func (s *Server) votersHaveConfig(ctx context.Context, g *replication.Group, con
 // learnerSlack entries of g's commit index, and records how far behind it
 // is for the metrics.
 func (s *Server) caughtUp(ctx context.Context, g *replication.Group, gid kvd.GroupID, id string) bool {
-	sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	st, err := s.peerStatus(sctx, id)
-	cancel()
+	st, err := s.peerStatus(ctx, id)
 	if err != nil {
 		return false
 	}

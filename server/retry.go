@@ -21,4 +21,7 @@ var (
 	// watchBackoff paces a watch's retries of a group's history: 50 ms,
 	// doubling, up to 800 ms.
 	watchBackoff = backoff.Policy{Base: 50 * time.Millisecond, Max: 800 * time.Millisecond}
+	// joinPace paces a joining node's attempts while no member takes it:
+	// 250 ms, doubling, up to 5 s.
+	joinPace = backoff.Policy{Base: 250 * time.Millisecond, Max: 5 * time.Second}
 )

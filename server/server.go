@@ -83,9 +83,11 @@ type Server struct {
 	membershipKick chan struct{}
 	// removalWait remembers since when a replica to remove did not answer.
 	removalWait sync.Map
-	// lastSeen is when each node last answered the system leader's probe.
-	seenMu   sync.Mutex
-	lastSeen map[string]time.Time
+	// seen is what this node saw of each node's answers to its probes.
+	seenMu sync.Mutex
+	seen   map[string]*sighting
+	// lastProbe is the last round of status requests to every node.
+	lastProbe atomic.Pointer[probe]
 
 	// bgCancel stops the node's background loops; bg waits for them.
 	bgCancel context.CancelFunc
@@ -103,7 +105,7 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	s := &Server{cfg: cfg, id: cfg.NodeID, log: cfg.Logger.With("node", cfg.NodeID), started: time.Now(),
 		serveErr: make(chan error, 1), leaders: leaderCache{m: map[kvd.GroupID]leaderEntry{}},
-		membershipKick: make(chan struct{}, 1), lastSeen: map[string]time.Time{}}
+		membershipKick: make(chan struct{}, 1), seen: map[string]*sighting{}}
 	s.groups.Store(&map[kvd.GroupID]*replication.Group{})
 	defer func() {
 		if err != nil {
@@ -288,7 +290,7 @@ func (s *Server) startBackground() {
 	background(func(ctx context.Context) {
 		handOffs := map[kvd.GroupID]time.Time{}
 		repeat(ctx, time.Second, func() {
-			s.peerDisks.poll(ctx, s, time.Second)
+			s.probeNodes(ctx, s.Map())
 			s.handOffWhileShort(ctx, handOffs)
 		})
 	})
