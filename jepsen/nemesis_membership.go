@@ -164,7 +164,10 @@ func (n *membershipNemesis) move(ctx context.Context, c *Cluster, rng *rand.Rand
 		if err != nil {
 			return strings.Join(desc, "; "), err
 		}
-		n.remove = "" // done: nothing left for Stop
+		// Done: nothing left for Stop. (The new replica may move on: the
+		// balancer is free to place it elsewhere, so Stop must not add it
+		// back, which would raise the group's replica count.)
+		n.group, n.add, n.remove = 0, "", ""
 	}
 	return strings.Join(desc, "; "), nil
 }
