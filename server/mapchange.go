@@ -60,6 +60,11 @@ func (e mapEdit) String() string {
 // apply makes the edit on m, or refuses it (kvd.ErrConflict,
 // kvd.ErrNotFound, kvd.ErrInvalid), or reports errNoChange.
 func (e mapEdit) apply(m *kvd.Map) error {
+	switch e.Op {
+	case editAddNode, editActivate, editLeave, editDropNode, editAddLearner, editPromote, editRemoveReplica, editReorder:
+	default:
+		return fmt.Errorf("%w: unknown map edit %q", kvd.ErrInvalid, e.Op)
+	}
 	id := e.Node.ID
 	ni := slices.IndexFunc(m.Nodes, func(n kvd.Node) bool { return n.ID == id })
 	if e.Op == editAddNode {
@@ -146,8 +151,6 @@ func (e mapEdit) apply(m *kvd.Map) error {
 			return errNoChange
 		}
 		grp.Members = append([]string{id}, slices.Delete(grp.Members, mi, mi+1)...)
-	default:
-		return fmt.Errorf("%w: unknown map edit %q", kvd.ErrInvalid, e.Op)
 	}
 	return nil
 }
@@ -209,7 +212,7 @@ func (s *Server) editMapOnce(ctx context.Context, e mapEdit) (*kvd.Map, error) {
 		return nil, fmt.Errorf("change the cluster map: group %d has no leader: %w", sys, kvd.ErrUnavailable)
 	}
 	body, _ := json.Marshal(e)
-	out, err := s.call(ctx, peerCall{op: "change the map at", method: http.MethodPost, node: leader, path: "/v1/internal/mapedit", body: body, group: sys, write: true})
+	out, err := s.call(ctx, peerCall{op: "change the map at", method: http.MethodPost, node: leader, path: "/v1/internal/mapedit", body: body, group: sys, write: true, keepCodes: true})
 	if err != nil {
 		return nil, err
 	}

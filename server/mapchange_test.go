@@ -62,6 +62,8 @@ func TestMapEdit_AppliesOrRefuses(t *testing.T) {
 			require.Equal(t, []string{"n3", "n1", "n2"}, g.Members)
 		}},
 		{name: "unknown edit", edit: mapEdit{Op: "explode", Group: 1, Node: kvd.Node{ID: "n1"}}, want: kvd.ErrInvalid},
+		{name: "unknown edit naming nothing that exists", edit: mapEdit{Op: "explode", Node: kvd.Node{ID: "zz"}}, want: kvd.ErrInvalid},
+		{name: "forged add-node with a bad id", edit: mapEdit{Op: editAddNode, Node: kvd.Node{ID: "../x", HTTP: "h:1", Raft: "h:2"}}, want: kvd.ErrInvalid},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -41,6 +41,10 @@ type peerCall struct {
 	// the coordinator, which a node that no longer hosts the group, or
 	// is short of disk, may refuse for now.
 	retryRefusals bool
+	// keepCodes keeps the code of a refusal (4xx) the peer names, for a
+	// call whose refusals mean what they say to the caller too (a map
+	// edit's conflict or not found), where a proposal's mean invalid.
+	keepCodes bool
 	// limit caps the answer read (64 MiB if 0).
 	limit int64
 }
@@ -138,6 +142,8 @@ func (c peerCall) refused(resp *http.Response, body []byte) error {
 	case st == http.StatusMisdirectedRequest || st == http.StatusTooManyRequests || st == http.StatusInsufficientStorage ||
 		(!c.write && (st == http.StatusBadRequest || st == http.StatusNotFound)):
 		return fmt.Errorf("%s %s: %s: %w", c.op, c.node, msg, api.ErrOfCode(api.CodeOfStatus(st)))
+	case c.keepCodes && st < 500 && api.ErrOfCode(e.Error.Code) != nil:
+		return fmt.Errorf("%s %s: %s: %w", c.op, c.node, msg, api.ErrOfCode(e.Error.Code))
 	case c.write && st < 500:
 		return fmt.Errorf("%s %s: %s: %w", c.op, c.node, msg, kvd.ErrInvalid)
 	case c.write:

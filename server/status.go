@@ -82,6 +82,9 @@ func (s *Server) Status(ctx context.Context) api.Status {
 // replica of it serves (kvd.ErrUnavailable otherwise).
 func (s *Server) Ready() error {
 	m := s.Map()
+	if _, ok := m.Node(s.id); !ok {
+		return fmt.Errorf("node %s is not in the cluster map (it was removed): %w", s.id, kvd.ErrUnavailable)
+	}
 	for gid, g := range s.hosted() {
 		if grp, ok := m.Group(gid); !ok || !grp.IsMember(s.id) {
 			continue // a learner catching up, or a replica being removed
