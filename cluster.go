@@ -62,6 +62,11 @@ type Group struct {
 	// Replicas, if set, is how many replicas this group is kept at (an
 	// operator added or removed one); 0 means the map's Replicas.
 	Replicas int `json:"replicas,omitempty"`
+	// New marks a group created after the cluster started whose
+	// replicas may still have to bootstrap it: a member that finds no
+	// replica of it on disk starts one from Members. Its leader clears
+	// the mark once every member has joined.
+	New bool `json:"new,omitempty"`
 }
 
 // Hosts reports whether node holds a replica of the group, as a member
@@ -84,6 +89,11 @@ type Map struct {
 	// made whole again when a node has room. 0 in maps written before it
 	// existed: then the largest group's size.
 	Replicas int `json:"replicas,omitempty"`
+	// Moves are the slot moves under way and the last few finished.
+	Moves []Move `json:"moves,omitempty"`
+	// LastGroup is the highest group id ever used: a new group takes the
+	// next, so that no id is used twice.
+	LastGroup GroupID `json:"last_group,omitempty"`
 }
 
 // InitialCluster is the bootstrap file of the contract: the nodes, the
@@ -179,10 +189,14 @@ func (ic InitialCluster) Map() *Map {
 
 // Clone returns a deep copy of m.
 func (m *Map) Clone() *Map {
-	c := &Map{Epoch: m.Epoch, Nodes: append([]Node(nil), m.Nodes...), Replicas: m.Replicas}
+	c := &Map{Epoch: m.Epoch, Nodes: append([]Node(nil), m.Nodes...), Replicas: m.Replicas, LastGroup: m.LastGroup}
 	for _, g := range m.Groups {
 		c.Groups = append(c.Groups, Group{ID: g.ID, Members: append([]string(nil), g.Members...),
-			Learners: append([]string(nil), g.Learners...), Slots: append([]SlotRange(nil), g.Slots...), Replicas: g.Replicas})
+			Learners: append([]string(nil), g.Learners...), Slots: append([]SlotRange(nil), g.Slots...), Replicas: g.Replicas, New: g.New})
+	}
+	for _, mv := range m.Moves {
+		mv.Slots = append([]SlotRange(nil), mv.Slots...)
+		c.Moves = append(c.Moves, mv)
 	}
 	return c
 }
@@ -302,10 +316,15 @@ func (m *Map) Validate() error {
 		}
 		nodes[n.ID] = true
 	}
+	groups := map[GroupID]bool{}
 	for _, g := range m.Groups {
 		if len(g.Members) == 0 {
 			return fmt.Errorf("group %d has no member", g.ID)
 		}
+		if g.ID == 0 || groups[g.ID] {
+			return fmt.Errorf("group id %d is zero or repeated", g.ID)
+		}
+		groups[g.ID] = true
 		seen := map[string]bool{}
 		for _, mem := range append(append([]string(nil), g.Members...), g.Learners...) {
 			if !nodes[mem] {
@@ -333,7 +352,7 @@ func (m *Map) Validate() error {
 			return fmt.Errorf("slot %d has no group", s)
 		}
 	}
-	return nil
+	return m.validateMoves(&owner)
 }
 
 // Route is the routing a smart client chose for a request: the group it
@@ -345,4 +364,9 @@ type Route struct {
 	Direct bool
 	Group  GroupID
 	Epoch  uint64
+	// Slots, if set, are the slots the sender's map gives Group: a scan
+	// is refused (ErrUnavailable) unless the group serves exactly those,
+	// so that the pages of all groups cover every slot once, even while
+	// a move hands slots from one group to another.
+	Slots *SlotSet
 }

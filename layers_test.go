@@ -27,7 +27,7 @@ var layers = []struct {
 	{"store", "kvd api internal/failpoint internal/fsutil"},
 	{"replication", "kvd store internal/backoff internal/failpoint internal/fsutil"},
 	{"txn", "kvd api store internal/backoff internal/failpoint"},
-	{"server", "kvd api store replication txn internal/backoff internal/fsutil internal/wire"},
+	{"server", "kvd api store replication txn internal/backoff internal/failpoint internal/fsutil internal/wire"},
 	{"httpapi", "kvd api internal/backoff internal/failpoint internal/wire"},
 	{"node", "server httpapi"},
 	{"embed", "kvd server"},

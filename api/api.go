@@ -15,6 +15,10 @@ const (
 	// a node that cannot serve it answers 421 or 503.
 	HeaderGroup = "X-Kvd-Group"
 	HeaderEpoch = "X-Kvd-Epoch"
+	// HeaderSlots, on a routed scan, names the slots the sender's map
+	// gives the group (256 hex digits, kvd.SlotSet): the group refuses
+	// the scan (503) unless it serves exactly those.
+	HeaderSlots = "X-Kvd-Slots"
 	// HeaderLeader carries the node id of the group's leader on a 503.
 	HeaderLeader = "X-Kvd-Leader"
 	// HeaderForwarded marks a request one node forwarded to another; it

@@ -39,6 +39,15 @@ type adminArgs struct {
 	body []byte
 }
 
+// decodeBody decodes an admin body strictly into v (an empty body, where
+// allowed, leaves v zero).
+func decodeBody(a adminArgs, v any, emptyOK bool) error {
+	if emptyOK && len(bytes.TrimSpace(a.body)) == 0 {
+		return nil
+	}
+	return decodeStrict(a.body, v, "request body")
+}
+
 // adminBody is the kind of body an admin request carries.
 type adminBody int
 
@@ -46,6 +55,7 @@ const (
 	noBody     adminBody = iota
 	nodeBody             // api.NodeRequest
 	memberBody           // api.MemberRequest, which must name its node
+	rawBody              // decoded by the operation (decodeBody)
 )
 
 // readAdmin parses an admin request whose body is of kind.
@@ -85,8 +95,11 @@ func (h *Handler) readAdmin(w http.ResponseWriter, r *http.Request, kind adminBo
 	if a.body, err = h.readBody(w, r, 64<<10); err != nil {
 		return a, err
 	}
-	if kind == nodeBody {
+	switch kind {
+	case nodeBody:
 		return a, decodeStrict(a.body, &a.add, "request body")
+	case rawBody:
+		return a, nil
 	}
 	var m api.MemberRequest
 	if err := decodeStrict(a.body, &m, "request body"); err != nil {
@@ -154,6 +167,35 @@ func (h *Handler) adminRoutes(r *mux.Router) {
 	})).Methods(http.MethodDelete)
 	r.HandleFunc("/v1/admin/groups/{group}/leader", h.admin(memberBody, func(ctx context.Context, a adminArgs) (any, int, error) {
 		return h.b.TransferLeader(ctx, a.group, a.node)
+	})).Methods(http.MethodPost)
+	r.HandleFunc("/v1/admin/groups", h.admin(rawBody, func(ctx context.Context, a adminArgs) (any, int, error) {
+		var req api.GroupRequest
+		if err := decodeBody(a, &req, true); err != nil {
+			return nil, 0, err
+		}
+		return h.b.CreateGroup(ctx, req, a.wait)
+	})).Methods(http.MethodPost)
+	r.HandleFunc("/v1/admin/groups/{group}", h.admin(noBody, func(ctx context.Context, a adminArgs) (any, int, error) {
+		return h.b.DeleteGroup(ctx, a.group, a.wait)
+	})).Methods(http.MethodDelete)
+	r.HandleFunc("/v1/admin/moves", h.admin(rawBody, func(ctx context.Context, a adminArgs) (any, int, error) {
+		var req api.MoveRequest
+		if err := decodeBody(a, &req, false); err != nil {
+			return nil, 0, err
+		}
+		return h.b.StartMove(ctx, req)
+	})).Methods(http.MethodPost)
+	r.HandleFunc("/v1/admin/moves", h.admin(noBody, func(ctx context.Context, a adminArgs) (any, int, error) {
+		out, err := h.b.Moves(ctx)
+		return out, http.StatusOK, err
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/v1/admin/rebalance", h.admin(rawBody, func(ctx context.Context, a adminArgs) (any, int, error) {
+		var req api.RebalanceRequest
+		if err := decodeBody(a, &req, true); err != nil {
+			return nil, 0, err
+		}
+		out, err := h.b.Rebalance(ctx, req.DryRun)
+		return out, http.StatusOK, err
 	})).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/join", h.peerCall(h.b.Join)).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/mapedit", h.peerCall(h.b.EditMap)).Methods(http.MethodPost)

@@ -99,6 +99,20 @@ type Backend interface {
 	RemoveMember(ctx context.Context, g kvd.GroupID, node string, wait time.Duration) (api.MembershipChange, int, error)
 	// TransferLeader hands group g's leadership to node (admin).
 	TransferLeader(ctx context.Context, g kvd.GroupID, node string) (api.MembershipChange, int, error)
+	// CreateGroup adds a group owning no slot (admin).
+	CreateGroup(ctx context.Context, r api.GroupRequest, wait time.Duration) (api.GroupChange, int, error)
+	// DeleteGroup removes a group owning no slot (admin).
+	DeleteGroup(ctx context.Context, g kvd.GroupID, wait time.Duration) (api.GroupChange, int, error)
+	// StartMove starts moving slots to a group (admin); 202.
+	StartMove(ctx context.Context, r api.MoveRequest) (api.MoveStarted, int, error)
+	// Moves lists the slot moves (admin).
+	Moves(ctx context.Context) (api.MoveList, error)
+	// Rebalance plans, and unless dryRun starts, the moves that even out
+	// the groups (admin).
+	Rebalance(ctx context.Context, dryRun bool) (api.RebalancePlan, error)
+	// MoveRead reads a piece of group g's state for a slot move (node to
+	// node).
+	MoveRead(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error)
 	// Join registers a node joining the cluster and answers the cluster's
 	// id and map (node to node).
 	Join(ctx context.Context, body []byte) ([]byte, error)
@@ -207,6 +221,9 @@ func New(b Backend, o Options) (*Handler, error) {
 	})).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/read", h.internal(func(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error) {
 		return h.b.ReadRaw(ctx, g, body)
+	})).Methods(http.MethodPost)
+	r.HandleFunc("/v1/internal/moveread", h.internal(func(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error) {
+		return h.b.MoveRead(ctx, g, body)
 	})).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/log", h.logEntry).Methods(http.MethodGet)
 	r.HandleFunc("/v1/internal/snapshot", h.snapshot).Methods(http.MethodGet)

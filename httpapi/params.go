@@ -40,7 +40,15 @@ func routeOf(r *http.Request) (kvd.Route, error) {
 	if err1 != nil || err2 != nil || g == 0 {
 		return kvd.Route{}, fmt.Errorf("%w: %s and %s must both be positive integers", kvd.ErrInvalid, api.HeaderGroup, api.HeaderEpoch)
 	}
-	return kvd.Route{Direct: true, Group: kvd.GroupID(g), Epoch: e}, nil
+	rt := kvd.Route{Direct: true, Group: kvd.GroupID(g), Epoch: e}
+	if v := r.Header.Get(api.HeaderSlots); v != "" {
+		ss, err := kvd.ParseSlotSet(v)
+		if err != nil {
+			return kvd.Route{}, fmt.Errorf("%s: %w", api.HeaderSlots, err)
+		}
+		rt.Slots = &ss
+	}
+	return rt, nil
 }
 
 func consistencyOf(r *http.Request) (kvd.Consistency, error) {

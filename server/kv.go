@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/kvd-project/kvd"
@@ -48,6 +49,9 @@ func (s *Server) Get(ctx context.Context, key string, c kvd.Consistency, rt kvd.
 	}
 	if err := g.ReadBarrier(ctx, c); err != nil {
 		return kvd.Item{}, err
+	}
+	if err := g.Store().Readable(key); err != nil {
+		return kvd.Item{}, fmt.Errorf("get %q in group %d: %w", key, g.ID(), err)
 	}
 	for attempt := 0; attempt < 5; attempt++ {
 		it, found, lock, err := g.Store().GetLocked(key)
@@ -211,7 +215,7 @@ func (s *Server) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency,
 		if err != nil {
 			return nil, "", err
 		}
-		return s.scanLocal(ctx, g, o, c)
+		return s.scanLocal(ctx, g, o, c, rt.Slots)
 	}
 	// Each group reads its share of the byte cap, so that the pages held
 	// at once stay within it however many groups there are (every page
@@ -219,15 +223,49 @@ func (s *Server) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency,
 	// its share with it); the merged page is then cut to the cap itself.
 	total := o.MaxBytes
 	o.MaxBytes = max(o.MaxBytes/max(len(m.Groups), 1), 1)
-	return kvd.ScanGroups(len(m.Groups), o.Limit, total, func(i int) ([]kvd.Item, string, error) {
-		return s.scanGroup(ctx, m.Groups[i], m.Epoch, o, c)
-	})
+	for attempt := 0; ; attempt++ {
+		items, next, err := kvd.ScanGroups(len(m.Groups), o.Limit, total, func(i int) ([]kvd.Item, string, error) {
+			return s.scanGroup(ctx, m.Groups[i], m.Epoch, o, c)
+		})
+		if !inTransit(err) || attempt >= 8 {
+			return items, next, err
+		}
+		// Slots are changing hands: read again with the map as it is
+		// once the move has gone on.
+		if hopBackoff.Wait(ctx, attempt) != nil {
+			return nil, "", err
+		}
+		m = s.Map()
+	}
+}
+
+// errSlotsInTransit means a group did not serve exactly the slots the
+// scan's map gives it: slots are changing hands between groups.
+var errSlotsInTransit = fmt.Errorf("%w: %s", kvd.ErrUnavailable, inTransitText)
+
+const inTransitText = "slots are being handed between groups"
+
+// inTransit tells whether err is errSlotsInTransit, here or from another
+// node (where only its text travels).
+func inTransit(err error) bool {
+	return errors.Is(err, errSlotsInTransit) || (errors.Is(err, kvd.ErrUnavailable) && strings.Contains(err.Error(), inTransitText))
 }
 
 // scanLocal scans g's replica at consistency c. Write locks in the range
 // are settled first, so the scan never misses a committed transaction.
-func (s *Server) scanLocal(ctx context.Context, g *replication.Group, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error) {
+// If want is set, the group must serve exactly those slots (see
+// kvd.Route.Slots), before and after it reads.
+func (s *Server) scanLocal(ctx context.Context, g *replication.Group, o kvd.ScanOptions, c kvd.Consistency, want *kvd.SlotSet) ([]kvd.Item, string, error) {
 	if err := g.ReadBarrier(ctx, c); err != nil {
+		return nil, "", err
+	}
+	served := func() error {
+		if want != nil && g.Store().ServedSlots() != *want {
+			return fmt.Errorf("scan group %d: %w", g.ID(), errSlotsInTransit)
+		}
+		return nil
+	}
+	if err := served(); err != nil {
 		return nil, "", err
 	}
 	if c != kvd.Stale {
@@ -246,15 +284,24 @@ func (s *Server) scanLocal(ctx context.Context, g *replication.Group, o kvd.Scan
 			}
 		}
 	}
-	return g.Store().Scan(o)
+	items, next, err := g.Store().Scan(o)
+	if err == nil {
+		err = served()
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	return items, next, nil
 }
 
 // scanGroup reads one group's page: locally when this node may serve it at
 // c, else from the group's leader (linearizable) or the replica the
 // leader hint names, following hints for a few hops.
 func (s *Server) scanGroup(ctx context.Context, grp kvd.Group, epoch uint64, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error) {
+	var want kvd.SlotSet
+	want.AddRanges(grp.Slots)
 	if g, ok := s.servingReplica(grp.ID); ok && (c != kvd.Linearizable || g.IsLeader()) {
-		return s.scanLocal(ctx, g, o, c)
+		return s.scanLocal(ctx, g, o, c, &want)
 	}
 	target := s.leaderOrPreferred(ctx, grp.ID)
 	var err error
@@ -262,11 +309,11 @@ func (s *Server) scanGroup(ctx context.Context, grp kvd.Group, epoch uint64, o k
 		var items []kvd.Item
 		var next string
 		if g, ok := s.servingReplica(grp.ID); ok && target == s.id {
-			items, next, err = s.scanLocal(ctx, g, o, c)
+			items, next, err = s.scanLocal(ctx, g, o, c, &want)
 		} else if target == s.id {
 			err = &kvd.NotLeaderError{Group: grp.ID}
 		} else {
-			items, next, err = s.remoteScan(ctx, target, grp.ID, epoch, o, c)
+			items, next, err = s.remoteScan(ctx, target, grp.ID, epoch, &want, o, c)
 		}
 		if err == nil {
 			return items, next, nil

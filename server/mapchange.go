@@ -45,12 +45,26 @@ type mapEdit struct {
 	// a replica then sets the group's replica count to its new size, so
 	// that the cluster keeps it there.
 	Operator bool `json:"operator,omitempty"`
+	// Members are a new group's (create-group).
+	Members []string `json:"members,omitempty"`
+	// Moves are the moves to record (start-moves).
+	Moves []kvd.Move `json:"moves,omitempty"`
+	// Step is a move's next step (move-step).
+	Step *moveStep `json:"step,omitempty"`
 }
 
 // errNoChange reports an edit that the map already reflects.
 var errNoChange = errors.New("the map already reflects the change")
 
 func (e mapEdit) String() string {
+	switch {
+	case e.Step != nil:
+		return fmt.Sprintf("%s %s (attempt %d%s%s)", e.Op, e.Step.ID, e.Step.Attempt, map[bool]string{true: ", claim"}[e.Step.Claim]+map[bool]string{true: ", flip"}[e.Step.Flip], map[bool]string{true: ", " + e.Step.State}[e.Step.State != ""])
+	case e.Op == editStartMoves:
+		return fmt.Sprintf("%s (%d)", e.Op, len(e.Moves))
+	case e.Op == editCreateGroup || e.Op == editDeleteGroup || e.Op == editGroupReady:
+		return fmt.Sprintf("%s %d", e.Op, e.Group)
+	}
 	if e.Group != 0 {
 		return fmt.Sprintf("%s %s in group %d", e.Op, e.Node.ID, e.Group)
 	}
@@ -60,6 +74,9 @@ func (e mapEdit) String() string {
 // apply makes the edit on m, or refuses it (kvd.ErrConflict,
 // kvd.ErrNotFound, kvd.ErrInvalid), or reports errNoChange.
 func (e mapEdit) apply(m *kvd.Map) error {
+	if handled, err := e.applyGroupEdit(m); handled {
+		return err
+	}
 	switch e.Op {
 	case editAddNode, editActivate, editLeave, editDropNode, editAddLearner, editPromote, editRemoveReplica, editReorder:
 	default:
@@ -365,7 +382,7 @@ func clusterOf(m *kvd.Map) api.Cluster {
 		c.Nodes = append(c.Nodes, api.Node{ID: n.ID, HTTP: n.HTTP, Raft: n.Raft, State: n.StateName()})
 	}
 	for _, grp := range m.Groups {
-		ag := api.Group{ID: uint64(grp.ID), Members: grp.Members, Learners: append([]string{}, grp.Learners...)}
+		ag := api.Group{ID: uint64(grp.ID), Members: grp.Members, Learners: append([]string{}, grp.Learners...), Slots: [][2]int{}}
 		for _, r := range grp.Slots {
 			ag.Slots = append(ag.Slots, [2]int{r[0], r[1]})
 		}

@@ -29,6 +29,11 @@ type nodeMetrics struct {
 	configChanges   *prometheus.CounterVec
 	learnerBehind   *prometheus.GaugeVec
 	replicasRetired atomic.Uint64
+
+	// Slot moves.
+	moves        *prometheus.CounterVec
+	moveHandOff  prometheus.Histogram
+	strayDropped prometheus.Counter
 }
 
 func newNodeMetrics() *nodeMetrics {
@@ -55,6 +60,19 @@ func newNodeMetrics() *nodeMetrics {
 			Name: "kvd_learner_entries_behind",
 			Help: "How many entries a learner (a replica being added) trails its group leader's commit index, as the leader last measured.",
 		}, []string{"group", "node"}),
+		moves: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvd_slot_moves_total",
+			Help: "Slot moves this node drove to their end, by result (done, failed).",
+		}, []string{"result"}),
+		moveHandOff: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "kvd_slot_move_hand_off_seconds",
+			Help:    "How long the slots of a move refused writes: from the fence in the source's log to the flip.",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		strayDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kvd_moved_keys_dropped_total",
+			Help: "Keys this node's groups dropped as leaders because their slots moved to another group (or a failed move had copied them).",
+		}),
 		txnOutcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvd_txn_total",
 			Help: "Transactions this node coordinated, by outcome (committed, conflict, compare_failed, not_a_number, unknown, failed).",
@@ -73,7 +91,7 @@ func (m *nodeMetrics) observer(g kvd.GroupID) replication.Observer {
 }
 
 func (m *nodeMetrics) register(reg prometheus.Registerer) {
-	reg.MustRegister(m.apply, m.append, m.txnOutcomes, m.mapChanges, m.configChanges, m.learnerBehind)
+	reg.MustRegister(m.apply, m.append, m.txnOutcomes, m.mapChanges, m.configChanges, m.learnerBehind, m.moves, m.moveHandOff, m.strayDropped)
 	counter := func(name, help string, v *atomic.Uint64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
 	}

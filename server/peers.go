@@ -83,7 +83,7 @@ func (s *Server) leaderOf(ctx context.Context, gid kvd.GroupID) string {
 }
 
 // remoteScan reads one group's page from node, as a routed request.
-func (s *Server) remoteScan(ctx context.Context, node string, gid kvd.GroupID, epoch uint64, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error) {
+func (s *Server) remoteScan(ctx context.Context, node string, gid kvd.GroupID, epoch uint64, want *kvd.SlotSet, o kvd.ScanOptions, c kvd.Consistency) ([]kvd.Item, string, error) {
 	q := url.Values{}
 	if o.Prefix != "" {
 		q.Set("prefix", o.Prefix)
@@ -104,6 +104,7 @@ func (s *Server) remoteScan(ctx context.Context, node string, gid kvd.GroupID, e
 	hdr := http.Header{}
 	hdr.Set(api.HeaderGroup, strconv.FormatUint(uint64(gid), 10))
 	hdr.Set(api.HeaderEpoch, strconv.FormatUint(epoch, 10))
+	hdr.Set(api.HeaderSlots, want.String())
 	var sr api.ScanResponse
 	if err := s.peerGet(ctx, node, "/v1/kv?"+q.Encode(), hdr, &sr); err != nil {
 		return nil, "", fmt.Errorf("scan group %d: %w", gid, err)

@@ -212,7 +212,7 @@ func (s *Server) openGroups(first bool) error {
 	if !first {
 		for _, gid := range m.GroupsOf(s.id) {
 			grp, _ := m.Group(gid)
-			if _, ok := s.hosted()[gid]; !ok && grp.IsMember(s.id) && s.missing[gid] == "" {
+			if _, ok := s.hosted()[gid]; !ok && grp.IsMember(s.id) && s.missing[gid] == "" && !grp.New {
 				s.missing[gid] = fmt.Sprintf("group %d: %s is missing: %v", gid, s.groupDir(gid), replication.ErrNoState)
 				s.log.Error("not starting a replica whose directory was lost; it must be re-added as a new replica (remove this node from the group and add it again)", "group", gid)
 			}
@@ -222,10 +222,21 @@ func (s *Server) openGroups(first bool) error {
 }
 
 // openReplicas opens an empty replica of every group the map names this
-// node a learner of and that it does not run yet.
+// node a learner of and that it does not run yet, and bootstraps its
+// replica of every new group it is a member of (see kvd.Group.New).
 func (s *Server) openReplicas() {
 	m := s.Map()
 	for _, grp := range m.Groups {
+		if grp.New && grp.IsMember(s.id) && !s.storedGroups()[grp.ID] && s.missing[grp.ID] == "" {
+			if _, ok := s.hosted()[grp.ID]; !ok {
+				if err := s.openReplica(grp, bootstrap); err != nil {
+					s.log.Warn("start a new group's replica", "group", grp.ID, "err", err)
+				} else {
+					s.log.Info("new group's replica started", "group", grp.ID, "members", grp.Members, "epoch", m.Epoch)
+				}
+			}
+			continue
+		}
 		if !slices.Contains(grp.Learners, s.id) {
 			continue
 		}
@@ -259,7 +270,8 @@ func (s *Server) retireReplicas(ctx context.Context) {
 		if ok && grp.Hosts(s.id) {
 			continue
 		}
-		if !ok || !s.removedFrom(ctx, grp, g) {
+		deleted := !ok && m.LastGroup >= gid // the group was removed
+		if !deleted && (!ok || !s.removedFrom(ctx, grp, g)) {
 			continue
 		}
 		s.replicasMu.Lock()
@@ -325,6 +337,9 @@ func (s *Server) reconcileGroups(ctx context.Context) {
 		grp, ok := gm.Group(gid)
 		if !ok {
 			continue
+		}
+		if grp.New {
+			s.groupReady(ctx, grp)
 		}
 		if err := s.reconcileGroup(ctx, g, gm, grp); err != nil {
 			s.log.Warn("membership change step failed; it is tried again", "group", gid, "err", err)
@@ -399,6 +414,24 @@ func (s *Server) reconcileGroup(ctx context.Context, g *replication.Group, gm *k
 		}
 	}
 	return nil
+}
+
+// groupReady clears the mark of a new group, which this node leads, once
+// every member runs its replica: a member that loses its data after that
+// must be added again like any replica, not bootstrapped.
+func (s *Server) groupReady(ctx context.Context, grp kvd.Group) {
+	for _, mem := range grp.Members {
+		st, err := s.peerStatus(ctx, mem)
+		if err != nil {
+			return
+		}
+		if _, ok := groupStatusOf(st, grp.ID); !ok {
+			return
+		}
+	}
+	if _, err := s.editMap(ctx, mapEdit{Op: editGroupReady, Group: grp.ID}); err != nil {
+		s.log.Debug("mark a new group ready", "group", grp.ID, "err", err)
+	}
 }
 
 // knowsRemoval reports whether node has learned the map (epoch or later)

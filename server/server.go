@@ -83,6 +83,8 @@ type Server struct {
 	membershipKick chan struct{}
 	// removalWait remembers since when a replica to remove did not answer.
 	removalWait sync.Map
+	// moves are the slot moves this node drives.
+	moves moveDrivers
 	// seen is what this node saw of each node's answers to its probes.
 	seenMu sync.Mutex
 	seen   map[string]*sighting
@@ -105,7 +107,7 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	s := &Server{cfg: cfg, id: cfg.NodeID, log: cfg.Logger.With("node", cfg.NodeID), started: time.Now(),
 		serveErr: make(chan error, 1), leaders: leaderCache{m: map[kvd.GroupID]leaderEntry{}},
-		membershipKick: make(chan struct{}, 1), seen: map[string]*sighting{}}
+		membershipKick: make(chan struct{}, 1), seen: map[string]*sighting{}, moves: moveDrivers{running: map[string]*moveRun{}}}
 	s.groups.Store(&map[kvd.GroupID]*replication.Group{})
 	defer func() {
 		if err != nil {

@@ -294,7 +294,7 @@ func writeKeys(db *store.DB, doc any) []string {
 func proposedRemotely(k store.CmdKind) bool {
 	switch k {
 	case store.CmdTxnPrepare, store.CmdTxnResolve, store.CmdTxnRecover, store.CmdTxnForget, store.CmdDedupClaim, store.CmdDedupDone,
-		store.CmdDedupRegister, store.CmdTxnDecide, store.CmdTxnOnePhase:
+		store.CmdDedupRegister, store.CmdTxnDecide, store.CmdTxnOnePhase, store.CmdMoveIngest, store.CmdSetMap:
 		return true
 	}
 	return false
@@ -367,6 +367,11 @@ func (s *Server) Read(ctx context.Context, g kvd.GroupID, keys []string) ([]stor
 func readLocal(ctx context.Context, g *replication.Group, keys []string) ([]store.KeyState, error) {
 	if err := g.ReadBarrier(ctx, kvd.Linearizable); err != nil {
 		return nil, err
+	}
+	for _, k := range keys {
+		if err := g.Store().Readable(k); err != nil {
+			return nil, fmt.Errorf("read %q in group %d: %w", k, g.ID(), err)
+		}
 	}
 	return g.Store().ReadKeys(keys)
 }

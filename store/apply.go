@@ -33,6 +33,32 @@ type applier struct {
 	hash uint64
 	// newMap is the cluster map the batch stored, if any.
 	newMap *kvd.Map
+	// base is the version base (loaded on first use; see version).
+	baseLoaded bool
+	base       uint64
+}
+
+// version returns the version of a change made by the current entry: its
+// index plus the group's version base. The base is 0 until a slot move
+// brings in keys whose versions (given by their former group) are above
+// the index; it then rises so that every later change's version is above
+// every version the group holds, and a key's version never goes back.
+func (a *applier) version() uint64 {
+	if !a.baseLoaded {
+		a.base, _ = metaU64(a.meta, metaVersionBase)
+		a.baseLoaded = true
+	}
+	return a.index + a.base
+}
+
+// raiseBase raises the version base so that the changes of later entries
+// get versions above v.
+func (a *applier) raiseBase(v uint64) error {
+	if a.version() >= v {
+		return nil
+	}
+	a.base = v - a.index
+	return putMeta(a.meta, metaVersionBase, be64(a.base))
 }
 
 // Apply applies entries, in order, in one bbolt transaction, and records
@@ -241,6 +267,10 @@ func (a *applier) apply(c *Cmd) (Result, error) {
 		return a.dedupResult(a.dedupRegister(doc.(*DedupRegister)))
 	case CmdDedupGC:
 		return Result{Version: a.index}, a.dedupGC(doc.(*DedupGC))
+	case CmdMoveIngest:
+		return Result{Version: a.index}, a.moveIngest(doc.(*MoveIngest))
+	case CmdDropKeys:
+		return a.dropKeys(doc.(*DropKeys))
 	}
 	return Result{Err: fmt.Errorf("%w: unknown command kind %d", kvd.ErrInvalid, c.Kind)}, nil
 }

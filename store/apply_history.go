@@ -8,7 +8,7 @@ func (a *applier) logChange(del bool, key string, val []byte) error {
 		return nil
 	}
 	a.seq++
-	ev := encodeEvent(del, key, val)
+	ev := encodeEvent(del, key, val, a.version(), a.index)
 	if err := a.put(a.hist, Pos{Index: a.index, Seq: a.seq}.bytes(), ev); err != nil {
 		return err
 	}

@@ -42,12 +42,12 @@ func (a *applier) condWrite(c *Cmd) (Result, error) {
 		return Result{Version: cur, Err: kvd.ErrPreconditionFailed}, nil
 	}
 	if c.Kind == CmdPut {
-		return Result{Version: a.index}, a.setKey(c.Key, c.Value, c.TTL)
+		return Result{Version: a.version()}, a.setKey(c.Key, c.Value, c.TTL)
 	}
 	if cur == 0 {
 		return Result{}, nil
 	}
-	return Result{Version: a.index, Deleted: true}, a.delKey(c.Key)
+	return Result{Version: a.version(), Deleted: true}, a.delKey(c.Key)
 }
 
 // expire deletes a key whose TTL ran out (CmdExpire), if it still holds
@@ -63,7 +63,7 @@ func (a *applier) expire(c *Cmd) (Result, error) {
 	if ls, err := a.locked(c.Key); err != nil || ls != nil {
 		return Result{Err: kvd.ErrConflict}, err // a transaction holds it: later
 	}
-	return Result{Version: a.index, Deleted: true}, a.delKey(c.Key)
+	return Result{Version: a.version(), Deleted: true}, a.delKey(c.Key)
 }
 
 // hashCheck records the state hash at the current index (CmdHashCheck).
@@ -187,7 +187,7 @@ func (a *applier) setKey(key string, val []byte, ttl int64) error {
 			return err
 		}
 	}
-	if err := a.put(a.kv, []byte(key), encodeRecord(a.index, exp, val)); err != nil {
+	if err := a.put(a.kv, []byte(key), encodeRecord(a.version(), exp, val)); err != nil {
 		return err
 	}
 	return a.logChange(false, key, val)

@@ -377,7 +377,7 @@ func (a *applier) resolve(id string, commit bool) ([]TxnWrite, error) {
 					if err := a.setKey(k, ls.Write.Value, ls.Write.TTL); err != nil {
 						return nil, err
 					}
-					w.Version = a.index
+					w.Version = a.version()
 				}
 				writes = append(writes, w)
 			}
@@ -501,7 +501,7 @@ func (a *applier) onePhaseApply(t *TxnOnePhase) (*TxnOutcome, error) {
 			if err := a.setKey(op.Key, v, ttl); err != nil {
 				return nil, err
 			}
-			w := TxnWrite{Index: op.Index, Key: op.Key, Version: a.index}
+			w := TxnWrite{Index: op.Index, Key: op.Key, Version: a.version()}
 			if op.Op == "add" {
 				w.Value = v
 			}

@@ -51,12 +51,17 @@ const (
 	// cannot both succeed (see MapChange). Only the system group's log
 	// carries it.
 	CmdChangeMap CmdKind = 17
+	// CmdMoveIngest carries a piece of a slot move's copy into the
+	// target group; CmdDropKeys drops keys of slots the group no longer
+	// owns. Data holds their JSON payload (see move.go).
+	CmdMoveIngest CmdKind = 18
+	CmdDropKeys   CmdKind = 19
 )
 
 // hasDocument reports whether k is a command whose payload is a JSON
 // document in Data (transaction and idempotency commands).
 func (k CmdKind) hasDocument() bool {
-	return (k >= CmdTxnPrepare && k <= CmdTxnForget) || (k >= CmdDedupGC && k <= CmdDedupRegister)
+	return (k >= CmdTxnPrepare && k <= CmdTxnForget) || (k >= CmdDedupGC && k <= CmdDedupRegister) || k == CmdMoveIngest || k == CmdDropKeys
 }
 
 // String names the kind in errors and logs.
@@ -64,7 +69,7 @@ func (k CmdKind) String() string {
 	names := [...]string{CmdNoop: "noop", CmdPut: "put", CmdDelete: "delete", CmdSetMap: "set-map", CmdChangeMap: "change-map", CmdTxnPrepare: "txn-prepare",
 		CmdTxnDecide: "txn-decide", CmdTxnResolve: "txn-resolve", CmdTxnRecover: "txn-recover", CmdTxnOnePhase: "txn-one-phase",
 		CmdTxnForget: "txn-forget", CmdExpire: "expire", CmdDedupGC: "dedup-gc", CmdDedupClaim: "dedup-claim", CmdDedupDone: "dedup-done",
-		CmdDedupRegister: "dedup-register", CmdHashCheck: "hash-check"}
+		CmdDedupRegister: "dedup-register", CmdHashCheck: "hash-check", CmdMoveIngest: "move-ingest", CmdDropKeys: "drop-keys"}
 	if int(k) < len(names) && names[k] != "" {
 		return names[k]
 	}

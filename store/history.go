@@ -72,25 +72,45 @@ type Event struct {
 	Delete bool
 	Key    string
 	Value  []byte
+	// Ver is the change's version when it is not the entry's index (in
+	// a group that took keys of higher versions from a slot move).
+	Ver uint64
 }
 
-// Version is the event's version: the index of the entry that made it.
-func (e Event) Version() uint64 { return e.Pos.Index }
+// Version is the event's version: the version the change gave the key.
+func (e Event) Version() uint64 {
+	if e.Ver != 0 {
+		return e.Ver
+	}
+	return e.Pos.Index
+}
 
-func encodeEvent(del bool, key string, val []byte) []byte {
-	b := make([]byte, 0, 2+2*binary.MaxVarintLen64+len(key)+len(val))
+// encodeEvent encodes a change: 'p' or 'd', the key and the value; or,
+// when its version is not the entry's index, 'P' or 'D' and the version
+// first.
+func encodeEvent(del bool, key string, val []byte, ver, index uint64) []byte {
+	b := make([]byte, 0, 2+3*binary.MaxVarintLen64+len(key)+len(val))
 	t := byte('p')
 	if del {
 		t = 'd'
 	}
-	b = append(b, t)
+	if ver != index {
+		b = append(b, t-'a'+'A')
+		b = binary.AppendUvarint(b, ver)
+	} else {
+		b = append(b, t)
+	}
 	b = appendBytes(b, []byte(key))
 	return appendBytes(b, val)
 }
 
 func decodeEvent(pos Pos, b []byte) (Event, error) {
 	d := decoder{buf: b}
-	e := Event{Pos: pos, Delete: d.byte() == 'd'}
+	t := d.byte()
+	e := Event{Pos: pos, Delete: t == 'd' || t == 'D'}
+	if t == 'P' || t == 'D' {
+		e.Ver = d.uvarint()
+	}
 	e.Key = string(d.bytes())
 	e.Value = append([]byte(nil), d.bytes()...)
 	if d.err != nil {
@@ -182,7 +202,10 @@ func eventHasPrefix(ev []byte, prefix string) bool {
 	if prefix == "" {
 		return true
 	}
-	d := decoder{buf: ev[1:]}
+	d := decoder{buf: ev}
+	if t := d.byte(); t == 'P' || t == 'D' {
+		d.uvarint()
+	}
 	k := d.bytes()
 	return d.err == nil && strings.HasPrefix(string(k), prefix)
 }

@@ -14,6 +14,10 @@ var (
 	metaMap       = []byte("map")
 	metaStateHash = []byte("state_hash")
 	metaHashCheck = []byte("hash_check")
+	// metaVersionBase is what the versions of the group's changes add to
+	// their entry's index (0 until a move brings in keys of higher
+	// versions; see version).
+	metaVersionBase = []byte("version_base")
 )
 
 // be64 encodes a meta counter.

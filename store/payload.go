@@ -241,6 +241,10 @@ func decodeDocument(c *Cmd) (any, error) {
 		p = new(DedupRegister)
 	case CmdDedupGC:
 		p = new(DedupGC)
+	case CmdMoveIngest:
+		p = new(MoveIngest)
+	case CmdDropKeys:
+		p = new(DropKeys)
 	default:
 		return nil, nil
 	}

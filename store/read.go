@@ -39,12 +39,14 @@ func (db *DB) Get(key string) (kvd.Item, error) {
 // Scan returns the items selected by o in key order, at most o.Limit of
 // them and at most o.MaxBytes of keys and values (but at least one), and,
 // when more items follow the last one returned, the key of the next one
-// ("" otherwise).
+// ("" otherwise). Keys of slots the group does not serve reads of (see
+// Readable: leftovers of a move, or copies still arriving) are skipped.
 func (db *DB) Scan(o kvd.ScanOptions) ([]kvd.Item, string, error) {
 	var items []kvd.Item
 	next := ""
 	size := 0
 	err := db.view(func(tx *bolt.Tx) error {
+		p := db.placement.Load()
 		c := bucketsOf(tx).kv.cursor()
 		seek := max(o.Start, o.Prefix)
 		for k, v := c.seek([]byte(seek)); k != nil; k, v = c.next() {
@@ -54,6 +56,9 @@ func (db *DB) Scan(o kvd.ScanOptions) ([]kvd.Item, string, error) {
 			}
 			if !strings.HasPrefix(ks, o.Prefix) {
 				break
+			}
+			if p != nil && db.opts.Group != 0 && p.readable(db.opts.Group, kvd.Slot(ks)) != nil {
+				continue
 			}
 			n := len(k) + len(recValue(v))
 			if (o.Limit > 0 && len(items) == o.Limit) || (o.MaxBytes > 0 && len(items) > 0 && size+n > o.MaxBytes) {

@@ -60,9 +60,14 @@ type checker struct {
 	limits    *kvd.Limits
 }
 
-// owns reports whether key's slot is the checked group's.
-func (k checker) owns(key string) bool {
-	return k.placement == nil || k.placement.slot[kvd.Slot(key)] == k.group
+// owns tells whether the checked group may write key now: nil, or
+// kvd.ErrWrongGroup, or kvd.ErrUnavailable while a move hands the key's
+// slot off.
+func (k checker) owns(key string) error {
+	if k.placement == nil {
+		return nil
+	}
+	return k.placement.writable(k.group, kvd.Slot(key))
 }
 
 // known checks that a command names a group of the map: a lock or record
@@ -127,11 +132,20 @@ func (k checker) cmd(c *Cmd, doc any) error {
 		if err := k.idem(&p.Idem); err != nil {
 			return err
 		}
-		if !k.owns(p.Idem.Key) {
-			return fmt.Errorf("%w: idempotency key %q is registered in the group of its own slot", kvd.ErrWrongGroup, p.Idem.Key)
+		if err := k.owns(p.Idem.Key); err != nil {
+			return fmt.Errorf("idempotency key %q is registered in the group of its own slot: %w", p.Idem.Key, err)
 		}
 		return nil
 	case *DedupGC:
+		return nil
+	case *MoveIngest:
+		for _, mk := range p.Keys {
+			if mk.Key == "" || len(mk.Key) > kvd.MaxKeyBytesLimit || !utf8.ValidString(mk.Key) || len(mk.Value) > MaxValueBytes {
+				return fmt.Errorf("%w: move %s: a copied key is empty, too long, not UTF-8, or its value too large", kvd.ErrInvalid, p.Move)
+			}
+		}
+		return nil
+	case *DropKeys:
 		return nil
 	}
 	return fmt.Errorf("%w: unknown command kind %d", kvd.ErrInvalid, c.Kind)
@@ -191,8 +205,9 @@ func (k checker) key(what, key string) error {
 		return fmt.Errorf("%w: %s: key of %d bytes", kvd.ErrTooLarge, what, len(key))
 	case !utf8.ValidString(key):
 		return fmt.Errorf("%w: %s: key is not valid UTF-8", kvd.ErrInvalid, what)
-	case !k.owns(key):
-		return fmt.Errorf("%w: %s %q: the key's slot %d belongs to another group", kvd.ErrWrongGroup, what, key, kvd.Slot(key))
+	}
+	if err := k.owns(key); err != nil {
+		return fmt.Errorf("%s %q: %w", what, key, err)
 	}
 	return nil
 }

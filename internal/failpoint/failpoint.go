@@ -19,10 +19,19 @@ const (
 	// participant answered its prepare (yes or no) and before the
 	// decision is proposed to the record group.
 	TxnBeforeDecision = "txn-before-decision"
+	// MoveCopying is in a slot move's driver after the first page of the
+	// copy reached the target; MoveCatchingUp after it recorded the
+	// catch-up; MoveHandingOff after the source's log fenced the slots,
+	// before the last changes are copied and the map flips. Armed with
+	// "pause=DURATION" they hold the move in that phase, for a test to
+	// crash a group's leader there.
+	MoveCopying    = "move-copying"
+	MoveCatchingUp = "move-catching-up"
+	MoveHandingOff = "move-handing-off"
 )
 
 // Failpoints lists every failpoint.
-var Failpoints = []string{TxnBeforeDecision}
+var Failpoints = []string{TxnBeforeDecision, MoveCopying, MoveCatchingUp, MoveHandingOff}
 
 // Mutants: each names one planted bug. A mutant's site is a branch
 // `if failpoint.Mutant(failpoint.MutantX) { ... }` that a normal build

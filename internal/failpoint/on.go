@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Enabled says whether this build has failpoints and mutants.
@@ -39,6 +40,12 @@ func Hit(name string) {
 	if action == "" {
 		return
 	}
+	if d, ok := strings.CutPrefix(action, "pause="); ok {
+		pause, _ := time.ParseDuration(d)
+		slog.Warn("failpoint: pausing", "failpoint", name, "for", pause)
+		time.Sleep(pause)
+		return
+	}
 	slog.Warn("failpoint: crashing the node", "failpoint", name)
 	_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 	select {} // the signal is on its way
@@ -48,8 +55,9 @@ func Hit(name string) {
 func Mutant(name string) bool { return mutant != "" && mutant == name }
 
 // Handler serves /debug/failpoints/{name}: GET lists the armed
-// failpoints and the mutant; PUT with body "crash" or "crash-once" arms
-// one; DELETE disarms it.
+// failpoints and the mutant; PUT with body "crash", "crash-once" or
+// "pause=DURATION" (at most a minute; each pass waits that long) arms one;
+// DELETE disarms it.
 func Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		name := strings.TrimPrefix(r.URL.Path, "/debug/failpoints/")
@@ -66,9 +74,11 @@ func Handler() http.Handler {
 		case r.Method == http.MethodPut:
 			b, _ := io.ReadAll(io.LimitReader(r.Body, 64))
 			action := strings.TrimSpace(string(b))
-			if action != "crash" && action != "crash-once" {
+			d, pause := strings.CutPrefix(action, "pause=")
+			pd, perr := time.ParseDuration(d)
+			if action != "crash" && action != "crash-once" && (!pause || perr != nil || pd <= 0 || pd > time.Minute) {
 				w.WriteHeader(http.StatusBadRequest)
-				fmt.Fprintf(w, `{"error":{"code":"invalid","message":"action %q: want crash or crash-once"}}`, action)
+				fmt.Fprintf(w, `{"error":{"code":"invalid","message":"action %q: want crash, crash-once or pause=DURATION (up to 1m)"}}`, action)
 				return
 			}
 			mu.Lock()

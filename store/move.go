@@ -1,0 +1,408 @@
+package store
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/kvd-project/kvd"
+)
+
+// A slot move (see server/moves.go) copies the state of its slots from
+// the source group to the target group through the target's log: the
+// keys with their values, versions and expiry deadlines, and the
+// idempotency records. Intents do not move: the hand-off waits until the
+// transactions holding locks in the slots have settled, and the source
+// takes no new ones meanwhile. The copies enter no history: they are not
+// changes, and a watch reads the source's history up to the hand-off and
+// the target's after it.
+
+// MovedKey is a key's state as a move copies it: its record, or its
+// absence (Deleted) at version Version.
+type MovedKey struct {
+	Key     string `json:"key"`
+	Value   []byte `json:"value,omitempty"`
+	Version uint64 `json:"version"`
+	Expires int64  `json:"expires,omitempty"`
+	Deleted bool   `json:"deleted,omitempty"`
+}
+
+// MovedDedup is an idempotency record as a move copies it.
+type MovedDedup struct {
+	Token  string          `json:"token"`
+	Record json.RawMessage `json:"record"`
+}
+
+// MoveIngest is the payload of a CmdMoveIngest: a piece of a move's copy
+// for the target group. Reset (the first piece of an attempt) drops what
+// the group holds in the move's slots and makes Attempt the one whose
+// pieces it takes; a piece of another attempt is refused, so that a
+// driver that lost its place cannot interleave its copies with the
+// current one's.
+type MoveIngest struct {
+	Move    string       `json:"move"`
+	Attempt uint64       `json:"attempt"`
+	Reset   bool         `json:"reset,omitempty"`
+	Keys    []MovedKey   `json:"keys,omitempty"`
+	Dedup   []MovedDedup `json:"dedup,omitempty"`
+}
+
+// DropKeys is the payload of a CmdDropKeys: keys the group holds in slots
+// that are no longer its own (a finished move's source, a failed move's
+// target). A key whose slot is the group's, or in a move involving it, is
+// kept.
+type DropKeys struct {
+	Keys []string `json:"keys"`
+}
+
+// metaMoveAttempt is the meta key of a move's current attempt here.
+func metaMoveAttempt(move string) []byte { return []byte("move_attempt/" + move) }
+
+// moveIngest applies a CmdMoveIngest.
+func (a *applier) moveIngest(in *MoveIngest) error {
+	if a.placement == nil || a.group == 0 {
+		return nil
+	}
+	mv, ok := a.incomingMove(in.Move)
+	if !ok {
+		return nil // not (or no longer) a move into this group: nothing
+	}
+	if in.Reset {
+		if err := a.dropMoveKeys(mv); err != nil {
+			return err
+		}
+		if err := putMeta(a.meta, metaMoveAttempt(in.Move), be64(in.Attempt)); err != nil {
+			return err
+		}
+	} else if cur, err := metaU64(a.meta, metaMoveAttempt(in.Move)); err != nil || cur != in.Attempt {
+		return err // another attempt's piece: refused (an error is the disk's)
+	}
+	for _, k := range in.Keys {
+		if !mv.Has(kvd.Slot(k.Key)) || k.Key == "" {
+			continue
+		}
+		if err := a.clearExpiry(k.Key); err != nil {
+			return err
+		}
+		if k.Deleted {
+			if err := a.del(a.kv, []byte(k.Key)); err != nil {
+				return err
+			}
+		} else {
+			if k.Expires != 0 {
+				if err := a.expiry.Put(expiryKey(k.Expires, k.Key), nil); err != nil {
+					return err
+				}
+			}
+			if err := a.put(a.kv, []byte(k.Key), encodeRecord(k.Version, k.Expires, k.Value)); err != nil {
+				return err
+			}
+		}
+		if err := a.raiseBase(k.Version); err != nil {
+			return err
+		}
+	}
+	for _, d := range in.Dedup {
+		if d.Token == "" || len(d.Token) > MaxIdemKeyBytes {
+			continue
+		}
+		if old, err := a.dedupGet(d.Token); err != nil || old != nil {
+			if err != nil {
+				return err
+			}
+			continue // the group's own record stands
+		}
+		e := &dedupEntry{}
+		if json.Unmarshal(d.Record, e) != nil {
+			continue
+		}
+		if err := a.dedupCreate(d.Token, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// incomingMove returns the move under way into this group with the given
+// id, before its flip.
+func (a *applier) incomingMove(id string) (kvd.Move, bool) {
+	for _, mv := range a.placement.moving {
+		if mv != nil && mv.ID == id {
+			return *mv, mv.To == a.group && !mv.Flipped
+		}
+	}
+	return kvd.Move{}, false
+}
+
+// dropMoveKeys deletes every key the group holds in mv's slots.
+func (a *applier) dropMoveKeys(mv kvd.Move) error {
+	var keys []string
+	c := a.kv.b.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		if mv.Has(kvd.Slot(string(k))) {
+			keys = append(keys, string(k))
+		}
+	}
+	for _, k := range keys {
+		if err := a.clearExpiry(k); err != nil {
+			return err
+		}
+		if err := a.del(a.kv, []byte(k)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// clearExpiry removes key's entry in the expiry index, if it has one.
+func (a *applier) clearExpiry(key string) error {
+	if _, exp := a.recordHead(key); exp != 0 {
+		return a.expiry.Delete(expiryKey(exp, key))
+	}
+	return nil
+}
+
+// dropKeys applies a CmdDropKeys; its result's Version counts the keys
+// dropped.
+func (a *applier) dropKeys(d *DropKeys) (Result, error) {
+	if a.placement == nil || a.group == 0 {
+		return Result{}, nil
+	}
+	n := uint64(0)
+	for _, k := range d.Keys {
+		if k == "" || !a.placement.stray(a.group, kvd.Slot(k)) || !a.exists(k) {
+			continue
+		}
+		if err := a.clearExpiry(k); err != nil {
+			return Result{}, err
+		}
+		if err := a.del(a.kv, []byte(k)); err != nil {
+			return Result{}, err
+		}
+		n++
+	}
+	return Result{Version: n}, nil
+}
+
+// Readable tells whether this group serves reads of key by the map it
+// stores: nil, kvd.ErrWrongGroup, or kvd.ErrUnavailable while a move
+// hands the key's slot over.
+func (db *DB) Readable(key string) error {
+	p := db.placement.Load()
+	if p == nil || db.opts.Group == 0 {
+		return nil
+	}
+	return p.readable(db.opts.Group, kvd.Slot(key))
+}
+
+// ServedSlots returns the slots this group serves reads of by the map it
+// stores (every slot without a map).
+func (db *DB) ServedSlots() kvd.SlotSet {
+	var ss kvd.SlotSet
+	p := db.placement.Load()
+	for s := 0; s < kvd.SlotCount; s++ {
+		if p == nil || db.opts.Group == 0 || p.readable(db.opts.Group, s) == nil {
+			ss.Add(s)
+		}
+	}
+	return ss
+}
+
+// CopySlots reads a page of the keys in slots, in key order after key
+// after ("" from the first), of at most maxBytes of keys and values (but
+// at least one key), from one consistent view; next is the key to go on
+// after ("" when done) and at the view's applied index.
+func (db *DB) CopySlots(slots *kvd.SlotSet, after string, maxBytes int) (keys []MovedKey, next string, at uint64, err error) {
+	size := 0
+	err = db.view(func(tx *bolt.Tx) error {
+		at = u64(mustMeta(bucketsOf(tx).meta, metaApplied))
+		c := bucketsOf(tx).kv.cursor()
+		k, v := c.seek([]byte(after))
+		if k != nil && string(k) == after && after != "" {
+			k, v = c.next()
+		}
+		for ; k != nil; k, v = c.next() {
+			if !slots.Has(kvd.Slot(string(k))) {
+				continue
+			}
+			if len(keys) > 0 && size+len(k)+len(v) > maxBytes {
+				return c.err
+			}
+			keys = append(keys, MovedKey{Key: string(k), Value: append([]byte(nil), recValue(v)...), Version: version(v), Expires: recExpires(v)})
+			size += len(k) + len(v)
+			next = string(k)
+		}
+		next = ""
+		return c.err
+	})
+	if err != nil {
+		return nil, "", 0, fmt.Errorf("copy slots: %w", err)
+	}
+	return keys, next, at, nil
+}
+
+// mustMeta reads a meta value, unchecked errors reading as absent.
+func mustMeta(meta bucket, key []byte) []byte {
+	v, _ := meta.get(key)
+	return v
+}
+
+// ChangedKeys reads the history after position after for changes of
+// keys in slots, and returns the current state of each key changed (at
+// most maxKeys of them), from one consistent view: upto is the position
+// to go on from, floor the history's floor (after below it: changes were
+// lost, the copy must start over).
+func (db *DB) ChangedKeys(slots *kvd.SlotSet, after Pos, maxKeys int) (keys []MovedKey, upto Pos, floor Pos, err error) {
+	upto = after
+	err = db.view(func(tx *bolt.Tx) error {
+		bs := bucketsOf(tx)
+		fb, err := bs.meta.get(metaHistFloor)
+		if err != nil {
+			return err
+		}
+		floor = posOf(fb)
+		if after.Less(floor) {
+			return nil
+		}
+		seen := map[string]uint64{}
+		var order []string
+		c := bs.hist.cursor()
+		start := after
+		start.Seq++
+		for k, v := c.seek(start.bytes()); k != nil; k, v = c.next() {
+			pos := posOf(k)
+			if !after.Less(pos) {
+				continue
+			}
+			ev, err := decodeEvent(pos, v)
+			if err != nil {
+				return err
+			}
+			if slots.Has(kvd.Slot(ev.Key)) {
+				if _, ok := seen[ev.Key]; !ok {
+					if len(order) == maxKeys {
+						break
+					}
+					order = append(order, ev.Key)
+				}
+				seen[ev.Key] = ev.Version()
+			}
+			upto = pos
+		}
+		if c.err != nil {
+			return c.err
+		}
+		for _, key := range order {
+			rec, err := bs.kv.get([]byte(key))
+			if err != nil {
+				return err
+			}
+			if rec == nil {
+				keys = append(keys, MovedKey{Key: key, Version: seen[key], Deleted: true})
+				continue
+			}
+			keys = append(keys, MovedKey{Key: key, Value: append([]byte(nil), recValue(rec)...), Version: version(rec), Expires: recExpires(rec)})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, after, floor, fmt.Errorf("read changes: %w", err)
+	}
+	return keys, upto, floor, nil
+}
+
+// ErrHistoryLost means the history no longer reaches back to a position
+// a move's catch-up asked to read from.
+var ErrHistoryLost = errors.New("the history no longer holds the changes asked for")
+
+// DedupSince returns a page of the idempotency records made at or after
+// Unix ns since (of at most limit), in the order they were made, from
+// after on (an opaque position; "" from the first), and the position to
+// go on from ("" when done).
+func (db *DB) DedupSince(since int64, after string, limit int) ([]MovedDedup, string, error) {
+	var out []MovedDedup
+	next := ""
+	start := be64(uint64(max(since, 0)))
+	if after != "" {
+		b, err := hex.DecodeString(after)
+		if err != nil {
+			return nil, "", fmt.Errorf("%w: idempotency records: bad position", kvd.ErrInvalid)
+		}
+		start = append(b, 0) // just past after
+	}
+	err := db.view(func(tx *bolt.Tx) error {
+		bs := bucketsOf(tx)
+		c := bs.dedupAt.Cursor()
+		for k, _ := c.Seek(start); k != nil; k, _ = c.Next() {
+			if len(out) == limit {
+				return nil
+			}
+			next = hex.EncodeToString(k)
+			if len(k) < 8 {
+				continue
+			}
+			token := string(k[8:])
+			rec, err := bs.dedup.get([]byte(token))
+			if err != nil {
+				return err
+			}
+			if rec != nil {
+				out = append(out, MovedDedup{Token: token, Record: append(json.RawMessage(nil), rec...)})
+			}
+		}
+		next = ""
+		return nil
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("read idempotency records: %w", err)
+	}
+	return out, next, nil
+}
+
+// StrayKeys returns up to limit keys the group holds in slots that are
+// not its own and that no move under way involves it in, for the leader
+// to drop (CmdDropKeys).
+func (db *DB) StrayKeys(limit int) ([]string, error) {
+	p := db.placement.Load()
+	if p == nil || db.opts.Group == 0 {
+		return nil, nil
+	}
+	var stray [kvd.SlotCount]bool
+	any := false
+	for s := range stray {
+		stray[s] = p.stray(db.opts.Group, s)
+		any = any || stray[s]
+	}
+	if !any {
+		return nil, nil
+	}
+	var out []string
+	err := db.view(func(tx *bolt.Tx) error {
+		c := bucketsOf(tx).kv.cursor()
+		for k, _ := c.seek(nil); k != nil && len(out) < limit; k, _ = c.next() {
+			if stray[kvd.Slot(string(k))] {
+				out = append(out, string(k))
+			}
+		}
+		return c.err
+	})
+	return out, err
+}
+
+// SlotStats counts the keys and the bytes of keys and values the group
+// holds in each slot it owns.
+func (db *DB) SlotStats() (keys, bytes [kvd.SlotCount]uint64, err error) {
+	err = db.view(func(tx *bolt.Tx) error {
+		c := bucketsOf(tx).kv.b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			s := kvd.Slot(string(k))
+			keys[s]++
+			bytes[s] += uint64(len(k) + len(v))
+		}
+		return nil
+	})
+	return keys, bytes, err
+}
