@@ -37,6 +37,11 @@ type Move struct {
 	Attempt uint64 `json:"attempt"`
 	// Error says why a failed move failed.
 	Error string `json:"error,omitempty"`
+	// SourceIndex, once the map has flipped, is an index of From's log
+	// at or after every change From made to the slots: a watch sends
+	// To's events of the slots only once it has read From's history that
+	// far, so a key's events stay in order across the move.
+	SourceIndex uint64 `json:"source_index,omitempty"`
 	// Started and Updated are Unix milliseconds.
 	Started int64 `json:"started"`
 	Updated int64 `json:"updated"`

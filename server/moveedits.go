@@ -25,7 +25,9 @@ type moveStep struct {
 	Claim   bool   `json:"claim,omitempty"`
 	State   string `json:"state,omitempty"`
 	Flip    bool   `json:"flip,omitempty"`
-	Error   string `json:"error,omitempty"`
+	// SourceIndex goes with the flip (see kvd.Move.SourceIndex).
+	SourceIndex uint64 `json:"source_index,omitempty"`
+	Error       string `json:"error,omitempty"`
 }
 
 // applyGroupEdit makes a group or move edit on m; handled is false for
@@ -177,7 +179,7 @@ func stepMove(m *kvd.Map, st moveStep) error {
 			return errNoChange
 		}
 		flipSlots(m, *mv)
-		mv.Flipped = true
+		mv.Flipped, mv.SourceIndex = true, st.SourceIndex
 		return nil
 	case st.State == kvd.MoveFailed:
 		if mv.Flipped {

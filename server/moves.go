@@ -314,7 +314,7 @@ func (s *Server) copyMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 	if err := s.copyDedup(ctx, mv, ingest); err != nil {
 		return err
 	}
-	if err := step(moveStep{Flip: true}); err != nil {
+	if err := step(moveStep{Flip: true, SourceIndex: from.Index}); err != nil {
 		return err
 	}
 	r.handOffs.Store(time.Since(fenced).Milliseconds())

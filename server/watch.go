@@ -49,7 +49,8 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	w := &watcher{s: s, prefix: prefix, cur: cur, events: make(chan groupEvent, 16), errs: make(chan error, len(m.Groups))}
+	w := &watcher{s: s, prefix: prefix, cur: cur, events: make(chan groupEvent, 16), errs: make(chan error, 1),
+		epoch: m.Epoch, held: map[kvd.GroupID][]groupEvent{}}
 	defer w.stop(cancel)
 	for _, grp := range m.Groups {
 		p := first[grp.ID]
@@ -60,6 +61,59 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 		}()
 	}
 	return w.forward(ctx, send)
+}
+
+// followNew starts reading, from the start of its history, every group of
+// the map that the watch does not follow yet (groups created since it
+// started: slots may move to them).
+func (w *watcher) followNew(ctx context.Context) {
+	m := w.s.Map()
+	if m.Epoch == w.epoch {
+		return
+	}
+	w.epoch = m.Epoch
+	for _, grp := range m.Groups {
+		if _, ok := w.cur[grp.ID]; ok {
+			continue
+		}
+		w.cur[grp.ID] = store.Pos{}
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			if p, ok := w.readPage(ctx, grp.ID, store.Pos{}); ok {
+				w.follow(ctx, grp.ID, p)
+			}
+		}()
+	}
+}
+
+// mustWait tells whether group g's event ev must wait: its key's slot
+// moved to g from a group whose history the watch has not read as far as
+// the move's last change there (kvd.Move.SourceIndex), so that the key's
+// events stay in version order across the move.
+func (w *watcher) mustWait(g kvd.GroupID, ev store.Event) bool {
+	m := w.s.Map()
+	if len(m.Moves) == 0 {
+		return false
+	}
+	slot := kvd.Slot(ev.Key)
+	for _, mv := range m.Moves {
+		if mv.To != g || mv.SourceIndex == 0 || (mv.State != kvd.MoveDone && !mv.Flipped) || !mv.Has(slot) {
+			continue
+		}
+		if pos, ok := w.cur[mv.From]; ok && pos.Index < mv.SourceIndex {
+			return true
+		}
+	}
+	return false
+}
+
+// fail hands a reader's reason to end the watch to forward.
+func (w *watcher) fail(ctx context.Context, err error) {
+	select {
+	case w.errs <- err:
+	case <-ctx.Done():
+	}
 }
 
 // firstPages reads the first page of every group's history, before
@@ -136,11 +190,15 @@ type watcher struct {
 	cur map[kvd.GroupID]store.Pos
 	// events carries the readers' events and progress marks to forward.
 	events chan groupEvent
-	// errs carries a reader's reason to end the watch; it has room for
-	// one from each group.
+	// errs carries a reader's reason to end the watch.
 	errs chan error
 	// wg counts the readers.
 	wg sync.WaitGroup
+	// epoch is the map's when forward last looked for new groups.
+	epoch uint64
+	// held are each group's events (and progress marks) that wait, in
+	// order, behind one that must wait (see mustWait).
+	held map[kvd.GroupID][]groupEvent
 }
 
 // A group's reader sends its events in order, then a progress mark
@@ -157,6 +215,11 @@ type groupEvent struct {
 func (w *watcher) stop(cancel context.CancelFunc) {
 	cancel()
 	w.wg.Wait()
+	for _, q := range w.held {
+		for _, ge := range q {
+			w.s.watchMem.release(eventBytes(ge.ev))
+		}
+	}
 	for {
 		select {
 		case ge := <-w.events:
@@ -223,7 +286,7 @@ func (w *watcher) nextPage(ctx context.Context, g kvd.GroupID, pos store.Pos) (h
 		return historyPage{}, false
 	}
 	if pos.Less(floor) {
-		w.errs <- errCompacted(g, pos, floor)
+		w.fail(ctx, errCompacted(g, pos, floor))
 		return historyPage{}, false
 	}
 	if !pending {
@@ -251,7 +314,7 @@ func (w *watcher) readPage(ctx context.Context, g kvd.GroupID, upto store.Pos) (
 	}
 	if upto.Less(p.floor) {
 		w.unsent(p.events)
-		w.errs <- errCompacted(g, upto, p.floor)
+		w.fail(ctx, errCompacted(g, upto, p.floor))
 		return historyPage{}, false
 	}
 	return p, true
@@ -274,6 +337,7 @@ func (w *watcher) forward(ctx context.Context, send func(kvd.Event) error) error
 		case err := <-w.errs:
 			return err
 		case <-tick.C:
+			w.followNew(ctx)
 			if moved {
 				moved = false
 				if err := send(kvd.Event{Cursor: encodeCursor(w.cur)}); err != nil {
@@ -281,23 +345,61 @@ func (w *watcher) forward(ctx context.Context, send func(kvd.Event) error) error
 				}
 			}
 		case ge := <-w.events:
-			if ge.progress != nil {
-				if w.cur[ge.g].Less(*ge.progress) {
-					w.cur[ge.g], moved = *ge.progress, true
-				}
+			w.followNew(ctx)
+			if len(w.held[ge.g]) > 0 || (ge.progress == nil && w.mustWait(ge.g, ge.ev)) {
+				w.held[ge.g] = append(w.held[ge.g], ge)
 				continue
 			}
-			moved = false
-			w.cur[ge.g] = ge.ev.Pos
-			ev := kvd.Event{Type: "put", Key: ge.ev.Key, Value: ge.ev.Value, Version: ge.ev.Version(), Cursor: encodeCursor(w.cur)}
-			if ge.ev.Delete {
-				ev.Type, ev.Value = "delete", nil
+			if err := w.emit(ge, &moved, send); err != nil {
+				return err
 			}
-			err := send(ev)
-			w.s.watchMem.release(eventBytes(ge.ev))
-			if err != nil {
+			if err := w.release(&moved, send); err != nil {
 				return err
 			}
 		}
 	}
+}
+
+// emit sends group event ge on (an event, or a progress mark that moves
+// the cursor).
+func (w *watcher) emit(ge groupEvent, moved *bool, send func(kvd.Event) error) error {
+	if ge.progress != nil {
+		if w.cur[ge.g].Less(*ge.progress) {
+			w.cur[ge.g], *moved = *ge.progress, true
+		}
+		return nil
+	}
+	*moved = false
+	w.cur[ge.g] = ge.ev.Pos
+	ev := kvd.Event{Type: "put", Key: ge.ev.Key, Value: ge.ev.Value, Version: ge.ev.Version(), Cursor: encodeCursor(w.cur)}
+	if ge.ev.Delete {
+		ev.Type, ev.Value = "delete", nil
+	}
+	err := send(ev)
+	w.s.watchMem.release(eventBytes(ge.ev))
+	return err
+}
+
+// release sends the held events that need no longer wait, in each
+// group's order, until none moves.
+func (w *watcher) release(moved *bool, send func(kvd.Event) error) error {
+	for progress := true; progress; {
+		progress = false
+		for g, q := range w.held {
+			for len(q) > 0 && (q[0].progress != nil || !w.mustWait(g, q[0].ev)) {
+				if err := w.emit(q[0], moved, send); err != nil {
+					return err
+				}
+				q[0] = groupEvent{}
+				q = q[1:]
+				progress = true
+			}
+			if len(q) == 0 {
+				delete(w.held, g)
+			} else {
+				w.held[g] = q
+			}
+		}
+	}
+	return nil
 }

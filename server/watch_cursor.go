@@ -91,8 +91,9 @@ func (s *Server) checkCursor(ctx context.Context, g kvd.GroupID, pos store.Pos) 
 
 // resolveCursor returns where a watch from the cursor since starts in
 // each group of m: at the cursor's position, checked against the group's
-// log, or now (fromNow) in a group the cursor does not name (in every
-// group when since is "").
+// log; in a group the cursor does not name (created since: a watch's
+// cursors name every group it follows), at the start of its history; and
+// now (fromNow) in every group when since is "".
 func (s *Server) resolveCursor(ctx context.Context, m *kvd.Map, since string) (cur map[kvd.GroupID]store.Pos, fromNow map[kvd.GroupID]bool, err error) {
 	cur = map[kvd.GroupID]store.Pos{}
 	fromNow = map[kvd.GroupID]bool{}
@@ -101,6 +102,9 @@ func (s *Server) resolveCursor(ctx context.Context, m *kvd.Map, since string) (c
 			return nil, nil, err
 		}
 		for g, pos := range cur {
+			if _, ok := m.Group(g); !ok && g <= m.LastGroup {
+				return nil, nil, fmt.Errorf("%w: the watch cursor names group %d, which was removed since; start a new watch from now and read the current state", kvd.ErrCompacted, g)
+			}
 			if _, ok := m.Group(g); !ok {
 				return nil, nil, fmt.Errorf("%w: the watch cursor names group %d, which the cluster does not have", kvd.ErrInvalid, g)
 			}
@@ -111,7 +115,8 @@ func (s *Server) resolveCursor(ctx context.Context, m *kvd.Map, since string) (c
 	}
 	for _, grp := range m.Groups {
 		if _, ok := cur[grp.ID]; !ok {
-			fromNow[grp.ID] = true
+			cur[grp.ID] = store.Pos{}
+			fromNow[grp.ID] = since == ""
 		}
 	}
 	return cur, fromNow, nil

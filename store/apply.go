@@ -280,7 +280,11 @@ func (a *applier) apply(c *Cmd) (Result, error) {
 // outcome.
 func (a *applier) invalid(c *Cmd, err error) Result {
 	if c.Kind.hasDocument() {
-		return Result{Version: a.index, Err: err, Txn: &TxnOutcome{Code: CodeInvalid}}
+		code := CodeInvalid
+		if errors.Is(err, kvd.ErrWrongGroup) || errors.Is(err, kvd.ErrUnavailable) {
+			code = CodeMoving
+		}
+		return Result{Version: a.index, Err: err, Txn: &TxnOutcome{Code: code}}
 	}
 	return Result{Err: err}
 }

@@ -109,17 +109,22 @@ func (a *applier) moveIngest(in *MoveIngest) error {
 		if d.Token == "" || len(d.Token) > MaxIdemKeyBytes {
 			continue
 		}
-		if old, err := a.dedupGet(d.Token); err != nil || old != nil {
-			if err != nil {
-				return err
-			}
-			continue // the group's own record stands
-		}
 		e := &dedupEntry{}
 		if json.Unmarshal(d.Record, e) != nil {
 			continue
 		}
-		if err := a.dedupCreate(d.Token, e); err != nil {
+		old, err := a.dedupGet(d.Token)
+		switch {
+		case err != nil:
+			return err
+		case old == nil:
+			err = a.dedupCreate(d.Token, e)
+		case old.Reg && !e.Reg && fpEqual(old.FP, e.FP):
+			// Registered here (the token's home) and run in the source:
+			// the outcome is what a retry must find here now.
+			err = a.dedupPut(d.Token, e)
+		}
+		if err != nil {
 			return err
 		}
 	}

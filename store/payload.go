@@ -153,6 +153,11 @@ const (
 	// CodeInvalid answers a command the state machine refused to apply
 	// (see CheckCmd).
 	CodeInvalid TxnCode = "invalid"
+	// CodeMoving answers a command the state machine refused because a
+	// key's slot is not (or no longer, or not yet) the group's: a slot
+	// move handed it on, or is handing it over. Nothing was applied; a
+	// new attempt routed by the current map may succeed.
+	CodeMoving TxnCode = "moving"
 )
 
 // DedupStatus says what became of an idempotency claim, registration or

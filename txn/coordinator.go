@@ -145,6 +145,25 @@ func (c *Coordinator) Do(ctx context.Context, req Request, idem *kvd.Idem) (Resp
 	if err := Validate(req, c.cfg.Limits); err != nil {
 		return Response{}, err
 	}
+	for attempt := 0; ; attempt++ {
+		resp, err := c.do(ctx, req, idem)
+		// A key's slot moved under the transaction: nothing was applied
+		// (a refusal before any commit), so it runs again, planned by
+		// the map as it is now. An idempotent one is not: its key
+		// remembers the attempt.
+		if idem != nil || attempt >= moveRetries || !(errors.Is(err, errSlotMoving) || errors.Is(err, kvd.ErrWrongGroup)) ||
+			retryBackoff.Wait(ctx, attempt+2) != nil {
+			return resp, err
+		}
+	}
+}
+
+// moveRetries bounds the attempts of a transaction whose keys' slots
+// keep moving.
+const moveRetries = 20
+
+// do is one attempt of Do.
+func (c *Coordinator) do(ctx context.Context, req Request, idem *kvd.Idem) (Response, error) {
 	parts, rg, err := c.plan(req)
 	if err != nil {
 		return Response{}, err

@@ -10,6 +10,12 @@ import (
 	"github.com/kvd-project/kvd/store"
 )
 
+// errSlotMoving means a group refused a transaction's key because the
+// key's slot is moving between groups (or has moved since the
+// transaction was planned): nothing was applied, and Do tries again with
+// the current map.
+var errSlotMoving = fmt.Errorf("transaction not committed: a key's slot is moving between groups: %w", kvd.ErrUnavailable)
+
 // refused turns no votes into the error the client sees.
 func (c *Coordinator) refused(outs []*store.TxnOutcome) (Response, error) {
 	var failed []int
@@ -27,6 +33,8 @@ func (c *Coordinator) refused(outs []*store.TxnOutcome) (Response, error) {
 			return Response{}, fmt.Errorf("transaction not run: %w", kvd.ErrIdempotencyMismatch)
 		case store.CodeInvalid:
 			return Response{}, fmt.Errorf("transaction not run: the store refused it as invalid: %w", kvd.ErrInvalid)
+		case store.CodeMoving:
+			return Response{}, errSlotMoving
 
 		case store.CodeConflict:
 			if len(o.Conflicts) > 0 {
