@@ -3,12 +3,17 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/kvd-project/kvd"
@@ -27,12 +32,17 @@ type adminCall struct {
 	// sent to the next node after a failure that leaves unknown whether
 	// the first one acted on it. Reads are always repeatable.
 	repeatable bool
+	// named marks a repeatable change: one that carries an id, so that
+	// a repeat changes nothing more. It is sent on to the next node as a
+	// repeatable request is, but its outcome is unknown after a failure
+	// as a change's is.
+	named bool
 }
 
 // changes reports whether the call may change the cluster, so that its
 // outcome is unknown once it may have reached a node.
 func (ac *adminCall) changes() bool {
-	return ac.method != http.MethodGet && !ac.repeatable
+	return ac.method != http.MethodGet && (!ac.repeatable || ac.named)
 }
 
 // admin sends an operator's request to the first node that answers (any
@@ -76,7 +86,9 @@ func (c *Client) admin(ctx context.Context, ac adminCall, out any) (int, error) 
 // It moves on to the next node only when the request is sure not to have
 // been acted on (it was never sent, or the node answered 503, which
 // promises that), or when it is repeatable. A change that may have
-// reached a node without an answer is kvd.ErrUnknownOutcome.
+// reached a node without an answer is kvd.ErrUnknownOutcome; so is a
+// named change that every node failed to answer once one may have
+// acted on it.
 func (c *Client) askNodes(ctx context.Context, targets []*node, ac adminCall, out any) (int, error) {
 	if c.closed.Load() {
 		return 0, kvd.ErrClosed
@@ -91,6 +103,8 @@ func (c *Client) askNodes(ctx context.Context, targets []*node, ac adminCall, ou
 		}
 	}
 	var lastErr error
+	// acted: a named change may have reached a node that did not answer.
+	acted := false
 	for _, n := range targets {
 		var rd io.Reader
 		if body != nil {
@@ -106,7 +120,10 @@ func (c *Client) askNodes(ctx context.Context, targets []*node, ac adminCall, ou
 		resp, err := c.hc.Do(req)
 		if err != nil {
 			if ac.changes() && !wire.NeverSent(err) {
-				return 0, fmt.Errorf("%s %s via %s: no answer: %v: %w", ac.method, ac.path, n.id, err, kvd.ErrUnknownOutcome)
+				if !ac.repeatable {
+					return 0, fmt.Errorf("%s %s via %s: no answer: %v: %w", ac.method, ac.path, n.id, err, kvd.ErrUnknownOutcome)
+				}
+				acted = true
 			}
 			lastErr = fmt.Errorf("node %s: %v: %w", n.id, err, kvd.ErrUnavailable)
 			if ctx.Err() != nil {
@@ -118,7 +135,10 @@ func (c *Client) askNodes(ctx context.Context, targets []*node, ac adminCall, ou
 		resp.Body.Close()
 		if err != nil {
 			if ac.changes() && resp.StatusCode != http.StatusServiceUnavailable {
-				return 0, fmt.Errorf("%s %s via %s: answer cut short: %v: %w", ac.method, ac.path, n.id, err, kvd.ErrUnknownOutcome)
+				if !ac.repeatable {
+					return 0, fmt.Errorf("%s %s via %s: answer cut short: %v: %w", ac.method, ac.path, n.id, err, kvd.ErrUnknownOutcome)
+				}
+				acted = true
 			}
 			lastErr = fmt.Errorf("node %s: %v: %w", n.id, err, kvd.ErrUnavailable)
 			continue
@@ -145,6 +165,9 @@ func (c *Client) askNodes(ctx context.Context, targets []*node, ac adminCall, ou
 	}
 	if lastErr == nil {
 		lastErr = fmt.Errorf("no node to ask: %w", kvd.ErrUnavailable)
+	}
+	if acted {
+		return 0, fmt.Errorf("%s %s: a node may have acted on it without answering; then %v: %w", ac.method, ac.path, lastErr, kvd.ErrUnknownOutcome)
 	}
 	return 0, fmt.Errorf("%s %s: %w", ac.method, ac.path, lastErr)
 }
@@ -268,6 +291,221 @@ func (c *Client) TransferLeader(ctx context.Context, group uint64, node string) 
 	return out, nil
 }
 
+// CreateGroup creates a replica group on req.Members (the first is its
+// preferred leader), or, when it names none, on the least loaded nodes
+// the cluster chooses. It owns no slot until a move gives it some
+// (StartMove, Rebalance). The answer's State is api.ChangeDone once the
+// group has a leader, or api.ChangeInProgress if it is still being
+// started when the node answers (asked to answer well before ctx's
+// deadline); it then finishes on its own. With req.ID set, a repeat of a
+// create that was made changes nothing, so the request is sent on to the
+// next node when one fails to answer. Errors: kvd.ErrConflict when the
+// id is taken by another group or the members cannot take it,
+// kvd.ErrNotFound for an unknown node, kvd.ErrInvalid for a bad request,
+// kvd.ErrUnknownOutcome as for AddNode.
+func (c *Client) CreateGroup(ctx context.Context, req api.GroupRequest) (api.GroupChange, error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	var out api.GroupChange
+	path := withQuery("/v1/admin/groups", waitQuery(ctx))
+	status, err := c.admin(ctx, adminCall{method: http.MethodPost, path: path, body: req, repeatable: req.ID != 0, named: req.ID != 0}, &out)
+	if err != nil {
+		if req.ID != 0 {
+			return out, fmt.Errorf("create group %d: %w", req.ID, err)
+		}
+		return out, fmt.Errorf("create group: %w", err)
+	}
+	c.settled(ctx, status, &out.State, out.Epoch)
+	return out, nil
+}
+
+// DeleteGroup removes group, which must own no slot and take part in no
+// move: move its slots away first (StartMove). Its replicas are removed
+// from their nodes. The answer's State is api.ChangeDone, or
+// api.ChangeInProgress if the removal is still going on when the node
+// answers; it then finishes on its own. Errors: kvd.ErrConflict when the
+// group owns slots or takes part in a move, kvd.ErrNotFound for an
+// unknown group, kvd.ErrUnknownOutcome as for AddNode.
+func (c *Client) DeleteGroup(ctx context.Context, group uint64) (api.GroupChange, error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	var out api.GroupChange
+	path := withQuery(groupPath(group), waitQuery(ctx))
+	status, err := c.admin(ctx, adminCall{method: http.MethodDelete, path: path}, &out)
+	if err != nil {
+		return out, fmt.Errorf("delete group %d: %w", group, err)
+	}
+	c.settled(ctx, status, &out.State, out.Epoch)
+	return out, nil
+}
+
+// StartMove starts moving the slots of req.Slots (inclusive ranges of
+// 0..kvd.SlotCount-1) to group req.To; the slots keep being served while
+// they move. It answers once the move is recorded, not once it is done:
+// follow it with Moves or WaitMove. Slots owned by several groups make
+// one move per group: the answer's IDs lists them all.
+//
+// A request without an ID is given a random one, so that a repeat starts
+// nothing twice: the request is sent on to the next node when one fails
+// to answer. On an error the answer's ID is still the move's id, to look
+// it up with Moves or to repeat the request with. Errors: kvd.ErrInvalid
+// for an empty or out-of-range slot range, kvd.ErrNotFound for an
+// unknown group, kvd.ErrConflict when a slot is already moving or
+// already belongs to req.To, kvd.ErrUnknownOutcome if the request may
+// have reached a node that did not answer (look at Moves before
+// repeating it with the same ID).
+func (c *Client) StartMove(ctx context.Context, req api.MoveRequest) (api.MoveStarted, error) {
+	if req.ID == "" {
+		req.ID = newMoveID()
+	}
+	var out api.MoveStarted
+	_, err := c.admin(ctx, adminCall{method: http.MethodPost, path: "/v1/admin/moves", body: req, repeatable: true, named: true}, &out)
+	if err != nil {
+		return api.MoveStarted{ID: req.ID}, fmt.Errorf("move %s of slots %s to group %d: %w", req.ID, slotRanges(req.Slots), req.To, err)
+	}
+	if out.ID == "" {
+		out.ID = req.ID
+	}
+	if len(out.IDs) == 0 {
+		out.IDs = []string{out.ID}
+	}
+	c.newerMap(ctx, out.Epoch)
+	return out, nil
+}
+
+// newMoveID returns a fresh random move id.
+func newMoveID() string {
+	var b [16]byte
+	rand.Read(b[:]) // never fails
+	return hex.EncodeToString(b[:])
+}
+
+// slotRanges writes inclusive slot ranges: "0-99,200,300-310".
+func slotRanges(rs [][2]int) string {
+	var b strings.Builder
+	for i, r := range rs {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Itoa(r[0]))
+		if r[1] != r[0] {
+			b.WriteByte('-')
+			b.WriteString(strconv.Itoa(r[1]))
+		}
+	}
+	return b.String()
+}
+
+// Moves lists the slot moves the cluster map holds: those under way or
+// waiting (pending), and the last ones that finished (done or failed).
+// The progress of a move under way is its driver's, when it answers.
+func (c *Client) Moves(ctx context.Context) (api.MoveList, error) {
+	var out api.MoveList
+	if _, err := c.admin(ctx, adminCall{method: http.MethodGet, path: "/v1/admin/moves"}, &out); err != nil {
+		return out, fmt.Errorf("list moves: %w", err)
+	}
+	return out, nil
+}
+
+// The states in which a move has ended (api.MoveInfo.State).
+const (
+	moveDone   = "done"
+	moveFailed = "failed"
+)
+
+// movePoll is how often WaitMove looks at the moves.
+const movePoll = 200 * time.Millisecond
+
+// moveForgotten is how long WaitMove waits for a move missing from the
+// list to appear (a node's map may lag behind the one that recorded it)
+// before it reports the move unknown.
+const moveForgotten = 2 * time.Second
+
+// WaitMove polls Moves every 200 ms until move id is done or failed, and
+// answers it as last listed. A failed move (its slots stay where they
+// were) is an error matching kvd.ErrConflict that carries the move's
+// error. When ctx ends first, the error wraps ctx's, and the answer is
+// the move as last seen: the move goes on. kvd.ErrNotFound if the move
+// stays unlisted for 2 s (an unknown id, or one that finished long ago:
+// the map remembers the last few finished moves). Failures to list the moves
+// that promise nothing (kvd.ErrUnavailable) are retried until ctx ends.
+func (c *Client) WaitMove(ctx context.Context, id string) (api.MoveInfo, error) {
+	var last api.MoveInfo
+	var lastErr error
+	var missing time.Time // since when the move is not listed
+	t := time.NewTicker(movePoll)
+	defer t.Stop()
+	for {
+		list, err := c.Moves(ctx)
+		switch {
+		case err == nil:
+			lastErr = nil
+			i := slices.IndexFunc(list.Moves, func(mv api.MoveInfo) bool { return mv.ID == id })
+			if i < 0 {
+				if missing.IsZero() {
+					missing = time.Now()
+				}
+				if time.Since(missing) >= moveForgotten {
+					return last, fmt.Errorf("move %s: not listed (map epoch %d): %w", id, list.Epoch, kvd.ErrNotFound)
+				}
+				break
+			}
+			missing = time.Time{}
+			last = list.Moves[i]
+			switch last.State {
+			case moveDone:
+				return last, nil
+			case moveFailed:
+				return last, fmt.Errorf("move %s of slots %s from group %d to group %d failed: %s: %w",
+					id, slotRanges(last.Slots), last.From, last.To, orUnknown(last.Error), kvd.ErrConflict)
+			}
+		case errors.Is(err, kvd.ErrUnavailable) && ctx.Err() == nil:
+			lastErr = err
+		default:
+			if ctx.Err() != nil {
+				break
+			}
+			return last, fmt.Errorf("wait for move %s: %w", id, err)
+		}
+		select {
+		case <-ctx.Done():
+			state := last.State
+			if state == "" {
+				state = "not listed yet"
+			}
+			if lastErr != nil {
+				return last, fmt.Errorf("wait for move %s: still %s (%v): %w", id, state, lastErr, ctx.Err())
+			}
+			return last, fmt.Errorf("wait for move %s: still %s: %w", id, state, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "no reason given"
+	}
+	return s
+}
+
+// Rebalance plans moves of slots that even out the groups' data, and
+// unless dryRun starts them (each group takes part in one move at a
+// time: the others wait as pending; follow them with Moves). The answer
+// is the load before and after the plan, and its moves. A dry run
+// changes nothing, so it is sent on to the next node when one fails to
+// answer. Errors: kvd.ErrUnknownOutcome as for AddNode (look at Moves
+// before repeating a rebalance).
+func (c *Client) Rebalance(ctx context.Context, dryRun bool) (api.RebalancePlan, error) {
+	var out api.RebalancePlan
+	_, err := c.admin(ctx, adminCall{method: http.MethodPost, path: "/v1/admin/rebalance", body: api.RebalanceRequest{DryRun: dryRun}, repeatable: dryRun}, &out)
+	if err != nil {
+		return out, fmt.Errorf("rebalance: %w", err)
+	}
+	c.newerMap(ctx, out.Epoch)
+	return out, nil
+}
+
 func groupPath(g uint64) string { return "/v1/admin/groups/" + strconv.FormatUint(g, 10) }
 
 // maxWait is the longest wait a node takes.
@@ -302,6 +540,12 @@ func (c *Client) settled(ctx context.Context, status int, state *string, epoch u
 			*state = api.ChangeInProgress
 		}
 	}
+	c.newerMap(ctx, epoch)
+}
+
+// newerMap refreshes the cached map when a change moved the map past it,
+// so the client routes by the new one at once.
+func (c *Client) newerMap(ctx context.Context, epoch uint64) {
 	if epoch > c.route.Load().epoch {
 		c.refreshNow(ctx) // a failure keeps the old map, refreshed on the next 421
 	}

@@ -127,7 +127,9 @@ func TestClient_Admin_RequestShapes(t *testing.T) {
 		name string
 		call func(*client.Client) (any, error)
 		// want is the request the node must see (Query "" for none).
-		want   adminRequest
+		want adminRequest
+		// wait marks a change the node is told how long to wait for.
+		wait   bool
 		status int
 		answer any
 	}{
@@ -189,6 +191,60 @@ func TestClient_Admin_RequestShapes(t *testing.T) {
 			status: 200,
 			answer: api.MembershipChange{Group: 1, Node: "n2", State: api.ChangeDone, Epoch: 1, Members: []string{"n1", "n2"}, Learners: []string{}, Leader: "n2"},
 		},
+		{
+			name: "create group on nodes",
+			call: func(c *client.Client) (any, error) {
+				return c.CreateGroup(ctx, api.GroupRequest{Members: []string{"n4", "n5", "n6"}})
+			},
+			want:   adminRequest{Method: "POST", Path: "/v1/admin/groups", Body: `{"members":["n4","n5","n6"]}`},
+			wait:   true,
+			status: 200,
+			answer: api.GroupChange{Group: 4, State: api.ChangeDone, Epoch: 1, Members: []string{"n4", "n5", "n6"}, Leader: "n4"},
+		},
+		{
+			name:   "create group, named, nodes chosen by the cluster",
+			call:   func(c *client.Client) (any, error) { return c.CreateGroup(ctx, api.GroupRequest{ID: 7}) },
+			want:   adminRequest{Method: "POST", Path: "/v1/admin/groups", Body: `{"id":7}`},
+			wait:   true,
+			status: 202,
+			answer: api.GroupChange{Group: 7, State: api.ChangeInProgress, Epoch: 1, Members: []string{"n1", "n2", "n3"}, Message: "electing a leader"},
+		},
+		{
+			name:   "delete group",
+			call:   func(c *client.Client) (any, error) { return c.DeleteGroup(ctx, 4) },
+			want:   adminRequest{Method: "DELETE", Path: "/v1/admin/groups/4"},
+			wait:   true,
+			status: 200,
+			answer: api.GroupChange{Group: 4, State: api.ChangeDone, Epoch: 1},
+		},
+		{
+			name:   "list moves",
+			call:   func(c *client.Client) (any, error) { return c.Moves(ctx) },
+			want:   adminRequest{Method: "GET", Path: "/v1/admin/moves"},
+			status: 200,
+			answer: api.MoveList{Epoch: 1, Moves: []api.MoveInfo{
+				{ID: "m1", Slots: [][2]int{{0, 99}}, From: 1, To: 2, State: "copying", Attempt: 1, Started: "2025-01-02T03:04:05Z", Updated: "2025-01-02T03:04:06Z",
+					Progress: &api.MoveProgress{KeysCopied: 1200, BytesCopied: 1 << 20, CatchUpRounds: 0}},
+				{ID: "m0", Slots: [][2]int{{200, 200}, {300, 310}}, From: 2, To: 1, State: "failed", Attempt: 3, Error: "group 2 has no leader"},
+			}},
+		},
+		{
+			name:   "rebalance, dry run",
+			call:   func(c *client.Client) (any, error) { return c.Rebalance(ctx, true) },
+			want:   adminRequest{Method: "POST", Path: "/v1/admin/rebalance", Body: `{"dry_run":true}`},
+			status: 200,
+			answer: api.RebalancePlan{DryRun: true, Epoch: 1,
+				Before: []api.GroupLoad{{Group: 1, Slots: 1024, Keys: 100, Bytes: 4000}, {Group: 2}},
+				After:  []api.GroupLoad{{Group: 1, Slots: 512, Keys: 50, Bytes: 2000}, {Group: 2, Slots: 512, Keys: 50, Bytes: 2000}},
+				Moves:  []api.PlannedMove{{Slots: [][2]int{{512, 1023}}, From: 1, To: 2, Keys: 50, Bytes: 2000}}},
+		},
+		{
+			name:   "rebalance",
+			call:   func(c *client.Client) (any, error) { return c.Rebalance(ctx, false) },
+			want:   adminRequest{Method: "POST", Path: "/v1/admin/rebalance", Body: `{"dry_run":false}`},
+			status: 200,
+			answer: api.RebalancePlan{Epoch: 1, Moves: []api.PlannedMove{{ID: "r1", Slots: [][2]int{{512, 1023}}, From: 1, To: 2}}},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -203,7 +259,7 @@ func TestClient_Admin_RequestShapes(t *testing.T) {
 			r := seen[0]
 			q, err := url.ParseQuery(r.Query)
 			require.NoError(t, err)
-			if strings.Contains(tc.want.Path, "/members") || tc.want.Method == "DELETE" {
+			if strings.Contains(tc.want.Path, "/members") || tc.want.Method == "DELETE" || tc.wait {
 				// The node is told how long it may wait before answering
 				// 202: less than the call has left.
 				d, err := time.ParseDuration(q.Get("wait"))
@@ -380,4 +436,290 @@ func TestClient_Admin_NewerEpochRefreshesTheMap(t *testing.T) {
 	m := c.CachedMap()
 	require.Equal(t, uint64(2), m.Epoch, "the client refreshed its map")
 	require.Len(t, m.Nodes, 2)
+}
+
+func TestClient_StartMove(t *testing.T) {
+	ctx := context.Background()
+	nodes := fakeCluster(t, "n1")
+	nodes[0].AdminFunc = func(w http.ResponseWriter, r adminRequest) {
+		var req api.MoveRequest
+		require.NoError(t, json.Unmarshal([]byte(r.Body), &req))
+		answer(w, http.StatusAccepted, api.MoveStarted{ID: req.ID, IDs: []string{req.ID}, Epoch: 1})
+	}
+	c := fakeClient(t, nodes[0])
+
+	// Without an id, the client names the move.
+	st, err := c.StartMove(ctx, api.MoveRequest{Slots: [][2]int{{0, 99}, {200, 200}}, To: 2})
+	require.NoError(t, err)
+	require.Regexp(t, `^[0-9a-f]{32}$`, st.ID)
+	require.Equal(t, []string{st.ID}, st.IDs)
+	require.Equal(t, uint64(1), st.Epoch)
+	seen := nodes[0].requests()
+	require.Len(t, seen, 1)
+	require.Equal(t, "POST", seen[0].Method)
+	require.Equal(t, "/v1/admin/moves", seen[0].Path)
+	require.Empty(t, seen[0].Query, "a move is answered once recorded: no wait")
+	require.JSONEq(t, `{"slots":[[0,99],[200,200]],"to":2,"id":"`+st.ID+`"}`, seen[0].Body)
+
+	st2, err := c.StartMove(ctx, api.MoveRequest{Slots: [][2]int{{0, 99}}, To: 2})
+	require.NoError(t, err)
+	require.NotEqual(t, st.ID, st2.ID, "every move its own id")
+
+	// An id given is kept.
+	st, err = c.StartMove(ctx, api.MoveRequest{Slots: [][2]int{{5, 5}}, To: 3, ID: "mine"})
+	require.NoError(t, err)
+	require.Equal(t, "mine", st.ID)
+	require.JSONEq(t, `{"slots":[[5,5]],"to":3,"id":"mine"}`, nodes[0].requests()[2].Body)
+
+	// Slots of several owners make several moves.
+	nodes[0].AdminFunc = func(w http.ResponseWriter, r adminRequest) {
+		answer(w, http.StatusAccepted, api.MoveStarted{ID: "mine", IDs: []string{"mine", "mine-2"}, Epoch: 1})
+	}
+	st, err = c.StartMove(ctx, api.MoveRequest{Slots: [][2]int{{0, 1023}}, To: 3, ID: "mine"})
+	require.NoError(t, err)
+	require.Equal(t, api.MoveStarted{ID: "mine", IDs: []string{"mine", "mine-2"}, Epoch: 1}, st)
+}
+
+func TestClient_StartMove_ErrorsMapToSentinels(t *testing.T) {
+	tests := []struct {
+		status int
+		code   string
+		want   error
+	}{
+		{http.StatusBadRequest, api.CodeInvalidRequest, kvd.ErrInvalid},
+		{http.StatusNotFound, api.CodeNotFound, kvd.ErrNotFound},
+		{http.StatusConflict, api.CodeConflict, kvd.ErrConflict},
+		{http.StatusGatewayTimeout, api.CodeUnknownOutcome, kvd.ErrUnknownOutcome},
+		// The move may have started, though a repeat would be harmless.
+		{http.StatusInternalServerError, api.CodeInternal, kvd.ErrUnknownOutcome},
+	}
+	for _, tc := range tests {
+		t.Run(tc.code, func(t *testing.T) {
+			nodes := fakeCluster(t, "n1", "n2")
+			for _, n := range nodes {
+				n.AdminFunc = func(w http.ResponseWriter, r adminRequest) {
+					answer(w, tc.status, api.Error{Error: api.ErrorDetail{Code: tc.code, Message: "slot 7 is already moving"}})
+				}
+			}
+			c := fakeClient(t, nodes[0])
+			st, err := c.StartMove(context.Background(), api.MoveRequest{Slots: [][2]int{{0, 9}}, To: 2})
+			require.ErrorIs(t, err, tc.want)
+			var ce *client.Error
+			require.ErrorAs(t, err, &ce)
+			require.Equal(t, "slot 7 is already moving", ce.Message)
+			require.NotEmpty(t, st.ID, "the id to look the move up with")
+			require.Contains(t, err.Error(), st.ID)
+			require.Contains(t, err.Error(), "0-9")
+			require.Len(t, nodes[0].requests(), 1)
+			require.Empty(t, nodes[1].requests(), "an answer other than 503 is final")
+		})
+	}
+}
+
+// hangUp is an admin answer that drops the connection after the request
+// arrived: whether it was acted on is unknown.
+func hangUp(w http.ResponseWriter, r adminRequest) {
+	conn, _, _ := w.(http.Hijacker).Hijack()
+	conn.Close()
+}
+
+func TestClient_StartMove_RepeatsWithTheSameID(t *testing.T) {
+	nodes := fakeCluster(t, "n1", "n2")
+	nodes[0].AdminFunc = hangUp
+	nodes[1].AdminFunc = func(w http.ResponseWriter, r adminRequest) {
+		answer(w, http.StatusAccepted, map[string]any{"id": "x", "epoch": 1})
+	}
+	c := fakeClient(t, nodes[0])
+	st, err := c.StartMove(context.Background(), api.MoveRequest{Slots: [][2]int{{0, 99}}, To: 2})
+	require.NoError(t, err, "a named move is safe to send again")
+	require.Equal(t, []string{"x"}, st.IDs, "an answer without ids names one move")
+	first, second := nodes[0].requests(), nodes[1].requests()
+	require.Len(t, first, 1)
+	require.Len(t, second, 1)
+	require.Equal(t, first[0].Body, second[0].Body, "the repeat carries the same id")
+
+	t.Run("no node answers", func(t *testing.T) {
+		nodes := fakeCluster(t, "n1", "n2")
+		nodes[0].AdminFunc = hangUp
+		nodes[1].AdminFunc = func(w http.ResponseWriter, r adminRequest) {
+			answer(w, http.StatusServiceUnavailable, api.Error{Error: api.ErrorDetail{Code: api.CodeUnavailable, Message: "no leader"}})
+		}
+		c := fakeClient(t, nodes[0])
+		st, err := c.StartMove(context.Background(), api.MoveRequest{Slots: [][2]int{{0, 99}}, To: 2, ID: "m7"})
+		require.ErrorIs(t, err, kvd.ErrUnknownOutcome, "the first node may have started it")
+		require.NotErrorIs(t, err, kvd.ErrUnavailable, "which promises nothing was done")
+		require.Equal(t, "m7", st.ID)
+		require.Len(t, nodes[1].requests(), 1)
+	})
+
+	t.Run("every node refuses at once", func(t *testing.T) {
+		nodes := fakeCluster(t, "n1", "n2")
+		for _, n := range nodes {
+			n.AdminFunc = func(w http.ResponseWriter, r adminRequest) {
+				answer(w, http.StatusServiceUnavailable, api.Error{Error: api.ErrorDetail{Code: api.CodeUnavailable, Message: "no leader"}})
+			}
+		}
+		c := fakeClient(t, nodes[0])
+		_, err := c.StartMove(context.Background(), api.MoveRequest{Slots: [][2]int{{0, 99}}, To: 2})
+		require.ErrorIs(t, err, kvd.ErrUnavailable)
+		require.NotErrorIs(t, err, kvd.ErrUnknownOutcome)
+	})
+}
+
+func TestClient_CreateGroupAndRebalance_RepeatOnlyWhenHarmless(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		call func(*client.Client) error
+		// repeated: sent on to the second node after the first hung up.
+		repeated bool
+	}{
+		{"create group, named", func(c *client.Client) error {
+			_, err := c.CreateGroup(ctx, api.GroupRequest{ID: 4, Members: []string{"n1"}})
+			return err
+		}, true},
+		{"create group, unnamed", func(c *client.Client) error {
+			_, err := c.CreateGroup(ctx, api.GroupRequest{Members: []string{"n1"}})
+			return err
+		}, false},
+		{"delete group", func(c *client.Client) error { _, err := c.DeleteGroup(ctx, 4); return err }, false},
+		{"rebalance, dry run", func(c *client.Client) error { _, err := c.Rebalance(ctx, true); return err }, true},
+		{"rebalance", func(c *client.Client) error { _, err := c.Rebalance(ctx, false); return err }, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			nodes := fakeCluster(t, "n1", "n2")
+			nodes[0].AdminFunc = hangUp
+			nodes[1].AdminFunc = func(w http.ResponseWriter, r adminRequest) { answer(w, http.StatusOK, map[string]any{"epoch": 1}) }
+			c := fakeClient(t, nodes[0])
+			err := tc.call(c)
+			require.Len(t, nodes[0].requests(), 1)
+			if tc.repeated {
+				require.NoError(t, err)
+				require.Len(t, nodes[1].requests(), 1)
+				return
+			}
+			require.ErrorIs(t, err, kvd.ErrUnknownOutcome)
+			require.Empty(t, nodes[1].requests(), "a change that may have been made is not sent again")
+		})
+	}
+}
+
+func TestClient_DeleteGroup_Refusals(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		code   string
+		want   error
+	}{
+		{http.StatusConflict, api.CodeConflict, kvd.ErrConflict},
+		{http.StatusNotFound, api.CodeNotFound, kvd.ErrNotFound},
+	} {
+		nodes := fakeCluster(t, "n1")
+		nodes[0].AdminFunc = func(w http.ResponseWriter, r adminRequest) {
+			answer(w, tc.status, api.Error{Error: api.ErrorDetail{Code: tc.code, Message: "group 3 owns 100 slots"}})
+		}
+		c := fakeClient(t, nodes[0])
+		_, err := c.DeleteGroup(context.Background(), 3)
+		require.ErrorIs(t, err, tc.want)
+		require.Contains(t, err.Error(), "delete group 3")
+	}
+}
+
+// movesInTurn answers GET /v1/admin/moves with the lists in turn, the
+// last one for ever after.
+func movesInTurn(t *testing.T, lists ...any) func(w http.ResponseWriter, r adminRequest) {
+	var mu sync.Mutex
+	n := 0
+	return func(w http.ResponseWriter, r adminRequest) {
+		if r.Method != "GET" || r.Path != "/v1/admin/moves" {
+			t.Errorf("unexpected %s %s", r.Method, r.Path)
+		}
+		mu.Lock()
+		l := lists[min(n, len(lists)-1)]
+		n++
+		mu.Unlock()
+		if e, ok := l.(api.Error); ok {
+			answer(w, http.StatusServiceUnavailable, e)
+			return
+		}
+		answer(w, http.StatusOK, l)
+	}
+}
+
+func TestClient_WaitMove(t *testing.T) {
+	mv := func(state string) api.MoveInfo {
+		return api.MoveInfo{ID: "m1", Slots: [][2]int{{0, 99}}, From: 1, To: 2, State: state, Attempt: 1}
+	}
+	other := api.MoveInfo{ID: "m0", Slots: [][2]int{{500, 500}}, From: 2, To: 1, State: "done"}
+	list := func(mvs ...api.MoveInfo) api.MoveList { return api.MoveList{Epoch: 3, Moves: mvs} }
+
+	t.Run("done", func(t *testing.T) {
+		nodes := fakeCluster(t, "n1")
+		copying := mv("copying")
+		copying.Progress = &api.MoveProgress{KeysCopied: 10, BytesCopied: 100}
+		nodes[0].AdminFunc = movesInTurn(t,
+			list(other, mv("pending")), list(other, copying),
+			api.Error{Error: api.ErrorDetail{Code: api.CodeUnavailable, Message: "no leader"}}, // retried
+			list(other, mv("handing_off")), list(other, mv("done")))
+		c := fakeClient(t, nodes[0])
+		start := time.Now()
+		info, err := c.WaitMove(context.Background(), "m1")
+		require.NoError(t, err)
+		require.Equal(t, mv("done"), info)
+		require.Len(t, nodes[0].requests(), 5)
+		require.GreaterOrEqual(t, time.Since(start), 4*200*time.Millisecond, "polled every 200 ms")
+	})
+
+	t.Run("failed", func(t *testing.T) {
+		nodes := fakeCluster(t, "n1")
+		failed := mv("failed")
+		failed.Error = "group 2 refused the copy: disk full"
+		nodes[0].AdminFunc = movesInTurn(t, list(mv("copying")), list(failed))
+		c := fakeClient(t, nodes[0])
+		info, err := c.WaitMove(context.Background(), "m1")
+		require.ErrorIs(t, err, kvd.ErrConflict)
+		require.Contains(t, err.Error(), "group 2 refused the copy: disk full")
+		require.Equal(t, failed, info)
+	})
+
+	t.Run("ctx ends first", func(t *testing.T) {
+		nodes := fakeCluster(t, "n1")
+		nodes[0].AdminFunc = movesInTurn(t, list(mv("catching_up")))
+		c := fakeClient(t, nodes[0])
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		info, err := c.WaitMove(ctx, "m1")
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.Contains(t, err.Error(), "still catching_up")
+		require.Equal(t, mv("catching_up"), info, "the move as last seen")
+	})
+
+	t.Run("not listed", func(t *testing.T) {
+		nodes := fakeCluster(t, "n1")
+		nodes[0].AdminFunc = movesInTurn(t, list(other))
+		c := fakeClient(t, nodes[0])
+		_, err := c.WaitMove(context.Background(), "m1")
+		require.ErrorIs(t, err, kvd.ErrNotFound)
+		require.Greater(t, len(nodes[0].requests()), 2, "a node's map may lag: the move is looked for a while")
+	})
+
+	t.Run("listed late", func(t *testing.T) {
+		nodes := fakeCluster(t, "n1")
+		nodes[0].AdminFunc = movesInTurn(t, list(other), list(other), list(mv("done")))
+		c := fakeClient(t, nodes[0])
+		info, err := c.WaitMove(context.Background(), "m1")
+		require.NoError(t, err)
+		require.Equal(t, "done", info.State)
+	})
+
+	t.Run("a refusal ends the wait", func(t *testing.T) {
+		nodes := fakeCluster(t, "n1")
+		nodes[0].AdminFunc = func(w http.ResponseWriter, r adminRequest) {
+			answer(w, http.StatusForbidden, api.Error{Error: api.ErrorDetail{Code: api.CodeForbidden, Message: "no"}})
+		}
+		c := fakeClient(t, nodes[0])
+		_, err := c.WaitMove(context.Background(), "m1")
+		require.ErrorIs(t, err, kvd.ErrForbidden)
+		require.Len(t, nodes[0].requests(), 1)
+	})
 }

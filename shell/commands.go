@@ -24,7 +24,10 @@ type command struct {
 	// the interactive shell's completion, given the positional
 	// arguments before it.
 	complete func(s *Shell, prev []string) []string
-	run      func(s *Shell, ctx context.Context, a *args) error
+	// completeFlag, if set, lists the candidates for the value of a flag
+	// that takes one.
+	completeFlag func(s *Shell, flag string) []string
+	run          func(s *Shell, ctx context.Context, a *args) error
 }
 
 // commands are kvcli's commands, in the order help lists them. They are
@@ -58,12 +61,26 @@ func init() {
 				usageNodeAdd + ": HTTP-ADDR and RAFT-ADDR are the host:port other nodes and clients dial",
 				usageNodeRemove + ": answers once the node is removed, or says the removal is in progress (follow it with \"kvcli cluster\")",
 			}},
-		{name: "group", args: "add-member G NODE | remove-member G NODE | leader G NODE", summary: "change a group's replicas: add one on NODE (a learner that catches up, then votes), remove NODE's, or hand the leadership to NODE",
-			complete: (*Shell).completeGroup, run: (*Shell).group,
+		{name: "group", args: "add-member G NODE | remove-member G NODE | leader G NODE | create [--id N] [NODE...] | delete G", summary: "change a group's replicas: add one on NODE (a learner that catches up, then votes), remove NODE's, or hand the leadership to NODE; create a group (on the NODEs, or on nodes the cluster chooses), or delete one that owns no slot",
+			flags: map[string]bool{"id": true}, complete: (*Shell).completeGroup, run: (*Shell).group,
 			more: []string{
 				usageAddMember + ": answers once NODE votes, or says it is still catching up (follow it with \"kvcli cluster\")",
 				usageRemoveMember + ": refused if the group would lose its majority or its last voter",
 				usageLeader + ": NODE must be a voting member of G",
+				usageGroupCreate + ": one replica on each NODE, the first its preferred leader, or, with no NODE, on the least loaded nodes; --id names the group; it owns no slot until a move gives it some",
+				usageGroupDelete + ": refused while G owns slots (move them away first) or takes part in a move",
+			}},
+		{name: "move", args: "SLOTS --to G [--wait]", summary: "move slots to group G while they stay served; SLOTS is a list of slots and ranges such as 0-99,200,300-310 (0 to 1023)",
+			flags: map[string]bool{"to": true, "wait": false}, completeFlag: (*Shell).completeFlagTo, run: (*Shell).move,
+			more: []string{
+				usageMove + ": prints the move's id (one move per group that owns some of the slots) and answers at once; --wait waits until the moves end, within --timeout",
+				"refused if a slot is already moving or already belongs to G; a failed move leaves its slots where they were",
+			}},
+		{name: "moves", summary: "list the slot moves under way, waiting, and the last ones that ended: groups, slots, state, progress, error", run: (*Shell).moves},
+		{name: "rebalance", args: "[--dry-run]", summary: "move slots so that every group holds about as much data, printing each group's load before and after and the planned moves; --dry-run only prints the plan",
+			flags: map[string]bool{"dry-run": false}, run: (*Shell).rebalance,
+			more: []string{
+				usageRebalance + ": a group takes part in one move at a time, the others wait as pending (follow them with \"kvcli moves\")",
 			}},
 		{name: "help", args: "[COMMAND]", summary: "list the commands, or explain one", run: (*Shell).help},
 	}

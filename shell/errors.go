@@ -53,10 +53,20 @@ func Explain(err error) string {
 	var ue *UsageError
 	var ce *client.Error
 	var che *changeError
+	var mf *moveFailedError
 	change := errors.As(err, &che)
 	detail := err.Error()
 	if errors.As(err, &ce) {
 		detail = ce.Message
+	}
+	look := "kvcli cluster"
+	if change {
+		if che.look != "" {
+			look = che.look
+		}
+		if che.what != "" && errors.Is(err, kvd.ErrUnknownOutcome) && !strings.Contains(detail, che.what) {
+			detail = che.what + ": " + detail
+		}
 	}
 	// The category is said in words below: drop it from the detail.
 	for _, sentinel := range []error{kvd.ErrNotFound, kvd.ErrPreconditionFailed, kvd.ErrUnavailable, kvd.ErrUnknownOutcome,
@@ -70,12 +80,14 @@ func Explain(err error) string {
 	switch {
 	case errors.As(err, &ue):
 		return ue.Msg
+	case errors.As(err, &mf):
+		return "move failed, its slots stay where they were: " + detail
 	case errors.Is(err, kvd.ErrNotFound):
 		return "not found: " + detail
 	case change && errors.Is(err, kvd.ErrConflict):
 		return "refused, nothing was changed: " + detail
 	case change && errors.Is(err, kvd.ErrUnknownOutcome):
-		return `outcome unknown: the change may or may not have been made; look with "kvcli cluster" before retrying: ` + detail
+		return `outcome unknown: the change may or may not have been made; look with "` + look + `" before retrying: ` + detail
 	case errors.Is(err, kvd.ErrCompareFailed):
 		var te *client.TxnError
 		if errors.As(err, &te) && len(te.Failed) > 0 {

@@ -19,6 +19,8 @@ const (
 	usageAddMember    = "group add-member G NODE"
 	usageRemoveMember = "group remove-member G NODE"
 	usageLeader       = "group leader G NODE"
+	usageGroupCreate  = "group create [--id N] [NODE...]"
+	usageGroupDelete  = "group delete G"
 )
 
 // followHint ends the line of a change still in progress.
@@ -26,7 +28,15 @@ const followHint = `it finishes on its own: follow it with "kvcli cluster"`
 
 // changeError is a cluster change that failed: Explain words its
 // refusals and unknown outcomes for a change, not for a key.
-type changeError struct{ err error }
+type changeError struct {
+	err error
+	// look is the command that shows whether a change whose outcome is
+	// unknown was made; "" for "kvcli cluster".
+	look string
+	// what names the change when the node's message may not: a change
+	// whose outcome is unknown is looked up by it (a move's id).
+	what string
+}
 
 func (e *changeError) Error() string { return e.err.Error() }
 func (e *changeError) Unwrap() error { return e.err }
@@ -49,7 +59,7 @@ func (s *Shell) node(ctx context.Context, a *args) error {
 		}
 		ch, err := s.c.AddNode(ctx, req)
 		if err != nil {
-			return &changeError{err}
+			return &changeError{err: err}
 		}
 		if s.o.JSON {
 			return s.emit(ch)
@@ -62,7 +72,7 @@ func (s *Shell) node(ctx context.Context, a *args) error {
 		}
 		ch, err := s.c.RemoveNode(ctx, a.pos[1], a.has("force"))
 		if err != nil {
-			return &changeError{err}
+			return &changeError{err: err}
 		}
 		if s.o.JSON {
 			return s.emit(ch)
@@ -88,20 +98,26 @@ func checkAddr(addr string) error {
 	return nil
 }
 
-// group runs "group add-member", "group remove-member" and "group
-// leader".
+// group runs "group create", "group delete", "group add-member", "group
+// remove-member" and "group leader".
 func (s *Shell) group(ctx context.Context, a *args) error {
 	sub := a.optional("")
+	switch sub {
+	case "create":
+		return s.groupCreate(ctx, a)
+	case "delete":
+		return s.groupDelete(ctx, a)
+	}
 	usage := map[string]string{"add-member": usageAddMember, "remove-member": usageRemoveMember, "leader": usageLeader}[sub]
 	if usage == "" {
-		return usagef("usage: %s | %s | %s", usageAddMember, usageRemoveMember, usageLeader)
+		return usagef("usage: %s | %s | %s | %s | %s", usageAddMember, usageRemoveMember, usageLeader, usageGroupCreate, usageGroupDelete)
 	}
-	if len(a.pos) != 3 {
+	if len(a.pos) != 3 || a.has("id") {
 		return usagef("usage: %s", usage)
 	}
-	g, err := strconv.ParseUint(a.pos[1], 10, 64)
-	if err != nil || g == 0 {
-		return usagef("G is a group id (a number \"kvcli cluster\" lists), not %q (usage: %s)", a.pos[1], usage)
+	g, err := groupArg(a.pos[1], usage)
+	if err != nil {
+		return err
 	}
 	node := a.pos[2]
 	var ch api.MembershipChange
@@ -114,13 +130,98 @@ func (s *Shell) group(ctx context.Context, a *args) error {
 		ch, err = s.c.TransferLeader(ctx, g, node)
 	}
 	if err != nil {
-		return &changeError{err}
+		return &changeError{err: err}
 	}
 	if s.o.JSON {
 		return s.emit(ch)
 	}
 	printMembershipChange(s.out, sub, g, node, ch)
 	return nil
+}
+
+// groupArg reads a group id argument.
+func groupArg(v, usage string) (uint64, error) {
+	g, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || g == 0 {
+		return 0, usagef("G is a group id (a number \"kvcli cluster\" lists), not %q (usage: %s)", v, usage)
+	}
+	return g, nil
+}
+
+// groupCreate runs "group create [--id N] [NODE...]".
+func (s *Shell) groupCreate(ctx context.Context, a *args) error {
+	req := api.GroupRequest{Members: a.pos[1:]}
+	if v, ok := a.flags["id"]; ok {
+		id, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || id == 0 {
+			return usagef("--id is a positive group id, not %q (usage: %s)", v, usageGroupCreate)
+		}
+		req.ID = id
+	}
+	for i, n := range req.Members {
+		if strings.TrimSpace(n) == "" {
+			return usagef("a NODE must not be empty (usage: %s)", usageGroupCreate)
+		}
+		if slices.Contains(req.Members[:i], n) {
+			return usagef("node %s is named twice: a group has one replica per node (usage: %s)", n, usageGroupCreate)
+		}
+	}
+	ch, err := s.c.CreateGroup(ctx, req)
+	if err != nil {
+		return &changeError{err: err}
+	}
+	if s.o.JSON {
+		return s.emit(ch)
+	}
+	printGroupChange(s.out, "create", ch)
+	return nil
+}
+
+// groupDelete runs "group delete G".
+func (s *Shell) groupDelete(ctx context.Context, a *args) error {
+	if len(a.pos) != 2 || a.has("id") {
+		return usagef("usage: %s", usageGroupDelete)
+	}
+	g, err := groupArg(a.pos[1], usageGroupDelete)
+	if err != nil {
+		return err
+	}
+	ch, err := s.c.DeleteGroup(ctx, g)
+	if err != nil {
+		return &changeError{err: err}
+	}
+	if ch.Group == 0 {
+		ch.Group = g
+	}
+	if s.o.JSON {
+		return s.emit(ch)
+	}
+	printGroupChange(s.out, "delete", ch)
+	return nil
+}
+
+// printGroupChange reports the answer to "group create" (verb "create")
+// or "group delete" (verb "delete"), as printNodeChange does.
+func printGroupChange(w io.Writer, verb string, ch api.GroupChange) {
+	members := strings.Join(ch.Members, ",")
+	switch {
+	case ch.State == api.ChangeInProgress && verb == "delete":
+		printInProgress(w, fmt.Sprintf("deleting group %d", ch.Group), ch.Epoch, "its replicas are being removed from their nodes")
+	case ch.State == api.ChangeInProgress:
+		replicas := "its replicas are starting"
+		if members != "" {
+			replicas = "its replicas on " + members + " are starting"
+		}
+		printInProgress(w, fmt.Sprintf("creating group %d", ch.Group), ch.Epoch, replicas+" and electing a leader")
+	case verb == "delete":
+		fmt.Fprintf(w, "group %d deleted (map epoch %d)\n", ch.Group, ch.Epoch)
+	default:
+		fmt.Fprintf(w, "group %d created (map epoch %d); members %s", ch.Group, ch.Epoch, orDash(members))
+		if ch.Leader != "" {
+			fmt.Fprintf(w, ", leader %s", ch.Leader)
+		}
+		fmt.Fprintf(w, "; it owns no slot yet: \"kvcli move SLOTS --to %d\" or \"kvcli rebalance\" gives it some\n", ch.Group)
+	}
 }
 
 // printNodeChange reports the answer to "node add" (verb "add") or "node
@@ -209,18 +310,23 @@ func (s *Shell) completeNode(prev []string) []string {
 // completeGroup completes the arguments of "group": its subcommands, the
 // group, then a node that can take the change (one that does not host
 // the group for add-member, a member or learner for remove-member, a
-// voter for leader).
+// voter for leader); for create, the nodes not named yet.
 func (s *Shell) completeGroup(prev []string) []string {
 	if len(prev) == 0 {
-		return []string{"add-member", "remove-member", "leader"}
+		return []string{"create", "delete", "add-member", "remove-member", "leader"}
 	}
 	cl := s.c.CachedMap()
-	if len(prev) == 1 {
+	if prev[0] == "create" {
 		var ids []string
-		for _, g := range cl.Groups {
-			ids = append(ids, strconv.FormatUint(g.ID, 10))
+		for _, n := range cl.Nodes {
+			if !slices.Contains(prev[1:], n.ID) {
+				ids = append(ids, n.ID)
+			}
 		}
 		return ids
+	}
+	if len(prev) == 1 {
+		return groupIDs(cl)
 	}
 	if len(prev) != 2 {
 		return nil
@@ -249,4 +355,13 @@ func (s *Shell) completeGroup(prev []string) []string {
 		return slices.Clone(grp.Members)
 	}
 	return nil
+}
+
+// groupIDs lists the groups of the map.
+func groupIDs(cl api.Cluster) []string {
+	var ids []string
+	for _, g := range cl.Groups {
+		ids = append(ids, strconv.FormatUint(g.ID, 10))
+	}
+	return ids
 }

@@ -119,7 +119,7 @@ func TestMembershipCommands_UsageErrorsExitTwo(t *testing.T) {
 		{"node", "add", "", "127.0.0.1:7004", "127.0.0.1:7104"},
 		{"node", "add", "n4", "127.0.0.1:7004", "127.0.0.1:7104", "--force"},
 		{"node", "remove"}, {"node", "remove", "n1", "n2"}, {"node", "remove", "n1", "--now"},
-		{"group"}, {"group", "create"}, {"group", "add-member"}, {"group", "add-member", "1"},
+		{"group"}, {"group", "split"}, {"group", "add-member"}, {"group", "add-member", "1"},
 		{"group", "add-member", "one", "n4"}, {"group", "add-member", "0", "n4"}, {"group", "add-member", "-1", "n4"},
 		{"group", "remove-member", "1", "n2", "n3"}, {"group", "leader", "1"}, {"group", "leader", "1", "n2", "--force"},
 	} {
@@ -146,20 +146,39 @@ func TestHelp_ExplainsMembershipCommands(t *testing.T) {
 }
 
 // fakeAdmin is a node that serves a fixed map and answers every admin
-// request with Answer (status and body), recording the requests.
+// request with answer's status and body (or answerTo's, for its method
+// and path), recording the requests.
 type fakeAdmin struct {
 	srv *httptest.Server
-	// mu protects status, body and seen.
+	// mu protects status, body, routes and seen.
 	mu     sync.Mutex
 	status int
 	body   any
+	routes map[string]fakeAnswer
 	seen   []string
+}
+
+// fakeAnswer is a fakeAdmin's answer to one method and path.
+type fakeAnswer struct {
+	status int
+	body   any
 }
 
 func (f *fakeAdmin) answer(status int, body any) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.status, f.body = status, body
+}
+
+// answerTo sets the answer to method and path, which answer does not
+// change.
+func (f *fakeAdmin) answerTo(method, path string, status int, body any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.routes == nil {
+		f.routes = map[string]fakeAnswer{}
+	}
+	f.routes[method+" "+path] = fakeAnswer{status, body}
 }
 
 func (f *fakeAdmin) requests() []string {
@@ -185,6 +204,9 @@ func newFakeAdmin(t *testing.T) (*fakeAdmin, *client.Client) {
 		f.mu.Lock()
 		f.seen = append(f.seen, fmt.Sprintf("%s %s %s", r.Method, r.URL.RequestURI(), bytes.TrimSpace(b)))
 		status, body := f.status, f.body
+		if a, ok := f.routes[r.Method+" "+r.URL.Path]; ok {
+			status, body = a.status, a.body
+		}
 		f.mu.Unlock()
 		w.WriteHeader(status)
 		json.NewEncoder(w).Encode(body)
@@ -272,7 +294,7 @@ func TestCompletion_MembershipCommands(t *testing.T) {
 	require.Equal(t, []string{"emove"}, complete("node r"))
 	require.Equal(t, []string{"n1", "n2", "n3"}, complete("node remove "))
 	require.Equal(t, []string{"n1", "n2", "n3"}, complete("node remove --force "))
-	require.Equal(t, []string{"add-member", "leader", "remove-member"}, complete("group "))
+	require.Equal(t, []string{"add-member", "create", "delete", "leader", "remove-member"}, complete("group "))
 	require.Equal(t, []string{"1"}, complete("group leader "))
 	require.Equal(t, []string{"n3"}, complete("group add-member 1 "), "a node that does not host the group")
 	require.Equal(t, []string{"n1", "n2"}, complete("group remove-member 1 "), "members and learners")

@@ -135,6 +135,16 @@ func (s *Shell) Script(ctx context.Context, r io.Reader, keepGoing bool, stderr 
 // complete their own (subcommands, groups and nodes of the cached map).
 type completer struct{ s *Shell }
 
+// flagTakingValue returns the name of the flag that word is, when it is
+// one of cmd's flags and takes its value as the next word; "" otherwise.
+func flagTakingValue(cmd *command, word string) string {
+	name, ok := strings.CutPrefix(word, "--")
+	if !ok || strings.Contains(name, "=") || !cmd.flags[name] {
+		return ""
+	}
+	return name
+}
+
 // Do implements readline.AutoCompleter.
 func (c *completer) Do(line []rune, pos int) ([][]rune, int) {
 	text := string(line[:pos])
@@ -158,6 +168,8 @@ func (c *completer) Do(line []rune, pos int) ([][]rune, int) {
 		cands = CommandNames(true)
 	case argIndex == 1 && fields[0] == "help":
 		cands = CommandNames(false)
+	case argIndex >= 2 && cmd != nil && cmd.completeFlag != nil && flagTakingValue(cmd, fields[argIndex-1]) != "":
+		cands = cmd.completeFlag(c.s, flagTakingValue(cmd, fields[argIndex-1]))
 	case argIndex >= 1 && cmd != nil && cmd.complete != nil:
 		var prev []string
 		for _, f := range fields[1:argIndex] {
