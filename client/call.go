@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/kvd-project/kvd"
@@ -139,6 +140,11 @@ func (c *Client) answered(ctx context.Context, cl *call, g *groupRoute, epoch ui
 		if _, err := c.refresh(ctx); err != nil {
 			a.lastErr = err
 		}
+	case res.status == http.StatusServiceUnavailable && cl.header.Get(api.HeaderSlots) != "" && strings.Contains(string(res.body), slotsInTransit):
+		// A scan's group serves other slots than the scan's map gives it:
+		// the scan reads again with a fresh map (see Client.Scan).
+		c.refresh(ctx)
+		return true
 	case res.status == http.StatusServiceUnavailable:
 		e := errorFrom(res.status, res.header, res.body)
 		a.lastErr = e

@@ -346,24 +346,63 @@ func (c *Client) Scan(ctx context.Context, o kvd.ScanOptions, opts ...kvd.ReadOp
 	}
 	q.Set("limit", strconv.Itoa(limit))
 	q.Set("consistency", string(ro.Consistency))
-	r := c.route.Load()
-	if o.MaxBytes > 0 {
-		// Every group reads its share, so the pages together keep to it;
-		// the merged page is then cut to the cap itself.
-		q.Set("bytes", strconv.Itoa(max(o.MaxBytes/max(len(r.order), 1), 1)))
+	var items []kvd.Item
+	var next string
+	var err error
+	for attempt := 0; ; attempt++ {
+		r := c.route.Load()
+		gq := q
+		if o.MaxBytes > 0 {
+			// Every group reads its share, so the pages together keep to
+			// it; the merged page is then cut to the cap itself.
+			gq = url.Values{}
+			for k, v := range q {
+				gq[k] = v
+			}
+			gq.Set("bytes", strconv.Itoa(max(o.MaxBytes/max(len(r.order), 1), 1)))
+		}
+		items, next, err = kvd.ScanGroups(len(r.order), limit, max(o.MaxBytes, 0), func(i int) ([]kvd.Item, string, error) {
+			return c.scanGroup(ctx, r, r.order[i].id, gq, ro.Consistency)
+		})
+		// A group that does not serve exactly the slots this map gives it
+		// (a move is handing slots over, or the map is old): read again
+		// with a fresh map.
+		if err == nil || attempt >= 8 || !(errors.Is(err, kvd.ErrWrongGroup) || errors.Is(err, kvd.ErrUnavailable) && strings.Contains(err.Error(), slotsInTransit)) {
+			break
+		}
+		if scanBackoff.Wait(ctx, attempt) != nil {
+			break
+		}
+		if _, rerr := c.refreshNow(ctx); rerr != nil {
+			break
+		}
 	}
-	items, next, err := kvd.ScanGroups(len(r.order), limit, max(o.MaxBytes, 0), func(i int) ([]kvd.Item, string, error) {
-		return c.scanGroup(ctx, r.order[i].id, q, ro.Consistency)
-	})
 	if err != nil {
 		return Page{}, fmt.Errorf("scan: %w", err)
 	}
 	return Page{Items: items, More: next != "", Next: next}, nil
 }
 
-// scanGroup reads one group's page of a scan.
-func (c *Client) scanGroup(ctx context.Context, g kvd.GroupID, q url.Values, consistency kvd.Consistency) ([]kvd.Item, string, error) {
-	res, err := c.do(ctx, &call{method: http.MethodGet, path: "/v1/kv?" + q.Encode(), group: g, consistency: consistency})
+// slotsInTransit is in the message of a node's 503 to a scan whose map
+// gives a group other slots than it serves.
+const slotsInTransit = "slots are being handed"
+
+// scanBackoff paces a scan read again while slots change hands.
+var scanBackoff = backoff.Policy{Base: 20 * time.Millisecond, Max: 320 * time.Millisecond}
+
+// scanGroup reads one group's page of a scan, naming the slots r gives
+// the group (api.HeaderSlots), so that the pages of all groups cover each
+// slot once.
+func (c *Client) scanGroup(ctx context.Context, r *routing, g kvd.GroupID, q url.Values, consistency kvd.Consistency) ([]kvd.Item, string, error) {
+	var slots kvd.SlotSet
+	for s, owner := range r.slots {
+		if owner == g {
+			slots.Add(s)
+		}
+	}
+	hdr := http.Header{}
+	hdr.Set(api.HeaderSlots, slots.String())
+	res, err := c.do(ctx, &call{method: http.MethodGet, path: "/v1/kv?" + q.Encode(), group: g, consistency: consistency, header: hdr})
 	if err != nil {
 		return nil, "", err
 	}

@@ -260,8 +260,11 @@ func (s *Server) scanLocal(ctx context.Context, g *replication.Group, o kvd.Scan
 		return nil, "", err
 	}
 	served := func() error {
-		if want != nil && g.Store().ServedSlots() != *want {
-			return fmt.Errorf("scan group %d: %w", g.ID(), errSlotsInTransit)
+		if want == nil {
+			return nil
+		}
+		if got := g.Store().ServedSlots(); got != *want {
+			return fmt.Errorf("scan group %d (it serves slots %v, the scan's map gives it %v): %w", g.ID(), got.Ranges(), want.Ranges(), errSlotsInTransit)
 		}
 		return nil
 	}
