@@ -40,9 +40,39 @@ func (s *Server) groupFor(ctx context.Context, key string, rt kvd.Route) (*repli
 	return nil, &kvd.NotLeaderError{Group: gid, Leader: s.leaderOrPreferred(ctx, gid)}
 }
 
+// A request that no router placed (rt.Direct unset) and that meets a
+// slot move, in the group that no longer (or not yet) serves the key's
+// slot, waits for the move to pass and is placed again, for at most
+// moveWait: the refusals it meets promise that nothing was applied.
+const moveWait = 3 * time.Second
+
+// movedAway tells whether err is a group's refusal of a key because its
+// slot moved, or is being handed over.
+func movedAway(err error) bool {
+	return errors.Is(err, kvd.ErrWrongGroup) || (errors.Is(err, kvd.ErrUnavailable) && strings.Contains(err.Error(), "is being handed"))
+}
+
+// placed runs op, again while a slot move refuses it (see moveWait),
+// unless the request was routed by a client, which places it again
+// itself.
+func placed[T any](ctx context.Context, rt kvd.Route, op func() (T, error)) (T, error) {
+	until := time.Now().Add(moveWait)
+	for attempt := 0; ; attempt++ {
+		out, err := op()
+		if err == nil || rt.Direct || !movedAway(err) || time.Now().After(until) || hopBackoff.Wait(ctx, attempt) != nil {
+			return out, err
+		}
+	}
+}
+
 // Get reads key at consistency c, settling a transaction's lock on it
 // first (see settle).
 func (s *Server) Get(ctx context.Context, key string, c kvd.Consistency, rt kvd.Route) (kvd.Item, error) {
+	return placed(ctx, rt, func() (kvd.Item, error) { return s.get(ctx, key, c, rt) })
+}
+
+// get is one attempt of Get.
+func (s *Server) get(ctx context.Context, key string, c kvd.Consistency, rt kvd.Route) (kvd.Item, error) {
 	g, err := s.groupFor(ctx, key, rt)
 	if err != nil {
 		return kvd.Item{}, err
@@ -181,6 +211,11 @@ func (s *Server) Delete(ctx context.Context, key string, o kvd.WriteOptions, rt 
 // write proposes a plain write of cmd.Key in the group that owns it,
 // registering its idempotency key first, and explains a refusal.
 func (s *Server) write(ctx context.Context, op string, cmd store.Cmd, rt kvd.Route) (store.Result, error) {
+	return placed(ctx, rt, func() (store.Result, error) { return s.writeOnce(ctx, op, cmd, rt) })
+}
+
+// writeOnce is one attempt of write.
+func (s *Server) writeOnce(ctx context.Context, op string, cmd store.Cmd, rt kvd.Route) (store.Result, error) {
 	g, err := s.groupFor(ctx, cmd.Key, rt)
 	if err != nil {
 		return store.Result{}, err

@@ -303,3 +303,50 @@ func TestMoves_BadRequestsAreRefused(t *testing.T) {
 		require.NotEmpty(t, r.ErrCode(t), tc.name)
 	}
 }
+
+// A plain HTTP client sends no routing: its writes and reads of a moving
+// slot wait out the hand-off on the node instead of failing.
+func TestMoves_UnroutedRequestsWaitOutTheHandOff(t *testing.T) {
+	c := testcluster.New(t, 3, 2)
+	keys := testcluster.KeysInGroups(c.Node(0).Map(), "u-", 8)[1]
+	var slots [][2]int
+	for _, k := range keys {
+		slots = append(slots, slotOf(k)...)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var ok atomic.Int64
+	for w := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				k := keys[(w+i)%len(keys)]
+				r := testcluster.Do(t, "PUT", c.URL(w)+"/v1/kv/"+k, []byte(strconv.Itoa(i)))
+				if r.Status != 200 {
+					t.Errorf("put %s during a move: %d %s", k, r.Status, r.Body)
+					return
+				}
+				if g := testcluster.Do(t, "GET", c.URL((w+1)%3)+"/v1/kv/"+k, nil); g.Status != 200 {
+					t.Errorf("get %s during a move: %d %s", k, g.Status, g.Body)
+					return
+				}
+				ok.Add(1)
+			}
+		}()
+	}
+	for _, to := range []kvd.GroupID{2, 1, 2} {
+		ids := startMove(t, c, 0, slots, to)
+		for _, mi := range waitMoves(t, c, ids...) {
+			require.Equal(t, kvd.MoveDone, mi.State, mi.Error)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	require.Positive(t, ok.Load())
+}

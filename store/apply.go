@@ -268,7 +268,7 @@ func (a *applier) apply(c *Cmd) (Result, error) {
 	case CmdDedupGC:
 		return Result{Version: a.index}, a.dedupGC(doc.(*DedupGC))
 	case CmdMoveIngest:
-		return Result{Version: a.index}, a.moveIngest(doc.(*MoveIngest))
+		return a.moveIngest(doc.(*MoveIngest))
 	case CmdDropKeys:
 		return a.dropKeys(doc.(*DropKeys))
 	}

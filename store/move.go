@@ -61,25 +61,35 @@ type DropKeys struct {
 // metaMoveAttempt is the meta key of a move's current attempt here.
 func metaMoveAttempt(move string) []byte { return []byte("move_attempt/" + move) }
 
-// moveIngest applies a CmdMoveIngest.
-func (a *applier) moveIngest(in *MoveIngest) error {
+// moveIngest applies a CmdMoveIngest. A piece for a move that is not
+// (or no longer) coming into this group, or of another attempt than the
+// one reset last, is refused with kvd.ErrConflict, and nothing is
+// written.
+func (a *applier) moveIngest(in *MoveIngest) (Result, error) {
 	if a.placement == nil || a.group == 0 {
-		return nil
+		return Result{Err: fmt.Errorf("%w: move %s: this state belongs to no group", kvd.ErrInvalid, in.Move)}, nil
 	}
 	mv, ok := a.incomingMove(in.Move)
 	if !ok {
-		return nil // not (or no longer) a move into this group: nothing
+		return Result{Err: fmt.Errorf("%w: move %s does not copy into group %d now", kvd.ErrConflict, in.Move, a.group)}, nil
 	}
 	if in.Reset {
 		if err := a.dropMoveKeys(mv); err != nil {
-			return err
+			return Result{}, err
 		}
 		if err := putMeta(a.meta, metaMoveAttempt(in.Move), be64(in.Attempt)); err != nil {
-			return err
+			return Result{}, err
 		}
-	} else if cur, err := metaU64(a.meta, metaMoveAttempt(in.Move)); err != nil || cur != in.Attempt {
-		return err // another attempt's piece: refused (an error is the disk's)
+	} else if cur, err := metaU64(a.meta, metaMoveAttempt(in.Move)); err != nil {
+		return Result{}, err
+	} else if cur != in.Attempt {
+		return Result{Err: fmt.Errorf("%w: move %s is at attempt %d here, not %d", kvd.ErrConflict, in.Move, cur, in.Attempt)}, nil
 	}
+	return Result{Version: a.index}, a.ingestPiece(mv, in)
+}
+
+// ingestPiece writes a piece's keys and idempotency records.
+func (a *applier) ingestPiece(mv kvd.Move, in *MoveIngest) error {
 	for _, k := range in.Keys {
 		if !mv.Has(kvd.Slot(k.Key)) || k.Key == "" {
 			continue

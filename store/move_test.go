@@ -107,7 +107,8 @@ func TestMoveIngest_TakesOnlyItsAttemptAndKeepsVersionsGrowing(t *testing.T) {
 	db, _ := openGroup(t, 2, mv)
 	moved, other := keyIn(0, 9, 1), keyIn(100, 200, 2)
 	// Before the attempt's reset, its pieces are refused.
-	ingest(t, db, 2, MoveIngest{Move: "m", Attempt: 2, Keys: []MovedKey{{Key: moved, Value: []byte("x"), Version: 900}}})
+	r0 := ingest(t, db, 2, MoveIngest{Move: "m", Attempt: 2, Keys: []MovedKey{{Key: moved, Value: []byte("x"), Version: 900}}})
+	require.ErrorIs(t, r0.Err, kvd.ErrConflict)
 	_, err := db.Get(moved)
 	require.ErrorIs(t, err, kvd.ErrNotFound)
 
@@ -129,27 +130,29 @@ func TestMoveIngest_TakesOnlyItsAttemptAndKeepsVersionsGrowing(t *testing.T) {
 
 	// An older attempt's piece is refused; a deletion of the current one
 	// applies.
-	ingest(t, db, 5, MoveIngest{Move: "m", Attempt: 1, Keys: []MovedKey{{Key: moved, Deleted: true, Version: 950}}})
+	r = ingest(t, db, 5, MoveIngest{Move: "m", Attempt: 1, Keys: []MovedKey{{Key: moved, Deleted: true, Version: 950}}})
+	require.ErrorIs(t, r.Err, kvd.ErrConflict)
+	r = ingest(t, db, 50, MoveIngest{Move: "other", Attempt: 2, Keys: []MovedKey{{Key: moved, Deleted: true, Version: 950}}})
+	require.ErrorIs(t, r.Err, kvd.ErrConflict, "a move that does not copy here")
 	_, err = db.Get(moved)
 	require.NoError(t, err, "a stale attempt deleted a key")
 	// The group's own writes after the copy get versions above the copy's.
 	b := put(keyIn(512, 1023, 3), "mine")
-	res := applyAt(t, db, 6, 1, b)
+	res := applyAt(t, db, 51, 1, b)
 	require.NoError(t, res.Err)
 	require.Greater(t, res.Version, uint64(900))
-	ev, _, _, err := db.History(Pos{Index: 5, Seq: ^uint32(0)}, "", 10, 0)
+	ev, _, _, err := db.History(Pos{Index: 50, Seq: ^uint32(0)}, "", 10, 0)
 	require.NoError(t, err)
 	require.Len(t, ev, 1, "copies enter no history; the group's own write does")
 	require.Equal(t, res.Version, ev[0].Version(), "the event carries the version")
-	ingest(t, db, 7, MoveIngest{Move: "m", Attempt: 2, Keys: []MovedKey{{Key: moved, Deleted: true, Version: 950}}})
+	ingest(t, db, 52, MoveIngest{Move: "m", Attempt: 2, Keys: []MovedKey{{Key: moved, Deleted: true, Version: 950}}})
 	_, err = db.Get(moved)
 	require.ErrorIs(t, err, kvd.ErrNotFound)
 	exp, _ = db.Expired(1<<41, 10)
 	require.Empty(t, exp)
 	// Versions survive a reopen of the base.
 	require.NoError(t, db.Reopen())
-	res = applyAt(t, db, 8, 1, put(keyIn(512, 1023, 4), "again"))
-	require.Equal(t, uint64(8)+res.Version-8, res.Version)
+	res = applyAt(t, db, 53, 1, put(keyIn(512, 1023, 4), "again"))
 	require.Greater(t, res.Version, uint64(900))
 }
 
