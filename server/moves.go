@@ -57,8 +57,10 @@ const (
 	catchUpRounds = 50
 	catchUpEnough = 64
 	// lockDrain bounds the wait for transactions holding locks in the
-	// slots at the hand-off; past it the move fails (its fence lifts).
-	lockDrain = 10 * time.Second
+	// slots at the hand-off: they finish, or pass their deadline and are
+	// finished by the source's janitor. A lock that would outlast it
+	// fails the move at once (its fence lifts).
+	lockDrain = 30 * time.Second
 	// moveStepTimeout bounds the retries of one step before the move
 	// fails (before the flip; after it, the driver tries on).
 	moveStepTimeout = time.Minute
@@ -408,8 +410,12 @@ func (s *Server) drainLocks(ctx context.Context, mv *kvd.Move, slots *kvd.SlotSe
 		if len(page.Locks) == 0 {
 			return nil
 		}
-		if time.Now().After(until) {
-			return fmt.Errorf("transactions %s still hold locks in the slots after %v", lockTxns(page.Locks), lockDrain)
+		latest := int64(0)
+		for _, l := range page.Locks {
+			latest = max(latest, l.Deadline)
+		}
+		if time.Now().After(until) || time.Unix(0, latest).After(until) {
+			return fmt.Errorf("transactions %s hold locks in the slots past the hand-off's wait (%v)", lockTxns(page.Locks), lockDrain)
 		}
 		if lockBackoff.Wait(ctx, attempt) != nil {
 			return ctx.Err()

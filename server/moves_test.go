@@ -16,6 +16,7 @@ import (
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/internal/testkit/testcluster"
+	"github.com/kvd-project/kvd/store"
 )
 
 // startMove asks node i to move slots to group to and returns the ids.
@@ -349,4 +350,55 @@ func TestMoves_UnroutedRequestsWaitOutTheHandOff(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	require.Positive(t, ok.Load())
+}
+
+// prepareOrphan locks key in group g for a transaction whose coordinator
+// is gone: prepared, with its record pending until deadline.
+func prepareOrphan(t *testing.T, c *testcluster.Cluster, g kvd.GroupID, id, key string, deadline time.Time) {
+	t.Helper()
+	p := store.TxnPrepare{ID: id, RecordGroup: g, Deadline: deadline.UnixNano(), Participants: []kvd.GroupID{g},
+		Ops: []store.TxnOp{{Index: 0, Op: "put", Key: key, Value: []byte("never")}}}
+	b, err := json.Marshal(p)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := c.Node(0).Propose(ctx, g, store.Cmd{Kind: store.CmdTxnPrepare, Data: b})
+	require.NoError(t, err)
+	require.NoError(t, res.Err)
+	require.True(t, res.Txn.Vote, "prepared: %+v", res.Txn)
+}
+
+// The hand-off waits for the transactions that hold locks in the moving
+// slots; one that would hold them past the wait fails the move, which
+// leaves the slots where they were.
+func TestMoves_HandOffWaitsForLocksOrRollsBack(t *testing.T) {
+	c := testcluster.New(t, 3, 2)
+	keys := testcluster.KeysInGroups(c.Node(0).Map(), "lk-", 2)[1]
+	// An abandoned transaction whose deadline comes soon: the janitor
+	// aborts it, and the move goes on.
+	prepareOrphan(t, c, 1, "orphan-soon", keys[0], time.Now().Add(2*time.Second))
+	start := time.Now()
+	ids := startMove(t, c, 0, slotOf(keys[0]), 2)
+	mi := waitMoves(t, c, ids...)[ids[0]]
+	require.Equal(t, kvd.MoveDone, mi.State, mi.Error)
+	require.Greater(t, time.Since(start), time.Second, "the move did not wait for the lock")
+	r := testcluster.Do(t, "GET", c.URL(1)+"/v1/kv/"+keys[0], nil)
+	require.Equal(t, 404, r.Status, "the abandoned transaction's write must not appear: %s", r.Body)
+
+	// One whose deadline is far: the move fails at once, and the key's
+	// slot stays with group 1, which still serves it.
+	prepareOrphan(t, c, 1, "orphan-late", keys[1], time.Now().Add(5*time.Minute))
+	ids = startMove(t, c, 0, slotOf(keys[1]), 2)
+	mi = waitMoves(t, c, ids...)[ids[0]]
+	require.Equal(t, kvd.MoveFailed, mi.State)
+	require.Contains(t, mi.Error, "orphan-late")
+	g, _ := c.Node(0).Map().GroupOf(kvd.Slot(keys[1]))
+	require.Equal(t, kvd.GroupID(1), g)
+	require.Equal(t, 200, testcluster.Do(t, "PUT", c.URL(2)+"/v1/kv/"+keys[1]+"x", []byte("ok")).Status)
+	// Once the transaction is aborted, the move goes through.
+	r = testcluster.Do(t, "POST", c.URL(0)+"/v1/admin/txns/orphan-late/abort", nil)
+	require.Equal(t, 200, r.Status, "%s", r.Body)
+	ids = startMove(t, c, 0, slotOf(keys[1]), 2)
+	mi = waitMoves(t, c, ids...)[ids[0]]
+	require.Equal(t, kvd.MoveDone, mi.State, mi.Error)
 }
