@@ -109,6 +109,9 @@ type Cluster struct {
 	Groups []Group `json:"groups"`
 	// Replicas is how many replicas each group is kept at.
 	Replicas int `json:"replicas,omitempty"`
+	// Moves are the slot moves under way (and pending), without their
+	// progress (GET /v1/admin/moves has it).
+	Moves []MoveInfo `json:"moves,omitempty"`
 }
 
 // NodeRequest is the body of POST /v1/admin/nodes: a node to add, with

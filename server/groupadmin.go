@@ -229,14 +229,19 @@ func (s *Server) Moves(ctx context.Context) (api.MoveList, error) {
 	s.moves.mu.Lock()
 	defer s.moves.mu.Unlock()
 	for _, mv := range m.Moves {
-		mi := api.MoveInfo{ID: mv.ID, Slots: apiRanges(mv.Slots), From: uint64(mv.From), To: uint64(mv.To), State: mv.State,
-			Attempt: mv.Attempt, Error: mv.Error, Started: msTime(mv.Started), Updated: msTime(mv.Updated)}
+		mi := moveInfo(mv)
 		if r := s.moves.running[mv.ID]; r != nil && mv.Active() {
 			mi.Progress = r.progress()
 		}
 		out.Moves = append(out.Moves, mi)
 	}
 	return out, nil
+}
+
+// moveInfo converts a move for the API.
+func moveInfo(mv kvd.Move) api.MoveInfo {
+	return api.MoveInfo{ID: mv.ID, Slots: apiRanges(mv.Slots), From: uint64(mv.From), To: uint64(mv.To), State: mv.State,
+		Attempt: mv.Attempt, Error: mv.Error, Started: msTime(mv.Started), Updated: msTime(mv.Updated)}
 }
 
 func msTime(ms int64) string {

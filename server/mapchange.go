@@ -388,5 +388,8 @@ func clusterOf(m *kvd.Map) api.Cluster {
 		}
 		c.Groups = append(c.Groups, ag)
 	}
+	for _, mv := range m.ActiveMoves() {
+		c.Moves = append(c.Moves, moveInfo(mv))
+	}
 	return c
 }
