@@ -399,15 +399,24 @@ func planRebalance(m *kvd.Map, keys, bytes *[kvd.SlotCount]uint64) []plannedMove
 	even := 1.0 / float64(n)
 	merged := map[[2]kvd.GroupID]*plannedMove{}
 	var order [][2]kvd.GroupID
+	// Groups above an even share only give, those below only take: no
+	// slot is planned to move twice.
+	giver := map[kvd.GroupID]bool{}
+	for _, g := range m.Groups {
+		giver[g.ID] = load[g.ID] > even
+	}
 	for iter := 0; iter < 4*n; iter++ {
 		var hi, lo kvd.GroupID
 		for _, g := range m.Groups {
-			if hi == 0 || load[g.ID] > load[hi] {
+			if giver[g.ID] && (hi == 0 || load[g.ID] > load[hi]) {
 				hi = g.ID
 			}
-			if lo == 0 || load[g.ID] < load[lo] {
+			if !giver[g.ID] && (lo == 0 || load[g.ID] < load[lo]) {
 				lo = g.ID
 			}
+		}
+		if hi == 0 || lo == 0 {
+			break
 		}
 		if load[hi]-even < even/10 && even-load[lo] < even/10 {
 			break

@@ -96,7 +96,11 @@ func createGroup(m *kvd.Map, id kvd.GroupID, members []string) error {
 		}
 		seen[mem] = true
 	}
-	m.Groups = append(m.Groups, kvd.Group{ID: id, Members: append([]string(nil), members...), Slots: []kvd.SlotRange{}, New: true})
+	g := kvd.Group{ID: id, Members: append([]string(nil), members...), Slots: []kvd.SlotRange{}, New: true}
+	if len(members) != m.ReplicationFactor() {
+		g.Replicas = len(members) // kept at the size asked for
+	}
+	m.Groups = append(m.Groups, g)
 	m.LastGroup = id
 	return nil
 }
@@ -194,6 +198,9 @@ func stepMove(m *kvd.Map, st moveStep) error {
 	case st.State == kvd.MoveCatchingUp || st.State == kvd.MoveHandingOff:
 		if mv.State == st.State {
 			return errNoChange
+		}
+		if mv.Flipped {
+			return fmt.Errorf("move %s has flipped: it can only finish: %w", mv.ID, kvd.ErrConflict)
 		}
 		mv.State = st.State
 		return nil

@@ -32,6 +32,11 @@ func TestMoveEdits_FollowTheMovesStates(t *testing.T) {
 	require.ErrorIs(t, apply(mapEdit{Op: editCreateGroup, Group: 2, Members: []string{"n2", "n3", "n1"}}), errNoChange, "a retry with the id")
 	require.ErrorIs(t, apply(mapEdit{Op: editCreateGroup, Group: 2, Members: []string{"n1"}}), kvd.ErrConflict)
 	require.ErrorIs(t, apply(mapEdit{Op: editCreateGroup, Members: []string{"n9"}}), kvd.ErrNotFound)
+	require.NoError(t, apply(mapEdit{Op: editCreateGroup, Group: 9, Members: []string{"n1"}}))
+	g9, _ := m.Group(9)
+	require.Equal(t, 1, m.Target(g9), "a group made on the nodes named is kept at that size")
+	require.NoError(t, apply(mapEdit{Op: editDeleteGroup, Group: 9}))
+	require.ErrorIs(t, apply(mapEdit{Op: editCreateGroup, Group: 3, Members: []string{"n1"}}), kvd.ErrConflict, "an id below one used before")
 
 	mv := kvd.Move{ID: "a", Slots: []kvd.SlotRange{{0, 99}}, From: 1, To: 2}
 	require.NoError(t, apply(mapEdit{Op: editStartMoves, Moves: []kvd.Move{mv}}))
@@ -108,4 +113,27 @@ func TestPlanRebalance_EvensOutSlotsKeysAndBytes(t *testing.T) {
 	require.InDelta(t, 10000*2/3, float64(moved), 2000, "two thirds of the keys move")
 	// A balanced cluster plans nothing.
 	require.Empty(t, planRebalance(after, &[kvd.SlotCount]uint64{}, &[kvd.SlotCount]uint64{}))
+}
+
+func TestPlanRebalance_MovesNoSlotTwice(t *testing.T) {
+	m := threeNodeMap(6)
+	m.Groups = append(m.Groups, kvd.Group{ID: 7, Members: []string{"n1"}, Slots: []kvd.SlotRange{}})
+	var keys, bytes [kvd.SlotCount]uint64
+	plan := planRebalance(m, &keys, &bytes)
+	require.NotEmpty(t, plan)
+	gave, took := map[kvd.GroupID]bool{}, map[kvd.GroupID]bool{}
+	var moved kvd.SlotSet
+	for _, pm := range plan {
+		gave[pm.from], took[pm.to] = true, true
+		for s := 0; s < kvd.SlotCount; s++ {
+			if pm.slots.Has(s) {
+				require.False(t, moved.Has(s), "slot %d planned twice", s)
+				moved.Add(s)
+			}
+		}
+	}
+	for g := range gave {
+		require.False(t, took[g], "group %d both gives and takes", g)
+	}
+	require.True(t, took[7])
 }

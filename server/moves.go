@@ -82,6 +82,8 @@ type moveRun struct {
 	bytes    atomic.Uint64
 	rounds   atomic.Int64
 	handOffs atomic.Int64
+	// fenced is when this driver fenced the slots (its goroutine only).
+	fenced time.Time
 }
 
 func (r *moveRun) progress() *api.MoveProgress {
@@ -212,6 +214,10 @@ func (s *Server) runMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 		return err
 	}
 	*mv, _ = m.Move(mv.ID)
+	if !r.fenced.IsZero() {
+		r.handOffs.Store(time.Since(r.fenced).Milliseconds())
+		s.metrics.moveHandOff.Observe(time.Since(r.fenced).Seconds())
+	}
 	for _, g := range []kvd.GroupID{mv.To, mv.From} {
 		_ = s.moveRetry(ctx, "apply the end of the move", func(ctx context.Context) error { return s.pushMap(ctx, g) })
 	}
@@ -247,6 +253,16 @@ func (s *Server) copyMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 			return err
 		}
 	}
+	if mv.State == kvd.MoveHandingOff {
+		// A driver stopped during the hand-off: the copy starts over,
+		// and the slots take writes meanwhile (the fence lifts).
+		if err := step(moveStep{State: kvd.MoveCatchingUp}); err != nil {
+			return err
+		}
+		if err := s.moveRetry(ctx, "lift the fence in the source's log", func(ctx context.Context) error { return s.pushMap(ctx, mv.From) }); err != nil {
+			return err
+		}
+	}
 	var from store.Pos
 	for restart := 0; ; restart++ {
 		if err := ingest(store.MoveIngest{Reset: true}); err != nil {
@@ -262,9 +278,6 @@ func (s *Server) copyMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 				return err
 			}
 			failpoint.Hit(failpoint.MoveCatchingUp)
-		}
-		if mv.State == kvd.MoveHandingOff {
-			break // fenced already: nothing changes but settling transactions
 		}
 		lost := false
 		for round := 0; round < catchUpRounds; round++ {
@@ -290,12 +303,17 @@ func (s *Server) copyMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 		}
 		s.log.Info("slot move: the source's history dropped changes not yet copied; copying again", "move", mv.ID)
 	}
-	if mv.State != kvd.MoveHandingOff {
-		if err := step(moveStep{State: kvd.MoveHandingOff}); err != nil {
-			return err
-		}
+	// The idempotency records made so far go before the fence; those
+	// made since (and a margin for the clocks of the source's leaders)
+	// after it.
+	dedupSince, err := s.copyDedup(ctx, mv, time.UnixMilli(mv.Started).Add(-dedupMargin).UnixNano(), ingest)
+	if err != nil {
+		return err
 	}
-	fenced := time.Now()
+	if err := step(moveStep{State: kvd.MoveHandingOff}); err != nil {
+		return err
+	}
+	r.fenced = time.Now()
 	if err := s.moveRetry(ctx, "fence the slots in the source's log", func(ctx context.Context) error { return s.pushMap(ctx, mv.From) }); err != nil {
 		return err
 	}
@@ -313,15 +331,10 @@ func (s *Server) copyMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 			break
 		}
 	}
-	if err := s.copyDedup(ctx, mv, ingest); err != nil {
+	if _, err := s.copyDedup(ctx, mv, dedupSince-int64(dedupMargin), ingest); err != nil {
 		return err
 	}
-	if err := step(moveStep{Flip: true, SourceIndex: from.Index}); err != nil {
-		return err
-	}
-	r.handOffs.Store(time.Since(fenced).Milliseconds())
-	s.metrics.moveHandOff.Observe(time.Since(fenced).Seconds())
-	return nil
+	return step(moveStep{Flip: true, SourceIndex: from.Index})
 }
 
 // copySlots copies the source's keys of slots to the target, page by
@@ -386,7 +399,7 @@ func (s *Server) catchUp(ctx context.Context, mv *kvd.Move, slots *kvd.SlotSet, 
 			}
 		}
 		sent += len(page.Keys)
-		if page.Upto == from || len(page.Keys) < moveChangedKeys {
+		if page.Upto == from || !page.More {
 			return sent, page.Upto, nil
 		}
 		from = page.Upto
@@ -438,10 +451,12 @@ func lockTxns(locks []store.HeldLock) string {
 	return out
 }
 
-// copyDedup copies the source's recent idempotency records: a retry of a
-// request made before the move finds its outcome in the target.
-func (s *Server) copyDedup(ctx context.Context, mv *kvd.Move, ingest func(store.MoveIngest) error) error {
-	since := time.UnixMilli(mv.Started).Add(-dedupMargin).UnixNano()
+// copyDedup copies the source's idempotency records made since Unix ns
+// since, so that a retry of a request made before the move finds its
+// outcome in the target; it returns the time of the newest one copied
+// (since, if none).
+func (s *Server) copyDedup(ctx context.Context, mv *kvd.Move, since int64, ingest func(store.MoveIngest) error) (int64, error) {
+	newest := since
 	after := ""
 	for {
 		var page moveReadAnswer
@@ -451,15 +466,16 @@ func (s *Server) copyDedup(ctx context.Context, mv *kvd.Move, ingest func(store.
 			return err
 		})
 		if err != nil {
-			return err
+			return newest, err
 		}
 		if len(page.Dedup) > 0 {
 			if err := ingest(store.MoveIngest{Dedup: page.Dedup}); err != nil {
-				return err
+				return newest, err
 			}
 		}
+		newest = max(newest, page.Newest)
 		if page.Next == "" {
-			return nil
+			return newest, nil
 		}
 		after = page.Next
 	}
@@ -536,6 +552,11 @@ type moveReadAnswer struct {
 	// and their bytes (op stats).
 	SlotKeys  []uint64 `json:"slot_keys,omitempty"`
 	SlotBytes []uint64 `json:"slot_bytes,omitempty"`
+	// Newest is the time of the newest idempotency record read (op
+	// dedup), Unix ns.
+	Newest int64 `json:"newest,omitempty"`
+	// More tells that changes were left for the next page (op changes).
+	More bool `json:"more,omitempty"`
 }
 
 // moveRead reads a piece of group g's state for a move, at g's leader.
@@ -595,7 +616,7 @@ func moveReadLocal(ctx context.Context, g *replication.Group, req moveReadReques
 	case "copy":
 		a.Keys, a.Next, a.At, err = db.CopySlots(&slots, req.After, movePage)
 	case "changes":
-		a.Keys, a.Upto, a.Floor, err = db.ChangedKeys(&slots, req.Pos, moveChangedKeys)
+		a.Keys, a.Upto, a.Floor, a.More, err = db.ChangedKeys(&slots, req.Pos, moveChangedKeys, movePage)
 	case "locks":
 		var all []store.HeldLock
 		all, err = db.Locks()
@@ -614,7 +635,7 @@ func moveReadLocal(ctx context.Context, g *replication.Group, req moveReadReques
 		}
 		a.SlotKeys, a.SlotBytes = k[:], b[:]
 	case "dedup":
-		a.Dedup, a.Next, err = db.DedupSince(req.Since, req.After, 1024)
+		a.Dedup, a.Next, a.Newest, err = db.DedupSince(req.Since, req.After, 1024)
 	default:
 		return a, fmt.Errorf("%w: move read: unknown op %q", kvd.ErrInvalid, req.Op)
 	}

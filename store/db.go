@@ -87,6 +87,9 @@ type DB struct {
 	stateHash   atomic.Uint64 // the state hash at the applied index
 	clusterMap  atomic.Pointer[kvd.Map]
 	placement   atomic.Pointer[placement]
+	// strayClean is the placement under which StrayKeys last found no
+	// leftover keys.
+	strayClean atomic.Pointer[placement]
 
 	// notifyMu protects notify, closed and replaced each time the
 	// applied index advances.

@@ -267,10 +267,12 @@ func mustMeta(meta bucket, key []byte) []byte {
 
 // ChangedKeys reads the history after position after for changes of
 // keys in slots, and returns the current state of each key changed (at
-// most maxKeys of them), from one consistent view: upto is the position
-// to go on from, floor the history's floor (after below it: changes were
-// lost, the copy must start over).
-func (db *DB) ChangedKeys(slots *kvd.SlotSet, after Pos, maxKeys int) (keys []MovedKey, upto Pos, floor Pos, err error) {
+// most maxKeys of them, of at most maxBytes of keys and values but at
+// least one), from one consistent view: upto is the position to go on
+// from, more tells that changes were left for the next page, floor is
+// the history's floor (after below it: changes were lost, and the copy
+// must start over).
+func (db *DB) ChangedKeys(slots *kvd.SlotSet, after Pos, maxKeys, maxBytes int) (keys []MovedKey, upto Pos, floor Pos, more bool, err error) {
 	upto = after
 	err = db.view(func(tx *bolt.Tx) error {
 		bs := bucketsOf(tx)
@@ -282,8 +284,8 @@ func (db *DB) ChangedKeys(slots *kvd.SlotSet, after Pos, maxKeys int) (keys []Mo
 		if after.Less(floor) {
 			return nil
 		}
-		seen := map[string]uint64{}
-		var order []string
+		seen := map[string]bool{}
+		size := 0
 		c := bs.hist.cursor()
 		start := after
 		start.Seq++
@@ -296,37 +298,31 @@ func (db *DB) ChangedKeys(slots *kvd.SlotSet, after Pos, maxKeys int) (keys []Mo
 			if err != nil {
 				return err
 			}
-			if slots.Has(kvd.Slot(ev.Key)) {
-				if _, ok := seen[ev.Key]; !ok {
-					if len(order) == maxKeys {
-						break
-					}
-					order = append(order, ev.Key)
+			if slots.Has(kvd.Slot(ev.Key)) && !seen[ev.Key] {
+				rec, err := bs.kv.get([]byte(ev.Key))
+				if err != nil {
+					return err
 				}
-				seen[ev.Key] = ev.Version()
+				mk := MovedKey{Key: ev.Key, Version: ev.Version(), Deleted: true}
+				if rec != nil {
+					mk = MovedKey{Key: ev.Key, Value: append([]byte(nil), recValue(rec)...), Version: version(rec), Expires: recExpires(rec)}
+				}
+				if len(keys) == maxKeys || (len(keys) > 0 && size+len(mk.Key)+len(mk.Value) > maxBytes) {
+					more = true
+					break
+				}
+				seen[ev.Key] = true
+				keys = append(keys, mk)
+				size += len(mk.Key) + len(mk.Value)
 			}
 			upto = pos
 		}
-		if c.err != nil {
-			return c.err
-		}
-		for _, key := range order {
-			rec, err := bs.kv.get([]byte(key))
-			if err != nil {
-				return err
-			}
-			if rec == nil {
-				keys = append(keys, MovedKey{Key: key, Version: seen[key], Deleted: true})
-				continue
-			}
-			keys = append(keys, MovedKey{Key: key, Value: append([]byte(nil), recValue(rec)...), Version: version(rec), Expires: recExpires(rec)})
-		}
-		return nil
+		return c.err
 	})
 	if err != nil {
-		return nil, after, floor, fmt.Errorf("read changes: %w", err)
+		return nil, after, floor, false, fmt.Errorf("read changes: %w", err)
 	}
-	return keys, upto, floor, nil
+	return keys, upto, floor, more, nil
 }
 
 // ErrHistoryLost means the history no longer reaches back to a position
@@ -337,18 +333,16 @@ var ErrHistoryLost = errors.New("the history no longer holds the changes asked f
 // Unix ns since (of at most limit), in the order they were made, from
 // after on (an opaque position; "" from the first), and the position to
 // go on from ("" when done).
-func (db *DB) DedupSince(since int64, after string, limit int) ([]MovedDedup, string, error) {
-	var out []MovedDedup
-	next := ""
+func (db *DB) DedupSince(since int64, after string, limit int) (out []MovedDedup, next string, newest int64, err error) {
 	start := be64(uint64(max(since, 0)))
 	if after != "" {
 		b, err := hex.DecodeString(after)
 		if err != nil {
-			return nil, "", fmt.Errorf("%w: idempotency records: bad position", kvd.ErrInvalid)
+			return nil, "", 0, fmt.Errorf("%w: idempotency records: bad position", kvd.ErrInvalid)
 		}
 		start = append(b, 0) // just past after
 	}
-	err := db.view(func(tx *bolt.Tx) error {
+	err = db.view(func(tx *bolt.Tx) error {
 		bs := bucketsOf(tx)
 		c := bs.dedupAt.Cursor()
 		for k, _ := c.Seek(start); k != nil; k, _ = c.Next() {
@@ -359,6 +353,7 @@ func (db *DB) DedupSince(since int64, after string, limit int) ([]MovedDedup, st
 			if len(k) < 8 {
 				continue
 			}
+			newest = max(newest, int64(u64(k[:8])))
 			token := string(k[8:])
 			rec, err := bs.dedup.get([]byte(token))
 			if err != nil {
@@ -372,17 +367,20 @@ func (db *DB) DedupSince(since int64, after string, limit int) ([]MovedDedup, st
 		return nil
 	})
 	if err != nil {
-		return nil, "", fmt.Errorf("read idempotency records: %w", err)
+		return nil, "", 0, fmt.Errorf("read idempotency records: %w", err)
 	}
-	return out, next, nil
+	return out, next, newest, nil
 }
 
 // StrayKeys returns up to limit keys the group holds in slots that are
 // not its own and that no move under way involves it in, for the leader
 // to drop (CmdDropKeys).
+//
+// Keys become leftovers only when the stored map changes, so a search
+// that found none is not repeated until it does.
 func (db *DB) StrayKeys(limit int) ([]string, error) {
 	p := db.placement.Load()
-	if p == nil || db.opts.Group == 0 {
+	if p == nil || db.opts.Group == 0 || db.strayClean.Load() == p {
 		return nil, nil
 	}
 	var stray [kvd.SlotCount]bool
@@ -404,6 +402,9 @@ func (db *DB) StrayKeys(limit int) ([]string, error) {
 		}
 		return c.err
 	})
+	if err == nil && len(out) == 0 {
+		db.strayClean.Store(p)
+	}
 	return out, err
 }
 
