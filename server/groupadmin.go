@@ -69,8 +69,22 @@ func (s *Server) DeleteGroup(ctx context.Context, gid kvd.GroupID, wait time.Dur
 	if err := s.systemLeader(ctx); err != nil {
 		return api.GroupChange{}, 0, err
 	}
-	if _, ok := s.Map().Group(gid); !ok {
+	grp, ok := s.Map().Group(gid)
+	if !ok {
 		return api.GroupChange{}, 0, fmt.Errorf("group %d is not in the cluster: %w", gid, kvd.ErrNotFound)
+	}
+	if len(grp.Slots) == 0 {
+		// Transactions whose record the group keeps (their locks in other
+		// groups name it) must finish first; owning no slot, it takes no
+		// new one.
+		txns, err := s.groupTxnsAnywhere(ctx, grp)
+		if err != nil {
+			return api.GroupChange{}, 0, err
+		}
+		if len(txns.Records) > 0 || len(txns.Locks) > 0 {
+			return api.GroupChange{}, 0, fmt.Errorf("group %d still keeps %d transaction records and %d locks being finished (GET /v1/admin/txns): try again once they are: %w",
+				gid, len(txns.Records), len(txns.Locks), kvd.ErrConflict)
+		}
 	}
 	if _, err := s.editMap(ctx, mapEdit{Op: editDeleteGroup, Group: gid}); err != nil {
 		return api.GroupChange{}, 0, err
