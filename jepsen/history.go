@@ -94,6 +94,14 @@ func (h *History) Add(op Op) {
 	h.ops = append(h.ops, op)
 }
 
+// Recent returns the last n operations recorded, in the order they
+// completed.
+func (h *History) Recent(n int) []Op {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]Op(nil), h.ops[max(0, len(h.ops)-n):]...)
+}
+
 // Ops returns the operations in order of invocation.
 func (h *History) Ops() []Op {
 	h.mu.Lock()

@@ -134,7 +134,9 @@ func keyOfGroup(t *testing.T, c *Cluster, g uint64) string {
 // and partition-leader; with three groups, set under kill, bank under a
 // rolling restart and under crash-coordinator (with its janitor probe),
 // and list-append under kill; register, set (on 4 nodes, where replicas
-// move between nodes) and bank under membership changes.
+// move between nodes) and bank under membership changes; register and
+// bank under slot moves, and set under slot moves on a cluster of one
+// group (the nemesis creates the second).
 func TestShortSuite(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs kvd clusters under faults for minutes")
@@ -162,6 +164,9 @@ func TestShortSuite(t *testing.T) {
 		{"register", "membership", 2, 0},
 		{"set", "membership", 2, 4},
 		{"bank", "membership", 2, 0},
+		{"register", "move", 2, 0},
+		{"bank", "move", 2, 0},
+		{"set", "move", 1, 0},
 	} {
 		t.Run(r.workload+"/"+r.nemesis, func(t *testing.T) {
 			w, err := WorkloadByName(r.workload)

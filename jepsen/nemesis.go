@@ -46,6 +46,14 @@ type Holder interface {
 	Hold(def time.Duration) time.Duration
 }
 
+// Preparer is a nemesis that shapes the cluster before the workload sets
+// up (the move nemesis needs two groups that own slots).
+type Preparer interface {
+	// Prepare shapes the cluster and says what it did. An error ends the
+	// run before it begins.
+	Prepare(ctx context.Context, env *Env) (string, error)
+}
+
 // Checker is a nemesis that probes the cluster itself, with keys of its
 // own that no workload touches, and judges what it saw.
 type Checker interface {
@@ -70,13 +78,15 @@ func checkOver(res CheckResult, checker, summary string) []CheckResult {
 func NemesisNames() []string {
 	return []string{"kill", "kill-leader", "pause", "pause-leader", "pause-long", "pause-minority",
 		"partition", "partition-leader", "partition-ring", "slow-link", "restart", "wipe-state", "crash-coordinator",
-		"membership", "mixed", "none"}
+		"membership", "move", "mixed", "none"}
 }
 
-// notMixed are the names mixed does not draw: itself, none, and
-// membership, which changes the cluster's nodes (a fresh node has no link
-// proxies for the partitions to cut, and a soak's samples follow nodes).
-var notMixed = map[string]bool{"mixed": true, "none": true, "membership": true}
+// notMixed are the names mixed does not draw: itself, none, membership,
+// which changes the cluster's nodes (a fresh node has no link proxies for
+// the partitions to cut, and a soak's samples follow nodes), and move,
+// which mixes kills and partitions in itself and changes which group
+// owns each key.
+var notMixed = map[string]bool{"mixed": true, "none": true, "membership": true, "move": true}
 
 // NemesisByName returns a fresh nemesis called name; "mixed" draws a
 // different applicable one for each fault window.
@@ -112,6 +122,8 @@ func NemesisByName(name string) (Nemesis, error) {
 		return &crashCoordinatorNemesis{}, nil
 	case "membership":
 		return newMembershipNemesis(), nil
+	case "move":
+		return newMoveNemesis(), nil
 	case "mixed":
 		m := &mixedNemesis{}
 		for _, n := range NemesisNames() {

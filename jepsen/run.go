@@ -72,6 +72,10 @@ type Summary struct {
 	Checks    []CheckResult             `json:"checks"`
 	Verdict   Verdict                   `json:"verdict"`
 	Dir       string                    `json:"dir"`
+
+	// NemesisSetup says how the nemesis shaped the cluster before the
+	// workload set up (see Preparer), if it did.
+	NemesisSetup string `json:"nemesis_setup,omitempty"`
 }
 
 // Line is the one-line verdict of a run.
@@ -162,6 +166,14 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 	h := NewHistory()
 	env := &Env{Cluster: c, History: h, kv: newKVClient(o.OpTimeout)}
 	defer env.kv.close()
+	if p, ok := nem.(Preparer); ok {
+		what, err := p.Prepare(ctx, env)
+		sum.NemesisSetup = what
+		if err != nil {
+			return nil, fmt.Errorf("nemesis setup: %w", err)
+		}
+		o.Logf("%s: nemesis setup: %s", dir, what)
+	}
 	if err := o.Workload.Setup(ctx, env); err != nil {
 		return nil, fmt.Errorf("workload setup: %w", err)
 	}
