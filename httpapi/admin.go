@@ -112,6 +112,24 @@ func (h *Handler) readAdmin(w http.ResponseWriter, r *http.Request, kind adminBo
 	return a, nil
 }
 
+// checkSlotPairs checks that every slot range of a move's body is a pair
+// of integers: decoding into [2]int would drop a third number silently.
+func checkSlotPairs(body []byte) error {
+	var raw struct {
+		Slots []json.RawMessage `json:"slots"`
+	}
+	if err := json.Unmarshal(body, &raw); err != nil {
+		return fmt.Errorf("%w: request body: %v", kvd.ErrInvalid, err)
+	}
+	for _, r := range raw.Slots {
+		var pair []int
+		if err := json.Unmarshal(r, &pair); err != nil || len(pair) != 2 {
+			return fmt.Errorf("%w: slot range %s: a range is a pair [first, last] of slots 0 to %d", kvd.ErrInvalid, r, kvd.SlotCount-1)
+		}
+	}
+	return nil
+}
+
 // decodeStrict decodes the JSON object body (what names it in errors)
 // into v: no unknown members, no member named twice, nothing after it.
 func decodeStrict(body []byte, v any, what string) error {
@@ -181,6 +199,9 @@ func (h *Handler) adminRoutes(r *mux.Router) {
 	r.HandleFunc("/v1/admin/moves", h.admin(rawBody, func(ctx context.Context, a adminArgs) (any, int, error) {
 		var req api.MoveRequest
 		if err := decodeBody(a, &req, false); err != nil {
+			return nil, 0, err
+		}
+		if err := checkSlotPairs(a.body); err != nil {
 			return nil, 0, err
 		}
 		return h.b.StartMove(ctx, req)

@@ -184,6 +184,9 @@ func writeFailure(op, key string, res store.Result) error {
 	if errors.Is(res.Err, kvd.ErrPreconditionFailed) {
 		return fmt.Errorf("%s %q: current version %d: %w", op, key, res.Version, res.Err)
 	}
+	if strings.HasPrefix(res.Err.Error(), fmt.Sprintf("%s %q: ", op, key)) {
+		return res.Err // the store named the write already
+	}
 	return fmt.Errorf("%s %q: %w", op, key, res.Err)
 }
 
