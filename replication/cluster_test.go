@@ -273,3 +273,75 @@ func TestMux_RefusesNodesOfAnotherCluster(t *testing.T) {
 	_, err = NewMux(nil, "", "short", testKey, quietLogger())
 	require.Error(t, err, "a malformed cluster id is refused")
 }
+
+// A pooled stream to a peer that restarted (its session died with the old
+// process) carries the next RPC over a new stream, instead of failing it.
+func TestMux_PooledStreamToARestartedPeerRedials(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	// echo serves a peer at addr: each stream answers what it reads.
+	echo := func(ln net.Listener) *Mux {
+		m, err := NewMux(ln, "", testClusterID, testKey, quietLogger())
+		require.NoError(t, err)
+		l, err := m.Layer(1)
+		require.NoError(t, err)
+		go func() {
+			for {
+				s, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer s.Close()
+					buf := make([]byte, 64)
+					for {
+						n, err := s.Read(buf)
+						if err != nil {
+							return
+						}
+						if _, err := s.Write(buf[:n]); err != nil {
+							return
+						}
+					}
+				}()
+			}
+		}()
+		return m
+	}
+	peer := echo(ln)
+	cln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	client, err := NewMux(cln, "", testClusterID, testKey, quietLogger())
+	require.NoError(t, err)
+	t.Cleanup(func() { client.Close() })
+	layer, err := client.Layer(1)
+	require.NoError(t, err)
+	conn, err := layer.Dial(raft.ServerAddress(addr), 2*time.Second)
+	require.NoError(t, err)
+	defer conn.Close()
+	rpc := func(msg string) (string, error) {
+		_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := conn.Write([]byte(msg)); err != nil {
+			return "", err
+		}
+		buf := make([]byte, len(msg))
+		_, err := io.ReadFull(conn, buf)
+		return string(buf), err
+	}
+	got, err := rpc("before")
+	require.NoError(t, err)
+	require.Equal(t, "before", got)
+
+	// The peer's process ends and a new one listens at its address.
+	require.NoError(t, peer.Close())
+	require.Eventually(t, func() bool { return client.Stats().Outbound == 0 }, 5*time.Second, 10*time.Millisecond, "the client sees the session die")
+	ln2, err := net.Listen("tcp", addr)
+	require.NoError(t, err)
+	peer2 := echo(ln2)
+	t.Cleanup(func() { peer2.Close() })
+	got, err = rpc("after")
+	require.NoError(t, err, "the RPC on the pooled stream failed")
+	require.Equal(t, "after", got)
+	require.Equal(t, uint64(1), client.Stats().Redials)
+}

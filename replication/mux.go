@@ -60,6 +60,10 @@ type Mux struct {
 	closed bool
 
 	wg sync.WaitGroup
+
+	// redials counts the RPCs that found their pooled stream's session
+	// dead and went out on a new stream (see raftStream).
+	redials atomic.Uint64
 }
 
 // outSession is a session this node dials; ready is closed once sess or
@@ -138,13 +142,16 @@ type MuxStats struct {
 	Inbound int
 	// Streams is the number of open streams over all sessions.
 	Streams int
+	// Redials counts the RPCs that found the session of their pooled
+	// stream dead (the peer restarted) and went out on a new stream.
+	Redials uint64
 }
 
 // Stats returns the number of live sessions and streams.
 func (m *Mux) Stats() MuxStats {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var st MuxStats
+	st := MuxStats{Redials: m.redials.Load()}
 	for _, o := range m.out {
 		select {
 		case <-o.ready:
