@@ -402,3 +402,27 @@ func TestMoves_HandOffWaitsForLocksOrRollsBack(t *testing.T) {
 	mi = waitMoves(t, c, ids...)[ids[0]]
 	require.Equal(t, kvd.MoveDone, mi.State, mi.Error)
 }
+
+// A group that keeps a transaction's record is not removed while the
+// record is there, though it owns no slot: the transaction's locks in
+// other groups name it.
+func TestMoves_AGroupKeepingATransactionRecordStays(t *testing.T) {
+	c := testcluster.New(t, 3, 1)
+	r := testcluster.Do(t, "POST", c.URL(0)+"/v1/admin/groups", []byte(`{}`))
+	require.Equal(t, 200, r.Status, "%s", r.Body)
+	waitMoves(t, c, startMove(t, c, 0, [][2]int{{0, 511}}, 2)...)
+	key := testcluster.KeysInGroups(c.Node(0).Map(), "rec-", 1)[2][0]
+	prepareOrphan(t, c, 2, "kept", key, time.Now().Add(5*time.Minute))
+	r = testcluster.Do(t, "POST", c.URL(0)+"/v1/admin/txns/kept/abort", nil)
+	require.Equal(t, 200, r.Status, "%s", r.Body)
+	mi := waitMoves(t, c, startMove(t, c, 0, [][2]int{{0, 511}}, 1)...)
+	for _, m := range mi {
+		require.Equal(t, kvd.MoveDone, m.State, m.Error)
+	}
+	r = testcluster.Do(t, "GET", c.URL(0)+"/v1/admin/txns", nil)
+	require.Equal(t, 200, r.Status)
+	require.Contains(t, string(r.Body), "kept", "the aborted transaction's record is kept until its deadline")
+	r = testcluster.Do(t, "DELETE", c.URL(1)+"/v1/admin/groups/2", nil)
+	require.Equal(t, 409, r.Status, "%s", r.Body)
+	require.Contains(t, string(r.Body), "transaction records")
+}
