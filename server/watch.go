@@ -101,6 +101,9 @@ func (w *watcher) mustWait(g kvd.GroupID, ev store.Event) bool {
 		if mv.To != g || mv.SourceIndex == 0 || (mv.State != kvd.MoveDone && !mv.Flipped) || !mv.Has(slot) {
 			continue
 		}
+		if _, ok := m.Group(mv.From); !ok {
+			continue // the source was removed since: its history is gone
+		}
 		if pos, ok := w.cur[mv.From]; ok && pos.Index < mv.SourceIndex {
 			return true
 		}
