@@ -37,11 +37,16 @@ type Move struct {
 	Attempt uint64 `json:"attempt"`
 	// Error says why a failed move failed.
 	Error string `json:"error,omitempty"`
-	// SourceIndex, once the map has flipped, is an index of From's log
-	// at or after every change From made to the slots: a watch sends
-	// To's events of the slots only once it has read From's history that
-	// far, so a key's events stay in order across the move.
+	// SourceIndex and SourceSeq, once the map has flipped, are the
+	// position of the last event of From's history when the move read
+	// it last (every change From made to the slots is at or before it);
+	// TargetIndex is an index of To's log after every copy and before
+	// any change To made to the slots. A watch sends To's events of the
+	// slots after TargetIndex only once it has sent From's events up to
+	// SourceIndex, so a key's events stay in version order across moves.
 	SourceIndex uint64 `json:"source_index,omitempty"`
+	SourceSeq   uint32 `json:"source_seq,omitempty"`
+	TargetIndex uint64 `json:"target_index,omitempty"`
 	// Started and Updated are Unix milliseconds.
 	Started int64 `json:"started"`
 	Updated int64 `json:"updated"`

@@ -393,6 +393,9 @@ type HistoryEvent struct {
 	Delete bool   `json:"delete,omitempty"`
 	Key    string `json:"key"`
 	Value  []byte `json:"value,omitempty"`
+	// Version is the change's version when it is not the index of its
+	// position (a group that took moved keys adds a version base).
+	Version uint64 `json:"version,omitempty"`
 }
 
 // HistoryPage is a page of a group's history (node to node): the events

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"regexp"
 	"slices"
 	"sort"
 	"sync"
@@ -138,8 +139,8 @@ func (s *Server) StartMove(ctx context.Context, r api.MoveRequest) (api.MoveStar
 	if err != nil {
 		return api.MoveStarted{}, 0, err
 	}
-	if len(r.ID) > 64 || (r.ID != "" && !nodeIDPattern.MatchString(r.ID)) {
-		return api.MoveStarted{}, 0, fmt.Errorf("%w: a move id is 1 to 63 letters, digits, '.', '_' or '-'", kvd.ErrInvalid)
+	if r.ID != "" && !moveIDPattern.MatchString(r.ID) {
+		return api.MoveStarted{}, 0, fmt.Errorf("%w: a move id is 1 to 63 letters, digits, '_' or '-', starting with a letter or digit", kvd.ErrInvalid)
 	}
 	if err := s.systemLeader(ctx); err != nil {
 		return api.MoveStarted{}, 0, err
@@ -153,11 +154,18 @@ func (s *Server) StartMove(ctx context.Context, r api.MoveRequest) (api.MoveStar
 	if base == "" {
 		base = newMoveID()
 	}
-	if mv, ok := m.Move(base); ok || hasMovePrefix(m, base+".") {
-		// A retry of a request already recorded.
-		ids := movesOf(m, base)
-		if ok {
-			ids = []string{mv.ID}
+	if ids := movesOf(m, base); len(ids) > 0 {
+		// The id is taken: by this request, recorded before (a retry,
+		// answered as the first time), or by another.
+		var recorded kvd.SlotSet
+		same := true
+		for _, id := range ids {
+			mv, _ := m.Move(id)
+			recorded.AddRanges(mv.Slots)
+			same = same && mv.To == to
+		}
+		if !same || !sameSlotsBut(recorded, set, m, to) {
+			return api.MoveStarted{}, 0, fmt.Errorf("move id %q is taken by another move (GET /v1/admin/moves): %w", base, kvd.ErrConflict)
 		}
 		return api.MoveStarted{ID: ids[0], IDs: ids, Epoch: m.Epoch}, http.StatusAccepted, nil
 	}
@@ -217,8 +225,23 @@ func mapsKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
 	}
 }
 
-func hasMovePrefix(m *kvd.Map, prefix string) bool {
-	return len(movesOf(m, prefix[:len(prefix)-1])) > 0
+// moveIDPattern is what a move id given by a client may be: no '.', which
+// separates the parts of one request's moves (base.group).
+var moveIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
+
+// sameSlotsBut reports whether recorded, the slots of the moves recorded
+// under an id, are the slots asked for, but for slots the target owns
+// (it owned them when the request was first made, so no move took them).
+func sameSlotsBut(recorded, asked kvd.SlotSet, m *kvd.Map, to kvd.GroupID) bool {
+	for sl := 0; sl < kvd.SlotCount; sl++ {
+		if recorded.Has(sl) == asked.Has(sl) {
+			continue
+		}
+		if owner, _ := m.GroupOf(sl); recorded.Has(sl) || owner != to {
+			return false
+		}
+	}
+	return true
 }
 
 // movesOf returns the ids of the moves recorded for request id base.

@@ -25,8 +25,11 @@ type moveStep struct {
 	Claim   bool   `json:"claim,omitempty"`
 	State   string `json:"state,omitempty"`
 	Flip    bool   `json:"flip,omitempty"`
-	// SourceIndex goes with the flip (see kvd.Move.SourceIndex).
+	// SourceIndex, SourceSeq and TargetIndex go with the flip (see
+	// kvd.Move.SourceIndex).
 	SourceIndex uint64 `json:"source_index,omitempty"`
+	SourceSeq   uint32 `json:"source_seq,omitempty"`
+	TargetIndex uint64 `json:"target_index,omitempty"`
 	Error       string `json:"error,omitempty"`
 }
 
@@ -134,10 +137,28 @@ func deleteGroup(m *kvd.Map, id kvd.GroupID) error {
 func startMoves(m *kvd.Map, moves []kvd.Move) error {
 	added := 0
 	now := time.Now().UnixMilli()
+	var moving kvd.SlotSet
+	for _, mv := range m.ActiveMoves() {
+		moving.AddRanges(mv.Slots)
+	}
 	for _, mv := range moves {
 		if _, ok := m.Move(mv.ID); ok {
 			continue
 		}
+		// Checked here, on the map the edit applies to, as well as by the
+		// caller on the map it read: a move started meanwhile, or a change
+		// of owner, is a conflict.
+		for _, r := range mv.Slots {
+			for sl := max(r[0], 0); sl <= r[1] && sl < kvd.SlotCount; sl++ {
+				if moving.Has(sl) {
+					return fmt.Errorf("slot %d is already being moved: %w", sl, kvd.ErrConflict)
+				}
+				if owner, _ := m.GroupOf(sl); owner != mv.From {
+					return fmt.Errorf("slot %d belongs to group %d now, not %d: %w", sl, owner, mv.From, kvd.ErrConflict)
+				}
+			}
+		}
+		moving.AddRanges(mv.Slots)
 		mv.Attempt, mv.Flipped, mv.Error = 0, false, ""
 		mv.Started, mv.Updated = now, now
 		if mv.State != kvd.MoveCopying {
@@ -183,7 +204,7 @@ func stepMove(m *kvd.Map, st moveStep) error {
 			return errNoChange
 		}
 		flipSlots(m, *mv)
-		mv.Flipped, mv.SourceIndex = true, st.SourceIndex
+		mv.Flipped, mv.SourceIndex, mv.SourceSeq, mv.TargetIndex = true, st.SourceIndex, st.SourceSeq, st.TargetIndex
 		return nil
 	case st.State == kvd.MoveFailed:
 		if mv.Flipped {

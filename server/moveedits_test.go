@@ -42,7 +42,9 @@ func TestMoveEdits_FollowTheMovesStates(t *testing.T) {
 	require.NoError(t, apply(mapEdit{Op: editStartMoves, Moves: []kvd.Move{mv}}))
 	require.ErrorIs(t, apply(mapEdit{Op: editStartMoves, Moves: []kvd.Move{mv}}), errNoChange, "a retry starts nothing")
 	other := kvd.Move{ID: "b", Slots: []kvd.SlotRange{{50, 60}}, From: 1, To: 2}
-	require.Error(t, apply(mapEdit{Op: editStartMoves, Moves: []kvd.Move{other}}), "a slot in two moves")
+	require.ErrorIs(t, apply(mapEdit{Op: editStartMoves, Moves: []kvd.Move{other}}), kvd.ErrConflict, "a slot in two moves")
+	wrongSource := kvd.Move{ID: "w", Slots: []kvd.SlotRange{{500, 510}}, From: 2, To: 1}
+	require.ErrorIs(t, apply(mapEdit{Op: editStartMoves, Moves: []kvd.Move{wrongSource}}), kvd.ErrConflict, "slots of another group")
 	step := func(st moveStep) error { return apply(mapEdit{Op: editMoveStep, Step: &st}) }
 	require.NoError(t, step(moveStep{ID: "a", Attempt: 0, Claim: true}))
 	got, _ := m.Move("a")

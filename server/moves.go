@@ -62,8 +62,12 @@ const (
 	// fails the move at once (its fence lifts).
 	lockDrain = 30 * time.Second
 	// moveStepTimeout bounds the retries of one step before the move
-	// fails (before the flip; after it, the driver tries on).
-	moveStepTimeout = time.Minute
+	// fails (before the flip; after it, the driver tries on), and
+	// handOffStepTimeout while the slots are fenced: a target or source
+	// that cannot be reached then fails the move within seconds, so
+	// that the fence lifts.
+	moveStepTimeout    = time.Minute
+	handOffStepTimeout = 10 * time.Second
 	// dedupMargin is how far before a move's start the idempotency
 	// records copied at the hand-off go back (clocks of leaders differ).
 	dedupMargin = time.Minute
@@ -314,6 +318,7 @@ func (s *Server) copyMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 		return err
 	}
 	r.fenced = time.Now()
+	ctx = context.WithValue(ctx, stepTimeoutKey{}, handOffStepTimeout)
 	if err := s.moveRetry(ctx, "fence the slots in the source's log", func(ctx context.Context) error { return s.pushMap(ctx, mv.From) }); err != nil {
 		return err
 	}
@@ -321,12 +326,13 @@ func (s *Server) copyMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 	if err := s.drainLocks(ctx, mv, &slots); err != nil {
 		return err
 	}
+	var last store.Pos
 	for {
-		n, next, err := s.catchUp(ctx, mv, &slots, from, ingest)
+		n, next, l, err := s.catchUpLast(ctx, mv, &slots, from, ingest)
 		if err != nil {
 			return err
 		}
-		from = next
+		from, last = next, l
 		if n == 0 {
 			break
 		}
@@ -334,7 +340,21 @@ func (s *Server) copyMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 	if _, err := s.copyDedup(ctx, mv, dedupSince-int64(dedupMargin), ingest); err != nil {
 		return err
 	}
-	return step(moveStep{Flip: true, SourceIndex: from.Index})
+	// An empty piece marks, in the target's log, the end of the copy:
+	// the target's changes of the slots all come after its index.
+	var target uint64
+	data, _ := json.Marshal(store.MoveIngest{Move: mv.ID, Attempt: mv.Attempt})
+	if err := s.moveRetry(ctx, "mark the end of the copy", func(ctx context.Context) error {
+		res, err := s.Propose(ctx, mv.To, store.Cmd{Kind: store.CmdMoveIngest, Data: data})
+		if err == nil {
+			err = res.Err
+		}
+		target = res.Version
+		return err
+	}); err != nil {
+		return err
+	}
+	return step(moveStep{Flip: true, SourceIndex: last.Index, SourceSeq: last.Seq, TargetIndex: target})
 }
 
 // copySlots copies the source's keys of slots to the target, page by
@@ -379,7 +399,15 @@ func (s *Server) copySlots(ctx context.Context, mv *kvd.Move, slots *kvd.SlotSet
 // starts. store.ErrHistoryLost means the history no longer reaches back
 // to from.
 func (s *Server) catchUp(ctx context.Context, mv *kvd.Move, slots *kvd.SlotSet, from store.Pos, ingest func(store.MoveIngest) error) (int, store.Pos, error) {
+	n, next, _, err := s.catchUpLast(ctx, mv, slots, from, ingest)
+	return n, next, err
+}
+
+// catchUpLast is catchUp, which also returns the position of the last
+// event of the source's history it saw.
+func (s *Server) catchUpLast(ctx context.Context, mv *kvd.Move, slots *kvd.SlotSet, from store.Pos, ingest func(store.MoveIngest) error) (int, store.Pos, store.Pos, error) {
 	sent := 0
+	var last store.Pos
 	for {
 		var page moveReadAnswer
 		err := s.moveRetry(ctx, "read the changes since the copy", func(ctx context.Context) error {
@@ -388,19 +416,20 @@ func (s *Server) catchUp(ctx context.Context, mv *kvd.Move, slots *kvd.SlotSet, 
 			return err
 		})
 		if err != nil {
-			return sent, from, err
+			return sent, from, last, err
 		}
 		if from.Less(page.Floor) {
-			return sent, from, store.ErrHistoryLost
+			return sent, from, last, store.ErrHistoryLost
 		}
+		last = page.Last
 		if len(page.Keys) > 0 {
 			if err := ingest(store.MoveIngest{Keys: page.Keys}); err != nil {
-				return sent, from, err
+				return sent, from, last, err
 			}
 		}
 		sent += len(page.Keys)
 		if page.Upto == from || !page.More {
-			return sent, page.Upto, nil
+			return sent, page.Upto, last, nil
 		}
 		from = page.Upto
 	}
@@ -486,7 +515,11 @@ func (s *Server) copyDedup(ctx context.Context, mv *kvd.Move, since int64, inges
 // leader) and unknown outcomes (every step is safe to repeat) are tried
 // again.
 func (s *Server) moveRetry(ctx context.Context, what string, fn func(ctx context.Context) error) error {
-	deadline := time.Now().Add(moveStepTimeout)
+	limit := moveStepTimeout
+	if d, ok := ctx.Value(stepTimeoutKey{}).(time.Duration); ok {
+		limit = d
+	}
+	deadline := time.Now().Add(limit)
 	var err error
 	for attempt := 0; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -510,6 +543,10 @@ func (s *Server) moveRetry(ctx context.Context, what string, fn func(ctx context
 		}
 	}
 }
+
+// stepTimeoutKey carries, in a driver's context, a bound on its steps'
+// retries other than moveStepTimeout.
+type stepTimeoutKey struct{}
 
 // pushMap proposes this node's map to group g, so that g's log holds it
 // (or a newer one) once it returns.
@@ -555,8 +592,10 @@ type moveReadAnswer struct {
 	// Newest is the time of the newest idempotency record read (op
 	// dedup), Unix ns.
 	Newest int64 `json:"newest,omitempty"`
-	// More tells that changes were left for the next page (op changes).
-	More bool `json:"more,omitempty"`
+	// More tells that changes were left for the next page, Last is the
+	// position of the history's last event (op changes).
+	More bool      `json:"more,omitempty"`
+	Last store.Pos `json:"last"`
 }
 
 // moveRead reads a piece of group g's state for a move, at g's leader.
@@ -616,7 +655,7 @@ func moveReadLocal(ctx context.Context, g *replication.Group, req moveReadReques
 	case "copy":
 		a.Keys, a.Next, a.At, err = db.CopySlots(&slots, req.After, movePage)
 	case "changes":
-		a.Keys, a.Upto, a.Floor, a.More, err = db.ChangedKeys(&slots, req.Pos, moveChangedKeys, movePage)
+		a.Keys, a.Upto, a.Floor, a.Last, a.More, err = db.ChangedKeys(&slots, req.Pos, moveChangedKeys, movePage)
 	case "locks":
 		var all []store.HeldLock
 		all, err = db.Locks()

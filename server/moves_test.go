@@ -298,11 +298,28 @@ func TestMoves_BadRequestsAreRefused(t *testing.T) {
 		{"already the target's", "/v1/admin/moves", `{"slots":[[1000,1001]],"to":2}`, 409},
 		{"group with unknown node", "/v1/admin/groups", `{"members":["n9"]}`, 404},
 		{"group with a node twice", "/v1/admin/groups", `{"members":["n1","n1"]}`, 400},
+		{"a move id with a dot", "/v1/admin/moves", `{"slots":[[0,1]],"to":2,"id":"a.2"}`, 400},
+		{"a slot range of three", "/v1/admin/moves", `{"slots":[[0,9,12]],"to":2}`, 400},
 	} {
 		r := testcluster.Do(t, "POST", c.URL(0)+tc.path, []byte(tc.body))
 		require.Equal(t, tc.status, r.Status, "%s: %s", tc.name, r.Body)
 		require.NotEmpty(t, r.ErrCode(t), tc.name)
 	}
+	// A move id names one request: its repeat is answered as the first
+	// time; another request under it is refused.
+	first := testcluster.Do(t, "POST", c.URL(0)+"/v1/admin/moves", []byte(`{"slots":[[0,3]],"to":2,"id":"once"}`))
+	require.Equal(t, 202, first.Status, "%s", first.Body)
+	again := testcluster.Do(t, "POST", c.URL(1)+"/v1/admin/moves", []byte(`{"slots":[[0,3]],"to":2,"id":"once"}`))
+	require.Equal(t, 202, again.Status, "%s", again.Body)
+	var ms1, ms2 api.MoveStarted
+	require.NoError(t, json.Unmarshal(first.Body, &ms1))
+	require.NoError(t, json.Unmarshal(again.Body, &ms2))
+	require.Equal(t, ms1.IDs, ms2.IDs)
+	other := testcluster.Do(t, "POST", c.URL(2)+"/v1/admin/moves", []byte(`{"slots":[[400,410]],"to":2,"id":"once"}`))
+	require.Equal(t, 409, other.Status, "%s", other.Body)
+	waitMoves(t, c, "once")
+	again = testcluster.Do(t, "POST", c.URL(1)+"/v1/admin/moves", []byte(`{"slots":[[0,3]],"to":2,"id":"once"}`))
+	require.Equal(t, 202, again.Status, "a repeat after the move is done: %s", again.Body)
 }
 
 // A plain HTTP client sends no routing: its writes and reads of a moving
@@ -425,4 +442,72 @@ func TestMoves_AGroupKeepingATransactionRecordStays(t *testing.T) {
 	r = testcluster.Do(t, "DELETE", c.URL(1)+"/v1/admin/groups/2", nil)
 	require.Equal(t, 409, r.Status, "%s", r.Body)
 	require.Contains(t, string(r.Body), "transaction records")
+}
+
+// nextPut reads the watch's next put event, skipping progress marks.
+func nextPut(t *testing.T, ctx context.Context, w kvd.Watcher) kvd.Event {
+	t.Helper()
+	for {
+		ev, err := w.Next(ctx)
+		require.NoError(t, err)
+		if ev.Type != "" {
+			return ev
+		}
+	}
+}
+
+// putVersion writes key through node i and returns its version.
+func putVersion(t *testing.T, c *testcluster.Cluster, i int, key, val string) uint64 {
+	t.Helper()
+	r := testcluster.Do(t, "PUT", c.URL(i)+"/v1/kv/"+key, []byte(val))
+	require.Equal(t, 200, r.Status, "%s", r.Body)
+	return etag(t, r.Header)
+}
+
+// A watch of keys that all live in one slot gets the changes made after
+// the slot moved, though the source has no change to send meanwhile;
+// a cursor from before the slot moved away and back resumes with every
+// change, in order; and a watch served by a node without a replica of the
+// target reports the versions the writes got.
+func TestMoves_WatchesAcrossMovesOfOneSlot(t *testing.T) {
+	c := testcluster.New(t, 3, 1)
+	for i := range 100 { // group 1's versions run well ahead of a new group's log
+		putVersion(t, c, i%3, fmt.Sprintf("warm/%d", i), "x")
+	}
+	r := testcluster.Do(t, "POST", c.URL(0)+"/v1/admin/groups", []byte(`{"members":["n1"]}`))
+	require.Equal(t, 200, r.Status, "%s", r.Body)
+	var gc api.GroupChange
+	require.NoError(t, json.Unmarshal(r.Body, &gc))
+	to := kvd.GroupID(gc.Group)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const prefix = "{tag8}/"
+	live, err := c.Node(2).KV().Watch(ctx, prefix, "") // n3 hosts no replica of the new group
+	require.NoError(t, err)
+	defer live.Close()
+	v0 := putVersion(t, c, 0, prefix+"a", "a0")
+	first := nextPut(t, ctx, live)
+	require.Equal(t, v0, first.Version)
+	cursor := first.Cursor
+	v1 := putVersion(t, c, 0, prefix+"a", "a1")
+	require.Equal(t, v1, nextPut(t, ctx, live).Version)
+
+	waitMoves(t, c, startMove(t, c, 0, slotOf(prefix+"a"), to)...)
+	v2 := putVersion(t, c, 1, prefix+"a", "b1")
+	ev := nextPut(t, ctx, live)
+	require.Equal(t, "b1", string(ev.Value), "the change after the move")
+	require.Equal(t, v2, ev.Version, "the watch's version is the write's")
+
+	waitMoves(t, c, startMove(t, c, 0, slotOf(prefix+"a"), 1)...)
+	v3 := putVersion(t, c, 2, prefix+"a", "c1")
+	ev = nextPut(t, ctx, live)
+	require.Equal(t, v3, ev.Version)
+
+	// Resumed from before both moves: a1, b1 and c1, in order.
+	resumed, err := c.Node(1).KV().Watch(ctx, prefix, cursor)
+	require.NoError(t, err)
+	defer resumed.Close()
+	require.Equal(t, v1, nextPut(t, ctx, resumed).Version)
+	require.Equal(t, v2, nextPut(t, ctx, resumed).Version)
+	require.Equal(t, v3, nextPut(t, ctx, resumed).Version)
 }

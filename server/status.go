@@ -45,8 +45,9 @@ func (s *Server) Status(ctx context.Context) api.Status {
 	st := api.Status{Node: s.id, HTTP: s.HTTPAddr(), Raft: raftAddr, Version: s.cfg.Version,
 		Uptime: time.Since(s.started).Round(time.Second).String(), Epoch: s.Map().Epoch}
 	m := s.Map()
-	for _, gid := range slices.Sorted(maps.Keys(s.hosted())) {
-		g := s.hosted()[gid]
+	hosted := s.hosted() // one snapshot: a replica may be retired meanwhile
+	for _, gid := range slices.Sorted(maps.Keys(hosted)) {
+		g := hosted[gid]
 		grp, _ := m.Group(gid)
 		place := "removed"
 		if grp.IsMember(s.id) {

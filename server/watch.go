@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -50,7 +51,7 @@ func (s *Server) Watch(ctx context.Context, prefix, since string, start func(cur
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	w := &watcher{s: s, prefix: prefix, cur: cur, events: make(chan groupEvent, 16), errs: make(chan error, 1),
-		epoch: m.Epoch, held: map[kvd.GroupID][]groupEvent{}}
+		epoch: m.Epoch, held: map[kvd.GroupID][]groupEvent{}, recv: maps.Clone(cur)}
 	defer w.stop(cancel)
 	for _, grp := range m.Groups {
 		p := first[grp.ID]
@@ -76,7 +77,7 @@ func (w *watcher) followNew(ctx context.Context) {
 		if _, ok := w.cur[grp.ID]; ok {
 			continue
 		}
-		w.cur[grp.ID] = store.Pos{}
+		w.cur[grp.ID], w.recv[grp.ID] = store.Pos{}, store.Pos{}
 		w.wg.Add(1)
 		go func() {
 			defer w.wg.Done()
@@ -88,9 +89,10 @@ func (w *watcher) followNew(ctx context.Context) {
 }
 
 // mustWait tells whether group g's event ev must wait: its key's slot
-// moved to g from a group whose history the watch has not read as far as
-// the move's last change there (kvd.Move.SourceIndex), so that the key's
-// events stay in version order across the move.
+// moved to g (after the move's end in g's log) from a group whose events
+// up to the move's last change there (kvd.Move.SourceIndex) the watch
+// has not all sent, so that a key's events stay in version order across
+// moves.
 func (w *watcher) mustWait(g kvd.GroupID, ev store.Event) bool {
 	m := w.s.Map()
 	if len(m.Moves) == 0 {
@@ -98,17 +100,30 @@ func (w *watcher) mustWait(g kvd.GroupID, ev store.Event) bool {
 	}
 	slot := kvd.Slot(ev.Key)
 	for _, mv := range m.Moves {
-		if mv.To != g || mv.SourceIndex == 0 || (mv.State != kvd.MoveDone && !mv.Flipped) || !mv.Has(slot) {
+		if mv.To != g || mv.SourceIndex == 0 || (mv.State != kvd.MoveDone && !mv.Flipped) || ev.Pos.Index <= mv.TargetIndex || !mv.Has(slot) {
 			continue
 		}
 		if _, ok := m.Group(mv.From); !ok {
 			continue // the source was removed since: its history is gone
 		}
-		if pos, ok := w.cur[mv.From]; ok && pos.Index < mv.SourceIndex {
+		if _, ok := w.recv[mv.From]; !ok {
+			continue
+		}
+		if w.sentThrough(mv.From).Less(store.Pos{Index: mv.SourceIndex, Seq: mv.SourceSeq}) {
 			return true
 		}
 	}
 	return false
+}
+
+// sentThrough returns the position up to which the watch has sent (or
+// passed) every event of group h: just before its first held event, or
+// all it received.
+func (w *watcher) sentThrough(h kvd.GroupID) store.Pos {
+	if q := w.held[h]; len(q) > 0 {
+		return q[0].ev.Pos.Before()
+	}
+	return w.recv[h]
 }
 
 // fail hands a reader's reason to end the watch to forward.
@@ -202,6 +217,9 @@ type watcher struct {
 	// held are each group's events (and progress marks) that wait, in
 	// order, behind one that must wait (see mustWait).
 	held map[kvd.GroupID][]groupEvent
+	// recv is the position up to which each group's reader has handed
+	// over its events and progress marks (held ones included).
+	recv map[kvd.GroupID]store.Pos
 }
 
 // A group's reader sends its events in order, then a progress mark
@@ -349,6 +367,13 @@ func (w *watcher) forward(ctx context.Context, send func(kvd.Event) error) error
 			}
 		case ge := <-w.events:
 			w.followNew(ctx)
+			at := ge.ev.Pos
+			if ge.progress != nil {
+				at = *ge.progress
+			}
+			if w.recv[ge.g].Less(at) {
+				w.recv[ge.g] = at
+			}
 			if len(w.held[ge.g]) > 0 || (ge.progress == nil && w.mustWait(ge.g, ge.ev)) {
 				w.held[ge.g] = append(w.held[ge.g], ge)
 				continue

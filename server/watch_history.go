@@ -140,7 +140,7 @@ func pageFromAPI(hp api.HistoryPage) (historyPage, error) {
 		if err != nil {
 			return p, err
 		}
-		p.events = append(p.events, store.Event{Pos: pos, Delete: e.Delete, Key: e.Key, Value: e.Value})
+		p.events = append(p.events, store.Event{Pos: pos, Delete: e.Delete, Key: e.Key, Value: e.Value, Ver: e.Version})
 	}
 	return p, nil
 }
@@ -179,7 +179,7 @@ func (s *Server) History(ctx context.Context, g kvd.GroupID, after, prefix strin
 	}
 	out.Upto, out.Floor = upto.String(), floor.String()
 	for _, e := range evs {
-		out.Events = append(out.Events, api.HistoryEvent{Pos: e.Pos.String(), Delete: e.Delete, Key: e.Key, Value: e.Value})
+		out.Events = append(out.Events, api.HistoryEvent{Pos: e.Pos.String(), Delete: e.Delete, Key: e.Key, Value: e.Value, Version: e.Ver})
 	}
 	return out, nil
 }

@@ -271,8 +271,8 @@ func mustMeta(meta bucket, key []byte) []byte {
 // least one), from one consistent view: upto is the position to go on
 // from, more tells that changes were left for the next page, floor is
 // the history's floor (after below it: changes were lost, and the copy
-// must start over).
-func (db *DB) ChangedKeys(slots *kvd.SlotSet, after Pos, maxKeys, maxBytes int) (keys []MovedKey, upto Pos, floor Pos, more bool, err error) {
+// must start over), last the position of the history's last event.
+func (db *DB) ChangedKeys(slots *kvd.SlotSet, after Pos, maxKeys, maxBytes int) (keys []MovedKey, upto, floor, last Pos, more bool, err error) {
 	upto = after
 	err = db.view(func(tx *bolt.Tx) error {
 		bs := bucketsOf(tx)
@@ -281,6 +281,9 @@ func (db *DB) ChangedKeys(slots *kvd.SlotSet, after Pos, maxKeys, maxBytes int) 
 			return err
 		}
 		floor = posOf(fb)
+		if k, _ := bs.hist.b.Cursor().Last(); k != nil {
+			last = posOf(k)
+		}
 		if after.Less(floor) {
 			return nil
 		}
@@ -320,9 +323,9 @@ func (db *DB) ChangedKeys(slots *kvd.SlotSet, after Pos, maxKeys, maxBytes int) 
 		return c.err
 	})
 	if err != nil {
-		return nil, after, floor, false, fmt.Errorf("read changes: %w", err)
+		return nil, after, floor, last, false, fmt.Errorf("read changes: %w", err)
 	}
-	return keys, upto, floor, more, nil
+	return keys, upto, floor, last, more, nil
 }
 
 // ErrHistoryLost means the history no longer reaches back to a position
