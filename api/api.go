@@ -220,7 +220,14 @@ type Status struct {
 	Missing []MissingGroup `json:"missing,omitempty"`
 	// Storage is the state of the node's disk.
 	Storage *Storage `json:"storage,omitempty"`
+	// Features names what this node's version can take part in that
+	// earlier versions cannot (FeatureSlotMoves).
+	Features []string `json:"features,omitempty"`
 }
+
+// FeatureSlotMoves is the feature of nodes that apply the commands of
+// slot moves and bootstrap groups created on demand.
+const FeatureSlotMoves = "slot-moves"
 
 // MissingGroup is a group a node does not start.
 type MissingGroup struct {

@@ -45,6 +45,9 @@ func (s *Server) CreateGroup(ctx context.Context, r api.GroupRequest, wait time.
 		}
 		members = cands[:want]
 	}
+	if err := s.checkFeature(members, api.FeatureSlotMoves); err != nil {
+		return api.GroupChange{}, 0, err
+	}
 	if r.ID > 1<<32 {
 		return api.GroupChange{}, 0, fmt.Errorf("%w: a group id is at most %d", kvd.ErrInvalid, uint64(1<<32))
 	}
@@ -105,6 +108,45 @@ func (s *Server) groupAnswer(ctx context.Context, gid kvd.GroupID, done bool, pe
 		return out, http.StatusAccepted, nil
 	}
 	return out, http.StatusOK, nil
+}
+
+// checkFeature refuses (kvd.ErrConflict) a change that nodes must apply
+// when one of them answered the last status round without feature: it
+// runs an earlier version, which would refuse the change's commands
+// while its peers apply them. A node that did not answer is not waited
+// for.
+func (s *Server) checkFeature(nodes []string, feature string) error {
+	p := s.lastProbe.Load()
+	if p == nil {
+		return nil
+	}
+	if old := withoutFeature(p.status, nodes, feature); len(old) > 0 {
+		return fmt.Errorf("nodes %v run a version of kvd without %s: upgrade every node first: %w", old, feature, kvd.ErrConflict)
+	}
+	return nil
+}
+
+// withoutFeature returns the nodes among nodes whose status lacks feature.
+func withoutFeature(status map[string]api.Status, nodes []string, feature string) []string {
+	var old []string
+	for _, n := range nodes {
+		if st, ok := status[n]; ok && !slices.Contains(st.Features, feature) {
+			old = append(old, n)
+		}
+	}
+	return old
+}
+
+// groupHosts returns the nodes that host the groups ids.
+func groupHosts(m *kvd.Map, ids ...kvd.GroupID) []string {
+	var out []string
+	for _, id := range ids {
+		if g, ok := m.Group(id); ok {
+			out = append(out, g.Members...)
+			out = append(out, g.Learners...)
+		}
+	}
+	return out
 }
 
 // newMoveID returns a fresh move id.
@@ -192,6 +234,13 @@ func (s *Server) StartMove(ctx context.Context, r api.MoveRequest) (api.MoveStar
 	}
 	if len(bySource) == 0 {
 		return api.MoveStarted{}, 0, fmt.Errorf("group %d already owns every slot named: %w", to, kvd.ErrConflict)
+	}
+	ids := []kvd.GroupID{to}
+	for from := range bySource {
+		ids = append(ids, from)
+	}
+	if err := s.checkFeature(groupHosts(m, ids...), api.FeatureSlotMoves); err != nil {
+		return api.MoveStarted{}, 0, err
 	}
 	var moves []kvd.Move
 	for _, from := range slices.Sorted(mapsKeys(bySource)) {
@@ -354,6 +403,13 @@ func (s *Server) Rebalance(ctx context.Context, dryRun bool) (api.RebalancePlan,
 	out.After = loads(after.Groups, &keys, &bytes)
 	if dryRun || len(moves) == 0 {
 		return out, nil
+	}
+	var all []kvd.GroupID
+	for _, g := range m.Groups {
+		all = append(all, g.ID)
+	}
+	if err := s.checkFeature(groupHosts(m, all...), api.FeatureSlotMoves); err != nil {
+		return api.RebalancePlan{}, err
 	}
 	next, err := s.editMap(ctx, mapEdit{Op: editStartMoves, Moves: moves})
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
 )
 
 func TestMoveEdits_FollowTheMovesStates(t *testing.T) {
@@ -138,4 +139,14 @@ func TestPlanRebalance_MovesNoSlotTwice(t *testing.T) {
 		require.False(t, took[g], "group %d both gives and takes", g)
 	}
 	require.True(t, took[7])
+}
+
+func TestWithoutFeature_NamesNodesOfEarlierVersions(t *testing.T) {
+	status := map[string]api.Status{
+		"n1": {Node: "n1", Features: []string{api.FeatureSlotMoves}},
+		"n2": {Node: "n2"}, // an earlier version: no features
+	}
+	require.Equal(t, []string{"n2"}, withoutFeature(status, []string{"n1", "n2", "n3"}, api.FeatureSlotMoves),
+		"n3 did not answer: not waited for")
+	require.Empty(t, withoutFeature(status, []string{"n1"}, api.FeatureSlotMoves))
 }

@@ -249,6 +249,10 @@ func TestMoves_AWatchMissesNothingAndKeepsEachKeysOrder(t *testing.T) {
 
 func TestMoves_GroupsAreCreatedAndRemoved(t *testing.T) {
 	c := testcluster.New(t, 3, 1)
+	st := testcluster.Do(t, "GET", c.URL(2)+"/v1/status", nil)
+	var status api.Status
+	require.NoError(t, json.Unmarshal(st.Body, &status))
+	require.Contains(t, status.Features, api.FeatureSlotMoves, "a node says it takes part in slot moves")
 	r := testcluster.Do(t, "POST", c.URL(1)+"/v1/admin/groups", []byte(`{"members":["n3","n1","n2"]}`))
 	require.Equal(t, 200, r.Status, "%s", r.Body)
 	var gc api.GroupChange
