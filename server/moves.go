@@ -327,12 +327,13 @@ func (s *Server) copyMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 		return err
 	}
 	var last store.Pos
+	var high uint64
 	for {
-		n, next, l, err := s.catchUpLast(ctx, mv, &slots, from, ingest)
+		n, next, l, h, err := s.catchUpLast(ctx, mv, &slots, from, ingest)
 		if err != nil {
 			return err
 		}
-		from, last = next, l
+		from, last, high = next, l, max(high, h)
 		if n == 0 {
 			break
 		}
@@ -341,9 +342,11 @@ func (s *Server) copyMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 		return err
 	}
 	// An empty piece marks, in the target's log, the end of the copy:
-	// the target's changes of the slots all come after its index.
+	// the target's changes of the slots all come after its index, with
+	// versions above every version of the source (a key deleted there
+	// before the copy was not copied, but its deletion had a version).
 	var target uint64
-	data, _ := json.Marshal(store.MoveIngest{Move: mv.ID, Attempt: mv.Attempt})
+	data, _ := json.Marshal(store.MoveIngest{Move: mv.ID, Attempt: mv.Attempt, MinVersion: high})
 	if err := s.moveRetry(ctx, "mark the end of the copy", func(ctx context.Context) error {
 		res, err := s.Propose(ctx, mv.To, store.Cmd{Kind: store.CmdMoveIngest, Data: data})
 		if err == nil {
@@ -399,15 +402,16 @@ func (s *Server) copySlots(ctx context.Context, mv *kvd.Move, slots *kvd.SlotSet
 // starts. store.ErrHistoryLost means the history no longer reaches back
 // to from.
 func (s *Server) catchUp(ctx context.Context, mv *kvd.Move, slots *kvd.SlotSet, from store.Pos, ingest func(store.MoveIngest) error) (int, store.Pos, error) {
-	n, next, _, err := s.catchUpLast(ctx, mv, slots, from, ingest)
+	n, next, _, _, err := s.catchUpLast(ctx, mv, slots, from, ingest)
 	return n, next, err
 }
 
 // catchUpLast is catchUp, which also returns the position of the last
-// event of the source's history it saw.
-func (s *Server) catchUpLast(ctx context.Context, mv *kvd.Move, slots *kvd.SlotSet, from store.Pos, ingest func(store.MoveIngest) error) (int, store.Pos, store.Pos, error) {
+// event of the source's history it saw, and the source's newest version.
+func (s *Server) catchUpLast(ctx context.Context, mv *kvd.Move, slots *kvd.SlotSet, from store.Pos, ingest func(store.MoveIngest) error) (int, store.Pos, store.Pos, uint64, error) {
 	sent := 0
 	var last store.Pos
+	var high uint64
 	for {
 		var page moveReadAnswer
 		err := s.moveRetry(ctx, "read the changes since the copy", func(ctx context.Context) error {
@@ -416,20 +420,20 @@ func (s *Server) catchUpLast(ctx context.Context, mv *kvd.Move, slots *kvd.SlotS
 			return err
 		})
 		if err != nil {
-			return sent, from, last, err
+			return sent, from, last, high, err
 		}
 		if from.Less(page.Floor) {
-			return sent, from, last, store.ErrHistoryLost
+			return sent, from, last, high, store.ErrHistoryLost
 		}
-		last = page.Last
+		last, high = page.Last, max(high, page.High)
 		if len(page.Keys) > 0 {
 			if err := ingest(store.MoveIngest{Keys: page.Keys}); err != nil {
-				return sent, from, last, err
+				return sent, from, last, high, err
 			}
 		}
 		sent += len(page.Keys)
 		if page.Upto == from || !page.More {
-			return sent, page.Upto, last, nil
+			return sent, page.Upto, last, high, nil
 		}
 		from = page.Upto
 	}
@@ -596,6 +600,8 @@ type moveReadAnswer struct {
 	// position of the history's last event (op changes).
 	More bool      `json:"more,omitempty"`
 	Last store.Pos `json:"last"`
+	// High is the source's newest version (op changes).
+	High uint64 `json:"high,omitempty"`
 }
 
 // moveRead reads a piece of group g's state for a move, at g's leader.
@@ -655,7 +661,7 @@ func moveReadLocal(ctx context.Context, g *replication.Group, req moveReadReques
 	case "copy":
 		a.Keys, a.Next, a.At, err = db.CopySlots(&slots, req.After, movePage)
 	case "changes":
-		a.Keys, a.Upto, a.Floor, a.Last, a.More, err = db.ChangedKeys(&slots, req.Pos, moveChangedKeys, movePage)
+		a.Keys, a.Upto, a.Floor, a.Last, a.More, a.High, err = db.ChangedKeysHigh(&slots, req.Pos, moveChangedKeys, movePage)
 	case "locks":
 		var all []store.HeldLock
 		all, err = db.Locks()

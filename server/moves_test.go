@@ -515,3 +515,24 @@ func TestMoves_WatchesAcrossMovesOfOneSlot(t *testing.T) {
 	require.Equal(t, v2, nextPut(t, ctx, resumed).Version)
 	require.Equal(t, v3, nextPut(t, ctx, resumed).Version)
 }
+
+// A key deleted in the source before a move is not copied, but its next
+// version in the target is above its deletion's.
+func TestMoves_AKeyDeletedBeforeTheMoveKeepsGrowingVersions(t *testing.T) {
+	c := testcluster.New(t, 3, 1)
+	for i := range 100 { // group 1's versions run well ahead of a new group's log
+		putVersion(t, c, i%3, fmt.Sprintf("warm/%d", i), "x")
+	}
+	r := testcluster.Do(t, "POST", c.URL(0)+"/v1/admin/groups", []byte(`{}`))
+	require.Equal(t, 200, r.Status, "%s", r.Body)
+	putVersion(t, c, 0, "gone", "v")
+	del := testcluster.Do(t, "DELETE", c.URL(0)+"/v1/kv/gone", nil)
+	require.Equal(t, 200, del.Status, "%s", del.Body)
+	var dr api.DeleteResponse
+	require.NoError(t, json.Unmarshal(del.Body, &dr))
+	require.True(t, dr.Deleted)
+	deleted := dr.Version
+	waitMoves(t, c, startMove(t, c, 1, slotOf("gone"), 2)...)
+	v := putVersion(t, c, 2, "gone", "again")
+	require.Greater(t, v, deleted, "the key's version went back across the move")
+}

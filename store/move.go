@@ -46,6 +46,10 @@ type MoveIngest struct {
 	Move    string       `json:"move"`
 	Attempt uint64       `json:"attempt"`
 	Reset   bool         `json:"reset,omitempty"`
+	// MinVersion, if set, raises the group's versions above it: the
+	// source's newest version, so that a key deleted in the source (and
+	// so not copied) gets no lower version here than its deletion had.
+	MinVersion uint64 `json:"min_version,omitempty"`
 	Keys    []MovedKey   `json:"keys,omitempty"`
 	Dedup   []MovedDedup `json:"dedup,omitempty"`
 }
@@ -84,6 +88,9 @@ func (a *applier) moveIngest(in *MoveIngest) (Result, error) {
 		return Result{}, err
 	} else if cur != in.Attempt {
 		return Result{Err: fmt.Errorf("%w: move %s is at attempt %d here, not %d", kvd.ErrConflict, in.Move, cur, in.Attempt)}, nil
+	}
+	if err := a.raiseBase(in.MinVersion); err != nil {
+		return Result{}, err
 	}
 	return Result{Version: a.index}, a.ingestPiece(mv, in)
 }
@@ -273,9 +280,24 @@ func mustMeta(meta bucket, key []byte) []byte {
 // the history's floor (after below it: changes were lost, and the copy
 // must start over), last the position of the history's last event.
 func (db *DB) ChangedKeys(slots *kvd.SlotSet, after Pos, maxKeys, maxBytes int) (keys []MovedKey, upto, floor, last Pos, more bool, err error) {
+	keys, upto, floor, last, more, _, err = db.changedKeys(slots, after, maxKeys, maxBytes)
+	return keys, upto, floor, last, more, err
+}
+
+// ChangedKeysHigh is ChangedKeys, which also returns the version of the
+// last entry applied in the same view (its index plus the version base):
+// no change of the group has a higher one.
+func (db *DB) ChangedKeysHigh(slots *kvd.SlotSet, after Pos, maxKeys, maxBytes int) (keys []MovedKey, upto, floor, last Pos, more bool, high uint64, err error) {
+	return db.changedKeys(slots, after, maxKeys, maxBytes)
+}
+
+func (db *DB) changedKeys(slots *kvd.SlotSet, after Pos, maxKeys, maxBytes int) (keys []MovedKey, upto, floor, last Pos, more bool, high uint64, err error) {
 	upto = after
 	err = db.view(func(tx *bolt.Tx) error {
 		bs := bucketsOf(tx)
+		applied, _ := metaU64(bs.meta, metaApplied)
+		base, _ := metaU64(bs.meta, metaVersionBase)
+		high = applied + base
 		fb, err := bs.meta.get(metaHistFloor)
 		if err != nil {
 			return err
@@ -323,9 +345,9 @@ func (db *DB) ChangedKeys(slots *kvd.SlotSet, after Pos, maxKeys, maxBytes int) 
 		return c.err
 	})
 	if err != nil {
-		return nil, after, floor, last, false, fmt.Errorf("read changes: %w", err)
+		return nil, after, floor, last, false, 0, fmt.Errorf("read changes: %w", err)
 	}
-	return keys, upto, floor, last, more, nil
+	return keys, upto, floor, last, more, high, nil
 }
 
 // ErrHistoryLost means the history no longer reaches back to a position
