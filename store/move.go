@@ -43,15 +43,15 @@ type MovedDedup struct {
 // driver that lost its place cannot interleave its copies with the
 // current one's.
 type MoveIngest struct {
-	Move    string       `json:"move"`
-	Attempt uint64       `json:"attempt"`
-	Reset   bool         `json:"reset,omitempty"`
+	Move    string `json:"move"`
+	Attempt uint64 `json:"attempt"`
+	Reset   bool   `json:"reset,omitempty"`
 	// MinVersion, if set, raises the group's versions above it: the
 	// source's newest version, so that a key deleted in the source (and
 	// so not copied) gets no lower version here than its deletion had.
-	MinVersion uint64 `json:"min_version,omitempty"`
-	Keys    []MovedKey   `json:"keys,omitempty"`
-	Dedup   []MovedDedup `json:"dedup,omitempty"`
+	MinVersion uint64       `json:"min_version,omitempty"`
+	Keys       []MovedKey   `json:"keys,omitempty"`
+	Dedup      []MovedDedup `json:"dedup,omitempty"`
 }
 
 // DropKeys is the payload of a CmdDropKeys: keys the group holds in slots
