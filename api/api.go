@@ -19,6 +19,10 @@ const (
 	// gives the group (256 hex digits, kvd.SlotSet): the group refuses
 	// the scan (503) unless it serves exactly those.
 	HeaderSlots = "X-Kvd-Slots"
+	// SlotsInTransit is in the message of a 503 to a routed scan whose
+	// X-Kvd-Slots are not the slots the group serves: the router reads
+	// again with a fresh map.
+	SlotsInTransit = "slots are being handed between groups"
 	// HeaderLeader carries the node id of the group's leader on a 503.
 	HeaderLeader = "X-Kvd-Leader"
 	// HeaderForwarded marks a request one node forwarded to another; it

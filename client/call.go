@@ -140,7 +140,7 @@ func (c *Client) answered(ctx context.Context, cl *call, g *groupRoute, epoch ui
 		if _, err := c.refresh(ctx); err != nil {
 			a.lastErr = err
 		}
-	case res.status == http.StatusServiceUnavailable && cl.header.Get(api.HeaderSlots) != "" && strings.Contains(string(res.body), slotsInTransit):
+	case res.status == http.StatusServiceUnavailable && cl.header.Get(api.HeaderSlots) != "" && strings.Contains(string(res.body), api.SlotsInTransit):
 		// A scan's group serves other slots than the scan's map gives it:
 		// the scan reads again with a fresh map (see Client.Scan).
 		c.refresh(ctx)

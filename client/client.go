@@ -367,7 +367,7 @@ func (c *Client) Scan(ctx context.Context, o kvd.ScanOptions, opts ...kvd.ReadOp
 		// A group that does not serve exactly the slots this map gives it
 		// (a move is handing slots over, or the map is old): read again
 		// with a fresh map.
-		if err == nil || attempt >= 8 || !(errors.Is(err, kvd.ErrWrongGroup) || errors.Is(err, kvd.ErrUnavailable) && strings.Contains(err.Error(), slotsInTransit)) {
+		if err == nil || attempt >= 8 || !(errors.Is(err, kvd.ErrWrongGroup) || errors.Is(err, kvd.ErrUnavailable) && strings.Contains(err.Error(), api.SlotsInTransit)) {
 			break
 		}
 		if scanBackoff.Wait(ctx, attempt) != nil {
@@ -382,10 +382,6 @@ func (c *Client) Scan(ctx context.Context, o kvd.ScanOptions, opts ...kvd.ReadOp
 	}
 	return Page{Items: items, More: next != "", Next: next}, nil
 }
-
-// slotsInTransit is in the message of a node's 503 to a scan whose map
-// gives a group other slots than it serves.
-const slotsInTransit = "slots are being handed"
 
 // scanBackoff paces a scan read again while slots change hands.
 var scanBackoff = backoff.Policy{Base: 20 * time.Millisecond, Max: 320 * time.Millisecond}

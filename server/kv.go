@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/store"
 	"github.com/kvd-project/kvd/txn"
@@ -279,14 +280,12 @@ func (s *Server) Scan(ctx context.Context, o kvd.ScanOptions, c kvd.Consistency,
 
 // errSlotsInTransit means a group did not serve exactly the slots the
 // scan's map gives it: slots are changing hands between groups.
-var errSlotsInTransit = fmt.Errorf("%w: %s", kvd.ErrUnavailable, inTransitText)
-
-const inTransitText = "slots are being handed between groups"
+var errSlotsInTransit = fmt.Errorf("%w: %s", kvd.ErrUnavailable, api.SlotsInTransit)
 
 // inTransit tells whether err is errSlotsInTransit, here or from another
 // node (where only its text travels).
 func inTransit(err error) bool {
-	return errors.Is(err, errSlotsInTransit) || (errors.Is(err, kvd.ErrUnavailable) && strings.Contains(err.Error(), inTransitText))
+	return errors.Is(err, errSlotsInTransit) || (errors.Is(err, kvd.ErrUnavailable) && strings.Contains(err.Error(), api.SlotsInTransit))
 }
 
 // scanLocal scans g's replica at consistency c. Write locks in the range

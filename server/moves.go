@@ -232,14 +232,15 @@ func (s *Server) runMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 func (s *Server) copyMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 	var slots kvd.SlotSet
 	slots.AddRanges(mv.Slots)
+	// ingest sends a piece of the copy to the target; targetIndex is the
+	// index of the last piece's entry in the target's log.
+	var targetIndex uint64
 	ingest := func(in store.MoveIngest) error {
 		in.Move, in.Attempt = mv.ID, mv.Attempt
 		data, _ := json.Marshal(in)
 		return s.moveRetry(ctx, "send a piece of the copy", func(ctx context.Context) error {
-			res, err := s.Propose(ctx, mv.To, store.Cmd{Kind: store.CmdMoveIngest, Data: data})
-			if err == nil {
-				err = res.Err
-			}
+			res, err := s.proposeIn(ctx, mv.To, store.Cmd{Kind: store.CmdMoveIngest, Data: data})
+			targetIndex = res.Version
 			return err
 		})
 	}
@@ -285,7 +286,7 @@ func (s *Server) copyMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 		}
 		lost := false
 		for round := 0; round < catchUpRounds; round++ {
-			n, next, err := s.catchUp(ctx, mv, &slots, from, ingest)
+			n, next, _, _, err := s.catchUp(ctx, mv, &slots, from, ingest)
 			if errors.Is(err, store.ErrHistoryLost) {
 				lost = true
 				break
@@ -329,7 +330,7 @@ func (s *Server) copyMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 	var last store.Pos
 	var high uint64
 	for {
-		n, next, l, h, err := s.catchUpLast(ctx, mv, &slots, from, ingest)
+		n, next, l, h, err := s.catchUp(ctx, mv, &slots, from, ingest)
 		if err != nil {
 			return err
 		}
@@ -345,19 +346,10 @@ func (s *Server) copyMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 	// the target's changes of the slots all come after its index, with
 	// versions above every version of the source (a key deleted there
 	// before the copy was not copied, but its deletion had a version).
-	var target uint64
-	data, _ := json.Marshal(store.MoveIngest{Move: mv.ID, Attempt: mv.Attempt, MinVersion: high})
-	if err := s.moveRetry(ctx, "mark the end of the copy", func(ctx context.Context) error {
-		res, err := s.Propose(ctx, mv.To, store.Cmd{Kind: store.CmdMoveIngest, Data: data})
-		if err == nil {
-			err = res.Err
-		}
-		target = res.Version
-		return err
-	}); err != nil {
+	if err := ingest(store.MoveIngest{MinVersion: high}); err != nil {
 		return err
 	}
-	return step(moveStep{Flip: true, SourceIndex: last.Index, SourceSeq: last.Seq, TargetIndex: target})
+	return step(moveStep{Flip: true, SourceIndex: last.Index, SourceSeq: last.Seq, TargetIndex: targetIndex})
 }
 
 // copySlots copies the source's keys of slots to the target, page by
@@ -366,12 +358,7 @@ func (s *Server) copySlots(ctx context.Context, mv *kvd.Move, slots *kvd.SlotSet
 	var from store.Pos
 	after := ""
 	for first := true; ; first = false {
-		var page moveReadAnswer
-		err := s.moveRetry(ctx, "copy a page of the slots", func(ctx context.Context) error {
-			var err error
-			page, err = s.moveRead(ctx, mv.From, moveReadRequest{Op: "copy", Slots: mv.Slots, After: after})
-			return err
-		})
+		page, err := s.readSource(ctx, "copy a page of the slots", mv.From, moveReadRequest{Op: "copy", Slots: mv.Slots, After: after})
 		if err != nil {
 			return from, err
 		}
@@ -398,27 +385,16 @@ func (s *Server) copySlots(ctx context.Context, mv *kvd.Move, slots *kvd.SlotSet
 }
 
 // catchUp sends the target one round of the changes made in the source
-// since position from: how many keys it sent, and where the next round
-// starts. store.ErrHistoryLost means the history no longer reaches back
-// to from.
-func (s *Server) catchUp(ctx context.Context, mv *kvd.Move, slots *kvd.SlotSet, from store.Pos, ingest func(store.MoveIngest) error) (int, store.Pos, error) {
-	n, next, _, _, err := s.catchUpLast(ctx, mv, slots, from, ingest)
-	return n, next, err
-}
-
-// catchUpLast is catchUp, which also returns the position of the last
-// event of the source's history it saw, and the source's newest version.
-func (s *Server) catchUpLast(ctx context.Context, mv *kvd.Move, slots *kvd.SlotSet, from store.Pos, ingest func(store.MoveIngest) error) (int, store.Pos, store.Pos, uint64, error) {
+// since position from: how many keys it sent, where the next round
+// starts, the position of the last event of the source's history it saw,
+// and the source's newest version. store.ErrHistoryLost means the
+// history no longer reaches back to from.
+func (s *Server) catchUp(ctx context.Context, mv *kvd.Move, slots *kvd.SlotSet, from store.Pos, ingest func(store.MoveIngest) error) (int, store.Pos, store.Pos, uint64, error) {
 	sent := 0
 	var last store.Pos
 	var high uint64
 	for {
-		var page moveReadAnswer
-		err := s.moveRetry(ctx, "read the changes since the copy", func(ctx context.Context) error {
-			var err error
-			page, err = s.moveRead(ctx, mv.From, moveReadRequest{Op: "changes", Slots: mv.Slots, Pos: from})
-			return err
-		})
+		page, err := s.readSource(ctx, "read the changes since the copy", mv.From, moveReadRequest{Op: "changes", Slots: mv.Slots, Pos: from})
 		if err != nil {
 			return sent, from, last, high, err
 		}
@@ -444,12 +420,7 @@ func (s *Server) catchUpLast(ctx context.Context, mv *kvd.Move, slots *kvd.SlotS
 func (s *Server) drainLocks(ctx context.Context, mv *kvd.Move, slots *kvd.SlotSet) error {
 	until := time.Now().Add(lockDrain)
 	for attempt := 0; ; attempt++ {
-		var page moveReadAnswer
-		err := s.moveRetry(ctx, "read the locks in the slots", func(ctx context.Context) error {
-			var err error
-			page, err = s.moveRead(ctx, mv.From, moveReadRequest{Op: "locks", Slots: mv.Slots})
-			return err
-		})
+		page, err := s.readSource(ctx, "read the locks in the slots", mv.From, moveReadRequest{Op: "locks", Slots: mv.Slots})
 		if err != nil {
 			return err
 		}
@@ -492,12 +463,7 @@ func (s *Server) copyDedup(ctx context.Context, mv *kvd.Move, since int64, inges
 	newest := since
 	after := ""
 	for {
-		var page moveReadAnswer
-		err := s.moveRetry(ctx, "read the idempotency records", func(ctx context.Context) error {
-			var err error
-			page, err = s.moveRead(ctx, mv.From, moveReadRequest{Op: "dedup", Since: since, After: after})
-			return err
-		})
+		page, err := s.readSource(ctx, "read the idempotency records", mv.From, moveReadRequest{Op: "dedup", Since: since, After: after})
 		if err != nil {
 			return newest, err
 		}
@@ -552,6 +518,28 @@ func (s *Server) moveRetry(ctx context.Context, what string, fn func(ctx context
 // retries other than moveStepTimeout.
 type stepTimeoutKey struct{}
 
+// readSource reads a piece of group g's state for a move (moveRead),
+// retried as a step (moveRetry).
+func (s *Server) readSource(ctx context.Context, what string, g kvd.GroupID, req moveReadRequest) (moveReadAnswer, error) {
+	var page moveReadAnswer
+	err := s.moveRetry(ctx, what, func(ctx context.Context) error {
+		var err error
+		page, err = s.moveRead(ctx, g, req)
+		return err
+	})
+	return page, err
+}
+
+// proposeIn proposes cmd in group g (Propose), and returns the command's
+// refusal as its error.
+func (s *Server) proposeIn(ctx context.Context, g kvd.GroupID, cmd store.Cmd) (store.Result, error) {
+	res, err := s.Propose(ctx, g, cmd)
+	if err == nil {
+		err = res.Err
+	}
+	return res, err
+}
+
 // pushMap proposes this node's map to group g, so that g's log holds it
 // (or a newer one) once it returns.
 func (s *Server) pushMap(ctx context.Context, g kvd.GroupID) error {
@@ -559,11 +547,7 @@ func (s *Server) pushMap(ctx context.Context, g kvd.GroupID) error {
 	if err != nil {
 		return err
 	}
-	res, err := s.Propose(ctx, g, store.Cmd{Kind: store.CmdSetMap, Data: data})
-	if err == nil {
-		err = res.Err
-	}
-	if err != nil {
+	if _, err := s.proposeIn(ctx, g, store.Cmd{Kind: store.CmdSetMap, Data: data}); err != nil {
 		return fmt.Errorf("store the map in group %d: %w", g, err)
 	}
 	return nil
@@ -661,7 +645,9 @@ func moveReadLocal(ctx context.Context, g *replication.Group, req moveReadReques
 	case "copy":
 		a.Keys, a.Next, a.At, err = db.CopySlots(&slots, req.After, movePage)
 	case "changes":
-		a.Keys, a.Upto, a.Floor, a.Last, a.More, a.High, err = db.ChangedKeysHigh(&slots, req.Pos, moveChangedKeys, movePage)
+		var c store.Changes
+		c, err = db.ChangedKeys(&slots, req.Pos, moveChangedKeys, movePage)
+		a.Keys, a.Upto, a.Floor, a.Last, a.More, a.High = c.Keys, c.Upto, c.Floor, c.Last, c.More, c.High
 	case "locks":
 		var all []store.HeldLock
 		all, err = db.Locks()

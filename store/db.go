@@ -88,8 +88,9 @@ type DB struct {
 	clusterMap  atomic.Pointer[kvd.Map]
 	placement   atomic.Pointer[placement]
 	// strayClean is the placement under which StrayKeys last found no
-	// leftover keys.
+	// leftover keys; served is ServedSlots' last answer.
 	strayClean atomic.Pointer[placement]
+	served     atomic.Pointer[servedSlots]
 
 	// notifyMu protects notify, closed and replaced each time the
 	// applied index advances.

@@ -221,16 +221,27 @@ func (db *DB) Readable(key string) error {
 }
 
 // ServedSlots returns the slots this group serves reads of by the map it
-// stores (every slot without a map).
+// stores (every slot without a map). Every routed scan asks, twice: the
+// set is kept until the stored map changes.
 func (db *DB) ServedSlots() kvd.SlotSet {
-	var ss kvd.SlotSet
 	p := db.placement.Load()
+	if c := db.served.Load(); c != nil && c.p == p {
+		return c.set
+	}
+	c := &servedSlots{p: p}
 	for s := 0; s < kvd.SlotCount; s++ {
 		if p == nil || db.opts.Group == 0 || p.readable(db.opts.Group, s) == nil {
-			ss.Add(s)
+			c.set.Add(s)
 		}
 	}
-	return ss
+	db.served.Store(c)
+	return c.set
+}
+
+// servedSlots is ServedSlots' answer under one placement.
+type servedSlots struct {
+	p   *placement
+	set kvd.SlotSet
 }
 
 // CopySlots reads a page of the keys in slots, in key order after key
@@ -272,49 +283,51 @@ func mustMeta(meta bucket, key []byte) []byte {
 	return v
 }
 
+// Changes is a page of ChangedKeys.
+type Changes struct {
+	// Keys is the current state of each key changed.
+	Keys []MovedKey
+	// Upto is the position to go on from; More tells that changes were
+	// left for the next page.
+	Upto Pos
+	More bool
+	// Floor is the history's floor (the position asked below it:
+	// changes were lost, and the copy must start over), Last the
+	// position of its last event.
+	Floor, Last Pos
+	// High is the version of the last entry applied (its index plus the
+	// version base): no change of the group has a higher one.
+	High uint64
+}
+
 // ChangedKeys reads the history after position after for changes of
 // keys in slots, and returns the current state of each key changed (at
 // most maxKeys of them, of at most maxBytes of keys and values but at
-// least one), from one consistent view: upto is the position to go on
-// from, more tells that changes were left for the next page, floor is
-// the history's floor (after below it: changes were lost, and the copy
-// must start over), last the position of the history's last event.
-func (db *DB) ChangedKeys(slots *kvd.SlotSet, after Pos, maxKeys, maxBytes int) (keys []MovedKey, upto, floor, last Pos, more bool, err error) {
-	keys, upto, floor, last, more, _, err = db.changedKeys(slots, after, maxKeys, maxBytes)
-	return keys, upto, floor, last, more, err
-}
-
-// ChangedKeysHigh is ChangedKeys, which also returns the version of the
-// last entry applied in the same view (its index plus the version base):
-// no change of the group has a higher one.
-func (db *DB) ChangedKeysHigh(slots *kvd.SlotSet, after Pos, maxKeys, maxBytes int) (keys []MovedKey, upto, floor, last Pos, more bool, high uint64, err error) {
-	return db.changedKeys(slots, after, maxKeys, maxBytes)
-}
-
-func (db *DB) changedKeys(slots *kvd.SlotSet, after Pos, maxKeys, maxBytes int) (keys []MovedKey, upto, floor, last Pos, more bool, high uint64, err error) {
-	upto = after
-	err = db.view(func(tx *bolt.Tx) error {
+// least one), all from one consistent view.
+func (db *DB) ChangedKeys(slots *kvd.SlotSet, after Pos, maxKeys, maxBytes int) (Changes, error) {
+	c := Changes{Upto: after}
+	err := db.view(func(tx *bolt.Tx) error {
 		bs := bucketsOf(tx)
 		applied, _ := metaU64(bs.meta, metaApplied)
 		base, _ := metaU64(bs.meta, metaVersionBase)
-		high = applied + base
+		c.High = applied + base
 		fb, err := bs.meta.get(metaHistFloor)
 		if err != nil {
 			return err
 		}
-		floor = posOf(fb)
+		c.Floor = posOf(fb)
 		if k, _ := bs.hist.b.Cursor().Last(); k != nil {
-			last = posOf(k)
+			c.Last = posOf(k)
 		}
-		if after.Less(floor) {
+		if after.Less(c.Floor) {
 			return nil
 		}
 		seen := map[string]bool{}
 		size := 0
-		c := bs.hist.cursor()
+		cur := bs.hist.cursor()
 		start := after
 		start.Seq++
-		for k, v := c.seek(start.bytes()); k != nil; k, v = c.next() {
+		for k, v := cur.seek(start.bytes()); k != nil; k, v = cur.next() {
 			pos := posOf(k)
 			if !after.Less(pos) {
 				continue
@@ -332,22 +345,22 @@ func (db *DB) changedKeys(slots *kvd.SlotSet, after Pos, maxKeys, maxBytes int) 
 				if rec != nil {
 					mk = MovedKey{Key: ev.Key, Value: append([]byte(nil), recValue(rec)...), Version: version(rec), Expires: recExpires(rec)}
 				}
-				if len(keys) == maxKeys || (len(keys) > 0 && size+len(mk.Key)+len(mk.Value) > maxBytes) {
-					more = true
+				if len(c.Keys) == maxKeys || (len(c.Keys) > 0 && size+len(mk.Key)+len(mk.Value) > maxBytes) {
+					c.More = true
 					break
 				}
 				seen[ev.Key] = true
-				keys = append(keys, mk)
+				c.Keys = append(c.Keys, mk)
 				size += len(mk.Key) + len(mk.Value)
 			}
-			upto = pos
+			c.Upto = pos
 		}
-		return c.err
+		return cur.err
 	})
 	if err != nil {
-		return nil, after, floor, last, false, 0, fmt.Errorf("read changes: %w", err)
+		return Changes{Upto: after}, fmt.Errorf("read changes: %w", err)
 	}
-	return keys, upto, floor, last, more, high, nil
+	return c, nil
 }
 
 // ErrHistoryLost means the history no longer reaches back to a position

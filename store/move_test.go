@@ -225,26 +225,31 @@ func TestCopySlotsAndChangedKeys_ReadOneViewPageByPage(t *testing.T) {
 	applyAt(t, db, 200, 1, put(in[0], "new"))
 	applyAt(t, db, 201, 1, Cmd{Kind: CmdDelete, Key: in[1]})
 	applyAt(t, db, 202, 1, put(in[0], "newer"))
-	keys, upto, _, last, more, err := db.ChangedKeys(&slots, Pos{Index: at, Seq: ^uint32(0)}, 100, 1<<20)
+	c, err := db.ChangedKeys(&slots, Pos{Index: at, Seq: ^uint32(0)}, 100, 1<<20)
+	keys, upto, last, more := c.Keys, c.Upto, c.Last, c.More
 	require.NoError(t, err)
 	require.False(t, more)
 	require.Equal(t, Pos{Index: 202, Seq: 1}, last)
 	require.Equal(t, []MovedKey{{Key: in[0], Value: []byte("newer"), Version: 202}, {Key: in[1], Version: 201, Deleted: true}}, keys)
 	require.Equal(t, uint64(202), upto.Index)
-	keys, _, _, _, _, err = db.ChangedKeys(&slots, upto, 100, 1<<20)
+	c, err = db.ChangedKeys(&slots, upto, 100, 1<<20)
+	keys = c.Keys
 	require.NoError(t, err)
 	require.Empty(t, keys)
 	// Pages are bounded by bytes too (at least one key each).
-	keys, upto, _, _, more, err = db.ChangedKeys(&slots, Pos{Index: at, Seq: ^uint32(0)}, 100, 1)
+	c, err = db.ChangedKeys(&slots, Pos{Index: at, Seq: ^uint32(0)}, 100, 1)
+	keys, upto, more = c.Keys, c.Upto, c.More
 	require.NoError(t, err)
 	require.True(t, more)
 	require.Len(t, keys, 1)
-	keys, upto, _, _, more, err = db.ChangedKeys(&slots, upto, 100, 1)
+	c, err = db.ChangedKeys(&slots, upto, 100, 1)
+	keys, upto, more = c.Keys, c.Upto, c.More
 	require.NoError(t, err)
 	require.Len(t, keys, 1)
 	require.Equal(t, in[1], keys[0].Key)
 	require.True(t, more, "in[0] changed again after in[1]")
-	keys, _, _, _, more, err = db.ChangedKeys(&slots, upto, 100, 1)
+	c, err = db.ChangedKeys(&slots, upto, 100, 1)
+	keys, more = c.Keys, c.More
 	require.NoError(t, err)
 	require.Equal(t, []MovedKey{{Key: in[0], Value: []byte("newer"), Version: 202}}, keys)
 	require.False(t, more)
