@@ -137,6 +137,17 @@ func withoutFeature(status map[string]api.Status, nodes []string, feature string
 	return old
 }
 
+// lowDisk returns a node among nodes whose disk refuses writes, "" if
+// none: a move must not fill it further.
+func (s *Server) lowDisk(nodes []string) string {
+	for _, n := range nodes {
+		if s.peerDisks.isLow(n) || (n == s.id && s.disk.low.Load()) {
+			return n
+		}
+	}
+	return ""
+}
+
 // groupHosts returns the nodes that host the groups ids.
 func groupHosts(m *kvd.Map, ids ...kvd.GroupID) []string {
 	var out []string
@@ -241,6 +252,9 @@ func (s *Server) StartMove(ctx context.Context, r api.MoveRequest) (api.MoveStar
 	}
 	if err := s.checkFeature(groupHosts(m, ids...), api.FeatureSlotMoves); err != nil {
 		return api.MoveStarted{}, 0, err
+	}
+	if n := s.lowDisk(groupHosts(m, to)); n != "" {
+		return api.MoveStarted{}, 0, fmt.Errorf("node %s, which holds a replica of group %d, is short of disk: the copy would fill it: %w", n, to, kvd.ErrConflict)
 	}
 	var moves []kvd.Move
 	for _, from := range slices.Sorted(mapsKeys(bySource)) {
@@ -410,6 +424,11 @@ func (s *Server) Rebalance(ctx context.Context, dryRun bool) (api.RebalancePlan,
 	}
 	if err := s.checkFeature(groupHosts(m, all...), api.FeatureSlotMoves); err != nil {
 		return api.RebalancePlan{}, err
+	}
+	for _, mv := range moves {
+		if n := s.lowDisk(groupHosts(m, mv.To)); n != "" {
+			return api.RebalancePlan{}, fmt.Errorf("node %s, which holds a replica of group %d, is short of disk: the plan's copies would fill it: %w", n, mv.To, kvd.ErrConflict)
+		}
 	}
 	next, err := s.editMap(ctx, mapEdit{Op: editStartMoves, Moves: moves})
 	if err != nil {

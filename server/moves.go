@@ -237,6 +237,11 @@ func (s *Server) copyMove(ctx context.Context, mv *kvd.Move, r *moveRun) error {
 	var targetIndex uint64
 	ingest := func(in store.MoveIngest) error {
 		in.Move, in.Attempt = mv.ID, mv.Attempt
+		if n := s.lowDisk(groupHosts(s.Map(), mv.To)); n != "" && (len(in.Keys) > 0 || len(in.Dedup) > 0) {
+			// The move fails (and its copies are dropped) rather than
+			// filling the disk of a replica of the target.
+			return fmt.Errorf("node %s, which holds a replica of group %d, is short of disk: %w", n, mv.To, kvd.ErrInsufficientStorage)
+		}
 		data, _ := json.Marshal(in)
 		return s.moveRetry(ctx, "send a piece of the copy", func(ctx context.Context) error {
 			res, err := s.proposeIn(ctx, mv.To, store.Cmd{Kind: store.CmdMoveIngest, Data: data})
@@ -501,7 +506,8 @@ func (s *Server) moveRetry(ctx context.Context, what string, fn func(ctx context
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if errors.Is(err, errStale) || errors.Is(err, kvd.ErrConflict) || errors.Is(err, kvd.ErrNotFound) || errors.Is(err, kvd.ErrInvalid) || errors.Is(err, kvd.ErrWrongGroup) {
+		if errors.Is(err, errStale) || errors.Is(err, kvd.ErrConflict) || errors.Is(err, kvd.ErrNotFound) || errors.Is(err, kvd.ErrInvalid) ||
+			errors.Is(err, kvd.ErrWrongGroup) || errors.Is(err, kvd.ErrInsufficientStorage) {
 			return fmt.Errorf("%s: %w", what, err)
 		}
 		if time.Now().After(deadline) {

@@ -16,6 +16,7 @@ import (
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/internal/testkit/testcluster"
+	"github.com/kvd-project/kvd/server"
 	"github.com/kvd-project/kvd/store"
 )
 
@@ -535,4 +536,26 @@ func TestMoves_AKeyDeletedBeforeTheMoveKeepsGrowingVersions(t *testing.T) {
 	waitMoves(t, c, startMove(t, c, 1, slotOf("gone"), 2)...)
 	v := putVersion(t, c, 2, "gone", "again")
 	require.Greater(t, v, deleted, "the key's version went back across the move")
+}
+
+// A move into a group whose replica's disk is short is refused: the copy
+// would fill it.
+func TestMoves_RefusedWhenATargetReplicasDiskIsShort(t *testing.T) {
+	c := testcluster.New(t, 3, 2, func(cfg *server.Config) {
+		if cfg.NodeID == "n3" {
+			cfg.QuotaBytes = 1 // its data directory is past its quota at once
+		}
+	})
+	require.Eventually(t, func() bool {
+		var st api.Status
+		r := testcluster.Do(t, "GET", c.URL(2)+"/v1/status", nil)
+		return json.Unmarshal(r.Body, &st) == nil && st.Storage != nil && !st.Storage.Writable
+	}, 10*time.Second, 50*time.Millisecond, "n3 refuses writes")
+	time.Sleep(2500 * time.Millisecond) // the nodes' status round (every second) tells the others
+	body, _ := json.Marshal(api.MoveRequest{Slots: [][2]int{{0, 3}}, To: 2})
+	r := testcluster.Do(t, "POST", c.URL(0)+"/v1/admin/moves", body)
+	require.Equal(t, 409, r.Status, "%s", r.Body)
+	require.Contains(t, string(r.Body), "short of disk")
+	moves := testcluster.Do(t, "GET", c.URL(0)+"/v1/admin/moves", nil)
+	require.NotContains(t, string(moves.Body), `"from"`, "no move was recorded")
 }
