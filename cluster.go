@@ -94,6 +94,31 @@ type Map struct {
 	// LastGroup is the highest group id ever used: a new group takes the
 	// next, so that no id is used twice.
 	LastGroup GroupID `json:"last_group,omitempty"`
+	// Restore is the restore under way, if any: one at a time, and no
+	// slot moves meanwhile.
+	Restore *Restore `json:"restore,omitempty"`
+}
+
+// Restore states.
+const (
+	// RestoreStaging: the restore's node is staging the backup's keys in
+	// the groups, out of sight; a failure drops them.
+	RestoreStaging = "staging"
+	// RestoreLoading: every group has its keys staged; the groups are
+	// sealed and load them, and the restore finishes whatever crashes.
+	RestoreLoading = "loading"
+)
+
+// Restore is a restore under way (see server/restore.go).
+type Restore struct {
+	ID    string `json:"id"`
+	Node  string `json:"node"`
+	State string `json:"state"`
+	Force bool   `json:"force,omitempty"`
+	// Groups are the groups the keys are staged in (loading).
+	Groups []GroupID `json:"groups,omitempty"`
+	// Started is when it started (RFC 3339).
+	Started string `json:"started,omitempty"`
 }
 
 // InitialCluster is the bootstrap file of the contract: the nodes, the
@@ -198,7 +223,21 @@ func (m *Map) Clone() *Map {
 		mv.Slots = append([]SlotRange(nil), mv.Slots...)
 		c.Moves = append(c.Moves, mv)
 	}
+	if m.Restore != nil {
+		r := *m.Restore
+		r.Groups = append([]GroupID(nil), r.Groups...)
+		c.Restore = &r
+	}
 	return c
+}
+
+// GroupIDs returns the ids of the map's groups, in the map's order.
+func (m *Map) GroupIDs() []GroupID {
+	ids := make([]GroupID, 0, len(m.Groups))
+	for _, g := range m.Groups {
+		ids = append(ids, g.ID)
+	}
+	return ids
 }
 
 // Node returns the node with the given id.

@@ -227,6 +227,8 @@ type Status struct {
 	// Features names what this node's version can take part in that
 	// earlier versions cannot (FeatureSlotMoves).
 	Features []string `json:"features,omitempty"`
+	// Restores are the restores this node drives now.
+	Restores []string `json:"restores,omitempty"`
 }
 
 // FeatureSlotMoves is the feature of nodes that apply the commands of

@@ -19,6 +19,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/backup"
 	"github.com/kvd-project/kvd/internal/failpoint"
 	"github.com/kvd-project/kvd/internal/wire"
 )
@@ -110,6 +111,14 @@ type Backend interface {
 	// Rebalance plans, and unless dryRun starts, the moves that even out
 	// the groups (admin).
 	Rebalance(ctx context.Context, dryRun bool) (api.RebalancePlan, error)
+	// Backup writes a backup of every group at one consistent cut (admin);
+	// start gives the writer just before the first byte.
+	Backup(ctx context.Context, start func() io.Writer) (backup.Summary, error)
+	// Restore loads a backup into the cluster, all or nothing (admin).
+	Restore(ctx context.Context, r io.Reader, force bool) (api.RestoreResult, error)
+	// WriteBackupPart streams this node's replica of group g for a
+	// backup's cut (node to node); flush pushes out the part's header.
+	WriteBackupPart(ctx context.Context, g kvd.GroupID, id string, minIndex uint64, start func() io.Writer, flush func()) error
 	// MoveRead reads a piece of group g's state for a slot move (node to
 	// node).
 	MoveRead(ctx context.Context, g kvd.GroupID, body []byte) ([]byte, error)
@@ -227,6 +236,9 @@ func New(b Backend, o Options) (*Handler, error) {
 	})).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/log", h.logEntry).Methods(http.MethodGet)
 	r.HandleFunc("/v1/internal/snapshot", h.snapshot).Methods(http.MethodGet)
+	r.HandleFunc("/v1/internal/backuppart", h.backupPart).Methods(http.MethodGet)
+	r.HandleFunc("/v1/admin/backup", h.backup).Methods(http.MethodGet)
+	r.HandleFunc("/v1/admin/restore", h.restore).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/hash", h.hash).Methods(http.MethodGet)
 	r.HandleFunc("/v1/internal/txns", h.groupTxns).Methods(http.MethodGet)
 	r.HandleFunc("/v1/admin/txns", h.txns).Methods(http.MethodGet)

@@ -148,6 +148,8 @@ func (s *Server) runMembership(ctx context.Context) {
 		lastCluster = time.Now()
 		s.retireReplicas(ctx)
 		s.superviseMoves(ctx)
+		s.superviseRestore(ctx)
+		s.liftStaleFreezes(ctx)
 		s.sweepStray(ctx)
 		if s.systemLeader(ctx) == nil && !s.cfg.Embedded {
 			s.reconcileCluster(ctx)

@@ -50,7 +50,7 @@ const moveWait = 3 * time.Second
 // movedAway tells whether err is a group's refusal of a key because its
 // slot moved, or is being handed over.
 func movedAway(err error) bool {
-	return errors.Is(err, kvd.ErrWrongGroup) || (errors.Is(err, kvd.ErrUnavailable) && strings.Contains(err.Error(), "is being handed"))
+	return errors.Is(err, kvd.ErrWrongGroup) || (errors.Is(err, kvd.ErrUnavailable) && strings.Contains(err.Error(), "is being handed")) || store.Paused(err)
 }
 
 // placed runs op, again while a slot move refuses it (see moveWait),

@@ -51,6 +51,11 @@ type mapEdit struct {
 	Moves []kvd.Move `json:"moves,omitempty"`
 	// Step is a move's next step (move-step).
 	Step *moveStep `json:"step,omitempty"`
+	// Restore is the restore a restore edit concerns; Displace, with
+	// restore-begin, names a staging restore its node no longer drives,
+	// which the new one replaces.
+	Restore  *kvd.Restore `json:"restore,omitempty"`
+	Displace string       `json:"displace,omitempty"`
 }
 
 // errNoChange reports an edit that the map already reflects.
@@ -60,6 +65,8 @@ func (e mapEdit) String() string {
 	switch {
 	case e.Step != nil:
 		return fmt.Sprintf("%s %s (attempt %d%s%s)", e.Op, e.Step.ID, e.Step.Attempt, map[bool]string{true: ", claim"}[e.Step.Claim]+map[bool]string{true: ", flip"}[e.Step.Flip], map[bool]string{true: ", " + e.Step.State}[e.Step.State != ""])
+	case e.Restore != nil:
+		return fmt.Sprintf("%s %s", e.Op, e.Restore.ID)
 	case e.Op == editStartMoves:
 		return fmt.Sprintf("%s (%d)", e.Op, len(e.Moves))
 	case e.Op == editCreateGroup || e.Op == editDeleteGroup || e.Op == editGroupReady:
@@ -75,6 +82,9 @@ func (e mapEdit) String() string {
 // kvd.ErrNotFound, kvd.ErrInvalid), or reports errNoChange.
 func (e mapEdit) apply(m *kvd.Map) error {
 	if handled, err := e.applyGroupEdit(m); handled {
+		return err
+	}
+	if handled, err := e.applyRestoreEdit(m); handled {
 		return err
 	}
 	switch e.Op {

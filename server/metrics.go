@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/backup"
 	"github.com/kvd-project/kvd/replication"
 )
 
@@ -34,6 +35,12 @@ type nodeMetrics struct {
 	moves        *prometheus.CounterVec
 	moveHandOff  prometheus.Histogram
 	strayDropped prometheus.Counter
+
+	// Backups and restores.
+	backups, restores  *prometheus.CounterVec
+	backupLastTime     atomic.Int64 // Unix ns of the last backup taken whole
+	backupLastBytes    atomic.Uint64
+	backupLastDuration atomic.Int64 // ns
 }
 
 func newNodeMetrics() *nodeMetrics {
@@ -73,6 +80,14 @@ func newNodeMetrics() *nodeMetrics {
 			Name: "kvd_moved_keys_dropped_total",
 			Help: "Keys this node's groups dropped as leaders because their slots moved to another group (or a failed move had copied them).",
 		}),
+		backups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvd_backups_total",
+			Help: "Backups this node took (asked over HTTP, or on its schedule), by result (done, failed).",
+		}, []string{"result"}),
+		restores: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvd_restores_total",
+			Help: "Restores this node drove, by result (done, failed).",
+		}, []string{"result"}),
 		txnOutcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvd_txn_total",
 			Help: "Transactions this node coordinated, by outcome (committed, conflict, compare_failed, not_a_number, unknown, failed).",
@@ -91,7 +106,19 @@ func (m *nodeMetrics) observer(g kvd.GroupID) replication.Observer {
 }
 
 func (m *nodeMetrics) register(reg prometheus.Registerer) {
-	reg.MustRegister(m.apply, m.append, m.txnOutcomes, m.mapChanges, m.configChanges, m.learnerBehind, m.moves, m.moveHandOff, m.strayDropped)
+	reg.MustRegister(m.apply, m.append, m.txnOutcomes, m.mapChanges, m.configChanges, m.learnerBehind, m.moves, m.moveHandOff, m.strayDropped,
+		m.backups, m.restores)
+	gauge := func(name, help string, fn func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, fn)
+	}
+	reg.MustRegister(
+		gauge("kvd_backup_last_timestamp_seconds", "When this node finished its last backup taken whole (Unix time; 0: none yet).",
+			func() float64 { return float64(m.backupLastTime.Load()) / 1e9 }),
+		gauge("kvd_backup_last_size_bytes", "Size of the last backup this node took whole.",
+			func() float64 { return float64(m.backupLastBytes.Load()) }),
+		gauge("kvd_backup_last_duration_seconds", "How long the last backup this node took whole lasted.",
+			func() float64 { return float64(m.backupLastDuration.Load()) / 1e9 }),
+	)
 	counter := func(name, help string, v *atomic.Uint64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
 	}
@@ -206,4 +233,17 @@ func (c *raftCollector) Collect(ch chan<- prometheus.Metric) {
 	if c.s.mux != nil {
 		counter(descRaftRefuse, c.s.mux.Refused())
 	}
+}
+
+// backupDone counts a backup that began at began, and keeps its figures if
+// it was taken whole.
+func (m *nodeMetrics) backupDone(began time.Time, sum backup.Summary, size int64, err error) {
+	if err != nil {
+		m.backups.WithLabelValues("failed").Inc()
+		return
+	}
+	m.backups.WithLabelValues("done").Inc()
+	m.backupLastTime.Store(time.Now().UnixNano())
+	m.backupLastBytes.Store(uint64(size))
+	m.backupLastDuration.Store(int64(time.Since(began)))
 }

@@ -135,6 +135,9 @@ func deleteGroup(m *kvd.Map, id kvd.GroupID) error {
 // startMoves records moves; a move whose id the map holds is not
 // recorded again.
 func startMoves(m *kvd.Map, moves []kvd.Move) error {
+	if m.Restore != nil {
+		return fmt.Errorf("restore %s is under way: %w", m.Restore.ID, kvd.ErrConflict)
+	}
 	added := 0
 	now := time.Now().UnixMilli()
 	var moving kvd.SlotSet

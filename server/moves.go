@@ -673,6 +673,8 @@ func moveReadLocal(ctx context.Context, g *replication.Group, req moveReadReques
 		a.SlotKeys, a.SlotBytes = k[:], b[:]
 	case "dedup":
 		a.Dedup, a.Next, a.Newest, err = db.DedupSince(req.Since, req.After, 1024)
+	case "haskeys":
+		a.More, err = db.HasKeys()
 	default:
 		return a, fmt.Errorf("%w: move read: unknown op %q", kvd.ErrInvalid, req.Op)
 	}

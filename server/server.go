@@ -85,6 +85,8 @@ type Server struct {
 	removalWait sync.Map
 	// moves are the slot moves this node drives.
 	moves moveDrivers
+	// restores are the restores this node drives (see restore.go).
+	restores restores
 	// seen is what this node saw of each node's answers to its probes.
 	seenMu sync.Mutex
 	seen   map[string]*sighting
@@ -107,7 +109,8 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	s := &Server{cfg: cfg, id: cfg.NodeID, log: cfg.Logger.With("node", cfg.NodeID), started: time.Now(),
 		serveErr: make(chan error, 1), leaders: leaderCache{m: map[kvd.GroupID]leaderEntry{}},
-		membershipKick: make(chan struct{}, 1), seen: map[string]*sighting{}, moves: moveDrivers{running: map[string]*moveRun{}}}
+		membershipKick: make(chan struct{}, 1), seen: map[string]*sighting{}, moves: moveDrivers{running: map[string]*moveRun{}},
+		restores: restores{running: map[string]bool{}, seen: map[string]time.Time{}}}
 	s.groups.Store(&map[kvd.GroupID]*replication.Group{})
 	defer func() {
 		if err != nil {

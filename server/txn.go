@@ -294,7 +294,7 @@ func writeKeys(db *store.DB, doc any) []string {
 func proposedRemotely(k store.CmdKind) bool {
 	switch k {
 	case store.CmdTxnPrepare, store.CmdTxnResolve, store.CmdTxnRecover, store.CmdTxnForget, store.CmdDedupClaim, store.CmdDedupDone,
-		store.CmdDedupRegister, store.CmdTxnDecide, store.CmdTxnOnePhase, store.CmdMoveIngest, store.CmdSetMap:
+		store.CmdDedupRegister, store.CmdTxnDecide, store.CmdTxnOnePhase, store.CmdMoveIngest, store.CmdSetMap, store.CmdFreeze, store.CmdRestore:
 		return true
 	}
 	return false

@@ -33,6 +33,10 @@ type applier struct {
 	hash uint64
 	// newMap is the cluster map the batch stored, if any.
 	newMap *kvd.Map
+	// gate is the group's freeze and restore (see backup.go);
+	// gateChanged tells that the batch changed it.
+	gate        *gate
+	gateChanged bool
 	// base is the version base (loaded on first use; see version).
 	baseLoaded bool
 	base       uint64
@@ -156,6 +160,9 @@ func (db *DB) apply(entries []Entry, refused map[cmdPos]error) ([][]Result, erro
 		if a.newMap != nil {
 			db.setMap(a.newMap, a.placement)
 		}
+		if a.gateChanged {
+			db.gate.Store(a.gate)
+		}
 		db.stateHash.Store(a.hash)
 		db.appliedTerm.Store(lastTerm)
 		db.applied.Store(last)
@@ -167,7 +174,10 @@ func (db *DB) apply(entries []Entry, refused map[cmdPos]error) ([][]Result, erro
 // newApplier starts applying in tx, from the state the DB has published.
 func (db *DB) newApplier(tx *bolt.Tx) *applier {
 	a := &applier{buckets: bucketsOf(tx), histMax: db.opts.HistoryMax, histMaxBytes: db.opts.HistoryMaxBytes,
-		group: db.opts.Group, placement: db.placement.Load(), hash: db.stateHash.Load()}
+		group: db.opts.Group, placement: db.placement.Load(), hash: db.stateHash.Load(), gate: db.gate.Load()}
+	if a.gate == nil {
+		a.gate = &gate{}
+	}
 	// These buckets only grow at their end (keys are positions or
 	// times): full pages on split, not bbolt's default half-full ones.
 	a.hist.b.FillPercent, a.dedupAt.FillPercent = appendFill, appendFill
@@ -231,6 +241,9 @@ func (a *applier) apply(c *Cmd) (Result, error) {
 	if err == nil {
 		err = a.checker().cmd(c, doc)
 	}
+	if err == nil {
+		err = a.paused(c, doc)
+	}
 	if err != nil {
 		return a.invalid(c, err), nil
 	}
@@ -271,6 +284,10 @@ func (a *applier) apply(c *Cmd) (Result, error) {
 		return a.moveIngest(doc.(*MoveIngest))
 	case CmdDropKeys:
 		return a.dropKeys(doc.(*DropKeys))
+	case CmdFreeze:
+		return a.freeze(doc.(*Freeze))
+	case CmdRestore:
+		return a.restore(doc.(*RestoreOp))
 	}
 	return Result{Err: fmt.Errorf("%w: unknown command kind %d", kvd.ErrInvalid, c.Kind)}, nil
 }

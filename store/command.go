@@ -56,12 +56,17 @@ const (
 	// owns. Data holds their JSON payload (see move.go).
 	CmdMoveIngest CmdKind = 18
 	CmdDropKeys   CmdKind = 19
+	// CmdFreeze freezes the group for a backup's cut, or lifts the
+	// freeze; CmdRestore is a step of a restore. Data holds their JSON
+	// payload (see backup.go).
+	CmdFreeze  CmdKind = 20
+	CmdRestore CmdKind = 21
 )
 
 // hasDocument reports whether k is a command whose payload is a JSON
 // document in Data (transaction and idempotency commands).
 func (k CmdKind) hasDocument() bool {
-	return (k >= CmdTxnPrepare && k <= CmdTxnForget) || (k >= CmdDedupGC && k <= CmdDedupRegister) || k == CmdMoveIngest || k == CmdDropKeys
+	return (k >= CmdTxnPrepare && k <= CmdTxnForget) || (k >= CmdDedupGC && k <= CmdDedupRegister) || (k >= CmdMoveIngest && k <= CmdRestore)
 }
 
 // String names the kind in errors and logs.
@@ -69,7 +74,8 @@ func (k CmdKind) String() string {
 	names := [...]string{CmdNoop: "noop", CmdPut: "put", CmdDelete: "delete", CmdSetMap: "set-map", CmdChangeMap: "change-map", CmdTxnPrepare: "txn-prepare",
 		CmdTxnDecide: "txn-decide", CmdTxnResolve: "txn-resolve", CmdTxnRecover: "txn-recover", CmdTxnOnePhase: "txn-one-phase",
 		CmdTxnForget: "txn-forget", CmdExpire: "expire", CmdDedupGC: "dedup-gc", CmdDedupClaim: "dedup-claim", CmdDedupDone: "dedup-done",
-		CmdDedupRegister: "dedup-register", CmdHashCheck: "hash-check", CmdMoveIngest: "move-ingest", CmdDropKeys: "drop-keys"}
+		CmdDedupRegister: "dedup-register", CmdHashCheck: "hash-check", CmdMoveIngest: "move-ingest", CmdDropKeys: "drop-keys",
+		CmdFreeze: "freeze", CmdRestore: "restore"}
 	if int(k) < len(names) && names[k] != "" {
 		return names[k]
 	}

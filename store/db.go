@@ -87,6 +87,8 @@ type DB struct {
 	stateHash   atomic.Uint64 // the state hash at the applied index
 	clusterMap  atomic.Pointer[kvd.Map]
 	placement   atomic.Pointer[placement]
+	// gate is the stored freeze and restore (see backup.go).
+	gate atomic.Pointer[gate]
 	// strayClean is the placement under which StrayKeys last found no
 	// leftover keys; served is ServedSlots' last answer.
 	strayClean atomic.Pointer[placement]
@@ -168,7 +170,7 @@ type handle struct {
 }
 
 // allBuckets are created in every store.
-var allBuckets = [][]byte{bucketKV, bucketMeta, bucketLocks, bucketTxnKeys, bucketTxns, bucketHistory, bucketExpiry, bucketDedup, bucketDedupAt}
+var allBuckets = [][]byte{bucketKV, bucketMeta, bucketLocks, bucketTxnKeys, bucketTxns, bucketHistory, bucketExpiry, bucketDedup, bucketDedupAt, bucketRestore}
 
 // openBolt opens a bbolt file, turning the errors of a damaged file
 // (bbolt's own checks, or a panic while reading its pages) into ErrCorrupt.
@@ -194,6 +196,7 @@ func (db *DB) openHandle() error {
 	}
 	var applied, term, hash uint64
 	var m *kvd.Map
+	var gt *gate
 	err = guard(func() error {
 		return bdb.Update(func(tx *bolt.Tx) error {
 			for _, b := range allBuckets {
@@ -210,6 +213,9 @@ func (db *DB) openHandle() error {
 				return err
 			}
 			if m, err = storedMap(bs.meta); err != nil {
+				return err
+			}
+			if gt, err = loadGate(bs.meta); err != nil {
 				return err
 			}
 			raw, err := bs.meta.get(metaStateHash)
@@ -237,6 +243,7 @@ func (db *DB) openHandle() error {
 	db.appliedTerm.Store(term)
 	db.stateHash.Store(hash)
 	db.setMap(m, placementOf(m))
+	db.gate.Store(gt)
 	db.wake()
 	return nil
 }
@@ -415,8 +422,8 @@ func (db *DB) view(fn func(tx *bolt.Tx) error) error {
 
 // buckets are the store's buckets in one transaction.
 type buckets struct {
-	kv, locks, txnKeys, txns, dedup, hist, meta bucket
-	expiry, dedupAt                             *bolt.Bucket
+	kv, locks, txnKeys, txns, dedup, hist, meta, restoreB bucket
+	expiry, dedupAt                                       *bolt.Bucket
 }
 
 // bucketsOf returns the store's buckets in tx.
@@ -429,7 +436,9 @@ func bucketsOf(tx *bolt.Tx) buckets {
 		dedup:   bucket{b: tx.Bucket(bucketDedup), tag: tagDedup, hashed: true},
 		hist:    bucket{b: tx.Bucket(bucketHistory), tag: tagHistory},
 		meta:    bucket{b: tx.Bucket(bucketMeta), tag: tagMeta},
-		expiry:  tx.Bucket(bucketExpiry),
-		dedupAt: tx.Bucket(bucketDedupAt),
+		// Keys a restore staged (see backup.go).
+		restoreB: bucket{b: tx.Bucket(bucketRestore), tag: tagRestore, hashed: true},
+		expiry:   tx.Bucket(bucketExpiry),
+		dedupAt:  tx.Bucket(bucketDedupAt),
 	}
 }

@@ -106,7 +106,7 @@ func verifyTx(tx *bolt.Tx) (VerifyReport, error) {
 
 func sumBuckets(bs buckets, check bool, r *VerifyReport) (uint64, error) {
 	var sum uint64
-	for _, b := range []bucket{bs.kv, bs.locks, bs.txnKeys, bs.txns, bs.dedup} {
+	for _, b := range []bucket{bs.kv, bs.locks, bs.txnKeys, bs.txns, bs.dedup, bs.restoreB} {
 		err := b.b.ForEach(func(k, v []byte) error {
 			var c uint32
 			if check {

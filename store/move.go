@@ -213,6 +213,9 @@ func (a *applier) dropKeys(d *DropKeys) (Result, error) {
 // stores: nil, kvd.ErrWrongGroup, or kvd.ErrUnavailable while a move
 // hands the key's slot over.
 func (db *DB) Readable(key string) error {
+	if err := db.sealedErr(); err != nil {
+		return err
+	}
 	p := db.placement.Load()
 	if p == nil || db.opts.Group == 0 {
 		return nil
@@ -224,6 +227,9 @@ func (db *DB) Readable(key string) error {
 // stores (every slot without a map). Every routed scan asks, twice: the
 // set is kept until the stored map changes.
 func (db *DB) ServedSlots() kvd.SlotSet {
+	if db.sealedErr() != nil {
+		return kvd.SlotSet{}
+	}
 	p := db.placement.Load()
 	if c := db.served.Load(); c != nil && c.p == p {
 		return c.set

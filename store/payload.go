@@ -250,6 +250,10 @@ func decodeDocument(c *Cmd) (any, error) {
 		p = new(MoveIngest)
 	case CmdDropKeys:
 		p = new(DropKeys)
+	case CmdFreeze:
+		p = new(Freeze)
+	case CmdRestore:
+		p = new(RestoreOp)
 	default:
 		return nil, nil
 	}

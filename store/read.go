@@ -42,6 +42,9 @@ func (db *DB) Get(key string) (kvd.Item, error) {
 // ("" otherwise). Keys of slots the group does not serve reads of (see
 // Readable: leftovers of a move, or copies still arriving) are skipped.
 func (db *DB) Scan(o kvd.ScanOptions) ([]kvd.Item, string, error) {
+	if err := db.sealedErr(); err != nil {
+		return nil, "", fmt.Errorf("scan: %w", err)
+	}
 	var items []kvd.Item
 	next := ""
 	size := 0
@@ -295,4 +298,18 @@ func (db *DB) Expired(now int64, limit int) ([]ExpiredKey, error) {
 type ExpiredKey struct {
 	Key     string
 	Version uint64
+}
+
+// HasKeys tells whether the state holds any key (of any slot).
+func (db *DB) HasKeys() (bool, error) {
+	var has bool
+	err := db.view(func(tx *bolt.Tx) error {
+		k, _ := tx.Bucket(bucketKV).Cursor().First()
+		has = k != nil
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("has keys: %w", err)
+	}
+	return has, nil
 }

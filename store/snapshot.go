@@ -31,6 +31,7 @@ type Snapshot struct {
 	h       *handle
 	applied uint64
 	term    uint64
+	group   kvd.GroupID
 }
 
 // Snapshot fixes the current state. Call it from the goroutine that calls
@@ -56,7 +57,7 @@ func (db *DB) Snapshot() (*Snapshot, error) {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
 	db.h.pins.Add(1)
-	return &Snapshot{tx: tx, h: db.h, applied: applied, term: term}, nil
+	return &Snapshot{tx: tx, h: db.h, applied: applied, term: term, group: db.opts.Group}, nil
 }
 
 // AppliedIndex returns the index of the last entry the snapshot contains.

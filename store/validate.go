@@ -147,6 +147,13 @@ func (k checker) cmd(c *Cmd, doc any) error {
 		return nil
 	case *DropKeys:
 		return nil
+	case *Freeze:
+		if p.Level < FreezeLift || p.Level > FreezeWrites || (p.Level != FreezeLift && p.ID == "") {
+			return fmt.Errorf("%w: freeze: level %d, id %q", kvd.ErrInvalid, p.Level, p.ID)
+		}
+		return nil
+	case *RestoreOp:
+		return checkRestore(p)
 	}
 	return fmt.Errorf("%w: unknown command kind %d", kvd.ErrInvalid, c.Kind)
 }

@@ -1,0 +1,495 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/backup"
+	"github.com/kvd-project/kvd/store"
+)
+
+// A restore (POST /v1/admin/restore) loads a backup into the cluster, all
+// or nothing, driven by the node asked:
+//
+//  1. the upload is written to a file in the data directory and checked
+//     whole (every chunk's checksum, the file's, the counts): a damaged,
+//     cut or foreign file is refused before anything is written;
+//  2. the map records the restore (staging): one at a time, and no slot
+//     move starts meanwhile; a cluster that holds keys is refused unless
+//     forced;
+//  3. every key goes to the group that owns its slot now, staged there
+//     out of sight through the group's log (CmdRestore stage);
+//  4. the map records the restore as loading: from here it finishes
+//     whatever crashes, driven by this node or, failing it, by the
+//     system group's leader;
+//  5. every group is sealed (it serves nothing), then loads what it
+//     staged in bounded steps, and unseals with the last;
+//  6. the map forgets the restore.
+//
+// A failure before step 4 drops what was staged; readers never saw it. A
+// reader meets a sealed group as unavailable (retried), never a group
+// half loaded.
+
+// restorePage bounds the keys and values staged by one entry.
+const restorePage = 1 << 20
+
+// Map edits of restores.
+const (
+	editRestoreBegin = "restore-begin" // record Restore (staging)
+	editRestoreLoad  = "restore-load"  // Restore.ID's keys are staged in Restore.Groups: load them
+	editRestoreEnd   = "restore-end"   // forget Restore.ID
+)
+
+// applyRestoreEdit makes a restore edit on m; handled is false for an
+// edit of another kind.
+func (e mapEdit) applyRestoreEdit(m *kvd.Map) (handled bool, err error) {
+	r := e.Restore
+	switch e.Op {
+	case editRestoreBegin, editRestoreLoad, editRestoreEnd:
+	default:
+		return false, nil
+	}
+	if r == nil || r.ID == "" {
+		return true, fmt.Errorf("%w: %s names no restore", kvd.ErrInvalid, e.Op)
+	}
+	cur := m.Restore
+	switch e.Op {
+	case editRestoreBegin:
+		switch {
+		case cur != nil && cur.ID == r.ID:
+			return true, errNoChange
+		case cur != nil && cur.State == kvd.RestoreLoading:
+			return true, fmt.Errorf("restore %s is loading: %w", cur.ID, kvd.ErrConflict)
+		case cur != nil && e.Displace != cur.ID:
+			return true, fmt.Errorf("restore %s from node %s is under way since %s: %w", cur.ID, cur.Node, cur.Started, kvd.ErrConflict)
+		}
+		for _, mv := range m.Moves {
+			if mv.Active() {
+				return true, fmt.Errorf("slot move %s is under way: %w", mv.ID, kvd.ErrConflict)
+			}
+		}
+		nr := *r
+		nr.State = kvd.RestoreStaging
+		m.Restore = &nr
+	case editRestoreLoad:
+		switch {
+		case cur == nil || cur.ID != r.ID:
+			return true, fmt.Errorf("restore %s is no longer under way: %w", r.ID, kvd.ErrConflict)
+		case cur.State == kvd.RestoreLoading:
+			return true, errNoChange
+		}
+		nr := *cur
+		nr.State, nr.Groups = kvd.RestoreLoading, append([]kvd.GroupID(nil), r.Groups...)
+		m.Restore = &nr
+	case editRestoreEnd:
+		if cur == nil || cur.ID != r.ID {
+			return true, errNoChange
+		}
+		m.Restore = nil
+	}
+	return true, nil
+}
+
+// restores tracks the restores this node drives.
+type restores struct {
+	mu sync.Mutex // protects running and seen
+	// running are the restores this node drives now.
+	running map[string]bool
+	// seen is when this node, as the system group's leader, first saw a
+	// loading restore that no one here drives.
+	seen map[string]time.Time
+}
+
+// Restore loads the backup read from r into the cluster (see above).
+func (s *Server) Restore(ctx context.Context, r io.Reader, force bool) (api.RestoreResult, error) {
+	began := time.Now()
+	res, err := s.restore(ctx, r, force)
+	res.TookMS = time.Since(began).Milliseconds()
+	result := "done"
+	if err != nil {
+		result = "failed"
+		s.log.Warn("restore failed", "restore", res.ID, "err", err)
+	} else {
+		s.log.Info("restore loaded", "restore", res.ID, "keys", res.Keys, "took", time.Since(began).Round(time.Millisecond))
+	}
+	s.metrics.restores.WithLabelValues(result).Inc()
+	return res, err
+}
+
+func (s *Server) restore(ctx context.Context, r io.Reader, force bool) (api.RestoreResult, error) {
+	res := api.RestoreResult{ID: newBackupID()}
+	f, hdr, err := s.spoolBackup(r)
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		f.Close()
+		os.Remove(f.Name())
+	}()
+	res.Created = hdr.Created.Format(time.RFC3339)
+	m := s.Map()
+	ids := m.GroupIDs()
+	if err := s.checkFeature(groupHosts(m, ids...), api.FeatureBackup); err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
+	rs := &kvd.Restore{ID: res.ID, Node: s.id, Force: force, Started: time.Now().UTC().Format(time.RFC3339)}
+	s.restores.mu.Lock()
+	s.restores.running[rs.ID] = true
+	s.restores.mu.Unlock()
+	defer func() {
+		s.restores.mu.Lock()
+		delete(s.restores.running, rs.ID)
+		s.restores.mu.Unlock()
+	}()
+	if err := s.beginRestore(ctx, rs); err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
+	decided := false
+	defer func() {
+		if !decided {
+			s.abortRestore(ctx, rs, ids)
+		}
+	}()
+	held := 0
+	for _, g := range ids {
+		a, err := s.moveRead(ctx, g, moveReadRequest{Op: "haskeys"})
+		if err != nil {
+			return res, fmt.Errorf("restore: does group %d hold keys: %w", g, err)
+		}
+		if a.More {
+			held++
+		}
+	}
+	if held > 0 && !force {
+		return res, fmt.Errorf("restore: the cluster holds keys (in %d of its %d groups): restore with ?force=true to replace them: %w", held, len(ids), kvd.ErrConflict)
+	}
+	res.Replaced = held > 0
+	if err := s.stageBackup(ctx, f, m, rs.ID, &res); err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
+	rs.Groups = ids
+	if _, err := s.editMap(ctx, mapEdit{Op: editRestoreLoad, Restore: rs}); err != nil {
+		// Recorded or not is unknown if the answer was lost: the map
+		// says, and an abort of a loading restore changes nothing.
+		return res, fmt.Errorf("restore: record it as loading: %w", err)
+	}
+	decided = true
+	res.Groups = len(ids)
+	if err := s.loadRestore(ctx, rs); err != nil {
+		return res, fmt.Errorf("restore %s is staged everywhere and loads in the background (%v): %w", rs.ID, err, kvd.ErrUnknownOutcome)
+	}
+	return res, nil
+}
+
+// spoolBackup writes the backup read from r to a file in the data
+// directory, checking it whole as it goes, and returns the file (at its
+// start) and the backup's header.
+func (s *Server) spoolBackup(r io.Reader) (*os.File, backup.Header, error) {
+	f, err := os.CreateTemp(s.cfg.DataDir, "restore-*.tmp")
+	if err != nil {
+		return nil, backup.Header{}, fmt.Errorf("restore: spool the upload: %w", err)
+	}
+	fail := func(err error) (*os.File, backup.Header, error) {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, backup.Header{}, err
+	}
+	hdr, _, err := backup.Verify(io.TeeReader(r, &diskWriter{f: f, s: s}))
+	if err != nil {
+		if errors.Is(err, kvd.ErrInsufficientStorage) {
+			return fail(fmt.Errorf("restore: spool the upload: %w", err))
+		}
+		return fail(fmt.Errorf("restore: %v: %w", err, kvd.ErrInvalid))
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return fail(fmt.Errorf("restore: %w", err))
+	}
+	return f, hdr, nil
+}
+
+// diskWriter writes to f while the node's disk takes writes.
+type diskWriter struct {
+	f *os.File
+	s *Server
+	n int
+}
+
+func (w *diskWriter) Write(p []byte) (int, error) {
+	if w.n += len(p); w.n >= 4<<20 {
+		if err := w.s.disk.admit(w.n); err != nil {
+			return 0, err
+		}
+		w.n = 0
+	}
+	n, err := w.f.Write(p)
+	if err != nil {
+		return n, fmt.Errorf("%v: %w", err, kvd.ErrInsufficientStorage)
+	}
+	return n, nil
+}
+
+// beginRestore records rs in the map, displacing a staging restore whose
+// node no longer drives it.
+func (s *Server) beginRestore(ctx context.Context, rs *kvd.Restore) error {
+	e := mapEdit{Op: editRestoreBegin, Restore: rs}
+	_, err := s.editMap(ctx, e)
+	if !errors.Is(err, kvd.ErrConflict) {
+		return err
+	}
+	cur := s.Map().Restore
+	if cur == nil || cur.State != kvd.RestoreStaging || s.drivesRestore(ctx, cur) {
+		return err
+	}
+	s.log.Warn("restore: displacing a restore its node no longer drives", "restore", cur.ID, "node", cur.Node)
+	e.Displace = cur.ID
+	_, err = s.editMap(ctx, e)
+	return err
+}
+
+// drivesRestore tells whether r's node (as far as can be told) still
+// drives it.
+func (s *Server) drivesRestore(ctx context.Context, r *kvd.Restore) bool {
+	if r.Node == s.id {
+		s.restores.mu.Lock()
+		defer s.restores.mu.Unlock()
+		return s.restores.running[r.ID]
+	}
+	if _, ok := s.Map().Node(r.Node); !ok {
+		return false
+	}
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := s.peerStatus(sctx, r.Node)
+	if err != nil {
+		return false
+	}
+	for _, id := range st.Restores {
+		if id == r.ID {
+			return true
+		}
+	}
+	return false
+}
+
+// runningRestores lists the restores this node drives.
+func (s *Server) runningRestores() []string {
+	s.restores.mu.Lock()
+	defer s.restores.mu.Unlock()
+	var ids []string
+	for id := range s.restores.running {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// abortRestore drops what rs staged and forgets it, as far as it can.
+func (s *Server) abortRestore(ctx context.Context, rs *kvd.Restore, groups []kvd.GroupID) {
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	data, _ := json.Marshal(store.RestoreOp{ID: rs.ID, Op: store.RestoreAbort})
+	s.eachGroup(groups, func(g kvd.GroupID) error {
+		if _, err := s.proposeIn(actx, g, store.Cmd{Kind: store.CmdRestore, Data: data}); err != nil {
+			s.log.Warn("restore: cannot drop what was staged; the next restore will", "restore", rs.ID, "group", g, "err", err)
+		}
+		return nil
+	})
+	if m := s.Map(); m.Restore != nil && m.Restore.ID == rs.ID && m.Restore.State == kvd.RestoreLoading {
+		return
+	}
+	if _, err := s.editMap(actx, mapEdit{Op: editRestoreEnd, Restore: rs}); err != nil {
+		s.log.Warn("restore: cannot forget it in the map", "restore", rs.ID, "err", err)
+	}
+}
+
+// stageBackup stages every record of the backup in f in the group that
+// owns its key's slot in m.
+func (s *Server) stageBackup(ctx context.Context, f *os.File, m *kvd.Map, id string, res *api.RestoreResult) error {
+	br, err := backup.NewReader(f)
+	if err != nil {
+		return err
+	}
+	type pending struct {
+		keys  []store.MovedKey
+		bytes int
+		sent  uint64 // keys staged so far
+		reset bool   // the first piece went
+	}
+	pend := map[kvd.GroupID]*pending{}
+	for _, g := range m.GroupIDs() {
+		pend[g] = &pending{}
+	}
+	stage := func(g kvd.GroupID, p *pending) error {
+		data, err := json.Marshal(store.RestoreOp{ID: id, Op: store.RestoreStage, Reset: !p.reset, Keys: p.keys})
+		if err != nil {
+			return err
+		}
+		r, err := s.proposeWithRetry(ctx, g, store.Cmd{Kind: store.CmdRestore, Data: data})
+		if err != nil {
+			return fmt.Errorf("stage keys in group %d: %w", g, err)
+		}
+		p.sent += uint64(len(p.keys))
+		if r.Version != p.sent {
+			return fmt.Errorf("group %d holds %d keys of the restore, %d were sent (a key twice in the backup, or another restore's staging): %w", g, r.Version, p.sent, kvd.ErrConflict)
+		}
+		p.reset, p.keys, p.bytes = true, p.keys[:0], 0
+		return nil
+	}
+	for _, g := range m.GroupIDs() {
+		if err := stage(g, pend[g]); err != nil {
+			return err
+		}
+	}
+	for {
+		rec, err := br.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if rec.Expires != 0 && rec.Expires <= time.Now().UnixNano() {
+			res.Expired++
+			continue
+		}
+		g, ok := m.GroupOf(kvd.Slot(rec.Key))
+		if !ok {
+			return fmt.Errorf("slot %d has no group: %w", kvd.Slot(rec.Key), kvd.ErrUnavailable)
+		}
+		p := pend[g]
+		p.keys = append(p.keys, store.MovedKey{Key: rec.Key, Value: append([]byte(nil), rec.Value...), Expires: rec.Expires})
+		p.bytes += len(rec.Key) + len(rec.Value)
+		res.Keys++
+		res.Bytes += uint64(len(rec.Key) + len(rec.Value))
+		if p.bytes >= restorePage {
+			if err := stage(g, p); err != nil {
+				return err
+			}
+		}
+	}
+	for _, g := range m.GroupIDs() {
+		if p := pend[g]; len(p.keys) > 0 {
+			if err := stage(g, p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// proposeWithRetry proposes cmd in group g, again while the group has no
+// leader (a refusal that promises nothing was proposed), within a minute.
+func (s *Server) proposeWithRetry(ctx context.Context, g kvd.GroupID, cmd store.Cmd) (store.Result, error) {
+	pctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		res, err := s.proposeIn(pctx, g, cmd)
+		if err == nil || errors.Is(err, kvd.ErrUnknownOutcome) || !(errors.Is(err, kvd.ErrUnavailable) || errors.Is(err, kvd.ErrNotLeader)) ||
+			leaderBackoff.Wait(pctx, attempt+2) != nil {
+			return res, err
+		}
+	}
+}
+
+// loadRestore seals every group of rs, loads each, and forgets rs: each
+// step is repeated safely, so that whoever finishes a restore (its node,
+// or the system group's leader after it) may start over.
+func (s *Server) loadRestore(ctx context.Context, rs *kvd.Restore) error {
+	op := func(o store.RestoreOp) []byte {
+		data, _ := json.Marshal(o)
+		return data
+	}
+	retry := func(g kvd.GroupID, data []byte) (store.Result, error) {
+		for attempt := 0; ; attempt++ {
+			r, err := s.proposeWithRetry(ctx, g, store.Cmd{Kind: store.CmdRestore, Data: data})
+			if !errors.Is(err, kvd.ErrUnknownOutcome) || attempt >= 5 {
+				return r, err
+			}
+		}
+	}
+	if err := s.eachGroup(rs.Groups, func(g kvd.GroupID) error {
+		_, err := retry(g, op(store.RestoreOp{ID: rs.ID, Op: store.RestoreSeal, Force: rs.Force}))
+		return err
+	}); err != nil {
+		return fmt.Errorf("seal: %w", err)
+	}
+	if err := s.eachGroup(rs.Groups, func(g kvd.GroupID) error {
+		for {
+			r, err := retry(g, op(store.RestoreOp{ID: rs.ID, Op: store.RestoreStep}))
+			if err != nil {
+				return fmt.Errorf("load group %d: %w", g, err)
+			}
+			if r.Version == 0 {
+				return nil
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	if _, err := s.editMap(ctx, mapEdit{Op: editRestoreEnd, Restore: rs}); err != nil {
+		return fmt.Errorf("forget it in the map: %w", err)
+	}
+	return nil
+}
+
+// superviseRestore runs on every node: the system group's leader
+// finishes a loading restore that no one drives (its node died after the
+// decision), and a node drops a staging restore of its own that it no
+// longer drives (it restarted).
+func (s *Server) superviseRestore(ctx context.Context) {
+	m := s.Map()
+	rs := m.Restore
+	if rs == nil {
+		return
+	}
+	s.restores.mu.Lock()
+	mine := s.restores.running[rs.ID]
+	s.restores.mu.Unlock()
+	if mine {
+		return
+	}
+	switch {
+	case rs.State == kvd.RestoreStaging && rs.Node == s.id:
+		s.log.Warn("restore: dropping a restore this node no longer drives", "restore", rs.ID)
+		s.abortRestore(ctx, rs, m.GroupIDs())
+	case rs.State == kvd.RestoreLoading && s.systemLeader(ctx) == nil:
+		s.restores.mu.Lock()
+		first, ok := s.restores.seen[rs.ID]
+		if !ok {
+			s.restores.seen[rs.ID] = time.Now()
+		}
+		start := ok && time.Since(first) > 5*time.Second && (rs.Node != s.id)
+		if rs.Node == s.id && ok {
+			start = true // this node's driver is gone
+		}
+		if start {
+			s.restores.running[rs.ID] = true
+			delete(s.restores.seen, rs.ID)
+		}
+		s.restores.mu.Unlock()
+		if !start {
+			return
+		}
+		r := *rs
+		s.bg.Add(1)
+		go func() {
+			defer s.bg.Done()
+			defer func() {
+				s.restores.mu.Lock()
+				delete(s.restores.running, r.ID)
+				s.restores.mu.Unlock()
+			}()
+			s.log.Info("restore: finishing a loading restore", "restore", r.ID, "node", r.Node)
+			if err := s.loadRestore(ctx, &r); err != nil {
+				s.log.Warn("restore: cannot finish it yet", "restore", r.ID, "err", err)
+			}
+		}()
+	}
+}
