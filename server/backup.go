@@ -10,14 +10,18 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/backup"
+	"github.com/kvd-project/kvd/internal/fsutil"
 	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/store"
 )
@@ -516,4 +520,88 @@ func (s *Server) liftStaleFreezes(ctx context.Context) {
 		cancel()
 		s.log.Warn("backup: lifted a freeze its backup left", "group", gid, "backup", f.ID, "err", err)
 	}
+}
+
+// Scheduled backups are files named backupPrefix + UTC time + backupExt.
+const (
+	backupPrefix = "kvd-backup-"
+	backupExt    = ".kvdb"
+)
+
+// runScheduledBackups writes a backup into Config.BackupDir every
+// BackupEvery while this node leads the system group, and keeps the
+// newest BackupKeep.
+func (s *Server) runScheduledBackups(ctx context.Context) {
+	t := time.NewTicker(s.cfg.BackupEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if s.systemLeader(ctx) != nil {
+			continue
+		}
+		path, err := s.backupToDir(ctx)
+		if err != nil {
+			s.log.Warn("scheduled backup failed", "dir", s.cfg.BackupDir, "err", err)
+			continue
+		}
+		s.log.Info("scheduled backup written", "file", path)
+		if err := pruneBackups(s.cfg.BackupDir, s.cfg.BackupKeep); err != nil {
+			s.log.Warn("scheduled backups: cannot remove old ones", "dir", s.cfg.BackupDir, "err", err)
+		}
+	}
+}
+
+// backupToDir writes a backup into the backup directory: to a temporary
+// file, synced and renamed once whole, so the directory only ever holds
+// whole backups.
+func (s *Server) backupToDir(ctx context.Context) (string, error) {
+	if err := os.MkdirAll(s.cfg.BackupDir, 0o750); err != nil {
+		return "", err
+	}
+	name := filepath.Join(s.cfg.BackupDir, backupPrefix+time.Now().UTC().Format("20060102T150405.000Z")+backupExt)
+	f, err := os.CreateTemp(s.cfg.BackupDir, ".partial-*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(f.Name()) // once renamed, removes nothing
+	defer f.Close()
+	bw := bufio.NewWriterSize(f, 1<<20)
+	if _, err := s.Backup(ctx, func() io.Writer { return bw }); err != nil {
+		return "", err
+	}
+	if err := bw.Flush(); err != nil {
+		return "", err
+	}
+	if err := f.Sync(); err != nil {
+		return "", err
+	}
+	if err := os.Rename(f.Name(), name); err != nil {
+		return "", err
+	}
+	return name, fsutil.SyncDir(s.cfg.BackupDir)
+}
+
+// pruneBackups removes the oldest scheduled backups in dir past keep.
+func pruneBackups(dir string, keep int) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, e := range entries {
+		if n := e.Name(); !e.IsDir() && strings.HasPrefix(n, backupPrefix) && strings.HasSuffix(n, backupExt) {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names) // the UTC time in the name sorts by age
+	var errs []error
+	for len(names) > keep {
+		errs = append(errs, os.Remove(filepath.Join(dir, names[0])))
+		names = names[1:]
+	}
+	return errors.Join(errs...)
 }

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -19,6 +21,7 @@ import (
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/backup"
 	"github.com/kvd-project/kvd/internal/testkit/testcluster"
+	"github.com/kvd-project/kvd/server"
 )
 
 // takeBackup takes a backup through node i's HTTP API and checks it.
@@ -219,4 +222,36 @@ func TestRestore_RefusesBadFilesWithNothingWritten(t *testing.T) {
 	require.Equal(t, 400, r.Status)
 	r = testcluster.Do(t, "GET", d.URL(0)+"/v1/admin/backup?x=1", nil)
 	require.Equal(t, 400, r.Status)
+}
+
+// Scheduled backups: the map's leader alone writes them, whole, and the
+// oldest past --backup-keep go.
+func TestBackup_ScheduledKeepsTheNewest(t *testing.T) {
+	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
+	n := 0
+	c := testcluster.New(t, 3, 2, func(cfg *server.Config) {
+		cfg.BackupDir, cfg.BackupEvery, cfg.BackupKeep = dirs[n%3], 150*time.Millisecond, 2
+		n++
+	})
+	c.WaitReady()
+	_, err := c.Node(0).Txn(context.Background(), kvd.Txn{Ops: []kvd.Op{kvd.OpPut("k", []byte("v"))}}, kvd.WriteOptions{})
+	require.NoError(t, err)
+	var files []string
+	require.Eventually(t, func() bool {
+		files = nil
+		for _, d := range dirs {
+			matches, _ := filepath.Glob(filepath.Join(d, "kvd-backup-*.kvdb"))
+			files = append(files, matches...)
+		}
+		return len(files) == 2 && testcluster.Metric(t, c.URL(c.Leader(c.Node(0).Map().SystemGroup())), "kvd_backups_total", `result="done"`) >= 4
+	}, 20*time.Second, 50*time.Millisecond, "two backups kept, more taken")
+	require.Equal(t, filepath.Dir(files[0]), filepath.Dir(files[1]), "one node writes them")
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		require.NoError(t, err)
+		_, sum, err := backup.Verify(bytes.NewReader(data))
+		require.NoError(t, err)
+		require.Equal(t, uint64(1), sum.Keys)
+	}
+	require.Greater(t, testcluster.Metric(t, c.URL(c.Leader(c.Node(0).Map().SystemGroup())), "kvd_backup_last_timestamp_seconds"), float64(time.Now().Add(-time.Minute).Unix()))
 }

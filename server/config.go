@@ -104,6 +104,12 @@ type Config struct {
 	// participant voted yes and before the decision (a test hook; an
 	// error stops the coordinator there).
 	TxnAfterPrepare func(id string) error
+	// BackupDir, if set, receives a backup every BackupEvery, taken by the
+	// node that leads the system group (the map's leader); the newest
+	// BackupKeep files are kept.
+	BackupDir   string
+	BackupEvery time.Duration
+	BackupKeep  int
 	// TTLInterval is how often a leader looks for expired keys: the
 	// precision of TTLs.
 	TTLInterval time.Duration
@@ -185,6 +191,14 @@ func (c *Config) validate() error {
 	case c.QuotaBytes < 0 || c.MinFreeBytes < 0 || c.MaxInflightRequests < 0 || c.MaxInflightBytes < 0 ||
 		c.MaxWatches < 0 || c.WatchBufferBytes < 0 || c.MemoryHighWater < 0 || c.MaxConnections < 0:
 		return errors.New("quotas and caps must not be negative")
+	}
+	switch {
+	case c.BackupDir != "" && c.BackupEvery <= 0:
+		return errors.New("a backup directory needs a positive backup interval (--backup-every)")
+	case c.BackupDir == "" && c.BackupEvery != 0:
+		return errors.New("a backup interval needs a backup directory (--backup-dir)")
+	case c.BackupDir != "" && c.BackupKeep < 1:
+		return errors.New("backups to keep (--backup-keep) must be at least 1")
 	}
 	if c.TxnTimeout > 0 && c.IdempotencyRetention < 2*c.TxnTimeout {
 		// A claim must outlive the transaction it names, or a repeat

@@ -291,6 +291,9 @@ func (s *Server) startBackground() {
 	}
 	background(func(ctx context.Context) { s.runJanitors(ctx, time.Second) })
 	background(s.runMaintenance)
+	if s.cfg.BackupDir != "" {
+		background(s.runScheduledBackups)
+	}
 	background(func(ctx context.Context) { repeat(ctx, 250*time.Millisecond, s.disk.check) })
 	background(func(ctx context.Context) {
 		handOffs := map[kvd.GroupID]time.Time{}
