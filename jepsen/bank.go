@@ -24,6 +24,8 @@ type BankWorkload struct {
 	keys []string
 }
 
+var _ StateChecker = (*BankWorkload)(nil)
+
 // Name implements Workload.
 func (w *BankWorkload) Name() string { return "bank" }
 
@@ -164,6 +166,34 @@ func (w *BankWorkload) Final(ctx context.Context, env *Env) error {
 		}
 	}
 	return fmt.Errorf("final read of the accounts: %w", ctx.Err())
+}
+
+// CheckState implements StateChecker: every account is in the cut, with
+// a balance that is a non-negative integer, and the balances add up to
+// the initial total; a cut through a transfer would miss or double its
+// amount.
+func (w *BankWorkload) CheckState(state map[string][]byte) []string {
+	var errs []string
+	sum := 0
+	var balances []string
+	for _, k := range w.keys {
+		v, ok := state[k]
+		if !ok {
+			errs = append(errs, fmt.Sprintf("account %q is missing", k))
+			continue
+		}
+		balances = append(balances, fmt.Sprintf("%s=%s", k, v))
+		n, err := strconv.Atoi(string(v))
+		if err != nil || n < 0 {
+			errs = append(errs, fmt.Sprintf("account %q holds %q, not a non-negative integer", k, v))
+			continue
+		}
+		sum += n
+	}
+	if len(errs) == 0 && sum != w.total() {
+		errs = append(errs, fmt.Sprintf("the accounts total %d, not %d: %v", sum, w.total(), balances))
+	}
+	return errs
 }
 
 // Check implements Workload.

@@ -12,5 +12,9 @@
 // cuts connections already pooled. Clients talk to the nodes directly and
 // reach every node throughout.
 //
+// A run may also take backups as it goes (Options.Backup): each one's
+// cut is checked against the workload's invariant and each is restored
+// into a fresh cluster of another shape and read back (see backup.go).
+//
 // Nothing imports this package; cmd/kvd-jepsen is its command line.
 package jepsen

@@ -136,7 +136,9 @@ func keyOfGroup(t *testing.T, c *Cluster, g uint64) string {
 // and list-append under kill; register, set (on 4 nodes, where replicas
 // move between nodes) and bank under membership changes; register and
 // bank under slot moves, and set under slot moves on a cluster of one
-// group (the nemesis creates the second).
+// group (the nemesis creates the second); and bank under kill on three
+// groups with backups taken as it runs, each one's cut checked (the
+// accounts' total) and each restored into a cluster of another shape.
 func TestShortSuite(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs kvd clusters under faults for minutes")
@@ -148,33 +150,39 @@ func TestShortSuite(t *testing.T) {
 	for _, r := range []struct {
 		workload, nemesis string
 		groups            int
-		nodes             int // 0: 3
+		nodes             int  // 0: 3
+		backup            bool // take, check and restore backups
 	}{
-		{"register", "kill", 2, 0},
-		{"register", "pause-leader", 2, 0},
-		{"register", "partition-leader", 2, 0},
-		{"set", "kill", 3, 0},
-		{"set", "pause-leader", 2, 0},
-		{"set", "partition-leader", 2, 0},
-		{"bank", "restart", 3, 0},
-		{"bank", "pause-leader", 2, 0},
-		{"bank", "partition-leader", 2, 0},
-		{"bank", "crash-coordinator", 3, 0},
-		{"list-append", "kill", 3, 0},
-		{"register", "membership", 2, 0},
-		{"set", "membership", 2, 4},
-		{"bank", "membership", 2, 0},
-		{"register", "move", 2, 0},
-		{"bank", "move", 2, 0},
-		{"set", "move", 1, 0},
+		{"register", "kill", 2, 0, false},
+		{"register", "pause-leader", 2, 0, false},
+		{"register", "partition-leader", 2, 0, false},
+		{"set", "kill", 3, 0, false},
+		{"set", "pause-leader", 2, 0, false},
+		{"set", "partition-leader", 2, 0, false},
+		{"bank", "restart", 3, 0, false},
+		{"bank", "pause-leader", 2, 0, false},
+		{"bank", "partition-leader", 2, 0, false},
+		{"bank", "crash-coordinator", 3, 0, false},
+		{"list-append", "kill", 3, 0, false},
+		{"register", "membership", 2, 0, false},
+		{"set", "membership", 2, 4, false},
+		{"bank", "membership", 2, 0, false},
+		{"register", "move", 2, 0, false},
+		{"bank", "move", 2, 0, false},
+		{"set", "move", 1, 0, false},
+		{"bank", "kill", 3, 0, true},
 	} {
-		t.Run(r.workload+"/"+r.nemesis, func(t *testing.T) {
+		name := r.workload + "/" + r.nemesis
+		if r.backup {
+			name += "/backup"
+		}
+		t.Run(name, func(t *testing.T) {
 			w, err := WorkloadByName(r.workload)
 			if err != nil {
 				t.Skipf("no such workload yet: %v", err)
 			}
 			sum, err := Run(context.Background(), Options{Bin: kvdBin, Dir: out, Workload: w, Nemesis: r.nemesis, Groups: r.groups, Nodes: r.nodes,
-				Duration: 25 * time.Second, Quiet: 2 * time.Second, Hold: 5 * time.Second, Logf: t.Logf})
+				Duration: 25 * time.Second, Quiet: 2 * time.Second, Hold: 5 * time.Second, Backup: r.backup, Logf: t.Logf})
 			require.NoError(t, err)
 			t.Log(sum.Line())
 			for _, ch := range sum.Checks {
@@ -184,6 +192,11 @@ func TestShortSuite(t *testing.T) {
 			require.NotEmpty(t, sum.Faults, "faults were injected")
 			for _, f := range sum.Faults {
 				require.Empty(t, f.Error, "fault %s", f.What)
+			}
+			if r.backup {
+				require.NotNil(t, sum.Backups)
+				require.NotEmpty(t, sum.Backups.Taken, "a backup was taken: attempts %v", sum.Backups.Attempts)
+				t.Logf("backups: %d taken, attempts %v, restored into %s", len(sum.Backups.Taken), sum.Backups.Attempts, sum.Backups.Restore)
 			}
 			if sum.Verdict != Valid {
 				b, _ := os.ReadFile(filepath.Join(sum.Dir, "summary.json"))

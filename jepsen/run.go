@@ -42,6 +42,11 @@ type Options struct {
 	Seed uint64
 	// NodeArgs are extra kvd flags for every node.
 	NodeArgs []string
+	// Backup takes backups from the nodes while the clients run, checks
+	// each one's cut (and the workload's invariant over it, see
+	// StateChecker) and restores each into a fresh cluster of another
+	// shape, reading it back (see backup.go).
+	Backup bool
 	// Logf, if set, receives progress lines.
 	Logf func(format string, args ...any)
 }
@@ -76,6 +81,8 @@ type Summary struct {
 	// NemesisSetup says how the nemesis shaped the cluster before the
 	// workload set up (see Preparer), if it did.
 	NemesisSetup string `json:"nemesis_setup,omitempty"`
+	// Backups is what the backups of a run with Options.Backup came to.
+	Backups *BackupReport `json:"backups,omitempty"`
 }
 
 // Line is the one-line verdict of a run.
@@ -179,8 +186,19 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 	}
 	o.Logf("%s: %s under %s for %v (seed %d)", dir, o.Workload.Name(), o.Nemesis, o.Duration, o.Seed)
 
+	var bt *backupTaker
+	if o.Backup {
+		bt = newBackupTaker(c, h, filepath.Join(dir, "backups"), o.Duration, o.Logf)
+		if err := bt.start(ctx); err != nil {
+			return nil, err
+		}
+		defer bt.stop()
+	}
 	d := &driver{o: o, env: env, nem: nem}
 	sum.Faults = d.drive(ctx)
+	if bt != nil {
+		bt.stop() // with the clients
+	}
 	recoverCluster(ctx, o, env, sum)
 	sum.Seconds = sec(h.Now())
 	sum.ProxyRaft, sum.ProxyHTTP = c.ProxyTraffic()
@@ -192,12 +210,24 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 	if ck, ok := nem.(Checker); ok {
 		sum.Checks = append(sum.Checks, ck.Checks()...)
 	}
+	if bt != nil {
+		cuts := bt.judgeCuts(o.Workload, ops)
+		restores, where := bt.judgeRestores(ctx, o.Workload, o.Bin, filepath.Join(dir, "restore"), o.Groups+1, o.NodeArgs, o.Logf)
+		sum.Checks = append(sum.Checks, cuts, restores)
+		sum.Backups = &BackupReport{Taken: bt.taken, Attempts: bt.attempts, Restore: where}
+		if err := writeJSONL(filepath.Join(dir, "backups.jsonl"), bt.tries); err != nil {
+			return sum, fmt.Errorf("write backups.jsonl: %w", err)
+		}
+	}
 	sum.judge()
 	if err := writeReport(dir, sum, ops, check); err != nil {
 		return sum, err
 	}
 	if sum.Verdict == Valid {
-		os.RemoveAll(filepath.Join(dir, "cluster")) // data; logs are kept below
+		// Data; the logs are kept beside the report.
+		for _, d := range []string{"cluster", "restore", "backups"} {
+			os.RemoveAll(filepath.Join(dir, d))
+		}
 	}
 	return sum, nil
 }
