@@ -31,7 +31,7 @@ var layers = []struct {
 	{"httpapi", "kvd api internal/backoff internal/failpoint internal/wire"},
 	{"node", "server httpapi"},
 	{"embed", "kvd server"},
-	{"client", "kvd api internal/backoff internal/wire"},
+	{"client", "kvd api backup internal/backoff internal/wire"},
 	{"shell", "kvd api client internal/wire"},
 	{"cmd/kvd", "kvd node server store"},
 	{"cmd/kvcli", "kvd client shell"},

@@ -52,6 +52,12 @@ func (ac *adminCall) changes() bool {
 // the request needs no forwarding) when known, then the members of every
 // group, then the other nodes of the map; nodes out of rotation go last.
 func (c *Client) admin(ctx context.Context, ac adminCall, out any) (int, error) {
+	return c.askNodes(ctx, c.adminNodes(), ac, out)
+}
+
+// adminNodes lists the nodes to send an admin request to, in the order
+// admin tries them.
+func (c *Client) adminNodes() []*node {
 	r := c.route.Load()
 	var targets, later []*node
 	seen := map[*node]bool{}
@@ -78,7 +84,7 @@ func (c *Client) admin(ctx context.Context, ac adminCall, out any) (int, error) 
 	for _, n := range r.raw.Nodes {
 		add(c.knownNode(n.ID))
 	}
-	return c.askNodes(ctx, append(targets, later...), ac, out)
+	return append(targets, later...)
 }
 
 // askNodes sends a request to targets in turn until one answers, and

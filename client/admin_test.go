@@ -25,6 +25,8 @@ type adminRequest struct {
 	Path   string // as sent, escaped
 	Query  string
 	Body   string
+	// ContentLength is the request's, -1 for a chunked body.
+	ContentLength int64
 }
 
 // fakeNode serves a fixed cluster map and answers /v1/admin/ requests
@@ -83,7 +85,7 @@ func fakeCluster(t *testing.T, ids ...string) []*fakeNode {
 				return
 			}
 			b, _ := io.ReadAll(r.Body)
-			ar := adminRequest{Method: r.Method, Path: r.URL.EscapedPath(), Query: r.URL.RawQuery, Body: string(b)}
+			ar := adminRequest{Method: r.Method, Path: r.URL.EscapedPath(), Query: r.URL.RawQuery, Body: string(b), ContentLength: r.ContentLength}
 			f.mu.Lock()
 			f.seen = append(f.seen, ar)
 			f.mu.Unlock()

@@ -16,6 +16,10 @@
 // was proposed (503, or a connection that never opened). A write whose
 // outcome is unknown is returned as kvd.ErrUnknownOutcome, never retried.
 //
+// Backup and Restore stream a whole cluster's keys, at one consistent
+// cut, to and from a file in the format of package backup, through any
+// node; a backup is verified as it arrives.
+//
 // Errors match the kvd sentinel errors under errors.Is (kvd.ErrNotFound,
 // kvd.ErrPreconditionFailed, kvd.ErrUnknownOutcome, ...), re-exported here.
 package client
