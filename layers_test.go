@@ -32,7 +32,7 @@ var layers = []struct {
 	{"node", "server httpapi"},
 	{"embed", "kvd server"},
 	{"client", "kvd api backup internal/backoff internal/wire"},
-	{"shell", "kvd api client internal/wire"},
+	{"shell", "kvd api backup client internal/fsutil internal/wire"},
 	{"cmd/kvd", "kvd node server store"},
 	{"cmd/kvcli", "kvd client shell"},
 	{"cmd/kvbench", "kvd api client internal/load"},

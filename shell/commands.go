@@ -18,6 +18,13 @@ type command struct {
 	keyArg bool
 	// endless commands run until interrupted, not within --timeout.
 	endless bool
+	// transfer commands move a file of any size: --timeout (the client's
+	// Timeout) bounds each wait in which nothing moves, not the command,
+	// which runs until it ends or is interrupted.
+	transfer bool
+	// fileArg commands take a local file first: the interactive shell
+	// completes its path.
+	fileArg bool
 	// more are lines help prints under the summary.
 	more []string
 	// complete, if set, lists the candidates for the next argument of
@@ -81,6 +88,20 @@ func init() {
 			flags: map[string]bool{"dry-run": false}, run: (*Shell).rebalance,
 			more: []string{
 				usageRebalance + ": a group takes part in one move at a time, the others wait as pending (follow them with \"kvcli moves\")",
+			}},
+		{name: "backup", args: "FILE", summary: "write a backup of the whole cluster to FILE: every key with its value and expiry deadline, at one consistent cut, verified as it arrives",
+			fileArg: true, transfer: true, run: (*Shell).backupFile,
+			more: []string{
+				usageBackup + ": streams into FILE.tmp beside FILE and renames it to FILE only once the whole stream verified (checksums and counts) and is synced to disk; on a failure FILE.tmp is removed and a FILE already there is left as it was",
+				"a key keeps its absolute expiry deadline: one whose TTL runs out before a restore is left out of it",
+				"--timeout bounds each wait in which nothing arrives, not the whole backup; Ctrl-C stops it; the progress goes to standard error",
+			}},
+		{name: "restore", args: "FILE [--force]", summary: "load a backup FILE into the cluster, which must hold no key; --force drops every key it holds first",
+			flags: map[string]bool{"force": false}, fileArg: true, transfer: true, run: (*Shell).restoreFile,
+			more: []string{
+				usageRestore + ": verifies FILE whole first and sends nothing if it is damaged, cut short, of another format version or empty; then uploads it and prints what was loaded",
+				"refused while the cluster holds keys (--force drops them all first, with no undo), or while a restore or a slot move is under way; keys whose TTL ran out since the backup are left out",
+				"--timeout bounds each wait in which nothing moves, the cluster's answer after the last byte included: raise it for a large backup; Ctrl-C stops the upload and leaves the outcome unknown",
 			}},
 		{name: "help", args: "[COMMAND]", summary: "list the commands, or explain one", run: (*Shell).help},
 	}

@@ -54,8 +54,12 @@ func Explain(err error) string {
 	var ce *client.Error
 	var che *changeError
 	var mf *moveFailedError
+	var te *transferError
 	change := errors.As(err, &che)
 	detail := err.Error()
+	if errors.As(err, &te) {
+		detail = te.err.Error() // not the file's name again
+	}
 	if errors.As(err, &ce) {
 		detail = ce.Message
 	}
@@ -80,6 +84,8 @@ func Explain(err error) string {
 	switch {
 	case errors.As(err, &ue):
 		return ue.Msg
+	case te != nil:
+		return te.explain(detail)
 	case errors.As(err, &mf):
 		return "move failed, its slots stay where they were: " + detail
 	case errors.Is(err, kvd.ErrNotFound):

@@ -341,7 +341,7 @@ func TestCompletion_MoveCommands(t *testing.T) {
 		return out
 	}
 	require.Equal(t, []string{"ve", "ves"}, complete("mo"))
-	require.Equal(t, []string{"balance"}, complete("re"))
+	require.Equal(t, []string{"balance", "store"}, complete("re"))
 	require.Equal(t, []string{"1"}, complete("move 0-99 --to "), "the groups")
 	require.Equal(t, []string{"1"}, complete("move 0-99 --wait --to "))
 	require.Empty(t, complete("move 0-99 --wait "))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -178,6 +179,8 @@ func (c *completer) Do(line []rune, pos int) ([][]rune, int) {
 			}
 		}
 		cands = cmd.complete(c.s, prev)
+	case argIndex == 1 && cmd != nil && cmd.fileArg:
+		cands = completeFiles(partial)
 	case argIndex == 1 && cmd != nil && cmd.keyArg:
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -195,7 +198,11 @@ func (c *completer) Do(line []rune, pos int) ([][]rune, int) {
 	var out [][]rune
 	for _, cand := range cands {
 		if strings.HasPrefix(cand, partial) {
-			out = append(out, []rune(cand[len(partial):]+" "))
+			end := " "
+			if cmd != nil && cmd.fileArg && strings.HasSuffix(cand, string(filepath.Separator)) {
+				end = "" // a directory: its files come next
+			}
+			out = append(out, []rune(cand[len(partial):]+end))
 		}
 	}
 	return out, len([]rune(partial))

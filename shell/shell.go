@@ -19,6 +19,12 @@ type Options struct {
 	Raw         bool
 	Consistency kvd.Consistency
 	Timeout     time.Duration
+	// Progress, if set, receives the progress of the commands that move
+	// a file (backup, restore): their last state once they end, and with
+	// LiveProgress (Progress is a terminal) a line redrawn in place
+	// while they run.
+	Progress     io.Writer
+	LiveProgress bool
 }
 
 // Shell runs kvcli commands against a cluster.
@@ -71,7 +77,7 @@ func (s *Shell) Exec(ctx context.Context, words []string, interactive bool) erro
 	if err != nil {
 		return err
 	}
-	if c.endless {
+	if c.endless || c.transfer {
 		// Until interrupted: Ctrl-C ends the command, not the shell.
 		var stop context.CancelFunc
 		ctx, stop = signal.NotifyContext(ctx, os.Interrupt)

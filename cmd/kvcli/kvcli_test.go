@@ -569,3 +569,41 @@ func TestKvcli_MembershipCommands(t *testing.T) {
 	require.Equal(t, 3, kvcli(t, c, "", "group", "add-member", "9", "n3").code, "an unknown group is not found")
 	require.Equal(t, 0, kvcli(t, c, "", "put", "after-the-changes", "v").code)
 }
+
+func TestKvcli_BackupAndRestore(t *testing.T) {
+	src, dst := testcluster.New(t, 3, 2), testcluster.New(t, 1, 1)
+	for i := range 5 {
+		require.Equal(t, 0, kvcli(t, src, "", "put", fmt.Sprintf("user/%d", i), "u").code)
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "cluster.kvdb")
+	r := kvcli(t, src, "", "backup", file)
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Contains(t, r.stdout, "backup written to "+file+": 5 keys, ")
+	require.Regexp(t, `^backup: [0-9.]+ (B|KiB) received in [^\n]+\n$`, r.stderr, "standard error is no terminal: one final progress line")
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.Len(t, entries, 1, "no temporary file left")
+
+	b, err := os.ReadFile(file)
+	require.NoError(t, err)
+	bad := filepath.Join(t.TempDir(), "cut.kvdb")
+	require.NoError(t, os.WriteFile(bad, b[:len(b)-10], 0o600))
+	r = kvcli(t, dst, "", "restore", bad)
+	require.Equal(t, 2, r.code, r.stderr)
+	require.Contains(t, r.stderr, "kvcli: refused, nothing was sent: "+bad+" is not a backup kvcli can restore: backup is truncated")
+
+	r = kvcli(t, dst, "", "restore", file)
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Contains(t, r.stdout, "restored "+file)
+	require.Contains(t, r.stdout, "5 keys")
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	require.Len(t, lines, 2, r.stderr)
+	require.True(t, strings.HasPrefix(lines[0], "verify: "), lines[0])
+	require.True(t, strings.HasPrefix(lines[1], "restore: "), lines[1])
+	require.Equal(t, "u\n", kvcli(t, dst, "", "get", "user/3").stdout)
+
+	r = kvcli(t, dst, "", "restore", file)
+	require.Equal(t, 4, r.code, r.stderr)
+	require.Contains(t, r.stderr, "kvcli: restore refused, nothing was changed: ")
+}

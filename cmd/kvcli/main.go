@@ -35,7 +35,7 @@ func run(argv []string) int {
 	}
 	endpoints := fs.String("endpoints", defEndpoints, "comma-separated node URLs (also KVCLI_ENDPOINTS)")
 	consistency := fs.String("consistency", "linearizable", "read consistency: linearizable, follower or stale")
-	timeout := fs.Duration("timeout", 10*time.Second, "time limit of each command")
+	timeout := fs.Duration("timeout", 10*time.Second, "time limit of each command (of backup and restore: of each wait in which nothing moves)")
 	asJSON := fs.Bool("json", false, "print machine-readable JSON")
 	raw := fs.Bool("raw", false, "write values' bytes untouched (get)")
 	policy := fs.String("read-policy", "p2c", "how follower and stale reads pick a replica: p2c, random or round-robin")
@@ -85,7 +85,8 @@ func run(argv []string) int {
 		return shell.ExitCode(err)
 	}
 	defer cl.Close()
-	sh := shell.New(cl, shell.Options{JSON: *asJSON, Raw: *raw, Consistency: cons, Timeout: *timeout}, os.Stdin, os.Stdout)
+	sh := shell.New(cl, shell.Options{JSON: *asJSON, Raw: *raw, Consistency: cons, Timeout: *timeout,
+		Progress: os.Stderr, LiveProgress: readline.IsTerminal(int(os.Stderr.Fd()))}, os.Stdin, os.Stdout)
 
 	switch {
 	case len(args) > 0:
