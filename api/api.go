@@ -116,6 +116,8 @@ type Cluster struct {
 	// Moves are the slot moves under way (and pending), without their
 	// progress (GET /v1/admin/moves has it).
 	Moves []MoveInfo `json:"moves,omitempty"`
+	// Restore is the restore under way, if any.
+	Restore *RestoreInfo `json:"restore,omitempty"`
 }
 
 // NodeRequest is the body of POST /v1/admin/nodes: a node to add, with

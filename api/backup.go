@@ -25,3 +25,15 @@ type RestoreResult struct {
 // FeatureBackup is the feature of nodes that apply the commands of
 // backups and restores.
 const FeatureBackup = "backup"
+
+// RestoreInfo is a restore under way, as GET /v1/cluster shows it: its
+// id, the node that drives it, its state ("staging": the keys are being
+// staged out of sight, a failure drops them; "loading": the groups load
+// them, and it finishes whatever crashes) and when it started.
+type RestoreInfo struct {
+	ID      string `json:"id"`
+	Node    string `json:"node"`
+	State   string `json:"state"`
+	Force   bool   `json:"force,omitempty"`
+	Started string `json:"started,omitempty"`
+}

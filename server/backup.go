@@ -21,6 +21,7 @@ import (
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/backup"
+	"github.com/kvd-project/kvd/internal/failpoint"
 	"github.com/kvd-project/kvd/internal/fsutil"
 	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/store"
@@ -51,16 +52,22 @@ import (
 
 // Bounds of a backup's cut.
 const (
-	// cutTries is how many times a backup tries to take its cut (a
-	// leader change, or another backup's freeze, makes one fail).
-	cutTries = 5
+	// cutPatience is how long a backup tries to take its cut (a leader
+	// change, or another backup's freeze, makes a try fail) before it
+	// answers unavailable.
+	cutPatience = 20 * time.Second
 	// drainWait bounds the wait for the locks to drain (step 1).
-	drainWait = 20 * time.Second
+	drainWait = 10 * time.Second
 	// partOpenWait bounds the wait for a replica to open its snapshot.
-	partOpenWait = 15 * time.Second
-	// freezeMax is how long a group's leader lets a freeze stand before
-	// it lifts it itself: its backup's driver is gone.
-	freezeMax = 45 * time.Second
+	partOpenWait = 5 * time.Second
+	// A group's leader lifts a freeze that stood longer than this, at
+	// level 1 (prepares refused) or at level 2 (writes refused): its
+	// backup's driver is gone. A driver still at work then finds the
+	// freeze lifted and takes its cut again.
+	freezeMax       = drainWait + 2*partOpenWait
+	freezeWritesMax = 2 * partOpenWait
+	// liftPatience bounds a driver's attempts to lift its freeze.
+	liftPatience = 10 * time.Second
 )
 
 // Chunk types of a backup part (one group's snapshot, streamed between
@@ -109,6 +116,7 @@ func (s *Server) backup(ctx context.Context, start func() io.Writer) (backup.Sum
 	var parts []*backupPart
 	var hdr backup.Header
 	var err error
+	patience := time.Now().Add(cutPatience)
 	for attempt := 0; ; attempt++ {
 		m := s.Map()
 		if m.Restore != nil {
@@ -121,8 +129,11 @@ func (s *Server) backup(ctx context.Context, start func() io.Writer) (backup.Sum
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, errCutAgain) || attempt+1 >= cutTries || leaderBackoff.Wait(ctx, attempt+3) != nil {
+		if !errors.Is(err, errCutAgain) {
 			return backup.Summary{}, fmt.Errorf("backup: %w", err)
+		}
+		if time.Now().After(patience) || cutBackoff.Wait(ctx, attempt) != nil {
+			return backup.Summary{}, fmt.Errorf("backup: no cut could be taken within %s (%v): %w", cutPatience, err, kvd.ErrUnavailable)
 		}
 		s.log.Info("backup: taking the cut again", "err", err)
 	}
@@ -150,13 +161,8 @@ func (s *Server) takeCut(ctx context.Context, m *kvd.Map) (parts []*backupPart, 
 	id := newBackupID()
 	groups := m.GroupIDs()
 	defer func() {
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
 		s.eachGroup(groups, func(g kvd.GroupID) error {
-			_, err := s.freezeGroup(lctx, g, id, store.FreezeLift)
-			if err != nil {
-				s.log.Warn("backup: cannot lift the freeze; the group's leader will", "group", g, "backup", id, "err", err)
-			}
+			s.liftFreeze(ctx, g, id)
 			return nil
 		})
 		if err != nil {
@@ -188,6 +194,7 @@ func (s *Server) takeCut(ctx context.Context, m *kvd.Map) (parts []*backupPart, 
 	}); err != nil {
 		return nil, hdr, err
 	}
+	failpoint.Hit(failpoint.BackupCut)
 	hdr = backup.Header{Created: time.Now().UTC(), Epoch: m.Epoch, Node: s.id}
 	err = s.eachGroup(groups, func(g kvd.GroupID) error {
 		p, err := s.openPart(ctx, g, id, index[g])
@@ -257,6 +264,24 @@ func (s *Server) freezeGroup(ctx context.Context, g kvd.GroupID, id string, leve
 		}
 		if !retry || leaderBackoff.Wait(ctx, attempt) != nil {
 			return 0, fmt.Errorf("freeze group %d: %w", g, err)
+		}
+	}
+}
+
+// liftFreeze lifts backup id's freeze of group g, again until it is known
+// to be lifted (lifting is idempotent), within liftPatience.
+func (s *Server) liftFreeze(ctx context.Context, g kvd.GroupID, id string) {
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), liftPatience)
+	defer cancel()
+	data, _ := json.Marshal(store.Freeze{ID: id, Level: store.FreezeLift})
+	for attempt := 0; ; attempt++ {
+		_, err := s.proposeIn(lctx, g, store.Cmd{Kind: store.CmdFreeze, Data: data})
+		if err == nil {
+			return
+		}
+		if errors.Is(err, kvd.ErrInvalid) || leaderBackoff.Wait(lctx, attempt) != nil {
+			s.log.Warn("backup: cannot lift the freeze; the group's leader will", "group", g, "backup", id, "err", err)
+			return
 		}
 	}
 }
@@ -511,7 +536,8 @@ func newBackupID() string {
 func (s *Server) liftStaleFreezes(ctx context.Context) {
 	for gid, g := range s.hosted() {
 		f := g.Store().Frozen()
-		if f.ID == "" || !g.IsLeader() || time.Since(time.Unix(0, f.Since)) < freezeMax {
+		stale := time.Since(time.Unix(0, f.Since)) > freezeMax || f.Writes != 0 && time.Since(time.Unix(0, f.Writes)) > freezeWritesMax
+		if f.ID == "" || !g.IsLeader() || !stale {
 			continue
 		}
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -56,6 +56,9 @@ type mapEdit struct {
 	// which the new one replaces.
 	Restore  *kvd.Restore `json:"restore,omitempty"`
 	Displace string       `json:"displace,omitempty"`
+	// Abort, with restore-end, forgets a restore only if it is still
+	// staging: a loading one must finish.
+	Abort bool `json:"abort,omitempty"`
 }
 
 // errNoChange reports an edit that the map already reflects.
@@ -400,6 +403,9 @@ func clusterOf(m *kvd.Map) api.Cluster {
 	}
 	for _, mv := range m.ActiveMoves() {
 		c.Moves = append(c.Moves, moveInfo(mv))
+	}
+	if r := m.Restore; r != nil {
+		c.Restore = &api.RestoreInfo{ID: r.ID, Node: r.Node, State: r.State, Force: r.Force, Started: r.Started}
 	}
 	return c
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/backup"
+	"github.com/kvd-project/kvd/internal/failpoint"
 	"github.com/kvd-project/kvd/store"
 )
 
@@ -90,8 +91,11 @@ func (e mapEdit) applyRestoreEdit(m *kvd.Map) (handled bool, err error) {
 		nr.State, nr.Groups = kvd.RestoreLoading, append([]kvd.GroupID(nil), r.Groups...)
 		m.Restore = &nr
 	case editRestoreEnd:
-		if cur == nil || cur.ID != r.ID {
+		switch {
+		case cur == nil || cur.ID != r.ID:
 			return true, errNoChange
+		case e.Abort && cur.State == kvd.RestoreLoading:
+			return true, fmt.Errorf("restore %s is loading: it can only finish: %w", r.ID, kvd.ErrConflict)
 		}
 		m.Restore = nil
 	}
@@ -176,12 +180,14 @@ func (s *Server) restore(ctx context.Context, r io.Reader, force bool) (api.Rest
 		return res, fmt.Errorf("restore: %w", err)
 	}
 	rs.Groups = ids
+	failpoint.Hit(failpoint.RestoreStaged)
 	if _, err := s.editMap(ctx, mapEdit{Op: editRestoreLoad, Restore: rs}); err != nil {
 		// Recorded or not is unknown if the answer was lost: the map
 		// says, and an abort of a loading restore changes nothing.
 		return res, fmt.Errorf("restore: record it as loading: %w", err)
 	}
 	decided = true
+	failpoint.Hit(failpoint.RestoreLoading)
 	res.Groups = len(ids)
 	if err := s.loadRestore(ctx, rs); err != nil {
 		return res, fmt.Errorf("restore %s is staged everywhere and loads in the background (%v): %w", rs.ID, err, kvd.ErrUnknownOutcome)
@@ -290,10 +296,18 @@ func (s *Server) runningRestores() []string {
 	return ids
 }
 
-// abortRestore drops what rs staged and forgets it, as far as it can.
+// abortRestore forgets rs in the map, if it is still staging, and then
+// drops what it staged, as far as it can. A restore the map records as
+// loading (the decision was made, though its answer was lost) is left to
+// finish; one whose abort the map did not take stays recorded, for this
+// node to abort again (superviseRestore).
 func (s *Server) abortRestore(ctx context.Context, rs *kvd.Restore, groups []kvd.GroupID) {
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
+	if _, err := s.editMap(actx, mapEdit{Op: editRestoreEnd, Restore: rs, Abort: true}); err != nil {
+		s.log.Warn("restore: cannot forget it in the map; its staged keys stay out of sight", "restore", rs.ID, "err", err)
+		return
+	}
 	data, _ := json.Marshal(store.RestoreOp{ID: rs.ID, Op: store.RestoreAbort})
 	s.eachGroup(groups, func(g kvd.GroupID) error {
 		if _, err := s.proposeIn(actx, g, store.Cmd{Kind: store.CmdRestore, Data: data}); err != nil {
@@ -301,12 +315,6 @@ func (s *Server) abortRestore(ctx context.Context, rs *kvd.Restore, groups []kvd
 		}
 		return nil
 	})
-	if m := s.Map(); m.Restore != nil && m.Restore.ID == rs.ID && m.Restore.State == kvd.RestoreLoading {
-		return
-	}
-	if _, err := s.editMap(actx, mapEdit{Op: editRestoreEnd, Restore: rs}); err != nil {
-		s.log.Warn("restore: cannot forget it in the map", "restore", rs.ID, "err", err)
-	}
 }
 
 // stageBackup stages every record of the backup in f in the group that

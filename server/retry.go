@@ -15,6 +15,9 @@ var (
 	// lockBackoff paces a plain write's retries while a transaction's
 	// lock refuses it (for at most lockWait): 5 ms, doubling, up to 80 ms.
 	lockBackoff = backoff.Policy{Base: 5 * time.Millisecond, Max: 80 * time.Millisecond}
+	// cutBackoff paces a backup's tries to take its cut: 100 ms,
+	// doubling, up to 2 s.
+	cutBackoff = backoff.Policy{Base: 100 * time.Millisecond, Max: 2 * time.Second}
 	// hopBackoff paces a scan's few hops towards a group's leader when a
 	// hop names none: 50 ms, doubling, up to 400 ms.
 	hopBackoff = backoff.Policy{Base: 50 * time.Millisecond, Max: 400 * time.Millisecond}

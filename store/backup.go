@@ -45,11 +45,13 @@ type Freeze struct {
 }
 
 // FreezeState is a group's freeze: the backup that holds it, its level,
-// and when it began (the entry's time, Unix ns).
+// when it began and when it reached FreezeWrites (the entries' times,
+// Unix ns).
 type FreezeState struct {
-	ID    string `json:"id,omitempty"`
-	Level int    `json:"level,omitempty"`
-	Since int64  `json:"since,omitempty"`
+	ID     string `json:"id,omitempty"`
+	Level  int    `json:"level,omitempty"`
+	Since  int64  `json:"since,omitempty"`
+	Writes int64  `json:"writes,omitempty"`
 }
 
 // Restore operations (RestoreOp.Op).
@@ -204,9 +206,12 @@ func (a *applier) freeze(f *Freeze) (Result, error) {
 	case cur.ID != "" && cur.ID != f.ID:
 		return Result{Err: fmt.Errorf("%w: group %d is frozen by backup %s", kvd.ErrConflict, a.group, cur.ID)}, nil
 	default:
-		ng.freeze = FreezeState{ID: f.ID, Level: max(f.Level, cur.Level), Since: cur.Since}
+		ng.freeze = FreezeState{ID: f.ID, Level: max(f.Level, cur.Level), Since: cur.Since, Writes: cur.Writes}
 		if cur.ID == "" {
 			ng.freeze.Since = a.now
+		}
+		if ng.freeze.Level == FreezeWrites && ng.freeze.Writes == 0 {
+			ng.freeze.Writes = a.now
 		}
 	}
 	return Result{Version: a.index}, a.setGate(&ng)

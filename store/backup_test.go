@@ -35,6 +35,7 @@ func TestFreeze_RefusesByLevelAndLifts(t *testing.T) {
 	require.ErrorIs(t, r.Err, kvd.ErrConflict, "one backup's freeze at a time")
 	require.NoError(t, applyAt(t, db, 6, 12, freezeCmd(t, "b1", FreezeWrites)).Err)
 	require.Equal(t, int64(10), db.Frozen().Since, "the freeze keeps its start")
+	require.Equal(t, int64(12), db.Frozen().Writes, "and records when writes stopped")
 	for i, c := range []Cmd{put("a", "3"), {Kind: CmdDelete, Key: "a"}} {
 		r := applyOne(t, db, uint64(7+i), c)[0]
 		require.True(t, Paused(r.Err), "%v", r.Err)

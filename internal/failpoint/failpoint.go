@@ -28,10 +28,17 @@ const (
 	MoveCopying    = "move-copying"
 	MoveCatchingUp = "move-catching-up"
 	MoveHandingOff = "move-handing-off"
+	// BackupCut is in a backup's driver once every group is frozen for
+	// writes, before the snapshots are taken; RestoreStaged in a
+	// restore's driver once every key is staged, before the decision;
+	// RestoreLoading after the decision, before the groups are sealed.
+	BackupCut      = "backup-cut"
+	RestoreStaged  = "restore-staged"
+	RestoreLoading = "restore-loading"
 )
 
 // Failpoints lists every failpoint.
-var Failpoints = []string{TxnBeforeDecision, MoveCopying, MoveCatchingUp, MoveHandingOff}
+var Failpoints = []string{TxnBeforeDecision, MoveCopying, MoveCatchingUp, MoveHandingOff, BackupCut, RestoreStaged, RestoreLoading}
 
 // Mutants: each names one planted bug. A mutant's site is a branch
 // `if failpoint.Mutant(failpoint.MutantX) { ... }` that a normal build
