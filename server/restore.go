@@ -173,7 +173,7 @@ func (s *Server) restore(ctx context.Context, r io.Reader, force bool) (api.Rest
 		}
 	}
 	if held > 0 && !force {
-		return res, fmt.Errorf("restore: the cluster holds keys (in %d of its %d groups): restore with ?force=true to replace them: %w", held, len(ids), kvd.ErrConflict)
+		return res, fmt.Errorf("restore: the cluster holds keys (in %d of its %d groups): force the restore (?force=true, kvcli restore --force) to replace them: %w", held, len(ids), kvd.ErrConflict)
 	}
 	res.Replaced = held > 0
 	if err := s.stageBackup(ctx, f, m, rs.ID, &res); err != nil {
