@@ -10,12 +10,15 @@
 package embed
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"time"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/backup"
 	"github.com/kvd-project/kvd/server"
 )
 
@@ -75,6 +78,28 @@ func Open(dir string, o Options) (*Store, error) {
 
 // HTTPAddr returns the address of the HTTP API, "" if not served.
 func (st *Store) HTTPAddr() string { return st.s.HTTPAddr() }
+
+// Backup writes a backup of the store to w: every key with its value and
+// absolute expiry deadline, at one consistent cut, in the format of
+// package backup, the same as a cluster's. Restore here or in another
+// store loads it, and so does a cluster ("kvcli restore"). It answers the
+// backup's summary. After an error, w may hold part of a file, which the
+// caller must discard. Writes go on while it runs; it answers
+// kvd.ErrConflict while a restore runs.
+func (st *Store) Backup(ctx context.Context, w io.Writer) (backup.Summary, error) {
+	return st.s.Backup(ctx, func() io.Writer { return w })
+}
+
+// Restore loads the backup read from r (one written by Backup, or by a
+// cluster's "kvcli backup") into the store, and answers what was loaded;
+// keys whose TTL ran out since the backup are left out. A store that
+// holds keys refuses it with kvd.ErrConflict unless force is set, which
+// drops its keys first. A file that is damaged, cut short, of another
+// format version or empty is refused with kvd.ErrInvalid, its message
+// saying which, and nothing is changed.
+func (st *Store) Restore(ctx context.Context, r io.Reader, force bool) (api.RestoreResult, error) {
+	return st.s.Restore(ctx, r, force)
+}
 
 // Close stops the store and closes its files.
 func (st *Store) Close() error { return st.s.Close() }
