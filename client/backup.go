@@ -70,7 +70,9 @@ func (c *Client) Backup(ctx context.Context, w io.Writer) (backup.Summary, error
 // backupFrom takes a backup from node n into w. It answers how many bytes
 // it wrote to w, also on an error.
 func (c *Client) backupFrom(ctx context.Context, n *node, w io.Writer) (backup.Summary, int64, error) {
-	ctx, guard := c.guardStalls(ctx)
+	// The node answers once it has taken the cut, which may take it
+	// up to cutWait through leader changes and locks that drain.
+	ctx, guard := c.guardStalls(ctx, cutWait)
 	defer guard.stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.url+"/v1/admin/backup", nil)
 	if err != nil {
@@ -166,8 +168,9 @@ func (t *teeReader) Read(p []byte) (int, error) {
 // kvd.ErrUnavailable when nothing was done (no node could be reached, or
 // one answered 503); kvd.ErrUnknownOutcome when the node may have acted
 // without answering (the connection broke, ctx ended, or a 5xx other
-// than 503): the cluster may then hold none, part or all of the backup,
-// and with force may have lost its keys; look at it before trying again.
+// than 503): the cluster then holds none of the backup or, once the
+// restore's decision was made, all of it when the restore has finished in
+// the background (it is all or nothing); look at it before trying again.
 func (c *Client) Restore(ctx context.Context, r io.Reader, force bool) (api.RestoreResult, error) {
 	if c.closed.Load() {
 		return api.RestoreResult{}, kvd.ErrClosed
@@ -203,7 +206,7 @@ func (c *Client) Restore(ctx context.Context, r io.Reader, force bool) (api.Rest
 // restoreTo sends a restore to node n. It reports whether any byte of r
 // was read, also on an error.
 func (c *Client) restoreTo(ctx context.Context, n *node, path string, r io.Reader, size int64) (api.RestoreResult, bool, error) {
-	ctx, guard := c.guardStalls(ctx)
+	ctx, guard := c.guardStalls(ctx, 0)
 	defer guard.stop()
 	body := &uploadReader{r: r, progress: guard.progress, sent: guard.pause}
 	defer body.Close()
@@ -362,18 +365,24 @@ type stallGuard struct {
 var errStalled = errors.New("no progress")
 
 // guardStalls returns a context for one transfer and its guard; stop the
-// guard when the transfer ends.
-func (c *Client) guardStalls(ctx context.Context) (context.Context, *stallGuard) {
+// guard when the transfer ends. The first wait may last first, when that
+// is longer than the client's timeout.
+func (c *Client) guardStalls(ctx context.Context, first time.Duration) (context.Context, *stallGuard) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	g := &stallGuard{cancel: cancel}
 	if _, ok := ctx.Deadline(); !ok {
 		g.d = c.cfg.Timeout
-		g.t = time.AfterFunc(g.d, func() {
+		first = max(first, g.d)
+		g.t = time.AfterFunc(first, func() {
 			cancel(fmt.Errorf("%w for %s, the client's timeout (a context with a deadline bounds the whole transfer instead)", errStalled, g.d))
 		})
 	}
 	return ctx, g
 }
+
+// cutWait bounds the wait for a node's first answer to a backup: a node
+// tries to take its cut for 20 s before it answers unavailable.
+const cutWait = 30 * time.Second
 
 // progress tells the guard that the transfer moved.
 func (g *stallGuard) progress() {

@@ -102,6 +102,18 @@ func (e mapEdit) applyRestoreEdit(m *kvd.Map) (handled bool, err error) {
 	return true, nil
 }
 
+// editRestore records a restore edit in the map. An embedded store keeps
+// no map of its own (its one node has no addresses, which a stored map
+// needs): there, one group holds everything, and its seal is the
+// decision (see superviseEmbeddedRestore).
+func (s *Server) editRestore(ctx context.Context, e mapEdit) error {
+	if s.cfg.Embedded {
+		return nil
+	}
+	_, err := s.editMap(ctx, e)
+	return err
+}
+
 // restores tracks the restores this node drives.
 type restores struct {
 	mu sync.Mutex // protects running and seen
@@ -130,6 +142,13 @@ func (s *Server) Restore(ctx context.Context, r io.Reader, force bool) (api.Rest
 
 func (s *Server) restore(ctx context.Context, r io.Reader, force bool) (api.RestoreResult, error) {
 	res := api.RestoreResult{ID: newBackupID()}
+	if !force {
+		// Refuse at once rather than after a large upload; the check is
+		// made again once the restore is recorded.
+		if held, n, err := s.groupsHoldingKeys(ctx); err == nil && held > 0 {
+			return res, fmt.Errorf("restore: the cluster holds keys (in %d of its %d groups): force the restore (?force=true, kvcli restore --force) to replace them: %w", held, n, kvd.ErrConflict)
+		}
+	}
 	f, hdr, err := s.spoolBackup(r)
 	if err != nil {
 		return res, err
@@ -162,15 +181,9 @@ func (s *Server) restore(ctx context.Context, r io.Reader, force bool) (api.Rest
 			s.abortRestore(ctx, rs, ids)
 		}
 	}()
-	held := 0
-	for _, g := range ids {
-		a, err := s.moveRead(ctx, g, moveReadRequest{Op: "haskeys"})
-		if err != nil {
-			return res, fmt.Errorf("restore: does group %d hold keys: %w", g, err)
-		}
-		if a.More {
-			held++
-		}
+	held, _, err := s.groupsHoldingKeys(ctx)
+	if err != nil {
+		return res, err
 	}
 	if held > 0 && !force {
 		return res, fmt.Errorf("restore: the cluster holds keys (in %d of its %d groups): force the restore (?force=true, kvcli restore --force) to replace them: %w", held, len(ids), kvd.ErrConflict)
@@ -181,7 +194,7 @@ func (s *Server) restore(ctx context.Context, r io.Reader, force bool) (api.Rest
 	}
 	rs.Groups = ids
 	failpoint.Hit(failpoint.RestoreStaged)
-	if _, err := s.editMap(ctx, mapEdit{Op: editRestoreLoad, Restore: rs}); err != nil {
+	if err := s.editRestore(ctx, mapEdit{Op: editRestoreLoad, Restore: rs}); err != nil {
 		// Recorded or not is unknown if the answer was lost: the map
 		// says, and an abort of a loading restore changes nothing.
 		return res, fmt.Errorf("restore: record it as loading: %w", err)
@@ -193,6 +206,22 @@ func (s *Server) restore(ctx context.Context, r io.Reader, force bool) (api.Rest
 		return res, fmt.Errorf("restore %s is staged everywhere and loads in the background (%v): %w", rs.ID, err, kvd.ErrUnknownOutcome)
 	}
 	return res, nil
+}
+
+// groupsHoldingKeys counts the groups that hold keys, of the n groups of
+// the map.
+func (s *Server) groupsHoldingKeys(ctx context.Context) (held, n int, err error) {
+	ids := s.Map().GroupIDs()
+	for _, g := range ids {
+		a, err := s.moveRead(ctx, g, moveReadRequest{Op: "haskeys"})
+		if err != nil {
+			return 0, 0, fmt.Errorf("restore: does group %d hold keys: %w", g, err)
+		}
+		if a.More {
+			held++
+		}
+	}
+	return held, len(ids), nil
 }
 
 // spoolBackup writes the backup read from r to a file in the data
@@ -213,7 +242,7 @@ func (s *Server) spoolBackup(r io.Reader) (*os.File, backup.Header, error) {
 		if errors.Is(err, kvd.ErrInsufficientStorage) {
 			return fail(fmt.Errorf("restore: spool the upload: %w", err))
 		}
-		return fail(fmt.Errorf("restore: %v: %w", err, kvd.ErrInvalid))
+		return fail(fmt.Errorf("restore: %w: %w", err, kvd.ErrInvalid))
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return fail(fmt.Errorf("restore: %w", err))
@@ -245,6 +274,14 @@ func (w *diskWriter) Write(p []byte) (int, error) {
 // beginRestore records rs in the map, displacing a staging restore whose
 // node no longer drives it.
 func (s *Server) beginRestore(ctx context.Context, rs *kvd.Restore) error {
+	if s.cfg.Embedded {
+		s.restores.mu.Lock()
+		defer s.restores.mu.Unlock()
+		if len(s.restores.running) > 1 {
+			return fmt.Errorf("another restore is under way: %w", kvd.ErrConflict)
+		}
+		return nil
+	}
 	e := mapEdit{Op: editRestoreBegin, Restore: rs}
 	_, err := s.editMap(ctx, e)
 	if !errors.Is(err, kvd.ErrConflict) {
@@ -304,7 +341,7 @@ func (s *Server) runningRestores() []string {
 func (s *Server) abortRestore(ctx context.Context, rs *kvd.Restore, groups []kvd.GroupID) {
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if _, err := s.editMap(actx, mapEdit{Op: editRestoreEnd, Restore: rs, Abort: true}); err != nil {
+	if err := s.editRestore(actx, mapEdit{Op: editRestoreEnd, Restore: rs, Abort: true}); err != nil {
 		s.log.Warn("restore: cannot forget it in the map; its staged keys stay out of sight", "restore", rs.ID, "err", err)
 		return
 	}
@@ -441,7 +478,7 @@ func (s *Server) loadRestore(ctx context.Context, rs *kvd.Restore) error {
 	}); err != nil {
 		return err
 	}
-	if _, err := s.editMap(ctx, mapEdit{Op: editRestoreEnd, Restore: rs}); err != nil {
+	if err := s.editRestore(ctx, mapEdit{Op: editRestoreEnd, Restore: rs}); err != nil {
 		return fmt.Errorf("forget it in the map: %w", err)
 	}
 	return nil
@@ -452,6 +489,10 @@ func (s *Server) loadRestore(ctx context.Context, rs *kvd.Restore) error {
 // decision), and a node drops a staging restore of its own that it no
 // longer drives (it restarted).
 func (s *Server) superviseRestore(ctx context.Context) {
+	if s.cfg.Embedded {
+		s.superviseEmbeddedRestore(ctx)
+		return
+	}
 	m := s.Map()
 	rs := m.Restore
 	if rs == nil {
@@ -499,5 +540,40 @@ func (s *Server) superviseRestore(ctx context.Context) {
 				s.log.Warn("restore: cannot finish it yet", "restore", r.ID, "err", err)
 			}
 		}()
+	}
+}
+
+// superviseEmbeddedRestore finishes, in an embedded store, a restore that
+// sealed its group (it was decided) and that nothing drives any more (the
+// process restarted), and drops one that staged without sealing.
+func (s *Server) superviseEmbeddedRestore(ctx context.Context) {
+	m := s.Map()
+	ids := m.GroupIDs()
+	if len(ids) != 1 {
+		return
+	}
+	g, ok := s.hosted()[ids[0]]
+	if !ok || !g.IsLeader() {
+		return
+	}
+	id, sealed := g.Store().Restoring()
+	if id == "" {
+		return
+	}
+	s.restores.mu.Lock()
+	mine := s.restores.running[id]
+	s.restores.mu.Unlock()
+	if mine {
+		return
+	}
+	rs := &kvd.Restore{ID: id, Groups: ids}
+	if !sealed {
+		s.log.Warn("restore: dropping a restore nothing drives any more", "restore", id)
+		s.abortRestore(ctx, rs, ids)
+		return
+	}
+	s.log.Info("restore: finishing a sealed restore", "restore", id)
+	if err := s.loadRestore(ctx, rs); err != nil {
+		s.log.Warn("restore: cannot finish it yet", "restore", id, "err", err)
 	}
 }
