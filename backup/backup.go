@@ -91,7 +91,6 @@ type Header struct {
 type GroupCut struct {
 	Group uint64 `json:"group"`
 	Index uint64 `json:"index"`
-	Keys  uint64 `json:"keys"`
 }
 
 // Summary ends a backup: its counts and the SHA-256 of every byte before
@@ -124,27 +123,37 @@ func AppendRecord(b []byte, r Record) []byte {
 // order; a record's Value aliases p.
 func DecodeRecords(p []byte, fn func(Record) error) error {
 	for len(p) > 0 {
-		var r Record
-		n, m := binary.Uvarint(p)
-		if m <= 0 || n > uint64(len(p)-m) {
-			return fmt.Errorf("%w: bad record key", ErrCorrupt)
+		r, n, err := decodeRecord(p)
+		if err != nil {
+			return err
 		}
-		r.Key, p = string(p[m:m+int(n)]), p[m+int(n):]
-		n, m = binary.Uvarint(p)
-		if m <= 0 || n > uint64(len(p)-m) {
-			return fmt.Errorf("%w: bad record value (key %q)", ErrCorrupt, r.Key)
-		}
-		r.Value, p = p[m:m+int(n)], p[m+int(n):]
-		e, m := binary.Varint(p)
-		if m <= 0 {
-			return fmt.Errorf("%w: bad record expiry (key %q)", ErrCorrupt, r.Key)
-		}
-		r.Expires, p = e, p[m:]
+		p = p[n:]
 		if err := fn(r); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// decodeRecord decodes the record at the start of p and answers its
+// length; its Value aliases p.
+func decodeRecord(p []byte) (r Record, size int, err error) {
+	n, m := binary.Uvarint(p)
+	if m <= 0 || n > uint64(len(p)-m) {
+		return r, 0, fmt.Errorf("%w: bad record key", ErrCorrupt)
+	}
+	r.Key, size = string(p[m:m+int(n)]), m+int(n)
+	n, m = binary.Uvarint(p[size:])
+	if m <= 0 || n > uint64(len(p)-size-m) {
+		return r, 0, fmt.Errorf("%w: bad record value (key %q)", ErrCorrupt, r.Key)
+	}
+	r.Value, size = p[size+m:size+m+int(n)], size+m+int(n)
+	e, m := binary.Varint(p[size:])
+	if m <= 0 {
+		return r, 0, fmt.Errorf("%w: bad record expiry (key %q)", ErrCorrupt, r.Key)
+	}
+	r.Expires = e
+	return r, size + m, nil
 }
 
 // WriteChunk writes one chunk.
@@ -163,10 +172,15 @@ func WriteChunk(w io.Writer, typ byte, payload []byte) error {
 	return nil
 }
 
-// ReadChunk reads one chunk, checking its CRC. It answers io.EOF when r
-// ends before the chunk's first byte, and ErrTruncated when it ends
-// inside it. buf is reused for the payload when it is large enough.
+// ReadChunk reads one chunk of at most MaxChunk bytes, checking its CRC.
+// It answers io.EOF when r ends before the chunk's first byte, and
+// ErrTruncated when it ends inside it. buf is reused for the payload when
+// it is large enough.
 func ReadChunk(r io.Reader, buf []byte) (typ byte, payload []byte, err error) {
+	return readChunk(r, buf, MaxChunk)
+}
+
+func readChunk(r io.Reader, buf []byte, maxChunk int) (typ byte, payload []byte, err error) {
 	var hdr [5]byte
 	if n, err := io.ReadFull(r, hdr[:]); err != nil {
 		if n == 0 && errors.Is(err, io.EOF) {
@@ -175,8 +189,8 @@ func ReadChunk(r io.Reader, buf []byte) (typ byte, payload []byte, err error) {
 		return 0, nil, readErr(err, "chunk header")
 	}
 	n := binary.BigEndian.Uint32(hdr[1:])
-	if n > MaxChunk {
-		return 0, nil, fmt.Errorf("%w: chunk of %d bytes (at most %d)", ErrCorrupt, n, MaxChunk)
+	if int64(n) > int64(maxChunk) {
+		return 0, nil, fmt.Errorf("%w: a chunk of %d bytes (this reader takes at most %d)", ErrCorrupt, n, maxChunk)
 	}
 	if int(n) <= cap(buf) {
 		payload = buf[:n]
@@ -300,13 +314,22 @@ type Reader struct {
 	header Header
 	stats  Summary
 	end    *Summary
-	recs   []Record
-	buf    []byte
+	// data is what is left to decode of the current data chunk, whose
+	// payload buf holds.
+	data     []byte
+	buf      []byte
+	maxChunk int
 }
 
 // NewReader reads the start of a backup: its magic, version and header.
-func NewReader(r io.Reader) (*Reader, error) {
-	br := &Reader{sum: sha256.New()}
+func NewReader(r io.Reader) (*Reader, error) { return NewReaderLimit(r, MaxChunk) }
+
+// NewReaderLimit is NewReader for a reader that refuses chunks larger
+// than maxChunk bytes (as damaged): a reader that knows the largest
+// record it could take bounds the memory a hostile file makes it use.
+// Writers fill chunks to about 1 MiB plus one record.
+func NewReaderLimit(r io.Reader, maxChunk int) (*Reader, error) {
+	br := &Reader{sum: sha256.New(), maxChunk: min(maxChunk, MaxChunk)}
 	br.r = io.TeeReader(bufio.NewReaderSize(r, 256<<10), br.sum)
 	pre := make([]byte, len(Magic)+4)
 	n, err := io.ReadFull(br.r, pre)
@@ -324,7 +347,7 @@ func NewReader(r io.Reader) (*Reader, error) {
 	if f := binary.BigEndian.Uint16(pre[len(Magic)+2:]); f != 0 {
 		return nil, fmt.Errorf("%w: flags %#x (this kvd knows none)", ErrVersion, f)
 	}
-	typ, p, err := ReadChunk(br.r, nil)
+	typ, p, err := readChunk(br.r, nil, br.maxChunk)
 	if errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%w: no header", ErrTruncated)
 	}
@@ -350,7 +373,7 @@ func (r *Reader) Header() Header { return r.header }
 // Next returns the next record; its Value is valid until the following
 // call. After the last record it checks the end chunk and answers io.EOF.
 func (r *Reader) Next() (Record, error) {
-	for len(r.recs) == 0 {
+	for len(r.data) == 0 {
 		if r.end != nil {
 			return Record{}, io.EOF
 		}
@@ -358,14 +381,19 @@ func (r *Reader) Next() (Record, error) {
 			return Record{}, err
 		}
 	}
-	rec := r.recs[0]
-	r.recs = r.recs[1:]
+	rec, n, err := decodeRecord(r.data)
+	if err != nil {
+		return Record{}, err
+	}
+	r.data = r.data[n:]
+	r.stats.Keys++
+	r.stats.Bytes += uint64(len(rec.Key) + len(rec.Value))
 	return rec, nil
 }
 
 func (r *Reader) readChunk() error {
 	before := r.sum.Sum(nil) // the end chunk's digest covers what precedes it
-	typ, p, err := ReadChunk(r.r, r.buf)
+	typ, p, err := readChunk(r.r, r.buf, r.maxChunk)
 	if errors.Is(err, io.EOF) {
 		return fmt.Errorf("%w: no end chunk after %d keys", ErrTruncated, r.stats.Keys)
 	}
@@ -375,14 +403,11 @@ func (r *Reader) readChunk() error {
 	r.stats.Chunks++
 	switch typ {
 	case ChunkData:
-		r.buf = p
-		r.recs = r.recs[:0]
-		return DecodeRecords(p, func(rec Record) error {
-			r.recs = append(r.recs, rec)
-			r.stats.Keys++
-			r.stats.Bytes += uint64(len(rec.Key) + len(rec.Value))
-			return nil
-		})
+		if len(p) == 0 {
+			return fmt.Errorf("%w: an empty data chunk", ErrCorrupt)
+		}
+		r.buf, r.data = p, p
+		return nil
 	case ChunkEnd:
 		var s Summary
 		if err := json.Unmarshal(p, &s); err != nil {
@@ -413,8 +438,12 @@ func (r *Reader) Summary() (Summary, bool) {
 }
 
 // Verify reads a whole backup and checks every checksum and count.
-func Verify(rd io.Reader) (Header, Summary, error) {
-	r, err := NewReader(rd)
+func Verify(rd io.Reader) (Header, Summary, error) { return VerifyLimit(rd, MaxChunk) }
+
+// VerifyLimit is Verify with chunks of at most maxChunk bytes (see
+// NewReaderLimit).
+func VerifyLimit(rd io.Reader, maxChunk int) (Header, Summary, error) {
+	r, err := NewReaderLimit(rd, maxChunk)
 	if err != nil {
 		return Header{}, Summary{}, err
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"testing"
 	"time"
 
@@ -17,7 +18,7 @@ import (
 func sample(t *testing.T, n int) ([]byte, []Record) {
 	t.Helper()
 	var buf bytes.Buffer
-	w, err := NewWriter(&buf, Header{Created: time.Unix(1700000000, 0).UTC(), Epoch: 7, Groups: []GroupCut{{Group: 1, Index: 42, Keys: uint64(n)}}})
+	w, err := NewWriter(&buf, Header{Created: time.Unix(1700000000, 0).UTC(), Epoch: 7, Groups: []GroupCut{{Group: 1, Index: 42}}})
 	require.NoError(t, err)
 	var recs []Record
 	for i := 0; i < n; i++ {
@@ -125,4 +126,50 @@ func TestDecodeRecordsRefusesGarbage(t *testing.T) {
 	for n := 1; n < len(p); n++ {
 		require.ErrorIs(t, DecodeRecords(p[:n], func(Record) error { return nil }), ErrCorrupt, "cut at %d", n)
 	}
+}
+
+// A reader that knows the largest record it takes refuses a larger
+// chunk as damaged, before reading it.
+func TestReaderLimitRefusesLargeChunks(t *testing.T) {
+	var buf bytes.Buffer
+	w, err := NewWriter(&buf, Header{})
+	require.NoError(t, err)
+	require.NoError(t, w.Add(Record{Key: "big", Value: bytes.Repeat([]byte{1}, 3<<20)}))
+	_, err = w.Close()
+	require.NoError(t, err)
+	_, _, err = VerifyLimit(bytes.NewReader(buf.Bytes()), 2<<20)
+	require.ErrorIs(t, err, ErrCorrupt)
+	require.Contains(t, err.Error(), "at most")
+	_, _, err = VerifyLimit(bytes.NewReader(buf.Bytes()), 5<<20)
+	require.NoError(t, err)
+}
+
+// Records are decoded one at a time: a chunk of many tiny records costs
+// its bytes, not a structure per record.
+func TestReaderDecodesRecordsOneAtATime(t *testing.T) {
+	var buf bytes.Buffer
+	w, err := NewWriter(&buf, Header{})
+	require.NoError(t, err)
+	for i := 0; i < 200000; i++ {
+		require.NoError(t, w.Add(Record{Key: "k"}))
+	}
+	_, err = w.Close()
+	require.NoError(t, err)
+	r, err := NewReader(bytes.NewReader(buf.Bytes()))
+	require.NoError(t, err)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	n := 0
+	for {
+		if _, err := r.Next(); errors.Is(err, io.EOF) {
+			break
+		} else {
+			require.NoError(t, err)
+		}
+		n++
+	}
+	runtime.ReadMemStats(&after)
+	require.Equal(t, 200000, n)
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(8<<20), "allocated while reading")
 }

@@ -93,6 +93,9 @@ func (h *Handler) backupPart(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: a backup id is 1 to 64 characters", kvd.ErrInvalid), false)
 		return
 	}
+	// No write deadline: the driver reads the groups' parts one after
+	// another, so a part may wait long for its turn; the driver closes
+	// the connection when it is done or gives up.
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{})
 	started := false
@@ -100,7 +103,7 @@ func (h *Handler) backupPart(w http.ResponseWriter, r *http.Request) {
 		started = true
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.WriteHeader(http.StatusOK)
-		return &deadlineWriter{w: w, rc: rc}
+		return w
 	}, func() { _ = rc.Flush() })
 	switch {
 	case err == nil:

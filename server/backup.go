@@ -472,6 +472,8 @@ func (s *Server) writePart(ctx context.Context, grp *replication.Group, id strin
 		return fmt.Errorf("group %d at index %d is not frozen for backup %s (freeze %q, level %d): %w", grp.ID(), part.Index, id, part.Freeze.ID, part.Freeze.Level, kvd.ErrUnavailable)
 	case part.Locks > 0:
 		return fmt.Errorf("group %d holds %d transaction locks at the cut: %w", grp.ID(), part.Locks, kvd.ErrUnavailable)
+	case part.Restoring != "":
+		return fmt.Errorf("group %d is loading restore %s: %w", grp.ID(), part.Restoring, kvd.ErrUnavailable)
 	}
 	bw := bufio.NewWriterSize(start(), 256<<10)
 	hdr, _ := json.Marshal(partHeader{Group: grp.ID(), Index: part.Index, Served: part.Served.Ranges()})
@@ -549,15 +551,20 @@ func (s *Server) liftStaleFreezes(ctx context.Context) {
 }
 
 // Scheduled backups are files named backupPrefix + UTC time + backupExt.
+// A scheduled backup is written to a file named backupPartial first.
 const (
-	backupPrefix = "kvd-backup-"
-	backupExt    = ".kvdb"
+	backupPrefix  = "kvd-backup-"
+	backupExt     = ".kvdb"
+	backupPartial = ".partial-*"
 )
 
 // runScheduledBackups writes a backup into Config.BackupDir every
 // BackupEvery while this node leads the system group, and keeps the
 // newest BackupKeep.
 func (s *Server) runScheduledBackups(ctx context.Context) {
+	// Another node may share the directory: only a partial file old
+	// enough to be no one's backup under way is a crash's leftover.
+	removeLeftovers(s.cfg.BackupDir, backupPartial, time.Hour, s.log)
 	t := time.NewTicker(s.cfg.BackupEvery)
 	defer t.Stop()
 	for {
@@ -589,7 +596,7 @@ func (s *Server) backupToDir(ctx context.Context) (string, error) {
 		return "", err
 	}
 	name := filepath.Join(s.cfg.BackupDir, backupPrefix+time.Now().UTC().Format("20060102T150405.000Z")+backupExt)
-	f, err := os.CreateTemp(s.cfg.BackupDir, ".partial-*")
+	f, err := os.CreateTemp(s.cfg.BackupDir, backupPartial)
 	if err != nil {
 		return "", err
 	}

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -208,6 +210,14 @@ func (s *Server) restore(ctx context.Context, r io.Reader, force bool) (api.Rest
 	return res, nil
 }
 
+// maxBackupChunk is the largest chunk of a backup this node restores:
+// what a writer fills (1 MiB) and one record of the largest key and
+// value the node takes. A larger one is refused as damaged, so that a
+// hostile upload cannot make the node hold more.
+func (s *Server) maxBackupChunk() int {
+	return 1<<20 + s.cfg.Limits.MaxKeyBytes + s.cfg.Limits.MaxValueBytes + 64
+}
+
 // groupsHoldingKeys counts the groups that hold keys, of the n groups of
 // the map.
 func (s *Server) groupsHoldingKeys(ctx context.Context) (held, n int, err error) {
@@ -228,7 +238,7 @@ func (s *Server) groupsHoldingKeys(ctx context.Context) (held, n int, err error)
 // directory, checking it whole as it goes, and returns the file (at its
 // start) and the backup's header.
 func (s *Server) spoolBackup(r io.Reader) (*os.File, backup.Header, error) {
-	f, err := os.CreateTemp(s.cfg.DataDir, "restore-*.tmp")
+	f, err := os.CreateTemp(s.cfg.DataDir, restoreSpool)
 	if err != nil {
 		return nil, backup.Header{}, fmt.Errorf("restore: spool the upload: %w", err)
 	}
@@ -237,7 +247,7 @@ func (s *Server) spoolBackup(r io.Reader) (*os.File, backup.Header, error) {
 		os.Remove(f.Name())
 		return nil, backup.Header{}, err
 	}
-	hdr, _, err := backup.Verify(io.TeeReader(r, &diskWriter{f: f, s: s}))
+	hdr, _, err := backup.VerifyLimit(io.TeeReader(r, &diskWriter{f: f, s: s}), s.maxBackupChunk())
 	if err != nil {
 		if errors.Is(err, kvd.ErrInsufficientStorage) {
 			return fail(fmt.Errorf("restore: spool the upload: %w", err))
@@ -248,6 +258,24 @@ func (s *Server) spoolBackup(r io.Reader) (*os.File, backup.Header, error) {
 		return fail(fmt.Errorf("restore: %w", err))
 	}
 	return f, hdr, nil
+}
+
+// restoreSpool names the files restores spool their uploads to, in the
+// data directory; those a crash left behind are removed at start.
+const restoreSpool = "restore-*.tmp"
+
+// removeLeftovers removes the files of dir that match pattern and are
+// older than age: temporary files of a process that crashed.
+func removeLeftovers(dir, pattern string, age time.Duration, log *slog.Logger) {
+	matches, _ := filepath.Glob(filepath.Join(dir, pattern))
+	for _, path := range matches {
+		if st, err := os.Stat(path); err != nil || time.Since(st.ModTime()) < age {
+			continue
+		}
+		if err := os.Remove(path); err == nil {
+			log.Info("removed a temporary file a crash left", "file", path)
+		}
+	}
 }
 
 // diskWriter writes to f while the node's disk takes writes.
@@ -357,7 +385,7 @@ func (s *Server) abortRestore(ctx context.Context, rs *kvd.Restore, groups []kvd
 // stageBackup stages every record of the backup in f in the group that
 // owns its key's slot in m.
 func (s *Server) stageBackup(ctx context.Context, f *os.File, m *kvd.Map, id string, res *api.RestoreResult) error {
-	br, err := backup.NewReader(f)
+	br, err := backup.NewReaderLimit(f, s.maxBackupChunk())
 	if err != nil {
 		return err
 	}
@@ -459,6 +487,26 @@ func (s *Server) loadRestore(ctx context.Context, rs *kvd.Restore) error {
 			}
 		}
 	}
+	// No transaction may prepare any more, and those that hold locks
+	// must finish before a group seals: their resolution would write
+	// over the keys loaded.
+	if err := s.eachGroup(rs.Groups, func(g kvd.GroupID) error {
+		_, err := retry(g, op(store.RestoreOp{ID: rs.ID, Op: store.RestoreQuiesce}))
+		return err
+	}); err != nil {
+		return fmt.Errorf("quiesce: %w", err)
+	}
+	if err := s.eachGroup(rs.Groups, func(g kvd.GroupID) error {
+		for attempt := 0; ; attempt++ {
+			err := s.drainGroup(ctx, g)
+			if err == nil || ctx.Err() != nil {
+				return err
+			}
+			s.log.Info("restore: waiting for transactions to release their locks", "restore", rs.ID, "group", g, "err", err)
+		}
+	}); err != nil {
+		return fmt.Errorf("drain: %w", err)
+	}
 	if err := s.eachGroup(rs.Groups, func(g kvd.GroupID) error {
 		_, err := retry(g, op(store.RestoreOp{ID: rs.ID, Op: store.RestoreSeal, Force: rs.Force}))
 		return err
@@ -484,10 +532,10 @@ func (s *Server) loadRestore(ctx context.Context, rs *kvd.Restore) error {
 	return nil
 }
 
-// superviseRestore runs on every node: the system group's leader
-// finishes a loading restore that no one drives (its node died after the
-// decision), and a node drops a staging restore of its own that it no
-// longer drives (it restarted).
+// superviseRestore runs on every node: a node drops a staging restore of
+// its own that it no longer drives (it restarted); the system group's
+// leader takes over a restore whose node has not driven it for
+// orphanWait: it drops it if staging, and finishes it if loading.
 func (s *Server) superviseRestore(ctx context.Context) {
 	if s.cfg.Embedded {
 		s.superviseEmbeddedRestore(ctx)
@@ -504,20 +552,21 @@ func (s *Server) superviseRestore(ctx context.Context) {
 	if mine {
 		return
 	}
-	switch {
-	case rs.State == kvd.RestoreStaging && rs.Node == s.id:
+	if rs.State == kvd.RestoreStaging && rs.Node == s.id {
 		s.log.Warn("restore: dropping a restore this node no longer drives", "restore", rs.ID)
 		s.abortRestore(ctx, rs, m.GroupIDs())
-	case rs.State == kvd.RestoreLoading && s.systemLeader(ctx) == nil:
+		return
+	}
+	if s.systemLeader(ctx) != nil || !s.orphaned(ctx, rs) {
+		return
+	}
+	switch rs.State {
+	case kvd.RestoreStaging:
+		s.log.Warn("restore: dropping a staging restore its node no longer drives", "restore", rs.ID, "node", rs.Node)
+		s.abortRestore(ctx, rs, m.GroupIDs())
+	case kvd.RestoreLoading:
 		s.restores.mu.Lock()
-		first, ok := s.restores.seen[rs.ID]
-		if !ok {
-			s.restores.seen[rs.ID] = time.Now()
-		}
-		start := ok && time.Since(first) > 5*time.Second && (rs.Node != s.id)
-		if rs.Node == s.id && ok {
-			start = true // this node's driver is gone
-		}
+		start := !s.restores.running[rs.ID]
 		if start {
 			s.restores.running[rs.ID] = true
 			delete(s.restores.seen, rs.ID)
@@ -541,6 +590,34 @@ func (s *Server) superviseRestore(ctx context.Context) {
 			}
 		}()
 	}
+}
+
+// orphanWait is how long the system group's leader waits for a restore's
+// node to drive it again before it takes the restore over: it drops a
+// staging one, and finishes a loading one.
+const orphanWait = 10 * time.Second
+
+// orphaned tells whether restore rs has been without a driver for
+// orphanWait (its node gone from the map at once), as this node, the
+// system group's leader, sees it.
+func (s *Server) orphaned(ctx context.Context, rs *kvd.Restore) bool {
+	if s.drivesRestore(ctx, rs) {
+		s.restores.mu.Lock()
+		delete(s.restores.seen, rs.ID)
+		s.restores.mu.Unlock()
+		return false
+	}
+	if _, ok := s.Map().Node(rs.Node); !ok {
+		return true
+	}
+	s.restores.mu.Lock()
+	defer s.restores.mu.Unlock()
+	first, ok := s.restores.seen[rs.ID]
+	if !ok {
+		s.restores.seen[rs.ID] = time.Now()
+		return false
+	}
+	return time.Since(first) > orphanWait
 }
 
 // superviseEmbeddedRestore finishes, in an embedded store, a restore that

@@ -123,6 +123,7 @@ func New(cfg Config) (_ *Server, err error) {
 	if s.dirLock, err = lockDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	removeLeftovers(cfg.DataDir, restoreSpool, 0, s.log)
 	raftLn, err := s.listen()
 	if err != nil {
 		return nil, err

@@ -99,7 +99,7 @@ type wireResult struct {
 // between nodes; any other error travels as "invalid" (a refusal of the
 // state machine), which is what nodes of earlier versions read.
 var resultCodes = map[string]bool{api.CodePreconditionFailed: true, api.CodeConflict: true, api.CodeIdempotencyMismatch: true,
-	api.CodeWrongGroup: true, api.CodeTooLarge: true}
+	api.CodeWrongGroup: true, api.CodeTooLarge: true, api.CodeUnavailable: true}
 
 // encodeResult puts r on the wire; its error travels as its code and its
 // message.

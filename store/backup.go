@@ -56,10 +56,11 @@ type FreezeState struct {
 
 // Restore operations (RestoreOp.Op).
 const (
-	RestoreStage = "stage"
-	RestoreSeal  = "seal"
-	RestoreStep  = "step"
-	RestoreAbort = "abort"
+	RestoreStage   = "stage"
+	RestoreQuiesce = "quiesce"
+	RestoreSeal    = "seal"
+	RestoreStep    = "step"
+	RestoreAbort   = "abort"
 )
 
 // RestoreOp is the payload of a CmdRestore, one step of restore ID in
@@ -67,8 +68,12 @@ const (
 //
 //   - stage keeps Keys out of sight; Reset (the first piece) drops what
 //     another restore staged and makes ID the one staged;
-//   - seal makes the group serve nothing until the restore is loaded;
-//     Force also drops the keys the group holds;
+//   - quiesce makes the group refuse new transaction prepares, so that
+//     the locks held drain before it seals;
+//   - seal makes the group serve nothing until the restore is loaded; it
+//     is refused (unavailable) while a transaction holds a lock here, whose
+//     resolution would write over the keys loaded. Force also drops the
+//     keys the group holds;
 //   - step loads a bounded part of what is staged; the result's Version
 //     counts the staged keys left, and the last step (0 left) unseals;
 //   - abort drops what ID staged, if it has not sealed.
@@ -82,11 +87,12 @@ type RestoreOp struct {
 
 // restoreState is the restore a group is staging or loading.
 type restoreState struct {
-	ID      string `json:"id,omitempty"`
-	Sealed  bool   `json:"sealed,omitempty"`
-	Force   bool   `json:"force,omitempty"`
-	Cleared bool   `json:"cleared,omitempty"`
-	Staged  uint64 `json:"staged,omitempty"`
+	ID       string `json:"id,omitempty"`
+	Quiesced bool   `json:"quiesced,omitempty"`
+	Sealed   bool   `json:"sealed,omitempty"`
+	Force    bool   `json:"force,omitempty"`
+	Cleared  bool   `json:"cleared,omitempty"`
+	Staged   uint64 `json:"staged,omitempty"`
 	// Done is the last restore loaded, so that a step or a seal repeated
 	// after it changes nothing.
 	Done string `json:"done,omitempty"`
@@ -176,7 +182,9 @@ func (a *applier) paused(c *Cmd, doc any) error {
 	case CmdPut, CmdDelete, CmdExpire, CmdTxnOnePhase, CmdMoveIngest, CmdDropKeys:
 		level = FreezeWrites
 	case CmdRestore:
-		if op, ok := doc.(*RestoreOp); ok && op.Op == RestoreStage {
+		// A restore changes nothing a backup's cut may see: staging is out
+		// of sight, but a seal or a load step is not.
+		if op, ok := doc.(*RestoreOp); ok && op.Op != RestoreAbort {
 			level = FreezeWrites
 		}
 	default:
@@ -187,6 +195,8 @@ func (a *applier) paused(c *Cmd, doc any) error {
 		return nil
 	case g.restore.Sealed && c.Kind != CmdRestore:
 		return fmt.Errorf("%w: group %d %s: restore %s is loading", kvd.ErrUnavailable, a.group, pausedText, g.restore.ID)
+	case g.restore.Quiesced && c.Kind == CmdTxnPrepare:
+		return fmt.Errorf("%w: group %d %s: restore %s is about to load", kvd.ErrUnavailable, a.group, pausedText, g.restore.ID)
 	case g.freeze.Level >= level:
 		return fmt.Errorf("%w: group %d %s: backup %s is taking its cut", kvd.ErrUnavailable, a.group, pausedText, g.freeze.ID)
 	}
@@ -249,14 +259,28 @@ func (a *applier) restore(op *RestoreOp) (Result, error) {
 			}
 		}
 		return Result{Version: ng.restore.Staged}, a.setGate(&ng)
-	case RestoreSeal:
+	case RestoreQuiesce:
 		switch {
 		case cur.Done == op.ID:
 			return Result{}, nil
 		case cur.ID != op.ID:
 			return conflict("nothing of it is staged here")
 		}
-		ng.restore.Sealed, ng.restore.Force = true, op.Force
+		ng.restore.Quiesced = true
+		return Result{Version: cur.Staged}, a.setGate(&ng)
+	case RestoreSeal:
+		switch {
+		case cur.Done == op.ID:
+			return Result{}, nil
+		case cur.ID != op.ID:
+			return conflict("nothing of it is staged here")
+		case cur.Sealed:
+			return Result{Version: cur.Staged}, nil
+		}
+		if k, _ := a.locks.b.Cursor().First(); k != nil {
+			return Result{Err: fmt.Errorf("%w: restore %s in group %d: transaction locks are held: it seals once they are released", kvd.ErrUnavailable, op.ID, a.group)}, nil
+		}
+		ng.restore.Quiesced, ng.restore.Sealed, ng.restore.Force = true, true, op.Force
 		return Result{Version: cur.Staged}, a.setGate(&ng)
 	case RestoreStep:
 		switch {
@@ -420,6 +444,8 @@ type BackupPart struct {
 	Locks int
 	// Served is the set of slots the group serves reads of.
 	Served kvd.SlotSet
+	// Restoring is a restore sealed in the group (loading), if any.
+	Restoring string
 }
 
 // BackupPart returns what the snapshot holds for a backup.
@@ -432,6 +458,9 @@ func (s *Snapshot) BackupPart() (BackupPart, error) {
 			return err
 		}
 		p.Freeze = g.freeze
+		if g.restore.Sealed {
+			p.Restoring = g.restore.ID
+		}
 		p.Locks = bs.locks.b.Stats().KeyN
 		m, err := storedMap(bs.meta)
 		if err != nil {

@@ -165,3 +165,50 @@ func TestRestore_AbortDropsStagedKeys(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, report.Stored, report.Hash)
 }
+
+// A restore seals a group only once no transaction holds a lock there:
+// the resolution of one would write over the keys loaded. Quiesced, the
+// group takes no new prepare.
+func TestRestore_SealWaitsForLocksAndQuiesceRefusesPrepares(t *testing.T) {
+	db := openTest(t)
+	prepare := func(id, key string) Cmd {
+		return txnCmd(t, CmdTxnPrepare, TxnPrepare{ID: id, RecordGroup: 2, Deadline: 1e9, Participants: []kvd.GroupID{1, 2},
+			Ops: []TxnOp{{Index: 0, Op: "put", Key: key, Value: []byte("x")}}})
+	}
+	require.NoError(t, applyAt(t, db, 1, 1, prepare("t1", "a")).Err)
+	require.NoError(t, applyAt(t, db, 2, 1, restoreCmd(t, RestoreOp{ID: "R", Op: RestoreStage, Reset: true,
+		Keys: []MovedKey{{Key: "a", Value: []byte("restored")}}})).Err)
+	require.NoError(t, applyAt(t, db, 3, 1, restoreCmd(t, RestoreOp{ID: "R", Op: RestoreQuiesce})).Err)
+	r := applyAt(t, db, 4, 1, prepare("t2", "b"))
+	require.True(t, Paused(r.Err), "no new prepare once quiesced: %v", r.Err)
+	r = applyAt(t, db, 5, 1, restoreCmd(t, RestoreOp{ID: "R", Op: RestoreSeal, Force: true}))
+	require.ErrorIs(t, r.Err, kvd.ErrUnavailable, "no seal while t1 holds a lock")
+	_, sealed := db.Restoring()
+	require.False(t, sealed)
+	require.NoError(t, applyAt(t, db, 6, 1, txnCmd(t, CmdTxnResolve, TxnResolve{ID: "t1", Commit: true})).Err)
+	require.NoError(t, applyAt(t, db, 7, 1, restoreCmd(t, RestoreOp{ID: "R", Op: RestoreSeal, Force: true})).Err)
+	r = applyAt(t, db, 8, 1, restoreCmd(t, RestoreOp{ID: "R", Op: RestoreStep}))
+	require.NoError(t, r.Err)
+	for i := uint64(9); r.Version != 0; i++ {
+		r = applyAt(t, db, i, 1, restoreCmd(t, RestoreOp{ID: "R", Op: RestoreStep}))
+		require.NoError(t, r.Err)
+	}
+	it, err := db.Get("a")
+	require.NoError(t, err)
+	require.Equal(t, "restored", string(it.Value), "the committed transaction's write came before the restore, not over it")
+	require.NoError(t, applyAt(t, db, 20, 1, prepare("t3", "b")).Err, "prepares again once loaded")
+}
+
+// While a backup's freeze stops writes, a restore neither seals nor
+// loads: the cut must not see a group change.
+func TestRestore_WaitsForABackupsFreeze(t *testing.T) {
+	db := openTest(t)
+	require.NoError(t, applyAt(t, db, 1, 1, restoreCmd(t, RestoreOp{ID: "R", Op: RestoreStage, Reset: true,
+		Keys: []MovedKey{{Key: "a", Value: []byte("1")}}})).Err)
+	require.NoError(t, applyAt(t, db, 2, 1, freezeCmd(t, "b", FreezeWrites)).Err)
+	for i, op := range []string{RestoreStage, RestoreQuiesce, RestoreSeal, RestoreStep} {
+		r := applyAt(t, db, uint64(3+i), 1, restoreCmd(t, RestoreOp{ID: "R", Op: op}))
+		require.True(t, Paused(r.Err), "%s: %v", op, r.Err)
+	}
+	require.NoError(t, applyAt(t, db, 7, 1, restoreCmd(t, RestoreOp{ID: "R", Op: RestoreAbort})).Err, "an abort changes nothing a reader sees")
+}

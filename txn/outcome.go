@@ -10,11 +10,11 @@ import (
 	"github.com/kvd-project/kvd/store"
 )
 
-// errSlotMoving means a group refused a transaction's key because the
-// key's slot is moving between groups (or has moved since the
-// transaction was planned): nothing was applied, and Do tries again with
-// the current map.
-var errSlotMoving = fmt.Errorf("transaction not committed: a key's slot is moving between groups: %w", kvd.ErrUnavailable)
+// errSlotMoving means a group refused a transaction for now, applying
+// nothing: a key's slot is moving between groups (or has moved since the
+// transaction was planned), or the group is paused (a backup taking its
+// cut, a restore loading). Do tries again with the current map.
+var errSlotMoving = fmt.Errorf("transaction not committed: a group refused it for now (a key's slot moving between groups, or a backup or restore pausing the group): %w", kvd.ErrUnavailable)
 
 // refused turns no votes into the error the client sees.
 func (c *Coordinator) refused(outs []*store.TxnOutcome) (Response, error) {
