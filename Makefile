@@ -4,7 +4,7 @@ BIN       := bin
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 # Packages where goroutines meet run under the race detector.
-RACE_PKGS := ./store/... ./replication/... ./txn/... ./httpapi/... ./server/... ./client/... ./embed/... ./examples/... ./internal/...
+RACE_PKGS := ./backup/... ./store/... ./replication/... ./txn/... ./httpapi/... ./server/... ./client/... ./embed/... ./examples/... ./internal/...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .PHONY: all build run test test-short bench compare jepsen soak mutants lint fmt clean

@@ -138,9 +138,15 @@ func TestMakeTestRunsEveryPackage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The patterns of RACE_PKGS and of the test target's own commands:
+	// not those of other targets (test-short runs ./...).
 	var patterns []string
+	target := ""
 	for _, line := range strings.Split(string(mk), "\n") {
-		if strings.HasPrefix(line, "RACE_PKGS :=") || (strings.Contains(line, "$(GO) test ") && !strings.Contains(line, "-bench")) {
+		if name, _, ok := strings.Cut(line, ":"); ok && !strings.HasPrefix(line, "\t") && !strings.Contains(name, " ") {
+			target = name
+		}
+		if strings.HasPrefix(line, "RACE_PKGS :=") || (target == "test" && strings.Contains(line, "$(GO) test ")) {
 			for _, f := range strings.Fields(line) {
 				if strings.HasPrefix(f, "./") {
 					patterns = append(patterns, f)
