@@ -62,9 +62,6 @@ var (
 	ErrTruncated = errors.New("backup is truncated")
 )
 
-// chunkFrame is the size of a chunk's framing: type, length, CRC.
-const chunkFrame = 1 + 4 + 4
-
 // MaxChunk is the largest payload a chunk may have: a record holds one
 // value whole, and values may be configured up to 1 GiB.
 const MaxChunk = 1<<30 + 1<<20
