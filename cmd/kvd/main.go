@@ -30,6 +30,9 @@ func main() {
 
 // run runs kvd with the command line args and returns its exit code.
 func run(args []string) int {
+	if len(args) > 0 && args[0] == "certs" {
+		return runCerts(args[1:], os.Stdout, os.Stderr)
+	}
 	o, err := parseFlags(args)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
