@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -48,6 +49,12 @@ type Config struct {
 	NodeURLs map[string]string
 	// HTTPClient, if set, carries every request.
 	HTTPClient *http.Client
+	// TLS, if set, makes the client speak HTTPS with these settings (the
+	// CA it trusts, its certificate): to endpoints given without a scheme
+	// and to every node it learns from the map. An https:// endpoint
+	// also makes it speak HTTPS, with the system's roots unless TLS is
+	// set. It is ignored when HTTPClient is set.
+	TLS *tls.Config
 	// Logger receives the client's debug logs.
 	Logger *slog.Logger
 }
@@ -86,6 +93,8 @@ type Client struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	closed atomic.Bool
+	// scheme is how the nodes learned from the map are dialed.
+	scheme string
 }
 
 // New returns a client that has fetched the cluster map from one of the
@@ -95,9 +104,13 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, fmt.Errorf("client: %w: no endpoints", kvd.ErrInvalid)
 	}
+	scheme := "http"
+	if cfg.TLS != nil || strings.HasPrefix(cfg.Endpoints[0], "https://") {
+		scheme = "https"
+	}
 	for i, e := range cfg.Endpoints {
 		if !strings.Contains(e, "://") {
-			e = "http://" + e
+			e = scheme + "://" + e
 		}
 		if _, err := url.Parse(e); err != nil {
 			return nil, fmt.Errorf("client: %w: endpoint %q: %v", kvd.ErrInvalid, e, err)
@@ -126,7 +139,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{cfg: cfg, log: cfg.Logger, nodes: map[string]*node{}}
+	c := &Client{cfg: cfg, log: cfg.Logger, nodes: map[string]*node{}, scheme: scheme}
 	c.hc = cfg.HTTPClient
 	if c.hc == nil {
 		c.hc = &http.Client{Transport: &http.Transport{
@@ -135,6 +148,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			IdleConnTimeout:     90 * time.Second,
 			DisableCompression:  true,
 			DialContext:         (&net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			TLSClientConfig:     cfg.TLS,
 		}}
 	}
 	ictx, cancel := c.withTimeout(ctx)

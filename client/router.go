@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -155,7 +156,7 @@ func (r *routing) groupOf(key string) *groupRoute {
 func (c *Client) nodeFor(id, addr string) *node {
 	c.nodesMu.Lock()
 	defer c.nodesMu.Unlock()
-	url := "http://" + addr
+	url := cmp.Or(c.scheme, "http") + "://" + addr
 	if o, ok := c.cfg.NodeURLs[id]; ok {
 		url = strings.TrimRight(o, "/")
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
@@ -150,8 +152,16 @@ type Options struct {
 	Registry *prometheus.Registry
 	// Logger receives request errors.
 	Logger *slog.Logger
-	// ForwardClient carries requests forwarded to other nodes.
+	// TLS, if set, makes the server serve TLS with it.
+	TLS *tls.Config
+	// ForwardClient carries requests forwarded to other nodes, over
+	// ForwardScheme ("http" if empty, or "https").
 	ForwardClient *http.Client
+	ForwardScheme string
+	// PeerCA, if set (peer TLS), tells whether a request's verified
+	// certificate chains are a peer node's: node-to-node endpoints then
+	// require one, besides the peer credential.
+	PeerCA func(chains [][]*x509.Certificate) bool
 	// Shutdown is closed when the server shuts down; it ends watches.
 	Shutdown <-chan struct{}
 	// PeerCredential, if set, is what node-to-node calls carry in
@@ -208,6 +218,9 @@ func New(b Backend, o Options) (*Handler, error) {
 	}
 	if o.ForwardClient == nil {
 		o.ForwardClient = wire.NewPeerClient()
+	}
+	if o.ForwardScheme == "" {
+		o.ForwardScheme = "http"
 	}
 	h := &Handler{b: b, o: o, log: o.Logger, fwd: o.ForwardClient, peerCred: sha256.Sum256([]byte(o.PeerCredential))}
 	r := mux.NewRouter()
@@ -334,6 +347,9 @@ func operational(path string) bool {
 
 // isPeer reports whether r carries the cluster's node credential.
 func (h *Handler) isPeer(r *http.Request) bool {
+	if h.o.PeerCA != nil && (r.TLS == nil || !h.o.PeerCA(r.TLS.VerifiedChains)) {
+		return false
+	}
 	if h.o.PeerCredential == "" {
 		return true
 	}

@@ -89,7 +89,7 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, r.Method, "http://"+addr+r.URL.RequestURI(), rd)
+	req, err := http.NewRequestWithContext(ctx, r.Method, h.o.ForwardScheme+"://"+addr+r.URL.RequestURI(), rd)
 	if err != nil {
 		writeError(w, fmt.Errorf("forward to %s: %w", id, err), write)
 		return true, ""

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -86,7 +87,13 @@ func (s *Server) Handler() *Handler { return s.h }
 func (s *Server) Serve(ln net.Listener) error {
 	l := LimitConns(ln, s.o.MaxConnections)
 	s.conns.Store(l)
-	err := s.srv.Serve(JSONErrors(l))
+	served := JSONErrors(l)
+	if s.o.TLS != nil {
+		// Outermost, so that net/http sees TLS connections: it sets
+		// r.TLS, and answers plain HTTP with a 400.
+		served = tls.NewListener(served, s.o.TLS)
+	}
+	err := s.srv.Serve(served)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}

@@ -34,5 +34,9 @@ func HTTP(s *server.Server, env server.FrontendEnv) (server.Frontend, error) {
 		ReadHeaderTimeout:   c.ReadHeaderTimeout,
 		Profiling:           c.Profiling,
 		UnderPressure:       env.UnderPressure,
+		ForwardClient:       env.PeerClient,
+		ForwardScheme:       env.PeerScheme,
+		PeerCA:              env.PeerCA,
+		TLS:                 env.TLS,
 	})
 }

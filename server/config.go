@@ -104,6 +104,15 @@ type Config struct {
 	// participant voted yes and before the decision (a test hook; an
 	// error stops the coordinator there).
 	TxnAfterPrepare func(id string) error
+	// TLSCertFile and TLSKeyFile, if set, make the HTTP port serve TLS
+	// with that certificate; TLSClientCAFile also requires clients to
+	// present a certificate that CA signed (peer TLS is then required:
+	// nodes call each other on that port). PeerTLSCertFile, PeerTLSKeyFile
+	// and PeerTLSCAFile put the calls between nodes on mutual TLS: the
+	// node's certificate (naming its id) and the CA of its peers'. Files
+	// are read again when they change. See security.md.
+	TLSCertFile, TLSKeyFile, TLSClientCAFile       string
+	PeerTLSCertFile, PeerTLSKeyFile, PeerTLSCAFile string
 	// BackupDir, if set, receives a backup every BackupEvery, taken by the
 	// node that leads the system group (the map's leader); the newest
 	// BackupKeep files are kept.
@@ -191,6 +200,9 @@ func (c *Config) validate() error {
 	case c.QuotaBytes < 0 || c.MinFreeBytes < 0 || c.MaxInflightRequests < 0 || c.MaxInflightBytes < 0 ||
 		c.MaxWatches < 0 || c.WatchBufferBytes < 0 || c.MemoryHighWater < 0 || c.MaxConnections < 0:
 		return errors.New("quotas and caps must not be negative")
+	}
+	if err := c.checkTLS(); err != nil {
+		return err
 	}
 	switch {
 	case c.BackupDir != "" && c.BackupEvery <= 0:

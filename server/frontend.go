@@ -2,8 +2,11 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"log/slog"
 	"net"
+	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -37,4 +40,13 @@ type FrontendEnv struct {
 	PeerCredential string
 	// UnderPressure tells whether the node is short of memory.
 	UnderPressure func() bool
+	// PeerClient carries the calls to other nodes, PeerScheme is their
+	// scheme ("http", or "https" when the nodes serve TLS).
+	PeerClient *http.Client
+	PeerScheme string
+	// PeerCA, with peer TLS, tells whether a verified certificate chain
+	// is a peer node's: node-to-node endpoints then require one.
+	PeerCA func(chains [][]*x509.Certificate) bool
+	// TLS, if set, is what the frontend serves TLS with.
+	TLS *tls.Config
 }

@@ -34,13 +34,16 @@ func (s *Server) join(httpAdv, raftAdv string) (*nodeFile, error) {
 	}
 	body, _ := json.Marshal(req)
 	hc := wire.NewPeerClient()
+	if s.tls != nil {
+		hc = wire.NewPeerClientTLS(s.tls.peer, nil)
+	}
 	defer hc.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), joinFor)
 	defer cancel()
 	var lastErr error
 	for attempt := 0; ; attempt++ {
 		for _, u := range s.cfg.Join {
-			jr, err := joinAt(ctx, hc, u, keysOf(secret).http, s.id, body)
+			jr, err := joinAt(ctx, hc, s.tls.scheme(), u, keysOf(secret).http, s.id, body)
 			if err == nil {
 				return s.joined(jr, httpAdv, raftAdv)
 			}
@@ -64,10 +67,10 @@ func (e *joinError) Error() string { return e.msg }
 func retryJoin(err error) bool { _, final := err.(*joinError); return !final }
 
 // joinAt asks the member at url to register this node.
-func joinAt(ctx context.Context, hc *http.Client, url, cred, self string, body []byte) (api.JoinResponse, error) {
+func joinAt(ctx context.Context, hc *http.Client, scheme, url, cred, self string, body []byte) (api.JoinResponse, error) {
 	var jr api.JoinResponse
 	if !strings.Contains(url, "://") {
-		url = "http://" + url
+		url = scheme + "://" + url
 	}
 	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()

@@ -90,7 +90,7 @@ func (s *Server) send(ctx context.Context, c peerCall) (*http.Response, error) {
 	if !ok {
 		return nil, fmt.Errorf("%s %s: no address: %w", c.op, c.node, kvd.ErrUnavailable)
 	}
-	req, err := http.NewRequestWithContext(ctx, c.method, "http://"+addr+c.path, bytes.NewReader(c.body))
+	req, err := http.NewRequestWithContext(ctx, c.method, s.tls.scheme()+"://"+addr+c.path, bytes.NewReader(c.body))
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %v: %w", c.op, c.node, err, kvd.ErrUnavailable)
 	}

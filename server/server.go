@@ -50,6 +50,8 @@ type Server struct {
 	frontend Frontend
 	registry *prometheus.Registry
 	peerHTTP *http.Client
+	// tls is the node's TLS settings (nil: plain HTTP).
+	tls *nodeTLS
 
 	book    atomic.Pointer[addressBook]
 	leaders leaderCache
@@ -124,6 +126,9 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	removeLeftovers(cfg.DataDir, restoreSpool, 0, s.log)
+	if s.tls, err = loadTLS(cfg); err != nil {
+		return nil, err
+	}
 	raftLn, err := s.listen()
 	if err != nil {
 		return nil, err
@@ -149,6 +154,9 @@ func New(cfg Config) (_ *Server, err error) {
 		}
 	}
 	s.peerHTTP = wire.NewPeerClient()
+	if s.tls != nil {
+		s.peerHTTP = wire.NewPeerClientTLS(s.tls.peer, s.peerName)
+	}
 	s.metrics = newNodeMetrics()
 	s.watchMem = newByteBudget(cfg.WatchBufferBytes)
 	s.memory = &memPressure{high: uint64(cfg.MemoryHighWater)}
@@ -163,7 +171,8 @@ func New(cfg Config) (_ *Server, err error) {
 	s.registerMetrics()
 	if cfg.Frontend != nil && s.httpLn != nil {
 		if s.frontend, err = cfg.Frontend(s, FrontendEnv{Config: cfg, Registry: s.registry, Logger: s.log,
-			PeerCredential: s.keys.http, UnderPressure: s.memory.underPressure}); err != nil {
+			PeerCredential: s.keys.http, UnderPressure: s.memory.underPressure,
+			PeerClient: s.peerHTTP, PeerScheme: s.tls.scheme(), PeerCA: s.tls.peerChain(), TLS: s.tls.serverConfig()}); err != nil {
 			return nil, fmt.Errorf("http frontend: %w", err)
 		}
 	}

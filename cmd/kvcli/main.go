@@ -22,6 +22,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/client"
+	"github.com/kvd-project/kvd/internal/pki"
 	"github.com/kvd-project/kvd/shell"
 )
 
@@ -41,6 +42,9 @@ func run(argv []string) int {
 	policy := fs.String("read-policy", "p2c", "how follower and stale reads pick a replica: p2c, random or round-robin")
 	keepGoing := fs.Bool("keep-going", false, "with commands from a pipe or file: go on after a failure")
 	history := fs.String("history", "", "history file of the interactive shell (default ~/.kvcli_history)")
+	cacert := fs.String("cacert", "", "`file`: the CA that signed the nodes' certificates (speaks HTTPS; default for https:// endpoints: the system's roots)")
+	cert := fs.String("cert", "", "`file`: a client certificate to present (with --key)")
+	key := fs.String("key", "", "`file`: the key of --cert")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: kvcli [flags] [COMMAND ARGS...]\n\nWithout a command: an interactive shell, or the commands read from a pipe or file.\nRun \"kvcli help\" for the commands.\n\nflags:")
 		fs.PrintDefaults()
@@ -71,6 +75,16 @@ func run(argv []string) int {
 	eps := strings.Split(*endpoints, ",")
 	cfg := client.DefaultConfig(eps...)
 	cfg.Consistency, cfg.ReadPolicy, cfg.Timeout = cons, pol, *timeout
+	if *cacert != "" || *cert != "" || *key != "" {
+		if cfg.TLS, err = pki.ClientFiles(*cacert, *cert, *key); err != nil {
+			fmt.Fprintf(os.Stderr, "kvcli: %v\n", err)
+			return shell.ExitUsage
+		}
+		for i, e := range cfg.Endpoints {
+			// The default endpoint names http://: TLS flags mean https.
+			cfg.Endpoints[i] = strings.Replace(e, "http://", "https://", 1)
+		}
+	}
 	ctx := context.Background()
 	cctx, cancel := context.WithTimeout(ctx, *timeout)
 	cl, err := client.New(cctx, cfg)

@@ -3,6 +3,7 @@ package pki
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -117,20 +118,41 @@ func (k *KeyPair) Reload() error { return k.w.reload() }
 
 // Pool is a set of CA certificates read from a PEM file, read again when
 // it changes (or on Reload).
-type Pool struct{ w *watched[*x509.CertPool] }
+type Pool struct{ w *watched[cas] }
+
+// cas are the certificates of a CA file, and their pool.
+type cas struct {
+	pool  *x509.CertPool
+	certs []*x509.Certificate
+}
 
 // LoadPool reads the CA certificates of a PEM file.
 func LoadPool(file string) (*Pool, error) {
-	w, err := newWatched(func() (*x509.CertPool, error) {
+	w, err := newWatched(func() (cas, error) {
 		raw, err := os.ReadFile(file)
 		if err != nil {
-			return nil, fmt.Errorf("read CA file: %w", err)
+			return cas{}, fmt.Errorf("read CA file: %w", err)
 		}
-		p := x509.NewCertPool()
-		if !p.AppendCertsFromPEM(raw) {
-			return nil, fmt.Errorf("CA file %s holds no PEM certificate", file)
+		c := cas{pool: x509.NewCertPool()}
+		for {
+			var blk *pem.Block
+			if blk, raw = pem.Decode(raw); blk == nil {
+				break
+			}
+			if blk.Type != "CERTIFICATE" {
+				continue
+			}
+			cert, err := x509.ParseCertificate(blk.Bytes)
+			if err != nil {
+				return cas{}, fmt.Errorf("CA file %s: %w", file, err)
+			}
+			c.pool.AddCert(cert)
+			c.certs = append(c.certs, cert)
 		}
-		return p, nil
+		if len(c.certs) == 0 {
+			return cas{}, fmt.Errorf("CA file %s holds no PEM certificate", file)
+		}
+		return c, nil
 	}, file)
 	if err != nil {
 		return nil, err
@@ -139,7 +161,10 @@ func LoadPool(file string) (*Pool, error) {
 }
 
 // CertPool returns the pool as last read.
-func (p *Pool) CertPool() *x509.CertPool { return p.w.get() }
+func (p *Pool) CertPool() *x509.CertPool { return p.w.get().pool }
+
+// Certs returns the CA certificates as last read.
+func (p *Pool) Certs() []*x509.Certificate { return p.w.get().certs }
 
 // Reload reads the file again now.
 func (p *Pool) Reload() error { return p.w.reload() }

@@ -1,6 +1,8 @@
 package wire
 
 import (
+	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
@@ -26,4 +28,33 @@ func NewPeerClient() *http.Client {
 func NeverSent(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// NewPeerClientTLS is NewPeerClient over TLS with cfg; serverName, if
+// set, names the server a connection to addr must present a certificate
+// for (a node's id, for its peers), instead of the address's host.
+func NewPeerClientTLS(cfg *tls.Config, serverName func(addr string) string) *http.Client {
+	c := NewPeerClient()
+	tr := c.Transport.(*http.Transport)
+	dialer := &net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}
+	tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		tc := cfg.Clone()
+		if serverName != nil {
+			tc.ServerName = serverName(addr)
+		}
+		if tc.ServerName == "" {
+			tc.ServerName, _, _ = net.SplitHostPort(addr)
+		}
+		tlsConn := tls.Client(conn, tc)
+		if err := tlsConn.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return tlsConn, nil
+	}
+	return c
 }

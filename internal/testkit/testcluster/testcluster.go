@@ -199,6 +199,11 @@ func (c *Cluster) WaitReady() {
 				if resp.StatusCode == http.StatusOK {
 					break
 				}
+				// A node serving TLS answers plain HTTP 400: ask it in
+				// process instead.
+				if resp.StatusCode == http.StatusBadRequest && c.Node(i).WaitReady(time.Until(deadline)) == nil {
+					break
+				}
 			}
 			if time.Now().After(deadline) {
 				c.t.Fatalf("node %d not ready", i)

@@ -1,0 +1,171 @@
+package server
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/kvd-project/kvd/internal/pki"
+)
+
+// nodeTLS is what a node's TLS settings make of its files: how its HTTP
+// port serves, and how it dials its peers.
+type nodeTLS struct {
+	// server serves the HTTP port (nil: plain HTTP).
+	server *tls.Config
+	// peer dials other nodes' HTTP ports (nil: plain HTTP).
+	peer *tls.Config
+	// peerCA, with peer TLS, is the CA whose node certificates the node
+	// takes as its peers'.
+	peerCA *pki.Pool
+}
+
+// scheme is the scheme of the node's (and so its peers') HTTP port.
+func (t *nodeTLS) scheme() string {
+	if t != nil && t.server != nil {
+		return "https"
+	}
+	return "http"
+}
+
+// checkTLS checks the TLS flags of a Config.
+func (c *Config) checkTLS() error {
+	switch {
+	case (c.TLSCertFile == "") != (c.TLSKeyFile == ""):
+		return errors.New("client TLS needs both --tls-cert and --tls-key")
+	case c.TLSClientCAFile != "" && c.TLSCertFile == "":
+		return errors.New("--tls-client-ca needs --tls-cert and --tls-key")
+	}
+	peer := []string{c.PeerTLSCertFile, c.PeerTLSKeyFile, c.PeerTLSCAFile}
+	if n := len(slices.DeleteFunc(slices.Clone(peer), func(s string) bool { return s == "" })); n != 0 && n != 3 {
+		return errors.New("peer TLS needs --peer-tls-cert, --peer-tls-key and --peer-tls-ca")
+	}
+	if c.TLSClientCAFile != "" && c.PeerTLSCAFile == "" {
+		// Nodes call each other on the HTTP port: one that requires
+		// client certificates must take its peers' too.
+		return errors.New("--tls-client-ca needs peer TLS (--peer-tls-cert, --peer-tls-key, --peer-tls-ca): nodes call each other on the HTTP port")
+	}
+	return nil
+}
+
+// loadTLS reads the node's certificate files. Without peer TLS but with
+// client TLS, a node dials its peers' HTTPS ports without checking their
+// certificates (the peer secret still proves who calls); with peer TLS it
+// checks them against the peer CA, naming the peer's id as the server
+// name, and presents its own node certificate.
+func loadTLS(c Config) (*nodeTLS, error) {
+	if c.TLSCertFile == "" && c.PeerTLSCertFile == "" {
+		return nil, nil
+	}
+	t := &nodeTLS{}
+	var clientPair, peerPair *pki.KeyPair
+	var err error
+	if c.TLSCertFile != "" {
+		if clientPair, err = pki.LoadKeyPair(c.TLSCertFile, c.TLSKeyFile); err != nil {
+			return nil, fmt.Errorf("client TLS: %w", err)
+		}
+	}
+	var clientCA *pki.Pool
+	if c.TLSClientCAFile != "" {
+		if clientCA, err = pki.LoadPool(c.TLSClientCAFile); err != nil {
+			return nil, fmt.Errorf("client TLS: %w", err)
+		}
+	}
+	if c.PeerTLSCertFile != "" {
+		if peerPair, err = pki.LoadKeyPair(c.PeerTLSCertFile, c.PeerTLSKeyFile); err != nil {
+			return nil, fmt.Errorf("peer TLS: %w", err)
+		}
+		if t.peerCA, err = pki.LoadPool(c.PeerTLSCAFile); err != nil {
+			return nil, fmt.Errorf("peer TLS: %w", err)
+		}
+	}
+	serving := clientPair
+	if serving == nil {
+		serving = peerPair // peer TLS alone: the port serves the node certificate
+	}
+	srv := pki.ServerConfig(serving, nil)
+	self := c.NodeID
+	srv.GetCertificate = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		if peerPair != nil && hello.ServerName == self {
+			return peerPair.Certificate(), nil // a peer names the node by its id
+		}
+		return serving.Certificate(), nil
+	}
+	if clientCA != nil || t.peerCA != nil {
+		srv.ClientAuth = tls.VerifyClientCertIfGiven
+		if clientCA != nil {
+			srv.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+		pools := func() *x509.CertPool {
+			p := x509.NewCertPool()
+			for _, src := range []*pki.Pool{clientCA, t.peerCA} {
+				if src != nil {
+					for _, c := range src.Certs() {
+						p.AddCert(c)
+					}
+				}
+			}
+			return p
+		}
+		srv.ClientCAs = pools()
+		srv.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			cc := srv.Clone()
+			cc.GetConfigForClient = nil
+			cc.ClientCAs = pools()
+			return cc, nil
+		}
+	}
+	t.server = srv
+	if peerPair != nil {
+		t.peer = pki.ClientConfig(t.peerCA, peerPair)
+	} else {
+		t.peer = pki.ClientConfig(nil, nil)
+		t.peer.InsecureSkipVerify = true
+	}
+	return t, nil
+}
+
+// peerChain returns, with peer TLS, the test of a verified chain being a
+// peer's: signed by the peer CA, for a node certificate (one that may
+// serve, as kvd certs makes node certificates and not client ones).
+func (t *nodeTLS) peerChain() func([][]*x509.Certificate) bool {
+	if t == nil || t.peerCA == nil {
+		return nil
+	}
+	return func(chains [][]*x509.Certificate) bool {
+		for _, chain := range chains {
+			if len(chain) < 2 || !slices.Contains(chain[0].ExtKeyUsage, x509.ExtKeyUsageServerAuth) {
+				continue
+			}
+			root := chain[len(chain)-1]
+			for _, ca := range t.peerCA.Certs() {
+				if root.Equal(ca) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+}
+
+// peerName returns the id of the node whose HTTP address is addr ("" if
+// none): the name its certificate must carry for its peers.
+func (s *Server) peerName(addr string) string {
+	for _, n := range s.Map().Nodes {
+		if a, ok := s.PeerHTTP(n.ID); ok && a == addr {
+			return n.ID
+		}
+	}
+	return ""
+}
+
+// serverConfig returns the settings the HTTP port serves TLS with (nil:
+// plain HTTP).
+func (t *nodeTLS) serverConfig() *tls.Config {
+	if t == nil {
+		return nil
+	}
+	return t.server
+}
