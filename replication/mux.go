@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -43,6 +44,9 @@ type Mux struct {
 	key       []byte
 	log       *slog.Logger
 	ycfg      *yamux.Config
+	// tlsServer and tlsClient, if set, put connections on TLS (WithTLS).
+	tlsServer *tls.Config
+	tlsClient func(address string) *tls.Config
 	// lastRefusal rate-limits the warnings about refused connections.
 	lastRefusal atomic.Int64
 	// refused counts connections refused at the handshake.
@@ -81,7 +85,7 @@ type outSession struct {
 // addresses cannot disturb this one. key is the secret both ends of every
 // connection must hold (at least 16 bytes): a connection from anything
 // else is refused. Close stops it.
-func NewMux(ln net.Listener, advertise, cluster string, key []byte, logger *slog.Logger) (*Mux, error) {
+func NewMux(ln net.Listener, advertise, cluster string, key []byte, logger *slog.Logger, opts ...MuxOption) (*Mux, error) {
 	if len(cluster) != ClusterIDSize {
 		return nil, fmt.Errorf("raft mux: cluster id %q is not %d characters", cluster, ClusterIDSize)
 	}
@@ -112,8 +116,22 @@ func NewMux(ln net.Listener, advertise, cluster string, key []byte, logger *slog
 	m := &Mux{ln: ln, advertise: adv, key: append([]byte(nil), key...), log: logger, ycfg: ycfg,
 		layers: map[kvd.GroupID]*streamLayer{}, out: map[string]*outSession{}, in: map[*yamux.Session]net.Conn{}}
 	copy(m.cluster[:], cluster)
+	for _, o := range opts {
+		o(m)
+	}
 	m.goFunc(m.acceptLoop)
 	return m, nil
+}
+
+// MuxOption configures a Mux.
+type MuxOption func(*Mux)
+
+// WithTLS puts every Raft connection on TLS, under the handshake: an
+// inbound one with server (which should require and verify the peer's
+// certificate), one dialed to an address with client(address) (which
+// should verify the peer's and present the node's own).
+func WithTLS(server *tls.Config, client func(address string) *tls.Config) MuxOption {
+	return func(m *Mux) { m.tlsServer, m.tlsClient = server, client }
 }
 
 // Addr returns the advertised address.
@@ -245,6 +263,17 @@ func (m *Mux) acceptLoop() {
 // serveConn runs one inbound session: it accepts streams and hands each
 // to its group's layer.
 func (m *Mux) serveConn(c net.Conn) {
+	if m.tlsServer != nil {
+		tc := tls.Server(c, m.tlsServer)
+		_ = c.SetDeadline(time.Now().Add(headerTimeout))
+		if err := tc.Handshake(); err != nil {
+			m.handshaking.Add(-1)
+			m.refuse(c, "refused a Raft connection at its TLS handshake", "err", err)
+			c.Close()
+			return
+		}
+		c = tc
+	}
 	ok := m.handshake(c)
 	m.handshaking.Add(-1)
 	if !ok {
@@ -349,6 +378,14 @@ func (m *Mux) dial(address string, timeout time.Duration) (*yamux.Session, error
 		return nil, err
 	}
 	_ = c.SetDeadline(time.Now().Add(timeout))
+	if m.tlsClient != nil {
+		tc := tls.Client(c, m.tlsClient(address))
+		if err := tc.Handshake(); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("raft dial %s: TLS: %w", address, err)
+		}
+		c = tc
+	}
 	if err := m.dialHandshake(c); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("raft dial %s: %w", address, err)

@@ -271,7 +271,7 @@ func (s *Server) openMux(raftLn net.Listener) (string, error) {
 	self, _ := s.Map().Node(s.id)
 	raftAdv := firstNonEmpty(s.cfg.RaftAdvertise, self.Raft)
 	var err error
-	s.mux, err = replication.NewMux(raftLn, raftAdv, s.clusterID, s.keys.raft, s.log)
+	s.mux, err = replication.NewMux(raftLn, raftAdv, s.clusterID, s.keys.raft, s.log, s.raftTLS()...)
 	return raftAdv, err
 }
 

@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/kvd-project/kvd/internal/pki"
+	"github.com/kvd-project/kvd/replication"
 )
 
 // nodeTLS is what a node's TLS settings make of its files: how its HTTP
@@ -18,8 +19,9 @@ type nodeTLS struct {
 	// peer dials other nodes' HTTP ports (nil: plain HTTP).
 	peer *tls.Config
 	// peerCA, with peer TLS, is the CA whose node certificates the node
-	// takes as its peers'.
-	peerCA *pki.Pool
+	// takes as its peers'; peerPair is the node's own certificate.
+	peerCA   *pki.Pool
+	peerPair *pki.KeyPair
 }
 
 // scheme is the scheme of the node's (and so its peers') HTTP port.
@@ -77,6 +79,7 @@ func loadTLS(c Config) (*nodeTLS, error) {
 		if peerPair, err = pki.LoadKeyPair(c.PeerTLSCertFile, c.PeerTLSKeyFile); err != nil {
 			return nil, fmt.Errorf("peer TLS: %w", err)
 		}
+		t.peerPair = peerPair
 		if t.peerCA, err = pki.LoadPool(c.PeerTLSCAFile); err != nil {
 			return nil, fmt.Errorf("peer TLS: %w", err)
 		}
@@ -168,4 +171,57 @@ func (t *nodeTLS) serverConfig() *tls.Config {
 		return nil
 	}
 	return t.server
+}
+
+// raftTLS returns, with peer TLS, the option that puts the node's Raft
+// connections on mutual TLS: both ends present their node certificates
+// and verify the other's against the peer CA, the dialer naming the
+// peer's id.
+func (s *Server) raftTLS() []replication.MuxOption {
+	t := s.tls
+	if t == nil || t.peerCA == nil {
+		return nil
+	}
+	client := func(address string) *tls.Config {
+		c := pki.ClientConfig(t.peerCA, t.peerPair)
+		c.ServerName = s.raftPeerName(address)
+		if c.ServerName == "" {
+			// An address the map does not name (yet): the peer's
+			// certificate must still be a node certificate of the CA.
+			c.InsecureSkipVerify = true
+			c.VerifyConnection = func(cs tls.ConnectionState) error {
+				return verifyChain(t.peerCA, cs.PeerCertificates)
+			}
+		}
+		return c
+	}
+	server := pki.ServerConfig(t.peerPair, t.peerCA)
+	server.VerifyConnection = func(cs tls.ConnectionState) error {
+		return verifyChain(t.peerCA, cs.PeerCertificates) // a node's, not a client's
+	}
+	return []replication.MuxOption{replication.WithTLS(server, client)}
+}
+
+// raftPeerName returns the id of the node whose Raft address is address.
+func (s *Server) raftPeerName(address string) string {
+	for _, n := range s.Map().Nodes {
+		if n.Raft == address {
+			return n.ID
+		}
+	}
+	return ""
+}
+
+// verifyChain verifies a peer's certificates against the CA, for a node
+// certificate (one that may serve).
+func verifyChain(ca *pki.Pool, certs []*x509.Certificate) error {
+	if len(certs) == 0 {
+		return errors.New("the peer presented no certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	_, err := certs[0].Verify(x509.VerifyOptions{Roots: ca.CertPool(), Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	return err
 }

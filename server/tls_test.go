@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -145,6 +146,45 @@ func TestTLS_ClusterServesClientsAndPeersOverMutualTLS(t *testing.T) {
 	status, _, err = httpsGet(c.URL(0), "/v1/internal/readindex?group=1", peer, "")
 	require.NoError(t, err)
 	require.Equal(t, 403, status, "a node's certificate without the secret")
+
+	// Raft is on mutual TLS too: a plain connection, and a TLS one
+	// with a client certificate rather than a node's, are refused
+	// before the handshake that proves the secret.
+	raftAddr := c.Node(0).Map().Nodes[0].Raft
+	conn, err := net.DialTimeout("tcp", raftAddr, 5*time.Second)
+	require.NoError(t, err)
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	conn.Write([]byte("KVDRAFT1 plain text is not TLS"))
+	_, err = io.ReadAll(conn)
+	conn.Close()
+	require.NoError(t, err, "the node closes the connection")
+	tc, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", raftAddr, cfg.Clone())
+	if err == nil {
+		tc.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err = tc.Write([]byte("x"))
+		if err == nil {
+			_, err = tc.Read(make([]byte, 1))
+		}
+		tc.Close()
+	}
+	require.Error(t, err, "a client certificate does not make a Raft peer")
+	require.Eventually(t, func() bool {
+		_, body, err := httpsGet(c.URL(0), "/metrics", cfg, "")
+		return err == nil && metricAtLeast(body, "kvd_raft_connections_refused_total", 2)
+	}, 5*time.Second, 50*time.Millisecond)
+}
+
+// metricAtLeast tells whether the exposition body has metric name at v
+// or more.
+func metricAtLeast(body, name string, v float64) bool {
+	for _, line := range strings.Split(body, "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == name {
+			var got float64
+			fmt.Sscan(f[1], &got)
+			return got >= v
+		}
+	}
+	return false
 }
 
 func TestTLS_ConfigRefusesHalfSettings(t *testing.T) {
