@@ -97,11 +97,18 @@ func (c *jsonErrorConn) Write(p []byte) (int, error) {
 // than 100-continue, written before any handler runs.
 var expectationFailed = regexp.MustCompile("^HTTP/1\\.1 417 Expectation Failed\r\nConnection: close\r\nDate: [^\r\n]+\r\nContent-Length: 0\r\n\r\n$")
 
+// plainToTLS is net/http's whole answer to plain HTTP on a TLS port,
+// written on the raw connection.
+const plainToTLS = "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+
 // rewritePlainError turns net/http's plain-text error answer into the
 // API's JSON error, or reports that p is not one. The statuses outside
 // the API's codes become 400 invalid_request: an unsupported protocol
 // version (505) and an unsupported expectation (417).
 func rewritePlainError(p []byte) ([]byte, bool) {
+	if string(p) == plainToTLS {
+		return jsonError(http.StatusBadRequest, api.CodeInvalidRequest, "this port serves HTTPS: plain HTTP is refused"), true
+	}
 	if expectationFailed.Match(p) {
 		return jsonError(http.StatusBadRequest, api.CodeInvalidRequest, "Expect asks for what the server does not do: only 100-continue is supported"), true
 	}

@@ -22,6 +22,8 @@ type nodeTLS struct {
 	// takes as its peers'; peerPair is the node's own certificate.
 	peerCA   *pki.Pool
 	peerPair *pki.KeyPair
+	// reload reads every file again (ReloadTLS).
+	reload []func() error
 }
 
 // scheme is the scheme of the node's (and so its peers') HTTP port.
@@ -121,6 +123,16 @@ func loadTLS(c Config) (*nodeTLS, error) {
 		}
 	}
 	t.server = srv
+	for _, kp := range []*pki.KeyPair{clientPair, peerPair} {
+		if kp != nil {
+			t.reload = append(t.reload, kp.Reload)
+		}
+	}
+	for _, p := range []*pki.Pool{clientCA, t.peerCA} {
+		if p != nil {
+			t.reload = append(t.reload, p.Reload)
+		}
+	}
 	if peerPair != nil {
 		t.peer = pki.ClientConfig(t.peerCA, peerPair)
 	} else {
@@ -223,5 +235,25 @@ func verifyChain(ca *pki.Pool, certs []*x509.Certificate) error {
 		inter.AddCert(c)
 	}
 	_, err := certs[0].Verify(x509.VerifyOptions{Roots: ca.CertPool(), Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	return err
+}
+
+// ReloadTLS reads the node's certificate, key and CA files again now (kvd
+// does on SIGHUP; they are also read again when they change). A file that
+// does not read leaves the one read before in use, and is reported.
+func (s *Server) ReloadTLS() error {
+	if s.tls == nil {
+		return nil
+	}
+	var errs []error
+	for _, r := range s.tls.reload {
+		errs = append(errs, r())
+	}
+	err := errors.Join(errs...)
+	if err != nil {
+		s.log.Warn("TLS files reloaded with errors; the ones read before stay in use", "err", err)
+	} else {
+		s.log.Info("TLS files reloaded")
+	}
 	return err
 }

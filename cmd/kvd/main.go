@@ -62,6 +62,19 @@ func serve(cfg server.Config) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				_ = srv.ReloadTLS() // it logs what it could not read
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	start := time.Now()
 	err = srv.Run(ctx)
 	if err != nil {

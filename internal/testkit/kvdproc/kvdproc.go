@@ -10,6 +10,7 @@ package kvdproc
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -87,6 +88,9 @@ type Node struct {
 	// PeerSecretFile is the peer secret a joining node starts with
 	// (--peer-secret-file): NewNode sets the cluster's, PeerSecretPath.
 	PeerSecretFile string
+	// Scheme is how the node's HTTP port is dialed: "http" (if empty) or
+	// "https" (see Cluster.UseTLS).
+	Scheme string
 
 	// mu protects cmd, done and exit.
 	mu   sync.Mutex
@@ -96,7 +100,13 @@ type Node struct {
 }
 
 // URL returns the node's HTTP base URL.
-func (n *Node) URL() string { return "http://" + n.HTTP }
+func (n *Node) URL() string {
+	scheme := n.Scheme
+	if scheme == "" {
+		scheme = "http"
+	}
+	return scheme + "://" + n.HTTP
+}
 
 // Running reports whether the process is alive (paused counts).
 func (n *Node) Running() bool {
@@ -153,6 +163,20 @@ type Cluster struct {
 	// client makes the harness's own short calls (bounded by its
 	// timeout); calls makes Call's, bounded by their context alone.
 	client, calls *http.Client
+	// scheme is the nodes' (see UseTLS).
+	scheme string
+}
+
+// UseTLS makes the harness dial the nodes' HTTP ports with HTTPS and cfg
+// (the nodes must be started with the matching TLS flags, in Args).
+func (c *Cluster) UseTLS(cfg *tls.Config) {
+	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 16, TLSClientConfig: cfg}
+	c.client = &http.Client{Timeout: 3 * time.Second, Transport: tr}
+	c.calls = &http.Client{Transport: tr}
+	c.scheme = "https"
+	for _, n := range c.Nodes {
+		n.Scheme = c.scheme
+	}
 }
 
 // NewCluster prepares (but does not start) a cluster of n nodes with
@@ -236,7 +260,7 @@ func (c *Cluster) NewNode(id string) (*Node, error) {
 		return nil, err
 	}
 	return &Node{ID: id, HTTP: addrs[0], Raft: addrs[1], DataDir: filepath.Join(c.Dir, id), LogPath: filepath.Join(c.Dir, id+".log"),
-		Join: join, PeerSecretFile: c.PeerSecretPath()}, nil
+		Join: join, PeerSecretFile: c.PeerSecretPath(), Scheme: c.scheme}, nil
 }
 
 // AddNode prepares a node called id (see NewNode), appends it to Nodes
