@@ -53,8 +53,12 @@ var (
 	// applied. Reads go on, and writes are taken again once there is room.
 	ErrInsufficientStorage = errors.New("insufficient storage")
 	// ErrForbidden means the caller may not make this request (a
-	// node-to-node call without the cluster's secret).
+	// node-to-node call without the cluster's secret, or a token without
+	// a grant for a key the request touches).
 	ErrForbidden = errors.New("forbidden")
+	// ErrUnauthenticated means the request carries no valid token, on a
+	// cluster that requires one.
+	ErrUnauthenticated = errors.New("unauthenticated")
 )
 
 // ErrOverloaded means the node shed the request to keep its memory and

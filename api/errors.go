@@ -26,6 +26,7 @@ const (
 	CodeUnavailable         = "unavailable"
 	CodeUnknownOutcome      = "unknown_outcome"
 	CodeForbidden           = "forbidden"
+	CodeUnauthenticated     = "unauthenticated"
 	CodeOverloaded          = "overloaded"
 	CodeInsufficientStorage = "insufficient_storage"
 	CodeHeadersTooLarge     = "headers_too_large"
@@ -63,6 +64,7 @@ var Codes = []ErrorCode{
 	{CodeWrongGroup, http.StatusMisdirectedRequest, kvd.ErrWrongGroup},
 	{CodeIdempotencyMismatch, http.StatusUnprocessableEntity, kvd.ErrIdempotencyMismatch},
 	{CodeForbidden, http.StatusForbidden, kvd.ErrForbidden},
+	{CodeUnauthenticated, http.StatusUnauthorized, kvd.ErrUnauthenticated},
 	{CodeInsufficientStorage, http.StatusInsufficientStorage, kvd.ErrInsufficientStorage},
 	{CodeUnknownOutcome, http.StatusGatewayTimeout, kvd.ErrUnknownOutcome},
 	{CodeOverloaded, http.StatusTooManyRequests, kvd.ErrOverloaded},

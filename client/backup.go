@@ -264,7 +264,12 @@ func (c *Client) restoreTo(ctx context.Context, n *node, path string, r io.Reade
 // transport of its own kind is used as it is.
 func (c *Client) freshConnClient() (*http.Client, func()) {
 	var tr *http.Transport
-	switch t := c.hc.Transport.(type) {
+	base := c.hc.Transport
+	tok, withToken := base.(tokenTransport)
+	if withToken {
+		base = tok.base
+	}
+	switch t := base.(type) {
 	case nil:
 		tr = http.DefaultTransport.(*http.Transport)
 	case *http.Transport:
@@ -276,6 +281,9 @@ func (c *Client) freshConnClient() (*http.Client, func()) {
 	fresh.DisableKeepAlives = true
 	hc := *c.hc
 	hc.Transport = fresh
+	if withToken {
+		hc.Transport = tokenTransport{base: fresh, header: tok.header}
+	}
 	return &hc, fresh.CloseIdleConnections
 }
 

@@ -49,6 +49,9 @@ type Config struct {
 	NodeURLs map[string]string
 	// HTTPClient, if set, carries every request.
 	HTTPClient *http.Client
+	// Token, if set, is sent with every request (Authorization: Bearer),
+	// for a cluster that requires one.
+	Token string
 	// TLS, if set, makes the client speak HTTPS with these settings (the
 	// CA it trusts, its certificate): to endpoints given without a scheme
 	// and to every node it learns from the map. An https:// endpoint
@@ -150,6 +153,11 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			DialContext:         (&net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}).DialContext,
 			TLSClientConfig:     cfg.TLS,
 		}}
+	}
+	if cfg.Token != "" {
+		hc := *c.hc
+		hc.Transport = tokenTransport{base: hc.Transport, header: "Bearer " + cfg.Token}
+		c.hc = &hc
 	}
 	ictx, cancel := c.withTimeout(ctx)
 	_, err := c.refresh(ictx)
@@ -556,4 +564,27 @@ func (c *Client) Health(ctx context.Context) []NodeHealth {
 	}
 	wg.Wait()
 	return out
+}
+
+// tokenTransport adds the client's token to every request.
+type tokenTransport struct {
+	base   http.RoundTripper
+	header string
+}
+
+func (t tokenTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", t.header)
+	base := t.base
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	return base.RoundTrip(r)
+}
+
+// CloseIdleConnections closes the base transport's idle connections.
+func (t tokenTransport) CloseIdleConnections() {
+	if c, ok := t.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
 }

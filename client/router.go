@@ -4,7 +4,9 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -270,6 +272,9 @@ func (c *Client) refresh(ctx context.Context) (*routing, error) {
 	if lastErr == nil {
 		lastErr = fmt.Errorf("no endpoints")
 	}
+	if errors.Is(lastErr, kvd.ErrUnauthenticated) || errors.Is(lastErr, kvd.ErrForbidden) {
+		return nil, fmt.Errorf("fetch cluster map: %w", lastErr) // trying again will not help
+	}
 	return nil, fmt.Errorf("fetch cluster map: %w: %w", lastErr, kvd.ErrUnavailable)
 }
 
@@ -287,7 +292,8 @@ func (c *Client) fetchCluster(ctx context.Context, base string) (api.Cluster, er
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return cl, fmt.Errorf("%s/v1/cluster: %s", base, resp.Status)
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		return cl, fmt.Errorf("%s/v1/cluster: %w", base, errorFrom(resp.StatusCode, resp.Header, body))
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&cl); err != nil {
 		return cl, fmt.Errorf("%s/v1/cluster: %w", base, err)

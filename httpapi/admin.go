@@ -153,6 +153,9 @@ func decodeStrict(body []byte, v any, what string) error {
 // must make it.
 func (h *Handler) admin(kind adminBody, op func(ctx context.Context, a adminArgs) (any, int, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if !h.allowAdmin(w, r) {
+			return
+		}
 		a, err := h.readAdmin(w, r, kind)
 		if err != nil {
 			writeError(w, err, false)
@@ -218,6 +221,28 @@ func (h *Handler) adminRoutes(r *mux.Router) {
 		out, err := h.b.Rebalance(ctx, req.DryRun)
 		return out, http.StatusOK, err
 	})).Methods(http.MethodPost)
+	r.HandleFunc("/v1/admin/tokens", h.admin(rawBody, func(ctx context.Context, a adminArgs) (any, int, error) {
+		var req api.TokenRequest
+		if err := decodeBody(a, &req, false); err != nil {
+			return nil, 0, err
+		}
+		out, err := h.b.CreateToken(ctx, req)
+		return out, http.StatusOK, err
+	})).Methods(http.MethodPost)
+	r.HandleFunc("/v1/admin/tokens", h.admin(noBody, func(ctx context.Context, a adminArgs) (any, int, error) {
+		out, err := h.b.Tokens(ctx)
+		return out, http.StatusOK, err
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/v1/admin/tokens/{name}", h.adminOnly(func(w http.ResponseWriter, r *http.Request) {
+		name, err := url.PathUnescape(mux.Vars(r)["name"])
+		if err != nil {
+			writeError(w, fmt.Errorf("%w: token name: %v", kvd.ErrInvalid, err), false)
+			return
+		}
+		h.answer(w, r, true, func(ctx context.Context) (any, error) {
+			return map[string]string{"revoked": name}, h.b.RevokeToken(ctx, name)
+		})
+	})).Methods(http.MethodDelete)
 	r.HandleFunc("/v1/internal/join", h.peerCall(h.b.Join)).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/mapedit", h.peerCall(h.b.EditMap)).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/map", h.internalMap).Methods(http.MethodGet)

@@ -113,6 +113,16 @@ type Backend interface {
 	// Rebalance plans, and unless dryRun starts, the moves that even out
 	// the groups (admin).
 	Rebalance(ctx context.Context, dryRun bool) (api.RebalancePlan, error)
+	// AuthOn tells whether requests need a token; Authenticate returns who
+	// token names (kvd.ErrUnauthenticated if no one).
+	AuthOn() bool
+	Authenticate(token string) (*api.Principal, error)
+	// CreateToken, Tokens and RevokeToken manage the tokens (admin).
+	CreateToken(ctx context.Context, r api.TokenRequest) (api.TokenCreated, error)
+	Tokens(ctx context.Context) (api.TokenList, error)
+	RevokeToken(ctx context.Context, name string) error
+	// InternalTokens serves the encoded token table (node to node).
+	InternalTokens(ctx context.Context) ([]byte, error)
 	// Backup writes a backup of every group at one consistent cut (admin);
 	// start gives the writer just before the first byte.
 	Backup(ctx context.Context, start func() io.Writer) (backup.Summary, error)
@@ -196,8 +206,10 @@ type Handler struct {
 	router  *mux.Router
 	handler http.Handler
 	fwd     *http.Client
-	limits  *inflight
-	metrics *httpMetrics
+	// authFailures limits failed authentications per client address.
+	authFailures failureLimiter
+	limits       *inflight
+	metrics      *httpMetrics
 	// peerCred is the SHA-256 of Options.PeerCredential.
 	peerCred [32]byte
 }
@@ -222,7 +234,8 @@ func New(b Backend, o Options) (*Handler, error) {
 	if o.ForwardScheme == "" {
 		o.ForwardScheme = "http"
 	}
-	h := &Handler{b: b, o: o, log: o.Logger, fwd: o.ForwardClient, peerCred: sha256.Sum256([]byte(o.PeerCredential))}
+	h := &Handler{b: b, o: o, log: o.Logger, fwd: o.ForwardClient, peerCred: sha256.Sum256([]byte(o.PeerCredential)),
+		authFailures: failureLimiter{rate: 2, burst: 20}}
 	r := mux.NewRouter()
 	// Keys are kept exactly: no path cleaning, no redirects, and the key
 	// is taken from the escaped path and percent-decoded once.
@@ -249,13 +262,16 @@ func New(b Backend, o Options) (*Handler, error) {
 	})).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/log", h.logEntry).Methods(http.MethodGet)
 	r.HandleFunc("/v1/internal/snapshot", h.snapshot).Methods(http.MethodGet)
+	r.HandleFunc("/v1/internal/tokens", func(w http.ResponseWriter, r *http.Request) {
+		h.peerCall(func(ctx context.Context, _ []byte) ([]byte, error) { return h.b.InternalTokens(ctx) })(w, r)
+	}).Methods(http.MethodGet)
 	r.HandleFunc("/v1/internal/backuppart", h.backupPart).Methods(http.MethodGet)
-	r.HandleFunc("/v1/admin/backup", h.backup).Methods(http.MethodGet)
-	r.HandleFunc("/v1/admin/restore", h.restore).Methods(http.MethodPost)
+	r.HandleFunc("/v1/admin/backup", h.adminOnly(h.backup)).Methods(http.MethodGet)
+	r.HandleFunc("/v1/admin/restore", h.adminOnly(h.restore)).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/hash", h.hash).Methods(http.MethodGet)
 	r.HandleFunc("/v1/internal/txns", h.groupTxns).Methods(http.MethodGet)
-	r.HandleFunc("/v1/admin/txns", h.txns).Methods(http.MethodGet)
-	r.HandleFunc("/v1/admin/txns/{id}/abort", h.abortTxn).Methods(http.MethodPost)
+	r.HandleFunc("/v1/admin/txns", h.adminOnly(h.txns)).Methods(http.MethodGet)
+	r.HandleFunc("/v1/admin/txns/{id}/abort", h.adminOnly(h.abortTxn)).Methods(http.MethodPost)
 	h.adminRoutes(r)
 	if fp := failpoint.Handler(); fp != nil { // fault-injection builds only
 		r.PathPrefix("/debug/failpoints/").Handler(fp)
@@ -300,6 +316,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if _, err := url.ParseQuery(r.URL.RawQuery); err != nil {
 		h.refuse(w, r, fmt.Errorf("%w: malformed query string: %v", kvd.ErrInvalid, err))
 		return
+	}
+	// A node's own calls (a scan's page, a forwarded request, which the
+	// forwarding node authorized) carry the cluster's credential instead
+	// of a client's token.
+	peer := r.Header.Get(api.HeaderPeerAuth) != "" && h.isPeer(r)
+	if !internal && !openPath(r.URL.Path) && !peer && h.b.AuthOn() {
+		var ok bool
+		if r, ok = h.authenticate(w, r); !ok {
+			return
+		}
 	}
 	if !internal && h.o.UnderPressure != nil && !operational(r.URL.Path) && h.o.UnderPressure() {
 		h.limits.shed.WithLabelValues("memory").Inc()

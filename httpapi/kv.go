@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strconv"
 
@@ -12,6 +13,9 @@ func (h *Handler) getKey(w http.ResponseWriter, r *http.Request) {
 	req, err := h.readGet(r)
 	if err != nil {
 		writeError(w, err, false)
+		return
+	}
+	if !h.allow(w, r, principalOf(r).CanRead(req.key), "reading "+strconv.Quote(req.key)) {
 		return
 	}
 	h.serve(w, r, req.rt, nil, false, func(ctx context.Context) (responder, error) {
@@ -39,6 +43,9 @@ func (h *Handler) putKey(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, false)
 		return
 	}
+	if !h.allow(w, r, principalOf(r).CanWrite(req.key), "writing "+strconv.Quote(req.key)) {
+		return
+	}
 	h.serve(w, r, req.rt, req.value, true, func(ctx context.Context) (responder, error) {
 		ver, err := h.b.Put(ctx, req.key, req.value, req.wr, req.rt)
 		if err != nil {
@@ -57,6 +64,9 @@ func (h *Handler) deleteKey(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, false)
 		return
 	}
+	if !h.allow(w, r, principalOf(r).CanWrite(req.key), "writing "+strconv.Quote(req.key)) {
+		return
+	}
 	h.serve(w, r, req.rt, nil, true, func(ctx context.Context) (responder, error) {
 		deleted, ver, err := h.b.Delete(ctx, req.key, req.wr, req.rt)
 		if err != nil {
@@ -72,6 +82,9 @@ func (h *Handler) scan(w http.ResponseWriter, r *http.Request) {
 	o, err := h.scanOptionsOf(r)
 	if err != nil {
 		writeError(w, err, false)
+		return
+	}
+	if !h.allow(w, r, principalOf(r).CanReadRange(o.Prefix, o.Start, o.End), fmt.Sprintf("scanning prefix %q from %q to %q", o.Prefix, o.Start, o.End)) {
 		return
 	}
 	c, rt, err := readRouting(r)

@@ -15,6 +15,8 @@ type httpMetrics struct {
 	requests    *prometheus.CounterVec
 	latency     *prometheus.HistogramVec
 	peerRefused prometheus.Counter
+	// authFailures counts requests refused by auth, by reason.
+	authFailures *prometheus.CounterVec
 }
 
 func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
@@ -32,8 +34,12 @@ func newHTTPMetrics(reg prometheus.Registerer) (*httpMetrics, error) {
 			Name: "kvd_peer_auth_refused_total",
 			Help: "Calls to node-to-node endpoints refused for lack of the cluster's credential.",
 		}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvd_auth_failures_total",
+			Help: "Requests refused by authentication or authorization, by reason (missing, malformed, invalid, forbidden, limited).",
+		}, []string{"reason"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.latency, m.peerRefused} {
+	for _, c := range []prometheus.Collector{m.requests, m.latency, m.peerRefused, m.authFailures} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

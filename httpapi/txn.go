@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"net/http"
+	"strconv"
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
@@ -24,6 +25,22 @@ func (h *Handler) txn(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		writeError(w, err, false)
 		return
+	}
+	if p := principalOf(r); p != nil {
+		for _, c := range t.Compares {
+			if !h.allow(w, r, p.CanRead(c.Key), "reading "+strconv.Quote(c.Key)) {
+				return
+			}
+		}
+		for _, op := range t.Ops {
+			ok := p.CanWrite(op.Key)
+			if op.Op == "get" {
+				ok = p.CanRead(op.Key)
+			}
+			if !h.allow(w, r, ok, op.Op+" of "+strconv.Quote(op.Key)) {
+				return
+			}
+		}
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
 	defer cancel()

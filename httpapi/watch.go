@@ -29,6 +29,9 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: prefix is not valid UTF-8", kvd.ErrInvalid), false)
 		return
 	}
+	if !h.allow(w, r, principalOf(r).CanReadRange(prefix, "", ""), fmt.Sprintf("watching prefix %q", prefix)) {
+		return
+	}
 	since := q.Get("since")
 	if id := r.Header.Get("Last-Event-ID"); id != "" {
 		since = id

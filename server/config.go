@@ -113,6 +113,12 @@ type Config struct {
 	// are read again when they change. See security.md.
 	TLSCertFile, TLSKeyFile, TLSClientCAFile       string
 	PeerTLSCertFile, PeerTLSKeyFile, PeerTLSCAFile string
+	// Auth makes every client request carry a bearer token with grants
+	// covering what it touches (see auth.go). RootTokenFile holds the
+	// admin token every node holding it accepts (default
+	// <DataDir>/root.token), created with a random token if absent.
+	Auth          bool
+	RootTokenFile string
 	// BackupDir, if set, receives a backup every BackupEvery, taken by the
 	// node that leads the system group (the map's leader); the newest
 	// BackupKeep files are kept.

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,6 +53,8 @@ type Server struct {
 	peerHTTP *http.Client
 	// tls is the node's TLS settings (nil: plain HTTP).
 	tls *nodeTLS
+	// auth is the node's root token and token table (Config.Auth).
+	auth authState
 
 	book    atomic.Pointer[addressBook]
 	leaders leaderCache
@@ -128,6 +131,15 @@ func New(cfg Config) (_ *Server, err error) {
 	removeLeftovers(cfg.DataDir, restoreSpool, 0, s.log)
 	if s.tls, err = loadTLS(cfg); err != nil {
 		return nil, err
+	}
+	if cfg.Auth {
+		path := cfg.RootTokenFile
+		if path == "" {
+			path = filepath.Join(cfg.DataDir, "root.token")
+		}
+		if s.auth.rootHash, err = loadRootToken(path); err != nil {
+			return nil, err
+		}
 	}
 	raftLn, err := s.listen()
 	if err != nil {
@@ -301,6 +313,10 @@ func (s *Server) startBackground() {
 	}
 	background(func(ctx context.Context) { s.runJanitors(ctx, time.Second) })
 	background(s.runMaintenance)
+	if s.cfg.Auth {
+		s.refreshTokens(bgCtx)
+		background(func(ctx context.Context) { repeat(ctx, tokenRefresh, func() { s.refreshTokens(ctx) }) })
+	}
 	if s.cfg.BackupDir != "" {
 		background(s.runScheduledBackups)
 	}

@@ -99,7 +99,7 @@ type wireResult struct {
 // between nodes; any other error travels as "invalid" (a refusal of the
 // state machine), which is what nodes of earlier versions read.
 var resultCodes = map[string]bool{api.CodePreconditionFailed: true, api.CodeConflict: true, api.CodeIdempotencyMismatch: true,
-	api.CodeWrongGroup: true, api.CodeTooLarge: true, api.CodeUnavailable: true}
+	api.CodeWrongGroup: true, api.CodeTooLarge: true, api.CodeUnavailable: true, api.CodeNotFound: true}
 
 // encodeResult puts r on the wire; its error travels as its code and its
 // message.
@@ -294,7 +294,7 @@ func writeKeys(db *store.DB, doc any) []string {
 func proposedRemotely(k store.CmdKind) bool {
 	switch k {
 	case store.CmdTxnPrepare, store.CmdTxnResolve, store.CmdTxnRecover, store.CmdTxnForget, store.CmdDedupClaim, store.CmdDedupDone,
-		store.CmdDedupRegister, store.CmdTxnDecide, store.CmdTxnOnePhase, store.CmdMoveIngest, store.CmdSetMap, store.CmdFreeze, store.CmdRestore:
+		store.CmdDedupRegister, store.CmdTxnDecide, store.CmdTxnOnePhase, store.CmdMoveIngest, store.CmdSetMap, store.CmdFreeze, store.CmdRestore, store.CmdTokens:
 		return true
 	}
 	return false

@@ -37,6 +37,8 @@ type applier struct {
 	// gateChanged tells that the batch changed it.
 	gate        *gate
 	gateChanged bool
+	// newTokens is the token table the batch stored, if any.
+	newTokens *[]TokenRecord
 	// base is the version base (loaded on first use; see version).
 	baseLoaded bool
 	base       uint64
@@ -163,6 +165,9 @@ func (db *DB) apply(entries []Entry, refused map[cmdPos]error) ([][]Result, erro
 		if a.gateChanged {
 			db.gate.Store(a.gate)
 		}
+		if a.newTokens != nil {
+			db.tokenTable.Store(a.newTokens)
+		}
 		db.stateHash.Store(a.hash)
 		db.appliedTerm.Store(lastTerm)
 		db.applied.Store(last)
@@ -288,6 +293,8 @@ func (a *applier) apply(c *Cmd) (Result, error) {
 		return a.freeze(doc.(*Freeze))
 	case CmdRestore:
 		return a.restore(doc.(*RestoreOp))
+	case CmdTokens:
+		return a.tokens(doc.(*TokenOp))
 	}
 	return Result{Err: fmt.Errorf("%w: unknown command kind %d", kvd.ErrInvalid, c.Kind)}, nil
 }

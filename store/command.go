@@ -61,12 +61,15 @@ const (
 	// payload (see backup.go).
 	CmdFreeze  CmdKind = 20
 	CmdRestore CmdKind = 21
+	// CmdTokens changes the access token table (see tokens.go); only the
+	// system group's log carries it.
+	CmdTokens CmdKind = 22
 )
 
 // hasDocument reports whether k is a command whose payload is a JSON
 // document in Data (transaction and idempotency commands).
 func (k CmdKind) hasDocument() bool {
-	return (k >= CmdTxnPrepare && k <= CmdTxnForget) || (k >= CmdDedupGC && k <= CmdDedupRegister) || (k >= CmdMoveIngest && k <= CmdRestore)
+	return (k >= CmdTxnPrepare && k <= CmdTxnForget) || (k >= CmdDedupGC && k <= CmdDedupRegister) || (k >= CmdMoveIngest && k <= CmdTokens)
 }
 
 // String names the kind in errors and logs.
@@ -75,7 +78,7 @@ func (k CmdKind) String() string {
 		CmdTxnDecide: "txn-decide", CmdTxnResolve: "txn-resolve", CmdTxnRecover: "txn-recover", CmdTxnOnePhase: "txn-one-phase",
 		CmdTxnForget: "txn-forget", CmdExpire: "expire", CmdDedupGC: "dedup-gc", CmdDedupClaim: "dedup-claim", CmdDedupDone: "dedup-done",
 		CmdDedupRegister: "dedup-register", CmdHashCheck: "hash-check", CmdMoveIngest: "move-ingest", CmdDropKeys: "drop-keys",
-		CmdFreeze: "freeze", CmdRestore: "restore"}
+		CmdFreeze: "freeze", CmdRestore: "restore", CmdTokens: "tokens"}
 	if int(k) < len(names) && names[k] != "" {
 		return names[k]
 	}

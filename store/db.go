@@ -89,6 +89,8 @@ type DB struct {
 	placement   atomic.Pointer[placement]
 	// gate is the stored freeze and restore (see backup.go).
 	gate atomic.Pointer[gate]
+	// tokenTable is the stored access token table (see tokens.go).
+	tokenTable atomic.Pointer[[]TokenRecord]
 	// strayClean is the placement under which StrayKeys last found no
 	// leftover keys; served is ServedSlots' last answer.
 	strayClean atomic.Pointer[placement]
@@ -197,6 +199,7 @@ func (db *DB) openHandle() error {
 	var applied, term, hash uint64
 	var m *kvd.Map
 	var gt *gate
+	var toks []TokenRecord
 	err = guard(func() error {
 		return bdb.Update(func(tx *bolt.Tx) error {
 			for _, b := range allBuckets {
@@ -216,6 +219,9 @@ func (db *DB) openHandle() error {
 				return err
 			}
 			if gt, err = loadGate(bs.meta); err != nil {
+				return err
+			}
+			if toks, err = loadTokens(bs.meta); err != nil {
 				return err
 			}
 			raw, err := bs.meta.get(metaStateHash)
@@ -244,6 +250,7 @@ func (db *DB) openHandle() error {
 	db.stateHash.Store(hash)
 	db.setMap(m, placementOf(m))
 	db.gate.Store(gt)
+	db.tokenTable.Store(&toks)
 	db.wake()
 	return nil
 }

@@ -254,6 +254,8 @@ func decodeDocument(c *Cmd) (any, error) {
 		p = new(Freeze)
 	case CmdRestore:
 		p = new(RestoreOp)
+	case CmdTokens:
+		p = new(TokenOp)
 	default:
 		return nil, nil
 	}

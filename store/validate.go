@@ -154,6 +154,8 @@ func (k checker) cmd(c *Cmd, doc any) error {
 		return nil
 	case *RestoreOp:
 		return checkRestore(p)
+	case *TokenOp:
+		return checkTokenOp(p)
 	}
 	return fmt.Errorf("%w: unknown command kind %d", kvd.ErrInvalid, c.Kind)
 }

@@ -45,6 +45,7 @@ func run(argv []string) int {
 	cacert := fs.String("cacert", "", "`file`: the CA that signed the nodes' certificates (speaks HTTPS; default for https:// endpoints: the system's roots)")
 	cert := fs.String("cert", "", "`file`: a client certificate to present (with --key)")
 	key := fs.String("key", "", "`file`: the key of --cert")
+	token := fs.String("token", os.Getenv("KVD_TOKEN"), "bearer token for a cluster that requires one (also KVD_TOKEN)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: kvcli [flags] [COMMAND ARGS...]\n\nWithout a command: an interactive shell, or the commands read from a pipe or file.\nRun \"kvcli help\" for the commands.\n\nflags:")
 		fs.PrintDefaults()
@@ -74,7 +75,7 @@ func run(argv []string) int {
 
 	eps := strings.Split(*endpoints, ",")
 	cfg := client.DefaultConfig(eps...)
-	cfg.Consistency, cfg.ReadPolicy, cfg.Timeout = cons, pol, *timeout
+	cfg.Consistency, cfg.ReadPolicy, cfg.Timeout, cfg.Token = cons, pol, *timeout, strings.TrimSpace(*token)
 	if *cacert != "" || *cert != "" || *key != "" {
 		if cfg.TLS, err = pki.ClientFiles(*cacert, *cert, *key); err != nil {
 			fmt.Fprintf(os.Stderr, "kvcli: %v\n", err)

@@ -78,6 +78,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&cfg.PeerTLSCertFile, "peer-tls-cert", "", "`file`: this node's certificate for mutual TLS with its peers (naming its id; kvd certs create-node)")
 	fs.StringVar(&cfg.PeerTLSKeyFile, "peer-tls-key", "", "`file`: the key of --peer-tls-cert")
 	fs.StringVar(&cfg.PeerTLSCAFile, "peer-tls-ca", "", "`file`: the CA of the peers' node certificates")
+	fs.BoolVar(&cfg.Auth, "auth", false, "require a bearer token on every client request (see docs/security.md)")
+	fs.StringVar(&cfg.RootTokenFile, "root-token-file", "", "`file` holding the admin token every node with it accepts; created with a random token (mode 0600) if absent (default: DATA-DIR/root.token)")
 	fs.StringVar(&cfg.BackupDir, "backup-dir", "", "`directory` for scheduled backups, written by the node that leads the cluster map (none by default)")
 	fs.DurationVar(&cfg.BackupEvery, "backup-every", 0, "interval of scheduled backups (with --backup-dir)")
 	fs.IntVar(&cfg.BackupKeep, "backup-keep", 7, "how many scheduled backups to keep in --backup-dir (the oldest are removed)")

@@ -1,0 +1,146 @@
+package httpapi
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
+)
+
+// With auth on (Backend.AuthOn), every request but the health, readiness
+// and metrics endpoints and the node-to-node ones (which have their own
+// credential) carries "Authorization: Bearer TOKEN"; the token's
+// principal goes in the request's context, and each handler checks that
+// its grants cover every key the request touches. Failed attempts are
+// counted and limited per client address.
+
+type principalKey struct{}
+
+// principalOf returns the request's principal (nil with auth off).
+func principalOf(r *http.Request) *api.Principal {
+	p, _ := r.Context().Value(principalKey{}).(*api.Principal)
+	return p
+}
+
+// openPath tells whether path is served without a token.
+func openPath(path string) bool {
+	switch path {
+	case "/healthz", "/readyz", "/metrics":
+		return true
+	}
+	return false
+}
+
+// authenticate checks r's token; it answers the request with the error
+// and reports false when the token is missing or bad.
+func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
+	ip := clientIP(r)
+	if !h.authFailures.allow(ip, false) {
+		h.metrics.authFailures.WithLabelValues("limited").Inc()
+		h.refuse(w, r, fmt.Errorf("%w: too many failed authentications from %s; wait", kvd.ErrOverloaded, ip))
+		return r, false
+	}
+	hdr := r.Header.Get("Authorization")
+	tok, ok := strings.CutPrefix(hdr, "Bearer ")
+	if !ok && hdr != "" {
+		h.authFailures.allow(ip, true)
+		h.metrics.authFailures.WithLabelValues("malformed").Inc()
+		h.refuse(w, r, fmt.Errorf("%w: the Authorization header is not \"Bearer TOKEN\"", kvd.ErrUnauthenticated))
+		return r, false
+	}
+	p, err := h.b.Authenticate(strings.TrimSpace(tok))
+	if err != nil {
+		reason := "invalid"
+		if tok == "" {
+			reason = "missing"
+		}
+		h.authFailures.allow(ip, true)
+		h.metrics.authFailures.WithLabelValues(reason).Inc()
+		h.refuse(w, r, err)
+		return r, false
+	}
+	return r.WithContext(context.WithValue(r.Context(), principalKey{}, p)), true
+}
+
+// allow answers 403 and reports false unless ok; what names the request.
+func (h *Handler) allow(w http.ResponseWriter, r *http.Request, ok bool, what string) bool {
+	if ok {
+		return true
+	}
+	p := principalOf(r)
+	h.metrics.authFailures.WithLabelValues("forbidden").Inc()
+	h.refuse(w, r, fmt.Errorf("%w: token %s has no grant for %s", kvd.ErrForbidden, p.Name, what))
+	return false
+}
+
+// allowAdmin answers 403 unless the request's token is an admin's.
+func (h *Handler) allowAdmin(w http.ResponseWriter, r *http.Request) bool {
+	p := principalOf(r)
+	return h.allow(w, r, p == nil || p.Admin, "the operations API (an admin token is needed)")
+}
+
+// clientIP is the address a request came from, without its port.
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// failureLimiter limits failed authentications per client address: a
+// token bucket of burst attempts refilled at rate per second.
+type failureLimiter struct {
+	rate, burst float64
+	mu          sync.Mutex // protects buckets
+	buckets     map[string]*bucket
+}
+
+type bucket struct {
+	tokens float64
+	at     time.Time
+}
+
+// maxTrackedAddrs bounds the addresses tracked: past it the table starts
+// over (a flood of addresses gets no more than a fresh burst each).
+const maxTrackedAddrs = 10000
+
+// allow tells whether ip may try to authenticate (failed false), or
+// charges a failure (failed true).
+func (l *failureLimiter) allow(ip string, failed bool) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.buckets == nil || len(l.buckets) > maxTrackedAddrs {
+		l.buckets = map[string]*bucket{}
+	}
+	now := time.Now()
+	b := l.buckets[ip]
+	if b == nil {
+		if !failed {
+			return true
+		}
+		b = &bucket{tokens: l.burst, at: now}
+		l.buckets[ip] = b
+	}
+	b.tokens = min(l.burst, b.tokens+now.Sub(b.at).Seconds()*l.rate)
+	b.at = now
+	if failed {
+		b.tokens--
+	}
+	return b.tokens >= 1
+}
+
+// adminOnly serves fn to admin tokens only.
+func (h *Handler) adminOnly(fn http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if h.allowAdmin(w, r) {
+			fn(w, r)
+		}
+	}
+}

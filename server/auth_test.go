@@ -1,0 +1,159 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/client"
+	"github.com/kvd-project/kvd/internal/testkit/testcluster"
+	"github.com/kvd-project/kvd/server"
+)
+
+// A cluster with auth: no token is 401, a token for app/ may do what its
+// grants allow and gets 403 for anything reaching outside them (a key, a
+// scan, a transaction, a watch, the operations API), a revoked token is
+// refused by every node within a second, and bad tokens and grants are
+// clear errors.
+func TestAuth_TokensGrantPrefixesAndRevokeEverywhere(t *testing.T) {
+	rootFile := filepath.Join(t.TempDir(), "root.token")
+	c := testcluster.New(t, 3, 2, func(cfg *server.Config) {
+		cfg.Auth, cfg.RootTokenFile = true, rootFile
+	})
+	raw, err := os.ReadFile(rootFile)
+	require.NoError(t, err)
+	st, err := os.Stat(rootFile)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	root := "Bearer " + strings.TrimSpace(string(raw))
+	do := func(i int, method, path, auth string, body []byte) testcluster.Response {
+		t.Helper()
+		if auth == "" {
+			return testcluster.Do(t, method, c.URL(i)+path, body)
+		}
+		return testcluster.Do(t, method, c.URL(i)+path, body, "Authorization", auth)
+	}
+
+	r := do(0, "GET", "/v1/kv/app/x", "", nil)
+	require.Equal(t, 401, r.Status)
+	require.Equal(t, api.CodeUnauthenticated, r.ErrCode(t))
+	require.Equal(t, 200, do(0, "GET", "/healthz", "", nil).Status, "health stays open")
+	require.Equal(t, 401, do(1, "GET", "/v1/cluster", "", nil).Status)
+	require.Equal(t, 200, do(1, "GET", "/v1/cluster", root, nil).Status)
+
+	mk := func(req api.TokenRequest) (int, api.TokenCreated, string) {
+		body, _ := json.Marshal(req)
+		r := do(1, "POST", "/v1/admin/tokens", root, body)
+		var out api.TokenCreated
+		json.Unmarshal(r.Body, &out)
+		return r.Status, out, string(r.Body)
+	}
+	status, app, body := mk(api.TokenRequest{Name: "app", Grants: []api.Grant{{Prefix: "app/", Access: api.AccessWrite}}})
+	require.Equal(t, 200, status, body)
+	require.True(t, strings.HasPrefix(app.Token, "kvd_"))
+	status, rd, body := mk(api.TokenRequest{Name: "reader", Grants: []api.Grant{{Prefix: "app/", Access: api.AccessRead}}, TTL: "1h"})
+	require.Equal(t, 200, status, body)
+	require.NotEmpty(t, rd.Expires)
+	for _, bad := range []api.TokenRequest{
+		{Name: "e", Grants: []api.Grant{{Prefix: "", Access: api.AccessRead}}},
+		{Name: "o", Grants: []api.Grant{{Prefix: "a/", Access: api.AccessRead}, {Prefix: "a/b", Access: api.AccessWrite}}},
+		{Name: "x", Grants: []api.Grant{{Prefix: "a/", Access: "all"}}},
+		{Name: "", Grants: []api.Grant{{Prefix: "a/", Access: api.AccessRead}}},
+		{Name: "nothing"},
+		{Name: "t", Grants: []api.Grant{{Prefix: "a/", Access: api.AccessRead}}, TTL: "forever"},
+	} {
+		status, _, body := mk(bad)
+		require.Equal(t, 400, status, "%+v: %s", bad, body)
+	}
+	status, _, body = mk(api.TokenRequest{Name: "app", Grants: []api.Grant{{Prefix: "z/", Access: api.AccessRead}}})
+	require.Equal(t, 409, status, "a name is taken: %s", body)
+
+	appAuth, rdAuth := "Bearer "+app.Token, "Bearer "+rd.Token
+
+	// Every node learns the new tokens.
+	require.Eventually(t, func() bool {
+		for i := 0; i < 3; i++ {
+			if do(i, "GET", "/v1/kv/app/none", appAuth, nil).Status != 404 {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Second, 20*time.Millisecond)
+
+	// The Go client sends its token, and maps the refusals.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ccfg := client.DefaultConfig(c.URLs()...)
+	ccfg.Token = app.Token
+	var cl *client.Client
+	require.Eventually(t, func() bool {
+		cl, err = client.New(ctx, ccfg)
+		return err == nil
+	}, 5*time.Second, 20*time.Millisecond)
+	defer cl.Close()
+	_, err = cl.Put(ctx, "app/from-client", []byte("v"))
+	require.NoError(t, err)
+	_, err = cl.Put(ctx, "other/from-client", []byte("v"))
+	require.ErrorIs(t, err, kvd.ErrForbidden)
+	ccfg.Token = ""
+	_, err = client.New(ctx, ccfg)
+	require.ErrorIs(t, err, kvd.ErrUnauthenticated)
+
+	r = do(0, "PUT", "/v1/kv/app/x", appAuth, []byte("1"))
+	require.Equal(t, 200, r.Status, "%s", r.Body)
+	require.Equal(t, 403, do(0, "PUT", "/v1/kv/other/x", appAuth, []byte("1")).Status)
+	require.Equal(t, 403, do(0, "DELETE", "/v1/kv/other/x", appAuth, nil).Status)
+	require.Equal(t, 200, do(2, "GET", "/v1/kv/app/x", rdAuth, nil).Status)
+	require.Equal(t, 403, do(2, "PUT", "/v1/kv/app/y", rdAuth, []byte("1")).Status, "a read grant does not write")
+	require.Equal(t, 200, do(1, "GET", "/v1/kv?prefix=app/", appAuth, nil).Status)
+	require.Equal(t, 200, do(1, "GET", "/v1/kv?start=app/&end=app0", appAuth, nil).Status)
+	require.Equal(t, 403, do(1, "GET", "/v1/kv?prefix=ap", appAuth, nil).Status, "a scan reaching outside app/")
+	require.Equal(t, 403, do(1, "GET", "/v1/kv", appAuth, nil).Status, "a scan of everything")
+	txn := func(ops string) int {
+		return do(0, "POST", "/v1/txn", appAuth, []byte(`{"ops":[`+ops+`]}`)).Status
+	}
+	require.Equal(t, 200, txn(`{"op":"put","key":"app/a","value":"eA=="},{"op":"get","key":"app/x"}`))
+	require.Equal(t, 403, txn(`{"op":"put","key":"app/b","value":"eA=="},{"op":"put","key":"other/b","value":"eA=="}`))
+	require.Equal(t, 404, do(0, "GET", "/v1/kv/app/b", root, nil).Status, "the refused transaction wrote nothing")
+	require.Equal(t, 403, do(0, "GET", "/v1/watch?prefix=other/", appAuth, nil).Status)
+	require.Equal(t, 403, do(0, "GET", "/v1/admin/tokens", appAuth, nil).Status, "the operations API is an admin's")
+	require.Equal(t, 403, do(0, "GET", "/v1/admin/backup", appAuth, nil).Status)
+
+	r = do(2, "GET", "/v1/admin/tokens", root, nil)
+	require.Equal(t, 200, r.Status)
+	require.Contains(t, string(r.Body), `"name":"app"`)
+	require.NotContains(t, string(r.Body), app.Token)
+	require.NotContains(t, string(r.Body), "hash")
+
+	// Revoked on one node, refused by all within a second.
+	require.Equal(t, 200, do(1, "DELETE", "/v1/admin/tokens/app", root, nil).Status)
+	revoked := time.Now()
+	require.Eventually(t, func() bool {
+		for i := 0; i < 3; i++ {
+			if do(i, "GET", "/v1/kv/app/x", appAuth, nil).Status != 401 {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Second, 10*time.Millisecond)
+	require.Less(t, time.Since(revoked), time.Second+500*time.Millisecond)
+	require.Equal(t, 404, do(1, "DELETE", "/v1/admin/tokens/app", root, nil).Status, "revoked already")
+
+	// Malformed and huge tokens; then too many failures from one address.
+	require.Equal(t, 401, do(0, "GET", "/v1/kv/app/x", "Basic Zm9vOmJhcg==", nil).Status)
+	require.Equal(t, 401, do(0, "GET", "/v1/kv/app/x", "Bearer "+strings.Repeat("k", 4000), nil).Status)
+	limited := false
+	for i := 0; i < 60 && !limited; i++ {
+		limited = do(0, "GET", "/v1/kv/app/x", "Bearer kvd_guess", nil).Status == 429
+	}
+	require.True(t, limited, "failed attempts are limited per address")
+	require.Greater(t, testcluster.Metric(t, c.URL(0), "kvd_auth_failures_total"), float64(20))
+}
