@@ -34,6 +34,15 @@ type Options struct {
 	Logger *slog.Logger
 	// TTLInterval is the precision of TTLs (default 100ms).
 	TTLInterval time.Duration
+	// TLSCertFile and TLSKeyFile make HTTPAddr serve HTTPS; with
+	// TLSClientCAFile, only to clients with a certificate that CA signed.
+	TLSCertFile, TLSKeyFile, TLSClientCAFile string
+	// Auth makes requests to HTTPAddr carry a token (see
+	// docs/security.md); RootTokenFile holds the admin token (default
+	// dir/root.token). Calls made in process through the Store are the
+	// program's own, and need none.
+	Auth          bool
+	RootTokenFile string
 }
 
 // Store is an embedded store. It implements kvd.KV.
@@ -60,6 +69,8 @@ func Open(dir string, o Options) (*Store, error) {
 	if o.TTLInterval > 0 {
 		cfg.TTLInterval = o.TTLInterval
 	}
+	cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSClientCAFile = o.TLSCertFile, o.TLSKeyFile, o.TLSClientCAFile
+	cfg.Auth, cfg.RootTokenFile = o.Auth, o.RootTokenFile
 	// A single voter elects itself at once: no need to wait a heartbeat.
 	cfg.Replication.HeartbeatTimeout = 100 * time.Millisecond
 	cfg.Replication.ElectionTimeout = 100 * time.Millisecond

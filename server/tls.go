@@ -46,7 +46,7 @@ func (c *Config) checkTLS() error {
 	if n := len(slices.DeleteFunc(slices.Clone(peer), func(s string) bool { return s == "" })); n != 0 && n != 3 {
 		return errors.New("peer TLS needs --peer-tls-cert, --peer-tls-key and --peer-tls-ca")
 	}
-	if c.TLSClientCAFile != "" && c.PeerTLSCAFile == "" {
+	if c.TLSClientCAFile != "" && c.PeerTLSCAFile == "" && !c.Embedded {
 		// Nodes call each other on the HTTP port: one that requires
 		// client certificates must take its peers' too.
 		return errors.New("--tls-client-ca needs peer TLS (--peer-tls-cert, --peer-tls-key, --peer-tls-ca): nodes call each other on the HTTP port")
