@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/tls"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -47,12 +48,14 @@ func servedSerial(t *testing.T, addr string, cfg *tls.Config) string {
 	return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
 }
 
-// A 3-node cluster of processes with client TLS (certificates required)
-// and peer mutual TLS: plain HTTP, a wrong CA, an expired certificate
-// and a node certificate of another CA are refused on the client port
-// and the Raft port; a client certificate with the cluster's secret is
-// refused on node-to-node endpoints; a certificate replaced on disk is
-// served after SIGHUP without a restart.
+// A 3-node cluster of processes with client TLS (certificates required),
+// peer mutual TLS and auth: plain HTTP, a wrong CA, an expired
+// certificate and a node certificate of another CA are refused on the
+// client port and the Raft port; a client certificate with the cluster's
+// secret is refused on node-to-node endpoints; no token is 401, a token
+// for app/ is 403 outside it (a key, a scan, a transaction) and 200
+// inside; a revoked token is refused by every node within a second; a
+// certificate replaced on disk is served after SIGHUP without a restart.
 func TestKvd_TLSClusterRefusesStrangers(t *testing.T) {
 	certs, other := t.TempDir(), t.TempDir()
 	_, err := pki.CreateCA(certs, pki.CALifetime, false)
@@ -67,7 +70,8 @@ func TestKvd_TLSClusterRefusesStrangers(t *testing.T) {
 		cert, key, err := pki.CreateCert(certs, pki.Node, n.ID, []string{"127.0.0.1"}, pki.CertLifetime, false)
 		require.NoError(t, err)
 		c.NodeArgs[n.ID] = []string{"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca,
-			"--peer-tls-cert", cert, "--peer-tls-key", key, "--peer-tls-ca", ca}
+			"--peer-tls-cert", cert, "--peer-tls-key", key, "--peer-tls-ca", ca,
+			"--auth", "--root-token-file", filepath.Join(certs, "root.token")}
 	}
 	aliceCert, aliceKey, err := pki.CreateCert(certs, pki.Client, "alice", nil, pki.CertLifetime, false)
 	require.NoError(t, err)
@@ -75,22 +79,70 @@ func TestKvd_TLSClusterRefusesStrangers(t *testing.T) {
 	require.NoError(t, err)
 	c.UseTLS(alice)
 	launch(t, c)
-
-	for i := range c.Nodes {
-		req, _ := http.NewRequest("PUT", c.Nodes[i].URL()+"/v1/kv/k"+c.Nodes[i].ID, strings.NewReader("v"))
-		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: alice}}
+	raw, err := os.ReadFile(filepath.Join(certs, "root.token"))
+	require.NoError(t, err)
+	root := "Bearer " + strings.TrimSpace(string(raw))
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: alice}}
+	send := func(method, url, auth, body string) int {
+		req, _ := http.NewRequest(method, url, strings.NewReader(body))
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
 		resp, err := hc.Do(req)
 		require.NoError(t, err)
+		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		require.Equal(t, 200, resp.StatusCode)
-		status, body, err := tlsGet(c.Nodes[(i+1)%3].URL()+"/v1/kv/k"+c.Nodes[i].ID, alice)
+		return resp.StatusCode
+	}
+
+	for i := range c.Nodes {
+		require.Equal(t, 200, send("PUT", c.Nodes[i].URL()+"/v1/kv/k"+c.Nodes[i].ID, root, "v"))
+		status, body, err := tlsGet(c.Nodes[(i+1)%3].URL()+"/v1/kv/k"+c.Nodes[i].ID, alice, "Authorization", root)
 		require.NoError(t, err)
 		require.Equal(t, 200, status)
 		require.Equal(t, "v", body)
 	}
 
+	// Tokens: none is 401; app/ is 403 outside it and 200 inside.
+	require.Equal(t, 401, send("GET", c.Nodes[0].URL()+"/v1/kv/kn1", "", ""))
+	var created struct{ Token string }
+	req, _ := http.NewRequest("POST", c.Nodes[1].URL()+"/v1/admin/tokens", strings.NewReader(`{"name":"app","grants":[{"prefix":"app/","access":"write"}]}`))
+	req.Header.Set("Authorization", root)
+	resp, err := hc.Do(req)
+	require.NoError(t, err)
+	require.Equal(t, 200, resp.StatusCode)
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&created))
+	resp.Body.Close()
+	app := "Bearer " + created.Token
+	require.Eventually(t, func() bool {
+		for i := range c.Nodes {
+			if send("PUT", c.Nodes[i].URL()+"/v1/kv/app/"+c.Nodes[i].ID, app, "x") != 200 {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Second, 20*time.Millisecond)
+	require.Equal(t, 403, send("PUT", c.Nodes[0].URL()+"/v1/kv/other/x", app, "x"))
+	require.Equal(t, 403, send("GET", c.Nodes[0].URL()+"/v1/kv?prefix=a", app, ""), "a scan reaching outside app/")
+	require.Equal(t, 200, send("GET", c.Nodes[0].URL()+"/v1/kv?prefix=app/", app, ""))
+	require.Equal(t, 403, send("POST", c.Nodes[0].URL()+"/v1/txn", app, `{"ops":[{"op":"put","key":"app/t","value":"eA=="},{"op":"get","key":"other/x"}]}`))
+	require.Equal(t, 200, send("POST", c.Nodes[0].URL()+"/v1/txn", app, `{"ops":[{"op":"put","key":"app/t","value":"eA=="}]}`))
+	require.Equal(t, 403, send("GET", c.Nodes[2].URL()+"/v1/admin/tokens", app, ""))
+	require.Equal(t, 200, send("DELETE", c.Nodes[2].URL()+"/v1/admin/tokens/app", root, ""))
+	revoked := time.Now()
+	require.Eventually(t, func() bool {
+		for i := range c.Nodes {
+			if send("GET", c.Nodes[i].URL()+"/v1/kv/app/n1", app, "") != 401 {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Second, 10*time.Millisecond)
+	t.Logf("a revoked token was refused by every node %v after the revocation was acknowledged", time.Since(revoked).Round(time.Millisecond))
+	require.Less(t, time.Since(revoked), 1500*time.Millisecond)
+
 	// Plain HTTP gets 400.
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + c.Nodes[0].HTTP + "/v1/kv/kn1")
+	resp, err = (&http.Client{Timeout: 5 * time.Second}).Get("http://" + c.Nodes[0].HTTP + "/v1/kv/kn1")
 	require.NoError(t, err)
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
@@ -131,7 +183,7 @@ func TestKvd_TLSClusterRefusesStrangers(t *testing.T) {
 	// A client's certificate with the cluster's secret is no peer.
 	secret, err := os.ReadFile(c.PeerSecretPath())
 	require.NoError(t, err)
-	status, _, err := tlsGet(c.Nodes[0].URL()+"/v1/internal/readindex?group=1", alice, api.HeaderPeerAuth, server.PeerCredential(secret))
+	status, _, err := tlsGet(c.Nodes[0].URL()+"/v1/internal/readindex?group=1", alice, api.HeaderPeerAuth, server.PeerCredential(secret), "Authorization", root)
 	require.NoError(t, err)
 	require.Equal(t, 403, status)
 
@@ -141,7 +193,7 @@ func TestKvd_TLSClusterRefusesStrangers(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, syscall.Kill(c.Nodes[0].Pid(), syscall.SIGHUP))
 	require.Eventually(t, func() bool { return servedSerial(t, c.Nodes[0].HTTP, alice) != before }, 10*time.Second, 100*time.Millisecond)
-	status, body, err := tlsGet(c.Nodes[0].URL()+"/v1/kv/kn2", alice)
+	status, body, err := tlsGet(c.Nodes[0].URL()+"/v1/kv/kn2", alice, "Authorization", root)
 	require.NoError(t, err)
 	require.Equal(t, 200, status, body)
 }
