@@ -15,10 +15,16 @@ import (
 type args struct {
 	// cmd is the command they were parsed for; its usage line is the
 	// answer to a wrong number of arguments.
-	cmd   *command
-	pos   []string
+	cmd *command
+	pos []string
+	// flags holds each flag given, with its last value; given holds
+	// every flag as given, in order, for the flags a command repeats.
 	flags map[string]string
+	given []flagArg
 }
+
+// flagArg is one flag as given.
+type flagArg struct{ name, value string }
 
 // has reports whether flag name was given.
 func (a *args) has(name string) bool { _, ok := a.flags[name]; return ok }
@@ -50,6 +56,7 @@ func parse(c *command, words []string) (*args, error) {
 			val = words[i]
 		}
 		a.flags[name] = val
+		a.given = append(a.given, flagArg{name, val})
 	}
 	return a, nil
 }

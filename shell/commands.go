@@ -103,6 +103,14 @@ func init() {
 				"refused while the cluster holds keys (--force drops them all first, with no undo), or while a restore or a slot move is under way; keys whose TTL ran out since the backup are left out",
 				"--timeout bounds each wait in which nothing moves, the cluster's answer after the last byte included: raise it for a large backup; Ctrl-C stops the upload and leaves the outcome unknown",
 			}},
+		{name: "token", args: "create NAME [--read PREFIX]... [--write PREFIX]... [--admin] [--ttl D] | list | revoke NAME", summary: "manage the access tokens of a cluster that requires them (an admin token is needed): make one that may read or write the keys under some prefixes, or an admin one; list them; revoke one",
+			flags: map[string]bool{"read": true, "write": true, "admin": false, "ttl": true}, complete: (*Shell).completeToken, run: (*Shell).token,
+			more: []string{
+				usageTokenCreate + ": --read PREFIX lets it read the keys that start with PREFIX, --write PREFIX read and write them (each repeatable, no prefix within another); --admin makes a token for every key and the operations API; --ttl 720h makes it expire (default: never)",
+				"prints the token once: the cluster keeps only its hash, so keep it safe; give it to kvcli with --token or KVD_TOKEN",
+				usageTokenList + ": name, admin or not, grants (prefix:access), when made and when it expires; never the secrets",
+				usageTokenRevoke + ": every node refuses the token within a second",
+			}},
 		{name: "help", args: "[COMMAND]", summary: "list the commands, or explain one", run: (*Shell).help},
 	}
 }

@@ -18,6 +18,10 @@ const (
 	ExitPrecondition = 4
 	ExitUnavailable  = 5
 	ExitUnknown      = 6
+	// ExitDenied is a request the cluster refused for its token: none or
+	// an unknown, revoked or expired one (401), or one without a grant
+	// for what was asked (403). Nothing was done.
+	ExitDenied = 7
 )
 
 // UsageError is a command used wrongly.
@@ -44,6 +48,8 @@ func ExitCode(err error) int {
 		return ExitUnknown
 	case errors.Is(err, kvd.ErrUnavailable), errors.Is(err, kvd.ErrWrongGroup), errors.Is(err, kvd.ErrInsufficientStorage):
 		return ExitUnavailable
+	case errors.Is(err, kvd.ErrUnauthenticated), errors.Is(err, kvd.ErrForbidden):
+		return ExitDenied
 	}
 	return ExitError
 }
@@ -72,11 +78,15 @@ func Explain(err error) string {
 			detail = che.what + ": " + detail
 		}
 	}
-	// The category is said in words below: drop it from the detail.
+	// The category is said in words below: drop it from the detail (a
+	// node's message starts with it where the node wrapped its sentinel).
 	for _, sentinel := range []error{kvd.ErrNotFound, kvd.ErrPreconditionFailed, kvd.ErrUnavailable, kvd.ErrUnknownOutcome,
 		kvd.ErrConflict, kvd.ErrInvalid, kvd.ErrTooLarge, kvd.ErrCompareFailed, kvd.ErrCompacted, kvd.ErrNotANumber, kvd.ErrIdempotencyMismatch,
-		kvd.ErrOverloaded, kvd.ErrInsufficientStorage, kvd.ErrForbidden} {
+		kvd.ErrOverloaded, kvd.ErrInsufficientStorage, kvd.ErrForbidden, kvd.ErrUnauthenticated} {
 		detail = strings.TrimSuffix(detail, ": "+sentinel.Error())
+		if errors.Is(err, sentinel) {
+			detail = strings.TrimPrefix(detail, sentinel.Error()+": ")
+		}
 	}
 	if ce != nil && ce.Node != "" {
 		detail += " (answered by node " + ce.Node + ")"
@@ -93,7 +103,11 @@ func Explain(err error) string {
 	case change && errors.Is(err, kvd.ErrConflict):
 		return "refused, nothing was changed: " + detail
 	case change && errors.Is(err, kvd.ErrUnknownOutcome):
-		return `outcome unknown: the change may or may not have been made; look with "` + look + `" before retrying: ` + detail
+		retry := "before retrying"
+		if che.ifMade != "" {
+			retry += " (if it was made, " + che.ifMade + ")"
+		}
+		return `outcome unknown: the change may or may not have been made; look with "` + look + `" ` + retry + ": " + detail
 	case errors.Is(err, kvd.ErrCompareFailed):
 		var te *client.TxnError
 		if errors.As(err, &te) && len(te.Failed) > 0 {
@@ -112,8 +126,10 @@ func Explain(err error) string {
 		return "unavailable, nothing was applied: " + detail + `; try again, or check the cluster with "kvcli health"`
 	case errors.Is(err, kvd.ErrInsufficientStorage):
 		return "insufficient storage, nothing was applied: " + detail + `; reads still work ("kvcli status" shows the disk)`
+	case errors.Is(err, kvd.ErrUnauthenticated):
+		return "not authenticated, nothing was done: " + detail + "; give a valid token with --token or KVD_TOKEN"
 	case errors.Is(err, kvd.ErrForbidden):
-		return "forbidden: " + detail
+		return "forbidden, nothing was done: " + detail + "; use a token whose grants cover it"
 	case errors.Is(err, kvd.ErrTooLarge):
 		return "too large: " + detail
 	case errors.Is(err, kvd.ErrCompacted):

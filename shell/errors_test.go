@@ -24,6 +24,8 @@ func TestExitCodes(t *testing.T) {
 		{fmt.Errorf("x: %w", kvd.ErrUnavailable), ExitUnavailable},
 		{&client.Error{Code: "unknown_outcome"}, ExitUnknown},
 		{fmt.Errorf("%w: %w", kvd.ErrUnknownOutcome, &client.Error{Code: "internal"}), ExitUnknown},
+		{&client.Error{Code: "unauthenticated"}, ExitDenied},
+		{fmt.Errorf("fetch cluster map: %w", &client.Error{Code: "forbidden"}), ExitDenied},
 		{fmt.Errorf("boom"), ExitError},
 	}
 	for _, tc := range tests {

@@ -36,6 +36,9 @@ type changeError struct {
 	// what names the change when the node's message may not: a change
 	// whose outcome is unknown is looked up by it (a move's id).
 	what string
+	// ifMade, if set, says what to do when a change whose outcome is
+	// unknown turns out to have been made.
+	ifMade string
 }
 
 func (e *changeError) Error() string { return e.err.Error() }
