@@ -43,7 +43,7 @@ var layers = []struct {
 	{"internal/testkit/faultproxy", "-"},
 	{"internal/testkit/kvdproc", "kvd api"},
 	{"internal/testkit/kvtest", "kvd"},
-	{"internal/testkit/testcluster", "kvd api node server replication"},
+	{"internal/testkit/testcluster", "kvd api node server replication internal/pki"},
 	{"jepsen", "kvd api backup internal/failpoint internal/testkit/faultproxy internal/testkit/kvdproc"},
 	{"jepsen/cmd/kvd-jepsen", "jepsen"},
 	{"jepsen/cmd/kvd-mutants", "jepsen internal/failpoint internal/testkit/kvdproc"},

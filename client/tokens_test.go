@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,29 +14,28 @@ import (
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/client"
 	"github.com/kvd-project/kvd/internal/testkit/testcluster"
-	"github.com/kvd-project/kvd/server"
 )
 
 // newAuthCluster starts a cluster that requires tokens and returns it
 // with its root token.
 func newAuthCluster(t *testing.T, nodes, groups int) (*testcluster.Cluster, string) {
 	t.Helper()
-	rootFile := filepath.Join(t.TempDir(), "root.token")
-	c := testcluster.New(t, nodes, groups, func(cfg *server.Config) {
-		cfg.Auth, cfg.RootTokenFile = true, rootFile
-	})
-	raw, err := os.ReadFile(rootFile)
-	require.NoError(t, err)
-	return c, strings.TrimSpace(string(raw))
+	sec := testcluster.NewSecure(t)
+	c := testcluster.New(t, nodes, groups, sec.Option())
+	secures[c] = sec
+	return c, sec.RootToken(t)
 }
+
+// secures are the security settings of the clusters newAuthCluster made.
+var secures = map[*testcluster.Cluster]*testcluster.Secure{}
 
 // newTokenClient returns a client of every node of c that sends token,
 // once a node accepts it (a new token reaches every node within a
 // second).
 func newTokenClient(t *testing.T, ctx context.Context, c *testcluster.Cluster, token string) *client.Client {
 	t.Helper()
-	cfg := client.DefaultConfig(c.URLs()...)
-	cfg.Token = token
+	cfg := client.DefaultConfig(c.SecureURLs()...)
+	cfg.Token, cfg.TLS = token, secures[c].TLS
 	var cl *client.Client
 	require.Eventually(t, func() bool {
 		var err error
@@ -135,10 +132,11 @@ func TestClient_Tokens_CreateListRevoke(t *testing.T) {
 	}, 5*time.Second, 10*time.Millisecond)
 	require.Less(t, time.Since(revoked), 1500*time.Millisecond)
 	for i := range c.Size() {
-		r := testcluster.Do(t, "GET", c.URL(i)+"/v1/kv/app/x", nil, "Authorization", "Bearer "+app.Token)
+		r := secures[c].Do(t, "GET", c.SecureURL(i)+"/v1/kv/app/x", nil, "Authorization", "Bearer "+app.Token)
 		require.Equal(t, 401, r.Status, "node %d: %s", i, r.Body)
 	}
-	cfg := client.DefaultConfig(c.URLs()...)
+	cfg := client.DefaultConfig(c.SecureURLs()...)
+	cfg.TLS = secures[c].TLS
 	cfg.Token = app.Token
 	_, err = client.New(ctx, cfg)
 	require.ErrorIs(t, err, kvd.ErrUnauthenticated)

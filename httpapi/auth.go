@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -24,8 +25,8 @@ type principalKey struct{}
 
 // principalOf returns the request's principal (nil with auth off).
 func principalOf(r *http.Request) *api.Principal {
-	p, _ := r.Context().Value(principalKey{}).(*api.Principal)
-	return p
+	a, _ := r.Context().Value(principalKey{}).(authInfo)
+	return a.p
 }
 
 // openPath tells whether path is served without a token.
@@ -41,31 +42,49 @@ func openPath(path string) bool {
 // and reports false when the token is missing or bad.
 func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
 	ip := clientIP(r)
-	if !h.authFailures.allow(ip, false) {
-		h.metrics.authFailures.WithLabelValues("limited").Inc()
-		h.refuse(w, r, fmt.Errorf("%w: too many failed authentications from %s; wait", kvd.ErrOverloaded, ip))
-		return r, false
-	}
 	hdr := r.Header.Get("Authorization")
 	tok, ok := strings.CutPrefix(hdr, "Bearer ")
-	if !ok && hdr != "" {
-		h.authFailures.allow(ip, true)
-		h.metrics.authFailures.WithLabelValues("malformed").Inc()
-		h.refuse(w, r, fmt.Errorf("%w: the Authorization header is not \"Bearer TOKEN\"", kvd.ErrUnauthenticated))
-		return r, false
-	}
-	p, err := h.b.Authenticate(strings.TrimSpace(tok))
-	if err != nil {
-		reason := "invalid"
+	tok = strings.TrimSpace(tok)
+	var p *api.Principal
+	err := fmt.Errorf("%w: the Authorization header is not \"Bearer TOKEN\"", kvd.ErrUnauthenticated)
+	reason := "malformed"
+	if ok || hdr == "" {
+		p, err = h.b.Authenticate(tok)
+		reason = "invalid"
 		if tok == "" {
 			reason = "missing"
 		}
-		h.authFailures.allow(ip, true)
-		h.metrics.authFailures.WithLabelValues(reason).Inc()
+	}
+	if err == nil {
+		// A valid token always passes: only failures are limited, so
+		// that strangers cannot lock out an address's clients.
+		return r.WithContext(context.WithValue(r.Context(), principalKey{}, authInfo{p: p, token: tok})), true
+	}
+	if !errors.Is(err, kvd.ErrUnauthenticated) {
+		// The node could not check the token (its table is not
+		// confirmed): not the client's failure.
 		h.refuse(w, r, err)
 		return r, false
 	}
-	return r.WithContext(context.WithValue(r.Context(), principalKey{}, p)), true
+	if !h.authFailures.allow(ip, true) {
+		reason = "limited"
+		err = fmt.Errorf("%w: too many failed authentications from %s; wait", kvd.ErrOverloaded, ip)
+	}
+	h.metrics.authFailures.WithLabelValues(reason).Inc()
+	h.refuse(w, r, err)
+	return r, false
+}
+
+// authInfo is what authentication leaves in a request's context.
+type authInfo struct {
+	p     *api.Principal
+	token string
+}
+
+// tokenOf returns the request's token ("" with auth off).
+func tokenOf(r *http.Request) string {
+	a, _ := r.Context().Value(principalKey{}).(authInfo)
+	return a.token
 }
 
 // allow answers 403 and reports false unless ok; what names the request.
@@ -111,8 +130,8 @@ type bucket struct {
 // over (a flood of addresses gets no more than a fresh burst each).
 const maxTrackedAddrs = 10000
 
-// allow tells whether ip may try to authenticate (failed false), or
-// charges a failure (failed true).
+// allow charges a failed authentication to ip (failed true), and tells
+// whether ip is still within its allowance.
 func (l *failureLimiter) allow(ip string, failed bool) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()

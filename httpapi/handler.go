@@ -274,7 +274,7 @@ func New(b Backend, o Options) (*Handler, error) {
 	r.HandleFunc("/v1/admin/txns/{id}/abort", h.adminOnly(h.abortTxn)).Methods(http.MethodPost)
 	h.adminRoutes(r)
 	if fp := failpoint.Handler(); fp != nil { // fault-injection builds only
-		r.PathPrefix("/debug/failpoints/").Handler(fp)
+		r.PathPrefix("/debug/failpoints/").Handler(h.adminOnly(fp.ServeHTTP))
 	}
 	r.HandleFunc("/healthz", h.healthz).Methods(http.MethodGet)
 	r.HandleFunc("/readyz", h.readyz).Methods(http.MethodGet)

@@ -45,6 +45,14 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 	}()
 	keepalive := time.NewTicker(15 * time.Second)
 	defer keepalive.Stop()
+	// With auth, the token is checked again while the watch runs: a
+	// revoked or expired token ends it.
+	var recheck <-chan time.Time
+	if h.b.AuthOn() && principalOf(r) != nil {
+		t := time.NewTicker(authRecheck)
+		defer t.Stop()
+		recheck = t.C
+	}
 	for {
 		select {
 		case <-keepalive.C:
@@ -53,12 +61,26 @@ func (h *Handler) watch(w http.ResponseWriter, r *http.Request) {
 				<-done
 				return
 			}
+		case <-recheck:
+			p, err := h.b.Authenticate(tokenOf(r))
+			if err == nil && !p.CanReadRange(prefix, "", "") {
+				err = fmt.Errorf("%w: token %s no longer has a grant for watching prefix %q", kvd.ErrForbidden, p.Name, prefix)
+			}
+			if err != nil {
+				cancel()
+				<-done
+				st.end(err, false)
+				return
+			}
 		case err := <-done:
 			st.end(err, ctx.Err() != nil)
 			return
 		}
 	}
 }
+
+// authRecheck is how often a watch checks its token again.
+const authRecheck = 500 * time.Millisecond
 
 // untilShutdown returns a context that also ends when the server shuts
 // down: watches are endless requests, which a drain would wait for.

@@ -30,8 +30,15 @@ import (
 // each node's root token file, is an admin token every node that holds
 // the file accepts.
 
-// tokenRefresh is how often a node reads the token table again.
-const tokenRefresh = 250 * time.Millisecond
+// tokenRefresh is how often a node reads the token table again;
+// tokenStale is how long it trusts a table it could not confirm (read
+// linearizably from the system group): past it, a node that lost touch
+// with the system group refuses every token but the root's (503) rather
+// than take a revoked one.
+const (
+	tokenRefresh = 250 * time.Millisecond
+	tokenStale   = 2 * time.Second
+)
 
 // tokenPrefix starts every token kvd makes.
 const tokenPrefix = "kvd_"
@@ -66,6 +73,9 @@ func loadRootToken(path string) ([32]byte, error) {
 	}
 	if err != nil {
 		return [32]byte{}, fmt.Errorf("root token file: %w", err)
+	}
+	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
+		return [32]byte{}, fmt.Errorf("root token file %s is readable by others (mode %v): chmod 600 it", path, st.Mode().Perm())
 	}
 	tok := strings.TrimSpace(string(raw))
 	if len(tok) < 16 || len(tok) > maxTokenBytes {
@@ -124,6 +134,9 @@ func (s *Server) Authenticate(tok string) (*api.Principal, error) {
 	if t == nil {
 		return nil, fmt.Errorf("%w: the token table is not known yet; retry", kvd.ErrUnavailable)
 	}
+	if age := time.Since(time.Unix(0, s.auth.confirmed.Load())); age > tokenStale {
+		return nil, fmt.Errorf("%w: this node could not confirm the token table for %s (is the system group reachable?); retry, or through another node", kvd.ErrUnavailable, age.Round(time.Second))
+	}
 	// The map finds the hash; the stored hash is compared again in
 	// constant time (the map's own comparison is not).
 	rec, ok := t.byHash[h]
@@ -141,6 +154,13 @@ func (s *Server) Authenticate(tok string) (*api.Principal, error) {
 func (s *Server) refreshTokens(ctx context.Context) {
 	var recs []store.TokenRecord
 	if g, ok := s.hosted()[s.Map().SystemGroup()]; ok {
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := g.ReadBarrier(rctx, kvd.Follower) // linearizable, on any replica
+		cancel()
+		if err != nil {
+			s.log.Debug("cannot confirm the token table", "err", err)
+			return
+		}
 		recs = g.Store().Tokens()
 	} else {
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -160,6 +180,7 @@ func (s *Server) refreshTokens(ctx context.Context) {
 		t.byHash[[32]byte(raw)] = r
 	}
 	s.auth.tokens.Store(t)
+	s.auth.confirmed.Store(time.Now().UnixNano())
 }
 
 // InternalTokens serves the token table, encoded, to a node without a
@@ -168,6 +189,9 @@ func (s *Server) InternalTokens(ctx context.Context) ([]byte, error) {
 	g, ok := s.hosted()[s.Map().SystemGroup()]
 	if !ok {
 		return nil, fmt.Errorf("this node holds no replica of the system group: %w", kvd.ErrUnavailable)
+	}
+	if err := g.ReadBarrier(ctx, kvd.Follower); err != nil {
+		return nil, err
 	}
 	return json.Marshal(g.Store().Tokens())
 }
@@ -253,4 +277,6 @@ func (s *Server) AuthOn() bool { return s.cfg.Auth }
 type authState struct {
 	rootHash [32]byte
 	tokens   atomic.Pointer[tokenTable]
+	// confirmed is when the table was last read linearizably (Unix ns).
+	confirmed atomic.Int64
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/kvd-project/kvd/internal/pki"
 	"github.com/kvd-project/kvd/replication"
 )
@@ -45,6 +47,11 @@ func (c *Config) checkTLS() error {
 	peer := []string{c.PeerTLSCertFile, c.PeerTLSKeyFile, c.PeerTLSCAFile}
 	if n := len(slices.DeleteFunc(slices.Clone(peer), func(s string) bool { return s == "" })); n != 0 && n != 3 {
 		return errors.New("peer TLS needs --peer-tls-cert, --peer-tls-key and --peer-tls-ca")
+	}
+	if c.Auth && c.PeerTLSCAFile == "" && !c.Embedded {
+		// A node's own calls pass with the cluster's credential instead
+		// of a token: only peer TLS keeps it from being read or replayed.
+		return errors.New("--auth needs peer TLS (--peer-tls-cert, --peer-tls-key, --peer-tls-ca): nodes call each other with the cluster's credential, which peer TLS alone keeps from being captured")
 	}
 	if c.TLSClientCAFile != "" && c.PeerTLSCAFile == "" && !c.Embedded {
 		// Nodes call each other on the HTTP port: one that requires
@@ -217,8 +224,8 @@ func (s *Server) raftTLS() []replication.MuxOption {
 // raftPeerName returns the id of the node whose Raft address is address.
 func (s *Server) raftPeerName(address string) string {
 	for _, n := range s.Map().Nodes {
-		if n.Raft == address {
-			return n.ID
+		if a, err := s.ServerAddr(raft.ServerID(n.ID)); err == nil && string(a) == address {
+			return n.ID // the address dialed, --peer-addrs overrides included
 		}
 	}
 	return ""

@@ -80,8 +80,16 @@ func CheckGrants(grants []Grant) error {
 
 // CheckTokenName checks a token's name.
 func CheckTokenName(name string) error {
-	if name == "" || len(name) > 63 || strings.ContainsAny(name, "/ \t\n") || !utf8.ValidString(name) {
-		return fmt.Errorf("%w: a token's name is 1 to 63 characters without '/' or spaces, not %q", kvd.ErrInvalid, name)
+	if name == "root" {
+		return fmt.Errorf("%w: the name root is the root token's", kvd.ErrInvalid)
+	}
+	if name == "" || len(name) > 63 {
+		return fmt.Errorf("%w: a token's name is 1 to 63 characters, not %q", kvd.ErrInvalid, name)
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.' || r == '@') {
+			return fmt.Errorf("%w: a token's name has letters, digits, '-', '_', '.' and '@' only, not %q", kvd.ErrInvalid, name)
+		}
 	}
 	return nil
 }

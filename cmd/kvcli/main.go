@@ -90,6 +90,9 @@ func run(argv []string) int {
 	cctx, cancel := context.WithTimeout(ctx, *timeout)
 	cl, err := client.New(cctx, cfg)
 	cancel()
+	if err != nil && (errors.Is(err, kvd.ErrUnauthenticated) || errors.Is(err, kvd.ErrForbidden)) {
+		return report(err) // the cluster answered: the token is the matter
+	}
 	if err != nil {
 		why := err.Error()
 		var op *net.OpError
