@@ -179,6 +179,30 @@ func (c *Cluster) UseTLS(cfg *tls.Config) {
 	}
 }
 
+// UseToken makes the harness's calls to the nodes (WaitReady, ClusterMap,
+// Call, ...) carry tok as a bearer token, for nodes started with --auth.
+// Call it after UseTLS, which replaces the transport.
+func (c *Cluster) UseToken(tok string) {
+	tr := bearer{token: tok, next: c.calls.Transport}
+	c.client.Transport, c.calls.Transport = tr, tr
+}
+
+// bearer is a transport that sets a request's Authorization header to a
+// bearer token, unless the request has one.
+type bearer struct {
+	token string
+	next  http.RoundTripper
+}
+
+// RoundTrip implements http.RoundTripper.
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Header.Get("Authorization") == "" {
+		r = r.Clone(r.Context())
+		r.Header.Set("Authorization", "Bearer "+b.token)
+	}
+	return b.next.RoundTrip(r)
+}
+
 // NewCluster prepares (but does not start) a cluster of n nodes with
 // groups groups of replicas replicas, with data and logs under dir.
 func NewCluster(bin, dir string, n, groups, replicas int) (*Cluster, error) {
