@@ -145,8 +145,8 @@ type backupTaker struct {
 // backupsPerRun of them over a run of the given duration.
 func newBackupTaker(c *Cluster, h *History, dir string, duration time.Duration, logf func(string, ...any)) *backupTaker {
 	return &backupTaker{c: c, h: h, dir: dir, every: max(time.Second, duration/backupsPerRun), logf: logf,
-		hc: &http.Client{Transport: &http.Transport{Proxy: nil,
-			DialContext: (&net.Dialer{Timeout: time.Second}).DialContext}},
+		hc: c.secured(&http.Client{Transport: &http.Transport{Proxy: nil,
+			DialContext: (&net.Dialer{Timeout: time.Second}).DialContext}}, ""),
 		attempts: map[string]int{}}
 }
 
@@ -415,7 +415,8 @@ func writesDuring(ops []Op, start, end int64) int {
 	return n
 }
 
-// restoreTarget is the fresh cluster a run's backups are restored into.
+// restoreTarget is the fresh cluster a run's backups are restored into;
+// its clients call with the root token on a secure cluster.
 type restoreTarget struct {
 	c  *Cluster
 	kv *kvClient
@@ -423,20 +424,21 @@ type restoreTarget struct {
 }
 
 // judgeRestores restores the backups taken into a fresh cluster of one
-// node and groups groups, started from bin under dir: the first without
+// node and groups groups, started from bin under dir (secure with sec,
+// the run's cluster's credentials, unless nil): the first without
 // force into the empty cluster, again without force (409 conflict), then
 // with force over a key of its own, then every other one with force.
 // After each restore the cluster must hold exactly the backup's keys and
 // values (and keep the workload's invariant). It fills in each backup's
 // Restored.
-func (b *backupTaker) judgeRestores(ctx context.Context, w Workload, bin, dir string, groups int, nodeArgs []string, logf func(string, ...any)) (CheckResult, string) {
+func (b *backupTaker) judgeRestores(ctx context.Context, w Workload, bin, dir string, groups int, nodeArgs []string, sec *Security, logf func(string, ...any)) (CheckResult, string) {
 	var res CheckResult
 	where := fmt.Sprintf("1 node, %d groups", groups)
 	if len(b.taken) == 0 {
 		return checkOver(res, "restore", "no backup to restore")[0], where
 	}
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	c, err := StartCluster(sctx, bin, dir, 1, groups, nodeArgs)
+	c, err := StartCluster(sctx, bin, dir, 1, groups, nodeArgs, sec)
 	if err == nil {
 		if err = c.WaitHealthy(sctx); err != nil {
 			c.Stop()
@@ -449,7 +451,7 @@ func (b *backupTaker) judgeRestores(ctx context.Context, w Workload, bin, dir st
 	}
 	defer keepLogs(c, dir, "restore-")
 	defer c.Stop()
-	t := &restoreTarget{c: c, kv: newKVClient(5 * time.Second), hc: &http.Client{Transport: &http.Transport{Proxy: nil}}}
+	t := &restoreTarget{c: c, kv: c.kvClient(5*time.Second, ""), hc: c.secured(&http.Client{Transport: &http.Transport{Proxy: nil}}, "")}
 	defer t.kv.close()
 	sc, _ := w.(StateChecker)
 

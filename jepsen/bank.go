@@ -29,6 +29,9 @@ var _ StateChecker = (*BankWorkload)(nil)
 // Name implements Workload.
 func (w *BankWorkload) Name() string { return "bank" }
 
+// KeyPrefixes implements KeySpace.
+func (w *BankWorkload) KeyPrefixes() []string { return []string{"bank/"} }
+
 func (w *BankWorkload) total() int { return w.Accounts * w.Initial }
 
 // Setup implements Workload: the accounts, spread over the groups, with

@@ -50,6 +50,8 @@ type Cluster struct {
 	*kvdproc.Cluster
 	links map[[2]int]*link
 	hc    *http.Client
+	// sec is a secure cluster's credentials; nil for a plain cluster.
+	sec *Security
 	// Failpoints says whether the nodes' binary has failpoints (see
 	// internal/failpoint), found when the cluster started.
 	Failpoints bool
@@ -65,8 +67,10 @@ type Cluster struct {
 
 // StartCluster builds nothing: it starts n kvd processes from bin with
 // groups groups of min(3, n) replicas, under dir, and waits until every
-// node is ready.
-func StartCluster(ctx context.Context, bin, dir string, n, groups int, extraArgs []string) (*Cluster, error) {
+// node is ready. With sec the nodes run on TLS (client certificates
+// required, peers on mutual TLS) and auth, and the harness calls them
+// with sec's credentials (see Security); nil starts a plain cluster.
+func StartCluster(ctx context.Context, bin, dir string, n, groups int, extraArgs []string, sec *Security) (*Cluster, error) {
 	// Every address at once, while all are held, so no proxy can take a
 	// node's port between the two.
 	addrs, err := kvdproc.FreeAddrs(2*n + 2*n*(n-1))
@@ -91,8 +95,13 @@ func StartCluster(ctx context.Context, bin, dir string, n, groups int, extraArgs
 		}
 	}
 	proxyAddrs := addrs[2*n:]
-	c := &Cluster{Cluster: kc, links: map[[2]int]*link{}, cut: map[[2]int]bool{},
-		hc: &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil}}}
+	c := &Cluster{Cluster: kc, links: map[[2]int]*link{}, cut: map[[2]int]bool{}, sec: sec}
+	c.hc = c.secured(&http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil}}, "")
+	if sec != nil {
+		kc.UseTLS(sec.tls)
+		kc.UseToken(sec.rootToken)
+		extraArgs = append(sec.clusterArgs(), extraArgs...)
+	}
 	for i := range n {
 		peers := map[string]map[string]string{}
 		for j := range n {
@@ -121,6 +130,14 @@ func StartCluster(ctx context.Context, bin, dir string, n, groups int, extraArgs
 			return nil, fmt.Errorf("write peer addresses: %w", err)
 		}
 		kc.NodeArgs[kc.Nodes[i].ID] = []string{"--peer-addrs", path}
+		if sec != nil {
+			args, err := sec.nodeArgs(kc.Nodes[i].ID)
+			if err != nil {
+				c.Stop()
+				return nil, err
+			}
+			kc.NodeArgs[kc.Nodes[i].ID] = append(kc.NodeArgs[kc.Nodes[i].ID], args...)
+		}
 	}
 	kc.Args = append([]string{"--election-timeout", ElectionTimeout.String(), "--heartbeat-timeout", "1s", "--request-timeout", "2s",
 		"--snapshot-threshold", "2048", "--trailing-logs", "1024"}, extraArgs...)
@@ -173,10 +190,18 @@ func (c *Cluster) NodeList() []*kvdproc.Node {
 // it joins the cluster through the running members. It has no link
 // proxies: the members learn its addresses from the map and dial it
 // directly (their --peer-addrs were written when they started), and it
-// dials them directly too, so its links cannot be cut.
+// dials them directly too, so its links cannot be cut. On a secure
+// cluster it gets a node certificate of its own.
 func (c *Cluster) ReplaceNode(i int, id string) (*kvdproc.Node, error) {
 	c.nodesMu.Lock()
 	defer c.nodesMu.Unlock()
+	if c.sec != nil {
+		args, err := c.sec.nodeArgs(id)
+		if err != nil {
+			return nil, err
+		}
+		c.NodeArgs[id] = args
+	}
 	return c.Cluster.ReplaceNode(i, id)
 }
 

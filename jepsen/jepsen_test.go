@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -33,7 +34,7 @@ func startTestCluster(t *testing.T) *Cluster {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c, err := StartCluster(ctx, kvdBin, t.TempDir(), 3, 2, nil)
+	c, err := StartCluster(ctx, kvdBin, t.TempDir(), 3, 2, nil, nil)
 	require.NoError(t, err)
 	t.Cleanup(c.Stop)
 	require.NoError(t, c.WaitHealthy(ctx))
@@ -138,7 +139,12 @@ func keyOfGroup(t *testing.T, c *Cluster, g uint64) string {
 // bank under slot moves, and set under slot moves on a cluster of one
 // group (the nemesis creates the second); and bank under kill on three
 // groups with backups taken as it runs, each one's cut checked (the
-// accounts' total) and each restored into a cluster of another shape.
+// accounts' total) and each restored into a cluster of another shape; and
+// bank under kill on three groups on TLS and auth (client certificates
+// required, peers on mutual TLS, the clients' token granted the accounts'
+// keys only), where no request of the harness may be refused 401 or 403:
+// a node that restarts after a crash must not refuse a token it took
+// before.
 func TestShortSuite(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs kvd clusters under faults for minutes")
@@ -152,29 +158,34 @@ func TestShortSuite(t *testing.T) {
 		groups            int
 		nodes             int  // 0: 3
 		backup            bool // take, check and restore backups
+		secure            bool // TLS and auth (Options.Secure)
 	}{
-		{"register", "kill", 2, 0, false},
-		{"register", "pause-leader", 2, 0, false},
-		{"register", "partition-leader", 2, 0, false},
-		{"set", "kill", 3, 0, false},
-		{"set", "pause-leader", 2, 0, false},
-		{"set", "partition-leader", 2, 0, false},
-		{"bank", "restart", 3, 0, false},
-		{"bank", "pause-leader", 2, 0, false},
-		{"bank", "partition-leader", 2, 0, false},
-		{"bank", "crash-coordinator", 3, 0, false},
-		{"list-append", "kill", 3, 0, false},
-		{"register", "membership", 2, 0, false},
-		{"set", "membership", 2, 4, false},
-		{"bank", "membership", 2, 0, false},
-		{"register", "move", 2, 0, false},
-		{"bank", "move", 2, 0, false},
-		{"set", "move", 1, 0, false},
-		{"bank", "kill", 3, 0, true},
+		{"register", "kill", 2, 0, false, false},
+		{"register", "pause-leader", 2, 0, false, false},
+		{"register", "partition-leader", 2, 0, false, false},
+		{"set", "kill", 3, 0, false, false},
+		{"set", "pause-leader", 2, 0, false, false},
+		{"set", "partition-leader", 2, 0, false, false},
+		{"bank", "restart", 3, 0, false, false},
+		{"bank", "pause-leader", 2, 0, false, false},
+		{"bank", "partition-leader", 2, 0, false, false},
+		{"bank", "crash-coordinator", 3, 0, false, false},
+		{"list-append", "kill", 3, 0, false, false},
+		{"register", "membership", 2, 0, false, false},
+		{"set", "membership", 2, 4, false, false},
+		{"bank", "membership", 2, 0, false, false},
+		{"register", "move", 2, 0, false, false},
+		{"bank", "move", 2, 0, false, false},
+		{"set", "move", 1, 0, false, false},
+		{"bank", "kill", 3, 0, true, false},
+		{"bank", "kill", 3, 0, false, true},
 	} {
 		name := r.workload + "/" + r.nemesis
 		if r.backup {
 			name += "/backup"
+		}
+		if r.secure {
+			name += "/secure"
 		}
 		t.Run(name, func(t *testing.T) {
 			w, err := WorkloadByName(r.workload)
@@ -182,7 +193,7 @@ func TestShortSuite(t *testing.T) {
 				t.Skipf("no such workload yet: %v", err)
 			}
 			sum, err := Run(context.Background(), Options{Bin: kvdBin, Dir: out, Workload: w, Nemesis: r.nemesis, Groups: r.groups, Nodes: r.nodes,
-				Duration: 25 * time.Second, Quiet: 2 * time.Second, Hold: 5 * time.Second, Backup: r.backup, Logf: t.Logf})
+				Duration: 25 * time.Second, Quiet: 2 * time.Second, Hold: 5 * time.Second, Backup: r.backup, Secure: r.secure, Logf: t.Logf})
 			require.NoError(t, err)
 			t.Log(sum.Line())
 			for _, ch := range sum.Checks {
@@ -197,6 +208,10 @@ func TestShortSuite(t *testing.T) {
 				require.NotNil(t, sum.Backups)
 				require.NotEmpty(t, sum.Backups.Taken, "a backup was taken: attempts %v", sum.Backups.Attempts)
 				t.Logf("backups: %d taken, attempts %v, restored into %s", len(sum.Backups.Taken), sum.Backups.Attempts, sum.Backups.Restore)
+			}
+			if r.secure {
+				require.True(t, sum.Secure)
+				require.True(t, slices.ContainsFunc(sum.Checks, func(ch CheckResult) bool { return ch.Checker == "auth" }), "the auth check ran")
 			}
 			if sum.Verdict != Valid {
 				b, _ := os.ReadFile(filepath.Join(sum.Dir, "summary.json"))

@@ -43,6 +43,9 @@ type ListAppendWorkload struct {
 // Name implements Workload.
 func (w *ListAppendWorkload) Name() string { return "list-append" }
 
+// KeyPrefixes implements KeySpace.
+func (w *ListAppendWorkload) KeyPrefixes() []string { return []string{"la/"} }
+
 // Setup implements Workload: the first keys, spread over the groups.
 func (w *ListAppendWorkload) Setup(ctx context.Context, env *Env) error {
 	if w.KeysPerGroup == 0 {

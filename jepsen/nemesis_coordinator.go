@@ -99,7 +99,7 @@ func (n *crashCoordinatorNemesis) Start(ctx context.Context, env *Env, rng *rand
 	node := c.Nodes[n.victim].URL()
 	go func() {
 		op := Op{F: "txn", Node: node}
-		classifyWrite(&op, env.kv.do(context.Background(), http.MethodPost, node+"/v1/txn", body, "Content-Type", "application/json"))
+		classifyWrite(&op, env.admin.do(context.Background(), http.MethodPost, node+"/v1/txn", body, "Content-Type", "application/json"))
 		p.done <- op
 	}()
 	return fmt.Sprintf("%s; janitor probe: a transaction writing %s (group %d) and %s (group %d) sent to it", desc, p.a, p.ga, p.b, p.gb), nil
@@ -251,7 +251,7 @@ func (p *janitorProbe) readKeys(ctx context.Context, env *Env) [2]Op {
 	for i, k := range []string{p.a, p.b} {
 		for attempt := 0; ctx.Err() == nil && attempt < 40; attempt++ {
 			got[i] = Op{Key: k}
-			env.kv.get(ctx, &got[i], env.NodeURL(attempt%env.Cluster.Size()), string(kvd.Linearizable))
+			env.admin.get(ctx, &got[i], env.NodeURL(attempt%env.Cluster.Size()), string(kvd.Linearizable))
 			if got[i].Status == OK {
 				break
 			}

@@ -87,7 +87,7 @@ func (p *deposedProbe) start(ctx context.Context, env *Env, victim int, g uint64
 	if len(p.writes) == 0 {
 		return fmt.Sprintf("probe: %s leads group %d, but no write through it was acknowledged", c.Nodes[next].ID, g)
 	}
-	queued := p.queueReads(c.Nodes[victim].URL())
+	queued := p.queueReads(c, c.Nodes[victim].URL())
 	return fmt.Sprintf("probe: %s took over group %d; wrote %d keys through it (versions %s); %d linearizable reads queued at %s",
 		c.Nodes[next].ID, g, len(p.writes), strings.Join(versions, ", "), queued, p.victim)
 }
@@ -122,7 +122,7 @@ func (p *deposedProbe) write(ctx context.Context, env *Env, node string, keys []
 	for _, k := range keys {
 		for attempt := 0; attempt < 5 && ctx.Err() == nil; attempt++ {
 			op := Op{Key: k, Value: value}
-			env.kv.put(ctx, &op, node)
+			env.admin.put(ctx, &op, node)
 			if op.Status == OK {
 				p.writes[k] = probeWrite{value: value, version: op.Version}
 				versions = append(versions, strconv.FormatUint(op.Version, 10))
@@ -138,11 +138,11 @@ func (p *deposedProbe) write(ctx context.Context, env *Env, node string, keys []
 }
 
 // queueReads sends probeReads linearizable reads of the acknowledged keys
-// to node, the paused one, and returns how many were sent within 5
+// to node, the paused one of c, and returns how many were sent within 5
 // seconds; finish collects their answers. Each read goes on a connection
 // of its own, so that every one waits in the paused node's socket rather
 // than behind another.
-func (p *deposedProbe) queueReads(node string) int {
+func (p *deposedProbe) queueReads(c *Cluster, node string) int {
 	var acked []string
 	for k := range p.writes {
 		acked = append(acked, k)
@@ -152,7 +152,7 @@ func (p *deposedProbe) queueReads(node string) int {
 	p.cancel = rcancel
 	p.answers = make(chan probeAnswer, probeReads)
 	wrote := make(chan struct{}, probeReads)
-	hc := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	hc := c.secured(&http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}, "")
 	for i := range probeReads {
 		key := acked[i%len(acked)]
 		p.wg.Add(1)

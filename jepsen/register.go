@@ -55,6 +55,9 @@ type regWorker struct {
 // Name implements Workload.
 func (w *RegisterWorkload) Name() string { return "register" }
 
+// KeyPrefixes implements KeySpace.
+func (w *RegisterWorkload) KeyPrefixes() []string { return []string{"reg/"} }
+
 // Setup implements Workload.
 func (w *RegisterWorkload) Setup(ctx context.Context, env *Env) error {
 	if w.Keys == 0 {

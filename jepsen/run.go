@@ -47,6 +47,10 @@ type Options struct {
 	// StateChecker) and restores each into a fresh cluster of another
 	// shape, reading it back (see backup.go).
 	Backup bool
+	// Secure runs the cluster on TLS and auth (see Security): client
+	// certificates required, peers on mutual TLS, a bearer token on every
+	// request, the workload's clients with grants on its keys only.
+	Secure bool
 	// Logf, if set, receives progress lines.
 	Logf func(format string, args ...any)
 }
@@ -77,6 +81,8 @@ type Summary struct {
 	Checks    []CheckResult             `json:"checks"`
 	Verdict   Verdict                   `json:"verdict"`
 	Dir       string                    `json:"dir"`
+	// Secure says the cluster ran on TLS and auth (Options.Secure).
+	Secure bool `json:"secure,omitempty"`
 
 	// NemesisSetup says how the nemesis shaped the cluster before the
 	// workload set up (see Preparer), if it did.
@@ -96,6 +102,9 @@ func (s *Summary) Line() string {
 	extra := ""
 	if len(s.Skipped) > 0 {
 		extra = fmt.Sprintf(", %d fault kinds skipped", len(s.Skipped))
+	}
+	if s.Secure {
+		extra += ", on TLS and auth"
 	}
 	return fmt.Sprintf("%s: %s under %s, %d nodes x %d groups, %d ops, %d faults%s (%s)",
 		s.Verdict, s.Workload, s.Nemesis, s.Nodes, s.Groups, ops, len(s.Faults), extra, s.Dir)
@@ -156,14 +165,20 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("results folder: %w", err)
 	}
-	sum := &Summary{Workload: o.Workload.Name(), Nemesis: o.Nemesis, Nodes: o.Nodes, Groups: o.Groups, Seed: o.Seed, Dir: dir}
+	sum := &Summary{Workload: o.Workload.Name(), Nemesis: o.Nemesis, Nodes: o.Nodes, Groups: o.Groups, Seed: o.Seed, Dir: dir, Secure: o.Secure}
 	if o.Bin == "" {
 		if o.Bin, err = BuildKVD(dir); err != nil {
 			return nil, err
 		}
 	}
+	var creds *Security
+	if o.Secure {
+		if creds, err = NewSecurity(o.Bin, filepath.Join(dir, "secure")); err != nil {
+			return nil, err
+		}
+	}
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	c, err := StartCluster(sctx, o.Bin, filepath.Join(dir, "cluster"), o.Nodes, o.Groups, o.NodeArgs)
+	c, err := StartCluster(sctx, o.Bin, filepath.Join(dir, "cluster"), o.Nodes, o.Groups, o.NodeArgs, creds)
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("start cluster: %w", err)
@@ -171,8 +186,22 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 	defer c.Stop()
 	nem = applicable(nem, c, sum)
 	h := NewHistory()
-	env := &Env{Cluster: c, History: h, kv: newKVClient(o.OpTimeout)}
+	token := "" // the root token, on a secure cluster
+	if creds != nil {
+		sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		err := c.checkRefusals(sctx)
+		if err == nil {
+			token, err = c.workloadToken(sctx, o.Workload)
+		}
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("secure cluster: %w", err)
+		}
+		o.Logf("%s: on TLS and auth; the clients' token has grants on %v only", dir, o.Workload.(KeySpace).KeyPrefixes())
+	}
+	env := &Env{Cluster: c, History: h, kv: c.kvClient(o.OpTimeout, token), admin: c.kvClient(o.OpTimeout, "")}
 	defer env.kv.close()
+	defer env.admin.close()
 	if p, ok := nem.(Preparer); ok {
 		what, err := p.Prepare(ctx, env)
 		sum.NemesisSetup = what
@@ -212,20 +241,23 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 	}
 	if bt != nil {
 		cuts := bt.judgeCuts(o.Workload, ops)
-		restores, where := bt.judgeRestores(ctx, o.Workload, o.Bin, filepath.Join(dir, "restore"), o.Groups+1, o.NodeArgs, o.Logf)
+		restores, where := bt.judgeRestores(ctx, o.Workload, o.Bin, filepath.Join(dir, "restore"), o.Groups+1, o.NodeArgs, creds, o.Logf)
 		sum.Checks = append(sum.Checks, cuts, restores)
 		sum.Backups = &BackupReport{Taken: bt.taken, Attempts: bt.attempts, Restore: where}
 		if err := writeJSONL(filepath.Join(dir, "backups.jsonl"), bt.tries); err != nil {
 			return sum, fmt.Errorf("write backups.jsonl: %w", err)
 		}
 	}
+	if creds != nil {
+		sum.Checks = append(sum.Checks, creds.check())
+	}
 	sum.judge()
 	if err := writeReport(dir, sum, ops, check); err != nil {
 		return sum, err
 	}
 	if sum.Verdict == Valid {
-		// Data; the logs are kept beside the report.
-		for _, d := range []string{"cluster", "restore", "backups"} {
+		// Data and certificates; the logs are kept beside the report.
+		for _, d := range []string{"cluster", "restore", "backups", "secure"} {
 			os.RemoveAll(filepath.Join(dir, d))
 		}
 	}

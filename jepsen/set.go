@@ -21,6 +21,9 @@ const setPrefix = "set/"
 // Name implements Workload.
 func (w *SetWorkload) Name() string { return "set" }
 
+// KeyPrefixes implements KeySpace.
+func (w *SetWorkload) KeyPrefixes() []string { return []string{setPrefix} }
+
 // Setup implements Workload.
 func (w *SetWorkload) Setup(ctx context.Context, env *Env) error { return nil }
 

@@ -137,6 +137,20 @@ func (s *SoakWorkload) Workers() int { return len(s.slots) }
 // Name implements Workload.
 func (s *SoakWorkload) Name() string { return "soak" }
 
+// KeyPrefixes implements KeySpace: every workload's prefixes. A workload
+// that names none leaves the soak naming none.
+func (s *SoakWorkload) KeyPrefixes() []string {
+	var out []string
+	for _, p := range s.parts {
+		ks, ok := p.w.(KeySpace)
+		if !ok {
+			return nil
+		}
+		out = append(out, ks.KeyPrefixes()...)
+	}
+	return out
+}
+
 // Setup implements Workload: it starts sampling, then sets up every
 // workload with an Env of its own.
 func (s *SoakWorkload) Setup(ctx context.Context, env *Env) error {

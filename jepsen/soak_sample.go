@@ -39,7 +39,7 @@ type sampler struct {
 
 func newSampler(c *Cluster, h *History, interval time.Duration, live *liveData) *sampler {
 	return &sampler{c: c, h: h, interval: interval, live: live,
-		hc: &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}}
+		hc: c.secured(&http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}, "")}
 }
 
 // start samples at once and then every interval, on a goroutine that

@@ -27,6 +27,9 @@ type staleWriter struct {
 // Name implements Workload.
 func (w *StaleWorkload) Name() string { return "stale" }
 
+// KeyPrefixes implements KeySpace.
+func (w *StaleWorkload) KeyPrefixes() []string { return []string{"stale/"} }
+
 // Setup implements Workload.
 func (w *StaleWorkload) Setup(ctx context.Context, env *Env) error {
 	if w.Keys == 0 {

@@ -10,7 +10,10 @@ import (
 type Env struct {
 	Cluster *Cluster
 	History *History
-	kv      *kvClient
+	// kv is the workload's clients' (on a secure cluster, with a token
+	// for the workload's keys only); admin is the nemeses' (with the
+	// root token), for their probes' keys.
+	kv, admin *kvClient
 }
 
 // NodeURL returns the base URL of node i.

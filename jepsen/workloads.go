@@ -14,6 +14,17 @@ var workloads = map[string]func() Workload{
 	"list-append": func() Workload { return &ListAppendWorkload{} },
 }
 
+// Every workload names its keys, so that each can run on a secure
+// cluster.
+var (
+	_ KeySpace = (*RegisterWorkload)(nil)
+	_ KeySpace = (*SetWorkload)(nil)
+	_ KeySpace = (*StaleWorkload)(nil)
+	_ KeySpace = (*BankWorkload)(nil)
+	_ KeySpace = (*ListAppendWorkload)(nil)
+	_ KeySpace = (*SoakWorkload)(nil)
+)
+
 // WorkloadByName returns a fresh workload.
 func WorkloadByName(name string) (Workload, error) {
 	f, ok := workloads[name]

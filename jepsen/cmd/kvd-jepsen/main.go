@@ -6,6 +6,7 @@
 //	kvd-jepsen -workload all -nemesis mixed -time 60s
 //	kvd-jepsen -workload register -nemesis partition-leader -nodes 5 -groups 3
 //	kvd-jepsen -workload bank -nemesis kill -groups 3 -time 30s -backup
+//	kvd-jepsen -workload bank -nemesis kill -groups 3 -secure
 package main
 
 import (
@@ -75,6 +76,7 @@ func parseFlags() (*flags, error) {
 	flag.Uint64Var(&o.Seed, "seed", 0, "random seed (0: pick one)")
 	flag.StringVar(&o.Bin, "kvd", "", "kvd binary (default: build ./cmd/kvd)")
 	flag.BoolVar(&o.Backup, "backup", false, "take backups while the clients run, check each one's cut and restore each into a fresh cluster of another shape")
+	flag.BoolVar(&o.Secure, "secure", false, "run the cluster on TLS (client certificates required, peers on mutual TLS) and auth (a token on every request; the clients' grants cover the workload's keys only)")
 	flag.BoolVar(&f.soak, "soak", false, "run every workload at once on one cluster for -time, judging each node's resources (make soak: -groups 3 -time 30m)")
 	flag.Parse()
 	if flag.NArg() > 0 {
