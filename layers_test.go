@@ -37,7 +37,7 @@ var layers = []struct {
 	{"shell", "kvd api backup client internal/fsutil internal/wire"},
 	{"cmd/kvd", "kvd node server store internal/pki"},
 	{"cmd/kvcli", "kvd client shell internal/pki"},
-	{"cmd/kvbench", "kvd api client internal/load"},
+	{"cmd/kvbench", "kvd api client internal/load internal/pki"},
 	{"examples/functions", "kvd client embed"},
 	{"internal/testkit/damage", "-"},
 	{"internal/testkit/faultproxy", "-"},

@@ -9,10 +9,15 @@
 // --read-ratio and writes otherwise; txn runs transfers: one transaction
 // moving 1 between two counters (two adds), in two different groups by
 // default (--txn-groups same keeps both in one group with a hash tag).
+//
+// A cluster on TLS takes --cacert (and --cert and --key where the nodes
+// require client certificates); one that requires tokens takes --token
+// (or KVD_TOKEN), with grants on --prefix at least.
 package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -31,6 +36,7 @@ import (
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/client"
 	"github.com/kvd-project/kvd/internal/load"
+	"github.com/kvd-project/kvd/internal/pki"
 )
 
 // config is what the flags say.
@@ -52,6 +58,10 @@ type config struct {
 	preload     bool
 	json        bool
 	quiet       bool
+	// tls is the clients' TLS settings (nil: the defaults); token their
+	// bearer token ("": none).
+	tls   *tls.Config
+	token string
 }
 
 // report is the outcome of a run, as printed and as --json.
@@ -104,6 +114,10 @@ func parse(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.preload, "preload", true, "get, mixed: write every key first")
 	fs.BoolVar(&c.json, "json", false, "print the result as one JSON object")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress line")
+	cacert := fs.String("cacert", "", "`file`: the CA that signed the nodes' certificates (speaks HTTPS; default for https:// endpoints: the system's roots)")
+	cert := fs.String("cert", "", "`file`: a client certificate to present (with --key)")
+	key := fs.String("key", "", "`file`: the key of --cert")
+	token := fs.String("token", os.Getenv("KVD_TOKEN"), "bearer token for a cluster that requires one, with grants on --prefix (also KVD_TOKEN)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -122,7 +136,17 @@ func parse(args []string, stderr io.Writer) (config, error) {
 			c.endpoints = append(c.endpoints, e)
 		}
 	}
+	c.token = strings.TrimSpace(*token)
 	var err error
+	if *cacert != "" || *cert != "" || *key != "" {
+		if c.tls, err = pki.ClientFiles(*cacert, *cert, *key); err != nil {
+			return c, err
+		}
+		for i, e := range c.endpoints {
+			// The default endpoint names http://: TLS flags mean https.
+			c.endpoints[i] = strings.Replace(e, "http://", "https://", 1)
+		}
+	}
 	if c.consistency, err = kvd.ParseConsistency(*consistency); err != nil {
 		return c, err
 	}
@@ -226,6 +250,7 @@ func connect(ctx context.Context, cfg config) ([]*client.Client, error) {
 	for range cfg.conns {
 		cc := client.DefaultConfig(cfg.endpoints...)
 		cc.Consistency, cc.ReadPolicy = cfg.consistency, cfg.policy
+		cc.TLS, cc.Token = cfg.tls, cfg.token
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		cl, err := client.New(cctx, cc)
 		cancel()

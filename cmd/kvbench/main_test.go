@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -63,4 +64,49 @@ func TestKvbench_BadInputIsAUsageError(t *testing.T) {
 	var out, errOut bytes.Buffer
 	require.Equal(t, 1, run([]string{"--endpoints", "http://127.0.0.1:1", "--total", "1", "put"}, &out, &errOut))
 	require.Contains(t, errOut.String(), "connect")
+}
+
+// On a cluster on TLS (client certificates required) and auth, kvbench
+// runs with --cacert, --cert and --key and a token from --token or
+// KVD_TOKEN, one with grants on --prefix only enough; without a token it
+// cannot connect.
+func TestKvbench_SecureClusterNeedsCertificatesAndToken(t *testing.T) {
+	sec := testcluster.NewSecure(t)
+	c := testcluster.New(t, 3, 2, sec.Option())
+	r := sec.Do(t, "POST", c.SecureURL(0)+"/v1/admin/tokens",
+		[]byte(`{"name":"bench","grants":[{"prefix":"bench/","access":"write"}]}`), "Authorization", "Bearer "+sec.RootToken(t))
+	require.Equal(t, 200, r.Status, string(r.Body))
+	var created struct{ Token string }
+	require.NoError(t, json.Unmarshal(r.Body, &created))
+	base := []string{"--endpoints", strings.Join(c.SecureURLs(), ","), "--cacert", sec.CAFile, "--cert", sec.CertFile, "--key", sec.KeyFile,
+		"--total", "100", "--clients", "4", "--keys", "50", "--warmup", "0", "--json", "--quiet"}
+	bench := func(args ...string) (int, report, string) {
+		var out, errOut bytes.Buffer
+		code := run(append(append([]string(nil), base...), args...), &out, &errOut)
+		var rep report
+		if code == 0 {
+			require.NoError(t, json.Unmarshal(out.Bytes(), &rep), out.String())
+		}
+		return code, rep, errOut.String()
+	}
+
+	// Every node learns the token within a second.
+	require.Eventually(t, func() bool {
+		code, rep, _ := bench("--token", created.Token, "put")
+		return code == 0 && rep.Errors == 0
+	}, 10*time.Second, 200*time.Millisecond)
+	code, rep, errOut := bench("--token", created.Token, "txn")
+	require.Equal(t, 0, code, errOut)
+	require.Zero(t, rep.Errors, rep.FirstError)
+
+	t.Setenv("KVD_TOKEN", created.Token)
+	code, rep, errOut = bench("get")
+	require.Equal(t, 0, code, errOut)
+	require.Zero(t, rep.Errors, rep.FirstError)
+
+	t.Setenv("KVD_TOKEN", "")
+	code, _, errOut = bench("put")
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "connect")
+	require.Contains(t, errOut, "requires a token")
 }
