@@ -249,6 +249,11 @@ func (c *Client) refresh(ctx context.Context) (*routing, error) {
 	var lastErr error
 	for _, u := range urls {
 		cl, err := c.fetchCluster(ctx, u)
+		if errors.Is(err, kvd.ErrUnauthenticated) || errors.Is(err, kvd.ErrForbidden) {
+			// Every node would say the same of the token: asking them all
+			// only spends the address's allowance of failed attempts.
+			return nil, fmt.Errorf("fetch cluster map: %w", err)
+		}
 		if err != nil {
 			lastErr = err
 			if ctx.Err() != nil {

@@ -27,7 +27,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/kvd-project/kvd"
-	"github.com/kvd-project/kvd/internal/wire"
 	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/txn"
 )
@@ -165,10 +164,7 @@ func New(cfg Config) (_ *Server, err error) {
 			return nil, err
 		}
 	}
-	s.peerHTTP = wire.NewPeerClient()
-	if s.tls != nil {
-		s.peerHTTP = wire.NewPeerClientTLS(s.tls.peer, s.peerName)
-	}
+	s.peerHTTP = s.newPeerClient()
 	s.metrics = newNodeMetrics()
 	s.watchMem = newByteBudget(cfg.WatchBufferBytes)
 	s.memory = &memPressure{high: uint64(cfg.MemoryHighWater)}
@@ -184,7 +180,7 @@ func New(cfg Config) (_ *Server, err error) {
 	if cfg.Frontend != nil && s.httpLn != nil {
 		if s.frontend, err = cfg.Frontend(s, FrontendEnv{Config: cfg, Registry: s.registry, Logger: s.log,
 			PeerCredential: s.keys.http, UnderPressure: s.memory.underPressure,
-			PeerClient: s.peerHTTP, PeerScheme: s.tls.scheme(), PeerCA: s.tls.peerChain(), TLS: s.tls.serverConfig()}); err != nil {
+			PeerClient: s.newPeerClient(), PeerScheme: s.tls.scheme(), PeerCA: s.tls.peerChain(), TLS: s.tls.serverConfig()}); err != nil {
 			return nil, fmt.Errorf("http frontend: %w", err)
 		}
 	}

@@ -5,11 +5,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 
 	"github.com/hashicorp/raft"
 
 	"github.com/kvd-project/kvd/internal/pki"
+	"github.com/kvd-project/kvd/internal/wire"
 	"github.com/kvd-project/kvd/replication"
 )
 
@@ -263,4 +265,17 @@ func (s *Server) ReloadTLS() error {
 		s.log.Info("TLS files reloaded")
 	}
 	return err
+}
+
+// newPeerClient returns an HTTP client for calls to other nodes, on TLS
+// when the node is. The frontend forwards requests on a client of its
+// own: the node's calls keep connections to every peer open (status
+// probes), and a request forwarded on one that a dead peer left would
+// fail once sent, its outcome unknown, where a new connection fails to
+// dial, promising nothing was sent.
+func (s *Server) newPeerClient() *http.Client {
+	if s.tls != nil {
+		return wire.NewPeerClientTLS(s.tls.peer, s.peerName)
+	}
+	return wire.NewPeerClient()
 }
