@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -152,16 +153,24 @@ func (s *Server) Authenticate(tok string) (*api.Principal, error) {
 // refreshTokens reads the token table again: from this node's replica of
 // the system group, else from a member of it.
 func (s *Server) refreshTokens(ctx context.Context) {
+	// One refresh at a time: two that overlap (the background one and a
+	// token change's own) could store their tables out of order, an older
+	// one last, and bring a revoked token back for a while.
+	s.auth.refreshMu.Lock()
+	defer s.auth.refreshMu.Unlock()
 	var recs []store.TokenRecord
 	if g, ok := s.hosted()[s.Map().SystemGroup()]; ok {
+		// The local table only moves forward as the log applies: take it
+		// in any case; it is confirmed current once a read barrier says
+		// this replica has applied all that was committed.
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
 		err := g.ReadBarrier(rctx, kvd.Follower) // linearizable, on any replica
 		cancel()
+		s.storeTokens(g.Store().Tokens(), err == nil)
 		if err != nil {
 			s.log.Debug("cannot confirm the token table", "err", err)
-			return
 		}
-		recs = g.Store().Tokens()
+		return
 	} else {
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err := s.askMembers(rctx, s.Map().SystemGroup(), "/v1/internal/tokens", &recs)
@@ -171,6 +180,12 @@ func (s *Server) refreshTokens(ctx context.Context) {
 			return
 		}
 	}
+	s.storeTokens(recs, true)
+}
+
+// storeTokens makes recs the node's token table; confirmed tells that it
+// was read linearizably.
+func (s *Server) storeTokens(recs []store.TokenRecord, confirmed bool) {
 	t := &tokenTable{byHash: make(map[[32]byte]store.TokenRecord, len(recs))}
 	for _, r := range recs {
 		raw, err := hex.DecodeString(r.Hash)
@@ -180,7 +195,9 @@ func (s *Server) refreshTokens(ctx context.Context) {
 		t.byHash[[32]byte(raw)] = r
 	}
 	s.auth.tokens.Store(t)
-	s.auth.confirmed.Store(time.Now().UnixNano())
+	if confirmed {
+		s.auth.confirmed.Store(time.Now().UnixNano())
+	}
 }
 
 // InternalTokens serves the token table, encoded, to a node without a
@@ -279,4 +296,6 @@ type authState struct {
 	tokens   atomic.Pointer[tokenTable]
 	// confirmed is when the table was last read linearizably (Unix ns).
 	confirmed atomic.Int64
+	// refreshMu serializes refreshTokens.
+	refreshMu sync.Mutex
 }
