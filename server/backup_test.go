@@ -228,10 +228,9 @@ func TestRestore_RefusesBadFilesWithNothingWritten(t *testing.T) {
 // oldest past --backup-keep go.
 func TestBackup_ScheduledKeepsTheNewest(t *testing.T) {
 	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
-	n := 0
 	c := testcluster.New(t, 3, 2, func(cfg *server.Config) {
-		cfg.BackupDir, cfg.BackupEvery, cfg.BackupKeep = dirs[n%3], 150*time.Millisecond, 2
-		n++
+		// Nodes start at once: each picks its directory by its id (n1..n3).
+		cfg.BackupDir, cfg.BackupEvery, cfg.BackupKeep = dirs[int(cfg.NodeID[1]-'1')%3], 150*time.Millisecond, 2
 	})
 	c.WaitReady()
 	_, err := c.Node(0).Txn(context.Background(), kvd.Txn{Ops: []kvd.Op{kvd.OpPut("k", []byte("v"))}}, kvd.WriteOptions{})
