@@ -131,8 +131,24 @@ func TestClient_Tokens_CreateListRevoke(t *testing.T) {
 		return errors.Is(err, kvd.ErrUnauthenticated)
 	}, 5*time.Second, 10*time.Millisecond)
 	require.Less(t, time.Since(revoked), 1500*time.Millisecond)
+	// A node that is not the leader forwards a key's read to it (which
+	// refuses the token at once); its own copy of the table, which serves
+	// /v1/cluster, is read again within tokenRefresh.
+	require.Eventually(t, func() bool {
+		for i := range c.Size() {
+			if secures[c].Do(t, "GET", c.SecureURL(i)+"/v1/cluster", nil, "Authorization", "Bearer "+app.Token).Status != 401 {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Second, 100*time.Millisecond)
+	require.Less(t, time.Since(revoked), 1500*time.Millisecond)
 	for i := range c.Size() {
 		r := secures[c].Do(t, "GET", c.SecureURL(i)+"/v1/kv/app/x", nil, "Authorization", "Bearer "+app.Token)
 		require.Equal(t, 401, r.Status, "node %d: %s", i, r.Body)
 	}
+	cfg := client.DefaultConfig(c.SecureURLs()...)
+	cfg.TLS, cfg.Token = secures[c].TLS, app.Token
+	_, err = client.New(ctx, cfg)
+	require.ErrorIs(t, err, kvd.ErrUnauthenticated)
 }
