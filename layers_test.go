@@ -24,7 +24,7 @@ var layers = []struct {
 	{"internal/failpoint", "-"},
 	{"internal/fsutil", "-"},
 	{"internal/load", "-"},
-	{"internal/pki", "-"},
+	{"internal/pki", "internal/fsutil"},
 	{"internal/wire", "kvd api"},
 	{"store", "kvd api internal/failpoint internal/fsutil"},
 	{"replication", "kvd store internal/backoff internal/failpoint internal/fsutil"},

@@ -41,19 +41,21 @@ func openPath(path string) bool {
 // authenticate checks r's token; it answers the request with the error
 // and reports false when the token is missing or bad.
 func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
-	ip := clientIP(r)
 	hdr := r.Header.Get("Authorization")
 	tok, ok := strings.CutPrefix(hdr, "Bearer ")
 	tok = strings.TrimSpace(tok)
 	var p *api.Principal
-	err := fmt.Errorf("%w: the Authorization header is not \"Bearer TOKEN\"", kvd.ErrUnauthenticated)
-	reason := "malformed"
-	if ok || hdr == "" {
+	var err error
+	reason := "invalid"
+	switch {
+	case !ok && hdr != "":
+		reason = "malformed"
+		err = fmt.Errorf("%w: the Authorization header is not \"Bearer TOKEN\"", kvd.ErrUnauthenticated)
+	case tok == "":
+		reason = "missing"
+		fallthrough
+	default:
 		p, err = h.b.Authenticate(tok)
-		reason = "invalid"
-		if tok == "" {
-			reason = "missing"
-		}
 	}
 	if err == nil {
 		// A valid token always passes: only failures are limited, so
@@ -66,7 +68,7 @@ func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (*http.Re
 		h.refuse(w, r, err)
 		return r, false
 	}
-	if !h.authFailures.allow(ip, true) {
+	if ip := clientIP(r); !h.authFailures.fail(ip) {
 		reason = "limited"
 		err = fmt.Errorf("%w: too many failed authentications from %s; wait", kvd.ErrOverloaded, ip)
 	}
@@ -130,9 +132,9 @@ type bucket struct {
 // over (a flood of addresses gets no more than a fresh burst each).
 const maxTrackedAddrs = 10000
 
-// allow charges a failed authentication to ip (failed true), and tells
-// whether ip is still within its allowance.
-func (l *failureLimiter) allow(ip string, failed bool) bool {
+// fail charges a failed authentication to ip, and tells whether ip is
+// still within its allowance.
+func (l *failureLimiter) fail(ip string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.buckets == nil || len(l.buckets) > maxTrackedAddrs {
@@ -141,17 +143,11 @@ func (l *failureLimiter) allow(ip string, failed bool) bool {
 	now := time.Now()
 	b := l.buckets[ip]
 	if b == nil {
-		if !failed {
-			return true
-		}
 		b = &bucket{tokens: l.burst, at: now}
 		l.buckets[ip] = b
 	}
-	b.tokens = min(l.burst, b.tokens+now.Sub(b.at).Seconds()*l.rate)
+	b.tokens = min(l.burst, b.tokens+now.Sub(b.at).Seconds()*l.rate) - 1
 	b.at = now
-	if failed {
-		b.tokens--
-	}
 	return b.tokens >= 1
 }
 

@@ -33,7 +33,7 @@ func TestAuth_TokensGrantPrefixesAndRevokeEverywhere(t *testing.T) {
 	c, certs := tlsCluster(t, 3, 2, func(cfg *server.Config) {
 		cfg.Auth, cfg.RootTokenFile = true, rootFile
 	})
-	aliceCert, aliceKey := pki.CertFiles(certs, pki.Client, "alice")
+	aliceCert, aliceKey := pki.CertFiles(certs, pki.Client, "client")
 	tlsCfg, err := pki.ClientFiles(filepath.Join(certs, pki.CAFile), aliceCert, aliceKey)
 	require.NoError(t, err)
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}

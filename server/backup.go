@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -251,21 +252,16 @@ func (s *Server) eachGroup(groups []kvd.GroupID, fn func(g kvd.GroupID) error) e
 // freeze is a conflict to wait out.
 func (s *Server) freezeGroup(ctx context.Context, g kvd.GroupID, id string, level int) (uint64, error) {
 	data, _ := json.Marshal(store.Freeze{ID: id, Level: level})
-	for attempt := 0; ; attempt++ {
-		res, err := s.proposeIn(ctx, g, store.Cmd{Kind: store.CmdFreeze, Data: data})
-		if err == nil {
-			return res.Version, nil
-		}
-		retry := errors.Is(err, kvd.ErrUnavailable) && !errors.Is(err, kvd.ErrUnknownOutcome) || errors.Is(err, kvd.ErrNotLeader)
-		if errors.Is(err, kvd.ErrConflict) || errors.Is(err, kvd.ErrUnknownOutcome) {
-			// Another backup's freeze, or an outcome to find out by
-			// taking the cut again.
-			return 0, fmt.Errorf("freeze group %d: %v: %w", g, err, errCutAgain)
-		}
-		if !retry || leaderBackoff.Wait(ctx, attempt) != nil {
-			return 0, fmt.Errorf("freeze group %d: %w", g, err)
-		}
+	res, err := s.proposeWithRetry(ctx, g, store.Cmd{Kind: store.CmdFreeze, Data: data})
+	if errors.Is(err, kvd.ErrConflict) || errors.Is(err, kvd.ErrUnknownOutcome) {
+		// Another backup's freeze, or an outcome to find out by taking
+		// the cut again.
+		return 0, fmt.Errorf("freeze group %d: %v: %w", g, err, errCutAgain)
 	}
+	if err != nil {
+		return 0, fmt.Errorf("freeze group %d: %w", g, err)
+	}
+	return res.Version, nil
 }
 
 // liftFreeze lifts backup id's freeze of group g, again until it is known
@@ -379,7 +375,7 @@ func (s *Server) openPart(ctx context.Context, g kvd.GroupID, id string, index u
 		go func() {
 			defer close(finished)
 			err := s.writePart(ctx, grp, id, index, func() io.Writer { return pw }, nil)
-			pw.CloseWithError(cmpErr(err, io.EOF))
+			pw.CloseWithError(cmp.Or(err, io.EOF))
 		}()
 		body = pr
 		done = func() {
@@ -425,14 +421,6 @@ func (s *Server) openPart(ctx context.Context, g kvd.GroupID, id string, index u
 		<-hdrc
 		return nil, fmt.Errorf("group %d: no snapshot within %s: %w", g, partOpenWait, errCutAgain)
 	}
-}
-
-// cmpErr returns err, or def if err is nil.
-func cmpErr(err, def error) error {
-	if err != nil {
-		return err
-	}
-	return def
 }
 
 // WriteBackupPart streams this node's replica of group g for backup id
@@ -565,27 +553,20 @@ func (s *Server) runScheduledBackups(ctx context.Context) {
 	// Another node may share the directory: only a partial file old
 	// enough to be no one's backup under way is a crash's leftover.
 	removeLeftovers(s.cfg.BackupDir, backupPartial, time.Hour, s.log)
-	t := time.NewTicker(s.cfg.BackupEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	repeat(ctx, s.cfg.BackupEvery, func() {
 		if s.systemLeader(ctx) != nil {
-			continue
+			return
 		}
 		path, err := s.backupToDir(ctx)
 		if err != nil {
 			s.log.Warn("scheduled backup failed", "dir", s.cfg.BackupDir, "err", err)
-			continue
+			return
 		}
 		s.log.Info("scheduled backup written", "file", path)
 		if err := pruneBackups(s.cfg.BackupDir, s.cfg.BackupKeep); err != nil {
 			s.log.Warn("scheduled backups: cannot remove old ones", "dir", s.cfg.BackupDir, "err", err)
 		}
-	}
+	})
 }
 
 // backupToDir writes a backup into the backup directory: to a temporary

@@ -23,30 +23,15 @@ import (
 )
 
 // tlsCluster starts nodes nodes with client TLS (client certificates
-// required) and peer mutual TLS, all from one CA made by pki, and returns
-// the cluster and the certificates directory.
+// required) and peer mutual TLS, all from one CA (testcluster.NewSecure,
+// whose client certificate is "client"), and returns the cluster and the
+// certificates directory.
 func tlsCluster(t *testing.T, nodes, groups int, opts ...testcluster.Option) (*testcluster.Cluster, string) {
 	t.Helper()
-	dir := t.TempDir()
-	_, err := pki.CreateCA(dir, pki.CALifetime, false)
-	require.NoError(t, err)
-	for i := 0; i < nodes; i++ {
-		_, _, err := pki.CreateCert(dir, pki.Node, testcluster.NodeID(i), []string{"127.0.0.1", "localhost"}, pki.CertLifetime, false)
-		require.NoError(t, err)
-	}
-	_, _, err = pki.CreateCert(dir, pki.Client, "alice", nil, pki.CertLifetime, false)
-	require.NoError(t, err)
-	ca := filepath.Join(dir, pki.CAFile)
-	c := testcluster.New(t, nodes, groups, func(cfg *server.Config) {
-		cert, key := pki.CertFiles(dir, pki.Node, cfg.NodeID)
-		cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSClientCAFile = cert, key, ca
-		cfg.PeerTLSCertFile, cfg.PeerTLSKeyFile, cfg.PeerTLSCAFile = cert, key, ca
-		for _, o := range opts {
-			o(cfg)
-		}
-	})
+	sec := testcluster.NewSecure(t)
+	c := testcluster.New(t, nodes, groups, append([]testcluster.Option{sec.TLSOption()}, opts...)...)
 	c.WaitReady()
-	return c, dir
+	return c, sec.Dir
 }
 
 // httpsGet gets path from the node at url (http://...) over TLS with
@@ -76,7 +61,7 @@ func httpsGet(url, path string, cfg *tls.Config, cred string) (int, string, erro
 func TestTLS_ClusterServesClientsAndPeersOverMutualTLS(t *testing.T) {
 	c, dir := tlsCluster(t, 3, 3)
 	ca := filepath.Join(dir, pki.CAFile)
-	aliceCert, aliceKey := pki.CertFiles(dir, pki.Client, "alice")
+	aliceCert, aliceKey := pki.CertFiles(dir, pki.Client, "client")
 	cfg, err := pki.ClientFiles(ca, aliceCert, aliceKey)
 	require.NoError(t, err)
 

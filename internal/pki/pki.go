@@ -21,6 +21,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/kvd-project/kvd/internal/fsutil"
 )
 
 // File names in a certificates directory.
@@ -267,8 +269,7 @@ func serial() *big.Int {
 }
 
 // writePair writes a certificate (mode 0644) and its key (mode 0600),
-// each to a temporary file renamed over the name, so that a reader never
-// sees half a file.
+// each whole (fsutil.WriteFile), so that a reader never sees half a file.
 func writePair(dir, certPath, keyPath string, der []byte, key *ecdsa.PrivateKey) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -277,32 +278,8 @@ func writePair(dir, certPath, keyPath string, der []byte, key *ecdsa.PrivateKey)
 	if err != nil {
 		return err
 	}
-	if err := writeFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: k}), 0o600); err != nil {
+	if err := fsutil.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: k}), 0o600); err != nil {
 		return err
 	}
-	return writeFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
-}
-
-func writeFile(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return fsutil.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 }

@@ -54,11 +54,19 @@ func NewSecure(t testing.TB) *Secure {
 // Option returns the cluster Option that puts every node on these
 // settings.
 func (s *Secure) Option() Option {
+	tlsOnly := s.TLSOption()
+	return func(cfg *server.Config) {
+		tlsOnly(cfg)
+		cfg.Auth, cfg.RootTokenFile = true, s.RootTokenFile
+	}
+}
+
+// TLSOption is Option without auth: client and peer TLS only.
+func (s *Secure) TLSOption() Option {
 	return func(cfg *server.Config) {
 		cert, key := pki.CertFiles(s.Dir, pki.Node, cfg.NodeID)
 		cfg.TLSCertFile, cfg.TLSKeyFile, cfg.TLSClientCAFile = cert, key, s.CAFile
 		cfg.PeerTLSCertFile, cfg.PeerTLSKeyFile, cfg.PeerTLSCAFile = cert, key, s.CAFile
-		cfg.Auth, cfg.RootTokenFile = true, s.RootTokenFile
 	}
 }
 
