@@ -354,6 +354,27 @@ func TestServer_MemoryPressureShedsClientRequestsOnly(t *testing.T) {
 	}, 5*time.Second, 20*time.Millisecond, "n1's replica applies what the others write")
 }
 
+// The caches of recent log entries take at most a quarter of a node's
+// high-water mark, shared among the groups it hosts: left at 32 MiB a
+// group, a node under a small memory limit stayed over its mark, and
+// refused every client, once a few large values had been written.
+func TestServer_LogCacheFitsTheMemoryHighWater(t *testing.T) {
+	c := testcluster.New(t, 1, 2, func(cfg *server.Config) { cfg.MemoryHighWater = 16 << 20 })
+	val := bytes.Repeat([]byte("v"), 256<<10)
+	for i := range 64 { // 16 MiB
+		r := do(t, "PUT", c.URL(0)+fmt.Sprintf("/v1/kv/big-%d", i), val)
+		require.Equal(t, 200, r.Status, "%s", r.Body)
+	}
+	var total int64
+	for _, gid := range []kvd.GroupID{1, 2} {
+		g, ok := c.Node(0).Group(gid)
+		require.True(t, ok)
+		total += g.Stats().LogCacheBytes
+	}
+	require.Positive(t, total, "the groups cache their newest entries")
+	require.LessOrEqual(t, total, int64(4<<20)+2*(256<<10+4<<10), "caches within a quarter of the mark (an entry may pass a cache's bound)")
+}
+
 // A body of unknown length counts against the node's byte cap as it is
 // read: uploads that dribble hold what they sent, not the largest body
 // allowed, so they cannot crowd out others; one that would pass the cap

@@ -141,6 +141,7 @@ func (s *Server) openReplica(grp kvd.Group, mode replicaMode) error {
 	rc.SeedMap = s.Map()
 	rc.Logger = s.log
 	rc.Observer = s.metrics.observer(gid)
+	rc.LogCacheBytes = s.logCacheBytes(rc.LogCacheBytes)
 	if s.mux != nil {
 		layer, err := s.mux.Layer(gid)
 		if err != nil {
@@ -500,4 +501,21 @@ func groupStatusOf(st api.Status, gid kvd.GroupID) (api.GroupStatus, bool) {
 		}
 	}
 	return api.GroupStatus{}, false
+}
+
+// logCacheBytes bounds a group's cache of recent log entries by the
+// node's memory: the caches of the groups it hosts take at most a quarter
+// of its high-water mark together. The cache stays full once requests
+// have gone: left at its default (32 MiB a group) under a small memory
+// limit, it alone would keep the node over the mark and refusing every
+// client.
+func (s *Server) logCacheBytes(configured int) int {
+	if s.cfg.MemoryHighWater <= 0 {
+		return configured
+	}
+	if configured <= 0 {
+		configured = replication.DefaultConfig().LogCacheBytes
+	}
+	hosted := max(1, len(s.Map().GroupsOf(s.id)))
+	return int(min(int64(configured), max(1<<20, s.cfg.MemoryHighWater/4/int64(hosted))))
 }

@@ -170,6 +170,7 @@ func TestKvd_BackupOfALargeStateRunsInBoundedMemory(t *testing.T) {
 	val := strings.Repeat("v", size)
 	var wg sync.WaitGroup
 	var failed atomic.Int32
+	var firstFailure atomic.Value
 	for w := 0; w < 4; w++ {
 		wg.Add(1)
 		go func() {
@@ -177,12 +178,13 @@ func TestKvd_BackupOfALargeStateRunsInBoundedMemory(t *testing.T) {
 			for i := w; i < values; i += 4 {
 				if _, status, err := put(c.Nodes[0].URL(), fmt.Sprintf("big/%04d", i), val); err != nil || status != 200 {
 					failed.Add(1)
+					firstFailure.CompareAndSwap(nil, fmt.Sprintf("status %d, err %v", status, err))
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	require.Zero(t, failed.Load())
+	require.Zero(t, failed.Load(), "first failure: %v", firstFailure.Load())
 	before, err := rssAnon(pid)
 	require.NoError(t, err)
 
