@@ -311,3 +311,32 @@ func TestRestore_ForcedUnderTransfersKeepsTransactionsWhole(t *testing.T) {
 	}
 	require.Equal(t, each*len(accounts), sum)
 }
+
+// Values of the largest size restore through a node that leads nothing:
+// each staged page goes to the group's leader within the size of an
+// internal request, holding at most one largest value past its bound.
+func TestRestore_LargestValuesThroughAFollower(t *testing.T) {
+	c := testcluster.New(t, 1, 1)
+	c.WaitReady()
+	ctx := context.Background()
+	want := map[string][]byte{}
+	for i := range 6 {
+		k := fmt.Sprintf("big-%d", i)
+		v := bytes.Repeat([]byte{byte('a' + i)}, kvd.DefaultLimits().MaxValueBytes-(i%2)*(300<<10))
+		_, err := c.Node(0).Put(ctx, k, v, kvd.WriteOptions{}, kvd.Route{})
+		require.NoError(t, err)
+		want[k] = v
+	}
+	file := takeBackup(t, c, 0)
+
+	d := testcluster.New(t, 3, 1)
+	d.WaitReady()
+	follower := (d.Leader(1) + 1) % 3
+	r := testcluster.Do(t, "POST", d.URL(follower)+"/v1/admin/restore", file)
+	require.Equal(t, 200, r.Status, "%s", r.Body)
+	for k, v := range want {
+		r := testcluster.Do(t, "GET", d.URL(follower)+"/v1/kv/"+k, nil)
+		require.Equal(t, 200, r.Status, k)
+		require.Equal(t, v, r.Body, k)
+	}
+}

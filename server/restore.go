@@ -437,15 +437,18 @@ func (s *Server) stageBackup(ctx context.Context, f *os.File, m *kvd.Map, id str
 			return fmt.Errorf("slot %d has no group: %w", kvd.Slot(rec.Key), kvd.ErrUnavailable)
 		}
 		p := pend[g]
-		p.keys = append(p.keys, store.MovedKey{Key: rec.Key, Value: append([]byte(nil), rec.Value...), Expires: rec.Expires})
-		p.bytes += len(rec.Key) + len(rec.Value)
-		res.Keys++
-		res.Bytes += uint64(len(rec.Key) + len(rec.Value))
-		if p.bytes >= restorePage {
+		// A page is sent before it would pass restorePage, so that an
+		// entry holds at most one largest value, not two.
+		n := len(rec.Key) + len(rec.Value)
+		if len(p.keys) > 0 && p.bytes+n > restorePage {
 			if err := stage(g, p); err != nil {
 				return err
 			}
 		}
+		p.keys = append(p.keys, store.MovedKey{Key: rec.Key, Value: append([]byte(nil), rec.Value...), Expires: rec.Expires})
+		p.bytes += n
+		res.Keys++
+		res.Bytes += uint64(n)
 	}
 	for _, g := range m.GroupIDs() {
 		if p := pend[g]; len(p.keys) > 0 {
