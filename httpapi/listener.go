@@ -19,8 +19,8 @@ import (
 // bad percent-encoding in the path, a negative Content-Length, headers
 // too large, an unsupported transfer encoding), are JSON like every
 // other error of the API instead of plain text. Serve with ConnContext
-// set too (http.Server.ConnContext), so that nothing a handler writes is
-// ever taken for such an error.
+// and ConnState set too (http.Server.ConnContext, ConnState), so that
+// nothing a handler writes is ever taken for such an error.
 //
 // net/http writes each such answer in one write: a status line, exactly
 // these headers, and the status again as the body. It does so only while
@@ -40,9 +40,20 @@ func ConnContext(ctx context.Context, c net.Conn) context.Context {
 
 type connKey struct{}
 
+// ConnState is the http.Server.ConnState hook that goes with JSONErrors:
+// net/http tells it a connection is idle once an answer was flushed
+// whole, and only then may its writes be net/http's own again. (A read
+// does not tell as much: net/http reads in the background while an
+// answer is still being flushed.)
+func ConnState(c net.Conn, st http.ConnState) {
+	if jc, ok := c.(*jsonErrorConn); ok && st == http.StateIdle {
+		jc.state.Store(connIdle)
+	}
+}
+
 // markAnswering marks the request's connection as answering until the
 // returned function is called (when the handler returns; net/http then
-// flushes the answer, and reads the next request).
+// flushes the answer, and goes back to reading).
 func markAnswering(r *http.Request) func() {
 	jc, ok := r.Context().Value(connKey{}).(*jsonErrorConn)
 	if !ok {
@@ -66,7 +77,7 @@ func (l jsonErrorListener) Accept() (net.Conn, error) {
 
 // A connection's state, as far as its writes go.
 const (
-	connIdle      int32 = iota // net/http is reading a request
+	connIdle      int32 = iota // net/http is reading a request, or has not answered it
 	connAnswering              // a handler is answering
 	connFlushing               // the handler returned; its answer is being flushed
 )
@@ -74,11 +85,6 @@ const (
 type jsonErrorConn struct {
 	net.Conn
 	state atomic.Int32
-}
-
-func (c *jsonErrorConn) Read(p []byte) (int, error) {
-	c.state.CompareAndSwap(connFlushing, connIdle)
-	return c.Conn.Read(p)
 }
 
 func (c *jsonErrorConn) Write(p []byte) (int, error) {

@@ -23,7 +23,7 @@ func TestJSONErrors_NeverRewriteAHandlersAnswer(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			require.NoError(t, err)
-			srv := &http.Server{ConnContext: ConnContext, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			srv := &http.Server{ConnContext: ConnContext, ConnState: ConnState, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				defer markAnswering(r)()
 				w.Header().Set("Content-Length", strconv.Itoa(len(val)))
 				w.WriteHeader(200)

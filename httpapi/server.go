@@ -53,8 +53,11 @@ func NewServer(b Backend, o Options) (*Server, error) {
 		IdleTimeout:    60 * time.Second,
 		MaxHeaderBytes: 64 << 10,
 		ErrorLog:       slog.NewLogLogger(s.o.Logger.Handler(), slog.LevelWarn),
-		ConnState:      s.newConns.track,
-		ConnContext:    ConnContext,
+		ConnState: func(c net.Conn, st http.ConnState) {
+			s.newConns.track(c, st)
+			ConnState(c, st)
+		},
+		ConnContext: ConnContext,
 	}
 	// Watches are endless requests: end them when the server shuts down,
 	// so the drain does not wait for them.
