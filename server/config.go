@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/atrest"
 	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/store"
 )
@@ -87,6 +88,11 @@ type Config struct {
 	// below: the backstop for what the caps above leave out, such as the
 	// answers being built. kvd sets it to 3/4 of its memory limit.
 	MemoryHighWater int64
+	// Encryption, if set, encrypts what the node writes to disk: values
+	// in its groups' state, Raft log entries, snapshots, backups and
+	// restore uploads, under the ring's active key. Every node of a
+	// cluster holds the same keys (see docs/security.md).
+	Encryption *atrest.Keys
 	// Replication is the template for every hosted group (timing,
 	// snapshots, batching); identity fields are filled in per group.
 	Replication replication.Config
