@@ -178,7 +178,7 @@ func (db *DB) apply(entries []Entry, refused map[cmdPos]error) ([][]Result, erro
 
 // newApplier starts applying in tx, from the state the DB has published.
 func (db *DB) newApplier(tx *bolt.Tx) *applier {
-	a := &applier{buckets: bucketsOf(tx), histMax: db.opts.HistoryMax, histMaxBytes: db.opts.HistoryMaxBytes,
+	a := &applier{buckets: bucketsOf(tx, db.opts.Keys), histMax: db.opts.HistoryMax, histMaxBytes: db.opts.HistoryMaxBytes,
 		group: db.opts.Group, placement: db.placement.Load(), hash: db.stateHash.Load(), gate: db.gate.Load()}
 	if a.gate == nil {
 		a.gate = &gate{}
@@ -333,7 +333,7 @@ func (a *applier) put(b bucket, key, payload []byte) error {
 			a.hash -= entryHash(b.tag, storedChecksum(b.tag, key, old))
 		}
 	}
-	sealed, c := seal(b.tag, key, payload)
+	sealed, c := seal(b.keys, b.tag, key, payload)
 	if b.hashed {
 		a.hash += entryHash(b.tag, c)
 	}

@@ -152,6 +152,13 @@ func (a *applier) recordHead(key string) (ver uint64, expires int64) {
 		return 0, 0
 	}
 	rec := raw[sealOverhead(raw):]
+	if raw[0] == encryptedMark {
+		// An encrypted record's head is read by opening it.
+		var err error
+		if rec, _, err = unseal(a.kv.keys, tagKV, []byte(key), raw); err != nil {
+			return 0, 0
+		}
+	}
 	return version(rec), recExpires(rec)
 }
 

@@ -335,7 +335,7 @@ func (a *applier) restoreStep(ng *gate) (Result, error) {
 	var batch []staged
 	c := a.restoreB.b.Cursor()
 	for k, raw := c.First(); k != nil && budget > 0 && n < restoreStepKeys; k, raw = c.Next() {
-		rec, _, err := unseal(tagRestore, k, raw)
+		rec, _, err := unseal(a.restoreB.keys, tagRestore, k, raw)
 		if err != nil {
 			return Result{}, err
 		}
@@ -452,7 +452,7 @@ type BackupPart struct {
 func (s *Snapshot) BackupPart() (BackupPart, error) {
 	p := BackupPart{Index: s.applied}
 	err := guard(func() error {
-		bs := bucketsOf(s.tx)
+		bs := bucketsOf(s.tx, s.keys)
 		g, err := loadGate(bs.meta)
 		if err != nil {
 			return err
@@ -491,7 +491,7 @@ func (s *Snapshot) ForEachKey(served *kvd.SlotSet, now int64, fn func(key string
 			if !served.Has(kvd.Slot(string(k))) {
 				continue
 			}
-			rec, _, err := unseal(tagKV, k, raw)
+			rec, _, err := unseal(s.keys, tagKV, k, raw)
 			if err != nil {
 				return err
 			}

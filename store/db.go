@@ -14,6 +14,7 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/atrest"
 	"github.com/kvd-project/kvd/internal/fsutil"
 )
 
@@ -55,6 +56,9 @@ type Options struct {
 	OnCorrupt func(error)
 	// Logger receives the store's logs.
 	Logger *slog.Logger
+	// Keys, if set, encrypt the values the store writes (see seal.go);
+	// Reencrypt brings values written before under the active key.
+	Keys *atrest.Keys
 }
 
 // appendFill is the fill percent of buckets whose keys only grow.
@@ -207,7 +211,7 @@ func (db *DB) openHandle() error {
 					return err
 				}
 			}
-			bs := bucketsOf(tx)
+			bs := bucketsOf(tx, db.opts.Keys)
 			var err error
 			if applied, err = metaU64(bs.meta, metaApplied); err != nil {
 				return err
@@ -433,18 +437,19 @@ type buckets struct {
 	expiry, dedupAt                                       *bolt.Bucket
 }
 
-// bucketsOf returns the store's buckets in tx.
-func bucketsOf(tx *bolt.Tx) buckets {
+// bucketsOf returns the store's buckets in tx, their values encrypted
+// under keys (if set) but for meta's.
+func bucketsOf(tx *bolt.Tx, keys *atrest.Keys) buckets {
 	return buckets{
-		kv:      bucket{b: tx.Bucket(bucketKV), tag: tagKV, hashed: true},
-		locks:   bucket{b: tx.Bucket(bucketLocks), tag: tagLocks, hashed: true},
-		txnKeys: bucket{b: tx.Bucket(bucketTxnKeys), tag: tagTxnKeys, hashed: true},
-		txns:    bucket{b: tx.Bucket(bucketTxns), tag: tagTxns, hashed: true},
-		dedup:   bucket{b: tx.Bucket(bucketDedup), tag: tagDedup, hashed: true},
-		hist:    bucket{b: tx.Bucket(bucketHistory), tag: tagHistory},
+		kv:      bucket{b: tx.Bucket(bucketKV), tag: tagKV, hashed: true, keys: keys},
+		locks:   bucket{b: tx.Bucket(bucketLocks), tag: tagLocks, hashed: true, keys: keys},
+		txnKeys: bucket{b: tx.Bucket(bucketTxnKeys), tag: tagTxnKeys, hashed: true, keys: keys},
+		txns:    bucket{b: tx.Bucket(bucketTxns), tag: tagTxns, hashed: true, keys: keys},
+		dedup:   bucket{b: tx.Bucket(bucketDedup), tag: tagDedup, hashed: true, keys: keys},
+		hist:    bucket{b: tx.Bucket(bucketHistory), tag: tagHistory, keys: keys},
 		meta:    bucket{b: tx.Bucket(bucketMeta), tag: tagMeta},
 		// Keys a restore staged (see backup.go).
-		restoreB: bucket{b: tx.Bucket(bucketRestore), tag: tagRestore, hashed: true},
+		restoreB: bucket{b: tx.Bucket(bucketRestore), tag: tagRestore, hashed: true, keys: keys},
 		expiry:   tx.Bucket(bucketExpiry),
 		dedupAt:  tx.Bucket(bucketDedupAt),
 	}

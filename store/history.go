@@ -123,7 +123,7 @@ func decodeEvent(pos Pos, b []byte) (Event, error) {
 // their keys and values (what its bounds count).
 func (db *DB) HistorySize() (events, bytes uint64) {
 	_ = db.view(func(tx *bolt.Tx) error {
-		meta := bucketsOf(tx).meta
+		meta := bucketsOf(tx, db.opts.Keys).meta
 		events, _ = metaU64(meta, metaHistCount)
 		bytes, _ = metaU64(meta, metaHistBytes)
 		return nil
@@ -160,7 +160,7 @@ func (db *DB) history(after Pos, prefix string, limit, maxBytes int) (events []E
 	upto = after
 	size := 0
 	err = db.view(func(tx *bolt.Tx) error {
-		bs := bucketsOf(tx)
+		bs := bucketsOf(tx, db.opts.Keys)
 		fb, err := bs.meta.get(metaHistFloor)
 		if err != nil {
 			return err

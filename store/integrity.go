@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/kvd-project/kvd/internal/atrest"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -43,20 +44,20 @@ func (db *DB) Verify() (VerifyReport, error) {
 	var r VerifyReport
 	err := db.view(func(tx *bolt.Tx) error {
 		var err error
-		r, err = verifyTx(tx)
+		r, err = verifyTx(tx, db.opts.Keys)
 		return err
 	})
 	return r, err
 }
 
-func verifyTx(tx *bolt.Tx) (VerifyReport, error) {
+func verifyTx(tx *bolt.Tx, keys *atrest.Keys) (VerifyReport, error) {
 	var r VerifyReport
 	for _, name := range allBuckets {
 		if tx.Bucket(name) == nil {
 			return r, corruptf("bucket %s is missing", name)
 		}
 	}
-	bs := bucketsOf(tx)
+	bs := bucketsOf(tx, keys)
 	var err error
 	if r.Applied, err = metaU64(bs.meta, metaApplied); err != nil {
 		return r, err
@@ -81,7 +82,7 @@ func verifyTx(tx *bolt.Tx) (VerifyReport, error) {
 	}
 	for _, b := range []bucket{bs.hist, bs.meta} {
 		if err := b.b.ForEach(func(k, v []byte) error {
-			if _, _, err := unseal(b.tag, k, v); err != nil {
+			if _, _, err := unseal(b.keys, b.tag, k, v); err != nil {
 				return err
 			}
 			r.Entries++
@@ -111,7 +112,7 @@ func sumBuckets(bs buckets, check bool, r *VerifyReport) (uint64, error) {
 			var c uint32
 			if check {
 				var err error
-				if _, c, err = unseal(b.tag, k, v); err != nil {
+				if _, c, err = unseal(b.keys, b.tag, k, v); err != nil {
 					return err
 				}
 			} else {
@@ -133,7 +134,7 @@ func sumBuckets(bs buckets, check bool, r *VerifyReport) (uint64, error) {
 // CmdHashCheck applied (0, 0 if none).
 func (db *DB) HashCheck() (index, hash uint64, err error) {
 	err = db.view(func(tx *bolt.Tx) error {
-		b, err := bucketsOf(tx).meta.get(metaHashCheck)
+		b, err := bucketsOf(tx, db.opts.Keys).meta.get(metaHashCheck)
 		if err != nil || b == nil {
 			return err
 		}

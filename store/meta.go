@@ -49,7 +49,7 @@ func metaU64(meta bucket, key []byte) (uint64, error) {
 
 // putMeta stores a sealed meta value.
 func putMeta(meta bucket, key, val []byte) error {
-	sealed, _ := seal(meta.tag, key, val)
+	sealed, _ := seal(meta.keys, meta.tag, key, val)
 	return meta.b.Put(key, sealed)
 }
 

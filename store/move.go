@@ -257,8 +257,8 @@ type servedSlots struct {
 func (db *DB) CopySlots(slots *kvd.SlotSet, after string, maxBytes int) (keys []MovedKey, next string, at uint64, err error) {
 	size := 0
 	err = db.view(func(tx *bolt.Tx) error {
-		at = u64(mustMeta(bucketsOf(tx).meta, metaApplied))
-		c := bucketsOf(tx).kv.cursor()
+		at = u64(mustMeta(bucketsOf(tx, db.opts.Keys).meta, metaApplied))
+		c := bucketsOf(tx, db.opts.Keys).kv.cursor()
 		k, v := c.seek([]byte(after))
 		if k != nil && string(k) == after && after != "" {
 			k, v = c.next()
@@ -313,7 +313,7 @@ type Changes struct {
 func (db *DB) ChangedKeys(slots *kvd.SlotSet, after Pos, maxKeys, maxBytes int) (Changes, error) {
 	c := Changes{Upto: after}
 	err := db.view(func(tx *bolt.Tx) error {
-		bs := bucketsOf(tx)
+		bs := bucketsOf(tx, db.opts.Keys)
 		applied, _ := metaU64(bs.meta, metaApplied)
 		base, _ := metaU64(bs.meta, metaVersionBase)
 		c.High = applied + base
@@ -387,7 +387,7 @@ func (db *DB) DedupSince(since int64, after string, limit int) (out []MovedDedup
 		start = append(b, 0) // just past after
 	}
 	err = db.view(func(tx *bolt.Tx) error {
-		bs := bucketsOf(tx)
+		bs := bucketsOf(tx, db.opts.Keys)
 		c := bs.dedupAt.Cursor()
 		for k, _ := c.Seek(start); k != nil; k, _ = c.Next() {
 			if len(out) == limit {
@@ -438,7 +438,7 @@ func (db *DB) StrayKeys(limit int) ([]string, error) {
 	}
 	var out []string
 	err := db.view(func(tx *bolt.Tx) error {
-		c := bucketsOf(tx).kv.cursor()
+		c := bucketsOf(tx, db.opts.Keys).kv.cursor()
 		for k, _ := c.seek(nil); k != nil && len(out) < limit; k, _ = c.next() {
 			if stray[kvd.Slot(string(k))] {
 				out = append(out, string(k))
@@ -456,7 +456,7 @@ func (db *DB) StrayKeys(limit int) ([]string, error) {
 // holds in each slot it owns.
 func (db *DB) SlotStats() (keys, bytes [kvd.SlotCount]uint64, err error) {
 	err = db.view(func(tx *bolt.Tx) error {
-		c := bucketsOf(tx).kv.b.Cursor()
+		c := bucketsOf(tx, db.opts.Keys).kv.b.Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			s := kvd.Slot(string(k))
 			keys[s]++

@@ -20,7 +20,7 @@ import (
 func (db *DB) Get(key string) (kvd.Item, error) {
 	var it kvd.Item
 	err := db.view(func(tx *bolt.Tx) error {
-		rec, err := bucketsOf(tx).kv.get([]byte(key))
+		rec, err := bucketsOf(tx, db.opts.Keys).kv.get([]byte(key))
 		if err != nil {
 			return err
 		}
@@ -50,7 +50,7 @@ func (db *DB) Scan(o kvd.ScanOptions) ([]kvd.Item, string, error) {
 	size := 0
 	err := db.view(func(tx *bolt.Tx) error {
 		p := db.placement.Load()
-		c := bucketsOf(tx).kv.cursor()
+		c := bucketsOf(tx, db.opts.Keys).kv.cursor()
 		seek := max(o.Start, o.Prefix)
 		for k, v := c.seek([]byte(seek)); k != nil; k, v = c.next() {
 			ks := string(k)
@@ -93,7 +93,7 @@ type KeyState struct {
 func (db *DB) ReadKeys(keys []string) ([]KeyState, error) {
 	out := make([]KeyState, len(keys))
 	err := db.view(func(tx *bolt.Tx) error {
-		bs := bucketsOf(tx)
+		bs := bucketsOf(tx, db.opts.Keys)
 		for i, k := range keys {
 			st := KeyState{Key: k}
 			rec, err := bs.kv.get([]byte(k))
@@ -119,7 +119,7 @@ func (db *DB) ReadKeys(keys []string) ([]KeyState, error) {
 // the write lock a transaction holds on it, if any.
 func (db *DB) GetLocked(key string) (it kvd.Item, found bool, lock *Lock, err error) {
 	err = db.view(func(tx *bolt.Tx) error {
-		bs := bucketsOf(tx)
+		bs := bucketsOf(tx, db.opts.Keys)
 		rec, err := bs.kv.get([]byte(key))
 		if err != nil {
 			return err
@@ -145,7 +145,7 @@ func (db *DB) GetLocked(key string) (it kvd.Item, found bool, lock *Lock, err er
 func (db *DB) WriteLocks(o kvd.ScanOptions) (map[string]Lock, error) {
 	out := map[string]Lock{}
 	err := db.view(func(tx *bolt.Tx) error {
-		c := bucketsOf(tx).locks.cursor()
+		c := bucketsOf(tx, db.opts.Keys).locks.cursor()
 		for k, v := c.seek([]byte(max(o.Start, o.Prefix))); k != nil; k, v = c.next() {
 			ks := string(k)
 			if (o.End != "" && ks >= o.End) || !strings.HasPrefix(ks, o.Prefix) {
@@ -170,7 +170,7 @@ func (db *DB) ExpiredLocks(now int64) ([]Lock, error) {
 	seen := map[string]bool{}
 	var out []Lock
 	err := db.view(func(tx *bolt.Tx) error {
-		return forEachLockSet(bucketsOf(tx).locks, func(_ string, ls *LockSet) error {
+		return forEachLockSet(bucketsOf(tx, db.opts.Keys).locks, func(_ string, ls *LockSet) error {
 			all := ls.Reads
 			if ls.Write != nil {
 				all = append(all, *ls.Write)
@@ -202,7 +202,7 @@ type HeldLock struct {
 func (db *DB) Locks() ([]HeldLock, error) {
 	var out []HeldLock
 	err := db.view(func(tx *bolt.Tx) error {
-		return forEachLockSet(bucketsOf(tx).locks, func(key string, ls *LockSet) error {
+		return forEachLockSet(bucketsOf(tx, db.opts.Keys).locks, func(key string, ls *LockSet) error {
 			if ls.Write != nil {
 				out = append(out, HeldLock{Txn: ls.Write.Txn, Key: key, Write: true, RecordGroup: ls.Write.RecordGroup, Deadline: ls.Write.Deadline})
 			}
@@ -219,7 +219,7 @@ func (db *DB) Locks() ([]HeldLock, error) {
 func (db *DB) Records() (map[string]TxnRecord, error) {
 	out := map[string]TxnRecord{}
 	err := db.view(func(tx *bolt.Tx) error {
-		return bucketsOf(tx).txns.forEach(func(k, v []byte) error {
+		return bucketsOf(tx, db.opts.Keys).txns.forEach(func(k, v []byte) error {
 			var r TxnRecord
 			if err := json.Unmarshal(v, &r); err != nil {
 				return corruptf("decode record %s: %v", k, err)
@@ -236,7 +236,7 @@ func (db *DB) Record(id string) (TxnRecord, bool, error) {
 	var r *TxnRecord
 	err := db.view(func(tx *bolt.Tx) error {
 		var err error
-		r, err = readRecord(bucketsOf(tx).txns, id)
+		r, err = readRecord(bucketsOf(tx, db.opts.Keys).txns, id)
 		return err
 	})
 	if err != nil || r == nil {
@@ -249,7 +249,7 @@ func (db *DB) Record(id string) (TxnRecord, bool, error) {
 func (db *DB) TxnWriteKeys(id string) ([]string, error) {
 	var out []string
 	err := db.view(func(tx *bolt.Tx) error {
-		bs := bucketsOf(tx)
+		bs := bucketsOf(tx, db.opts.Keys)
 		keys, err := readTxnKeys(bs.txnKeys, id)
 		if err != nil {
 			return err
@@ -273,7 +273,7 @@ func (db *DB) TxnWriteKeys(id string) ([]string, error) {
 func (db *DB) Expired(now int64, limit int) ([]ExpiredKey, error) {
 	var out []ExpiredKey
 	err := db.view(func(tx *bolt.Tx) error {
-		bs := bucketsOf(tx)
+		bs := bucketsOf(tx, db.opts.Keys)
 		c := bs.expiry.Cursor()
 		for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
 			if len(k) < 8 || int64(binary.BigEndian.Uint64(k[:8])) > now {

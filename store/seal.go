@@ -9,6 +9,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/atrest"
 )
 
 // Every value the store writes is sealed: a mark byte, a CRC-32C of the
@@ -41,6 +42,17 @@ func corruptf(format string, args ...any) error {
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// Under encryption (Options.Keys), a value is sealed the same way, its
+// payload then encrypted (see internal/atrest), bound to its bucket and
+// key:
+//
+//	encrypted value: 0xFD | crc32c(tag, key, payload) (4 bytes) | atrest message
+//
+// The checksum is of the plaintext, so that replicas hold equal state
+// hashes whatever key each value is under; it is checked after the
+// payload is opened. The meta bucket (counters, the cluster map, the
+// gate, token hashes: no client's values) is not encrypted.
+
 // sealMark opens a sealed value. No unsealed value of any bucket starts
 // with it (records start with their format byte, documents with '{' or
 // '[', history events with 'p' or 'd', counters with a zero byte).
@@ -48,6 +60,10 @@ const sealMark = 0xFE
 
 // sealSize is what a seal adds to a payload.
 const sealSize = 5
+
+// encryptedMark opens an encrypted sealed value; no unsealed value starts
+// with it either.
+const encryptedMark = 0xFD
 
 // Bucket tags: they enter every checksum, so a value copied under another
 // bucket or key fails its seal. Part of the on-disk format.
@@ -67,22 +83,34 @@ func checksum(tag byte, key, payload []byte) uint32 {
 	return crc32.Update(c, castagnoli, payload)
 }
 
+// sealAD is what an encrypted value is bound to: its bucket and key.
+func sealAD(tag byte, key []byte) []byte { return append([]byte{tag}, key...) }
+
 // seal returns the stored form of payload under key in the bucket tagged
-// tag, and its checksum.
-func seal(tag byte, key, payload []byte) ([]byte, uint32) {
+// tag, encrypted under keys' active key if set, and its checksum.
+func seal(keys *atrest.Keys, tag byte, key, payload []byte) ([]byte, uint32) {
+	c := checksum(tag, key, payload)
+	if ring := keys.Ring(); ring != nil {
+		out := make([]byte, sealSize, sealSize+atrest.Overhead+len(payload))
+		out[0] = encryptedMark
+		binary.LittleEndian.PutUint32(out[1:5], c)
+		return ring.Seal(out, payload, sealAD(tag, key)), c
+	}
 	out := make([]byte, sealSize+len(payload))
 	out[0] = sealMark
-	c := checksum(tag, key, payload)
 	binary.LittleEndian.PutUint32(out[1:5], c)
 	copy(out[sealSize:], payload)
 	return out, c
 }
 
-// unseal checks a stored value and returns its payload (aliasing raw) and
-// checksum. A value without a seal (written before seals existed) is
-// returned as it is, with its checksum computed.
-func unseal(tag byte, key, raw []byte) ([]byte, uint32, error) {
-	if len(raw) == 0 || raw[0] != sealMark {
+// unseal checks a stored value and returns its payload (aliasing raw,
+// unless it was encrypted) and checksum. A value without a seal (written
+// before seals existed) is returned as it is, with its checksum computed.
+// An encrypted value is opened with keys: one under a key they do not hold
+// fails with atrest.ErrUnknownKey (the key file lacks a line, the data is
+// not damaged), one that fails to open is corrupt.
+func unseal(keys *atrest.Keys, tag byte, key, raw []byte) ([]byte, uint32, error) {
+	if len(raw) == 0 || (raw[0] != sealMark && raw[0] != encryptedMark) {
 		return raw, checksum(tag, key, raw), nil
 	}
 	if len(raw) < sealSize {
@@ -90,17 +118,46 @@ func unseal(tag byte, key, raw []byte) ([]byte, uint32, error) {
 	}
 	want := binary.LittleEndian.Uint32(raw[1:5])
 	payload := raw[sealSize:]
+	if raw[0] == encryptedMark {
+		ring := keys.Ring()
+		if ring == nil {
+			id, _ := atrest.SealedWith(payload)
+			return nil, 0, fmt.Errorf("value of %q in bucket %d is encrypted (key %s) and the store has no key: %w", key, tag, id, atrest.ErrUnknownKey)
+		}
+		plain, err := ring.Open(nil, payload, sealAD(tag, key))
+		switch {
+		case errors.Is(err, atrest.ErrUnknownKey):
+			return nil, 0, fmt.Errorf("value of %q in bucket %d: %w", key, tag, err)
+		case err != nil:
+			return nil, 0, corruptf("value of %q in bucket %d: %v", key, tag, err)
+		}
+		payload = plain
+	}
 	if got := checksum(tag, key, payload); got != want {
 		return nil, 0, corruptf("value of %q in bucket %d: checksum %08x, stored %08x", key, tag, got, want)
 	}
 	return payload, want, nil
 }
 
+// sealedUnder reports whether raw is sealed as keys would seal it now:
+// encrypted under the active key, or not encrypted when keys are unset.
+func sealedUnder(keys *atrest.Keys, raw []byte) bool {
+	ring := keys.Ring()
+	if ring == nil {
+		return len(raw) == 0 || raw[0] != encryptedMark
+	}
+	if len(raw) < sealSize || raw[0] != encryptedMark {
+		return false
+	}
+	id, ok := atrest.SealedWith(raw[sealSize:])
+	return ok && id == ring.Active()
+}
+
 // storedChecksum returns the checksum a stored value carries (computed for
 // an unsealed one), without checking it: enough to take an old value out
 // of the state hash when it is overwritten.
 func storedChecksum(tag byte, key, raw []byte) uint32 {
-	if len(raw) >= sealSize && raw[0] == sealMark {
+	if len(raw) >= sealSize && (raw[0] == sealMark || raw[0] == encryptedMark) {
 		return binary.LittleEndian.Uint32(raw[1:5])
 	}
 	return checksum(tag, key, raw)
@@ -108,7 +165,10 @@ func storedChecksum(tag byte, key, raw []byte) uint32 {
 
 // sealOverhead returns how many bytes of a stored value are its seal.
 func sealOverhead(raw []byte) int {
-	if len(raw) >= sealSize && raw[0] == sealMark {
+	switch {
+	case len(raw) >= sealSize+atrest.Overhead && raw[0] == encryptedMark:
+		return sealSize + atrest.Overhead
+	case len(raw) >= sealSize && raw[0] == sealMark:
 		return sealSize
 	}
 	return 0
@@ -118,6 +178,8 @@ func sealOverhead(raw []byte) int {
 type bucket struct {
 	b   *bolt.Bucket
 	tag byte
+	// keys encrypt the bucket's values (nil: not encrypted).
+	keys *atrest.Keys
 	// hashed buckets count in the state hash.
 	hashed bool
 }
@@ -129,14 +191,14 @@ func (b bucket) get(key []byte) ([]byte, error) {
 	if raw == nil {
 		return nil, nil
 	}
-	p, _, err := unseal(b.tag, key, raw)
+	p, _, err := unseal(b.keys, b.tag, key, raw)
 	return p, err
 }
 
 // forEach calls fn with every key and checked payload, in key order.
 func (b bucket) forEach(fn func(k, v []byte) error) error {
 	return b.b.ForEach(func(k, raw []byte) error {
-		p, _, err := unseal(b.tag, k, raw)
+		p, _, err := unseal(b.keys, b.tag, k, raw)
 		if err != nil {
 			return err
 		}
@@ -146,18 +208,19 @@ func (b bucket) forEach(fn func(k, v []byte) error) error {
 
 // cursor walks a sealed bucket, checking each value it returns.
 type cursor struct {
-	c   *bolt.Cursor
-	tag byte
-	err error
+	c    *bolt.Cursor
+	tag  byte
+	keys *atrest.Keys
+	err  error
 }
 
-func (b bucket) cursor() *cursor { return &cursor{c: b.b.Cursor(), tag: b.tag} }
+func (b bucket) cursor() *cursor { return &cursor{c: b.b.Cursor(), tag: b.tag, keys: b.keys} }
 
 func (c *cursor) check(k, raw []byte) ([]byte, []byte) {
 	if k == nil {
 		return nil, nil
 	}
-	p, _, err := unseal(c.tag, k, raw)
+	p, _, err := unseal(c.keys, c.tag, k, raw)
 	if err != nil {
 		c.err = err
 		return nil, nil

@@ -13,6 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/atrest"
 	"github.com/kvd-project/kvd/internal/fsutil"
 )
 
@@ -28,6 +29,7 @@ const snapshotHeaderSize = len(snapshotMagic) + 16
 // done: it holds a bbolt read transaction.
 type Snapshot struct {
 	tx      *bolt.Tx
+	keys    *atrest.Keys
 	h       *handle
 	applied uint64
 	term    uint64
@@ -46,7 +48,7 @@ func (db *DB) Snapshot() (*Snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: begin read transaction: %w", err)
 	}
-	meta := bucketsOf(tx).meta
+	meta := bucketsOf(tx, db.opts.Keys).meta
 	applied, err := metaU64(meta, metaApplied)
 	var term uint64
 	if err == nil {
@@ -57,7 +59,7 @@ func (db *DB) Snapshot() (*Snapshot, error) {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
 	db.h.pins.Add(1)
-	return &Snapshot{tx: tx, h: db.h, applied: applied, term: term, group: db.opts.Group}, nil
+	return &Snapshot{tx: tx, keys: db.opts.Keys, h: db.h, applied: applied, term: term, group: db.opts.Group}, nil
 }
 
 // AppliedIndex returns the index of the last entry the snapshot contains.
@@ -201,7 +203,7 @@ func (db *DB) verify(path string, applied uint64) error {
 	defer bdb.Close()
 	return guard(func() error {
 		return bdb.View(func(tx *bolt.Tx) error {
-			r, err := verifyTx(tx)
+			r, err := verifyTx(tx, db.opts.Keys)
 			if err != nil {
 				return fmt.Errorf("%w: %w", errBadSnapshot, err)
 			}

@@ -1,0 +1,188 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/kvd-project/kvd/internal/atrest"
+)
+
+// metaSealedUnder records the key every encrypted value of the state was
+// last found sealed under (its id), once Reencrypt made it so: what the
+// file holds, so it travels with a snapshot of the file. Part of the
+// on-disk format.
+var metaSealedUnder = []byte("sealed_under")
+
+// reencryptBatch bounds the values one transaction of Reencrypt rewrites.
+const (
+	reencryptBatch      = 256
+	reencryptBatchBytes = 4 << 20
+)
+
+// SealedUnder returns the key id every value was under when Reencrypt
+// last finished, and whether it did since the state was written (false:
+// values may be under any key, or none).
+func (db *DB) SealedUnder() (atrest.KeyID, bool, error) {
+	var id atrest.KeyID
+	var ok bool
+	err := db.view(func(tx *bolt.Tx) error {
+		b, err := bucketsOf(tx, db.opts.Keys).meta.get(metaSealedUnder)
+		if err != nil || len(b) != len(id) {
+			return err
+		}
+		copy(id[:], b)
+		ok = true
+		return nil
+	})
+	return id, ok, err
+}
+
+// Reencrypt rewrites every value of the state that is not sealed as the
+// store's keys seal now: under the active key, or, for values written
+// before encryption was on, encrypted for the first time. It runs beside
+// Apply, a batch per write transaction; a value keeps its plaintext and
+// checksum, so the state hash does not change. It repeats until a pass
+// finds nothing to rewrite (an Apply that began before a key changed may
+// have sealed under the old one), then records the active key (see
+// SealedUnder), and returns how many values it rewrote. A value under a
+// key the ring lacks fails it with atrest.ErrUnknownKey.
+func (db *DB) Reencrypt(ctx context.Context) (int, error) {
+	ring := db.opts.Keys.Ring()
+	if ring == nil {
+		return 0, nil
+	}
+	active := ring.Active()
+	if id, ok, err := db.SealedUnder(); err != nil || (ok && id == active) {
+		return 0, err
+	}
+	total := 0
+	for {
+		n := 0
+		for _, name := range encryptedBuckets {
+			k, err := db.reencryptBucket(ctx, name)
+			n += k
+			if err != nil {
+				return total + n, err
+			}
+		}
+		total += n
+		if n == 0 {
+			break
+		}
+	}
+	if db.opts.Keys.Ring().Active() != active {
+		return total, fmt.Errorf("reencrypt: %w", errKeyChanged)
+	}
+	err := db.update(func(tx *bolt.Tx) error {
+		return putMeta(bucketsOf(tx, db.opts.Keys).meta, metaSealedUnder, active[:])
+	})
+	return total, err
+}
+
+// errKeyChanged means the active key changed while Reencrypt ran: run it
+// again.
+var errKeyChanged = errors.New("the active key changed meanwhile")
+
+// encryptedBuckets are the buckets whose values are encrypted.
+var encryptedBuckets = [][]byte{bucketKV, bucketLocks, bucketTxnKeys, bucketTxns, bucketDedup, bucketHistory, bucketRestore}
+
+// reencryptBucket rewrites the values of one bucket that need it, a
+// batch at a time.
+func (db *DB) reencryptBucket(ctx context.Context, name []byte) (int, error) {
+	var after []byte
+	total := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		var next []byte
+		n := 0
+		err := db.update(func(tx *bolt.Tx) error {
+			b := bucketOf(tx, name, db.opts.Keys)
+			c := b.b.Cursor()
+			k, raw := c.First()
+			if after != nil {
+				if k, raw = c.Seek(after); k != nil && bytes.Equal(k, after) {
+					k, raw = c.Next()
+				}
+			}
+			type rewrite struct{ key, val []byte }
+			var batch []rewrite
+			size := 0
+			for ; k != nil && len(batch) < reencryptBatch && size < reencryptBatchBytes; k, raw = c.Next() {
+				next = append(next[:0], k...)
+				if sealedUnder(db.opts.Keys, raw) {
+					continue
+				}
+				p, _, err := unseal(b.keys, b.tag, k, raw)
+				if err != nil {
+					return err
+				}
+				sealed, _ := seal(b.keys, b.tag, k, p)
+				batch = append(batch, rewrite{append([]byte(nil), k...), sealed})
+				size += len(sealed)
+			}
+			if k == nil {
+				next = nil
+			}
+			// Written after the walk: a bbolt cursor must not see its
+			// bucket change under it.
+			for _, r := range batch {
+				if err := b.b.Put(r.key, r.val); err != nil {
+					return err
+				}
+			}
+			n = len(batch)
+			return nil
+		})
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("reencrypt bucket %s: %w", name, err)
+		}
+		if next == nil {
+			return total, nil
+		}
+		after = next
+	}
+}
+
+// bucketOf returns one of the store's encrypted buckets in tx.
+func bucketOf(tx *bolt.Tx, name []byte, keys *atrest.Keys) bucket {
+	bs := bucketsOf(tx, keys)
+	switch string(name) {
+	case string(bucketKV):
+		return bs.kv
+	case string(bucketLocks):
+		return bs.locks
+	case string(bucketTxnKeys):
+		return bs.txnKeys
+	case string(bucketTxns):
+		return bs.txns
+	case string(bucketDedup):
+		return bs.dedup
+	case string(bucketHistory):
+		return bs.hist
+	case string(bucketRestore):
+		return bs.restoreB
+	}
+	panic(fmt.Sprintf("store: no encrypted bucket %s", name))
+}
+
+// update runs fn in a write transaction of the current handle, beside
+// Apply (bbolt runs one write transaction at a time).
+func (db *DB) update(fn func(tx *bolt.Tx) error) error {
+	db.handleMu.RLock()
+	defer db.handleMu.RUnlock()
+	if db.h == nil {
+		return db.noHandle()
+	}
+	err := guard(func() error { return db.h.bdb.Update(fn) })
+	if err != nil && isCorrupt(err) && db.opts.OnCorrupt != nil {
+		db.opts.OnCorrupt(err)
+	}
+	return err
+}
