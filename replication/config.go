@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/internal/atrest"
 	"github.com/kvd-project/kvd/store"
 )
 
@@ -106,6 +107,9 @@ type Config struct {
 
 	// Store configures the replica's bbolt state.
 	Store store.Options
+	// Keys, if set, encrypt the replica's state, Raft log entries and
+	// snapshots (see encryption.go); Store.Keys is set from it.
+	Keys *atrest.Keys
 	// Logger receives the replica's logs, Raft's included.
 	Logger *slog.Logger
 }

@@ -194,6 +194,9 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	if restored {
 		f.g.stats.snapshotsInstalled.Add(1)
+		if f.g.cfg.Keys != nil {
+			f.g.Reencrypt() // its values are under the sender's key
+		}
 	}
 	return nil
 }

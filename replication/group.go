@@ -26,7 +26,12 @@ type Group struct {
 	db    *store.DB
 	bolt  *raftboltdb.BoltStore
 	logs  *logStore
-	snaps raft.SnapshotStore
+	// sealedLogs and sealedSnaps seal what the log and the snapshots
+	// write (see encryption.go); snaps is sealedSnaps.
+	sealedLogs  *sealedLog
+	sealedSnaps *sealedSnapshots
+	snaps       raft.SnapshotStore
+	enc         encryptionState
 	trans raft.Transport
 	raft  *raft.Raft
 	fsm   *fsm

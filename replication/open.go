@@ -67,6 +67,7 @@ func newGroup(cfg Config) *Group {
 		pending:      pendingEntries{m: map[uint64]*entry{}, orphans: map[uint64]*entry{}},
 		leaderKick:   make(chan struct{}, 1),
 		raftDone:     make(chan struct{}),
+		enc:          encryptionState{kick: make(chan struct{}, 1)},
 	}
 	g.fsm = &fsm{g: g}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
@@ -81,9 +82,13 @@ func (g *Group) openStores(raftPath string, hlog hclog.Logger) (hasState bool, e
 	if g.bolt, err = raftboltdb.New(raftboltdb.Options{Path: raftPath}); err != nil {
 		return false, fmt.Errorf("raft log: %w", err)
 	}
-	if g.snaps, err = raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hlog); err != nil {
+	fss, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hlog)
+	if err != nil {
 		return false, fmt.Errorf("snapshots: %w", err)
 	}
+	g.sealedSnaps = &sealedSnapshots{FileSnapshotStore: fss, dir: cfg.Dir, keys: cfg.Keys}
+	g.snaps = g.sealedSnaps
+	g.sealedLogs = &sealedLog{LogStore: g.bolt, keys: cfg.Keys, log: g.log}
 	hasState, err = raft.HasExistingState(g.bolt, g.bolt, g.snaps)
 	if err != nil {
 		return false, err
@@ -95,13 +100,17 @@ func (g *Group) openStores(raftPath string, hlog hclog.Logger) (hasState bool, e
 	sopts.Logger = g.log
 	sopts.Group = cfg.Group
 	sopts.OnCorrupt = g.corruptionSeen
+	sopts.Keys = cfg.Keys
 	if g.db, err = store.Open(filepath.Join(cfg.Dir, "state.db"), sopts); err != nil {
+		return false, err
+	}
+	if err := g.checkKeys(); err != nil {
 		return false, err
 	}
 	if err := g.catchUpWithSnapshot(); err != nil {
 		return false, err
 	}
-	g.logs = newLogStore(g.bolt, cfg.LogCacheBytes, cfg.LogCacheEntries, g.log)
+	g.logs = newLogStore(g.sealedLogs, cfg.LogCacheBytes, cfg.LogCacheEntries, g.log)
 	g.logs.onAppend = cfg.Observer.Append
 	return hasState, nil
 }
@@ -220,6 +229,7 @@ func (g *Group) startRaft(hlog hclog.Logger, notify chan bool, hasState bool) er
 func (g *Group) startWorkers(notify <-chan bool) {
 	g.leaderReads = newReadBatcher(g.leaderRound)
 	g.followerReads = newReadBatcher(g.followerRound)
+	g.goFunc(g.runReencrypt)
 	g.goFunc(g.runProposer)
 	g.goFunc(g.runCompleter)
 	g.goFunc(func() { g.leaderReads.run(g.ctx) })

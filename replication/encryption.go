@@ -1,0 +1,495 @@
+package replication
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/kvd-project/kvd/internal/atrest"
+)
+
+// Encryption at rest (Config.Keys) reaches the replica's three files:
+//
+//   - the state: the store seals each value (store.Options.Keys);
+//   - the Raft log: sealedLog seals the payload of each command entry on
+//     its way to raft-boltdb, bound to its index (configuration entries,
+//     which hold the members' ids and addresses, stay as raft writes them:
+//     raft decodes them itself and panics on one it cannot);
+//   - snapshots: sealedSnapshots seals each snapshot file as a stream.
+//
+// What travels between replicas (entries, snapshots being installed) is
+// plaintext to this layer, on the peers' own connections (TLS when
+// --peer-tls is set); each replica seals what it writes. A snapshot holds
+// the state file's pages, whose values stay sealed under the sender's key:
+// every node of a cluster holds the same keys.
+//
+// A rotation (a new active key) is carried out by reencrypt: the state's
+// values, then the log's entries, then the snapshots are brought under the
+// active key, while the replica serves.
+
+// logAD binds a sealed entry payload to its index.
+func logAD(index uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte("kvd raft log\x00"), index)
+}
+
+// snapshotAD binds a sealed stream to being a snapshot.
+var snapshotAD = []byte("kvd snapshot")
+
+// sealedLog seals the payloads of command entries in the Raft log.
+type sealedLog struct {
+	raft.LogStore
+	keys *atrest.Keys
+	log  interface{ Warn(string, ...any) }
+	// mu orders reencrypt's rewrites with raft's writes and deletes, so
+	// that a rewrite never brings back an entry raft replaced or removed.
+	mu sync.Mutex
+}
+
+var _ raft.LogStore = (*sealedLog)(nil)
+
+func (s *sealedLog) sealed(logs []*raft.Log) []*raft.Log {
+	ring := s.keys.Ring()
+	if ring == nil {
+		return logs
+	}
+	out := make([]*raft.Log, len(logs))
+	for i, l := range logs {
+		if l.Type != raft.LogCommand || len(l.Data) == 0 {
+			out[i] = l
+			continue
+		}
+		c := *l
+		c.Data = ring.Seal(nil, l.Data, logAD(l.Index))
+		out[i] = &c
+	}
+	return out
+}
+
+// StoreLog implements raft.LogStore.
+func (s *sealedLog) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l}) }
+
+// StoreLogs implements raft.LogStore: it stores sealed copies; the logs
+// raft passed are left as they are (the cache keeps them).
+func (s *sealedLog) StoreLogs(logs []*raft.Log) error {
+	sealed := s.sealed(logs)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.LogStore.StoreLogs(sealed)
+}
+
+// DeleteRange implements raft.LogStore.
+func (s *sealedLog) DeleteRange(min, max uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.LogStore.DeleteRange(min, max)
+}
+
+// GetLog implements raft.LogStore. An entry whose payload cannot be
+// opened (damaged, or under a key the ring lacks) is returned with its
+// payload sealed: the FSM finds it undecodable and repairs it from a peer
+// (see repair.go), as it does a payload that failed its checksum, rather
+// than raft stopping on an error.
+func (s *sealedLog) GetLog(idx uint64, out *raft.Log) error {
+	if err := s.LogStore.GetLog(idx, out); err != nil {
+		return err
+	}
+	if out.Type != raft.LogCommand || !atrest.IsSealed(out.Data) {
+		return nil
+	}
+	ring := s.keys.Ring()
+	if ring == nil {
+		s.log.Warn("raft log entry is encrypted and the node has no key", "index", idx)
+		return nil
+	}
+	plain, err := ring.Open(nil, out.Data, logAD(idx))
+	if err != nil {
+		s.log.Warn("raft log entry cannot be opened", "index", idx, "err", err)
+		return nil
+	}
+	out.Data = plain
+	return nil
+}
+
+// reencrypt rewrites every command entry not sealed under the active key,
+// a batch at a time, and returns how many it rewrote.
+func (s *sealedLog) reencrypt(ctx context.Context) (int, error) {
+	ring := s.keys.Ring()
+	if ring == nil {
+		return 0, nil
+	}
+	first, err := s.FirstIndex()
+	if err != nil {
+		return 0, err
+	}
+	last, err := s.LastIndex()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for idx := first; idx <= last && idx > 0; {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		k, err := s.reencryptBatch(ring, idx, min(last, idx+63))
+		n += k
+		if err != nil {
+			return n, err
+		}
+		idx += 64
+	}
+	return n, nil
+}
+
+func (s *sealedLog) reencryptBatch(ring *atrest.Keyring, from, to uint64) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var batch []*raft.Log
+	for idx := from; idx <= to; idx++ {
+		var l raft.Log
+		err := s.LogStore.GetLog(idx, &l)
+		if errors.Is(err, raft.ErrLogNotFound) {
+			continue // compacted or truncated meanwhile
+		}
+		if err != nil {
+			return 0, fmt.Errorf("read raft log entry %d: %w", idx, err)
+		}
+		if l.Type != raft.LogCommand || len(l.Data) == 0 {
+			continue
+		}
+		if id, ok := atrest.SealedWith(l.Data); ok && id == ring.Active() {
+			continue
+		}
+		plain := l.Data
+		if atrest.IsSealed(l.Data) {
+			if plain, err = ring.Open(nil, l.Data, logAD(idx)); err != nil {
+				// Left for the FSM's repair, or for a snapshot to
+				// compact away.
+				s.log.Warn("raft log entry cannot be opened to re-encrypt it", "index", idx, "err", err)
+				continue
+			}
+		}
+		l.Data = ring.Seal(nil, plain, logAD(idx))
+		batch = append(batch, &l)
+	}
+	if len(batch) == 0 {
+		return 0, nil
+	}
+	if err := s.LogStore.StoreLogs(batch); err != nil {
+		return 0, fmt.Errorf("rewrite raft log entries %d-%d: %w", from, to, err)
+	}
+	return len(batch), nil
+}
+
+// sealedSnapshots seals the snapshot files of a raft.FileSnapshotStore. A
+// snapshot written before encryption was on is read as it is.
+type sealedSnapshots struct {
+	*raft.FileSnapshotStore
+	dir  string // the store's directory (snapshots under dir/snapshots)
+	keys *atrest.Keys
+}
+
+var _ raft.SnapshotStore = (*sealedSnapshots)(nil)
+
+// Create implements raft.SnapshotStore.
+func (s *sealedSnapshots) Create(version raft.SnapshotVersion, index, term uint64, configuration raft.Configuration,
+	configurationIndex uint64, trans raft.Transport) (raft.SnapshotSink, error) {
+	sink, err := s.FileSnapshotStore.Create(version, index, term, configuration, configurationIndex, trans)
+	if err != nil {
+		return nil, err
+	}
+	ring := s.keys.Ring()
+	if ring == nil {
+		return sink, nil
+	}
+	w, err := ring.NewWriter(sink, snapshotAD)
+	if err != nil {
+		sink.Cancel()
+		return nil, fmt.Errorf("seal snapshot: %w", err)
+	}
+	return &sealedSink{SnapshotSink: sink, w: w}, nil
+}
+
+// Open implements raft.SnapshotStore: it opens a sealed snapshot, and
+// gives its plaintext size (raft sends that many bytes to a follower).
+func (s *sealedSnapshots) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
+	meta, rc, err := s.FileSnapshotStore.Open(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	br := bufio.NewReader(rc)
+	head, _ := br.Peek(len(atrest.StreamMagic))
+	if !atrest.IsSealedStream(head) {
+		return meta, readCloser{br, rc}, nil
+	}
+	ring := s.keys.Ring()
+	if ring == nil {
+		rc.Close()
+		return nil, nil, fmt.Errorf("snapshot %s is encrypted and the node has no key: %w", id, atrest.ErrUnknownKey)
+	}
+	r, err := ring.NewReader(br, snapshotAD)
+	if err != nil {
+		rc.Close()
+		return nil, nil, fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	m := *meta
+	m.Size = atrest.PlainSize(meta.Size)
+	return &m, readCloser{r, rc}, nil
+}
+
+// sealedUnder returns the key id a snapshot's file is sealed under (ok
+// false if it is not sealed), from the file's first bytes.
+func (s *sealedSnapshots) sealedUnder(id string) (atrest.KeyID, bool, error) {
+	f, err := os.Open(filepath.Join(s.dir, "snapshots", id, "state.bin"))
+	if err != nil {
+		return atrest.KeyID{}, false, err
+	}
+	defer f.Close()
+	head := make([]byte, 64)
+	n, _ := io.ReadFull(f, head)
+	k, err := atrest.StreamKey(head[:n])
+	if err != nil {
+		return k, false, nil
+	}
+	return k, true, nil
+}
+
+// reencrypt brings the retained snapshots under the active key: it writes
+// the newest one again, twice (the store keeps the two newest, and a copy
+// of the same index counts as newer), unless all are under it already.
+// It reports whether it rewrote.
+func (s *sealedSnapshots) reencrypt(trans raft.Transport) (bool, error) {
+	ring := s.keys.Ring()
+	if ring == nil {
+		return false, nil
+	}
+	metas, err := s.List()
+	if err != nil || len(metas) == 0 {
+		return false, err
+	}
+	stale := false
+	for _, m := range metas {
+		id, ok, err := s.sealedUnder(m.ID)
+		if err != nil {
+			return false, fmt.Errorf("snapshot %s: %w", m.ID, err)
+		}
+		stale = stale || !ok || id != ring.Active()
+	}
+	if !stale {
+		return false, nil
+	}
+	for range 2 {
+		if err := s.copyNewest(trans); err != nil {
+			return true, err
+		}
+		// Snapshot names end in milliseconds: two copies in one would
+		// share a name.
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true, nil
+}
+
+// copyNewest writes the newest snapshot again; trans is the group's
+// transport (the file store encodes the members' addresses with it).
+func (s *sealedSnapshots) copyNewest(trans raft.Transport) error {
+	metas, err := s.List()
+	if err != nil || len(metas) == 0 {
+		return err
+	}
+	m := metas[0]
+	meta, rc, err := s.Open(m.ID)
+	if err != nil {
+		return fmt.Errorf("open snapshot %s: %w", m.ID, err)
+	}
+	defer rc.Close()
+	sink, err := s.Create(meta.Version, meta.Index, meta.Term, meta.Configuration, meta.ConfigurationIndex, trans)
+	if err != nil {
+		return fmt.Errorf("copy snapshot %s: %w", m.ID, err)
+	}
+	if _, err := io.Copy(sink, rc); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("copy snapshot %s: %w", m.ID, err)
+	}
+	return sink.Close()
+}
+
+// sealedSink seals what is written to a snapshot sink.
+type sealedSink struct {
+	raft.SnapshotSink
+	w io.WriteCloser
+}
+
+func (s *sealedSink) Write(p []byte) (int, error) { return s.w.Write(p) }
+
+// Close writes the stream's last chunk, then closes the file.
+func (s *sealedSink) Close() error {
+	if err := s.w.Close(); err != nil {
+		s.SnapshotSink.Cancel()
+		return fmt.Errorf("seal snapshot: %w", err)
+	}
+	return s.SnapshotSink.Close()
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
+// encryptionState is what the replica's re-encryption has done.
+type encryptionState struct {
+	kick chan struct{} // asks runReencrypt for a pass
+
+	mu        sync.Mutex // protects the fields below
+	done      bool       // everything is under doneFor
+	doneFor   atrest.KeyID
+	rewritten uint64
+	err       error
+}
+
+// EncryptionStatus tells where a replica's re-encryption stands.
+type EncryptionStatus struct {
+	// Encrypted is whether the replica has keys.
+	Encrypted bool
+	// Active is the id of the key new data is sealed under.
+	Active string
+	// Done is whether the state, the log and the snapshots are all under
+	// the active key.
+	Done bool
+	// Rewritten counts the values, entries and snapshots re-encrypted
+	// since the replica opened.
+	Rewritten uint64
+	// Error is the last pass's failure ("" if none).
+	Error string
+}
+
+// EncryptionStatus returns where the replica's re-encryption stands.
+func (g *Group) EncryptionStatus() EncryptionStatus {
+	ring := g.cfg.Keys.Ring()
+	if ring == nil {
+		return EncryptionStatus{}
+	}
+	g.enc.mu.Lock()
+	defer g.enc.mu.Unlock()
+	st := EncryptionStatus{Encrypted: true, Active: ring.Active().String(), Rewritten: g.enc.rewritten,
+		Done: g.enc.done && g.enc.doneFor == ring.Active()}
+	if g.enc.err != nil {
+		st.Error = g.enc.err.Error()
+	}
+	return st
+}
+
+// Reencrypt asks the replica to bring what it holds under the active key
+// (after the keys changed); it returns at once, the work goes on in the
+// background (see EncryptionStatus).
+func (g *Group) Reencrypt() {
+	g.enc.mu.Lock()
+	g.enc.done = false
+	g.enc.mu.Unlock()
+	kick(g.enc.kick)
+}
+
+// checkKeys refuses to open a state encrypted under a key the replica
+// lacks: every read would fail.
+func (g *Group) checkKeys() error {
+	id, ok, err := g.db.SealedUnder()
+	if err != nil || !ok {
+		return err
+	}
+	ring := g.cfg.Keys.Ring()
+	if ring == nil {
+		return fmt.Errorf("group %d: the state is encrypted (key %s): start the node with its --encryption-key-file", g.id, id)
+	}
+	if !ring.Has(id) {
+		return fmt.Errorf("group %d: the state is encrypted under key %s, which the key file lacks: %w", g.id, id, atrest.ErrUnknownKey)
+	}
+	return nil
+}
+
+// runReencrypt makes a pass when asked (and once at the start), again
+// after a failure, until the replica closes.
+func (g *Group) runReencrypt() {
+	if g.cfg.Keys == nil {
+		return
+	}
+	kick(g.enc.kick)
+	for attempt := 0; ; {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-g.enc.kick:
+		}
+		err := g.reencryptPass()
+		g.enc.mu.Lock()
+		g.enc.err = err
+		g.enc.mu.Unlock()
+		if err == nil || g.ctx.Err() != nil {
+			attempt = 0
+			continue
+		}
+		g.log.Warn("re-encryption pass failed; trying again", "err", err)
+		attempt++
+		if !g.pause(diskBackoff.Delay(attempt)) {
+			return
+		}
+		kick(g.enc.kick)
+	}
+}
+
+// reencryptPass brings the state, the log and the snapshots under the
+// active key.
+func (g *Group) reencryptPass() error {
+	ring := g.cfg.Keys.Ring()
+	if ring == nil {
+		return nil
+	}
+	active := ring.Active()
+	g.enc.mu.Lock()
+	skip := g.enc.done && g.enc.doneFor == active
+	g.enc.mu.Unlock()
+	if skip {
+		return nil
+	}
+	start := time.Now()
+	values, err := g.db.Reencrypt(g.ctx)
+	g.noteRewritten(values)
+	if err != nil {
+		return fmt.Errorf("re-encrypt the state: %w", err)
+	}
+	entries, err := g.sealedLogs.reencrypt(g.ctx)
+	g.noteRewritten(entries)
+	if err != nil {
+		return fmt.Errorf("re-encrypt the raft log: %w", err)
+	}
+	rewrote, err := g.sealedSnaps.reencrypt(g.trans)
+	if rewrote {
+		g.noteRewritten(1)
+	}
+	if err != nil {
+		return fmt.Errorf("re-encrypt the snapshots: %w", err)
+	}
+	if g.cfg.Keys.Ring().Active() != active {
+		kick(g.enc.kick) // rotated again meanwhile
+		return nil
+	}
+	g.enc.mu.Lock()
+	g.enc.done, g.enc.doneFor = true, active
+	g.enc.mu.Unlock()
+	if values+entries > 0 || rewrote {
+		g.log.Info("re-encrypted the replica under the active key", "key", active.String(), "values", values, "log_entries", entries, "snapshots_rewritten", rewrote, "took", time.Since(start))
+	}
+	return nil
+}
+
+func (g *Group) noteRewritten(n int) {
+	g.enc.mu.Lock()
+	g.enc.rewritten += uint64(n)
+	g.enc.mu.Unlock()
+}
