@@ -20,21 +20,21 @@ import (
 // machine is a store.DB. The leader is the group's primary; followers are
 // backups and take over when it fails.
 type Group struct {
-	cfg   Config
-	id    kvd.GroupID
-	log   *slog.Logger
-	db    *store.DB
-	bolt  *raftboltdb.BoltStore
-	logs  *logStore
+	cfg  Config
+	id   kvd.GroupID
+	log  *slog.Logger
+	db   *store.DB
+	bolt *raftboltdb.BoltStore
+	logs *logStore
 	// sealedLogs and sealedSnaps seal what the log and the snapshots
 	// write (see encryption.go); snaps is sealedSnaps.
 	sealedLogs  *sealedLog
 	sealedSnaps *sealedSnapshots
 	snaps       raft.SnapshotStore
 	enc         encryptionState
-	trans raft.Transport
-	raft  *raft.Raft
-	fsm   *fsm
+	trans       raft.Transport
+	raft        *raft.Raft
+	fsm         *fsm
 
 	health healthState
 	stats  groupStats
