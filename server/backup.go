@@ -97,6 +97,11 @@ var errCutAgain = errors.New("the cut must be taken again")
 // called once the cut is taken, just before the first byte, for the
 // writer. An error after start was called leaves the written stream
 // without its end: a reader refuses it as truncated.
+//
+// With Config.Encryption set, what is written is the backup sealed as an
+// atrest stream under the active key (associated data "kvd backup"): the
+// summary answered is that of the backup inside. Without it, the backup
+// is written as it is.
 func (s *Server) Backup(ctx context.Context, start func() io.Writer) (backup.Summary, error) {
 	began := time.Now()
 	cw := &countingWriter{}
@@ -114,6 +119,10 @@ func (s *Server) Backup(ctx context.Context, start func() io.Writer) (backup.Sum
 }
 
 func (s *Server) backup(ctx context.Context, start func() io.Writer) (backup.Summary, error) {
+	// With encryption on, the backup (the very bytes of package backup)
+	// is sealed as one stream under the active key of the ring as it is
+	// now; any node holding that key opens it (see spoolBackup).
+	ring := s.cfg.Encryption.Ring()
 	var parts []*backupPart
 	var hdr backup.Header
 	var err error
@@ -143,7 +152,15 @@ func (s *Server) backup(ctx context.Context, start func() io.Writer) (backup.Sum
 			p.close()
 		}
 	}()
-	w, err := backup.NewWriter(start(), hdr)
+	out := start()
+	var seal io.WriteCloser
+	if ring != nil {
+		if seal, err = ring.NewWriter(out, []byte(backupAD)); err != nil {
+			return backup.Summary{}, fmt.Errorf("backup: %w", err)
+		}
+		out = seal
+	}
+	w, err := backup.NewWriter(out, hdr)
 	if err != nil {
 		return backup.Summary{}, err
 	}
@@ -152,8 +169,18 @@ func (s *Server) backup(ctx context.Context, start func() io.Writer) (backup.Sum
 			return backup.Summary{}, fmt.Errorf("backup of group %d: %w", p.hdr.Group, err)
 		}
 	}
-	return w.Close()
+	sum, err := w.Close()
+	if err == nil && seal != nil {
+		// The last sealed chunk, marked last: without it a reader
+		// refuses the stream as cut short.
+		err = seal.Close()
+	}
+	return sum, err
 }
+
+// backupAD is the associated data of a sealed backup stream: a sealed
+// stream of another kind (a snapshot) fails to open as a backup.
+const backupAD = "kvd backup"
 
 // takeCut freezes every group of m, opens a snapshot of each at the cut,
 // and lifts the freeze (whatever happens). The parts it returns are open:

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,12 +10,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/backup"
+	"github.com/kvd-project/kvd/internal/atrest"
 	"github.com/kvd-project/kvd/internal/failpoint"
 	"github.com/kvd-project/kvd/store"
 )
@@ -22,9 +25,12 @@ import (
 // A restore (POST /v1/admin/restore) loads a backup into the cluster, all
 // or nothing, driven by the node asked:
 //
-//  1. the upload is written to a file in the data directory and checked
-//     whole (every chunk's checksum, the file's, the counts): a damaged,
-//     cut or foreign file is refused before anything is written;
+//  1. the upload is written to a file in the data directory (sealed
+//     under a key held in memory: see spoolBackup) and checked whole
+//     (every chunk's checksum, the file's, the counts; an encrypted
+//     backup is opened with the node's keys first): a damaged, cut or
+//     foreign file, or one encrypted under a key the node lacks, is
+//     refused before anything is written;
 //  2. the map records the restore (staging): one at a time, and no slot
 //     move starts meanwhile; a cluster that holds keys is refused unless
 //     forced;
@@ -151,14 +157,11 @@ func (s *Server) restore(ctx context.Context, r io.Reader, force bool) (api.Rest
 			return res, fmt.Errorf("restore: the cluster holds keys (in %d of its %d groups): force the restore (?force=true, kvcli restore --force) to replace them: %w", held, n, kvd.ErrConflict)
 		}
 	}
-	f, hdr, err := s.spoolBackup(r)
+	spool, hdr, err := s.spoolBackup(r)
 	if err != nil {
 		return res, err
 	}
-	defer func() {
-		f.Close()
-		os.Remove(f.Name())
-	}()
+	defer spool.remove()
 	res.Created = hdr.Created.Format(time.RFC3339)
 	m := s.Map()
 	ids := m.GroupIDs()
@@ -191,7 +194,7 @@ func (s *Server) restore(ctx context.Context, r io.Reader, force bool) (api.Rest
 		return res, fmt.Errorf("restore: the cluster holds keys (in %d of its %d groups): force the restore (?force=true, kvcli restore --force) to replace them: %w", held, len(ids), kvd.ErrConflict)
 	}
 	res.Replaced = held > 0
-	if err := s.stageBackup(ctx, f, m, rs.ID, &res); err != nil {
+	if err := s.stageBackup(ctx, spool, m, rs.ID, &res); err != nil {
 		return res, fmt.Errorf("restore: %w", err)
 	}
 	rs.Groups = ids
@@ -235,29 +238,128 @@ func (s *Server) groupsHoldingKeys(ctx context.Context) (held, n int, err error)
 }
 
 // spoolBackup writes the backup read from r to a file in the data
-// directory, checking it whole as it goes, and returns the file (at its
-// start) and the backup's header.
-func (s *Server) spoolBackup(r io.Reader) (*os.File, backup.Header, error) {
+// directory, checking it whole as it goes, and returns the spool (read it
+// with open) and the backup's header.
+//
+// r may hold a backup as package backup writes it, or one sealed by a
+// node with encryption on (see Backup), told apart by its first bytes. A
+// sealed one opens with a key of this node's ring: it is refused, before
+// anything is written anywhere, if this node has no encryption or lacks
+// its key, and if it fails to open whole (damaged, cut short, extended).
+//
+// What is spooled is the backup in the clear, sealed under a key of its
+// own: a random key held in memory by this restore alone, whether or not
+// the node has encryption on. So the spool never holds a value in the
+// clear on disk, a spool a crash left behind is unreadable to anyone (its
+// key died with the process), and reading it back depends neither on the
+// key file (reloaded meanwhile, a key rotated out) nor on a second code
+// path for nodes without encryption; the cost, AES-GCM over the upload
+// once more, is small beside staging every key through the groups' logs.
+func (s *Server) spoolBackup(r io.Reader) (*restoreSpoolFile, backup.Header, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var in io.Reader = br
+	// The head of a sealed stream: its magic, key id and nonce prefix
+	// (Peek answers fewer bytes for a shorter upload).
+	head, err := br.Peek(64)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, backup.Header{}, fmt.Errorf("restore: read the upload: %w: %w", err, kvd.ErrInvalid)
+	}
+	sealed := atrest.IsSealedStream(head)
+	if sealed {
+		if in, err = s.openSealedBackup(br, head); err != nil {
+			return nil, backup.Header{}, err
+		}
+	}
+	spoolRing, err := atrest.NewKeyring(atrest.NewKey())
+	if err != nil {
+		return nil, backup.Header{}, fmt.Errorf("restore: %w", err)
+	}
 	f, err := os.CreateTemp(s.cfg.DataDir, restoreSpool)
 	if err != nil {
 		return nil, backup.Header{}, fmt.Errorf("restore: spool the upload: %w", err)
 	}
-	fail := func(err error) (*os.File, backup.Header, error) {
-		f.Close()
-		os.Remove(f.Name())
+	sp := &restoreSpoolFile{f: f, ring: spoolRing}
+	fail := func(err error) (*restoreSpoolFile, backup.Header, error) {
+		sp.remove()
 		return nil, backup.Header{}, err
 	}
-	hdr, _, err := backup.VerifyLimit(io.TeeReader(r, &diskWriter{f: f, s: s}), s.maxBackupChunk())
+	sw, err := spoolRing.NewWriter(&diskWriter{f: f, s: s}, []byte(spoolAD))
 	if err != nil {
-		if errors.Is(err, kvd.ErrInsufficientStorage) {
-			return fail(fmt.Errorf("restore: spool the upload: %w", err))
-		}
+		return fail(fmt.Errorf("restore: spool the upload: %w", err))
+	}
+	hdr, _, err := backup.VerifyLimit(io.TeeReader(in, sw), s.maxBackupChunk())
+	if err == nil && sealed {
+		// The backup ended, but the sealed stream must end too, with
+		// its last chunk: else it was cut short or extended.
+		_, err = io.Copy(io.Discard, in)
+	}
+	if err == nil {
+		err = sw.Close()
+	}
+	switch {
+	case err == nil:
+	case errors.Is(err, kvd.ErrInsufficientStorage):
+		return fail(fmt.Errorf("restore: spool the upload: %w", err))
+	case errors.Is(err, atrest.ErrCorrupt):
+		return fail(fmt.Errorf("restore: the encrypted backup is corrupt or truncated (it fails to open whole): %v: %w", err, kvd.ErrInvalid))
+	default:
 		return fail(fmt.Errorf("restore: %w: %w", err, kvd.ErrInvalid))
 	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return fail(fmt.Errorf("restore: %w", err))
+	return sp, hdr, nil
+}
+
+// openSealedBackup opens the sealed backup br, whose first bytes are head,
+// with this node's ring, or says why it cannot (ErrInvalid).
+func (s *Server) openSealedBackup(br io.Reader, head []byte) (io.Reader, error) {
+	id, err := atrest.StreamKey(head)
+	if err != nil {
+		return nil, fmt.Errorf("restore: the backup is encrypted, but is truncated inside its header (%d bytes): %w", len(head), kvd.ErrInvalid)
 	}
-	return f, hdr, nil
+	ring := s.cfg.Encryption.Ring()
+	if ring == nil {
+		return nil, fmt.Errorf("restore: the backup is encrypted (key id %s); this node has no --encryption-key-file: start the nodes with the key file that holds that key: %w", id, kvd.ErrInvalid)
+	}
+	if !ring.Has(id) {
+		return nil, fmt.Errorf("restore: the backup is encrypted under key id %s, which this node's key file (--encryption-key-file) lacks (it holds %s): add that key to the key file: %w", id, keyIDs(ring), kvd.ErrInvalid)
+	}
+	in, err := ring.NewReader(br, []byte(backupAD))
+	if err != nil {
+		return nil, fmt.Errorf("restore: open the encrypted backup: %v: %w", err, kvd.ErrInvalid)
+	}
+	return in, nil
+}
+
+// keyIDs lists the ids of ring's keys, the active one first.
+func keyIDs(ring *atrest.Keyring) string {
+	var ids []string
+	for _, id := range ring.IDs() {
+		ids = append(ids, id.String())
+	}
+	return strings.Join(ids, ", ")
+}
+
+// spoolAD is the associated data of a restore's spool.
+const spoolAD = "kvd restore spool"
+
+// restoreSpoolFile is a restore's upload, spooled to the data directory
+// sealed under a key held only by ring (see spoolBackup).
+type restoreSpoolFile struct {
+	f    *os.File
+	ring *atrest.Keyring
+}
+
+// open returns a reader of the spooled backup from its start.
+func (sp *restoreSpoolFile) open() (io.Reader, error) {
+	if _, err := sp.f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return sp.ring.NewReader(bufio.NewReaderSize(sp.f, 256<<10), []byte(spoolAD))
+}
+
+// remove closes and removes the spool.
+func (sp *restoreSpoolFile) remove() {
+	sp.f.Close()
+	os.Remove(sp.f.Name())
 }
 
 // restoreSpool names the files restores spool their uploads to, in the
@@ -382,10 +484,14 @@ func (s *Server) abortRestore(ctx context.Context, rs *kvd.Restore, groups []kvd
 	})
 }
 
-// stageBackup stages every record of the backup in f in the group that
-// owns its key's slot in m.
-func (s *Server) stageBackup(ctx context.Context, f *os.File, m *kvd.Map, id string, res *api.RestoreResult) error {
-	br, err := backup.NewReaderLimit(f, s.maxBackupChunk())
+// stageBackup stages every record of the spooled backup in the group
+// that owns its key's slot in m.
+func (s *Server) stageBackup(ctx context.Context, spool *restoreSpoolFile, m *kvd.Map, id string, res *api.RestoreResult) error {
+	in, err := spool.open()
+	if err != nil {
+		return fmt.Errorf("read the spooled upload: %w", err)
+	}
+	br, err := backup.NewReaderLimit(in, s.maxBackupChunk())
 	if err != nil {
 		return err
 	}
