@@ -243,6 +243,15 @@ func (h *Handler) adminRoutes(r *mux.Router) {
 			return map[string]string{"revoked": name}, h.b.RevokeToken(ctx, name)
 		})
 	})).Methods(http.MethodDelete)
+	r.HandleFunc("/v1/admin/encryption", h.admin(noBody, func(ctx context.Context, a adminArgs) (any, int, error) {
+		out, err := h.b.EncryptionStatus(ctx)
+		return out, http.StatusOK, err
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/v1/admin/encryption/rotate", h.admin(noBody, func(ctx context.Context, a adminArgs) (any, int, error) {
+		out, err := h.b.RotateKey(ctx)
+		return out, http.StatusOK, err
+	})).Methods(http.MethodPost)
+	r.HandleFunc("/v1/internal/encryption", h.peerCall(h.b.InternalEncryption)).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/join", h.peerCall(h.b.Join)).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/mapedit", h.peerCall(h.b.EditMap)).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/map", h.internalMap).Methods(http.MethodGet)

@@ -121,6 +121,12 @@ type Backend interface {
 	CreateToken(ctx context.Context, r api.TokenRequest) (api.TokenCreated, error)
 	Tokens(ctx context.Context) (api.TokenList, error)
 	RevokeToken(ctx context.Context, name string) error
+	// EncryptionStatus tells where encryption at rest stands on every
+	// node; RotateKey makes a new key active on every node (admin).
+	EncryptionStatus(ctx context.Context) (api.EncryptionStatus, error)
+	RotateKey(ctx context.Context) (api.KeyRotation, error)
+	// InternalEncryption serves a node-to-node request about keys.
+	InternalEncryption(ctx context.Context, body []byte) ([]byte, error)
 	// InternalTokens serves the encoded token table (node to node).
 	InternalTokens(ctx context.Context) ([]byte, error)
 	// Backup writes a backup of every group at one consistent cut (admin);

@@ -142,6 +142,7 @@ func (s *Server) openReplica(grp kvd.Group, mode replicaMode) error {
 	rc.Logger = s.log
 	rc.Observer = s.metrics.observer(gid)
 	rc.LogCacheBytes = s.logCacheBytes(rc.LogCacheBytes)
+	rc.Keys = s.cfg.Encryption
 	if s.mux != nil {
 		layer, err := s.mux.Layer(gid)
 		if err != nil {

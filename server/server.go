@@ -33,11 +33,12 @@ import (
 
 // Server is one kvd node.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	id      string
-	seed    *kvd.Map
-	started time.Time
+	cfg      Config
+	keyState keyState
+	log      *slog.Logger
+	id       string
+	seed     *kvd.Map
+	started  time.Time
 	// dirLock holds the data directory for this process.
 	dirLock *os.File
 
@@ -326,6 +327,9 @@ func (s *Server) startBackground() {
 	})
 	if s.memory.high > 0 {
 		background(func(ctx context.Context) { repeat(ctx, 50*time.Millisecond, s.memory.sample) })
+	}
+	if s.cfg.Encryption.Path() != "" {
+		background(func(ctx context.Context) { repeat(ctx, keyReloadEvery, func() { _ = s.ReloadKeys() }) })
 	}
 	background(s.runMembership)
 	if every := s.cfg.LeaderBalanceInterval; every > 0 {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/kvd-project/kvd/internal/atrest"
 	"log/slog"
 	"math"
 	"os"
@@ -37,6 +38,11 @@ func buildConfig(o *options) (server.Config, error) {
 	}
 	cfg.Logger = log
 	cfg.Version = version
+	if o.keyFile != "" {
+		if cfg.Encryption, err = atrest.OpenKeys(o.keyFile); err != nil {
+			return cfg, err
+		}
+	}
 	if o.initial != "" && len(cfg.Join) > 0 {
 		return cfg, fmt.Errorf("--initial-cluster and --join exclude each other: a node either bootstraps a cluster or joins a running one")
 	}

@@ -19,9 +19,11 @@ type options struct {
 	// files.
 	initial, peers      string
 	stateSync, logLevel string
-	memLimit            int64
-	logJSON             bool
-	showVersion         bool
+	// keyFile names the --encryption-key-file.
+	keyFile     string
+	memLimit    int64
+	logJSON     bool
+	showVersion bool
 	// set holds the names of the flags given.
 	set map[string]bool
 }
@@ -80,6 +82,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&cfg.PeerTLSCAFile, "peer-tls-ca", "", "`file`: the CA of the peers' node certificates")
 	fs.BoolVar(&cfg.Auth, "auth", false, "require a bearer token on every client request (see docs/security.md)")
 	fs.StringVar(&cfg.RootTokenFile, "root-token-file", "", "`file` holding the admin token every node with it accepts; created with a random token (mode 0600) if absent (default: DATA-DIR/root.token)")
+	fs.StringVar(&o.keyFile, "encryption-key-file", "", "`file` of keys that encrypt values, Raft log entries, snapshots and backups on disk (AES-256-GCM): 32 random bytes in base64 a line, the first active, mode 0600, the same on every node; read again when it changes (kvd rotate-key makes one)")
 	fs.StringVar(&cfg.BackupDir, "backup-dir", "", "`directory` for scheduled backups, written by the node that leads the cluster map (none by default)")
 	fs.DurationVar(&cfg.BackupEvery, "backup-every", 0, "interval of scheduled backups (with --backup-dir)")
 	fs.IntVar(&cfg.BackupKeep, "backup-keep", 7, "how many scheduled backups to keep in --backup-dir (the oldest are removed)")

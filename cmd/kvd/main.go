@@ -33,6 +33,9 @@ func run(args []string) int {
 	if len(args) > 0 && args[0] == "certs" {
 		return runCerts(args[1:], os.Stdout, os.Stderr)
 	}
+	if len(args) > 0 && args[0] == "rotate-key" {
+		return runRotateKey(args[1:], os.Stdout, os.Stderr)
+	}
 	o, err := parseFlags(args)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -69,7 +72,8 @@ func serve(cfg server.Config) int {
 		for {
 			select {
 			case <-hup:
-				_ = srv.ReloadTLS() // it logs what it could not read
+				_ = srv.ReloadTLS() // they log what they could not read
+				_ = srv.ReloadKeys()
 			case <-ctx.Done():
 				return
 			}

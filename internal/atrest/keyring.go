@@ -50,6 +50,7 @@ func IDOf(key []byte) KeyID {
 // Keyring is a set of keys, the first of which is active. It is immutable
 // and safe for concurrent use.
 type Keyring struct {
+	raw   [][]byte
 	ids   []KeyID // ids[0] is active
 	aeads map[KeyID]cipher.AEAD
 }
@@ -80,6 +81,7 @@ func NewKeyring(keys ...[]byte) (*Keyring, error) {
 		if err != nil {
 			return nil, fmt.Errorf("key %d: %w", i+1, err)
 		}
+		r.raw = append(r.raw, bytes.Clone(k))
 		r.ids = append(r.ids, id)
 		r.aeads[id] = aead
 	}
@@ -91,6 +93,16 @@ func (r *Keyring) Active() KeyID { return r.ids[0] }
 
 // IDs returns the ids of the ring's keys, the active one first.
 func (r *Keyring) IDs() []KeyID { return append([]KeyID(nil), r.ids...) }
+
+// Keys returns copies of the ring's keys, the active one first, as a key
+// file holds them.
+func (r *Keyring) Keys() [][]byte {
+	out := make([][]byte, len(r.raw))
+	for i, k := range r.raw {
+		out[i] = bytes.Clone(k)
+	}
+	return out
+}
 
 // Has reports whether the ring holds the key id.
 func (r *Keyring) Has(id KeyID) bool { _, ok := r.aeads[id]; return ok }

@@ -1,6 +1,7 @@
 package atrest
 
 import (
+	"errors"
 	"slices"
 	"sync/atomic"
 )
@@ -44,6 +45,15 @@ func (k *Keys) Path() string {
 		return ""
 	}
 	return k.path
+}
+
+// Replace makes r the ring in use.
+func (k *Keys) Replace(r *Keyring) error {
+	if k == nil || r == nil {
+		return errors.New("no keys to replace")
+	}
+	k.ring.Store(r)
+	return nil
 }
 
 // Reload reads the key file again and reports whether its keys changed.
