@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/backup"
+	"github.com/kvd-project/kvd/internal/atrest"
 	"github.com/kvd-project/kvd/internal/wire"
 )
 
@@ -35,6 +37,14 @@ import (
 // no deadline, the client's Timeout bounds each wait in which nothing
 // arrives (the node's answer, then every stretch between bytes of the
 // stream), not the transfer.
+//
+// A cluster whose nodes have encryption at rest on answers the backup
+// sealed under their key (an atrest stream, which starts with
+// "KVDENCS1"): the client, which lacks the key, writes it to w as it
+// comes and checks it for completeness only, that its framing is whole
+// (atrest.CheckStream): not cut short, not extended. Its content is
+// checked by the node that opens it (a restore), not here, and the
+// Summary answered is zero (its counts are sealed with it).
 //
 // Errors: kvd.ErrConflict while a restore runs; kvd.ErrUnavailable when
 // no node could take the cut, or the stream broke or arrived damaged (the
@@ -93,21 +103,59 @@ func (c *Client) backupFrom(ctx context.Context, n *node, w io.Writer) (backup.S
 	}
 	guard.progress()
 	tee := &teeReader{r: resp.Body, w: w, progress: guard.progress}
-	br, err := backup.NewReader(tee)
-	for err == nil {
-		_, err = br.Next()
+	in := bufio.NewReaderSize(tee, 64<<10)
+	head, _ := in.Peek(len(atrest.StreamMagic)) // fewer bytes for a shorter stream
+	var sum backup.Summary
+	if atrest.IsSealedStream(head) {
+		// Sealed by a node with encryption on: the client lacks the key,
+		// so it checks the framing only (see Backup).
+		src := &endReader{r: in}
+		_, err = atrest.CheckStream(src)
+		switch {
+		case err == nil:
+		case errors.Is(err, atrest.ErrNotSealed): // it starts as one
+			err = fmt.Errorf("%w: the encrypted backup ends inside its header", backup.ErrTruncated)
+		case src.ended:
+			err = fmt.Errorf("%w: the encrypted backup ends too soon: %w", backup.ErrTruncated, err)
+		case errors.Is(err, atrest.ErrCorrupt):
+			err = fmt.Errorf("%w: the encrypted backup's framing is wrong: %w", backup.ErrCorrupt, err)
+		}
+	} else {
+		var br *backup.Reader
+		br, err = backup.NewReader(in)
+		for err == nil {
+			_, err = br.Next()
+		}
+		if errors.Is(err, io.EOF) {
+			sum, _ = br.Summary()
+			err = nil
+		}
 	}
 	switch {
 	case tee.werr != nil:
 		return backup.Summary{}, tee.n, fmt.Errorf("write the backup after %d bytes: %w", tee.n, tee.werr)
-	case !errors.Is(err, io.EOF):
+	case err != nil:
 		if cause := guard.stalled(ctx); cause != nil {
 			err = fmt.Errorf("%w (%v)", err, cause)
 		}
 		return backup.Summary{}, tee.n, fmt.Errorf("node %s: the stream broke or arrived damaged after %d bytes: %w: %w", n.id, tee.n, err, kvd.ErrUnavailable)
 	}
-	sum, _ := br.Summary()
 	return sum, tee.n, nil
+}
+
+// endReader tells whether its reader ran out: the reads of a stream cut
+// short meet its end, those of one extended or damaged need not.
+type endReader struct {
+	r     io.Reader
+	ended bool
+}
+
+func (e *endReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		e.ended = true
+	}
+	return n, err
 }
 
 // teeReader writes to w what it reads from r, telling progress of every
@@ -161,9 +209,13 @@ func (t *teeReader) Read(p []byte) (int, error) {
 // for a large backup: that wait is bounded by ctx alone (give ctx a
 // deadline to bound it).
 //
+// r may be an encrypted backup as Backup writes it from a cluster with
+// encryption at rest on: it is sent as it is, and the node opens it with
+// its keys.
+//
 // Errors: kvd.ErrInvalid for a file the node refuses (corrupt, truncated,
-// of another format version, empty: the message says which; nothing was
-// changed); kvd.ErrConflict when the cluster holds keys and force is not
+// of another format version, empty, encrypted under a key the node does
+// not hold: the message says which; nothing was changed); kvd.ErrConflict when the cluster holds keys and force is not
 // set, or a restore or a slot move is under way (nothing was changed);
 // kvd.ErrUnavailable when nothing was done (no node could be reached, or
 // one answered 503); kvd.ErrUnknownOutcome when the node may have acted
