@@ -35,7 +35,7 @@ var layers = []struct {
 	{"node", "server httpapi"},
 	{"embed", "kvd api backup server internal/atrest"},
 	{"client", "kvd api backup internal/atrest internal/backoff internal/wire"},
-	{"shell", "kvd api backup client internal/fsutil internal/wire"},
+	{"shell", "kvd api backup client internal/atrest internal/fsutil internal/wire"},
 	{"cmd/kvd", "kvd client node server store internal/atrest internal/fsutil internal/pki"},
 	{"cmd/kvcli", "kvd client shell internal/pki"},
 	{"cmd/kvbench", "kvd api client internal/load internal/pki"},

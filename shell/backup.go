@@ -1,6 +1,7 @@
 package shell
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -15,6 +16,7 @@ import (
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/backup"
+	"github.com/kvd-project/kvd/internal/atrest"
 	"github.com/kvd-project/kvd/internal/fsutil"
 )
 
@@ -84,6 +86,11 @@ type backupDone struct {
 	FileBytes int64  `json:"file_bytes"`
 	SHA256    string `json:"sha256"`
 	TookMS    int64  `json:"took_ms"`
+	// Encrypted marks a backup the cluster sealed under its key
+	// (encryption at rest): KeyID names the key, and Keys, Bytes and
+	// Chunks are 0, sealed with the rest.
+	Encrypted bool   `json:"encrypted,omitempty"`
+	KeyID     string `json:"key_id,omitempty"`
 }
 
 // backupFile runs "backup FILE": it streams the cluster's backup into
@@ -106,7 +113,8 @@ func (s *Shell) backupFile(ctx context.Context, a *args) error {
 	start := time.Now()
 	p := s.startProgress("backup", "received", -1, "")
 	digest := sha256.New()
-	sum, err := s.c.Backup(ctx, &countingWriter{w: io.MultiWriter(f, digest), p: p})
+	head := &headWriter{}
+	sum, err := s.c.Backup(ctx, &countingWriter{w: io.MultiWriter(f, digest, head), p: p})
 	p.end(err == nil)
 	if err == nil {
 		if err = f.Sync(); err != nil {
@@ -128,8 +136,16 @@ func (s *Shell) backupFile(ctx context.Context, a *args) error {
 	}
 	done := backupDone{File: file, Keys: sum.Keys, Bytes: sum.Bytes, Chunks: sum.Chunks, FileBytes: p.bytes.Load(),
 		SHA256: hex.EncodeToString(digest.Sum(nil)), TookMS: time.Since(start).Milliseconds()}
+	if id, err := atrest.StreamKey(head.b); err == nil {
+		done.Encrypted, done.KeyID = true, id.String()
+	}
 	if s.o.JSON {
 		return s.emit(done)
+	}
+	if done.Encrypted {
+		fmt.Fprintf(s.out, "encrypted backup written to %s (key id %s): file of %s, sha256 %s; a cluster holding that key opens it when it restores it\n",
+			file, done.KeyID, bytesText(done.FileBytes), done.SHA256)
+		return nil
 	}
 	fmt.Fprintf(s.out, "backup written to %s: %s, %s of keys and values; file of %s, sha256 %s\n",
 		file, plural(int(done.Keys), "key"), loadBytes(done.Bytes), bytesText(done.FileBytes), done.SHA256)
@@ -186,9 +202,29 @@ func (s *Shell) restoreFile(ctx context.Context, a *args) error {
 }
 
 // verifyBackup reads a whole backup, checking it as backup.Verify does,
-// and counts its keys into p; it stops when ctx ends.
+// and counts its keys into p; it stops when ctx ends. An encrypted backup
+// (sealed by a cluster with encryption at rest on) is checked for
+// completeness only, as the client checks one it receives: kvcli lacks
+// the key, so the node that opens it checks the rest.
 func verifyBackup(ctx context.Context, r io.Reader, p *progress) error {
-	br, err := backup.NewReader(r)
+	in := bufio.NewReaderSize(&ctxReader{ctx: ctx, r: r}, 64<<10)
+	if head, _ := in.Peek(len(atrest.StreamMagic)); atrest.IsSealedStream(head) {
+		p.keys.Store(-1) // sealed with the rest
+		src := &endReader{r: in}
+		_, err := atrest.CheckStream(src)
+		switch {
+		case err == nil, ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, atrest.ErrNotSealed): // it starts as one
+			return fmt.Errorf("%w: the encrypted backup ends inside its header", backup.ErrTruncated)
+		case src.ended:
+			return fmt.Errorf("%w: the encrypted backup ends too soon (%v)", backup.ErrTruncated, err)
+		case errors.Is(err, atrest.ErrCorrupt):
+			return fmt.Errorf("%w: the encrypted backup's framing is wrong (%v)", backup.ErrCorrupt, err)
+		}
+		return err
+	}
+	br, err := backup.NewReader(in)
 	if err != nil {
 		return err
 	}
@@ -201,6 +237,45 @@ func verifyBackup(ctx context.Context, r io.Reader, p *progress) error {
 		p.keys.Add(1)
 	}
 	return ctx.Err()
+}
+
+// ctxReader reads r until ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// endReader tells whether its reader ran out: the reads of a file cut
+// short meet its end, those of one extended or damaged need not.
+type endReader struct {
+	r     io.Reader
+	ended bool
+}
+
+func (e *endReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		e.ended = true
+	}
+	return n, err
+}
+
+// headWriter keeps the first bytes written to it: enough for the header
+// of a sealed stream.
+type headWriter struct{ b []byte }
+
+func (h *headWriter) Write(p []byte) (int, error) {
+	if k := min(len(p), 64-len(h.b)); k > 0 {
+		h.b = append(h.b, p[:k]...)
+	}
+	return len(p), nil
 }
 
 // printRestore reports what a restore loaded.
