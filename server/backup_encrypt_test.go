@@ -110,6 +110,7 @@ func TestBackup_EncryptedIsSealedAndRestoresWithTheKey(t *testing.T) {
 	}
 	spools, _ := filepath.Glob(filepath.Join(d.DataDir(0), "restore-*.tmp"))
 	require.Empty(t, spools, "the spool is removed")
+	requireNoFileHolds(t, d.DataDir(0), marker)
 
 	// The same cluster takes a plain backup, as before, too.
 	e := testcluster.New(t, 1, 1, encrypted(ring))
@@ -320,6 +321,32 @@ func TestRestore_SpoolHoldsNoValueInTheClear(t *testing.T) {
 			}
 			spools, _ := filepath.Glob(filepath.Join(c.DataDir(0), "restore-*.tmp"))
 			require.Empty(t, spools, "the spool is removed")
+			if len(tc.opts) > 0 {
+				requireNoFileHolds(t, c.DataDir(0), marker)
+			}
 		})
 	}
+}
+
+// requireNoFileHolds checks that no file under dir holds s.
+func requireNoFileHolds(t *testing.T, dir, s string) {
+	t.Helper()
+	files := 0
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		if os.IsNotExist(err) {
+			return nil // a temporary file gone meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		files++
+		require.NotContains(t, string(data), s, path)
+		return nil
+	})
+	require.NoError(t, err)
+	require.NotZero(t, files)
 }
