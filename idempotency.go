@@ -77,6 +77,9 @@ func idem(o WriteOptions, parts ...[]byte) (*Idem, error) {
 	if len(k) > MaxIdempotencyKeyBytes || !utf8.ValidString(k) {
 		return nil, fmt.Errorf("%w: an idempotency key must be at most %d bytes of UTF-8", ErrInvalid, MaxIdempotencyKeyBytes)
 	}
+	if o.IdempotencyScope != "" {
+		k = o.IdempotencyScope + "\x00" + k
+	}
 	return &Idem{Key: k, FP: Fingerprint(parts...)}, nil
 }
 

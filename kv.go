@@ -61,6 +61,10 @@ type WriteOptions struct {
 	// the retention window return the first outcome instead of applying
 	// again.
 	IdempotencyKey string
+	// IdempotencyScope, if set, names whose idempotency keys these are
+	// (with auth, the token's name): keys of different scopes never
+	// meet, so one client cannot learn or take another's.
+	IdempotencyScope string
 }
 
 // WriteOption sets a write option.

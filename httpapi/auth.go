@@ -29,6 +29,16 @@ func principalOf(r *http.Request) *api.Principal {
 	return a.p
 }
 
+// idemScope returns the scope of the request's idempotency key: the name
+// of its token, or on a request a node forwarded, the name the forwarding
+// node authenticated ("" with auth off).
+func idemScope(r *http.Request) string {
+	if p := principalOf(r); p != nil {
+		return p.Name
+	}
+	return r.Header.Get(api.HeaderIdempotencyScope) // kept from nodes only
+}
+
 // openPath tells whether path is served without a token.
 func openPath(path string) bool {
 	switch path {

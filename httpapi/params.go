@@ -164,7 +164,7 @@ func (h *Handler) readWrite(r *http.Request) (req keyRequest, err error) {
 		return req, err
 	}
 	cond, err := condOf(r)
-	req.wr = kvd.WriteOptions{Cond: cond, IdempotencyKey: r.Header.Get("Idempotency-Key")}
+	req.wr = kvd.WriteOptions{Cond: cond, IdempotencyKey: r.Header.Get("Idempotency-Key"), IdempotencyScope: idemScope(r)}
 	return req, err
 }
 

@@ -102,6 +102,11 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 		req.Header[k] = vs
 	}
 	req.Header.Set(api.HeaderForwarded, h.b.NodeID())
+	if s := idemScope(r); s != "" {
+		req.Header.Set(api.HeaderIdempotencyScope, s)
+	} else {
+		req.Header.Del(api.HeaderIdempotencyScope)
+	}
 	resp, err := h.fwd.Do(req)
 	if err != nil {
 		if !write || wire.NeverSent(err) {

@@ -44,7 +44,7 @@ func (h *Handler) txn(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
 	defer cancel()
-	kresp, err := h.b.Txn(ctx, t, kvd.WriteOptions{IdempotencyKey: r.Header.Get("Idempotency-Key")})
+	kresp, err := h.b.Txn(ctx, t, kvd.WriteOptions{IdempotencyKey: r.Header.Get("Idempotency-Key"), IdempotencyScope: idemScope(r)})
 	resp := wire.FromTxnResponse(kresp)
 	if err != nil {
 		status, code := statusOf(err, true)

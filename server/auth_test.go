@@ -182,3 +182,70 @@ func TestAuth_TokensGrantPrefixesAndRevokeEverywhere(t *testing.T) {
 	require.Equal(t, 200, r.Status)
 	require.True(t, metricAtLeast(string(r.Body), "kvd_auth_failures_total", 20) || strings.Contains(string(r.Body), "kvd_auth_failures_total{"))
 }
+
+// Idempotency keys belong to their token: another token's request with
+// the same key is its own (applied, not answered with the first one's
+// outcome, nor refused), a repeat through any node (forwarded or not)
+// still gets the first outcome, and a client cannot name another's scope.
+func TestAuth_IdempotencyKeysAreEachTokensOwn(t *testing.T) {
+	rootFile := filepath.Join(t.TempDir(), "root.token")
+	c, certs := tlsCluster(t, 3, 1, func(cfg *server.Config) {
+		cfg.Auth, cfg.RootTokenFile = true, rootFile
+	})
+	cert, key := pki.CertFiles(certs, pki.Client, "client")
+	tlsCfg, err := pki.ClientFiles(filepath.Join(certs, pki.CAFile), cert, key)
+	require.NoError(t, err)
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
+	defer hc.CloseIdleConnections()
+	raw, err := os.ReadFile(rootFile)
+	require.NoError(t, err)
+	root := "Bearer " + strings.TrimSpace(string(raw))
+	do := func(i int, method, path, auth string, body []byte, hdr ...string) testcluster.Response {
+		t.Helper()
+		req, _ := http.NewRequest(method, strings.Replace(c.URL(i), "http://", "https://", 1)+path, bytes.NewReader(body))
+		req.Header.Set("Authorization", auth)
+		for j := 0; j+1 < len(hdr); j += 2 {
+			req.Header.Set(hdr[j], hdr[j+1])
+		}
+		resp, err := hc.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return testcluster.Response{Status: resp.StatusCode, Header: resp.Header, Body: b}
+	}
+	token := func(name string) string {
+		body, _ := json.Marshal(api.TokenRequest{Name: name, Grants: []api.Grant{{Prefix: "shared/", Access: api.AccessWrite}}})
+		r := do(0, "POST", "/v1/admin/tokens", root, body)
+		require.Equal(t, 200, r.Status, "%s", r.Body)
+		var out api.TokenCreated
+		require.NoError(t, json.Unmarshal(r.Body, &out))
+		return "Bearer " + out.Token
+	}
+	a, b := token("a"), token("b")
+	require.Eventually(t, func() bool {
+		for i := range 3 {
+			if do(i, "GET", "/v1/kv/shared/none", a, nil).Status != 404 || do(i, "GET", "/v1/kv/shared/none", b, nil).Status != 404 {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Second, 20*time.Millisecond)
+	version := func(r testcluster.Response) uint64 {
+		t.Helper()
+		require.Equal(t, 200, r.Status, "%s", r.Body)
+		var pr api.PutResponse
+		require.NoError(t, json.Unmarshal(r.Body, &pr))
+		return pr.Version
+	}
+	leader := c.Leader(1)
+	follower := (leader + 1) % 3
+	const idem = "Idempotency-Key"
+	va := version(do(follower, "PUT", "/v1/kv/shared/x", a, []byte("from a"), idem, "k1"))
+	vb := version(do(leader, "PUT", "/v1/kv/shared/x", b, []byte("from b"), idem, "k1"))
+	require.Greater(t, vb, va, "b's request is applied, not answered with a's outcome")
+	require.Equal(t, va, version(do(leader, "PUT", "/v1/kv/shared/x", a, []byte("from a"), idem, "k1")), "a's repeat gets its first outcome")
+	require.Equal(t, vb, version(do((leader+2)%3, "PUT", "/v1/kv/shared/x", b, []byte("from b"), idem, "k1")), "b's repeat too, through a follower")
+	// a cannot pass as b.
+	r := do(follower, "PUT", "/v1/kv/shared/x", a, []byte("from b"), idem, "k1", api.HeaderIdempotencyScope, "b")
+	require.Equal(t, 422, r.Status, "a's own key k1, with another body: %s", r.Body)
+}
