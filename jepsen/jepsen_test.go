@@ -142,7 +142,7 @@ func keyOfGroup(t *testing.T, c *Cluster, g uint64) string {
 // accounts' total) and each restored into a cluster of another shape; and
 // bank under kill on three groups on TLS and auth (client certificates
 // required, peers on mutual TLS, the clients' token granted the accounts'
-// keys only), where no request of the harness may be refused 401 or 403:
+// keys only) with the data encrypted at rest, where no request of the harness may be refused 401 or 403:
 // a node that restarts after a crash must not refuse a token it took
 // before.
 func TestShortSuite(t *testing.T) {

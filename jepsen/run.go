@@ -49,7 +49,8 @@ type Options struct {
 	Backup bool
 	// Secure runs the cluster on TLS and auth (see Security): client
 	// certificates required, peers on mutual TLS, a bearer token on every
-	// request, the workload's clients with grants on its keys only.
+	// request, the workload's clients with grants on its keys only, and
+	// the data encrypted at rest.
 	Secure bool
 	// Logf, if set, receives progress lines.
 	Logf func(format string, args ...any)
@@ -104,7 +105,7 @@ func (s *Summary) Line() string {
 		extra = fmt.Sprintf(", %d fault kinds skipped", len(s.Skipped))
 	}
 	if s.Secure {
-		extra += ", on TLS and auth"
+		extra += ", on TLS and auth, encrypted at rest"
 	}
 	return fmt.Sprintf("%s: %s under %s, %d nodes x %d groups, %d ops, %d faults%s (%s)",
 		s.Verdict, s.Workload, s.Nemesis, s.Nodes, s.Groups, ops, len(s.Faults), extra, s.Dir)

@@ -28,7 +28,9 @@ import (
 // A secure run (Options.Secure) runs its cluster as a production one
 // should run: every node serves HTTPS only and requires a client
 // certificate of the run's CA, calls its peers (HTTP and Raft) on mutual
-// TLS, and requires a bearer token on every client request. The harness
+// TLS, requires a bearer token on every client request, and encrypts
+// what it writes to disk (--encryption-key-file, one key file made with
+// "kvd rotate-key" and given to every node). The harness
 // holds a client certificate of that CA and the root token. Its workload
 // clients call with a token whose grants cover the workload's keys only
 // (made with the root token before the clients start); everything else
@@ -54,6 +56,7 @@ type Security struct {
 	ca        string
 	rootFile  string
 	rootToken string
+	keyFile   string
 	tls       *tls.Config
 
 	// sent counts the harness's requests; refused those answered 401
@@ -68,7 +71,7 @@ type Security struct {
 // NewSecurity creates, with the kvd binary bin, a CA and the harness's
 // client certificate in dir, and a root token.
 func NewSecurity(bin, dir string) (*Security, error) {
-	s := &Security{bin: bin, dir: dir, ca: filepath.Join(dir, "ca.crt"), rootFile: filepath.Join(dir, "root.token")}
+	s := &Security{bin: bin, dir: dir, ca: filepath.Join(dir, "ca.crt"), rootFile: filepath.Join(dir, "root.token"), keyFile: filepath.Join(dir, "kvd.key")}
 	if err := s.certs("create-ca"); err != nil {
 		return nil, err
 	}
@@ -80,6 +83,9 @@ func NewSecurity(bin, dir string) (*Security, error) {
 		return nil, fmt.Errorf("security: %w", err)
 	}
 	s.tls = cfg
+	if out, err := exec.Command(bin, "rotate-key", "--encryption-key-file", s.keyFile).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("security: kvd rotate-key: %v: %s", err, bytes.TrimSpace(out))
+	}
 	var b [32]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, fmt.Errorf("security: %w", err)
@@ -126,9 +132,9 @@ func (s *Security) ClientTLS() *tls.Config { return s.tls }
 func (s *Security) RootToken() string { return s.rootToken }
 
 // clusterArgs are the flags every node takes: auth, with the shared root
-// token file.
+// token file, and encryption at rest, with the shared key file.
 func (s *Security) clusterArgs() []string {
-	return []string{"--auth", "--root-token-file", s.rootFile}
+	return []string{"--auth", "--root-token-file", s.rootFile, "--encryption-key-file", s.keyFile}
 }
 
 // nodeArgs returns the TLS flags of node id, making its certificate
