@@ -134,6 +134,12 @@ func (a *applier) tokens(op *TokenOp) (Result, error) {
 	name := op.Name
 	if op.Op == TokenPut {
 		name = op.Token.Name
+		// Expired tokens go when a token is made (at the entry's time,
+		// the same on every replica): they no longer count toward the
+		// cap, and their names are free again.
+		ts = slices.DeleteFunc(ts, func(t TokenRecord) bool {
+			return t.Expires != 0 && t.Expires <= a.now && t.Hash != op.Token.Hash
+		})
 	}
 	i := slices.IndexFunc(ts, func(t TokenRecord) bool { return t.Name == name })
 	switch op.Op {

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -36,4 +37,24 @@ func TestTokens_PutRevokeAndRefusals(t *testing.T) {
 		idx++
 		require.ErrorIs(t, applyAt(t, db, idx, 1, txnCmd(t, CmdTokens, bad)).Err, kvd.ErrInvalid, "%+v", bad)
 	}
+}
+
+// Expired tokens go when a token is made: they do not count toward the
+// cap, and their names can be taken again.
+func TestTokens_ExpiredOnesLeaveRoom(t *testing.T) {
+	db := openTest(t)
+	hash := func(i int) string { return fmt.Sprintf("%064x", i+1) }
+	idx := uint64(0)
+	put := func(now int64, tok TokenRecord) Result {
+		idx++
+		return applyAt(t, db, idx, now, txnCmd(t, CmdTokens, TokenOp{Op: TokenPut, Token: tok}))
+	}
+	grants := []Grant{{Prefix: "a/", Access: AccessRead}}
+	for i := range MaxTokens {
+		require.NoError(t, put(10, TokenRecord{Name: fmt.Sprintf("t%d", i), Hash: hash(i), Grants: grants, Created: 10, Expires: 100}).Err)
+	}
+	require.ErrorIs(t, put(50, TokenRecord{Name: "late", Hash: hash(MaxTokens), Grants: grants}).Err, kvd.ErrTooLarge, "full while they live")
+	require.NoError(t, put(200, TokenRecord{Name: "late", Hash: hash(MaxTokens), Grants: grants}).Err, "room once they expired")
+	require.Len(t, db.Tokens(), 1)
+	require.NoError(t, put(300, TokenRecord{Name: "t3", Hash: hash(MaxTokens + 1), Grants: grants}).Err, "an expired token's name is free")
 }
