@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -171,6 +172,23 @@ func (h *Handler) admin(kind adminBody, op func(ctx context.Context, a adminArgs
 	}
 }
 
+// bare refuses a request with a query or a body (400): next takes
+// neither, and a mistyped parameter must not pass for its default.
+func bare(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.RawQuery != "" {
+			writeError(w, fmt.Errorf("%w: %s %s takes no parameter", kvd.ErrInvalid, r.Method, r.URL.Path), false)
+			return
+		}
+		var one [1]byte
+		if n, _ := io.ReadFull(r.Body, one[:]); n > 0 {
+			writeError(w, fmt.Errorf("%w: %s %s takes no body", kvd.ErrInvalid, r.Method, r.URL.Path), false)
+			return
+		}
+		next(w, r)
+	}
+}
+
 // adminRoutes registers the operations API.
 func (h *Handler) adminRoutes(r *mux.Router) {
 	r.HandleFunc("/v1/admin/nodes", h.admin(nodeBody, func(ctx context.Context, a adminArgs) (any, int, error) {
@@ -243,14 +261,14 @@ func (h *Handler) adminRoutes(r *mux.Router) {
 			return map[string]string{"revoked": name}, h.b.RevokeToken(ctx, name)
 		})
 	})).Methods(http.MethodDelete)
-	r.HandleFunc("/v1/admin/encryption", h.admin(noBody, func(ctx context.Context, a adminArgs) (any, int, error) {
+	r.HandleFunc("/v1/admin/encryption", bare(h.admin(noBody, func(ctx context.Context, a adminArgs) (any, int, error) {
 		out, err := h.b.EncryptionStatus(ctx)
 		return out, http.StatusOK, err
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/v1/admin/encryption/rotate", h.admin(noBody, func(ctx context.Context, a adminArgs) (any, int, error) {
+	}))).Methods(http.MethodGet)
+	r.HandleFunc("/v1/admin/encryption/rotate", bare(h.admin(noBody, func(ctx context.Context, a adminArgs) (any, int, error) {
 		out, err := h.b.RotateKey(ctx)
 		return out, http.StatusOK, err
-	})).Methods(http.MethodPost)
+	}))).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/encryption", h.peerCall(h.b.InternalEncryption)).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/join", h.peerCall(h.b.Join)).Methods(http.MethodPost)
 	r.HandleFunc("/v1/internal/mapedit", h.peerCall(h.b.EditMap)).Methods(http.MethodPost)

@@ -4,17 +4,21 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
 
 	"github.com/kvd-project/kvd/internal/atrest"
+	"github.com/kvd-project/kvd/internal/fsutil"
+	"github.com/kvd-project/kvd/store"
 )
 
 // Encryption at rest (Config.Keys) reaches the replica's three files:
@@ -262,32 +266,23 @@ func (s *sealedSnapshots) sealedUnder(id string) (atrest.KeyID, bool, error) {
 	return k, true, nil
 }
 
-// reencrypt brings the retained snapshots under the active key: it writes
-// the newest one again, twice (the store keeps the two newest, and a copy
-// of the same index counts as newer), unless all are under it already.
-// It reports whether it rewrote.
-func (s *sealedSnapshots) reencrypt(trans raft.Transport) (bool, error) {
-	ring := s.keys.Ring()
-	if ring == nil {
+// reencrypt brings the retained snapshots under the active key, outside
+// and in: it writes the newest one again with every value of its state
+// sealed under the active key, twice (the store keeps the two newest, and
+// a copy of the same index counts as newer). Run once the state is under
+// the active key: a snapshot raft takes from then on is under it too.
+// trans is the group's transport (the file store encodes the members'
+// addresses with it).
+func (s *sealedSnapshots) reencrypt(ctx context.Context, trans raft.Transport) (bool, error) {
+	if s.keys.Ring() == nil {
 		return false, nil
 	}
 	metas, err := s.List()
 	if err != nil || len(metas) == 0 {
 		return false, err
 	}
-	stale := false
-	for _, m := range metas {
-		id, ok, err := s.sealedUnder(m.ID)
-		if err != nil {
-			return false, fmt.Errorf("snapshot %s: %w", m.ID, err)
-		}
-		stale = stale || !ok || id != ring.Active()
-	}
-	if !stale {
-		return false, nil
-	}
 	for range 2 {
-		if err := s.copyNewest(trans); err != nil {
+		if err := s.copyNewest(ctx, trans); err != nil {
 			return true, err
 		}
 		// Snapshot names end in milliseconds: two copies in one would
@@ -297,9 +292,7 @@ func (s *sealedSnapshots) reencrypt(trans raft.Transport) (bool, error) {
 	return true, nil
 }
 
-// copyNewest writes the newest snapshot again; trans is the group's
-// transport (the file store encodes the members' addresses with it).
-func (s *sealedSnapshots) copyNewest(trans raft.Transport) error {
+func (s *sealedSnapshots) copyNewest(ctx context.Context, trans raft.Transport) error {
 	metas, err := s.List()
 	if err != nil || len(metas) == 0 {
 		return err
@@ -314,7 +307,7 @@ func (s *sealedSnapshots) copyNewest(trans raft.Transport) error {
 	if err != nil {
 		return fmt.Errorf("copy snapshot %s: %w", m.ID, err)
 	}
-	if _, err := io.Copy(sink, rc); err != nil {
+	if err := store.ReencryptSnapshot(ctx, rc, sink, s.dir, s.keys); err != nil {
 		sink.Cancel()
 		return fmt.Errorf("copy snapshot %s: %w", m.ID, err)
 	}
@@ -390,10 +383,53 @@ func (g *Group) EncryptionStatus() EncryptionStatus {
 // (after the keys changed); it returns at once, the work goes on in the
 // background (see EncryptionStatus).
 func (g *Group) Reencrypt() {
+	g.forgetReencrypted()
+	kick(g.enc.kick)
+}
+
+// encryptedMarker names the file that records the key a whole pass last
+// brought the replica's state, log and snapshots under (its id in hex).
+const encryptedMarker = "encrypted-under"
+
+// forgetReencrypted forgets that the replica is all under one key: the
+// keys changed, or a snapshot from another replica is being installed.
+// The marker file goes first, so that a crash cannot leave it claiming
+// what is no longer so.
+func (g *Group) forgetReencrypted() {
 	g.enc.mu.Lock()
 	g.enc.done = false
 	g.enc.mu.Unlock()
-	kick(g.enc.kick)
+	if err := os.Remove(filepath.Join(g.cfg.Dir, encryptedMarker)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		g.log.Warn("cannot remove the re-encryption marker", "err", err)
+	}
+}
+
+// reencryptedUnder reads the marker file (ok false if absent or unreadable).
+func (g *Group) reencryptedUnder() (atrest.KeyID, bool) {
+	var id atrest.KeyID
+	b, err := os.ReadFile(filepath.Join(g.cfg.Dir, encryptedMarker))
+	if err != nil {
+		return id, false
+	}
+	raw, err := hex.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || len(raw) != len(id) {
+		return id, false
+	}
+	copy(id[:], raw)
+	return id, true
+}
+
+// noteRestoreFailed records why installing a snapshot failed when it is
+// a key the node lacks: the operator must see it (GET
+// /v1/admin/encryption), not only the log.
+func (g *Group) noteRestoreFailed(err error) {
+	if g.cfg.Keys == nil || !errors.Is(err, atrest.ErrUnknownKey) {
+		return
+	}
+	g.log.Error("cannot install a snapshot: it holds data under a key this node lacks; add the cluster's keys to the key file", "err", err)
+	g.enc.mu.Lock()
+	g.enc.done, g.enc.err = false, fmt.Errorf("install a snapshot: %w", err)
+	g.enc.mu.Unlock()
 }
 
 // checkKeys refuses to open a state encrypted under a key the replica
@@ -463,12 +499,20 @@ func (g *Group) reencryptPass() error {
 	if err != nil {
 		return fmt.Errorf("re-encrypt the state: %w", err)
 	}
+	if id, ok := g.reencryptedUnder(); ok && id == active && values == 0 {
+		// A pass finished under this key before the replica last
+		// stopped, and nothing since asked for another.
+		g.enc.mu.Lock()
+		g.enc.done, g.enc.doneFor = true, active
+		g.enc.mu.Unlock()
+		return nil
+	}
 	entries, err := g.sealedLogs.reencrypt(g.ctx)
 	g.noteRewritten(entries)
 	if err != nil {
 		return fmt.Errorf("re-encrypt the raft log: %w", err)
 	}
-	rewrote, err := g.sealedSnaps.reencrypt(g.trans)
+	rewrote, err := g.sealedSnaps.reencrypt(g.ctx, g.trans)
 	if rewrote {
 		g.noteRewritten(1)
 	}
@@ -478,6 +522,9 @@ func (g *Group) reencryptPass() error {
 	if g.cfg.Keys.Ring().Active() != active {
 		kick(g.enc.kick) // rotated again meanwhile
 		return nil
+	}
+	if err := fsutil.WriteFile(filepath.Join(g.cfg.Dir, encryptedMarker), []byte(active.String()+"\n"), 0o600); err != nil {
+		return fmt.Errorf("record the re-encryption: %w", err)
 	}
 	g.enc.mu.Lock()
 	g.enc.done, g.enc.doneFor = true, active

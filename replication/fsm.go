@@ -188,15 +188,19 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer f.mu.Unlock()
 	// After a repair the state can be ahead of what the leader sends:
 	// keep it rather than go back.
+	if f.g.cfg.Keys != nil {
+		f.g.forgetReencrypted() // its values are under the sender's keys
+	}
 	restored, err := f.g.db.RestoreIfNewer(rc)
 	if err != nil {
+		f.g.noteRestoreFailed(err)
 		return err
 	}
 	if restored {
 		f.g.stats.snapshotsInstalled.Add(1)
-		if f.g.cfg.Keys != nil {
-			f.g.Reencrypt() // its values are under the sender's key
-		}
+	}
+	if f.g.cfg.Keys != nil {
+		f.g.Reencrypt()
 	}
 	return nil
 }

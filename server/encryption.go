@@ -64,14 +64,18 @@ func (s *Server) reloadKeysLocked() error {
 	if slices.Equal(cur.IDs(), next.IDs()) {
 		return nil
 	}
-	if !next.Has(cur.Active()) {
-		// Dropping the active key: only once every replica is done
-		// under a key the new file holds.
+	for _, id := range cur.IDs() {
+		if next.Has(id) {
+			continue
+		}
+		// Dropping a key: only once every replica is done under a
+		// key the new file holds (what is under a dropped key could
+		// not be read again).
 		for _, g := range s.hostedGroups() {
 			st := g.EncryptionStatus()
 			active, _ := parseKeyID(st.Active)
 			if !st.Done || !next.Has(active) {
-				return fmt.Errorf("the new key file lacks key %s, which group %d's data may still be under: keep it until re-encryption is done (GET /v1/admin/encryption)", cur.Active(), g.ID())
+				return fmt.Errorf("the new key file lacks key %s, which group %d's data may still be under: keep it until re-encryption is done (GET /v1/admin/encryption)", id, g.ID())
 			}
 		}
 	}
@@ -160,9 +164,23 @@ func (s *Server) EncryptionStatus(ctx context.Context) (api.EncryptionStatus, er
 // /v1/internal/encryption).
 type keyOp struct {
 	// Op is "status", "add" (Key becomes a key the node holds, not the
-	// active one) or "activate" (Key becomes the active key).
+	// active one), "activate" (Key becomes the active key) or "drop"
+	// (Key, unless active, is no longer held: a failed rotation's undo).
 	Op  string `json:"op"`
 	Key []byte `json:"key,omitempty"`
+}
+
+// encryptionOf runs op on node (this one without a request).
+func (s *Server) encryptionOf(ctx context.Context, node string, op keyOp) (api.NodeEncryption, error) {
+	if node != s.id {
+		return s.peerEncryption(ctx, node, op)
+	}
+	if op.Op != "status" {
+		if err := s.editKeyFile(op.Key, op.Op); err != nil {
+			return api.NodeEncryption{}, err
+		}
+	}
+	return s.nodeEncryption(), nil
 }
 
 func (s *Server) peerEncryption(ctx context.Context, node string, op keyOp) (api.NodeEncryption, error) {
@@ -188,8 +206,8 @@ func (s *Server) InternalEncryption(ctx context.Context, body []byte) ([]byte, e
 	}
 	switch op.Op {
 	case "status":
-	case "add", "activate":
-		if err := s.editKeyFile(op.Key, op.Op == "activate"); err != nil {
+	case "add", "activate", "drop":
+		if err := s.editKeyFile(op.Key, op.Op); err != nil {
 			return nil, err
 		}
 	default:
@@ -198,10 +216,12 @@ func (s *Server) InternalEncryption(ctx context.Context, body []byte) ([]byte, e
 	return json.Marshal(s.nodeEncryption())
 }
 
-// editKeyFile adds key to the node's key file, first if activate, and
-// takes the file at once. Adding a key the file holds already changes
-// nothing; activating it moves it first: both are safe to repeat.
-func (s *Server) editKeyFile(key []byte, activate bool) error {
+// editKeyFile adds key to the node's key file (op "add"), first
+// ("activate"), or takes it out unless it is active ("drop"), and takes
+// the file at once. Each is safe to repeat: adding a key the file holds,
+// activating the active key, dropping a key it lacks change nothing.
+func (s *Server) editKeyFile(key []byte, op string) error {
+	activate := op == "activate"
 	keys := s.cfg.Encryption
 	if keys.Ring() == nil {
 		return fmt.Errorf("%w: this node has no --encryption-key-file", kvd.ErrInvalid)
@@ -221,8 +241,14 @@ func (s *Server) editKeyFile(key []byte, activate bool) error {
 	id := atrest.IDOf(key)
 	ring := cur.Keys()
 	switch {
+	case op == "drop" && cur.Active() == id:
+		return fmt.Errorf("%w: key %s is active here: it cannot be dropped", kvd.ErrConflict, id)
+	case op == "drop" && !cur.Has(id):
+		return nil
+	case op == "drop":
+		ring = slices.DeleteFunc(ring, func(k []byte) bool { return atrest.IDOf(k) == id })
 	case activate && cur.Active() == id, !activate && cur.Has(id):
-		// done already
+		return nil // done already
 	case activate:
 		ring = slices.DeleteFunc(ring, func(k []byte) bool { return atrest.IDOf(k) == id })
 		ring = append([][]byte{key}, ring...)
@@ -256,23 +282,41 @@ func (s *Server) RotateKey(ctx context.Context) (api.KeyRotation, error) {
 	if len(m.Nodes) > 1 && (s.tls == nil || s.tls.peer == nil) {
 		return api.KeyRotation{}, fmt.Errorf("%w: a key would cross the network in the clear: rotate online only with peer TLS (--peer-tls-*), or put the same new key file on every node (kvd rotate-key --encryption-key-file)", kvd.ErrInvalid)
 	}
+	// Every node must be able to take a key before any is given one: a
+	// rotation refused here changes nothing.
+	for _, n := range m.Nodes {
+		ne, err := s.encryptionOf(ctx, n.ID, keyOp{Op: "status"})
+		switch {
+		case err != nil:
+			// A conflict, not unavailable: asking another node would
+			// meet the same node down.
+			return api.KeyRotation{}, fmt.Errorf("%w: rotate: node %s cannot be asked (%v); nothing was changed: run it again once every node is up", kvd.ErrConflict, n.ID, err)
+		case !ne.Enabled:
+			return api.KeyRotation{}, fmt.Errorf("%w: rotate: node %s has no --encryption-key-file", kvd.ErrInvalid, n.ID)
+		case ne.Error != "":
+			return api.KeyRotation{}, fmt.Errorf("%w: rotate: node %s: %s; nothing was changed", kvd.ErrConflict, n.ID, ne.Error)
+		case len(ne.Keys) >= atrest.MaxKeys:
+			return api.KeyRotation{}, fmt.Errorf("%w: rotate: node %s holds %d keys, the most a key file may: drop the lines of keys no data is under any more", kvd.ErrConflict, n.ID, len(ne.Keys))
+		}
+	}
 	key := atrest.NewKey()
 	out := api.KeyRotation{Key: atrest.IDOf(key).String()}
-	for _, step := range []string{"add", "activate"} {
-		for _, n := range m.Nodes {
-			var err error
-			if n.ID == s.id {
-				err = s.editKeyFile(key, step == "activate")
-			} else {
-				_, err = s.peerEncryption(ctx, n.ID, keyOp{Op: step, Key: key})
+	for i, n := range m.Nodes {
+		if _, err := s.encryptionOf(ctx, n.ID, keyOp{Op: "add", Key: key}); err != nil {
+			// No node seals under the key yet: take it back out.
+			for _, done := range m.Nodes[:i+1] {
+				if _, derr := s.encryptionOf(ctx, done.ID, keyOp{Op: "drop", Key: key}); derr != nil {
+					s.log.Warn("a failed rotation's key could not be dropped; it stays, unused", "node", done.ID, "key", out.Key, "err", derr)
+				}
 			}
-			if err != nil {
-				return out, fmt.Errorf("rotate: %s the new key on node %s: %w", step, n.ID, err)
-			}
-			if step == "activate" {
-				out.Nodes = append(out.Nodes, n.ID)
-			}
+			return api.KeyRotation{}, fmt.Errorf("rotate: add the new key on node %s (taken back out where it was added): %w", n.ID, err)
 		}
+	}
+	for _, n := range m.Nodes {
+		if _, err := s.encryptionOf(ctx, n.ID, keyOp{Op: "activate", Key: key}); err != nil {
+			return out, fmt.Errorf("rotate: activate the new key on node %s (the nodes before it use it; every node holds it and the old one: run the rotation again): %w", n.ID, err)
+		}
+		out.Nodes = append(out.Nodes, n.ID)
 	}
 	s.log.Info("rotated the encryption key on every node", "key", out.Key, "nodes", len(out.Nodes))
 	return out, nil

@@ -3,8 +3,12 @@ package store
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -61,15 +65,11 @@ func (db *DB) Reencrypt(ctx context.Context) (int, error) {
 	}
 	total := 0
 	for {
-		n := 0
-		for _, name := range encryptedBuckets {
-			k, err := db.reencryptBucket(ctx, name)
-			n += k
-			if err != nil {
-				return total + n, err
-			}
-		}
+		n, err := reencryptBuckets(ctx, db.update, db.opts.Keys)
 		total += n
+		if err != nil {
+			return total, err
+		}
 		if n == 0 {
 			break
 		}
@@ -90,9 +90,24 @@ var errKeyChanged = errors.New("the active key changed meanwhile")
 // encryptedBuckets are the buckets whose values are encrypted.
 var encryptedBuckets = [][]byte{bucketKV, bucketLocks, bucketTxnKeys, bucketTxns, bucketDedup, bucketHistory, bucketRestore}
 
+// reencryptBuckets makes one pass over the encrypted buckets, through
+// update (a write transaction of the file), and returns how many values
+// it rewrote.
+func reencryptBuckets(ctx context.Context, update func(func(*bolt.Tx) error) error, keys *atrest.Keys) (int, error) {
+	n := 0
+	for _, name := range encryptedBuckets {
+		k, err := reencryptBucket(ctx, update, keys, name)
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
 // reencryptBucket rewrites the values of one bucket that need it, a
 // batch at a time.
-func (db *DB) reencryptBucket(ctx context.Context, name []byte) (int, error) {
+func reencryptBucket(ctx context.Context, update func(func(*bolt.Tx) error) error, keys *atrest.Keys, name []byte) (int, error) {
 	var after []byte
 	total := 0
 	for {
@@ -101,8 +116,8 @@ func (db *DB) reencryptBucket(ctx context.Context, name []byte) (int, error) {
 		}
 		var next []byte
 		n := 0
-		err := db.update(func(tx *bolt.Tx) error {
-			b := bucketOf(tx, name, db.opts.Keys)
+		err := update(func(tx *bolt.Tx) error {
+			b := bucketOf(tx, name, keys)
 			c := b.b.Cursor()
 			k, raw := c.First()
 			if after != nil {
@@ -115,7 +130,7 @@ func (db *DB) reencryptBucket(ctx context.Context, name []byte) (int, error) {
 			size := 0
 			for ; k != nil && len(batch) < reencryptBatch && size < reencryptBatchBytes; k, raw = c.Next() {
 				next = append(next[:0], k...)
-				if sealedUnder(db.opts.Keys, raw) {
+				if sealedUnder(keys, raw) {
 					continue
 				}
 				p, _, err := unseal(b.keys, b.tag, k, raw)
@@ -185,4 +200,70 @@ func (db *DB) update(fn func(tx *bolt.Tx) error) error {
 		db.opts.OnCorrupt(err)
 	}
 	return err
+}
+
+// ReencryptSnapshot copies the snapshot read from r to w (see
+// Snapshot.WriteTo) with every value sealed under keys' active key,
+// recorded as such (SealedUnder). The state goes through a temporary file
+// in dir, removed before it returns.
+func ReencryptSnapshot(ctx context.Context, r io.Reader, w io.Writer, dir string, keys *atrest.Keys) error {
+	ring := keys.Ring()
+	if ring == nil {
+		return errors.New("reencrypt snapshot: no keys")
+	}
+	applied, term, err := ReadSnapshotHeader(r)
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "reencrypt-*.db")
+	if err != nil {
+		return fmt.Errorf("reencrypt snapshot: %w", err)
+	}
+	path := f.Name()
+	defer os.Remove(path)
+	_, err = io.Copy(f, r)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("reencrypt snapshot: copy it: %w", err)
+	}
+	bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: true, NoFreelistSync: true})
+	if err != nil {
+		return fmt.Errorf("reencrypt snapshot: %w", err)
+	}
+	defer bdb.Close()
+	update := func(fn func(*bolt.Tx) error) error { return guard(func() error { return bdb.Update(fn) }) }
+	for _, name := range allBuckets {
+		if err := update(func(tx *bolt.Tx) error {
+			if tx.Bucket(name) == nil {
+				return corruptf("snapshot lacks bucket %s", name)
+			}
+			return nil
+		}); err != nil {
+			return fmt.Errorf("reencrypt snapshot: %w", err)
+		}
+	}
+	if _, err := reencryptBuckets(ctx, update, keys); err != nil {
+		return fmt.Errorf("reencrypt snapshot: %w", err)
+	}
+	active := ring.Active()
+	if err := update(func(tx *bolt.Tx) error {
+		return putMeta(bucketsOf(tx, keys).meta, metaSealedUnder, active[:])
+	}); err != nil {
+		return fmt.Errorf("reencrypt snapshot: %w", err)
+	}
+	hdr := make([]byte, 0, snapshotHeaderSize)
+	hdr = append(hdr, snapshotMagic...)
+	hdr = binary.BigEndian.AppendUint64(hdr, applied)
+	hdr = binary.BigEndian.AppendUint64(hdr, term)
+	if _, err := w.Write(hdr); err != nil {
+		return fmt.Errorf("reencrypt snapshot: %w", err)
+	}
+	return guard(func() error {
+		return bdb.View(func(tx *bolt.Tx) error {
+			_, err := tx.WriteTo(w)
+			return err
+		})
+	})
 }

@@ -138,6 +138,25 @@ func TestKvd_EncryptionAtRestAndRotation(t *testing.T) {
 	}
 	readAll()
 	require.Empty(t, filesHolding(t, c.Dir, marker), "plaintext in a data directory")
+	st, body = send("POST", c.Nodes[0].URL()+"/v1/admin/encryption/rotate?x=1", "")
+	require.Equal(t, 400, st, body)
+	st, body = send("POST", c.Nodes[0].URL()+"/v1/admin/encryption/rotate", "{}")
+	require.Equal(t, 400, st, body)
+
+	// With a node down, a rotation is refused before any node changes.
+	require.NoError(t, c.Terminate(2, 20*time.Second))
+	errb.Reset()
+	require.Equal(t, 1, runRotateKey([]string{"--addr", c.Nodes[0].URL(), "--cacert", ca}, &out, &errb))
+	require.Contains(t, errb.String(), "nothing was changed")
+	for _, id := range []string{c.Nodes[0].ID, c.Nodes[1].ID} {
+		r, err := atrest.LoadKeyFile(keyFiles[id])
+		require.NoError(t, err)
+		require.Len(t, r.IDs(), 2, "node %s was given no key", id)
+	}
+	require.NoError(t, c.Start(2))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	require.NoError(t, c.WaitAllReady(ctx))
 
 	// Every node's file without the old key: taken, and every node
 	// restarts and reads without it.
@@ -151,8 +170,6 @@ func TestKvd_EncryptionAtRestAndRotation(t *testing.T) {
 		require.NoError(t, c.Terminate(i, 20*time.Second))
 		require.NoError(t, c.Start(i))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
 	require.NoError(t, c.WaitAllReady(ctx))
 	readAll()
 	require.Empty(t, filesHolding(t, c.Dir, marker), "plaintext in a data directory")
@@ -193,7 +210,7 @@ func TestKvd_EncryptionKeyFileMistakes(t *testing.T) {
 	for _, args := range [][]string{
 		{},
 		{"--addr", "http://127.0.0.1:1", "--encryption-key-file", "x"},
-		{"--encryption-key-file", filepath.Join(dir, "k"), "--add", "--activate"},
+		{"--encryption-key-file", filepath.Join(dir, "k"), "--add", "--activate", "ab"},
 		{"--addr", "http://127.0.0.1:1", "--add"},
 	} {
 		errb.Reset()
@@ -203,9 +220,10 @@ func TestKvd_EncryptionKeyFileMistakes(t *testing.T) {
 	one := filepath.Join(dir, "one.key")
 	require.Zero(t, runRotateKey([]string{"--encryption-key-file", one}, &out, &errb))
 	errb.Reset()
-	require.Equal(t, 1, runRotateKey([]string{"--encryption-key-file", one, "--activate"}, &out, &errb))
-	require.Contains(t, errb.String(), "nothing to activate")
-	// --add keeps the active key; --activate makes the added one active.
+	require.Equal(t, 1, runRotateKey([]string{"--encryption-key-file", one, "--activate", "0011223344556677"}, &out, &errb))
+	require.Contains(t, errb.String(), "holds no key 0011223344556677")
+	// --add keeps the active key; --activate ID makes the added one
+	// active, and again changes nothing (never an older key).
 	before, err := atrest.LoadKeyFile(one)
 	require.NoError(t, err)
 	require.Zero(t, runRotateKey([]string{"--encryption-key-file", one, "--add"}, &out, &errb))
@@ -213,9 +231,12 @@ func TestKvd_EncryptionKeyFileMistakes(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, before.Active(), added.Active())
 	require.Len(t, added.IDs(), 2)
-	require.Zero(t, runRotateKey([]string{"--encryption-key-file", one, "--activate"}, &out, &errb))
-	activated, err := atrest.LoadKeyFile(one)
-	require.NoError(t, err)
-	require.Equal(t, added.IDs()[1], activated.Active())
-	require.True(t, activated.Has(before.Active()))
+	newID := added.IDs()[1].String()
+	for range 2 {
+		require.Zero(t, runRotateKey([]string{"--encryption-key-file", one, "--activate", newID}, &out, &errb))
+		activated, err := atrest.LoadKeyFile(one)
+		require.NoError(t, err)
+		require.Equal(t, newID, activated.Active().String())
+		require.True(t, activated.Has(before.Active()))
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,7 +20,7 @@ import (
 
 // rotateKeyUsage explains `kvd rotate-key`.
 const rotateKeyUsage = `usage: kvd rotate-key --addr URL [--token T] [--cacert F --cert F --key F]
-       kvd rotate-key --encryption-key-file FILE [--add | --activate]
+       kvd rotate-key --encryption-key-file FILE [--add | --activate ID]
 
 Rotates the key that encrypts the data at rest.
 
@@ -33,9 +34,10 @@ With --encryption-key-file, on a file: makes the file (one new key) if it
 is absent, else puts a new key first (the active one), keeping the others
 to read what is under them. Every node must hold the same file. On a
 running cluster, do it in two steps so that no node seals under a key
-another lacks: --add puts the new key last (held, not active): copy the
-file to every node; then --activate moves the last key first: copy it
-again. Nodes read their key file again when it changes, or on SIGHUP.
+another lacks: --add puts a new key last (held, not active) and prints
+its id: copy the file to every node; then --activate ID makes that key
+the active one: copy the file again. Nodes read their key file again
+when it changes, or on SIGHUP.
 
 flags:
 `
@@ -46,7 +48,7 @@ func runRotateKey(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	file := fs.String("encryption-key-file", "", "`file` of keys to rotate in place")
 	add := fs.Bool("add", false, "with --encryption-key-file: add a new key last, not active")
-	activate := fs.Bool("activate", false, "with --encryption-key-file: make the last key the active one")
+	activate := fs.String("activate", "", "with --encryption-key-file: make the key of this `id` (printed by --add) the active one")
 	addr := fs.String("addr", "", "`URL` of a node of the running cluster to rotate")
 	token := fs.String("token", os.Getenv("KVD_TOKEN"), "admin `token` (default $KVD_TOKEN)")
 	cacert := fs.String("cacert", "", "`file`: the CA of the nodes' certificates")
@@ -69,9 +71,9 @@ func runRotateKey(args []string, stdout, stderr io.Writer) int {
 		return fail(2, "unexpected argument %q", fs.Arg(0))
 	case (*file == "") == (*addr == ""):
 		return fail(2, "give either --addr (a running cluster) or --encryption-key-file (a file)")
-	case *add && *activate:
+	case *add && *activate != "":
 		return fail(2, "--add and --activate exclude each other")
-	case (*add || *activate) && *file == "":
+	case (*add || *activate != "") && *file == "":
 		return fail(2, "--add and --activate are for --encryption-key-file")
 	}
 	if *file != "" {
@@ -119,11 +121,12 @@ func runRotateKey(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// rotateKeyFile rotates the keys of a key file, or makes it.
-func rotateKeyFile(path string, add, activate bool) (string, error) {
+// rotateKeyFile rotates the keys of a key file, or makes it; activate,
+// if set, is the id of a key the file holds to make active.
+func rotateKeyFile(path string, add bool, activate string) (string, error) {
 	cur, err := atrest.LoadKeyFile(path)
 	switch {
-	case errors.Is(err, os.ErrNotExist) && !activate:
+	case errors.Is(err, os.ErrNotExist) && activate == "":
 		k := atrest.NewKey()
 		if err := fsutil.WriteFile(path, atrest.FormatKeyFile(k), atrest.KeyFileMode); err != nil {
 			return "", fmt.Errorf("write %s: %w", path, err)
@@ -135,12 +138,16 @@ func rotateKeyFile(path string, add, activate bool) (string, error) {
 	keys := cur.Keys()
 	var active []byte
 	switch {
-	case activate:
-		if len(keys) < 2 {
-			return "", fmt.Errorf("%s holds one key: nothing to activate (add one first with --add)", path)
+	case activate != "":
+		i := slices.IndexFunc(keys, func(k []byte) bool { return atrest.IDOf(k).String() == activate })
+		switch {
+		case i < 0:
+			return "", fmt.Errorf("%s holds no key %s (its keys: %s)", path, activate, idList(cur))
+		case i == 0:
+			return fmt.Sprintf("%s: key %s is active already", path, activate), nil
 		}
-		active = keys[len(keys)-1]
-		keys = append([][]byte{active}, keys[:len(keys)-1]...)
+		active = keys[i]
+		keys = append([][]byte{active}, slices.Delete(keys, i, i+1)...)
 	case len(keys) >= atrest.MaxKeys:
 		return "", fmt.Errorf("%s holds %d keys, the most it may: drop the lines of keys no data is under any more (GET /v1/admin/encryption)", path, len(keys))
 	case add:
@@ -153,7 +160,17 @@ func rotateKeyFile(path string, add, activate bool) (string, error) {
 		return "", fmt.Errorf("write %s: %w", path, err)
 	}
 	if add {
-		return fmt.Sprintf("%s: added key %s (not active; %d keys): copy the file to every node, then run --activate", path, atrest.IDOf(keys[len(keys)-1]), len(keys)), nil
+		id := atrest.IDOf(keys[len(keys)-1])
+		return fmt.Sprintf("%s: added key %s (not active; %d keys): copy the file to every node, then run --activate %s", path, id, len(keys), id), nil
 	}
 	return fmt.Sprintf("%s: active key %s (%d keys); every node must hold this file", path, atrest.IDOf(active), len(keys)), nil
+}
+
+// idList names a ring's keys by their ids.
+func idList(r *atrest.Keyring) string {
+	var ids []string
+	for _, id := range r.IDs() {
+		ids = append(ids, id.String())
+	}
+	return strings.Join(ids, ", ")
 }
