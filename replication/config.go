@@ -107,6 +107,14 @@ type Config struct {
 
 	// Store configures the replica's bbolt state.
 	Store store.Options
+	// LogStore picks the Raft log and stable store of a new replica:
+	// LogStoreBolt (raft-boltdb, one file: raft.db) or LogStoreWAL
+	// (hashicorp/raft-wal: segment files and a small meta file under
+	// wal/). A replica keeps the store it was created with, whatever
+	// this says. WALSegmentBytes is the size of raft-wal's segment files,
+	// each allocated whole when created.
+	LogStore        string
+	WALSegmentBytes int
 	// Keys, if set, encrypt the replica's state, Raft log entries and
 	// snapshots (see encryption.go); Store.Keys is set from it.
 	Keys *atrest.Keys
@@ -159,6 +167,8 @@ func DefaultConfig() Config {
 		FollowerMaxWait:       500 * time.Millisecond,
 		LogCacheBytes:         32 << 20,
 		LogCacheEntries:       1024,
+		LogStore:              LogStoreBolt,
+		WALSegmentBytes:       16 << 20,
 		MaxQueueBytes:         32 << 20,
 		MaxInflightBytes:      32 << 20,
 		IntegrityInterval:     5 * time.Minute,
@@ -188,6 +198,10 @@ func (c *Config) validate() error {
 		return errors.New("a stream layer or a transport is required")
 	case c.MaxBatchCmds < 1 || c.MaxBatchBytes < 1 || c.MaxAppendEntries < 1:
 		return errors.New("batch limits must be positive")
+	case c.LogStore != "" && c.LogStore != LogStoreBolt && c.LogStore != LogStoreWAL:
+		return fmt.Errorf("log store %q: want %s or %s", c.LogStore, LogStoreBolt, LogStoreWAL)
+	case c.WALSegmentBytes < 0:
+		return errors.New("the WAL segment size must not be negative")
 	}
 	def := DefaultConfig()
 	orDefault(&c.FollowerMaxWait, def.FollowerMaxWait)

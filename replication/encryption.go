@@ -123,8 +123,22 @@ func (s *sealedLog) GetLog(idx uint64, out *raft.Log) error {
 	return nil
 }
 
+// IsMonotonic implements raft.MonotonicLogStore as the store below does.
+func (s *sealedLog) IsMonotonic() bool { return isMonotonic(s.LogStore) }
+
+// errLogAging means entries under an older key remain in a log that
+// cannot rewrite an entry in place (raft-wal takes consecutive appends
+// only): they leave as snapshots compact the log.
+type errLogAging struct{ left int }
+
+func (e errLogAging) Error() string {
+	return fmt.Sprintf("%d raft log entries are under an older key; they leave as snapshots compact the log (raft-wal cannot rewrite an entry in place): keep the old key until then", e.left)
+}
+
 // reencrypt rewrites every command entry not sealed under the active key,
-// a batch at a time, and returns how many it rewrote.
+// a batch at a time, and returns how many it rewrote. A log that takes
+// consecutive appends only is not rewritten: it fails with errLogAging
+// while such entries remain.
 func (s *sealedLog) reencrypt(ctx context.Context) (int, error) {
 	ring := s.keys.Ring()
 	if ring == nil {
@@ -137,6 +151,22 @@ func (s *sealedLog) reencrypt(ctx context.Context) (int, error) {
 	last, err := s.LastIndex()
 	if err != nil {
 		return 0, err
+	}
+	if isMonotonic(s.LogStore) {
+		left := 0
+		for idx := first; idx <= last && idx > 0; idx++ {
+			var l raft.Log
+			if err := s.LogStore.GetLog(idx, &l); err != nil || l.Type != raft.LogCommand || len(l.Data) == 0 {
+				continue
+			}
+			if id, ok := atrest.SealedWith(l.Data); !ok || id != ring.Active() {
+				left++
+			}
+		}
+		if left > 0 {
+			return 0, errLogAging{left}
+		}
+		return 0, nil
 	}
 	n := 0
 	for idx := first; idx <= last && idx > 0; {
@@ -343,6 +373,8 @@ type encryptionState struct {
 	mu        sync.Mutex // protects the fields below
 	done      bool       // everything is under doneFor
 	doneFor   atrest.KeyID
+	snapsDone bool // the snapshots are under snapsFor
+	snapsFor  atrest.KeyID
 	rewritten uint64
 	err       error
 }
@@ -397,7 +429,7 @@ const encryptedMarker = "encrypted-under"
 // what is no longer so.
 func (g *Group) forgetReencrypted() {
 	g.enc.mu.Lock()
-	g.enc.done = false
+	g.enc.done, g.enc.snapsDone = false, false
 	g.enc.mu.Unlock()
 	if err := os.Remove(filepath.Join(g.cfg.Dir, encryptedMarker)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		g.log.Warn("cannot remove the re-encryption marker", "err", err)
@@ -470,6 +502,15 @@ func (g *Group) runReencrypt() {
 			attempt = 0
 			continue
 		}
+		var aging errLogAging
+		if errors.As(err, &aging) {
+			// Nothing to do but wait for the log to be compacted.
+			if !g.pause(10 * time.Second) {
+				return
+			}
+			kick(g.enc.kick)
+			continue
+		}
 		g.log.Warn("re-encryption pass failed; trying again", "err", err)
 		attempt++
 		if !g.pause(diskBackoff.Delay(attempt)) {
@@ -507,17 +548,30 @@ func (g *Group) reencryptPass() error {
 		g.enc.mu.Unlock()
 		return nil
 	}
-	entries, err := g.sealedLogs.reencrypt(g.ctx)
+	entries, logErr := g.sealedLogs.reencrypt(g.ctx)
 	g.noteRewritten(entries)
-	if err != nil {
-		return fmt.Errorf("re-encrypt the raft log: %w", err)
+	var aging errLogAging
+	if logErr != nil && !errors.As(logErr, &aging) {
+		return fmt.Errorf("re-encrypt the raft log: %w", logErr)
 	}
-	rewrote, err := g.sealedSnaps.reencrypt(g.ctx, g.trans)
-	if rewrote {
-		g.noteRewritten(1)
+	g.enc.mu.Lock()
+	snapsDone := g.enc.snapsDone && g.enc.snapsFor == active
+	g.enc.mu.Unlock()
+	rewrote := false
+	if !snapsDone {
+		rewrote, err = g.sealedSnaps.reencrypt(g.ctx, g.trans)
+		if rewrote {
+			g.noteRewritten(1)
+		}
+		if err != nil {
+			return fmt.Errorf("re-encrypt the snapshots: %w", err)
+		}
+		g.enc.mu.Lock()
+		g.enc.snapsDone, g.enc.snapsFor = true, active
+		g.enc.mu.Unlock()
 	}
-	if err != nil {
-		return fmt.Errorf("re-encrypt the snapshots: %w", err)
+	if logErr != nil {
+		return fmt.Errorf("re-encrypt the raft log: %w", logErr)
 	}
 	if g.cfg.Keys.Ring().Active() != active {
 		kick(g.enc.kick) // rotated again meanwhile

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/store"
@@ -20,12 +19,15 @@ import (
 // machine is a store.DB. The leader is the group's primary; followers are
 // backups and take over when it fails.
 type Group struct {
-	cfg  Config
-	id   kvd.GroupID
-	log  *slog.Logger
-	db   *store.DB
-	bolt *raftboltdb.BoltStore
-	logs *logStore
+	cfg Config
+	id  kvd.GroupID
+	log *slog.Logger
+	db  *store.DB
+	// bolt is the Raft log and stable store, raft-boltdb's or raft-wal's
+	// (logKind).
+	bolt    raftStore
+	logKind string
+	logs    *logStore
 	// sealedLogs and sealedSnaps seal what the log and the snapshots
 	// write (see encryption.go); snaps is sealedSnaps.
 	sealedLogs  *sealedLog

@@ -150,6 +150,9 @@ func (s *logStore) repair(l *raft.Log) error {
 	return nil
 }
 
+// IsMonotonic implements raft.MonotonicLogStore as the store below does.
+func (s *logStore) IsMonotonic() bool { return isMonotonic(s.store) }
+
 // DeleteRange implements raft.LogStore.
 func (s *logStore) DeleteRange(min, max uint64) error {
 	s.mu.Lock()

@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,7 +12,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
 	"github.com/kvd-project/kvd/internal/failpoint"
 	"github.com/kvd-project/kvd/store"
@@ -25,9 +25,12 @@ func Open(cfg Config) (*Group, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open group %d: %w", cfg.Group, err)
 	}
-	raftPath := filepath.Join(cfg.Dir, "raft.db")
-	if _, err := os.Stat(raftPath); cfg.RequireState && os.IsNotExist(err) {
-		return nil, fmt.Errorf("open group %d: %s is missing: %w", cfg.Group, raftPath, ErrNoState)
+	kind := StoredLogStore(cfg.Dir)
+	if kind == "" && cfg.RequireState {
+		return nil, fmt.Errorf("open group %d: %s holds no raft log (%s or %s/): %w", cfg.Group, cfg.Dir, boltLogFile, walLogDir, ErrNoState)
+	}
+	if kind == "" {
+		kind = cmp.Or(cfg.LogStore, LogStoreBolt)
 	}
 	g := newGroup(cfg)
 	ok := false
@@ -37,7 +40,7 @@ func Open(cfg Config) (*Group, error) {
 		}
 	}()
 	hlog := newHCLog(g.log, "raft")
-	hasState, err := g.openStores(raftPath, hlog)
+	hasState, err := g.openStores(kind, hlog)
 	if err != nil {
 		return nil, fmt.Errorf("open group %d: %w", cfg.Group, err)
 	}
@@ -74,14 +77,15 @@ func newGroup(cfg Config) *Group {
 	return g
 }
 
-// openStores opens the Raft log (raftPath), the snapshots and the state,
+// openStores opens the Raft log (of kind), the snapshots and the state,
 // and brings the state up to the newest snapshot. It reports whether the
 // replica has Raft state.
-func (g *Group) openStores(raftPath string, hlog hclog.Logger) (hasState bool, err error) {
+func (g *Group) openStores(kind string, hlog hclog.Logger) (hasState bool, err error) {
 	cfg := &g.cfg
-	if g.bolt, err = raftboltdb.New(raftboltdb.Options{Path: raftPath}); err != nil {
-		return false, fmt.Errorf("raft log: %w", err)
+	if g.bolt, err = openRaftStore(kind, cfg.Dir, cfg.WALSegmentBytes, hlog); err != nil {
+		return false, err
 	}
+	g.logKind = kind
 	fss, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hlog)
 	if err != nil {
 		return false, fmt.Errorf("snapshots: %w", err)
@@ -94,7 +98,7 @@ func (g *Group) openStores(raftPath string, hlog hclog.Logger) (hasState bool, e
 		return false, err
 	}
 	if cfg.RequireState && !hasState {
-		return false, fmt.Errorf("%s holds no raft state: %w", raftPath, ErrNoState)
+		return false, fmt.Errorf("%s holds no raft state: %w", cfg.Dir, ErrNoState)
 	}
 	sopts := cfg.Store
 	sopts.Logger = g.log

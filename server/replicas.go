@@ -65,7 +65,7 @@ func (s *Server) storedGroups() map[kvd.GroupID]bool {
 		if err != nil || id == 0 || !e.IsDir() {
 			continue
 		}
-		if _, err := os.Stat(filepath.Join(s.cfg.DataDir, "groups", e.Name(), "raft.db")); err == nil {
+		if replication.StoredLogStore(filepath.Join(s.cfg.DataDir, "groups", e.Name())) != "" {
 			out[kvd.GroupID(id)] = true
 		}
 	}
