@@ -254,6 +254,7 @@ func New(b Backend, o Options) (*Handler, error) {
 	r.HandleFunc("/v1/cluster", h.cluster).Methods(http.MethodGet)
 	r.HandleFunc("/v1/status", h.status).Methods(http.MethodGet)
 	r.HandleFunc("/v1/txn", h.txn).Methods(http.MethodPost)
+	r.HandleFunc("/v1/batch", h.batch).Methods(http.MethodPost)
 	r.HandleFunc("/v1/watch", h.watch).Methods(http.MethodGet)
 	r.HandleFunc("/v1/internal/history", h.history).Methods(http.MethodGet)
 	r.HandleFunc("/v1/internal/readindex", h.readIndex).Methods(http.MethodGet)

@@ -248,4 +248,14 @@ func TestAuth_IdempotencyKeysAreEachTokensOwn(t *testing.T) {
 	// a cannot pass as b.
 	r := do(follower, "PUT", "/v1/kv/shared/x", a, []byte("from b"), idem, "k1", api.HeaderIdempotencyScope, "b")
 	require.Equal(t, 422, r.Status, "a's own key k1, with another body: %s", r.Body)
+
+	// A batch is checked op by op: what the token does not cover fails
+	// alone, 403.
+	r = do(follower, "POST", "/v1/batch", a, []byte(`{"ops":[{"op":"put","key":"shared/y","value":"eQ=="},{"op":"put","key":"other/z","value":"eg=="},{"op":"get","key":"other/z"}]}`))
+	require.Equal(t, 200, r.Status, "%s", r.Body)
+	var br api.BatchResponse
+	require.NoError(t, json.Unmarshal(r.Body, &br))
+	require.Equal(t, []int{200, 403, 403}, []int{br.Results[0].Status, br.Results[1].Status, br.Results[2].Status})
+	require.Equal(t, api.CodeForbidden, br.Results[1].Error.Code)
+	require.Equal(t, 401, do(follower, "POST", "/v1/batch", "", []byte(`{"ops":[{"op":"get","key":"shared/y"}]}`)).Status)
 }
