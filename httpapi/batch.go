@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kvd-project/kvd"
@@ -21,6 +22,11 @@ import (
 // a batch's writes to reach a group's proposer together (it puts what is
 // queued into one entry), few enough not to flood the node.
 const batchParallel = 64
+
+// batchAnswerBytes bounds the values a batch's gets answer, together:
+// past it a get answers 413 in its result rather than the node building
+// an answer of a thousand large values.
+const batchAnswerBytes = 16 << 20
 
 // batchBodyBytes is the largest batch body: many values, each within the
 // value limit, or the body limit if that is larger.
@@ -77,8 +83,9 @@ func (h *Handler) batch(w http.ResponseWriter, r *http.Request) {
 		todo = append(todo, i)
 	}
 	forwarded := r.Header.Get(api.HeaderForwarded) != ""
+	var answered atomic.Int64 // value bytes of the gets answered so far
 	for attempt := 0; len(todo) > 0; attempt++ {
-		elsewhere := h.runBatch(ctx, ops, todo, results)
+		elsewhere := h.runBatch(ctx, ops, todo, results, &answered)
 		todo = nil
 		if forwarded || len(elsewhere) == 0 {
 			break
@@ -90,7 +97,7 @@ func (h *Handler) batch(w http.ResponseWriter, r *http.Request) {
 				todo = append(todo, idx...)
 				continue
 			}
-			if !h.forwardBatch(ctx, r, leader, req.Ops, idx, results) {
+			if !h.forwardBatch(ctx, r, leader, req.Ops, idx, results, &answered) {
 				todo = append(todo, idx...)
 			}
 		}
@@ -154,7 +161,7 @@ func (h *Handler) parseBatchOp(o api.BatchOp) (batchOp, error) {
 // runBatch runs the ops at idx, batchParallel at a time, into results,
 // and returns those another node must serve, by the leader named (""
 // when none is known).
-func (h *Handler) runBatch(ctx context.Context, ops []batchOp, idx []int, results []api.BatchResult) map[string][]int {
+func (h *Handler) runBatch(ctx context.Context, ops []batchOp, idx []int, results []api.BatchResult, answered *atomic.Int64) map[string][]int {
 	var mu sync.Mutex // protects elsewhere
 	elsewhere := map[string][]int{}
 	sem := make(chan struct{}, batchParallel)
@@ -174,7 +181,7 @@ func (h *Handler) runBatch(ctx context.Context, ops []batchOp, idx []int, result
 			if err != nil {
 				res = batchError(err, ops[i].kind != "get")
 			}
-			results[i] = res
+			results[i] = withinAnswer(res, answered)
 		}()
 	}
 	wg.Wait()
@@ -195,6 +202,18 @@ func (h *Handler) runBatchOp(ctx context.Context, op batchOp) (api.BatchResult, 
 	}
 }
 
+// withinAnswer counts a get's value against the batch's answer, and
+// answers 413 instead once it would pass batchAnswerBytes.
+func withinAnswer(res api.BatchResult, answered *atomic.Int64) api.BatchResult {
+	if len(res.Value) == 0 {
+		return res
+	}
+	if answered.Add(int64(len(res.Value))) > batchAnswerBytes {
+		return batchError(fmt.Errorf("%w: the batch's gets answer more than %d bytes of values: get this key in another request", kvd.ErrTooLarge, batchAnswerBytes), false)
+	}
+	return res
+}
+
 // batchError is the result of an op that failed with err.
 func batchError(err error, write bool) api.BatchResult {
 	status, code := statusOf(err, write)
@@ -210,7 +229,7 @@ func batchError(err error, write bool) api.BatchResult {
 // their results from its answer. It reports false when the leader could
 // not be asked and nothing was sent (the ops may be tried again); an
 // answer lost once sent leaves the writes' outcome unknown.
-func (h *Handler) forwardBatch(ctx context.Context, r *http.Request, leader string, all []api.BatchOp, idx []int, results []api.BatchResult) bool {
+func (h *Handler) forwardBatch(ctx context.Context, r *http.Request, leader string, all []api.BatchOp, idx []int, results []api.BatchResult, answered *atomic.Int64) bool {
 	addr, ok := h.b.PeerHTTP(leader)
 	if !ok {
 		return false
@@ -251,7 +270,9 @@ func (h *Handler) forwardBatch(ctx context.Context, r *http.Request, leader stri
 		return true
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 2*h.batchBodyBytes()+int64(len(idx))*1024))
+	// The leader's answer holds at most batchAnswerBytes of values (in
+	// base64), and a version or an error per op.
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, batchAnswerBytes/3*4+int64(len(idx))*(maxMessage+256)+1<<20))
 	var out api.BatchResponse
 	if err == nil && resp.StatusCode == http.StatusOK {
 		err = json.Unmarshal(raw, &out)
@@ -264,7 +285,7 @@ func (h *Handler) forwardBatch(ctx context.Context, r *http.Request, leader stri
 		return true
 	}
 	for j, i := range idx {
-		results[i] = out.Results[j]
+		results[i] = withinAnswer(out.Results[j], answered)
 	}
 	return true
 }

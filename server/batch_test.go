@@ -80,6 +80,34 @@ func TestBatch_OpsAcrossGroupsEachWithItsOwnResult(t *testing.T) {
 	require.Equal(t, "v1", string(mixed.Results[7].Value))
 	require.Equal(t, api.CodeNotFound, mixed.Results[2].Error.Code)
 
+	// The gets of a batch answer at most 16 MiB of values: the rest
+	// answer 413, each alone.
+	big := strings.Repeat("z", 1<<20-64)
+	var bigGets []api.BatchOp
+	for i := range 20 {
+		k := fmt.Sprintf("big%02d", i)
+		r := testcluster.Do(t, "PUT", c.URL(i%3)+"/v1/kv/"+k, []byte(big))
+		require.Equal(t, 200, r.Status, "%s", r.Body)
+		bigGets = append(bigGets, api.BatchOp{Op: "get", Key: k})
+	}
+	status, bigOut, body := batchCall(t, c.URL(0), api.BatchRequest{Ops: bigGets})
+	require.Equal(t, 200, status, body[:min(len(body), 300)])
+	answered, refused := 0, 0
+	for _, r := range bigOut.Results {
+		switch r.Status {
+		case 200:
+			require.Len(t, r.Value, len(big))
+			answered++
+		case 413:
+			require.Equal(t, api.CodeTooLarge, r.Error.Code)
+			refused++
+		default:
+			t.Fatalf("status %d: %+v", r.Status, r.Error)
+		}
+	}
+	require.Equal(t, 16, answered, "16 values of just under 1 MiB fit")
+	require.Equal(t, 4, refused)
+
 	// A bad batch is refused whole.
 	for name, tc := range map[string]struct {
 		body   string
