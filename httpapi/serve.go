@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
+	"strings"
 	"time"
 
 	"github.com/kvd-project/kvd"
@@ -107,9 +109,21 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 	} else {
 		req.Header.Del(api.HeaderIdempotencyScope)
 	}
+	// Whether the request went on a kept-alive connection: one a peer
+	// that died left in the pool fails only once the request is on it.
+	var reused bool
+	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused },
+	}))
 	resp, err := h.fwd.Do(req)
 	if err != nil {
 		if !write || wire.NeverSent(err) {
+			return false, ""
+		}
+		if reused && strings.HasPrefix(r.URL.Path, "/v1/admin/") {
+			// An operation of the operations API is safe to repeat:
+			// try the next node rather than answer an unknown outcome
+			// for a peer that is most likely gone.
 			return false, ""
 		}
 		writeError(w, fmt.Errorf("forwarded to leader %s, no answer: %v: %w", id, err, kvd.ErrUnknownOutcome), write)
