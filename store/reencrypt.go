@@ -65,7 +65,7 @@ func (db *DB) Reencrypt(ctx context.Context) (int, error) {
 	}
 	total := 0
 	for {
-		n, err := reencryptBuckets(ctx, db.update, db.opts.Keys)
+		n, err := reencryptBuckets(ctx, db.view, db.update, db.opts.Keys)
 		total += n
 		if err != nil {
 			return total, err
@@ -90,13 +90,18 @@ var errKeyChanged = errors.New("the active key changed meanwhile")
 // encryptedBuckets are the buckets whose values are encrypted.
 var encryptedBuckets = [][]byte{bucketKV, bucketLocks, bucketTxnKeys, bucketTxns, bucketDedup, bucketHistory, bucketRestore}
 
-// reencryptBuckets makes one pass over the encrypted buckets, through
-// update (a write transaction of the file), and returns how many values
-// it rewrote.
-func reencryptBuckets(ctx context.Context, update func(func(*bolt.Tx) error) error, keys *atrest.Keys) (int, error) {
+// txFunc runs fn in a transaction of a bbolt file (a read one for view,
+// a write one for update).
+type txFunc func(fn func(*bolt.Tx) error) error
+
+// reencryptBuckets makes one pass over the encrypted buckets of a file
+// and returns how many values it rewrote. It looks in read transactions
+// and writes only the values that need it: a pass that finds nothing to
+// do takes no write transaction from Apply.
+func reencryptBuckets(ctx context.Context, view, update txFunc, keys *atrest.Keys) (int, error) {
 	n := 0
 	for _, name := range encryptedBuckets {
-		k, err := reencryptBucket(ctx, update, keys, name)
+		k, err := reencryptBucket(ctx, view, update, keys, name)
 		n += k
 		if err != nil {
 			return n, err
@@ -105,56 +110,63 @@ func reencryptBuckets(ctx context.Context, update func(func(*bolt.Tx) error) err
 	return n, nil
 }
 
+// reencryptScan bounds the entries one read transaction of a pass walks.
+const reencryptScan = 4096
+
 // reencryptBucket rewrites the values of one bucket that need it, a
 // batch at a time.
-func reencryptBucket(ctx context.Context, update func(func(*bolt.Tx) error) error, keys *atrest.Keys, name []byte) (int, error) {
+func reencryptBucket(ctx context.Context, view, update txFunc, keys *atrest.Keys, name []byte) (int, error) {
 	var after []byte
 	total := 0
 	for {
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
+		var stale [][]byte
 		var next []byte
-		n := 0
-		err := update(func(tx *bolt.Tx) error {
-			b := bucketOf(tx, name, keys)
-			c := b.b.Cursor()
+		err := view(func(tx *bolt.Tx) error {
+			c := bucketOf(tx, name, keys).b.Cursor()
 			k, raw := c.First()
 			if after != nil {
 				if k, raw = c.Seek(after); k != nil && bytes.Equal(k, after) {
 					k, raw = c.Next()
 				}
 			}
-			type rewrite struct{ key, val []byte }
-			var batch []rewrite
 			size := 0
-			for ; k != nil && len(batch) < reencryptBatch && size < reencryptBatchBytes; k, raw = c.Next() {
+			for seen := 0; k != nil && seen < reencryptScan && len(stale) < reencryptBatch && size < reencryptBatchBytes; k, raw = c.Next() {
+				seen++
 				next = append(next[:0], k...)
-				if sealedUnder(keys, raw) {
-					continue
+				if !sealedUnder(keys, raw) {
+					stale = append(stale, append([]byte(nil), k...))
+					size += len(raw)
 				}
-				p, _, err := unseal(b.keys, b.tag, k, raw)
-				if err != nil {
-					return err
-				}
-				sealed, _ := seal(b.keys, b.tag, k, p)
-				batch = append(batch, rewrite{append([]byte(nil), k...), sealed})
-				size += len(sealed)
 			}
 			if k == nil {
 				next = nil
 			}
-			// Written after the walk: a bbolt cursor must not see its
-			// bucket change under it.
-			for _, r := range batch {
-				if err := b.b.Put(r.key, r.val); err != nil {
-					return err
-				}
-			}
-			n = len(batch)
 			return nil
 		})
-		total += n
+		if err == nil && len(stale) > 0 {
+			err = update(func(tx *bolt.Tx) error {
+				b := bucketOf(tx, name, keys)
+				for _, k := range stale {
+					raw := b.b.Get(k)
+					if raw == nil || sealedUnder(keys, raw) {
+						continue // changed since: sealed as keys seal now
+					}
+					p, _, err := unseal(b.keys, b.tag, k, raw)
+					if err != nil {
+						return err
+					}
+					sealed, _ := seal(b.keys, b.tag, k, p)
+					if err := b.b.Put(k, sealed); err != nil {
+						return err
+					}
+					total++
+				}
+				return nil
+			})
+		}
 		if err != nil {
 			return total, fmt.Errorf("reencrypt bucket %s: %w", name, err)
 		}
@@ -233,18 +245,19 @@ func ReencryptSnapshot(ctx context.Context, r io.Reader, w io.Writer, dir string
 		return fmt.Errorf("reencrypt snapshot: %w", err)
 	}
 	defer bdb.Close()
-	update := func(fn func(*bolt.Tx) error) error { return guard(func() error { return bdb.Update(fn) }) }
-	for _, name := range allBuckets {
-		if err := update(func(tx *bolt.Tx) error {
+	update := txFunc(func(fn func(*bolt.Tx) error) error { return guard(func() error { return bdb.Update(fn) }) })
+	view := txFunc(func(fn func(*bolt.Tx) error) error { return guard(func() error { return bdb.View(fn) }) })
+	if err := view(func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
 			if tx.Bucket(name) == nil {
 				return corruptf("snapshot lacks bucket %s", name)
 			}
-			return nil
-		}); err != nil {
-			return fmt.Errorf("reencrypt snapshot: %w", err)
 		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("reencrypt snapshot: %w", err)
 	}
-	if _, err := reencryptBuckets(ctx, update, keys); err != nil {
+	if _, err := reencryptBuckets(ctx, view, update, keys); err != nil {
 		return fmt.Errorf("reencrypt snapshot: %w", err)
 	}
 	active := ring.Active()
