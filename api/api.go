@@ -29,10 +29,6 @@ const (
 	// names the forwarding node. A forwarded request is not forwarded
 	// again.
 	HeaderForwarded = "X-Kvd-Forwarded"
-	// HeaderIdempotencyScope carries, on a forwarded request, the name of
-	// the token the forwarding node authenticated: its idempotency keys'
-	// scope. It is taken from nodes only.
-	HeaderIdempotencyScope = "X-Kvd-Idempotency-Scope"
 	// HeaderNode names the node that served a request.
 	HeaderNode = "X-Kvd-Node"
 	// HeaderPeerAuth carries a node's credential, derived from the

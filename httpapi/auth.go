@@ -30,13 +30,14 @@ func principalOf(r *http.Request) *api.Principal {
 }
 
 // idemScope returns the scope of the request's idempotency key: the name
-// of its token, or on a request a node forwarded, the name the forwarding
-// node authenticated ("" with auth off).
+// of its token ("" with auth off). A request a node forwards carries the
+// client's token and is authenticated again where it lands, so its scope
+// is the same whichever node it entered.
 func idemScope(r *http.Request) string {
 	if p := principalOf(r); p != nil {
 		return p.Name
 	}
-	return r.Header.Get(api.HeaderIdempotencyScope) // kept from nodes only
+	return ""
 }
 
 // openPath tells whether path is served without a token.

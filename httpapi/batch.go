@@ -78,7 +78,6 @@ func (h *Handler) batch(w http.ResponseWriter, r *http.Request) {
 			results[i] = batchError(err, o.Op != "get")
 			continue
 		}
-		op.scope = idemScope(r)
 		ops[i] = op
 		todo = append(todo, i)
 	}
@@ -115,7 +114,6 @@ type batchOp struct {
 	value []byte
 	ttl   time.Duration
 	c     kvd.Consistency
-	scope string
 }
 
 func (h *Handler) parseBatchOp(o api.BatchOp) (batchOp, error) {
@@ -191,10 +189,10 @@ func (h *Handler) runBatch(ctx context.Context, ops []batchOp, idx []int, result
 func (h *Handler) runBatchOp(ctx context.Context, op batchOp) (api.BatchResult, error) {
 	switch op.kind {
 	case "put":
-		v, err := h.b.Put(ctx, op.key, op.value, kvd.WriteOptions{TTL: op.ttl, IdempotencyScope: op.scope}, kvd.Route{})
+		v, err := h.b.Put(ctx, op.key, op.value, kvd.WriteOptions{TTL: op.ttl}, kvd.Route{})
 		return api.BatchResult{Status: http.StatusOK, Version: v}, err
 	case "delete":
-		deleted, v, err := h.b.Delete(ctx, op.key, kvd.WriteOptions{IdempotencyScope: op.scope}, kvd.Route{})
+		deleted, v, err := h.b.Delete(ctx, op.key, kvd.WriteOptions{}, kvd.Route{})
 		return api.BatchResult{Status: http.StatusOK, Version: v, Deleted: &deleted}, err
 	default:
 		it, err := h.b.Get(ctx, op.key, op.c, kvd.Route{})
@@ -249,9 +247,6 @@ func (h *Handler) forwardBatch(ctx context.Context, r *http.Request, leader stri
 		}
 	}
 	req.Header.Set(api.HeaderForwarded, h.b.NodeID())
-	if s := idemScope(r); s != "" {
-		req.Header.Set(api.HeaderIdempotencyScope, s)
-	}
 	fail := func(err error) {
 		for _, i := range idx {
 			if all[i].Op == "get" {

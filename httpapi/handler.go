@@ -328,9 +328,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// forwarding node authorized) carry the cluster's credential instead
 	// of a client's token.
 	peer := r.Header.Get(api.HeaderPeerAuth) != "" && h.isPeer(r)
-	if !peer {
-		r.Header.Del(api.HeaderIdempotencyScope) // a node's word only
-	}
 	if !internal && !openPath(r.URL.Path) && !peer && h.b.AuthOn() {
 		var ok bool
 		if r, ok = h.authenticate(w, r); !ok {

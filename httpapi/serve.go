@@ -104,11 +104,6 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 		req.Header[k] = vs
 	}
 	req.Header.Set(api.HeaderForwarded, h.b.NodeID())
-	if s := idemScope(r); s != "" {
-		req.Header.Set(api.HeaderIdempotencyScope, s)
-	} else {
-		req.Header.Del(api.HeaderIdempotencyScope)
-	}
 	// Whether the request went on a kept-alive connection: one a peer
 	// that died left in the pool fails only once the request is on it.
 	var reused bool

@@ -246,7 +246,7 @@ func TestAuth_IdempotencyKeysAreEachTokensOwn(t *testing.T) {
 	require.Equal(t, va, version(do(leader, "PUT", "/v1/kv/shared/x", a, []byte("from a"), idem, "k1")), "a's repeat gets its first outcome")
 	require.Equal(t, vb, version(do((leader+2)%3, "PUT", "/v1/kv/shared/x", b, []byte("from b"), idem, "k1")), "b's repeat too, through a follower")
 	// a cannot pass as b.
-	r := do(follower, "PUT", "/v1/kv/shared/x", a, []byte("from b"), idem, "k1", api.HeaderIdempotencyScope, "b")
+	r := do(follower, "PUT", "/v1/kv/shared/x", a, []byte("from b"), idem, "k1", "X-Kvd-Idempotency-Scope", "b")
 	require.Equal(t, 422, r.Status, "a's own key k1, with another body: %s", r.Body)
 
 	// A batch is checked op by op: what the token does not cover fails
