@@ -162,7 +162,7 @@ func (h *Handler) admin(kind adminBody, op func(ctx context.Context, a adminArgs
 			writeError(w, err, false)
 			return
 		}
-		h.serve(w, r, kvd.Route{}, a.body, true, func(ctx context.Context) (responder, error) {
+		h.serve(w, r, kvd.Route{}, a.body, repeatable, func(ctx context.Context) (responder, error) {
 			out, status, err := op(ctx, a)
 			if err != nil {
 				return nil, err

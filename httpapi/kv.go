@@ -18,7 +18,7 @@ func (h *Handler) getKey(w http.ResponseWriter, r *http.Request) {
 	if !h.allow(w, r, principalOf(r).CanRead(req.key), "reading "+strconv.Quote(req.key)) {
 		return
 	}
-	h.serve(w, r, req.rt, nil, false, func(ctx context.Context) (responder, error) {
+	h.serve(w, r, req.rt, nil, reads, func(ctx context.Context) (responder, error) {
 		it, err := h.b.Get(ctx, req.key, req.c, req.rt)
 		if err != nil {
 			return nil, err
@@ -46,7 +46,7 @@ func (h *Handler) putKey(w http.ResponseWriter, r *http.Request) {
 	if !h.allow(w, r, principalOf(r).CanWrite(req.key), "writing "+strconv.Quote(req.key)) {
 		return
 	}
-	h.serve(w, r, req.rt, req.value, true, func(ctx context.Context) (responder, error) {
+	h.serve(w, r, req.rt, req.value, writes, func(ctx context.Context) (responder, error) {
 		ver, err := h.b.Put(ctx, req.key, req.value, req.wr, req.rt)
 		if err != nil {
 			return nil, err
@@ -67,7 +67,7 @@ func (h *Handler) deleteKey(w http.ResponseWriter, r *http.Request) {
 	if !h.allow(w, r, principalOf(r).CanWrite(req.key), "writing "+strconv.Quote(req.key)) {
 		return
 	}
-	h.serve(w, r, req.rt, nil, true, func(ctx context.Context) (responder, error) {
+	h.serve(w, r, req.rt, nil, writes, func(ctx context.Context) (responder, error) {
 		deleted, ver, err := h.b.Delete(ctx, req.key, req.wr, req.rt)
 		if err != nil {
 			return nil, err
@@ -92,7 +92,7 @@ func (h *Handler) scan(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, false)
 		return
 	}
-	h.serve(w, r, rt, nil, false, func(ctx context.Context) (responder, error) {
+	h.serve(w, r, rt, nil, reads, func(ctx context.Context) (responder, error) {
 		items, next, err := h.b.Scan(ctx, o, c, rt)
 		if err != nil {
 			return nil, err

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptrace"
-	"strings"
 	"time"
 
 	"github.com/kvd-project/kvd"
@@ -20,11 +19,29 @@ import (
 // responder writes a successful response.
 type responder func(w http.ResponseWriter)
 
+// effect is what a request may do, which decides what a failure of its
+// forward means.
+type effect int
+
+const (
+	// reads change nothing: a failure leaves the request unavailable.
+	reads effect = iota
+	// writes may change state: a failure once sent is an unknown outcome.
+	writes
+	// repeatable writes are safe to make twice (the operations API): one
+	// lost on a connection a dead peer left open goes to the next node.
+	repeatable
+)
+
+// write tells whether the request may change state.
+func (e effect) write() bool { return e != reads }
+
 // serve runs op, and if this node does not lead the key's group, forwards
 // the request to the leader: following leader hints, and waiting a little
 // during an election, within the request's deadline. body is the request
 // body already read (nil if none).
-func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt kvd.Route, body []byte, write bool, op func(ctx context.Context) (responder, error)) {
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt kvd.Route, body []byte, e effect, op func(ctx context.Context) (responder, error)) {
+	write := e.write()
 	ctx, cancel := context.WithTimeout(r.Context(), h.o.RequestTimeout)
 	defer cancel()
 	// Looking for a leader stops after ForwardBudget: a node cut off
@@ -50,7 +67,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt kvd.Route, bo
 		}
 		hint = ""
 		if leader != "" && leader != h.b.NodeID() && !tried[leader] {
-			done, next := h.forward(ctx, w, r, body, leader, write)
+			done, next := h.forward(ctx, w, r, body, leader, e)
 			if done {
 				return
 			}
@@ -82,7 +99,8 @@ var settlePace = backoff.Policy{Base: 25 * time.Millisecond, Max: 500 * time.Mil
 // effect there and may be tried again (the node was unreachable, or it
 // answered 503, naming the leader it knows of in hint); it returns done =
 // true once it has written a response.
-func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Request, body []byte, id string, write bool) (done bool, hint string) {
+func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Request, body []byte, id string, e effect) (done bool, hint string) {
+	write := e.write()
 	addr, ok := h.b.PeerHTTP(id)
 	if !ok {
 		return false, ""
@@ -115,9 +133,8 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 		if !write || wire.NeverSent(err) {
 			return false, ""
 		}
-		if reused && strings.HasPrefix(r.URL.Path, "/v1/admin/") {
-			// An operation of the operations API is safe to repeat:
-			// try the next node rather than answer an unknown outcome
+		if reused && e == repeatable {
+			// Try the next node rather than answer an unknown outcome
 			// for a peer that is most likely gone.
 			return false, ""
 		}
