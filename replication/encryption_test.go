@@ -1,7 +1,6 @@
 package replication
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,30 +12,15 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/internal/atrest"
+	"github.com/kvd-project/kvd/internal/testkit/damage"
 )
 
 const secretMarker = "SECRET-7d1a0c"
 
-// filesWith lists the files under dirs that contain s.
-func filesWith(t *testing.T, s string, dirs ...string) []string {
-	t.Helper()
-	var found []string
-	for _, dir := range dirs {
-		require.NoError(t, filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
-			if err != nil || d.IsDir() {
-				return err
-			}
-			b, err := os.ReadFile(path)
-			if err != nil {
-				return err
-			}
-			if bytes.Contains(b, []byte(s)) {
-				found = append(found, path)
-			}
-			return nil
-		}))
-	}
-	return found
+// holding lists the files under dirs that contain s.
+func holding(t *testing.T, s string, dirs ...string) []string {
+	files, _ := damage.Holding(t, s, dirs...)
+	return files
 }
 
 func writeKeyFile(t *testing.T, path string, keys ...[]byte) {
@@ -112,7 +96,7 @@ func TestEncryption_NoPlaintextAndRotation(t *testing.T) {
 		tg.waitValue(i, "late19", secretMarker+"-late-19")
 		require.NoError(t, tg.reps[i].Snapshot())
 	}
-	require.Empty(t, filesWith(t, secretMarker, tg.dirs...), "plaintext on disk")
+	require.Empty(t, holding(t, secretMarker, tg.dirs...), "plaintext on disk")
 	for i := range 3 {
 		require.Eventually(t, func() bool { return tg.reps[i].EncryptionStatus().Done }, 10*time.Second, 20*time.Millisecond)
 	}
@@ -159,7 +143,7 @@ func TestEncryption_NoPlaintextAndRotation(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, items, 160)
 	}
-	require.Empty(t, filesWith(t, secretMarker, tg.dirs...), "plaintext on disk")
+	require.Empty(t, holding(t, secretMarker, tg.dirs...), "plaintext on disk")
 }
 
 // A replica refuses to open a state encrypted under a key it lacks,

@@ -67,7 +67,7 @@ func TestWAL_GroupRestartsTruncatesAndCatchesUp(t *testing.T) {
 	_, err = tg.put("after-restart", "y")
 	require.NoError(t, err)
 	tg.waitValue(f, "after-restart", "y")
-	require.Empty(t, filesWith(t, secretMarker, tg.dirs...), "plaintext on disk")
+	require.Empty(t, holding(t, secretMarker, tg.dirs...), "plaintext on disk")
 }
 
 // A replica made with raft-boltdb keeps it when the configuration asks

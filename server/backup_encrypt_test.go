@@ -18,6 +18,7 @@ import (
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/backup"
 	"github.com/kvd-project/kvd/internal/atrest"
+	"github.com/kvd-project/kvd/internal/testkit/damage"
 	"github.com/kvd-project/kvd/internal/testkit/testcluster"
 	"github.com/kvd-project/kvd/server"
 )
@@ -331,22 +332,7 @@ func TestRestore_SpoolHoldsNoValueInTheClear(t *testing.T) {
 // requireNoFileHolds checks that no file under dir holds s.
 func requireNoFileHolds(t *testing.T, dir, s string) {
 	t.Helper()
-	files := 0
-	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		data, err := os.ReadFile(path)
-		if os.IsNotExist(err) {
-			return nil // a temporary file gone meanwhile
-		}
-		if err != nil {
-			return err
-		}
-		files++
-		require.NotContains(t, string(data), s, path)
-		return nil
-	})
-	require.NoError(t, err)
-	require.NotZero(t, files)
+	holding, read := damage.Holding(t, s, dir)
+	require.Empty(t, holding)
+	require.NotZero(t, read)
 }

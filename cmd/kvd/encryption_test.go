@@ -19,28 +19,9 @@ import (
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/internal/atrest"
 	"github.com/kvd-project/kvd/internal/pki"
+	"github.com/kvd-project/kvd/internal/testkit/damage"
 	"github.com/kvd-project/kvd/internal/testkit/kvdproc"
 )
-
-// filesHolding lists the files under dir that contain s.
-func filesHolding(t *testing.T, dir, s string) []string {
-	t.Helper()
-	var found []string
-	require.NoError(t, filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		if bytes.Contains(b, []byte(s)) {
-			found = append(found, path)
-		}
-		return nil
-	}))
-	return found
-}
 
 // A 3-node cluster of processes with --encryption-key-file: after values
 // holding a marker were written (keys, a transaction, enough for
@@ -117,7 +98,7 @@ func TestKvd_EncryptionAtRestAndRotation(t *testing.T) {
 		snaps, _ := filepath.Glob(filepath.Join(c.Dir, "*", "groups", "*", "snapshots", "*", "state.bin"))
 		return len(snaps) > 0
 	}, 20*time.Second, 100*time.Millisecond, "no snapshot was taken")
-	require.Empty(t, filesHolding(t, c.Dir, marker), "plaintext in a data directory")
+	require.Empty(t, holding(t, c.Dir, marker), "plaintext in a data directory")
 
 	// Online rotation through one node.
 	out.Reset()
@@ -137,7 +118,7 @@ func TestKvd_EncryptionAtRestAndRotation(t *testing.T) {
 		require.Len(t, n.Keys, 2, "the old key is kept")
 	}
 	readAll()
-	require.Empty(t, filesHolding(t, c.Dir, marker), "plaintext in a data directory")
+	require.Empty(t, holding(t, c.Dir, marker), "plaintext in a data directory")
 	st, body = send("POST", c.Nodes[0].URL()+"/v1/admin/encryption/rotate?x=1", "")
 	require.Equal(t, 400, st, body)
 	st, body = send("POST", c.Nodes[0].URL()+"/v1/admin/encryption/rotate", "{}")
@@ -172,7 +153,7 @@ func TestKvd_EncryptionAtRestAndRotation(t *testing.T) {
 	}
 	require.NoError(t, c.WaitAllReady(ctx))
 	readAll()
-	require.Empty(t, filesHolding(t, c.Dir, marker), "plaintext in a data directory")
+	require.Empty(t, holding(t, c.Dir, marker), "plaintext in a data directory")
 
 	// A node cannot start on a key file that lacks its data's key.
 	require.NoError(t, c.Terminate(2, 20*time.Second))
@@ -181,6 +162,12 @@ func TestKvd_EncryptionAtRestAndRotation(t *testing.T) {
 	c.NodeArgs[c.Nodes[2].ID] = append(c.NodeArgs[c.Nodes[2].ID], "--encryption-key-file", other)
 	require.NoError(t, c.Start(2))
 	require.Eventually(t, func() bool { return strings.Contains(c.Logs(2, 20000), "which the key file lacks") }, 20*time.Second, 100*time.Millisecond, c.Logs(2, 4000))
+}
+
+// holding lists the files under dir that contain s.
+func holding(t *testing.T, dir, s string) []string {
+	files, _ := damage.Holding(t, s, dir)
+	return files
 }
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }

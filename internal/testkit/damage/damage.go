@@ -4,7 +4,9 @@ package damage
 
 import (
 	"bytes"
+	"errors"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -29,4 +31,31 @@ func Flip(t testing.TB, path, pattern string) int {
 	}
 	require.NoError(t, os.WriteFile(path, b, 0o600))
 	return n
+}
+
+// Holding returns the files under dirs whose bytes contain pattern (to
+// check that a value is nowhere on disk), and how many files it read. A
+// file removed while it walks is skipped.
+func Holding(t testing.TB, pattern string, dirs ...string) (holding []string, read int) {
+	t.Helper()
+	for _, dir := range dirs {
+		require.NoError(t, filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			b, err := os.ReadFile(path)
+			if errors.Is(err, os.ErrNotExist) {
+				return nil // a temporary file gone meanwhile
+			}
+			if err != nil {
+				return err
+			}
+			read++
+			if bytes.Contains(b, []byte(pattern)) {
+				holding = append(holding, path)
+			}
+			return nil
+		}))
+	}
+	return holding, read
 }
