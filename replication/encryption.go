@@ -279,23 +279,6 @@ func (s *sealedSnapshots) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, er
 	return &m, readCloser{r, rc}, nil
 }
 
-// sealedUnder returns the key id a snapshot's file is sealed under (ok
-// false if it is not sealed), from the file's first bytes.
-func (s *sealedSnapshots) sealedUnder(id string) (atrest.KeyID, bool, error) {
-	f, err := os.Open(filepath.Join(s.dir, "snapshots", id, "state.bin"))
-	if err != nil {
-		return atrest.KeyID{}, false, err
-	}
-	defer f.Close()
-	head := make([]byte, 64)
-	n, _ := io.ReadFull(f, head)
-	k, err := atrest.StreamKey(head[:n])
-	if err != nil {
-		return k, false, nil
-	}
-	return k, true, nil
-}
-
 // reencrypt brings the retained snapshots under the active key, outside
 // and in: it writes the newest one again with every value of its state
 // sealed under the active key, twice (the store keeps the two newest, and

@@ -2,6 +2,7 @@ package replication
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -55,7 +56,7 @@ func underKey(t *testing.T, g *Group, id atrest.KeyID) {
 	metas, err := g.sealedSnaps.List()
 	require.NoError(t, err)
 	for _, m := range metas {
-		got, ok, err := g.sealedSnaps.sealedUnder(m.ID)
+		got, ok, err := snapshotSealedUnder(g.sealedSnaps, m.ID)
 		require.NoError(t, err)
 		require.True(t, ok, "snapshot %s sealed", m.ID)
 		require.Equal(t, id, got, "snapshot %s", m.ID)
@@ -173,4 +174,21 @@ func TestEncryption_RefusesToOpenWithoutTheKey(t *testing.T) {
 		_, err := Open(cfg)
 		require.ErrorContains(t, err, atrest.IDOf(k1).String(), name)
 	}
+}
+
+// snapshotSealedUnder returns the key id a snapshot's file is sealed under (ok
+// false if it is not sealed), from the file's first bytes.
+func snapshotSealedUnder(s *sealedSnapshots, id string) (atrest.KeyID, bool, error) {
+	f, err := os.Open(filepath.Join(s.dir, "snapshots", id, "state.bin"))
+	if err != nil {
+		return atrest.KeyID{}, false, err
+	}
+	defer f.Close()
+	head := make([]byte, 64)
+	n, _ := io.ReadFull(f, head)
+	k, err := atrest.StreamKey(head[:n])
+	if err != nil {
+		return k, false, nil
+	}
+	return k, true, nil
 }
