@@ -120,9 +120,7 @@ func (s *Server) nodeEncryption() api.NodeEncryption {
 		return out
 	}
 	out.Enabled, out.Active, out.Done = true, ring.Active().String(), true
-	for _, id := range ring.IDs() {
-		out.Keys = append(out.Keys, id.String())
-	}
+	out.Keys = ring.Names()
 	out.Groups = map[string]api.GroupEncryption{}
 	for _, g := range s.hostedGroups() {
 		st := g.EncryptionStatus()

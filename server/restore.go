@@ -320,22 +320,13 @@ func (s *Server) openSealedBackup(br io.Reader, head []byte) (io.Reader, error) 
 		return nil, fmt.Errorf("restore: the backup is encrypted (key id %s); this node has no --encryption-key-file: start the nodes with the key file that holds that key: %w", id, kvd.ErrInvalid)
 	}
 	if !ring.Has(id) {
-		return nil, fmt.Errorf("restore: the backup is encrypted under key id %s, which this node's key file (--encryption-key-file) lacks (it holds %s): add that key to the key file: %w", id, keyIDs(ring), kvd.ErrInvalid)
+		return nil, fmt.Errorf("restore: the backup is encrypted under key id %s, which this node's key file (--encryption-key-file) lacks (it holds %s): add that key to the key file: %w", id, strings.Join(ring.Names(), ", "), kvd.ErrInvalid)
 	}
 	in, err := ring.NewReader(br, []byte(backupAD))
 	if err != nil {
 		return nil, fmt.Errorf("restore: open the encrypted backup: %v: %w", err, kvd.ErrInvalid)
 	}
 	return in, nil
-}
-
-// keyIDs lists the ids of ring's keys, the active one first.
-func keyIDs(ring *atrest.Keyring) string {
-	var ids []string
-	for _, id := range ring.IDs() {
-		ids = append(ids, id.String())
-	}
-	return strings.Join(ids, ", ")
 }
 
 // spoolAD is the associated data of a restore's spool.

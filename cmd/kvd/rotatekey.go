@@ -142,7 +142,7 @@ func rotateKeyFile(path string, add bool, activate string) (string, error) {
 		i := slices.IndexFunc(keys, func(k []byte) bool { return atrest.IDOf(k).String() == activate })
 		switch {
 		case i < 0:
-			return "", fmt.Errorf("%s holds no key %s (its keys: %s)", path, activate, idList(cur))
+			return "", fmt.Errorf("%s holds no key %s (its keys: %s)", path, activate, strings.Join(cur.Names(), ", "))
 		case i == 0:
 			return fmt.Sprintf("%s: key %s is active already", path, activate), nil
 		}
@@ -164,13 +164,4 @@ func rotateKeyFile(path string, add bool, activate string) (string, error) {
 		return fmt.Sprintf("%s: added key %s (not active; %d keys): copy the file to every node, then run --activate %s", path, id, len(keys), id), nil
 	}
 	return fmt.Sprintf("%s: active key %s (%d keys); every node must hold this file", path, atrest.IDOf(active), len(keys)), nil
-}
-
-// idList names a ring's keys by their ids.
-func idList(r *atrest.Keyring) string {
-	var ids []string
-	for _, id := range r.IDs() {
-		ids = append(ids, id.String())
-	}
-	return strings.Join(ids, ", ")
 }

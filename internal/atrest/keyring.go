@@ -94,6 +94,15 @@ func (r *Keyring) Active() KeyID { return r.ids[0] }
 // IDs returns the ids of the ring's keys, the active one first.
 func (r *Keyring) IDs() []KeyID { return append([]KeyID(nil), r.ids...) }
 
+// Names returns the ids of the ring's keys in hex, the active one first.
+func (r *Keyring) Names() []string {
+	out := make([]string, len(r.ids))
+	for i, id := range r.ids {
+		out[i] = id.String()
+	}
+	return out
+}
+
 // Keys returns copies of the ring's keys, the active one first, as a key
 // file holds them.
 func (r *Keyring) Keys() [][]byte {
