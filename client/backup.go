@@ -104,18 +104,16 @@ func (c *Client) backupFrom(ctx context.Context, n *node, w io.Writer) (backup.S
 	guard.progress()
 	tee := &teeReader{r: resp.Body, w: w, progress: guard.progress}
 	in := bufio.NewReaderSize(tee, 64<<10)
-	head, _ := in.Peek(len(atrest.StreamMagic)) // fewer bytes for a shorter stream
+	head, _ := in.Peek(atrest.StreamHeaderSize) // fewer bytes for a shorter stream
 	var sum backup.Summary
 	if atrest.IsSealedStream(head) {
 		// Sealed by a node with encryption on: the client lacks the key,
 		// so it checks the framing only (see Backup).
-		src := &endReader{r: in}
-		_, err = atrest.CheckStream(src)
+		_, err = atrest.CheckStream(in)
 		switch {
-		case err == nil:
-		case errors.Is(err, atrest.ErrNotSealed): // it starts as one
+		case len(head) < atrest.StreamHeaderSize && err != nil:
 			err = fmt.Errorf("%w: the encrypted backup ends inside its header", backup.ErrTruncated)
-		case src.ended:
+		case errors.Is(err, atrest.ErrTruncated):
 			err = fmt.Errorf("%w: the encrypted backup ends too soon: %w", backup.ErrTruncated, err)
 		case errors.Is(err, atrest.ErrCorrupt):
 			err = fmt.Errorf("%w: the encrypted backup's framing is wrong: %w", backup.ErrCorrupt, err)
@@ -141,21 +139,6 @@ func (c *Client) backupFrom(ctx context.Context, n *node, w io.Writer) (backup.S
 		return backup.Summary{}, tee.n, fmt.Errorf("node %s: the stream broke or arrived damaged after %d bytes: %w: %w", n.id, tee.n, err, kvd.ErrUnavailable)
 	}
 	return sum, tee.n, nil
-}
-
-// endReader tells whether its reader ran out: the reads of a stream cut
-// short meet its end, those of one extended or damaged need not.
-type endReader struct {
-	r     io.Reader
-	ended bool
-}
-
-func (e *endReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		e.ended = true
-	}
-	return n, err
 }
 
 // teeReader writes to w what it reads from r, telling progress of every

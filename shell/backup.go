@@ -208,16 +208,15 @@ func (s *Shell) restoreFile(ctx context.Context, a *args) error {
 // the key, so the node that opens it checks the rest.
 func verifyBackup(ctx context.Context, r io.Reader, p *progress) error {
 	in := bufio.NewReaderSize(&ctxReader{ctx: ctx, r: r}, 64<<10)
-	if head, _ := in.Peek(len(atrest.StreamMagic)); atrest.IsSealedStream(head) {
+	if head, _ := in.Peek(atrest.StreamHeaderSize); atrest.IsSealedStream(head) {
 		p.keys.Store(-1) // sealed with the rest
-		src := &endReader{r: in}
-		_, err := atrest.CheckStream(src)
+		_, err := atrest.CheckStream(in)
 		switch {
 		case err == nil, ctx.Err() != nil:
 			return ctx.Err()
-		case errors.Is(err, atrest.ErrNotSealed): // it starts as one
+		case len(head) < atrest.StreamHeaderSize:
 			return fmt.Errorf("%w: the encrypted backup ends inside its header", backup.ErrTruncated)
-		case src.ended:
+		case errors.Is(err, atrest.ErrTruncated):
 			return fmt.Errorf("%w: the encrypted backup ends too soon (%v)", backup.ErrTruncated, err)
 		case errors.Is(err, atrest.ErrCorrupt):
 			return fmt.Errorf("%w: the encrypted backup's framing is wrong (%v)", backup.ErrCorrupt, err)
@@ -250,21 +249,6 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
-}
-
-// endReader tells whether its reader ran out: the reads of a file cut
-// short meet its end, those of one extended or damaged need not.
-type endReader struct {
-	r     io.Reader
-	ended bool
-}
-
-func (e *endReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		e.ended = true
-	}
-	return n, err
 }
 
 // headWriter keeps the first bytes written to it: enough for the header

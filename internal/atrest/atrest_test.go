@@ -86,9 +86,11 @@ func TestStream_RoundTripsAndRefusesTampering(t *testing.T) {
 			require.NoError(t, err)
 			_, err = io.ReadAll(rd)
 			require.ErrorIs(t, err, ErrCorrupt, "%s, size %d", name, size)
+			require.Equal(t, name == "cut short", errors.Is(err, ErrTruncated), "%s, size %d: %v", name, size, err)
 			if name != "flipped" {
 				_, err = CheckStream(bytes.NewReader(bad))
 				require.ErrorIs(t, err, ErrCorrupt, "%s, size %d", name, size)
+				require.Equal(t, name == "cut short", errors.Is(err, ErrTruncated), "%s, size %d: %v", name, size, err)
 			}
 		}
 		if size > chunkSize { // a whole chunk dropped
@@ -104,6 +106,10 @@ func TestStream_RoundTripsAndRefusesTampering(t *testing.T) {
 		require.ErrorIs(t, err, ErrCorrupt, "bound to its place")
 	}
 	_, err := r.NewReader(strings.NewReader("KVDBACKUP..."), nil)
+	require.ErrorIs(t, err, ErrNotSealed)
+	_, err = CheckStream(strings.NewReader(StreamMagic + "abc"))
+	require.ErrorIs(t, err, ErrTruncated, "a header cut short")
+	_, err = CheckStream(strings.NewReader("KVD"))
 	require.ErrorIs(t, err, ErrNotSealed)
 	_, err = ring(t, NewKey()).NewReader(func() io.Reader {
 		var b bytes.Buffer

@@ -29,6 +29,9 @@ var (
 	// ErrCorrupt means sealed data failed to open: it was damaged, or
 	// copied from elsewhere.
 	ErrCorrupt = errors.New("encrypted data failed its authentication")
+	// ErrTruncated means a sealed stream ends before its last chunk: it
+	// was cut short. It also matches ErrCorrupt.
+	ErrTruncated error = truncatedError{}
 	// ErrNotSealed means data lacks the form of sealed data.
 	ErrNotSealed = errors.New("not encrypted")
 )
@@ -204,3 +207,8 @@ func LoadKeyFile(path string) (*Keyring, error) {
 
 // KeyFileMode is the mode key files are written with.
 const KeyFileMode fs.FileMode = 0o600
+
+type truncatedError struct{}
+
+func (truncatedError) Error() string        { return "sealed stream cut short" }
+func (truncatedError) Is(target error) bool { return target == ErrCorrupt }

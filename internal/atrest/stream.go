@@ -13,6 +13,10 @@ import (
 // StreamMagic opens a sealed stream.
 const StreamMagic = "KVDENCS1"
 
+// StreamHeaderSize is the size of a sealed stream's header: its magic,
+// key id and nonce prefix.
+const StreamHeaderSize = streamHeader
+
 const (
 	chunkSize    = 64 << 10
 	streamHeader = len(StreamMagic) + len(KeyID{}) + 8
@@ -172,7 +176,7 @@ func (s *streamReader) next() error {
 	var lenb [4]byte
 	if _, err := io.ReadFull(s.r, lenb[:]); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return fmt.Errorf("sealed stream cut short at chunk %d: %w", s.n, ErrCorrupt)
+			return fmt.Errorf("at chunk %d: %w", s.n, ErrTruncated)
 		}
 		return err
 	}
@@ -183,7 +187,7 @@ func (s *streamReader) next() error {
 	ct := s.buf[:n+tagSize]
 	if _, err := io.ReadFull(s.r, ct); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return fmt.Errorf("sealed stream cut short in chunk %d: %w", s.n, ErrCorrupt)
+			return fmt.Errorf("in chunk %d: %w", s.n, ErrTruncated)
 		}
 		return err
 	}
@@ -222,12 +226,16 @@ func (s *streamReader) Read(p []byte) (int, error) {
 
 // CheckStream reads the sealed stream r to its end without opening it, as
 // one who lacks its key can: it reports the key id, and fails with
-// ErrCorrupt if the stream's framing says it was cut short or extended.
+// ErrTruncated if it was cut short (a start of a stream's header
+// included), ErrCorrupt if its framing is wrong or it was extended.
 // Only NewReader can tell that its chunks are intact.
 func CheckStream(r io.Reader) (KeyID, error) {
 	head := make([]byte, streamHeader)
-	if _, err := io.ReadFull(r, head); err != nil {
+	if n, err := io.ReadFull(r, head); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			if n >= len(StreamMagic) && IsSealedStream(head[:n]) {
+				return KeyID{}, fmt.Errorf("in its header (%d bytes): %w", n, ErrTruncated)
+			}
 			return KeyID{}, ErrNotSealed
 		}
 		return KeyID{}, err
@@ -240,7 +248,7 @@ func CheckStream(r io.Reader) (KeyID, error) {
 	for n := 0; ; n++ {
 		if _, err := io.ReadFull(r, lenb[:]); err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-				return id, fmt.Errorf("sealed stream cut short at chunk %d: %w", n, ErrCorrupt)
+				return id, fmt.Errorf("at chunk %d: %w", n, ErrTruncated)
 			}
 			return id, err
 		}
@@ -249,8 +257,8 @@ func CheckStream(r io.Reader) (KeyID, error) {
 			return id, fmt.Errorf("sealed stream chunk %d of %d bytes: %w", n, size, ErrCorrupt)
 		}
 		if k, err := io.CopyN(io.Discard, r, size+tagSize); err != nil {
-			if errors.Is(err, io.EOF) {
-				return id, fmt.Errorf("sealed stream cut short in chunk %d (%d bytes of %d): %w", n, k, size+tagSize, ErrCorrupt)
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return id, fmt.Errorf("in chunk %d (%d bytes of %d): %w", n, k, size+tagSize, ErrTruncated)
 			}
 			return id, err
 		}
