@@ -307,12 +307,14 @@ func (s *Server) RotateKey(ctx context.Context) (api.KeyRotation, error) {
 					s.log.Warn("a failed rotation's key could not be dropped; it stays, unused", "node", done.ID, "key", out.Key, "err", derr)
 				}
 			}
-			return api.KeyRotation{}, fmt.Errorf("rotate: add the new key on node %s (taken back out where it was added): %w", n.ID, err)
+			// A conflict, not unavailable: another node asked again
+			// would meet the same node failing.
+			return api.KeyRotation{}, fmt.Errorf("%w: rotate: add the new key on node %s (taken back out where it was added; no node uses it): %v", kvd.ErrConflict, n.ID, err)
 		}
 	}
 	for _, n := range m.Nodes {
 		if _, err := s.encryptionOf(ctx, n.ID, keyOp{Op: "activate", Key: key}); err != nil {
-			return out, fmt.Errorf("rotate: activate the new key on node %s (the nodes before it use it; every node holds it and the old one: run the rotation again): %w", n.ID, err)
+			return out, fmt.Errorf("%w: rotate: the new key %s is active on %v, not on node %s (%v); every node holds it and the old one: run the rotation again once every node is up", kvd.ErrConflict, out.Key, out.Nodes, n.ID, err)
 		}
 		out.Nodes = append(out.Nodes, n.ID)
 	}
