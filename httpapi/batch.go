@@ -38,6 +38,13 @@ func (h *Handler) batchBodyBytes() int64 {
 // its own request would be. Operations this node cannot serve (another
 // node leads their group) go to their leaders, one request per leader.
 func (h *Handler) batch(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Idempotency-Key") != "" {
+		// A batch's ops are requests of their own: one key cannot stand
+		// for all of them, and ignoring it would let a client believe
+		// its retries are safe.
+		writeError(w, fmt.Errorf("%w: a batch takes no Idempotency-Key: send writes that must be retried safely as requests of their own", kvd.ErrInvalid), false)
+		return
+	}
 	body, err := h.readBody(w, r, h.batchBodyBytes())
 	if err != nil {
 		writeError(w, err, false)

@@ -108,6 +108,12 @@ func TestBatch_OpsAcrossGroupsEachWithItsOwnResult(t *testing.T) {
 	require.Equal(t, 16, answered, "16 values of just under 1 MiB fit")
 	require.Equal(t, 4, refused)
 
+	// A batch takes no Idempotency-Key: its ops are requests of their own.
+	req, _ := json.Marshal(api.BatchRequest{Ops: []api.BatchOp{{Op: "put", Key: "k", Value: []byte("x")}}})
+	r := testcluster.Do(t, "POST", c.URL(0)+"/v1/batch", req, "Idempotency-Key", "once")
+	require.Equal(t, 400, r.Status, "%s", r.Body)
+	require.Contains(t, string(r.Body), "Idempotency-Key")
+
 	// A bad batch is refused whole.
 	for name, tc := range map[string]struct {
 		body   string
