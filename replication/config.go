@@ -115,6 +115,11 @@ type Config struct {
 	// each allocated whole when created.
 	LogStore        string
 	WALSegmentBytes int
+	// Room, if set, tells whether the disk has room for the replica's
+	// background rewrites (re-encryption): an error stops them until a
+	// later try, so that they do not take the free space kept for what
+	// Raft must write.
+	Room func() error
 	// Keys, if set, encrypt the replica's state, Raft log entries and
 	// snapshots (see encryption.go); Store.Keys is set from it.
 	Keys *atrest.Keys

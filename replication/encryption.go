@@ -139,7 +139,7 @@ func (e errLogAging) Error() string {
 // a batch at a time, and returns how many it rewrote. A log that takes
 // consecutive appends only is not rewritten: it fails with errLogAging
 // while such entries remain.
-func (s *sealedLog) reencrypt(ctx context.Context) (int, error) {
+func (s *sealedLog) reencrypt(ctx context.Context, room func() error) (int, error) {
 	ring := s.keys.Ring()
 	if ring == nil {
 		return 0, nil
@@ -172,6 +172,11 @@ func (s *sealedLog) reencrypt(ctx context.Context) (int, error) {
 	for idx := first; idx <= last && idx > 0; {
 		if err := ctx.Err(); err != nil {
 			return n, err
+		}
+		if room != nil {
+			if err := room(); err != nil {
+				return n, err
+			}
 		}
 		k, err := s.reencryptBatch(ring, idx, min(last, idx+63))
 		n += k
@@ -286,7 +291,7 @@ func (s *sealedSnapshots) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, er
 // the active key: a snapshot raft takes from then on is under it too.
 // trans is the group's transport (the file store encodes the members'
 // addresses with it).
-func (s *sealedSnapshots) reencrypt(ctx context.Context, trans raft.Transport) (bool, error) {
+func (s *sealedSnapshots) reencrypt(ctx context.Context, trans raft.Transport, room func() error) (bool, error) {
 	if s.keys.Ring() == nil {
 		return false, nil
 	}
@@ -295,6 +300,11 @@ func (s *sealedSnapshots) reencrypt(ctx context.Context, trans raft.Transport) (
 		return false, err
 	}
 	for range 2 {
+		if room != nil {
+			if err := room(); err != nil {
+				return false, err
+			}
+		}
 		if err := s.copyNewest(ctx, trans); err != nil {
 			return true, err
 		}
@@ -518,7 +528,7 @@ func (g *Group) reencryptPass() error {
 		return nil
 	}
 	start := time.Now()
-	values, err := g.db.Reencrypt(g.ctx)
+	values, err := g.db.Reencrypt(g.ctx, g.cfg.Room)
 	g.noteRewritten(values)
 	if err != nil {
 		return fmt.Errorf("re-encrypt the state: %w", err)
@@ -531,7 +541,7 @@ func (g *Group) reencryptPass() error {
 		g.enc.mu.Unlock()
 		return nil
 	}
-	entries, logErr := g.sealedLogs.reencrypt(g.ctx)
+	entries, logErr := g.sealedLogs.reencrypt(g.ctx, g.cfg.Room)
 	g.noteRewritten(entries)
 	var aging errLogAging
 	if logErr != nil && !errors.As(logErr, &aging) {
@@ -542,7 +552,7 @@ func (g *Group) reencryptPass() error {
 	g.enc.mu.Unlock()
 	rewrote := false
 	if !snapsDone {
-		rewrote, err = g.sealedSnaps.reencrypt(g.ctx, g.trans)
+		rewrote, err = g.sealedSnaps.reencrypt(g.ctx, g.trans, g.cfg.Room)
 		if rewrote {
 			g.noteRewritten(1)
 		}

@@ -97,6 +97,19 @@ func (d *diskGuard) admit(n int) error {
 	return fmt.Errorf("write refused: %s: %w", reason, kvd.ErrInsufficientStorage)
 }
 
+// room returns nil while clients' writes are taken: background rewrites
+// (re-encryption) wait, as clients' writes do, when the disk is short of
+// the space it must keep.
+func (d *diskGuard) room() error {
+	if d.low.Load() {
+		d.mu.Lock()
+		reason := d.st.Reason
+		d.mu.Unlock()
+		return fmt.Errorf("waiting for disk space: %s: %w", reason, kvd.ErrInsufficientStorage)
+	}
+	return nil
+}
+
 func (d *diskGuard) status() api.Storage {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -143,6 +143,7 @@ func (s *Server) openReplica(grp kvd.Group, mode replicaMode) error {
 	rc.Observer = s.metrics.observer(gid)
 	rc.LogCacheBytes = s.logCacheBytes(rc.LogCacheBytes)
 	rc.Keys = s.cfg.Encryption
+	rc.Room = s.disk.room
 	if s.mux != nil {
 		layer, err := s.mux.Layer(gid)
 		if err != nil {

@@ -169,10 +169,11 @@ func New(cfg Config) (_ *Server, err error) {
 	s.metrics = newNodeMetrics()
 	s.watchMem = newByteBudget(cfg.WatchBufferBytes)
 	s.memory = &memPressure{high: uint64(cfg.MemoryHighWater)}
+	// Before the groups: their replicas ask it for room (see Room).
+	s.disk = newDiskGuard(cfg.DataDir, cfg.QuotaBytes, cfg.MinFreeBytes, s.log)
 	if err := s.openGroups(first); err != nil {
 		return nil, err
 	}
-	s.disk = newDiskGuard(cfg.DataDir, cfg.QuotaBytes, cfg.MinFreeBytes, s.log)
 	tc := txn.DefaultConfig()
 	tc.Timeout, tc.Limits, tc.Logger = cfg.TxnTimeout, cfg.Limits, s.log
 	tc.AfterPrepare = cfg.TxnAfterPrepare

@@ -54,7 +54,10 @@ func (db *DB) SealedUnder() (atrest.KeyID, bool, error) {
 // have sealed under the old one), then records the active key (see
 // SealedUnder), and returns how many values it rewrote. A value under a
 // key the ring lacks fails it with atrest.ErrUnknownKey.
-func (db *DB) Reencrypt(ctx context.Context) (int, error) {
+//
+// room, if set, is asked before each write: a pass stops with its error
+// (a disk short of the space it must keep) and is run again later.
+func (db *DB) Reencrypt(ctx context.Context, room func() error) (int, error) {
 	ring := db.opts.Keys.Ring()
 	if ring == nil {
 		return 0, nil
@@ -65,7 +68,16 @@ func (db *DB) Reencrypt(ctx context.Context) (int, error) {
 	}
 	total := 0
 	for {
-		n, err := reencryptBuckets(ctx, db.view, db.update, db.opts.Keys)
+		update := db.update
+		if room != nil {
+			update = func(fn func(*bolt.Tx) error) error {
+				if err := room(); err != nil {
+					return err
+				}
+				return db.update(fn)
+			}
+		}
+		n, err := reencryptBuckets(ctx, db.view, update, db.opts.Keys)
 		total += n
 		if err != nil {
 			return total, err

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -93,7 +94,7 @@ func TestStore_Reencrypt_MovesEveryValueToTheActiveKey(t *testing.T) {
 	k1, k2 := atrest.NewKey(), atrest.NewKey()
 	db := openWith(t, path, keysOf(t, k1))
 	writeMarked(t, db, 1)
-	n, err := db.Reencrypt(context.Background())
+	n, err := db.Reencrypt(context.Background(), nil)
 	require.NoError(t, err)
 	require.Zero(t, n, "all under the active key already")
 	id, ok, err := db.SealedUnder()
@@ -103,12 +104,20 @@ func TestStore_Reencrypt_MovesEveryValueToTheActiveKey(t *testing.T) {
 	require.NoError(t, db.Close())
 
 	db = openWith(t, path, keysOf(t, k2, k1))
+	// A disk short of room stops a pass before it writes anything.
+	full := errors.New("no room")
+	n, err = db.Reencrypt(context.Background(), func() error { return full })
+	require.ErrorIs(t, err, full)
+	require.Zero(t, n)
+	_, ok, err = db.SealedUnder()
+	require.NoError(t, err)
+	require.True(t, ok)
 	hash := db.StateHash()
 	it, err := db.Get("k03")
 	require.NoError(t, err)
 	require.Equal(t, marker+"3", string(it.Value))
 	applyOne(t, db, 100, put("new", marker+"new"))
-	n, err = db.Reencrypt(context.Background())
+	n, err = db.Reencrypt(context.Background(), nil)
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, n, 50, "every old value rewritten (and their history)")
 	id, _, err = db.SealedUnder()
@@ -142,7 +151,7 @@ func TestStore_Reencrypt_EncryptsAPlainState(t *testing.T) {
 	_, ok, err := db.SealedUnder()
 	require.NoError(t, err)
 	require.False(t, ok)
-	n, err := db.Reencrypt(context.Background())
+	n, err := db.Reencrypt(context.Background(), nil)
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, n, 50)
 	require.Equal(t, hash, db.StateHash())
