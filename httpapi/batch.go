@@ -89,9 +89,10 @@ func (h *Handler) batch(w http.ResponseWriter, r *http.Request) {
 		todo = append(todo, i)
 	}
 	forwarded := r.Header.Get(api.HeaderForwarded) != ""
-	var answered atomic.Int64 // value bytes of the gets answered so far
+	answer := &answerBudget{l: h.limits}
+	defer answer.release()
 	for attempt := 0; len(todo) > 0; attempt++ {
-		elsewhere := h.runBatch(ctx, ops, todo, results, &answered)
+		elsewhere := h.runBatch(ctx, ops, todo, results, answer)
 		todo = nil
 		if forwarded || len(elsewhere) == 0 {
 			break
@@ -103,7 +104,7 @@ func (h *Handler) batch(w http.ResponseWriter, r *http.Request) {
 				todo = append(todo, idx...)
 				continue
 			}
-			if !h.forwardBatch(ctx, r, leader, req.Ops, idx, results, &answered) {
+			if !h.forwardBatch(ctx, r, leader, req.Ops, idx, results, answer) {
 				todo = append(todo, idx...)
 			}
 		}
@@ -166,7 +167,7 @@ func (h *Handler) parseBatchOp(o api.BatchOp) (batchOp, error) {
 // runBatch runs the ops at idx, batchParallel at a time, into results,
 // and returns those another node must serve, by the leader named (""
 // when none is known).
-func (h *Handler) runBatch(ctx context.Context, ops []batchOp, idx []int, results []api.BatchResult, answered *atomic.Int64) map[string][]int {
+func (h *Handler) runBatch(ctx context.Context, ops []batchOp, idx []int, results []api.BatchResult, answer *answerBudget) map[string][]int {
 	var mu sync.Mutex // protects elsewhere
 	elsewhere := map[string][]int{}
 	sem := make(chan struct{}, batchParallel)
@@ -186,7 +187,7 @@ func (h *Handler) runBatch(ctx context.Context, ops []batchOp, idx []int, result
 			if err != nil {
 				res = batchError(err, ops[i].kind != "get")
 			}
-			results[i] = withinAnswer(res, answered)
+			results[i] = answer.take(res)
 		}()
 	}
 	wg.Wait()
@@ -207,16 +208,41 @@ func (h *Handler) runBatchOp(ctx context.Context, op batchOp) (api.BatchResult, 
 	}
 }
 
-// withinAnswer counts a get's value against the batch's answer, and
-// answers 413 instead once it would pass batchAnswerBytes.
-func withinAnswer(res api.BatchResult, answered *atomic.Int64) api.BatchResult {
-	if len(res.Value) == 0 {
+// answerBudget bounds the values a batch's gets answer: at most
+// batchAnswerBytes for the batch, and every byte counted against the
+// node's cap on the bytes requests hold (MaxInflightBytes) until the
+// answer is sent, so that batches of large gets cannot together hold
+// more than the node allows.
+type answerBudget struct {
+	l     *inflight
+	bytes atomic.Int64 // values taken into the answer
+	held  atomic.Int64 // of which counted against the node's cap
+}
+
+// take counts a result's value, or answers 413 (past the batch's bound)
+// or 429 (past the node's cap) in its place.
+func (a *answerBudget) take(res api.BatchResult) api.BatchResult {
+	n := int64(len(res.Value))
+	if n == 0 {
 		return res
 	}
-	if answered.Add(int64(len(res.Value))) > batchAnswerBytes {
+	if a.bytes.Add(n) > batchAnswerBytes {
 		return batchError(fmt.Errorf("%w: the batch's gets answer more than %d bytes of values: get this key in another request", kvd.ErrTooLarge, batchAnswerBytes), false)
 	}
+	if a.l != nil {
+		if err := a.l.hold(n); err != nil {
+			return batchError(err, false)
+		}
+		a.held.Add(n)
+	}
 	return res
+}
+
+// release gives back what the answer held against the node's cap.
+func (a *answerBudget) release() {
+	if a.l != nil {
+		a.l.free(a.held.Load())
+	}
 }
 
 // batchError is the result of an op that failed with err.
@@ -234,7 +260,7 @@ func batchError(err error, write bool) api.BatchResult {
 // their results from its answer. It reports false when the leader could
 // not be asked and nothing was sent (the ops may be tried again); an
 // answer lost once sent leaves the writes' outcome unknown.
-func (h *Handler) forwardBatch(ctx context.Context, r *http.Request, leader string, all []api.BatchOp, idx []int, results []api.BatchResult, answered *atomic.Int64) bool {
+func (h *Handler) forwardBatch(ctx context.Context, r *http.Request, leader string, all []api.BatchOp, idx []int, results []api.BatchResult, answer *answerBudget) bool {
 	addr, ok := h.b.PeerHTTP(leader)
 	if !ok {
 		return false
@@ -287,7 +313,7 @@ func (h *Handler) forwardBatch(ctx context.Context, r *http.Request, leader stri
 		return true
 	}
 	for j, i := range idx {
-		results[i] = withinAnswer(out.Results[j], answered)
+		results[i] = answer.take(out.Results[j])
 	}
 	return true
 }

@@ -76,6 +76,19 @@ func (l *inflight) admit(r *http.Request) (release func(), err error) {
 	return release, nil
 }
 
+// hold counts n more bytes an answer being built holds against the cap,
+// or refuses them with kvd.ErrOverloaded; free gives them back.
+func (l *inflight) hold(n int64) error {
+	if b := l.bytes.Add(n); l.maxBytes > 0 && b > l.maxBytes {
+		l.bytes.Add(-n)
+		l.shed.WithLabelValues("bytes").Inc()
+		return fmt.Errorf("the node holds %d bytes of requests and answers, its limit is %d: %w", b-n, l.maxBytes, kvd.ErrOverloaded)
+	}
+	return nil
+}
+
+func (l *inflight) free(n int64) { l.bytes.Add(-n) }
+
 // countedBody counts a body of unknown length against the cap as it is
 // read.
 type countedBody struct {

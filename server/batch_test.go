@@ -10,6 +10,7 @@ import (
 
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/internal/testkit/testcluster"
+	"github.com/kvd-project/kvd/server"
 )
 
 func batchCall(t *testing.T, url string, req any) (int, api.BatchResponse, string) {
@@ -129,5 +130,40 @@ func TestBatch_OpsAcrossGroupsEachWithItsOwnResult(t *testing.T) {
 		r := testcluster.Do(t, "POST", c.URL(0)+"/v1/batch", []byte(tc.body))
 		require.Equal(t, tc.status, r.Status, "%s: %s", name, r.Body)
 		require.NotEmpty(t, r.ErrCode(t), name)
+	}
+}
+
+// What a batch's gets answer counts against the node's cap on the bytes
+// requests hold: past it a get answers 429 in its result, and the bytes
+// are given back once the answer is sent.
+func TestBatch_AnswersCountAgainstTheNodesByteCap(t *testing.T) {
+	c := testcluster.New(t, 1, 1, func(cfg *server.Config) { cfg.MaxInflightBytes = 4 << 20 })
+	c.WaitReady()
+	big := strings.Repeat("z", 1<<20-64)
+	var gets []api.BatchOp
+	for i := range 8 {
+		k := fmt.Sprintf("big%d", i)
+		r := testcluster.Do(t, "PUT", c.URL(0)+"/v1/kv/"+k, []byte(big))
+		require.Equal(t, 200, r.Status, "%s", r.Body)
+		gets = append(gets, api.BatchOp{Op: "get", Key: k})
+	}
+	for range 2 { // the second finds the cap free again
+		status, out, body := batchCall(t, c.URL(0), api.BatchRequest{Ops: gets})
+		require.Equal(t, 200, status, body[:min(len(body), 300)])
+		answered, refused := 0, 0
+		for _, r := range out.Results {
+			switch r.Status {
+			case 200:
+				answered++
+			case 429:
+				require.Equal(t, api.CodeOverloaded, r.Error.Code)
+				refused++
+			default:
+				t.Fatalf("status %d: %+v", r.Status, r.Error)
+			}
+		}
+		require.Equal(t, 8, answered+refused)
+		require.Positive(t, refused, "4 MiB cannot hold 8 values of 1 MiB")
+		require.GreaterOrEqual(t, answered, 3)
 	}
 }
