@@ -89,7 +89,7 @@ var soakResources = []Resource{
 	// runs of 8 minutes or more: 2 minutes of warm-up and more.
 	{Name: "data_dir", Title: "data directory (allocated)", Unit: "MiB", Scope: ScopeDisk, WarmUp: 2 * time.Minute,
 		Bound: &Bound{Ratio: 1.5, Floor: 32, PerKey: 1.0 / 1024, PerMiB: 4}},
-	{Name: "raft_log", Title: "Raft log files (raft.db)", Unit: "MiB", Scope: ScopeDisk, WarmUp: 2 * time.Minute,
+	{Name: "raft_log", Title: "Raft log files (wal/ or raft.db)", Unit: "MiB", Scope: ScopeDisk, WarmUp: 2 * time.Minute,
 		Bound: &Bound{Ratio: 1.5, Floor: 32}},
 	{Name: "snapshots", Title: "snapshot files", Unit: "MiB", Scope: ScopeDisk},
 	// The watch history is pruned to --watch-history events a group (a

@@ -243,7 +243,7 @@ func (s *sampler) get(ctx context.Context, u string) (io.ReadCloser, error) {
 }
 
 // disk adds the space a node's data directory takes: in all, in its
-// Raft logs (raft.db), its snapshots and its state files (state.db). The
+// Raft logs (raft.db, or raft-wal's wal/), its snapshots and its state files (state.db). The
 // space is what the files take on disk, as the node counts it: bbolt
 // extends its files sparsely.
 func disk(dir string, v map[string]float64) {
@@ -262,7 +262,7 @@ func disk(dir string, v map[string]float64) {
 		}
 		all += n
 		switch {
-		case e.Name() == "raft.db":
+		case e.Name() == "raft.db" || strings.Contains(filepath.ToSlash(path), "/wal/"):
 			raftLog += n
 		case e.Name() == "state.db":
 			state += n

@@ -108,10 +108,10 @@ type Config struct {
 	// Store configures the replica's bbolt state.
 	Store store.Options
 	// LogStore picks the Raft log and stable store of a new replica:
-	// LogStoreBolt (raft-boltdb, one file: raft.db) or LogStoreWAL
-	// (hashicorp/raft-wal: segment files and a small meta file under
-	// wal/). A replica keeps the store it was created with, whatever
-	// this says. WALSegmentBytes is the size of raft-wal's segment files,
+	// LogStoreWAL (hashicorp/raft-wal: segment files and a small meta
+	// file under wal/; the default) or LogStoreBolt (raft-boltdb, one
+	// file: raft.db). A replica keeps the store it was created with,
+	// whatever this says. WALSegmentBytes is the size of raft-wal's segment files,
 	// each allocated whole when created.
 	LogStore        string
 	WALSegmentBytes int
@@ -172,7 +172,7 @@ func DefaultConfig() Config {
 		FollowerMaxWait:       500 * time.Millisecond,
 		LogCacheBytes:         32 << 20,
 		LogCacheEntries:       1024,
-		LogStore:              LogStoreBolt,
+		LogStore:              LogStoreWAL,
 		WALSegmentBytes:       16 << 20,
 		MaxQueueBytes:         32 << 20,
 		MaxInflightBytes:      32 << 20,

@@ -1,7 +1,7 @@
 // Package replication runs a shard group's replica on hashicorp/raft.
 //
-// A Group is one replica: raft with a raft-boltdb log and stable store,
-// file snapshots and a TCP transport (shared by all of a node's groups
+// A Group is one replica: raft with a raft-wal (or raft-boltdb) log and
+// stable store, file snapshots and a TCP transport (shared by all of a node's groups
 // through a Mux), and a store.DB as its state machine. It adds what raft
 // lacks:
 //

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -180,8 +181,20 @@ func TestGroup_RestartedReplicaCatchesUpFromItsOwnData(t *testing.T) {
 	require.Len(t, items, 100)
 }
 
+// A follower that was down while the leader truncated its log catches up
+// through a snapshot. raft-wal still reads entries of a truncated head
+// from a segment it has not dropped (raft then sends them rather than a
+// snapshot), so there the values are large enough to fill segments.
 func TestGroup_LaggingReplicaCatchesUpThroughSnapshot(t *testing.T) {
+	for _, kind := range []string{LogStoreBolt, LogStoreWAL} {
+		t.Run(kind, func(t *testing.T) { testLaggingReplicaCatchesUp(t, kind) })
+	}
+}
+
+func testLaggingReplicaCatchesUp(t *testing.T, kind string) {
 	tg := newTestGroup(t, 3, func(c *Config) {
+		c.LogStore = kind
+		c.WALSegmentBytes = 64 << 10
 		c.SnapshotThreshold = 16
 		c.TrailingLogs = 4
 		c.SnapshotInterval = 50 * time.Millisecond
@@ -189,8 +202,9 @@ func TestGroup_LaggingReplicaCatchesUpThroughSnapshot(t *testing.T) {
 	li, lg := tg.leader()
 	f := (li + 1) % 3
 	tg.stop(f)
+	pad := strings.Repeat("p", 2<<10)
 	for i := range 200 {
-		_, err := tg.put(fmt.Sprintf("s%03d", i), fmt.Sprintf("%d", i))
+		_, err := tg.put(fmt.Sprintf("s%03d", i), fmt.Sprintf("%d%s", i, pad))
 		require.NoError(t, err)
 	}
 	require.NoError(t, lg.Snapshot())
@@ -201,13 +215,11 @@ func TestGroup_LaggingReplicaCatchesUpThroughSnapshot(t *testing.T) {
 	require.Greater(t, first, uint64(10))
 
 	tg.start(f, nil)
-	tg.waitValue(f, "s199", "199")
+	tg.waitValue(f, "s199", "199"+pad)
 	items, _, err := tg.reps[f].Store().Scan(kvd.ScanOptions{})
 	require.NoError(t, err)
 	require.Len(t, items, 200)
-	snaps, err := os.ReadDir(filepath.Join(tg.dirs[f], "snapshots"))
-	require.NoError(t, err)
-	require.NotEmpty(t, snaps, "the follower installed a snapshot")
+	require.Positive(t, tg.reps[f].Stats().SnapshotsInstalled, "the follower installed a snapshot")
 
 	// And it keeps following afterwards.
 	_, err = tg.put("after", "x")

@@ -41,9 +41,17 @@ func staleValue(r *Group, key string) (string, error) {
 
 // A log entry damaged on a follower's disk (its payload, whose checksum
 // fails) is found when the follower replays it, fetched intact from a peer
-// and applied: the wrong value is never served.
+// and applied: the wrong value is never served. raft-boltdb's copy is
+// rewritten; raft-wal takes only appends, so its damaged copy stays until
+// a snapshot truncates it, and a peer asking for it is told so.
 func TestGroup_DamagedLogEntryIsRepairedFromAPeer(t *testing.T) {
-	tg := newTestGroup(t, 3, nil)
+	for _, kind := range []string{LogStoreBolt, LogStoreWAL} {
+		t.Run(kind, func(t *testing.T) { testDamagedLogEntryIsRepaired(t, kind) })
+	}
+}
+
+func testDamagedLogEntryIsRepaired(t *testing.T, kind string) {
+	tg := newTestGroup(t, 3, func(c *Config) { c.LogStore = kind })
 	li, _ := tg.leader()
 	f := (li + 1) % 3
 	const val = "the-value-in-the-log-that-gets-damaged"
@@ -58,7 +66,14 @@ func TestGroup_DamagedLogEntryIsRepairedFromAPeer(t *testing.T) {
 	// Replay everything at the next start (as after a crash with lazy
 	// sync), with the entry damaged in the log.
 	require.NoError(t, os.Remove(filepath.Join(tg.dirs[f], "state.db")))
-	require.Positive(t, damage.Flip(t, filepath.Join(tg.dirs[f], "raft.db"), val))
+	logFile := filepath.Join(tg.dirs[f], boltLogFile)
+	if kind == LogStoreWAL {
+		segs, err := filepath.Glob(filepath.Join(tg.dirs[f], walLogDir, "*.wal"))
+		require.NoError(t, err)
+		require.Len(t, segs, 1)
+		logFile = segs[0]
+	}
+	require.Positive(t, damage.Flip(t, logFile, val))
 	tg.start(f, nil)
 	r := tg.reps[f]
 	require.Eventually(t, func() bool {
@@ -73,7 +88,6 @@ func TestGroup_DamagedLogEntryIsRepairedFromAPeer(t *testing.T) {
 	require.Positive(t, st.Repairs)
 	tg.waitValue(f, "k19", "v")
 
-	// The local copy was rewritten: a peer asking for it now gets it.
 	var found bool
 	for idx := uint64(1); idx <= r.Store().AppliedIndex(); idx++ {
 		l, err := r.LogEntry(idx)
@@ -81,7 +95,11 @@ func TestGroup_DamagedLogEntryIsRepairedFromAPeer(t *testing.T) {
 			found = true
 		}
 	}
-	require.True(t, found, "the repaired entry is readable from the local log")
+	if kind == LogStoreBolt {
+		require.True(t, found, "the repaired entry is readable from the local log")
+	} else {
+		require.False(t, found, "a damaged entry is never handed to a peer")
+	}
 }
 
 // A value damaged in a follower's state file is never served: the read
@@ -427,7 +445,7 @@ func TestMux_StrangersHoldFewConnections(t *testing.T) {
 // unknown) keeps the replica from starting, rather than being replayed
 // with a made-up term or crashing raft.
 func TestGroup_UndecodableLogEntryKeepsTheReplicaFromStarting(t *testing.T) {
-	tg := newTestGroup(t, 1, nil)
+	tg := newTestGroup(t, 1, func(c *Config) { c.LogStore = LogStoreBolt })
 	for i := range 5 {
 		_, err := tg.put(fmt.Sprintf("k%d", i), "v")
 		require.NoError(t, err)
@@ -447,6 +465,7 @@ func TestGroup_UndecodableLogEntryKeepsTheReplicaFromStarting(t *testing.T) {
 	require.NoError(t, err)
 	cfg := DefaultConfig()
 	cfg.Group, cfg.NodeID, cfg.Dir, cfg.Layer, cfg.Logger = 1, nodeID(0), tg.dirs[0], layer, quietLogger()
+	cfg.LogStore = LogStoreWAL // the replica keeps its raft.db
 	_, err = Open(cfg)
 	require.ErrorIs(t, err, ErrNoState)
 	require.ErrorContains(t, err, fmt.Sprintf("entry %d", last))

@@ -11,7 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// logStore wraps the Raft log (raft-boltdb) with:
+// logStore wraps the Raft log (raft-wal or raft-boltdb) with:
 //
 //   - a cache of the newest entries bounded by bytes as well as by count
 //     (raft's own LogCache holds a fixed number of entries, whatever their
@@ -136,9 +136,17 @@ func (s *logStore) StoreLogs(logs []*raft.Log) error {
 	return nil
 }
 
+// errAppendOnly is repair's answer on a log that takes only appends
+// (raft-wal): the damaged copy stays until a snapshot truncates it, and
+// a replay meets it again and fetches the peer's copy again.
+var errAppendOnly = errors.New("the log store takes only appends; the damaged copy stays until a snapshot truncates it")
+
 // repair overwrites the entry at l.Index, which must be damaged here, with
 // a peer's intact copy of the same committed entry.
 func (s *logStore) repair(l *raft.Log) error {
+	if isMonotonic(s.store) {
+		return errAppendOnly
+	}
 	s.mu.Lock()
 	if _, ok := s.entries[l.Index]; ok {
 		s.clearLocked()

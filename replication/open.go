@@ -30,7 +30,7 @@ func Open(cfg Config) (*Group, error) {
 		return nil, fmt.Errorf("open group %d: %s holds no raft log (%s or %s/): %w", cfg.Group, cfg.Dir, boltLogFile, walLogDir, ErrNoState)
 	}
 	if kind == "" {
-		kind = cmp.Or(cfg.LogStore, LogStoreBolt)
+		kind = cmp.Or(cfg.LogStore, LogStoreWAL)
 	}
 	g := newGroup(cfg)
 	ok := false

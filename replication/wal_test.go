@@ -73,23 +73,27 @@ func TestWAL_GroupRestartsTruncatesAndCatchesUp(t *testing.T) {
 // A replica made with raft-boltdb keeps it when the configuration asks
 // for the WAL, and the other way round.
 func TestWAL_AReplicaKeepsTheStoreItWasMadeWith(t *testing.T) {
-	dir := ""
-	tg := newTestGroup(t, 1, func(c *Config) {
-		if dir != "" && c.Dir == dir {
-			c.LogStore = LogStoreWAL
-		}
-	})
-	dir = tg.dirs[0]
-	_, err := tg.put("a", "1")
-	require.NoError(t, err)
-	require.Equal(t, LogStoreBolt, StoredLogStore(dir))
-	tg.restart(0) // now asked for the WAL
-	tg.waitValue(0, "a", "1")
-	require.Equal(t, LogStoreBolt, StoredLogStore(dir))
-	_, err = os.Stat(filepath.Join(dir, walLogDir))
-	require.ErrorIs(t, err, os.ErrNotExist)
-	_, err = tg.put("b", "2")
-	require.NoError(t, err)
+	for _, c := range []struct{ made, asked, other string }{
+		{LogStoreBolt, LogStoreWAL, walLogDir},
+		{LogStoreWAL, LogStoreBolt, boltLogFile},
+	} {
+		t.Run(c.made, func(t *testing.T) {
+			kind := c.made
+			tg := newTestGroup(t, 1, func(cfg *Config) { cfg.LogStore = kind })
+			dir := tg.dirs[0]
+			_, err := tg.put("a", "1")
+			require.NoError(t, err)
+			require.Equal(t, c.made, StoredLogStore(dir))
+			kind = c.asked
+			tg.restart(0)
+			tg.waitValue(0, "a", "1")
+			require.Equal(t, c.made, StoredLogStore(dir))
+			_, err = os.Stat(filepath.Join(dir, c.other))
+			require.ErrorIs(t, err, os.ErrNotExist)
+			_, err = tg.put("b", "2")
+			require.NoError(t, err)
+		})
+	}
 }
 
 // A crash in the middle of an append leaves a torn tail in the last

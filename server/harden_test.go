@@ -222,8 +222,10 @@ func TestServer_LostGroupDirectoryIsNotStartedEmpty(t *testing.T) {
 	require.NoError(t, json.Unmarshal(r.Body, &st))
 	require.Len(t, st.Missing, 1)
 	require.Equal(t, uint64(1), st.Missing[0].Group)
-	_, err := os.Stat(filepath.Join(c.DataDir(f), "groups", "1", "raft.db"))
-	require.True(t, os.IsNotExist(err), "nothing is created in its place")
+	for _, name := range []string{"raft.db", "wal"} {
+		_, err := os.Stat(filepath.Join(c.DataDir(f), "groups", "1", name))
+		require.True(t, os.IsNotExist(err), "nothing is created in its place: %s", name)
+	}
 	// The node still answers, through the group's other replicas.
 	r = do(t, "PUT", c.URL(f)+"/v1/kv/through", []byte("v"))
 	require.Equal(t, 200, r.Status, "%s", r.Body)

@@ -71,7 +71,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "time limit for draining requests on SIGTERM")
 	fs.Uint64Var(&cfg.Replication.SnapshotThreshold, "snapshot-threshold", cfg.Replication.SnapshotThreshold, "log entries between snapshots")
 	fs.DurationVar(&cfg.Replication.SnapshotInterval, "snapshot-interval", cfg.Replication.SnapshotInterval, "how often to check whether --snapshot-threshold was reached")
-	fs.StringVar(&cfg.Replication.LogStore, "raft-log", cfg.Replication.LogStore, "Raft log store of new replicas: boltdb (raft.db) or wal (hashicorp/raft-wal segment files); a replica keeps the store it was made with")
+	fs.StringVar(&cfg.Replication.LogStore, "raft-log", cfg.Replication.LogStore, "Raft log store of new replicas: wal (hashicorp/raft-wal segment files) or boltdb (raft.db); a replica keeps the store it was made with")
 	fs.Uint64Var(&cfg.Replication.TrailingLogs, "trailing-logs", cfg.Replication.TrailingLogs, "log entries kept after a snapshot")
 	fs.DurationVar(&cfg.Replication.ElectionTimeout, "election-timeout", cfg.Replication.ElectionTimeout, "Raft election timeout")
 	fs.DurationVar(&cfg.Replication.HeartbeatTimeout, "heartbeat-timeout", cfg.Replication.HeartbeatTimeout, "Raft heartbeat timeout")

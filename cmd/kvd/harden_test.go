@@ -171,9 +171,10 @@ func TestKvd_DamagedValueInAFollowersStateIsNeverServed(t *testing.T) {
 }
 
 // A log entry damaged on disk is found when a restarted node replays it
-// and is repaired from a peer.
+// and is repaired from a peer (raft-boltdb here, whose file the damage
+// finds by the value; replication's tests cover raft-wal's segments).
 func TestKvd_DamagedLogEntryIsRepairedFromAPeer(t *testing.T) {
-	c := startClusterWith(t, 3, 1)
+	c := startClusterWith(t, 3, 1, "--raft-log", "boltdb")
 	f := followerOf(t, c)
 	const val = "value-in-a-log-entry-whose-bytes-rot-0123456789"
 	_, status, err := put(c.Nodes[(f+1)%3].URL(), "victim", val)
