@@ -32,6 +32,9 @@ type call struct {
 	// noRoute sends the request without the routing headers (a
 	// transaction may span groups; any node coordinates it).
 	noRoute bool
+	// first, if set, is the replica of the first attempt (the one the
+	// op took a coalescing lane to).
+	first *node
 }
 
 // result is a node's answer.
@@ -75,7 +78,9 @@ func (c *Client) do(ctx context.Context, cl *call) (*result, error) {
 			return nil, fmt.Errorf("%w: group %d is not in the cluster map", kvd.ErrWrongGroup, cl.group)
 		}
 		var target *node
-		if cl.write || cl.consistency == kvd.Linearizable {
+		if n == 0 && cl.first != nil {
+			target = cl.first
+		} else if cl.write || cl.consistency == kvd.Linearizable {
 			target = pickLeader(g, a.avoid)
 		} else {
 			target = c.pickReplica(g, a.avoid)

@@ -58,6 +58,11 @@ type Config struct {
 	// also makes it speak HTTPS, with the system's roots unless TLS is
 	// set. It is ignored when HTTPClient is set.
 	TLS *tls.Config
+	// BatchLanes is how many requests of plain puts, deletes and gets
+	// the client has in flight to one node before further ones wait and
+	// go together in one batch (see batch.go): 0 means 2, negative turns
+	// coalescing off.
+	BatchLanes int
 	// Logger receives the client's debug logs.
 	Logger *slog.Logger
 }
@@ -74,6 +79,7 @@ func DefaultConfig(endpoints ...string) Config {
 		MaxEjectBackoff:    10 * time.Second,
 		ProbeInterval:      100 * time.Millisecond,
 		MinRefreshInterval: 20 * time.Millisecond,
+		BatchLanes:         2,
 	}
 }
 
@@ -93,9 +99,15 @@ type Client struct {
 	nodesMu sync.Mutex
 	nodes   map[string]*node
 
+	// bg ends when the client closes; cancel ends it.
+	bg     context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	closed atomic.Bool
+	// lanesMu protects lanesClosed, set by Close, after which no
+	// coalescing goroutine starts.
+	lanesMu     sync.Mutex
+	lanesClosed bool
 	// scheme is how the nodes learned from the map are dialed.
 	scheme string
 }
@@ -139,6 +151,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			*d = defs[i]
 		}
 	}
+	if cfg.BatchLanes == 0 {
+		cfg.BatchLanes = def.BatchLanes
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -166,7 +181,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("client: %w", err)
 	}
 	bg, stop := context.WithCancel(context.Background())
-	c.cancel = stop
+	c.bg, c.cancel = bg, stop
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -180,6 +195,9 @@ func (c *Client) Close() error {
 	if c.closed.Swap(true) {
 		return nil
 	}
+	c.lanesMu.Lock()
+	c.lanesClosed = true
+	c.lanesMu.Unlock()
 	c.cancel()
 	c.wg.Wait()
 	c.hc.CloseIdleConnections()
@@ -242,7 +260,25 @@ func keyPath(key string) string { return "/v1/kv/" + url.PathEscape(key) }
 // Get reads key. A missing key is an error matching ErrNotFound.
 func (c *Client) Get(ctx context.Context, key string, opts ...kvd.ReadOption) (kvd.Item, error) {
 	o := c.readOpts(opts)
-	res, err := c.do(ctx, &call{method: http.MethodGet, path: keyPath(key) + "?consistency=" + string(o.Consistency), key: key, consistency: o.Consistency})
+	var first *node
+	if n := c.batchTarget(key, false, o.Consistency); n != nil {
+		p := &pendingOp{op: api.BatchOp{Op: "get", Key: key, Consistency: string(o.Consistency)}, size: len(key)}
+		if c.enter(n, p) {
+			defer c.leave(n)
+			first = n
+		} else if ok, err := c.await(ctx, n, p); err != nil {
+			return kvd.Item{}, fmt.Errorf("get %q: %w", key, err)
+		} else if ok {
+			if p.res.Status != http.StatusOK {
+				return kvd.Item{}, fmt.Errorf("get %q: %w", key, p.resultError())
+			}
+			if p.res.Value == nil {
+				p.res.Value = []byte{} // as a request alone answers
+			}
+			return kvd.Item{Key: key, Value: p.res.Value, Version: p.res.Version}, nil
+		}
+	}
+	res, err := c.do(ctx, &call{method: http.MethodGet, path: keyPath(key) + "?consistency=" + string(o.Consistency), key: key, consistency: o.Consistency, first: first})
 	if err != nil {
 		return kvd.Item{}, fmt.Errorf("get %q: %w", key, err)
 	}
@@ -273,6 +309,22 @@ func (c *Client) Put(ctx context.Context, key string, value []byte, opts ...kvd.
 	h.Set("Content-Type", "application/octet-stream")
 	if value == nil {
 		value = []byte{}
+	}
+	if n := c.batchTarget(key, true, ""); n != nil && coalescible(o) {
+		p := &pendingOp{op: api.BatchOp{Op: "put", Key: key, Value: value}, write: true, size: len(key) + len(value)}
+		if o.TTL > 0 {
+			p.op.TTL = o.TTL.String()
+		}
+		if c.enter(n, p) {
+			defer c.leave(n)
+		} else if ok, err := c.await(ctx, n, p); err != nil {
+			return 0, fmt.Errorf("put %q: %w", key, err)
+		} else if ok {
+			if p.res.Status != http.StatusOK {
+				return 0, fmt.Errorf("put %q: %w", key, p.resultError())
+			}
+			return p.res.Version, nil
+		}
 	}
 	res, err := c.doWrite(ctx, o, &call{method: http.MethodPut, path: keyPath(key) + q, body: value, header: h, key: key, write: true})
 	if err != nil {
@@ -314,6 +366,19 @@ func (c *Client) Delete(ctx context.Context, key string, opts ...kvd.WriteOption
 	o := kvd.ApplyWriteOptions(opts)
 	if o.TTL != 0 {
 		return false, fmt.Errorf("delete %q: %w: a ttl is for puts", key, kvd.ErrInvalid)
+	}
+	if n := c.batchTarget(key, true, ""); n != nil && coalescible(o) {
+		p := &pendingOp{op: api.BatchOp{Op: "delete", Key: key}, write: true, size: len(key)}
+		if c.enter(n, p) {
+			defer c.leave(n)
+		} else if ok, err := c.await(ctx, n, p); err != nil {
+			return false, fmt.Errorf("delete %q: %w", key, err)
+		} else if ok {
+			if p.res.Status != http.StatusOK {
+				return false, fmt.Errorf("delete %q: %w", key, p.resultError())
+			}
+			return p.res.Deleted != nil && *p.res.Deleted, nil
+		}
 	}
 	h, _ := writeHeaders(o)
 	res, err := c.doWrite(ctx, o, &call{method: http.MethodDelete, path: keyPath(key), header: h, key: key, write: true})
@@ -479,6 +544,9 @@ type NodeStats struct {
 	Requests int64
 	Failures int64
 	Inflight int64
+	// Batches counts the requests that carried coalesced ops (of
+	// Requests).
+	Batches int64
 	// Latency is the moving average of the node's answer time.
 	Latency time.Duration
 	// Ejected is set while the node is out of rotation.
@@ -493,7 +561,7 @@ func (c *Client) Stats() map[string]NodeStats {
 	now := time.Now()
 	for id, n := range c.nodes {
 		out[id] = NodeStats{ID: id, URL: n.url, Requests: n.requests.Load(), Failures: n.failures.Load(), Inflight: n.inflight.Load(),
-			Latency: time.Duration(n.ewma() * float64(time.Second)), Ejected: !n.healthy(now)}
+			Batches: n.batches.Load(), Latency: time.Duration(n.ewma() * float64(time.Second)), Ejected: !n.healthy(now)}
 	}
 	return out
 }

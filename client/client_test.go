@@ -195,7 +195,8 @@ func readShares(t *testing.T, cl *client.Client, n int, consistency kvd.Consiste
 func TestClient_ReadPoliciesSpreadReads(t *testing.T) {
 	c := testcluster.New(t, 3, 1)
 	for _, p := range []client.Policy{client.Random, client.RoundRobin, client.PowerOfTwo} {
-		cl := newClient(t, c, func(cfg *client.Config) { cfg.ReadPolicy = p })
+		// Requests are counted: with coalescing, one may carry many reads.
+		cl := newClient(t, c, func(cfg *client.Config) { cfg.ReadPolicy = p; cfg.BatchLanes = -1 })
 		for _, consistency := range []kvd.Consistency{kvd.Follower, kvd.Stale} {
 			shares := readShares(t, cl, 600, consistency)
 			t.Logf("%s %s: %v", p, consistency, shares)
@@ -222,6 +223,7 @@ func TestClient_PowerOfTwoAvoidsASlowReplica(t *testing.T) {
 	proxy.SetDelay(15 * time.Millisecond)
 	through := func(cfg *client.Config) {
 		cfg.NodeURLs = map[string]string{testcluster.NodeID(slow): "http://" + proxy.Addr()}
+		cfg.BatchLanes = -1 // requests are counted
 	}
 	slowID := testcluster.NodeID(slow)
 

@@ -62,6 +62,13 @@ type node struct {
 	mu           sync.Mutex
 	ejectedUntil time.Time
 	strikes      int
+
+	// bmu protects the coalescing state (see batch.go): the lanes in
+	// use and the ops waiting for one.
+	bmu     sync.Mutex
+	lanes   int
+	queue   []*pendingOp
+	batches atomic.Int64
 }
 
 const (

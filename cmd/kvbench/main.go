@@ -45,6 +45,7 @@ type config struct {
 	endpoints   []string
 	clients     int
 	conns       int
+	batchLanes  int
 	keys        int
 	prefix      string
 	valueSize   int
@@ -101,6 +102,7 @@ func parse(args []string, stderr io.Writer) (config, error) {
 	endpoints := fs.String("endpoints", "http://127.0.0.1:7070", "comma-separated kvd HTTP endpoints (any one is enough)")
 	fs.IntVar(&c.clients, "clients", 16, "concurrent clients (each with one request in flight)")
 	fs.IntVar(&c.conns, "conns", 1, "client instances (routers with their own connection pools) the clients share")
+	fs.IntVar(&c.batchLanes, "batch-lanes", client.DefaultConfig().BatchLanes, "requests in flight to one node before the client coalesces further ops into batches (negative: never coalesce)")
 	fs.IntVar(&c.keys, "keys", 10000, "size of the key space")
 	fs.StringVar(&c.prefix, "prefix", "bench/", "prefix of every key")
 	fs.IntVar(&c.valueSize, "value-size", 256, "bytes per value")
@@ -251,6 +253,7 @@ func connect(ctx context.Context, cfg config) ([]*client.Client, error) {
 		cc := client.DefaultConfig(cfg.endpoints...)
 		cc.Consistency, cc.ReadPolicy = cfg.consistency, cfg.policy
 		cc.TLS, cc.Token = cfg.tls, cfg.token
+		cc.BatchLanes = cfg.batchLanes
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		cl, err := client.New(cctx, cc)
 		cancel()
