@@ -4,11 +4,17 @@ import "bytes"
 
 // logChange appends a change to the history and prunes it to its bounds.
 func (a *applier) logChange(del bool, key string, val []byte) error {
+	return a.logChangeAt(del, key, val, a.version())
+}
+
+// logChangeAt is logChange for a change that takes version ver (it is
+// still recorded at this entry's position).
+func (a *applier) logChangeAt(del bool, key string, val []byte, ver uint64) error {
 	if a.hist.b == nil {
 		return nil
 	}
 	a.seq++
-	ev := encodeEvent(del, key, val, a.version(), a.index)
+	ev := encodeEvent(del, key, val, ver, a.index)
 	if err := a.put(a.hist, Pos{Index: a.index, Seq: a.seq}.bytes(), ev); err != nil {
 		return err
 	}

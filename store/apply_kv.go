@@ -179,6 +179,12 @@ func expiryKey(at int64, key string) []byte {
 // setKey writes key's value at the current index, with a TTL if ttl > 0,
 // keeping the expiry index and the history in step.
 func (a *applier) setKey(key string, val []byte, ttl int64) error {
+	return a.setKeyVersion(key, val, ttl, a.version())
+}
+
+// setKeyVersion is setKey with the version the value takes: a transaction's
+// write takes its prepare's (see Lock.Version).
+func (a *applier) setKeyVersion(key string, val []byte, ttl int64, ver uint64) error {
 	if _, exp := a.recordHead(key); exp != 0 {
 		if err := a.expiry.Delete(expiryKey(exp, key)); err != nil {
 			return err
@@ -194,10 +200,10 @@ func (a *applier) setKey(key string, val []byte, ttl int64) error {
 			return err
 		}
 	}
-	if err := a.put(a.kv, []byte(key), encodeRecord(a.version(), exp, val)); err != nil {
+	if err := a.put(a.kv, []byte(key), encodeRecord(ver, exp, val)); err != nil {
 		return err
 	}
-	return a.logChange(false, key, val)
+	return a.logChangeAt(false, key, val, ver)
 }
 
 // delKey deletes key (which must exist) at the current index.

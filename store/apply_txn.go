@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"encoding/json"
 	"sort"
 	"strconv"
@@ -186,12 +187,16 @@ func (a *applier) prepare(p *TxnPrepare) (*TxnOutcome, error) {
 		out.Code, out.Reads = CodeNotANumber, nil
 		return out, a.abortRecordIf(isRecord, p.ID)
 	}
+	// A put or add takes this entry's version when it is resolved (see
+	// Lock.Version): the vote carries it.
 	for _, op := range p.Ops {
 		switch op.Op {
 		case "delete":
 			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Deleted: a.exists(op.Key)})
 		case "add":
-			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Value: added[op.Key]})
+			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Value: added[op.Key], Version: a.version()})
+		case "put":
+			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Version: a.version()})
 		}
 	}
 	if err := a.lockKeys(p, keys, write, added); err != nil {
@@ -277,6 +282,9 @@ func (a *applier) lockKeys(p *TxnPrepare, keys []string, write map[string]*TxnOp
 		l := Lock{Txn: p.ID, RecordGroup: p.RecordGroup, Deadline: p.Deadline}
 		if op, ok := write[k]; ok {
 			l.Value, l.Delete, l.TTL = op.Value, op.Op == "delete", op.TTL
+			if !l.Delete {
+				l.Version = a.version()
+			}
 			if op.Op == "add" {
 				l.Value = added[k]
 			}
@@ -374,10 +382,10 @@ func (a *applier) resolve(id string, commit bool) ([]TxnWrite, error) {
 						}
 					}
 				} else {
-					if err := a.setKey(k, ls.Write.Value, ls.Write.TTL); err != nil {
+					w.Version = cmp.Or(ls.Write.Version, a.version())
+					if err := a.setKeyVersion(k, ls.Write.Value, ls.Write.TTL, w.Version); err != nil {
 						return nil, err
 					}
-					w.Version = a.version()
 				}
 				writes = append(writes, w)
 			}

@@ -174,10 +174,11 @@ func TestAdd(t *testing.T) {
 	r = applyAt(t, db, 7, 1, txnCmd(t, CmdTxnPrepare, TxnPrepare{ID: "t", RecordGroup: 2, Deadline: 100, Ops: []TxnOp{{Op: "add", Key: "n", Delta: 10}}}))
 	require.True(t, r.Txn.Vote)
 	require.Equal(t, "8", string(r.Txn.Writes[0].Value))
+	require.Equal(t, uint64(7), r.Txn.Writes[0].Version, "the vote carries the version the add takes")
 	applyAt(t, db, 8, 2, txnCmd(t, CmdTxnResolve, TxnResolve{ID: "t", Commit: true}))
 	it, _ := db.Get("n")
 	require.Equal(t, "8", string(it.Value))
-	require.Equal(t, uint64(8), it.Version)
+	require.Equal(t, uint64(7), it.Version, "the version is the prepare's")
 }
 
 func TestTxn_PutWithTTL(t *testing.T) {

@@ -59,6 +59,13 @@ type Lock struct {
 	Value  []byte `json:"value,omitempty"`
 	Delete bool   `json:"delete,omitempty"`
 	TTL    int64  `json:"ttl,omitempty"`
+	// Version is the version the write takes when it is resolved: that
+	// of the entry that prepared it (the lock keeps every other change
+	// off the key until then, so versions still strictly grow), known
+	// at the prepare so a transaction can be answered before its
+	// resolution. 0 in a lock taken by an older kvd: the resolving
+	// entry's version, as it was then.
+	Version uint64 `json:"version,omitempty"`
 }
 
 // LockSet is every lock held on one key.

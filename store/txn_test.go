@@ -116,14 +116,15 @@ func TestTxn_CompareFailureAbortsTheRecordAndLocksNothing(t *testing.T) {
 func TestTxn_DecideCommitResolvesInTheSameEntry(t *testing.T) {
 	db := openTest(t)
 	applyOne(t, db, 1, put("gone", "x"))
-	applyAt(t, db, 2, 1, txnCmd(t, CmdTxnPrepare, TxnPrepare{ID: "t", RecordGroup: 1, Deadline: 1000, Participants: []kvd.GroupID{1},
+	p := applyAt(t, db, 2, 1, txnCmd(t, CmdTxnPrepare, TxnPrepare{ID: "t", RecordGroup: 1, Deadline: 1000, Participants: []kvd.GroupID{1},
 		Ops: []TxnOp{{Index: 0, Op: "put", Key: "a", Value: []byte("new")}, {Index: 1, Op: "delete", Key: "gone"}}}))
 	r := applyAt(t, db, 3, 2, txnCmd(t, CmdTxnDecide, TxnDecide{ID: "t", Commit: true, ResolveHere: true}))
 	require.Equal(t, TxnCommitted, r.Txn.State)
 	it, err := db.Get("a")
 	require.NoError(t, err)
 	require.Equal(t, "new", string(it.Value))
-	require.Equal(t, uint64(3), it.Version, "the version is the index of the resolving entry")
+	require.Equal(t, uint64(2), it.Version, "the version is the index of the entry that prepared the write")
+	require.Equal(t, uint64(2), p.Txn.Writes[0].Version, "and the vote says so")
 	_, err = db.Get("gone")
 	require.ErrorIs(t, err, kvd.ErrNotFound)
 	_, _, lock, _ := db.GetLocked("a")
@@ -133,7 +134,9 @@ func TestTxn_DecideCommitResolvesInTheSameEntry(t *testing.T) {
 	r = applyAt(t, db, 4, 3, txnCmd(t, CmdTxnDecide, TxnDecide{ID: "t", Commit: false, ResolveHere: true}))
 	require.Equal(t, TxnCommitted, r.Txn.State)
 	it, _ = db.Get("a")
-	require.Equal(t, uint64(3), it.Version)
+	require.Equal(t, uint64(2), it.Version)
+	// A plain write after it takes a higher version.
+	require.Equal(t, uint64(5), applyAt(t, db, 5, 3, put("a", "later")).Version)
 }
 
 func TestTxn_ResolveAtAParticipant(t *testing.T) {
@@ -146,7 +149,7 @@ func TestTxn_ResolveAtAParticipant(t *testing.T) {
 		it, _ := db.Get("k")
 		if commit {
 			require.Equal(t, "new", string(it.Value))
-			require.Equal(t, uint64(3), it.Version)
+			require.Equal(t, uint64(2), it.Version, "the prepare's version")
 			require.Len(t, r.Txn.Writes, 1)
 		} else {
 			require.Equal(t, "old", string(it.Value))

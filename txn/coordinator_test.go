@@ -3,6 +3,7 @@ package txn
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -21,11 +22,15 @@ func TestCoordinator_CrossGroupCommit(t *testing.T) {
 	for i, r := range resp.Results {
 		require.NotZero(t, r.Version, "op %d", i)
 	}
-	for k, v := range map[string]string{"g1/a": "1", "g2/b": "2", "g3/c": "3"} {
+	m.settled(t, "g1/a", "g2/b", "g3/c") // resolution follows the answer
+	for i, k := range []string{"g1/a", "g2/b", "g3/c"} {
 		got, ok := m.value(t, k)
 		require.True(t, ok)
-		require.Equal(t, v, got)
-		require.False(t, m.locked(t, k), "resolved before the answer")
+		require.Equal(t, fmt.Sprint(i+1), got)
+		g, _ := m.GroupOf(k)
+		it, err := m.dbs[g].Get(k)
+		require.NoError(t, err)
+		require.Equal(t, resp.Results[i].Version, it.Version, "the answered version is the one the write took")
 	}
 	resp, err = c.Do(ctx, Request{
 		Compares: []Compare{{Key: "g1/a", Value: []byte("1")}, {Key: "g3/c", Version: ver(resp.Results[2].Version)}},
@@ -35,6 +40,7 @@ func TestCoordinator_CrossGroupCommit(t *testing.T) {
 	require.Equal(t, "1", string(resp.Results[0].Value))
 	require.Equal(t, "2", string(resp.Results[1].Value))
 	require.True(t, resp.Results[2].Deleted)
+	m.settled(t, "g3/c")
 	_, ok := m.value(t, "g3/c")
 	require.False(t, ok)
 }
@@ -169,6 +175,34 @@ func TestCoordinator_UnknownDecisionIsRetried(t *testing.T) {
 	resp, err := c.Do(context.Background(), Request{Ops: []Op{put("g1/a", "x"), put("g2/b", "y")}}, nil)
 	require.NoError(t, err)
 	require.True(t, resp.Committed)
+	m.settled(t, "g2/b")
 	v, _ := m.value(t, "g2/b")
 	require.Equal(t, "y", v)
+}
+
+// A cross-group transaction is answered after the decision, in two
+// rounds: the answer does not wait for the other groups' resolution, and
+// carries the version each write takes when it is resolved.
+func TestCoordinator_AnswersBeforeTheResolution(t *testing.T) {
+	m, c := newTestCoord(t, 2)
+	release := make(chan struct{})
+	m.setFault(func(g kvd.GroupID, cmd store.Cmd) (error, error) {
+		if g == 2 && cmd.Kind == store.CmdTxnResolve {
+			<-release
+		}
+		return nil, nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "x"), put("g2/b", "y")}}, nil)
+	require.NoError(t, err)
+	require.True(t, resp.Committed)
+	require.True(t, m.locked(t, "g2/b"), "answered while group 2 is not resolved")
+	require.NotZero(t, resp.Results[1].Version)
+	close(release)
+	m.settled(t, "g2/b")
+	it, err := m.dbs[2].Get("g2/b")
+	require.NoError(t, err)
+	require.Equal(t, "y", string(it.Value))
+	require.Equal(t, resp.Results[1].Version, it.Version)
 }

@@ -127,6 +127,7 @@ func TestIdempotent_ARepeatTakesOverAnAbortedFirstAttempt(t *testing.T) {
 	}
 	require.NoError(t, err)
 	require.True(t, resp.Committed)
+	m.settled(t, "g2/b")
 	v, _ := m.value(t, "g2/b")
 	require.Equal(t, "v", v)
 }

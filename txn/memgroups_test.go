@@ -112,6 +112,20 @@ func (m *memGroups) value(t *testing.T, key string) (string, bool) {
 	return string(it.Value), true
 }
 
+// settled waits until no lock is left on keys: a committed transaction
+// is answered before its resolution, which follows in the background.
+func (m *memGroups) settled(t *testing.T, keys ...string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		for _, k := range keys {
+			if m.locked(t, k) {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Second, time.Millisecond, "locks left on %v", keys)
+}
+
 func (m *memGroups) locked(t *testing.T, key string) bool {
 	g, _ := m.GroupOf(key)
 	_, _, l, err := m.dbs[g].GetLocked(key)

@@ -16,10 +16,15 @@ func TestReadOnly_SeesCommittedTransactionsAtomically(t *testing.T) {
 	ctx := context.Background()
 	_, err := c.Do(ctx, Request{Ops: []Op{put("g1/a", "1"), put("g2/b", "1"), put("g3/c", "1")}}, nil)
 	require.NoError(t, err)
+	m.settled(t, "g1/a", "g2/b", "g3/c")
+	m.mu.Lock()
 	before := m.index[1] + m.index[2] + m.index[3]
+	m.mu.Unlock()
 	resp, err := c.Do(ctx, Request{Ops: []Op{get("g1/a"), get("g2/b"), get("g3/c"), get("g1/none")}}, nil)
 	require.NoError(t, err)
+	m.mu.Lock()
 	require.Equal(t, before, m.index[1]+m.index[2]+m.index[3], "a read-only transaction writes nothing")
+	m.mu.Unlock()
 	for i := range 3 {
 		require.Equal(t, "1", string(resp.Results[i].Value))
 	}

@@ -14,28 +14,34 @@ import (
 )
 
 // twoPhase runs a transaction over several groups: prepare everywhere,
-// the decision in the record group, then resolution of the others.
+// the decision in the record group, then resolution of the others. It
+// answers after the decision: the votes carry every write's version (a
+// write takes its prepare's, see store.Lock.Version), and a read that
+// meets a committed transaction's lock before the resolution lands
+// resolves it first (the server's settle), so the commit is visible to
+// every read that starts after the answer.
 //
 // Once locks may be taken the protocol runs to its end even if the caller
 // gives up: abandoned half way, it would leave locks that block the keys
 // until the deadline and recovery. It runs on a goroutine of the
-// coordinator, bounded by the transaction's timeout and by Close. After a
-// commit the answer waits for the resolution (so that it carries every
-// write's version) only as long as the caller does. finished, if set, is
-// called on that goroutine with the final outcome (after resolution),
-// whether or not the caller is still there.
+// coordinator, bounded by the transaction's timeout and by Close, which
+// goes on resolving after the answer. finished, if set, is called on that
+// goroutine with the final outcome (after resolution), whether or not the
+// caller is still there.
 func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.GroupID]*part, rg kvd.GroupID, id string, finished func(Response, error)) (Response, error) {
 	if err := ctx.Err(); err != nil {
 		return Response{}, fmt.Errorf("transaction not started: %v: %w", err, kvd.ErrUnavailable)
 	}
 	decided := make(chan twoPhaseResult, 1)
-	final := make(chan Response, 1)
 	started := c.spawn(func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Timeout)
 		defer cancel()
 		stop := context.AfterFunc(c.ctx, cancel)
 		defer stop()
 		r := c.runTwoPhase(dctx, req, parts, rg, id)
+		if r.err == nil && r.resp.Committed {
+			fill(&r.resp, req, r.outs)
+		}
 		// The caller owns what it is answered; finished reads a copy, on
 		// this goroutine, while the caller may already change its own.
 		mine := cloneResponse(r.resp)
@@ -46,14 +52,10 @@ func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.G
 			}
 			return
 		}
-		// Committed: resolve the other groups, so the answer can carry
-		// every write's version.
+		// Committed and answered: resolve the other groups.
 		rctx, rcancel := context.WithTimeout(c.ctx, c.cfg.ResolveTimeout)
 		defer rcancel()
-		resp := Response{Committed: true}
-		fill(&resp, req, append(r.outs, c.resolve(rctx, id, r.groups, rg, true)...))
-		mine = cloneResponse(resp)
-		final <- resp
+		c.resolve(rctx, id, r.groups, rg, true)
 		if finished != nil {
 			finished(mine, nil)
 		}
@@ -61,28 +63,16 @@ func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.G
 	if !started {
 		return Response{}, fmt.Errorf("transaction not started: %w", kvd.ErrClosed)
 	}
-	var r twoPhaseResult
 	select {
-	case r = <-decided:
+	case r := <-decided:
+		return r.resp, r.err
 	case <-ctx.Done():
 		select {
-		case r = <-decided: // decided just now: report it
+		case r := <-decided: // decided just now: report it
+			return r.resp, r.err
 		default:
 			return Response{}, fmt.Errorf("transaction %s: the caller gave up before the decision (it is decided without it): %v: %w", id, ctx.Err(), kvd.ErrUnknownOutcome)
 		}
-	}
-	if r.err != nil || !r.resp.Committed {
-		return r.resp, r.err
-	}
-	select {
-	case resp := <-final:
-		return resp, nil
-	case <-ctx.Done():
-		// Committed all the same; the versions written in groups not yet
-		// resolved are left out.
-		resp := Response{Committed: true}
-		fill(&resp, req, r.outs)
-		return resp, nil
 	}
 }
 
@@ -144,8 +134,8 @@ func (c *Coordinator) runTwoPhase(ctx context.Context, req Request, parts map[kv
 		return fail(c.refusedOrUnavailable(ctx, votes, outs))
 	}
 
-	// Committed. Phase 3: resolve the other groups, so the answer can
-	// carry every write's version.
+	// Committed. Phase 3, the resolution of the other groups, follows
+	// the answer.
 	return twoPhaseResult{resp: Response{Committed: true}, outs: append(outs, decided), groups: groups}
 }
 
