@@ -128,11 +128,12 @@ func (s *sealedLog) IsMonotonic() bool { return isMonotonic(s.LogStore) }
 
 // errLogAging means entries under an older key remain in a log that
 // cannot rewrite an entry in place (raft-wal takes consecutive appends
-// only): they leave as snapshots compact the log.
+// only): they leave when the log is compacted behind a snapshot
+// (compactBehindSnapshot).
 type errLogAging struct{ left int }
 
 func (e errLogAging) Error() string {
-	return fmt.Sprintf("%d raft log entries are under an older key; they leave as snapshots compact the log (raft-wal cannot rewrite an entry in place): keep the old key until then", e.left)
+	return fmt.Sprintf("%d raft log entries are under an older key; they leave once the log is compacted behind a snapshot (raft-wal cannot rewrite an entry in place): keep the old key until then", e.left)
 }
 
 // reencrypt rewrites every command entry not sealed under the active key,
@@ -497,8 +498,12 @@ func (g *Group) runReencrypt() {
 		}
 		var aging errLogAging
 		if errors.As(err, &aging) {
-			// Nothing to do but wait for the log to be compacted.
-			if !g.pause(10 * time.Second) {
+			// The entries cannot be rewritten in place: compact them
+			// away behind a snapshot, then look again.
+			if err := g.compactBehindSnapshot(); err != nil {
+				g.log.Warn("cannot compact the raft log entries under an older key yet", "left", aging.left, "err", err)
+			}
+			if !g.pause(2 * time.Second) {
 				return
 			}
 			kick(g.enc.kick)
@@ -579,6 +584,39 @@ func (g *Group) reencryptPass() error {
 	if values+entries > 0 || rewrote {
 		g.log.Info("re-encrypted the replica under the active key", "key", active.String(), "values", values, "log_entries", entries, "snapshots_rewritten", rewrote, "took", time.Since(start))
 	}
+	return nil
+}
+
+// compactBehindSnapshot takes a snapshot of what is applied (if anything
+// is new since the last one) and drops every log entry the newest
+// snapshot covers, trailing entries included: raft-wal cannot rewrite an
+// entry under the new key, and an idle group would otherwise keep its
+// old entries, and need the old key, for as long as it stays idle. A
+// follower lagging behind the dropped entries then catches up through a
+// snapshot, as after any compaction.
+func (g *Group) compactBehindSnapshot() error {
+	if err := g.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	metas, err := g.snaps.List()
+	if err != nil {
+		return fmt.Errorf("list snapshots: %w", err)
+	}
+	if len(metas) == 0 {
+		return errors.New("no snapshot yet")
+	}
+	first, err := g.logs.FirstIndex()
+	if err != nil {
+		return err
+	}
+	upTo := metas[0].Index
+	if first == 0 || first > upTo {
+		return nil
+	}
+	if err := g.logs.DeleteRange(first, upTo); err != nil {
+		return fmt.Errorf("drop raft log entries %d-%d: %w", first, upTo, err)
+	}
+	g.log.Info("dropped the raft log entries a snapshot covers, to retire an older key", "from", first, "to", upTo)
 	return nil
 }
 

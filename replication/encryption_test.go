@@ -192,3 +192,50 @@ func snapshotSealedUnder(s *sealedSnapshots, id string) (atrest.KeyID, bool, err
 	}
 	return k, true, nil
 }
+
+// On raft-wal an entry cannot be rewritten under the new key: an idle
+// group (no snapshot due for hours) still finishes a rotation, by
+// compacting its log behind a fresh snapshot, and then reads without the
+// old key.
+func TestEncryption_IdleWALGroupFinishesARotation(t *testing.T) {
+	keyFile := filepath.Join(t.TempDir(), "kvd.key")
+	k1, k2 := atrest.NewKey(), atrest.NewKey()
+	writeKeyFile(t, keyFile, k1)
+	keys, err := atrest.OpenKeys(keyFile)
+	require.NoError(t, err)
+	tg := newTestGroup(t, 3, func(c *Config) {
+		c.Keys = keys
+		c.LogStore = LogStoreWAL
+	})
+	for i := range 30 {
+		_, err := tg.put(fmt.Sprintf("k%02d", i), fmt.Sprintf("%s-%d", secretMarker, i))
+		require.NoError(t, err)
+	}
+	for i := range 3 {
+		tg.waitValue(i, "k29", secretMarker+"-29")
+	}
+	writeKeyFile(t, keyFile, k2, k1)
+	_, err = keys.Reload()
+	require.NoError(t, err)
+	for i := range 3 {
+		tg.reps[i].Reencrypt()
+	}
+	for i := range 3 {
+		require.Eventually(t, func() bool {
+			st := tg.reps[i].EncryptionStatus()
+			return st.Done && st.Active == atrest.IDOf(k2).String()
+		}, 30*time.Second, 50*time.Millisecond, "replica %d: %+v", i, tg.reps[i].EncryptionStatus())
+	}
+	writeKeyFile(t, keyFile, k2)
+	_, err = keys.Reload()
+	require.NoError(t, err)
+	for i := range 3 {
+		tg.restart(i)
+	}
+	for i := range 3 {
+		tg.waitValue(i, "k00", secretMarker+"-0")
+		tg.waitValue(i, "k29", secretMarker+"-29")
+	}
+	_, err = tg.put("after", "x")
+	require.NoError(t, err)
+}
