@@ -67,13 +67,18 @@ func (c *Client) batchTarget(key string, write bool, cons kvd.Consistency) *node
 	if g == nil {
 		return nil
 	}
+	n := g.leader.Load()
 	if write || cons == kvd.Linearizable {
-		if l := g.leader.Load(); l != nil && l.healthy(time.Now()) {
-			return l
+		if n == nil || !n.healthy(time.Now()) {
+			return nil
 		}
+	} else {
+		n = c.pickReplica(g, nil)
+	}
+	if n.noBatch.Load() {
 		return nil
 	}
-	return c.pickReplica(g, nil)
+	return n
 }
 
 // enter takes a lane to n for an op sent alone (true), or queues p to go
@@ -194,7 +199,11 @@ func (c *Client) sendBatch(n *node, batch []*pendingOp) {
 	case err == nil && res.status == http.StatusOK && json.Unmarshal(res.body, &out) == nil && len(out.Results) == len(batch):
 	case err == nil && res.status != http.StatusOK && !outcomeUnknown(res.status):
 		// Refused whole before any op ran (shed, a bad request, no
-		// token): each op alone gets its own answer.
+		// token): each op alone gets its own answer. A node that knows
+		// no batches (an older kvd, during an upgrade) gets no more.
+		if res.status == http.StatusNotFound || res.status == http.StatusMethodNotAllowed {
+			n.noBatch.Store(true)
+		}
 		retryAll()
 		return
 	default:

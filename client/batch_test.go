@@ -4,7 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -230,4 +235,47 @@ func TestClient_Coalescing_Off(t *testing.T) {
 	}
 	wg.Wait()
 	require.Zero(t, batchesSent(cl))
+}
+
+// A node that knows no batches (an older kvd during an upgrade) answers
+// the first one 404: its ops go alone, and it is sent no more batches.
+func TestClient_Coalescing_ANodeWithoutBatchesGetsSingleRequests(t *testing.T) {
+	c := testcluster.New(t, 1, 1)
+	target, err := url.Parse(c.URL(0))
+	require.NoError(t, err)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var refused atomic.Int64
+	old := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/batch" {
+			refused.Add(1)
+			http.NotFound(w, r)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer old.Close()
+	cl := newClient(t, c, func(cfg *client.Config) {
+		cfg.Endpoints = []string{old.URL}
+		cfg.NodeURLs = map[string]string{testcluster.NodeID(0): old.URL}
+	})
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for w := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 {
+				k := fmt.Sprintf("old/%d/%d", w, i)
+				if _, err := cl.Put(ctx, k, []byte(k)); err != nil {
+					t.Errorf("put %s: %v", k, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	require.Positive(t, refused.Load(), "a batch was tried")
+	require.LessOrEqual(t, refused.Load(), int64(2), "batches kept going to a node without them")
+	it, err := cl.Get(ctx, "old/31/19")
+	require.NoError(t, err)
+	require.Equal(t, "old/31/19", string(it.Value))
 }

@@ -69,6 +69,8 @@ type node struct {
 	lanes   int
 	queue   []*pendingOp
 	batches atomic.Int64
+	// noBatch is set once the node answered a batch with 404 or 405.
+	noBatch atomic.Bool
 }
 
 const (
