@@ -237,6 +237,12 @@ type Status struct {
 // slot moves and bootstrap groups created on demand.
 const FeatureSlotMoves = "slot-moves"
 
+// FeatureTxnVersions is the feature of nodes that apply a transaction's
+// prepare that fixes its writes' versions (store.TxnPrepare.
+// VersionAtPrepare): a cross-group transaction is answered after its
+// decision only when every replica of its groups has it.
+const FeatureTxnVersions = "txn-versions"
+
 // MissingGroup is a group a node does not start.
 type MissingGroup struct {
 	Group  uint64 `json:"group"`

@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/replication"
 	"github.com/kvd-project/kvd/txn"
 )
@@ -177,6 +178,9 @@ func New(cfg Config) (_ *Server, err error) {
 	tc := txn.DefaultConfig()
 	tc.Timeout, tc.Limits, tc.Logger = cfg.TxnTimeout, cfg.Limits, s.log
 	tc.AfterPrepare = cfg.TxnAfterPrepare
+	tc.VersionsAtPrepare = func(groups []kvd.GroupID) bool {
+		return s.checkFeature(groupHosts(s.Map(), groups...), api.FeatureTxnVersions) == nil
+	}
 	s.coord = txn.New(s, tc)
 	s.registerMetrics()
 	if cfg.Frontend != nil && s.httpLn != nil {

@@ -43,7 +43,7 @@ func (s *Server) Status(ctx context.Context) api.Status {
 		raftAddr = s.mux.Addr().String()
 	}
 	st := api.Status{Node: s.id, HTTP: s.HTTPAddr(), Raft: raftAddr, Version: s.cfg.Version,
-		Uptime: time.Since(s.started).Round(time.Second).String(), Epoch: s.Map().Epoch, Features: []string{api.FeatureSlotMoves, api.FeatureBackup}, Restores: s.runningRestores()}
+		Uptime: time.Since(s.started).Round(time.Second).String(), Epoch: s.Map().Epoch, Features: []string{api.FeatureSlotMoves, api.FeatureBackup, api.FeatureTxnVersions}, Restores: s.runningRestores()}
 	m := s.Map()
 	hosted := s.hosted() // one snapshot: a replica may be retired meanwhile
 	for _, gid := range slices.Sorted(maps.Keys(hosted)) {

@@ -258,17 +258,25 @@ func fillWriteKeys(db *store.DB, c *store.Cmd) {
 // writeKeys names the keys a command (its decoded document) may write,
 // for the proposer: a one-phase transaction's; a decision's or
 // resolution's, those its transaction holds write locks on here.
+func opWriteKeys(ops []store.TxnOp) []string {
+	var keys []string
+	for _, op := range ops {
+		if op.Op != "get" {
+			keys = append(keys, op.Key)
+		}
+	}
+	return keys
+}
+
 func writeKeys(db *store.DB, doc any) []string {
 	var id string
 	switch d := doc.(type) {
 	case *store.TxnOnePhase:
-		var keys []string
-		for _, op := range d.Ops {
-			if op.Op != "get" {
-				keys = append(keys, op.Key)
-			}
-		}
-		return keys
+		return opWriteKeys(d.Ops)
+	case *store.TxnPrepare:
+		// A prepare shares no entry with another write of its keys: it
+		// would refuse a key the entry changed before it (its version).
+		return opWriteKeys(d.Ops)
 	case *store.TxnDecide:
 		if !d.ResolveHere {
 			return nil

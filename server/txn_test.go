@@ -366,3 +366,102 @@ func TestTxn_CoordinatorStoppedAfterPrepare(t *testing.T) {
 		}
 	}
 }
+
+// A plain write and a cross-group transaction's write of the same key
+// never get the same version for different values: a prepare shares no
+// log entry with another write of its keys, and fixes its version there.
+func TestTxn_APlainWriteAndATransactionNeverShareAVersion(t *testing.T) {
+	c := testcluster.New(t, 3, 2)
+	cl := newBankClient(t, c)
+	ks := testcluster.KeysInGroups(c.Node(0).Map(), "vk/", 3)
+	hot, other := ks[1], ks[2]
+	var mu sync.Mutex
+	seen := map[string]map[uint64]string{}
+	record := func(k string, v uint64, val string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if seen[k] == nil {
+			seen[k] = map[uint64]string{}
+		}
+		if prev, dup := seen[k][v]; dup && prev != val {
+			t.Errorf("key %s: version %d given to %q and to %q", k, v, prev, val)
+		}
+		seen[k][v] = val
+	}
+	ctx := context.Background()
+	var stop atomic.Bool
+	time.AfterFunc(3*time.Second, func() { stop.Store(true) })
+	var wg sync.WaitGroup
+	var puts, txns atomic.Int64
+	for w := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; !stop.Load(); i++ {
+				k, val := hot[(w+i)%len(hot)], fmt.Sprintf("p%d-%d", w, i)
+				if v, err := cl.Put(ctx, k, []byte(val)); err == nil {
+					record(k, v, val)
+					puts.Add(1)
+				}
+			}
+		}()
+	}
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; !stop.Load(); i++ {
+				k, o, val := hot[(w+i)%len(hot)], other[(w+i)%len(other)], fmt.Sprintf("t%d-%d", w, i)
+				resp, err := cl.Txn(ctx, kvd.Txn{Ops: []kvd.Op{kvd.OpPut(k, []byte(val)), kvd.OpPut(o, []byte(val))}})
+				if err == nil && resp.Committed {
+					record(k, resp.Results[0].Version, val)
+					txns.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d puts and %d transactions on %d keys", puts.Load(), txns.Load(), len(hot))
+	require.Positive(t, puts.Load())
+	require.Positive(t, txns.Load())
+	for _, k := range hot {
+		it, err := cl.Get(ctx, k)
+		require.NoError(t, err)
+		mu.Lock()
+		val, ok := seen[k][it.Version]
+		mu.Unlock()
+		require.True(t, ok, "key %s: version %d was never answered", k, it.Version)
+		require.Equal(t, val, string(it.Value), "key %s at version %d", k, it.Version)
+	}
+}
+
+// One client's cross-group transactions one after the other on the same
+// keys do not refuse each other: the next one meets the previous one's
+// locks before their resolution (which follows the answer), and resolves
+// them rather than fail with a conflict.
+func TestTxn_OneClientsTransactionsInARowDoNotConflict(t *testing.T) {
+	c := testcluster.New(t, 3, 2)
+	cl := newBankClient(t, c)
+	ks := testcluster.KeysInGroups(c.Node(0).Map(), "seq/", 1)
+	a, b := ks[1][0], ks[2][0]
+	ctx := context.Background()
+	var ver kvd.Version
+	exists := false
+	for i := range 100 {
+		cmp := kvd.Compare{Key: b, Exists: &exists}
+		if ver != 0 {
+			v := ver
+			cmp = kvd.Compare{Key: b, Version: &v}
+		}
+		val := []byte(strconv.Itoa(i))
+		resp, err := cl.Txn(ctx, kvd.Txn{Compares: []kvd.Compare{cmp}, Ops: []kvd.Op{kvd.OpPut(a, val), kvd.OpPut(b, val)}})
+		require.NoError(t, err, "transaction %d", i)
+		require.True(t, resp.Committed)
+		ver = resp.Results[1].Version
+		require.NotZero(t, ver)
+	}
+	it, err := cl.Get(ctx, b)
+	require.NoError(t, err)
+	require.Equal(t, "99", string(it.Value))
+	require.Equal(t, ver, it.Version)
+}

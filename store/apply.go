@@ -20,6 +20,10 @@ type applier struct {
 	now                   int64
 	// seq numbers the changes within the current entry, for history.
 	seq uint32
+	// touched holds the keys the current entry changed so far: a
+	// prepare taking versions at prepare refuses such a key, whose
+	// version it would share.
+	touched map[string]struct{}
 	// histCount and histSize track the history's size during the batch
 	// (loaded on first use); flushHistory prunes and stores them once.
 	histLoaded          bool
@@ -204,6 +208,7 @@ func (a *applier) applyEntries(entries []Entry, applied uint64, refused map[cmdP
 			continue
 		}
 		a.index, a.now, a.seq = e.Index, e.Batch.Time, 0
+		clear(a.touched)
 		res := make([]Result, len(e.Batch.Cmds))
 		for j := range e.Batch.Cmds {
 			if err, ok := refused[cmdPos{e.Index, j}]; ok {

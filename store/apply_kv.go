@@ -203,7 +203,16 @@ func (a *applier) setKeyVersion(key string, val []byte, ttl int64, ver uint64) e
 	if err := a.put(a.kv, []byte(key), encodeRecord(ver, exp, val)); err != nil {
 		return err
 	}
+	a.touch(key)
 	return a.logChangeAt(false, key, val, ver)
+}
+
+// touch records that the current entry changed key.
+func (a *applier) touch(key string) {
+	if a.touched == nil {
+		a.touched = map[string]struct{}{}
+	}
+	a.touched[key] = struct{}{}
 }
 
 // delKey deletes key (which must exist) at the current index.
@@ -216,5 +225,6 @@ func (a *applier) delKey(key string) error {
 	if err := a.del(a.kv, []byte(key)); err != nil {
 		return err
 	}
+	a.touch(key)
 	return a.logChange(true, key, nil)
 }

@@ -187,16 +187,30 @@ func (a *applier) prepare(p *TxnPrepare) (*TxnOutcome, error) {
 		out.Code, out.Reads = CodeNotANumber, nil
 		return out, a.abortRecordIf(isRecord, p.ID)
 	}
-	// A put or add takes this entry's version when it is resolved (see
-	// Lock.Version): the vote carries it.
+	// With VersionAtPrepare a put or add takes this entry's version when
+	// it is resolved (see Lock.Version), and the vote carries it. A key
+	// this entry already changed (a plain write put before the prepare
+	// in the same entry) has that version: refuse it, as a lock would.
+	var ver uint64
+	if p.VersionAtPrepare {
+		ver = a.version()
+		for k := range write {
+			if _, changed := a.touched[k]; changed {
+				out.Code = CodeConflict
+				return out, a.abortRecordIf(isRecord, p.ID)
+			}
+		}
+	}
 	for _, op := range p.Ops {
 		switch op.Op {
 		case "delete":
 			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Deleted: a.exists(op.Key)})
 		case "add":
-			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Value: added[op.Key], Version: a.version()})
+			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Value: added[op.Key], Version: ver})
 		case "put":
-			out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Version: a.version()})
+			if ver != 0 {
+				out.Writes = append(out.Writes, TxnWrite{Index: op.Index, Key: op.Key, Version: ver})
+			}
 		}
 	}
 	if err := a.lockKeys(p, keys, write, added); err != nil {
@@ -282,7 +296,7 @@ func (a *applier) lockKeys(p *TxnPrepare, keys []string, write map[string]*TxnOp
 		l := Lock{Txn: p.ID, RecordGroup: p.RecordGroup, Deadline: p.Deadline}
 		if op, ok := write[k]; ok {
 			l.Value, l.Delete, l.TTL = op.Value, op.Op == "delete", op.TTL
-			if !l.Delete {
+			if !l.Delete && p.VersionAtPrepare {
 				l.Version = a.version()
 			}
 			if op.Op == "add" {

@@ -171,7 +171,7 @@ func TestAdd(t *testing.T) {
 	require.Equal(t, CodeNotANumber, r.Txn.Code, "overflow")
 
 	// In a prepare the sum is computed while the key is locked.
-	r = applyAt(t, db, 7, 1, txnCmd(t, CmdTxnPrepare, TxnPrepare{ID: "t", RecordGroup: 2, Deadline: 100, Ops: []TxnOp{{Op: "add", Key: "n", Delta: 10}}}))
+	r = applyAt(t, db, 7, 1, txnCmd(t, CmdTxnPrepare, TxnPrepare{ID: "t", RecordGroup: 2, Deadline: 100, VersionAtPrepare: true, Ops: []TxnOp{{Op: "add", Key: "n", Delta: 10}}}))
 	require.True(t, r.Txn.Vote)
 	require.Equal(t, "8", string(r.Txn.Writes[0].Value))
 	require.Equal(t, uint64(7), r.Txn.Writes[0].Version, "the vote carries the version the add takes")

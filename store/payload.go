@@ -59,6 +59,11 @@ type TxnPrepare struct {
 	Ops         []TxnOp      `json:"ops,omitempty"`
 	// Participants is set for the record group, which creates the record.
 	Participants []kvd.GroupID `json:"participants,omitempty"`
+	// VersionAtPrepare makes the transaction's puts and adds take this
+	// entry's version when they are resolved (see Lock.Version), and the
+	// vote report it. A prepare made by an older node lacks it, so its
+	// log replays as it applied then: writes take the resolving entry's.
+	VersionAtPrepare bool `json:"version_at_prepare,omitempty"`
 }
 
 // TxnDecide moves a record from pending to committed or aborted. With

@@ -116,7 +116,7 @@ func TestTxn_CompareFailureAbortsTheRecordAndLocksNothing(t *testing.T) {
 func TestTxn_DecideCommitResolvesInTheSameEntry(t *testing.T) {
 	db := openTest(t)
 	applyOne(t, db, 1, put("gone", "x"))
-	p := applyAt(t, db, 2, 1, txnCmd(t, CmdTxnPrepare, TxnPrepare{ID: "t", RecordGroup: 1, Deadline: 1000, Participants: []kvd.GroupID{1},
+	p := applyAt(t, db, 2, 1, txnCmd(t, CmdTxnPrepare, TxnPrepare{ID: "t", RecordGroup: 1, Deadline: 1000, Participants: []kvd.GroupID{1}, VersionAtPrepare: true,
 		Ops: []TxnOp{{Index: 0, Op: "put", Key: "a", Value: []byte("new")}, {Index: 1, Op: "delete", Key: "gone"}}}))
 	r := applyAt(t, db, 3, 2, txnCmd(t, CmdTxnDecide, TxnDecide{ID: "t", Commit: true, ResolveHere: true}))
 	require.Equal(t, TxnCommitted, r.Txn.State)
@@ -143,7 +143,7 @@ func TestTxn_ResolveAtAParticipant(t *testing.T) {
 	for _, commit := range []bool{true, false} {
 		db := openTest(t)
 		applyOne(t, db, 1, put("k", "old"))
-		applyAt(t, db, 2, 1, txnCmd(t, CmdTxnPrepare, TxnPrepare{ID: "t", RecordGroup: 5, Deadline: 1000,
+		applyAt(t, db, 2, 1, txnCmd(t, CmdTxnPrepare, TxnPrepare{ID: "t", RecordGroup: 5, Deadline: 1000, VersionAtPrepare: true,
 			Ops: []TxnOp{{Op: "put", Key: "k", Value: []byte("new")}, {Op: "get", Key: "r"}}}))
 		r := applyAt(t, db, 3, 2, txnCmd(t, CmdTxnResolve, TxnResolve{ID: "t", Commit: commit}))
 		it, _ := db.Get("k")
@@ -273,4 +273,43 @@ func TestTxn_PrepareVotingNoAbortsItsRecord(t *testing.T) {
 	locks, err := db.Locks()
 	require.NoError(t, err)
 	require.Empty(t, locks)
+}
+
+// A prepare made by an older node (no VersionAtPrepare) replays as it
+// applied then: its writes take the resolving entry's version.
+func TestTxn_OlderPrepareKeepsTheResolvingVersion(t *testing.T) {
+	db := openTest(t)
+	p := applyAt(t, db, 2, 1, txnCmd(t, CmdTxnPrepare, TxnPrepare{ID: "t", RecordGroup: 5, Deadline: 1000,
+		Ops: []TxnOp{{Op: "put", Key: "k", Value: []byte("new")}}}))
+	require.True(t, p.Txn.Vote)
+	require.Empty(t, p.Txn.Writes, "no version in the vote")
+	applyAt(t, db, 3, 2, txnCmd(t, CmdTxnResolve, TxnResolve{ID: "t", Commit: true}))
+	it, err := db.Get("k")
+	require.NoError(t, err)
+	require.Equal(t, uint64(3), it.Version)
+}
+
+// A plain write and a prepare on the same key in one entry would share
+// the entry's version: the prepare refuses the key (conflict), and the
+// key keeps the plain write's value and version.
+func TestTxn_PrepareRefusesAKeyItsEntryChanged(t *testing.T) {
+	db := openTest(t)
+	prep := txnCmd(t, CmdTxnPrepare, TxnPrepare{ID: "t", RecordGroup: 1, Deadline: 1000, Participants: []kvd.GroupID{1, 2}, VersionAtPrepare: true,
+		Ops: []TxnOp{{Op: "put", Key: "k", Value: []byte("txn")}}})
+	res, err := db.Apply([]Entry{{Index: 1, Term: 1, Batch: &Batch{Time: 1, Cmds: []Cmd{put("k", "plain"), prep}}}})
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), res[0][0].Version)
+	require.False(t, res[0][1].Txn.Vote)
+	require.Equal(t, CodeConflict, res[0][1].Txn.Code)
+	_, _, lock, _ := db.GetLocked("k")
+	require.Nil(t, lock, "no lock taken")
+	rec, ok, err := db.Record("t")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, TxnAborted, rec.State)
+	// In the next entry the same prepare goes through.
+	r := applyAt(t, db, 2, 1, txnCmd(t, CmdTxnPrepare, TxnPrepare{ID: "t2", RecordGroup: 1, Deadline: 1000, Participants: []kvd.GroupID{1, 2}, VersionAtPrepare: true,
+		Ops: []TxnOp{{Op: "put", Key: "k", Value: []byte("txn")}}}))
+	require.True(t, r.Txn.Vote)
+	require.Equal(t, uint64(2), r.Txn.Writes[0].Version)
 }

@@ -64,6 +64,13 @@ type Config struct {
 	// before the decision; a test hook to stop a coordinator there. If it
 	// returns an error the coordinator gives up without deciding.
 	AfterPrepare func(id string) error
+	// VersionsAtPrepare tells whether every replica of the groups can
+	// apply a prepare that fixes its writes' versions (store.TxnPrepare.
+	// VersionAtPrepare): then a transaction is answered after its
+	// decision. Otherwise (an older node among them, during an upgrade)
+	// its writes take the resolving entry's version and the answer
+	// waits for the resolution, as before. nil means they all can.
+	VersionsAtPrepare func(groups []kvd.GroupID) bool
 }
 
 // DefaultConfig returns the defaults.
@@ -83,6 +90,11 @@ type Coordinator struct {
 	mu     sync.Mutex
 	closed bool
 	wg     sync.WaitGroup
+	// decided holds the transactions this coordinator decided whose
+	// locks it is still resolving, by id: the decision (true: commit).
+	// A transaction that meets one of their locks resolves it at once
+	// and tries again, rather than fail with a conflict.
+	decided sync.Map
 }
 
 // spawn runs f on a goroutine that Close waits for; once Close has begun
@@ -188,8 +200,19 @@ func (c *Coordinator) do(ctx context.Context, req Request, idem *kvd.Idem) (Resp
 	if len(parts) == 1 {
 		return c.onePhase(ctx, req, parts[rg], idem)
 	}
-	return c.twoPhase(ctx, req, parts, rg, newID(), nil)
+	for attempt := 0; ; attempt++ {
+		resp, err := c.twoPhase(ctx, req, parts, rg, newID(), nil)
+		// A lock of a transaction decided here but not yet resolved
+		// stood in the way, and was resolved: run again.
+		if !errors.Is(err, errLocksResolved) || attempt >= lockRetries || lockWaitBackoff.Wait(ctx, attempt) != nil {
+			return resp, err
+		}
+	}
 }
+
+// lockRetries bounds the attempts of a transaction that keeps meeting
+// locks of transactions decided but not yet resolved.
+const lockRetries = 5
 
 // encode builds the store command of kind carrying payload as JSON;
 // writes are the keys it writes, for the proposer.

@@ -98,19 +98,29 @@ func fill(resp *Response, req Request, outs []*store.TxnOutcome) {
 	}
 }
 
+// errLocksResolved marks a conflict whose locks were resolved on the way
+// out: the transaction may run again at once.
+var errLocksResolved = errors.New("the locks in the way were resolved")
+
 // refusedOrUnavailable explains an aborted transaction: a no vote wins
 // over a group that could not be reached.
 func (c *Coordinator) refusedOrUnavailable(ctx context.Context, votes map[kvd.GroupID]*vote, outs []*store.TxnOutcome) (Response, error) {
 	// Locks past their deadline belong to transactions whose coordinator
-	// is slow or gone: settle them now, so a retry does not meet them.
+	// is slow or gone, and locks of transactions decided here are being
+	// resolved: settle them now, so a retry does not meet them.
+	resolved := false
 	for g, v := range votes {
-		if v.out != nil && v.out.Code == store.CodeConflict {
-			c.settleExpired(ctx, g, v.out.Conflicts)
+		if v.out != nil && v.out.Code == store.CodeConflict && c.settleExpired(ctx, g, v.out.Conflicts) {
+			resolved = true
 		}
 	}
 	for _, o := range outs {
 		if o != nil && !o.Vote {
-			return c.refused(outs)
+			resp, err := c.refused(outs)
+			if resolved && errors.Is(err, kvd.ErrConflict) {
+				err = fmt.Errorf("%w: %w", errLocksResolved, err)
+			}
+			return resp, err
 		}
 	}
 	for g, v := range votes {

@@ -10,23 +10,39 @@ import (
 )
 
 // settleExpired finishes the transactions behind locks in group g that
-// are past their deadline (their coordinators are slow or gone).
-func (c *Coordinator) settleExpired(ctx context.Context, g kvd.GroupID, locks []store.Lock) {
+// are past their deadline (their coordinators are slow or gone), and
+// those this coordinator decided and is still resolving. It reports
+// whether it resolved any.
+func (c *Coordinator) settleExpired(ctx context.Context, g kvd.GroupID, locks []store.Lock) bool {
 	now := c.cfg.Now().UnixNano()
 	done := map[string]bool{}
+	resolved := false
 	for _, l := range locks {
-		if l.Deadline >= now || done[l.Txn] {
+		if done[l.Txn] {
 			continue
 		}
 		done[l.Txn] = true
+		if commit, ok := c.decided.Load(l.Txn); ok {
+			// Decided here, its resolution on its way: help it along.
+			if _, err := Resolve(ctx, c.g, l.Txn, g, commit.(bool)); err == nil {
+				resolved = true
+			}
+			continue
+		}
+		if l.Deadline >= now {
+			continue
+		}
 		state, err := Recover(ctx, c.g, l)
 		if err != nil || (state != store.TxnCommitted && state != store.TxnAborted) {
 			continue
 		}
 		if _, err := Resolve(ctx, c.g, l.Txn, g, state == store.TxnCommitted); err != nil {
 			c.log.Debug("settle an expired lock", "txn", l.Txn, "group", g, "err", err)
+			continue
 		}
+		resolved = true
 	}
+	return resolved
 }
 
 // Resolve resolves transaction id's locks in group g, retrying definite

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/internal/failpoint"
@@ -32,30 +33,48 @@ func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.G
 	if err := ctx.Err(); err != nil {
 		return Response{}, fmt.Errorf("transaction not started: %v: %w", err, kvd.ErrUnavailable)
 	}
+	var groups []kvd.GroupID
+	for g := range parts {
+		groups = append(groups, g)
+	}
+	early := c.cfg.VersionsAtPrepare == nil || c.cfg.VersionsAtPrepare(groups)
 	decided := make(chan twoPhaseResult, 1)
+	final := make(chan Response, 1)
 	started := c.spawn(func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Timeout)
 		defer cancel()
 		stop := context.AfterFunc(c.ctx, cancel)
 		defer stop()
-		r := c.runTwoPhase(dctx, req, parts, rg, id)
-		if r.err == nil && r.resp.Committed {
-			fill(&r.resp, req, r.outs)
+		r := c.runTwoPhase(dctx, req, parts, rg, id, early)
+		committed := r.err == nil && r.resp.Committed
+		if committed {
+			c.decided.Store(id, true)
+			defer c.forgetDecided(id)
+			if early {
+				fill(&r.resp, req, r.outs)
+			}
 		}
 		// The caller owns what it is answered; finished reads a copy, on
 		// this goroutine, while the caller may already change its own.
 		mine := cloneResponse(r.resp)
 		decided <- r
-		if r.err != nil || !r.resp.Committed {
+		if !committed {
 			if finished != nil {
 				finished(mine, r.err)
 			}
 			return
 		}
-		// Committed and answered: resolve the other groups.
+		// Committed: resolve the other groups (after the answer, or for
+		// the versions it carries when the prepares could not fix them).
 		rctx, rcancel := context.WithTimeout(c.ctx, c.cfg.ResolveTimeout)
 		defer rcancel()
-		c.resolve(rctx, id, r.groups, rg, true)
+		outs := c.resolve(rctx, id, r.groups, rg, true)
+		if !early {
+			resp := Response{Committed: true}
+			fill(&resp, req, append(r.outs, outs...))
+			mine = cloneResponse(resp)
+			final <- resp
+		}
 		if finished != nil {
 			finished(mine, nil)
 		}
@@ -63,16 +82,28 @@ func (c *Coordinator) twoPhase(ctx context.Context, req Request, parts map[kvd.G
 	if !started {
 		return Response{}, fmt.Errorf("transaction not started: %w", kvd.ErrClosed)
 	}
+	var r twoPhaseResult
 	select {
-	case r := <-decided:
-		return r.resp, r.err
+	case r = <-decided:
 	case <-ctx.Done():
 		select {
-		case r := <-decided: // decided just now: report it
-			return r.resp, r.err
+		case r = <-decided: // decided just now: report it
 		default:
 			return Response{}, fmt.Errorf("transaction %s: the caller gave up before the decision (it is decided without it): %v: %w", id, ctx.Err(), kvd.ErrUnknownOutcome)
 		}
+	}
+	if early || r.err != nil || !r.resp.Committed {
+		return r.resp, r.err
+	}
+	select {
+	case resp := <-final:
+		return resp, nil
+	case <-ctx.Done():
+		// Committed all the same; the versions written in groups not yet
+		// resolved are left out.
+		resp := Response{Committed: true}
+		fill(&resp, req, r.outs)
+		return resp, nil
 	}
 }
 
@@ -89,7 +120,7 @@ type twoPhaseResult struct {
 // group, then decide in the record group. After an abort it leaves the
 // other groups' locks to a background resolution; after a commit their
 // resolution is the caller's.
-func (c *Coordinator) runTwoPhase(ctx context.Context, req Request, parts map[kvd.GroupID]*part, rg kvd.GroupID, id string) twoPhaseResult {
+func (c *Coordinator) runTwoPhase(ctx context.Context, req Request, parts map[kvd.GroupID]*part, rg kvd.GroupID, id string, early bool) twoPhaseResult {
 	fail := func(resp Response, err error) twoPhaseResult { return twoPhaseResult{resp: resp, err: err} }
 	deadline := c.cfg.Now().Add(c.cfg.Timeout).UnixNano()
 	var groups []kvd.GroupID
@@ -99,7 +130,7 @@ func (c *Coordinator) runTwoPhase(ctx context.Context, req Request, parts map[kv
 	sort.Slice(groups, func(i, j int) bool { return groups[i] < groups[j] })
 
 	// Phase 1: prepare everywhere at once.
-	votes := c.prepare(ctx, parts, groups, rg, id, deadline)
+	votes := c.prepare(ctx, parts, groups, rg, id, deadline, early)
 	failpoint.Hit(failpoint.TxnBeforeDecision)
 	allYes := true
 	var outs []*store.TxnOutcome
@@ -148,20 +179,20 @@ type vote struct {
 // prepare asks every group to prepare its part, all at once, and returns
 // their votes. The record group's prepare also names the participants,
 // for its record.
-func (c *Coordinator) prepare(ctx context.Context, parts map[kvd.GroupID]*part, groups []kvd.GroupID, rg kvd.GroupID, id string, deadline int64) map[kvd.GroupID]*vote {
+func (c *Coordinator) prepare(ctx context.Context, parts map[kvd.GroupID]*part, groups []kvd.GroupID, rg kvd.GroupID, id string, deadline int64, early bool) map[kvd.GroupID]*vote {
 	votes := make(map[kvd.GroupID]*vote, len(groups))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, g := range groups {
 		p := parts[g]
-		prep := store.TxnPrepare{ID: id, RecordGroup: rg, Deadline: deadline, Compares: p.compares, Ops: p.ops}
+		prep := store.TxnPrepare{ID: id, RecordGroup: rg, Deadline: deadline, Compares: p.compares, Ops: p.ops, VersionAtPrepare: early}
 		if g == rg {
 			prep.Participants = groups
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res, err := c.g.Propose(ctx, g, encode(store.CmdTxnPrepare, prep, nil))
+			res, err := c.g.Propose(ctx, g, encode(store.CmdTxnPrepare, prep, p.writes))
 			mu.Lock()
 			votes[g] = &vote{out: res.Txn, err: err}
 			mu.Unlock()
@@ -225,11 +256,15 @@ func (c *Coordinator) resolve(ctx context.Context, id string, groups []kvd.Group
 // resolveLater resolves an aborted transaction's locks in the background,
 // in every group but rg.
 func (c *Coordinator) resolveLater(id string, groups []kvd.GroupID, rg kvd.GroupID, commit bool) {
-	c.spawn(func() { // closing: the janitors and readers resolve it
+	c.decided.Store(id, commit)
+	if !c.spawn(func() { // closing: the janitors and readers resolve it
+		defer c.forgetDecided(id)
 		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.ResolveTimeout)
 		defer cancel()
 		c.resolve(ctx, id, groups, rg, commit)
-	})
+	}) {
+		c.decided.Delete(id)
+	}
 }
 
 // ResolveLater resolves transaction id's locks in group g in the
@@ -237,6 +272,17 @@ func (c *Coordinator) resolveLater(id string, groups []kvd.GroupID, rg kvd.Group
 // along). The decision must be known from the record.
 func (c *Coordinator) ResolveLater(id string, g kvd.GroupID, commit bool) {
 	c.resolveLater(id, []kvd.GroupID{g}, 0, commit)
+}
+
+// decidedMemory is how long a coordinator remembers a transaction it
+// decided after resolving it: a replica that applies the resolution
+// late may still show the lock to the next transaction meanwhile.
+const decidedMemory = 10 * time.Second
+
+// forgetDecided forgets transaction id's decision a while after its
+// resolution.
+func (c *Coordinator) forgetDecided(id string) {
+	time.AfterFunc(decidedMemory, func() { c.decided.Delete(id) })
 }
 
 // cloneResponse returns a copy of r that shares no slice with it.
