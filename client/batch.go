@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"time"
+	"unicode/utf8"
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
@@ -59,7 +60,10 @@ func coalescible(o kvd.WriteOptions) bool {
 // nil when coalescing is off or the route is not known well enough (the
 // op then goes alone, and its answer teaches the client the route).
 func (c *Client) batchTarget(key string, write bool, cons kvd.Consistency) *node {
-	if c.cfg.BatchLanes < 0 || c.closed.Load() {
+	if c.cfg.BatchLanes < 0 || c.closed.Load() || !utf8.ValidString(key) {
+		// A batch carries keys in JSON, which would turn bytes that are
+		// not UTF-8 into U+FFFD: another key. Alone, the key travels in
+		// the path as it is, and the node refuses it.
 		return nil
 	}
 	r := c.route.Load()

@@ -279,3 +279,31 @@ func TestClient_Coalescing_ANodeWithoutBatchesGetsSingleRequests(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "old/31/19", string(it.Value))
 }
+
+// A key that is not UTF-8 is never coalesced: JSON would carry another
+// key (U+FFFD in place of the bytes). Alone, each put is refused.
+func TestClient_Coalescing_KeysThatAreNotUTF8GoAlone(t *testing.T) {
+	c := testcluster.New(t, 1, 1)
+	cl := newClient(t, c, nil)
+	ctx := context.Background()
+	_, err := cl.Put(ctx, "warm", []byte("x"))
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	var accepted atomic.Int64
+	for i := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := cl.Put(ctx, fmt.Sprintf("utf\xff/%d", i), []byte("v")); err == nil {
+				accepted.Add(1)
+			} else if !errors.Is(err, kvd.ErrInvalid) {
+				t.Errorf("put: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	require.Zero(t, accepted.Load(), "a key that is not UTF-8 was written (as another key)")
+	page, err := cl.Scan(ctx, kvd.ScanOptions{Prefix: "utf"})
+	require.NoError(t, err)
+	require.Empty(t, page.Items)
+}
