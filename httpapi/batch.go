@@ -301,6 +301,21 @@ func (h *Handler) forwardBatch(ctx context.Context, r *http.Request, leader stri
 	// The leader's answer holds at most batchAnswerBytes of values (in
 	// base64), and a version or an error per op.
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, batchAnswerBytes/3*4+int64(len(idx))*(maxMessage+256)+1<<20))
+	if err == nil && resp.StatusCode != http.StatusOK && (resp.StatusCode < 500 || resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusInsufficientStorage) {
+		// Refused whole before any op ran (shed, no room, a bad token):
+		// each op gets that refusal, which says nothing was applied, so
+		// the client can send it again.
+		var e api.Error
+		if json.Unmarshal(raw, &e) != nil || e.Error.Code == "" {
+			e.Error = api.ErrorDetail{Code: api.CodeOfStatus(resp.StatusCode), Message: http.StatusText(resp.StatusCode)}
+		}
+		e.Error.Message = clip(fmt.Sprintf("forwarded to leader %s: %s", leader, e.Error.Message))
+		for _, i := range idx {
+			d := e.Error
+			results[i] = api.BatchResult{Status: resp.StatusCode, Error: &d}
+		}
+		return true
+	}
 	var out api.BatchResponse
 	if err == nil && resp.StatusCode == http.StatusOK {
 		err = json.Unmarshal(raw, &out)
