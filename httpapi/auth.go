@@ -12,6 +12,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/console"
 )
 
 // With auth on (Backend.AuthOn), every request but the health, readiness
@@ -40,13 +41,15 @@ func idemScope(r *http.Request) string {
 	return ""
 }
 
-// openPath tells whether path is served without a token.
+// openPath tells whether path is served without a token: health,
+// metrics, and the console's static assets (the page then asks for a
+// token and sends it with every call it makes).
 func openPath(path string) bool {
 	switch path {
-	case "/healthz", "/readyz", "/metrics":
+	case "/healthz", "/readyz", "/metrics", "/ui":
 		return true
 	}
-	return false
+	return strings.HasPrefix(path, console.Prefix)
 }
 
 // authenticate checks r's token; it answers the request with the error

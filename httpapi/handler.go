@@ -22,6 +22,7 @@ import (
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/backup"
+	"github.com/kvd-project/kvd/console"
 	"github.com/kvd-project/kvd/internal/failpoint"
 	"github.com/kvd-project/kvd/internal/wire"
 )
@@ -283,6 +284,8 @@ func New(b Backend, o Options) (*Handler, error) {
 	if fp := failpoint.Handler(); fp != nil { // fault-injection builds only
 		r.PathPrefix("/debug/failpoints/").Handler(h.adminOnly(fp.ServeHTTP))
 	}
+	r.PathPrefix(console.Prefix).Handler(console.Handler())
+	r.Handle("/ui", http.RedirectHandler(console.Prefix, http.StatusMovedPermanently))
 	r.HandleFunc("/healthz", h.healthz).Methods(http.MethodGet)
 	r.HandleFunc("/readyz", h.readyz).Methods(http.MethodGet)
 	r.Handle("/metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{})).Methods(http.MethodGet)

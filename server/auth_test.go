@@ -63,6 +63,11 @@ func TestAuth_TokensGrantPrefixesAndRevokeEverywhere(t *testing.T) {
 	require.Equal(t, 200, do(0, "GET", "/healthz", "", nil).Status, "health stays open")
 	require.Equal(t, 401, do(1, "GET", "/v1/cluster", "", nil).Status)
 	require.Equal(t, 200, do(1, "GET", "/v1/cluster", root, nil).Status)
+	// The console's page loads without a token (it holds no data) and
+	// then asks for one: what it shows comes through the API above.
+	ui := do(1, "GET", "/ui/", "", nil)
+	require.Equal(t, 200, ui.Status)
+	require.Contains(t, string(ui.Body), "kvd console")
 
 	mk := func(req api.TokenRequest) (int, api.TokenCreated, string) {
 		body, _ := json.Marshal(req)
