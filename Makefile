@@ -6,8 +6,11 @@ LDFLAGS   := -X main.version=$(VERSION)
 # Packages where goroutines meet run under the race detector.
 RACE_PKGS := ./backup/... ./store/... ./replication/... ./txn/... ./httpapi/... ./server/... ./client/... ./embed/... ./examples/... ./internal/...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# apt-get as root; through sudo otherwise. Without a browser its test is skipped.
+SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+NO_BROWSER  = $(shell command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || echo KVD_NO_BROWSER=1)
 
-.PHONY: all build run test test-short bench compare jepsen soak mutants lint fmt clean
+.PHONY: all build run test test-short bench compare jepsen soak mutants lint fmt clean browser screenshot
 
 all: build
 
@@ -20,11 +23,25 @@ build:
 run: build
 	./$(BIN)/kvd
 
-## test: every test; -race on the concurrent packages; a short fault-injection run
-test:
+## test: every test; -race on the concurrent packages; a short fault-injection run;
+## the console in a headless browser (Debian's chromium, installed by `make browser`)
+test: browser
 	$(GO) vet ./...
 	$(GO) test -race -timeout 15m $(RACE_PKGS) .
-	$(GO) test -count=1 -timeout 15m ./console/... ./shell/... ./cmd/... ./jepsen/...
+	$(NO_BROWSER) $(GO) test -count=1 -timeout 15m ./console/... ./shell/... ./cmd/... ./jepsen/...
+
+## browser: Debian's chromium for the console's browser test, if it is not there
+## (a machine that cannot install it runs the other tests and says so)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { echo "installing chromium from Debian's packages for the console's browser test"; \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { $(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	    echo "WARNING: could not install chromium: the console's browser test is skipped"; }
+
+## screenshot: docs/console.png, taken by the console's browser test
+screenshot: browser
+	KVD_SCREENSHOT=$(CURDIR)/docs/console.png $(GO) test -count=1 -run TestConsole_InAHeadlessBrowser ./console/
 
 test-short:
 	$(GO) test -short -timeout 5m ./...

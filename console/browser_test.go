@@ -1,0 +1,123 @@
+package console_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kvd-project/kvd/client"
+	"github.com/kvd-project/kvd/internal/testkit/testcluster"
+)
+
+// chromium finds the headless browser: $KVD_CHROMIUM, else Debian's
+// chromium, which `make test` installs. Without one the test fails, and
+// says how to get one, unless KVD_NO_BROWSER is set.
+func chromium(t *testing.T) string {
+	t.Helper()
+	for _, p := range []string{os.Getenv("KVD_CHROMIUM"), "chromium", "chromium-browser"} {
+		if p == "" {
+			continue
+		}
+		if path, err := exec.LookPath(p); err == nil {
+			return path
+		}
+	}
+	if os.Getenv("KVD_NO_BROWSER") != "" {
+		t.Skip("no headless browser, and KVD_NO_BROWSER is set")
+	}
+	t.Fatal("no headless browser: install Debian's chromium (make browser), or set KVD_CHROMIUM to one")
+	return ""
+}
+
+// eval runs a JavaScript expression in the page until it returns true,
+// or fails the test after within.
+func waitTrue(t *testing.T, ctx context.Context, within time.Duration, what, expr string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](expr))
+		if err == nil && ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			html, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector("main").innerText`))
+			t.Fatalf("the page did not show %s within %v (last error %v); it shows:\n%s", what, within, err, html)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// The console in a real headless browser, on a 3-node, 3-group cluster:
+// it shows the nodes, the groups with their leaders and the slot bar;
+// when group 1's leader is stopped it shows the new leader and the event
+// within 10 s without a reload; the key browser finds a key written by
+// the test. With KVD_SCREENSHOT=FILE it also saves a screenshot there
+// (`make screenshot` writes docs/console.png).
+func TestConsole_InAHeadlessBrowser(t *testing.T) {
+	exe := chromium(t)
+	c := testcluster.New(t, 3, 3)
+	ctx := context.Background()
+	cl, err := client.New(ctx, client.DefaultConfig(c.URLs()...))
+	require.NoError(t, err)
+	defer cl.Close()
+	_, err = cl.Put(ctx, "console/greeting", []byte("hello from the test"))
+	require.NoError(t, err)
+	_, err = cl.Put(ctx, "console/binary", []byte{0xff, 0x00, 0x10})
+	require.NoError(t, err)
+
+	leader := c.Leader(1)
+	page := (leader + 1) % 3 // the page stays up when the leader goes
+	oldLeader := testcluster.NodeID(leader)
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
+		chromedp.DisableGPU, chromedp.WindowSize(1200, 1400), chromedp.Flag("headless", "new"))
+	actx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
+	defer cancelAlloc()
+	bctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	bctx, cancelT := context.WithTimeout(bctx, 90*time.Second)
+	defer cancelT()
+	require.NoError(t, chromedp.Do(bctx, chromedp.Navigate(c.URL(page)+"/ui/")))
+
+	waitTrue(t, bctx, 15*time.Second, "3 nodes and 3 groups with leaders",
+		`document.querySelectorAll("#nodes tbody tr").length === 3 &&
+		 document.querySelectorAll("#groups tbody tr").length === 3 &&
+		 [...document.querySelectorAll("#groups tbody td.leader")].every(td => /^n\d$/.test(td.textContent))`)
+	waitTrue(t, bctx, 5*time.Second, "the slot bar covering 3 groups",
+		`new Set([...document.querySelectorAll("#slot-bar div")].map(d => d.dataset.group)).size === 3`)
+	shown, err := chromedp.Run(bctx, chromedp.TextContent(chromedp.CSS(`#groups tbody tr[data-group="1"] td.leader`)))
+	require.NoError(t, err)
+	require.Equal(t, oldLeader, shown)
+
+	c.Stop(leader)
+	start := time.Now()
+	waitTrue(t, bctx, 10*time.Second, "group 1's new leader and the event",
+		`(() => { const l = document.querySelector('#groups tbody tr[data-group="1"] td.leader').textContent;
+		  return /^n\d$/.test(l) && l !== "`+oldLeader+`" &&
+		    [...document.querySelectorAll("#events li")].some(li => li.textContent.includes("group 1: leader `+oldLeader+`")); })()`)
+	t.Logf("the page showed group 1's new leader %v after the old one stopped", time.Since(start).Round(100*time.Millisecond))
+
+	require.NoError(t, chromedp.Do(bctx,
+		chromedp.SetValue(chromedp.ID("prefix"), "console/"),
+		chromedp.Click(chromedp.CSS(`#scan-form button[type="submit"]`))))
+	waitTrue(t, bctx, 10*time.Second, "the key written by the test",
+		`!!document.querySelector('#keys tbody tr[data-key="console/greeting"]')`)
+	require.NoError(t, chromedp.Do(bctx, chromedp.Click(chromedp.CSS(`#keys tbody tr[data-key="console/greeting"] td`))))
+	waitTrue(t, bctx, 10*time.Second, "the key's value", `document.querySelector("#detail-value").textContent === "hello from the test"`)
+
+	if path := os.Getenv("KVD_SCREENSHOT"); path != "" {
+		png, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
+		require.NoError(t, err)
+		if !strings.HasSuffix(path, ".png") {
+			t.Fatalf("KVD_SCREENSHOT must name a .png file, not %q", path)
+		}
+		require.NoError(t, os.WriteFile(path, png, 0o644))
+		t.Logf("screenshot: %s (%d bytes)", path, len(png))
+	}
+}
