@@ -231,6 +231,33 @@ type Status struct {
 	Features []string `json:"features,omitempty"`
 	// Restores are the restores this node drives now.
 	Restores []string `json:"restores,omitempty"`
+	// Traffic counts the client requests (keys, scans, transactions,
+	// batches) this node has served since it started.
+	Traffic *Traffic `json:"traffic,omitempty"`
+}
+
+// Traffic is a node's client requests since it started: their number,
+// and how many took at most each of LatencyBounds seconds (cumulative,
+// as a Prometheus histogram's buckets). Two samples give the rate and
+// the latency percentiles between them.
+type Traffic struct {
+	Requests      uint64    `json:"requests"`
+	LatencyBounds []float64 `json:"latency_bounds"`
+	LatencyCounts []uint64  `json:"latency_counts"`
+}
+
+// NodesStatus is the body of GET /v1/status?nodes=all: every node's
+// status, asked at once by the node that answers.
+type NodesStatus struct {
+	Nodes []NodeStatus `json:"nodes"`
+}
+
+// NodeStatus is one node's answer, or why there is none.
+type NodeStatus struct {
+	Node   string  `json:"node"`
+	Up     bool    `json:"up"`
+	Status *Status `json:"status,omitempty"`
+	Error  string  `json:"error,omitempty"`
 }
 
 // FeatureSlotMoves is the feature of nodes that apply the commands of

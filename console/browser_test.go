@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -71,6 +72,17 @@ func TestConsole_InAHeadlessBrowser(t *testing.T) {
 	_, err = cl.Put(ctx, "console/binary", []byte{0xff, 0x00, 0x10})
 	require.NoError(t, err)
 
+	// Some load while the page is open, for its live figures.
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	loadDone := make(chan struct{})
+	go func() {
+		defer close(loadDone)
+		for i := 0; loadCtx.Err() == nil && i < 100000; i++ {
+			_, _ = cl.Put(loadCtx, fmt.Sprintf("load/%d", i%500), []byte("x"))
+		}
+	}()
+	defer func() { stopLoad(); <-loadDone }()
+
 	leader := c.Leader(1)
 	page := (leader + 1) % 3 // the page stays up when the leader goes
 	oldLeader := testcluster.NodeID(leader)
@@ -91,9 +103,26 @@ func TestConsole_InAHeadlessBrowser(t *testing.T) {
 		 [...document.querySelectorAll("#groups tbody td.leader")].every(td => /^n\d$/.test(td.textContent))`)
 	waitTrue(t, bctx, 5*time.Second, "the slot bar covering 3 groups",
 		`new Set([...document.querySelectorAll("#slot-bar div")].map(d => d.dataset.group)).size === 3`)
+	waitTrue(t, bctx, 10*time.Second, "live figures: requests per second and every replica's applied index",
+		`[...document.querySelectorAll("#nodes tbody tr")].some(tr => /^\d+$/.test(tr.children[4].textContent) && tr.children[4].textContent !== "0") &&
+		 [...document.querySelectorAll("#groups tbody tr")].every(tr => /n\d \d+/.test(tr.children[7].textContent))`)
+	// The page's view of group 1's leader (leaders may have moved since
+	// the cluster started): stop that node, from a page on another one.
 	shown, err := chromedp.Run(bctx, chromedp.TextContent(chromedp.CSS(`#groups tbody tr[data-group="1"] td.leader`)))
 	require.NoError(t, err)
-	require.Equal(t, oldLeader, shown)
+	leader = -1
+	for i := range 3 {
+		if testcluster.NodeID(i) == shown {
+			leader = i
+		}
+	}
+	require.GreaterOrEqual(t, leader, 0, "group 1's leader on the page: %q", shown)
+	oldLeader = shown
+	if leader == page {
+		page = (leader + 1) % 3
+		require.NoError(t, chromedp.Do(bctx, chromedp.Navigate(c.URL(page)+"/ui/")))
+		waitTrue(t, bctx, 15*time.Second, "the groups again", `document.querySelectorAll("#groups tbody tr").length === 3`)
+	}
 
 	c.Stop(leader)
 	start := time.Now()
@@ -102,6 +131,8 @@ func TestConsole_InAHeadlessBrowser(t *testing.T) {
 		  return /^n\d$/.test(l) && l !== "`+oldLeader+`" &&
 		    [...document.querySelectorAll("#events li")].some(li => li.textContent.includes("group 1: leader `+oldLeader+`")); })()`)
 	t.Logf("the page showed group 1's new leader %v after the old one stopped", time.Since(start).Round(100*time.Millisecond))
+	waitTrue(t, bctx, 10*time.Second, "the stopped node as down",
+		`document.querySelector('#nodes tbody tr[data-node="`+oldLeader+`"] td.health').textContent === "down"`)
 
 	require.NoError(t, chromedp.Do(bctx,
 		chromedp.SetValue(chromedp.ID("prefix"), "console/"),

@@ -1,6 +1,18 @@
 package httpapi
 
-import "net/http"
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/kvd-project/kvd"
+	"github.com/kvd-project/kvd/api"
+)
 
 func (h *Handler) cluster(w http.ResponseWriter, r *http.Request) {
 	c, err := h.b.Cluster(r.Context())
@@ -12,7 +24,90 @@ func (h *Handler) cluster(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, h.b.Status(r.Context()))
+	switch r.URL.Query().Get("nodes") {
+	case "":
+		writeJSON(w, http.StatusOK, h.ownStatus(r.Context()))
+	case "all":
+		writeJSON(w, http.StatusOK, h.allStatus(r))
+	default:
+		writeError(w, fmt.Errorf("%w: nodes takes only \"all\"", kvd.ErrInvalid), false)
+	}
+}
+
+// ownStatus is this node's status, with its traffic.
+func (h *Handler) ownStatus(ctx context.Context) api.Status {
+	st := h.b.Status(ctx)
+	if h.metrics != nil {
+		st.Traffic = h.metrics.traffic.snapshot()
+	}
+	return st
+}
+
+// statusWait bounds how long GET /v1/status?nodes=all waits for a node.
+const statusWait = 2 * time.Second
+
+// allStatus asks every node of the map for its status at once, with the
+// caller's token, and says which did not answer. The console polls it;
+// nothing runs while nobody asks.
+func (h *Handler) allStatus(r *http.Request) api.NodesStatus {
+	ctx, cancel := context.WithTimeout(r.Context(), statusWait)
+	defer cancel()
+	var out api.NodesStatus
+	c, err := h.b.Cluster(ctx)
+	if err != nil {
+		own := h.ownStatus(ctx)
+		return api.NodesStatus{Nodes: []api.NodeStatus{{Node: h.b.NodeID(), Up: true, Status: &own}}}
+	}
+	out.Nodes = make([]api.NodeStatus, len(c.Nodes))
+	var wg sync.WaitGroup
+	for i, n := range c.Nodes {
+		out.Nodes[i].Node = n.ID
+		if n.ID == h.b.NodeID() {
+			own := h.ownStatus(ctx)
+			out.Nodes[i].Up, out.Nodes[i].Status = true, &own
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st, err := h.peerStatus(ctx, r, n.ID)
+			if err != nil {
+				out.Nodes[i].Error = clip(err.Error())
+				return
+			}
+			out.Nodes[i].Up, out.Nodes[i].Status = true, st
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// peerStatus fetches node id's GET /v1/status.
+func (h *Handler) peerStatus(ctx context.Context, r *http.Request, id string) (*api.Status, error) {
+	addr, ok := h.b.PeerHTTP(id)
+	if !ok {
+		return nil, fmt.Errorf("no address for node %s", id)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, cmp.Or(h.o.ForwardScheme, "http")+"://"+addr+"/v1/status", nil)
+	if err != nil {
+		return nil, err
+	}
+	if v := r.Header.Get("Authorization"); v != "" {
+		req.Header.Set("Authorization", v)
+	}
+	resp, err := h.fwd.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("node %s answered %s", id, resp.Status)
+	}
+	var st api.Status
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&st); err != nil {
+		return nil, fmt.Errorf("node %s: %w", id, err)
+	}
+	return &st, nil
 }
 
 func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {

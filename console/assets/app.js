@@ -9,6 +9,9 @@ const COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948"
 
 let token = sessionStorage.getItem("kvd-token") || "";
 let previous = null;
+let statuses = null;      // the last GET /v1/status?nodes=all, by node id
+let lastSample = null;    // {at, byNode} for rates between two polls
+let rates = { nodes: {}, groups: {} };
 const events = [];
 let scanNext = "";
 
@@ -91,7 +94,12 @@ function drawNodes(c) {
     const leads = c.groups.filter(g => g.leader === n.id).map(g => g.id);
     const holds = c.groups.filter(g => (g.members || []).includes(n.id) || (g.learners || []).includes(n.id)).map(g => g.id);
     const tr = el("tr", null, { "data-node": n.id });
+    const st = statuses ? statuses[n.id] : undefined;
+    const health = !st ? "?" : st.up ? "up" : "down";
+    const r = rates.nodes[n.id];
     tr.append(el("td", n.id), el("td", n.http), el("td", n.state || "active", { class: "state-" + (n.state || "active") }),
+      el("td", health, { class: "health health-" + health, title: st && st.error ? st.error : "" }),
+      el("td", r ? r.rps.toFixed(0) : "—"), el("td", r && r.p99 !== null ? "≤ " + fmtSeconds(r.p99) : "—"),
       el("td", leads.join(", ") || "—"), el("td", holds.join(", ") || "—"));
     body.appendChild(tr);
   }
@@ -107,13 +115,81 @@ function drawGroups(c, order) {
     const sw = el("i");
     sw.style.cssText = "display:inline-block;width:.7rem;height:.7rem;margin-right:.3rem;background:" + groupColor(g.id, order);
     id.append(sw, String(g.id));
+    const gr = rates.groups[g.id];
     tr.append(id, el("td", g.leader || "none", { class: g.leader ? "leader" : "leader none" }),
-      el("td", (g.members || []).join(", ")), el("td", (g.learners || []).join(", ") || "—"), el("td", rangesText(g.slots)));
+      el("td", (g.members || []).join(", ")), el("td", (g.learners || []).join(", ") || "—"), el("td", rangesText(g.slots)),
+      el("td", gr ? gr.toFixed(0) : "—"), el("td", fmtBytes(groupBytes(g))), el("td", replicasText(g)));
     body.appendChild(tr);
   }
   $("group-count").textContent = "(" + c.groups.length + ")";
   const moves = c.moves || [];
   $("moves").textContent = moves.length ? "Slot moves under way: " + moves.map(m => JSON.stringify(m)).join("; ") : "";
+}
+
+function fmtSeconds(s) {
+  return s < 1 ? (s * 1000).toFixed(s < 0.01 ? 1 : 0) + " ms" : s.toFixed(1) + " s";
+}
+
+function fmtBytes(n) {
+  if (n === null || n === undefined) return "—";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return n.toFixed(i ? 1 : 0) + " " + units[i];
+}
+
+// groupStatus returns node's status of group id, if it answered.
+function groupStatus(node, id) {
+  const st = statuses && statuses[node];
+  if (!st || !st.status) return null;
+  return (st.status.groups || []).find(x => x.group === id) || null;
+}
+
+function groupBytes(g) {
+  const gs = groupStatus(g.leader, g.id) || (g.members || []).map(m => groupStatus(m, g.id)).find(x => x);
+  return gs ? gs.state_bytes || 0 : null;
+}
+
+function replicasText(g) {
+  const lead = groupStatus(g.leader, g.id);
+  const top = lead ? lead.commit_index : 0;
+  return [...(g.members || []), ...(g.learners || [])].map(m => {
+    const gs = groupStatus(m, g.id);
+    if (!gs) return m + " ?";
+    return m + " " + gs.applied_index + (top ? " (" + Math.max(0, top - gs.applied_index) + ")" : "");
+  }).join(", ");
+}
+
+// sample turns two polls of every node's status into rates: requests per
+// second and their p99 per node, commits per second per group (at its
+// leader).
+function sample(nodes) {
+  const at = performance.now();
+  const byNode = {};
+  for (const n of nodes) if (n.up && n.status) byNode[n.node] = n.status;
+  if (lastSample) {
+    const dt = (at - lastSample.at) / 1000;
+    const next = { nodes: {}, groups: {} };
+    for (const [id, st] of Object.entries(byNode)) {
+      const prev = lastSample.byNode[id];
+      if (!prev || !st.traffic || !prev.traffic || dt <= 0) continue;
+      const n = st.traffic.requests - prev.traffic.requests;
+      let p99 = null;
+      if (n > 0) {
+        const counts = st.traffic.latency_counts.map((c, i) => c - prev.traffic.latency_counts[i]);
+        const i = counts.findIndex(c => c >= 0.99 * n);
+        p99 = i < 0 ? Infinity : st.traffic.latency_bounds[i];
+      }
+      next.nodes[id] = { rps: n / dt, p99 };
+      for (const g of st.groups || []) {
+        if (g.role !== "leader") continue;
+        const pg = (prev.groups || []).find(x => x.group === g.group);
+        if (pg) next.groups[g.group] = Math.max(0, g.commit_index - pg.commit_index) / dt;
+      }
+    }
+    rates = next;
+  }
+  lastSample = { at, byNode };
 }
 
 function note(text) {
@@ -151,7 +227,12 @@ function diff(prev, cur) {
 
 async function refresh() {
   try {
-    const c = await apiJSON("/v1/cluster");
+    const [c, all] = await Promise.all([apiJSON("/v1/cluster"), apiJSON("/v1/status?nodes=all").catch(() => null)]);
+    if (all) {
+      statuses = {};
+      for (const n of all.nodes || []) statuses[n.node] = n;
+      sample(all.nodes || []);
+    }
     const order = c.groups.map(g => g.id);
     diff(previous, c);
     previous = c;
