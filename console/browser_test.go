@@ -83,9 +83,7 @@ func TestConsole_InAHeadlessBrowser(t *testing.T) {
 	}()
 	defer func() { stopLoad(); <-loadDone }()
 
-	leader := c.Leader(1)
-	page := (leader + 1) % 3 // the page stays up when the leader goes
-	oldLeader := testcluster.NodeID(leader)
+	page := (c.Leader(1) + 1) % 3 // the page stays up when the leader goes
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
 		chromedp.DisableGPU, chromedp.WindowSize(1200, 1400), chromedp.Flag("headless", "new"))
@@ -110,14 +108,14 @@ func TestConsole_InAHeadlessBrowser(t *testing.T) {
 	// the cluster started): stop that node, from a page on another one.
 	shown, err := chromedp.Run(bctx, chromedp.TextContent(chromedp.CSS(`#groups tbody tr[data-group="1"] td.leader`)))
 	require.NoError(t, err)
-	leader = -1
+	leader := -1
 	for i := range 3 {
 		if testcluster.NodeID(i) == shown {
 			leader = i
 		}
 	}
 	require.GreaterOrEqual(t, leader, 0, "group 1's leader on the page: %q", shown)
-	oldLeader = shown
+	oldLeader := shown
 	if leader == page {
 		page = (leader + 1) % 3
 		require.NoError(t, chromedp.Do(bctx, chromedp.Navigate(c.URL(page)+"/ui/")))
