@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,7 +14,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kvd-project/kvd/client"
+	"github.com/kvd-project/kvd/internal/pki"
 	"github.com/kvd-project/kvd/internal/testkit/testcluster"
+	"github.com/kvd-project/kvd/server"
 )
 
 // chromium finds the headless browser: $KVD_CHROMIUM, else Debian's
@@ -140,6 +143,25 @@ func TestConsole_InAHeadlessBrowser(t *testing.T) {
 	require.NoError(t, chromedp.Do(bctx, chromedp.Click(chromedp.CSS(`#keys tbody tr[data-key="console/greeting"] td`))))
 	waitTrue(t, bctx, 10*time.Second, "the key's value", `document.querySelector("#detail-value").textContent === "hello from the test"`)
 
+	// An admin (auth is off here) transfers group 2's leadership from the
+	// page; the page then shows the new leader.
+	waitTrue(t, bctx, 10*time.Second, "the admin section", `!document.querySelector("#admin").hidden`)
+	from, err := chromedp.Run(bctx, chromedp.TextContent(chromedp.CSS(`#groups tbody tr[data-group="2"] td.leader`)))
+	require.NoError(t, err)
+	to, err := chromedp.Run(bctx, chromedp.Evaluate[string](`(() => {
+		const g = document.querySelector("#leader-group"); g.value = "2"; g.dispatchEvent(new Event("change"));
+		const n = document.querySelector("#leader-node");
+		const live = [...n.options].map(o => o.value).filter(v => v !== "`+oldLeader+`");
+		n.value = live[0] || ""; return n.value; })()`))
+	require.NoError(t, err)
+	require.NotEmpty(t, to, "a live voter of group 2 other than its leader %s", from)
+	require.NoError(t, chromedp.Do(bctx, chromedp.Click(chromedp.CSS(`#leader-form button[type="submit"]`))))
+	waitTrue(t, bctx, 15*time.Second, "group 2 led by "+to,
+		`document.querySelector('#groups tbody tr[data-group="2"] td.leader').textContent === "`+to+`"`)
+	result, err := chromedp.Run(bctx, chromedp.TextContent(chromedp.ID("admin-result")))
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(result, "200"), "the transfer's answer: %q", result)
+
 	if path := os.Getenv("KVD_SCREENSHOT"); path != "" {
 		png, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
 		require.NoError(t, err)
@@ -149,4 +171,68 @@ func TestConsole_InAHeadlessBrowser(t *testing.T) {
 		require.NoError(t, os.WriteFile(path, png, 0o644))
 		t.Logf("screenshot: %s (%d bytes)", path, len(png))
 	}
+}
+
+// With auth: the page loads without a token, asks for one on the first
+// 401, and then shows what that token may read. A token granted app/
+// sees the cluster and app/ keys, gets the API's refusal for other keys,
+// and no admin section; the root (admin) token gets the admin section.
+func TestConsole_WithAuthAsksForATokenAndShowsWhatItAllows(t *testing.T) {
+	exe := chromium(t)
+	sec := testcluster.NewSecure(t)
+	c := testcluster.New(t, 3, 2, func(cfg *server.Config) {
+		cert, key := pki.CertFiles(sec.Dir, pki.Node, cfg.NodeID)
+		cfg.TLSCertFile, cfg.TLSKeyFile = cert, key // no client certificates: a browser has none
+		cfg.PeerTLSCertFile, cfg.PeerTLSKeyFile, cfg.PeerTLSCAFile = cert, key, sec.CAFile
+		cfg.Auth, cfg.RootTokenFile = true, sec.RootTokenFile
+	})
+	root := "Bearer " + sec.RootToken(t)
+	r := sec.Do(t, "POST", c.SecureURL(0)+"/v1/admin/tokens",
+		[]byte(`{"name":"app","grants":[{"prefix":"app/","access":"write"}],"ttl":"1h"}`), "Authorization", root)
+	require.Equal(t, 200, r.Status, "%s", r.Body)
+	var made struct{ Token string }
+	require.NoError(t, json.Unmarshal(r.Body, &made))
+	for _, k := range []string{"app/visible", "secret/hidden"} {
+		r := sec.Do(t, "PUT", c.SecureURL(0)+"/v1/kv/"+k, []byte("v"), "Authorization", root)
+		require.Equal(t, 200, r.Status, "%s", r.Body)
+	}
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
+		chromedp.DisableGPU, chromedp.Flag("headless", "new"),
+		chromedp.Flag("ignore-certificate-errors", true)) // the test's own CA, not the system's
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelAlloc()
+	bctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	bctx, cancelT := context.WithTimeout(bctx, 90*time.Second)
+	defer cancelT()
+
+	require.NoError(t, chromedp.Do(bctx, chromedp.Navigate(c.SecureURL(1)+"/ui/")))
+	waitTrue(t, bctx, 10*time.Second, "the token form", `!document.querySelector("#token-form").hidden`)
+	require.NoError(t, chromedp.Do(bctx,
+		chromedp.SetValue(chromedp.ID("token"), made.Token),
+		chromedp.Click(chromedp.CSS(`#token-form button[type="submit"]`))))
+	waitTrue(t, bctx, 10*time.Second, "the groups, for the app/ token",
+		`document.querySelectorAll("#groups tbody tr").length === 2 && document.querySelector("#error").hidden`)
+	hidden, err := chromedp.Run(bctx, chromedp.Evaluate[bool](`document.querySelector("#admin").hidden`))
+	require.NoError(t, err)
+	require.True(t, hidden, "no admin section for a token that is not an admin's")
+
+	require.NoError(t, chromedp.Do(bctx,
+		chromedp.SetValue(chromedp.ID("prefix"), "app/"),
+		chromedp.Click(chromedp.CSS(`#scan-form button[type="submit"]`))))
+	waitTrue(t, bctx, 10*time.Second, "the app/ key", `!!document.querySelector('#keys tbody tr[data-key="app/visible"]')`)
+	require.NoError(t, chromedp.Do(bctx,
+		chromedp.SetValue(chromedp.ID("prefix"), "secret/"),
+		chromedp.Click(chromedp.CSS(`#scan-form button[type="submit"]`))))
+	waitTrue(t, bctx, 10*time.Second, "the API's refusal of secret/",
+		`!document.querySelector("#error").hidden && document.querySelector("#error").textContent.includes("forbidden") &&
+		 !document.querySelector('#keys tbody tr[data-key="secret/hidden"]')`)
+
+	// The root token is an admin's: the admin section appears.
+	require.NoError(t, chromedp.Do(bctx,
+		chromedp.Click(chromedp.ID("token-button")),
+		chromedp.SetValue(chromedp.ID("token"), strings.TrimPrefix(root, "Bearer ")),
+		chromedp.Click(chromedp.CSS(`#token-form button[type="submit"]`))))
+	waitTrue(t, bctx, 10*time.Second, "the admin section for the root token", `!document.querySelector("#admin").hidden`)
 }

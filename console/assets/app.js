@@ -24,10 +24,10 @@ function el(tag, text, attrs) {
   return e;
 }
 
-async function api(path) {
-  const headers = {};
+async function api(path, init) {
+  const headers = Object.assign({}, (init && init.headers) || {});
   if (token) headers["Authorization"] = "Bearer " + token;
-  const resp = await fetch(path, { headers, cache: "no-store" });
+  const resp = await fetch(path, Object.assign({ cache: "no-store" }, init || {}, { headers }));
   if (resp.status === 401) {
     $("token-form").hidden = false;
     throw new Error("this cluster needs a token");
@@ -35,8 +35,8 @@ async function api(path) {
   return resp;
 }
 
-async function apiJSON(path) {
-  const resp = await api(path);
+async function apiJSON(path, init) {
+  const resp = await api(path, init);
   const body = await resp.json().catch(() => null);
   if (!resp.ok) {
     const msg = body && body.error ? body.error.code + ": " + body.error.message : resp.status + " " + resp.statusText;
@@ -225,6 +225,53 @@ function diff(prev, cur) {
   for (const id of pn.keys()) note("node " + id + " left");
 }
 
+// isAdmin is whether the token may use the operations API: the admin
+// section shows only then. The API refuses others whatever the page does.
+let isAdmin = null;
+
+async function checkAdmin() {
+  try {
+    const resp = await api("/v1/admin/moves");
+    isAdmin = resp.ok;
+  } catch {
+    isAdmin = false;
+  }
+  $("admin").hidden = !isAdmin;
+}
+
+function fillSelect(sel, values) {
+  const keep = sel.value;
+  sel.replaceChildren(...values.map(v => el("option", v, { value: v })));
+  if (values.includes(keep)) sel.value = keep;
+}
+
+function drawAdmin(c) {
+  if (!isAdmin) return;
+  const groups = c.groups.map(g => String(g.id));
+  fillSelect($("leader-group"), groups);
+  fillSelect($("move-group"), groups);
+  const g = c.groups.find(x => String(x.id) === $("leader-group").value);
+  fillSelect($("leader-node"), g ? (g.members || []).filter(m => m !== g.leader) : []);
+}
+
+async function adminPost(path, body) {
+  const out = $("admin-result");
+  out.textContent = "…";
+  try {
+    const resp = await api(path, { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } });
+    const text = await resp.text();
+    let msg = text;
+    try {
+      const j = JSON.parse(text);
+      msg = j.error ? j.error.code + ": " + j.error.message : (j.message || j.state || text);
+    } catch { /* not JSON */ }
+    out.textContent = resp.status + " " + msg;
+  } catch (err) {
+    out.textContent = String(err.message || err);
+  }
+  refresh();
+}
+
 async function refresh() {
   try {
     const [c, all] = await Promise.all([apiJSON("/v1/cluster"), apiJSON("/v1/status?nodes=all").catch(() => null)]);
@@ -241,6 +288,7 @@ async function refresh() {
     drawSlots(c, order);
     drawNodes(c);
     drawGroups(c, order);
+    drawAdmin(c);
     showError(null);
   } catch (err) {
     showError(err);
@@ -324,12 +372,23 @@ $("token-form").addEventListener("submit", e => {
   token = $("token").value.trim();
   sessionStorage.setItem("kvd-token", token);
   $("token-form").hidden = true;
-  refresh();
+  checkAdmin().then(refresh);
 });
 $("scan-form").addEventListener("submit", e => { e.preventDefault(); scan(true); });
+$("leader-group").addEventListener("change", () => previous && drawAdmin(previous));
+$("leader-form").addEventListener("submit", e => {
+  e.preventDefault();
+  adminPost("/v1/admin/groups/" + encodeURIComponent($("leader-group").value) + "/leader", { node: $("leader-node").value });
+});
+$("move-form").addEventListener("submit", e => {
+  e.preventDefault();
+  const a = Number($("move-from").value), b = Number($("move-to-slot").value || $("move-from").value);
+  adminPost("/v1/admin/moves", { slots: [[a, b]], to: Number($("move-group").value) });
+});
+$("rebalance-form").addEventListener("submit", e => { e.preventDefault(); adminPost("/v1/admin/rebalance", {}); });
 $("more").addEventListener("click", () => scan(false));
 
-refresh();
+checkAdmin().then(refresh);
 let timer = setInterval(refresh, POLL_MS);
 // A hidden tab stops polling: the node does nothing for a page nobody sees.
 document.addEventListener("visibilitychange", () => {
