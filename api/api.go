@@ -464,3 +464,22 @@ type WatchEvent struct {
 	Value   []byte `json:"value,omitempty"`
 	Version uint64 `json:"version"`
 }
+
+// Event is something that happened to the cluster, as the node that did
+// it or saw it first recorded it: "leader" (a replica became its group's
+// leader) or "map" (a change of the cluster map this node made:
+// membership, slot moves, nodes joining and leaving).
+type Event struct {
+	Time  time.Time `json:"time"`
+	Node  string    `json:"node"`
+	Kind  string    `json:"kind"`
+	Group uint64    `json:"group,omitempty"`
+	Text  string    `json:"text"`
+}
+
+// Events is the body of GET /v1/events: the newest first.
+type Events struct {
+	Events []Event `json:"events"`
+	// Missing names the nodes that did not answer (?nodes=all).
+	Missing []string `json:"missing,omitempty"`
+}

@@ -132,6 +132,9 @@ func TestConsole_InAHeadlessBrowser(t *testing.T) {
 		  return /^n\d$/.test(l) && l !== "`+oldLeader+`" &&
 		    [...document.querySelectorAll("#events li")].some(li => li.textContent.includes("group 1: leader `+oldLeader+`")); })()`)
 	t.Logf("the page showed group 1's new leader %v after the old one stopped", time.Since(start).Round(100*time.Millisecond))
+	waitTrue(t, bctx, 10*time.Second, "the new leader's own event from its node's log",
+		`(() => { const l = document.querySelector('#groups tbody tr[data-group="1"] td.leader').textContent;
+		  return [...document.querySelectorAll("#events li")].some(li => li.textContent.includes("group 1: " + l + " became leader")); })()`)
 	waitTrue(t, bctx, 10*time.Second, "the stopped node as down",
 		`document.querySelector('#nodes tbody tr[data-node="`+oldLeader+`"] td.health').textContent === "down"`)
 

@@ -54,6 +54,8 @@ type Backend interface {
 	Cluster(ctx context.Context) (api.Cluster, error)
 	// Status describes this node.
 	Status(ctx context.Context) api.Status
+	// Events returns the events this node recorded, the newest first.
+	Events() []api.Event
 	// Ready returns nil when every hosted group has a leader.
 	Ready() error
 	// ReadIndex returns a read index of group g, which this node must lead.
@@ -254,6 +256,7 @@ func New(b Backend, o Options) (*Handler, error) {
 	r.HandleFunc("/v1/kv", h.scan).Methods(http.MethodGet)
 	r.HandleFunc("/v1/cluster", h.cluster).Methods(http.MethodGet)
 	r.HandleFunc("/v1/status", h.status).Methods(http.MethodGet)
+	r.HandleFunc("/v1/events", h.eventsList).Methods(http.MethodGet)
 	r.HandleFunc("/v1/txn", h.txn).Methods(http.MethodPost)
 	r.HandleFunc("/v1/batch", h.batch).Methods(http.MethodPost)
 	r.HandleFunc("/v1/watch", h.watch).Methods(http.MethodGet)

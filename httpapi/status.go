@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -84,30 +85,82 @@ func (h *Handler) allStatus(r *http.Request) api.NodesStatus {
 
 // peerStatus fetches node id's GET /v1/status.
 func (h *Handler) peerStatus(ctx context.Context, r *http.Request, id string) (*api.Status, error) {
+	var st api.Status
+	if err := h.peerGet(ctx, r, id, "/v1/status", &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// peerGet fetches path from node id with the caller's token, into out.
+func (h *Handler) peerGet(ctx context.Context, r *http.Request, id, path string, out any) error {
 	addr, ok := h.b.PeerHTTP(id)
 	if !ok {
-		return nil, fmt.Errorf("no address for node %s", id)
+		return fmt.Errorf("no address for node %s", id)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, cmp.Or(h.o.ForwardScheme, "http")+"://"+addr+"/v1/status", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, cmp.Or(h.o.ForwardScheme, "http")+"://"+addr+path, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if v := r.Header.Get("Authorization"); v != "" {
 		req.Header.Set("Authorization", v)
 	}
 	resp, err := h.fwd.Do(req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("node %s answered %s", id, resp.Status)
+		return fmt.Errorf("node %s answered %s", id, resp.Status)
 	}
-	var st api.Status
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&st); err != nil {
-		return nil, fmt.Errorf("node %s: %w", id, err)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(out); err != nil {
+		return fmt.Errorf("node %s: %w", id, err)
 	}
-	return &st, nil
+	return nil
+}
+
+// eventsList answers GET /v1/events: this node's events, or with
+// ?nodes=all every node's, merged, the newest first.
+func (h *Handler) eventsList(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Query().Get("nodes") {
+	case "":
+		writeJSON(w, http.StatusOK, api.Events{Events: h.b.Events()})
+		return
+	case "all":
+	default:
+		writeError(w, fmt.Errorf("%w: nodes takes only \"all\"", kvd.ErrInvalid), false)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), statusWait)
+	defer cancel()
+	out := api.Events{Events: h.b.Events()}
+	c, err := h.b.Cluster(ctx)
+	if err == nil {
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for _, n := range c.Nodes {
+			if n.ID == h.b.NodeID() {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var theirs api.Events
+				err := h.peerGet(ctx, r, n.ID, "/v1/events", &theirs)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					out.Missing = append(out.Missing, n.ID)
+					return
+				}
+				out.Events = append(out.Events, theirs.Events...)
+			}()
+		}
+		wg.Wait()
+	}
+	slices.SortStableFunc(out.Events, func(a, b api.Event) int { return b.Time.Compare(a.Time) })
+	slices.Sort(out.Missing)
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {

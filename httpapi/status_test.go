@@ -3,11 +3,13 @@ package httpapi_test
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
 	"github.com/kvd-project/kvd/internal/testkit/testcluster"
 )
@@ -61,4 +63,49 @@ func TestAPI_StatusOfAllNodes(t *testing.T) {
 	r = do(t, "GET", c.URL(leader)+"/v1/status?nodes=some", nil)
 	require.Equal(t, 400, r.Status)
 	require.Contains(t, string(r.Body), `"code"`)
+}
+
+// GET /v1/events?nodes=all merges every node's events, the newest first:
+// each group's leader says it became leader, a leadership transfer adds
+// its new leader's event, and the map changes a node made (a slot move)
+// are there with their epoch.
+func TestAPI_EventsOfAllNodes(t *testing.T) {
+	c := testcluster.New(t, 3, 2)
+	events := func() api.Events {
+		t.Helper()
+		var ev api.Events
+		r := do(t, "GET", c.URL(0)+"/v1/events?nodes=all", nil)
+		require.Equal(t, 200, r.Status, "%s", r.Body)
+		require.NoError(t, json.Unmarshal(r.Body, &ev))
+		for i := 1; i < len(ev.Events); i++ {
+			require.False(t, ev.Events[i].Time.After(ev.Events[i-1].Time), "the newest first")
+		}
+		return ev
+	}
+	has := func(ev api.Events, kind, text string) bool {
+		for _, e := range ev.Events {
+			if e.Kind == kind && strings.Contains(e.Text, text) {
+				return true
+			}
+		}
+		return false
+	}
+	for g := 1; g <= 2; g++ {
+		l := testcluster.NodeID(c.Leader(kvd.GroupID(g)))
+		require.Eventually(t, func() bool {
+			return has(events(), "leader", fmt.Sprintf("group %d: %s became leader", g, l))
+		}, 10*time.Second, 50*time.Millisecond)
+	}
+	old := c.Leader(1)
+	to := testcluster.NodeID((old + 1) % 3)
+	r := do(t, "POST", c.URL(0)+"/v1/admin/groups/1/leader?wait=10s", []byte(`{"node":"`+to+`"}`))
+	require.Equal(t, 200, r.Status, "%s", r.Body)
+	require.Eventually(t, func() bool { return has(events(), "leader", "group 1: "+to+" became leader") }, 10*time.Second, 50*time.Millisecond)
+
+	r = do(t, "POST", c.URL(0)+"/v1/admin/moves", []byte(`{"slots":[[0,3]],"to":2}`))
+	require.Contains(t, []int{200, 202}, r.Status, "%s", r.Body)
+	require.Eventually(t, func() bool { return has(events(), "map", "map epoch") }, 20*time.Second, 100*time.Millisecond)
+
+	r = do(t, "GET", c.URL(0)+"/v1/events?nodes=every", nil)
+	require.Equal(t, 400, r.Status)
 }

@@ -151,6 +151,9 @@ type Observer struct {
 	Apply func(d time.Duration)
 	// Append is told of every append to the Raft log (an fsync).
 	Append func(d time.Duration)
+	// Leader is told when this replica becomes the group's leader, with
+	// its term (for the node's event log).
+	Leader func(term uint64)
 }
 
 // DefaultConfig returns a configuration with kvd's defaults; the caller

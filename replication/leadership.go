@@ -39,8 +39,12 @@ func (g *Group) watchLeadership(notify <-chan bool) {
 		select {
 		case isLeader := <-notify:
 			if isLeader {
-				g.log.Info("became leader", "term", g.raft.CurrentTerm())
+				term := g.raft.CurrentTerm()
+				g.log.Info("became leader", "term", term)
 				kick(g.leaderKick)
+				if f := g.cfg.Observer.Leader; f != nil {
+					f(term)
+				}
 			} else {
 				g.log.Info("lost leadership")
 			}

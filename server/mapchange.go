@@ -312,6 +312,7 @@ func (s *Server) changeMap(ctx context.Context, g *replication.Group, e mapEdit)
 		}
 		s.log.Info("cluster map changed", "change", e.String(), "epoch", next.Epoch)
 		s.metrics.mapChanges.WithLabelValues(e.Op).Inc()
+		s.events.record("map", e.Group, "map epoch %d: %s", next.Epoch, e.String())
 		s.learnMap(next)
 		return next, nil
 	}

@@ -141,6 +141,9 @@ func (s *Server) openReplica(grp kvd.Group, mode replicaMode) error {
 	rc.SeedMap = s.Map()
 	rc.Logger = s.log
 	rc.Observer = s.metrics.observer(gid)
+	rc.Observer.Leader = func(term uint64) {
+		s.events.record("leader", gid, "group %d: %s became leader (term %d)", gid, s.id, term)
+	}
 	rc.LogCacheBytes = s.logCacheBytes(rc.LogCacheBytes)
 	rc.Keys = s.cfg.Encryption
 	rc.Room = s.disk.room

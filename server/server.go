@@ -98,6 +98,8 @@ type Server struct {
 	seen   map[string]*sighting
 	// lastProbe is the last round of status requests to every node.
 	lastProbe atomic.Pointer[probe]
+	// events is the node's event log (GET /v1/events).
+	events eventLog
 
 	// bgCancel stops the node's background loops; bg waits for them.
 	bgCancel context.CancelFunc
@@ -113,7 +115,7 @@ func New(cfg Config) (_ *Server, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("server config: %w", err)
 	}
-	s := &Server{cfg: cfg, id: cfg.NodeID, log: cfg.Logger.With("node", cfg.NodeID), started: time.Now(),
+	s := &Server{cfg: cfg, id: cfg.NodeID, log: cfg.Logger.With("node", cfg.NodeID), started: time.Now(), events: eventLog{node: cfg.NodeID},
 		serveErr: make(chan error, 1), leaders: leaderCache{m: map[kvd.GroupID]leaderEntry{}},
 		membershipKick: make(chan struct{}, 1), seen: map[string]*sighting{}, moves: moveDrivers{running: map[string]*moveRun{}},
 		restores: restores{running: map[string]bool{}, seen: map[string]time.Time{}}}

@@ -192,12 +192,21 @@ function sample(nodes) {
   lastSample = { at, byNode };
 }
 
+// serverEvents are the nodes' own event logs (GET /v1/events?nodes=all):
+// leaders elected and map changes, recorded when they happened.
+let serverEvents = [];
+
 function note(text) {
-  events.unshift({ at: new Date(), text });
+  events.unshift({ at: new Date(), text: "seen: " + text });
   events.length = Math.min(events.length, 100);
+  drawEvents();
+}
+
+function drawEvents() {
+  const all = [...events, ...serverEvents].sort((a, b) => b.at - a.at).slice(0, 60);
   const ol = $("events");
   ol.replaceChildren();
-  for (const e of events) ol.appendChild(el("li", e.at.toLocaleTimeString() + "  " + e.text));
+  for (const e of all) ol.appendChild(el("li", e.at.toLocaleString() + "  " + e.text, { class: e.kind ? "event-" + e.kind : "event-seen" }));
 }
 
 function diff(prev, cur) {
@@ -274,7 +283,12 @@ async function adminPost(path, body) {
 
 async function refresh() {
   try {
-    const [c, all] = await Promise.all([apiJSON("/v1/cluster"), apiJSON("/v1/status?nodes=all").catch(() => null)]);
+    const [c, all, ev] = await Promise.all([apiJSON("/v1/cluster"), apiJSON("/v1/status?nodes=all").catch(() => null),
+      apiJSON("/v1/events?nodes=all").catch(() => null)]);
+    if (ev) {
+      serverEvents = (ev.events || []).map(e => ({ at: new Date(e.time), kind: e.kind, text: e.text + " (" + e.node + ")" }));
+      drawEvents();
+    }
     if (all) {
       statuses = {};
       for (const n of all.nodes || []) statuses[n.node] = n;
