@@ -106,7 +106,8 @@ func TestConsole_InAHeadlessBrowser(t *testing.T) {
 		`new Set([...document.querySelectorAll("#slot-bar div")].map(d => d.dataset.group)).size === 3`)
 	waitTrue(t, bctx, 10*time.Second, "live figures: requests per second and every replica's applied index",
 		`[...document.querySelectorAll("#nodes tbody tr")].some(tr => /^\d+$/.test(tr.children[4].textContent) && tr.children[4].textContent !== "0") &&
-		 [...document.querySelectorAll("#groups tbody tr")].every(tr => /n\d \d+/.test(tr.children[7].textContent))`)
+		 [...document.querySelectorAll("#groups tbody tr")].every(tr => /n\d \d+/.test(tr.children[9].textContent)) &&
+		 [...document.querySelectorAll("#groups tbody tr")].some(tr => /^\d+$/.test(tr.children[5].textContent) && tr.children[5].textContent !== "0")`)
 	// The page's view of group 1's leader (leaders may have moved since
 	// the cluster started): stop that node, from a page on another one.
 	shown, err := chromedp.Run(bctx, chromedp.TextContent(chromedp.CSS(`#groups tbody tr[data-group="1"] td.leader`)))

@@ -2,9 +2,7 @@ package httpapi
 
 import (
 	"net/http"
-	"sort"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -16,7 +14,7 @@ import (
 // httpMetrics counts requests and their latencies by route, method and
 // status code.
 type httpMetrics struct {
-	traffic     traffic
+	traffic     api.TrafficCounter
 	requests    *prometheus.CounterVec
 	latency     *prometheus.HistogramVec
 	peerRefused prometheus.Counter
@@ -70,7 +68,7 @@ func (m *httpMetrics) middleware(next http.Handler) http.Handler {
 		m.requests.WithLabelValues(route, r.Method, code).Inc()
 		m.latency.WithLabelValues(route, r.Method, code).Observe(took)
 		if clientRoute(route) {
-			m.traffic.observe(took)
+			m.traffic.Observe(took)
 		}
 	})
 }
@@ -83,33 +81,6 @@ func clientRoute(route string) bool {
 		return true
 	}
 	return false
-}
-
-// trafficBounds are the latency buckets of a node's traffic, in seconds.
-var trafficBounds = [...]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
-
-// traffic counts a node's client requests and their latencies, for
-// GET /v1/status (the console's live figures).
-type traffic struct {
-	requests atomic.Uint64
-	buckets  [len(trafficBounds) + 1]atomic.Uint64 // the last: above every bound
-}
-
-func (t *traffic) observe(seconds float64) {
-	t.requests.Add(1)
-	i := sort.SearchFloat64s(trafficBounds[:], seconds)
-	t.buckets[i].Add(1)
-}
-
-// snapshot returns the counts so far, cumulative by bound.
-func (t *traffic) snapshot() *api.Traffic {
-	out := &api.Traffic{Requests: t.requests.Load(), LatencyBounds: trafficBounds[:], LatencyCounts: make([]uint64, len(trafficBounds))}
-	var sum uint64
-	for i := range trafficBounds {
-		sum += t.buckets[i].Load()
-		out.LatencyCounts[i] = sum
-	}
-	return out
 }
 
 type statusRecorder struct {

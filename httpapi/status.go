@@ -39,7 +39,7 @@ func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) ownStatus(ctx context.Context) api.Status {
 	st := h.b.Status(ctx)
 	if h.metrics != nil {
-		st.Traffic = h.metrics.traffic.snapshot()
+		st.Traffic = h.metrics.traffic.Snapshot()
 	}
 	return st
 }

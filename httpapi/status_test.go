@@ -44,6 +44,15 @@ func TestAPI_StatusOfAllNodes(t *testing.T) {
 		}
 	}
 
+	var groupRequests uint64
+	for _, n := range all.Nodes {
+		for _, g := range n.Status.Groups {
+			require.NotNil(t, g.Traffic, "group %d on %s", g.Group, n.Node)
+			groupRequests += g.Traffic.Requests
+		}
+	}
+	require.GreaterOrEqual(t, groupRequests, uint64(20), "each put counted in its group")
+
 	down := (leader + 1) % 3
 	c.Stop(down)
 	start := time.Now()

@@ -47,3 +47,18 @@ func (l *eventLog) list() []api.Event {
 
 // Events returns the events this node recorded, the newest first.
 func (s *Server) Events() []api.Event { return s.events.list() }
+
+// groupTraffic returns the counter of group g's client requests this
+// node served (GET /v1/status, the console's figures per group).
+func (s *Server) groupTraffic(g kvd.GroupID) *api.TrafficCounter {
+	if t, ok := s.traffic.Load(g); ok {
+		return t.(*api.TrafficCounter)
+	}
+	t, _ := s.traffic.LoadOrStore(g, &api.TrafficCounter{})
+	return t.(*api.TrafficCounter)
+}
+
+// countRequest counts a request of group g that started at start.
+func (s *Server) countRequest(g kvd.GroupID, start time.Time) {
+	s.groupTraffic(g).Observe(time.Since(start).Seconds())
+}

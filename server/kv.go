@@ -73,11 +73,17 @@ func (s *Server) Get(ctx context.Context, key string, c kvd.Consistency, rt kvd.
 }
 
 // get is one attempt of Get.
-func (s *Server) get(ctx context.Context, key string, c kvd.Consistency, rt kvd.Route) (kvd.Item, error) {
+func (s *Server) get(ctx context.Context, key string, c kvd.Consistency, rt kvd.Route) (_ kvd.Item, err error) {
+	start := time.Now()
 	g, err := s.groupFor(ctx, key, rt)
 	if err != nil {
 		return kvd.Item{}, err
 	}
+	defer func() {
+		if err == nil || errors.Is(err, kvd.ErrNotFound) { // served here
+			s.countRequest(g.ID(), start)
+		}
+	}()
 	if err := g.ReadBarrier(ctx, c); err != nil {
 		return kvd.Item{}, err
 	}
@@ -219,11 +225,17 @@ func (s *Server) write(ctx context.Context, op string, cmd store.Cmd, rt kvd.Rou
 }
 
 // writeOnce is one attempt of write.
-func (s *Server) writeOnce(ctx context.Context, op string, cmd store.Cmd, rt kvd.Route) (store.Result, error) {
+func (s *Server) writeOnce(ctx context.Context, op string, cmd store.Cmd, rt kvd.Route) (_ store.Result, err error) {
+	start := time.Now()
 	g, err := s.groupFor(ctx, cmd.Key, rt)
 	if err != nil {
 		return store.Result{}, err
 	}
+	defer func() {
+		if !errors.Is(err, kvd.ErrNotLeader) { // proposed here, not sent on
+			s.countRequest(g.ID(), start)
+		}
+	}()
 	if err := s.register(ctx, g, cmd.Idem); err != nil {
 		return store.Result{}, fmt.Errorf("%s %q: %w", op, cmd.Key, err)
 	}

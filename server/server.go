@@ -100,6 +100,9 @@ type Server struct {
 	lastProbe atomic.Pointer[probe]
 	// events is the node's event log (GET /v1/events).
 	events eventLog
+	// traffic holds, by group, the client requests this node served:
+	// *api.TrafficCounter.
+	traffic sync.Map
 
 	// bgCancel stops the node's background loops; bg waits for them.
 	bgCancel context.CancelFunc

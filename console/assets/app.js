@@ -11,7 +11,7 @@ let token = sessionStorage.getItem("kvd-token") || "";
 let previous = null;
 let statuses = null;      // the last GET /v1/status?nodes=all, by node id
 let lastSample = null;    // {at, byNode} for rates between two polls
-let rates = { nodes: {}, groups: {} };
+let rates = { nodes: {}, groups: {}, groupTraffic: {} };
 const events = [];
 let scanNext = "";
 
@@ -116,8 +116,10 @@ function drawGroups(c, order) {
     sw.style.cssText = "display:inline-block;width:.7rem;height:.7rem;margin-right:.3rem;background:" + groupColor(g.id, order);
     id.append(sw, String(g.id));
     const gr = rates.groups[g.id];
+    const gt = rates.groupTraffic[g.id];
     tr.append(id, el("td", g.leader || "none", { class: g.leader ? "leader" : "leader none" }),
       el("td", (g.members || []).join(", ")), el("td", (g.learners || []).join(", ") || "—"), el("td", rangesText(g.slots)),
+      el("td", gt ? gt.rps.toFixed(0) : "—"), el("td", gt && gt.p99 !== null ? "≤ " + fmtSeconds(gt.p99) : "—"),
       el("td", gr ? gr.toFixed(0) : "—"), el("td", fmtBytes(groupBytes(g))), el("td", replicasText(g)));
     body.appendChild(tr);
   }
@@ -163,13 +165,46 @@ function replicasText(g) {
 // sample turns two polls of every node's status into rates: requests per
 // second and their p99 per node, commits per second per group (at its
 // leader).
+// trafficRate turns two samples of a traffic counter into requests per
+// second and the bound their p99 falls under.
+function trafficRate(cur, prev, dt) {
+  if (!cur || !prev || dt <= 0) return null;
+  const n = cur.requests - prev.requests;
+  let p99 = null;
+  if (n > 0) {
+    const counts = cur.latency_counts.map((c, i) => c - prev.latency_counts[i]);
+    const i = counts.findIndex(c => c >= 0.99 * n);
+    p99 = i < 0 ? Infinity : cur.latency_bounds[i];
+  }
+  return { rps: n / dt, p99 };
+}
+
+// groupTraffic sums group g's traffic over every node that served it.
+function sumTraffic(byNode) {
+  const out = {};
+  for (const st of Object.values(byNode)) {
+    for (const g of st.groups || []) {
+      if (!g.traffic) continue;
+      const t = out[g.group] || (out[g.group] = { requests: 0, latency_bounds: g.traffic.latency_bounds, latency_counts: g.traffic.latency_counts.map(() => 0) });
+      t.requests += g.traffic.requests;
+      g.traffic.latency_counts.forEach((c, i) => { t.latency_counts[i] += c; });
+    }
+  }
+  return out;
+}
+
 function sample(nodes) {
   const at = performance.now();
   const byNode = {};
   for (const n of nodes) if (n.up && n.status) byNode[n.node] = n.status;
+  const byGroup = sumTraffic(byNode);
   if (lastSample) {
     const dt = (at - lastSample.at) / 1000;
-    const next = { nodes: {}, groups: {} };
+    const next = { nodes: {}, groups: {}, groupTraffic: {} };
+    for (const [g, t] of Object.entries(byGroup)) {
+      const r = trafficRate(t, lastSample.byGroup[g], dt);
+      if (r) next.groupTraffic[g] = r;
+    }
     for (const [id, st] of Object.entries(byNode)) {
       const prev = lastSample.byNode[id];
       if (!prev || !st.traffic || !prev.traffic || dt <= 0) continue;
@@ -189,7 +224,7 @@ function sample(nodes) {
     }
     rates = next;
   }
-  lastSample = { at, byNode };
+  lastSample = { at, byNode, byGroup };
 }
 
 // serverEvents are the nodes' own event logs (GET /v1/events?nodes=all):
