@@ -31,6 +31,9 @@ const (
 	HeaderForwarded = "X-Kvd-Forwarded"
 	// HeaderNode names the node that served a request.
 	HeaderNode = "X-Kvd-Node"
+	// HeaderExpires, on a GET of a key with a TTL, says when it ends
+	// (RFC 3339, UTC).
+	HeaderExpires = "X-Kvd-Expires"
 	// HeaderPeerAuth carries a node's credential, derived from the
 	// cluster's peer secret, on node-to-node calls. Node-to-node
 	// endpoints (/v1/internal/) refuse calls without it (403).

@@ -74,6 +74,8 @@ func TestConsole_InAHeadlessBrowser(t *testing.T) {
 	require.NoError(t, err)
 	_, err = cl.Put(ctx, "console/binary", []byte{0xff, 0x00, 0x10})
 	require.NoError(t, err)
+	_, err = cl.Put(ctx, "console/session", []byte("short-lived"), client.WithTTL(time.Hour))
+	require.NoError(t, err)
 
 	// Some load while the page is open, for its live figures.
 	loadCtx, stopLoad := context.WithCancel(ctx)
@@ -146,6 +148,10 @@ func TestConsole_InAHeadlessBrowser(t *testing.T) {
 		`!!document.querySelector('#keys tbody tr[data-key="console/greeting"]')`)
 	require.NoError(t, chromedp.Do(bctx, chromedp.Click(chromedp.CSS(`#keys tbody tr[data-key="console/greeting"] td`))))
 	waitTrue(t, bctx, 10*time.Second, "the key's value", `document.querySelector("#detail-value").textContent === "hello from the test"`)
+	require.NoError(t, chromedp.Do(bctx, chromedp.Click(chromedp.CSS(`#keys tbody tr[data-key="console/session"] td`))))
+	waitTrue(t, bctx, 10*time.Second, "the TTL of a key that has one", `document.querySelector("#detail-meta").textContent.includes("expires")`)
+	require.NoError(t, chromedp.Do(bctx, chromedp.Click(chromedp.CSS(`#keys tbody tr[data-key="console/greeting"] td`))))
+	waitTrue(t, bctx, 10*time.Second, "the key's value again", `document.querySelector("#detail-value").textContent === "hello from the test"`)
 
 	// An admin (auth is off here) transfers group 2's leadership from the
 	// page; the page then shows the new leader.

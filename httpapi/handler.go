@@ -56,6 +56,9 @@ type Backend interface {
 	Status(ctx context.Context) api.Status
 	// Events returns the events this node recorded, the newest first.
 	Events() []api.Event
+	// Expires returns when key's TTL ends as this node has it (zero:
+	// none), for the X-Kvd-Expires header of a GET it served.
+	Expires(key string) time.Time
 	// Ready returns nil when every hosted group has a leader.
 	Ready() error
 	// ReadIndex returns a read index of group g, which this node must lead.

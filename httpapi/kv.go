@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/kvd-project/kvd/api"
 )
@@ -23,8 +24,12 @@ func (h *Handler) getKey(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return nil, err
 		}
+		exp := h.b.Expires(req.key)
 		return func(w http.ResponseWriter) {
 			w.Header().Set("ETag", etag(it.Version))
+			if !exp.IsZero() {
+				w.Header().Set(api.HeaderExpires, exp.Format(time.RFC3339Nano))
+			}
 			if req.notModified != 0 && req.notModified == it.Version {
 				w.WriteHeader(http.StatusNotModified)
 				return

@@ -147,7 +147,7 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return false, resp.Header.Get(api.HeaderLeader)
 	}
-	for _, k := range []string{"Content-Type", "Etag", "Retry-After", api.HeaderLeader, api.HeaderNode, "Content-Length"} {
+	for _, k := range []string{"Content-Type", "Etag", "Retry-After", api.HeaderLeader, api.HeaderNode, api.HeaderExpires, "Content-Length"} {
 		if v := resp.Header.Get(k); v != "" {
 			w.Header().Set(k, v)
 		}

@@ -118,3 +118,25 @@ func TestAPI_EventsOfAllNodes(t *testing.T) {
 	r = do(t, "GET", c.URL(0)+"/v1/events?nodes=every", nil)
 	require.Equal(t, 400, r.Status)
 }
+
+// A GET of a key with a TTL says when it ends (X-Kvd-Expires), on every
+// node, the leader's answer forwarded too; a key without one has no such
+// header.
+func TestAPI_GetSaysWhenATTLEnds(t *testing.T) {
+	c := testcluster.New(t, 3, 1)
+	before := time.Now()
+	r := do(t, "PUT", c.URL(0)+"/v1/kv/ttl?ttl=1h", []byte("v"))
+	require.Equal(t, 200, r.Status, "%s", r.Body)
+	for i := range 3 {
+		r = do(t, "GET", c.URL(i)+"/v1/kv/ttl", nil)
+		require.Equal(t, 200, r.Status)
+		exp, err := time.Parse(time.RFC3339Nano, r.Header.Get(api.HeaderExpires))
+		require.NoError(t, err, "node %d: header %q", i, r.Header.Get(api.HeaderExpires))
+		require.WithinDuration(t, before.Add(time.Hour), exp, time.Minute)
+	}
+	r = do(t, "PUT", c.URL(0)+"/v1/kv/ttl", []byte("v")) // permanent again
+	require.Equal(t, 200, r.Status)
+	r = do(t, "GET", c.URL(0)+"/v1/kv/ttl", nil)
+	require.Equal(t, 200, r.Status)
+	require.Empty(t, r.Header.Get(api.HeaderExpires))
+}

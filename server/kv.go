@@ -66,6 +66,24 @@ func placed[T any](ctx context.Context, rt kvd.Route, op func() (T, error)) (T, 
 	}
 }
 
+// Expires returns when key's TTL ends, as this node's replica of its
+// group has it (zero: no TTL, no such key, or no replica here).
+func (s *Server) Expires(key string) time.Time {
+	gid, ok := s.Map().GroupOf(kvd.Slot(key))
+	if !ok {
+		return time.Time{}
+	}
+	g, ok := s.servingReplica(gid)
+	if !ok {
+		return time.Time{}
+	}
+	t, err := g.Store().Expires(key)
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}
+
 // Get reads key at consistency c, settling a transaction's lock on it
 // first (see settle).
 func (s *Server) Get(ctx context.Context, key string, c kvd.Consistency, rt kvd.Route) (kvd.Item, error) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -14,6 +15,24 @@ import (
 // The DB's reads of keys, locks, transaction records and expiries. Each
 // runs in its own read-only transaction (see view) and sees only
 // committed batches; what it returns is copied out of bbolt's memory.
+
+// Expires returns when key's TTL ends (zero: it has none, or it does not
+// exist).
+func (db *DB) Expires(key string) (time.Time, error) {
+	var exp int64
+	err := db.view(func(tx *bolt.Tx) error {
+		rec, err := bucketsOf(tx, db.opts.Keys).kv.get([]byte(key))
+		if err != nil || rec == nil {
+			return err
+		}
+		exp = recExpires(rec)
+		return nil
+	})
+	if err != nil || exp == 0 {
+		return time.Time{}, err
+	}
+	return time.Unix(0, exp).UTC(), nil
+}
 
 // Get returns the item stored under key, or an error wrapping
 // kvd.ErrNotFound.
