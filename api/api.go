@@ -212,6 +212,9 @@ type GroupStatus struct {
 	Health *Health `json:"health,omitempty"`
 	// StateBytes is the size of the replica's state file.
 	StateBytes int64 `json:"state_bytes,omitempty"`
+	// DiskBytes is what the replica's directory takes on disk: its
+	// state, Raft log and snapshots.
+	DiskBytes int64 `json:"disk_bytes,omitempty"`
 	// Traffic counts the client requests of the group this replica
 	// served (reads, and writes it proposed as leader).
 	Traffic *Traffic `json:"traffic,omitempty"`

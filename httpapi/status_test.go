@@ -48,6 +48,7 @@ func TestAPI_StatusOfAllNodes(t *testing.T) {
 	for _, n := range all.Nodes {
 		for _, g := range n.Status.Groups {
 			require.NotNil(t, g.Traffic, "group %d on %s", g.Group, n.Node)
+			require.Positive(t, g.DiskBytes, "group %d on %s", g.Group, n.Node)
 			groupRequests += g.Traffic.Requests
 		}
 	}

@@ -149,7 +149,7 @@ function groupStatus(node, id) {
 
 function groupBytes(g) {
   const gs = groupStatus(g.leader, g.id) || (g.members || []).map(m => groupStatus(m, g.id)).find(x => x);
-  return gs ? gs.state_bytes || 0 : null;
+  return gs ? gs.disk_bytes || gs.state_bytes || 0 : null;
 }
 
 function replicasText(g) {
