@@ -56,9 +56,10 @@ type Backend interface {
 	Status(ctx context.Context) api.Status
 	// Events returns the events this node recorded, the newest first.
 	Events() []api.Event
-	// Expires returns when key's TTL ends as this node has it (zero:
-	// none), for the X-Kvd-Expires header of a GET it served.
-	Expires(key string) time.Time
+	// Expires returns when version v of key's TTL ends as this node has
+	// it (zero: none, or the key has moved on from v), for the
+	// X-Kvd-Expires header of a GET it served.
+	Expires(key string, v kvd.Version) time.Time
 	// Ready returns nil when every hosted group has a leader.
 	Ready() error
 	// ReadIndex returns a read index of group g, which this node must lead.

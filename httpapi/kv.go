@@ -24,7 +24,7 @@ func (h *Handler) getKey(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return nil, err
 		}
-		exp := h.b.Expires(req.key)
+		exp := h.b.Expires(req.key, it.Version) // the TTL of the version read, or none
 		return func(w http.ResponseWriter) {
 			w.Header().Set("ETag", etag(it.Version))
 			if !exp.IsZero() {

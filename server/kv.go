@@ -66,9 +66,10 @@ func placed[T any](ctx context.Context, rt kvd.Route, op func() (T, error)) (T, 
 	}
 }
 
-// Expires returns when key's TTL ends, as this node's replica of its
-// group has it (zero: no TTL, no such key, or no replica here).
-func (s *Server) Expires(key string) time.Time {
+// Expires returns when version v of key's TTL ends, as this node's
+// replica of its group has it (zero: no TTL, no replica here, or the key
+// is no longer at version v: a TTL belongs to the version written with it).
+func (s *Server) Expires(key string, v kvd.Version) time.Time {
 	gid, ok := s.Map().GroupOf(kvd.Slot(key))
 	if !ok {
 		return time.Time{}
@@ -77,8 +78,8 @@ func (s *Server) Expires(key string) time.Time {
 	if !ok {
 		return time.Time{}
 	}
-	t, err := g.Store().Expires(key)
-	if err != nil {
+	t, ver, err := g.Store().Expires(key)
+	if err != nil || ver != v {
 		return time.Time{}
 	}
 	return t

@@ -17,21 +17,22 @@ import (
 // committed batches; what it returns is copied out of bbolt's memory.
 
 // Expires returns when key's TTL ends (zero: it has none, or it does not
-// exist).
-func (db *DB) Expires(key string) (time.Time, error) {
+// exist) and the version that TTL belongs to.
+func (db *DB) Expires(key string) (time.Time, kvd.Version, error) {
 	var exp int64
+	var ver kvd.Version
 	err := db.view(func(tx *bolt.Tx) error {
 		rec, err := bucketsOf(tx, db.opts.Keys).kv.get([]byte(key))
 		if err != nil || rec == nil {
 			return err
 		}
-		exp = recExpires(rec)
+		exp, ver = recExpires(rec), version(rec)
 		return nil
 	})
 	if err != nil || exp == 0 {
-		return time.Time{}, err
+		return time.Time{}, ver, err
 	}
-	return time.Unix(0, exp).UTC(), nil
+	return time.Unix(0, exp).UTC(), ver, nil
 }
 
 // Get returns the item stored under key, or an error wrapping

@@ -14,6 +14,8 @@ let lastSample = null;    // {at, byNode} for rates between two polls
 let rates = { nodes: {}, groups: {}, groupTraffic: {} };
 const events = [];
 let scanNext = "";
+let scanPrefix = "";
+let scanning = false;
 
 function $(id) { return document.getElementById(id); }
 
@@ -366,10 +368,12 @@ function preview(bytes) {
 }
 
 async function scan(fresh) {
-  const prefix = $("prefix").value;
-  if (fresh) scanNext = "";
+  if (scanning) return; // one page at a time
+  if (fresh) { scanNext = ""; scanPrefix = $("prefix").value; }
+  const prefix = scanPrefix; // the next page is of the scan shown
   const q = new URLSearchParams({ prefix, limit: "50" });
   if (scanNext) q.set("start", scanNext);
+  scanning = true;
   try {
     const page = await apiJSON("/v1/kv?" + q.toString());
     const body = $("keys").tBodies[0];
@@ -387,6 +391,8 @@ async function scan(fresh) {
     showError(null);
   } catch (err) {
     showError(err);
+  } finally {
+    scanning = false;
   }
 }
 

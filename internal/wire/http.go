@@ -49,8 +49,13 @@ func NewPeerClientTLS(cfg *tls.Config, serverName func(addr string) string) *htt
 		if tc.ServerName == "" {
 			tc.ServerName, _, _ = net.SplitHostPort(addr)
 		}
+		// A peer that takes the connection but never finishes the
+		// handshake (stopped, overloaded) must not hold the dial: the
+		// transport's dial outlives the request that asked for it.
+		hctx, cancel := context.WithTimeout(ctx, tlsHandshakeTimeout)
+		defer cancel()
 		tlsConn := tls.Client(conn, tc)
-		if err := tlsConn.HandshakeContext(ctx); err != nil {
+		if err := tlsConn.HandshakeContext(hctx); err != nil {
 			conn.Close()
 			return nil, err
 		}
@@ -58,3 +63,6 @@ func NewPeerClientTLS(cfg *tls.Config, serverName func(addr string) string) *htt
 	}
 	return c
 }
+
+// tlsHandshakeTimeout bounds a peer connection's TLS handshake.
+var tlsHandshakeTimeout = 5 * time.Second
