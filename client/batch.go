@@ -238,6 +238,27 @@ func (c *Client) sendBatch(n *node, batch []*pendingOp) {
 	}
 }
 
+// coalesce offers p, bound for n, to a batch. It returns the op's
+// successful result from its batch (r), or its error (the batch's own
+// error, or the op's error result as its request alone would have had
+// it); or a lane to n on which the caller sends the op alone, and must
+// then leave; or neither, when the op is to be sent alone anyway.
+func (c *Client) coalesce(ctx context.Context, n *node, p *pendingOp) (r *api.BatchResult, lane *node, err error) {
+	if c.enter(n, p) {
+		return nil, n, nil
+	}
+	ok, err := c.await(ctx, n, p)
+	switch {
+	case err != nil:
+		return nil, nil, err
+	case !ok:
+		return nil, nil, nil
+	case p.res.Status != http.StatusOK:
+		return nil, nil, p.resultError()
+	}
+	return &p.res, nil, nil
+}
+
 // await waits for p's batch. It reports false when p is to be sent alone
 // (err nil), or when ctx ended first (err says so: for a write that may
 // have left, its outcome is unknown).

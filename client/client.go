@@ -262,20 +262,18 @@ func (c *Client) Get(ctx context.Context, key string, opts ...kvd.ReadOption) (k
 	o := c.readOpts(opts)
 	var first *node
 	if n := c.batchTarget(key, false, o.Consistency); n != nil {
-		p := &pendingOp{op: api.BatchOp{Op: "get", Key: key, Consistency: string(o.Consistency)}, size: len(key)}
-		if c.enter(n, p) {
-			defer c.leave(n)
-			first = n
-		} else if ok, err := c.await(ctx, n, p); err != nil {
+		r, lane, err := c.coalesce(ctx, n, &pendingOp{op: api.BatchOp{Op: "get", Key: key, Consistency: string(o.Consistency)}, size: len(key)})
+		switch {
+		case err != nil:
 			return kvd.Item{}, fmt.Errorf("get %q: %w", key, err)
-		} else if ok {
-			if p.res.Status != http.StatusOK {
-				return kvd.Item{}, fmt.Errorf("get %q: %w", key, p.resultError())
+		case r != nil:
+			if r.Value == nil {
+				r.Value = []byte{} // as a request alone answers
 			}
-			if p.res.Value == nil {
-				p.res.Value = []byte{} // as a request alone answers
-			}
-			return kvd.Item{Key: key, Value: p.res.Value, Version: p.res.Version}, nil
+			return kvd.Item{Key: key, Value: r.Value, Version: r.Version}, nil
+		case lane != nil:
+			defer c.leave(lane)
+			first = lane
 		}
 	}
 	res, err := c.do(ctx, &call{method: http.MethodGet, path: keyPath(key) + "?consistency=" + string(o.Consistency), key: key, consistency: o.Consistency, first: first})
@@ -315,15 +313,14 @@ func (c *Client) Put(ctx context.Context, key string, value []byte, opts ...kvd.
 		if o.TTL > 0 {
 			p.op.TTL = o.TTL.String()
 		}
-		if c.enter(n, p) {
-			defer c.leave(n)
-		} else if ok, err := c.await(ctx, n, p); err != nil {
+		r, lane, err := c.coalesce(ctx, n, p)
+		switch {
+		case err != nil:
 			return 0, fmt.Errorf("put %q: %w", key, err)
-		} else if ok {
-			if p.res.Status != http.StatusOK {
-				return 0, fmt.Errorf("put %q: %w", key, p.resultError())
-			}
-			return p.res.Version, nil
+		case r != nil:
+			return r.Version, nil
+		case lane != nil:
+			defer c.leave(lane)
 		}
 	}
 	res, err := c.doWrite(ctx, o, &call{method: http.MethodPut, path: keyPath(key) + q, body: value, header: h, key: key, write: true})
@@ -368,16 +365,14 @@ func (c *Client) Delete(ctx context.Context, key string, opts ...kvd.WriteOption
 		return false, fmt.Errorf("delete %q: %w: a ttl is for puts", key, kvd.ErrInvalid)
 	}
 	if n := c.batchTarget(key, true, ""); n != nil && coalescible(o) {
-		p := &pendingOp{op: api.BatchOp{Op: "delete", Key: key}, write: true, size: len(key)}
-		if c.enter(n, p) {
-			defer c.leave(n)
-		} else if ok, err := c.await(ctx, n, p); err != nil {
+		r, lane, err := c.coalesce(ctx, n, &pendingOp{op: api.BatchOp{Op: "delete", Key: key}, write: true, size: len(key)})
+		switch {
+		case err != nil:
 			return false, fmt.Errorf("delete %q: %w", key, err)
-		} else if ok {
-			if p.res.Status != http.StatusOK {
-				return false, fmt.Errorf("delete %q: %w", key, p.resultError())
-			}
-			return p.res.Deleted != nil && *p.res.Deleted, nil
+		case r != nil:
+			return r.Deleted != nil && *r.Deleted, nil
+		case lane != nil:
+			defer c.leave(lane)
 		}
 	}
 	h, _ := writeHeaders(o)

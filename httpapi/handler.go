@@ -56,10 +56,9 @@ type Backend interface {
 	Status(ctx context.Context) api.Status
 	// Events returns the events this node recorded, the newest first.
 	Events() []api.Event
-	// Expires returns when version v of key's TTL ends as this node has
-	// it (zero: none, or the key has moved on from v), for the
-	// X-Kvd-Expires header of a GET it served.
-	Expires(key string, v kvd.Version) time.Time
+	// GetExpiring is Get with when the item's TTL ends (zero: none),
+	// read with it, for the X-Kvd-Expires header.
+	GetExpiring(ctx context.Context, key string, c kvd.Consistency, rt kvd.Route) (kvd.Item, time.Time, error)
 	// Ready returns nil when every hosted group has a leader.
 	Ready() error
 	// ReadIndex returns a read index of group g, which this node must lead.

@@ -20,11 +20,10 @@ func (h *Handler) getKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.serve(w, r, req.rt, nil, reads, func(ctx context.Context) (responder, error) {
-		it, err := h.b.Get(ctx, req.key, req.c, req.rt)
+		it, exp, err := h.b.GetExpiring(ctx, req.key, req.c, req.rt)
 		if err != nil {
 			return nil, err
 		}
-		exp := h.b.Expires(req.key, it.Version) // the TTL of the version read, or none
 		return func(w http.ResponseWriter) {
 			w.Header().Set("ETag", etag(it.Version))
 			if !exp.IsZero() {

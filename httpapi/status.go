@@ -25,14 +25,52 @@ func (h *Handler) cluster(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
+	all, ok := allNodes(w, r)
+	if !ok {
+		return
+	}
+	if !all {
+		writeJSON(w, http.StatusOK, h.ownStatus(r.Context()))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), peerWait)
+	defer cancel()
+	var out api.NodesStatus
+	for _, a := range askNodes[api.Status](ctx, h, r, "/v1/status", h.ownStatus) {
+		ns := api.NodeStatus{Node: a.node, Up: a.err == nil}
+		if a.err != nil {
+			ns.Error = clip(a.err.Error())
+		} else {
+			ns.Status = &a.v
+		}
+		out.Nodes = append(out.Nodes, ns)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// allNodes reads the nodes parameter of GET /v1/status and /v1/events:
+// "" (this node) or "all". Anything else is answered 400 (ok false).
+func allNodes(w http.ResponseWriter, r *http.Request) (all, ok bool) {
 	switch r.URL.Query().Get("nodes") {
 	case "":
-		writeJSON(w, http.StatusOK, h.ownStatus(r.Context()))
+		return false, true
 	case "all":
-		writeJSON(w, http.StatusOK, h.allStatus(r))
-	default:
-		writeError(w, fmt.Errorf("%w: nodes takes only \"all\"", kvd.ErrInvalid), false)
+		return true, true
 	}
+	writeError(w, fmt.Errorf("%w: nodes takes only \"all\"", kvd.ErrInvalid), false)
+	return false, false
+}
+
+func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "node": h.b.NodeID()})
+}
+
+func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
+	if err := h.b.Ready(); err != nil {
+		writeError(w, err, false)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "node": h.b.NodeID()})
 }
 
 // ownStatus is this node's status, with its traffic.
@@ -44,52 +82,41 @@ func (h *Handler) ownStatus(ctx context.Context) api.Status {
 	return st
 }
 
-// statusWait bounds how long GET /v1/status?nodes=all waits for a node.
-const statusWait = 2 * time.Second
+// peerWait bounds how long GET /v1/status?nodes=all and
+// /v1/events?nodes=all wait for a node.
+const peerWait = 2 * time.Second
 
-// allStatus asks every node of the map for its status at once, with the
-// caller's token, and says which did not answer. The console polls it;
-// nothing runs while nobody asks.
-func (h *Handler) allStatus(r *http.Request) api.NodesStatus {
-	ctx, cancel := context.WithTimeout(r.Context(), statusWait)
-	defer cancel()
-	var out api.NodesStatus
+// nodeAnswer is one node's answer to askNodes, or why there is none.
+type nodeAnswer[T any] struct {
+	node string
+	v    T
+	err  error
+}
+
+// askNodes asks every node of the map for path at once, with the
+// caller's token, within ctx; this node answers with own. The answers
+// are in the map's order. Nothing runs for it while nobody asks.
+func askNodes[T any](ctx context.Context, h *Handler, r *http.Request, path string, own func(context.Context) T) []nodeAnswer[T] {
 	c, err := h.b.Cluster(ctx)
 	if err != nil {
-		own := h.ownStatus(ctx)
-		return api.NodesStatus{Nodes: []api.NodeStatus{{Node: h.b.NodeID(), Up: true, Status: &own}}}
+		return []nodeAnswer[T]{{node: h.b.NodeID(), v: own(ctx)}}
 	}
-	out.Nodes = make([]api.NodeStatus, len(c.Nodes))
+	out := make([]nodeAnswer[T], len(c.Nodes))
 	var wg sync.WaitGroup
 	for i, n := range c.Nodes {
-		out.Nodes[i].Node = n.ID
+		out[i].node = n.ID
 		if n.ID == h.b.NodeID() {
-			own := h.ownStatus(ctx)
-			out.Nodes[i].Up, out.Nodes[i].Status = true, &own
+			out[i].v = own(ctx)
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			st, err := h.peerStatus(ctx, r, n.ID)
-			if err != nil {
-				out.Nodes[i].Error = clip(err.Error())
-				return
-			}
-			out.Nodes[i].Up, out.Nodes[i].Status = true, st
+			out[i].err = h.peerGet(ctx, r, n.ID, path, &out[i].v)
 		}()
 	}
 	wg.Wait()
 	return out
-}
-
-// peerStatus fetches node id's GET /v1/status.
-func (h *Handler) peerStatus(ctx context.Context, r *http.Request, id string) (*api.Status, error) {
-	var st api.Status
-	if err := h.peerGet(ctx, r, id, "/v1/status", &st); err != nil {
-		return nil, err
-	}
-	return &st, nil
 }
 
 // peerGet fetches path from node id with the caller's token, into out.
@@ -122,55 +149,26 @@ func (h *Handler) peerGet(ctx context.Context, r *http.Request, id, path string,
 // eventsList answers GET /v1/events: this node's events, or with
 // ?nodes=all every node's, merged, the newest first.
 func (h *Handler) eventsList(w http.ResponseWriter, r *http.Request) {
-	switch r.URL.Query().Get("nodes") {
-	case "":
-		writeJSON(w, http.StatusOK, api.Events{Events: h.b.Events()})
-		return
-	case "all":
-	default:
-		writeError(w, fmt.Errorf("%w: nodes takes only \"all\"", kvd.ErrInvalid), false)
+	all, ok := allNodes(w, r)
+	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), statusWait)
+	if !all {
+		writeJSON(w, http.StatusOK, api.Events{Events: h.b.Events()})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), peerWait)
 	defer cancel()
-	out := api.Events{Events: h.b.Events()}
-	c, err := h.b.Cluster(ctx)
-	if err == nil {
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		for _, n := range c.Nodes {
-			if n.ID == h.b.NodeID() {
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				var theirs api.Events
-				err := h.peerGet(ctx, r, n.ID, "/v1/events", &theirs)
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					out.Missing = append(out.Missing, n.ID)
-					return
-				}
-				out.Events = append(out.Events, theirs.Events...)
-			}()
+	var out api.Events
+	own := func(context.Context) api.Events { return api.Events{Events: h.b.Events()} }
+	for _, a := range askNodes[api.Events](ctx, h, r, "/v1/events", own) {
+		if a.err != nil {
+			out.Missing = append(out.Missing, a.node)
+			continue
 		}
-		wg.Wait()
+		out.Events = append(out.Events, a.v.Events...)
 	}
 	slices.SortStableFunc(out.Events, func(a, b api.Event) int { return b.Time.Compare(a.Time) })
 	slices.Sort(out.Missing)
 	writeJSON(w, http.StatusOK, out)
-}
-
-func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "node": h.b.NodeID()})
-}
-
-func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
-	if err := h.b.Ready(); err != nil {
-		writeError(w, err, false)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "node": h.b.NodeID()})
 }

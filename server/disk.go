@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,9 +38,12 @@ type diskGuard struct {
 	// used and free are the last measurement; charged is what the writes
 	// let through since it will take.
 	used, free, charged atomic.Int64
-	// mu protects st.
+	// mu protects st and groups.
 	mu sync.Mutex
 	st api.Storage
+	// groups is what each group's directory took at the last
+	// measurement, by its name under groups/.
+	groups map[string]int64
 }
 
 func newDiskGuard(dir string, quota, minFree int64, log *slog.Logger) *diskGuard {
@@ -49,7 +54,7 @@ func newDiskGuard(dir string, quota, minFree int64, log *slog.Logger) *diskGuard
 
 // check measures the directory and the disk, and decides.
 func (d *diskGuard) check() {
-	used := dirSize(d.dir)
+	used, groups := dataDirUsage(d.dir)
 	free := freeSpace(d.dir)
 	d.charged.Store(0)
 	st := api.Storage{UsedBytes: used, FreeBytes: free, QuotaBytes: d.quota, MinFreeBytes: d.minFree, Writable: true}
@@ -60,7 +65,7 @@ func (d *diskGuard) check() {
 		st.Writable, st.Reason = false, fmt.Sprintf("the data directory's disk has %d bytes free, at least %d must stay free", free, d.minFree)
 	}
 	d.mu.Lock()
-	d.st = st
+	d.st, d.groups = st, groups
 	d.mu.Unlock()
 	d.used.Store(used)
 	d.free.Store(free)
@@ -116,22 +121,41 @@ func (d *diskGuard) status() api.Storage {
 	return d.st
 }
 
-// dirSize is the disk space the regular files under dir take (bbolt
-// extends its files sparsely: their apparent size overstates it).
-func dirSize(dir string) int64 {
+// groupBytes returns what group g's directory took at the last
+// measurement.
+func (d *diskGuard) groupBytes(g kvd.GroupID) int64 {
+	if d == nil {
+		return 0
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.groups[strconv.FormatUint(uint64(g), 10)]
+}
+
+// dataDirUsage is the disk space the regular files under dir take (bbolt
+// extends its files sparsely: their apparent size overstates it), in all
+// and by group directory (groups/<id>/), in one walk.
+func dataDirUsage(dir string) (int64, map[string]int64) {
 	var n int64
-	filepath.WalkDir(dir, func(_ string, e fs.DirEntry, err error) error {
+	groups := map[string]int64{}
+	under := filepath.Join(dir, "groups") + string(filepath.Separator)
+	filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+		if err != nil || !e.Type().IsRegular() {
+			return nil
+		}
+		info, err := e.Info()
 		if err != nil {
 			return nil
 		}
-		if e.Type().IsRegular() {
-			if info, err := e.Info(); err == nil {
-				n += allocated(info)
-			}
+		size := allocated(info)
+		n += size
+		if rest, ok := strings.CutPrefix(path, under); ok {
+			id, _, _ := strings.Cut(rest, string(filepath.Separator))
+			groups[id] += size
 		}
 		return nil
 	})
-	return n
+	return n, groups
 }
 
 // peerDisks remembers which nodes said their disk refuses writes, from

@@ -66,37 +66,32 @@ func placed[T any](ctx context.Context, rt kvd.Route, op func() (T, error)) (T, 
 	}
 }
 
-// Expires returns when version v of key's TTL ends, as this node's
-// replica of its group has it (zero: no TTL, no replica here, or the key
-// is no longer at version v: a TTL belongs to the version written with it).
-func (s *Server) Expires(key string, v kvd.Version) time.Time {
-	gid, ok := s.Map().GroupOf(kvd.Slot(key))
-	if !ok {
-		return time.Time{}
-	}
-	g, ok := s.servingReplica(gid)
-	if !ok {
-		return time.Time{}
-	}
-	t, ver, err := g.Store().Expires(key)
-	if err != nil || ver != v {
-		return time.Time{}
-	}
-	return t
-}
-
 // Get reads key at consistency c, settling a transaction's lock on it
 // first (see settle).
 func (s *Server) Get(ctx context.Context, key string, c kvd.Consistency, rt kvd.Route) (kvd.Item, error) {
-	return placed(ctx, rt, func() (kvd.Item, error) { return s.get(ctx, key, c, rt) })
+	it, _, err := s.GetExpiring(ctx, key, c, rt)
+	return it, err
 }
 
-// get is one attempt of Get.
-func (s *Server) get(ctx context.Context, key string, c kvd.Consistency, rt kvd.Route) (_ kvd.Item, err error) {
+// GetExpiring is Get with when the item's TTL ends (zero: none), read
+// with it.
+func (s *Server) GetExpiring(ctx context.Context, key string, c kvd.Consistency, rt kvd.Route) (kvd.Item, time.Time, error) {
+	r, err := placed(ctx, rt, func() (expiringItem, error) { return s.get(ctx, key, c, rt) })
+	return r.Item, r.expires, err
+}
+
+// expiringItem is an item and when its TTL ends.
+type expiringItem struct {
+	kvd.Item
+	expires time.Time
+}
+
+// get is one attempt of GetExpiring.
+func (s *Server) get(ctx context.Context, key string, c kvd.Consistency, rt kvd.Route) (_ expiringItem, err error) {
 	start := time.Now()
 	g, err := s.groupFor(ctx, key, rt)
 	if err != nil {
-		return kvd.Item{}, err
+		return expiringItem{}, err
 	}
 	defer func() {
 		if err == nil || errors.Is(err, kvd.ErrNotFound) { // served here
@@ -104,33 +99,33 @@ func (s *Server) get(ctx context.Context, key string, c kvd.Consistency, rt kvd.
 		}
 	}()
 	if err := g.ReadBarrier(ctx, c); err != nil {
-		return kvd.Item{}, err
+		return expiringItem{}, err
 	}
 	if err := g.Store().Readable(key); err != nil {
-		return kvd.Item{}, fmt.Errorf("get %q in group %d: %w", key, g.ID(), err)
+		return expiringItem{}, fmt.Errorf("get %q in group %d: %w", key, g.ID(), err)
 	}
 	for attempt := 0; attempt < 5; attempt++ {
-		it, found, lock, err := g.Store().GetLocked(key)
+		it, expires, found, lock, err := g.Store().GetLockedExpiring(key)
 		if err != nil {
-			return kvd.Item{}, err
+			return expiringItem{}, err
 		}
 		if lock != nil && c != kvd.Stale {
 			// A transaction intends to change the key: its record
 			// decides what a linearizable read returns.
 			settled, err := s.settle(ctx, g, *lock)
 			if err != nil {
-				return kvd.Item{}, fmt.Errorf("get %q: %w", key, err)
+				return expiringItem{}, fmt.Errorf("get %q: %w", key, err)
 			}
 			if settled {
 				continue // resolved here: read again
 			}
 		}
 		if !found {
-			return kvd.Item{}, fmt.Errorf("get %q: %w", key, kvd.ErrNotFound)
+			return expiringItem{}, fmt.Errorf("get %q: %w", key, kvd.ErrNotFound)
 		}
-		return it, nil
+		return expiringItem{Item: it, expires: expires}, nil
 	}
-	return kvd.Item{}, fmt.Errorf("get %q: the key keeps changing hands: %w", key, kvd.ErrUnavailable)
+	return expiringItem{}, fmt.Errorf("get %q: the key keeps changing hands: %w", key, kvd.ErrUnavailable)
 }
 
 // settle finds out the fate of the transaction holding lock on a key of

@@ -63,7 +63,7 @@ func (s *Server) Status(ctx context.Context) api.Status {
 		}
 		st.Groups = append(st.Groups, api.GroupStatus{Group: uint64(gs.Group), Role: gs.Role, Term: gs.Term, Leader: gs.Leader,
 			CommitIndex: gs.CommitIndex, AppliedIndex: gs.AppliedIndex, LastIndex: gs.LastIndex, LastContact: gs.LastContact, Members: gs.Members,
-			Replica: place, Health: ah, StateBytes: g.Stats().StateBytes, DiskBytes: dirSize(s.groupDir(gs.Group)), Traffic: s.groupTraffic(gs.Group).Snapshot()})
+			Replica: place, Health: ah, StateBytes: g.Stats().StateBytes, DiskBytes: s.disk.groupBytes(gs.Group), Traffic: s.groupTraffic(gs.Group).Snapshot()})
 	}
 	for gid, reason := range s.missing {
 		if grp, ok := m.Group(gid); !ok || !grp.IsMember(s.id) {

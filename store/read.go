@@ -16,25 +16,6 @@ import (
 // runs in its own read-only transaction (see view) and sees only
 // committed batches; what it returns is copied out of bbolt's memory.
 
-// Expires returns when key's TTL ends (zero: it has none, or it does not
-// exist) and the version that TTL belongs to.
-func (db *DB) Expires(key string) (time.Time, kvd.Version, error) {
-	var exp int64
-	var ver kvd.Version
-	err := db.view(func(tx *bolt.Tx) error {
-		rec, err := bucketsOf(tx, db.opts.Keys).kv.get([]byte(key))
-		if err != nil || rec == nil {
-			return err
-		}
-		exp, ver = recExpires(rec), version(rec)
-		return nil
-	})
-	if err != nil || exp == 0 {
-		return time.Time{}, ver, err
-	}
-	return time.Unix(0, exp).UTC(), ver, nil
-}
-
 // Get returns the item stored under key, or an error wrapping
 // kvd.ErrNotFound.
 func (db *DB) Get(key string) (kvd.Item, error) {
@@ -138,6 +119,13 @@ func (db *DB) ReadKeys(keys []string) ([]KeyState, error) {
 // GetLocked returns key's committed item (found is false if absent) and
 // the write lock a transaction holds on it, if any.
 func (db *DB) GetLocked(key string) (it kvd.Item, found bool, lock *Lock, err error) {
+	it, _, found, lock, err = db.GetLockedExpiring(key)
+	return it, found, lock, err
+}
+
+// GetLockedExpiring is GetLocked with when the item's TTL ends (zero:
+// it has none), read with it.
+func (db *DB) GetLockedExpiring(key string) (it kvd.Item, expires time.Time, found bool, lock *Lock, err error) {
 	err = db.view(func(tx *bolt.Tx) error {
 		bs := bucketsOf(tx, db.opts.Keys)
 		rec, err := bs.kv.get([]byte(key))
@@ -146,6 +134,9 @@ func (db *DB) GetLocked(key string) (it kvd.Item, found bool, lock *Lock, err er
 		}
 		if rec != nil {
 			it, found = kvd.Item{Key: key, Version: version(rec), Value: append([]byte{}, recValue(rec)...)}, true
+			if exp := recExpires(rec); exp != 0 {
+				expires = time.Unix(0, exp).UTC()
+			}
 		}
 		ls, err := readLockSet(bs.locks, key)
 		if err != nil {
@@ -155,9 +146,9 @@ func (db *DB) GetLocked(key string) (it kvd.Item, found bool, lock *Lock, err er
 		return nil
 	})
 	if err != nil {
-		return kvd.Item{}, false, nil, fmt.Errorf("get %q: %w", key, err)
+		return kvd.Item{}, time.Time{}, false, nil, fmt.Errorf("get %q: %w", key, err)
 	}
-	return it, found, lock, nil
+	return it, expires, found, lock, nil
 }
 
 // WriteLocks returns the write locks held on keys selected by o (its
