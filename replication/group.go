@@ -36,7 +36,10 @@ type Group struct {
 	enc         encryptionState
 	trans       raft.Transport
 	raft        *raft.Raft
-	fsm         *fsm
+	// ready is raft once raft.NewRaft has returned: the FSM may apply
+	// (replaying the log) before, when the raft field is not set yet.
+	ready atomic.Pointer[raft.Raft]
+	fsm   *fsm
 
 	health healthState
 	stats  groupStats

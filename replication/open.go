@@ -215,6 +215,7 @@ func (g *Group) startRaft(hlog hclog.Logger, notify chan bool, hasState bool) er
 	if g.raft, err = raft.NewRaft(rc, g.fsm, g.logs, stable, g.snaps, g.trans); err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
+	g.ready.Store(g.raft)
 	if !hasState && g.cfg.Bootstrap {
 		var conf raft.Configuration
 		for _, p := range g.cfg.Peers {

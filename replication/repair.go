@@ -35,13 +35,25 @@ import (
 // closes.
 
 // repairPeers returns the other members of the group, the leader first.
+// While raft is starting (a damaged entry met replaying the log) it
+// returns the group's initial members: raft is not there to ask yet.
 func (g *Group) repairPeers() []string {
 	var out []string
-	leader := g.LeaderID()
+	r := g.ready.Load()
+	if r == nil {
+		for _, p := range g.cfg.Peers {
+			if p.ID != g.cfg.NodeID {
+				out = append(out, p.ID)
+			}
+		}
+		return out
+	}
+	_, lid := r.LeaderWithID()
+	leader := string(lid)
 	if leader != "" && leader != g.cfg.NodeID {
 		out = append(out, leader)
 	}
-	f := g.raft.GetConfiguration()
+	f := r.GetConfiguration()
 	if f.Error() != nil {
 		return out
 	}
