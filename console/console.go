@@ -32,7 +32,7 @@ func Handler() http.Handler {
 			w.Header().Set("Allow", "GET, HEAD")
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusMethodNotAllowed)
-			_, _ = w.Write([]byte(`{"error":{"code":"invalid_request","message":"the console takes GET"}}` + "\n"))
+			_, _ = w.Write([]byte(`{"error":{"code":"method_not_allowed","message":"the console takes GET and HEAD"}}` + "\n"))
 			return
 		}
 		h := w.Header()

@@ -44,6 +44,8 @@ func TestConsole_ServesItsEmbeddedAssets(t *testing.T) {
 	resp, body := get(t, "POST", srv.URL+"/ui/")
 	require.Equal(t, 405, resp.StatusCode)
 	require.Contains(t, body, `"code"`)
+	require.Contains(t, body, `"method_not_allowed"`)
+	require.Equal(t, "GET, HEAD", resp.Header.Get("Allow"))
 	resp, _ = get(t, "GET", srv.URL+"/ui/missing.js")
 	require.Equal(t, 404, resp.StatusCode)
 }

@@ -51,13 +51,13 @@ func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
 // allNodes reads the nodes parameter of GET /v1/status and /v1/events:
 // "" (this node) or "all". Anything else is answered 400 (ok false).
 func allNodes(w http.ResponseWriter, r *http.Request) (all, ok bool) {
-	switch r.URL.Query().Get("nodes") {
-	case "":
+	switch v := r.URL.Query()["nodes"]; {
+	case len(v) == 0:
 		return false, true
-	case "all":
+	case len(v) == 1 && v[0] == "all":
 		return true, true
 	}
-	writeError(w, fmt.Errorf("%w: nodes takes only \"all\"", kvd.ErrInvalid), false)
+	writeError(w, fmt.Errorf("%w: nodes takes only \"all\", once", kvd.ErrInvalid), false)
 	return false, false
 }
 

@@ -73,6 +73,12 @@ func TestAPI_StatusOfAllNodes(t *testing.T) {
 	r = do(t, "GET", c.URL(leader)+"/v1/status?nodes=some", nil)
 	require.Equal(t, 400, r.Status)
 	require.Contains(t, string(r.Body), `"code"`)
+	for _, q := range []string{"nodes=", "nodes=all&nodes=xyz"} {
+		r = do(t, "GET", c.URL(leader)+"/v1/status?"+q, nil)
+		require.Equal(t, 400, r.Status, q)
+		r = do(t, "GET", c.URL(leader)+"/v1/events?"+q, nil)
+		require.Equal(t, 400, r.Status, q)
+	}
 }
 
 // GET /v1/events?nodes=all merges every node's events, the newest first:

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kvd-project/kvd"
 	"github.com/kvd-project/kvd/api"
+	"github.com/kvd-project/kvd/replication"
 )
 
 // diskGuard watches the data directory's size and its disk's free space,
@@ -249,5 +250,23 @@ func (s *Server) handOffWhileShort(ctx context.Context, lastTry map[kvd.GroupID]
 			s.log.Warn("this node's disk is short of space; leadership handed to a member with room", "group", gid, "to", to)
 			break
 		}
+	}
+}
+
+// warnSmallReserve warns when the free space kept back for Raft's own
+// writes cannot hold a new raft-wal segment for every hosted group (each
+// segment is allocated whole): writes are then refused only after the
+// disk has filled, and a group whose state or log cannot grow stalls
+// until space is freed. Deleting keys frees none (bbolt files do not
+// shrink).
+func (s *Server) warnSmallReserve() {
+	rc := s.cfg.Replication
+	if rc.LogStore != replication.LogStoreWAL || rc.WALSegmentBytes <= 0 || s.cfg.MinFreeBytes <= 0 {
+		return
+	}
+	need := int64(len(s.hosted())) * int64(rc.WALSegmentBytes)
+	if s.cfg.MinFreeBytes < need {
+		s.log.Warn("--min-free-bytes is less than a raft-wal segment for every hosted group: the disk can fill before writes are refused",
+			"min_free_bytes", s.cfg.MinFreeBytes, "groups", len(s.hosted()), "segment_bytes", rc.WALSegmentBytes, "advised", need)
 	}
 }

@@ -180,6 +180,7 @@ func New(cfg Config) (_ *Server, err error) {
 	if err := s.openGroups(first); err != nil {
 		return nil, err
 	}
+	s.warnSmallReserve()
 	tc := txn.DefaultConfig()
 	tc.Timeout, tc.Limits, tc.Logger = cfg.TxnTimeout, cfg.Limits, s.log
 	tc.AfterPrepare = cfg.TxnAfterPrepare
