@@ -280,9 +280,10 @@ func (s *Server) eachGroup(groups []kvd.GroupID, fn func(g kvd.GroupID) error) e
 func (s *Server) freezeGroup(ctx context.Context, g kvd.GroupID, id string, level int) (uint64, error) {
 	data, _ := json.Marshal(store.Freeze{ID: id, Level: level})
 	res, err := s.proposeWithRetry(ctx, g, store.Cmd{Kind: store.CmdFreeze, Data: data})
-	if errors.Is(err, kvd.ErrConflict) || errors.Is(err, kvd.ErrUnknownOutcome) {
-		// Another backup's freeze, or an outcome to find out by taking
-		// the cut again.
+	if errors.Is(err, kvd.ErrConflict) || errors.Is(err, kvd.ErrUnknownOutcome) || errors.Is(err, kvd.ErrWrongGroup) {
+		// Another backup's freeze, an outcome to find out, or a node
+		// that named itself leader but serves no replica of the group
+		// yet (restarting): take the cut again.
 		return 0, fmt.Errorf("freeze group %d: %v: %w", g, err, errCutAgain)
 	}
 	if err != nil {
